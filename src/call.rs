@@ -1,0 +1,99 @@
+//! Calls: a message with a `reply_to` handle, and the errors that come back.
+//!
+//! Every way a call can end badly is a variant of [`CallError`], and each
+//! prints as a sentence an operator can act on. A call never hangs on a dead
+//! peer: its one-shot receiver names the callee as respondent, so the router
+//! fails it as soon as the route to the callee is lost.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire::control::ControlDecodeError;
+use crate::wire::ContextId;
+
+/// An error produced by a remote service method; travels in a reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RemoteError {
+    /// No service of that name is registered in the callee.
+    #[error("no service named {0:?}")]
+    NoSuchService(String),
+    /// The service has no such method.
+    #[error("service {service:?} has no method {method:?}")]
+    NoSuchMethod {
+        /// Service name.
+        service: String,
+        /// Method name.
+        method: String,
+    },
+    /// The method's policy refused the caller.
+    #[error("context {caller} is not authorised to call {service}.{method}")]
+    Unauthorised {
+        /// Service name.
+        service: String,
+        /// Method name.
+        method: String,
+        /// The `auth_id` of the refused call.
+        caller: ContextId,
+    },
+    /// The arguments did not decode as the method's argument type.
+    #[error("invalid arguments for {service}.{method}: {detail}")]
+    BadArguments {
+        /// Service name.
+        service: String,
+        /// Method name.
+        method: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The method ran and failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Why a call did not produce a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The callee answered with an error.
+    #[error("{context}: {error}")]
+    Remote {
+        /// Who answered, e.g. `context 3 (local.4711)`.
+        context: String,
+        /// What it said.
+        error: RemoteError,
+    },
+    /// The call's channel died: no route, unknown handle, refused by policy,
+    /// or the callee (or a hop towards it) disconnected.
+    #[error("{0}")]
+    Dead(String),
+    /// The reply could not be decoded.
+    #[error("malformed reply from context {context}: {detail}")]
+    Malformed {
+        /// The callee.
+        context: ContextId,
+        /// What was wrong.
+        detail: String,
+    },
+    /// No reply within the deadline.
+    #[error("no reply from context {context} within {after:?}")]
+    Timeout {
+        /// The callee.
+        context: ContextId,
+        /// The deadline that passed.
+        after: Duration,
+    },
+}
+
+impl CallError {
+    pub(crate) fn malformed(context: ContextId, e: ControlDecodeError) -> CallError {
+        CallError::Malformed {
+            context,
+            detail: e.0,
+        }
+    }
+
+    /// True if the call failed because a context or a route to it is gone.
+    pub fn is_disconnect(&self) -> bool {
+        matches!(self, CallError::Dead(_))
+    }
+}

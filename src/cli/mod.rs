@@ -1,0 +1,78 @@
+//! The `ferrogen` command line.
+//!
+//! * [`ping`] — connect to targets and measure call round trips.
+//! * [`target`] — target specifications (`-H`, `--via`).
+
+pub mod ping;
+pub mod target;
+
+use clap::{Parser, Subcommand};
+
+/// Command-line arguments.
+#[derive(Debug, Parser)]
+#[command(name = "ferrogen", version, about = "Routed message bus and streaming file service")]
+pub struct Cli {
+    /// More logging (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Connect to targets and measure call round trips.
+    Ping(ping::PingArgs),
+    /// (internal) Run a context on stdin/stdout.
+    #[command(name = "__context", hide = true)]
+    Context,
+}
+
+/// Entry point; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Context => crate::connect::child::run(|_, _| {}),
+        Command::Ping(args) => {
+            let filter = init_logging(cli.verbose);
+            run_async(ping::run(args, filter))
+        }
+    }
+}
+
+fn run_async<F: std::future::Future<Output = i32>>(f: F) -> i32 {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("ferrogen: could not start the async runtime: {e}");
+            2
+        }
+    }
+}
+
+/// Sets up logging to stderr; returns the filter string, which children
+/// are given so their logs match.
+fn init_logging(verbose: u8) -> String {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| {
+        match verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        }
+        .to_string()
+    });
+    let env = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(env)
+        .try_init();
+    filter
+}

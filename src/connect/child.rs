@@ -1,0 +1,149 @@
+//! The child side: running a context on this process's stdin/stdout.
+//!
+//! The stream's descriptors are moved off fds 0 and 1 first (stdin becomes
+//! `/dev/null`, stdout becomes stderr), so nothing else in the process can
+//! corrupt the frame stream by printing. The context then lives until its
+//! parent stream closes — also when the parent was SIGKILLed, since that
+//! closes the pipe — or a parent asks it to shut down.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
+
+use crate::router::{Policy, Router, RouterConfig};
+use crate::service::Services;
+use crate::stream::{self, tokio_stream_shim::next_frame};
+use crate::wire::control::{self, Hello, Ready, PROTOCOL_VERSION};
+use crate::wire::{codec, handles, Enc, Frame, FrameCodec};
+
+/// Hook that registers extra services in every child (set by the binary).
+pub type ServiceHook = fn(&Services, &Router);
+
+/// Runs a context on stdio until its parent goes away. Returns the process
+/// exit code.
+pub fn run(extra_services: ServiceHook) -> i32 {
+    let (rfd, wfd) = match take_stdio() {
+        Ok(fds) => fds,
+        Err(e) => {
+            eprintln!("ERROR could not take over stdio: {e}");
+            return 2;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ERROR could not start the runtime: {e}");
+            return 2;
+        }
+    };
+    rt.block_on(async move {
+        match serve(rfd, wfd, extra_services).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("ERROR {e}");
+                1
+            }
+        }
+    })
+}
+
+fn take_stdio() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    // CLOEXEC copies above 2: our own children must not inherit them, or
+    // they would hold our parent's pipe open and defeat EOF detection.
+    let r = rustix::io::fcntl_dupfd_cloexec(stdin.as_fd(), 3)?;
+    let w = rustix::io::fcntl_dupfd_cloexec(stdout.as_fd(), 3)?;
+    let null = std::fs::File::open("/dev/null")?;
+    rustix::stdio::dup2_stdin(&null)?;
+    rustix::stdio::dup2_stdout(std::io::stderr().as_fd())?;
+    rustix::io::ioctl_fionbio(&r, true)?;
+    rustix::io::ioctl_fionbio(&w, true)?;
+    Ok((r, w))
+}
+
+async fn serve(rfd: OwnedFd, wfd: OwnedFd, extra_services: ServiceHook) -> Result<(), String> {
+    let mut reader = pipe::Receiver::from_owned_fd_unchecked(rfd).map_err(|e| format!("stdin: {e}"))?;
+    let mut writer = pipe::Sender::from_owned_fd_unchecked(wfd).map_err(|e| format!("stdout: {e}"))?;
+
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut codec = FrameCodec::new(64 * 1024);
+    let first = match next_frame(&mut reader, &mut codec, &mut buf).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return Err("parent closed the stream before the handshake".into()),
+        Err(e) => return Err(format!("bad handshake: {e}")),
+    };
+    if first.handle != handles::HELLO {
+        return Err(format!("expected a handshake, got {first:?}"));
+    }
+    let hello: Hello = control::decode_frame(&first).map_err(|e| format!("bad handshake: {e}"))?;
+    let parent = hello.parent_ids.first().copied().unwrap_or(0);
+    if hello.version != PROTOCOL_VERSION {
+        let mut dead = Frame::dead(parent, handles::HELLO, &format!(
+            "protocol version mismatch: parent speaks {}, this binary {PROTOCOL_VERSION}",
+            hello.version
+        ));
+        dead.src_id = hello.context_id;
+        dead.auth_id = hello.context_id;
+        let _ = writer.write_all(&codec::encode_to_vec(&dead)).await;
+        return Err("protocol version mismatch".into());
+    }
+    init_logging(&hello.log_filter);
+
+    let router = Router::new(RouterConfig {
+        id: hello.context_id,
+        name: hello.name.clone(),
+        parent_ids: hello.parent_ids.clone(),
+        max_message_size: usize::try_from(hello.max_message_size).unwrap_or(usize::MAX),
+    });
+    let services = Services::start(&router);
+    crate::connect::register_service(&services, &router);
+    crate::ping::register_service(&services, &router);
+    extra_services(&services, &router);
+    let mut shutdown = router
+        .add_handler(Some(handles::SHUTDOWN), Policy::ParentsOnly, None, true)
+        .map_err(|e| e.to_string())?;
+
+    let ready = Ready {
+        version: PROTOCOL_VERSION,
+        pid: std::process::id(),
+        arch: std::env::consts::ARCH.to_string(),
+    };
+    let mut reply = Frame::new(parent, handles::HELLO, Enc::Control, control::encode(&ready));
+    reply.src_id = hello.context_id;
+    reply.auth_id = hello.context_id;
+    writer
+        .write_all(&codec::encode_to_vec(&reply))
+        .await
+        .map_err(|e| format!("could not answer the handshake: {e}"))?;
+
+    stream::start(&router, "parent".into(), parent, true, reader, writer, buf);
+    tracing::debug!("{} up as context {}", hello.name, hello.context_id);
+
+    let why = tokio::select! {
+        reason = router.parent_lost() => format!("parent stream lost: {reason}"),
+        _ = shutdown.recv() => "shutdown requested".to_string(),
+    };
+    tracing::debug!("{}: exiting: {why}", hello.name);
+    services.shutdown().await;
+    router.close_all_streams(&why);
+    Ok(())
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .with_env_filter(filter)
+        .try_init();
+}

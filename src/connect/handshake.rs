@@ -1,0 +1,120 @@
+//! The first exchange on a new stream: `Hello` down, `Ready` up.
+//!
+//! The parent speaks first, telling the child its id, ancestors, name and
+//! limits. The child answers `Ready` (its pid and architecture) only once its
+//! router is running, so when [`parent_side`] returns the stream can carry
+//! any traffic. Both sides read the handshake frame with the ordinary codec,
+//! so junk on the pipe fails the handshake with a clear error instead of
+//! being misread.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
+use crate::stream::tokio_stream_shim::next_frame;
+use crate::wire::control::{self, Hello, Ready, PROTOCOL_VERSION};
+use crate::wire::{codec, handles, Enc, Frame, FrameCodec};
+
+/// Lines of a child's stderr kept for error messages.
+const STDERR_TAIL: usize = 20;
+
+/// The last lines a child wrote to stderr, shared with the task reading them.
+#[derive(Clone, Default)]
+pub struct StderrTail(Arc<Mutex<VecDeque<String>>>);
+
+impl StderrTail {
+    /// The lines, oldest first.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().map(|q| q.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    fn push(&self, line: String) {
+        if let Ok(mut q) = self.0.lock() {
+            if q.len() == STDERR_TAIL {
+                q.pop_front();
+            }
+            q.push_back(line);
+        }
+    }
+}
+
+/// Forwards a child's stderr into our log, tagged with its name, keeping the
+/// tail for error messages. Lines that start with a level word (as the
+/// child's own log lines do) are re-emitted at that level.
+pub fn forward_stderr<R: AsyncRead + Unpin + Send + 'static>(name: String, stderr: R) -> StderrTail {
+    let tail = StderrTail::default();
+    let t = tail.clone();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let trimmed = line.trim_start();
+            let (level, rest) = match trimmed.split_once(' ') {
+                Some((l, r)) if matches!(l, "ERROR" | "WARN" | "INFO" | "DEBUG" | "TRACE") => (l, r.trim_start()),
+                _ => ("", trimmed),
+            };
+            match level {
+                "ERROR" => tracing::error!(context = %name, "{rest}"),
+                "WARN" => tracing::warn!(context = %name, "{rest}"),
+                "INFO" => tracing::info!(context = %name, "{rest}"),
+                "DEBUG" => tracing::debug!(context = %name, "{rest}"),
+                "TRACE" => tracing::trace!(context = %name, "{rest}"),
+                _ => tracing::info!(context = %name, "{rest}"),
+            }
+            t.push(line);
+        }
+    });
+    tail
+}
+
+/// Parent side: sends `hello`, waits for `Ready`. Returns the child's answer
+/// and any bytes read past it (the start of regular traffic).
+pub async fn parent_side<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    hello: &Hello,
+    parent_id: u32,
+    timeout: Duration,
+) -> Result<(Ready, BytesMut), String>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut frame = Frame::new(hello.context_id, handles::HELLO, Enc::Control, control::encode(hello));
+    frame.src_id = parent_id;
+    frame.auth_id = parent_id;
+    let exchange = async {
+        writer
+            .write_all(&codec::encode_to_vec(&frame))
+            .await
+            .map_err(|e| format!("could not send the handshake: {e}"))?;
+        writer.flush().await.map_err(|e| format!("could not send the handshake: {e}"))?;
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut codec = FrameCodec::new(64 * 1024);
+        let reply = match next_frame(reader, &mut codec, &mut buf).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return Err("the process exited before completing the handshake".to_string()),
+            Err(e) => return Err(format!("bad handshake reply: {e}")),
+        };
+        if reply.handle != handles::HELLO {
+            return Err(format!("unexpected first frame {reply:?}"));
+        }
+        if reply.is_dead() {
+            return Err(format!("the child refused the handshake: {}", reply.dead_reason()));
+        }
+        let ready: Ready = control::decode_frame(&reply).map_err(|e| format!("bad handshake reply: {e}"))?;
+        if ready.version != PROTOCOL_VERSION {
+            return Err(format!(
+                "protocol version mismatch: we speak {PROTOCOL_VERSION}, the child {}",
+                ready.version
+            ));
+        }
+        Ok((ready, buf))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no handshake reply within {timeout:?}")),
+    }
+}

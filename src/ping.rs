@@ -1,0 +1,70 @@
+//! `ferrogen.ping`: the built-in service every context runs for liveness and
+//! measurement.
+//!
+//! * `ping(bytes) -> bytes` echoes its argument (any caller).
+//! * `info() -> ContextInfo` names the context (any caller).
+//! * `sink(SinkArgs) -> Sender` opens a receiver that counts raw bytes and,
+//!   once `total` have arrived, reports to `done` (parents only; used by the
+//!   benchmarks to measure raw data through the bus).
+
+use serde::{Deserialize, Serialize};
+
+use crate::call::RemoteError;
+use crate::channel::Sender;
+use crate::connect::ContextInfo;
+use crate::router::Router;
+use crate::service::{Policy, ServiceBuilder, Services};
+
+/// Service name.
+pub const PING_SERVICE: &str = "ferrogen.ping";
+
+/// Arguments of `sink`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SinkArgs {
+    /// Bytes to expect.
+    pub total: u64,
+    /// Where to report when they have arrived.
+    pub done: Sender,
+}
+
+/// Registers the service.
+pub fn register_service(services: &Services, router: &Router) {
+    let r_info = router.clone();
+    let r_sink = router.clone();
+    services.register(
+        ServiceBuilder::new(PING_SERVICE)
+            .method("ping", Policy::Any, |_c, data: Vec<u8>| async move {
+                Ok::<_, RemoteError>(data)
+            })
+            .method("info", Policy::Any, move |_c, (): ()| {
+                let r = r_info.clone();
+                async move {
+                    Ok::<_, RemoteError>(ContextInfo {
+                        id: r.id(),
+                        name: r.name().to_string(),
+                        pid: std::process::id(),
+                        arch: std::env::consts::ARCH.to_string(),
+                    })
+                }
+            })
+            .method("sink", Policy::ParentsOnly, move |_c, args: SinkArgs| {
+                let r = r_sink.clone();
+                async move {
+                    let mut rx = r.receiver();
+                    let sender = rx.to_sender();
+                    tokio::spawn(async move {
+                        let mut got = 0u64;
+                        while got < args.total {
+                            match rx.recv().await {
+                                Ok(f) => got += f.payload.len() as u64,
+                                Err(_) => break,
+                            }
+                        }
+                        args.done.send_control(&r, &got);
+                    });
+                    Ok::<_, RemoteError>(sender)
+                }
+            })
+            .build(),
+    );
+}

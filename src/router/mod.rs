@@ -1,0 +1,837 @@
+//! The router: delivers each frame to a local handle or forwards it one hop
+//! closer to its destination.
+//!
+//! Every context runs one [`Router`]. It knows its own id, its ancestors
+//! (`parent_ids`), the streams to its direct neighbours and, for each context
+//! below it, which child stream leads there. Anything it has no route for goes
+//! up to the parent ("default route up"), except frames that came *from* the
+//! parent, which are answered "no route" instead of bouncing.
+//!
+//! Safety rules (after Mitogen, `docs/protocol.md` §Routing):
+//!
+//! * **Reverse-path check.** A frame arriving on stream S must claim an
+//!   `auth_id` (and `src_id`) that the router would itself route through S.
+//!   A child can therefore speak only for itself and its descendants; frames
+//!   that fail are dropped and logged.
+//! * **Parent authority.** [`Policy::ParentsOnly`] handlers accept frames
+//!   whose `auth_id` is this context or one of its ancestors.
+//! * **Disconnects propagate.** When a stream dies, every context behind it
+//!   is forgotten, each waiter whose respondent was one of them gets a dead
+//!   message, and DEL_ROUTE goes up to the parent and down to every
+//!   neighbour that ever sent traffic towards those contexts.
+
+mod ids;
+
+pub use ids::{BlockAllocator, IdAllocator, BLOCK_SIZE};
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+use crate::call::{CallError, RemoteError};
+use crate::channel::Receiver;
+use crate::stream::{Outbox, StreamId, BULK_HIGH_WATER};
+use crate::wire::control::{self, AddRoute, CallReply, DelRoute, IdBlock};
+use crate::wire::{handles, ContextId, Enc, Frame, Handle};
+
+/// Who may deliver to a handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Any context.
+    Any,
+    /// Only this context and its ancestors (by `auth_id`).
+    ParentsOnly,
+}
+
+/// How to build a router.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// This context's id (0 for the controller).
+    pub id: ContextId,
+    /// Display name, e.g. `controller` or `local.4711`.
+    pub name: String,
+    /// Ancestors, nearest first, ending with 0. Empty for the controller.
+    pub parent_ids: Vec<ContextId>,
+    /// Largest payload accepted or forwarded.
+    pub max_message_size: usize,
+}
+
+impl RouterConfig {
+    /// The controller's configuration.
+    pub fn controller() -> RouterConfig {
+        RouterConfig {
+            id: 0,
+            name: "controller".into(),
+            parent_ids: Vec::new(),
+            max_message_size: crate::wire::DEFAULT_MAX_MESSAGE_SIZE,
+        }
+    }
+}
+
+struct HandlerEntry {
+    tx: mpsc::UnboundedSender<Frame>,
+    respondent: Option<ContextId>,
+    policy: Policy,
+    persist: bool,
+}
+
+struct StreamEntry {
+    remote_id: ContextId,
+    name: String,
+    outbox: Arc<Outbox>,
+    /// Contexts reached through this stream (the neighbour and its subtree).
+    routes: HashSet<ContextId>,
+    /// Destinations this neighbour has sent traffic to: who to tell when one dies.
+    egress: HashSet<ContextId>,
+}
+
+struct State {
+    streams: HashMap<StreamId, StreamEntry>,
+    routes: HashMap<ContextId, StreamId>,
+    parent_stream: Option<StreamId>,
+    next_stream: StreamId,
+    handlers: HashMap<Handle, HandlerEntry>,
+    next_handle: Handle,
+    names: HashMap<ContextId, String>,
+    controller_ids: IdAllocator,
+    block: BlockAllocator,
+    /// Per-stream counters: frames dropped by the reverse-path check.
+    rejected: u64,
+}
+
+struct Inner {
+    id: ContextId,
+    name: String,
+    parent_ids: Vec<ContextId>,
+    max_message_size: usize,
+    state: Mutex<State>,
+    parent_lost: watch::Sender<Option<String>>,
+}
+
+/// A context's router. Cheap to clone; all clones share state.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+/// What to do with a frame once the routing decision is made (outside the lock).
+enum Action {
+    Nothing,
+    Push(Arc<Outbox>, Frame),
+    Dead(Frame, String),
+}
+
+impl Router {
+    /// A router for one context.
+    pub fn new(config: RouterConfig) -> Router {
+        let mut names = HashMap::new();
+        names.insert(config.id, config.name.clone());
+        let (parent_lost, _) = watch::channel(None);
+        Router {
+            inner: Arc::new(Inner {
+                id: config.id,
+                name: config.name,
+                parent_ids: config.parent_ids,
+                max_message_size: config.max_message_size,
+                state: Mutex::new(State {
+                    streams: HashMap::new(),
+                    routes: HashMap::new(),
+                    parent_stream: None,
+                    next_stream: 1,
+                    handlers: HashMap::new(),
+                    next_handle: handles::FIRST_DYNAMIC,
+                    names,
+                    controller_ids: IdAllocator::default(),
+                    block: BlockAllocator::default(),
+                    rejected: 0,
+                }),
+                parent_lost,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Critical sections never leave State half-updated across a panic
+        // point, so a poisoned lock is still consistent.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This context's id.
+    pub fn id(&self) -> ContextId {
+        self.inner.id
+    }
+
+    /// This context's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Ancestors, nearest first.
+    pub fn parent_ids(&self) -> &[ContextId] {
+        &self.inner.parent_ids
+    }
+
+    /// The payload ceiling.
+    pub fn max_message_size(&self) -> usize {
+        self.inner.max_message_size
+    }
+
+    /// True if `auth_id` is this context or one of its ancestors.
+    pub fn has_parent_authority(&self, auth_id: ContextId) -> bool {
+        auth_id == self.inner.id || self.inner.parent_ids.contains(&auth_id)
+    }
+
+    /// A printable description of a context: `context 3 (local.4711)`.
+    pub fn describe(&self, id: ContextId) -> String {
+        match self.lock().names.get(&id) {
+            Some(name) => format!("context {id} ({name})"),
+            None => format!("context {id}"),
+        }
+    }
+
+    /// The name recorded for a context, if known.
+    pub fn context_name(&self, id: ContextId) -> Option<String> {
+        self.lock().names.get(&id).cloned()
+    }
+
+    /// Frames dropped so far by the reverse-path (impersonation) check.
+    pub fn rejected_frames(&self) -> u64 {
+        self.lock().rejected
+    }
+
+    /// True if a route to `id` is known (explicitly, not by default-up).
+    pub fn has_route(&self, id: ContextId) -> bool {
+        self.lock().routes.contains_key(&id)
+    }
+
+    // ----------------------------------------------------------------- handlers
+
+    /// Registers a handler and returns its receiver. `handle: None` allocates
+    /// a dynamic handle. Fails if the handle is taken.
+    pub fn add_handler(
+        &self,
+        handle: Option<Handle>,
+        policy: Policy,
+        respondent: Option<ContextId>,
+        persist: bool,
+    ) -> Result<Receiver, HandleInUse> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut st = self.lock();
+        let handle = match handle {
+            Some(h) => {
+                if st.handlers.contains_key(&h) {
+                    return Err(HandleInUse(h));
+                }
+                h
+            }
+            None => loop {
+                let h = st.next_handle;
+                st.next_handle = st.next_handle.checked_add(1).unwrap_or(handles::FIRST_DYNAMIC);
+                if !st.handlers.contains_key(&h) {
+                    break h;
+                }
+            },
+        };
+        st.handlers.insert(
+            handle,
+            HandlerEntry {
+                tx,
+                respondent,
+                policy,
+                persist,
+            },
+        );
+        drop(st);
+        Ok(Receiver::new(self.clone(), handle, rx))
+    }
+
+    /// A dynamic persistent receiver open to any context.
+    pub fn receiver(&self) -> Receiver {
+        match self.add_handler(None, Policy::Any, None, true) {
+            Ok(r) => r,
+            Err(e) => unreachable!("dynamic handle allocation cannot collide: {e}"),
+        }
+    }
+
+    /// Unregisters a handle (no-op if absent).
+    pub fn remove_handler(&self, handle: Handle) {
+        self.lock().handlers.remove(&handle);
+    }
+
+    /// Number of registered handlers (for leak tests).
+    pub fn handler_count(&self) -> usize {
+        self.lock().handlers.len()
+    }
+
+    // ------------------------------------------------------------------ sending
+
+    /// Sends a frame originating here: stamps `src_id`/`auth_id` with this
+    /// context's id and routes it.
+    pub fn send(&self, mut frame: Frame) {
+        frame.src_id = self.inner.id;
+        frame.auth_id = self.inner.id;
+        self.route(frame, None);
+    }
+
+    /// Sends a bulk frame originating here, first waiting until the outgoing
+    /// stream has fewer than [`BULK_HIGH_WATER`] bytes of bulk queued.
+    pub async fn send_bulk(&self, frame: Frame) {
+        let outbox = self.outbox_towards(frame.dst_id);
+        if let Some(outbox) = outbox {
+            outbox.wait_bulk_room(BULK_HIGH_WATER).await;
+        }
+        self.send(frame);
+    }
+
+    /// The first-hop stream towards `dst`, if any.
+    pub fn stream_towards(&self, dst: ContextId) -> Option<StreamId> {
+        let st = self.lock();
+        st.routes.get(&dst).copied().or(st.parent_stream)
+    }
+
+    fn outbox_towards(&self, dst: ContextId) -> Option<Arc<Outbox>> {
+        let st = self.lock();
+        let sid = st.routes.get(&dst).copied().or(st.parent_stream)?;
+        st.streams.get(&sid).map(|s| s.outbox.clone())
+    }
+
+    /// Routes one frame. `ingress` is the stream it arrived on, `None` if it
+    /// originated here.
+    pub fn route(&self, frame: Frame, ingress: Option<StreamId>) {
+        let action = self.decide(frame, ingress);
+        match action {
+            Action::Nothing => {}
+            Action::Push(outbox, frame) => {
+                if !outbox.push(frame) {
+                    tracing::debug!("dropped frame for a stream that is closing");
+                }
+            }
+            Action::Dead(frame, reason) => self.send_dead_reply(&frame, &reason),
+        }
+    }
+
+    fn decide(&self, frame: Frame, ingress: Option<StreamId>) -> Action {
+        let me = self.inner.id;
+        if frame.payload.len() > self.inner.max_message_size {
+            let reason = format!(
+                "message too large (max {} bytes)",
+                self.inner.max_message_size
+            );
+            tracing::error!("{}: {reason}: {frame:?}", self.inner.name);
+            return Action::Dead(frame, reason);
+        }
+        let mut st = self.lock();
+        if let Some(s) = ingress {
+            let towards = |id: ContextId| st.routes.get(&id).copied().or(st.parent_stream);
+            if towards(frame.auth_id) != Some(s) {
+                st.rejected += 1;
+                drop(st);
+                tracing::warn!(
+                    "{}: dropped frame with bad auth_id {} from stream {s}: {frame:?}",
+                    self.inner.name,
+                    frame.auth_id
+                );
+                return Action::Nothing;
+            }
+            if frame.src_id != frame.auth_id && towards(frame.src_id) != Some(s) {
+                st.rejected += 1;
+                drop(st);
+                tracing::warn!(
+                    "{}: dropped frame with bad src_id {} from stream {s}: {frame:?}",
+                    self.inner.name,
+                    frame.src_id
+                );
+                return Action::Nothing;
+            }
+            if frame.dst_id != me
+                && let Some(e) = st.streams.get_mut(&s)
+            {
+                e.egress.insert(frame.dst_id);
+            }
+        }
+
+        if frame.dst_id == me {
+            return self.deliver_locally(st, frame, ingress);
+        }
+
+        let out = match st.routes.get(&frame.dst_id) {
+            Some(&s) => Some(s),
+            None if ingress.is_some() && ingress == st.parent_stream => None,
+            None => st.parent_stream,
+        };
+        match out {
+            Some(s) if Some(s) != ingress => match st.streams.get(&s) {
+                Some(e) => Action::Push(e.outbox.clone(), frame),
+                None => {
+                    let reason = format!("no route to {}, my id is {me}", frame.dst_id);
+                    Action::Dead(frame, reason)
+                }
+            },
+            _ => {
+                drop(st);
+                let reason = format!("no route to {}, my id is {me}", frame.dst_id);
+                tracing::debug!("{}: {reason}: {frame:?}", self.inner.name);
+                Action::Dead(frame, reason)
+            }
+        }
+    }
+
+    fn deliver_locally(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        frame: Frame,
+        ingress: Option<StreamId>,
+    ) -> Action {
+        // Router-internal handles need the ingress stream, so they are
+        // served here rather than by a task.
+        match frame.handle {
+            handles::ADD_ROUTE if !frame.is_dead() => {
+                drop(st);
+                self.on_add_route(&frame, ingress);
+                return Action::Nothing;
+            }
+            handles::DEL_ROUTE if !frame.is_dead() => {
+                drop(st);
+                self.on_del_route(&frame, ingress);
+                return Action::Nothing;
+            }
+            handles::ALLOCATE_ID if self.inner.id == 0 && !frame.is_dead() => {
+                let block = st.controller_ids.allocate_block();
+                drop(st);
+                match block {
+                    Some(b) => self.reply(&frame, Enc::Control, control::encode(&b)),
+                    None => return Action::Dead(frame, "context id space exhausted".into()),
+                }
+                return Action::Nothing;
+            }
+            _ => {}
+        }
+        let Some(h) = st.handlers.get(&frame.handle) else {
+            drop(st);
+            if !frame.is_dead() {
+                tracing::debug!(
+                    "{}: no handler for handle {}: {frame:?}",
+                    self.inner.name,
+                    frame.handle
+                );
+            }
+            let reason = format!(
+                "invalid handle {} in context {} ({})",
+                frame.handle, self.inner.id, self.inner.name
+            );
+            return Action::Dead(frame, reason);
+        };
+        if !frame.is_dead()
+            && let Some(r) = h.respondent
+            && r != frame.src_id
+        {
+            drop(st);
+            let reason = format!("reply from unexpected context {}", frame.src_id);
+            tracing::warn!("{}: {reason}: {frame:?}", self.inner.name);
+            return Action::Dead(frame, reason);
+        }
+        if !frame.is_dead() && h.policy == Policy::ParentsOnly && !self.has_parent_authority(frame.auth_id) {
+            drop(st);
+            let reason = format!(
+                "refused by policy: context {} may not send to handle {} of {}",
+                frame.auth_id, frame.handle, self.inner.name
+            );
+            tracing::warn!("{}: {reason}", self.inner.name);
+            return Action::Dead(frame, reason);
+        }
+        let persist = h.persist;
+        let handle = frame.handle;
+        if h.tx.send(frame).is_err() || !persist {
+            st.handlers.remove(&handle);
+        }
+        Action::Nothing
+    }
+
+    /// Replies to `to` (which must have a `reply_to`) with a payload.
+    pub fn reply(&self, to: &Frame, enc: Enc, payload: Bytes) {
+        if to.reply_to == 0 || to.is_dead() {
+            return;
+        }
+        self.send(Frame::new(to.src_id, to.reply_to, enc, payload));
+    }
+
+    fn send_dead_reply(&self, frame: &Frame, reason: &str) {
+        if frame.is_dead() {
+            return;
+        }
+        if frame.reply_to != 0 {
+            self.send(Frame::dead(frame.src_id, frame.reply_to, reason));
+        } else if reason.starts_with("message too large") {
+            // Nobody asked for a reply, but the recipient is waiting for
+            // something: tell it (as Mitogen does for this one case).
+            self.send(Frame::dead(frame.dst_id, frame.handle, reason));
+        }
+    }
+
+    // ------------------------------------------------------------------ calls
+
+    /// Sends `payload` to `(dst, handle)` with a one-shot reply handle whose
+    /// respondent is `dst`, and waits for the reply.
+    pub async fn request(
+        &self,
+        dst: ContextId,
+        handle: Handle,
+        enc: Enc,
+        payload: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<Frame, CallError> {
+        let mut rx = match self.add_handler(None, Policy::Any, Some(dst), false) {
+            Ok(r) => r,
+            Err(e) => unreachable!("dynamic handle allocation cannot collide: {e}"),
+        };
+        let mut frame = Frame::new(dst, handle, enc, payload);
+        frame.reply_to = rx.handle();
+        self.send(frame);
+        let got = match timeout {
+            Some(t) => rx.recv_timeout(t).await,
+            None => rx.recv().await,
+        };
+        match got {
+            Ok(f) => Ok(f),
+            Err(crate::channel::ChannelError::Timeout(after)) => {
+                Err(CallError::Timeout { context: dst, after })
+            }
+            Err(e) => Err(CallError::Dead(format!("call to {} failed: {e}", self.describe(dst)))),
+        }
+    }
+
+    /// Calls `service.method(args)` in context `dst` and decodes the reply.
+    pub async fn call_service<A, R>(
+        &self,
+        dst: ContextId,
+        service: &str,
+        method: &str,
+        args: &A,
+    ) -> Result<R, CallError>
+    where
+        A: serde::Serialize + ?Sized,
+        R: serde::de::DeserializeOwned,
+    {
+        self.call_service_timeout(dst, service, method, args, None).await
+    }
+
+    /// [`Router::call_service`] with an optional deadline.
+    pub async fn call_service_timeout<A, R>(
+        &self,
+        dst: ContextId,
+        service: &str,
+        method: &str,
+        args: &A,
+        timeout: Option<Duration>,
+    ) -> Result<R, CallError>
+    where
+        A: serde::Serialize + ?Sized,
+        R: serde::de::DeserializeOwned,
+    {
+        let call = control::ServiceCall {
+            service: service.into(),
+            method: method.into(),
+            args: control::encode(args).to_vec(),
+        };
+        let reply = self
+            .request(dst, handles::CALL_SERVICE, Enc::Control, control::encode(&call), timeout)
+            .await?;
+        let reply: CallReply =
+            control::decode_frame(&reply).map_err(|e| CallError::malformed(dst, e))?;
+        match reply {
+            CallReply::Ok(bytes) => control::decode(&bytes).map_err(|e| CallError::malformed(dst, e)),
+            CallReply::Err(error) => Err(CallError::Remote {
+                context: self.describe(dst),
+                error,
+            }),
+        }
+    }
+
+    /// Calls a method without waiting for (or asking for) a reply.
+    pub fn call_service_no_reply<A: serde::Serialize + ?Sized>(
+        &self,
+        dst: ContextId,
+        service: &str,
+        method: &str,
+        args: &A,
+    ) {
+        let call = control::ServiceCall {
+            service: service.into(),
+            method: method.into(),
+            args: control::encode(args).to_vec(),
+        };
+        self.send(Frame::new(dst, handles::CALL_SERVICE, Enc::Control, control::encode(&call)));
+    }
+
+    /// Answers a service call frame with an error.
+    pub fn reply_error(&self, to: &Frame, error: RemoteError) {
+        self.reply(to, Enc::Control, control::encode(&CallReply::Err(error)));
+    }
+
+    // ---------------------------------------------------------------- streams
+
+    /// Registers a stream to the neighbour `remote_id`. A parent stream
+    /// becomes the default route; a child stream becomes the route to
+    /// `remote_id`.
+    pub fn attach_stream(
+        &self,
+        remote_id: ContextId,
+        is_parent: bool,
+        outbox: Arc<Outbox>,
+        name: String,
+    ) -> StreamId {
+        let mut st = self.lock();
+        let id = st.next_stream;
+        st.next_stream += 1;
+        let mut routes = HashSet::new();
+        if is_parent {
+            st.parent_stream = Some(id);
+        } else {
+            routes.insert(remote_id);
+            st.routes.insert(remote_id, id);
+            st.names.insert(remote_id, name.clone());
+        }
+        st.streams.insert(
+            id,
+            StreamEntry {
+                remote_id,
+                name,
+                outbox,
+                routes,
+                egress: HashSet::new(),
+            },
+        );
+        id
+    }
+
+    /// Tells the parent (if any) that `id` is reachable through us.
+    pub fn announce_route(&self, id: ContextId, name: &str) {
+        if let Some(&parent) = self.inner.parent_ids.first() {
+            let msg = AddRoute {
+                id,
+                name: name.to_string(),
+            };
+            self.send(Frame::new(parent, handles::ADD_ROUTE, Enc::Control, control::encode(&msg)));
+        }
+    }
+
+    fn on_add_route(&self, frame: &Frame, ingress: Option<StreamId>) {
+        let Some(s) = ingress else { return };
+        let msg: AddRoute = match control::decode_frame(frame) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("{}: bad ADD_ROUTE from {}: {e}", self.inner.name, frame.src_id);
+                return;
+            }
+        };
+        {
+            let mut st = self.lock();
+            if Some(s) == st.parent_stream {
+                tracing::warn!("{}: ignored ADD_ROUTE from the parent", self.inner.name);
+                return;
+            }
+            if msg.id == self.inner.id || self.inner.parent_ids.contains(&msg.id) {
+                tracing::warn!("{}: refused ADD_ROUTE for ancestor {}", self.inner.name, msg.id);
+                return;
+            }
+            if let Some(&existing) = st.routes.get(&msg.id)
+                && existing != s
+            {
+                tracing::warn!(
+                    "{}: refused duplicate ADD_ROUTE for {} from stream {s}",
+                    self.inner.name,
+                    msg.id
+                );
+                return;
+            }
+            st.routes.insert(msg.id, s);
+            if let Some(e) = st.streams.get_mut(&s) {
+                e.routes.insert(msg.id);
+            }
+            st.names.insert(msg.id, msg.name.clone());
+        }
+        tracing::debug!("{}: route to {} ({}) via stream {s}", self.inner.name, msg.id, msg.name);
+        self.announce_route(msg.id, &msg.name);
+    }
+
+    fn on_del_route(&self, frame: &Frame, ingress: Option<StreamId>) {
+        let Some(s) = ingress else { return };
+        let msg: DelRoute = match control::decode_frame(frame) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("{}: bad DEL_ROUTE from {}: {e}", self.inner.name, frame.src_id);
+                return;
+            }
+        };
+        let from_parent;
+        {
+            let mut st = self.lock();
+            let towards = st.routes.get(&msg.id).copied().or(st.parent_stream);
+            if towards != Some(s) {
+                return;
+            }
+            from_parent = st.parent_stream == Some(s);
+            if st.routes.remove(&msg.id).is_some()
+                && let Some(e) = st.streams.get_mut(&s)
+            {
+                e.routes.remove(&msg.id);
+            }
+        }
+        self.forget_contexts(&[msg.id], &msg.reason, Some(s), !from_parent);
+    }
+
+    /// Wakes waiters on `ids` and tells neighbours they are gone.
+    fn forget_contexts(&self, ids: &[ContextId], reason: &str, via: Option<StreamId>, tell_parent: bool) {
+        let mut notify: Vec<(Arc<Outbox>, Frame)> = Vec::new();
+        {
+            let mut st = self.lock();
+            let dead: Vec<Handle> = st
+                .handlers
+                .iter()
+                .filter(|(_, h)| h.respondent.is_some_and(|r| ids.contains(&r)))
+                .map(|(&k, _)| k)
+                .collect();
+            for k in dead {
+                if let Some(h) = st.handlers.remove(&k) {
+                    let who = h.respondent.unwrap_or_default();
+                    let name = st.names.get(&who).cloned().unwrap_or_default();
+                    let mut f = Frame::dead(
+                        self.inner.id,
+                        k,
+                        &format!("the respondent context {who} ({name}) has disconnected: {reason}"),
+                    );
+                    f.src_id = who;
+                    let _ = h.tx.send(f);
+                }
+            }
+            for &id in ids {
+                let payload = control::encode(&DelRoute {
+                    id,
+                    reason: reason.to_string(),
+                });
+                let parent_stream = st.parent_stream;
+                for (&sid, e) in st.streams.iter_mut() {
+                    if Some(sid) == via {
+                        continue;
+                    }
+                    let is_parent = Some(sid) == parent_stream;
+                    let wanted = if is_parent { tell_parent } else { e.egress.remove(&id) };
+                    if wanted {
+                        let mut f = Frame::new(e.remote_id, handles::DEL_ROUTE, Enc::Control, payload.clone());
+                        f.src_id = self.inner.id;
+                        f.auth_id = self.inner.id;
+                        notify.push((e.outbox.clone(), f));
+                    }
+                }
+            }
+        }
+        for (outbox, f) in notify {
+            outbox.push(f);
+        }
+    }
+
+    /// Called by a stream's tasks when it ends. Idempotent.
+    pub fn stream_lost(&self, stream: StreamId, reason: &str) {
+        let (entry, was_parent) = {
+            let mut st = self.lock();
+            let Some(entry) = st.streams.remove(&stream) else {
+                return;
+            };
+            for id in &entry.routes {
+                st.routes.remove(id);
+            }
+            let was_parent = st.parent_stream == Some(stream);
+            if was_parent {
+                st.parent_stream = None;
+            }
+            (entry, was_parent)
+        };
+        entry.outbox.close();
+        tracing::debug!(
+            "{}: stream {stream} to {} ({}) lost: {reason}",
+            self.inner.name,
+            entry.remote_id,
+            entry.name
+        );
+        let ids: Vec<ContextId> = entry.routes.iter().copied().collect();
+        self.forget_contexts(&ids, reason, Some(stream), !was_parent);
+        if was_parent {
+            // Everything we might be waiting on lies beyond the parent now.
+            let upstream: Vec<ContextId> = {
+                let st = self.lock();
+                st.handlers
+                    .values()
+                    .filter_map(|h| h.respondent)
+                    .filter(|r| !st.routes.contains_key(r) && *r != self.inner.id)
+                    .collect()
+            };
+            self.forget_contexts(&upstream, "the parent stream was lost", Some(stream), false);
+            let _ = self.inner.parent_lost.send(Some(reason.to_string()));
+        }
+    }
+
+    /// Resolves when the stream to the parent is lost, with the reason.
+    pub async fn parent_lost(&self) -> String {
+        let mut rx = self.inner.parent_lost.subscribe();
+        loop {
+            if let Some(r) = rx.borrow_and_update().clone() {
+                return r;
+            }
+            if rx.changed().await.is_err() {
+                return "router dropped".into();
+            }
+        }
+    }
+
+    /// Closes every stream (used at shutdown).
+    pub fn close_all_streams(&self, reason: &str) {
+        let ids: Vec<StreamId> = self.lock().streams.keys().copied().collect();
+        for id in ids {
+            self.stream_lost(id, reason);
+        }
+    }
+
+    /// The outbox of a stream, for flow-control accounting.
+    pub fn outbox(&self, stream: StreamId) -> Option<Arc<Outbox>> {
+        self.lock().streams.get(&stream).map(|e| e.outbox.clone())
+    }
+
+    /// The neighbour at the far end of a stream.
+    pub fn stream_remote(&self, stream: StreamId) -> Option<ContextId> {
+        self.lock().streams.get(&stream).map(|e| e.remote_id)
+    }
+
+    // ------------------------------------------------------------- id space
+
+    /// A fresh context id for a child this context is about to start.
+    pub async fn allocate_id(&self) -> Result<ContextId, CallError> {
+        if self.inner.id == 0 {
+            return self
+                .lock()
+                .controller_ids
+                .allocate()
+                .ok_or_else(|| CallError::Dead("context id space exhausted".into()));
+        }
+        loop {
+            if let Some(id) = self.lock().block.take() {
+                return Ok(id);
+            }
+            let reply = self
+                .request(0, handles::ALLOCATE_ID, Enc::Control, Bytes::new(), None)
+                .await?;
+            let block: IdBlock = control::decode_frame(&reply).map_err(|e| CallError::malformed(0, e))?;
+            if block.start >= block.end {
+                return Err(CallError::Dead("controller returned an empty id block".into()));
+            }
+            self.lock().block.refill(block);
+        }
+    }
+}
+
+/// A fixed handle was already registered.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("handle {0} is already registered")]
+pub struct HandleInUse(pub Handle);

@@ -1,0 +1,258 @@
+//! Services: named sets of methods callable from other contexts.
+//!
+//! A [`Service`] is built with [`ServiceBuilder`]: each method has a name, a
+//! [`Policy`] and an async function from a typed, serde-decoded argument to a
+//! typed result. Decoding *is* the argument validation — a call whose
+//! arguments are not exactly the method's argument type is refused with
+//! [`RemoteError::BadArguments`] before the method runs.
+//!
+//! [`Services`] owns the CALL_SERVICE handle of one context and dispatches
+//! each call on its own task, so a slow method never delays the next call.
+//! A call whose frame has `reply_to == 0` is a "no reply" call: its result is
+//! dropped and its error logged.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+pub use crate::router::Policy;
+use crate::call::RemoteError;
+use crate::router::Router;
+use crate::wire::control::{self, CallReply, ServiceCall};
+use crate::wire::{handles, ContextId, Enc, Frame};
+
+/// A boxed future, as stored in method tables.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Who is calling a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// The context that sent the call (replies go here).
+    pub src_id: ContextId,
+    /// The context whose authority the call carries.
+    pub auth_id: ContextId,
+}
+
+type MethodFn = Arc<dyn Fn(Caller, &[u8]) -> Result<BoxFuture<Result<Bytes, RemoteError>>, String> + Send + Sync>;
+type ShutdownFn = Box<dyn FnOnce() -> BoxFuture<()> + Send>;
+
+struct Method {
+    policy: Policy,
+    run: MethodFn,
+}
+
+/// One named service.
+pub struct Service {
+    name: String,
+    methods: HashMap<String, Method>,
+    on_shutdown: Option<ShutdownFn>,
+}
+
+/// Builds a [`Service`].
+pub struct ServiceBuilder {
+    service: Service,
+}
+
+impl ServiceBuilder {
+    /// A service named `name` (by convention `ferrogen.<what>`).
+    pub fn new(name: impl Into<String>) -> ServiceBuilder {
+        ServiceBuilder {
+            service: Service {
+                name: name.into(),
+                methods: HashMap::new(),
+                on_shutdown: None,
+            },
+        }
+    }
+
+    /// Adds a method taking `A` and returning `R`.
+    pub fn method<A, R, F, Fut>(mut self, name: &str, policy: Policy, f: F) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(Caller, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, RemoteError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let run: MethodFn = Arc::new(move |caller, raw: &[u8]| {
+            let args: A = control::decode(raw).map_err(|e| e.0)?;
+            let f = f.clone();
+            Ok(Box::pin(async move {
+                let r = f(caller, args).await?;
+                Ok(control::encode(&r))
+            }))
+        });
+        self.service.methods.insert(name.to_string(), Method { policy, run });
+        self
+    }
+
+    /// Sets the shutdown hook, run once by [`Services::shutdown`] after the
+    /// CALL_SERVICE handle is closed.
+    pub fn on_shutdown<F, Fut>(mut self, f: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.service.on_shutdown = Some(Box::new(move || Box::pin(f())));
+        self
+    }
+
+    /// The finished service.
+    pub fn build(self) -> Service {
+        self.service
+    }
+}
+
+/// The service registry and dispatcher of one context.
+#[derive(Clone)]
+pub struct Services {
+    router: Router,
+    table: Arc<Mutex<HashMap<String, Service>>>,
+    dispatcher: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl Services {
+    /// Takes the CALL_SERVICE handle of `router` and starts dispatching.
+    pub fn start(router: &Router) -> Services {
+        let services = Services {
+            router: router.clone(),
+            table: Arc::new(Mutex::new(HashMap::new())),
+            dispatcher: Arc::new(Mutex::new(None)),
+        };
+        let mut rx = match router.add_handler(Some(handles::CALL_SERVICE), Policy::Any, None, true) {
+            Ok(rx) => rx,
+            Err(e) => panic!("Services::start called twice on one router: {e}"),
+        };
+        let me = services.clone();
+        let task = tokio::spawn(async move {
+            while let Ok(frame) = rx.recv().await {
+                me.dispatch(frame);
+            }
+        });
+        *services.lock_dispatcher() = Some(task);
+        services
+    }
+
+    fn lock_table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Service>> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_dispatcher(&self) -> std::sync::MutexGuard<'_, Option<JoinHandle<()>>> {
+        self.dispatcher.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a service, replacing any of the same name.
+    pub fn register(&self, service: Service) {
+        self.lock_table().insert(service.name.clone(), service);
+    }
+
+    /// True if a service of that name is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.lock_table().contains_key(name)
+    }
+
+    fn dispatch(&self, frame: Frame) {
+        let router = self.router.clone();
+        let call: ServiceCall = match control::decode_frame(&frame) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("malformed service call from {}: {e}", frame.src_id);
+                router.reply_error(&frame, RemoteError::Failed(format!("malformed service call: {e}")));
+                return;
+            }
+        };
+        let caller = Caller {
+            src_id: frame.src_id,
+            auth_id: frame.auth_id,
+        };
+        let fut = {
+            let table = self.lock_table();
+            let Some(service) = table.get(&call.service) else {
+                drop(table);
+                router.reply_error(&frame, RemoteError::NoSuchService(call.service));
+                return;
+            };
+            let Some(method) = service.methods.get(&call.method) else {
+                drop(table);
+                router.reply_error(
+                    &frame,
+                    RemoteError::NoSuchMethod {
+                        service: call.service,
+                        method: call.method,
+                    },
+                );
+                return;
+            };
+            if method.policy == Policy::ParentsOnly && !router.has_parent_authority(caller.auth_id) {
+                drop(table);
+                tracing::warn!(
+                    "refused {}.{} from context {}",
+                    call.service,
+                    call.method,
+                    caller.auth_id
+                );
+                router.reply_error(
+                    &frame,
+                    RemoteError::Unauthorised {
+                        service: call.service,
+                        method: call.method,
+                        caller: caller.auth_id,
+                    },
+                );
+                return;
+            }
+            match (method.run)(caller, &call.args) {
+                Ok(fut) => fut,
+                Err(detail) => {
+                    drop(table);
+                    router.reply_error(
+                        &frame,
+                        RemoteError::BadArguments {
+                            service: call.service,
+                            method: call.method,
+                            detail,
+                        },
+                    );
+                    return;
+                }
+            }
+        };
+        tokio::spawn(async move {
+            let result = fut.await;
+            if frame.reply_to == 0 {
+                if let Err(e) = result {
+                    tracing::warn!("{}.{} (no reply) failed: {e}", call.service, call.method);
+                }
+                return;
+            }
+            let reply = match result {
+                Ok(bytes) => CallReply::Ok(bytes.to_vec()),
+                Err(e) => CallReply::Err(e),
+            };
+            router.reply(&frame, Enc::Control, control::encode(&reply));
+        });
+    }
+
+    /// Stops taking calls (later calls are answered "invalid handle"), then
+    /// runs every service's shutdown hook.
+    pub async fn shutdown(&self) {
+        self.router.remove_handler(handles::CALL_SERVICE);
+        if let Some(task) = self.lock_dispatcher().take() {
+            task.abort();
+        }
+        let hooks: Vec<ShutdownFn> = self
+            .lock_table()
+            .values_mut()
+            .filter_map(|s| s.on_shutdown.take())
+            .collect();
+        for hook in hooks {
+            hook().await;
+        }
+    }
+}
