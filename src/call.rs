@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::control::ControlDecodeError;
 use crate::wire::ContextId;
+use crate::wire::control::ControlDecodeError;
 
 /// An error produced by a remote service method; travels in a reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::router::Router;
-use crate::wire::{control, ContextId, Enc, Frame, Handle};
+use crate::wire::{ContextId, Enc, Frame, Handle, control};
 
 /// Reason text of the dead message sent by [`Sender::close`].
 pub const SENDER_CLOSED: &str = "channel closed by the sending side";
@@ -77,7 +77,10 @@ impl Receiver {
     }
 
     /// Like [`Receiver::recv`] with a deadline.
-    pub async fn recv_timeout(&mut self, after: std::time::Duration) -> Result<Frame, ChannelError> {
+    pub async fn recv_timeout(
+        &mut self,
+        after: std::time::Duration,
+    ) -> Result<Frame, ChannelError> {
         match tokio::time::timeout(after, self.recv()).await {
             Ok(r) => r,
             Err(_) => Err(ChannelError::Timeout(after)),

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 
 /// Command-line arguments.
 #[derive(Debug, Parser)]
-#[command(name = "ferrogen", version, about = "Routed message bus and streaming file service")]
+#[command(
+    name = "ferrogen",
+    version,
+    about = "Routed message bus and streaming file service"
+)]
 pub struct Cli {
     /// More logging (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

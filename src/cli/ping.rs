@@ -64,7 +64,11 @@ pub async fn run(args: PingArgs, log_filter: String) -> i32 {
     let services = Services::start(&router);
     crate::ping::register_service(&services, &router);
 
-    let hosts = if args.hosts.is_empty() { vec!["local".to_string()] } else { args.hosts.clone() };
+    let hosts = if args.hosts.is_empty() {
+        vec!["local".to_string()]
+    } else {
+        args.hosts.clone()
+    };
     let mut reports = Vec::new();
 
     // The --via chain is shared by every target.
@@ -87,7 +91,10 @@ pub async fn run(args: PingArgs, log_filter: String) -> i32 {
                 via = Some(info.id);
             }
             Err(e) => {
-                failure = Some(format!("hop {hop} ({spec} via {}): {e}", chain.join(" -> ")));
+                failure = Some(format!(
+                    "hop {hop} ({spec} via {}): {e}",
+                    chain.join(" -> ")
+                ));
                 break;
             }
         }
@@ -131,7 +138,10 @@ pub async fn run(args: PingArgs, log_filter: String) -> i32 {
     for r in &reports {
         failed |= r.error.is_some();
         if args.json {
-            println!("{}", serde_json::to_string(r).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")));
+            println!(
+                "{}",
+                serde_json::to_string(r).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+            );
         } else {
             print_text(r);
         }
@@ -174,7 +184,13 @@ async fn ping_one(
     for _ in 0..count {
         let t0 = Instant::now();
         let r: Result<Vec<u8>, _> = router
-            .call_service_timeout(info.id, PING_SERVICE, "ping", &Vec::<u8>::new(), Some(Duration::from_secs(30)))
+            .call_service_timeout(
+                info.id,
+                PING_SERVICE,
+                "ping",
+                &Vec::<u8>::new(),
+                Some(Duration::from_secs(30)),
+            )
             .await;
         match r {
             Ok(_) => rtts.push(t0.elapsed().as_secs_f64() * 1e6),

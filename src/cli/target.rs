@@ -6,9 +6,7 @@ use crate::connect::{ConnectSpec, Method};
 pub fn parse(spec: &str) -> Result<Method, String> {
     match spec {
         "local" => Ok(Method::Local),
-        other => Err(format!(
-            "unknown target {other:?}: expected \"local\""
-        )),
+        other => Err(format!("unknown target {other:?}: expected \"local\"")),
     }
 }
 

@@ -15,8 +15,8 @@ use tokio::net::unix::pipe;
 use crate::router::{Policy, Router, RouterConfig};
 use crate::service::Services;
 use crate::stream::{self, tokio_stream_shim::next_frame};
-use crate::wire::control::{self, Hello, Ready, PROTOCOL_VERSION};
-use crate::wire::{codec, handles, Enc, Frame, FrameCodec};
+use crate::wire::control::{self, Hello, PROTOCOL_VERSION, Ready};
+use crate::wire::{Enc, Frame, FrameCodec, codec, handles};
 
 /// Hook that registers extra services in every child (set by the binary).
 pub type ServiceHook = fn(&Services, &Router);
@@ -69,8 +69,10 @@ fn take_stdio() -> std::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 async fn serve(rfd: OwnedFd, wfd: OwnedFd, extra_services: ServiceHook) -> Result<(), String> {
-    let mut reader = pipe::Receiver::from_owned_fd_unchecked(rfd).map_err(|e| format!("stdin: {e}"))?;
-    let mut writer = pipe::Sender::from_owned_fd_unchecked(wfd).map_err(|e| format!("stdout: {e}"))?;
+    let mut reader =
+        pipe::Receiver::from_owned_fd_unchecked(rfd).map_err(|e| format!("stdin: {e}"))?;
+    let mut writer =
+        pipe::Sender::from_owned_fd_unchecked(wfd).map_err(|e| format!("stdout: {e}"))?;
 
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut codec = FrameCodec::new(64 * 1024);
@@ -85,10 +87,14 @@ async fn serve(rfd: OwnedFd, wfd: OwnedFd, extra_services: ServiceHook) -> Resul
     let hello: Hello = control::decode_frame(&first).map_err(|e| format!("bad handshake: {e}"))?;
     let parent = hello.parent_ids.first().copied().unwrap_or(0);
     if hello.version != PROTOCOL_VERSION {
-        let mut dead = Frame::dead(parent, handles::HELLO, &format!(
-            "protocol version mismatch: parent speaks {}, this binary {PROTOCOL_VERSION}",
-            hello.version
-        ));
+        let mut dead = Frame::dead(
+            parent,
+            handles::HELLO,
+            &format!(
+                "protocol version mismatch: parent speaks {}, this binary {PROTOCOL_VERSION}",
+                hello.version
+            ),
+        );
         dead.src_id = hello.context_id;
         dead.auth_id = hello.context_id;
         let _ = writer.write_all(&codec::encode_to_vec(&dead)).await;
@@ -115,7 +121,12 @@ async fn serve(rfd: OwnedFd, wfd: OwnedFd, extra_services: ServiceHook) -> Resul
         pid: std::process::id(),
         arch: std::env::consts::ARCH.to_string(),
     };
-    let mut reply = Frame::new(parent, handles::HELLO, Enc::Control, control::encode(&ready));
+    let mut reply = Frame::new(
+        parent,
+        handles::HELLO,
+        Enc::Control,
+        control::encode(&ready),
+    );
     reply.src_id = hello.context_id;
     reply.auth_id = hello.context_id;
     writer

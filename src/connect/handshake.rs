@@ -15,8 +15,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::stream::tokio_stream_shim::next_frame;
-use crate::wire::control::{self, Hello, Ready, PROTOCOL_VERSION};
-use crate::wire::{codec, handles, Enc, Frame, FrameCodec};
+use crate::wire::control::{self, Hello, PROTOCOL_VERSION, Ready};
+use crate::wire::{Enc, Frame, FrameCodec, codec, handles};
 
 /// Lines of a child's stderr kept for error messages.
 const STDERR_TAIL: usize = 20;
@@ -28,7 +28,10 @@ pub struct StderrTail(Arc<Mutex<VecDeque<String>>>);
 impl StderrTail {
     /// The lines, oldest first.
     pub fn lines(&self) -> Vec<String> {
-        self.0.lock().map(|q| q.iter().cloned().collect()).unwrap_or_default()
+        self.0
+            .lock()
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn push(&self, line: String) {
@@ -44,7 +47,10 @@ impl StderrTail {
 /// Forwards a child's stderr into our log, tagged with its name, keeping the
 /// tail for error messages. Lines that start with a level word (as the
 /// child's own log lines do) are re-emitted at that level.
-pub fn forward_stderr<R: AsyncRead + Unpin + Send + 'static>(name: String, stderr: R) -> StderrTail {
+pub fn forward_stderr<R: AsyncRead + Unpin + Send + 'static>(
+    name: String,
+    stderr: R,
+) -> StderrTail {
     let tail = StderrTail::default();
     let t = tail.clone();
     tokio::spawn(async move {
@@ -52,7 +58,9 @@ pub fn forward_stderr<R: AsyncRead + Unpin + Send + 'static>(name: String, stder
         while let Ok(Some(line)) = lines.next_line().await {
             let trimmed = line.trim_start();
             let (level, rest) = match trimmed.split_once(' ') {
-                Some((l, r)) if matches!(l, "ERROR" | "WARN" | "INFO" | "DEBUG" | "TRACE") => (l, r.trim_start()),
+                Some((l, r)) if matches!(l, "ERROR" | "WARN" | "INFO" | "DEBUG" | "TRACE") => {
+                    (l, r.trim_start())
+                }
                 _ => ("", trimmed),
             };
             match level {
@@ -82,7 +90,12 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut frame = Frame::new(hello.context_id, handles::HELLO, Enc::Control, control::encode(hello));
+    let mut frame = Frame::new(
+        hello.context_id,
+        handles::HELLO,
+        Enc::Control,
+        control::encode(hello),
+    );
     frame.src_id = parent_id;
     frame.auth_id = parent_id;
     let exchange = async {
@@ -90,21 +103,30 @@ where
             .write_all(&codec::encode_to_vec(&frame))
             .await
             .map_err(|e| format!("could not send the handshake: {e}"))?;
-        writer.flush().await.map_err(|e| format!("could not send the handshake: {e}"))?;
+        writer
+            .flush()
+            .await
+            .map_err(|e| format!("could not send the handshake: {e}"))?;
         let mut buf = BytesMut::with_capacity(4096);
         let mut codec = FrameCodec::new(64 * 1024);
         let reply = match next_frame(reader, &mut codec, &mut buf).await {
             Ok(Some(f)) => f,
-            Ok(None) => return Err("the process exited before completing the handshake".to_string()),
+            Ok(None) => {
+                return Err("the process exited before completing the handshake".to_string());
+            }
             Err(e) => return Err(format!("bad handshake reply: {e}")),
         };
         if reply.handle != handles::HELLO {
             return Err(format!("unexpected first frame {reply:?}"));
         }
         if reply.is_dead() {
-            return Err(format!("the child refused the handshake: {}", reply.dead_reason()));
+            return Err(format!(
+                "the child refused the handshake: {}",
+                reply.dead_reason()
+            ));
         }
-        let ready: Ready = control::decode_frame(&reply).map_err(|e| format!("bad handshake reply: {e}"))?;
+        let ready: Ready =
+            control::decode_frame(&reply).map_err(|e| format!("bad handshake reply: {e}"))?;
         if ready.version != PROTOCOL_VERSION {
             return Err(format!(
                 "protocol version mismatch: we speak {PROTOCOL_VERSION}, the child {}",

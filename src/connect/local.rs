@@ -17,9 +17,26 @@ pub const CHILD_ARG: &str = "__context";
 /// several times, so a writer rarely blocks mid-frame.
 pub const PIPE_SIZE: usize = 1024 * 1024;
 
+static CHILD_PROGRAM: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Makes this process start `path` (instead of its own executable) for local
+/// children. For test harnesses and embedders whose process is not the
+/// `ferrogen` binary; `path` must run [`crate::connect::child::run`] when
+/// given [`CHILD_ARG`]. Only the first call has an effect.
+pub fn set_child_program(path: impl Into<std::path::PathBuf>) {
+    let _ = CHILD_PROGRAM.set(path.into());
+}
+
+fn child_program() -> std::io::Result<std::path::PathBuf> {
+    match CHILD_PROGRAM.get() {
+        Some(p) => Ok(p.clone()),
+        None => std::env::current_exe(),
+    }
+}
+
 /// Starts a child of this context running this binary.
 pub async fn connect(router: &Router, spec: &ConnectSpec) -> Result<ContextInfo, ConnectError> {
-    let exe = std::env::current_exe().map_err(|e| ConnectError::Spawn {
+    let exe = child_program().map_err(|e| ConnectError::Spawn {
         method: "local".into(),
         program: "the current executable".into(),
         cause: e.to_string(),
@@ -38,10 +55,9 @@ pub async fn start(
     mut cmd: Command,
     method: &str,
 ) -> Result<ContextInfo, ConnectError> {
-    let id = router
-        .allocate_id()
-        .await
-        .map_err(|e| ConnectError::Other(format!("{method}: could not allocate a context id: {e}")))?;
+    let id = router.allocate_id().await.map_err(|e| {
+        ConnectError::Other(format!("{method}: could not allocate a context id: {e}"))
+    })?;
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -80,7 +96,8 @@ pub async fn start(
         max_message_size: router.max_message_size() as u64,
         log_filter: spec.log_filter.clone(),
     };
-    let result = handshake::parent_side(&mut stdout, &mut stdin, &hello, router.id(), spec.timeout()).await;
+    let result =
+        handshake::parent_side(&mut stdout, &mut stdin, &hello, router.id(), spec.timeout()).await;
     let (ready, buffered) = match result {
         Ok(r) => r,
         Err(detail) => {

@@ -184,10 +184,18 @@ pub fn register_service(services: &Services, router: &Router) {
     let r = router.clone();
     services.register(
         ServiceBuilder::new(CONNECT_SERVICE)
-            .method("connect", Policy::ParentsOnly, move |_caller, spec: ConnectSpec| {
-                let r = r.clone();
-                async move { Ok::<_, RemoteError>(connect_here(&r, &spec).await.map_err(|e| e.to_string())) }
-            })
+            .method(
+                "connect",
+                Policy::ParentsOnly,
+                move |_caller, spec: ConnectSpec| {
+                    let r = r.clone();
+                    async move {
+                        Ok::<_, RemoteError>(
+                            connect_here(&r, &spec).await.map_err(|e| e.to_string()),
+                        )
+                    }
+                },
+            )
             .build(),
     );
 }

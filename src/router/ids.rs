@@ -6,8 +6,8 @@
 //! block and asks for another when it runs out — the same scheme, and the same
 //! observable sequence, as Mitogen's `IdAllocator`/`ChildIdAllocator`.
 
-use crate::wire::control::IdBlock;
 use crate::wire::ContextId;
+use crate::wire::control::IdBlock;
 
 /// Ids in one block handed to a non-controller context.
 pub const BLOCK_SIZE: u32 = 1000;
@@ -77,7 +77,13 @@ mod tests {
         let mut a = IdAllocator::default();
         assert_eq!(a.allocate(), Some(1));
         let block = a.allocate_block().expect("block");
-        assert_eq!(block, IdBlock { start: 2, end: 1002 });
+        assert_eq!(
+            block,
+            IdBlock {
+                start: 2,
+                end: 1002
+            }
+        );
         let mut b = BlockAllocator::default();
         b.refill(block);
         assert_eq!(b.take(), Some(2));
@@ -96,7 +102,9 @@ mod tests {
 
     #[test]
     fn exhausted_space_is_none_not_wraparound() {
-        let mut a = IdAllocator { next: u32::MAX - 10 };
+        let mut a = IdAllocator {
+            next: u32::MAX - 10,
+        };
         assert_eq!(a.allocate_block(), None);
     }
 }

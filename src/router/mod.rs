@@ -22,7 +22,7 @@
 
 mod ids;
 
-pub use ids::{BlockAllocator, IdAllocator, BLOCK_SIZE};
+pub use ids::{BLOCK_SIZE, BlockAllocator, IdAllocator};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,9 +33,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::call::{CallError, RemoteError};
 use crate::channel::Receiver;
-use crate::stream::{Outbox, StreamId, BULK_HIGH_WATER};
+use crate::stream::{BULK_HIGH_WATER, Outbox, StreamId};
 use crate::wire::control::{self, AddRoute, CallReply, DelRoute, IdBlock};
-use crate::wire::{handles, ContextId, Enc, Frame, Handle};
+use crate::wire::{ContextId, Enc, Frame, Handle, handles};
 
 /// Who may deliver to a handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,7 +229,10 @@ impl Router {
             }
             None => loop {
                 let h = st.next_handle;
-                st.next_handle = st.next_handle.checked_add(1).unwrap_or(handles::FIRST_DYNAMIC);
+                st.next_handle = st
+                    .next_handle
+                    .checked_add(1)
+                    .unwrap_or(handles::FIRST_DYNAMIC);
                 if !st.handlers.contains_key(&h) {
                     break h;
                 }
@@ -433,7 +436,10 @@ impl Router {
             tracing::warn!("{}: {reason}: {frame:?}", self.inner.name);
             return Action::Dead(frame, reason);
         }
-        if !frame.is_dead() && h.policy == Policy::ParentsOnly && !self.has_parent_authority(frame.auth_id) {
+        if !frame.is_dead()
+            && h.policy == Policy::ParentsOnly
+            && !self.has_parent_authority(frame.auth_id)
+        {
             drop(st);
             let reason = format!(
                 "refused by policy: context {} may not send to handle {} of {}",
@@ -496,10 +502,14 @@ impl Router {
         };
         match got {
             Ok(f) => Ok(f),
-            Err(crate::channel::ChannelError::Timeout(after)) => {
-                Err(CallError::Timeout { context: dst, after })
-            }
-            Err(e) => Err(CallError::Dead(format!("call to {} failed: {e}", self.describe(dst)))),
+            Err(crate::channel::ChannelError::Timeout(after)) => Err(CallError::Timeout {
+                context: dst,
+                after,
+            }),
+            Err(e) => Err(CallError::Dead(format!(
+                "call to {} failed: {e}",
+                self.describe(dst)
+            ))),
         }
     }
 
@@ -515,7 +525,8 @@ impl Router {
         A: serde::Serialize + ?Sized,
         R: serde::de::DeserializeOwned,
     {
-        self.call_service_timeout(dst, service, method, args, None).await
+        self.call_service_timeout(dst, service, method, args, None)
+            .await
     }
 
     /// [`Router::call_service`] with an optional deadline.
@@ -537,12 +548,20 @@ impl Router {
             args: control::encode(args).to_vec(),
         };
         let reply = self
-            .request(dst, handles::CALL_SERVICE, Enc::Control, control::encode(&call), timeout)
+            .request(
+                dst,
+                handles::CALL_SERVICE,
+                Enc::Control,
+                control::encode(&call),
+                timeout,
+            )
             .await?;
         let reply: CallReply =
             control::decode_frame(&reply).map_err(|e| CallError::malformed(dst, e))?;
         match reply {
-            CallReply::Ok(bytes) => control::decode(&bytes).map_err(|e| CallError::malformed(dst, e)),
+            CallReply::Ok(bytes) => {
+                control::decode(&bytes).map_err(|e| CallError::malformed(dst, e))
+            }
             CallReply::Err(error) => Err(CallError::Remote {
                 context: self.describe(dst),
                 error,
@@ -563,7 +582,12 @@ impl Router {
             method: method.into(),
             args: control::encode(args).to_vec(),
         };
-        self.send(Frame::new(dst, handles::CALL_SERVICE, Enc::Control, control::encode(&call)));
+        self.send(Frame::new(
+            dst,
+            handles::CALL_SERVICE,
+            Enc::Control,
+            control::encode(&call),
+        ));
     }
 
     /// Answers a service call frame with an error.
@@ -614,7 +638,12 @@ impl Router {
                 id,
                 name: name.to_string(),
             };
-            self.send(Frame::new(parent, handles::ADD_ROUTE, Enc::Control, control::encode(&msg)));
+            self.send(Frame::new(
+                parent,
+                handles::ADD_ROUTE,
+                Enc::Control,
+                control::encode(&msg),
+            ));
         }
     }
 
@@ -623,7 +652,11 @@ impl Router {
         let msg: AddRoute = match control::decode_frame(frame) {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!("{}: bad ADD_ROUTE from {}: {e}", self.inner.name, frame.src_id);
+                tracing::warn!(
+                    "{}: bad ADD_ROUTE from {}: {e}",
+                    self.inner.name,
+                    frame.src_id
+                );
                 return;
             }
         };
@@ -634,7 +667,11 @@ impl Router {
                 return;
             }
             if msg.id == self.inner.id || self.inner.parent_ids.contains(&msg.id) {
-                tracing::warn!("{}: refused ADD_ROUTE for ancestor {}", self.inner.name, msg.id);
+                tracing::warn!(
+                    "{}: refused ADD_ROUTE for ancestor {}",
+                    self.inner.name,
+                    msg.id
+                );
                 return;
             }
             if let Some(&existing) = st.routes.get(&msg.id)
@@ -653,7 +690,12 @@ impl Router {
             }
             st.names.insert(msg.id, msg.name.clone());
         }
-        tracing::debug!("{}: route to {} ({}) via stream {s}", self.inner.name, msg.id, msg.name);
+        tracing::debug!(
+            "{}: route to {} ({}) via stream {s}",
+            self.inner.name,
+            msg.id,
+            msg.name
+        );
         self.announce_route(msg.id, &msg.name);
     }
 
@@ -662,7 +704,11 @@ impl Router {
         let msg: DelRoute = match control::decode_frame(frame) {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!("{}: bad DEL_ROUTE from {}: {e}", self.inner.name, frame.src_id);
+                tracing::warn!(
+                    "{}: bad DEL_ROUTE from {}: {e}",
+                    self.inner.name,
+                    frame.src_id
+                );
                 return;
             }
         };
@@ -684,7 +730,13 @@ impl Router {
     }
 
     /// Wakes waiters on `ids` and tells neighbours they are gone.
-    fn forget_contexts(&self, ids: &[ContextId], reason: &str, via: Option<StreamId>, tell_parent: bool) {
+    fn forget_contexts(
+        &self,
+        ids: &[ContextId],
+        reason: &str,
+        via: Option<StreamId>,
+        tell_parent: bool,
+    ) {
         let mut notify: Vec<(Arc<Outbox>, Frame)> = Vec::new();
         {
             let mut st = self.lock();
@@ -701,7 +753,9 @@ impl Router {
                     let mut f = Frame::dead(
                         self.inner.id,
                         k,
-                        &format!("the respondent context {who} ({name}) has disconnected: {reason}"),
+                        &format!(
+                            "the respondent context {who} ({name}) has disconnected: {reason}"
+                        ),
                     );
                     f.src_id = who;
                     let _ = h.tx.send(f);
@@ -718,9 +772,18 @@ impl Router {
                         continue;
                     }
                     let is_parent = Some(sid) == parent_stream;
-                    let wanted = if is_parent { tell_parent } else { e.egress.remove(&id) };
+                    let wanted = if is_parent {
+                        tell_parent
+                    } else {
+                        e.egress.remove(&id)
+                    };
                     if wanted {
-                        let mut f = Frame::new(e.remote_id, handles::DEL_ROUTE, Enc::Control, payload.clone());
+                        let mut f = Frame::new(
+                            e.remote_id,
+                            handles::DEL_ROUTE,
+                            Enc::Control,
+                            payload.clone(),
+                        );
                         f.src_id = self.inner.id;
                         f.auth_id = self.inner.id;
                         notify.push((e.outbox.clone(), f));
@@ -822,9 +885,12 @@ impl Router {
             let reply = self
                 .request(0, handles::ALLOCATE_ID, Enc::Control, Bytes::new(), None)
                 .await?;
-            let block: IdBlock = control::decode_frame(&reply).map_err(|e| CallError::malformed(0, e))?;
+            let block: IdBlock =
+                control::decode_frame(&reply).map_err(|e| CallError::malformed(0, e))?;
             if block.start >= block.end {
-                return Err(CallError::Dead("controller returned an empty id block".into()));
+                return Err(CallError::Dead(
+                    "controller returned an empty id block".into(),
+                ));
             }
             self.lock().block.refill(block);
         }

@@ -17,15 +17,15 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
-pub use crate::router::Policy;
 use crate::call::RemoteError;
+pub use crate::router::Policy;
 use crate::router::Router;
 use crate::wire::control::{self, CallReply, ServiceCall};
-use crate::wire::{handles, ContextId, Enc, Frame};
+use crate::wire::{ContextId, Enc, Frame, handles};
 
 /// A boxed future, as stored in method tables.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -39,7 +39,9 @@ pub struct Caller {
     pub auth_id: ContextId,
 }
 
-type MethodFn = Arc<dyn Fn(Caller, &[u8]) -> Result<BoxFuture<Result<Bytes, RemoteError>>, String> + Send + Sync>;
+type MethodFn = Arc<
+    dyn Fn(Caller, &[u8]) -> Result<BoxFuture<Result<Bytes, RemoteError>>, String> + Send + Sync,
+>;
 type ShutdownFn = Box<dyn FnOnce() -> BoxFuture<()> + Send>;
 
 struct Method {
@@ -88,7 +90,9 @@ impl ServiceBuilder {
                 Ok(control::encode(&r))
             }))
         });
-        self.service.methods.insert(name.to_string(), Method { policy, run });
+        self.service
+            .methods
+            .insert(name.to_string(), Method { policy, run });
         self
     }
 
@@ -125,7 +129,8 @@ impl Services {
             table: Arc::new(Mutex::new(HashMap::new())),
             dispatcher: Arc::new(Mutex::new(None)),
         };
-        let mut rx = match router.add_handler(Some(handles::CALL_SERVICE), Policy::Any, None, true) {
+        let mut rx = match router.add_handler(Some(handles::CALL_SERVICE), Policy::Any, None, true)
+        {
             Ok(rx) => rx,
             Err(e) => panic!("Services::start called twice on one router: {e}"),
         };
@@ -163,7 +168,10 @@ impl Services {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("malformed service call from {}: {e}", frame.src_id);
-                router.reply_error(&frame, RemoteError::Failed(format!("malformed service call: {e}")));
+                router.reply_error(
+                    &frame,
+                    RemoteError::Failed(format!("malformed service call: {e}")),
+                );
                 return;
             }
         };
@@ -189,7 +197,8 @@ impl Services {
                 );
                 return;
             };
-            if method.policy == Policy::ParentsOnly && !router.has_parent_authority(caller.auth_id) {
+            if method.policy == Policy::ParentsOnly && !router.has_parent_authority(caller.auth_id)
+            {
                 drop(table);
                 tracing::warn!(
                     "refused {}.{} from context {}",

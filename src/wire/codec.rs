@@ -7,8 +7,8 @@
 use bytes::{Buf, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::header::{Enc, Header, HEADER_LEN};
 use super::Frame;
+use super::header::{Enc, HEADER_LEN, Header};
 
 /// Why a byte stream stopped being decodable. Any of these closes the stream.
 #[derive(Debug, thiserror::Error)]

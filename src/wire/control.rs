@@ -12,7 +12,7 @@
 //! [postcard]: https://postcard.jamesmunns.com/wire-format
 
 use bytes::Bytes;
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::{ContextId, Enc, Frame};
 

@@ -18,7 +18,7 @@ pub mod handles;
 pub mod header;
 
 pub use codec::{DecodeError, FrameCodec};
-pub use header::{Enc, Header, HEADER_LEN};
+pub use header::{Enc, HEADER_LEN, Header};
 
 use bytes::Bytes;
 
