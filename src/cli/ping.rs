@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 
-use super::target;
-use crate::connect::{self, ContextInfo};
+use super::target::{self, Chain, TargetArgs};
 use crate::ping::PING_SERVICE;
 use crate::router::{Router, RouterConfig};
 use crate::service::Services;
@@ -15,18 +14,12 @@ use crate::service::Services;
 /// Arguments of `ferrogen ping`.
 #[derive(Debug, Args)]
 pub struct PingArgs {
-    /// Target to reach (repeatable). Default: one `local` child.
-    #[arg(short = 'H', long = "host", value_name = "SPEC")]
-    pub hosts: Vec<String>,
-    /// Start each next hop from inside the previous one (repeatable, in order).
-    #[arg(long, value_name = "SPEC")]
-    pub via: Vec<String>,
+    /// Which targets, and how to reach them.
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Calls per target.
     #[arg(short = 'c', long, default_value_t = 10)]
     pub count: u32,
-    /// Seconds allowed for each connection.
-    #[arg(long, default_value_t = 30.0)]
-    pub connect_timeout: f64,
     /// Print one JSON object per target instead of text.
     #[arg(long)]
     pub json: bool,
@@ -41,7 +34,7 @@ pub struct PingReport {
     pub chain: Vec<String>,
     /// Calls made.
     pub count: u32,
-    /// Round-trip times in microseconds (min, median, max), if any call ran.
+    /// Round-trip times in microseconds, if any call ran.
     pub rtt_us: Option<RttSummary>,
     /// Why it failed, if it did.
     pub error: Option<String>,
@@ -64,73 +57,40 @@ pub async fn run(args: PingArgs, log_filter: String) -> i32 {
     let services = Services::start(&router);
     crate::ping::register_service(&services, &router);
 
-    let hosts = if args.hosts.is_empty() {
-        vec!["local".to_string()]
-    } else {
-        args.hosts.clone()
-    };
     let mut reports = Vec::new();
-
-    // The --via chain is shared by every target.
-    let mut chain = vec![router.name().to_string()];
-    let mut via = None;
-    let mut failure = None;
-    for (i, spec) in args.via.iter().enumerate() {
-        let hop = i + 1;
-        let method = match target::parse(spec) {
-            Ok(m) => m,
-            Err(e) => {
-                failure = Some(format!("hop {hop} ({spec}): {e}"));
-                break;
-            }
-        };
-        let cs = target::connect_spec(method, args.connect_timeout, &log_filter);
-        match connect::connect(&router, &cs, via).await {
-            Ok(info) => {
-                chain.push(info.name.clone());
-                via = Some(info.id);
-            }
-            Err(e) => {
-                failure = Some(format!(
-                    "hop {hop} ({spec} via {}): {e}",
-                    chain.join(" -> ")
-                ));
-                break;
+    match target::connect_chain(&router, &args.target, &log_filter).await {
+        Err((chain, e)) => {
+            for host in args.target.hosts() {
+                reports.push(PingReport {
+                    target: host,
+                    chain: chain.names.clone(),
+                    count: 0,
+                    rtt_us: None,
+                    error: Some(e.clone()),
+                });
             }
         }
-    }
-
-    let mut tasks = Vec::new();
-    for host in hosts {
-        if let Some(f) = &failure {
-            reports.push(PingReport {
-                target: host,
-                chain: chain.clone(),
-                count: 0,
-                rtt_us: None,
-                error: Some(f.clone()),
-            });
-            continue;
-        }
-        let router = router.clone();
-        let chain = chain.clone();
-        let filter = log_filter.clone();
-        let count = args.count;
-        let timeout = args.connect_timeout;
-        tasks.push(tokio::spawn(async move {
-            ping_one(&router, host, chain, via, count, timeout, &filter).await
-        }));
-    }
-    for t in tasks {
-        match t.await {
-            Ok(r) => reports.push(r),
-            Err(e) => reports.push(PingReport {
-                target: "?".into(),
-                chain: vec![],
-                count: 0,
-                rtt_us: None,
-                error: Some(format!("internal error: {e}")),
-            }),
+        Ok(chain) => {
+            let mut tasks = Vec::new();
+            for host in args.target.hosts() {
+                let router = router.clone();
+                let chain = chain.clone();
+                let filter = log_filter.clone();
+                let targs = args.target.clone();
+                let count = args.count;
+                tasks.push(tokio::spawn(async move {
+                    ping_one(&router, &targs, host, chain, count, &filter).await
+                }));
+            }
+            for t in tasks {
+                reports.push(t.await.unwrap_or_else(|e| PingReport {
+                    target: "?".into(),
+                    chain: vec![],
+                    count: 0,
+                    rtt_us: None,
+                    error: Some(format!("internal error: {e}")),
+                }));
+            }
         }
     }
 
@@ -138,10 +98,10 @@ pub async fn run(args: PingArgs, log_filter: String) -> i32 {
     for r in &reports {
         failed |= r.error.is_some();
         if args.json {
-            println!(
-                "{}",
-                serde_json::to_string(r).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-            );
+            match serde_json::to_string(r) {
+                Ok(s) => println!("{s}"),
+                Err(e) => println!("{{\"error\":\"{e}\"}}"),
+            }
         } else {
             print_text(r);
         }
@@ -152,34 +112,26 @@ pub async fn run(args: PingArgs, log_filter: String) -> i32 {
 
 async fn ping_one(
     router: &Router,
+    targs: &TargetArgs,
     host: String,
-    mut chain: Vec<String>,
-    via: Option<u32>,
+    chain: Chain,
     count: u32,
-    timeout: f64,
     filter: &str,
 ) -> PingReport {
-    let fail = |chain: Vec<String>, e: String| PingReport {
-        target: host.clone(),
-        chain,
-        count: 0,
-        rtt_us: None,
-        error: Some(e),
-    };
-    let method = match target::parse(&host) {
-        Ok(m) => m,
-        Err(e) => return fail(chain, e),
-    };
-    let hop = chain.len();
-    let cs = target::connect_spec(method, timeout, filter);
-    let info: ContextInfo = match connect::connect(router, &cs, via).await {
+    let mut names = chain.names.clone();
+    let info = match target::connect_target(router, targs, &chain, &host, filter).await {
         Ok(i) => i,
         Err(e) => {
-            let e = format!("hop {hop} ({host} via {}): {e}", chain.join(" -> "));
-            return fail(chain, e);
+            return PingReport {
+                target: host,
+                chain: names,
+                count: 0,
+                rtt_us: None,
+                error: Some(e),
+            };
         }
     };
-    chain.push(info.name.clone());
+    names.push(info.name.clone());
     let mut rtts = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let t0 = Instant::now();
@@ -194,7 +146,15 @@ async fn ping_one(
             .await;
         match r {
             Ok(_) => rtts.push(t0.elapsed().as_secs_f64() * 1e6),
-            Err(e) => return fail(chain, format!("{}: ping failed: {e}", info.name)),
+            Err(e) => {
+                return PingReport {
+                    target: host,
+                    chain: names,
+                    count: rtts.len() as u32,
+                    rtt_us: None,
+                    error: Some(format!("{}: ping failed: {e}", info.name)),
+                };
+            }
         }
     }
     rtts.sort_by(|a, b| a.total_cmp(b));
@@ -205,7 +165,7 @@ async fn ping_one(
     });
     PingReport {
         target: host,
-        chain,
+        chain: names,
         count,
         rtt_us,
         error: None,
