@@ -76,6 +76,19 @@ impl Receiver {
         }
     }
 
+    /// The next message if one is already queued; `Ok(None)` if none is.
+    pub fn try_recv(&mut self) -> Result<Option<Frame>, ChannelError> {
+        if self.closed {
+            return Err(ChannelError::Closed);
+        }
+        match self.rx.try_recv() {
+            Ok(frame) if frame.is_dead() => Err(ChannelError::Dead(frame.dead_reason())),
+            Ok(frame) => Ok(Some(frame)),
+            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::error::TryRecvError::Disconnected) => Err(ChannelError::Closed),
+        }
+    }
+
     /// Like [`Receiver::recv`] with a deadline.
     pub async fn recv_timeout(
         &mut self,

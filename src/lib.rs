@@ -14,6 +14,7 @@
 //! * [`call`] — request/reply and the errors calls end with.
 //! * [`service`] — named services with per-method policies.
 //! * [`connect`] — starting contexts: `local`, `via`, and the child side.
+//! * [`files`] — the FileService, the receiving side and push plans.
 //! * [`ping`] — the built-in liveness/measurement service.
 //! * [`cli`] — the `ferrogen` command line.
 
@@ -25,4 +26,5 @@ pub mod ping;
 pub mod router;
 pub mod service;
 pub mod stream;
+pub mod files;
 pub mod wire;

@@ -1,9 +1,11 @@
 //! The `ferrogen` command line.
 //!
 //! * [`ping`] — connect to targets and measure call round trips.
+//! * [`push`] — copy files and directories to targets.
 //! * [`target`] — target specifications (`-H`, `--via`).
 
 pub mod ping;
+pub mod push;
 pub mod target;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Connect to targets and measure call round trips.
     Ping(ping::PingArgs),
+    /// Copy files (and, with -r, directories) to every target.
+    Push(push::PushArgs),
     /// (internal) Run a context on stdin/stdout.
     #[command(name = "__context", hide = true)]
     Context,
@@ -38,12 +42,22 @@ pub enum Command {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
-        Command::Context => crate::connect::child::run(|_, _| {}),
+        Command::Context => crate::connect::child::run(child_services),
         Command::Ping(args) => {
             let filter = init_logging(cli.verbose);
             run_async(ping::run(args, filter))
         }
+        Command::Push(args) => {
+            let filter = init_logging(cli.verbose);
+            run_async(push::run(args, filter))
+        }
     }
+}
+
+/// Services every child context of the `ferrogen` binary runs beyond the
+/// built-in ones: the receiving side of the FileService.
+pub fn child_services(services: &crate::service::Services, router: &crate::router::Router) {
+    crate::files::plan::register_service(services, router);
 }
 
 fn run_async<F: std::future::Future<Output = i32>>(f: F) -> i32 {

@@ -39,9 +39,12 @@ pub struct Caller {
     pub auth_id: ContextId,
 }
 
-type MethodFn = Arc<
-    dyn Fn(Caller, &[u8]) -> Result<BoxFuture<Result<Bytes, RemoteError>>, String> + Send + Sync,
->;
+/// Work a method asks to run once its reply has been queued.
+pub type FollowUp = BoxFuture<()>;
+
+type MethodOutput = Result<(Bytes, Option<FollowUp>), RemoteError>;
+type MethodFn =
+    Arc<dyn Fn(Caller, &[u8]) -> Result<BoxFuture<MethodOutput>, String> + Send + Sync>;
 type ShutdownFn = Box<dyn FnOnce() -> BoxFuture<()> + Send>;
 
 struct Method {
@@ -87,7 +90,33 @@ impl ServiceBuilder {
             let f = f.clone();
             Ok(Box::pin(async move {
                 let r = f(caller, args).await?;
-                Ok(control::encode(&r))
+                Ok((control::encode(&r), None))
+            }))
+        });
+        self.service
+            .methods
+            .insert(name.to_string(), Method { policy, run });
+        self
+    }
+
+    /// Adds a method that replies first and then keeps working: its function
+    /// returns the reply value and a [`FollowUp`] future that is started only
+    /// after the reply has been queued (so, on the same stream, the reply
+    /// precedes anything the follow-up sends).
+    pub fn method_then<A, R, F, Fut>(mut self, name: &str, policy: Policy, f: F) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(Caller, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(R, Option<FollowUp>), RemoteError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let run: MethodFn = Arc::new(move |caller, raw: &[u8]| {
+            let args: A = control::decode(raw).map_err(|e| e.0)?;
+            let f = f.clone();
+            Ok(Box::pin(async move {
+                let (r, then) = f(caller, args).await?;
+                Ok((control::encode(&r), then))
             }))
         });
         self.service
@@ -233,18 +262,19 @@ impl Services {
             }
         };
         tokio::spawn(async move {
-            let result = fut.await;
-            if frame.reply_to == 0 {
-                if let Err(e) = result {
-                    tracing::warn!("{}.{} (no reply) failed: {e}", call.service, call.method);
+            let (reply, then) = match fut.await {
+                Ok((bytes, then)) => (CallReply::Ok(bytes.to_vec()), then),
+                Err(e) => {
+                    if frame.reply_to == 0 {
+                        tracing::warn!("{}.{} (no reply) failed: {e}", call.service, call.method);
+                    }
+                    (CallReply::Err(e), None)
                 }
-                return;
-            }
-            let reply = match result {
-                Ok(bytes) => CallReply::Ok(bytes.to_vec()),
-                Err(e) => CallReply::Err(e),
             };
             router.reply(&frame, Enc::Control, control::encode(&reply));
+            if let Some(then) = then {
+                then.await;
+            }
         });
     }
 

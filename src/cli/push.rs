@@ -1,0 +1,514 @@
+//! `ferrogen push`: copy files and directories to every target.
+//!
+//! The controller registers the sources with its FileService, connects the
+//! targets (through any `--via` hops, `--fanout` at a time) and asks each
+//! target's `ferrogen.files.target` service to apply a [`PushPlan`]; the
+//! targets pull the data, so the credit window and the one-at-a-time rule
+//! hold on every stream. Per-target progress comes from the FileService's
+//! acknowledgement counters.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use super::target::{self, Chain, TargetArgs};
+use crate::files::plan::{EntryResult, PlanEntry, PushPlan};
+use crate::files::receive::ReceiveOptions;
+use crate::files::{FileService, FileServiceConfig, TARGET_SERVICE};
+use crate::router::{Router, RouterConfig};
+use crate::service::Services;
+
+/// Arguments of `ferrogen push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Which targets, and how to reach them.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Copy directories recursively (structure, modes, symlinks as symlinks).
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// Apply the source's owner and group on the target (needs privilege there).
+    #[arg(long)]
+    pub owner: bool,
+    /// Skip fsync of files and directories (faster, not crash-safe).
+    #[arg(long)]
+    pub no_fsync: bool,
+    /// Unacknowledged bytes allowed per stream, e.g. 1M, 64MiB.
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
+    pub window: u64,
+    /// Files received at once per target.
+    #[arg(long, default_value_t = 64)]
+    pub parallel: u32,
+    /// Targets pushed to at once.
+    #[arg(long, default_value_t = 16)]
+    pub fanout: usize,
+    /// Print one JSON object per file and target instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Sources, then the destination. A trailing slash on the destination
+    /// means "into this directory"; a trailing slash on a source directory
+    /// copies its contents rather than the directory itself.
+    #[arg(required = true, num_args = 2.., value_name = "SRC... DEST")]
+    pub paths: Vec<String>,
+}
+
+/// Parses `123`, `64K`, `1M`, `1MiB`, `2G` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 1M, 512K, 64MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+    };
+    n.checked_mul(mult).filter(|&v| v > 0).ok_or_else(|| format!("size {s:?} out of range"))
+}
+
+/// The controller-side description of what to push.
+#[derive(Debug, Default)]
+pub struct Sources {
+    /// Entries in order.
+    pub entries: Vec<PlanEntry>,
+    /// Exact paths to register.
+    pub files: Vec<String>,
+    /// Prefixes to register.
+    pub prefixes: Vec<String>,
+    /// Bytes in regular files.
+    pub total_bytes: u64,
+    /// Whether the destination must be a directory.
+    pub into_dir: bool,
+    /// Non-fatal notes (skipped special files).
+    pub skipped: Vec<String>,
+}
+
+fn utf8(p: &Path) -> Result<String, String> {
+    p.to_str().map(str::to_string).ok_or_else(|| format!("{}: path is not valid UTF-8", p.display()))
+}
+
+/// Walks the sources into a plan.
+pub fn collect_sources(srcs: &[String], recursive: bool) -> Result<Sources, String> {
+    let mut out = Sources {
+        into_dir: srcs.len() > 1,
+        ..Default::default()
+    };
+    for src in srcs {
+        let given = Path::new(src);
+        let md = std::fs::symlink_metadata(given).map_err(|e| format!("{src}: {e}"))?;
+        let contents = src.ends_with('/') && md.is_dir();
+        let name = given
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| !n.is_empty() && n != "." && n != "..")
+            .or_else(|| {
+                std::fs::canonicalize(given)
+                    .ok()
+                    .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
+            })
+            .unwrap_or_else(|| "root".into());
+        if md.file_type().is_symlink() {
+            let target = std::fs::read_link(given).map_err(|e| format!("{src}: {e}"))?;
+            out.entries.push(PlanEntry::Symlink {
+                rel: name,
+                target: utf8(&target)?,
+            });
+        } else if md.is_file() {
+            let abs = std::fs::canonicalize(given).map_err(|e| format!("{src}: {e}"))?;
+            let abs = utf8(&abs)?;
+            out.total_bytes += md.len();
+            out.files.push(abs.clone());
+            out.entries.push(PlanEntry::File { src: abs, rel: name });
+        } else if md.is_dir() {
+            if !recursive {
+                return Err(format!("{src}: is a directory (use -r to copy it)"));
+            }
+            let abs = std::fs::canonicalize(given).map_err(|e| format!("{src}: {e}"))?;
+            out.prefixes.push(utf8(&abs)?);
+            let top = if contents {
+                out.into_dir = true;
+                String::new()
+            } else {
+                use std::os::unix::fs::MetadataExt;
+                out.entries.push(PlanEntry::Dir {
+                    rel: name.clone(),
+                    mode: md.mode() & 0o7777,
+                    mtime_sec: md.mtime(),
+                    mtime_nsec: md.mtime_nsec() as u32,
+                });
+                name
+            };
+            walk(&abs, &top, &mut out)?;
+        } else {
+            out.skipped.push(format!("{src}: not a regular file, directory or symlink; skipped"));
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, rel: &str, out: &mut Sources) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .collect();
+    names.sort_by_key(|e| e.file_name());
+    for entry in names {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let child_rel = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+        let md = std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let ft = md.file_type();
+        if ft.is_symlink() {
+            let target = std::fs::read_link(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            out.entries.push(PlanEntry::Symlink {
+                rel: child_rel,
+                target: utf8(&target)?,
+            });
+        } else if ft.is_file() {
+            out.total_bytes += md.len();
+            out.entries.push(PlanEntry::File {
+                src: utf8(&path)?,
+                rel: child_rel,
+            });
+        } else if ft.is_dir() {
+            out.entries.push(PlanEntry::Dir {
+                rel: child_rel.clone(),
+                mode: md.mode() & 0o7777,
+                mtime_sec: md.mtime(),
+                mtime_nsec: md.mtime_nsec() as u32,
+            });
+            walk(&path, &child_rel, out)?;
+        } else {
+            out.skipped.push(format!("{}: special file skipped", path.display()));
+        }
+    }
+    Ok(())
+}
+
+/// One line of `--json` output.
+#[derive(Debug, Serialize)]
+struct JsonLine<'a> {
+    target: &'a str,
+    context: &'a str,
+    path: &'a str,
+    bytes: u64,
+    seconds: f64,
+    digest: Option<&'a str>,
+    status: &'a str,
+    error: Option<&'a str>,
+}
+
+struct TargetOutcome {
+    host: String,
+    context: String,
+    results: Vec<EntryResult>,
+    seconds: f64,
+}
+
+/// Runs the command; returns the exit code.
+pub async fn run(args: PushArgs, log_filter: String) -> i32 {
+    let Some((dest, srcs)) = args.paths.split_last() else {
+        eprintln!("ferrogen push: need at least one source and a destination");
+        return 2;
+    };
+    let sources = match collect_sources(srcs, args.recursive) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ferrogen push: {e}");
+            return 2;
+        }
+    };
+    for note in &sources.skipped {
+        eprintln!("ferrogen push: {note}");
+    }
+    let router = Router::new(RouterConfig::controller());
+    let services = Services::start(&router);
+    crate::ping::register_service(&services, &router);
+    let config = FileServiceConfig {
+        window: args.window,
+        ..Default::default()
+    };
+    let fs = FileService::start(&router, &services, config);
+    for f in &sources.files {
+        if let Err(e) = fs.register(f) {
+            eprintln!("ferrogen push: {e}");
+            return 2;
+        }
+    }
+    for p in &sources.prefixes {
+        if let Err(e) = fs.register_prefix(p) {
+            eprintln!("ferrogen push: {e}");
+            return 2;
+        }
+    }
+    let plan = PushPlan {
+        server: router.id(),
+        dest: dest.clone(),
+        into_dir: sources.into_dir || dest.ends_with('/'),
+        entries: sources.entries.clone(),
+        options: ReceiveOptions {
+            fsync: !args.no_fsync,
+            preserve_owner: args.owner,
+        },
+        parallel: args.parallel,
+    };
+
+    let work = push_all(&router, &fs, &args, plan, sources.total_bytes, &log_filter);
+    let outcomes = tokio::select! {
+        o = work => o,
+        sig = shutdown_signal() => {
+            eprintln!("ferrogen push: {sig}: cancelling transfers");
+            services.shutdown().await;
+            // Give the abort messages a moment to leave.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            router.close_all_streams("controller interrupted");
+            return 130;
+        }
+    };
+
+    let mut failed = false;
+    for o in &outcomes {
+        let mut bytes = 0;
+        let mut files = 0;
+        for r in &o.results {
+            failed |= r.error.is_some();
+            bytes += r.bytes;
+            files += usize::from(r.digest.is_some());
+            if args.json {
+                let line = JsonLine {
+                    target: &o.host,
+                    context: &o.context,
+                    path: &r.path,
+                    bytes: r.bytes,
+                    seconds: r.seconds,
+                    digest: r.digest.as_deref(),
+                    status: if r.error.is_some() { "error" } else { "ok" },
+                    error: r.error.as_deref(),
+                };
+                match serde_json::to_string(&line) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => println!("{{\"error\":\"{e}\"}}"),
+                }
+            } else if let Some(e) = &r.error {
+                println!("{}: FAILED: {e}", o.host);
+            }
+        }
+        if !args.json {
+            let mib = bytes as f64 / (1 << 20) as f64;
+            let rate = if o.seconds > 0.0 { mib / o.seconds } else { 0.0 };
+            let errors = o.results.iter().filter(|r| r.error.is_some()).count();
+            println!(
+                "{}: {} files, {:.1} MiB in {:.2} s ({:.1} MiB/s){}",
+                o.host,
+                files,
+                mib,
+                o.seconds,
+                rate,
+                if errors > 0 { format!(", {errors} errors") } else { String::new() }
+            );
+        }
+    }
+    services.shutdown().await;
+    router.close_all_streams("push finished");
+    if failed || outcomes.is_empty() { 1 } else { 0 }
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted",
+        _ = term.recv() => "terminated",
+    }
+}
+
+async fn push_all(
+    router: &Router,
+    fs: &FileService,
+    args: &PushArgs,
+    plan: PushPlan,
+    total: u64,
+    log_filter: &str,
+) -> Vec<TargetOutcome> {
+    let hosts = args.target.hosts();
+    let chain = match target::connect_chain(router, &args.target, log_filter).await {
+        Ok(c) => c,
+        Err((_, e)) => {
+            return hosts
+                .into_iter()
+                .map(|host| TargetOutcome {
+                    results: vec![EntryResult {
+                        path: plan.dest.clone(),
+                        bytes: 0,
+                        seconds: 0.0,
+                        digest: None,
+                        error: Some(e.clone()),
+                    }],
+                    host,
+                    context: String::new(),
+                    seconds: 0.0,
+                })
+                .collect();
+        }
+    };
+    let bars = Bars::new(!args.json);
+    let sem = Arc::new(Semaphore::new(args.fanout.max(1)));
+    let plan = Arc::new(plan);
+    let mut tasks = Vec::new();
+    for host in hosts {
+        let (router, fs, chain, plan, sem) = (router.clone(), fs.clone(), chain.clone(), plan.clone(), sem.clone());
+        let targs = args.target.clone();
+        let filter = log_filter.to_string();
+        let bar = bars.add(&host, total);
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            push_one(&router, &fs, &targs, &chain, host, &plan, &filter, bar).await
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(o) => out.push(o),
+            Err(e) => out.push(TargetOutcome {
+                host: "?".into(),
+                context: String::new(),
+                results: vec![EntryResult {
+                    path: String::new(),
+                    bytes: 0,
+                    seconds: 0.0,
+                    digest: None,
+                    error: Some(format!("internal error: {e}")),
+                }],
+                seconds: 0.0,
+            }),
+        }
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn push_one(
+    router: &Router,
+    fs: &FileService,
+    targs: &TargetArgs,
+    chain: &Chain,
+    host: String,
+    plan: &PushPlan,
+    log_filter: &str,
+    bar: Option<indicatif::ProgressBar>,
+) -> TargetOutcome {
+    let t0 = Instant::now();
+    let info = match target::connect_target(router, targs, chain, &host, log_filter).await {
+        Ok(i) => i,
+        Err(e) => {
+            if let Some(b) = &bar {
+                b.abandon_with_message("connection failed");
+            }
+            return TargetOutcome {
+                results: vec![EntryResult {
+                    path: plan.dest.clone(),
+                    bytes: 0,
+                    seconds: 0.0,
+                    digest: None,
+                    error: Some(e),
+                }],
+                host,
+                context: String::new(),
+                seconds: t0.elapsed().as_secs_f64(),
+            };
+        }
+    };
+    let call = router.call_service::<_, Vec<EntryResult>>(info.id, TARGET_SERVICE, "push", plan);
+    tokio::pin!(call);
+    let result = loop {
+        tokio::select! {
+            r = &mut call => break r,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                if let Some(b) = &bar {
+                    b.set_position(fs.progress(info.id));
+                }
+            }
+        }
+    };
+    let results = match result {
+        Ok(r) => r,
+        Err(e) => vec![EntryResult {
+            path: plan.dest.clone(),
+            bytes: 0,
+            seconds: 0.0,
+            digest: None,
+            error: Some(format!("{}: {e}", info.name)),
+        }],
+    };
+    if let Some(b) = &bar {
+        b.set_position(fs.progress(info.id));
+        if results.iter().any(|r| r.error.is_some()) {
+            b.abandon_with_message("failed");
+        } else {
+            b.finish_with_message("done");
+        }
+    }
+    TargetOutcome {
+        host,
+        context: info.name,
+        results,
+        seconds: t0.elapsed().as_secs_f64(),
+    }
+}
+
+/// Per-target progress bars, only on a terminal.
+struct Bars {
+    multi: Option<indicatif::MultiProgress>,
+}
+
+impl Bars {
+    fn new(wanted: bool) -> Bars {
+        use std::io::IsTerminal;
+        let multi = (wanted && std::io::stderr().is_terminal()).then(indicatif::MultiProgress::new);
+        Bars { multi }
+    }
+
+    fn add(&self, host: &str, total: u64) -> Option<indicatif::ProgressBar> {
+        let multi = self.multi.as_ref()?;
+        let bar = multi.add(indicatif::ProgressBar::new(total));
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+        )
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.set_prefix(host.to_string());
+        Some(bar)
+    }
+}
+
+/// The absolute form of a local path, for messages.
+pub fn absolute(p: &str) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| PathBuf::from(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("M").is_err());
+    }
+}

@@ -1,0 +1,97 @@
+//! File metadata, read from an open descriptor (never by path: what is
+//! described is exactly what is streamed).
+
+use std::os::fd::AsFd;
+
+use serde::{Deserialize, Serialize};
+
+/// What a receiver needs to recreate a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    /// Size in bytes when opened.
+    pub size: u64,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Owner's user name (numeric string if the uid has no name).
+    pub owner: String,
+    /// Group name (numeric string if the gid has no name).
+    pub group: String,
+    /// Numeric owner.
+    pub uid: u32,
+    /// Numeric group.
+    pub gid: u32,
+    /// Modification time: seconds since the epoch.
+    pub mtime_sec: i64,
+    /// Modification time: nanoseconds.
+    pub mtime_nsec: u32,
+    /// Access time: seconds since the epoch.
+    pub atime_sec: i64,
+    /// Access time: nanoseconds.
+    pub atime_nsec: u32,
+}
+
+/// Why metadata could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// fstat failed.
+    #[error("cannot stat: {0}")]
+    Stat(std::io::Error),
+    /// Not a regular file.
+    #[error("not a regular file")]
+    NotRegular,
+}
+
+impl FileMeta {
+    /// Reads metadata from an open file; refuses anything but a regular file.
+    pub fn from_fd<F: AsFd>(fd: F) -> Result<FileMeta, MetaError> {
+        let st = rustix::fs::fstat(fd).map_err(|e| MetaError::Stat(e.into()))?;
+        let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+        if kind != rustix::fs::FileType::RegularFile {
+            return Err(MetaError::NotRegular);
+        }
+        Ok(FileMeta {
+            size: st.st_size as u64,
+            mode: st.st_mode & 0o7777,
+            owner: user_name(st.st_uid),
+            group: group_name(st.st_gid),
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime_sec: st.st_mtime,
+            mtime_nsec: st.st_mtime_nsec as u32,
+            atime_sec: st.st_atime,
+            atime_nsec: st.st_atime_nsec as u32,
+        })
+    }
+}
+
+/// The user name of `uid` (through NSS), or the number as text.
+pub fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => u.name,
+        _ => uid.to_string(),
+    }
+}
+
+/// The group name of `gid` (through NSS), or the number as text.
+pub fn group_name(gid: u32) -> String {
+    match nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)) {
+        Ok(Some(g)) => g.name,
+        _ => gid.to_string(),
+    }
+}
+
+/// The uid for a user name (or numeric string) on this host.
+pub fn lookup_uid(name: &str) -> Option<u32> {
+    if let Ok(Some(u)) = nix::unistd::User::from_name(name) {
+        return Some(u.uid.as_raw());
+    }
+    name.parse().ok()
+}
+
+/// The gid for a group name (or numeric string) on this host.
+pub fn lookup_gid(name: &str) -> Option<u32> {
+    if let Ok(Some(g)) = nix::unistd::Group::from_name(name) {
+        return Some(g.gid.as_raw());
+    }
+    name.parse().ok()
+}

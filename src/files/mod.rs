@@ -1,0 +1,102 @@
+//! The FileService and its receiving side: streaming registered files to
+//! other contexts with windowed, acknowledged flow control.
+//!
+//! * [`registry`] — what may be served: exact paths and prefixes, opened so
+//!   that neither `..` nor a symlink can escape a prefix.
+//! * [`meta`] — file metadata taken from the open descriptor.
+//! * [`window`] — the credit window of unacknowledged bytes.
+//! * [`serve`] — the service (`ferrogen.files`): register, fetch, the
+//!   per-stream scheduler that runs large transfers one at a time.
+//! * [`receive`] — pulling one file into a hidden temp file and renaming it
+//!   into place only once size and digest check out.
+//! * [`plan`] — the target-side service (`ferrogen.files.target`) that
+//!   applies a push: directories, symlinks and many files, pipelined.
+//!
+//! # One transfer, on the wire
+//!
+//! 1. The requester opens a [`crate::channel::Receiver`] and calls
+//!    `ferrogen.files.fetch(FetchArgs { path, sender })`.
+//! 2. The reply ([`FetchReply`]) carries the metadata read from the opened
+//!    descriptor and a [`crate::channel::Sender`] for acknowledgements; it is
+//!    sent before any data.
+//! 3. Data arrives as raw ([`crate::wire::Enc::Bin`]) frames on `sender`,
+//!    in order; the requester acknowledges cumulatively ([`Ack`]) on the ack
+//!    handle, which is scoped to the requester's context (anyone else's acks
+//!    are refused by the router, and the requester's disconnect wakes the
+//!    serving side).
+//! 4. The end is an explicit [`TransferMsg::End`] with the byte count and
+//!    the BLAKE3 digest of what was sent, or [`TransferMsg::Abort`] with a
+//!    reason. Control frames may overtake data frames still queued at a hop,
+//!    so `End` carries the size and the requester finishes once it has that
+//!    many bytes.
+
+pub mod meta;
+pub mod plan;
+pub mod receive;
+pub mod registry;
+pub mod serve;
+pub mod window;
+
+use serde::{Deserialize, Serialize};
+
+use crate::channel::Sender;
+
+pub use meta::FileMeta;
+pub use serve::{FileService, FileServiceConfig};
+
+/// Name of the serving service (runs in the controller).
+pub const FILE_SERVICE: &str = "ferrogen.files";
+/// Name of the receiving service (runs in every context).
+pub const TARGET_SERVICE: &str = "ferrogen.files.target";
+
+/// Payload bytes per data frame: header + payload = 128 KiB, so each frame
+/// is one 128 KiB write (as in Mitogen).
+pub const CHUNK_PAYLOAD: usize = 128 * 1024 - crate::wire::HEADER_LEN;
+
+/// Arguments of `fetch`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FetchArgs {
+    /// Absolute path of a registered file.
+    pub path: String,
+    /// Where to send the data; must belong to the calling context.
+    pub sender: Sender,
+}
+
+/// Reply of `fetch`, sent before any data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FetchReply {
+    /// Metadata of the file as opened.
+    pub meta: FileMeta,
+    /// Where to send [`Ack`]s.
+    pub ack: Sender,
+}
+
+/// A cumulative acknowledgement: `received` bytes of the transfer have been
+/// written by the requester. Sent as a control frame to [`FetchReply::ack`].
+pub type Ack = u64;
+
+/// Control messages on a transfer's data channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransferMsg {
+    /// All data has been sent.
+    End {
+        /// Bytes sent.
+        size: u64,
+        /// BLAKE3 digest of the bytes sent.
+        digest: [u8; 32],
+    },
+    /// The transfer was abandoned; the requester must discard what it has.
+    Abort {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Hex form of a digest.
+pub fn hex(digest: &[u8; 32]) -> String {
+    use std::fmt::Write;
+    digest.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}

@@ -1,0 +1,428 @@
+//! The receiving side: pulling one file into place atomically.
+//!
+//! Data goes into a hidden temp file in the destination directory, created
+//! `O_EXCL` with mode 0600 (so nobody else can read a half-written file),
+//! with its full size reserved up front so a full disk fails at once. Only
+//! when the byte count and the BLAKE3 digest match what the server sent are
+//! mode, owner/group and times applied — on the descriptor — and the file
+//! fsynced and renamed over the destination ([`PendingFile::commit`]), then
+//! the directory fsynced. Any failure removes the temp file and leaves the
+//! old destination untouched; so does this context's shutdown (every live
+//! temp file is tracked in [`TempFiles`]).
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::meta::{lookup_gid, lookup_uid, FileMeta};
+use super::{FetchArgs, FetchReply, TransferMsg, FILE_SERVICE};
+use crate::call::CallError;
+use crate::channel::ChannelError;
+use crate::router::{Policy, Router};
+use crate::wire::{control, ContextId, Enc};
+
+/// How a received file is put in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiveOptions {
+    /// fsync the file before the rename and its directory after.
+    pub fsync: bool,
+    /// Apply the source's owner and group (by name, falling back to the
+    /// numeric ids when the names do not exist here).
+    pub preserve_owner: bool,
+}
+
+impl Default for ReceiveOptions {
+    fn default() -> Self {
+        ReceiveOptions {
+            fsync: true,
+            preserve_owner: false,
+        }
+    }
+}
+
+/// Why a file was not received. Every variant names the destination path.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// The server refused or the call failed.
+    #[error("{dest}: fetch of {src} failed: {error}")]
+    Fetch {
+        /// Source path on the server.
+        src: String,
+        /// Destination path.
+        dest: String,
+        /// Why.
+        error: CallError,
+    },
+    /// A local file operation failed.
+    #[error("{dest}: {op} failed: {source}")]
+    Io {
+        /// Destination path.
+        dest: String,
+        /// What was being done.
+        op: &'static str,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The server abandoned the transfer.
+    #[error("{dest}: transfer aborted by the sender: {reason}")]
+    Aborted {
+        /// Destination path.
+        dest: String,
+        /// Why.
+        reason: String,
+    },
+    /// The channel died (server, or a hop towards it, disconnected).
+    #[error("{dest}: transfer interrupted after {received} of {expected} bytes: {reason}")]
+    Interrupted {
+        /// Destination path.
+        dest: String,
+        /// Bytes received.
+        received: u64,
+        /// Bytes expected.
+        expected: u64,
+        /// Why.
+        reason: String,
+    },
+    /// What arrived does not match what was announced.
+    #[error("{dest}: integrity check failed: {detail}")]
+    Mismatch {
+        /// Destination path.
+        dest: String,
+        /// What differed.
+        detail: String,
+    },
+}
+
+/// The temp files this context currently owns, so shutdown can remove them.
+#[derive(Clone, Default)]
+pub struct TempFiles(Arc<Mutex<HashSet<PathBuf>>>);
+
+impl TempFiles {
+    fn add(&self, p: &Path) {
+        if let Ok(mut s) = self.0.lock() {
+            s.insert(p.to_path_buf());
+        }
+    }
+
+    fn forget(&self, p: &Path) {
+        if let Ok(mut s) = self.0.lock() {
+            s.remove(p);
+        }
+    }
+
+    /// Removes every tracked temp file (at shutdown).
+    pub fn remove_all(&self) {
+        let paths: Vec<PathBuf> = match self.0.lock() {
+            Ok(mut s) => s.drain().collect(),
+            Err(_) => return,
+        };
+        for p in paths {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+
+    /// How many temp files are live.
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// True if none are live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A fully received, verified file waiting to be renamed into place.
+pub struct PendingFile {
+    file: Option<File>,
+    temp: PathBuf,
+    dest: PathBuf,
+    temps: TempFiles,
+    armed: bool,
+    /// Metadata announced by the server.
+    pub meta: FileMeta,
+    /// Bytes received.
+    pub bytes: u64,
+    /// BLAKE3 digest of the bytes received.
+    pub digest: [u8; 32],
+    /// When the fetch started.
+    pub started: Instant,
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_file(&self.temp);
+            self.temps.forget(&self.temp);
+        }
+    }
+}
+
+fn io_err<'a>(dest: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> ReceiveError + 'a {
+    move |source| ReceiveError::Io {
+        dest: dest.display().to_string(),
+        op,
+        source,
+    }
+}
+
+impl PendingFile {
+    /// Applies mode, owner/group and times on the descriptor; with `fsync`,
+    /// syncs the file; then closes it (so thousands of pending files do not
+    /// hold thousands of descriptors).
+    pub fn finish(&mut self, opts: &ReceiveOptions, fsync: bool) -> Result<(), ReceiveError> {
+        let Some(file) = self.file.take() else {
+            return Ok(());
+        };
+        let dest = self.dest.clone();
+        let fd = file.as_fd();
+        let mode = rustix::fs::Mode::from_raw_mode(self.meta.mode);
+        if opts.preserve_owner {
+            let uid = lookup_uid(&self.meta.owner).unwrap_or(self.meta.uid);
+            let gid = lookup_gid(&self.meta.group).unwrap_or(self.meta.gid);
+            rustix::fs::fchown(
+                fd,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )
+            .map_err(|e| io_err(&dest, "chown")(e.into()))?;
+        }
+        // After chown, which clears set-id bits.
+        rustix::fs::fchmod(fd, mode).map_err(|e| io_err(&dest, "chmod")(e.into()))?;
+        let ts = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: self.meta.atime_sec,
+                tv_nsec: self.meta.atime_nsec as _,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: self.meta.mtime_sec,
+                tv_nsec: self.meta.mtime_nsec as _,
+            },
+        };
+        rustix::fs::futimens(fd, &ts).map_err(|e| io_err(&dest, "set times")(e.into()))?;
+        if fsync {
+            rustix::fs::fsync(fd).map_err(|e| io_err(&dest, "fsync")(e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// Renames the temp file over the destination. Call after [`PendingFile::finish`]
+    /// (and after a sync of the file system, when batching).
+    pub fn rename(mut self) -> Result<(), ReceiveError> {
+        std::fs::rename(&self.temp, &self.dest).map_err(io_err(&self.dest, "rename"))?;
+        self.armed = false;
+        self.temps.forget(&self.temp);
+        Ok(())
+    }
+
+    /// `finish`, fsync, rename, and fsync the directory (when `opts.fsync`):
+    /// the whole durable commit of one file.
+    pub fn commit(mut self, opts: &ReceiveOptions) -> Result<(), ReceiveError> {
+        self.finish(opts, opts.fsync)?;
+        let dest = self.dest.clone();
+        self.rename()?;
+        if opts.fsync {
+            sync_dir(&dest)?;
+        }
+        Ok(())
+    }
+
+    /// The destination path.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+}
+
+/// fsyncs the directory containing `path`.
+pub fn sync_dir(path: &Path) -> Result<(), ReceiveError> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let d = File::open(dir).map_err(io_err(path, "open directory for fsync"))?;
+    rustix::fs::fsync(&d).map_err(|e| io_err(path, "fsync directory")(e.into()))
+}
+
+fn temp_path(dest: &Path) -> PathBuf {
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let short: String = name.chars().take(80).collect();
+    let nonce: u64 = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+        h.write_u32(std::process::id());
+        h.finish()
+    };
+    dest.with_file_name(format!(".{short}.ferrogen-{nonce:016x}.tmp"))
+}
+
+/// Fetches `src` from the FileService in context `server` into a temp file
+/// next to `dest`, verifying size and digest. Does not touch `dest` itself;
+/// call [`PendingFile::commit`] for that.
+pub async fn receive(
+    router: &Router,
+    server: ContextId,
+    src: &str,
+    dest: &Path,
+    temps: &TempFiles,
+) -> Result<PendingFile, ReceiveError> {
+    let started = Instant::now();
+    let dest_s = dest.display().to_string();
+    let mut rx = match router.add_handler(None, Policy::Any, Some(server), true) {
+        Ok(rx) => rx,
+        Err(e) => unreachable!("dynamic handle allocation cannot collide: {e}"),
+    };
+    let args = FetchArgs {
+        path: src.to_string(),
+        sender: rx.to_sender(),
+    };
+    let reply: FetchReply = router
+        .call_service(server, FILE_SERVICE, "fetch", &args)
+        .await
+        .map_err(|error| ReceiveError::Fetch {
+            src: src.to_string(),
+            dest: dest_s.clone(),
+            error,
+        })?;
+    let meta = reply.meta.clone();
+    // From here on, any failure must tell the server to stop.
+    let result = receive_data(router, &mut rx, &reply, dest, temps, started).await;
+    if let Err(e) = &result {
+        reply.ack.close_with(router, &e.to_string());
+    }
+    let _ = meta;
+    result
+}
+
+async fn receive_data(
+    router: &Router,
+    rx: &mut crate::channel::Receiver,
+    reply: &FetchReply,
+    dest: &Path,
+    temps: &TempFiles,
+    started: Instant,
+) -> Result<PendingFile, ReceiveError> {
+    let dest_s = dest.display().to_string();
+    let meta = reply.meta.clone();
+    let temp = temp_path(dest);
+    let fd = rustix::fs::open(
+        &temp,
+        rustix::fs::OFlags::WRONLY
+            | rustix::fs::OFlags::CREATE
+            | rustix::fs::OFlags::EXCL
+            | rustix::fs::OFlags::CLOEXEC
+            | rustix::fs::OFlags::NOFOLLOW,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| io_err(dest, "create temp file")(e.into()))?;
+    temps.add(&temp);
+    let mut pending = PendingFile {
+        file: Some(File::from(fd)),
+        temp,
+        dest: dest.to_path_buf(),
+        temps: temps.clone(),
+        armed: true,
+        meta: meta.clone(),
+        bytes: 0,
+        digest: [0; 32],
+        started,
+    };
+    if meta.size > 0 {
+        let Some(file) = pending.file.as_ref() else {
+            unreachable!("the file was just created");
+        };
+        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, meta.size) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::NOSPC) => {
+                return Err(io_err(dest, "reserve space")(std::io::Error::from_raw_os_error(libc_enospc())));
+            }
+            // Not supported by this file system: fine, writes will tell.
+            Err(_) => {}
+        }
+    }
+
+    let mut hasher = blake3::Hasher::new();
+    let mut received = 0u64;
+    let mut end: Option<(u64, [u8; 32])> = None;
+    loop {
+        if let Some((size, _)) = end
+            && received >= size
+        {
+            break;
+        }
+        let frame = match rx.recv().await {
+            Ok(f) => f,
+            Err(ChannelError::Dead(reason)) => {
+                return Err(ReceiveError::Interrupted {
+                    dest: dest_s,
+                    received,
+                    expected: meta.size,
+                    reason,
+                });
+            }
+            Err(e) => {
+                return Err(ReceiveError::Interrupted {
+                    dest: dest_s,
+                    received,
+                    expected: meta.size,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        match frame.enc {
+            Enc::Bin => {
+                let limit = end.map(|(s, _)| s).unwrap_or(meta.size);
+                if received + frame.payload.len() as u64 > limit {
+                    return Err(ReceiveError::Mismatch {
+                        dest: dest_s,
+                        detail: format!("more data than the announced {limit} bytes"),
+                    });
+                }
+                if let Some(file) = pending.file.as_mut() {
+                    file.write_all(&frame.payload).map_err(io_err(dest, "write"))?;
+                }
+                hasher.update(&frame.payload);
+                received += frame.payload.len() as u64;
+                reply.ack.send_control(router, &received);
+            }
+            Enc::Control => {
+                let msg: TransferMsg = control::decode_frame(&frame).map_err(|e| ReceiveError::Mismatch {
+                    dest: dest_s.clone(),
+                    detail: e.to_string(),
+                })?;
+                match msg {
+                    TransferMsg::End { size, digest } => end = Some((size, digest)),
+                    TransferMsg::Abort { reason } => return Err(ReceiveError::Aborted { dest: dest_s, reason }),
+                }
+            }
+            Enc::Text => {}
+        }
+    }
+    let (size, digest) = end.unwrap_or((0, [0; 32]));
+    if size != meta.size || received != size {
+        return Err(ReceiveError::Mismatch {
+            dest: dest_s,
+            detail: format!(
+                "announced {} bytes, sender counted {size}, received {received}",
+                meta.size
+            ),
+        });
+    }
+    let got = *hasher.finalize().as_bytes();
+    if got != digest {
+        return Err(ReceiveError::Mismatch {
+            dest: dest_s,
+            detail: format!("digest {} does not match the sender's {}", super::hex(&got), super::hex(&digest)),
+        });
+    }
+    pending.bytes = received;
+    pending.digest = got;
+    Ok(pending)
+}
+
+fn libc_enospc() -> i32 {
+    rustix::io::Errno::NOSPC.raw_os_error()
+}

@@ -1,0 +1,448 @@
+//! The serving side: `ferrogen.files`, run by the controller.
+//!
+//! Methods:
+//!
+//! * `register(path)`, `register_prefix(dir)` — parents only.
+//! * `fetch(FetchArgs) -> FetchReply` — anyone, for registered paths, and
+//!   only with a `sender` in the caller's own context (so nobody can aim a
+//!   transfer at a third party).
+//!
+//! Scheduling follows the seed: on each physical stream, large transfers
+//! run one at a time in request order, each finished (fully acknowledged)
+//! before the next starts, so a contended link completes transfers instead
+//! of interleaving many partial ones. A file that fits in one chunk is sent
+//! at once, never queued behind them. The queue is a fair (FIFO)
+//! semaphore per first-hop stream.
+//!
+//! Each large transfer has two tasks: a blocking reader that `pread`s the
+//! file, hashes it (BLAKE3) and checks at the end that it did not change
+//! while being read; and the pump, which sends chunks while the credit
+//! [`Window`] has room and refills it from acknowledgements. A requester
+//! that disconnects, cancels, or stops acknowledging for `ack_timeout` ends
+//! its transfer, releasing the descriptor and the stream's turn.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use super::meta::FileMeta;
+use super::registry::Registry;
+use super::window::Window;
+use super::{FetchArgs, FetchReply, TransferMsg, CHUNK_PAYLOAD, FILE_SERVICE};
+use crate::call::RemoteError;
+use crate::channel::{ChannelError, Receiver, Sender};
+use crate::router::{Policy, Router};
+use crate::service::{Caller, FollowUp, ServiceBuilder, Services};
+use crate::stream::StreamId;
+use crate::wire::{control, ContextId, Enc, Frame};
+
+/// Tunables of the FileService.
+#[derive(Debug, Clone)]
+pub struct FileServiceConfig {
+    /// Unacknowledged bytes allowed per stream.
+    pub window: u64,
+    /// How long a transfer may wait for an acknowledgement before it is
+    /// cancelled.
+    pub ack_timeout: Duration,
+}
+
+impl Default for FileServiceConfig {
+    fn default() -> Self {
+        FileServiceConfig {
+            window: 1024 * 1024,
+            ack_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Counters for tests and benchmarks.
+#[derive(Debug, Default, Clone)]
+pub struct FileStats {
+    /// The most unacknowledged bytes any transfer ever had.
+    pub peak_in_flight: u64,
+    /// Transfers completed (fully acknowledged, or sent for small files).
+    pub completed: u64,
+    /// Transfers cancelled or aborted.
+    pub aborted: u64,
+}
+
+struct Inner {
+    router: Router,
+    config: FileServiceConfig,
+    registry: Mutex<Registry>,
+    lanes: Mutex<HashMap<StreamId, Arc<Semaphore>>>,
+    cancels: Mutex<HashMap<u64, watch::Sender<Option<String>>>>,
+    progress: Mutex<HashMap<ContextId, u64>>,
+    stats: Mutex<FileStats>,
+    next_transfer: AtomicU64,
+    shutting_down: AtomicBool,
+    pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// The FileService. Cheap to clone.
+#[derive(Clone)]
+pub struct FileService {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here is a single map/counter update.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A chunk from the reader, or its final word.
+enum ReadEvent {
+    Chunk(Bytes),
+    Done([u8; 32]),
+    Failed(String),
+}
+
+impl FileService {
+    /// Creates the service and registers it with `services`.
+    pub fn start(router: &Router, services: &Services, config: FileServiceConfig) -> FileService {
+        let fs = FileService {
+            inner: Arc::new(Inner {
+                router: router.clone(),
+                config,
+                registry: Mutex::new(Registry::default()),
+                lanes: Mutex::new(HashMap::new()),
+                cancels: Mutex::new(HashMap::new()),
+                progress: Mutex::new(HashMap::new()),
+                stats: Mutex::new(FileStats::default()),
+                next_transfer: AtomicU64::new(1),
+                shutting_down: AtomicBool::new(false),
+                pumps: Mutex::new(Vec::new()),
+            }),
+        };
+        let (a, b, c, d) = (fs.clone(), fs.clone(), fs.clone(), fs.clone());
+        services.register(
+            ServiceBuilder::new(FILE_SERVICE)
+                .method("register", Policy::ParentsOnly, move |_c, path: String| {
+                    let fs = a.clone();
+                    async move { fs.register(&path).map_err(RemoteError::Failed) }
+                })
+                .method("register_prefix", Policy::ParentsOnly, move |_c, dir: String| {
+                    let fs = b.clone();
+                    async move { fs.register_prefix(&dir).map_err(RemoteError::Failed) }
+                })
+                .method_then("fetch", Policy::Any, move |caller, args: FetchArgs| {
+                    let fs = c.clone();
+                    async move { fs.fetch(caller, args) }
+                })
+                .on_shutdown(move || async move { d.shutdown().await })
+                .build(),
+        );
+        fs
+    }
+
+    /// Allows `path` to be fetched.
+    pub fn register(&self, path: &str) -> Result<(), String> {
+        lock(&self.inner.registry).register(path).map_err(|e| e.to_string())
+    }
+
+    /// Allows every file beneath `dir` to be fetched.
+    pub fn register_prefix(&self, dir: &str) -> Result<(), String> {
+        lock(&self.inner.registry).register_prefix(dir).map_err(|e| e.to_string())
+    }
+
+    /// Bytes acknowledged so far by transfers to `context`.
+    pub fn progress(&self, context: ContextId) -> u64 {
+        lock(&self.inner.progress).get(&context).copied().unwrap_or(0)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> FileStats {
+        lock(&self.inner.stats).clone()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &FileServiceConfig {
+        &self.inner.config
+    }
+
+    fn fetch(&self, caller: Caller, args: FetchArgs) -> Result<(FetchReply, Option<FollowUp>), RemoteError> {
+        let inner = &self.inner;
+        if inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(RemoteError::Failed("the FileService is shutting down".into()));
+        }
+        if args.sender.context != caller.src_id {
+            return Err(RemoteError::Failed(format!(
+                "{}: sender context {} does not match the requesting context {}",
+                args.path, args.sender.context, caller.src_id
+            )));
+        }
+        let opened = lock(&inner.registry).open(&args.path);
+        let file = opened.map_err(|e| RemoteError::Failed(e.to_string()))?;
+        let meta = FileMeta::from_fd(&file).map_err(|e| RemoteError::Failed(format!("{}: {e}", args.path)))?;
+        let ack_rx = inner
+            .router
+            .add_handler(None, Policy::Any, Some(caller.src_id), true)
+            .map_err(|e| RemoteError::Failed(e.to_string()))?;
+        let id = inner.next_transfer.fetch_add(1, Ordering::Relaxed);
+        let (cancel_tx, cancel_rx) = watch::channel(None);
+        lock(&inner.cancels).insert(id, cancel_tx);
+        let reply = FetchReply {
+            meta: meta.clone(),
+            ack: ack_rx.to_sender(),
+        };
+        let job = Transfer {
+            fs: self.clone(),
+            id,
+            path: args.path,
+            file: Arc::new(file),
+            meta,
+            to: args.sender,
+            requester: caller.src_id,
+            acks: ack_rx,
+            cancel: cancel_rx,
+        };
+        // The pump is spawned (rather than run as the follow-up itself) so
+        // shutdown can wait for it.
+        let follow: FollowUp = Box::pin(async move {
+            let fs = job.fs.clone();
+            let handle = tokio::spawn(job.run());
+            let mut pumps = lock(&fs.inner.pumps);
+            pumps.retain(|h| !h.is_finished());
+            pumps.push(handle);
+        });
+        Ok((reply, Some(follow)))
+    }
+
+    fn lane(&self, stream: StreamId) -> Arc<Semaphore> {
+        lock(&self.inner.lanes)
+            .entry(stream)
+            .or_insert_with(|| Arc::new(Semaphore::new(1)))
+            .clone()
+    }
+
+    /// Cancels every pending transfer (receivers discard their partial
+    /// files), then waits briefly for the pumps to say so.
+    pub async fn shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        for tx in lock(&self.inner.cancels).values() {
+            let _ = tx.send(Some("the controller is shutting down".into()));
+        }
+        let pumps: Vec<_> = lock(&self.inner.pumps).drain(..).collect();
+        for p in pumps {
+            let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
+        }
+    }
+}
+
+/// One fetch in progress.
+struct Transfer {
+    fs: FileService,
+    id: u64,
+    path: String,
+    file: Arc<File>,
+    meta: FileMeta,
+    to: Sender,
+    requester: ContextId,
+    acks: Receiver,
+    cancel: watch::Receiver<Option<String>>,
+}
+
+impl Transfer {
+    async fn run(mut self) {
+        let router = self.fs.inner.router.clone();
+        let outcome = self.pump(&router).await;
+        let stats = &self.fs.inner.stats;
+        match outcome {
+            Ok(peak) => {
+                let mut s = lock(stats);
+                s.completed += 1;
+                s.peak_in_flight = s.peak_in_flight.max(peak);
+            }
+            Err(reason) => {
+                tracing::warn!("transfer of {} to {} abandoned: {reason}", self.path, router.describe(self.requester));
+                self.to.send_control(&router, &TransferMsg::Abort { reason });
+                lock(stats).aborted += 1;
+            }
+        }
+        lock(&self.fs.inner.cancels).remove(&self.id);
+    }
+
+    /// Returns the peak bytes in flight, or why the transfer was abandoned.
+    async fn pump(&mut self, router: &Router) -> Result<u64, String> {
+        let size = self.meta.size;
+        if size as usize <= CHUNK_PAYLOAD {
+            return self.send_small(router).await;
+        }
+        let Some(stream) = router.stream_towards(self.requester) else {
+            return Err(format!("no route to {}", router.describe(self.requester)));
+        };
+        // Wait for this stream's turn (FIFO), unless cancelled meanwhile.
+        let lane = self.fs.lane(stream);
+        let _turn = tokio::select! {
+            permit = lane.acquire_owned() => permit.map_err(|_| "the FileService is shutting down".to_string())?,
+            why = wait_cancel(&mut self.cancel) => return Err(why),
+            dead = self.acks.recv() => return Err(ack_channel_ended(dead)),
+        };
+
+        let (tx, mut rx) = mpsc::channel::<ReadEvent>(8);
+        let file = self.file.clone();
+        let meta = self.meta.clone();
+        let reader = tokio::task::spawn_blocking(move || read_file(&file, &meta, &tx));
+
+        let mut window = Window::new(self.fs.inner.config.window);
+        let ack_timeout = self.fs.inner.config.ack_timeout;
+        let mut digest = None;
+        loop {
+            // Take every acknowledgement already queued, without waiting.
+            while let Some(f) = self.acks.try_recv().map_err(|e| ack_channel_ended(Err(e)))? {
+                self.on_ack(&mut window, &f)?;
+            }
+            if digest.is_some() && window.acked() == size {
+                break;
+            }
+            let next_len = (size - window.sent()).min(CHUNK_PAYLOAD as u64);
+            if digest.is_none() && window.can_send(next_len) {
+                match rx.recv().await {
+                    Some(ReadEvent::Chunk(data)) => {
+                        window.on_send(data.len() as u64);
+                        router.send_bulk(Frame::new(self.to.context, self.to.handle, Enc::Bin, data)).await;
+                    }
+                    Some(ReadEvent::Done(d)) => {
+                        digest = Some(d);
+                        self.to.send_control(router, &TransferMsg::End { size, digest: d });
+                    }
+                    Some(ReadEvent::Failed(why)) => return Err(why),
+                    None => return Err(format!("{}: reader stopped unexpectedly", self.path)),
+                }
+                continue;
+            }
+            // Window full (or all sent): wait for an acknowledgement.
+            tokio::select! {
+                got = self.acks.recv() => {
+                    let f = got.map_err(|e| ack_channel_ended(Err(e)))?;
+                    self.on_ack(&mut window, &f)?;
+                }
+                why = wait_cancel(&mut self.cancel) => return Err(why),
+                _ = tokio::time::sleep(ack_timeout) => {
+                    return Err(format!(
+                        "{} stopped acknowledging ({} of {} bytes acknowledged, nothing for {:?})",
+                        router.describe(self.requester), window.acked(), size, ack_timeout
+                    ));
+                }
+            }
+        }
+        drop(rx);
+        let _ = reader.await;
+        Ok(window.peak())
+    }
+
+    fn on_ack(&self, window: &mut Window, f: &Frame) -> Result<(), String> {
+        let n: u64 = control::decode_frame(f).map_err(|e| format!("bad acknowledgement: {e}"))?;
+        let delta = window.on_ack(n).map_err(|e| e.to_string())?;
+        if delta > 0 {
+            *lock(&self.fs.inner.progress).entry(self.requester).or_insert(0) += delta;
+        }
+        Ok(())
+    }
+
+    async fn send_small(&mut self, router: &Router) -> Result<u64, String> {
+        let file = self.file.clone();
+        let meta = self.meta.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let (tx, mut rx) = mpsc::channel(2);
+            read_file(&file, &meta, &tx);
+            let mut out = Vec::new();
+            while let Ok(ev) = rx.try_recv() {
+                out.push(ev);
+            }
+            out
+        })
+        .await
+        .map_err(|e| format!("{}: reader failed: {e}", self.path))?;
+        let mut sent = 0u64;
+        for ev in read {
+            match ev {
+                ReadEvent::Chunk(data) => {
+                    sent += data.len() as u64;
+                    router.send(Frame::new(self.to.context, self.to.handle, Enc::Bin, data));
+                }
+                ReadEvent::Done(digest) => {
+                    self.to.send_control(router, &TransferMsg::End { size: sent, digest });
+                    *lock(&self.fs.inner.progress).entry(self.requester).or_insert(0) += sent;
+                    return Ok(sent);
+                }
+                ReadEvent::Failed(why) => return Err(why),
+            }
+        }
+        Err(format!("{}: reader stopped unexpectedly", self.path))
+    }
+}
+
+async fn wait_cancel(rx: &mut watch::Receiver<Option<String>>) -> String {
+    loop {
+        if let Some(why) = rx.borrow_and_update().clone() {
+            return why;
+        }
+        if rx.changed().await.is_err() {
+            return "the FileService went away".into();
+        }
+    }
+}
+
+fn ack_channel_ended(r: Result<Frame, ChannelError>) -> String {
+    match r {
+        Err(ChannelError::Dead(why)) => format!("the requester ended the transfer: {why}"),
+        Err(e) => format!("acknowledgement channel closed: {e}"),
+        Ok(_) => "unexpected acknowledgement".into(),
+    }
+}
+
+/// Reads the whole file in chunks, hashing as it goes, and finally checks
+/// that the file still has the size and mtime it was opened with.
+fn read_file(file: &File, meta: &FileMeta, tx: &mpsc::Sender<ReadEvent>) {
+    let mut hasher = blake3::Hasher::new();
+    let mut offset = 0u64;
+    let send = |ev| tx.blocking_send(ev).is_ok();
+    while offset < meta.size {
+        let len = (meta.size - offset).min(CHUNK_PAYLOAD as u64) as usize;
+        let mut buf = BytesMut::zeroed(len);
+        let mut filled = 0;
+        while filled < len {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => {
+                    let _ = send(ReadEvent::Failed(format!(
+                        "source file shrank during transfer: {} bytes expected, {} found",
+                        meta.size,
+                        offset + filled as u64
+                    )));
+                    return;
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = send(ReadEvent::Failed(format!("read failed at offset {}: {e}", offset + filled as u64)));
+                    return;
+                }
+            }
+        }
+        hasher.update(&buf);
+        offset += len as u64;
+        if !send(ReadEvent::Chunk(buf.freeze())) {
+            return;
+        }
+    }
+    let mut probe = [0u8; 1];
+    let grew = matches!(file.read_at(&mut probe, meta.size), Ok(n) if n > 0);
+    let changed = match FileMeta::from_fd(file) {
+        Ok(now) => now.size != meta.size || now.mtime_sec != meta.mtime_sec || now.mtime_nsec != meta.mtime_nsec,
+        Err(_) => true,
+    };
+    if grew || changed {
+        let _ = send(ReadEvent::Failed(
+            "source file was modified during transfer (size or mtime changed)".into(),
+        ));
+        return;
+    }
+    let _ = send(ReadEvent::Done(*hasher.finalize().as_bytes()));
+}
