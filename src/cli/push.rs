@@ -353,6 +353,7 @@ async fn push_all(
                         seconds: 0.0,
                         digest: None,
                         error: Some(e.clone()),
+                        data_span_ns: (0, 0),
                     }],
                     host,
                     context: String::new(),
@@ -388,6 +389,7 @@ async fn push_all(
                     seconds: 0.0,
                     digest: None,
                     error: Some(format!("internal error: {e}")),
+                    data_span_ns: (0, 0),
                 }],
                 seconds: 0.0,
             }),
@@ -421,6 +423,7 @@ async fn push_one(
                     seconds: 0.0,
                     digest: None,
                     error: Some(e),
+                    data_span_ns: (0, 0),
                 }],
                 host,
                 context: String::new(),
@@ -448,6 +451,7 @@ async fn push_one(
             seconds: 0.0,
             digest: None,
             error: Some(format!("{}: {e}", info.name)),
+            data_span_ns: (0, 0),
         }],
     };
     if let Some(b) = &bar {

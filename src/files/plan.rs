@@ -96,6 +96,8 @@ pub struct EntryResult {
     pub digest: Option<String>,
     /// Why it failed, if it did.
     pub error: Option<String>,
+    /// When the first and last data frames arrived (Unix ns; files only).
+    pub data_span_ns: (u64, u64),
 }
 
 impl EntryResult {
@@ -106,6 +108,7 @@ impl EntryResult {
             seconds: 0.0,
             digest: None,
             error: Some(error),
+            data_span_ns: (0, 0),
         }
     }
 
@@ -116,6 +119,7 @@ impl EntryResult {
             seconds: 0.0,
             digest: None,
             error: None,
+            data_span_ns: (0, 0),
         }
     }
 }
@@ -228,8 +232,8 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
                     // One file: the plain durable commit. Many: finish each now
                     // (closing its descriptor) and sync them together below.
                     let done = if single {
-                        let (bytes, digest, t) = (p.bytes, p.digest, p.started);
-                        p.commit(&opts).map(|()| Done::Committed(bytes, digest, t))
+                        let s = Summary { bytes: p.bytes, digest: p.digest, started: p.started, span: p.data_span_ns };
+                        p.commit(&opts).map(|()| Done::Committed(s))
                     } else {
                         p.finish(&opts, false).map(|()| Done::Pending(p))
                     };
@@ -260,14 +264,14 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
     }
     for (_, path, r) in outcomes {
         results.push(match r {
-            Ok(Done::Committed(bytes, digest, started)) => file_ok(&path, bytes, digest, started),
+            Ok(Done::Committed(s)) => file_ok(&path, &s),
             Ok(Done::Pending(p)) => {
                 if let Some(e) = &sync_error {
                     EntryResult::failed(&path, format!("{}: {e}", path.display()))
                 } else {
-                    let (bytes, digest, started) = (p.bytes, p.digest, p.started);
+                    let s = Summary { bytes: p.bytes, digest: p.digest, started: p.started, span: p.data_span_ns };
                     match p.rename() {
-                        Ok(()) => file_ok(&path, bytes, digest, started),
+                        Ok(()) => file_ok(&path, &s),
                         Err(e) => EntryResult::failed(&path, e.to_string()),
                     }
                 }
@@ -305,17 +309,25 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
 }
 
 enum Done {
-    Committed(u64, [u8; 32], Instant),
+    Committed(Summary),
     Pending(PendingFile),
 }
 
-fn file_ok(path: &Path, bytes: u64, digest: [u8; 32], started: Instant) -> EntryResult {
+struct Summary {
+    bytes: u64,
+    digest: [u8; 32],
+    started: Instant,
+    span: (u64, u64),
+}
+
+fn file_ok(path: &Path, s: &Summary) -> EntryResult {
     EntryResult {
         path: path.display().to_string(),
-        bytes,
-        seconds: started.elapsed().as_secs_f64(),
-        digest: Some(hex(&digest)),
+        bytes: s.bytes,
+        seconds: s.started.elapsed().as_secs_f64(),
+        digest: Some(hex(&s.digest)),
         error: None,
+        data_span_ns: s.span,
     }
 }
 

@@ -1,8 +1,12 @@
 //! The receiving side: pulling one file into place atomically.
 //!
-//! Data goes into a hidden temp file in the destination directory, created
-//! `O_EXCL` with mode 0600 (so nobody else can read a half-written file),
-//! with its full size reserved up front so a full disk fails at once. Only
+//! Data goes into a hidden temp file in the destination directory with mode
+//! 0600 (so nobody else can read a half-written file), with its full size
+//! reserved up front so a full disk fails at once. Where the file system
+//! supports it the temp file is *anonymous* (`O_TMPFILE`): it has no name
+//! until it has been verified, so a receiver killed mid-transfer — even by
+//! SIGKILL — leaves nothing behind; the kernel frees it. Elsewhere it is a
+//! named `.NAME.ferrogen-XXXX.tmp` created `O_EXCL`. Only
 //! when the byte count and the BLAKE3 digest match what the server sent are
 //! mode, owner/group and times applied — on the descriptor — and the file
 //! fsynced and renamed over the destination ([`PendingFile::commit`]), then
@@ -141,7 +145,9 @@ impl TempFiles {
 /// A fully received, verified file waiting to be renamed into place.
 pub struct PendingFile {
     file: Option<File>,
+    /// The temp file's name; not yet on disk while `anonymous`.
     temp: PathBuf,
+    anonymous: bool,
     dest: PathBuf,
     temps: TempFiles,
     armed: bool,
@@ -153,11 +159,13 @@ pub struct PendingFile {
     pub digest: [u8; 32],
     /// When the fetch started.
     pub started: Instant,
+    /// When the first and the last data frame arrived (Unix time, ns; 0 if none).
+    pub data_span_ns: (u64, u64),
 }
 
 impl Drop for PendingFile {
     fn drop(&mut self) {
-        if self.armed {
+        if self.armed && !self.anonymous {
             let _ = std::fs::remove_file(&self.temp);
             self.temps.forget(&self.temp);
         }
@@ -209,12 +217,37 @@ impl PendingFile {
         if fsync {
             rustix::fs::fsync(fd).map_err(|e| io_err(&dest, "fsync")(e.into()))?;
         }
+        if self.anonymous {
+            // Give the verified file its hidden name so the descriptor can
+            // be closed; from here on Drop (or shutdown) removes it by name.
+            let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                proc_path.as_str(),
+                rustix::fs::CWD,
+                &self.temp,
+                rustix::fs::AtFlags::SYMLINK_FOLLOW,
+            )
+            .or_else(|_| {
+                rustix::fs::linkat(fd, "", rustix::fs::CWD, &self.temp, rustix::fs::AtFlags::EMPTY_PATH)
+            })
+            .map_err(|e| io_err(&dest, "link temp file")(e.into()))?;
+            self.anonymous = false;
+            self.temps.add(&self.temp);
+        }
         Ok(())
     }
 
     /// Renames the temp file over the destination. Call after [`PendingFile::finish`]
     /// (and after a sync of the file system, when batching).
     pub fn rename(mut self) -> Result<(), ReceiveError> {
+        if self.file.is_some() {
+            return Err(ReceiveError::Io {
+                dest: self.dest.display().to_string(),
+                op: "rename",
+                source: std::io::Error::other("internal error: rename before finish"),
+            });
+        }
         std::fs::rename(&self.temp, &self.dest).map_err(io_err(&self.dest, "rename"))?;
         self.armed = false;
         self.temps.forget(&self.temp);
@@ -308,20 +341,42 @@ async fn receive_data(
     let dest_s = dest.display().to_string();
     let meta = reply.meta.clone();
     let temp = temp_path(dest);
-    let fd = rustix::fs::open(
-        &temp,
-        rustix::fs::OFlags::WRONLY
-            | rustix::fs::OFlags::CREATE
-            | rustix::fs::OFlags::EXCL
-            | rustix::fs::OFlags::CLOEXEC
-            | rustix::fs::OFlags::NOFOLLOW,
-        rustix::fs::Mode::from_raw_mode(0o600),
-    )
-    .map_err(|e| io_err(dest, "create temp file")(e.into()))?;
-    temps.add(&temp);
+    let dir = match dest.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mode = rustix::fs::Mode::from_raw_mode(0o600);
+    let anon = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::CLOEXEC,
+        mode,
+    );
+    let (fd, anonymous) = match anon {
+        Ok(fd) => (fd, true),
+        Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTDIR) | Err(rustix::io::Errno::ACCESS) => {
+            // Not a file system question: report the real cause.
+            let e = anon.err().map(std::io::Error::from).unwrap_or_else(|| std::io::Error::other("?"));
+            return Err(io_err(dest, "create temp file")(e));
+        }
+        Err(_) => {
+            let fd = rustix::fs::open(
+                &temp,
+                rustix::fs::OFlags::WRONLY
+                    | rustix::fs::OFlags::CREATE
+                    | rustix::fs::OFlags::EXCL
+                    | rustix::fs::OFlags::CLOEXEC
+                    | rustix::fs::OFlags::NOFOLLOW,
+                mode,
+            )
+            .map_err(|e| io_err(dest, "create temp file")(e.into()))?;
+            temps.add(&temp);
+            (fd, false)
+        }
+    };
     let mut pending = PendingFile {
         file: Some(File::from(fd)),
         temp,
+        anonymous,
         dest: dest.to_path_buf(),
         temps: temps.clone(),
         armed: true,
@@ -329,6 +384,7 @@ async fn receive_data(
         bytes: 0,
         digest: [0; 32],
         started,
+        data_span_ns: (0, 0),
     };
     if meta.size > 0 {
         let Some(file) = pending.file.as_ref() else {
@@ -386,6 +442,11 @@ async fn receive_data(
                 }
                 hasher.update(&frame.payload);
                 received += frame.payload.len() as u64;
+                let now = unix_ns();
+                if pending.data_span_ns.0 == 0 {
+                    pending.data_span_ns.0 = now;
+                }
+                pending.data_span_ns.1 = now;
                 reply.ack.send_control(router, &received);
             }
             Enc::Control => {
@@ -421,6 +482,13 @@ async fn receive_data(
     pending.bytes = received;
     pending.digest = got;
     Ok(pending)
+}
+
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 fn libc_enospc() -> i32 {
