@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use ferrogen::connect::{self, ConnectSpec, ContextInfo, Method};
 use ferrogen::files::plan::{EntryResult, PlanEntry, PushPlan};
 use ferrogen::files::receive::ReceiveOptions;
+use ferrogen::files::window::Sizing;
 use ferrogen::files::{FileService, FileServiceConfig, TARGET_SERVICE};
 use ferrogen::router::{Router, RouterConfig};
 use ferrogen::service::Services;
@@ -22,8 +23,19 @@ fn ctl(window: u64, ack_timeout: Duration) -> Ctl {
     connect::local::set_child_program(env!("CARGO_BIN_EXE_ferrogen"));
     let router = Router::new(RouterConfig::controller());
     let services = Services::start(&router);
-    let fs = FileService::start(&router, &services, FileServiceConfig { window, ack_timeout });
-    Ctl { router, services, fs }
+    let fs = FileService::start(
+        &router,
+        &services,
+        FileServiceConfig {
+            sizing: Sizing::Fixed(window),
+            ack_timeout,
+        },
+    );
+    Ctl {
+        router,
+        services,
+        fs,
+    }
 }
 
 async fn child(c: &Ctl, via: Option<u32>) -> ContextInfo {
@@ -59,7 +71,9 @@ async fn push(c: &Ctl, ctx: u32, p: &PushPlan) -> Vec<EntryResult> {
 
 fn only_error(r: &[EntryResult]) -> String {
     assert_eq!(r.len(), 1, "one result expected: {r:?}");
-    r[0].error.clone().unwrap_or_else(|| panic!("expected an error, got {r:?}"))
+    r[0].error
+        .clone()
+        .unwrap_or_else(|| panic!("expected an error, got {r:?}"))
 }
 
 fn write_random(p: &Path, len: usize) -> Vec<u8> {
@@ -92,7 +106,10 @@ fn entries_in(dir: &Path) -> Vec<String> {
 async fn wait_progress(c: &Ctl, ctx: u32) {
     let t0 = Instant::now();
     while c.fs.progress(ctx) == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "transfer never started");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "transfer never started"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -109,7 +126,16 @@ async fn unregistered_path_is_refused() {
     let c = ctl(1 << 20, Duration::from_secs(30));
     let a = child(&c, None).await;
     let dst = tempfile::tempdir().expect("tempdir");
-    let r = push(&c, a.id, &plan(vec![file_entry(Path::new("/etc/shadow"), "shadow")], dst.path(), true)).await;
+    let r = push(
+        &c,
+        a.id,
+        &plan(
+            vec![file_entry(Path::new("/etc/shadow"), "shadow")],
+            dst.path(),
+            true,
+        ),
+    )
+    .await;
     let e = only_error(&r);
     assert!(e.contains("not registered"), "{e}");
     assert!(e.contains("/etc/shadow"), "the error names the path: {e}");
@@ -125,17 +151,33 @@ async fn exact_path_round_trips_content_and_metadata() {
     let data = write_random(&src, 300_000);
     std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o640)).expect("chmod");
     let ts = rustix::fs::Timestamps {
-        last_access: rustix::fs::Timespec { tv_sec: 1_600_000_000, tv_nsec: 987_654_321 },
-        last_modification: rustix::fs::Timespec { tv_sec: 1_500_000_000, tv_nsec: 123_456_789 },
+        last_access: rustix::fs::Timespec {
+            tv_sec: 1_600_000_000,
+            tv_nsec: 987_654_321,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: 1_500_000_000,
+            tv_nsec: 123_456_789,
+        },
     };
-    rustix::fs::utimensat(rustix::fs::CWD, &src, &ts, rustix::fs::AtFlags::empty()).expect("utimensat");
-    c.fs.register(src.to_str().expect("utf8")).expect("register");
+    rustix::fs::utimensat(rustix::fs::CWD, &src, &ts, rustix::fs::AtFlags::empty())
+        .expect("utimensat");
+    c.fs.register(src.to_str().expect("utf8"))
+        .expect("register");
     let dst = tempfile::tempdir().expect("tempdir");
-    let r = push(&c, a.id, &plan(vec![file_entry(&src, "conf")], dst.path(), true)).await;
+    let r = push(
+        &c,
+        a.id,
+        &plan(vec![file_entry(&src, "conf")], dst.path(), true),
+    )
+    .await;
     assert_eq!(r.len(), 1);
     assert!(r[0].error.is_none(), "{r:?}");
     assert_eq!(r[0].bytes, data.len() as u64);
-    assert_eq!(r[0].digest.as_deref(), Some(blake3::hash(&data).to_hex().as_str()));
+    assert_eq!(
+        r[0].digest.as_deref(),
+        Some(blake3::hash(&data).to_hex().as_str())
+    );
     let out = dst.path().join("conf");
     // Stat before reading: reading would update the atime (relatime).
     let md = std::fs::metadata(&out).expect("stat");
@@ -143,7 +185,11 @@ async fn exact_path_round_trips_content_and_metadata() {
     assert_eq!((md.mtime(), md.mtime_nsec()), (1_500_000_000, 123_456_789));
     assert_eq!((md.atime(), md.atime_nsec()), (1_600_000_000, 987_654_321));
     assert_eq!(std::fs::read(&out).expect("read"), data);
-    assert_eq!(entries_in(dst.path()), vec!["conf".to_string()], "no temp files left");
+    assert_eq!(
+        entries_in(dst.path()),
+        vec!["conf".to_string()],
+        "no temp files left"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,20 +202,62 @@ async fn prefixes_authorise_beneath_but_not_escapes() {
     write_random(&served.join("sub/ok"), 1000);
     write_random(&root.path().join("secret"), 1000);
     std::os::unix::fs::symlink(root.path().join("secret"), served.join("escape")).expect("symlink");
-    c.fs.register_prefix(served.to_str().expect("utf8")).expect("register_prefix");
+    c.fs.register_prefix(served.to_str().expect("utf8"))
+        .expect("register_prefix");
     let dst = tempfile::tempdir().expect("tempdir");
 
-    let ok = push(&c, a.id, &plan(vec![file_entry(&served.join("sub/ok"), "ok")], dst.path(), true)).await;
+    let ok = push(
+        &c,
+        a.id,
+        &plan(
+            vec![file_entry(&served.join("sub/ok"), "ok")],
+            dst.path(),
+            true,
+        ),
+    )
+    .await;
     assert!(ok[0].error.is_none(), "{ok:?}");
 
     let dotdot = served.join("sub/../../secret");
-    let e = only_error(&push(&c, a.id, &plan(vec![file_entry(&dotdot, "s1")], dst.path(), true)).await);
+    let e = only_error(
+        &push(
+            &c,
+            a.id,
+            &plan(vec![file_entry(&dotdot, "s1")], dst.path(), true),
+        )
+        .await,
+    );
     assert!(e.contains("not registered"), "`..` escape: {e}");
 
-    let e = only_error(&push(&c, a.id, &plan(vec![file_entry(&served.join("escape"), "s2")], dst.path(), true)).await);
-    assert!(e.contains("outside the registered prefix"), "symlink escape: {e}");
+    let e = only_error(
+        &push(
+            &c,
+            a.id,
+            &plan(
+                vec![file_entry(&served.join("escape"), "s2")],
+                dst.path(),
+                true,
+            ),
+        )
+        .await,
+    );
+    assert!(
+        e.contains("outside the registered prefix"),
+        "symlink escape: {e}"
+    );
 
-    let e = only_error(&push(&c, a.id, &plan(vec![file_entry(&served.join("sub"), "s3")], dst.path(), true)).await);
+    let e = only_error(
+        &push(
+            &c,
+            a.id,
+            &plan(
+                vec![file_entry(&served.join("sub"), "s3")],
+                dst.path(),
+                true,
+            ),
+        )
+        .await,
+    );
     assert!(e.contains("not a regular file"), "{e}");
     assert_eq!(entries_in(dst.path()), vec!["ok".to_string()]);
 }
@@ -180,7 +268,16 @@ async fn root_prefix_authorises_etc_passwd() {
     let a = child(&c, None).await;
     c.fs.register_prefix("/").expect("register_prefix");
     let dst = tempfile::tempdir().expect("tempdir");
-    let r = push(&c, a.id, &plan(vec![file_entry(Path::new("/etc/passwd"), "passwd")], dst.path(), true)).await;
+    let r = push(
+        &c,
+        a.id,
+        &plan(
+            vec![file_entry(Path::new("/etc/passwd"), "passwd")],
+            dst.path(),
+            true,
+        ),
+    )
+    .await;
     assert!(r[0].error.is_none(), "{r:?}");
     assert_eq!(
         std::fs::read(dst.path().join("passwd")).expect("read"),
@@ -194,10 +291,15 @@ async fn fetch_with_a_sender_of_another_context_is_refused() {
     c.fs.register("/etc/passwd").expect("register");
     let args = ferrogen::files::FetchArgs {
         path: "/etc/passwd".into(),
-        sender: ferrogen::channel::Sender { context: 77, handle: 1000 },
+        sender: ferrogen::channel::Sender {
+            context: 77,
+            handle: 1000,
+        },
     };
-    let r: Result<ferrogen::files::FetchReply, _> =
-        c.router.call_service(0, ferrogen::files::FILE_SERVICE, "fetch", &args).await;
+    let r: Result<ferrogen::files::FetchReply, _> = c
+        .router
+        .call_service(0, ferrogen::files::FILE_SERVICE, "fetch", &args)
+        .await;
     let e = r.expect_err("must be refused").to_string();
     assert!(e.contains("does not match the requesting context"), "{e}");
 }
@@ -212,14 +314,20 @@ async fn large_transfers_on_one_stream_run_one_at_a_time_within_the_window() {
     let src_dir = tempfile::tempdir().expect("tempdir");
     let src = src_dir.path().join("blob");
     let data = write_random(&src, 6 << 20);
-    c.fs.register(src.to_str().expect("utf8")).expect("register");
-    let dsts: Vec<_> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    c.fs.register(src.to_str().expect("utf8"))
+        .expect("register");
+    let dsts: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
     let mut calls = Vec::new();
     for (ctx, dst) in [a.id, b.id, d.id].into_iter().zip(&dsts) {
         let p = plan(vec![file_entry(&src, "blob")], dst.path(), true);
         let router = c.router.clone();
         calls.push(tokio::spawn(async move {
-            let r: Vec<EntryResult> = router.call_service(ctx, TARGET_SERVICE, "push", &p).await.expect("push");
+            let r: Vec<EntryResult> = router
+                .call_service(ctx, TARGET_SERVICE, "push", &p)
+                .await
+                .expect("push");
             r
         }));
     }
@@ -242,7 +350,11 @@ async fn large_transfers_on_one_stream_run_one_at_a_time_within_the_window() {
         );
     }
     let stats = c.fs.stats();
-    assert!(stats.peak_in_flight > 0 && stats.peak_in_flight <= window, "peak {} window {window}", stats.peak_in_flight);
+    assert!(
+        stats.peak_in_flight > 0 && stats.peak_in_flight <= window,
+        "peak {} window {window}",
+        stats.peak_in_flight
+    );
     assert_eq!(stats.completed, 3);
 }
 
@@ -255,23 +367,41 @@ async fn a_small_file_is_not_held_behind_a_1gib_transfer() {
     sparse(&big, 1 << 30);
     let small = src_dir.path().join("small");
     write_random(&small, 1000);
-    c.fs.register(big.to_str().expect("utf8")).expect("register");
-    c.fs.register(small.to_str().expect("utf8")).expect("register");
+    c.fs.register(big.to_str().expect("utf8"))
+        .expect("register");
+    c.fs.register(small.to_str().expect("utf8"))
+        .expect("register");
     let dst_big = tempfile::tempdir().expect("tempdir");
     let dst_small = tempfile::tempdir().expect("tempdir");
     let p_big = plan(vec![file_entry(&big, "big")], dst_big.path(), true);
     let router = c.router.clone();
     let big_call = tokio::spawn(async move {
-        let r: Vec<EntryResult> = router.call_service(a.id, TARGET_SERVICE, "push", &p_big).await.expect("push");
+        let r: Vec<EntryResult> = router
+            .call_service(a.id, TARGET_SERVICE, "push", &p_big)
+            .await
+            .expect("push");
         r
     });
     wait_progress(&c, a.id).await;
-    let r = push(&c, a.id, &plan(vec![file_entry(&small, "small")], dst_small.path(), true)).await;
+    let r = push(
+        &c,
+        a.id,
+        &plan(vec![file_entry(&small, "small")], dst_small.path(), true),
+    )
+    .await;
     assert!(r[0].error.is_none(), "{r:?}");
-    assert!(!big_call.is_finished(), "the small file should finish while the 1 GiB file is still moving");
+    assert!(
+        !big_call.is_finished(),
+        "the small file should finish while the 1 GiB file is still moving"
+    );
     let rb = big_call.await.expect("join");
     assert!(rb[0].error.is_none(), "{rb:?}");
-    assert_eq!(std::fs::metadata(dst_big.path().join("big")).expect("stat").len(), 1 << 30);
+    assert_eq!(
+        std::fs::metadata(dst_big.path().join("big"))
+            .expect("stat")
+            .len(),
+        1 << 30
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,14 +414,17 @@ async fn a_receiver_killed_mid_transfer_leaves_nothing_and_frees_the_stream() {
     sparse(&big, 1 << 30);
     let mid = src_dir.path().join("mid");
     let data = write_random(&mid, 3 << 20);
-    c.fs.register(big.to_str().expect("utf8")).expect("register");
-    c.fs.register(mid.to_str().expect("utf8")).expect("register");
+    c.fs.register(big.to_str().expect("utf8"))
+        .expect("register");
+    c.fs.register(mid.to_str().expect("utf8"))
+        .expect("register");
     let dst_b = tempfile::tempdir().expect("tempdir");
     let dst_a = tempfile::tempdir().expect("tempdir");
     let p = plan(vec![file_entry(&big, "big")], dst_b.path(), true);
     let router = c.router.clone();
     let call_b = tokio::spawn(async move {
-        let r: Result<Vec<EntryResult>, _> = router.call_service(b.id, TARGET_SERVICE, "push", &p).await;
+        let r: Result<Vec<EntryResult>, _> =
+            router.call_service(b.id, TARGET_SERVICE, "push", &p).await;
         r
     });
     wait_progress(&c, b.id).await;
@@ -304,11 +437,20 @@ async fn a_receiver_killed_mid_transfer_leaves_nothing_and_frees_the_stream() {
     assert!(e.contains("disconnected"), "{e}");
     // The same stream (controller -> a) now serves a multi-chunk file.
     let t0 = Instant::now();
-    let r = push(&c, a.id, &plan(vec![file_entry(&mid, "mid")], dst_a.path(), true)).await;
+    let r = push(
+        &c,
+        a.id,
+        &plan(vec![file_entry(&mid, "mid")], dst_a.path(), true),
+    )
+    .await;
     assert!(r[0].error.is_none(), "{r:?}");
     assert!(t0.elapsed() < Duration::from_secs(10));
     assert_eq!(std::fs::read(dst_a.path().join("mid")).expect("read"), data);
-    assert!(entries_in(dst_b.path()).is_empty(), "no temp file left: {:?}", entries_in(dst_b.path()));
+    assert!(
+        entries_in(dst_b.path()).is_empty(),
+        "no temp file left: {:?}",
+        entries_in(dst_b.path())
+    );
     assert!(c.fs.stats().aborted >= 1);
 }
 
@@ -322,24 +464,35 @@ async fn a_receiver_that_stops_acknowledging_is_cancelled_and_discards() {
     sparse(&big, 256 << 20);
     let mid = src_dir.path().join("mid");
     write_random(&mid, 2 << 20);
-    c.fs.register(big.to_str().expect("utf8")).expect("register");
-    c.fs.register(mid.to_str().expect("utf8")).expect("register");
+    c.fs.register(big.to_str().expect("utf8"))
+        .expect("register");
+    c.fs.register(mid.to_str().expect("utf8"))
+        .expect("register");
     let dst_b = tempfile::tempdir().expect("tempdir");
     let dst_a = tempfile::tempdir().expect("tempdir");
     let p = plan(vec![file_entry(&big, "big")], dst_b.path(), true);
     let router = c.router.clone();
     let call_b = tokio::spawn(async move {
-        let r: Result<Vec<EntryResult>, _> = router.call_service(b.id, TARGET_SERVICE, "push", &p).await;
+        let r: Result<Vec<EntryResult>, _> =
+            router.call_service(b.id, TARGET_SERVICE, "push", &p).await;
         r
     });
     wait_progress(&c, b.id).await;
     kill(b.pid, 19); // SIGSTOP: alive, connected, silent.
     let t0 = Instant::now();
-    let r = push(&c, a.id, &plan(vec![file_entry(&mid, "mid")], dst_a.path(), true)).await;
+    let r = push(
+        &c,
+        a.id,
+        &plan(vec![file_entry(&mid, "mid")], dst_a.path(), true),
+    )
+    .await;
     kill(b.pid, 18); // SIGCONT
     assert!(r[0].error.is_none(), "{r:?}");
     assert!(t0.elapsed() < Duration::from_secs(20));
-    let rb = call_b.await.expect("join").expect("b answers after SIGCONT");
+    let rb = call_b
+        .await
+        .expect("join")
+        .expect("b answers after SIGCONT");
     let e = rb[0].error.clone().expect("b's transfer was cancelled");
     assert!(e.contains("stopped acknowledging"), "{e}");
     assert!(entries_in(dst_b.path()).is_empty());
@@ -352,26 +505,37 @@ async fn a_source_modified_during_transfer_is_detected() {
     let src_dir = tempfile::tempdir().expect("tempdir");
     let big = src_dir.path().join("big");
     sparse(&big, 512 << 20);
-    c.fs.register(big.to_str().expect("utf8")).expect("register");
+    c.fs.register(big.to_str().expect("utf8"))
+        .expect("register");
     let dst = tempfile::tempdir().expect("tempdir");
     let old = dst.path().join("big");
     std::fs::write(&old, b"old content").expect("write");
     let p = plan(vec![file_entry(&big, "big")], dst.path(), true);
     let router = c.router.clone();
     let call = tokio::spawn(async move {
-        let r: Vec<EntryResult> = router.call_service(a.id, TARGET_SERVICE, "push", &p).await.expect("push");
+        let r: Vec<EntryResult> = router
+            .call_service(a.id, TARGET_SERVICE, "push", &p)
+            .await
+            .expect("push");
         r
     });
     wait_progress(&c, a.id).await;
     {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().append(true).open(&big).expect("open");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&big)
+            .expect("open");
         f.write_all(b"appended while sending").expect("append");
     }
     let r = call.await.expect("join");
     let e = only_error(&r);
     assert!(e.contains("modified during transfer"), "{e}");
-    assert_eq!(std::fs::read(&old).expect("read"), b"old content", "old destination untouched");
+    assert_eq!(
+        std::fs::read(&old).expect("read"),
+        b"old content",
+        "old destination untouched"
+    );
     assert_eq!(entries_in(dst.path()), vec!["big".to_string()]);
 }
 
@@ -382,17 +546,24 @@ async fn shutdown_closes_pending_transfers_and_receivers_discard() {
     let src_dir = tempfile::tempdir().expect("tempdir");
     let big = src_dir.path().join("big");
     sparse(&big, 1 << 30);
-    c.fs.register(big.to_str().expect("utf8")).expect("register");
+    c.fs.register(big.to_str().expect("utf8"))
+        .expect("register");
     let dst = tempfile::tempdir().expect("tempdir");
     let p = plan(vec![file_entry(&big, "big")], dst.path(), true);
     let router = c.router.clone();
     let call = tokio::spawn(async move {
-        let r: Vec<EntryResult> = router.call_service(a.id, TARGET_SERVICE, "push", &p).await.expect("push");
+        let r: Vec<EntryResult> = router
+            .call_service(a.id, TARGET_SERVICE, "push", &p)
+            .await
+            .expect("push");
         r
     });
     wait_progress(&c, a.id).await;
     c.services.shutdown().await;
-    let r = tokio::time::timeout(Duration::from_secs(10), call).await.expect("answered").expect("join");
+    let r = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("answered")
+        .expect("join");
     let e = only_error(&r);
     assert!(e.contains("shutting down"), "{e}");
     assert!(entries_in(dst.path()).is_empty());
@@ -427,12 +598,25 @@ async fn a_full_disk_reports_enospc_and_cleans_up() {
     let src_dir = tempfile::tempdir().expect("tempdir");
     let src = src_dir.path().join("eight");
     write_random(&src, 8 << 20);
-    c.fs.register(src.to_str().expect("utf8")).expect("register");
-    let r = push(&c, a.id, &plan(vec![file_entry(&src, "eight")], mnt.path(), true)).await;
+    c.fs.register(src.to_str().expect("utf8"))
+        .expect("register");
+    let r = push(
+        &c,
+        a.id,
+        &plan(vec![file_entry(&src, "eight")], mnt.path(), true),
+    )
+    .await;
     let e = only_error(&r);
     assert!(e.contains("No space left on device"), "{e}");
-    assert!(e.contains(mnt.path().to_str().expect("utf8")), "names the path: {e}");
-    assert!(entries_in(mnt.path()).is_empty(), "{:?}", entries_in(mnt.path()));
+    assert!(
+        e.contains(mnt.path().to_str().expect("utf8")),
+        "names the path: {e}"
+    );
+    assert!(
+        entries_in(mnt.path()).is_empty(),
+        "{:?}",
+        entries_in(mnt.path())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,19 +630,36 @@ async fn owner_and_group_are_applied_when_asked() {
     let src_dir = tempfile::tempdir().expect("tempdir");
     let src = src_dir.path().join("owned");
     write_random(&src, 5000);
-    let nobody = nix::unistd::User::from_name("nobody").expect("nss").expect("nobody exists");
-    std::os::unix::fs::chown(&src, Some(nobody.uid.as_raw()), Some(nobody.gid.as_raw())).expect("chown");
-    c.fs.register(src.to_str().expect("utf8")).expect("register");
+    let nobody = nix::unistd::User::from_name("nobody")
+        .expect("nss")
+        .expect("nobody exists");
+    std::os::unix::fs::chown(&src, Some(nobody.uid.as_raw()), Some(nobody.gid.as_raw()))
+        .expect("chown");
+    c.fs.register(src.to_str().expect("utf8"))
+        .expect("register");
     let dst = tempfile::tempdir().expect("tempdir");
     let mut p = plan(vec![file_entry(&src, "owned")], dst.path(), true);
     p.options.preserve_owner = true;
     let r = push(&c, a.id, &p).await;
     assert!(r[0].error.is_none(), "{r:?}");
     let md = std::fs::metadata(dst.path().join("owned")).expect("stat");
-    assert_eq!((md.uid(), md.gid()), (nobody.uid.as_raw(), nobody.gid.as_raw()));
+    assert_eq!(
+        (md.uid(), md.gid()),
+        (nobody.uid.as_raw(), nobody.gid.as_raw())
+    );
     // Without the option the receiver's own identity is used.
     let dst2 = tempfile::tempdir().expect("tempdir");
-    let r = push(&c, a.id, &plan(vec![file_entry(&src, "owned")], dst2.path(), true)).await;
+    let r = push(
+        &c,
+        a.id,
+        &plan(vec![file_entry(&src, "owned")], dst2.path(), true),
+    )
+    .await;
     assert!(r[0].error.is_none(), "{r:?}");
-    assert_eq!(std::fs::metadata(dst2.path().join("owned")).expect("stat").uid(), 0);
+    assert_eq!(
+        std::fs::metadata(dst2.path().join("owned"))
+            .expect("stat")
+            .uid(),
+        0
+    );
 }

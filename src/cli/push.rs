@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use super::target::{self, Chain, TargetArgs};
 use crate::files::plan::{EntryResult, PlanEntry, PushPlan};
 use crate::files::receive::ReceiveOptions;
+use crate::files::window::Sizing;
 use crate::files::{FileService, FileServiceConfig, TARGET_SERVICE};
 use crate::router::{Router, RouterConfig};
 use crate::service::Services;
@@ -37,9 +38,14 @@ pub struct PushArgs {
     /// Skip fsync of files and directories (faster, not crash-safe).
     #[arg(long)]
     pub no_fsync: bool,
-    /// Unacknowledged bytes allowed per stream, e.g. 1M, 64MiB.
-    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
-    pub window: u64,
+    /// A fixed window of unacknowledged bytes per stream (e.g. 1M, the
+    /// seed's behaviour). Default: sized automatically to the path's
+    /// bandwidth × delay, between 1 MiB and --window-cap.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub window: Option<u64>,
+    /// Upper bound of the automatically sized window (memory per stream).
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    pub window_cap: u64,
     /// Files received at once per target.
     #[arg(long, default_value_t = 64)]
     pub parallel: u32,
@@ -61,7 +67,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 1M, 512K, 64MiB)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 1M, 512K, 64MiB)"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -69,7 +77,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1 << 30,
         other => return Err(format!("unknown size unit {other:?} in {s:?}")),
     };
-    n.checked_mul(mult).filter(|&v| v > 0).ok_or_else(|| format!("size {s:?} out of range"))
+    n.checked_mul(mult)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("size {s:?} out of range"))
 }
 
 /// The controller-side description of what to push.
@@ -90,7 +100,9 @@ pub struct Sources {
 }
 
 fn utf8(p: &Path) -> Result<String, String> {
-    p.to_str().map(str::to_string).ok_or_else(|| format!("{}: path is not valid UTF-8", p.display()))
+    p.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("{}: path is not valid UTF-8", p.display()))
 }
 
 /// Walks the sources into a plan.
@@ -124,7 +136,10 @@ pub fn collect_sources(srcs: &[String], recursive: bool) -> Result<Sources, Stri
             let abs = utf8(&abs)?;
             out.total_bytes += md.len();
             out.files.push(abs.clone());
-            out.entries.push(PlanEntry::File { src: abs, rel: name });
+            out.entries.push(PlanEntry::File {
+                src: abs,
+                rel: name,
+            });
         } else if md.is_dir() {
             if !recursive {
                 return Err(format!("{src}: is a directory (use -r to copy it)"));
@@ -146,7 +161,9 @@ pub fn collect_sources(srcs: &[String], recursive: bool) -> Result<Sources, Stri
             };
             walk(&abs, &top, &mut out)?;
         } else {
-            out.skipped.push(format!("{src}: not a regular file, directory or symlink; skipped"));
+            out.skipped.push(format!(
+                "{src}: not a regular file, directory or symlink; skipped"
+            ));
         }
     }
     Ok(out)
@@ -162,11 +179,17 @@ fn walk(dir: &Path, rel: &str, out: &mut Sources) -> Result<(), String> {
     for entry in names {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        let child_rel = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-        let md = std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let child_rel = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        let md =
+            std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let ft = md.file_type();
         if ft.is_symlink() {
-            let target = std::fs::read_link(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let target =
+                std::fs::read_link(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             out.entries.push(PlanEntry::Symlink {
                 rel: child_rel,
                 target: utf8(&target)?,
@@ -186,7 +209,8 @@ fn walk(dir: &Path, rel: &str, out: &mut Sources) -> Result<(), String> {
             });
             walk(&path, &child_rel, out)?;
         } else {
-            out.skipped.push(format!("{}: special file skipped", path.display()));
+            out.skipped
+                .push(format!("{}: special file skipped", path.display()));
         }
     }
     Ok(())
@@ -231,8 +255,15 @@ pub async fn run(args: PushArgs, log_filter: String) -> i32 {
     let router = Router::new(RouterConfig::controller());
     let services = Services::start(&router);
     crate::ping::register_service(&services, &router);
+    let sizing = match args.window {
+        Some(w) => Sizing::Fixed(w),
+        None => Sizing::Auto {
+            floor: (1 << 20).min(args.window_cap),
+            cap: args.window_cap,
+        },
+    };
     let config = FileServiceConfig {
-        window: args.window,
+        sizing,
         ..Default::default()
     };
     let fs = FileService::start(&router, &services, config);
@@ -302,7 +333,11 @@ pub async fn run(args: PushArgs, log_filter: String) -> i32 {
         }
         if !args.json {
             let mib = bytes as f64 / (1 << 20) as f64;
-            let rate = if o.seconds > 0.0 { mib / o.seconds } else { 0.0 };
+            let rate = if o.seconds > 0.0 {
+                mib / o.seconds
+            } else {
+                0.0
+            };
             let errors = o.results.iter().filter(|r| r.error.is_some()).count();
             println!(
                 "{}: {} files, {:.1} MiB in {:.2} s ({:.1} MiB/s){}",
@@ -311,7 +346,11 @@ pub async fn run(args: PushArgs, log_filter: String) -> i32 {
                 mib,
                 o.seconds,
                 rate,
-                if errors > 0 { format!(", {errors} errors") } else { String::new() }
+                if errors > 0 {
+                    format!(", {errors} errors")
+                } else {
+                    String::new()
+                }
             );
         }
     }
@@ -321,7 +360,7 @@ pub async fn run(args: PushArgs, log_filter: String) -> i32 {
 }
 
 async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => return std::future::pending().await,
@@ -367,7 +406,13 @@ async fn push_all(
     let plan = Arc::new(plan);
     let mut tasks = Vec::new();
     for host in hosts {
-        let (router, fs, chain, plan, sem) = (router.clone(), fs.clone(), chain.clone(), plan.clone(), sem.clone());
+        let (router, fs, chain, plan, sem) = (
+            router.clone(),
+            fs.clone(),
+            chain.clone(),
+            plan.clone(),
+            sem.clone(),
+        );
         let targs = args.target.clone();
         let filter = log_filter.to_string();
         let bar = bars.add(&host, total);

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use super::receive::{self, PendingFile, ReceiveOptions, TempFiles};
-use super::{hex, TARGET_SERVICE};
+use super::{TARGET_SERVICE, hex};
 use crate::call::RemoteError;
 use crate::router::{Policy, Router};
 use crate::service::{ServiceBuilder, Services};
@@ -155,7 +155,10 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
     if plan.into_dir
         && let Err(e) = std::fs::create_dir_all(&dest)
     {
-        return vec![EntryResult::failed(&dest, format!("{}: cannot create directory: {e}", dest.display()))];
+        return vec![EntryResult::failed(
+            &dest,
+            format!("{}: cannot create directory: {e}", dest.display()),
+        )];
     }
     let dest_is_dir = plan.into_dir || dest.is_dir();
     let place = |rel: &str| -> PathBuf {
@@ -163,39 +166,62 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
             dest.join(rel)
         } else {
             let rest = first_component_stripped(rel);
-            if rest.is_empty() { dest.clone() } else { dest.join(rest) }
+            if rest.is_empty() {
+                dest.clone()
+            } else {
+                dest.join(rest)
+            }
         }
     };
     for e in &plan.entries {
         let rel = match e {
-            PlanEntry::Dir { rel, .. } | PlanEntry::File { rel, .. } | PlanEntry::Symlink { rel, .. } => rel,
+            PlanEntry::Dir { rel, .. }
+            | PlanEntry::File { rel, .. }
+            | PlanEntry::Symlink { rel, .. } => rel,
         };
         if rel.split('/').any(|c| c == ".." || c == ".") || rel.starts_with('/') || rel.is_empty() {
-            return vec![EntryResult::failed(&dest, format!("refusing entry with unsafe relative path {rel:?}"))];
+            return vec![EntryResult::failed(
+                &dest,
+                format!("refusing entry with unsafe relative path {rel:?}"),
+            )];
         }
     }
 
     let mut results = Vec::new();
     let mut dirs: Vec<(PathBuf, u32, i64, u32)> = Vec::new();
     // 1. Directories, parents first.
-    let mut dir_entries: Vec<&PlanEntry> = plan.entries.iter().filter(|e| matches!(e, PlanEntry::Dir { .. })).collect();
+    let mut dir_entries: Vec<&PlanEntry> = plan
+        .entries
+        .iter()
+        .filter(|e| matches!(e, PlanEntry::Dir { .. }))
+        .collect();
     dir_entries.sort_by_key(|e| match e {
         PlanEntry::Dir { rel, .. } => rel.matches('/').count(),
         _ => 0,
     });
     for e in dir_entries {
-        if let PlanEntry::Dir { rel, mode, mtime_sec, mtime_nsec } = e {
+        if let PlanEntry::Dir {
+            rel,
+            mode,
+            mtime_sec,
+            mtime_nsec,
+        } = e
+        {
             let p = place(rel);
             match std::fs::create_dir(&p) {
                 Ok(()) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
                 Err(err) => {
-                    results.push(EntryResult::failed(&p, format!("{}: cannot create directory: {err}", p.display())));
+                    results.push(EntryResult::failed(
+                        &p,
+                        format!("{}: cannot create directory: {err}", p.display()),
+                    ));
                     continue;
                 }
             }
             // Owner-writable while we fill it; the real mode is applied last.
-            let _ = std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+            let _ =
+                std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o700));
             dirs.push((p, *mode, *mtime_sec, *mtime_nsec));
         }
     }
@@ -205,7 +231,10 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
             let p = place(rel);
             results.push(match make_symlink(target, &p) {
                 Ok(()) => EntryResult::ok(&p),
-                Err(err) => EntryResult::failed(&p, format!("{}: cannot create symlink: {err}", p.display())),
+                Err(err) => EntryResult::failed(
+                    &p,
+                    format!("{}: cannot create symlink: {err}", p.display()),
+                ),
             });
         }
     }
@@ -222,7 +251,12 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
     let sem = Arc::new(Semaphore::new(plan.parallel.clamp(1, 1024) as usize));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (src, path)) in files.into_iter().enumerate() {
-        let (router, temps, sem, opts) = (router.clone(), temps.clone(), sem.clone(), plan.options.clone());
+        let (router, temps, sem, opts) = (
+            router.clone(),
+            temps.clone(),
+            sem.clone(),
+            plan.options.clone(),
+        );
         let server = plan.server;
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await;
@@ -232,7 +266,12 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
                     // One file: the plain durable commit. Many: finish each now
                     // (closing its descriptor) and sync them together below.
                     let done = if single {
-                        let s = Summary { bytes: p.bytes, digest: p.digest, started: p.started, span: p.data_span_ns };
+                        let s = Summary {
+                            bytes: p.bytes,
+                            digest: p.digest,
+                            started: p.started,
+                            span: p.data_span_ns,
+                        };
                         p.commit(&opts).map(|()| Done::Committed(s))
                     } else {
                         p.finish(&opts, false).map(|()| Done::Pending(p))
@@ -248,7 +287,10 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok(o) => outcomes.push(o),
-            Err(e) => results.push(EntryResult::failed(Path::new(&plan.dest), format!("internal error: {e}"))),
+            Err(e) => results.push(EntryResult::failed(
+                Path::new(&plan.dest),
+                format!("internal error: {e}"),
+            )),
         }
     }
     outcomes.sort_by_key(|(i, _, _)| *i);
@@ -269,7 +311,12 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
                 if let Some(e) = &sync_error {
                     EntryResult::failed(&path, format!("{}: {e}", path.display()))
                 } else {
-                    let s = Summary { bytes: p.bytes, digest: p.digest, started: p.started, span: p.data_span_ns };
+                    let s = Summary {
+                        bytes: p.bytes,
+                        digest: p.digest,
+                        started: p.started,
+                        span: p.data_span_ns,
+                    };
                     match p.rename() {
                         Ok(()) => file_ok(&path, &s),
                         Err(e) => EntryResult::failed(&path, e.to_string()),
@@ -284,7 +331,10 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
             if let Ok(f) = std::fs::File::open(d)
                 && let Err(e) = rustix::fs::fsync(&f)
             {
-                results.push(EntryResult::failed(d, format!("{}: fsync directory: {e}", d.display())));
+                results.push(EntryResult::failed(
+                    d,
+                    format!("{}: fsync directory: {e}", d.display()),
+                ));
             }
         }
     }
@@ -294,15 +344,29 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
         let r = (|| -> std::io::Result<()> {
             std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
             let ts = rustix::fs::Timestamps {
-                last_access: rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec as _ },
-                last_modification: rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec as _ },
+                last_access: rustix::fs::Timespec {
+                    tv_sec: sec,
+                    tv_nsec: nsec as _,
+                },
+                last_modification: rustix::fs::Timespec {
+                    tv_sec: sec,
+                    tv_nsec: nsec as _,
+                },
             };
-            rustix::fs::utimensat(rustix::fs::CWD, &p, &ts, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+            rustix::fs::utimensat(
+                rustix::fs::CWD,
+                &p,
+                &ts,
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )?;
             Ok(())
         })();
         results.push(match r {
             Ok(()) => EntryResult::ok(&p),
-            Err(e) => EntryResult::failed(&p, format!("{}: cannot set directory metadata: {e}", p.display())),
+            Err(e) => EntryResult::failed(
+                &p,
+                format!("{}: cannot set directory metadata: {e}", p.display()),
+            ),
         });
     }
     results
@@ -334,7 +398,8 @@ fn file_ok(path: &Path, s: &Summary) -> EntryResult {
 fn syncfs_all(dirs: &BTreeSet<PathBuf>) -> Result<(), String> {
     let mut seen_devs = BTreeSet::new();
     for d in dirs {
-        let f = std::fs::File::open(d).map_err(|e| format!("open {} for sync: {e}", d.display()))?;
+        let f =
+            std::fs::File::open(d).map_err(|e| format!("open {} for sync: {e}", d.display()))?;
         let dev = rustix::fs::fstat(&f).map(|s| s.st_dev).unwrap_or(0);
         if seen_devs.insert(dev) {
             rustix::fs::syncfs(&f).map_err(|e| format!("syncfs on {}: {e}", d.display()))?;
@@ -344,7 +409,10 @@ fn syncfs_all(dirs: &BTreeSet<PathBuf>) -> Result<(), String> {
 }
 
 fn make_symlink(target: &str, p: &Path) -> std::io::Result<()> {
-    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = p.with_file_name(format!(".{name}.ferrogen-link-{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(target, &tmp)?;

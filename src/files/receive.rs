@@ -24,12 +24,12 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::meta::{lookup_gid, lookup_uid, FileMeta};
-use super::{FetchArgs, FetchReply, TransferMsg, FILE_SERVICE};
+use super::meta::{FileMeta, lookup_gid, lookup_uid};
+use super::{FILE_SERVICE, FetchArgs, FetchReply, TransferMsg};
 use crate::call::CallError;
 use crate::channel::ChannelError;
 use crate::router::{Policy, Router};
-use crate::wire::{control, ContextId, Enc};
+use crate::wire::{ContextId, Enc, control};
 
 /// How a received file is put in place.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,7 +172,10 @@ impl Drop for PendingFile {
     }
 }
 
-fn io_err<'a>(dest: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> ReceiveError + 'a {
+fn io_err<'a>(
+    dest: &'a Path,
+    op: &'static str,
+) -> impl FnOnce(std::io::Error) -> ReceiveError + 'a {
     move |source| ReceiveError::Io {
         dest: dest.display().to_string(),
         op,
@@ -229,7 +232,13 @@ impl PendingFile {
                 rustix::fs::AtFlags::SYMLINK_FOLLOW,
             )
             .or_else(|_| {
-                rustix::fs::linkat(fd, "", rustix::fs::CWD, &self.temp, rustix::fs::AtFlags::EMPTY_PATH)
+                rustix::fs::linkat(
+                    fd,
+                    "",
+                    rustix::fs::CWD,
+                    &self.temp,
+                    rustix::fs::AtFlags::EMPTY_PATH,
+                )
             })
             .map_err(|e| io_err(&dest, "link temp file")(e.into()))?;
             self.anonymous = false;
@@ -280,12 +289,20 @@ pub fn sync_dir(path: &Path) -> Result<(), ReceiveError> {
 }
 
 fn temp_path(dest: &Path) -> PathBuf {
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let short: String = name.chars().take(80).collect();
     let nonce: u64 = {
         use std::hash::{BuildHasher, Hasher};
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
         h.write_u32(std::process::id());
         h.finish()
     };
@@ -353,9 +370,14 @@ async fn receive_data(
     );
     let (fd, anonymous) = match anon {
         Ok(fd) => (fd, true),
-        Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTDIR) | Err(rustix::io::Errno::ACCESS) => {
+        Err(rustix::io::Errno::NOENT)
+        | Err(rustix::io::Errno::NOTDIR)
+        | Err(rustix::io::Errno::ACCESS) => {
             // Not a file system question: report the real cause.
-            let e = anon.err().map(std::io::Error::from).unwrap_or_else(|| std::io::Error::other("?"));
+            let e = anon
+                .err()
+                .map(std::io::Error::from)
+                .unwrap_or_else(|| std::io::Error::other("?"));
             return Err(io_err(dest, "create temp file")(e));
         }
         Err(_) => {
@@ -393,7 +415,9 @@ async fn receive_data(
         match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, meta.size) {
             Ok(()) => {}
             Err(rustix::io::Errno::NOSPC) => {
-                return Err(io_err(dest, "reserve space")(std::io::Error::from_raw_os_error(libc_enospc())));
+                return Err(io_err(dest, "reserve space")(
+                    std::io::Error::from_raw_os_error(libc_enospc()),
+                ));
             }
             // Not supported by this file system: fine, writes will tell.
             Err(_) => {}
@@ -438,7 +462,8 @@ async fn receive_data(
                     });
                 }
                 if let Some(file) = pending.file.as_mut() {
-                    file.write_all(&frame.payload).map_err(io_err(dest, "write"))?;
+                    file.write_all(&frame.payload)
+                        .map_err(io_err(dest, "write"))?;
                 }
                 hasher.update(&frame.payload);
                 received += frame.payload.len() as u64;
@@ -450,13 +475,19 @@ async fn receive_data(
                 reply.ack.send_control(router, &received);
             }
             Enc::Control => {
-                let msg: TransferMsg = control::decode_frame(&frame).map_err(|e| ReceiveError::Mismatch {
-                    dest: dest_s.clone(),
-                    detail: e.to_string(),
-                })?;
+                let msg: TransferMsg =
+                    control::decode_frame(&frame).map_err(|e| ReceiveError::Mismatch {
+                        dest: dest_s.clone(),
+                        detail: e.to_string(),
+                    })?;
                 match msg {
                     TransferMsg::End { size, digest } => end = Some((size, digest)),
-                    TransferMsg::Abort { reason } => return Err(ReceiveError::Aborted { dest: dest_s, reason }),
+                    TransferMsg::Abort { reason } => {
+                        return Err(ReceiveError::Aborted {
+                            dest: dest_s,
+                            reason,
+                        });
+                    }
                 }
             }
             Enc::Text => {}
@@ -476,7 +507,11 @@ async fn receive_data(
     if got != digest {
         return Err(ReceiveError::Mismatch {
             dest: dest_s,
-            detail: format!("digest {} does not match the sender's {}", super::hex(&got), super::hex(&digest)),
+            detail: format!(
+                "digest {} does not match the sender's {}",
+                super::hex(&got),
+                super::hex(&digest)
+            ),
         });
     }
     pending.bytes = received;

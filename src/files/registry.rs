@@ -161,7 +161,11 @@ fn open_beneath(prefix: &Path, p: &Path) -> Result<File, OpenError> {
     };
     let rel = match p.strip_prefix(prefix) {
         Ok(r) if !r.as_os_str().is_empty() => r,
-        _ => return Err(OpenError::NotRegular { path: shown.clone() }),
+        _ => {
+            return Err(OpenError::NotRegular {
+                path: shown.clone(),
+            });
+        }
     };
     let dir = rustix::fs::open(
         prefix,
@@ -211,7 +215,10 @@ mod tests {
 
     #[test]
     fn normalize_collapses_dots() {
-        assert_eq!(normalize("/etc/foo/bar/../../../passwd"), Some(PathBuf::from("/passwd")));
+        assert_eq!(
+            normalize("/etc/foo/bar/../../../passwd"),
+            Some(PathBuf::from("/passwd"))
+        );
         assert_eq!(normalize("/etc/../shadow"), Some(PathBuf::from("/shadow")));
         assert_eq!(normalize("//a/./b//c/"), Some(PathBuf::from("/a/b/c")));
         assert_eq!(normalize("/.."), Some(PathBuf::from("/")));
@@ -232,7 +239,10 @@ mod tests {
     #[test]
     fn unregistered_shadow_is_refused() {
         let r = Registry::default();
-        assert!(matches!(r.open("/etc/shadow"), Err(OpenError::NotRegistered { .. })));
+        assert!(matches!(
+            r.open("/etc/shadow"),
+            Err(OpenError::NotRegistered { .. })
+        ));
     }
 
     #[test]
@@ -254,15 +264,25 @@ mod tests {
         std::os::unix::fs::symlink("../secret", inner.join("rel_link")).expect("symlink");
         std::os::unix::fs::symlink("ok.txt", inner.join("good_link")).expect("symlink");
         let mut r = Registry::default();
-        r.register_prefix(inner.to_str().expect("utf8")).expect("register");
+        r.register_prefix(inner.to_str().expect("utf8"))
+            .expect("register");
         let p = |n: &str| inner.join(n).to_str().expect("utf8").to_string();
         assert!(r.open(&p("ok.txt")).is_ok());
-        assert!(r.open(&p("good_link")).is_ok(), "a link that stays inside is fine");
+        assert!(
+            r.open(&p("good_link")).is_ok(),
+            "a link that stays inside is fine"
+        );
         assert!(matches!(r.open(&p("link")), Err(OpenError::Escapes { .. })));
-        assert!(matches!(r.open(&p("rel_link")), Err(OpenError::Escapes { .. })));
+        assert!(matches!(
+            r.open(&p("rel_link")),
+            Err(OpenError::Escapes { .. })
+        ));
         // A symlinked directory inside the prefix pointing outside.
         std::os::unix::fs::symlink(dir.path(), inner.join("up")).expect("symlink");
-        assert!(matches!(r.open(&p("up/secret")), Err(OpenError::Escapes { .. })));
+        assert!(matches!(
+            r.open(&p("up/secret")),
+            Err(OpenError::Escapes { .. })
+        ));
     }
 
     #[test]
@@ -279,10 +299,17 @@ mod tests {
         .expect("mkfifo");
         let mut r = Registry::default();
         r.register(fifo.to_str().expect("utf8")).expect("register");
-        assert!(matches!(r.open(fifo.to_str().expect("utf8")), Err(OpenError::NotRegular { .. })));
-        r.register_prefix(dir.path().to_str().expect("utf8")).expect("register");
+        assert!(matches!(
+            r.open(fifo.to_str().expect("utf8")),
+            Err(OpenError::NotRegular { .. })
+        ));
+        r.register_prefix(dir.path().to_str().expect("utf8"))
+            .expect("register");
         std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
         let sub = dir.path().join("sub");
-        assert!(matches!(r.open(sub.to_str().expect("utf8")), Err(OpenError::NotRegular { .. })));
+        assert!(matches!(
+            r.open(sub.to_str().expect("utf8")),
+            Err(OpenError::NotRegular { .. })
+        ));
     }
 }

@@ -29,24 +29,24 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::meta::FileMeta;
 use super::registry::Registry;
-use super::window::Window;
-use super::{FetchArgs, FetchReply, TransferMsg, CHUNK_PAYLOAD, FILE_SERVICE};
+use super::window::{PathEstimate, Sizing, Window};
+use super::{CHUNK_PAYLOAD, FILE_SERVICE, FetchArgs, FetchReply, TransferMsg};
 use crate::call::RemoteError;
 use crate::channel::{ChannelError, Receiver, Sender};
 use crate::router::{Policy, Router};
 use crate::service::{Caller, FollowUp, ServiceBuilder, Services};
 use crate::stream::StreamId;
-use crate::wire::{control, ContextId, Enc, Frame};
+use crate::wire::{ContextId, Enc, Frame, control};
 
 /// Tunables of the FileService.
 #[derive(Debug, Clone)]
 pub struct FileServiceConfig {
-    /// Unacknowledged bytes allowed per stream.
-    pub window: u64,
+    /// How many unacknowledged bytes are allowed per stream.
+    pub sizing: Sizing,
     /// How long a transfer may wait for an acknowledgement before it is
     /// cancelled.
     pub ack_timeout: Duration,
@@ -55,7 +55,10 @@ pub struct FileServiceConfig {
 impl Default for FileServiceConfig {
     fn default() -> Self {
         FileServiceConfig {
-            window: 1024 * 1024,
+            sizing: Sizing::Auto {
+                floor: 1024 * 1024,
+                cap: 64 * 1024 * 1024,
+            },
             ack_timeout: Duration::from_secs(60),
         }
     }
@@ -76,13 +79,19 @@ struct Inner {
     router: Router,
     config: FileServiceConfig,
     registry: Mutex<Registry>,
-    lanes: Mutex<HashMap<StreamId, Arc<Semaphore>>>,
+    lanes: Mutex<HashMap<StreamId, Arc<Lane>>>,
     cancels: Mutex<HashMap<u64, watch::Sender<Option<String>>>>,
     progress: Mutex<HashMap<ContextId, u64>>,
     stats: Mutex<FileStats>,
     next_transfer: AtomicU64,
     shutting_down: AtomicBool,
     pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// One stream's turn-taking and what its path has shown so far.
+struct Lane {
+    turn: Arc<Semaphore>,
+    estimate: Mutex<Option<PathEstimate>>,
 }
 
 /// The FileService. Cheap to clone.
@@ -127,10 +136,14 @@ impl FileService {
                     let fs = a.clone();
                     async move { fs.register(&path).map_err(RemoteError::Failed) }
                 })
-                .method("register_prefix", Policy::ParentsOnly, move |_c, dir: String| {
-                    let fs = b.clone();
-                    async move { fs.register_prefix(&dir).map_err(RemoteError::Failed) }
-                })
+                .method(
+                    "register_prefix",
+                    Policy::ParentsOnly,
+                    move |_c, dir: String| {
+                        let fs = b.clone();
+                        async move { fs.register_prefix(&dir).map_err(RemoteError::Failed) }
+                    },
+                )
                 .method_then("fetch", Policy::Any, move |caller, args: FetchArgs| {
                     let fs = c.clone();
                     async move { fs.fetch(caller, args) }
@@ -143,17 +156,24 @@ impl FileService {
 
     /// Allows `path` to be fetched.
     pub fn register(&self, path: &str) -> Result<(), String> {
-        lock(&self.inner.registry).register(path).map_err(|e| e.to_string())
+        lock(&self.inner.registry)
+            .register(path)
+            .map_err(|e| e.to_string())
     }
 
     /// Allows every file beneath `dir` to be fetched.
     pub fn register_prefix(&self, dir: &str) -> Result<(), String> {
-        lock(&self.inner.registry).register_prefix(dir).map_err(|e| e.to_string())
+        lock(&self.inner.registry)
+            .register_prefix(dir)
+            .map_err(|e| e.to_string())
     }
 
     /// Bytes acknowledged so far by transfers to `context`.
     pub fn progress(&self, context: ContextId) -> u64 {
-        lock(&self.inner.progress).get(&context).copied().unwrap_or(0)
+        lock(&self.inner.progress)
+            .get(&context)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// A snapshot of the counters.
@@ -166,10 +186,16 @@ impl FileService {
         &self.inner.config
     }
 
-    fn fetch(&self, caller: Caller, args: FetchArgs) -> Result<(FetchReply, Option<FollowUp>), RemoteError> {
+    fn fetch(
+        &self,
+        caller: Caller,
+        args: FetchArgs,
+    ) -> Result<(FetchReply, Option<FollowUp>), RemoteError> {
         let inner = &self.inner;
         if inner.shutting_down.load(Ordering::SeqCst) {
-            return Err(RemoteError::Failed("the FileService is shutting down".into()));
+            return Err(RemoteError::Failed(
+                "the FileService is shutting down".into(),
+            ));
         }
         if args.sender.context != caller.src_id {
             return Err(RemoteError::Failed(format!(
@@ -179,7 +205,8 @@ impl FileService {
         }
         let opened = lock(&inner.registry).open(&args.path);
         let file = opened.map_err(|e| RemoteError::Failed(e.to_string()))?;
-        let meta = FileMeta::from_fd(&file).map_err(|e| RemoteError::Failed(format!("{}: {e}", args.path)))?;
+        let meta = FileMeta::from_fd(&file)
+            .map_err(|e| RemoteError::Failed(format!("{}: {e}", args.path)))?;
         let ack_rx = inner
             .router
             .add_handler(None, Policy::Any, Some(caller.src_id), true)
@@ -214,11 +241,27 @@ impl FileService {
         Ok((reply, Some(follow)))
     }
 
-    fn lane(&self, stream: StreamId) -> Arc<Semaphore> {
+    fn lane(&self, stream: StreamId) -> Arc<Lane> {
         lock(&self.inner.lanes)
             .entry(stream)
-            .or_insert_with(|| Arc::new(Semaphore::new(1)))
+            .or_insert_with(|| {
+                Arc::new(Lane {
+                    turn: Arc::new(Semaphore::new(1)),
+                    estimate: Mutex::new(None),
+                })
+            })
             .clone()
+    }
+
+    /// The window the next transfer on `stream` would start with.
+    pub fn window_for(&self, stream: StreamId) -> u64 {
+        let lane = self.lane(stream);
+        let est = lock(&lane.estimate).clone();
+        Window::with_estimate(
+            self.inner.config.sizing,
+            est.unwrap_or_else(|| PathEstimate::new(self.inner.config.sizing)),
+        )
+        .limit()
     }
 
     /// Cancels every pending transfer (receivers discard their partial
@@ -260,8 +303,13 @@ impl Transfer {
                 s.peak_in_flight = s.peak_in_flight.max(peak);
             }
             Err(reason) => {
-                tracing::warn!("transfer of {} to {} abandoned: {reason}", self.path, router.describe(self.requester));
-                self.to.send_control(&router, &TransferMsg::Abort { reason });
+                tracing::warn!(
+                    "transfer of {} to {} abandoned: {reason}",
+                    self.path,
+                    router.describe(self.requester)
+                );
+                self.to
+                    .send_control(&router, &TransferMsg::Abort { reason });
                 lock(stats).aborted += 1;
             }
         }
@@ -280,7 +328,7 @@ impl Transfer {
         // Wait for this stream's turn (FIFO), unless cancelled meanwhile.
         let lane = self.fs.lane(stream);
         let _turn = tokio::select! {
-            permit = lane.acquire_owned() => permit.map_err(|_| "the FileService is shutting down".to_string())?,
+            permit = lane.turn.clone().acquire_owned() => permit.map_err(|_| "the FileService is shutting down".to_string())?,
             why = wait_cancel(&mut self.cancel) => return Err(why),
             dead = self.acks.recv() => return Err(ack_channel_ended(dead)),
         };
@@ -290,12 +338,20 @@ impl Transfer {
         let meta = self.meta.clone();
         let reader = tokio::task::spawn_blocking(move || read_file(&file, &meta, &tx));
 
-        let mut window = Window::new(self.fs.inner.config.window);
+        let sizing = self.fs.inner.config.sizing;
+        let start = lock(&lane.estimate)
+            .clone()
+            .unwrap_or_else(|| PathEstimate::new(sizing));
+        let mut window = Window::with_estimate(sizing, start);
         let ack_timeout = self.fs.inner.config.ack_timeout;
         let mut digest = None;
         loop {
             // Take every acknowledgement already queued, without waiting.
-            while let Some(f) = self.acks.try_recv().map_err(|e| ack_channel_ended(Err(e)))? {
+            while let Some(f) = self
+                .acks
+                .try_recv()
+                .map_err(|e| ack_channel_ended(Err(e)))?
+            {
                 self.on_ack(&mut window, &f)?;
             }
             if digest.is_some() && window.acked() == size {
@@ -306,11 +362,14 @@ impl Transfer {
                 match rx.recv().await {
                     Some(ReadEvent::Chunk(data)) => {
                         window.on_send(data.len() as u64);
-                        router.send_bulk(Frame::new(self.to.context, self.to.handle, Enc::Bin, data)).await;
+                        router
+                            .send_bulk(Frame::new(self.to.context, self.to.handle, Enc::Bin, data))
+                            .await;
                     }
                     Some(ReadEvent::Done(d)) => {
                         digest = Some(d);
-                        self.to.send_control(router, &TransferMsg::End { size, digest: d });
+                        self.to
+                            .send_control(router, &TransferMsg::End { size, digest: d });
                     }
                     Some(ReadEvent::Failed(why)) => return Err(why),
                     None => return Err(format!("{}: reader stopped unexpectedly", self.path)),
@@ -334,6 +393,16 @@ impl Transfer {
         }
         drop(rx);
         let _ = reader.await;
+        *lock(&lane.estimate) = Some(window.estimate());
+        tracing::debug!(
+            "{}: {} bytes to {}, window now {} (min rtt {:?}, peak in flight {})",
+            self.path,
+            size,
+            router.describe(self.requester),
+            window.limit(),
+            window.estimate().min_rtt,
+            window.peak()
+        );
         Ok(window.peak())
     }
 
@@ -341,7 +410,9 @@ impl Transfer {
         let n: u64 = control::decode_frame(f).map_err(|e| format!("bad acknowledgement: {e}"))?;
         let delta = window.on_ack(n).map_err(|e| e.to_string())?;
         if delta > 0 {
-            *lock(&self.fs.inner.progress).entry(self.requester).or_insert(0) += delta;
+            *lock(&self.fs.inner.progress)
+                .entry(self.requester)
+                .or_insert(0) += delta;
         }
         Ok(())
     }
@@ -368,8 +439,11 @@ impl Transfer {
                     router.send(Frame::new(self.to.context, self.to.handle, Enc::Bin, data));
                 }
                 ReadEvent::Done(digest) => {
-                    self.to.send_control(router, &TransferMsg::End { size: sent, digest });
-                    *lock(&self.fs.inner.progress).entry(self.requester).or_insert(0) += sent;
+                    self.to
+                        .send_control(router, &TransferMsg::End { size: sent, digest });
+                    *lock(&self.fs.inner.progress)
+                        .entry(self.requester)
+                        .or_insert(0) += sent;
                     return Ok(sent);
                 }
                 ReadEvent::Failed(why) => return Err(why),
@@ -421,7 +495,10 @@ fn read_file(file: &File, meta: &FileMeta, tx: &mpsc::Sender<ReadEvent>) {
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    let _ = send(ReadEvent::Failed(format!("read failed at offset {}: {e}", offset + filled as u64)));
+                    let _ = send(ReadEvent::Failed(format!(
+                        "read failed at offset {}: {e}",
+                        offset + filled as u64
+                    )));
                     return;
                 }
             }
@@ -435,7 +512,11 @@ fn read_file(file: &File, meta: &FileMeta, tx: &mpsc::Sender<ReadEvent>) {
     let mut probe = [0u8; 1];
     let grew = matches!(file.read_at(&mut probe, meta.size), Ok(n) if n > 0);
     let changed = match FileMeta::from_fd(file) {
-        Ok(now) => now.size != meta.size || now.mtime_sec != meta.mtime_sec || now.mtime_nsec != meta.mtime_nsec,
+        Ok(now) => {
+            now.size != meta.size
+                || now.mtime_sec != meta.mtime_sec
+                || now.mtime_nsec != meta.mtime_nsec
+        }
         Err(_) => true,
     };
     if grew || changed {

@@ -1,10 +1,89 @@
-//! The credit window: how many bytes may be sent and not yet acknowledged.
+//! The credit window: how many bytes may be sent and not yet acknowledged,
+//! and how big that should be.
 //!
 //! Acknowledgements are cumulative byte counts from the final receiver, so
 //! the window bounds the data buffered at every hop in between, not just on
 //! the first stream. An acknowledgement for more than was sent is a protocol
-//! error (it would let a peer inflate the window without limit); one for less
-//! than already acknowledged is stale and ignored.
+//! error (it would let a peer inflate the window without limit); one for
+//! less than already acknowledged is stale and ignored.
+//!
+//! # Sizing
+//!
+//! [`Sizing::Fixed`] is the seed's rule: a constant window (Mitogen: 1 MiB),
+//! which caps a transfer at window/RTT — about 10 MiB/s at 100 ms.
+//!
+//! [`Sizing::Auto`] learns the path's bandwidth × delay product from the
+//! acknowledgements, in rounds of one round trip, with a delay-based rule
+//! after TCP Vegas:
+//!
+//! * every acknowledgement gives an RTT sample (send time of the newest
+//!   chunk it covers to now); `min_rtt` is the smallest seen;
+//! * at the end of each round, the bytes *queued* along the path are
+//!   estimated as `delivery_rate × (latest_rtt − min_rtt)`;
+//! * little queue (< [`QUEUE_LOW`] or an eighth of the window): the window
+//!   was the bottleneck — double it (slow start) until the first sign of
+//!   queueing, then grow by a quarter per round;
+//! * much queue (> [`QUEUE_HIGH`] and a quarter of the window): the path
+//!   is the bottleneck and the extra bytes only sit in buffers (delaying
+//!   control calls behind them) — shrink by half the estimated queue;
+//! * never below the floor (the fixed window, so auto is never slower
+//!   than the seed) nor above the memory cap.
+//!
+//! The estimate lives per stream ([`PathEstimate`]), so the next transfer
+//! on the same stream starts at the learnt size.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Estimated queue below which the window grows.
+pub const QUEUE_LOW: u64 = 256 * 1024;
+/// Estimated queue above which the window shrinks.
+pub const QUEUE_HIGH: u64 = 1024 * 1024;
+
+/// How the window is sized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sizing {
+    /// Always this many bytes.
+    Fixed(u64),
+    /// Learnt from acknowledgements, between `floor` and `cap` bytes.
+    Auto {
+        /// Smallest window (and the starting one).
+        floor: u64,
+        /// Largest window: the memory bound per stream.
+        cap: u64,
+    },
+}
+
+impl Sizing {
+    fn initial(self) -> u64 {
+        match self {
+            Sizing::Fixed(w) => w.max(1),
+            Sizing::Auto { floor, .. } => floor.max(1),
+        }
+    }
+}
+
+/// What one stream's path has shown so far; carried from transfer to transfer.
+#[derive(Debug, Clone)]
+pub struct PathEstimate {
+    /// The current window.
+    pub window: u64,
+    /// Smallest RTT sample seen.
+    pub min_rtt: Option<Duration>,
+    /// Still doubling each round.
+    pub slow_start: bool,
+}
+
+impl PathEstimate {
+    /// A fresh estimate for `sizing`.
+    pub fn new(sizing: Sizing) -> PathEstimate {
+        PathEstimate {
+            window: sizing.initial(),
+            min_rtt: None,
+            slow_start: true,
+        }
+    }
+}
 
 /// An acknowledgement that cannot be honoured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -16,29 +95,58 @@ pub struct AckBeyondSent {
     pub sent: u64,
 }
 
-/// Sent/acknowledged accounting for one transfer.
+/// Sent/acknowledged accounting for one transfer, and the sizing state.
 #[derive(Debug, Clone)]
 pub struct Window {
-    limit: u64,
+    sizing: Sizing,
+    est: PathEstimate,
     sent: u64,
     acked: u64,
     peak: u64,
+    /// (end offset, send time) of chunks not yet acknowledged.
+    in_flight: VecDeque<(u64, Instant)>,
+    round_start: Instant,
+    round_acked_at_start: u64,
+    round_end_offset: u64,
+    latest_rtt: Option<Duration>,
 }
 
 impl Window {
-    /// A window allowing `limit` unacknowledged bytes.
+    /// A fixed window of `limit` bytes (the seed's behaviour).
     pub fn new(limit: u64) -> Window {
+        Window::with_estimate(
+            Sizing::Fixed(limit),
+            PathEstimate::new(Sizing::Fixed(limit)),
+        )
+    }
+
+    /// A window continuing from a stream's estimate.
+    pub fn with_estimate(sizing: Sizing, mut est: PathEstimate) -> Window {
+        if let Sizing::Fixed(w) = sizing {
+            est.window = w.max(1);
+        }
         Window {
-            limit: limit.max(1),
+            sizing,
+            est,
             sent: 0,
             acked: 0,
             peak: 0,
+            in_flight: VecDeque::new(),
+            round_start: Instant::now(),
+            round_acked_at_start: 0,
+            round_end_offset: 0,
+            latest_rtt: None,
         }
     }
 
-    /// The configured limit.
+    /// The current limit.
     pub fn limit(&self) -> u64 {
-        self.limit
+        self.est.window
+    }
+
+    /// The estimate to carry to the stream's next transfer.
+    pub fn estimate(&self) -> PathEstimate {
+        self.est.clone()
     }
 
     /// Bytes sent and not yet acknowledged.
@@ -65,17 +173,33 @@ impl Window {
     /// lets one chunk through when nothing is in flight, so it can never
     /// deadlock.
     pub fn can_send(&self, len: u64) -> bool {
-        self.in_flight() + len <= self.limit || self.in_flight() == 0
+        self.in_flight() + len <= self.est.window || self.in_flight() == 0
     }
 
-    /// Records `len` bytes sent.
+    /// Records `len` bytes sent now.
     pub fn on_send(&mut self, len: u64) {
+        self.on_send_at(len, Instant::now());
+    }
+
+    /// Records `len` bytes sent at `now`.
+    pub fn on_send_at(&mut self, len: u64, now: Instant) {
+        if self.sent == 0 {
+            self.round_start = now;
+            self.round_end_offset = len;
+        }
         self.sent += len;
+        self.in_flight.push_back((self.sent, now));
         self.peak = self.peak.max(self.in_flight());
     }
 
-    /// Records a cumulative acknowledgement; returns the newly acknowledged bytes.
+    /// Records a cumulative acknowledgement now; returns the newly
+    /// acknowledged bytes.
     pub fn on_ack(&mut self, cumulative: u64) -> Result<u64, AckBeyondSent> {
+        self.on_ack_at(cumulative, Instant::now())
+    }
+
+    /// Records a cumulative acknowledgement received at `now`.
+    pub fn on_ack_at(&mut self, cumulative: u64, now: Instant) -> Result<u64, AckBeyondSent> {
         if cumulative > self.sent {
             return Err(AckBeyondSent {
                 acked: cumulative,
@@ -87,7 +211,57 @@ impl Window {
         }
         let delta = cumulative - self.acked;
         self.acked = cumulative;
+        let mut newest = None;
+        while let Some(&(end, at)) = self.in_flight.front() {
+            if end > cumulative {
+                break;
+            }
+            newest = Some(at);
+            self.in_flight.pop_front();
+        }
+        if let Some(at) = newest {
+            let rtt = now.saturating_duration_since(at);
+            self.latest_rtt = Some(rtt);
+            self.est.min_rtt = Some(self.est.min_rtt.map_or(rtt, |m| m.min(rtt)));
+        }
+        if cumulative >= self.round_end_offset {
+            self.end_round(now);
+        }
         Ok(delta)
+    }
+
+    fn end_round(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.round_start);
+        let bytes = self.acked - self.round_acked_at_start;
+        self.round_start = now;
+        self.round_acked_at_start = self.acked;
+        self.round_end_offset = self.sent.max(self.acked + 1);
+        let Sizing::Auto { floor, cap } = self.sizing else {
+            return;
+        };
+        let (Some(min_rtt), Some(rtt)) = (self.est.min_rtt, self.latest_rtt) else {
+            return;
+        };
+        if elapsed.is_zero() || bytes == 0 {
+            return;
+        }
+        let rate = bytes as f64 / elapsed.as_secs_f64();
+        let queued = (rate * rtt.saturating_sub(min_rtt).as_secs_f64()) as u64;
+        let w = self.est.window;
+        let new = if queued < QUEUE_LOW.max(w / 8) {
+            if self.est.slow_start {
+                w.saturating_mul(2)
+            } else {
+                w + w / 4
+            }
+        } else if queued > QUEUE_HIGH.max(w / 4) {
+            self.est.slow_start = false;
+            w.saturating_sub(queued / 2)
+        } else {
+            self.est.slow_start = false;
+            w
+        };
+        self.est.window = new.clamp(floor.max(1), cap.max(floor).max(1));
     }
 }
 
@@ -114,7 +288,13 @@ mod tests {
     fn ack_beyond_sent_is_refused_and_stale_is_ignored() {
         let mut w = Window::new(100);
         w.on_send(50);
-        assert_eq!(w.on_ack(60), Err(AckBeyondSent { acked: 60, sent: 50 }));
+        assert_eq!(
+            w.on_ack(60),
+            Err(AckBeyondSent {
+                acked: 60,
+                sent: 50
+            })
+        );
         assert_eq!(w.on_ack(30), Ok(30));
         assert_eq!(w.on_ack(20), Ok(0));
         assert_eq!(w.in_flight(), 20);
@@ -126,5 +306,131 @@ mod tests {
         assert!(w.can_send(1000));
         w.on_send(1000);
         assert!(!w.can_send(1));
+    }
+
+    /// A simulated path: fixed propagation delay `rtt`, a bottleneck of
+    /// `rate` bytes/s with a FIFO queue in front of it. Returns the window
+    /// the controller settles at and the throughput reached.
+    fn simulate(sizing: Sizing, rtt: Duration, rate: f64, secs: f64) -> (u64, f64, Duration) {
+        let chunk = 131_046u64;
+        let start = Instant::now();
+        let mut w = Window::with_estimate(sizing, PathEstimate::new(sizing));
+        let mut t = 0.0f64; // simulated seconds
+        let mut link_free_at = 0.0f64;
+        let mut acks: VecDeque<(f64, u64)> = VecDeque::new(); // (arrival time, cumulative)
+        let mut worst_queue_delay = 0.0f64;
+        while t < secs {
+            while w.can_send(chunk) && w.in_flight() + chunk <= w.limit().max(chunk) {
+                let now = start + Duration::from_secs_f64(t);
+                w.on_send_at(chunk, now);
+                let depart = link_free_at.max(t) + chunk as f64 / rate;
+                worst_queue_delay = worst_queue_delay.max(depart - t - chunk as f64 / rate);
+                link_free_at = depart;
+                acks.push_back((depart + rtt.as_secs_f64(), w.sent()));
+            }
+            let Some((at, cum)) = acks.pop_front() else {
+                break;
+            };
+            t = at;
+            w.on_ack_at(cum, start + Duration::from_secs_f64(t))
+                .expect("ack");
+        }
+        let _ = worst_queue_delay;
+        (
+            w.limit(),
+            w.acked() as f64 / t,
+            w.estimate().min_rtt.unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn auto_grows_to_the_bandwidth_delay_product_on_a_long_fat_path() {
+        let mib = (1u64 << 20) as f64;
+        let rate = 100.0 * mib; // 100 MiB/s
+        let rtt = Duration::from_millis(100); // BDP = 10 MiB
+        let (fixed_w, fixed_tput, _) = simulate(Sizing::Fixed(1 << 20), rtt, rate, 20.0);
+        let (auto_w, auto_tput, _) = simulate(
+            Sizing::Auto {
+                floor: 1 << 20,
+                cap: 64 << 20,
+            },
+            rtt,
+            rate,
+            20.0,
+        );
+        assert_eq!(fixed_w, 1 << 20);
+        assert!(
+            fixed_tput < 11.0 * mib,
+            "fixed 1 MiB at 100 ms is capped near 10 MiB/s: {fixed_tput}"
+        );
+        assert!(
+            auto_tput > 0.9 * rate,
+            "auto reaches the path rate: {} MiB/s",
+            auto_tput / mib
+        );
+        assert!(auto_w >= 10 << 20, "window at least the BDP: {auto_w}");
+        assert!(
+            auto_w <= 20 << 20,
+            "but not much more (no standing queue): {auto_w}"
+        );
+    }
+
+    #[test]
+    fn auto_respects_its_cap_and_floor() {
+        let mib = (1u64 << 20) as f64;
+        let (w, _, _) = simulate(
+            Sizing::Auto {
+                floor: 1 << 20,
+                cap: 4 << 20,
+            },
+            Duration::from_millis(100),
+            100.0 * mib,
+            10.0,
+        );
+        assert_eq!(w, 4 << 20);
+        // A fast, short path: nothing to gain above the floor.
+        let (w, _, _) = simulate(
+            Sizing::Auto {
+                floor: 1 << 20,
+                cap: 64 << 20,
+            },
+            Duration::from_micros(200),
+            500.0 * mib,
+            2.0,
+        );
+        assert!(w >= 1 << 20);
+    }
+
+    #[test]
+    fn auto_shrinks_when_the_path_slows() {
+        let mib = (1u64 << 20) as f64;
+        let sizing = Sizing::Auto {
+            floor: 1 << 20,
+            cap: 64 << 20,
+        };
+        let mut est = PathEstimate::new(sizing);
+        est.window = 40 << 20; // learnt on a faster path
+        est.slow_start = false;
+        let chunk = 131_046u64;
+        let start = Instant::now();
+        let mut w = Window::with_estimate(sizing, est);
+        let (rate, rtt) = (10.0 * mib, 0.05);
+        let (mut t, mut free) = (0.0f64, 0.0f64);
+        let mut acks = VecDeque::new();
+        while t < 30.0 {
+            while w.can_send(chunk) {
+                w.on_send_at(chunk, start + Duration::from_secs_f64(t));
+                free = free.max(t) + chunk as f64 / rate;
+                acks.push_back((free + rtt, w.sent()));
+            }
+            let Some((at, cum)) = acks.pop_front() else {
+                break;
+            };
+            t = at;
+            w.on_ack_at(cum, start + Duration::from_secs_f64(t))
+                .expect("ack");
+        }
+        // BDP = 0.5 MiB: the window falls back towards the floor.
+        assert!(w.limit() < 4 << 20, "window shrank: {}", w.limit());
     }
 }
