@@ -13,7 +13,10 @@
 //! * `FERROGEN_BENCH_REPS` — interleaved repetitions; figures are the
 //!   medians over them (default 5);
 //! * `FERROGEN_BENCH_ONLY` — a comma-separated subset of `lat1`, `lat3`,
-//!   `raw1`, `raw3`, `pipe1`, `pipe3` to run (for profiling; default all).
+//!   `raw1`, `raw3`, `pipe1`, `pipe3` to run (for profiling; default all);
+//! * `FERROGEN_BENCH_CHILD` — the program started for local contexts
+//!   (default: the `ferrogen` binary built with this bench; for comparing
+//!   builds side by side).
 //!
 //! Every repetition runs each measurement once, in the same order, so slow
 //! phases of a noisy machine hit all of them alike.
@@ -78,10 +81,7 @@ struct Latency {
 
 async fn ping_once(router: &Router, dst: ContextId) {
     let empty: Vec<u8> = Vec::new();
-    let r: Vec<u8> = match router
-        .call_service(dst, PING_SERVICE, "ping", &empty)
-        .await
-    {
+    let r: Vec<u8> = match router.call_service(dst, PING_SERVICE, "ping", &empty).await {
         Ok(r) => r,
         Err(e) => panic!("ping of context {dst} failed: {e}"),
     };
@@ -204,6 +204,9 @@ struct Samples {
     p99_us: Vec<f64>,
     ferrogen_mib_s: Vec<f64>,
     pipe_mib_s: Vec<f64>,
+    /// ferrogen / pipe within each repetition (the two run back to back,
+    /// so this cancels most of the machine's slow phases).
+    paired_ratio: Vec<f64>,
 }
 
 impl Samples {
@@ -215,15 +218,17 @@ impl Samples {
 }
 
 fn main() {
-    ferrogen::connect::local::set_child_program(env!("CARGO_BIN_EXE_ferrogen"));
+    match std::env::var_os("FERROGEN_BENCH_CHILD") {
+        Some(p) => ferrogen::connect::local::set_child_program(p),
+        None => ferrogen::connect::local::set_child_program(env!("CARGO_BIN_EXE_ferrogen")),
+    }
     let mib = env_usize("FERROGEN_BENCH_MIB", 1024);
     let calls = env_usize("FERROGEN_BENCH_CALLS", 5000);
     let reps = env_usize("FERROGEN_BENCH_REPS", 5);
     let frames = mib * 1024 * 1024 / FRAME_WIRE;
 
     // The same runtime the `ferrogen` command line builds for a controller.
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -294,8 +299,10 @@ fn main() {
         hop3.add_latency(&l3);
         hop1.ferrogen_mib_s.push(r1);
         hop1.pipe_mib_s.push(p1);
+        hop1.paired_ratio.push(r1 / p1);
         hop3.ferrogen_mib_s.push(r3);
         hop3.pipe_mib_s.push(p3);
+        hop3.paired_ratio.push(r3 / p3);
     }
 
     // Shut the tree down: closing the stream makes each hop see EOF, exit
@@ -361,6 +368,12 @@ fn main() {
     let ratio1 = median(&hop1.ferrogen_mib_s) / median(&hop1.pipe_mib_s);
     let ratio3 = median(&hop3.ferrogen_mib_s) / median(&hop3.pipe_mib_s);
     row("ferrogen raw / plain pipe", ratio1, ratio3, 2);
+    row(
+        "  (median of per-rep ratios)",
+        median(&hop1.paired_ratio),
+        median(&hop3.paired_ratio),
+        2,
+    );
     println!();
     let rtt1 = median(&hop1.median_us);
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };

@@ -3,6 +3,7 @@
 //! slow replies. Not part of the product; tests point
 //! `connect::local::set_child_program` at it.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,6 +11,9 @@ use ferrogen::call::{CallError, RemoteError};
 use ferrogen::router::Router;
 use ferrogen::service::{Policy, ServiceBuilder, Services};
 use ferrogen::wire::{ContextId, Enc, Handle};
+
+/// sleep_ms calls in progress.
+static SLEEPING: AtomicU32 = AtomicU32::new(0);
 
 /// How a call made by this context on behalf of a test ended badly: the
 /// remote error if the callee answered with one, and the printed error.
@@ -44,8 +48,15 @@ fn register(services: &Services, router: &Router) {
                 Err::<(), _>(RemoteError::Failed(msg))
             })
             .method("sleep_ms", Policy::Any, |_c, ms: u64| async move {
+                SLEEPING.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
+                SLEEPING.fetch_sub(1, Ordering::SeqCst);
                 Ok::<_, RemoteError>(())
+            })
+            // How many sleep_ms calls are running here now (so a test can
+            // tell that a call has arrived).
+            .method("sleeping", Policy::Any, |_c, (): ()| async move {
+                Ok::<_, RemoteError>(SLEEPING.load(Ordering::SeqCst))
             })
             .method("whoami", Policy::Any, move |c, (): ()| {
                 let r = r.clone();
@@ -68,8 +79,9 @@ fn register(services: &Services, router: &Router) {
                 move |_c, (target, ms): (ContextId, u64)| {
                     let r = r_other.clone();
                     async move {
-                        let res: Result<(), CallError> =
-                            r.call_service(target, "ferrogen.test", "sleep_ms", &ms).await;
+                        let res: Result<(), CallError> = r
+                            .call_service(target, "ferrogen.test", "sleep_ms", &ms)
+                            .await;
                         Ok::<_, RemoteError>(res.map_err(|e| e.to_string()))
                     }
                 },
@@ -105,7 +117,9 @@ fn register(services: &Services, router: &Router) {
                                 Some(Duration::from_secs(30)),
                             )
                             .await;
-                        Ok::<_, RemoteError>(res.map(|f| f.payload.len()).map_err(|e| e.to_string()))
+                        Ok::<_, RemoteError>(
+                            res.map(|f| f.payload.len()).map_err(|e| e.to_string()),
+                        )
                     }
                 },
             )

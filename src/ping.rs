@@ -38,14 +38,7 @@ pub fn register_service(services: &Services, router: &Router) {
             })
             .method("info", Policy::Any, move |_c, (): ()| {
                 let r = r_info.clone();
-                async move {
-                    Ok::<_, RemoteError>(ContextInfo {
-                        id: r.id(),
-                        name: r.name().to_string(),
-                        pid: std::process::id(),
-                        arch: std::env::consts::ARCH.to_string(),
-                    })
-                }
+                async move { Ok::<_, RemoteError>(ContextInfo::here(&r)) }
             })
             .method("sink", Policy::ParentsOnly, move |_c, args: SinkArgs| {
                 let r = r_sink.clone();

@@ -15,10 +15,18 @@ use tokio::task::JoinHandle;
 /// Long enough that only a disconnect can end the call.
 const FOREVER_MS: u64 = 60_000;
 
-/// Gives a just-sent call time to reach its callee (the outcome would be a
-/// wake-up either way; this makes it the "disconnected" kind).
-async fn let_it_arrive() {
-    tokio::time::sleep(Duration::from_millis(500)).await;
+/// Waits until a sleep_ms call is running in `ctx`: the pending call has
+/// arrived (and passed every hop on its way).
+async fn wait_sleeping(c: &Controller, ctx: ContextId) {
+    let t0 = Instant::now();
+    loop {
+        let n: u32 = c.call(ctx, "sleeping", &()).await;
+        if n > 0 {
+            return;
+        }
+        assert!(t0.elapsed() < PROMPTLY, "the call never reached {ctx}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn pending_sleep(c: &Controller, dst: ContextId) -> JoinHandle<Result<(), CallError>> {
@@ -61,7 +69,7 @@ async fn direct_child_killed() {
     let c = Controller::new();
     let a = c.connect(None).await;
     let call = pending_sleep(&c, a.id);
-    let_it_arrive().await;
+    wait_sleeping(&c, a.id).await;
     let t0 = Instant::now();
     kill(a.pid);
     assert_woken(call, t0, a.id).await;
@@ -75,7 +83,7 @@ async fn indirect_child_killed() {
     let a = c.connect(None).await;
     let b = c.connect(Some(a.id)).await;
     let call = pending_sleep(&c, b.id);
-    let_it_arrive().await;
+    wait_sleeping(&c, b.id).await;
     let t0 = Instant::now();
     kill(b.pid);
     assert_woken(call, t0, b.id).await;
@@ -91,14 +99,18 @@ async fn intermediary_killed() {
     let a = c.connect(None).await;
     let b = c.connect(Some(a.id)).await;
     let call = pending_sleep(&c, b.id);
-    let_it_arrive().await;
+    wait_sleeping(&c, b.id).await;
     let t0 = Instant::now();
     kill(a.pid);
     assert_woken(call, t0, b.id).await;
     assert_no_route(&c, b.id).await;
     assert_no_route(&c, a.id).await;
     // Cut off from its parent, the grandchild exits by itself.
-    assert!(wait_gone(b.pid, PROMPTLY).await, "grandchild {} still running", b.pid);
+    assert!(
+        wait_gone(b.pid, PROMPTLY).await,
+        "grandchild {} still running",
+        b.pid
+    );
 }
 
 /// `from` calls sleep_ms(FOREVER) in `to`; the task yields `from`'s report.
@@ -137,7 +149,7 @@ async fn near_sibling_killed() {
     let b = c.connect(None).await;
     // a waits on b.
     let call = pending_call_between(&c, a.id, b.id);
-    let_it_arrive().await;
+    wait_sleeping(&c, b.id).await;
     let t0 = Instant::now();
     kill(b.pid);
     assert_reported_disconnect(call, t0, b.id).await;
@@ -156,7 +168,7 @@ async fn far_sibling_killed() {
     let b1 = c.connect(Some(b.id)).await;
     // a1 waits on its cousin b1: a1 -> a -> controller -> b -> b1.
     let call = pending_call_between(&c, a1.id, b1.id);
-    let_it_arrive().await;
+    wait_sleeping(&c, b1.id).await;
     let t0 = Instant::now();
     kill(b1.pid);
     assert_reported_disconnect(call, t0, b1.id).await;

@@ -663,3 +663,128 @@ async fn owner_and_group_are_applied_when_asked() {
         0
     );
 }
+
+fn attach_relays() -> Vec<u32> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid: u32 = stat
+            .rsplit_once(')')
+            .and_then(|(_, a)| a.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+            .unwrap_or(0);
+        if ppid == me && cmd.split(|b| *b == 0).any(|a| a == b"__attach") {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn read_bytes_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines().find_map(|l| {
+                l.strip_prefix("rchar: ")
+                    .and_then(|v| v.trim().parse().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_striped_over_extra_streams_arrives_in_order_and_verified() {
+    let c = ctl(4 << 20, Duration::from_secs(30));
+    let a = child(&c, None).await;
+    let n = ferrogen::connect::stripe::open(
+        &c.router,
+        a.id,
+        &Method::Local,
+        3,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(n, 3, "three extra streams attached");
+    let primary = c.router.stream_towards(a.id).expect("route");
+    assert_eq!(c.router.stripes(primary).len(), 4);
+    let relays = attach_relays();
+    assert_eq!(relays.len(), 3, "one relay process per stripe");
+    let before: u64 = relays.iter().map(|&p| read_bytes_of(p)).sum();
+
+    let src_dir = tempfile::tempdir().expect("tempdir");
+    let src = src_dir.path().join("striped");
+    let data = write_random(&src, 48 << 20);
+    c.fs.register(src.to_str().expect("utf8"))
+        .expect("register");
+    let dst = tempfile::tempdir().expect("tempdir");
+    let r = push(
+        &c,
+        a.id,
+        &plan(vec![file_entry(&src, "striped")], dst.path(), true),
+    )
+    .await;
+    assert!(r[0].error.is_none(), "{r:?}");
+    assert_eq!(
+        r[0].digest.as_deref(),
+        Some(blake3::hash(&data).to_hex().as_str())
+    );
+    assert_eq!(
+        std::fs::read(dst.path().join("striped")).expect("read"),
+        data
+    );
+    let after: u64 = relays.iter().map(|&p| read_bytes_of(p)).sum();
+    assert!(
+        after - before > 16 << 20,
+        "the stripes carried a good share of the 48 MiB: {} bytes",
+        after - before
+    );
+    assert!(c.fs.stats().peak_in_flight <= 4 << 20);
+
+    // Losing a stripe mid-transfer ends that transfer promptly and clearly;
+    // the context and its primary stream carry on.
+    let big = src_dir.path().join("big");
+    sparse(&big, 1 << 30);
+    c.fs.register(big.to_str().expect("utf8"))
+        .expect("register");
+    let dst2 = tempfile::tempdir().expect("tempdir");
+    let p = plan(vec![file_entry(&big, "big")], dst2.path(), true);
+    let router = c.router.clone();
+    let call = tokio::spawn(async move {
+        let r: Vec<EntryResult> = router
+            .call_service(a.id, TARGET_SERVICE, "push", &p)
+            .await
+            .expect("push");
+        r
+    });
+    let t0 = Instant::now();
+    while c.fs.progress(a.id) < (48 << 20) + (8 << 20) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "big transfer never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    kill(relays[0], 9);
+    let r = tokio::time::timeout(Duration::from_secs(20), call)
+        .await
+        .expect("answered")
+        .expect("join");
+    let e = only_error(&r);
+    assert!(e.contains("stripe"), "{e}");
+    assert!(entries_in(dst2.path()).is_empty());
+    let r = push(
+        &c,
+        a.id,
+        &plan(vec![file_entry(&src, "again")], dst2.path(), true),
+    )
+    .await;
+    assert!(r[0].error.is_none(), "{r:?}");
+}

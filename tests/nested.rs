@@ -24,7 +24,10 @@ async fn ten_hop_chain() {
         .call_service(last.id, PING_SERVICE, "info", &())
         .await
         .expect("info");
-    assert_eq!((info.id, &info.name, info.pid), (last.id, &last.name, last.pid));
+    assert_eq!(
+        (info.id, &info.name, info.pid),
+        (last.id, &last.name, last.pid)
+    );
 
     // Its ancestors, nearest first, ending with the controller.
     let parents: Vec<u32> = c.call(last.id, "parent_ids", &()).await;
@@ -45,7 +48,11 @@ async fn ten_hop_chain() {
         .await;
     assert_eq!(r, Ok(2));
     let r: Result<u32, (Option<ferrogen::call::RemoteError>, String)> = c
-        .call(chain[0].id, "call_u32", &(last.id, "parents_only".to_string(), 1u32))
+        .call(
+            chain[0].id,
+            "call_u32",
+            &(last.id, "parents_only".to_string(), 1u32),
+        )
         .await;
     assert_eq!(r, Ok(2));
 }

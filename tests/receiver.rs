@@ -55,7 +55,10 @@ async fn receiver_close_gives_closed_and_unregisters() {
         .request(0, h, Enc::Control, Bytes::new(), Some(PROMPTLY))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains(&format!("invalid handle {h}")), "{err}");
+    assert!(
+        err.to_string().contains(&format!("invalid handle {h}")),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,9 +88,17 @@ async fn fixed_handles_cannot_be_registered_twice() {
         .router
         .add_handler(Some(h), Policy::Any, None, true)
         .expect("first registration");
-    assert!(c.router.add_handler(Some(h), Policy::Any, None, true).is_err());
+    assert!(
+        c.router
+            .add_handler(Some(h), Policy::Any, None, true)
+            .is_err()
+    );
     drop(rx);
-    assert!(c.router.add_handler(Some(h), Policy::Any, None, true).is_ok());
+    assert!(
+        c.router
+            .add_handler(Some(h), Policy::Any, None, true)
+            .is_ok()
+    );
 }
 
 async fn open_sink(c: &Controller, ctx: u32, total: u64) -> (ferrogen::channel::Receiver, Sender) {
@@ -143,13 +154,25 @@ async fn a_sender_travels_inside_messages_between_processes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sender_close_ends_a_remote_receiver() {
+async fn sender_close_ends_a_remote_receiver_after_its_data() {
     let c = Controller::new();
     let child = c.connect(None).await;
-    let (mut done, sink) = open_sink(&c, child.id, 1 << 30).await;
-    sink.send_bytes(&c.router, Bytes::from(vec![1u8; 10]));
-    sink.close(&c.router);
-    // The sink's loop ended on the close, short of its total.
-    let got = done.recv_timeout(PROMPTLY).await.expect("sink report");
-    assert_eq!(control::decode_frame::<u64>(&got).unwrap(), 10);
+    let grandchild = c.connect(Some(child.id)).await;
+    for ctx in [child.id, grandchild.id] {
+        let (mut done, sink) = open_sink(&c, ctx, 1 << 40).await;
+        // Raw data, queued as bulk, then the close (a control frame): the
+        // close must not overtake the data of its own channel, on any hop.
+        for _ in 0..32 {
+            sink.send_bytes(&c.router, Bytes::from(vec![1u8; 64 * 1024]));
+        }
+        sink.close(&c.router);
+        // The sink's loop ended on the close, short of its total, having
+        // counted every byte sent before it.
+        let got = done.recv_timeout(PROMPTLY).await.expect("sink report");
+        assert_eq!(
+            control::decode_frame::<u64>(&got).unwrap(),
+            32 * 64 * 1024,
+            "{ctx}"
+        );
+    }
 }

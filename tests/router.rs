@@ -110,7 +110,8 @@ async fn bad_src_id_is_dropped_and_counted() {
 
     a.send(&tagged(0, 0, FAKE_A, h, "src-controller")).await;
     a.send(&tagged(0, FAKE_B, FAKE_A, h, "src-sibling")).await;
-    a.send(&tagged(0, FAKE_A_CHILD, FAKE_A, h, "src-descendant")).await;
+    a.send(&tagged(0, FAKE_A_CHILD, FAKE_A, h, "src-descendant"))
+        .await;
     a.send(&tagged(0, FAKE_A_CHILD, FAKE_A_CHILD, h, "descendant"))
         .await;
 
@@ -175,7 +176,10 @@ async fn invalid_handle_dead_reply_names_the_handle_and_comes_from_the_target() 
         .request(child.id, 4242, Enc::Control, Bytes::new(), Some(PROMPTLY))
         .await
         .unwrap_err();
-    let want = format!("invalid handle 4242 in context {} ({})", child.id, child.name);
+    let want = format!(
+        "invalid handle 4242 in context {} ({})",
+        child.id, child.name
+    );
     assert!(dead_reason(err.clone()).contains(&want), "{err}");
 
     let mut fake = FakeChild::attach(&c.router, FAKE_A);
@@ -190,7 +194,10 @@ async fn invalid_handle_dead_reply_names_the_handle_and_comes_from_the_target() 
     fake.send(&forged(0, FAKE_A, FAKE_A, 4243, 4102)).await;
     let dead = fake.recv(PROMPTLY).await.expect("a dead reply");
     assert_eq!(dead.src_id, 0);
-    assert_eq!(dead.dead_reason(), "invalid handle 4243 in context 0 (controller)");
+    assert_eq!(
+        dead.dead_reason(),
+        "invalid handle 4243 in context 0 (controller)"
+    );
 
     // A dead message to an invalid handle is dropped, not answered.
     let mut f = Frame::dead(0, 4244, "nobody listens");
@@ -232,7 +239,10 @@ async fn message_too_large_is_answered_everywhere_and_inherited() {
             .call_service::<_, Vec<u8>>(ctx, TEST, "bytes", &(SMALL as u64 + 10))
             .await
             .unwrap_err();
-        assert!(dead_reason(err.clone()).contains(&too_large), "{ctx}: {err}");
+        assert!(
+            dead_reason(err.clone()).contains(&too_large),
+            "{ctx}: {err}"
+        );
     }
     // Had the grandchild not enforced the limit itself, its reply would
     // have broken the child's stream to it (the child's decoder refuses

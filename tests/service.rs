@@ -51,7 +51,10 @@ async fn remote_call_and_its_errors() {
         .call_service::<_, u32>(child.id, "ferrogen.nope", "anyone", &1u32)
         .await
         .unwrap_err();
-    assert_eq!(remote(err), RemoteError::NoSuchService("ferrogen.nope".into()));
+    assert_eq!(
+        remote(err),
+        RemoteError::NoSuchService("ferrogen.nope".into())
+    );
 
     let err = c
         .router
@@ -86,11 +89,14 @@ async fn call_from(c: &Controller, from: u32, to: u32, method: &str) -> Result<u
 
 fn assert_unauthorised(r: Result<u32, Outcome>, caller: u32, method: &str) {
     match r {
-        Err((Some(RemoteError::Unauthorised {
-            service,
-            method: m,
-            caller: who,
-        }), _)) => {
+        Err((
+            Some(RemoteError::Unauthorised {
+                service,
+                method: m,
+                caller: who,
+            }),
+            _,
+        )) => {
             assert_eq!((service.as_str(), m.as_str(), who), (TEST, method, caller));
         }
         other => panic!("expected Unauthorised for {caller}, got {other:?}"),
@@ -113,7 +119,11 @@ async fn parents_only_methods_accept_ancestors_and_refuse_the_rest() {
 
     // A sibling may call Any methods but not ParentsOnly ones.
     assert_eq!(call_from(&c, a.id, b.id, "anyone").await, Ok(11));
-    assert_unauthorised(call_from(&c, a.id, b.id, "parents_only").await, a.id, "parents_only");
+    assert_unauthorised(
+        call_from(&c, a.id, b.id, "parents_only").await,
+        a.id,
+        "parents_only",
+    );
     // A cousin neither.
     assert_eq!(call_from(&c, a1.id, b.id, "anyone").await, Ok(11));
     assert_unauthorised(
@@ -122,8 +132,16 @@ async fn parents_only_methods_accept_ancestors_and_refuse_the_rest() {
         "parents_only",
     );
     // A child may not call its parent's (or the controller's) ParentsOnly methods.
-    assert_unauthorised(call_from(&c, a1.id, a.id, "parents_only").await, a1.id, "parents_only");
-    assert_unauthorised(call_from(&c, a.id, 0, "parents_only").await, a.id, "parents_only");
+    assert_unauthorised(
+        call_from(&c, a1.id, a.id, "parents_only").await,
+        a1.id,
+        "parents_only",
+    );
+    assert_unauthorised(
+        call_from(&c, a.id, 0, "parents_only").await,
+        a.id,
+        "parents_only",
+    );
     assert_eq!(call_from(&c, a1.id, 0, "anyone").await, Ok(11));
 }
 
@@ -208,5 +226,8 @@ async fn calls_run_concurrently() {
     let took = t0.elapsed();
     // One after the other would take N × 1.5 s = 30 s.
     assert!(took >= Duration::from_millis(MS), "{took:?}");
-    assert!(took < Duration::from_millis(MS * 4), "calls ran one at a time: {took:?}");
+    assert!(
+        took < Duration::from_millis(MS * 4),
+        "calls ran one at a time: {took:?}"
+    );
 }

@@ -6,29 +6,26 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{Controller, PROMPTLY};
-use ferrogen::channel::Sender;
+use ferrogen::channel::{Receiver, Sender};
+use ferrogen::connect::ContextInfo;
 use ferrogen::ping::{PING_SERVICE, SinkArgs};
 use ferrogen::wire::{Enc, Frame, control};
 
 const CHUNK: usize = 128 * 1024;
-const TOTAL: u64 = 256 * 1024 * 1024;
+/// Large enough that the transfer takes far longer than a few calls.
+const TOTAL: u64 = 1024 * 1024 * 1024;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_are_answered_during_a_bulk_transfer() {
-    let c = Controller::new();
-    let child = c.connect(None).await;
-    let grandchild = c.connect(Some(child.id)).await;
-
-    let mut done = c.router.receiver();
+async fn open_sink(c: &Controller, ctx: u32) -> (Receiver, Sender) {
+    let done = c.router.receiver();
     let sink: Sender = c
         .router
         .call_service(
-            child.id,
+            ctx,
             PING_SERVICE,
             "sink",
             &SinkArgs {
@@ -38,6 +35,93 @@ async fn calls_are_answered_during_a_bulk_transfer() {
         )
         .await
         .expect("sink");
+    (done, sink)
+}
+
+/// True once the sink has reported (its report is routed before any reply
+/// the child sends after it, so this is exact right after a call returns).
+async fn sink_done(done: &mut Receiver) -> bool {
+    done.recv_timeout(Duration::ZERO).await.is_ok()
+}
+
+/// Pings the child and the grandchild in turn; each must be answered while
+/// the transfer to the child is still incomplete.
+async fn ping_during(
+    c: &Controller,
+    targets: [&ContextInfo; 2],
+    done: &mut Receiver,
+) -> Vec<Duration> {
+    let mut rtts = Vec::new();
+    for i in 0..6u8 {
+        let target = targets[i as usize % 2].id;
+        let t = Instant::now();
+        let echo: Vec<u8> = c
+            .router
+            .call_service_timeout(target, PING_SERVICE, "ping", &vec![i], Some(PROMPTLY))
+            .await
+            .expect("ping during the transfer");
+        rtts.push(t.elapsed());
+        assert_eq!(echo, vec![i]);
+        assert!(
+            !sink_done(done).await,
+            "ping {i} was answered only after the {TOTAL}-byte transfer ended (rtts {rtts:?})"
+        );
+    }
+    rtts
+}
+
+async fn expect_total(done: &mut Receiver) {
+    let got = done
+        .recv_timeout(Duration::from_secs(300))
+        .await
+        .expect("sink report");
+    assert_eq!(control::decode_frame::<u64>(&got).unwrap(), TOTAL);
+}
+
+/// The whole transfer is queued at once (as forwarded traffic is, which
+/// never waits for room): without priority a call would be written after
+/// all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_overtakes_a_fully_queued_transfer() {
+    let c = Controller::new();
+    let child = c.connect(None).await;
+    let grandchild = c.connect(Some(child.id)).await;
+    let (mut done, sink) = open_sink(&c, child.id).await;
+    let outbox = c
+        .router
+        .stream_towards(child.id)
+        .and_then(|s| c.router.outbox(s))
+        .expect("stream to the child");
+
+    // One shared buffer: queuing 1 GiB costs no memory.
+    let chunk = Bytes::from(vec![0xabu8; CHUNK]);
+    for _ in 0..TOTAL / CHUNK as u64 {
+        c.router.send(Frame::new(
+            sink.context,
+            sink.handle,
+            Enc::Bin,
+            chunk.clone(),
+        ));
+    }
+    assert!(outbox.bulk_bytes() as u64 > TOTAL / 2);
+
+    let rtts = ping_during(&c, [&child, &grandchild], &mut done).await;
+    let left = outbox.bulk_bytes();
+    eprintln!("ping RTTs behind a queued transfer: {rtts:?}; {left} bytes still queued");
+    assert!(
+        left > 0,
+        "the queue had drained before the pings were answered"
+    );
+    expect_total(&mut done).await;
+}
+
+/// A local producer paced by `send_bulk` keeps the stream saturated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_answered_during_a_paced_bulk_transfer() {
+    let c = Controller::new();
+    let child = c.connect(None).await;
+    let grandchild = c.connect(Some(child.id)).await;
+    let (mut done, sink) = open_sink(&c, child.id).await;
 
     let sent = Arc::new(AtomicU64::new(0));
     let bulk = {
@@ -46,58 +130,29 @@ async fn calls_are_answered_during_a_bulk_transfer() {
         tokio::spawn(async move {
             let chunk = Bytes::from(vec![0xabu8; CHUNK]);
             for _ in 0..TOTAL / CHUNK as u64 {
-                r.send_bulk(Frame::new(sink.context, sink.handle, Enc::Bin, chunk.clone()))
-                    .await;
+                r.send_bulk(Frame::new(
+                    sink.context,
+                    sink.handle,
+                    Enc::Bin,
+                    chunk.clone(),
+                ))
+                .await;
                 sent.fetch_add(CHUNK as u64, Ordering::Relaxed);
             }
         })
     };
-    let finished = Arc::new(AtomicBool::new(false));
-    let report = {
-        let finished = finished.clone();
-        tokio::spawn(async move {
-            let r = done.recv_timeout(Duration::from_secs(600)).await;
-            finished.store(true, Ordering::SeqCst);
-            r
-        })
-    };
-
-    // Wait until the stream is saturated: the writer has more queued than
-    // it can write at once.
+    // Wait until the writer has more queued than it can write at once.
     let t0 = Instant::now();
     while sent.load(Ordering::Relaxed) < 16 * CHUNK as u64 {
         assert!(t0.elapsed() < PROMPTLY, "the transfer does not start");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    assert!(!finished.load(Ordering::SeqCst));
 
-    let mut rtts = Vec::new();
-    for i in 0..10 {
-        let target = if i % 2 == 0 { child.id } else { grandchild.id };
-        let t = Instant::now();
-        let echo: Vec<u8> = c
-            .router
-            .call_service_timeout(target, PING_SERVICE, "ping", &vec![i as u8], Some(PROMPTLY))
-            .await
-            .expect("ping during the transfer");
-        rtts.push(t.elapsed());
-        assert_eq!(echo, vec![i as u8]);
-        assert!(
-            !finished.load(Ordering::SeqCst),
-            "ping {i} was answered only after the {TOTAL}-byte transfer ended \
-             (sent {} bytes; rtts so far {rtts:?})",
-            sent.load(Ordering::Relaxed)
-        );
-    }
+    let rtts = ping_during(&c, [&child, &grandchild], &mut done).await;
     eprintln!(
-        "ping RTTs during the transfer: {rtts:?} (sent {} of {TOTAL} bytes by then)",
+        "ping RTTs during a paced transfer: {rtts:?} (sent {} of {TOTAL} bytes by then)",
         sent.load(Ordering::Relaxed)
     );
-
     bulk.await.expect("bulk task");
-    let got = report
-        .await
-        .expect("report task")
-        .expect("sink report");
-    assert_eq!(control::decode_frame::<u64>(&got).unwrap(), TOTAL);
+    expect_total(&mut done).await;
 }

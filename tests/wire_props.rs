@@ -355,6 +355,7 @@ proptest! {
         let cap = buf.capacity();
         let err = codec.decode(&mut buf).expect_err("a bad header is an error at 26 bytes");
         prop_assert_eq!(buf.capacity(), cap, "nothing reserved for a refused frame");
+        let text = err.to_string();
         match err {
             // enc is checked first.
             DecodeError::UnknownEncoding { enc, header } => {
@@ -372,10 +373,7 @@ proptest! {
         // Whatever follows the header changes nothing.
         let mut whole = BytesMut::from(&bytes[..]);
         let again = codec.decode(&mut whole).expect_err("still an error");
-        prop_assert_eq!(
-            std::mem::discriminant(&again),
-            std::mem::discriminant(&codec.decode(&mut BytesMut::from(&bytes[..HEADER_LEN])).expect_err("err"))
-        );
+        prop_assert_eq!(again.to_string(), text);
     }
 }
 

@@ -76,7 +76,7 @@ fn doc_vectors() -> BTreeMap<String, Vec<u8>> {
 }
 
 fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(format!("odd number of hex digits ({})", s.len()));
     }
     (0..s.len())
@@ -227,7 +227,15 @@ fn vectors() -> Vec<Vector> {
     };
     v.push(Vector {
         name: "add-route",
-        frame: frame(Enc::Control, 0, 1, 1, handles::ADD_ROUTE, 0, control::encode(&add)),
+        frame: frame(
+            Enc::Control,
+            0,
+            1,
+            1,
+            handles::ADD_ROUTE,
+            0,
+            control::encode(&add),
+        ),
         fields: vec![
             varint_field("AddRoute.id", add.id.into()),
             str_field("AddRoute.name", &add.name),
@@ -240,7 +248,15 @@ fn vectors() -> Vec<Vector> {
     };
     v.push(Vector {
         name: "del-route",
-        frame: frame(Enc::Control, 0, 1, 1, handles::DEL_ROUTE, 0, control::encode(&del)),
+        frame: frame(
+            Enc::Control,
+            0,
+            1,
+            1,
+            handles::DEL_ROUTE,
+            0,
+            control::encode(&del),
+        ),
         fields: vec![
             varint_field("DelRoute.id", del.id.into()),
             str_field("DelRoute.reason", &del.reason),
@@ -251,7 +267,15 @@ fn vectors() -> Vec<Vector> {
     // Id allocation.
     v.push(Vector {
         name: "allocate-id-request",
-        frame: frame(Enc::Control, 0, 1, 1, handles::ALLOCATE_ID, 1000, Bytes::new()),
+        frame: frame(
+            Enc::Control,
+            0,
+            1,
+            1,
+            handles::ALLOCATE_ID,
+            1000,
+            Bytes::new(),
+        ),
         fields: vec![],
         check: Box::new(|f| assert!(f.payload.is_empty())),
     });
@@ -350,7 +374,15 @@ fn vectors() -> Vec<Vector> {
     let hello = hello_value();
     v.push(Vector {
         name: "hello",
-        frame: frame(Enc::Control, 1, 0, 0, handles::HELLO, 0, control::encode(&hello)),
+        frame: frame(
+            Enc::Control,
+            1,
+            0,
+            0,
+            handles::HELLO,
+            0,
+            control::encode(&hello),
+        ),
         fields: vec![
             varint_field("Hello.version", hello.version.into()),
             varint_field("Hello.context_id", hello.context_id.into()),
@@ -367,7 +399,15 @@ fn vectors() -> Vec<Vector> {
     let ready = ready_value();
     v.push(Vector {
         name: "ready",
-        frame: frame(Enc::Control, 0, 1, 1, handles::HELLO, 0, control::encode(&ready)),
+        frame: frame(
+            Enc::Control,
+            0,
+            1,
+            1,
+            handles::HELLO,
+            0,
+            control::encode(&ready),
+        ),
         fields: vec![
             varint_field("Ready.version", ready.version.into()),
             varint_field("Ready.pid", ready.pid.into()),
@@ -447,17 +487,27 @@ fn handle_name(h: u32) -> &'static str {
 fn block(name: &str, header: &Header, fields: &[(Vec<u8>, String)]) -> String {
     let raw = header.encode();
     let mut lines: Vec<(String, String)> = vec![
-        (to_hex(&raw[0..2]), format!("enc       {}", enc_name(header.enc))),
+        (
+            to_hex(&raw[0..2]),
+            format!("enc       {}", enc_name(header.enc)),
+        ),
         (to_hex(&raw[2..6]), format!("dst_id    {}", header.dst_id)),
         (to_hex(&raw[6..10]), format!("src_id    {}", header.src_id)),
-        (to_hex(&raw[10..14]), format!("auth_id   {}", header.auth_id)),
+        (
+            to_hex(&raw[10..14]),
+            format!("auth_id   {}", header.auth_id),
+        ),
         (
             to_hex(&raw[14..18]),
             format!("handle    {}{}", header.handle, handle_name(header.handle)),
         ),
         (
             to_hex(&raw[18..22]),
-            format!("reply_to  {}{}", header.reply_to, handle_name(header.reply_to)),
+            format!(
+                "reply_to  {}{}",
+                header.reply_to,
+                handle_name(header.reply_to)
+            ),
         ),
         (to_hex(&raw[22..26]), format!("len       {}", header.len)),
     ];
@@ -485,7 +535,11 @@ fn block(name: &str, header: &Header, fields: &[(Vec<u8>, String)]) -> String {
 fn print_doc_vectors() {
     for v in vectors() {
         let payload: Vec<u8> = v.fields.iter().flat_map(|(b, _)| b.clone()).collect();
-        assert_eq!(payload, v.frame.payload, "{}: fields cover the payload", v.name);
+        assert_eq!(
+            payload, v.frame.payload,
+            "{}: fields cover the payload",
+            v.name
+        );
         println!("{}", block(v.name, &v.frame.header(), &v.fields));
     }
     for r in rejected() {

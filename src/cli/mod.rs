@@ -33,6 +33,12 @@ pub enum Command {
     Ping(ping::PingArgs),
     /// Copy files (and, with -r, directories) to every target.
     Push(push::PushArgs),
+    /// (internal) Relay stdin/stdout to a context's stripe socket.
+    #[command(name = "__attach", hide = true)]
+    Attach {
+        /// The context's abstract socket name.
+        socket: String,
+    },
     /// (internal) Run a context on stdin/stdout.
     #[command(name = "__context", hide = true)]
     Context,
@@ -43,6 +49,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
         Command::Context => crate::connect::child::run(child_services),
+        Command::Attach { socket } => crate::connect::stripe::relay(&socket),
         Command::Ping(args) => {
             let filter = init_logging(cli.verbose);
             run_async(ping::run(args, filter))
@@ -58,11 +65,13 @@ pub fn main() -> i32 {
 /// built-in ones: the receiving side of the FileService.
 pub fn child_services(services: &crate::service::Services, router: &crate::router::Router) {
     crate::files::plan::register_service(services, router);
+    crate::connect::stripe::register_service(services, router);
 }
 
 fn run_async<F: std::future::Future<Output = i32>>(f: F) -> i32 {
-    match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread, as in every context (see connect::child::run): the
+    // controller's calls then cost no cross-thread wake-ups.
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::target::{self, Chain, TargetArgs};
+use crate::connect::Method;
 use crate::files::plan::{EntryResult, PlanEntry, PushPlan};
 use crate::files::receive::ReceiveOptions;
 use crate::files::window::Sizing;
@@ -46,6 +47,12 @@ pub struct PushArgs {
     /// Upper bound of the automatically sized window (memory per stream).
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
     pub window_cap: u64,
+    /// Streams per ssh target: the connection itself plus N-1 extra ssh
+    /// connections ("stripes") that large files are spread over, each with
+    /// its own SSH channel window. 1 disables striping. Local targets never
+    /// stripe (a pipe has no window to multiply).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub stripes: usize,
     /// Files received at once per target.
     #[arg(long, default_value_t = 64)]
     pub parallel: u32,
@@ -416,9 +423,13 @@ async fn push_all(
         let targs = args.target.clone();
         let filter = log_filter.to_string();
         let bar = bars.add(&host, total);
+        let stripes = args.stripes;
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            push_one(&router, &fs, &targs, &chain, host, &plan, &filter, bar).await
+            push_one(
+                &router, &fs, &targs, &chain, host, &plan, &filter, bar, stripes,
+            )
+            .await
         }));
     }
     let mut out = Vec::new();
@@ -443,6 +454,35 @@ async fn push_all(
     out
 }
 
+/// Opens extra streams to the first hop of an ssh target reached directly
+/// from the controller.
+async fn open_stripes(
+    router: &Router,
+    targs: &TargetArgs,
+    host: &str,
+    target: u32,
+    stripes: usize,
+    log_filter: &str,
+) {
+    if stripes <= 1 || !targs.via.is_empty() {
+        return;
+    }
+    let Ok(spec) = targs.spec(host, log_filter) else {
+        return;
+    };
+    let Method::Ssh(_) = &spec.method else { return };
+    let Some(first_hop) = router
+        .stream_towards(target)
+        .and_then(|s| router.stream_remote(s))
+    else {
+        return;
+    };
+    let n =
+        crate::connect::stripe::open(router, first_hop, &spec.method, stripes - 1, spec.timeout())
+            .await;
+    tracing::info!("{host}: {} of {} extra streams attached", n, stripes - 1);
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn push_one(
     router: &Router,
@@ -453,6 +493,7 @@ async fn push_one(
     plan: &PushPlan,
     log_filter: &str,
     bar: Option<indicatif::ProgressBar>,
+    stripes: usize,
 ) -> TargetOutcome {
     let t0 = Instant::now();
     let info = match target::connect_target(router, targs, chain, &host, log_filter).await {
@@ -476,6 +517,7 @@ async fn push_one(
             };
         }
     };
+    open_stripes(router, targs, &host, info.id, stripes, log_filter).await;
     let call = router.call_service::<_, Vec<EntryResult>>(info.id, TARGET_SERVICE, "push", plan);
     tokio::pin!(call);
     let result = loop {

@@ -1,23 +1,57 @@
 //! Target specifications as given to `-H` and `--via`, and the options
 //! shared by every command that reaches targets.
+//!
+//! A SPEC is one of:
+//!
+//! * `local` — this binary re-executed as a child process;
+//! * `[ssh://][user@]host[:port]` — the system ssh client (`host` may be an
+//!   `ssh_config` alias; IPv6 addresses in brackets);
+//! * `sudo:USER` — sudo to USER on the host of the context it is started
+//!   from (useful in `--via` chains: `--via web1 --via sudo:root`).
+//!
+//! `--sudo USER` adds a sudo hop after each `-H` target, started from the
+//! context on that host, so its stream runs over the existing connection.
+
+use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::connect::{self, ConnectError, ConnectSpec, ContextInfo, Method};
+use crate::connect::ssh::{parse_target, split_words};
+use crate::connect::{self, ConnectError, ConnectSpec, ContextInfo, Method, SudoSpec};
 use crate::router::Router;
 
 /// Options shared by every command that reaches targets.
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
-    /// Target to reach (repeatable). Default: one `local` child.
+    /// Target to reach (repeatable): `local`, `[ssh://][user@]host[:port]`
+    /// or `sudo:USER`. Default: one `local` child.
     #[arg(short = 'H', long = "host", value_name = "SPEC")]
     pub hosts: Vec<String>,
-    /// Start each next hop from inside the previous one (repeatable, in order).
+    /// Start each next hop from inside the previous one (repeatable, in
+    /// order; same SPEC forms as -H).
     #[arg(long, value_name = "SPEC")]
     pub via: Vec<String>,
     /// Seconds allowed for each connection.
     #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     pub connect_timeout: f64,
+    /// The ssh command for ssh targets, as rsync's -e, e.g.
+    /// -e 'ssh -F ./cfg -i key'. ferrogen adds -T, -o BatchMode=yes and
+    /// -o ConnectTimeout (options given here come first, so they win).
+    #[arg(short = 'e', long = "rsh", value_name = "CMD")]
+    pub rsh: Option<String>,
+    /// Become USER with sudo on each -H target (sudo -n: no password
+    /// prompts). Started from the context on that host: no second ssh
+    /// connection.
+    #[arg(long, value_name = "USER")]
+    pub sudo: Option<String>,
+    /// Extra argument for sudo (repeatable), e.g. --sudo-arg=-E.
+    #[arg(long = "sudo-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub sudo_args: Vec<String>,
+    /// A ferrogen binary built for the targets' OS and architecture, sent
+    /// instead of this one to the hosts the controller connects to directly
+    /// (the first --via hop, or -H targets without --via).
+    #[arg(long, value_name = "PATH")]
+    pub remote_binary: Option<PathBuf>,
 }
 
 impl TargetArgs {
@@ -32,19 +66,59 @@ impl TargetArgs {
 
     /// The connect spec for one `-H`/`--via` value.
     pub fn spec(&self, spec: &str, log_filter: &str) -> Result<ConnectSpec, String> {
-        let method = parse(spec)?;
+        let mut method = parse(spec)?;
+        match &mut method {
+            Method::Ssh(ssh) => {
+                if let Some(rsh) = &self.rsh {
+                    let words = split_words(rsh).map_err(|e| format!("-e/--rsh: {e}"))?;
+                    if words.is_empty() {
+                        return Err("-e/--rsh: empty command".into());
+                    }
+                    ssh.command = words;
+                }
+                ssh.remote_binary = self
+                    .remote_binary
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned());
+            }
+            Method::Sudo(sudo) => sudo.args = self.sudo_args.clone(),
+            Method::Local => {}
+        }
+        Ok(self.finish(method, log_filter))
+    }
+
+    /// The spec of the `--sudo` hop after each `-H` target, if asked for.
+    pub fn sudo_spec(&self, log_filter: &str) -> Option<ConnectSpec> {
+        let user = self.sudo.as_ref()?;
+        let mut s = SudoSpec::new(user.clone());
+        s.args = self.sudo_args.clone();
+        Some(self.finish(Method::Sudo(s), log_filter))
+    }
+
+    fn finish(&self, method: Method, log_filter: &str) -> ConnectSpec {
         let mut cs = ConnectSpec::new(method);
-        cs.connect_timeout_ms = (self.connect_timeout * 1000.0) as u64;
+        cs.connect_timeout_ms = (self.connect_timeout.max(0.001) * 1000.0) as u64;
         cs.log_filter = log_filter.to_string();
-        Ok(cs)
+        cs
     }
 }
 
-/// Parses one target spec. Today: `local`.
+/// Parses one target spec: `local`, `sudo:USER` or
+/// `[ssh://][user@]host[:port]`.
 pub fn parse(spec: &str) -> Result<Method, String> {
     match spec {
         "local" => Ok(Method::Local),
-        other => Err(format!("unknown target {other:?}: expected \"local\"")),
+        "" => Err("empty target".into()),
+        s if s.starts_with("sudo:") => {
+            let user = &s["sudo:".len()..];
+            if user.is_empty() || user.starts_with('-') || user.contains(char::is_whitespace) {
+                return Err(format!("{s:?}: expected sudo:USER"));
+            }
+            Ok(Method::Sudo(SudoSpec::new(user)))
+        }
+        s => parse_target(s).map(Method::Ssh).map_err(|e| {
+            format!("unknown target {e}: expected local, sudo:USER or [ssh://][user@]host[:port]")
+        }),
     }
 }
 
@@ -56,6 +130,23 @@ pub struct Chain {
     pub names: Vec<String>,
     /// The last hop, from which targets are started; `None` = the controller.
     pub last: Option<u32>,
+}
+
+/// A spec for a hop started from `from`: `--remote-binary` is a path on the
+/// controller, so it applies only to connections the controller makes.
+fn hop_spec(
+    args: &TargetArgs,
+    spec: &str,
+    from: Option<u32>,
+    log_filter: &str,
+) -> Result<ConnectSpec, String> {
+    let mut cs = args.spec(spec, log_filter)?;
+    if from.is_some_and(|id| id != 0)
+        && let Method::Ssh(ssh) = &mut cs.method
+    {
+        ssh.remote_binary = None;
+    }
+    Ok(cs)
 }
 
 /// Connects the `--via` chain in order. The error names the failing hop.
@@ -70,7 +161,7 @@ pub async fn connect_chain(
     };
     for (i, spec) in args.via.iter().enumerate() {
         let hop = i + 1;
-        let cs = match args.spec(spec, log_filter) {
+        let cs = match hop_spec(args, spec, chain.last, log_filter) {
             Ok(cs) => cs,
             Err(e) => {
                 let msg = format!("hop {hop} ({spec}): {e}");
@@ -91,7 +182,9 @@ pub async fn connect_chain(
     Ok(chain)
 }
 
-/// Connects one target from the end of `chain`. The error names the hop.
+/// Connects one target from the end of `chain`, then (with `--sudo`) the
+/// sudo context from inside it. Returns the last context. The error names
+/// the hop.
 pub async fn connect_target(
     router: &Router,
     args: &TargetArgs,
@@ -100,12 +193,77 @@ pub async fn connect_target(
     log_filter: &str,
 ) -> Result<ContextInfo, String> {
     let hop = chain.names.len();
-    let cs = args
-        .spec(host, log_filter)
+    let cs = hop_spec(args, host, chain.last, log_filter)
         .map_err(|e| format!("hop {hop} ({host}): {e}"))?;
-    connect::connect(router, &cs, chain.last)
+    let info = connect::connect(router, &cs, chain.last)
         .await
         .map_err(|e: ConnectError| {
             format!("hop {hop} ({host} via {}): {e}", chain.names.join(" -> "))
+        })?;
+    let Some(sudo) = args.sudo_spec(log_filter) else {
+        return Ok(info);
+    };
+    let user = args.sudo.as_deref().unwrap_or_default();
+    connect::connect(router, &sudo, Some(info.id))
+        .await
+        .map_err(|e: ConnectError| {
+            let mut names = chain.names.clone();
+            names.push(info.name.clone());
+            format!(
+                "hop {} (--sudo {user} on {host} via {}): {e}",
+                hop + 1,
+                names.join(" -> ")
+            )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        t: TargetArgs,
+    }
+
+    #[test]
+    fn specs() {
+        let t = T::parse_from([
+            "x",
+            "-H",
+            "bob@web1:2200",
+            "-e",
+            "ssh -F './a cfg'",
+            "--sudo",
+            "root",
+            "--sudo-arg",
+            "-E",
+            "--connect-timeout",
+            "5",
+        ])
+        .t;
+        let cs = t.spec(&t.hosts()[0], "warn").unwrap();
+        let Method::Ssh(s) = &cs.method else {
+            panic!("not ssh: {cs:?}")
+        };
+        assert_eq!(s.command, vec!["ssh", "-F", "./a cfg"]);
+        assert_eq!((s.user.as_deref(), s.port), (Some("bob"), Some(2200)));
+        assert_eq!(cs.connect_timeout_ms, 5000);
+        let sudo = t.sudo_spec("warn").unwrap();
+        assert_eq!(
+            sudo.method,
+            Method::Sudo(SudoSpec {
+                user: "root".into(),
+                args: vec!["-E".into()],
+                program: "sudo".into()
+            })
+        );
+        assert_eq!(parse("local").unwrap(), Method::Local);
+        assert!(matches!(parse("sudo:root").unwrap(), Method::Sudo(_)));
+        assert!(parse("sudo:").is_err());
+        assert!(parse("").is_err());
+        assert!(parse("-oProxyCommand=x").is_err());
+    }
 }

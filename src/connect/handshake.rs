@@ -8,6 +8,7 @@
 //! being misread.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,9 +22,13 @@ use crate::wire::{Enc, Frame, FrameCodec, codec, handles};
 /// Lines of a child's stderr kept for error messages.
 const STDERR_TAIL: usize = 20;
 
+/// Longest stderr line kept for error messages (sudo, for one, echoes the
+/// whole bootstrap command when it refuses it).
+const MAX_LINE: usize = 300;
+
 /// The last lines a child wrote to stderr, shared with the task reading them.
 #[derive(Clone, Default)]
-pub struct StderrTail(Arc<Mutex<VecDeque<String>>>);
+pub struct StderrTail(Arc<Mutex<VecDeque<String>>>, Arc<AtomicBool>);
 
 impl StderrTail {
     /// The lines, oldest first.
@@ -34,12 +39,29 @@ impl StderrTail {
             .unwrap_or_default()
     }
 
-    fn push(&self, line: String) {
+    fn push(&self, mut line: String) {
+        if line.len() > MAX_LINE {
+            let mut cut = MAX_LINE;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+            line.push_str(" [...]");
+        }
         if let Ok(mut q) = self.0.lock() {
             if q.len() == STDERR_TAIL {
                 q.pop_front();
             }
             q.push_back(line);
+        }
+    }
+
+    /// Waits up to `max` for the child's stderr to reach EOF, so that the
+    /// tail is complete before it goes into an error message.
+    pub async fn wait_closed(&self, max: Duration) {
+        let t0 = std::time::Instant::now();
+        while !self.1.load(Ordering::Acquire) && t0.elapsed() < max {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
@@ -73,6 +95,7 @@ pub fn forward_stderr<R: AsyncRead + Unpin + Send + 'static>(
             }
             t.push(line);
         }
+        t.1.store(true, Ordering::Release);
     });
     tail
 }
@@ -90,6 +113,23 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    parent_side_buffered(reader, writer, hello, parent_id, timeout, BytesMut::new()).await
+}
+
+/// [`parent_side`] for a reader from which `buf` was already read (e.g.
+/// during a bootstrap).
+pub async fn parent_side_buffered<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    hello: &Hello,
+    parent_id: u32,
+    timeout: Duration,
+    mut buf: BytesMut,
+) -> Result<(Ready, BytesMut), String>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut frame = Frame::new(
         hello.context_id,
         handles::HELLO,
@@ -98,7 +138,7 @@ where
     );
     frame.src_id = parent_id;
     frame.auth_id = parent_id;
-    let exchange = async {
+    let exchange = async move {
         writer
             .write_all(&codec::encode_to_vec(&frame))
             .await
@@ -107,7 +147,6 @@ where
             .flush()
             .await
             .map_err(|e| format!("could not send the handshake: {e}"))?;
-        let mut buf = BytesMut::with_capacity(4096);
         let mut codec = FrameCodec::new(64 * 1024);
         let reply = match next_frame(reader, &mut codec, &mut buf).await {
             Ok(Some(f)) => f,

@@ -1,11 +1,14 @@
 //! `local`: this binary re-executed as a child process over pipes.
 
 use std::process::Stdio;
+use std::time::Duration;
 
-use tokio::process::Command;
+use bytes::BytesMut;
+use tokio::process::{Child, Command};
 
-use super::handshake::{self, forward_stderr};
-use super::{ConnectError, ConnectSpec, ContextInfo};
+use super::bootstrap::{self, BootPlan};
+use super::handshake::{self, StderrTail, forward_stderr};
+use super::{Boot, ConnectError, ConnectSpec, ContextInfo};
 use crate::router::Router;
 use crate::stream;
 use crate::wire::control::{Hello, PROTOCOL_VERSION};
@@ -34,6 +37,11 @@ fn child_program() -> std::io::Result<std::path::PathBuf> {
     }
 }
 
+/// The program set with [`set_child_program`], if any.
+pub fn child_program_override() -> Option<std::path::PathBuf> {
+    CHILD_PROGRAM.get().cloned()
+}
+
 /// Starts a child of this context running this binary.
 pub async fn connect(router: &Router, spec: &ConnectSpec) -> Result<ContextInfo, ConnectError> {
     let exe = child_program().map_err(|e| ConnectError::Spawn {
@@ -43,39 +51,100 @@ pub async fn connect(router: &Router, spec: &ConnectSpec) -> Result<ContextInfo,
     })?;
     let mut cmd = Command::new(&exe);
     cmd.arg(CHILD_ARG);
-    start(router, spec, cmd, "local").await
+    start(router, spec, cmd, Launch::new("local")).await
 }
 
-/// Starts `cmd` (which must run a context on its stdio), performs the
-/// handshake and attaches the stream. Shared by every method that runs a
-/// process on this host.
+/// Turns the last lines a process wrote to stderr into a short cause.
+pub type Explain = Box<dyn Fn(&[String]) -> Option<String> + Send + Sync>;
+
+/// How [`start`] runs, names and diagnoses a process.
+pub struct Launch {
+    /// Method name for messages: `local`, `ssh`, `sudo`.
+    pub method: &'static str,
+    /// The context's name; `None` = `<method>.<pid>`.
+    pub name: Option<String>,
+    /// The process runs a [`bootstrap`] stub first.
+    pub boot: Option<BootPlan>,
+    /// Recognises causes in the process's stderr (e.g. ssh's "Permission
+    /// denied").
+    pub explain: Option<Explain>,
+    /// What to call the program in a spawn error (default: its path).
+    pub program: Option<String>,
+    /// Start it in a new session, without a controlling terminal, so that
+    /// nothing it runs can prompt on the user's terminal (a prompt would
+    /// otherwise stop or hang it); a prompt fails at once instead.
+    pub detach: bool,
+}
+
+impl Launch {
+    /// A plain launch for `method`.
+    pub fn new(method: &'static str) -> Launch {
+        Launch {
+            method,
+            name: None,
+            boot: None,
+            explain: None,
+            program: None,
+            detach: false,
+        }
+    }
+}
+
+/// Starts `cmd` (which must run a context on its stdio, directly or through
+/// a bootstrap stub), performs the handshake and attaches the stream. Shared
+/// by every method that runs a process on this host.
 pub async fn start(
     router: &Router,
     spec: &ConnectSpec,
     mut cmd: Command,
-    method: &str,
+    launch: Launch,
 ) -> Result<ContextInfo, ConnectError> {
+    let method = launch.method;
     let id = router.allocate_id().await.map_err(|e| {
         ConnectError::Other(format!("{method}: could not allocate a context id: {e}"))
     })?;
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .kill_on_drop(false);
+    if launch.detach {
+        // SAFETY: setsid() is async-signal-safe and touches no memory of
+        // the parent; it runs in the forked child before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                rustix::process::setsid()
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
+            });
+        }
+    } else {
         // Keep terminal signals (Ctrl-C) for the controller, which shuts
         // the tree down in order; children still exit on EOF if it dies.
-        .process_group(0)
-        .kill_on_drop(false);
-    let program = format!("{:?}", cmd.as_std().get_program());
+        cmd.process_group(0);
+    }
+    let program = launch
+        .program
+        .clone()
+        .unwrap_or_else(|| format!("{:?}", cmd.as_std().get_program()));
     let mut child = cmd.spawn().map_err(|e| ConnectError::Spawn {
         method: method.into(),
         program: program.clone(),
-        cause: e.to_string(),
+        cause: if e.kind() == std::io::ErrorKind::NotFound {
+            format!("{e} (is it installed and on PATH?)")
+        } else {
+            e.to_string()
+        },
     })?;
     let pid = child.id().unwrap_or_default();
-    let name = format!("{method}.{pid}");
+    let name = launch
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{method}.{pid}"));
     let (Some(mut stdin), Some(mut stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
+        kill_group(pid);
+        let _ = child.start_kill();
         return Err(ConnectError::Other(format!("{name}: stdio pipes missing")));
     };
     // Best effort: bigger pipes mean fewer wake-ups per chunk.
@@ -85,6 +154,44 @@ pub async fn start(
         let _ = rustix::pipe::fcntl_setpipe_size(stdout.as_fd(), PIPE_SIZE);
     }
     let tail = forward_stderr(name.clone(), stderr);
+
+    let (boot, buffered) = match &launch.boot {
+        None => (Boot::Exec, BytesMut::new()),
+        Some(plan) => {
+            match bootstrap::parent_side(&name, &mut stdout, &mut stdin, plan, spec.timeout()).await
+            {
+                Ok(started) => {
+                    let boot = match started.sent {
+                        Some(bytes) => {
+                            tracing::info!(
+                                "{name}: sent the binary ({bytes} bytes) to {}; installed in ~/{}/{}",
+                                started.system,
+                                bootstrap::CACHE_DIR,
+                                plan.binary.cache_key()
+                            );
+                            Boot::Sent {
+                                system: started.system,
+                                bytes,
+                            }
+                        }
+                        None => {
+                            tracing::info!(
+                                "{name}: started the cached binary on {} (nothing sent)",
+                                started.system
+                            );
+                            Boot::Cached {
+                                system: started.system,
+                            }
+                        }
+                    };
+                    (boot, started.buffered)
+                }
+                Err(f) => {
+                    return Err(fail(child, pid, &tail, &launch, &name, f.detail, f.eof).await);
+                }
+            }
+        }
+    };
 
     let mut parent_ids = vec![router.id()];
     parent_ids.extend_from_slice(router.parent_ids());
@@ -96,21 +203,20 @@ pub async fn start(
         max_message_size: router.max_message_size() as u64,
         log_filter: spec.log_filter.clone(),
     };
-    let result =
-        handshake::parent_side(&mut stdout, &mut stdin, &hello, router.id(), spec.timeout()).await;
+    let result = handshake::parent_side_buffered(
+        &mut stdout,
+        &mut stdin,
+        &hello,
+        router.id(),
+        spec.timeout(),
+        buffered,
+    )
+    .await;
     let (ready, buffered) = match result {
         Ok(r) => r,
         Err(detail) => {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            // Let the stderr task drain what the child said before dying.
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            return Err(ConnectError::Handshake {
-                method: method.into(),
-                name,
-                detail,
-                stderr: tail.lines(),
-            });
+            let eof = detail.contains("exited before");
+            return Err(fail(child, pid, &tail, &launch, &name, detail, eof).await);
         }
     };
     stream::start(router, name.clone(), id, false, stdout, stdin, buffered);
@@ -127,5 +233,67 @@ pub async fn start(
         name,
         pid: ready.pid,
         arch: ready.arch,
+        boot,
+        transport_pid: pid,
     })
+}
+
+/// SIGKILLs the process group `pgid` (the group [`start`] created for a
+/// child: the child and anything it started, e.g. ssh's ProxyJump ssh).
+fn kill_group(pgid: u32) {
+    if let Some(p) = i32::try_from(pgid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+    }
+}
+
+/// Ends a process whose start failed and builds the error: its exit status
+/// (if it exited by itself), a cause recognised in its stderr, and the tail.
+async fn fail(
+    mut child: Child,
+    pid: u32,
+    tail: &StderrTail,
+    launch: &Launch,
+    name: &str,
+    detail: String,
+    eof: bool,
+) -> ConnectError {
+    // Its output closed: it is probably exiting; give it a moment so the
+    // error can carry its status.
+    let status = if eof {
+        match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+            Ok(Ok(status)) => Some(status),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    kill_group(pid);
+    if status.is_none() {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    // Let the stderr task drain what the child said before dying.
+    tail.wait_closed(Duration::from_millis(500)).await;
+    let lines = tail.lines();
+    let mut detail = detail;
+    if let Some(status) = status {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => detail = format!("{detail} (exit status {code})"),
+            (None, Some(sig)) => detail = format!("{detail} (killed by signal {sig})"),
+            _ => {}
+        }
+    }
+    if let Some(why) = launch.explain.as_ref().and_then(|f| f(&lines)) {
+        detail = format!("{why}; {detail}");
+    }
+    ConnectError::Handshake {
+        method: launch.method.into(),
+        name: name.to_string(),
+        detail,
+        stderr: lines,
+    }
 }

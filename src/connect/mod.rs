@@ -6,6 +6,11 @@
 //! is started:
 //!
 //! * [`local`] — this binary re-executed as a child over pipes.
+//! * [`ssh`] — the system OpenSSH client running a [`bootstrap`] stub on the
+//!   target, which starts a cached copy of this binary or receives one over
+//!   the connection first.
+//! * [`sudo`] — `sudo -n -u USER`, started by a context already running on
+//!   that host, with the same bootstrap into the target account's own cache.
 //!
 //! `via`: any connection can be started from inside another context by
 //! calling that context's `ferrogen.connect` service ([`connect`] with
@@ -13,9 +18,13 @@
 //! space, announces its route upwards, and is then reachable from everywhere
 //! like any other.
 
+pub mod bootstrap;
 pub mod child;
 pub mod handshake;
 pub mod local;
+pub mod ssh;
+pub mod stripe;
+pub mod sudo;
 
 use std::time::Duration;
 
@@ -37,12 +46,95 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum Method {
     /// This binary, re-executed as a child process on the same host.
     Local,
+    /// The system `ssh` client to another host.
+    Ssh(SshSpec),
+    /// `sudo` to another account on the host of the starting context.
+    Sudo(SudoSpec),
 }
 
 impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Method::Local => f.write_str("local"),
+            Method::Ssh(s) => write!(f, "ssh:{}", s.target()),
+            Method::Sudo(s) => write!(f, "sudo:{}", s.user),
+        }
+    }
+}
+
+/// An `ssh` connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshSpec {
+    /// Host name, address or `ssh_config` alias.
+    pub host: String,
+    /// Remote user (`-l`); `None` = whatever ssh's configuration says.
+    pub user: Option<String>,
+    /// Port (`-p`); `None` = whatever ssh's configuration says.
+    pub port: Option<u16>,
+    /// The ssh program and its leading options, as the words of rsync's
+    /// `-e/--rsh` (e.g. `["ssh", "-F", "./cfg"]`). Default `["ssh"]`.
+    pub command: Vec<String>,
+    /// Further options placed after ferrogen's own (`-T`, `-o BatchMode`,
+    /// `-o ConnectTimeout`) and before the host.
+    pub options: Vec<String>,
+    /// A ferrogen binary (path on the starting context's host) to run on the
+    /// target instead of the starting context's own, e.g. one built for the
+    /// target's architecture.
+    pub remote_binary: Option<String>,
+}
+
+impl SshSpec {
+    /// A spec for `host` with the default ssh command.
+    pub fn new(host: impl Into<String>) -> SshSpec {
+        SshSpec {
+            host: host.into(),
+            user: None,
+            port: None,
+            command: vec!["ssh".into()],
+            options: Vec::new(),
+            remote_binary: None,
+        }
+    }
+
+    /// `[user@]host[:port]`, as shown in names and errors.
+    pub fn target(&self) -> String {
+        let mut s = String::new();
+        if let Some(u) = &self.user {
+            s.push_str(u);
+            s.push('@');
+        }
+        if self.host.contains(':') {
+            s.push('[');
+            s.push_str(&self.host);
+            s.push(']');
+        } else {
+            s.push_str(&self.host);
+        }
+        if let Some(p) = self.port {
+            s.push_str(&format!(":{p}"));
+        }
+        s
+    }
+}
+
+/// A `sudo` connection, started on the host of the context it is started from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SudoSpec {
+    /// The account to become (`sudo -u`).
+    pub user: String,
+    /// Extra arguments for sudo (`--sudo-arg`), placed before `--`.
+    pub args: Vec<String>,
+    /// The sudo program. Default `sudo`.
+    pub program: String,
+}
+
+impl SudoSpec {
+    /// A spec for becoming `user`.
+    pub fn new(user: impl Into<String>) -> SudoSpec {
+        SudoSpec {
+            user: user.into(),
+            args: Vec::new(),
+            program: "sudo".into(),
         }
     }
 }
@@ -85,6 +177,47 @@ pub struct ContextInfo {
     pub pid: u32,
     /// Its architecture.
     pub arch: String,
+    /// How its binary got there.
+    pub boot: Boot,
+    /// The process carrying its stream on the starting context's host (the
+    /// `ssh` or `sudo` process, or the child itself for `local`); 0 if not
+    /// known.
+    pub transport_pid: u32,
+}
+
+impl ContextInfo {
+    /// Describes the context `router` belongs to (for its own `info` call).
+    pub fn here(router: &Router) -> ContextInfo {
+        ContextInfo {
+            id: router.id(),
+            name: router.name().to_string(),
+            pid: std::process::id(),
+            arch: std::env::consts::ARCH.to_string(),
+            boot: Boot::Unknown,
+            transport_pid: 0,
+        }
+    }
+}
+
+/// How a context's binary reached its host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Boot {
+    /// Not recorded (e.g. a context describing itself).
+    Unknown,
+    /// Executed directly from a path on the starting context's host (`local`).
+    Exec,
+    /// A cached copy was already on the target; nothing was sent.
+    Cached {
+        /// `uname -s` / `uname -m` of the target, e.g. `Linux x86_64`.
+        system: String,
+    },
+    /// The binary was sent over the connection and installed in the cache.
+    Sent {
+        /// `uname -s` / `uname -m` of the target.
+        system: String,
+        /// Bytes sent.
+        bytes: u64,
+    },
 }
 
 /// Why a connection failed.
@@ -113,7 +246,7 @@ pub enum ConnectError {
         stderr: Vec<String>,
     },
     /// Starting the context through another context failed.
-    #[error("via {via}: {error}")]
+    #[error("via {via}: {}", via_detail(.via, .error))]
     Via {
         /// The intermediary.
         via: String,
@@ -123,6 +256,14 @@ pub enum ConnectError {
     /// Local bookkeeping failed (e.g. no id could be allocated).
     #[error("{0}")]
     Other(String),
+}
+
+/// The intermediary's own answer without naming it twice.
+fn via_detail(via: &str, error: &CallError) -> String {
+    match error {
+        CallError::Remote { context, error } if context == via => error.to_string(),
+        other => other.to_string(),
+    }
 }
 
 fn tail(lines: &[String]) -> String {
@@ -172,8 +313,10 @@ pub async fn connect(
 }
 
 async fn connect_here(router: &Router, spec: &ConnectSpec) -> Result<ContextInfo, ConnectError> {
-    match spec.method {
+    match &spec.method {
         Method::Local => local::connect(router, spec).await,
+        Method::Ssh(ssh) => ssh::connect(router, spec, ssh).await,
+        Method::Sudo(sudo) => sudo::connect(router, spec, sudo).await,
     }
 }
 

@@ -20,7 +20,10 @@
 //!    descriptor and a [`crate::channel::Sender`] for acknowledgements; it is
 //!    sent before any data.
 //! 3. Data arrives as raw ([`crate::wire::Enc::Bin`]) frames on `sender`,
-//!    in order; the requester acknowledges cumulatively ([`Ack`]) on the ack
+//!    each `[offset: u64 BE][bytes]` ([`OFFSET_LEN`]); frames on one stream
+//!    arrive in order, frames spread over stripes may not, and the requester
+//!    reorders them. It acknowledges the contiguous prefix it has written,
+//!    cumulatively ([`Ack`]), on the ack
 //!    handle, which is scoped to the requester's context (anyone else's acks
 //!    are refused by the router, and the requester's disconnect wakes the
 //!    serving side).
@@ -52,6 +55,14 @@ pub const TARGET_SERVICE: &str = "ferrogen.files.target";
 /// Payload bytes per data frame: header + payload = 128 KiB, so each frame
 /// is one 128 KiB write (as in Mitogen).
 pub const CHUNK_PAYLOAD: usize = 128 * 1024 - crate::wire::HEADER_LEN;
+
+/// Every data frame starts with the big-endian u64 offset of its bytes in
+/// the file, so chunks spread over several streams (stripes) can be put
+/// back in order by the receiver.
+pub const OFFSET_LEN: usize = 8;
+
+/// File bytes per data frame.
+pub const CHUNK_DATA: usize = CHUNK_PAYLOAD - OFFSET_LEN;
 
 /// Arguments of `fetch`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -260,7 +260,7 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
         let server = plan.server;
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await;
-            let r = receive::receive(&router, server, &src, &path, &temps).await;
+            let r = receive::receive_with(&router, server, &src, &path, &temps, &opts).await;
             let r = match r {
                 Ok(mut p) => {
                     // One file: the plain durable commit. Many: finish each now

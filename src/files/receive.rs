@@ -61,7 +61,7 @@ pub enum ReceiveError {
         /// Destination path.
         dest: String,
         /// Why.
-        error: CallError,
+        error: Box<CallError>,
     },
     /// A local file operation failed.
     #[error("{dest}: {op} failed: {source}")]
@@ -319,6 +319,20 @@ pub async fn receive(
     dest: &Path,
     temps: &TempFiles,
 ) -> Result<PendingFile, ReceiveError> {
+    receive_with(router, server, src, dest, temps, &ReceiveOptions::default()).await
+}
+
+/// [`receive`], told how the file will be committed: with `opts.fsync`, the
+/// data is handed to the disk while it arrives ([`WRITEBACK_EVERY`]), so
+/// the final fsync has little left to wait for.
+pub async fn receive_with(
+    router: &Router,
+    server: ContextId,
+    src: &str,
+    dest: &Path,
+    temps: &TempFiles,
+    opts: &ReceiveOptions,
+) -> Result<PendingFile, ReceiveError> {
     let started = Instant::now();
     let dest_s = dest.display().to_string();
     let mut rx = match router.add_handler(None, Policy::Any, Some(server), true) {
@@ -335,11 +349,11 @@ pub async fn receive(
         .map_err(|error| ReceiveError::Fetch {
             src: src.to_string(),
             dest: dest_s.clone(),
-            error,
+            error: Box::new(error),
         })?;
     let meta = reply.meta.clone();
     // From here on, any failure must tell the server to stop.
-    let result = receive_data(router, &mut rx, &reply, dest, temps, started).await;
+    let result = receive_data(router, &mut rx, &reply, dest, temps, started, opts.fsync).await;
     if let Err(e) = &result {
         reply.ack.close_with(router, &e.to_string());
     }
@@ -354,6 +368,7 @@ async fn receive_data(
     dest: &Path,
     temps: &TempFiles,
     started: Instant,
+    early_writeback: bool,
 ) -> Result<PendingFile, ReceiveError> {
     let dest_s = dest.display().to_string();
     let meta = reply.meta.clone();
@@ -426,7 +441,10 @@ async fn receive_data(
 
     let mut hasher = blake3::Hasher::new();
     let mut received = 0u64;
+    let mut held: std::collections::BTreeMap<u64, bytes::Bytes> = std::collections::BTreeMap::new();
+    let mut held_bytes = 0usize;
     let mut end: Option<(u64, [u8; 32])> = None;
+    let mut written_back = 0u64;
     loop {
         if let Some((size, _)) = end
             && received >= size
@@ -455,24 +473,68 @@ async fn receive_data(
         match frame.enc {
             Enc::Bin => {
                 let limit = end.map(|(s, _)| s).unwrap_or(meta.size);
-                if received + frame.payload.len() as u64 > limit {
+                let (offset, data) =
+                    split_chunk(&frame.payload).ok_or_else(|| ReceiveError::Mismatch {
+                        dest: dest_s.clone(),
+                        detail: format!(
+                            "data frame of {} bytes has no offset",
+                            frame.payload.len()
+                        ),
+                    })?;
+                if offset.saturating_add(data.len() as u64) > limit || offset < received {
                     return Err(ReceiveError::Mismatch {
                         dest: dest_s,
-                        detail: format!("more data than the announced {limit} bytes"),
+                        detail: format!(
+                            "chunk at {offset}+{} does not fit (announced {limit} bytes, {received} already written)",
+                            data.len()
+                        ),
                     });
                 }
-                if let Some(file) = pending.file.as_mut() {
-                    file.write_all(&frame.payload)
-                        .map_err(io_err(dest, "write"))?;
-                }
-                hasher.update(&frame.payload);
-                received += frame.payload.len() as u64;
                 let now = unix_ns();
                 if pending.data_span_ns.0 == 0 {
                     pending.data_span_ns.0 = now;
                 }
                 pending.data_span_ns.1 = now;
+                if offset > received {
+                    // Ahead of a chunk still travelling on another stripe:
+                    // hold it. The sender never has more than its window
+                    // unacknowledged, and we acknowledge only what is
+                    // contiguous, so this is bounded by the window.
+                    held_bytes += data.len();
+                    if held.insert(offset, data).is_some() || held_bytes > MAX_HELD {
+                        return Err(ReceiveError::Mismatch {
+                            dest: dest_s,
+                            detail: format!(
+                                "duplicate or excessive out-of-order data at offset {offset}"
+                            ),
+                        });
+                    }
+                    continue;
+                }
+                let file = pending.file.as_mut();
+                let mut write = |d: &[u8]| -> Result<(), ReceiveError> {
+                    if let Some(f) = file.as_deref() {
+                        let mut f: &File = f;
+                        f.write_all(d).map_err(io_err(dest, "write"))?;
+                    }
+                    hasher.update(d);
+                    Ok(())
+                };
+                write(&data)?;
+                received += data.len() as u64;
+                while let Some(next) = held.remove(&received) {
+                    held_bytes -= next.len();
+                    write(&next)?;
+                    received += next.len() as u64;
+                }
                 reply.ack.send_control(router, &received);
+                if early_writeback
+                    && received - written_back >= WRITEBACK_EVERY
+                    && let Some(f) = pending.file.as_ref()
+                {
+                    start_writeback(f, written_back, received);
+                    written_back = received;
+                }
             }
             Enc::Control => {
                 let msg: TransferMsg =
@@ -517,6 +579,34 @@ async fn receive_data(
     pending.bytes = received;
     pending.digest = got;
     Ok(pending)
+}
+
+/// Most out-of-order bytes held while waiting for an earlier chunk: the
+/// largest window a sender may use, plus slack.
+const MAX_HELD: usize = 80 << 20;
+
+/// Splits a data frame into its offset and bytes.
+fn split_chunk(payload: &bytes::Bytes) -> Option<(u64, bytes::Bytes)> {
+    let head: [u8; super::OFFSET_LEN] = payload.get(..super::OFFSET_LEN)?.try_into().ok()?;
+    Some((u64::from_be_bytes(head), payload.slice(super::OFFSET_LEN..)))
+}
+
+/// With fsync on, how much newly written data starts its way to the disk
+/// at a time.
+pub const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// Starts (does not wait for) writeback of `[from, to)`: `fadvise(DONTNEED)`
+/// begins writing dirty pages (what `sync_file_range(WRITE)` does) and drops
+/// only pages already clean. Without it a large file's data would all wait
+/// in the page cache for the final fsync, which then took about as long as
+/// the transfer itself. Advice only: ignored where unsupported (tmpfs).
+fn start_writeback(file: &File, from: u64, to: u64) {
+    let _ = rustix::fs::fadvise(
+        file,
+        from,
+        std::num::NonZeroU64::new(to - from),
+        rustix::fs::Advice::DontNeed,
+    );
 }
 
 fn unix_ns() -> u64 {

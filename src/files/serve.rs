@@ -34,7 +34,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use super::meta::FileMeta;
 use super::registry::Registry;
 use super::window::{PathEstimate, Sizing, Window};
-use super::{CHUNK_PAYLOAD, FILE_SERVICE, FetchArgs, FetchReply, TransferMsg};
+use super::{CHUNK_DATA, FILE_SERVICE, FetchArgs, FetchReply, OFFSET_LEN, TransferMsg};
 use crate::call::RemoteError;
 use crate::channel::{ChannelError, Receiver, Sender};
 use crate::router::{Policy, Router};
@@ -228,6 +228,7 @@ impl FileService {
             requester: caller.src_id,
             acks: ack_rx,
             cancel: cancel_rx,
+            settled: false,
         };
         // The pump is spawned (rather than run as the follow-up itself) so
         // shutdown can wait for it.
@@ -289,12 +290,31 @@ struct Transfer {
     requester: ContextId,
     acks: Receiver,
     cancel: watch::Receiver<Option<String>>,
+    /// Set once the requester has been told how the transfer ended.
+    settled: bool,
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        // Only reached unsettled if the pump panicked or was aborted: the
+        // requester must not wait forever for an end that will not come.
+        if !self.settled {
+            let router = self.fs.inner.router.clone();
+            self.to.send_control(
+                &router,
+                &TransferMsg::Abort {
+                    reason: "internal error in the FileService".into(),
+                },
+            );
+        }
+    }
 }
 
 impl Transfer {
     async fn run(mut self) {
         let router = self.fs.inner.router.clone();
         let outcome = self.pump(&router).await;
+        self.settled = true;
         let stats = &self.fs.inner.stats;
         match outcome {
             Ok(peak) => {
@@ -319,7 +339,7 @@ impl Transfer {
     /// Returns the peak bytes in flight, or why the transfer was abandoned.
     async fn pump(&mut self, router: &Router) -> Result<u64, String> {
         let size = self.meta.size;
-        if size as usize <= CHUNK_PAYLOAD {
+        if size as usize <= CHUNK_DATA {
             return self.send_small(router).await;
         }
         let Some(stream) = router.stream_towards(self.requester) else {
@@ -338,6 +358,10 @@ impl Transfer {
         let meta = self.meta.clone();
         let reader = tokio::task::spawn_blocking(move || read_file(&file, &meta, &tx));
 
+        let stripes = router.stripes(stream);
+        if stripes.len() > 1 {
+            tracing::debug!("{}: striping over {} streams", self.path, stripes.len());
+        }
         let sizing = self.fs.inner.config.sizing;
         let start = lock(&lane.estimate)
             .clone()
@@ -357,14 +381,30 @@ impl Transfer {
             if digest.is_some() && window.acked() == size {
                 break;
             }
-            let next_len = (size - window.sent()).min(CHUNK_PAYLOAD as u64);
+            if stripes.len() > 1 && stripes.iter().any(|o| o.is_closed()) {
+                // Chunks queued on the lost stripe are gone with it.
+                return Err(format!(
+                    "a stripe to {} was lost mid-transfer",
+                    router.describe(self.requester)
+                ));
+            }
+            let next_len = (size - window.sent()).min(CHUNK_DATA as u64);
             if digest.is_none() && window.can_send(next_len) {
                 match rx.recv().await {
                     Some(ReadEvent::Chunk(data)) => {
-                        window.on_send(data.len() as u64);
-                        router
-                            .send_bulk(Frame::new(self.to.context, self.to.handle, Enc::Bin, data))
-                            .await;
+                        window.on_send((data.len() - OFFSET_LEN) as u64);
+                        let frame = Frame::new(self.to.context, self.to.handle, Enc::Bin, data);
+                        if stripes.len() > 1 {
+                            // The stripe with the least queued goes next.
+                            let pick = stripes
+                                .iter()
+                                .filter(|o| !o.is_closed())
+                                .min_by_key(|o| o.bulk_bytes())
+                                .unwrap_or(&stripes[0]);
+                            router.send_bulk_on(pick, frame).await;
+                        } else {
+                            router.send_bulk(frame).await;
+                        }
                     }
                     Some(ReadEvent::Done(d)) => {
                         digest = Some(d);
@@ -435,7 +475,7 @@ impl Transfer {
         for ev in read {
             match ev {
                 ReadEvent::Chunk(data) => {
-                    sent += data.len() as u64;
+                    sent += (data.len() - OFFSET_LEN) as u64;
                     router.send(Frame::new(self.to.context, self.to.handle, Enc::Bin, data));
                 }
                 ReadEvent::Done(digest) => {
@@ -479,11 +519,12 @@ fn read_file(file: &File, meta: &FileMeta, tx: &mpsc::Sender<ReadEvent>) {
     let mut offset = 0u64;
     let send = |ev| tx.blocking_send(ev).is_ok();
     while offset < meta.size {
-        let len = (meta.size - offset).min(CHUNK_PAYLOAD as u64) as usize;
-        let mut buf = BytesMut::zeroed(len);
+        let len = (meta.size - offset).min(CHUNK_DATA as u64) as usize;
+        let mut buf = BytesMut::zeroed(OFFSET_LEN + len);
+        buf[..OFFSET_LEN].copy_from_slice(&offset.to_be_bytes());
         let mut filled = 0;
         while filled < len {
-            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            match file.read_at(&mut buf[OFFSET_LEN + filled..], offset + filled as u64) {
                 Ok(0) => {
                     let _ = send(ReadEvent::Failed(format!(
                         "source file shrank during transfer: {} bytes expected, {} found",
@@ -503,7 +544,7 @@ fn read_file(file: &File, meta: &FileMeta, tx: &mpsc::Sender<ReadEvent>) {
                 }
             }
         }
-        hasher.update(&buf);
+        hasher.update(&buf[OFFSET_LEN..]);
         offset += len as u64;
         if !send(ReadEvent::Chunk(buf.freeze())) {
             return;

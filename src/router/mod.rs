@@ -86,6 +86,8 @@ struct StreamEntry {
     routes: HashSet<ContextId>,
     /// Destinations this neighbour has sent traffic to: who to tell when one dies.
     egress: HashSet<ContextId>,
+    /// For a stripe: the neighbour's primary stream, whose identity it shares.
+    alias_of: Option<StreamId>,
 }
 
 struct State {
@@ -289,6 +291,11 @@ impl Router {
         self.send(frame);
     }
 
+    /// The stream to the parent, if any (`None` in the controller).
+    pub fn parent_stream(&self) -> Option<StreamId> {
+        self.lock().parent_stream
+    }
+
     /// The first-hop stream towards `dst`, if any.
     pub fn stream_towards(&self, dst: ContextId) -> Option<StreamId> {
         let st = self.lock();
@@ -327,6 +334,8 @@ impl Router {
             return Action::Dead(frame, reason);
         }
         let mut st = self.lock();
+        // A stripe speaks for the same neighbour as its primary stream.
+        let ingress = ingress.map(|s| st.streams.get(&s).and_then(|e| e.alias_of).unwrap_or(s));
         if let Some(s) = ingress {
             let towards = |id: ContextId| st.routes.get(&id).copied().or(st.parent_stream);
             if towards(frame.auth_id) != Some(s) {
@@ -626,9 +635,62 @@ impl Router {
                 outbox,
                 routes,
                 egress: HashSet::new(),
+                alias_of: None,
             },
         );
         id
+    }
+
+    /// Registers an additional stream (a stripe) to the neighbour of
+    /// `primary`. Routing still uses the primary; bulk senders may spread
+    /// data over [`Router::stripes`]. `None` if `primary` is gone.
+    pub fn attach_alias_stream(
+        &self,
+        primary: StreamId,
+        outbox: Arc<Outbox>,
+        name: String,
+    ) -> Option<StreamId> {
+        let mut st = self.lock();
+        let remote_id = st.streams.get(&primary)?.remote_id;
+        let id = st.next_stream;
+        st.next_stream += 1;
+        st.streams.insert(
+            id,
+            StreamEntry {
+                remote_id,
+                name,
+                outbox,
+                routes: HashSet::new(),
+                egress: HashSet::new(),
+                alias_of: Some(primary),
+            },
+        );
+        Some(id)
+    }
+
+    /// The outboxes of `primary` and of every stripe attached to it,
+    /// primary first.
+    pub fn stripes(&self, primary: StreamId) -> Vec<Arc<Outbox>> {
+        let st = self.lock();
+        let mut v: Vec<(StreamId, Arc<Outbox>)> = st
+            .streams
+            .iter()
+            .filter(|(id, e)| **id == primary || e.alias_of == Some(primary))
+            .map(|(id, e)| (*id, e.outbox.clone()))
+            .collect();
+        v.sort_by_key(|(id, _)| (*id != primary, *id));
+        v.into_iter().map(|(_, o)| o).collect()
+    }
+
+    /// Sends a frame originating here on a specific outbox (one of
+    /// [`Router::stripes`]), waiting while its bulk queue is full.
+    pub async fn send_bulk_on(&self, outbox: &Outbox, mut frame: Frame) {
+        outbox.wait_bulk_room(BULK_HIGH_WATER).await;
+        frame.src_id = self.inner.id;
+        frame.auth_id = self.inner.id;
+        if !outbox.push(frame) {
+            tracing::debug!("dropped a bulk frame for a closing stripe");
+        }
     }
 
     /// Tells the parent (if any) that `id` is reachable through us.
@@ -803,6 +865,29 @@ impl Router {
             let Some(entry) = st.streams.remove(&stream) else {
                 return;
             };
+            if entry.alias_of.is_some() {
+                // A stripe: only its bandwidth is lost.
+                drop(st);
+                entry.outbox.close();
+                tracing::debug!(
+                    "{}: stripe {stream} ({}) closed: {reason}",
+                    self.inner.name,
+                    entry.name
+                );
+                return;
+            }
+            // The primary is gone: its stripes go with it.
+            let stripes: Vec<StreamId> = st
+                .streams
+                .iter()
+                .filter(|(_, e)| e.alias_of == Some(stream))
+                .map(|(id, _)| *id)
+                .collect();
+            for sid in stripes {
+                if let Some(e) = st.streams.remove(&sid) {
+                    e.outbox.close();
+                }
+            }
             for id in &entry.routes {
                 st.routes.remove(id);
             }
@@ -832,7 +917,12 @@ impl Router {
                     .collect()
             };
             self.forget_contexts(&upstream, "the parent stream was lost", Some(stream), false);
-            let _ = self.inner.parent_lost.send(Some(reason.to_string()));
+            // send_replace, not send: the value must be kept even if nobody
+            // is waiting yet (a child that loses its parent before its main
+            // task starts waiting would otherwise wait forever).
+            self.inner
+                .parent_lost
+                .send_replace(Some(reason.to_string()));
         }
     }
 

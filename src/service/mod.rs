@@ -43,8 +43,7 @@ pub struct Caller {
 pub type FollowUp = BoxFuture<()>;
 
 type MethodOutput = Result<(Bytes, Option<FollowUp>), RemoteError>;
-type MethodFn =
-    Arc<dyn Fn(Caller, &[u8]) -> Result<BoxFuture<MethodOutput>, String> + Send + Sync>;
+type MethodFn = Arc<dyn Fn(Caller, &[u8]) -> Result<BoxFuture<MethodOutput>, String> + Send + Sync>;
 type ShutdownFn = Box<dyn FnOnce() -> BoxFuture<()> + Send>;
 
 struct Method {

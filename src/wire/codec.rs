@@ -4,7 +4,7 @@
 //! header bytes are present, *before* reserving room for the payload: a
 //! corrupt or hostile peer cannot make us allocate more than one header.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::Frame;
@@ -58,17 +58,17 @@ impl FrameCodec {
     }
 }
 
-impl Decoder for FrameCodec {
-    type Item = Frame;
-    type Error = DecodeError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
-        if src.len() < HEADER_LEN {
+impl FrameCodec {
+    /// Validates the header at the front of `src` without consuming or
+    /// reserving anything: `Ok(None)` while fewer than 26 bytes are there,
+    /// an error for an unknown `enc` or a length over the limit, else the
+    /// encoding and the header. A reader that allocates the payload buffer
+    /// itself must call this first.
+    pub fn check_header(&self, src: &[u8]) -> Result<Option<(Enc, Header)>, DecodeError> {
+        let Some(raw) = src.first_chunk::<HEADER_LEN>() else {
             return Ok(None);
-        }
-        let mut raw = [0u8; HEADER_LEN];
-        raw.copy_from_slice(&src[..HEADER_LEN]);
-        let header = Header::decode(&raw);
+        };
+        let header = Header::decode(raw);
         let enc = Enc::from_u16(header.enc).ok_or(DecodeError::UnknownEncoding {
             enc: header.enc,
             header,
@@ -80,6 +80,32 @@ impl Decoder for FrameCodec {
                 max: self.max_len,
             });
         }
+        Ok(Some((enc, header)))
+    }
+}
+
+/// The frame a validated header and its payload make.
+pub fn frame_from(enc: Enc, header: &Header, payload: Bytes) -> Frame {
+    Frame {
+        enc,
+        dst_id: header.dst_id,
+        src_id: header.src_id,
+        auth_id: header.auth_id,
+        handle: header.handle,
+        reply_to: header.reply_to,
+        payload,
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = DecodeError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        let Some((enc, header)) = self.check_header(src)? else {
+            return Ok(None);
+        };
+        let len = header.len as usize;
         let total = HEADER_LEN + len;
         if src.len() < total {
             // Reserve only now that the length is known to be acceptable,
@@ -89,15 +115,7 @@ impl Decoder for FrameCodec {
         }
         src.advance(HEADER_LEN);
         let payload = src.split_to(len).freeze();
-        Ok(Some(Frame {
-            enc,
-            dst_id: header.dst_id,
-            src_id: header.src_id,
-            auth_id: header.auth_id,
-            handle: header.handle,
-            reply_to: header.reply_to,
-            payload,
-        }))
+        Ok(Some(frame_from(enc, &header, payload)))
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {

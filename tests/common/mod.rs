@@ -97,7 +97,11 @@ impl Controller {
         &self,
         via: Option<ContextId>,
     ) -> Result<ContextInfo, connect::ConnectError> {
-        let spec = ConnectSpec::new(Method::Local);
+        let mut spec = ConnectSpec::new(Method::Local);
+        // RUST_LOG applies to the contexts too (their logs are forwarded).
+        if let Ok(filter) = std::env::var("RUST_LOG") {
+            spec.log_filter = filter;
+        }
         let info = connect::connect(&self.router, &spec, via).await?;
         self.pids.lock().unwrap().push(info.pid);
         Ok(info)
@@ -245,7 +249,15 @@ impl FakeChild {
     pub fn attach(router: &Router, id: ContextId) -> FakeChild {
         let (ours, theirs) = tokio::io::duplex(1 << 20);
         let (r, w) = tokio::io::split(theirs);
-        let stream = stream::start(router, format!("fake.{id}"), id, false, r, w, BytesMut::new());
+        let stream = stream::start(
+            router,
+            format!("fake.{id}"),
+            id,
+            false,
+            r,
+            w,
+            BytesMut::new(),
+        );
         let (reader, writer) = tokio::io::split(ours);
         FakeChild {
             id,

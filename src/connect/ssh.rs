@@ -1,0 +1,322 @@
+//! `ssh`: the system OpenSSH client, so users' `~/.ssh/config`, agent,
+//! ProxyJump and ControlMaster keep working.
+//!
+//! The command is `<ssh command words> -T -o BatchMode=yes -o
+//! ConnectTimeout=<secs> [-l user] [-p port] [options] -- <host> <stub>`:
+//! no PTY (frames travel over ssh's stdio), no prompts (a password or host
+//! key question fails at once instead of hanging), and the [`bootstrap`]
+//! stub as the remote command. Options in the user's ssh command come first
+//! and so win over ours (ssh keeps the first value it sees), e.g.
+//! `-e 'ssh -o BatchMode=no'`.
+//!
+//! [`bootstrap`]: super::bootstrap
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use super::bootstrap::{self, BootPlan};
+use super::local::{self, Launch};
+use super::{ConnectError, ConnectSpec, ContextInfo, SshSpec};
+use crate::router::Router;
+
+/// Starts a context on `ssh.host` from this context.
+pub async fn connect(
+    router: &Router,
+    spec: &ConnectSpec,
+    ssh: &SshSpec,
+) -> Result<ContextInfo, ConnectError> {
+    let target = ssh.target();
+    check_word("host", &ssh.host).map_err(|e| ConnectError::Other(format!("ssh {target}: {e}")))?;
+    if let Some(u) = &ssh.user {
+        check_word("user", u).map_err(|e| ConnectError::Other(format!("ssh {target}: {e}")))?;
+    }
+    let binary = bootstrap::binary(ssh.remote_binary.as_deref().map(Path::new))
+        .await
+        .map_err(|e| ConnectError::Other(format!("ssh {target}: {e}")))?;
+    let plan = BootPlan::new(binary);
+    let argv = argv(ssh, spec.timeout(), &plan.remote_command());
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    let launch = Launch {
+        method: "ssh",
+        name: Some(format!("ssh.{target}")),
+        boot: Some(plan),
+        explain: Some(Box::new(explain)),
+        program: Some(format!("{:?} (ssh to {target})", argv[0])),
+        detach: true,
+    };
+    local::start(router, spec, cmd, launch).await
+}
+
+/// The full ssh command line (program first).
+pub fn argv(ssh: &SshSpec, timeout: Duration, remote_command: &str) -> Vec<String> {
+    let mut v: Vec<String> = if ssh.command.is_empty() {
+        vec!["ssh".into()]
+    } else {
+        ssh.command.clone()
+    };
+    let secs = timeout.as_secs_f64().ceil().max(1.0) as u64;
+    v.extend([
+        "-T".into(),
+        "-o".into(),
+        "BatchMode=yes".into(),
+        "-o".into(),
+        format!("ConnectTimeout={secs}"),
+    ]);
+    if let Some(u) = &ssh.user {
+        v.extend(["-l".into(), u.clone()]);
+    }
+    if let Some(p) = ssh.port {
+        v.extend(["-p".into(), p.to_string()]);
+    }
+    v.extend(ssh.options.iter().cloned());
+    v.extend(["--".into(), ssh.host.clone(), remote_command.into()]);
+    v
+}
+
+/// Refuses names that ssh would take for options or that cannot be a host
+/// or user name.
+fn check_word(what: &str, s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err(format!("empty {what}"));
+    }
+    if s.starts_with('-') {
+        return Err(format!("{what} {s:?} may not start with '-'"));
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{what} {s:?} contains white space"));
+    }
+    Ok(())
+}
+
+/// Recognises ssh's own failure messages.
+pub fn explain(lines: &[String]) -> Option<String> {
+    let has = |needle: &str| {
+        lines.iter().any(|l| {
+            l.to_ascii_lowercase()
+                .contains(&needle.to_ascii_lowercase())
+        })
+    };
+    let why = if has("REMOTE HOST IDENTIFICATION HAS CHANGED") {
+        "the host key has CHANGED since it was recorded in known_hosts (ssh refused to connect)"
+    } else if has("Host key verification failed")
+        || has("No ED25519 host key is known")
+        || has("host key is known for")
+    {
+        "unknown host key: ssh refused the host because its key is not in known_hosts \
+         (connect once with ssh to record it, or set StrictHostKeyChecking/UserKnownHostsFile \
+         in the ssh configuration)"
+    } else if has("Permission denied") || has("Too many authentication failures") {
+        "authentication refused (no key or agent identity was accepted; ferrogen runs ssh \
+         with BatchMode, so it never asks for a password)"
+    } else if has("Connection refused") {
+        "connection refused (nothing is listening on that address and port)"
+    } else if has("Connection timed out")
+        || has("Operation timed out")
+        || has("timed out during banner")
+    {
+        "connection timed out"
+    } else if has("Could not resolve hostname") || has("Name or service not known") {
+        "unknown host name"
+    } else if has("No route to host") || has("Network is unreachable") {
+        "host unreachable"
+    } else if has("Connection closed by")
+        || has("Connection reset")
+        || has("kex_exchange_identification")
+    {
+        "the connection was closed by the remote side"
+    } else if has("Bad configuration option")
+        || has("bad number")
+        || has("Can't open user config file")
+        || has("illegal option")
+        || has("unknown option")
+    {
+        "ssh rejected its command line or configuration"
+    } else {
+        return None;
+    };
+    Some(why.to_string())
+}
+
+/// Parses `[ssh://][user@]host[:port]` (IPv6 addresses in brackets).
+pub fn parse_target(s: &str) -> Result<SshSpec, String> {
+    let rest = s.strip_prefix("ssh://").unwrap_or(s);
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (user, hostport) = match rest.rsplit_once('@') {
+        Some((u, h)) => (Some(u.to_string()), h),
+        None => (None, rest),
+    };
+    let (host, port) = if let Some(inner) = hostport.strip_prefix('[') {
+        let Some((h, after)) = inner.split_once(']') else {
+            return Err(format!("{s:?}: unclosed '[' in the host"));
+        };
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or_else(|| format!("{s:?}: expected ':PORT' after ']'"))?,
+            ),
+        };
+        (h.to_string(), port)
+    } else {
+        match hostport.rsplit_once(':') {
+            // More than one ':' without brackets: a bare IPv6 address.
+            Some((h, _)) if h.contains(':') => (hostport.to_string(), None),
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (hostport.to_string(), None),
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(p) => Some(
+            p.parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| format!("{s:?}: bad port {p:?}"))?,
+        ),
+    };
+    check_word("host", &host).map_err(|e| format!("{s:?}: {e}"))?;
+    if let Some(u) = &user {
+        check_word("user", u).map_err(|e| format!("{s:?}: {e}"))?;
+    }
+    let mut spec = SshSpec::new(host);
+    spec.user = user;
+    spec.port = port;
+    Ok(spec)
+}
+
+/// Splits a command line into words the way a POSIX shell would for plain
+/// words: white space separates, `'...'` and `"..."` quote, `\` escapes.
+/// (As rsync does for `-e`; no expansions are performed.)
+pub fn split_words(s: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => cur.push(c),
+                        None => return Err(format!("unclosed ' in {s:?}")),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => cur.push(c),
+                            Some(c) => {
+                                cur.push('\\');
+                                cur.push(c);
+                            }
+                            None => return Err(format!("unclosed \" in {s:?}")),
+                        },
+                        Some(c) => cur.push(c),
+                        None => return Err(format!("unclosed \" in {s:?}")),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                match chars.next() {
+                    Some(c) => cur.push(c),
+                    None => return Err(format!("trailing \\ in {s:?}")),
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let t = parse_target("ssh://bob@web1:2222").unwrap();
+        assert_eq!(
+            (t.user.as_deref(), t.host.as_str(), t.port),
+            (Some("bob"), "web1", Some(2222))
+        );
+        let t = parse_target("web1").unwrap();
+        assert_eq!((t.user, t.host.as_str(), t.port), (None, "web1", None));
+        let t = parse_target("root@[::1]:22").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", Some(22)));
+        let t = parse_target("fe80::1").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("fe80::1", None));
+        assert!(parse_target("-oProxyCommand=x").is_err());
+        assert!(parse_target("web1:0").is_err());
+        assert!(parse_target("web1:http").is_err());
+        assert!(parse_target("@web1").is_err());
+        assert_eq!(parse_target("a@b").unwrap().target(), "a@b");
+        assert_eq!(parse_target("[::1]:2").unwrap().target(), "[::1]:2");
+    }
+
+    #[test]
+    fn words() {
+        assert_eq!(
+            split_words(r#"ssh -F './my cfg' -i "k\"ey"  -o X=y\ z"#).unwrap(),
+            vec!["ssh", "-F", "./my cfg", "-i", "k\"ey", "-o", "X=y z"]
+        );
+        assert_eq!(split_words("").unwrap(), Vec::<String>::new());
+        assert_eq!(split_words("''").unwrap(), vec![""]);
+        assert!(split_words("ssh 'x").is_err());
+    }
+
+    #[test]
+    fn command_line() {
+        let mut s = parse_target("u@h:22").unwrap();
+        s.command = vec!["ssh".into(), "-F".into(), "cfg".into()];
+        let v = argv(&s, Duration::from_millis(1500), "CMD");
+        assert_eq!(
+            v.join(" "),
+            "ssh -F cfg -T -o BatchMode=yes -o ConnectTimeout=2 -l u -p 22 -- h CMD"
+        );
+    }
+
+    #[test]
+    fn causes() {
+        let l = |s: &str| vec![s.to_string()];
+        assert!(
+            explain(&l("root@x: Permission denied (publickey)."))
+                .unwrap()
+                .contains("authentication")
+        );
+        assert!(
+            explain(&l("Host key verification failed."))
+                .unwrap()
+                .contains("host key")
+        );
+        assert!(
+            explain(&l(
+                "ssh: connect to host 127.0.0.1 port 1: Connection refused"
+            ))
+            .unwrap()
+            .contains("refused")
+        );
+        assert_eq!(explain(&l("hello")), None);
+    }
+}

@@ -1,0 +1,380 @@
+//! Stripes: extra streams to a context that is already connected, so one
+//! transfer can use several transport channels at once.
+//!
+//! One OpenSSH session channel moves at most its window (2 MiB) per round
+//! trip, whatever the link could carry — ≈18 MiB/s at 100 ms. A stripe is
+//! another transport (another `ssh` connection, or a local pipe) whose far
+//! end runs `ferrogen __attach NAME`: a relay that connects its stdio to a
+//! Unix socket the context listens on (abstract namespace, so nothing on
+//! disk). The context checks the stripe's token and attaches it as an alias
+//! of its parent stream ([`crate::stream::start_alias`]); the controller
+//! attaches its end as an alias of the stream to that context. Routing is
+//! unchanged — stripes only carry bulk data, which the FileService spreads
+//! over them and the receiver puts back in order by offset.
+//!
+//! * child side: the `ferrogen.stripe` service (`listen`, parents only);
+//! * `__attach`: [`relay`];
+//! * controller side: [`open`].
+
+use std::io::{Read, Write};
+use std::os::linux::net::SocketAddrExt;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use super::handshake::forward_stderr;
+use super::{ContextInfo, Method};
+use crate::call::RemoteError;
+use crate::router::{Policy, Router};
+use crate::service::{ServiceBuilder, Services};
+use crate::stream::{self, tokio_stream_shim::next_frame};
+use crate::wire::{Enc, Frame, FrameCodec, codec, control, handles};
+
+/// Service name.
+pub const STRIPE_SERVICE: &str = "ferrogen.stripe";
+
+/// The hidden sub-command that relays stdio to a context's stripe socket.
+pub const ATTACH_ARG: &str = "__attach";
+
+/// Where and how to attach stripes to a context.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StripeOffer {
+    /// Abstract Unix socket name.
+    pub socket: String,
+    /// Secret the first frame on a stripe must carry.
+    pub token: String,
+}
+
+/// First frame on a stripe, controller → context.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StripeHello {
+    token: String,
+}
+
+fn random_hex(bytes: usize) -> Result<String, String> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Registers `ferrogen.stripe` in a context.
+pub fn register_service(services: &Services, router: &Router) {
+    let offer: Arc<Mutex<Option<StripeOffer>>> = Arc::new(Mutex::new(None));
+    let r = router.clone();
+    services.register(
+        ServiceBuilder::new(STRIPE_SERVICE)
+            .method("listen", Policy::ParentsOnly, move |_c, (): ()| {
+                let (r, offer) = (r.clone(), offer.clone());
+                async move { listen(&r, &offer).map_err(RemoteError::Failed) }
+            })
+            .build(),
+    );
+}
+
+fn listen(router: &Router, offer: &Mutex<Option<StripeOffer>>) -> Result<StripeOffer, String> {
+    let mut slot = offer
+        .lock()
+        .map_err(|_| "stripe listener state poisoned".to_string())?;
+    if let Some(o) = slot.as_ref() {
+        return Ok(o.clone());
+    }
+    let o = StripeOffer {
+        socket: format!("ferrogen-stripe-{}-{}", std::process::id(), random_hex(8)?),
+        token: random_hex(16)?,
+    };
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(o.socket.as_bytes())
+        .map_err(|e| format!("stripe socket name: {e}"))?;
+    let std_listener = std::os::unix::net::UnixListener::bind_addr(&addr)
+        .map_err(|e| format!("stripe socket: {e}"))?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("stripe socket: {e}"))?;
+    let listener = tokio::net::UnixListener::from_std(std_listener)
+        .map_err(|e| format!("stripe socket: {e}"))?;
+    let (router, token) = (router.clone(), o.token.clone());
+    tokio::spawn(async move {
+        let mut n = 0u32;
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                break;
+            };
+            n += 1;
+            let (router, token) = (router.clone(), token.clone());
+            tokio::spawn(async move {
+                if let Err(e) = accept(&router, sock, &token, n).await {
+                    tracing::warn!("stripe {n} refused: {e}");
+                }
+            });
+        }
+    });
+    *slot = Some(o.clone());
+    Ok(o)
+}
+
+async fn accept(
+    router: &Router,
+    sock: tokio::net::UnixStream,
+    token: &str,
+    n: u32,
+) -> Result<(), String> {
+    let (mut rd, mut wr) = sock.into_split();
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut codec = FrameCodec::new(4096);
+    let first = tokio::time::timeout(
+        Duration::from_secs(30),
+        next_frame(&mut rd, &mut codec, &mut buf),
+    )
+    .await
+    .map_err(|_| "no hello within 30 s".to_string())?
+    .map_err(|e| e.to_string())?
+    .ok_or("closed before the hello")?;
+    let hello: StripeHello = control::decode_frame(&first).map_err(|e| e.to_string())?;
+    if !constant_time_eq(hello.token.as_bytes(), token.as_bytes()) {
+        return Err("wrong token".into());
+    }
+    let primary = router.parent_stream().ok_or("no parent stream")?;
+    let parent = router.parent_ids().first().copied().unwrap_or(0);
+    let mut ready = Frame::new(parent, handles::HELLO, Enc::Control, control::encode(&()));
+    ready.src_id = router.id();
+    ready.auth_id = router.id();
+    wr.write_all(&codec::encode_to_vec(&ready))
+        .await
+        .map_err(|e| e.to_string())?;
+    stream::start_alias(router, format!("stripe.{n}"), primary, rd, wr, buf)
+        .ok_or("parent stream gone")?;
+    tracing::debug!("{}: stripe {n} attached", router.name());
+    Ok(())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `ferrogen __attach NAME`: copies stdin to the socket and the socket to
+/// stdout until either side closes. Returns the exit code.
+pub fn relay(name: &str) -> i32 {
+    let addr = match std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ERROR bad stripe socket name: {e}");
+            return 2;
+        }
+    };
+    let sock = match std::os::unix::net::UnixStream::connect_addr(&addr) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ERROR cannot reach the context's stripe socket {name}: {e}");
+            return 1;
+        }
+    };
+    let Ok(mut down) = sock.try_clone() else {
+        eprintln!("ERROR cannot clone the stripe socket");
+        return 1;
+    };
+    let mut up = sock;
+    // Two plain threads: a relay has nothing else to do, and blocking
+    // copies with large buffers are the cheapest way to move the bytes.
+    let t = std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let _ = copy_large(&mut stdin, &mut up);
+        let _ = up.shutdown(std::net::Shutdown::Write);
+    });
+    let mut stdout = std::io::stdout().lock();
+    let _ = copy_large(&mut down, &mut stdout);
+    let _ = stdout.flush();
+    drop(t);
+    0
+}
+
+fn copy_large<R: Read, W: Write>(r: &mut R, w: &mut W) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        w.write_all(&buf[..n])?;
+        w.flush()?;
+        total += n as u64;
+    }
+}
+
+/// Opens `count` stripes to context `ctx_id`, a direct child of this
+/// context started with `method`. Returns how many attached (failures are logged; the
+/// primary stream keeps working regardless).
+pub async fn open(
+    router: &Router,
+    ctx_id: u32,
+    method: &Method,
+    count: usize,
+    timeout: Duration,
+) -> usize {
+    if count == 0 {
+        return 0;
+    }
+    let Some(primary) = router.stream_towards(ctx_id) else {
+        return 0;
+    };
+    let ctx = ContextInfo {
+        name: router
+            .context_name(ctx_id)
+            .unwrap_or_else(|| format!("context {ctx_id}")),
+        ..ContextInfo::here(router)
+    };
+    let ctx = ContextInfo { id: ctx_id, ..ctx };
+    if router.stream_remote(primary) != Some(ctx.id) {
+        tracing::debug!("{}: not a direct child; no stripes", ctx.name);
+        return 0;
+    }
+    let offer: StripeOffer = match router
+        .call_service_timeout(ctx.id, STRIPE_SERVICE, "listen", &(), Some(timeout))
+        .await
+    {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!("{}: cannot open stripes: {e}", ctx.name);
+            return 0;
+        }
+    };
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        let (router, ctx, method, offer) =
+            (router.clone(), ctx.clone(), method.clone(), offer.clone());
+        tasks.push(tokio::spawn(async move {
+            match tokio::time::timeout(
+                timeout,
+                open_one(&router, &ctx, &method, &offer, primary, i + 1),
+            )
+            .await
+            {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    tracing::warn!("{}: stripe {} failed: {e}", ctx.name, i + 1);
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!("{}: stripe {} timed out", ctx.name, i + 1);
+                    false
+                }
+            }
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if matches!(t.await, Ok(true)) {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+async fn transport(method: &Method, socket: &str) -> Result<Command, String> {
+    match method {
+        Method::Local => {
+            let exe = match super::local::child_program_override() {
+                Some(p) => p,
+                None => std::env::current_exe().map_err(|e| e.to_string())?,
+            };
+            let mut c = Command::new(exe);
+            c.arg(ATTACH_ARG).arg(socket);
+            Ok(c)
+        }
+        Method::Ssh(ssh) => {
+            // The primary connection has installed the binary in the cache.
+            let binary =
+                super::bootstrap::binary(ssh.remote_binary.as_deref().map(std::path::Path::new))
+                    .await?;
+            let remote = format!(
+                "exec \"$HOME/{}/{}/ferrogen\" {ATTACH_ARG} {socket}",
+                super::bootstrap::CACHE_DIR,
+                binary.cache_key()
+            );
+            let argv = super::ssh::argv(ssh, Duration::from_secs(30), &remote);
+            let mut c = Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            Ok(c)
+        }
+        Method::Sudo(_) => {
+            Err("stripes are opened to the ssh or local context, not through sudo".into())
+        }
+    }
+}
+
+async fn open_one(
+    router: &Router,
+    ctx: &ContextInfo,
+    method: &Method,
+    offer: &StripeOffer,
+    primary: crate::stream::StreamId,
+    n: usize,
+) -> Result<(), String> {
+    let mut cmd = transport(method, &offer.socket).await?;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the stripe transport: {e}"))?;
+    let (Some(mut stdin), Some(mut stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err("stdio pipes missing".into());
+    };
+    {
+        use std::os::fd::AsFd;
+        let _ = rustix::pipe::fcntl_setpipe_size(stdin.as_fd(), super::local::PIPE_SIZE);
+        let _ = rustix::pipe::fcntl_setpipe_size(stdout.as_fd(), super::local::PIPE_SIZE);
+    }
+    let name = format!("{}.stripe{n}", ctx.name);
+    let tail = forward_stderr(name.clone(), stderr);
+    let mut hello = Frame::new(
+        ctx.id,
+        handles::HELLO,
+        Enc::Control,
+        control::encode(&StripeHello {
+            token: offer.token.clone(),
+        }),
+    );
+    hello.src_id = router.id();
+    hello.auth_id = router.id();
+    stdin
+        .write_all(&codec::encode_to_vec(&hello))
+        .await
+        .map_err(|e| format!("cannot send the stripe hello: {e}"))?;
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut codec = FrameCodec::new(4096);
+    match next_frame(&mut stdout, &mut codec, &mut buf).await {
+        Ok(Some(f)) if f.handle == handles::HELLO && !f.is_dead() => {}
+        Ok(other) => {
+            let _ = child.start_kill();
+            return Err(format!(
+                "no stripe answer ({other:?}); transport said: {}",
+                tail.lines().join(" | ")
+            ));
+        }
+        Err(e) => {
+            let _ = child.start_kill();
+            return Err(format!(
+                "bad stripe answer: {e}; transport said: {}",
+                tail.lines().join(" | ")
+            ));
+        }
+    }
+    stream::start_alias(router, name.clone(), primary, stdout, stdin, buf)
+        .ok_or("the primary stream is gone")?;
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+        tracing::debug!("{name}: transport exited");
+    });
+    Ok(())
+}
