@@ -742,8 +742,8 @@ async fn a_transfer_striped_over_extra_streams_arrives_in_order_and_verified() {
     );
     let after: u64 = relays.iter().map(|&p| read_bytes_of(p)).sum();
     assert!(
-        after - before > 16 << 20,
-        "the stripes carried a good share of the 48 MiB: {} bytes",
+        after - before >= 48 << 20,
+        "the stripes carried all of the 48 MiB (the primary stays free for calls): {} bytes",
         after - before
     );
     assert!(c.fs.stats().peak_in_flight <= 4 << 20);

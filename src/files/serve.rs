@@ -395,8 +395,12 @@ impl Transfer {
                         window.on_send((data.len() - OFFSET_LEN) as u64);
                         let frame = Frame::new(self.to.context, self.to.handle, Enc::Bin, data);
                         if stripes.len() > 1 {
-                            // The stripe with the least queued goes next.
-                            let pick = stripes
+                            // The stripe with the least queued goes next. The
+                            // primary (first) carries no bulk data while there
+                            // are stripes: it stays free for calls and
+                            // acknowledgements, which then never wait behind
+                            // megabytes buffered in a pipe or an SSH channel.
+                            let pick = stripes[1..]
                                 .iter()
                                 .filter(|o| !o.is_closed())
                                 .min_by_key(|o| o.bulk_bytes())
