@@ -358,7 +358,9 @@ impl Transfer {
         let meta = self.meta.clone();
         let reader = tokio::task::spawn_blocking(move || read_file(&file, &meta, &tx));
 
-        let stripes = router.stripes(stream);
+        let mut stripes = router.stripes(stream);
+        let mut chunks_sent = 0u64;
+        let mut next_stripe = 0usize;
         if stripes.len() > 1 {
             tracing::debug!("{}: striping over {} streams", self.path, stripes.len());
         }
@@ -392,19 +394,32 @@ impl Transfer {
             if digest.is_none() && window.can_send(next_len) {
                 match rx.recv().await {
                     Some(ReadEvent::Chunk(data)) => {
+                        chunks_sent += 1;
+                        if chunks_sent % 32 == 0 {
+                            // Stripes may attach while a transfer runs.
+                            let now = router.stripes(stream);
+                            if now.len() > stripes.len() {
+                                stripes = now;
+                            }
+                        }
                         window.on_send((data.len() - OFFSET_LEN) as u64);
                         let frame = Frame::new(self.to.context, self.to.handle, Enc::Bin, data);
                         if stripes.len() > 1 {
-                            // The stripe with the least queued goes next. The
-                            // primary (first) carries no bulk data while there
-                            // are stripes: it stays free for calls and
-                            // acknowledgements, which then never wait behind
-                            // megabytes buffered in a pipe or an SSH channel.
-                            let pick = stripes[1..]
-                                .iter()
-                                .filter(|o| !o.is_closed())
-                                .min_by_key(|o| o.bulk_bytes())
-                                .unwrap_or(&stripes[0]);
+                            // Round robin over the stripes, skipping one whose
+                            // queue is already full. The primary (first)
+                            // carries no bulk data while there are stripes: it
+                            // stays free for calls and acknowledgements, which
+                            // then never wait behind megabytes buffered in a
+                            // pipe or an SSH channel.
+                            let bulk = &stripes[1..];
+                            let pick = (0..bulk.len())
+                                .map(|k| &bulk[(next_stripe + k) % bulk.len()])
+                                .find(|o| {
+                                    !o.is_closed()
+                                        && o.bulk_bytes() < crate::stream::BULK_HIGH_WATER
+                                })
+                                .unwrap_or(&bulk[next_stripe % bulk.len()]);
+                            next_stripe = next_stripe.wrapping_add(1);
                             router.send_bulk_on(pick, frame).await;
                         } else {
                             router.send_bulk(frame).await;
