@@ -395,7 +395,7 @@ impl Transfer {
                 match rx.recv().await {
                     Some(ReadEvent::Chunk(data)) => {
                         chunks_sent += 1;
-                        if chunks_sent % 32 == 0 {
+                        if chunks_sent.is_multiple_of(32) {
                             // Stripes may attach while a transfer runs.
                             let now = router.stripes(stream);
                             if now.len() > stripes.len() {
