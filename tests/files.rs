@@ -69,6 +69,16 @@ async fn push(c: &Ctl, ctx: u32, p: &PushPlan) -> Vec<EntryResult> {
         .expect("push call answered")
 }
 
+/// Starts a push in the background; the handle yields the call's result.
+fn spawn_push(
+    c: &Ctl,
+    ctx: u32,
+    p: PushPlan,
+) -> tokio::task::JoinHandle<Result<Vec<EntryResult>, ferrogen::call::CallError>> {
+    let router = c.router.clone();
+    tokio::spawn(async move { router.call_service(ctx, TARGET_SERVICE, "push", &p).await })
+}
+
 fn only_error(r: &[EntryResult]) -> String {
     assert_eq!(r.len(), 1, "one result expected: {r:?}");
     r[0].error
@@ -322,18 +332,11 @@ async fn large_transfers_on_one_stream_run_one_at_a_time_within_the_window() {
     let mut calls = Vec::new();
     for (ctx, dst) in [a.id, b.id, d.id].into_iter().zip(&dsts) {
         let p = plan(vec![file_entry(&src, "blob")], dst.path(), true);
-        let router = c.router.clone();
-        calls.push(tokio::spawn(async move {
-            let r: Vec<EntryResult> = router
-                .call_service(ctx, TARGET_SERVICE, "push", &p)
-                .await
-                .expect("push");
-            r
-        }));
+        calls.push(spawn_push(&c, ctx, p));
     }
     let mut spans = Vec::new();
     for call in calls {
-        let r = call.await.expect("join");
+        let r = call.await.expect("join").expect("push");
         assert!(r[0].error.is_none(), "{r:?}");
         spans.push(r[0].data_span_ns);
     }
@@ -374,14 +377,7 @@ async fn a_small_file_is_not_held_behind_a_1gib_transfer() {
     let dst_big = tempfile::tempdir().expect("tempdir");
     let dst_small = tempfile::tempdir().expect("tempdir");
     let p_big = plan(vec![file_entry(&big, "big")], dst_big.path(), true);
-    let router = c.router.clone();
-    let big_call = tokio::spawn(async move {
-        let r: Vec<EntryResult> = router
-            .call_service(a.id, TARGET_SERVICE, "push", &p_big)
-            .await
-            .expect("push");
-        r
-    });
+    let big_call = spawn_push(&c, a.id, p_big);
     wait_progress(&c, a.id).await;
     let r = push(
         &c,
@@ -394,7 +390,7 @@ async fn a_small_file_is_not_held_behind_a_1gib_transfer() {
         !big_call.is_finished(),
         "the small file should finish while the 1 GiB file is still moving"
     );
-    let rb = big_call.await.expect("join");
+    let rb = big_call.await.expect("join").expect("push");
     assert!(rb[0].error.is_none(), "{rb:?}");
     assert_eq!(
         std::fs::metadata(dst_big.path().join("big"))
@@ -421,12 +417,7 @@ async fn a_receiver_killed_mid_transfer_leaves_nothing_and_frees_the_stream() {
     let dst_b = tempfile::tempdir().expect("tempdir");
     let dst_a = tempfile::tempdir().expect("tempdir");
     let p = plan(vec![file_entry(&big, "big")], dst_b.path(), true);
-    let router = c.router.clone();
-    let call_b = tokio::spawn(async move {
-        let r: Result<Vec<EntryResult>, _> =
-            router.call_service(b.id, TARGET_SERVICE, "push", &p).await;
-        r
-    });
+    let call_b = spawn_push(&c, b.id, p);
     wait_progress(&c, b.id).await;
     kill(b.pid, 9);
     let rb = tokio::time::timeout(Duration::from_secs(10), call_b)
@@ -471,12 +462,7 @@ async fn a_receiver_that_stops_acknowledging_is_cancelled_and_discards() {
     let dst_b = tempfile::tempdir().expect("tempdir");
     let dst_a = tempfile::tempdir().expect("tempdir");
     let p = plan(vec![file_entry(&big, "big")], dst_b.path(), true);
-    let router = c.router.clone();
-    let call_b = tokio::spawn(async move {
-        let r: Result<Vec<EntryResult>, _> =
-            router.call_service(b.id, TARGET_SERVICE, "push", &p).await;
-        r
-    });
+    let call_b = spawn_push(&c, b.id, p);
     wait_progress(&c, b.id).await;
     kill(b.pid, 19); // SIGSTOP: alive, connected, silent.
     let t0 = Instant::now();
@@ -511,14 +497,7 @@ async fn a_source_modified_during_transfer_is_detected() {
     let old = dst.path().join("big");
     std::fs::write(&old, b"old content").expect("write");
     let p = plan(vec![file_entry(&big, "big")], dst.path(), true);
-    let router = c.router.clone();
-    let call = tokio::spawn(async move {
-        let r: Vec<EntryResult> = router
-            .call_service(a.id, TARGET_SERVICE, "push", &p)
-            .await
-            .expect("push");
-        r
-    });
+    let call = spawn_push(&c, a.id, p);
     wait_progress(&c, a.id).await;
     {
         use std::io::Write;
@@ -528,7 +507,7 @@ async fn a_source_modified_during_transfer_is_detected() {
             .expect("open");
         f.write_all(b"appended while sending").expect("append");
     }
-    let r = call.await.expect("join");
+    let r = call.await.expect("join").expect("push");
     let e = only_error(&r);
     assert!(e.contains("modified during transfer"), "{e}");
     assert_eq!(
@@ -550,20 +529,14 @@ async fn shutdown_closes_pending_transfers_and_receivers_discard() {
         .expect("register");
     let dst = tempfile::tempdir().expect("tempdir");
     let p = plan(vec![file_entry(&big, "big")], dst.path(), true);
-    let router = c.router.clone();
-    let call = tokio::spawn(async move {
-        let r: Vec<EntryResult> = router
-            .call_service(a.id, TARGET_SERVICE, "push", &p)
-            .await
-            .expect("push");
-        r
-    });
+    let call = spawn_push(&c, a.id, p);
     wait_progress(&c, a.id).await;
     c.services.shutdown().await;
     let r = tokio::time::timeout(Duration::from_secs(10), call)
         .await
         .expect("answered")
-        .expect("join");
+        .expect("join")
+        .expect("push");
     let e = only_error(&r);
     assert!(e.contains("shutting down"), "{e}");
     assert!(entries_in(dst.path()).is_empty());
@@ -756,14 +729,7 @@ async fn a_transfer_striped_over_extra_streams_arrives_in_order_and_verified() {
         .expect("register");
     let dst2 = tempfile::tempdir().expect("tempdir");
     let p = plan(vec![file_entry(&big, "big")], dst2.path(), true);
-    let router = c.router.clone();
-    let call = tokio::spawn(async move {
-        let r: Vec<EntryResult> = router
-            .call_service(a.id, TARGET_SERVICE, "push", &p)
-            .await
-            .expect("push");
-        r
-    });
+    let call = spawn_push(&c, a.id, p);
     let t0 = Instant::now();
     while c.fs.progress(a.id) < (48 << 20) + (8 << 20) {
         assert!(
@@ -776,7 +742,8 @@ async fn a_transfer_striped_over_extra_streams_arrives_in_order_and_verified() {
     let r = tokio::time::timeout(Duration::from_secs(20), call)
         .await
         .expect("answered")
-        .expect("join");
+        .expect("join")
+        .expect("push");
     let e = only_error(&r);
     assert!(e.contains("stripe"), "{e}");
     assert!(entries_in(dst2.path()).is_empty());
