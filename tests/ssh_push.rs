@@ -1,0 +1,1106 @@
+//! `ferrogen push` end to end over real ssh, sudo and via (issues 4 and 5),
+//! against the private sshd of tests/sshd/mod.rs and real sudo: the real
+//! binary on the command line, and an in-process controller where the
+//! receivers' timestamps are needed. Needs root (CI runs as root).
+
+mod sshd;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use ferrogen::connect::{self, ConnectSpec, ContextInfo, Method, SshSpec, SudoSpec};
+use ferrogen::files::plan::{EntryResult, PlanEntry, PushPlan};
+use ferrogen::files::receive::ReceiveOptions;
+use ferrogen::files::{FileService, FileServiceConfig, TARGET_SERVICE};
+use ferrogen::router::{Router, RouterConfig};
+use ferrogen::service::Services;
+use serde_json::Value;
+use sshd::Sshd;
+
+// ------------------------------------------------------------------ helpers
+
+/// A `ferrogen` process started by a test; SIGKILLed (by pid) if the test
+/// ends before it does.
+struct Spawned {
+    child: Child,
+    stderr_lines: Arc<Mutex<Vec<(Instant, String)>>>,
+    stderr_done: Option<std::thread::JoinHandle<()>>,
+    stdout_done: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What a finished `ferrogen push` left.
+struct Pushed {
+    status: std::process::ExitStatus,
+    stdout: String,
+    /// Each stderr line with the time it was read.
+    stderr: Vec<(Instant, String)>,
+    took: Duration,
+}
+
+impl Pushed {
+    fn stderr_text(&self) -> String {
+        self.stderr
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every `--json` line.
+    fn lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
+            .collect()
+    }
+
+    /// The `--json` lines of one target.
+    fn of(&self, target: &str) -> Vec<Value> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l["target"] == target)
+            .collect()
+    }
+
+    /// The `--json` line of the file that landed at `path`.
+    fn line_for(&self, path: &Path) -> Value {
+        let p = path.to_str().expect("utf8");
+        self.lines()
+            .into_iter()
+            .find(|l| l["path"] == p)
+            .unwrap_or_else(|| panic!("no JSON line for {p}:\n{}", self.describe()))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "exit {:?} after {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.took,
+            self.stdout,
+            self.stderr_text()
+        )
+    }
+
+    fn assert_ok(&self) {
+        assert!(self.status.success(), "push failed: {}", self.describe());
+        let lines = self.lines();
+        assert!(!lines.is_empty(), "no JSON lines: {}", self.describe());
+        for l in lines {
+            assert_eq!(l["status"], "ok", "{l}\n{}", self.describe());
+            assert!(l["error"].is_null(), "{l}");
+        }
+    }
+}
+
+/// Starts `ferrogen push ARGS` (RUST_LOG removed, stdout and stderr captured
+/// by threads so a busy child never blocks on a full pipe).
+fn spawn_push(args: &[&str]) -> Spawned {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrogen"))
+        .arg("push")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ferrogen push");
+    let mut out = child.stdout.take().expect("stdout");
+    let err = child.stderr.take().expect("stderr");
+    let stderr_lines: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let sink = stderr_lines.clone();
+    let stderr_done = std::thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            sink.lock().expect("lock").push((Instant::now(), line));
+        }
+    });
+    let stdout_done = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    Spawned {
+        child,
+        stderr_lines,
+        stderr_done: Some(stderr_done),
+        stdout_done: Some(stdout_done),
+    }
+}
+
+impl Spawned {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn finished(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Waits for the exit (at most `within`, then kills it and fails).
+    fn wait(mut self, t0: Instant, within: Duration) -> Pushed {
+        let status = loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                break st;
+            }
+            if t0.elapsed() > within {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("ferrogen push still running after {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let took = t0.elapsed();
+        if let Some(h) = self.stderr_done.take() {
+            let _ = h.join();
+        }
+        let stdout = self
+            .stdout_done
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        let stderr = std::mem::take(&mut *self.stderr_lines.lock().expect("lock"));
+        Pushed {
+            status,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr,
+            took,
+        }
+    }
+}
+
+/// Runs `ferrogen push ARGS` to the end (at most 5 minutes).
+fn push(args: &[&str]) -> Pushed {
+    let t0 = Instant::now();
+    spawn_push(args).wait(t0, Duration::from_secs(300))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf8")
+}
+
+/// `DIR/`: "into this directory".
+fn into(p: &Path) -> String {
+    format!("{}/", s(p))
+}
+
+/// Writes `len` bytes of xorshift output (`seed` picks the stream).
+fn write_random(p: &Path, len: u64, seed: u64) {
+    let mut f = std::fs::File::create(p).expect("create source");
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ len;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        for w in buf[..n].chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let b = x.to_le_bytes();
+            w.copy_from_slice(&b[..w.len()]);
+        }
+        f.write_all(&buf[..n]).expect("write source");
+        left -= n as u64;
+    }
+}
+
+/// BLAKE3 of a file, hex.
+fn digest(p: &Path) -> String {
+    let mut h = blake3::Hasher::new();
+    let mut f = std::fs::File::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().to_hex().to_string()
+}
+
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn set_times(p: &Path, sec: i64, nsec: i64) {
+    let t = rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    };
+    let ts = rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        p,
+        &ts,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap_or_else(|e| panic!("utimensat {}: {e}", p.display()));
+}
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
+}
+
+fn uid_of(user: &str) -> u32 {
+    nix::unistd::User::from_name(user)
+        .expect("getpwnam")
+        .unwrap_or_else(|| panic!("no account {user}"))
+        .uid
+        .as_raw()
+}
+
+/// A directory for this test run that `user` owns (mode 0700), removed on drop.
+struct OwnedDir(PathBuf);
+
+impl OwnedDir {
+    /// A fresh name below `parent`, not yet created (the push creates it).
+    fn fresh(parent: &Path, tag: &str) -> OwnedDir {
+        let nonce = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        );
+        OwnedDir(parent.join(format!("fg-{tag}-{nonce}")))
+    }
+
+    /// Created now, owned by `user`.
+    fn owned_by(tag: &str, user: &str) -> OwnedDir {
+        let d = OwnedDir::fresh(&std::env::temp_dir(), tag);
+        std::fs::create_dir(&d.0).expect("mkdir");
+        chmod(&d.0, 0o700);
+        let uid = uid_of(user);
+        std::os::unix::fs::chown(&d.0, Some(uid), None).expect("chown");
+        d
+    }
+}
+
+impl Drop for OwnedDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Names in a directory, hidden ones included, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+fn real_uid(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Bytes `pid` has written (`wchar` of /proc/PID/io).
+fn wchar(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("wchar: ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The ferrogen contexts the private sshd runs for `user`.
+fn remote_contexts(s: &Sshd, user: &str) -> Vec<u32> {
+    let uid = uid_of(user);
+    sshd::descendants(s.pid())
+        .into_iter()
+        .filter(|&p| real_uid(p) == Some(uid) && cmdline(p).contains("ferrogen __context"))
+        .collect()
+}
+
+/// The stripe relays (`ferrogen __attach`) the private sshd runs.
+fn attach_relays(s: &Sshd) -> Vec<u32> {
+    sshd::descendants(s.pid())
+        .into_iter()
+        .filter(|&p| cmdline(p).contains("ferrogen __attach"))
+        .collect()
+}
+
+/// Compares two trees: the same names, file bytes, modes and mtimes,
+/// directory modes and mtimes, symlink targets.
+fn assert_same_tree(src: &Path, dst: &Path) {
+    let a = std::fs::symlink_metadata(src).expect("stat src");
+    let b =
+        std::fs::symlink_metadata(dst).unwrap_or_else(|e| panic!("{} missing: {e}", dst.display()));
+    assert_eq!(
+        a.file_type().is_dir(),
+        b.file_type().is_dir(),
+        "{}",
+        dst.display()
+    );
+    if a.file_type().is_symlink() {
+        assert!(
+            b.file_type().is_symlink(),
+            "{} not a symlink",
+            dst.display()
+        );
+        assert_eq!(
+            std::fs::read_link(src).expect("readlink"),
+            std::fs::read_link(dst).expect("readlink"),
+            "{}",
+            dst.display()
+        );
+        return;
+    }
+    assert_eq!(
+        a.mode() & 0o7777,
+        b.mode() & 0o7777,
+        "mode of {}",
+        dst.display()
+    );
+    assert_eq!(
+        (a.mtime(), a.mtime_nsec()),
+        (b.mtime(), b.mtime_nsec()),
+        "mtime of {}",
+        dst.display()
+    );
+    if a.is_dir() {
+        assert_eq!(listing(src), listing(dst), "entries of {}", dst.display());
+        for name in listing(src) {
+            assert_same_tree(&src.join(&name), &dst.join(&name));
+        }
+    } else {
+        assert_eq!(a.len(), b.len(), "size of {}", dst.display());
+        assert_eq!(digest(src), digest(dst), "bytes of {}", dst.display());
+    }
+}
+
+/// A loopback TCP relay to the private sshd that delays every byte by
+/// `one_way` in each direction (so ssh sees a real round-trip time), and
+/// counts the bytes each accepted connection carried towards sshd.
+struct DelayRelay {
+    port: u16,
+    /// Client-to-server bytes per connection, in accept order.
+    conns: Arc<Mutex<Vec<Arc<AtomicU64>>>>,
+}
+
+impl DelayRelay {
+    fn start(to_port: u16, one_way: Duration) -> DelayRelay {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        let port = l.local_addr().expect("addr").port();
+        let conns: Arc<Mutex<Vec<Arc<AtomicU64>>>> = Arc::default();
+        let list = conns.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(c) = c else { continue };
+                let Ok(up) = TcpStream::connect(("127.0.0.1", to_port)) else {
+                    continue;
+                };
+                let _ = c.set_nodelay(true);
+                let _ = up.set_nodelay(true);
+                let count = Arc::new(AtomicU64::new(0));
+                list.lock().expect("lock").push(count.clone());
+                let (c2, up2) = (
+                    c.try_clone().expect("clone"),
+                    up.try_clone().expect("clone"),
+                );
+                delayed_pipe(c, up, one_way, Some(count));
+                delayed_pipe(up2, c2, one_way, None);
+            }
+        });
+        DelayRelay { port, conns }
+    }
+
+    fn connections(&self) -> Vec<u64> {
+        self.conns
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+/// Copies `from` to `to`, each read released `delay` after it was read.
+fn delayed_pipe(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    delay: Duration,
+    count: Option<Arc<AtomicU64>>,
+) {
+    let (tx, rx) = mpsc::sync_channel::<(Instant, Vec<u8>)>(4096);
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = tx.send((Instant::now() + delay, Vec::new()));
+                    return;
+                }
+                Ok(n) => {
+                    if let Some(c) = &count {
+                        c.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    if tx
+                        .send((Instant::now() + delay, buf[..n].to_vec()))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        while let Ok((due, data)) = rx.recv() {
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if data.is_empty() || to.write_all(&data).is_err() {
+                let _ = to.shutdown(std::net::Shutdown::Write);
+                return;
+            }
+        }
+    });
+}
+
+/// The `-e` value that reaches the fixture's sshd through `relay`.
+fn rsh_through(s: &Sshd, relay: &DelayRelay, dir: &Path) -> String {
+    let host_pub = std::fs::read_to_string(s.dir.path().join("host_key.pub"))
+        .expect("host key of the fixture");
+    let kh = dir.join("known_hosts");
+    std::fs::write(&kh, format!("[127.0.0.1]:{} {host_pub}", relay.port)).expect("known_hosts");
+    format!(
+        "ssh -F {} -o Port={} -o UserKnownHostsFile={}",
+        s.config.display(),
+        relay.port,
+        kh.display()
+    )
+}
+
+// -------------------------------------------------------- 1. push over ssh
+
+#[test]
+fn a_file_and_a_tree_pushed_over_ssh_arrive_identical_with_modes_and_times() {
+    let Some(sd) = Sshd::start() else { return };
+    let src = tempfile::tempdir().expect("tempdir");
+    let big = src.path().join("big.bin");
+    write_random(&big, (24 << 20) + 12_345, 1);
+    chmod(&big, 0o640);
+    set_times(&big, 1_500_000_000, 123_456_789);
+    let proj = src.path().join("proj");
+    std::fs::create_dir_all(proj.join("sub/deeper")).expect("mkdir");
+    std::fs::write(proj.join("top.txt"), b"top\n").expect("write");
+    write_random(&proj.join("sub/mid.bin"), 3 << 20, 2);
+    std::fs::write(proj.join("sub/deeper/empty"), b"").expect("write");
+    write_random(&proj.join("sub/deeper/odd.bin"), 131_047, 3);
+    std::os::unix::fs::symlink("top.txt", proj.join("link")).expect("symlink");
+    std::os::unix::fs::symlink("/nowhere/at/all", proj.join("sub/dangling")).expect("symlink");
+    chmod(&proj.join("top.txt"), 0o600);
+    chmod(&proj.join("sub/mid.bin"), 0o755);
+    chmod(&proj.join("sub/deeper/odd.bin"), 0o444);
+    for (i, f) in [
+        "top.txt",
+        "sub/mid.bin",
+        "sub/deeper/empty",
+        "sub/deeper/odd.bin",
+    ]
+    .iter()
+    .enumerate()
+    {
+        set_times(
+            &proj.join(f),
+            1_400_000_000 + i as i64 * 1000,
+            1000 + i as i64,
+        );
+    }
+    chmod(&proj.join("sub"), 0o750);
+    chmod(&proj.join("sub/deeper"), 0o711);
+    set_times(&proj.join("sub/deeper"), 1_300_000_000, 5);
+    set_times(&proj.join("sub"), 1_300_000_100, 6);
+    set_times(&proj, 1_300_000_200, 7);
+
+    let dst = tempfile::tempdir().expect("tempdir");
+    let out = dst.path().join("out");
+    let r = push(&[
+        "--json",
+        "-r",
+        "-e",
+        &sd.rsh(),
+        "-H",
+        "root",
+        s(&big),
+        s(&proj),
+        &into(&out),
+    ]);
+    r.assert_ok();
+    assert_same_tree(&big, &out.join("big.bin"));
+    assert_same_tree(&proj, &out.join("proj"));
+    assert_eq!(listing(&out), ["big.bin", "proj"], "no temp files left");
+
+    // One line per entry, each naming the target and the context.
+    let lines = r.lines();
+    assert_eq!(lines.len(), 1 + 9, "{}", r.describe());
+    for l in &lines {
+        assert_eq!(l["target"], "root", "{l}");
+        assert_eq!(l["context"], "ssh.root", "{l}");
+    }
+    for (src_file, dst_file) in [
+        (big.clone(), out.join("big.bin")),
+        (proj.join("sub/mid.bin"), out.join("proj/sub/mid.bin")),
+        (
+            proj.join("sub/deeper/empty"),
+            out.join("proj/sub/deeper/empty"),
+        ),
+        (
+            proj.join("sub/deeper/odd.bin"),
+            out.join("proj/sub/deeper/odd.bin"),
+        ),
+    ] {
+        let l = r.line_for(&dst_file);
+        assert_eq!(l["digest"], digest(&src_file), "{l}");
+        assert_eq!(
+            l["bytes"],
+            std::fs::metadata(&src_file).expect("stat").len(),
+            "{l}"
+        );
+    }
+    assert!(r.line_for(&out.join("proj/link"))["digest"].is_null());
+    assert!(r.line_for(&out.join("proj/sub"))["digest"].is_null());
+
+    // --stripes 1 is accepted and changes nothing about the result.
+    let out1 = dst.path().join("one");
+    let r = push(&[
+        "--json",
+        "--stripes",
+        "1",
+        "-e",
+        &sd.rsh(),
+        "-H",
+        "root",
+        s(&big),
+        &into(&out1),
+    ]);
+    r.assert_ok();
+    assert_same_tree(&big, &out1.join("big.bin"));
+    assert_eq!(r.line_for(&out1.join("big.bin"))["digest"], digest(&big));
+}
+
+/// Runs a push through `relay`, counting the target's `__attach` relays
+/// while it runs. Returns the result and the most relays seen at once.
+fn push_counting_attach(sd: &Sshd, args: &[&str]) -> (Pushed, usize) {
+    let t0 = Instant::now();
+    let mut p = spawn_push(args);
+    let mut most = 0;
+    while !p.finished() && t0.elapsed() < Duration::from_secs(300) {
+        most = most.max(attach_relays(sd).len());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (p.wait(t0, Duration::from_secs(300)), most)
+}
+
+/// The number N in the log line "N of M extra streams attached", if any.
+fn stripes_attached(log: &str) -> Option<(usize, usize)> {
+    let l = log.lines().find(|l| l.contains("extra streams attached"))?;
+    let words: Vec<&str> = l.split_whitespace().collect();
+    let i = words.iter().position(|w| *w == "extra")?;
+    Some((
+        words.get(i - 3)?.parse().ok()?,
+        words.get(i - 1)?.parse().ok()?,
+    ))
+}
+
+#[test]
+fn stripes_attach_extra_ssh_streams_that_carry_the_data_and_stripes_1_uses_one() {
+    let Some(sd) = Sshd::start() else { return };
+    // 5 ms each way: a 10 ms round trip, so the automatic choice stripes too.
+    let relay = DelayRelay::start(sd.port, Duration::from_millis(5));
+    let work = tempfile::tempdir().expect("tempdir");
+    let rsh = rsh_through(&sd, &relay, work.path());
+    let big = work.path().join("striped.bin");
+    let size: u64 = 192 << 20;
+    write_random(&big, size, 4);
+    let want = digest(&big);
+    let dst = tempfile::tempdir().expect("tempdir");
+    let run = |name: &str, extra: &[&str]| -> (Pushed, usize, Vec<u64>) {
+        let before = relay.connections().len();
+        let out = dst.path().join(name);
+        let mut args = vec!["-v", "--json"];
+        args.extend_from_slice(extra);
+        let out_s = into(&out);
+        args.extend_from_slice(&["-e", &rsh, "-H", "root", s(&big), &out_s]);
+        let (r, most) = push_counting_attach(&sd, &args);
+        r.assert_ok();
+        let landed = out.join("striped.bin");
+        assert_eq!(r.line_for(&landed)["digest"], want);
+        assert_eq!(digest(&landed), want);
+        let conns = relay.connections()[before..].to_vec();
+        eprintln!(
+            "{name}: {:?}; bytes towards sshd per connection {conns:?}; {:?}",
+            stripes_attached(&r.stderr_text()),
+            r.took
+        );
+        // Every relay goes with its connection.
+        let t0 = Instant::now();
+        while !attach_relays(&sd).is_empty() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "__attach left behind"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (r, most, conns)
+    };
+
+    // --stripes 4: the connection and 3 stripes, each carrying file data
+    // (the primary stays free for calls and acknowledgements).
+    let (r, most, conns) = run("four", &["--stripes", "4"]);
+    assert_eq!(
+        stripes_attached(&r.stderr_text()),
+        Some((3, 3)),
+        "{}",
+        r.stderr_text()
+    );
+    assert_eq!(most, 3, "__attach relays on the target during the push");
+    assert_eq!(conns.len(), 4, "ssh connections: {conns:?}");
+    assert!(
+        conns[1..].iter().all(|&b| b > 4 << 20),
+        "every stripe carried file data: {conns:?}"
+    );
+
+    // The default chooses from the measured round trip: here at least one
+    // stripe.
+    let (r, most, conns) = run("auto", &[]);
+    let (n, m) = stripes_attached(&r.stderr_text())
+        .unwrap_or_else(|| panic!("no stripes by default at 10 ms: {}", r.stderr_text()));
+    assert!(n >= 1 && n == m, "{n} of {m}");
+    assert_eq!(most, n);
+    assert_eq!(conns.len(), 1 + n, "{conns:?}");
+
+    // --stripes 1: the one connection carries everything.
+    let (r, most, conns) = run("one", &["--stripes", "1"]);
+    assert_eq!(stripes_attached(&r.stderr_text()), None);
+    assert_eq!(most, 0, "no __attach relay with --stripes 1");
+    assert_eq!(conns.len(), 1, "{conns:?}");
+    assert!(conns[0] >= size, "{conns:?}");
+}
+
+// ------------------------------------------------------------------ 2. sudo
+
+#[test]
+fn push_with_sudo_lands_owned_by_the_third_account_over_the_one_ssh_login() {
+    let Some(sd) = Sshd::start() else { return };
+    let src = tempfile::tempdir().expect("tempdir");
+    let file = src.path().join("payload.bin");
+    write_random(&file, (5 << 20) + 7, 5);
+    chmod(&file, 0o644);
+    let third = sshd::home(sshd::THIRD);
+    let dest = OwnedDir::fresh(&third, "sudo");
+
+    // Without sudo, the ssh account cannot write there: the sudo context
+    // below is what does the writing.
+    let r = push(&[
+        "--json",
+        "-e",
+        &sd.rsh(),
+        "-H",
+        sshd::SUDOER,
+        s(&file),
+        &into(&dest.0),
+    ]);
+    assert!(!r.status.success(), "{}", r.describe());
+    let e = r.of(sshd::SUDOER)[0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(e.contains("Permission denied"), "{e}");
+    let logins_before = sd.logins(sshd::SUDOER);
+
+    // (--stripes 1: extra stripe connections are a separate matter; this
+    // is about the sudo stream riding on the ssh connection.)
+    let r = push(&[
+        "--json",
+        "--stripes",
+        "1",
+        "-e",
+        &sd.rsh(),
+        "-H",
+        sshd::SUDOER,
+        "--sudo",
+        sshd::THIRD,
+        s(&file),
+        &into(&dest.0),
+    ]);
+    r.assert_ok();
+    let landed = dest.0.join("payload.bin");
+    let l = r.line_for(&landed);
+    assert_eq!(l["context"], "ssh.fgsudo/sudo.fgthird", "{l}");
+    assert_eq!(l["digest"], digest(&file), "{l}");
+    assert_same_tree(&file, &landed);
+    let uid = uid_of(sshd::THIRD);
+    assert_eq!(std::fs::metadata(&landed).expect("stat").uid(), uid);
+    assert_eq!(std::fs::metadata(&dest.0).expect("stat").uid(), uid);
+    assert_eq!(listing(&dest.0), ["payload.bin"]);
+    assert_eq!(
+        sd.logins(sshd::SUDOER) - logins_before,
+        1,
+        "exactly one ssh login for the ssh and the sudo context"
+    );
+}
+
+// ------------------------------------------------------------------- 3. via
+
+#[test]
+fn via_chains_fetch_from_the_controller_what_only_root_can_read_there() {
+    let Some(sd) = Sshd::start() else { return };
+    // A root-only source: 0600 in a 0700 directory.
+    let src = tempfile::tempdir().expect("tempdir");
+    chmod(src.path(), 0o700);
+    let secret = src.path().join("secret.bin");
+    write_random(&secret, (3 << 20) + 99, 6);
+    chmod(&secret, 0o600);
+    set_times(&secret, 1_234_567_890, 42);
+    let readable = Command::new("sudo")
+        .args(["-n", "-u", sshd::PLAIN, "test", "-r"])
+        .arg(&secret)
+        .status()
+        .expect("sudo test");
+    assert!(
+        !readable.success(),
+        "{} can read the source itself",
+        sshd::PLAIN
+    );
+    let home = sshd::home(sshd::PLAIN);
+
+    // controller -> ssh root -> ssh fgsudo (ProxyJump through root) -> sudo fgplain
+    let d1 = OwnedDir::fresh(&home, "via1");
+    let r = push(&[
+        "--json",
+        "-e",
+        &sd.rsh(),
+        "--via",
+        "root",
+        "-H",
+        "fgsudo-jump",
+        "--sudo",
+        sshd::PLAIN,
+        s(&secret),
+        &into(&d1.0),
+    ]);
+    r.assert_ok();
+    let landed = d1.0.join("secret.bin");
+    let l = r.line_for(&landed);
+    assert_eq!(l["context"], "ssh.fgsudo-jump/sudo.fgplain", "{l}");
+    assert_eq!(l["digest"], digest(&secret), "{l}");
+    assert_same_tree(&secret, &landed);
+    assert_eq!(
+        std::fs::metadata(&landed).expect("stat").uid(),
+        uid_of(sshd::PLAIN)
+    );
+
+    // controller -> local -> ssh root -> sudo fgplain
+    let d2 = OwnedDir::fresh(&home, "via2");
+    let r = push(&[
+        "--json",
+        "-e",
+        &sd.rsh(),
+        "--via",
+        "local",
+        "--via",
+        "root",
+        "-H",
+        "sudo:fgplain",
+        s(&secret),
+        &into(&d2.0),
+    ]);
+    r.assert_ok();
+    let landed = d2.0.join("secret.bin");
+    assert_eq!(r.line_for(&landed)["digest"], digest(&secret));
+    assert_same_tree(&secret, &landed);
+    assert_eq!(
+        std::fs::metadata(&landed).expect("stat").uid(),
+        uid_of(sshd::PLAIN)
+    );
+}
+
+// ---------------------------------------------- 4. one stream, several contexts
+
+fn ssh_spec(sd: &Sshd, alias: &str) -> ConnectSpec {
+    let mut ssh = SshSpec::new(alias);
+    ssh.command = sd.ssh_command();
+    let mut spec = ConnectSpec::new(Method::Ssh(ssh));
+    spec.connect_timeout_ms = 60_000;
+    spec
+}
+
+async fn connect_to(router: &Router, spec: &ConnectSpec, via: Option<u32>) -> ContextInfo {
+    connect::connect(router, spec, via)
+        .await
+        .unwrap_or_else(|e| panic!("connect {} via {via:?}: {e}", spec.method))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ssh_a_sudo_and_a_proxied_context_on_one_stream_receive_one_at_a_time() {
+    let Some(sd) = Sshd::start() else { return };
+    connect::local::set_child_program(env!("CARGO_BIN_EXE_ferrogen"));
+    let router = Router::new(RouterConfig::controller());
+    let services = Services::start(&router);
+    ferrogen::ping::register_service(&services, &router);
+    let fs = FileService::start(&router, &services, FileServiceConfig::default());
+
+    let ssh = connect_to(&router, &ssh_spec(&sd, "root"), None).await;
+    let mut sudo_spec = ConnectSpec::new(Method::Sudo(SudoSpec::new(sshd::PLAIN)));
+    sudo_spec.connect_timeout_ms = 60_000;
+    let sudo = connect_to(&router, &sudo_spec, Some(ssh.id)).await;
+    let proxied = connect_to(&router, &ssh_spec(&sd, sshd::SUDOER), Some(ssh.id)).await;
+    assert_eq!(sudo.name, "ssh.root/sudo.fgplain");
+    let stream = router.stream_towards(ssh.id).expect("route to ssh.root");
+    for c in [&sudo, &proxied] {
+        assert_eq!(
+            router.stream_towards(c.id),
+            Some(stream),
+            "{} is reached over the stream to ssh.root",
+            c.name
+        );
+    }
+
+    let src_dir = tempfile::tempdir().expect("tempdir");
+    let src = src_dir.path().join("large.bin");
+    write_random(&src, 40 << 20, 7);
+    let want = digest(&src);
+    fs.register(s(&src)).expect("register");
+    let dests = [
+        OwnedDir::owned_by("one-stream-ssh", "root"),
+        OwnedDir::owned_by("one-stream-sudo", sshd::PLAIN),
+        OwnedDir::owned_by("one-stream-proxied", sshd::SUDOER),
+    ];
+    let mut calls = Vec::new();
+    for (ctx, dest) in [&ssh, &sudo, &proxied].into_iter().zip(&dests) {
+        let plan = PushPlan {
+            server: router.id(),
+            dest: s(&dest.0).to_string(),
+            into_dir: true,
+            entries: vec![PlanEntry::File {
+                src: s(&src).to_string(),
+                rel: "large.bin".into(),
+            }],
+            options: ReceiveOptions::default(),
+            parallel: 8,
+        };
+        let (r, id, name) = (router.clone(), ctx.id, ctx.name.clone());
+        calls.push(tokio::spawn(async move {
+            let res: Vec<EntryResult> = r
+                .call_service(id, TARGET_SERVICE, "push", &plan)
+                .await
+                .unwrap_or_else(|e| panic!("push to {name}: {e}"));
+            (name, res, unix_ns())
+        }));
+    }
+    let mut spans = Vec::new();
+    let mut asked_by = Vec::new();
+    for call in calls {
+        let (name, res, returned_ns) = call.await.expect("join");
+        assert_eq!(res.len(), 1, "{name}: {res:?}");
+        assert!(res[0].error.is_none(), "{name}: {res:?}");
+        assert_eq!(res[0].digest.as_deref(), Some(want.as_str()), "{name}");
+        let (first, last) = res[0].data_span_ns;
+        assert!(first > 0 && last >= first, "{name}: {res:?}");
+        // `seconds` runs from the receiver's fetch request to its commit,
+        // which came before the call returned: so it asked no later than this.
+        asked_by.push((returned_ns - (res[0].seconds * 1e9) as u64, name.clone()));
+        spans.push((first, last, name));
+    }
+    for d in &dests {
+        assert_eq!(digest(&d.0.join("large.bin")), want);
+    }
+    spans.sort();
+    eprintln!("data spans (ns since the epoch): {spans:?}; asked by {asked_by:?}");
+    // All three were waiting for the stream at once: each had asked before
+    // the first transfer's last frame (otherwise "one at a time" below would
+    // prove nothing).
+    for (at, name) in &asked_by {
+        assert!(
+            *at <= spans[0].1,
+            "{name} asked only {:.3} s after the first transfer ended",
+            (*at - spans[0].1) as f64 / 1e9
+        );
+    }
+    for w in spans.windows(2) {
+        assert!(
+            w[0].1 <= w[1].0,
+            "transfers to {} and {} overlapped on the shared stream: {:?} then {:?}",
+            w[0].2,
+            w[1].2,
+            (w[0].0, w[0].1),
+            (w[1].0, w[1].1)
+        );
+    }
+    assert_eq!(fs.stats().completed, 3);
+    assert_eq!(
+        std::fs::metadata(dests[1].0.join("large.bin"))
+            .expect("stat")
+            .uid(),
+        uid_of(sshd::PLAIN)
+    );
+    services.shutdown().await;
+    router.close_all_streams("test finished");
+}
+
+// ---------------------------------------------------------------- 5. failure
+
+#[test]
+fn ssh_killed_mid_transfer_fails_that_host_only_and_leaves_no_temp_file() {
+    let Some(sd) = Sshd::start() else { return };
+    let src = tempfile::tempdir().expect("tempdir");
+    let big = src.path().join("big.bin");
+    std::fs::File::create(&big)
+        .and_then(|f| f.set_len(1 << 30))
+        .expect("sparse source");
+    // A relative destination: each account's home on the target.
+    let rel = format!("fg-push-kill-{}", std::process::id());
+    let victim_dir = sshd::home(sshd::SUDOER).join(&rel);
+    let other_dir = sshd::home("root").join(&rel);
+    let _cleanup = (OwnedDir(victim_dir.clone()), OwnedDir(other_dir.clone()));
+    let timeout = 10;
+
+    let t0 = Instant::now();
+    let p = spawn_push(&[
+        "-v",
+        "--json",
+        "--stripes",
+        "1",
+        "--connect-timeout",
+        &timeout.to_string(),
+        "-e",
+        &sd.rsh(),
+        "-H",
+        sshd::SUDOER,
+        "-H",
+        "root",
+        s(&big),
+        &format!("{rel}/"),
+    ]);
+    // Once the victim is connected (the stub's own writes, such as
+    // installing the binary, are counted in its process too), wait until its
+    // receiver has written 64 MiB of the file, then kill the ssh client
+    // carrying its stream.
+    let connected = |p: &Spawned| {
+        p.stderr_lines.lock().expect("lock").iter().any(|(_, l)| {
+            l.contains("ssh.fgsudo: sent the binary")
+                || l.contains("ssh.fgsudo: started the cached binary")
+        })
+    };
+    let mut baseline: Option<(u32, u64)> = None;
+    let receiver = loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the transfer to {} never got going",
+            sshd::SUDOER
+        );
+        match baseline {
+            None if connected(&p) => {
+                let ctx = remote_contexts(&sd, sshd::SUDOER);
+                assert_eq!(ctx.len(), 1, "one context for {}", sshd::SUDOER);
+                baseline = Some((ctx[0], wchar(ctx[0])));
+            }
+            Some((pid, base)) if wchar(pid) > base + (64 << 20) => break pid,
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let ssh_client: Vec<u32> = sshd::descendants(p.pid())
+        .into_iter()
+        .filter(|&q| {
+            let c = cmdline(q);
+            c.starts_with("ssh ") && c.contains(&format!(" {} ", sshd::SUDOER))
+        })
+        .collect();
+    assert_eq!(ssh_client.len(), 1, "the victim's ssh client");
+    sshd::kill(ssh_client[0]);
+    let killed_at = Instant::now();
+
+    let r = p.wait(t0, Duration::from_secs(300));
+    assert!(
+        !r.status.success(),
+        "exit status must be non-zero: {}",
+        r.describe()
+    );
+    // The victim fails, naming its context.
+    let v = r.of(sshd::SUDOER);
+    assert_eq!(v.len(), 1, "{}", r.describe());
+    assert_eq!(v[0]["status"], "error");
+    let e = v[0]["error"].as_str().unwrap_or_default();
+    eprintln!("[{}] error: {e}", sshd::SUDOER);
+    assert!(e.contains("ssh.fgsudo"), "{e}");
+    assert!(
+        e.contains("disconnected") || e.contains("closed"),
+        "the cause: {e}"
+    );
+    // ... promptly: the controller said so within the connect timeout.
+    let noticed = r
+        .stderr
+        .iter()
+        .find(|(at, l)| *at >= killed_at && l.contains("ssh.fgsudo"))
+        .unwrap_or_else(|| panic!("nothing logged about ssh.fgsudo:\n{}", r.describe()));
+    let after = noticed.0 - killed_at;
+    eprintln!("noticed after {after:?}: {}", noticed.1);
+    assert!(
+        after < Duration::from_secs(timeout),
+        "noticed after {after:?}"
+    );
+    // The other host carried on.
+    let o = r.of("root");
+    assert_eq!(o.len(), 1, "{}", r.describe());
+    assert_eq!(o[0]["status"], "ok", "{}", o[0]);
+    assert_eq!(o[0]["digest"], digest(&big));
+    assert_eq!(listing(&other_dir), ["big.bin"]);
+    // The victim's receiver is gone and left nothing behind.
+    let gone = Instant::now();
+    while std::path::Path::new(&format!("/proc/{receiver}")).exists()
+        && real_uid(receiver) == Some(uid_of(sshd::SUDOER))
+    {
+        assert!(
+            gone.elapsed() < Duration::from_secs(timeout),
+            "the receiver outlived its connection"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        listing(&victim_dir).is_empty(),
+        "left behind: {:?}",
+        listing(&victim_dir)
+    );
+}
