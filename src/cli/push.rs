@@ -51,8 +51,8 @@ pub struct PushArgs {
     /// connections ("stripes") that large files are spread over, each with
     /// its own SSH channel window. 1 disables striping. Local targets never
     /// stripe (a pipe has no window to multiply).
-    /// Default: chosen from the measured round trip (1 below 4 ms, then one
-    /// more per 12.5 ms, at most 8).
+    /// Default: chosen from the measured round trip (1 below 4 ms; else the
+    /// primary plus one data stripe per 12.5 ms, 2 to 8 of them).
     #[arg(long, value_name = "N")]
     pub stripes: Option<usize>,
     /// Files received at once per target.
@@ -89,6 +89,21 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult)
         .filter(|&v| v > 0)
         .ok_or_else(|| format!("size {s:?} out of range"))
+}
+
+/// The FileService configuration the push options ask for.
+pub fn file_service_config(args: &PushArgs) -> FileServiceConfig {
+    let sizing = match args.window {
+        Some(w) => Sizing::Fixed(w),
+        None => Sizing::Auto {
+            floor: (1 << 20).min(args.window_cap),
+            cap: args.window_cap,
+        },
+    };
+    FileServiceConfig {
+        sizing,
+        ..Default::default()
+    }
 }
 
 /// The controller-side description of what to push.
@@ -264,17 +279,7 @@ pub async fn run(args: PushArgs, log_filter: String) -> i32 {
     let router = Router::new(RouterConfig::controller());
     let services = Services::start(&router);
     crate::ping::register_service(&services, &router);
-    let sizing = match args.window {
-        Some(w) => Sizing::Fixed(w),
-        None => Sizing::Auto {
-            floor: (1 << 20).min(args.window_cap),
-            cap: args.window_cap,
-        },
-    };
-    let config = FileServiceConfig {
-        sizing,
-        ..Default::default()
-    };
+    let config = file_service_config(&args);
     let fs = FileService::start(&router, &services, config);
     for f in &sources.files {
         if let Err(e) = fs.register(f) {
@@ -463,12 +468,13 @@ async fn push_all(
 /// slower than one).
 const STRIPE_MIN_RTT: Duration = Duration::from_millis(4);
 
-/// Streams for a path of round trip `rtt`: one SSH channel carries 2 MiB
-/// per round trip, so longer paths need more of them to fill a fast link;
-/// one more per 12.5 ms, between 2 and 8 (each costs a connection and its
-/// encryption).
+/// Streams for a path of round trip `rtt`: the primary (kept for calls
+/// and acknowledgements) plus data stripes. One SSH channel carries 2 MiB
+/// per round trip, so longer paths need more of them to fill a fast link:
+/// one data stripe per 12.5 ms of round trip, at least 2 and at most 8
+/// (each costs a connection and its encryption).
 pub fn auto_stripes(rtt: Duration) -> usize {
-    ((rtt.as_secs_f64() * 1000.0 / 12.5).ceil() as usize).clamp(2, 8)
+    1 + ((rtt.as_secs_f64() * 1000.0 / 12.5).ceil() as usize).clamp(2, 8)
 }
 
 /// Plans smaller than this are not worth the extra connections.
@@ -654,11 +660,11 @@ mod tests {
 
     #[test]
     fn stripes_follow_the_round_trip() {
-        assert_eq!(auto_stripes(Duration::from_millis(5)), 2);
-        assert_eq!(auto_stripes(Duration::from_millis(20)), 2);
-        assert_eq!(auto_stripes(Duration::from_millis(50)), 4);
-        assert_eq!(auto_stripes(Duration::from_millis(100)), 8);
-        assert_eq!(auto_stripes(Duration::from_millis(400)), 8);
+        assert_eq!(auto_stripes(Duration::from_millis(5)), 3);
+        assert_eq!(auto_stripes(Duration::from_millis(20)), 3);
+        assert_eq!(auto_stripes(Duration::from_millis(50)), 5);
+        assert_eq!(auto_stripes(Duration::from_millis(100)), 9);
+        assert_eq!(auto_stripes(Duration::from_millis(400)), 9);
     }
 
     #[test]
