@@ -22,8 +22,9 @@
 //!
 //! Every measured command is a fresh process, wall-clock timed from spawn
 //! to exit (so ferrogen's figures include starting its child context).
-//! Before each run the destination is removed and `sync` is run (untimed),
-//! so no run pays for writing back another run's dirty pages; the sources
+//! Before each run the destination is removed (the tree section uses a
+//! fresh directory instead, see there) and `sync` is run (untimed), so no
+//! run pays for writing back another run's dirty pages; the sources
 //! stay in the page cache throughout (they are written once, then read by
 //! every contender alike). Repetitions alternate the contenders, rotating
 //! their order, and the tables give medians with the min–max spread.
@@ -396,9 +397,11 @@ fn tree(base: &Path, reps: usize) {
     ];
     // Every run gets a fresh destination and none is deleted before the
     // end: on a file system without a journal (like the one this was first
-    // run on), ext4's inode allocator steps over every inode freed in the
-    // last half minute (`recently_deleted`), which made whichever run came
-    // right after an `rm -rf` of 10,000 files up to 10× slower.
+    // run on), ext4's inode allocator steps one by one over inodes freed in
+    // the last minute — six while their inode table block is dirty —
+    // (`recently_deleted`), which made whichever run came right after an
+    // `rm -rf` of 10,000 files up to 10× slower. For the same reason, give
+    // the file system a few quiet minutes after big deletions before a run.
     let run_dst = |r: usize, i: usize| dst.join(format!("r{r}c{i}"));
     let secs = alternate(
         reps,

@@ -64,20 +64,48 @@ impl FileMeta {
     }
 }
 
+/// Names already looked up. An NSS lookup reads /etc/passwd (or asks a
+/// directory service) every time, and a tree push asks for the same few
+/// ids thousands of times; a process lives for one command, so names
+/// changing under it are not a concern.
+type NameCache = std::sync::Mutex<std::collections::HashMap<u32, String>>;
+
+fn cached(
+    cache: &'static std::sync::OnceLock<NameCache>,
+    id: u32,
+    look_up: impl FnOnce() -> String,
+) -> String {
+    let cache = cache.get_or_init(Default::default);
+    if let Some(n) = cache.lock().ok().and_then(|c| c.get(&id).cloned()) {
+        return n;
+    }
+    let name = look_up();
+    if let Ok(mut c) = cache.lock() {
+        c.insert(id, name.clone());
+    }
+    name
+}
+
 /// The user name of `uid` (through NSS), or the number as text.
 pub fn user_name(uid: u32) -> String {
-    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
-        Ok(Some(u)) => u.name,
-        _ => uid.to_string(),
-    }
+    static USERS: std::sync::OnceLock<NameCache> = std::sync::OnceLock::new();
+    cached(&USERS, uid, || {
+        match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+            Ok(Some(u)) => u.name,
+            _ => uid.to_string(),
+        }
+    })
 }
 
 /// The group name of `gid` (through NSS), or the number as text.
 pub fn group_name(gid: u32) -> String {
-    match nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)) {
-        Ok(Some(g)) => g.name,
-        _ => gid.to_string(),
-    }
+    static GROUPS: std::sync::OnceLock<NameCache> = std::sync::OnceLock::new();
+    cached(&GROUPS, gid, || {
+        match nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)) {
+            Ok(Some(g)) => g.name,
+            _ => gid.to_string(),
+        }
+    })
 }
 
 /// The uid for a user name (or numeric string) on this host.

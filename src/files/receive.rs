@@ -223,21 +223,24 @@ impl PendingFile {
         if self.anonymous {
             // Give the verified file its hidden name so the descriptor can
             // be closed; from here on Drop (or shutdown) removes it by name.
-            let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+            // AT_EMPTY_PATH first: Linux ≥ 6.10 allows it for a file we
+            // opened ourselves (before, only with CAP_DAC_READ_SEARCH), and
+            // it skips the procfs lookup.
             rustix::fs::linkat(
-                rustix::fs::CWD,
-                proc_path.as_str(),
+                fd,
+                "",
                 rustix::fs::CWD,
                 &self.temp,
-                rustix::fs::AtFlags::SYMLINK_FOLLOW,
+                rustix::fs::AtFlags::EMPTY_PATH,
             )
             .or_else(|_| {
+                let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
                 rustix::fs::linkat(
-                    fd,
-                    "",
+                    rustix::fs::CWD,
+                    proc_path.as_str(),
                     rustix::fs::CWD,
                     &self.temp,
-                    rustix::fs::AtFlags::EMPTY_PATH,
+                    rustix::fs::AtFlags::SYMLINK_FOLLOW,
                 )
             })
             .map_err(|e| io_err(&dest, "link temp file")(e.into()))?;
@@ -423,7 +426,9 @@ async fn receive_data(
         started,
         data_span_ns: (0, 0),
     };
-    if meta.size > 0 {
+    // Reserve the space up front so a full disk fails at once, unless the
+    // data comes in one chunk, whose single write fails just as soon.
+    if meta.size > super::CHUNK_DATA as u64 {
         let Some(file) = pending.file.as_ref() else {
             unreachable!("the file was just created");
         };
