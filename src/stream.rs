@@ -58,6 +58,7 @@ pub struct Outbox {
     queues: Mutex<Queues>,
     writer_wake: Notify,
     room: Notify,
+    closed_wake: Notify,
 }
 
 impl Outbox {
@@ -125,11 +126,25 @@ impl Outbox {
         drop(q);
         self.writer_wake.notify_one();
         self.room.notify_waiters();
+        self.closed_wake.notify_waiters();
     }
 
     /// True once closed.
     pub fn is_closed(&self) -> bool {
         self.lock().closed
+    }
+
+    /// Resolves once the outbox is closed (its stream lost or shut down):
+    /// for a producer that waits on something else (say acknowledgements)
+    /// and must also notice that the stream it feeds is gone.
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.closed_wake.notified();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// The next frames to write: every queued control frame (up to a batch),

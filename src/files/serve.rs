@@ -373,6 +373,7 @@ impl Transfer {
         let mut window = Window::with_estimate(sizing, start);
         let ack_timeout = self.fs.inner.config.ack_timeout;
         let mut digest = None;
+        let mut ack_deadline = tokio::time::Instant::now() + ack_timeout;
         loop {
             // Take every acknowledgement already queued, without waiting.
             while let Some(f) = self
@@ -437,14 +438,29 @@ impl Transfer {
                 }
                 continue;
             }
-            // Window full (or all sent): wait for an acknowledgement.
+            // Window full (or all sent): wait for an acknowledgement, a
+            // cancel, the ack deadline, or (when striping) a stripe closing.
+            let striped = stripes.len() > 1;
+            let stripe_lost = async {
+                loop {
+                    if stripes.iter().any(|o| o.is_closed()) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
             tokio::select! {
                 got = self.acks.recv() => {
                     let f = got.map_err(|e| ack_channel_ended(Err(e)))?;
+                    let before = window.acked();
                     self.on_ack(&mut window, &f)?;
+                    if window.acked() > before {
+                        ack_deadline = tokio::time::Instant::now() + ack_timeout;
+                    }
                 }
                 why = wait_cancel(&mut self.cancel) => return Err(why),
-                _ = tokio::time::sleep(ack_timeout) => {
+                _ = stripe_lost, if striped => {} // reported at the top of the loop
+                _ = tokio::time::sleep_until(ack_deadline) => {
                     return Err(format!(
                         "{} stopped acknowledging ({} of {} bytes acknowledged, nothing for {:?})",
                         router.describe(self.requester), window.acked(), size, ack_timeout
