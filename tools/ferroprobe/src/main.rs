@@ -21,12 +21,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use ferrogen::cli::push::file_service_config as config;
 use ferrogen::cli::push::{PushArgs, collect_sources};
 use ferrogen::cli::target;
 use ferrogen::files::plan::{EntryResult, PushPlan};
 use ferrogen::files::receive::ReceiveOptions;
-use ferrogen::files::window::Sizing;
-use ferrogen::files::{FileService, FileServiceConfig, TARGET_SERVICE};
+use ferrogen::files::{FileService, TARGET_SERVICE};
 use ferrogen::ping::PING_SERVICE;
 use ferrogen::router::{Router, RouterConfig};
 use ferrogen::service::Services;
@@ -48,22 +48,6 @@ struct Cli {
     interval_ms: u64,
     #[command(flatten)]
     push: PushArgs,
-}
-
-/// The FileService configuration `ferrogen push` builds from these options
-/// (mirrors `cli::push::run`).
-fn config(args: &PushArgs) -> FileServiceConfig {
-    let sizing = match args.window {
-        Some(w) => Sizing::Fixed(w),
-        None => Sizing::Auto {
-            floor: (1 << 20).min(args.window_cap),
-            cap: args.window_cap,
-        },
-    };
-    FileServiceConfig {
-        sizing,
-        ..Default::default()
-    }
 }
 
 fn summary(mut ms: Vec<f64>) -> serde_json::Value {
