@@ -337,9 +337,8 @@ fn large(base: &Path, reps: usize) {
         goal(r1)
     );
     println!(
-        "- without fsync: ferrogen / cat throughput = **{r2:.2}×** (per-repetition pairs {:.2}); goal ≥ 0.8×: {}",
+        "- without fsync: ferrogen / cat throughput = **{r2:.2}×** (per-repetition pairs {:.2}); no goal (the goal is with fsync on both sides: a plain `cat` leaves the data in the page cache, unverified)",
         paired_ratio(cn, fn_),
-        goal(r2)
     );
 }
 

@@ -59,6 +59,7 @@ fn file_entry(src: &Path, rel: &str) -> PlanEntry {
     PlanEntry::File {
         src: src.to_str().expect("utf8").to_string(),
         rel: rel.to_string(),
+        size: std::fs::metadata(src).map(|m| m.len()).unwrap_or(0),
     }
 }
 

@@ -916,6 +916,7 @@ async fn an_ssh_a_sudo_and_a_proxied_context_on_one_stream_receive_one_at_a_time
             entries: vec![PlanEntry::File {
                 src: s(&src).to_string(),
                 rel: "large.bin".into(),
+                size: std::fs::metadata(&src).expect("source").len(),
             }],
             options: ReceiveOptions::default(),
             parallel: 8,

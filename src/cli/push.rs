@@ -163,6 +163,7 @@ pub fn collect_sources(srcs: &[String], recursive: bool) -> Result<Sources, Stri
             out.entries.push(PlanEntry::File {
                 src: abs,
                 rel: name,
+                size: md.len(),
             });
         } else if md.is_dir() {
             if !recursive {
@@ -223,6 +224,7 @@ fn walk(dir: &Path, rel: &str, out: &mut Sources) -> Result<(), String> {
             out.entries.push(PlanEntry::File {
                 src: utf8(&path)?,
                 rel: child_rel,
+                size: md.len(),
             });
         } else if ft.is_dir() {
             out.entries.push(PlanEntry::Dir {

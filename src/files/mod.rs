@@ -33,6 +33,18 @@
 //!    so `End` carries the size and the requester finishes once it has that
 //!    many bytes.
 
+//!
+//! # Small files
+//!
+//! A file of at most one chunk ([`SMALL_FILE_MAX`]) needs no window: a push
+//! of many such files asks for them many to a call with `fetch_small`
+//! ([`FetchSmallArgs`]), whose reply carries each file whole with its
+//! metadata and BLAKE3 digest ([`SmallFile`]), or why it was refused — the
+//! same registry checks as `fetch`, file by file. A file that has grown
+//! past the limit is answered [`SmallFile::TooLarge`] and fetched on its
+//! own. Mitogen ships small files inline for the same reason: a round trip
+//! per file dominates everything else.
+
 pub mod meta;
 pub mod plan;
 pub mod receive;
@@ -80,6 +92,37 @@ pub struct FetchReply {
     pub meta: FileMeta,
     /// Where to send [`Ack`]s.
     pub ack: Sender,
+}
+
+/// Largest file that [`FetchSmallArgs`] returns inline: one chunk's worth.
+pub const SMALL_FILE_MAX: u64 = CHUNK_DATA as u64;
+
+/// Arguments of `fetch_small`: several registered files, each expected to
+/// be at most [`SMALL_FILE_MAX`] bytes, returned whole in the reply — the
+/// small-file path, where one round trip brings hundreds of files instead
+/// of one each.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FetchSmallArgs {
+    /// Absolute paths of registered files.
+    pub paths: Vec<String>,
+}
+
+/// One file of a `fetch_small` reply (in request order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SmallFile {
+    /// The whole file.
+    Data {
+        /// Metadata of the file as opened.
+        meta: FileMeta,
+        /// Its bytes, exactly `meta.size` of them.
+        data: bytes::Bytes,
+        /// BLAKE3 digest of `data` as read, checked by the receiver.
+        digest: [u8; 32],
+    },
+    /// Larger than [`SMALL_FILE_MAX`] now: fetch it with `fetch`.
+    TooLarge,
+    /// Refused (unregistered, not a regular file) or unreadable: why.
+    Failed(String),
 }
 
 /// A cumulative acknowledgement: `received` bytes of the transfer have been

@@ -188,7 +188,32 @@ impl PendingFile {
     /// syncs the file; then closes it (so thousands of pending files do not
     /// hold thousands of descriptors).
     pub fn finish(&mut self, opts: &ReceiveOptions, fsync: bool) -> Result<(), ReceiveError> {
+        self.apply_meta(opts, fsync)?;
         let Some(file) = self.file.take() else {
+            return Ok(());
+        };
+        let dest = self.dest.clone();
+        if self.anonymous {
+            // Give the verified file its hidden name so the descriptor can
+            // be closed; from here on Drop (or shutdown) removes it by name.
+            link_to(&file, &self.temp).map_err(|e| io_err(&dest, "link temp file")(e.into()))?;
+            self.anonymous = false;
+            self.temps.add(&self.temp);
+        }
+        Ok(())
+    }
+
+    /// Like [`PendingFile::finish`] without the fsync, but keeps the
+    /// descriptor open, so an anonymous temp file stays nameless until
+    /// [`PendingFile::rename`]: a receiver killed before then leaves
+    /// nothing behind, and a new destination costs one `linkat` instead of
+    /// a link and a rename. Costs one descriptor per file until then.
+    pub fn finish_open(&mut self, opts: &ReceiveOptions) -> Result<(), ReceiveError> {
+        self.apply_meta(opts, false)
+    }
+
+    fn apply_meta(&self, opts: &ReceiveOptions, fsync: bool) -> Result<(), ReceiveError> {
+        let Some(file) = self.file.as_ref() else {
             return Ok(());
         };
         let dest = self.dest.clone();
@@ -220,45 +245,31 @@ impl PendingFile {
         if fsync {
             rustix::fs::fsync(fd).map_err(|e| io_err(&dest, "fsync")(e.into()))?;
         }
-        if self.anonymous {
-            // Give the verified file its hidden name so the descriptor can
-            // be closed; from here on Drop (or shutdown) removes it by name.
-            // AT_EMPTY_PATH first: Linux ≥ 6.10 allows it for a file we
-            // opened ourselves (before, only with CAP_DAC_READ_SEARCH), and
-            // it skips the procfs lookup.
-            rustix::fs::linkat(
-                fd,
-                "",
-                rustix::fs::CWD,
-                &self.temp,
-                rustix::fs::AtFlags::EMPTY_PATH,
-            )
-            .or_else(|_| {
-                let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
-                rustix::fs::linkat(
-                    rustix::fs::CWD,
-                    proc_path.as_str(),
-                    rustix::fs::CWD,
-                    &self.temp,
-                    rustix::fs::AtFlags::SYMLINK_FOLLOW,
-                )
-            })
-            .map_err(|e| io_err(&dest, "link temp file")(e.into()))?;
-            self.anonymous = false;
-            self.temps.add(&self.temp);
-        }
         Ok(())
     }
 
-    /// Renames the temp file over the destination. Call after [`PendingFile::finish`]
-    /// (and after a sync of the file system, when batching).
+    /// Puts the verified file at its destination. Call after
+    /// [`PendingFile::finish`] or [`PendingFile::finish_open`] (and after a
+    /// sync of the file system, when batching). A still-anonymous file is
+    /// linked straight to the destination if that does not exist;
+    /// otherwise the temp file is renamed over it.
     pub fn rename(mut self) -> Result<(), ReceiveError> {
-        if self.file.is_some() {
-            return Err(ReceiveError::Io {
-                dest: self.dest.display().to_string(),
-                op: "rename",
-                source: std::io::Error::other("internal error: rename before finish"),
-            });
+        if let Some(file) = self.file.take()
+            && self.anonymous
+        {
+            match link_to(&file, &self.dest) {
+                Ok(()) => {
+                    self.anonymous = false;
+                    self.armed = false;
+                    return Ok(());
+                }
+                Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(io_err(&self.dest, "link into place")(e.into())),
+            }
+            link_to(&file, &self.temp)
+                .map_err(|e| io_err(&self.dest, "link temp file")(e.into()))?;
+            self.anonymous = false;
+            self.temps.add(&self.temp);
         }
         std::fs::rename(&self.temp, &self.dest).map_err(io_err(&self.dest, "rename"))?;
         self.armed = false;
@@ -281,6 +292,33 @@ impl PendingFile {
     /// The destination path.
     pub fn dest(&self) -> &Path {
         &self.dest
+    }
+}
+
+/// Gives the open (anonymous) file `file` the name `path`; fails with
+/// `EEXIST` rather than replace anything.
+fn link_to(file: &File, path: &Path) -> Result<(), rustix::io::Errno> {
+    // AT_EMPTY_PATH first: Linux ≥ 6.10 allows it for a file we opened
+    // ourselves (before, only with CAP_DAC_READ_SEARCH), and it skips the
+    // procfs lookup.
+    match rustix::fs::linkat(
+        file,
+        "",
+        rustix::fs::CWD,
+        path,
+        rustix::fs::AtFlags::EMPTY_PATH,
+    ) {
+        Err(e) if e != rustix::io::Errno::EXIST => {
+            let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                proc_path.as_str(),
+                rustix::fs::CWD,
+                path,
+                rustix::fs::AtFlags::SYMLINK_FOLLOW,
+            )
+        }
+        other => other,
     }
 }
 
@@ -375,81 +413,29 @@ async fn receive_data(
 ) -> Result<PendingFile, ReceiveError> {
     let dest_s = dest.display().to_string();
     let meta = reply.meta.clone();
-    let temp = temp_path(dest);
-    let dir = match dest.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mode = rustix::fs::Mode::from_raw_mode(0o600);
-    let anon = rustix::fs::open(
-        dir,
-        rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::CLOEXEC,
-        mode,
-    );
-    let (fd, anonymous) = match anon {
-        Ok(fd) => (fd, true),
-        Err(rustix::io::Errno::NOENT)
-        | Err(rustix::io::Errno::NOTDIR)
-        | Err(rustix::io::Errno::ACCESS) => {
-            // Not a file system question: report the real cause.
-            let e = anon
-                .err()
-                .map(std::io::Error::from)
-                .unwrap_or_else(|| std::io::Error::other("?"));
-            return Err(io_err(dest, "create temp file")(e));
-        }
-        Err(_) => {
-            let fd = rustix::fs::open(
-                &temp,
-                rustix::fs::OFlags::WRONLY
-                    | rustix::fs::OFlags::CREATE
-                    | rustix::fs::OFlags::EXCL
-                    | rustix::fs::OFlags::CLOEXEC
-                    | rustix::fs::OFlags::NOFOLLOW,
-                mode,
-            )
-            .map_err(|e| io_err(dest, "create temp file")(e.into()))?;
-            temps.add(&temp);
-            (fd, false)
-        }
-    };
-    let mut pending = PendingFile {
-        file: Some(File::from(fd)),
-        temp,
-        anonymous,
-        dest: dest.to_path_buf(),
-        temps: temps.clone(),
-        armed: true,
-        meta: meta.clone(),
-        bytes: 0,
-        digest: [0; 32],
-        started,
-        data_span_ns: (0, 0),
-    };
-    // Reserve the space up front so a full disk fails at once, unless the
-    // data comes in one chunk, whose single write fails just as soon.
-    if meta.size > super::CHUNK_DATA as u64 {
-        let Some(file) = pending.file.as_ref() else {
+    let mut pending = create_temp(dest, temps, &meta, started)?;
+    // A file of more than one chunk is written by its own blocking thread,
+    // so this context's runtime goes back to reading the stream while the
+    // previous chunk is hashed and written (the two used to take turns on
+    // one thread). A one-chunk file is written right here: a thread hand-off
+    // would cost more than the write.
+    let mut sink = if meta.size > super::CHUNK_DATA as u64 {
+        let Some(file) = pending.file.take() else {
             unreachable!("the file was just created");
         };
-        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, meta.size) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::NOSPC) => {
-                return Err(io_err(dest, "reserve space")(
-                    std::io::Error::from_raw_os_error(libc_enospc()),
-                ));
-            }
-            // Not supported by this file system: fine, writes will tell.
-            Err(_) => {}
-        }
-    }
-
-    let mut hasher = blake3::Hasher::new();
+        Sink::Thread(DiskWriter::start(
+            file,
+            router.clone(),
+            reply.ack,
+            early_writeback,
+        ))
+    } else {
+        Sink::Inline(Box::default())
+    };
     let mut received = 0u64;
     let mut held: std::collections::BTreeMap<u64, bytes::Bytes> = std::collections::BTreeMap::new();
     let mut held_bytes = 0usize;
     let mut end: Option<(u64, [u8; 32])> = None;
-    let mut written_back = 0u64;
     loop {
         if let Some((size, _)) = end
             && received >= size
@@ -516,29 +502,15 @@ async fn receive_data(
                     }
                     continue;
                 }
-                let file = pending.file.as_mut();
-                let mut write = |d: &[u8]| -> Result<(), ReceiveError> {
-                    if let Some(f) = file.as_deref() {
-                        let mut f: &File = f;
-                        f.write_all(d).map_err(io_err(dest, "write"))?;
-                    }
-                    hasher.update(d);
-                    Ok(())
-                };
-                write(&data)?;
                 received += data.len() as u64;
+                sink.write(&pending, data, dest).await?;
                 while let Some(next) = held.remove(&received) {
                     held_bytes -= next.len();
-                    write(&next)?;
                     received += next.len() as u64;
+                    sink.write(&pending, next, dest).await?;
                 }
-                reply.ack.send_control(router, &received);
-                if early_writeback
-                    && received - written_back >= WRITEBACK_EVERY
-                    && let Some(f) = pending.file.as_ref()
-                {
-                    start_writeback(f, written_back, received);
-                    written_back = received;
+                if let Sink::Inline(_) = sink {
+                    reply.ack.send_control(router, &received);
                 }
             }
             Enc::Control => {
@@ -570,7 +542,14 @@ async fn receive_data(
             ),
         });
     }
-    let got = *hasher.finalize().as_bytes();
+    let got = match sink {
+        Sink::Inline(hasher) => *hasher.finalize().as_bytes(),
+        Sink::Thread(writer) => {
+            let (file, got) = writer.finish(dest).await?;
+            pending.file = Some(file);
+            got
+        }
+    };
     if got != digest {
         return Err(ReceiveError::Mismatch {
             dest: dest_s,
@@ -584,6 +563,248 @@ async fn receive_data(
     pending.bytes = received;
     pending.digest = got;
     Ok(pending)
+}
+
+/// Creates the hidden temp file that will receive `meta.size` bytes for
+/// `dest`, with the space reserved.
+fn create_temp(
+    dest: &Path,
+    temps: &TempFiles,
+    meta: &FileMeta,
+    started: Instant,
+) -> Result<PendingFile, ReceiveError> {
+    let temp = temp_path(dest);
+
+    let dir = match dest.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mode = rustix::fs::Mode::from_raw_mode(0o600);
+    let anon = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::CLOEXEC,
+        mode,
+    );
+    let (fd, anonymous) = match anon {
+        Ok(fd) => (fd, true),
+        Err(rustix::io::Errno::NOENT)
+        | Err(rustix::io::Errno::NOTDIR)
+        | Err(rustix::io::Errno::ACCESS) => {
+            // Not a file system question: report the real cause.
+            let e = anon
+                .err()
+                .map(std::io::Error::from)
+                .unwrap_or_else(|| std::io::Error::other("?"));
+            return Err(io_err(dest, "create temp file")(e));
+        }
+        Err(_) => {
+            let fd = rustix::fs::open(
+                &temp,
+                rustix::fs::OFlags::WRONLY
+                    | rustix::fs::OFlags::CREATE
+                    | rustix::fs::OFlags::EXCL
+                    | rustix::fs::OFlags::CLOEXEC
+                    | rustix::fs::OFlags::NOFOLLOW,
+                mode,
+            )
+            .map_err(|e| io_err(dest, "create temp file")(e.into()))?;
+            temps.add(&temp);
+            (fd, false)
+        }
+    };
+    let pending = PendingFile {
+        file: Some(File::from(fd)),
+        temp,
+        anonymous,
+        dest: dest.to_path_buf(),
+        temps: temps.clone(),
+        armed: true,
+        meta: meta.clone(),
+        bytes: 0,
+        digest: [0; 32],
+        started,
+        data_span_ns: (0, 0),
+    };
+    // Reserve the space up front so a full disk fails at once, unless the
+    // data comes in one chunk, whose single write fails just as soon.
+    if meta.size > super::CHUNK_DATA as u64 {
+        let Some(file) = pending.file.as_ref() else {
+            unreachable!("the file was just created");
+        };
+        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, meta.size) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::NOSPC) => {
+                return Err(io_err(dest, "reserve space")(
+                    std::io::Error::from_raw_os_error(libc_enospc()),
+                ));
+            }
+            // Not supported by this file system: fine, writes will tell.
+            Err(_) => {}
+        }
+    }
+
+    Ok(pending)
+}
+
+/// The small-file path: puts a file that arrived whole (from
+/// `fetch_small`) into a verified temp file next to `dest`. Checks the size
+/// and the digest before anything is written.
+pub fn receive_whole(
+    dest: &Path,
+    temps: &TempFiles,
+    meta: &FileMeta,
+    data: &[u8],
+    digest: &[u8; 32],
+    started: Instant,
+) -> Result<PendingFile, ReceiveError> {
+    let dest_s = || dest.display().to_string();
+    if data.len() as u64 != meta.size {
+        return Err(ReceiveError::Mismatch {
+            dest: dest_s(),
+            detail: format!("announced {} bytes, received {}", meta.size, data.len()),
+        });
+    }
+    let got = *blake3::hash(data).as_bytes();
+    if &got != digest {
+        return Err(ReceiveError::Mismatch {
+            dest: dest_s(),
+            detail: format!(
+                "digest {} does not match the sender's {}",
+                super::hex(&got),
+                super::hex(digest)
+            ),
+        });
+    }
+    let mut pending = create_temp(dest, temps, meta, started)?;
+    if let Some(f) = pending.file.as_ref() {
+        let mut f: &File = f;
+        f.write_all(data).map_err(io_err(dest, "write"))?;
+    }
+    pending.bytes = meta.size;
+    pending.digest = got;
+    Ok(pending)
+}
+
+/// Where in-order data goes: hashed and written here, or handed to a
+/// [`DiskWriter`] thread.
+enum Sink {
+    Inline(Box<blake3::Hasher>),
+    Thread(DiskWriter),
+}
+
+impl Sink {
+    async fn write(
+        &mut self,
+        pending: &PendingFile,
+        data: bytes::Bytes,
+        dest: &Path,
+    ) -> Result<(), ReceiveError> {
+        match self {
+            Sink::Inline(hasher) => {
+                if let Some(f) = pending.file.as_ref() {
+                    let mut f: &File = f;
+                    f.write_all(&data).map_err(io_err(dest, "write"))?;
+                }
+                hasher.update(&data);
+                Ok(())
+            }
+            Sink::Thread(writer) => {
+                if writer.tx.send(data).await.is_ok() {
+                    return Ok(());
+                }
+                // The thread stopped early because a write failed: collect
+                // its error. The sink is not used again after an error.
+                let Sink::Thread(writer) =
+                    std::mem::replace(self, Sink::Inline(Default::default()))
+                else {
+                    unreachable!("matched above");
+                };
+                match writer.finish(dest).await {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(ReceiveError::Io {
+                        dest: dest.display().to_string(),
+                        op: "write",
+                        source: std::io::Error::other("disk writer stopped early"),
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// Chunks queued for the disk writer: with the window's chunks in the
+/// pipe, this bounds what one file holds in memory here.
+const WRITER_QUEUE: usize = 8;
+
+/// A blocking thread that writes, hashes and acknowledges one file's
+/// in-order data. Acknowledgements leave from here, after the write, so
+/// the sender's window still counts only bytes that reached the file.
+struct DiskWriter {
+    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    handle: tokio::task::JoinHandle<WriterOutcome>,
+}
+
+struct WriterOutcome {
+    file: File,
+    hasher: blake3::Hasher,
+    error: Option<std::io::Error>,
+}
+
+impl DiskWriter {
+    fn start(
+        file: File,
+        router: Router,
+        ack: crate::channel::Sender,
+        early_writeback: bool,
+    ) -> DiskWriter {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(WRITER_QUEUE);
+        let handle = tokio::task::spawn_blocking(move || {
+            let mut hasher = blake3::Hasher::new();
+            let mut written = 0u64;
+            let mut written_back = 0u64;
+            while let Some(data) = rx.blocking_recv() {
+                if let Err(e) = (&file).write_all(&data) {
+                    return WriterOutcome {
+                        file,
+                        hasher,
+                        error: Some(e),
+                    };
+                }
+                hasher.update(&data);
+                written += data.len() as u64;
+                ack.send_control(&router, &written);
+                if early_writeback && written - written_back >= WRITEBACK_EVERY {
+                    start_writeback(&file, written_back, written);
+                    written_back = written;
+                }
+            }
+            WriterOutcome {
+                file,
+                hasher,
+                error: None,
+            }
+        });
+        DiskWriter { tx, handle }
+    }
+
+    /// Waits for every queued chunk to be written; returns the file and the
+    /// digest of what was written.
+    async fn finish(self, dest: &Path) -> Result<(File, [u8; 32]), ReceiveError> {
+        drop(self.tx);
+        match self.handle.await {
+            Ok(WriterOutcome {
+                file,
+                hasher,
+                error: None,
+            }) => Ok((file, *hasher.finalize().as_bytes())),
+            Ok(WriterOutcome { error: Some(e), .. }) => Err(io_err(dest, "write")(e)),
+            Err(e) => Err(ReceiveError::Io {
+                dest: dest.display().to_string(),
+                op: "write",
+                source: std::io::Error::other(format!("disk writer failed: {e}")),
+            }),
+        }
+    }
 }
 
 /// Most out-of-order bytes held while waiting for an earlier chunk: the

@@ -11,9 +11,11 @@
 //! Opening uses `O_NONBLOCK` so a registered FIFO cannot block the server,
 //! and the result must be a regular file.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
@@ -63,6 +65,12 @@ pub enum OpenError {
 pub struct Registry {
     paths: BTreeSet<PathBuf>,
     prefixes: BTreeSet<PathBuf>,
+    /// Each prefix's directory, opened (`O_PATH`) at its first use and kept:
+    /// a tree push opens thousands of files beneath one prefix, and
+    /// reopening the directory for each cost two system calls per file.
+    /// Requests then resolve beneath the directory that was at the prefix
+    /// path at that first use, even if it is renamed later.
+    prefix_dirs: Arc<Mutex<HashMap<PathBuf, Arc<OwnedFd>>>>,
 }
 
 /// Collapses `.`, `..` and repeated separators without touching the disk.
@@ -124,6 +132,20 @@ impl Registry {
         self.prefixes.iter().rev().find(|pre| p.starts_with(pre))
     }
 
+    fn prefix_dir(&self, prefix: &Path) -> Result<Arc<OwnedFd>, rustix::io::Errno> {
+        let mut dirs = self.prefix_dirs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(fd) = dirs.get(prefix) {
+            return Ok(fd.clone());
+        }
+        let fd = Arc::new(rustix::fs::open(
+            prefix,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?);
+        dirs.insert(prefix.to_path_buf(), fd.clone());
+        Ok(fd)
+    }
+
     /// Opens `path` for serving if a registration allows it.
     pub fn open(&self, path: &str) -> Result<File, OpenError> {
         let p = check(path)?;
@@ -136,7 +158,11 @@ impl Registry {
             })?;
             File::from(fd)
         } else if let Some(prefix) = self.prefix_for(&p) {
-            open_beneath(prefix, &p)?
+            let dir = self.prefix_dir(prefix).map_err(|e| OpenError::Io {
+                path: shown.clone(),
+                source: e.into(),
+            })?;
+            open_beneath(prefix, &dir, &p)?
         } else {
             return Err(OpenError::NotRegistered { path: shown });
         };
@@ -153,7 +179,7 @@ impl Registry {
     }
 }
 
-fn open_beneath(prefix: &Path, p: &Path) -> Result<File, OpenError> {
+fn open_beneath(prefix: &Path, dir: &OwnedFd, p: &Path) -> Result<File, OpenError> {
     let shown = p.display().to_string();
     let io = |e: rustix::io::Errno| OpenError::Io {
         path: shown.clone(),
@@ -167,15 +193,9 @@ fn open_beneath(prefix: &Path, p: &Path) -> Result<File, OpenError> {
             });
         }
     };
-    let dir = rustix::fs::open(
-        prefix,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(io)?;
     let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
     match rustix::fs::openat2(
-        &dir,
+        dir,
         rel,
         flags,
         Mode::empty(),
