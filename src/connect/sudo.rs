@@ -6,7 +6,7 @@
 //! SSH connection. The command is `sudo -n -H -u USER [args] -- /bin/sh -c
 //! <stub>`: `-n` makes a password prompt an immediate error rather than a
 //! hang, `-H` points `$HOME` (and so the binary cache) at the target
-//! account's home, and the [`bootstrap`](super::bootstrap) stub installs the
+//! account's home, and the [`bootstrap`] stub installs the
 //! binary into that account's own cache. The binary is fed over the pipe
 //! from this context's own executable, so the target account never needs to
 //! read the starting account's files.

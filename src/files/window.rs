@@ -26,6 +26,11 @@
 //! * much queue (> [`QUEUE_HIGH`] and a quarter of the window): the path
 //!   is the bottleneck and the extra bytes only sit in buffers (delaying
 //!   control calls behind them) — shrink by half the estimated queue;
+//! * and never past twice the bandwidth × delay product (best delivery
+//!   rate of the last ten rounds × `min_rtt`), as in BBR: on a fast local
+//!   path the queue estimate is within the noise of the RTT samples, and
+//!   without this the window (and so the receiver's buffering) crept up to
+//!   the cap for nothing;
 //! * never below the floor (the fixed window, so auto is never slower
 //!   than the seed) nor above the memory cap.
 //!
@@ -109,7 +114,12 @@ pub struct Window {
     round_acked_at_start: u64,
     round_end_offset: u64,
     latest_rtt: Option<Duration>,
+    /// Delivery rates (bytes/s) of the last [`RATE_ROUNDS`] rounds.
+    rates: VecDeque<f64>,
 }
+
+/// Rounds over which the delivery rate's maximum is taken.
+const RATE_ROUNDS: usize = 10;
 
 impl Window {
     /// A fixed window of `limit` bytes (the seed's behaviour).
@@ -136,6 +146,7 @@ impl Window {
             round_acked_at_start: 0,
             round_end_offset: 0,
             latest_rtt: None,
+            rates: VecDeque::new(),
         }
     }
 
@@ -246,14 +257,26 @@ impl Window {
             return;
         }
         let rate = bytes as f64 / elapsed.as_secs_f64();
+        if self.rates.len() == RATE_ROUNDS {
+            self.rates.pop_front();
+        }
+        self.rates.push_back(rate);
         let queued = (rate * rtt.saturating_sub(min_rtt).as_secs_f64()) as u64;
         let w = self.est.window;
         let new = if queued < QUEUE_LOW.max(w / 8) {
-            if self.est.slow_start {
+            let grown = if self.est.slow_start {
                 w.saturating_mul(2)
             } else {
                 w + w / 4
-            }
+            };
+            // Never grow past twice the path's bandwidth × delay product
+            // (best recent rate × min RTT): beyond it the extra bytes can
+            // only queue. On a fast local path, where a queue of a few
+            // hundred µs is within the RTT samples' noise, this is what
+            // keeps the window (and the receiver's buffering) at the floor.
+            let best = self.rates.iter().copied().fold(0.0, f64::max);
+            let bdp2 = (2.0 * best * min_rtt.as_secs_f64()) as u64;
+            grown.min(bdp2.max(w))
         } else if queued > QUEUE_HIGH.max(w / 4) {
             self.est.slow_start = false;
             w.saturating_sub(queued / 2)
