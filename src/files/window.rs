@@ -121,6 +121,11 @@ pub struct Window {
 /// Rounds over which the delivery rate's maximum is taken.
 const RATE_ROUNDS: usize = 10;
 
+/// Shortest time a round counts as lasting when its delivery rate is
+/// measured for the bandwidth × delay cap (about the scheduling noise of a
+/// busy machine).
+const RATE_MIN_INTERVAL: Duration = Duration::from_millis(1);
+
 impl Window {
     /// A fixed window of `limit` bytes (the seed's behaviour).
     pub fn new(limit: u64) -> Window {
@@ -257,10 +262,15 @@ impl Window {
             return;
         }
         let rate = bytes as f64 / elapsed.as_secs_f64();
+        // For the bandwidth × delay cap, a round counts as lasting at least
+        // RATE_MIN_INTERVAL: acknowledgements taken in a batch end rounds
+        // microseconds apart, and the absurd rates those would give let
+        // the window run up to the cap on a local pipe.
+        let capped_rate = bytes as f64 / elapsed.max(RATE_MIN_INTERVAL).as_secs_f64();
         if self.rates.len() == RATE_ROUNDS {
             self.rates.pop_front();
         }
-        self.rates.push_back(rate);
+        self.rates.push_back(capped_rate);
         let queued = (rate * rtt.saturating_sub(min_rtt).as_secs_f64()) as u64;
         let w = self.est.window;
         let new = if queued < QUEUE_LOW.max(w / 8) {
