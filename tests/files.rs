@@ -1,48 +1,17 @@
 //! FileService and the receiving side, end to end with real child
 //! processes (the `ferrogen` binary) and real file systems.
 
+mod filectl;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ferrogen::connect::{self, ConnectSpec, ContextInfo, Method};
+use ferrogen::connect::Method;
+use ferrogen::files::TARGET_SERVICE;
 use ferrogen::files::plan::{EntryResult, PlanEntry, PushPlan};
 use ferrogen::files::receive::ReceiveOptions;
-use ferrogen::files::window::Sizing;
-use ferrogen::files::{FileService, FileServiceConfig, TARGET_SERVICE};
-use ferrogen::router::{Router, RouterConfig};
-use ferrogen::service::Services;
-
-struct Ctl {
-    router: Router,
-    services: Services,
-    fs: FileService,
-}
-
-fn ctl(window: u64, ack_timeout: Duration) -> Ctl {
-    connect::local::set_child_program(env!("CARGO_BIN_EXE_ferrogen"));
-    let router = Router::new(RouterConfig::controller());
-    let services = Services::start(&router);
-    let fs = FileService::start(
-        &router,
-        &services,
-        FileServiceConfig {
-            sizing: Sizing::Fixed(window),
-            ack_timeout,
-        },
-    );
-    Ctl {
-        router,
-        services,
-        fs,
-    }
-}
-
-async fn child(c: &Ctl, via: Option<u32>) -> ContextInfo {
-    connect::connect(&c.router, &ConnectSpec::new(Method::Local), via)
-        .await
-        .expect("local child starts")
-}
+use filectl::{Ctl, child, ctl};
 
 fn plan(entries: Vec<PlanEntry>, dest: &Path, into_dir: bool) -> PushPlan {
     PushPlan {

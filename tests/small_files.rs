@@ -3,47 +3,24 @@
 //! the batched sync, then linked into place. Real child processes, real
 //! file systems.
 
+mod filectl;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ferrogen::connect::{self, ConnectSpec, ContextInfo, Method};
+use ferrogen::connect::ContextInfo;
 use ferrogen::files::plan::{EntryResult, PlanEntry, PushPlan};
 use ferrogen::files::receive::ReceiveOptions;
-use ferrogen::files::window::Sizing;
-use ferrogen::files::{FileService, FileServiceConfig, SMALL_FILE_MAX, TARGET_SERVICE};
-use ferrogen::router::{Router, RouterConfig};
-use ferrogen::service::Services;
-
-struct Ctl {
-    router: Router,
-    _services: Services,
-    fs: FileService,
-}
+use ferrogen::files::{SMALL_FILE_MAX, TARGET_SERVICE};
+use filectl::{Ctl, set_times};
 
 fn ctl() -> Ctl {
-    connect::local::set_child_program(env!("CARGO_BIN_EXE_ferrogen"));
-    let router = Router::new(RouterConfig::controller());
-    let services = Services::start(&router);
-    let fs = FileService::start(
-        &router,
-        &services,
-        FileServiceConfig {
-            sizing: Sizing::Fixed(1 << 20),
-            ack_timeout: Duration::from_secs(30),
-        },
-    );
-    Ctl {
-        router,
-        _services: services,
-        fs,
-    }
+    filectl::ctl(1 << 20, Duration::from_secs(30))
 }
 
 async fn child(c: &Ctl) -> ContextInfo {
-    connect::connect(&c.router, &ConnectSpec::new(Method::Local), None)
-        .await
-        .expect("local child starts")
+    filectl::child(c, None).await
 }
 
 fn s(p: &Path) -> String {
@@ -88,19 +65,6 @@ fn bytes(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
-}
-
-fn set_mtime(p: &Path, sec: i64, nsec: u32) {
-    let t = rustix::fs::Timespec {
-        tv_sec: sec,
-        tv_nsec: nsec as _,
-    };
-    let ts = rustix::fs::Timestamps {
-        last_access: t,
-        last_modification: t,
-    };
-    rustix::fs::utimensat(rustix::fs::CWD, p, &ts, rustix::fs::AtFlags::empty())
-        .expect("utimensat");
 }
 
 /// Every name under `dir`, recursively, relative to it.
@@ -155,10 +119,10 @@ async fn many_small_files_come_in_few_calls_with_content_and_metadata() {
         let data = bytes(len, i as u64);
         std::fs::write(&p, &data).expect("write");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(modes[i % 4])).expect("chmod");
-        set_mtime(
+        set_times(
             &p,
             1_500_000_000 + i as i64,
-            (i as u32 * 7919) % 1_000_000_000,
+            (i as i64 * 7919) % 1_000_000_000,
         );
         entries.push(entry(&p, &rel, len as u64));
         expect.push((rel, data, modes[i % 4], i));

@@ -3,6 +3,7 @@
 //! binary on the command line, and an in-process controller where the
 //! receivers' timestamps are needed. Needs root (CI runs as root).
 
+mod filectl;
 mod sshd;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -20,6 +21,7 @@ use ferrogen::files::receive::ReceiveOptions;
 use ferrogen::files::{FileService, FileServiceConfig, TARGET_SERVICE};
 use ferrogen::router::{Router, RouterConfig};
 use ferrogen::service::Services;
+use filectl::set_times;
 use serde_json::Value;
 use sshd::Sshd;
 
@@ -239,24 +241,6 @@ fn unix_ns() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
-}
-
-fn set_times(p: &Path, sec: i64, nsec: i64) {
-    let t = rustix::fs::Timespec {
-        tv_sec: sec,
-        tv_nsec: nsec as _,
-    };
-    let ts = rustix::fs::Timestamps {
-        last_access: t,
-        last_modification: t,
-    };
-    rustix::fs::utimensat(
-        rustix::fs::CWD,
-        p,
-        &ts,
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .unwrap_or_else(|e| panic!("utimensat {}: {e}", p.display()));
 }
 
 fn chmod(p: &Path, mode: u32) {

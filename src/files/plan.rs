@@ -560,6 +560,15 @@ async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<Outcome> {
         .router
         .call_service(ctx.server, FILE_SERVICE, "fetch_small", &args)
         .await;
+    let all_failed = |batch: Vec<FileJob>, why: String| -> Vec<Outcome> {
+        batch
+            .into_iter()
+            .map(|j| {
+                let e = format!("{}: fetch of {} failed: {why}", j.path.display(), j.src);
+                (j.index, j.path, Err(e))
+            })
+            .collect()
+    };
     let files = match reply {
         Ok(files) if files.len() == batch.len() => files,
         Ok(files) => {
@@ -568,23 +577,9 @@ async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<Outcome> {
                 files.len(),
                 batch.len()
             );
-            return batch
-                .into_iter()
-                .map(|j| {
-                    let e = format!("{}: fetch of {} failed: {why}", j.path.display(), j.src);
-                    (j.index, j.path, Err(e))
-                })
-                .collect();
+            return all_failed(batch, why);
         }
-        Err(why) => {
-            return batch
-                .into_iter()
-                .map(|j| {
-                    let e = format!("{}: fetch of {} failed: {why}", j.path.display(), j.src);
-                    (j.index, j.path, Err(e))
-                })
-                .collect();
-        }
+        Err(why) => return all_failed(batch, why.to_string()),
     };
     let (temps, opts, held) = (ctx.temps.clone(), ctx.opts.clone(), ctx.held.clone());
     let places: Vec<(usize, PathBuf)> = batch.iter().map(|j| (j.index, j.path.clone())).collect();

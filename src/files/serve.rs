@@ -628,6 +628,20 @@ fn ack_channel_ended(r: Result<Frame, ChannelError>) -> String {
 /// answered [`SmallFile::TooLarge`] and fetched on their own.
 pub const SMALL_BATCH_BYTES: u64 = 1024 * 1024;
 
+/// True if `file`'s size or mtime differ from `meta` (or it cannot be
+/// stat'ed). A bare fstat: `FileMeta::from_fd` would also look the owner
+/// and group names up again.
+fn changed_since(file: &File, meta: &FileMeta) -> bool {
+    match rustix::fs::fstat(file) {
+        Ok(now) => {
+            now.st_size as u64 != meta.size
+                || now.st_mtime != meta.mtime_sec
+                || now.st_mtime_nsec as u32 != meta.mtime_nsec
+        }
+        Err(_) => true,
+    }
+}
+
 /// Reads a small file in one `pread` of one byte more than its size (so
 /// growth shows without a second read), hashes it, and checks it was not
 /// modified meanwhile.
@@ -657,15 +671,7 @@ fn read_whole(file: &File, meta: &FileMeta) -> Result<(Bytes, [u8; 32]), String>
             buf.len()
         ));
     }
-    let changed = match rustix::fs::fstat(file) {
-        Ok(now) => {
-            now.st_size as u64 != meta.size
-                || now.st_mtime != meta.mtime_sec
-                || now.st_mtime_nsec as u32 != meta.mtime_nsec
-        }
-        Err(_) => true,
-    };
-    if changed {
+    if changed_since(file, meta) {
         return Err("source file was modified while being read (size or mtime changed)".into());
     }
     let digest = *blake3::hash(&buf).as_bytes();
@@ -720,17 +726,7 @@ fn read_file(file: &File, meta: &FileMeta, mut send: impl FnMut(ReadEvent) -> bo
     }
     let mut probe = [0u8; 1];
     let grew = matches!(file.read_at(&mut probe, meta.size), Ok(n) if n > 0);
-    // A bare fstat: FileMeta::from_fd would also look the owner and group
-    // names up again (NSS reads /etc/passwd and /etc/group on every call).
-    let changed = match rustix::fs::fstat(file) {
-        Ok(now) => {
-            now.st_size as u64 != meta.size
-                || now.st_mtime != meta.mtime_sec
-                || now.st_mtime_nsec as u32 != meta.mtime_nsec
-        }
-        Err(_) => true,
-    };
-    if grew || changed {
+    if grew || changed_since(file, meta) {
         let _ = send(ReadEvent::Failed(
             "source file was modified during transfer (size or mtime changed)".into(),
         ));
