@@ -600,14 +600,19 @@ async fn push_one(
     };
     let results = match result {
         Ok(r) => r,
-        Err(e) => vec![EntryResult {
-            path: plan.dest.clone(),
-            bytes: 0,
-            seconds: 0.0,
-            digest: None,
-            error: Some(format!("{}: {e}", info.name)),
-            data_span_ns: (0, 0),
-        }],
+        Err(e) => {
+            // Said at once, not only in the summary: other targets may run
+            // for a long while yet.
+            tracing::warn!("{}: push failed: {e}", info.name);
+            vec![EntryResult {
+                path: plan.dest.clone(),
+                bytes: 0,
+                seconds: 0.0,
+                digest: None,
+                error: Some(format!("{}: {e}", info.name)),
+                data_span_ns: (0, 0),
+            }]
+        }
     };
     if let Some(b) = &bar {
         b.set_position(fs.progress(info.id));
