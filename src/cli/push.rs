@@ -485,8 +485,9 @@ const STRIPE_MIN_BYTES: u64 = 32 << 20;
 /// Opens extra streams to the first hop of an ssh target reached directly
 /// from the controller, in the background, when the push is large and the
 /// path long enough for them to help. The FileService picks stripes up
-/// as they attach.
-fn open_stripes(
+/// as they attach. (Public for `tools/ferroprobe`, which measures calls on
+/// a push set up exactly like this one.)
+pub fn open_stripes(
     router: &Router,
     targs: &TargetArgs,
     host: &str,

@@ -6,7 +6,9 @@
 //! calls of the target's `ferrogen.ping` service on the idle stream, then
 //! starts the push and, while data is flowing, calls `ferrogen.ping` every
 //! `--interval-ms` on the same stream (one call outstanding at a time), up to
-//! `--calls`. Prints one JSON line:
+//! `--calls`. Like `ferrogen push`, it opens stripes for a large push over a
+//! path of 4 ms or more (`--stripes` as there), so bulk data leaves the
+//! stream the calls use. Prints one JSON line:
 //!
 //! ```text
 //! {"idle":{"count":..,"p50_ms":..,"p99_ms":..,"max_ms":..},"loaded":{..},
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ferrogen::cli::push::file_service_config as config;
-use ferrogen::cli::push::{PushArgs, collect_sources};
+use ferrogen::cli::push::{PushArgs, collect_sources, open_stripes};
 use ferrogen::cli::target;
 use ferrogen::files::plan::{EntryResult, PushPlan};
 use ferrogen::files::receive::ReceiveOptions;
@@ -118,6 +120,18 @@ async fn run(cli: Cli) -> Result<serde_json::Value, String> {
         .map_err(|(_, e)| e)?;
     let info = target::connect_target(&router, &args.target, &chain, &hosts[0], &filter).await?;
     let id = info.id;
+    // Stripes as `ferrogen push` opens them (for a large push over a long
+    // enough path): bulk data then travels on them, and calls on the
+    // primary stream no longer queue behind it.
+    open_stripes(
+        &router,
+        &args.target,
+        &hosts[0],
+        id,
+        args.stripes,
+        sources.total_bytes,
+        &filter,
+    );
 
     let mut idle = Vec::new();
     for _ in 0..cli.idle_calls {
@@ -156,6 +170,10 @@ async fn run(cli: Cli) -> Result<serde_json::Value, String> {
         }
         bytes += r.bytes;
     }
+    let stripes = router
+        .stream_towards(id)
+        .map(|s| router.stripes(s).len())
+        .unwrap_or(0);
     services.shutdown().await;
     router.close_all_streams("probe finished");
     Ok(serde_json::json!({
@@ -166,6 +184,7 @@ async fn run(cli: Cli) -> Result<serde_json::Value, String> {
         "push_bytes": bytes,
         "push_mib_s": bytes as f64 / 1048576.0 / secs,
         "window": format!("{:?}", config(args).sizing),
+        "streams": stripes,
     }))
 }
 
