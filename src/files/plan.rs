@@ -283,14 +283,15 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
                 .to_path_buf()
         })
     });
+    let fetch_context = || FetchContext {
+        router: router.clone(),
+        server: plan.server,
+        temps: temps.clone(),
+        opts: plan.options.clone(),
+        held: held.clone(),
+    };
     for batch in small_batches(small) {
-        let ctx = FetchContext {
-            router: router.clone(),
-            server: plan.server,
-            temps: temps.clone(),
-            opts: plan.options.clone(),
-            held: held.clone(),
-        };
+        let ctx = fetch_context();
         let sem = batch_sem.clone();
         let early = early_sync.clone();
         tasks.spawn(async move {
@@ -303,13 +304,7 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
         });
     }
     for job in large {
-        let ctx = FetchContext {
-            router: router.clone(),
-            server: plan.server,
-            temps: temps.clone(),
-            opts: plan.options.clone(),
-            held: held.clone(),
-        };
+        let ctx = fetch_context();
         let sem = sem.clone();
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await;
