@@ -376,6 +376,42 @@ mod tests {
         )
     }
 
+    /// A fast local pipe whose receiver acknowledges in bursts (a disk
+    /// thread that stalls, then catches up; the sender taking queued acks
+    /// microseconds apart): the window must stay near the floor, since a
+    /// bigger one only buffers data at the receiver.
+    #[test]
+    fn batched_acks_on_a_fast_local_path_do_not_grow_the_window() {
+        let chunk = 131_046u64;
+        let sizing = Sizing::Auto {
+            floor: 1 << 20,
+            cap: 64 << 20,
+        };
+        let start = Instant::now();
+        let at = |us: u64| start + Duration::from_micros(us);
+        let mut w = Window::with_estimate(sizing, PathEstimate::new(sizing));
+        let mut t = 0u64; // µs
+        let mut highest = 0;
+        for i in 0..5000u64 {
+            while w.can_send(chunk) {
+                w.on_send_at(chunk, at(t));
+            }
+            highest = highest.max(w.limit());
+            // Every tenth burst waits behind a 2 ms disk stall; the others
+            // come 80 µs after the sends, all taken at the same instant.
+            t += if i % 10 == 0 { 2000 } else { 80 };
+            let mut acked = w.acked();
+            while acked < w.sent() {
+                acked = (acked + chunk).min(w.sent());
+                w.on_ack_at(acked, at(t)).expect("ack");
+            }
+        }
+        assert!(
+            highest <= 4 << 20,
+            "window grew to {highest} bytes on a local path"
+        );
+    }
+
     #[test]
     fn auto_grows_to_the_bandwidth_delay_product_on_a_long_fat_path() {
         let mib = (1u64 << 20) as f64;
