@@ -23,6 +23,7 @@ use crate::files::window::Sizing;
 use crate::files::{FileService, FileServiceConfig, TARGET_SERVICE};
 use crate::router::{Router, RouterConfig};
 use crate::service::Services;
+use crate::wire::ContextId;
 
 /// Arguments of `ferrogen push`.
 #[derive(Debug, Args)]
@@ -121,6 +122,35 @@ pub struct Sources {
     pub into_dir: bool,
     /// Non-fatal notes (skipped special files).
     pub skipped: Vec<String>,
+}
+
+impl Sources {
+    /// Registers every source file and directory with `fs`.
+    pub fn register(&self, fs: &FileService) -> Result<(), String> {
+        for f in &self.files {
+            fs.register(f)?;
+        }
+        for p in &self.prefixes {
+            fs.register_prefix(p)?;
+        }
+        Ok(())
+    }
+
+    /// The plan that puts these sources at `dest` in a target, fetching
+    /// from the FileService in context `server`.
+    pub fn plan(&self, args: &PushArgs, server: ContextId, dest: &str) -> PushPlan {
+        PushPlan {
+            server,
+            dest: dest.to_string(),
+            into_dir: self.into_dir || dest.ends_with('/'),
+            entries: self.entries.clone(),
+            options: ReceiveOptions {
+                fsync: !args.no_fsync,
+                preserve_owner: args.owner,
+            },
+            parallel: args.parallel,
+        }
+    }
 }
 
 fn utf8(p: &Path) -> Result<String, String> {
@@ -283,29 +313,11 @@ pub async fn run(args: PushArgs, log_filter: String) -> i32 {
     crate::ping::register_service(&services, &router);
     let config = file_service_config(&args);
     let fs = FileService::start(&router, &services, config);
-    for f in &sources.files {
-        if let Err(e) = fs.register(f) {
-            eprintln!("ferrogen push: {e}");
-            return 2;
-        }
+    if let Err(e) = sources.register(&fs) {
+        eprintln!("ferrogen push: {e}");
+        return 2;
     }
-    for p in &sources.prefixes {
-        if let Err(e) = fs.register_prefix(p) {
-            eprintln!("ferrogen push: {e}");
-            return 2;
-        }
-    }
-    let plan = PushPlan {
-        server: router.id(),
-        dest: dest.clone(),
-        into_dir: sources.into_dir || dest.ends_with('/'),
-        entries: sources.entries.clone(),
-        options: ReceiveOptions {
-            fsync: !args.no_fsync,
-            preserve_owner: args.owner,
-        },
-        parallel: args.parallel,
-    };
+    let plan = sources.plan(&args, router.id(), dest);
 
     let work = push_all(&router, &fs, &args, plan, sources.total_bytes, &log_filter);
     let outcomes = tokio::select! {

@@ -26,8 +26,7 @@ use clap::Parser;
 use ferrogen::cli::push::file_service_config as config;
 use ferrogen::cli::push::{PushArgs, collect_sources, open_stripes};
 use ferrogen::cli::target;
-use ferrogen::files::plan::{EntryResult, PushPlan};
-use ferrogen::files::receive::ReceiveOptions;
+use ferrogen::files::plan::EntryResult;
 use ferrogen::files::{FileService, TARGET_SERVICE};
 use ferrogen::ping::PING_SERVICE;
 use ferrogen::router::{Router, RouterConfig};
@@ -93,23 +92,8 @@ async fn run(cli: Cli) -> Result<serde_json::Value, String> {
     let services = Services::start(&router);
     ferrogen::ping::register_service(&services, &router);
     let fs = FileService::start(&router, &services, config(args));
-    for f in &sources.files {
-        fs.register(f)?;
-    }
-    for p in &sources.prefixes {
-        fs.register_prefix(p)?;
-    }
-    let plan = PushPlan {
-        server: router.id(),
-        dest: dest.clone(),
-        into_dir: sources.into_dir || dest.ends_with('/'),
-        entries: sources.entries.clone(),
-        options: ReceiveOptions {
-            fsync: !args.no_fsync,
-            preserve_owner: args.owner,
-        },
-        parallel: args.parallel,
-    };
+    sources.register(&fs)?;
+    let plan = sources.plan(args, router.id(), dest);
     let filter = "warn".to_string();
     let hosts = args.target.hosts();
     if hosts.len() != 1 {
