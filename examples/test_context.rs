@@ -32,6 +32,8 @@ fn register(services: &Services, router: &Router) {
     let r_other = router.clone();
     let r_u32 = router.clone();
     let r_announce = router.clone();
+    let r_allocated = router.clone();
+    let r_dead = router.clone();
     let r_parents = router.clone();
     let r_raw = router.clone();
     services.register(
@@ -133,6 +135,35 @@ fn register(services: &Services, router: &Router) {
                     async move {
                         r.announce_route(id, &name);
                         Ok::<_, RemoteError>(())
+                    }
+                },
+            )
+            // Sends a dead frame (as this context) to `(target, handle)`.
+            .method(
+                "send_raw_dead",
+                Policy::ParentsOnly,
+                move |_c, (target, handle): (ContextId, Handle)| {
+                    let r = r_dead.clone();
+                    async move {
+                        r.send(ferrogen::wire::Frame::dead(target, handle, "forged"));
+                        Ok::<_, RemoteError>(Ok::<usize, String>(0))
+                    }
+                },
+            )
+            // Takes an id from this context's block (asking the parent for
+            // one) and announces it without starting a context.
+            .method(
+                "announce_allocated",
+                Policy::ParentsOnly,
+                move |_c, name: String| {
+                    let r = r_allocated.clone();
+                    async move {
+                        let id = r
+                            .allocate_id()
+                            .await
+                            .map_err(|e| RemoteError::Failed(e.to_string()))?;
+                        r.announce_route(id, &name);
+                        Ok::<_, RemoteError>(id)
                     }
                 },
             )

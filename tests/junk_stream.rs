@@ -26,7 +26,7 @@ use tokio_util::codec::Decoder;
 
 use ferrogen::channel::ChannelError;
 use ferrogen::router::{Policy, Router, RouterConfig};
-use ferrogen::wire::control::{self, AddRoute, DelRoute};
+use ferrogen::wire::control::{self, AddRoute, DelRoute, IdBlock};
 use ferrogen::wire::{
     ContextId, DEFAULT_MAX_MESSAGE_SIZE, Enc, Frame, FrameCodec, HEADER_LEN, Header, codec, handles,
 };
@@ -370,6 +370,41 @@ async fn junk_below_a_context_is_one_del_route_per_lost_context_upwards() {
     let mut up = attach(&router, 0, true, "parent");
     let mut down = attach(&router, 6, false, "bad");
     let mut up_buf = BytesMut::new();
+    let mut down_buf = BytesMut::new();
+
+    // 6 may announce 7 only once 7 is its own: 6 asks 5 for ids, 5 asks
+    // its parent (played here) and passes the block down.
+    let mut ask = Frame::new(5, handles::ALLOCATE_ID, Enc::Control, Bytes::new());
+    ask.src_id = 6;
+    ask.auth_id = 6;
+    ask.reply_to = 1000;
+    down.write_all(&codec::encode_to_vec(&ask))
+        .await
+        .expect("write");
+    let f = next_frame(&mut up, &mut up_buf)
+        .await
+        .expect("ALLOCATE_ID upwards");
+    assert_eq!((f.dst_id, f.src_id, f.handle), (0, 5, handles::ALLOCATE_ID));
+    let mut block = Frame::new(
+        5,
+        f.reply_to,
+        Enc::Control,
+        control::encode(&IdBlock {
+            start: 7,
+            end: 1007,
+        }),
+    );
+    block.src_id = 0;
+    block.auth_id = 0;
+    up.write_all(&codec::encode_to_vec(&block))
+        .await
+        .expect("write");
+    let f = next_frame(&mut down, &mut down_buf)
+        .await
+        .expect("the block, passed down");
+    assert_eq!((f.dst_id, f.handle), (6, 1000));
+    let got: IdBlock = control::decode_frame(&f).expect("IdBlock");
+    assert_eq!((got.start, got.end), (7, 1007));
 
     let mut add = Frame::new(
         5,
@@ -426,6 +461,7 @@ async fn junk_below_a_context_is_one_del_route_per_lost_context_upwards() {
         .expect("write");
     let f = next_frame(&mut up, &mut up_buf).await.expect("dead reply");
     assert!(f.is_dead());
-    assert_eq!((f.dst_id, f.src_id, f.handle), (0, 5, 1000));
+    // Answered by 5 on behalf of 7 (src_id 7, auth_id 5): docs/protocol.md.
+    assert_eq!((f.dst_id, f.src_id, f.auth_id, f.handle), (0, 7, 5, 1000));
     assert_eq!(f.dead_reason(), "no route to 7, my id is 5");
 }

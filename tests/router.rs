@@ -19,7 +19,6 @@ use ferrogen::wire::{ContextId, Enc, Frame, handles};
 /// Ids for fake children, far away from anything the controller allocates.
 const FAKE_A: ContextId = 900_001;
 const FAKE_B: ContextId = 900_002;
-const FAKE_A_CHILD: ContextId = 900_011;
 
 /// A control frame with every header field given explicitly.
 fn forged(dst: ContextId, src: ContextId, auth: ContextId, handle: u32, reply_to: u32) -> Frame {
@@ -94,13 +93,15 @@ async fn bad_src_id_is_dropped_and_counted() {
     let mut rx = c.router.receiver();
     let h = rx.handle();
 
-    // The fake child announces a child of its own: it may then speak for it.
+    // The fake child is given ids and announces a child of its own: it may
+    // then speak for it.
+    let fake_a_child = a.allocate_block().await.start;
     let mut add = Frame::new(
         0,
         handles::ADD_ROUTE,
         Enc::Control,
         control::encode(&AddRoute {
-            id: FAKE_A_CHILD,
+            id: fake_a_child,
             name: "fake.child".into(),
         }),
     );
@@ -110,47 +111,50 @@ async fn bad_src_id_is_dropped_and_counted() {
 
     a.send(&tagged(0, 0, FAKE_A, h, "src-controller")).await;
     a.send(&tagged(0, FAKE_B, FAKE_A, h, "src-sibling")).await;
-    a.send(&tagged(0, FAKE_A_CHILD, FAKE_A, h, "src-descendant"))
+    a.send(&tagged(0, fake_a_child, FAKE_A, h, "src-descendant"))
         .await;
-    a.send(&tagged(0, FAKE_A_CHILD, FAKE_A_CHILD, h, "descendant"))
+    a.send(&tagged(0, fake_a_child, fake_a_child, h, "descendant"))
         .await;
 
     let first = rx.recv_timeout(PROMPTLY).await.expect("frame");
     let second = rx.recv_timeout(PROMPTLY).await.expect("frame");
     assert_eq!(tag_of(&first), "src-descendant");
-    assert_eq!(first.src_id, FAKE_A_CHILD);
+    assert_eq!(first.src_id, fake_a_child);
     assert_eq!(tag_of(&second), "descendant");
     assert_eq!(c.router.rejected_frames(), 2);
-    assert!(c.router.has_route(FAKE_A_CHILD));
+    assert!(c.router.has_route(fake_a_child));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frame_from_the_parent_for_an_unknown_id_gets_no_route_from_the_child() {
     let c = Controller::new();
     let child = c.connect(None).await;
-    // The child claims a route to 1234, which does not exist: the
-    // controller now forwards frames for 1234 to the child, and the child,
-    // having no route and having got them from its parent, must answer
-    // instead of bouncing them back up.
-    c.call::<_, ()>(child.id, "announce_route", &(1234u32, "ghost".to_string()))
+    // The child is given a block of ids and announces one of them without
+    // starting a context: the controller now forwards frames for that id to
+    // the child, and the child, having no route and having got them from
+    // its parent, must answer instead of bouncing them back up.
+    let ghost: ContextId = c
+        .call(child.id, "announce_allocated", &"ghost".to_string())
         .await;
-    assert!(c.router.has_route(1234));
+    assert!(c.router.has_route(ghost));
 
-    let want = format!("no route to 1234, my id is {}", child.id);
+    let want = format!("no route to {ghost}, my id is {}", child.id);
     let err = c
         .router
-        .call_service::<_, u32>(1234, TEST, "anyone", &1u32)
+        .call_service::<_, u32>(ghost, TEST, "anyone", &1u32)
         .await
         .unwrap_err();
     assert!(dead_reason(err.clone()).contains(&want), "{err}");
 
-    // The dead reply comes from the child (src_id), to the caller's reply_to.
+    // The dead reply is the child's, on behalf of the ghost: src_id is the
+    // context the call was for (so the caller's respondent check accepts
+    // it), auth_id the router that answered.
     let mut fake = FakeChild::attach(&c.router, FAKE_A);
-    fake.send(&forged(1234, FAKE_A, FAKE_A, handles::CALL_SERVICE, 4100))
+    fake.send(&forged(ghost, FAKE_A, FAKE_A, handles::CALL_SERVICE, 4100))
         .await;
     let dead = fake.recv(PROMPTLY).await.expect("a dead reply");
     assert!(dead.is_dead());
-    assert_eq!(dead.src_id, child.id);
+    assert_eq!((dead.src_id, dead.auth_id), (ghost, child.id));
     assert_eq!((dead.dst_id, dead.handle), (FAKE_A, 4100));
     assert_eq!(dead.dead_reason(), want);
 
@@ -352,4 +356,177 @@ async fn reply_from_an_unexpected_context_is_refused() {
         rx.recv_timeout(Duration::from_millis(200)).await,
         Err(ChannelError::Timeout(_))
     ));
+}
+
+// ------------------------------------------------ trust rules (issue 9)
+
+/// A dead frame, forged by `from` with every header field given.
+fn forged_dead(dst: ContextId, handle: u32, from: ContextId) -> Frame {
+    let mut f = Frame::dead(dst, handle, "forged");
+    f.src_id = from;
+    f.auth_id = from;
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_dead_message_ends_neither_the_service_dispatcher_nor_a_call() {
+    let c = Controller::new();
+    let child = c.connect(None).await;
+    let mut evil = FakeChild::attach(&c.router, FAKE_A);
+
+    // A call to the child is waiting for its reply on some dynamic handle.
+    let router = c.router.clone();
+    let id = child.id;
+    let call = tokio::spawn(async move {
+        router
+            .call_service::<_, ()>(id, TEST, "sleep_ms", &500u64)
+            .await
+    });
+    wait_for_sleepers(&c, child.id, 1).await;
+
+    // The forger sends dead frames to the controller's service handle and
+    // to every plausible dynamic handle.
+    evil.send(&forged_dead(0, handles::CALL_SERVICE, FAKE_A))
+        .await;
+    for h in handles::FIRST_DYNAMIC..handles::FIRST_DYNAMIC + 200 {
+        evil.send(&forged_dead(0, h, FAKE_A)).await;
+    }
+    // The call still completes with the child's real answer.
+    call.await
+        .expect("join")
+        .expect("the call survived the forged dead frames");
+    // The dispatcher still serves calls (a fresh context pings the controller).
+    let sibling = c.connect(None).await;
+    let got: Result<u32, (Option<ferrogen::call::RemoteError>, String)> = c
+        .call(
+            sibling.id,
+            "call_u32",
+            &(child.id, "anyone".to_string(), 41u32),
+        )
+        .await;
+    assert_eq!(got.expect("a call through the controller"), 42);
+    assert!(
+        c.router.rejected_frames() >= 1,
+        "the forgeries were counted"
+    );
+    // And nothing was answered to the forger for its dead frames.
+    assert!(evil.recv(Duration::from_millis(200)).await.is_none());
+}
+
+async fn wait_for_sleepers(c: &Controller, id: ContextId, n: u32) {
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let now: u32 = c.call(id, "sleeping", &()).await;
+        if now >= n {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "call never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_dead_message_does_not_shut_a_context_down() {
+    let c = Controller::new();
+    let victim = c.connect(None).await;
+    let evil = c.connect(None).await;
+    // The evil context forges dead frames to the victim's SHUTDOWN handle,
+    // from itself (the only identity its stream lets it claim).
+    for _ in 0..3 {
+        let res: Result<usize, String> = c
+            .call(evil.id, "send_raw_dead", &(victim.id, handles::SHUTDOWN))
+            .await;
+        res.expect("sent");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got: u32 = c.call(victim.id, "anyone", &1u32).await;
+    assert_eq!(got, 2, "the victim is still up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_cannot_claim_an_id_it_does_not_own() {
+    let c = Controller::new();
+    let honest = c.connect(None).await;
+    let mut evil = FakeChild::attach(&c.router, FAKE_A);
+    // The honest child is given a block; the evil one announces an id of it
+    // (and the controller's next own id) before the honest one does.
+    let res: ContextId = c
+        .call(honest.id, "announce_allocated", &"real".to_string())
+        .await;
+    let next_block_id = res + 1;
+    for id in [next_block_id, honest.id, res + 5000, 0] {
+        let mut add = Frame::new(
+            0,
+            handles::ADD_ROUTE,
+            Enc::Control,
+            control::encode(&AddRoute {
+                id,
+                name: "hijack".into(),
+            }),
+        );
+        add.src_id = FAKE_A;
+        add.auth_id = FAKE_A;
+        evil.send(&add).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !c.router.has_route(next_block_id),
+        "an id of the honest child's block was claimed by another stream"
+    );
+    assert_eq!(
+        c.router.stream_towards(res),
+        c.router.stream_towards(honest.id),
+        "the honest announcement stands"
+    );
+    assert_ne!(
+        c.router.stream_towards(honest.id),
+        Some(evil.stream),
+        "the honest child itself was not taken over"
+    );
+    assert!(!c.router.has_route(res + 5000));
+    assert_eq!(c.router.rejected_frames(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_ends_removes_only_routes_that_still_point_at_it() {
+    let c = Controller::new();
+    let a = FakeChild::attach(&c.router, FAKE_A);
+    // FAKE_B first reached through a stream that then goes away after the
+    // id was given to a new stream.
+    let old = FakeChild::attach(&c.router, FAKE_B);
+    let new = FakeChild::attach(&c.router, FAKE_B);
+    drop(old);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(c.router.stream_towards(FAKE_B), Some(new.stream));
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_blocks_per_stream_are_capped() {
+    let c = Controller::new();
+    let mut evil = FakeChild::attach(&c.router, FAKE_A);
+    let honest = c.connect(None).await;
+    let mut got = 0usize;
+    let mut refused = None;
+    for i in 0..(ferrogen::router::MAX_BLOCKS_PER_LINK + 5) {
+        let mut ask = Frame::new(0, handles::ALLOCATE_ID, Enc::Control, Bytes::new());
+        ask.src_id = FAKE_A;
+        ask.auth_id = FAKE_A;
+        ask.reply_to = 5000;
+        evil.send(&ask).await;
+        let f = evil.recv(PROMPTLY).await.expect("an answer");
+        if f.is_dead() {
+            refused = Some((i, f.dead_reason()));
+            break;
+        }
+        got += 1;
+    }
+    assert_eq!(got, ferrogen::router::MAX_BLOCKS_PER_LINK);
+    let (_, why) = refused.expect("refused past the cap");
+    assert!(why.contains("id allocation limit"), "{why}");
+    // Others still get ids.
+    let id: ContextId = c
+        .call(honest.id, "announce_allocated", &"after".to_string())
+        .await;
+    assert!(id > 0);
 }

@@ -737,8 +737,24 @@ async fn wait_until(what: &str, f: impl Fn() -> bool) {
 #[tokio::test]
 async fn controller_applies_the_documented_add_and_del_route() {
     let router = Router::new(RouterConfig::controller());
+    assert_eq!(router.allocate_id().await.expect("id"), 1);
     let mut child = attach(&router, 1, false);
     assert!(!router.has_route(2));
+    // A child may announce only ids it owns: first the documented block
+    // [2, 1002), then the documented ADD_ROUTE for 2.
+    child
+        .write_all(&doc_bytes("add-route"))
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!router.has_route(2), "announced before it was delegated");
+    assert_eq!(router.rejected_frames(), 1);
+    child
+        .write_all(&doc_bytes("allocate-id-request"))
+        .await
+        .expect("write");
+    let want = doc_bytes("allocate-id-reply");
+    let _ = read_n(&mut child, want.len()).await;
     child
         .write_all(&doc_bytes("add-route"))
         .await
@@ -752,7 +768,7 @@ async fn controller_applies_the_documented_add_and_del_route() {
         .expect("write");
     wait_until("route to 2 removed", || !router.has_route(2)).await;
     assert!(router.has_route(1), "the child itself is still there");
-    assert_eq!(router.rejected_frames(), 0);
+    assert_eq!(router.rejected_frames(), 1);
 }
 
 #[tokio::test]

@@ -148,12 +148,27 @@ async fn serve(rfd: OwnedFd, wfd: OwnedFd, extra_services: ServiceHook) -> Resul
 
     let why = tokio::select! {
         reason = router.parent_lost() => format!("parent stream lost: {reason}"),
-        _ = shutdown.recv() => "shutdown requested".to_string(),
+        why = shutdown_requested(&mut shutdown) => why,
     };
     tracing::debug!("{}: exiting: {why}", hello.name);
     services.shutdown().await;
     router.close_all_streams(&why);
     Ok(())
+}
+
+/// Waits for a SHUTDOWN request. A dead message to the handle is not one:
+/// it is logged and ignored, so no forged or stray dead frame can stop a
+/// context (`docs/protocol.md` §Trust).
+async fn shutdown_requested(shutdown: &mut crate::channel::Receiver) -> String {
+    loop {
+        match shutdown.recv().await {
+            Ok(_) => return "shutdown requested".to_string(),
+            Err(crate::channel::ChannelError::Dead(why)) => {
+                tracing::warn!("ignored a dead message to the shutdown handle: {why}");
+            }
+            Err(e) => return format!("shutdown handle closed: {e}"),
+        }
+    }
 }
 
 fn init_logging(filter: &str) {

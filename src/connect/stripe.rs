@@ -38,6 +38,14 @@ use crate::wire::{Enc, Frame, FrameCodec, codec, control, handles};
 /// Service name.
 pub const STRIPE_SERVICE: &str = "ferrogen.stripe";
 
+/// Time a connection to the stripe socket has to present its token. A real
+/// stripe sends it at once (its transport is already up when it connects).
+pub const HELLO_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Connections waiting for their token at once; past this, new connections
+/// are closed at once, so silent connections cannot pile up fds and tasks.
+pub const MAX_PENDING: usize = 16;
+
 /// The hidden sub-command that relays stdio to a context's stripe socket.
 pub const ATTACH_ARG: &str = "__attach";
 
@@ -96,24 +104,59 @@ fn listen(router: &Router, offer: &Mutex<Option<StripeOffer>>) -> Result<StripeO
         .map_err(|e| format!("stripe socket: {e}"))?;
     let listener = tokio::net::UnixListener::from_std(std_listener)
         .map_err(|e| format!("stripe socket: {e}"))?;
-    let (router, token) = (router.clone(), o.token.clone());
-    tokio::spawn(async move {
-        let mut n = 0u32;
-        loop {
-            let Ok((sock, _)) = listener.accept().await else {
-                break;
-            };
-            n += 1;
-            let (router, token) = (router.clone(), token.clone());
-            tokio::spawn(async move {
-                if let Err(e) = accept(&router, sock, &token, n).await {
-                    tracing::warn!("stripe {n} refused: {e}");
-                }
-            });
-        }
-    });
+    tokio::spawn(serve_listener(router.clone(), listener, o.token.clone()));
     *slot = Some(o.clone());
     Ok(o)
+}
+
+/// Accepts stripes for as long as the context lives. The socket name is
+/// never given up (an accept error is logged and retried), so no other
+/// user can bind it and receive a controller's token; connections from
+/// another uid are closed before they are read.
+async fn serve_listener(router: Router, listener: tokio::net::UnixListener, token: String) {
+    let my_uid = rustix::process::geteuid().as_raw();
+    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING));
+    let mut n = 0u32;
+    loop {
+        let sock = match listener.accept().await {
+            Ok((sock, _)) => sock,
+            Err(e) => {
+                // EMFILE and friends pass; keep the name and try again.
+                tracing::warn!("{}: stripe socket accept failed: {e}", router.name());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        match sock.peer_cred() {
+            Ok(cred) if cred.uid() == my_uid => {}
+            Ok(cred) => {
+                tracing::warn!(
+                    "{}: refused a stripe connection from uid {} (this context runs as uid {my_uid})",
+                    router.name(),
+                    cred.uid()
+                );
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("{}: stripe peer credentials: {e}", router.name());
+                continue;
+            }
+        }
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            tracing::warn!(
+                "{}: refused a stripe connection: {MAX_PENDING} already waiting for their token",
+                router.name()
+            );
+            continue;
+        };
+        n += 1;
+        let (router, token) = (router.clone(), token.clone());
+        tokio::spawn(async move {
+            if let Err(e) = accept(&router, sock, &token, n, permit).await {
+                tracing::warn!("stripe {n} refused: {e}");
+            }
+        });
+    }
 }
 
 async fn accept(
@@ -121,18 +164,17 @@ async fn accept(
     sock: tokio::net::UnixStream,
     token: &str,
     n: u32,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(), String> {
     let (mut rd, mut wr) = sock.into_split();
     let mut buf = BytesMut::with_capacity(4096);
     let mut codec = FrameCodec::new(4096);
-    let first = tokio::time::timeout(
-        Duration::from_secs(30),
-        next_frame(&mut rd, &mut codec, &mut buf),
-    )
-    .await
-    .map_err(|_| "no hello within 30 s".to_string())?
-    .map_err(|e| e.to_string())?
-    .ok_or("closed before the hello")?;
+    let first = tokio::time::timeout(HELLO_DEADLINE, next_frame(&mut rd, &mut codec, &mut buf))
+        .await
+        .map_err(|_| format!("no token within {HELLO_DEADLINE:?}"))?
+        .map_err(|e| e.to_string())?
+        .ok_or("closed before the hello")?;
+    drop(permit);
     let hello: StripeHello = control::decode_frame(&first).map_err(|e| e.to_string())?;
     if !constant_time_eq(hello.token.as_bytes(), token.as_bytes()) {
         return Err("wrong token".into());
@@ -172,6 +214,23 @@ pub fn relay(name: &str) -> i32 {
             return 1;
         }
     };
+    // Abstract names are visible to every local user: make sure the socket
+    // is our own context's before the controller's token goes through it.
+    let my_uid = rustix::process::geteuid().as_raw();
+    match rustix::net::sockopt::socket_peercred(&sock) {
+        Ok(cred) if cred.uid.as_raw() == my_uid => {}
+        Ok(cred) => {
+            eprintln!(
+                "ERROR the stripe socket {name} belongs to uid {}, not to this account (uid {my_uid}); refusing to relay",
+                cred.uid.as_raw()
+            );
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("ERROR cannot check who owns the stripe socket {name}: {e}");
+            return 1;
+        }
+    }
     let Ok(mut down) = sock.try_clone() else {
         eprintln!("ERROR cannot clone the stripe socket");
         return 1;

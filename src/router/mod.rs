@@ -7,24 +7,38 @@
 //! up to the parent ("default route up"), except frames that came *from* the
 //! parent, which are answered "no route" instead of bouncing.
 //!
-//! Safety rules (after Mitogen, `docs/protocol.md` §Routing):
+//! Trust rules (`docs/protocol.md` §Trust; the decisions live in the pure
+//! [`table::Table`], this type applies them):
 //!
 //! * **Reverse-path check.** A frame arriving on stream S must claim an
 //!   `auth_id` (and `src_id`) that the router would itself route through S.
 //!   A child can therefore speak only for itself and its descendants; frames
 //!   that fail are dropped and logged.
+//! * **Id ownership.** A child stream may announce or withdraw only the ids
+//!   it owns: its own (allocated here) and those in blocks delegated to it
+//!   through ALLOCATE_ID, which each context asks of its parent. A stream's
+//!   end removes only the routes that still point at it.
 //! * **Parent authority.** [`Policy::ParentsOnly`] handlers accept frames
 //!   whose `auth_id` is this context or one of its ancestors.
+//! * **Dead messages** pass the same respondent and policy checks as any
+//!   other frame. A router that cannot deliver a frame answers *on behalf
+//!   of* its destination (`src_id` = the destination, `auth_id` = itself),
+//!   so the caller's respondent check accepts exactly that answer.
 //! * **Disconnects propagate.** When a stream dies, every context behind it
 //!   is forgotten, each waiter whose respondent was one of them gets a dead
 //!   message, and DEL_ROUTE goes up to the parent and down to every
 //!   neighbour that ever sent traffic towards those contexts.
 
 mod ids;
+pub mod table;
 
 pub use ids::{BLOCK_SIZE, BlockAllocator, IdAllocator};
+pub use table::{
+    DeadReason, Decision, DelegateRefused, LinkId, MAX_BLOCKS_PER_LINK, Rejection, RouteRefused,
+    Table,
+};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -78,29 +92,21 @@ struct HandlerEntry {
     persist: bool,
 }
 
-struct StreamEntry {
-    remote_id: ContextId,
+/// The I/O side of a link: where to push its frames.
+struct LinkIo {
     name: String,
     outbox: Arc<Outbox>,
-    /// Contexts reached through this stream (the neighbour and its subtree).
-    routes: HashSet<ContextId>,
-    /// Destinations this neighbour has sent traffic to: who to tell when one dies.
-    egress: HashSet<ContextId>,
-    /// For a stripe: the neighbour's primary stream, whose identity it shares.
-    alias_of: Option<StreamId>,
 }
 
 struct State {
-    streams: HashMap<StreamId, StreamEntry>,
-    routes: HashMap<ContextId, StreamId>,
-    parent_stream: Option<StreamId>,
-    next_stream: StreamId,
+    table: Table,
+    io: HashMap<StreamId, LinkIo>,
     handlers: HashMap<Handle, HandlerEntry>,
     next_handle: Handle,
     names: HashMap<ContextId, String>,
     controller_ids: IdAllocator,
     block: BlockAllocator,
-    /// Per-stream counters: frames dropped by the reverse-path check.
+    /// Frames dropped by the reverse-path check or a failed dead-message check.
     rejected: u64,
 }
 
@@ -132,6 +138,11 @@ impl Router {
         let mut names = HashMap::new();
         names.insert(config.id, config.name.clone());
         let (parent_lost, _) = watch::channel(None);
+        let table = Table::new(
+            config.id,
+            config.parent_ids.clone(),
+            config.max_message_size,
+        );
         Router {
             inner: Arc::new(Inner {
                 id: config.id,
@@ -139,10 +150,8 @@ impl Router {
                 parent_ids: config.parent_ids,
                 max_message_size: config.max_message_size,
                 state: Mutex::new(State {
-                    streams: HashMap::new(),
-                    routes: HashMap::new(),
-                    parent_stream: None,
-                    next_stream: 1,
+                    table,
+                    io: HashMap::new(),
                     handlers: HashMap::new(),
                     next_handle: handles::FIRST_DYNAMIC,
                     names,
@@ -199,14 +208,15 @@ impl Router {
         self.lock().names.get(&id).cloned()
     }
 
-    /// Frames dropped so far by the reverse-path (impersonation) check.
+    /// Frames dropped so far by the reverse-path (impersonation) check and
+    /// by the checks on dead messages.
     pub fn rejected_frames(&self) -> u64 {
         self.lock().rejected
     }
 
     /// True if a route to `id` is known (explicitly, not by default-up).
     pub fn has_route(&self, id: ContextId) -> bool {
-        self.lock().routes.contains_key(&id)
+        self.lock().table.has_route(id)
     }
 
     // ----------------------------------------------------------------- handlers
@@ -293,26 +303,24 @@ impl Router {
 
     /// The stream to the parent, if any (`None` in the controller).
     pub fn parent_stream(&self) -> Option<StreamId> {
-        self.lock().parent_stream
+        self.lock().table.parent()
     }
 
     /// The first-hop stream towards `dst`, if any.
     pub fn stream_towards(&self, dst: ContextId) -> Option<StreamId> {
-        let st = self.lock();
-        st.routes.get(&dst).copied().or(st.parent_stream)
+        self.lock().table.towards(dst)
     }
 
     fn outbox_towards(&self, dst: ContextId) -> Option<Arc<Outbox>> {
         let st = self.lock();
-        let sid = st.routes.get(&dst).copied().or(st.parent_stream)?;
-        st.streams.get(&sid).map(|s| s.outbox.clone())
+        let sid = st.table.towards(dst)?;
+        st.io.get(&sid).map(|l| l.outbox.clone())
     }
 
     /// Routes one frame. `ingress` is the stream it arrived on, `None` if it
     /// originated here.
     pub fn route(&self, frame: Frame, ingress: Option<StreamId>) {
-        let action = self.decide(frame, ingress);
-        match action {
+        match self.decide(frame, ingress) {
             Action::Nothing => {}
             Action::Push(outbox, frame) => {
                 if !outbox.push(frame) {
@@ -324,71 +332,53 @@ impl Router {
     }
 
     fn decide(&self, frame: Frame, ingress: Option<StreamId>) -> Action {
-        let me = self.inner.id;
-        if frame.payload.len() > self.inner.max_message_size {
-            let reason = format!(
-                "message too large (max {} bytes)",
-                self.inner.max_message_size
-            );
-            tracing::error!("{}: {reason}: {frame:?}", self.inner.name);
-            return Action::Dead(frame, reason);
-        }
         let mut st = self.lock();
-        // A stripe speaks for the same neighbour as its primary stream.
-        let ingress = ingress.map(|s| st.streams.get(&s).and_then(|e| e.alias_of).unwrap_or(s));
-        if let Some(s) = ingress {
-            let towards = |id: ContextId| st.routes.get(&id).copied().or(st.parent_stream);
-            if towards(frame.auth_id) != Some(s) {
-                st.rejected += 1;
-                drop(st);
-                tracing::warn!(
-                    "{}: dropped frame with bad auth_id {} from stream {s}: {frame:?}",
-                    self.inner.name,
-                    frame.auth_id
-                );
-                return Action::Nothing;
+        match st.table.route(&frame.header(), ingress) {
+            Decision::Deliver => {
+                let ingress = ingress.and_then(|l| st.table.canonical(l));
+                self.deliver_locally(st, frame, ingress)
             }
-            if frame.src_id != frame.auth_id && towards(frame.src_id) != Some(s) {
-                st.rejected += 1;
-                drop(st);
-                tracing::warn!(
-                    "{}: dropped frame with bad src_id {} from stream {s}: {frame:?}",
-                    self.inner.name,
-                    frame.src_id
-                );
-                return Action::Nothing;
-            }
-            if frame.dst_id != me
-                && let Some(e) = st.streams.get_mut(&s)
-            {
-                e.egress.insert(frame.dst_id);
-            }
-        }
-
-        if frame.dst_id == me {
-            return self.deliver_locally(st, frame, ingress);
-        }
-
-        let out = match st.routes.get(&frame.dst_id) {
-            Some(&s) => Some(s),
-            None if ingress.is_some() && ingress == st.parent_stream => None,
-            None => st.parent_stream,
-        };
-        match out {
-            Some(s) if Some(s) != ingress => match st.streams.get(&s) {
-                Some(e) => Action::Push(e.outbox.clone(), frame),
+            Decision::Forward(link) => match st.io.get(&link) {
+                Some(l) => Action::Push(l.outbox.clone(), frame),
                 None => {
-                    let reason = format!("no route to {}, my id is {me}", frame.dst_id);
-                    Action::Dead(frame, reason)
+                    let reason = DeadReason::NoRoute {
+                        dst: frame.dst_id,
+                        me: self.inner.id,
+                    };
+                    Action::Dead(frame, reason.to_string())
                 }
             },
-            _ => {
+            Decision::Drop(why) => {
+                st.rejected += 1;
                 drop(st);
-                let reason = format!("no route to {}, my id is {me}", frame.dst_id);
-                tracing::debug!("{}: {reason}: {frame:?}", self.inner.name);
-                Action::Dead(frame, reason)
+                tracing::warn!("{}: dropped {why}: {frame:?}", self.inner.name);
+                Action::Nothing
+            }
+            Decision::Dead(reason) => {
+                drop(st);
+                if matches!(reason, DeadReason::TooLarge { .. }) {
+                    tracing::error!("{}: {reason}: {frame:?}", self.inner.name);
+                } else {
+                    tracing::debug!("{}: {reason}: {frame:?}", self.inner.name);
+                }
+                Action::Dead(frame, reason.to_string())
             }
         }
+    }
+
+    /// Drops a dead frame that failed a check: it is never answered (a dead
+    /// message earns no reply), only logged and counted.
+    fn refuse_dead(&self, mut st: MutexGuard<'_, State>, frame: &Frame, why: &str) -> Action {
+        st.rejected += 1;
+        drop(st);
+        tracing::warn!(
+            "{}: ignored a dead message to handle {} from context {} (auth {}): {why}",
+            self.inner.name,
+            frame.handle,
+            frame.src_id,
+            frame.auth_id
+        );
+        Action::Nothing
     }
 
     fn deliver_locally(
@@ -398,26 +388,25 @@ impl Router {
         ingress: Option<StreamId>,
     ) -> Action {
         // Router-internal handles need the ingress stream, so they are
-        // served here rather than by a task.
+        // served here rather than by a task. None of them acts on a dead
+        // message: a forged one must not withdraw a route or end anything.
         match frame.handle {
-            handles::ADD_ROUTE if !frame.is_dead() => {
+            handles::ADD_ROUTE | handles::DEL_ROUTE | handles::ALLOCATE_ID if frame.is_dead() => {
+                return self.refuse_dead(st, &frame, "router handles take no dead messages");
+            }
+            handles::ADD_ROUTE => {
                 drop(st);
                 self.on_add_route(&frame, ingress);
                 return Action::Nothing;
             }
-            handles::DEL_ROUTE if !frame.is_dead() => {
+            handles::DEL_ROUTE => {
                 drop(st);
                 self.on_del_route(&frame, ingress);
                 return Action::Nothing;
             }
-            handles::ALLOCATE_ID if self.inner.id == 0 && !frame.is_dead() => {
-                let block = st.controller_ids.allocate_block();
+            handles::ALLOCATE_ID => {
                 drop(st);
-                match block {
-                    Some(b) => self.reply(&frame, Enc::Control, control::encode(&b)),
-                    None => return Action::Dead(frame, "context id space exhausted".into()),
-                }
-                return Action::Nothing;
+                return self.on_allocate_id(frame, ingress);
             }
             _ => {}
         }
@@ -436,19 +425,24 @@ impl Router {
             );
             return Action::Dead(frame, reason);
         };
-        if !frame.is_dead()
-            && let Some(r) = h.respondent
+        // The same checks for dead messages as for any other: only the
+        // respondent (or a router answering on its behalf, which puts the
+        // respondent's id in src_id — see send_dead_reply) may end a call.
+        if let Some(r) = h.respondent
             && r != frame.src_id
         {
+            if frame.is_dead() {
+                return self.refuse_dead(st, &frame, "not from the respondent");
+            }
             drop(st);
             let reason = format!("reply from unexpected context {}", frame.src_id);
             tracing::warn!("{}: {reason}: {frame:?}", self.inner.name);
             return Action::Dead(frame, reason);
         }
-        if !frame.is_dead()
-            && h.policy == Policy::ParentsOnly
-            && !self.has_parent_authority(frame.auth_id)
-        {
+        if h.policy == Policy::ParentsOnly && !self.has_parent_authority(frame.auth_id) {
+            if frame.is_dead() {
+                return self.refuse_dead(st, &frame, "refused by policy");
+            }
             drop(st);
             let reason = format!(
                 "refused by policy: context {} may not send to handle {} of {}",
@@ -473,17 +467,31 @@ impl Router {
         self.send(Frame::new(to.src_id, to.reply_to, enc, payload));
     }
 
+    /// Answers an undeliverable frame. The dead message speaks *on behalf
+    /// of* the context the frame was for: `src_id` is that context and
+    /// `auth_id` this router, so the caller's respondent check accepts it
+    /// and every hop's reverse-path check still holds (`docs/protocol.md`
+    /// §Dead messages).
     fn send_dead_reply(&self, frame: &Frame, reason: &str) {
         if frame.is_dead() {
             return;
         }
-        if frame.reply_to != 0 {
-            self.send(Frame::dead(frame.src_id, frame.reply_to, reason));
+        let mut dead = if frame.reply_to != 0 {
+            let mut f = Frame::dead(frame.src_id, frame.reply_to, reason);
+            f.src_id = frame.dst_id;
+            f
         } else if reason.starts_with("message too large") {
             // Nobody asked for a reply, but the recipient is waiting for
-            // something: tell it (as Mitogen does for this one case).
-            self.send(Frame::dead(frame.dst_id, frame.handle, reason));
-        }
+            // something: tell it (as Mitogen does for this one case), on
+            // behalf of the sender.
+            let mut f = Frame::dead(frame.dst_id, frame.handle, reason);
+            f.src_id = frame.src_id;
+            f
+        } else {
+            return;
+        };
+        dead.auth_id = self.inner.id;
+        self.route(dead, None);
     }
 
     // ------------------------------------------------------------------ calls
@@ -608,7 +616,7 @@ impl Router {
 
     /// Registers a stream to the neighbour `remote_id`. A parent stream
     /// becomes the default route; a child stream becomes the route to
-    /// `remote_id`.
+    /// `remote_id`, which it then owns.
     pub fn attach_stream(
         &self,
         remote_id: ContextId,
@@ -617,27 +625,11 @@ impl Router {
         name: String,
     ) -> StreamId {
         let mut st = self.lock();
-        let id = st.next_stream;
-        st.next_stream += 1;
-        let mut routes = HashSet::new();
-        if is_parent {
-            st.parent_stream = Some(id);
-        } else {
-            routes.insert(remote_id);
-            st.routes.insert(remote_id, id);
+        let id = st.table.attach(remote_id, is_parent);
+        if !is_parent {
             st.names.insert(remote_id, name.clone());
         }
-        st.streams.insert(
-            id,
-            StreamEntry {
-                remote_id,
-                name,
-                outbox,
-                routes,
-                egress: HashSet::new(),
-                alias_of: None,
-            },
-        );
+        st.io.insert(id, LinkIo { name, outbox });
         id
     }
 
@@ -651,20 +643,8 @@ impl Router {
         name: String,
     ) -> Option<StreamId> {
         let mut st = self.lock();
-        let remote_id = st.streams.get(&primary)?.remote_id;
-        let id = st.next_stream;
-        st.next_stream += 1;
-        st.streams.insert(
-            id,
-            StreamEntry {
-                remote_id,
-                name,
-                outbox,
-                routes: HashSet::new(),
-                egress: HashSet::new(),
-                alias_of: Some(primary),
-            },
-        );
+        let id = st.table.attach_stripe(primary)?;
+        st.io.insert(id, LinkIo { name, outbox });
         Some(id)
     }
 
@@ -672,14 +652,11 @@ impl Router {
     /// primary first.
     pub fn stripes(&self, primary: StreamId) -> Vec<Arc<Outbox>> {
         let st = self.lock();
-        let mut v: Vec<(StreamId, Arc<Outbox>)> = st
-            .streams
-            .iter()
-            .filter(|(id, e)| **id == primary || e.alias_of == Some(primary))
-            .map(|(id, e)| (*id, e.outbox.clone()))
-            .collect();
-        v.sort_by_key(|(id, _)| (*id != primary, *id));
-        v.into_iter().map(|(_, o)| o).collect()
+        st.table
+            .stripes_of(primary)
+            .into_iter()
+            .filter_map(|l| st.io.get(&l).map(|io| io.outbox.clone()))
+            .collect()
     }
 
     /// Sends a frame originating here on a specific outbox (one of
@@ -724,33 +701,20 @@ impl Router {
         };
         {
             let mut st = self.lock();
-            if Some(s) == st.parent_stream {
-                tracing::warn!("{}: ignored ADD_ROUTE from the parent", self.inner.name);
-                return;
-            }
-            if msg.id == self.inner.id || self.inner.parent_ids.contains(&msg.id) {
+            if let Err(why) = st.table.add_route(msg.id, s) {
+                st.rejected += 1;
+                drop(st);
                 tracing::warn!(
-                    "{}: refused ADD_ROUTE for ancestor {}",
+                    "{}: refused ADD_ROUTE for {} from stream {s} (context {}): {why}",
                     self.inner.name,
-                    msg.id
+                    msg.id,
+                    frame.src_id
                 );
                 return;
             }
-            if let Some(&existing) = st.routes.get(&msg.id)
-                && existing != s
-            {
-                tracing::warn!(
-                    "{}: refused duplicate ADD_ROUTE for {} from stream {s}",
-                    self.inner.name,
-                    msg.id
-                );
-                return;
-            }
-            st.routes.insert(msg.id, s);
-            if let Some(e) = st.streams.get_mut(&s) {
-                e.routes.insert(msg.id);
-            }
-            st.names.insert(msg.id, msg.name.clone());
+            // Names are shown to the operator: keep them short.
+            let name: String = msg.name.chars().take(256).collect();
+            st.names.insert(msg.id, name);
         }
         tracing::debug!(
             "{}: route to {} ({}) via stream {s}",
@@ -777,18 +741,65 @@ impl Router {
         let from_parent;
         {
             let mut st = self.lock();
-            let towards = st.routes.get(&msg.id).copied().or(st.parent_stream);
-            if towards != Some(s) {
+            if !st.table.del_route(msg.id, s) {
+                st.rejected += 1;
+                drop(st);
+                tracing::warn!(
+                    "{}: refused DEL_ROUTE for {} from stream {s} (context {})",
+                    self.inner.name,
+                    msg.id,
+                    frame.src_id
+                );
                 return;
             }
-            from_parent = st.parent_stream == Some(s);
-            if st.routes.remove(&msg.id).is_some()
-                && let Some(e) = st.streams.get_mut(&s)
-            {
-                e.routes.remove(&msg.id);
-            }
+            from_parent = st.table.parent() == Some(s);
         }
         self.forget_contexts(&[msg.id], &msg.reason, Some(s), !from_parent);
+    }
+
+    /// ALLOCATE_ID from a child stream: a block of ids for it and its
+    /// descendants, recorded as theirs. The controller allocates; any other
+    /// context asks its own parent and passes the block down, so every
+    /// router on the way knows which stream owns which ids.
+    fn on_allocate_id(&self, frame: Frame, ingress: Option<StreamId>) -> Action {
+        let Some(link) = ingress else {
+            return Action::Dead(frame, "ids are allocated to child streams only".into());
+        };
+        if let Err(why) = self.lock().table.reserve_block(link) {
+            tracing::warn!(
+                "{}: refused ALLOCATE_ID from context {}: {why}",
+                self.inner.name,
+                frame.src_id
+            );
+            return Action::Dead(frame, why.to_string());
+        }
+        if self.inner.id == 0 {
+            let mut st = self.lock();
+            let Some(block) = st.controller_ids.allocate_block() else {
+                st.table.unreserve_block(link);
+                return Action::Dead(frame, "context id space exhausted".into());
+            };
+            st.table.delegate(block, link);
+            drop(st);
+            self.reply(&frame, Enc::Control, control::encode(&block));
+            return Action::Nothing;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            match me.request_block().await {
+                Ok(block) => {
+                    let kept = me.lock().table.delegate(block, link);
+                    if kept {
+                        me.reply(&frame, Enc::Control, control::encode(&block));
+                    }
+                }
+                Err(e) => {
+                    me.lock().table.unreserve_block(link);
+                    me.send_dead_reply(&frame, &format!("could not allocate ids: {e}"));
+                }
+            }
+        });
+        Action::Nothing
     }
 
     /// Wakes waiters on `ids` and tells neighbours they are gone.
@@ -828,28 +839,13 @@ impl Router {
                     id,
                     reason: reason.to_string(),
                 });
-                let parent_stream = st.parent_stream;
-                for (&sid, e) in st.streams.iter_mut() {
-                    if Some(sid) == via {
-                        continue;
-                    }
-                    let is_parent = Some(sid) == parent_stream;
-                    let wanted = if is_parent {
-                        tell_parent
-                    } else {
-                        e.egress.remove(&id)
-                    };
-                    if wanted {
-                        let mut f = Frame::new(
-                            e.remote_id,
-                            handles::DEL_ROUTE,
-                            Enc::Control,
-                            payload.clone(),
-                        );
-                        f.src_id = self.inner.id;
-                        f.auth_id = self.inner.id;
-                        notify.push((e.outbox.clone(), f));
-                    }
+                for (link, remote_id) in st.table.links_to_notify(id, via, tell_parent) {
+                    let Some(io) = st.io.get(&link) else { continue };
+                    let mut f =
+                        Frame::new(remote_id, handles::DEL_ROUTE, Enc::Control, payload.clone());
+                    f.src_id = self.inner.id;
+                    f.auth_id = self.inner.id;
+                    notify.push((io.outbox.clone(), f));
                 }
             }
         }
@@ -860,60 +856,47 @@ impl Router {
 
     /// Called by a stream's tasks when it ends. Idempotent.
     pub fn stream_lost(&self, stream: StreamId, reason: &str) {
-        let (entry, was_parent) = {
+        let (lost, io, stripes) = {
             let mut st = self.lock();
-            let Some(entry) = st.streams.remove(&stream) else {
+            let Some(lost) = st.table.link_lost(stream) else {
                 return;
             };
-            if entry.alias_of.is_some() {
-                // A stripe: only its bandwidth is lost.
-                drop(st);
-                entry.outbox.close();
-                tracing::debug!(
-                    "{}: stripe {stream} ({}) closed: {reason}",
-                    self.inner.name,
-                    entry.name
-                );
-                return;
-            }
-            // The primary is gone: its stripes go with it.
-            let stripes: Vec<StreamId> = st
-                .streams
+            let io = st.io.remove(&stream);
+            let stripes: Vec<LinkIo> = lost
+                .stripes
                 .iter()
-                .filter(|(_, e)| e.alias_of == Some(stream))
-                .map(|(id, _)| *id)
+                .filter_map(|s| st.io.remove(s))
                 .collect();
-            for sid in stripes {
-                if let Some(e) = st.streams.remove(&sid) {
-                    e.outbox.close();
-                }
-            }
-            for id in &entry.routes {
-                st.routes.remove(id);
-            }
-            let was_parent = st.parent_stream == Some(stream);
-            if was_parent {
-                st.parent_stream = None;
-            }
-            (entry, was_parent)
+            (lost, io, stripes)
         };
-        entry.outbox.close();
+        for s in stripes {
+            s.outbox.close();
+        }
+        let name = io.as_ref().map(|l| l.name.clone()).unwrap_or_default();
+        if let Some(io) = io {
+            io.outbox.close();
+        }
+        if lost.was_stripe {
+            tracing::debug!(
+                "{}: stripe {stream} ({name}) closed: {reason}",
+                self.inner.name
+            );
+            return;
+        }
         tracing::debug!(
-            "{}: stream {stream} to {} ({}) lost: {reason}",
+            "{}: stream {stream} to {} ({name}) lost: {reason}",
             self.inner.name,
-            entry.remote_id,
-            entry.name
+            lost.remote_id
         );
-        let ids: Vec<ContextId> = entry.routes.iter().copied().collect();
-        self.forget_contexts(&ids, reason, Some(stream), !was_parent);
-        if was_parent {
+        self.forget_contexts(&lost.contexts, reason, Some(stream), !lost.was_parent);
+        if lost.was_parent {
             // Everything we might be waiting on lies beyond the parent now.
             let upstream: Vec<ContextId> = {
                 let st = self.lock();
                 st.handlers
                     .values()
                     .filter_map(|h| h.respondent)
-                    .filter(|r| !st.routes.contains_key(r) && *r != self.inner.id)
+                    .filter(|r| !st.table.has_route(*r) && *r != self.inner.id)
                     .collect()
             };
             self.forget_contexts(&upstream, "the parent stream was lost", Some(stream), false);
@@ -941,7 +924,7 @@ impl Router {
 
     /// Closes every stream (used at shutdown).
     pub fn close_all_streams(&self, reason: &str) {
-        let ids: Vec<StreamId> = self.lock().streams.keys().copied().collect();
+        let ids: Vec<StreamId> = self.lock().table.links();
         for id in ids {
             self.stream_lost(id, reason);
         }
@@ -949,12 +932,12 @@ impl Router {
 
     /// The outbox of a stream, for flow-control accounting.
     pub fn outbox(&self, stream: StreamId) -> Option<Arc<Outbox>> {
-        self.lock().streams.get(&stream).map(|e| e.outbox.clone())
+        self.lock().io.get(&stream).map(|l| l.outbox.clone())
     }
 
     /// The neighbour at the far end of a stream.
     pub fn stream_remote(&self, stream: StreamId) -> Option<ContextId> {
-        self.lock().streams.get(&stream).map(|e| e.remote_id)
+        self.lock().table.remote_id(stream)
     }
 
     // ------------------------------------------------------------- id space
@@ -972,18 +955,34 @@ impl Router {
             if let Some(id) = self.lock().block.take() {
                 return Ok(id);
             }
-            let reply = self
-                .request(0, handles::ALLOCATE_ID, Enc::Control, Bytes::new(), None)
-                .await?;
-            let block: IdBlock =
-                control::decode_frame(&reply).map_err(|e| CallError::malformed(0, e))?;
-            if block.start >= block.end {
-                return Err(CallError::Dead(
-                    "controller returned an empty id block".into(),
-                ));
-            }
+            let block = self.request_block().await?;
             self.lock().block.refill(block);
         }
+    }
+
+    /// Asks the parent for a block of ids (ALLOCATE_ID).
+    async fn request_block(&self) -> Result<IdBlock, CallError> {
+        let Some(&parent) = self.inner.parent_ids.first() else {
+            return Err(CallError::Dead("no parent to allocate ids from".into()));
+        };
+        let reply = self
+            .request(
+                parent,
+                handles::ALLOCATE_ID,
+                Enc::Control,
+                Bytes::new(),
+                None,
+            )
+            .await?;
+        let block: IdBlock =
+            control::decode_frame(&reply).map_err(|e| CallError::malformed(parent, e))?;
+        if block.start >= block.end {
+            return Err(CallError::Dead(format!(
+                "{} returned an empty id block",
+                self.describe(parent)
+            )));
+        }
+        Ok(block)
     }
 }
 

@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
 use crate::call::RemoteError;
+use crate::channel::ChannelError;
 pub use crate::router::Policy;
 use crate::router::Router;
 use crate::wire::control::{self, CallReply, ServiceCall};
@@ -164,8 +165,17 @@ impl Services {
         };
         let me = services.clone();
         let task = tokio::spawn(async move {
-            while let Ok(frame) = rx.recv().await {
-                me.dispatch(frame);
+            loop {
+                match rx.recv().await {
+                    Ok(frame) => me.dispatch(frame),
+                    // A dead message is not a call, and it must not end the
+                    // dispatcher (every later call would then find no
+                    // handler): log it and carry on.
+                    Err(ChannelError::Dead(why)) => {
+                        tracing::warn!("ignored a dead message to the service handle: {why}");
+                    }
+                    Err(_) => break,
+                }
             }
         });
         *services.lock_dispatcher() = Some(task);

@@ -8,13 +8,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use ferrogen::call::RemoteError;
 use ferrogen::connect::{self, ConnectSpec, ContextInfo, Method};
 use ferrogen::router::{Router, RouterConfig};
 use ferrogen::service::{Policy, ServiceBuilder, Services};
 use ferrogen::stream::{self, StreamId};
-use ferrogen::wire::{ContextId, Frame, FrameCodec, codec};
+use ferrogen::wire::control::{self, IdBlock};
+use ferrogen::wire::{ContextId, Enc, Frame, FrameCodec, codec, handles};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio_util::codec::Decoder;
 
@@ -275,6 +276,23 @@ impl FakeChild {
             .write_all(&codec::encode_to_vec(frame))
             .await
             .expect("write to the fake child stream");
+    }
+
+    /// Asks the router for a block of ids (ALLOCATE_ID), as a child that
+    /// starts contexts of its own does; the ids are then this child's to
+    /// announce.
+    pub async fn allocate_block(&mut self) -> IdBlock {
+        let mut ask = Frame::new(0, handles::ALLOCATE_ID, Enc::Control, Bytes::new());
+        ask.src_id = self.id;
+        ask.auth_id = self.id;
+        ask.reply_to = 4999;
+        self.send(&ask).await;
+        loop {
+            let f = self.recv(PROMPTLY).await.expect("an ALLOCATE_ID reply");
+            if f.handle == 4999 {
+                return control::decode_frame(&f).expect("an IdBlock");
+            }
+        }
     }
 
     /// The next frame the router sent down, within `within`.
