@@ -86,17 +86,24 @@ fn the_man_pages_cover_every_subcommand_and_the_exit_statuses() {
 
 #[test]
 fn help_lists_the_exit_statuses() {
-    let help = text(&ferrogen(&["--help"]).stdout);
-    for line in [
-        "0    everything arrived",
-        "1    something failed",
-        "2    usage error",
-        "130  interrupted by SIGINT",
-        "143  terminated by SIGTERM",
-    ] {
-        assert!(help.contains(line), "{line:?} missing from:\n{help}");
+    for cmd in [&["--help"][..], &["push", "--help"], &["ping", "--help"]] {
+        let help = text(&ferrogen(cmd).stdout);
+        for line in EXIT_LINES {
+            assert!(
+                help.contains(line),
+                "{line:?} missing from {cmd:?}:\n{help}"
+            );
+        }
     }
 }
+
+const EXIT_LINES: [&str; 5] = [
+    "0    everything arrived",
+    "1    something failed",
+    "2    usage error",
+    "130  interrupted by SIGINT",
+    "143  terminated by SIGTERM",
+];
 
 /// A scratch directory with a recording ssh in it.
 struct FakeSsh {

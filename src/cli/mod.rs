@@ -40,8 +40,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Connect to targets and measure call round trips.
+    #[command(after_help = exit::HELP)]
     Ping(ping::PingArgs),
     /// Copy files (and, with -r, directories) to every target.
+    #[command(after_help = exit::HELP)]
     Push(push::PushArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(generate::CompletionsArgs),
