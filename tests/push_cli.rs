@@ -531,3 +531,48 @@ fn text_from_a_target_cannot_steer_the_terminal() {
         "{line}"
     );
 }
+
+#[test]
+fn a_target_lost_mid_push_is_named_in_plain_words() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let big = t.path().join("big");
+    std::fs::File::create(&big)
+        .expect("create")
+        .set_len(1 << 30)
+        .expect("set_len");
+    let dst = t.path().join("dst");
+    let ctl = Command::new(env!("CARGO_BIN_EXE_ferrogen"))
+        .args(["push", "--window", "64K", s(&big), s(&dst)])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let t0 = Instant::now();
+    let mut kids = Vec::new();
+    while kids.is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no child context");
+        std::thread::sleep(Duration::from_millis(20));
+        kids = descendants(ctl.id());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for k in &kids {
+        let _ = Command::new("kill")
+            .args(["-KILL", &k.to_string()])
+            .status();
+    }
+    let o = ctl.wait_with_output().expect("wait");
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = text(&o.stderr);
+    let failed = err
+        .lines()
+        .find(|l| l.starts_with("local: FAILED: "))
+        .unwrap_or_else(|| panic!("no FAILED line: {err}"));
+    assert!(
+        failed.contains("connection lost during the push"),
+        "{failed}"
+    );
+    // The bus's context numbers stay in the debug log.
+    assert!(!failed.contains("context 1"), "{failed}");
+    assert!(!dst.exists());
+}
