@@ -405,6 +405,31 @@ fn a_closed_stdout_ends_the_output_quietly() {
         std::fs::read(t.path().join("j/proj/sub/mid.txt")).expect("read"),
         b"mid"
     );
+
+    // A closed stderr: the note about a skipped FIFO and the failure are
+    // dropped, the status still says what happened.
+    let fifo = t.path().join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrogen"))
+        .args([
+            "push",
+            s(&fifo),
+            s(&t.path().join("proj/top.txt")),
+            &format!("{}/x/", s(&t.path().join("proj/top.txt"))),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stderr.take());
+    let st = child.wait().expect("wait");
+    assert_eq!(st.code(), Some(1), "{st:?}");
 }
 
 #[test]
