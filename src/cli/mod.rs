@@ -91,6 +91,30 @@ pub fn main() -> i32 {
     }
 }
 
+/// A failed call to a target in plain words: the target's context and
+/// what happened `during` what, without the bus's context numbers (which
+/// the router's own messages carry for debugging, e.g. "the respondent
+/// context 1 (local.4711) has disconnected: ...").
+pub fn call_failure(name: &str, during: &str, e: &crate::call::CallError) -> String {
+    use crate::call::CallError;
+    match e {
+        CallError::Remote { error, .. } => format!("{name}: {error}"),
+        CallError::Dead(why) => match why.rsplit_once("has disconnected: ") {
+            Some((_, cause)) => format!("{name}: connection lost during {during} ({cause})"),
+            None => format!("{name}: {during} failed: {why}"),
+        },
+        CallError::Timeout { after, .. } => {
+            format!(
+                "{name}: no answer to {during} within {:.0} s",
+                after.as_secs_f64()
+            )
+        }
+        CallError::Malformed { detail, .. } => {
+            format!("{name}: unreadable answer to {during}: {detail}")
+        }
+    }
+}
+
 /// Services every child context of the `ferrogen` binary runs beyond the
 /// built-in ones: the receiving side of the FileService.
 pub fn child_services(services: &crate::service::Services, router: &crate::router::Router) {

@@ -153,7 +153,7 @@ async fn ping_one(
                     chain: names,
                     count: rtts.len() as u32,
                     rtt_us: None,
-                    error: Some(format!("{}: ping failed: {e}", info.name)),
+                    error: Some(super::call_failure(&info.name, "a ping", &e)),
                 };
             }
         }

@@ -17,7 +17,6 @@ use tokio::sync::Semaphore;
 
 use super::target::{self, Chain, TargetArgs};
 use super::{Exit, out};
-use crate::call::CallError;
 use crate::connect::Method;
 use crate::files::plan::{EntryResult, PlanEntry, PushPlan};
 use crate::files::receive::ReceiveOptions;
@@ -713,7 +712,7 @@ async fn push_one(
         Err(e) => {
             // Said at once, not only in the summary: other targets may run
             // for a long while yet.
-            let msg = call_failure(&info.name, &e);
+            let msg = super::call_failure(&info.name, "the push", &e);
             tracing::warn!("{}", super::sanitize::sanitize(&msg));
             vec![EntryResult {
                 path: plan.dest.clone(),
@@ -738,26 +737,6 @@ async fn push_one(
         context: info.name,
         results,
         seconds: t0.elapsed().as_secs_f64(),
-    }
-}
-
-/// A failed push call in plain words: the target's context and what
-/// happened, without the bus's context numbers (which the router's own
-/// messages carry for debugging, e.g. "the respondent context 1
-/// (local.4711) has disconnected: ...").
-fn call_failure(name: &str, e: &CallError) -> String {
-    match e {
-        CallError::Remote { error, .. } => format!("{name}: {error}"),
-        CallError::Dead(why) => match why.rsplit_once("has disconnected: ") {
-            Some((_, cause)) => format!("{name}: connection lost during the push ({cause})"),
-            None => format!("{name}: push abandoned: {why}"),
-        },
-        CallError::Timeout { after, .. } => {
-            format!("{name}: no answer within {:.0} s", after.as_secs_f64())
-        }
-        CallError::Malformed { detail, .. } => {
-            format!("{name}: unreadable answer to the push: {detail}")
-        }
     }
 }
 
