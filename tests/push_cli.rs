@@ -12,6 +12,19 @@ fn ferrogen(args: &[&str]) -> Output {
         .expect("ferrogen runs")
 }
 
+/// Runs `ferrogen ARGS` in `dir`.
+fn ferrogen_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferrogen"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("ferrogen runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf8")
 }
@@ -248,7 +261,7 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-fn kill_controller_mid_transfer(signal: &str) {
+fn kill_controller_mid_transfer(signal: &str) -> Option<i32> {
     let t = tempfile::tempdir().expect("tempdir");
     let big = t.path().join("big");
     std::fs::File::create(&big)
@@ -284,7 +297,7 @@ fn kill_controller_mid_transfer(signal: &str) {
         .status()
         .expect("kill");
     assert!(st.success());
-    let _ = ctl.wait();
+    let status = ctl.wait().expect("wait");
     let t1 = Instant::now();
     while kids.iter().any(|&k| alive(k)) {
         assert!(
@@ -303,14 +316,288 @@ fn kill_controller_mid_transfer(signal: &str) {
         .map(|e| e.file_name())
         .collect();
     assert_eq!(left.len(), 1, "nothing but the old file: {left:?}");
+    status.code()
 }
 
 #[test]
 fn controller_sigterm_mid_transfer_leaves_the_destination_untouched() {
-    kill_controller_mid_transfer("-TERM");
+    // 128 + 15, as a shell reports a process SIGTERM killed.
+    assert_eq!(kill_controller_mid_transfer("-TERM"), Some(143));
+}
+
+#[test]
+fn controller_sigint_mid_transfer_leaves_the_destination_untouched() {
+    assert_eq!(kill_controller_mid_transfer("-INT"), Some(130));
 }
 
 #[test]
 fn controller_sigkill_mid_transfer_leaves_the_destination_untouched() {
-    kill_controller_mid_transfer("-KILL");
+    assert_eq!(kill_controller_mid_transfer("-KILL"), None);
+}
+
+// ------------------------------------------------- CLI conventions (issue 10)
+
+#[test]
+fn a_bare_relative_destination_name_lands_in_the_working_directory() {
+    let t = tree();
+    let o = ferrogen_in(t.path(), &["push", "proj/top.txt", "X"]);
+    ok(&o);
+    assert_eq!(std::fs::read(t.path().join("X")).expect("read"), b"top");
+    assert!(text(&o.stderr).is_empty(), "{}", text(&o.stderr));
+}
+
+#[test]
+fn failures_go_to_stderr_and_results_to_stdout() {
+    let t = tree();
+    let o = ferrogen(&[
+        "push",
+        s(&t.path().join("proj/top.txt")),
+        s(&t.path().join("no/such/dir/f")),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert!(!out.contains("FAILED"), "a failure on stdout: {out}");
+    assert!(
+        out.starts_with("local: 0 files"),
+        "no summary on stdout: {out}"
+    );
+    let failed = err
+        .lines()
+        .find(|l| l.starts_with("local: FAILED: "))
+        .unwrap_or_else(|| panic!("no FAILED line on stderr: {err}"));
+    // The cause in plain words, without Rust's errno suffix.
+    assert!(failed.contains("No such file or directory"), "{failed}");
+    assert!(!failed.contains("os error"), "{failed}");
+}
+
+/// Runs ferrogen with a stdout pipe whose reader has already gone, as
+/// `ferrogen ... | head -1` ends up.
+fn with_closed_stdout(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrogen"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    child.wait_with_output().expect("wait")
+}
+
+#[test]
+fn a_closed_stdout_ends_the_output_quietly() {
+    let t = tree();
+    let dst = format!("{}/", s(&t.path().join("j")));
+    let src = t.path().join("proj");
+    for args in [
+        vec!["push", "--json", "-r", s(&src), &dst],
+        vec!["push", "-r", s(&src), &dst],
+        vec!["ping", "--json", "-c", "1"],
+        vec!["completions", "bash"],
+        vec!["man"],
+    ] {
+        let o = with_closed_stdout(&args);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    // The push itself went through.
+    assert_eq!(
+        std::fs::read(t.path().join("j/proj/sub/mid.txt")).expect("read"),
+        b"mid"
+    );
+
+    // A closed stderr: the note about a skipped FIFO and the failure are
+    // dropped, the status still says what happened.
+    let fifo = t.path().join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrogen"))
+        .args([
+            "push",
+            s(&fifo),
+            s(&t.path().join("proj/top.txt")),
+            &format!("{}/x/", s(&t.path().join("proj/top.txt"))),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stderr.take());
+    let st = child.wait().expect("wait");
+    assert_eq!(st.code(), Some(1), "{st:?}");
+}
+
+#[test]
+fn options_may_come_between_the_paths() {
+    let t = tree();
+    let src = t.path().join("proj/top.txt");
+    let a = t.path().join("a");
+    ok(&ferrogen(&["push", s(&src), "-H", "local", s(&a)]));
+    assert_eq!(std::fs::read(&a).expect("read"), b"top");
+    let b = t.path().join("b");
+    let o = ferrogen(&["push", s(&src), "--json", s(&b), "--no-fsync"]);
+    ok(&o);
+    assert_eq!(std::fs::read(&b).expect("read"), b"top");
+    assert!(text(&o.stdout).starts_with('{'), "{}", text(&o.stdout));
+}
+
+#[test]
+fn dot_and_dir_dot_copy_the_contents() {
+    let t = tree();
+    let proj = t.path().join("proj");
+    // Into a directory (a trailing slash, or one that exists), as
+    // `cp -r . d1/` and `rsync -r . d1/` do.
+    let d1 = t.path().join("d1");
+    ok(&ferrogen_in(
+        &proj,
+        &["push", "-r", ".", &format!("{}/", s(&d1))],
+    ));
+    assert_eq!(std::fs::read(d1.join("top.txt")).expect("read"), b"top");
+    assert!(!d1.join("proj").exists(), "'.' nested the directory");
+    let d2 = t.path().join("d2");
+    std::fs::create_dir(&d2).expect("mkdir");
+    ok(&ferrogen_in(t.path(), &["push", "-r", "proj/.", s(&d2)]));
+    assert_eq!(std::fs::read(d2.join("sub/mid.txt")).expect("read"), b"mid");
+    assert!(!d2.join("proj").exists(), "'proj/.' nested the directory");
+}
+
+#[test]
+fn invalid_values_are_refused_before_anything_runs() {
+    let t = tree();
+    let src = t.path().join("proj/top.txt");
+    let dst = t.path().join("out");
+    let (src, dst) = (s(&src), s(&dst));
+    for (args, says) in [
+        (vec!["push", src, ""], "empty path"),
+        (vec!["push", "", dst], "empty path"),
+        (
+            vec!["push", "--connect-timeout", "0", src, dst],
+            "--connect-timeout",
+        ),
+        (
+            vec!["push", "--connect-timeout=-1", src, dst],
+            "--connect-timeout",
+        ),
+        (vec!["push", "--parallel", "0", src, dst], "--parallel"),
+        (vec!["push", "--fanout", "0", src, dst], "--fanout"),
+        (vec!["push", "--stripes", "0", src, dst], "--stripes"),
+        (vec!["push", src], "a destination"),
+        (vec!["ping", "--connect-timeout", "0"], "--connect-timeout"),
+    ] {
+        let o = ferrogen_in(t.path(), &args);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(text(&o.stdout).is_empty(), "{args:?}");
+        assert!(!Path::new(dst).exists(), "{args:?} wrote {dst}");
+    }
+}
+
+#[test]
+fn a_host_colon_path_never_makes_a_local_directory() {
+    let t = tree();
+    let src = t.path().join("proj/top.txt");
+    for (args, says) in [
+        // With -H as well: which targets were meant is unclear.
+        (vec!["push", "-H", "local", s(&src), "web1:/tmp/x/"], "-H"),
+        // Pulling is not what push does.
+        (vec!["push", "web1:/etc/hosts", "out/"], "./web1:/etc/hosts"),
+        // Not a target spec.
+        (vec!["push", s(&src), "a b:x"], "./a b:x"),
+    ] {
+        let o = ferrogen_in(t.path(), &args);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let names: Vec<_> = std::fs::read_dir(t.path())
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names, vec!["proj"], "something was created");
+    // `./NAME` is how to say a local name with a colon.
+    ok(&ferrogen_in(t.path(), &["push", s(&src), "./a:b"]));
+    assert_eq!(std::fs::read(t.path().join("a:b")).expect("read"), b"top");
+}
+
+#[test]
+fn text_from_a_target_cannot_steer_the_terminal() {
+    let t = tree();
+    // The target's error names the destination, which here carries an OSC
+    // sequence (set the window title) and a CSI (clear the screen).
+    let dest = t.path().join("no\x1b]0;pwned\x07dir\x1b[2J/f");
+    let o = ferrogen(&["push", s(&t.path().join("proj/top.txt")), s(&dest)]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = text(&o.stderr);
+    // Nowhere: neither with the failures (stderr) nor the results.
+    let all = [o.stdout.as_slice(), o.stderr.as_slice()].concat();
+    assert!(!all.contains(&0x1b) && !all.contains(&0x07), "{o:?}");
+    assert!(err.contains("no\\e]0;pwned\\x07dir\\e[2J/f"), "{err}");
+    // JSON keeps the exact text, escaped by the JSON library.
+    let o = ferrogen(&[
+        "push",
+        "--json",
+        s(&t.path().join("proj/top.txt")),
+        s(&dest),
+    ]);
+    assert!(!o.stdout.contains(&0x1b), "{:?}", text(&o.stdout));
+    let line: serde_json::Value =
+        serde_json::from_str(text(&o.stdout).lines().next().expect("a line")).expect("json");
+    assert!(
+        line["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("\x1b]0;pwned\x07")),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_target_lost_mid_push_is_named_in_plain_words() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let big = t.path().join("big");
+    std::fs::File::create(&big)
+        .expect("create")
+        .set_len(1 << 30)
+        .expect("set_len");
+    let dst = t.path().join("dst");
+    let ctl = Command::new(env!("CARGO_BIN_EXE_ferrogen"))
+        .args(["push", "--window", "64K", s(&big), s(&dst)])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let t0 = Instant::now();
+    let mut kids = Vec::new();
+    while kids.is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no child context");
+        std::thread::sleep(Duration::from_millis(20));
+        kids = descendants(ctl.id());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for k in &kids {
+        let _ = Command::new("kill")
+            .args(["-KILL", &k.to_string()])
+            .status();
+    }
+    let o = ctl.wait_with_output().expect("wait");
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = text(&o.stderr);
+    let failed = err
+        .lines()
+        .find(|l| l.starts_with("local: FAILED: "))
+        .unwrap_or_else(|| panic!("no FAILED line: {err}"));
+    assert!(
+        failed.contains("connection lost during the push"),
+        "{failed}"
+    );
+    // The bus's context numbers stay in the debug log.
+    assert!(!failed.contains("context 1"), "{failed}");
+    assert!(!dst.exists());
 }

@@ -3,19 +3,29 @@
 //! * [`ping`] — connect to targets and measure call round trips.
 //! * [`push`] — copy files and directories to targets.
 //! * [`target`] — target specifications (`-H`, `--via`).
+//! * [`generate`] — shell completions and the man page.
+//! * [`exit`] — exit statuses; [`out`] — where output goes;
+//!   [`sanitize`] — making target text safe for a terminal.
 
+pub mod exit;
+pub mod generate;
+pub mod out;
 pub mod ping;
 pub mod push;
+pub mod sanitize;
 pub mod target;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+
+pub use exit::Exit;
 
 /// Command-line arguments.
 #[derive(Debug, Parser)]
 #[command(
     name = "ferrogen",
     version,
-    about = "Routed message bus and streaming file service"
+    about = "Routed message bus and streaming file service",
+    after_help = exit::HELP
 )]
 pub struct Cli {
     /// More logging (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
@@ -30,9 +40,15 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Connect to targets and measure call round trips.
+    #[command(after_help = exit::HELP)]
     Ping(ping::PingArgs),
     /// Copy files (and, with -r, directories) to every target.
+    #[command(after_help = exit::HELP)]
     Push(push::PushArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(generate::CompletionsArgs),
+    /// Print the man page (roff): ferrogen(1), or ferrogen-COMMAND(1).
+    Man(generate::ManArgs),
     /// (internal) Relay stdin/stdout to a context's stripe socket.
     #[command(name = "__attach", hide = true)]
     Attach {
@@ -52,11 +68,49 @@ pub fn main() -> i32 {
         Command::Attach { socket } => crate::connect::stripe::relay(&socket),
         Command::Ping(args) => {
             let filter = init_logging(cli.verbose);
-            run_async(ping::run(args, filter))
+            run_async(ping::run(args, filter)).code()
         }
-        Command::Push(args) => {
+        Command::Push(mut args) => {
+            if let Err(msg) = args.check() {
+                // A usage error in clap's own format (and status 2), with
+                // push's usage line.
+                let mut cmd = Cli::command();
+                cmd.build();
+                let push = cmd.find_subcommand_mut("push");
+                let err = match push {
+                    Some(p) => p.error(clap::error::ErrorKind::ValueValidation, msg),
+                    None => clap::Error::raw(clap::error::ErrorKind::ValueValidation, msg),
+                };
+                err.exit();
+            }
             let filter = init_logging(cli.verbose);
-            run_async(push::run(args, filter))
+            run_async(push::run(args, filter)).code()
+        }
+        Command::Completions(args) => generate::completions(&args, Cli::command()).code(),
+        Command::Man(args) => generate::man(&args, Cli::command()).code(),
+    }
+}
+
+/// A failed call to a target in plain words: the target's context and
+/// what happened `during` what, without the bus's context numbers (which
+/// the router's own messages carry for debugging, e.g. "the respondent
+/// context 1 (local.4711) has disconnected: ...").
+pub fn call_failure(name: &str, during: &str, e: &crate::call::CallError) -> String {
+    use crate::call::CallError;
+    match e {
+        CallError::Remote { error, .. } => format!("{name}: {error}"),
+        CallError::Dead(why) => match why.rsplit_once("has disconnected: ") {
+            Some((_, cause)) => format!("{name}: connection lost during {during} ({cause})"),
+            None => format!("{name}: {during} failed: {why}"),
+        },
+        CallError::Timeout { after, .. } => {
+            format!(
+                "{name}: no answer to {during} within {:.0} s",
+                after.as_secs_f64()
+            )
+        }
+        CallError::Malformed { detail, .. } => {
+            format!("{name}: unreadable answer to {during}: {detail}")
         }
     }
 }
@@ -68,7 +122,7 @@ pub fn child_services(services: &crate::service::Services, router: &crate::route
     crate::connect::stripe::register_service(services, router);
 }
 
-fn run_async<F: std::future::Future<Output = i32>>(f: F) -> i32 {
+fn run_async<F: std::future::Future<Output = Exit>>(f: F) -> Exit {
     // One thread, as in every context (see connect::child::run): the
     // controller's calls then cost no cross-thread wake-ups.
     match tokio::runtime::Builder::new_current_thread()
@@ -77,8 +131,10 @@ fn run_async<F: std::future::Future<Output = i32>>(f: F) -> i32 {
     {
         Ok(rt) => rt.block_on(f),
         Err(e) => {
-            eprintln!("ferrogen: could not start the async runtime: {e}");
-            2
+            out::diag(format_args!(
+                "ferrogen: could not start the async runtime: {e}"
+            ));
+            Exit::Failure
         }
     }
 }
@@ -101,6 +157,10 @@ fn init_logging(verbose: u8) -> String {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // Logs forwarded from targets are untrusted text: escape ESC, BEL,
+        // DEL and C1 controls in them (the default; said here so that it
+        // stays so).
+        .with_ansi_sanitization(true)
         .with_env_filter(env)
         .try_init();
     filter

@@ -7,6 +7,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::target::{self, Chain, TargetArgs};
+use super::{Exit, out};
 use crate::ping::PING_SERVICE;
 use crate::router::{Router, RouterConfig};
 use crate::service::Services;
@@ -52,7 +53,7 @@ pub struct RttSummary {
 }
 
 /// Runs the command; returns the exit code.
-pub async fn run(args: PingArgs, log_filter: String) -> i32 {
+pub async fn run(args: PingArgs, log_filter: String) -> Exit {
     let router = Router::new(RouterConfig::controller());
     let services = Services::start(&router);
     crate::ping::register_service(&services, &router);
@@ -99,15 +100,15 @@ pub async fn run(args: PingArgs, log_filter: String) -> i32 {
         failed |= r.error.is_some();
         if args.json {
             match serde_json::to_string(r) {
-                Ok(s) => println!("{s}"),
-                Err(e) => println!("{{\"error\":\"{e}\"}}"),
+                Ok(s) => out::data(s),
+                Err(e) => out::data(serde_json::json!({ "error": e.to_string() })),
             }
         } else {
             print_text(r);
         }
     }
     router.close_all_streams("ping finished");
-    if failed { 1 } else { 0 }
+    if failed { Exit::Failure } else { Exit::Success }
 }
 
 async fn ping_one(
@@ -152,7 +153,7 @@ async fn ping_one(
                     chain: names,
                     count: rtts.len() as u32,
                     rtt_us: None,
-                    error: Some(format!("{}: ping failed: {e}", info.name)),
+                    error: Some(super::call_failure(&info.name, "a ping", &e)),
                 };
             }
         }
@@ -174,8 +175,8 @@ async fn ping_one(
 
 fn print_text(r: &PingReport) {
     match (&r.error, &r.rtt_us) {
-        (Some(e), _) => println!("{}: FAILED: {e}", r.target),
-        (None, Some(s)) => println!(
+        (Some(e), _) => out::diag(format_args!("{}: FAILED: {e}", r.target)),
+        (None, Some(s)) => out::result(format_args!(
             "{}: {}  {} calls  rtt min {:.0} µs / median {:.0} µs / max {:.0} µs",
             r.target,
             r.chain.join(" -> "),
@@ -183,7 +184,11 @@ fn print_text(r: &PingReport) {
             s.min,
             s.median,
             s.max
-        ),
-        (None, None) => println!("{}: {}  connected, 0 calls", r.target, r.chain.join(" -> ")),
+        )),
+        (None, None) => out::result(format_args!(
+            "{}: {}  connected, 0 calls",
+            r.target,
+            r.chain.join(" -> ")
+        )),
     }
 }

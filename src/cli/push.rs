@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::target::{self, Chain, TargetArgs};
+use super::{Exit, out};
 use crate::connect::Method;
 use crate::files::plan::{EntryResult, PlanEntry, PushPlan};
 use crate::files::receive::ReceiveOptions;
@@ -54,22 +55,109 @@ pub struct PushArgs {
     /// stripe (a pipe has no window to multiply).
     /// Default: chosen from the measured round trip (1 below 4 ms; else the
     /// primary plus one data stripe per 12.5 ms, 2 to 8 of them).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub stripes: Option<usize>,
-    /// Files received at once per target.
-    #[arg(long, default_value_t = 64)]
+    /// Files received at once per target (1 to 1024).
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub parallel: u32,
     /// Targets pushed to at once.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = at_least_one)]
     pub fanout: usize,
     /// Print one JSON object per file and target instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Sources, then the destination. A trailing slash on the destination
-    /// means "into this directory"; a trailing slash on a source directory
-    /// copies its contents rather than the directory itself.
-    #[arg(required = true, num_args = 2.., value_name = "SRC... DEST")]
+    /// Sources, then the destination (options may come between them). A
+    /// trailing slash on the destination means "into this directory"; a
+    /// source directory written `dir/` or `dir/.` copies its contents
+    /// rather than the directory itself. `HOST:PATH` as the destination is
+    /// scp's shorthand for `-H HOST PATH`.
+    #[arg(required = true, value_name = "SRC... DEST", value_parser = non_empty_path)]
     pub paths: Vec<String>,
+}
+
+impl PushArgs {
+    /// Checks what clap cannot check one value at a time, and turns a
+    /// `HOST:PATH` destination into `-H HOST` and `PATH`. The error is a
+    /// usage error (nothing has been sent).
+    pub fn check(&mut self) -> Result<(), String> {
+        if self.paths.len() < 2 {
+            return Err("push needs at least one source and a destination: \
+                        ferrogen push [OPTIONS] SRC... DEST"
+                .into());
+        }
+        let (dest, srcs) = self.paths.split_last_mut().ok_or("no destination")?;
+        for src in srcs.iter() {
+            if split_remote(src).is_some() {
+                return Err(format!(
+                    "source {src:?} looks like scp's HOST:PATH, but push only sends \
+                     local files (write ./{src} for a local name with ':')"
+                ));
+            }
+        }
+        let Some((host, path)) = split_remote(dest) else {
+            return Ok(());
+        };
+        if !self.target.hosts.is_empty() {
+            return Err(format!(
+                "destination {dest:?} names a host (scp's HOST:PATH) and -H was given \
+                 too: give the targets with -H only (write ./{dest} for a path with ':')"
+            ));
+        }
+        target::parse(host).map_err(|e| {
+            format!("destination {dest:?}: {e} (write ./{dest} for a path with ':')")
+        })?;
+        // scp's `host:` is the login directory: the target's working
+        // directory, where relative paths land.
+        let path = if path.is_empty() { "." } else { path };
+        self.target.hosts = vec![host.to_string()];
+        *dest = path.to_string();
+        Ok(())
+    }
+}
+
+/// If `arg` is scp's `[user@]host:path` (a `:` before any `/`; IPv6
+/// addresses in brackets), the host part and the path. A leading `/` or
+/// `:` makes it local, as in scp; so does `./` for a local name that holds
+/// a colon.
+pub fn split_remote(arg: &str) -> Option<(&str, &str)> {
+    if arg.starts_with(':') || arg.starts_with('/') {
+        return None;
+    }
+    let mut from = 0;
+    if let Some(open) = arg.find('[')
+        && !arg[..open].contains('/')
+        && let Some(close) = arg[open..].find(']')
+    {
+        from = open + close + 1;
+    }
+    for (i, c) in arg[from..].char_indices() {
+        match c {
+            '/' => return None,
+            ':' => return Some((&arg[..from + i], &arg[from + i + 1..])),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A path argument: anything but the empty string (which names no file;
+/// cp and rsync refuse it too).
+fn non_empty_path(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Err("an empty path names no file".into())
+    } else {
+        Ok(s.to_string())
+    }
+}
+
+/// A count that must be at least 1.
+pub fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
 }
 
 /// Parses `123`, `64K`, `1M`, `1MiB`, `2G` (binary units).
@@ -168,7 +256,9 @@ pub fn collect_sources(srcs: &[String], recursive: bool) -> Result<Sources, Stri
     for src in srcs {
         let given = Path::new(src);
         let md = std::fs::symlink_metadata(given).map_err(|e| format!("{src}: {e}"))?;
-        let contents = src.ends_with('/') && md.is_dir();
+        // `dir/` and `dir/.` (and `.` itself) mean the directory's
+        // contents, as in rsync and `cp -r dir/. dest`.
+        let contents = (src.ends_with('/') || src == "." || src.ends_with("/.")) && md.is_dir();
         let name = given
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -293,20 +383,20 @@ struct TargetOutcome {
 }
 
 /// Runs the command; returns the exit code.
-pub async fn run(args: PushArgs, log_filter: String) -> i32 {
+pub async fn run(args: PushArgs, log_filter: String) -> Exit {
     let Some((dest, srcs)) = args.paths.split_last() else {
-        eprintln!("ferrogen push: need at least one source and a destination");
-        return 2;
+        out::diag("ferrogen push: need at least one source and a destination");
+        return Exit::Usage;
     };
     let sources = match collect_sources(srcs, args.recursive) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ferrogen push: {e}");
-            return 2;
+            out::diag(format_args!("ferrogen push: {e}"));
+            return Exit::Usage;
         }
     };
     for note in &sources.skipped {
-        eprintln!("ferrogen push: {note}");
+        out::diag(format_args!("ferrogen push: {note}"));
     }
     let router = Router::new(RouterConfig::controller());
     let services = Services::start(&router);
@@ -314,8 +404,8 @@ pub async fn run(args: PushArgs, log_filter: String) -> i32 {
     let config = file_service_config(&args);
     let fs = FileService::start(&router, &services, config);
     if let Err(e) = sources.register(&fs) {
-        eprintln!("ferrogen push: {e}");
-        return 2;
+        out::diag(format_args!("ferrogen push: {e}"));
+        return Exit::Usage;
     }
     let plan = sources.plan(&args, router.id(), dest);
 
@@ -323,12 +413,13 @@ pub async fn run(args: PushArgs, log_filter: String) -> i32 {
     let outcomes = tokio::select! {
         o = work => o,
         sig = shutdown_signal() => {
-            eprintln!("ferrogen push: {sig}: cancelling transfers");
+            let what = if sig == Exit::Terminated { "terminated" } else { "interrupted" };
+            out::diag(format_args!("ferrogen push: {what}: cancelling transfers"));
             services.shutdown().await;
             // Give the abort messages a moment to leave.
             tokio::time::sleep(Duration::from_millis(200)).await;
             router.close_all_streams("controller interrupted");
-            return 130;
+            return sig;
         }
     };
 
@@ -352,11 +443,11 @@ pub async fn run(args: PushArgs, log_filter: String) -> i32 {
                     error: r.error.as_deref(),
                 };
                 match serde_json::to_string(&line) {
-                    Ok(s) => println!("{s}"),
-                    Err(e) => println!("{{\"error\":\"{e}\"}}"),
+                    Ok(s) => out::data(s),
+                    Err(e) => out::data(serde_json::json!({ "error": e.to_string() })),
                 }
             } else if let Some(e) = &r.error {
-                println!("{}: FAILED: {e}", o.host);
+                out::diag(format_args!("{}: FAILED: {e}", o.host));
             }
         }
         if !args.json {
@@ -367,7 +458,7 @@ pub async fn run(args: PushArgs, log_filter: String) -> i32 {
                 0.0
             };
             let errors = o.results.iter().filter(|r| r.error.is_some()).count();
-            println!(
+            out::result(format_args!(
                 "{}: {} files, {:.1} MiB in {:.2} s ({:.1} MiB/s){}",
                 o.host,
                 files,
@@ -379,23 +470,28 @@ pub async fn run(args: PushArgs, log_filter: String) -> i32 {
                 } else {
                     String::new()
                 }
-            );
+            ));
         }
     }
     services.shutdown().await;
     router.close_all_streams("push finished");
-    if failed || outcomes.is_empty() { 1 } else { 0 }
+    if failed || outcomes.is_empty() {
+        Exit::Failure
+    } else {
+        Exit::Success
+    }
 }
 
-async fn shutdown_signal() -> &'static str {
+/// Waits for SIGINT or SIGTERM; returns the status to exit with.
+async fn shutdown_signal() -> Exit {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => return std::future::pending().await,
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => "interrupted",
-        _ = term.recv() => "terminated",
+        _ = tokio::signal::ctrl_c() => Exit::Interrupted,
+        _ = term.recv() => Exit::Terminated,
     }
 }
 
@@ -616,13 +712,14 @@ async fn push_one(
         Err(e) => {
             // Said at once, not only in the summary: other targets may run
             // for a long while yet.
-            tracing::warn!("{}: push failed: {e}", info.name);
+            let msg = super::call_failure(&info.name, "the push", &e);
+            tracing::warn!("{}", super::sanitize::sanitize(&msg));
             vec![EntryResult {
                 path: plan.dest.clone(),
                 bytes: 0,
                 seconds: 0.0,
                 digest: None,
-                error: Some(format!("{}: {e}", info.name)),
+                error: Some(msg),
                 data_span_ns: (0, 0),
             }]
         }
@@ -685,6 +782,20 @@ mod tests {
         assert_eq!(auto_stripes(Duration::from_millis(50)), 5);
         assert_eq!(auto_stripes(Duration::from_millis(100)), 9);
         assert_eq!(auto_stripes(Duration::from_millis(400)), 9);
+    }
+
+    #[test]
+    fn scp_style_destinations() {
+        assert_eq!(split_remote("web1:/tmp/x/"), Some(("web1", "/tmp/x/")));
+        assert_eq!(split_remote("bob@web1:"), Some(("bob@web1", "")));
+        assert_eq!(split_remote("[::1]:/d"), Some(("[::1]", "/d")));
+        assert_eq!(
+            split_remote("bob@[fe80::1]:d"),
+            Some(("bob@[fe80::1]", "d"))
+        );
+        for local in ["/tmp/a:b", "./a:b", "dir/a:b", ":x", "plain"] {
+            assert_eq!(split_remote(local), None, "{local}");
+        }
     }
 
     #[test]

@@ -31,12 +31,13 @@ pub struct TargetArgs {
     /// order; same SPEC forms as -H).
     #[arg(long, value_name = "SPEC")]
     pub via: Vec<String>,
-    /// Seconds allowed for each connection.
-    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    /// Seconds allowed for each connection (more than 0).
+    #[arg(long, default_value_t = 30.0, value_name = "SECS", value_parser = positive_secs)]
     pub connect_timeout: f64,
     /// The ssh command for ssh targets, as rsync's -e, e.g.
-    /// -e 'ssh -F ./cfg -i key'. ferrogen adds -T, -o BatchMode=yes and
-    /// -o ConnectTimeout (options given here come first, so they win).
+    /// -e 'ssh -F ./cfg -i key'. ferrogen adds -T, -o BatchMode=yes,
+    /// -o Compression=no and -o ConnectTimeout (options given here come
+    /// first, so they win).
     #[arg(short = 'e', long = "rsh", value_name = "CMD")]
     pub rsh: Option<String>,
     /// Become USER with sudo on each -H target (sudo -n: no password
@@ -97,9 +98,23 @@ impl TargetArgs {
 
     fn finish(&self, method: Method, log_filter: &str) -> ConnectSpec {
         let mut cs = ConnectSpec::new(method);
-        cs.connect_timeout_ms = (self.connect_timeout.max(0.001) * 1000.0) as u64;
+        // At least 1 ms: a fraction below that still means "some time".
+        cs.connect_timeout_ms = ((self.connect_timeout * 1000.0).ceil() as u64).max(1);
         cs.log_filter = log_filter.to_string();
         cs
+    }
+}
+
+/// A number of seconds that is more than zero (and finite).
+pub fn positive_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err("must be a number of seconds more than 0".into())
     }
 }
 
@@ -265,5 +280,14 @@ mod tests {
         assert!(parse("sudo:").is_err());
         assert!(parse("").is_err());
         assert!(parse("-oProxyCommand=x").is_err());
+    }
+
+    #[test]
+    fn timeouts_must_be_positive() {
+        assert_eq!(positive_secs("2.5"), Ok(2.5));
+        for bad in ["0", "-1", "0.0", "nan", "inf", "", "soon"] {
+            assert!(positive_secs(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(T::try_parse_from(["x", "--connect-timeout", "0"]).is_err());
     }
 }

@@ -324,7 +324,13 @@ fn link_to(file: &File, path: &Path) -> Result<(), rustix::io::Errno> {
 
 /// fsyncs the directory containing `path`.
 pub fn sync_dir(path: &Path) -> Result<(), ReceiveError> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
+    // A bare name ("X") has the parent "", which names no directory: it
+    // lives in the working directory.
+    let dir = match path.parent() {
+        Some(d) if d.as_os_str().is_empty() => Path::new("."),
+        Some(d) => d,
+        None => Path::new("/"),
+    };
     let d = File::open(dir).map_err(io_err(path, "open directory for fsync"))?;
     rustix::fs::fsync(&d).map_err(|e| io_err(path, "fsync directory")(e.into()))
 }

@@ -279,37 +279,36 @@ impl Link {
 }
 
 fn stats_json(dirs: &[&Direction], args: &Args) -> String {
-    let mut s = format!(
-        "{{\"pid\":{},\"one_way_ms\":{},\"rate_mbit\":{},\"limit_bytes\":{},\"vnet\":{},\"realtime\":{},\"directions\":{{",
-        std::process::id(),
-        args.one_way_ms,
-        args.rate_mbit,
-        args.limit_bytes,
-        args.vnet,
-        args.realtime
-    );
-    for (i, d) in dirs.iter().enumerate() {
+    let mut directions = serde_json::Map::new();
+    for d in dirs {
         let c = &d.c;
-        s.push_str(&format!(
-            "{}\"{}\":{{\"rx_pkts\":{},\"rx_bytes\":{},\"tx_pkts\":{},\"tx_bytes\":{},\"drops\":{},\
-             \"write_errors\":{},\"max_queued_bytes\":{},\"max_queued_pkts\":{},\"max_pkt\":{},\"max_late_us\":{},\"late_over_1ms\":{}}}",
-            if i > 0 { "," } else { "" },
-            d.name,
-            c.rx_pkts,
-            c.rx_bytes,
-            c.tx_pkts,
-            c.tx_bytes,
-            c.drops,
-            c.write_errors,
-            c.max_queued_bytes,
-            c.max_queued_pkts,
-            c.max_pkt,
-            c.max_late_us,
-            c.late_over_1ms
-        ));
+        directions.insert(
+            d.name.to_string(),
+            serde_json::json!({
+                "rx_pkts": c.rx_pkts,
+                "rx_bytes": c.rx_bytes,
+                "tx_pkts": c.tx_pkts,
+                "tx_bytes": c.tx_bytes,
+                "drops": c.drops,
+                "write_errors": c.write_errors,
+                "max_queued_bytes": c.max_queued_bytes,
+                "max_queued_pkts": c.max_queued_pkts,
+                "max_pkt": c.max_pkt,
+                "max_late_us": c.max_late_us,
+                "late_over_1ms": c.late_over_1ms,
+            }),
+        );
     }
-    s.push_str("}}");
-    s
+    serde_json::json!({
+        "pid": std::process::id(),
+        "one_way_ms": args.one_way_ms,
+        "rate_mbit": args.rate_mbit,
+        "limit_bytes": args.limit_bytes,
+        "vnet": args.vnet,
+        "realtime": args.realtime,
+        "directions": directions,
+    })
+    .to_string()
 }
 
 fn report(dirs: &[&Direction], args: &Args) {
