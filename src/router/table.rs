@@ -303,6 +303,11 @@ impl Table {
         self.routes.get(&id).copied().or(self.parent)
     }
 
+    /// Every explicit route, `(context, link)`, in no particular order.
+    pub fn routes(&self) -> impl Iterator<Item = (ContextId, LinkId)> + '_ {
+        self.routes.iter().map(|(&id, &link)| (id, link))
+    }
+
     /// The child link that owns `id` by delegation, if any.
     pub fn delegated_to(&self, id: ContextId) -> Option<LinkId> {
         let (_, &(end, link)) = self.delegated.range(..=id).next_back()?;
