@@ -46,9 +46,19 @@ pub const SUDO_RACE: &str = "fgsudorace";
 /// May become THIRD with sudo, and nobody else.
 pub const LIMITED: &str = "fglimited";
 
+/// Its login shell sets `umask 000`; its home is 0755 (others may enter).
+pub const UMASK: &str = "fgumask";
+/// Its cache is made writable by others and swapped by PLAIN; home 0755.
+pub const SWAP: &str = "fgswap";
+/// Its home belongs to root (0755): it cannot create a cache there.
+pub const RO_HOME: &str = "fgrohome";
+/// Its PATH has a `getconf` that reports glibc 2.17.
+pub const OLD_LIBC: &str = "fgoldlibc";
+
 /// Every test account.
 pub const USERS: &[&str] = &[
     SUDOER, PLAIN, PASSWORD, JUNK, ARM, NO_SUDO, CACHE, RACE, KILL, THIRD, SUDO_RACE, LIMITED,
+    UMASK, SWAP, RO_HOME, OLD_LIBC,
 ];
 
 const SUDOERS_FILE: &str = "/etc/sudoers.d/ferrogen-tests";
@@ -202,7 +212,7 @@ fn setup_accounts() {
             run(Command::new("usermod").arg("-s").arg(&p).arg(u));
         };
         for &u in USERS {
-            if ![JUNK, ARM, NO_SUDO].contains(&u) {
+            if ![JUNK, ARM, NO_SUDO, UMASK, OLD_LIBC].contains(&u) {
                 run(Command::new("usermod").args(["-s", "/bin/sh", u]));
             }
         }
@@ -237,12 +247,36 @@ fn setup_accounts() {
             std::os::unix::fs::symlink(real_tool(t), &link).expect("symlink");
         }
         shell(NO_SUDO, &format!("PATH={}; export PATH", ns_bin.display()));
+        shell(UMASK, "umask 000");
+        let libc_bin = home(OLD_LIBC).join(".fg-bin");
+        std::fs::create_dir_all(&libc_bin).expect("mkdir");
+        write(
+            &libc_bin.join("getconf"),
+            &format!(
+                "#!/bin/sh\ncase \"$1\" in GNU_LIBC_VERSION) echo 'glibc 2.17';; *) exec {} \"$@\";; esac\n",
+                real_tool("getconf")
+            ),
+            0o755,
+        );
+        shell(
+            OLD_LIBC,
+            &format!("PATH={}:$PATH; export PATH", libc_bin.display()),
+        );
         for &u in USERS {
             run(Command::new("chown")
                 .arg("-R")
                 .arg(format!("{u}:"))
                 .arg(home(u)));
         }
+        // Homes others may enter (as a default umask 022 leaves them), and
+        // one its owner cannot write.
+        for u in [UMASK, SWAP] {
+            std::fs::set_permissions(home(u), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+        }
+        run(Command::new("chown").arg("root:root").arg(home(RO_HOME)));
+        std::fs::set_permissions(home(RO_HOME), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
 
         let rules = format!(
             "# ferrogen tests (tests/sshd/mod.rs)\n\
