@@ -438,7 +438,7 @@ mod tests {
     #[test]
     fn junk_is_not_a_crash() {
         assert!(matches!(need_of(&b"#!/bin/sh\n"[..]), Ok(Need::Unknown(_))));
-        let mut h = vec![0u8; 64];
+        let mut h = [0u8; 64];
         h[..4].copy_from_slice(b"\x7fELF");
         h[4] = 2;
         // A program header table far beyond the end of the file.
