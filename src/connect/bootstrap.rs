@@ -45,6 +45,10 @@
 //!    [temp]` and `exec`s it. The temp file is removed on any failure or
 //!    signal.
 //!
+//! Besides `sh` the stub needs `uname`, `id`, `ls`, `mkdir`, `chmod`,
+//! `head`, `wc`, `mv` and `rm` (it names a missing one), and `mktemp` and
+//! `rmdir` only for the no-cache fallback.
+//!
 //! **Cost of the checks.** On a cache hit the stub runs `id -u`, one `ls`
 //! and the trial run (which hashes the binary) before the `exec`; see
 //! docs/portable.md for the measured cost against a plain `ssh true`.
@@ -436,6 +440,9 @@ impl BootPlan {
             // Everything created from here on is private, whatever the
             // umask the login left.
             "umask 077".into(),
+            // What the rest needs (builtins aside), so a stripped PATH is
+            // named as such rather than as a cache that is "not private".
+            "for c in id ls mkdir chmod head wc mv rm; do command -v $c >/dev/null 2>&1 || { printf \"%s fail the command %s is not on the PATH of the target account\\n\" \"$M\" \"$c\"; exit 89; }; done".into(),
             format!("K={key}"),
             format!("N={n}"),
             "u=$(id -u)".into(),

@@ -240,7 +240,8 @@ fn setup_accounts() {
         let ns_bin = home(NO_SUDO).join(".fg-bin");
         std::fs::create_dir_all(&ns_bin).expect("mkdir");
         for t in [
-            "sh", "uname", "head", "wc", "mkdir", "chmod", "mv", "rm", "cat", "id", "env",
+            "sh", "uname", "head", "wc", "mkdir", "chmod", "mv", "rm", "cat", "id", "env", "ls",
+            "mktemp", "rmdir",
         ] {
             let link = ns_bin.join(t);
             let _ = std::fs::remove_file(&link);
