@@ -73,11 +73,16 @@ fn dist(extra: &[String]) -> Result<(), String> {
             ));
         }
         // crt-static links glibc (libc.a) into the executable: no loader,
-        // no libc.so needed on the target. RUSTFLAGS given by the caller are
-        // kept; with --target they do not reach build scripts.
+        // no libc.so needed on the target. strip=symbols: 4.2 instead of
+        // 4.9 MiB to send to each new target (panics still print their
+        // message and location). RUSTFLAGS given by the caller are kept;
+        // with --target they do not reach build scripts.
         let mut flags = std::env::var("RUSTFLAGS").unwrap_or_default();
         if !flags.contains("crt-static") {
             flags.push_str(" -C target-feature=+crt-static");
+        }
+        if !flags.contains("strip=") {
+            flags.push_str(" -C strip=symbols");
         }
         eprintln!("xtask: building the static {triple} binary (release)...");
         let status = Command::new(&cargo)
