@@ -11,7 +11,9 @@
 //!   a private temporary directory, which it removes;
 //! * a home the account cannot write falls back to `$XDG_RUNTIME_DIR`, then
 //!   to a temporary directory; when nothing works, the error names the real
-//!   cause (never "ssh authentication refused").
+//!   cause (never "ssh authentication refused");
+//! * a `~/.cache` that is the account's symlink to a private directory
+//!   elsewhere still caches.
 
 mod sshd;
 
@@ -381,4 +383,39 @@ fn when_no_directory_can_be_made_the_error_names_the_real_cause() {
         !e.contains("authentication"),
         "a failed mkdir reported as an ssh failure: {e}"
     );
+}
+
+#[test]
+fn a_dot_cache_that_links_to_a_private_directory_still_caches() {
+    let Some(s) = Sshd::start() else { return };
+    let user = sshd::LINKED;
+    let home = sshd::home(user);
+    let elsewhere = tempfile::Builder::new()
+        .prefix("ferrogen-linked-cache-")
+        .tempdir()
+        .expect("tempdir");
+    Command::new("chown")
+        .arg(format!("{user}:"))
+        .arg(elsewhere.path())
+        .status()
+        .expect("chown");
+    std::fs::set_permissions(elsewhere.path(), std::fs::Permissions::from_mode(0o700))
+        .expect("chmod");
+    let dot_cache = home.join(".cache");
+    let _ = std::fs::remove_dir_all(&dot_cache);
+    let _ = std::fs::remove_file(&dot_cache);
+    std::os::unix::fs::symlink(elsewhere.path(), &dot_cache).expect("symlink");
+    // (Not lchown'd: a link's owner does not matter, only who may replace
+    // it, i.e. who may write the home.)
+    let first = ping(&s.rsh(), &["-H", user]);
+    let second = ping(&s.rsh(), &["-H", user]);
+    let _ = std::fs::remove_file(&dot_cache);
+    assert_ok(&first);
+    assert_ok(&second);
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("started the cached binary"),
+        "{}",
+        text(&second)
+    );
+    assert!(elsewhere.path().join("ferrogen").is_dir());
 }

@@ -17,9 +17,9 @@
 //!    (not when `HOME` is unset or `/`), then in
 //!    `$XDG_RUNTIME_DIR/ferrogen/<version>-<digest>/`. A copy runs (`<MARK>
 //!    run cached`, then `exec … __context`) only if it and every directory
-//!    from the cache's parent (`~/.cache`) down are owned by the running
-//!    user, are not symlinks and are writable by nobody else (one `ls -ldn`
-//!    for all four paths), its size is the binary's, and a trial run with
+//!    from the cache's parent (`~/.cache`, or the directory it links to)
+//!    down are owned by the running user, are not symlinks and are
+//!    writable by nobody else (one `ls -ldn` for all four paths), its size is the binary's, and a trial run with
 //!    `FERROGEN_VERIFY=<digest>` — the binary hashes its own file with
 //!    BLAKE3 and exits 0 only on a match — succeeds. Anything else is not
 //!    executed: another local user who could write there could have
@@ -457,14 +457,16 @@ impl BootPlan {
             "h=\"\"; if test -n \"$HOME\" && test \"$HOME\" != /; then h=\"$HOME/.cache\"; fi".into(),
             // The cached copy runs only if it and every directory from the
             // cache's parent down are private to this user, and its size
-            // and digest (checked by the copy itself) still match.
+            // and digest (checked by the copy itself) still match. ("$b/":
+            // a ~/.cache that is the user's own symlink to a directory
+            // elsewhere is judged by that directory.)
             format!(
-                "for b in \"$h\" \"$XDG_RUNTIME_DIR\"; do if test -n \"$b\" && pv 1 \"$b\" \"$b/ferrogen\" \"$b/ferrogen/$K\" \"$b/ferrogen/$K/ferrogen\" && {verify} \"$b/ferrogen/$K/ferrogen\" {CHILD_ARG} </dev/null >/dev/null 2>&1; then printf \"%s run cached\\n\" \"$M\"; exec \"$b/ferrogen/$K/ferrogen\" {CHILD_ARG}; fi; done"
+                "for b in \"$h\" \"$XDG_RUNTIME_DIR\"; do if test -n \"$b\" && pv 1 \"$b/\" \"$b/ferrogen\" \"$b/ferrogen/$K\" \"$b/ferrogen/$K/ferrogen\" && {verify} \"$b/ferrogen/$K/ferrogen\" {CHILD_ARG} </dev/null >/dev/null 2>&1; then printf \"%s run cached\\n\" \"$M\"; exec \"$b/ferrogen/$K/ferrogen\" {CHILD_ARG}; fi; done"
             ),
             // tb BASE: makes BASE/ferrogen/KEY private (repairing the modes
             // of directories that are ours) or says in $e why it cannot.
-            "e=\"\"; if test -z \"$h\"; then e=\"; HOME is unset\"; fi".into(),
-            "tb() { w=$(mkdir -p \"$1/ferrogen/$K\" 2>&1) || { e=\"$e; $w\"; return 1; }; chmod 700 \"$1/ferrogen\" \"$1/ferrogen/$K\" 2>/dev/null; pv 0 \"$1\" \"$1/ferrogen\" \"$1/ferrogen/$K\" || { e=\"$e; $1 or a directory below it is not private to uid $u (owned by another user, or writable by group or others)\"; return 1; }; }".into(),
+            "e=\"\"; if test -z \"$h\"; then e=\"; HOME is unset or is /\"; fi".into(),
+            "tb() { w=$(mkdir -p \"$1/ferrogen/$K\" 2>&1) || { e=\"$e; $w\"; return 1; }; chmod 700 \"$1/ferrogen\" \"$1/ferrogen/$K\" 2>/dev/null; pv 0 \"$1/\" \"$1/ferrogen\" \"$1/ferrogen/$K\" || { e=\"$e; $1 or a directory below it is not private to uid $u (owned by another user, or writable by group or others)\"; return 1; }; }".into(),
             "d=\"\"; for b in \"$h\" \"$XDG_RUNTIME_DIR\"; do if test -n \"$b\" && tb \"$b\"; then d=\"$b/ferrogen/$K\"; break; fi; done".into(),
             // No usable cache: a private temporary directory, removed by the
             // binary once it runs (FERROGEN_TEMP_DIR); nothing is cached.

@@ -54,11 +54,13 @@ pub const SWAP: &str = "fgswap";
 pub const RO_HOME: &str = "fgrohome";
 /// Its PATH has a `getconf` that reports glibc 2.17.
 pub const OLD_LIBC: &str = "fgoldlibc";
+/// Its `~/.cache` is made a symlink to a directory elsewhere.
+pub const LINKED: &str = "fglinked";
 
 /// Every test account.
 pub const USERS: &[&str] = &[
     SUDOER, PLAIN, PASSWORD, JUNK, ARM, NO_SUDO, CACHE, RACE, KILL, THIRD, SUDO_RACE, LIMITED,
-    UMASK, SWAP, RO_HOME, OLD_LIBC,
+    UMASK, SWAP, RO_HOME, OLD_LIBC, LINKED,
 ];
 
 const SUDOERS_FILE: &str = "/etc/sudoers.d/ferrogen-tests";
