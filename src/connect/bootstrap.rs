@@ -96,6 +96,9 @@ pub const TEMP_DIR_ENV: &str = "FERROGEN_TEMP_DIR";
 /// Most bytes a target may print before the bootstrap marker.
 const MAX_JUNK: usize = 1024 * 1024;
 
+/// Most characters of a target's reason for not caching that are logged.
+const MAX_REASON: usize = 2000;
+
 /// Bytes per write while sending the binary.
 const SEND_CHUNK: usize = 1024 * 1024;
 
@@ -722,10 +725,16 @@ where
                 }
             }
             Some("nocache") => {
+                // The target's own words: bounded, control characters
+                // escaped before they reach a terminal.
+                let why = printable(
+                    words[1..].join(" ").trim_start_matches(';').trim(),
+                    MAX_REASON,
+                );
                 tracing::info!(
                     "{name}: no usable binary cache on the target ({}); the binary runs from a \
                      private temporary directory and is sent again next time",
-                    words[1..].join(" ").trim_start_matches(';').trim()
+                    why
                 );
             }
             Some("run") => {
@@ -772,6 +781,20 @@ where
             }
         }
     }
+}
+
+/// At most `max` characters of `text`, control characters escaped (`\n`,
+/// `\u{1b}`), so a target's words cannot drive the terminal.
+fn printable(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in text.chars().take(max) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Child side of [`TEMP_DIR_ENV`]: removes `dir/ferrogen` if it is this
@@ -857,6 +880,13 @@ mod tests {
     fn patterns() {
         assert_eq!(uname_pattern("linux", "x86_64"), "Linux/x86_64|Linux/amd64");
         assert_eq!(uname_pattern("plan9", "weird"), "*/*");
+    }
+
+    #[test]
+    fn reasons_are_printable() {
+        assert_eq!(printable("a\x1b[2Jb\nc", 100), "a\\u{1b}[2Jb\\nc");
+        assert_eq!(printable("mkdir: '/x': é", 100), "mkdir: '/x': é");
+        assert_eq!(printable("abcdef", 3), "abc");
     }
 
     #[test]
