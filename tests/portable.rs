@@ -365,3 +365,39 @@ fn the_portable_binary_as_controller_and_target_names_unlisted_ids_without_crash
     let m = std::fs::metadata(dest.path().join("named")).expect("named");
     assert_eq!((m.uid(), m.gid()), (1, 1));
 }
+
+#[test]
+fn the_controller_binary_is_refused_early_on_a_musl_target() {
+    let Some(s) = Sshd::start() else { return };
+    let bin = env!("CARGO_BIN_EXE_ferrogen");
+    let out = Command::new(bin)
+        .args(["ping", "--json", "-c", "1", "-e", &s.rsh()])
+        .args(["-H", sshd::MUSL, "--remote-binary", bin])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run ferrogen");
+    let e = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "{}", text(&out));
+    for needle in [
+        "ssh.fgmusl",
+        "C library is musl",
+        "needs glibc",
+        "cargo xtask dist",
+    ] {
+        assert!(
+            e.contains(needle),
+            "{needle:?} missing from: {}",
+            text(&out)
+        );
+    }
+    // The portable binary needs no C library: the same target runs it.
+    let Some(p) = portable() else { return };
+    let out = Command::new(bin)
+        .args(["ping", "--json", "-c", "1", "-e", &s.rsh()])
+        .args(["-H", sshd::MUSL, "--remote-binary"])
+        .arg(&p)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run ferrogen");
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -32,7 +32,8 @@
 //!    nothing is cached. If even that fails it prints `<MARK> fail` with
 //!    every reason (e.g. `mkdir`'s own message);
 //! 6. for a dynamically linked binary, prints `<MARK> libc <glibc 2.36 |
-//!    musl | unknown>` (`getconf GNU_LIBC_VERSION`, or musl's loader), so
+//!    musl | unknown>` (`getconf GNU_LIBC_VERSION`, else musl's loader in
+//!    `/lib` or `ldd --version` naming musl), so
 //!    the parent refuses a C library older than the binary needs before
 //!    anything is sent ([`super::libc`]);
 //! 7. prints `<MARK> need`, reads exactly the binary's length from stdin
@@ -486,7 +487,7 @@ impl BootPlan {
             // A dynamic binary: say which C library is here, so that the
             // parent refuses a too old one before sending anything.
             lines.push(
-                "l=$(getconf GNU_LIBC_VERSION 2>/dev/null) || l=\"\"; if test -z \"$l\"; then if test -e \"/lib/ld-musl-$a.so.1\"; then l=musl; else l=unknown; fi; fi; printf \"%s libc %s\\n\" \"$M\" \"$l\"".into(),
+                "l=$(getconf GNU_LIBC_VERSION 2>/dev/null) || l=\"\"; if test -z \"$l\"; then l=unknown; if test -e \"/lib/ld-musl-$a.so.1\"; then l=musl; else case $(ldd --version 2>&1) in *musl*) l=musl;; esac; fi; fi; printf \"%s libc %s\\n\" \"$M\" \"$l\"".into(),
             );
         }
         lines.extend([

@@ -56,11 +56,14 @@ pub const RO_HOME: &str = "fgrohome";
 pub const OLD_LIBC: &str = "fgoldlibc";
 /// Its `~/.cache` is made a symlink to a directory elsewhere.
 pub const LINKED: &str = "fglinked";
+/// Its PATH has a `getconf` without GNU_LIBC_VERSION and an `ldd` that
+/// says musl, as on Alpine.
+pub const MUSL: &str = "fgmusl";
 
 /// Every test account.
 pub const USERS: &[&str] = &[
     SUDOER, PLAIN, PASSWORD, JUNK, ARM, NO_SUDO, CACHE, RACE, KILL, THIRD, SUDO_RACE, LIMITED,
-    UMASK, SWAP, RO_HOME, OLD_LIBC, LINKED,
+    UMASK, SWAP, RO_HOME, OLD_LIBC, LINKED, MUSL,
 ];
 
 const SUDOERS_FILE: &str = "/etc/sudoers.d/ferrogen-tests";
@@ -214,7 +217,7 @@ fn setup_accounts() {
             run(Command::new("usermod").arg("-s").arg(&p).arg(u));
         };
         for &u in USERS {
-            if ![JUNK, ARM, NO_SUDO, UMASK, OLD_LIBC].contains(&u) {
+            if ![JUNK, ARM, NO_SUDO, UMASK, OLD_LIBC, MUSL].contains(&u) {
                 run(Command::new("usermod").args(["-s", "/bin/sh", u]));
             }
         }
@@ -264,6 +267,25 @@ fn setup_accounts() {
         shell(
             OLD_LIBC,
             &format!("PATH={}:$PATH; export PATH", libc_bin.display()),
+        );
+        let musl_bin = home(MUSL).join(".fg-bin");
+        std::fs::create_dir_all(&musl_bin).expect("mkdir");
+        write(
+            &musl_bin.join("getconf"),
+            &format!(
+                "#!/bin/sh\ncase \"$1\" in GNU_LIBC_VERSION) echo 'getconf: GNU_LIBC_VERSION: unknown variable' >&2; exit 1;; *) exec {} \"$@\";; esac\n",
+                real_tool("getconf")
+            ),
+            0o755,
+        );
+        write(
+            &musl_bin.join("ldd"),
+            "#!/bin/sh\nprintf 'musl libc (x86_64)\\nVersion 1.2.5\\n' >&2\nexit 1\n",
+            0o755,
+        );
+        shell(
+            MUSL,
+            &format!("PATH={}:$PATH; export PATH", musl_bin.display()),
         );
         for &u in USERS {
             run(Command::new("chown")
