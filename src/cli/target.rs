@@ -49,8 +49,9 @@ pub struct TargetArgs {
     #[arg(long = "sudo-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub sudo_args: Vec<String>,
     /// A ferrogen binary built for the targets' OS and architecture, sent
-    /// instead of this one to the hosts the controller connects to directly
-    /// (the first --via hop, or -H targets without --via).
+    /// to the hosts the controller connects to directly (the first --via
+    /// hop, or -H targets without --via) instead of the default: the
+    /// portable binary from `cargo xtask dist` if it exists, else this one.
     #[arg(long, value_name = "PATH")]
     pub remote_binary: Option<PathBuf>,
 }

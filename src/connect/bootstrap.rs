@@ -11,19 +11,48 @@
 //! 2. checks `uname -s`/`uname -m` against the binary it would run and, on a
 //!    mismatch, prints `<MARK> arch` and exits — before anything is sent or
 //!    executed;
-//! 3. if `$HOME/.cache/ferrogen/<version>-<digest>/ferrogen` is executable,
-//!    prints `<MARK> run cached` and `exec`s it (`__context`): later
-//!    connections send nothing;
-//! 4. otherwise creates that directory, prints `<MARK> need`, reads exactly
-//!    the binary's length from stdin (`head -c N` into a temp file in the same
-//!    directory; the parent sends nothing else until the stub answers, so
-//!    even a `head` that reads ahead cannot swallow protocol bytes), checks
-//!    the size, runs the copy once with `FERROGEN_VERIFY=<digest>` — the
-//!    binary hashes its own file with BLAKE3 and exits 0 only on a match —
-//!    and only then renames it into place (`mv -f`, atomic in one directory,
-//!    so connections racing on an empty cache each install a complete copy
-//!    and the last rename wins), prints `<MARK> run sent` and `exec`s it.
-//!    The temp file is removed on any failure or signal.
+//! 3. sets `umask 077`, so whatever it creates is private whatever umask
+//!    the login left;
+//! 4. looks for a cached copy in `$HOME/.cache/ferrogen/<version>-<digest>/`
+//!    (not when `HOME` is unset or `/`), then in
+//!    `$XDG_RUNTIME_DIR/ferrogen/<version>-<digest>/`. A copy runs (`<MARK>
+//!    run cached`, then `exec … __context`) only if it and every directory
+//!    from the cache's parent (`~/.cache`, or the directory it links to)
+//!    down are owned by the running user, are not symlinks and are
+//!    writable by nobody else (one `ls -ldn` for all four paths), its size is the binary's, and a trial run with
+//!    `FERROGEN_VERIFY=<digest>` — the binary hashes its own file with
+//!    BLAKE3 and exits 0 only on a match — succeeds. Anything else is not
+//!    executed: another local user who could write there could have
+//!    swapped it. Later connections send nothing;
+//! 5. otherwise makes the first of those places private (`mkdir -p`,
+//!    `chmod 700` on the directories that are ferrogen's, the same
+//!    ownership check), or, if neither can be made private, a `mktemp -d`
+//!    directory: then it prints `<MARK> nocache <reasons>` and the binary
+//!    removes itself and that directory once it runs ([`TEMP_DIR_ENV`]);
+//!    nothing is cached. If even that fails it prints `<MARK> fail` with
+//!    every reason (e.g. `mkdir`'s own message);
+//! 6. for a dynamically linked binary, prints `<MARK> libc <glibc 2.36 |
+//!    musl | unknown>` (`getconf GNU_LIBC_VERSION`, else musl's loader in
+//!    `/lib` or `ldd --version` naming musl), so
+//!    the parent refuses a C library older than the binary needs before
+//!    anything is sent ([`super::libc`]);
+//! 7. prints `<MARK> need`, reads exactly the binary's length from stdin
+//!    (`head -c N` into a temp file in that directory; the parent sends
+//!    nothing else until the stub answers, so even a `head` that reads
+//!    ahead cannot swallow protocol bytes), checks the size, runs the trial
+//!    run above and only then renames it into place (`mv -f`, atomic in one
+//!    directory, so connections racing on an empty cache each install a
+//!    complete copy and the last rename wins), prints `<MARK> run sent
+//!    [temp]` and `exec`s it. The temp file is removed on any failure or
+//!    signal.
+//!
+//! Besides `sh` the stub needs `uname`, `id`, `ls`, `mkdir`, `chmod`,
+//! `head`, `wc`, `mv` and `rm` (it names a missing one), and `mktemp` and
+//! `rmdir` only for the no-cache fallback.
+//!
+//! **Cost of the checks.** On a cache hit the stub runs `id -u`, one `ls`
+//! and the trial run (which hashes the binary) before the `exec`; see
+//! docs/portable.md for the measured cost against a plain `ssh true`.
 //!
 //! Any failure prints `<MARK> fail <reason>` and exits; the parent reports
 //! the reason with the host's name.
@@ -50,6 +79,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::libc;
 use super::local::CHILD_ARG;
 
 /// Environment variable that makes the binary verify its own digest (given
@@ -59,8 +89,16 @@ pub const VERIFY_ENV: &str = "FERROGEN_VERIFY";
 /// The cache directory below `$HOME`.
 pub const CACHE_DIR: &str = ".cache/ferrogen";
 
+/// Set by the stub when the binary was installed in a private temporary
+/// directory (no usable cache): the binary removes itself and that
+/// directory once it runs.
+pub const TEMP_DIR_ENV: &str = "FERROGEN_TEMP_DIR";
+
 /// Most bytes a target may print before the bootstrap marker.
 const MAX_JUNK: usize = 1024 * 1024;
+
+/// Most characters of a target's reason for not caching that are logged.
+const MAX_REASON: usize = 2000;
 
 /// Bytes per write while sending the binary.
 const SEND_CHUNK: usize = 1024 * 1024;
@@ -81,6 +119,8 @@ pub struct Binary {
     pub os: String,
     /// Target architecture in Rust's naming (`x86_64`, `aarch64`, ...).
     pub arch: String,
+    /// The C library it needs on the target (from its ELF headers).
+    pub libc: libc::Need,
 }
 
 impl Binary {
@@ -155,7 +195,10 @@ pub async fn binary(path: Option<&Path>) -> Result<Arc<Binary>, String> {
         Some(p) => (p.to_path_buf(), false),
         None => match super::local::child_program_override() {
             Some(p) => (p, true),
-            None => (PathBuf::from("/proc/self/exe"), true),
+            None => match portable_binary() {
+                Some(p) => (p, false),
+                None => (PathBuf::from("/proc/self/exe"), true),
+            },
         },
     };
     let mut m = memo().lock().await;
@@ -178,6 +221,26 @@ pub async fn binary(path: Option<&Path>) -> Result<Arc<Binary>, String> {
     let b = Arc::new(b);
     m.insert(key, b.clone());
     Ok(b)
+}
+
+/// File name of the portable target binary for this architecture, as
+/// `cargo xtask dist` writes it into `target/dist/`.
+pub fn portable_name() -> String {
+    format!("ferrogen-{}-linux", std::env::consts::ARCH)
+}
+
+/// The portable binary, if one was built: beside this executable (an
+/// installation that copied both), or in `../dist/` from it (this
+/// executable in `target/release` or `target/debug`, the portable one in
+/// `target/dist`). Looked up from the executable, never from the current
+/// directory, so what is sent does not depend on where the command runs.
+pub fn portable_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    let name = portable_name();
+    [dir.join(&name), dir.join("../dist").join(&name)]
+        .into_iter()
+        .find(|p| p.is_file())
 }
 
 fn load(path: &Path, own: bool) -> Result<Binary, String> {
@@ -229,6 +292,9 @@ fn load(path: &Path, own: bool) -> Result<Binary, String> {
             )
         })?
     };
+    // A file that is not ELF or is malformed needs "something unknown":
+    // the stub's trial run of the received copy is then the only check.
+    let libc = libc::need_of(&file).unwrap_or_else(|e| libc::Need::Unknown(e.to_string()));
     Ok(Binary {
         path: shown,
         file,
@@ -236,6 +302,7 @@ fn load(path: &Path, own: bool) -> Result<Binary, String> {
         digest: hasher.finalize().to_hex().to_string(),
         os,
         arch,
+        libc,
     })
 }
 
@@ -359,7 +426,7 @@ impl BootPlan {
     }
 
     /// The `sh` script (one line, no single quotes, no `!`, so it survives
-    /// being wrapped in single quotes for any login shell).
+    /// being wrapped in single quotes for any login shell, csh's included).
     pub fn stub(&self) -> String {
         let b = &self.binary;
         let n = b.len;
@@ -367,35 +434,78 @@ impl BootPlan {
         let pat = uname_pattern(&b.os, &b.arch);
         let key = b.cache_key();
         let digest = &b.digest;
-        [
+        let verify = format!("{VERIFY_ENV}={digest}");
+        let mut lines: Vec<String> = vec![
             format!("M={m}"),
             "s=$(uname -s 2>/dev/null)".into(),
             "a=$(uname -m 2>/dev/null)".into(),
             "printf \"\\n%s uname %s %s\\n\" \"$M\" \"$s\" \"$a\"".into(),
             format!("case \"$s/$a\" in {pat}) ;; *) printf \"%s arch\\n\" \"$M\"; exit 90;; esac"),
-            format!("d=\"$HOME/{CACHE_DIR}/{key}\""),
+            // Everything created from here on is private, whatever the
+            // umask the login left.
+            "umask 077".into(),
+            // What the rest needs (builtins aside), so a stripped PATH is
+            // named as such rather than as a cache that is "not private".
+            "for c in id ls mkdir chmod head wc mv rm; do command -v $c >/dev/null 2>&1 || { printf \"%s fail the command %s is not on the PATH of the target account\\n\" \"$M\" \"$c\"; exit 89; }; done".into(),
+            format!("K={key}"),
+            format!("N={n}"),
+            "u=$(id -u)".into(),
+            // pv FILES PATH...: every PATH is a directory or (FILES of
+            // them) a regular file of N bytes, owned by this user, not a
+            // symlink, and not writable by group or others. One `ls` for
+            // all of them (a process, not one per path).
+            "pv() { y=$1; shift; n=$#; LC_ALL=C ls -ldn -- \"$@\" 2>/dev/null | (c=0; k=0; while read -r p l o g z r; do c=$((c+1)); test \"$o\" = \"$u\" || exit 1; case \"$p\" in d????-??-*) ;; -????-??-*) test \"$z\" = \"$N\" || exit 1; k=$((k+1));; *) exit 1;; esac; done; test \"$c\" = \"$n\" && test \"$k\" = \"$y\"); }".into(),
+            // Where a cache may live: $HOME/.cache (not when HOME is unset
+            // or /: root without HOME must not cache in /.cache), then
+            // $XDG_RUNTIME_DIR.
+            "h=\"\"; if test -n \"$HOME\" && test \"$HOME\" != /; then h=\"$HOME/.cache\"; fi".into(),
+            // The cached copy runs only if it and every directory from the
+            // cache's parent down are private to this user, and its size
+            // and digest (checked by the copy itself) still match. ("$b/":
+            // a ~/.cache that is the user's own symlink to a directory
+            // elsewhere is judged by that directory.)
+            format!(
+                "for b in \"$h\" \"$XDG_RUNTIME_DIR\"; do if test -n \"$b\" && pv 1 \"$b/\" \"$b/ferrogen\" \"$b/ferrogen/$K\" \"$b/ferrogen/$K/ferrogen\" && {verify} \"$b/ferrogen/$K/ferrogen\" {CHILD_ARG} </dev/null >/dev/null 2>&1; then printf \"%s run cached\\n\" \"$M\"; exec \"$b/ferrogen/$K/ferrogen\" {CHILD_ARG}; fi; done"
+            ),
+            // tb BASE: makes BASE/ferrogen/KEY private (repairing the modes
+            // of directories that are ours) or says in $e why it cannot.
+            "e=\"\"; if test -z \"$h\"; then e=\"; HOME is unset or is /\"; fi".into(),
+            "tb() { w=$(mkdir -p \"$1/ferrogen/$K\" 2>&1) || { e=\"$e; $w\"; return 1; }; chmod 700 \"$1/ferrogen\" \"$1/ferrogen/$K\" 2>/dev/null; pv 0 \"$1/\" \"$1/ferrogen\" \"$1/ferrogen/$K\" || { e=\"$e; $1 or a directory below it is not private to uid $u (owned by another user, or writable by group or others)\"; return 1; }; }".into(),
+            "d=\"\"; for b in \"$h\" \"$XDG_RUNTIME_DIR\"; do if test -n \"$b\" && tb \"$b\"; then d=\"$b/ferrogen/$K\"; break; fi; done".into(),
+            // No usable cache: a private temporary directory, removed by the
+            // binary once it runs (FERROGEN_TEMP_DIR); nothing is cached.
+            "x=\"\"; if test -z \"$d\"; then d=$(mktemp -d 2>&1) || { printf \"%s fail cannot create a directory for the binary%s; mktemp -d: %s\\n\" \"$M\" \"$e\" \"$d\"; exit 91; }; x=1; printf \"%s nocache %s\\n\" \"$M\" \"$e\"; fi".into(),
             "f=\"$d/ferrogen\"".into(),
-            format!(
-                "if test -x \"$f\"; then printf \"%s run cached\\n\" \"$M\"; exec \"$f\" {CHILD_ARG}; fi"
-            ),
-            "mkdir -p \"$d\" || { printf \"%s fail cannot create the cache directory %s\\n\" \"$M\" \"$d\"; exit 91; }".into(),
             "t=\"$d/.ferrogen.$$.tmp\"".into(),
-            "trap \"rm -f \\\"$t\\\"; exit 1\" HUP INT TERM PIPE".into(),
+            // Whatever failed the checks above and is not a plain file goes;
+            // a plain file is replaced atomically by the rename below.
+            "if test -L \"$f\" || test -d \"$f\"; then rm -rf \"$f\"; fi".into(),
+            "cl() { rm -f \"$t\"; if test -n \"$x\"; then rm -f \"$f\"; rmdir \"$d\"; fi; }".into(),
+            "trap \"cl; exit 1\" HUP INT TERM PIPE".into(),
+        ];
+        if b.libc != libc::Need::Nothing {
+            // A dynamic binary: say which C library is here, so that the
+            // parent refuses a too old one before sending anything.
+            lines.push(
+                "l=$(getconf GNU_LIBC_VERSION 2>/dev/null) || l=\"\"; if test -z \"$l\"; then l=unknown; if test -e \"/lib/ld-musl-$a.so.1\"; then l=musl; else case $(ldd --version 2>&1) in *musl*) l=musl;; esac; fi; fi; printf \"%s libc %s\\n\" \"$M\" \"$l\"".into(),
+            );
+        }
+        lines.extend([
             "printf \"%s need\\n\" \"$M\"".into(),
-            format!("head -c {n} >\"$t\""),
+            "head -c $N >\"$t\"".into(),
             "c=$(($(wc -c <\"$t\")))".into(),
+            "if test \"$c\" -ne $N; then cl; printf \"%s fail received %s of %s bytes\\n\" \"$M\" \"$c\" \"$N\"; exit 92; fi".into(),
+            "chmod 700 \"$t\" || { cl; printf \"%s fail cannot chmod %s\\n\" \"$M\" \"$t\"; exit 93; }".into(),
             format!(
-                "if test \"$c\" -ne {n}; then rm -f \"$t\"; printf \"%s fail received %s of {n} bytes\\n\" \"$M\" \"$c\"; exit 92; fi"
+                "if v=$({verify} \"$t\" {CHILD_ARG} </dev/null 2>&1); then :; else cl; printf \"%s fail the received binary did not verify or does not run here: %s\\n\" \"$M\" \"$v\"; exit 94; fi"
             ),
-            "chmod 700 \"$t\" || { rm -f \"$t\"; printf \"%s fail cannot chmod %s\\n\" \"$M\" \"$t\"; exit 93; }".into(),
+            "w=$(mv -f \"$t\" \"$f\" 2>&1) || { cl; printf \"%s fail cannot install %s: %s\\n\" \"$M\" \"$f\" \"$w\"; exit 95; }".into(),
             format!(
-                "if v=$({VERIFY_ENV}={digest} \"$t\" {CHILD_ARG} </dev/null 2>&1); then :; else rm -f \"$t\"; printf \"%s fail the received binary did not verify or does not run here: %s\\n\" \"$M\" \"$v\"; exit 94; fi"
+                "if test -n \"$x\"; then {TEMP_DIR_ENV}=\"$d\"; export {TEMP_DIR_ENV}; printf \"%s run sent temp\\n\" \"$M\"; else printf \"%s run sent\\n\" \"$M\"; fi"
             ),
-            "mv -f \"$t\" \"$f\" || { rm -f \"$t\"; printf \"%s fail cannot install %s\\n\" \"$M\" \"$f\"; exit 95; }".into(),
-            "printf \"%s run sent\\n\" \"$M\"".into(),
             format!("exec \"$f\" {CHILD_ARG}"),
-        ]
-        .join("; ")
+        ]);
+        lines.join("; ")
     }
 
     /// The stub as one remote command for ssh (run by the login shell).
@@ -411,6 +521,9 @@ pub struct Started {
     pub system: String,
     /// Bytes sent, if the binary had to be sent.
     pub sent: Option<u64>,
+    /// The target had no usable cache: the binary runs from a private
+    /// temporary directory and will be sent again next time.
+    pub temp: bool,
     /// Bytes read past the last marker line (start of the frame stream).
     pub buffered: BytesMut,
 }
@@ -423,6 +536,10 @@ pub struct BootFailure {
     /// True if the process closed its output (it probably exited); the
     /// caller adds its exit status and a diagnosis from its stderr.
     pub eof: bool,
+    /// True if the stub (or this side, from what the stub reported) named
+    /// the cause: guesses from stderr must not be put in front of it (a
+    /// `mkdir` "Permission denied" is not an ssh authentication failure).
+    pub diagnosed: bool,
 }
 
 impl BootFailure {
@@ -430,6 +547,14 @@ impl BootFailure {
         BootFailure {
             detail: detail.into(),
             eof: false,
+            diagnosed: false,
+        }
+    }
+
+    fn diagnosed(detail: impl Into<String>) -> BootFailure {
+        BootFailure {
+            diagnosed: true,
+            ..BootFailure::new(detail)
         }
     }
 }
@@ -567,6 +692,7 @@ where
                 return Err(BootFailure {
                     detail: format!("{what}{}", lines.junk_note()),
                     eof: true,
+                    diagnosed: false,
                 });
             }
             Ok(Ok(Some(w))) => w,
@@ -579,17 +705,44 @@ where
                 }
             }
             Some("arch") => {
-                return Err(BootFailure::new(format!(
+                return Err(BootFailure::diagnosed(format!(
                     "the target is {system}, but the binary to run there ({}) is built for {}: \
                      build ferrogen for the target and pass it with --remote-binary PATH",
                     b.path.display(),
                     b.platform()
                 )));
             }
+            Some("libc") => {
+                let have = libc::Have::from_report(&words[1..]);
+                if let Err(why) = libc::fits(&b.libc, &have) {
+                    return Err(BootFailure::diagnosed(format!(
+                        "{why}: the binary to run there ({}) cannot start on it. Build the \
+                         portable static binary with `cargo xtask dist` (target/dist/{}, sent \
+                         automatically when present) or pass one that runs there with \
+                         --remote-binary PATH",
+                        b.path.display(),
+                        portable_name()
+                    )));
+                }
+            }
+            Some("nocache") => {
+                // The target's own words: bounded, control characters
+                // escaped before they reach a terminal.
+                let why = printable(
+                    words[1..].join(" ").trim_start_matches(';').trim(),
+                    MAX_REASON,
+                );
+                tracing::info!(
+                    "{name}: no usable binary cache on the target ({}); the binary runs from a \
+                     private temporary directory and is sent again next time",
+                    why
+                );
+            }
             Some("run") => {
                 return Ok(Started {
                     system,
                     sent,
+                    temp: words.get(2).is_some_and(|w| w == "temp"),
                     buffered: std::mem::take(&mut lines.buf),
                 });
             }
@@ -605,7 +758,7 @@ where
                     if let Ok(Ok(Some(w))) = said
                         && w.first().map(String::as_str) == Some("fail")
                     {
-                        return Err(BootFailure::new(format!(
+                        return Err(BootFailure::diagnosed(format!(
                             "bootstrap failed: {} ({e})",
                             w[1..].join(" ")
                         )));
@@ -620,7 +773,7 @@ where
                 if !rest.is_empty() {
                     why = format!("{why}: {rest}");
                 }
-                return Err(BootFailure::new(format!("bootstrap failed: {why}")));
+                return Err(BootFailure::diagnosed(format!("bootstrap failed: {why}")));
             }
             other => {
                 return Err(BootFailure::new(format!(
@@ -628,6 +781,38 @@ where
                 )));
             }
         }
+    }
+}
+
+/// At most `max` characters of `text`, control characters escaped (`\n`,
+/// `\u{1b}`), so a target's words cannot drive the terminal.
+fn printable(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in text.chars().take(max) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Child side of [`TEMP_DIR_ENV`]: removes `dir/ferrogen` if it is this
+/// very executable (same device and inode, so a stray variable cannot make
+/// it delete anything else), then `dir` if that left it empty.
+pub fn remove_temp_install(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let file = dir.join("ferrogen");
+    let same = match (
+        std::fs::symlink_metadata(&file),
+        std::fs::metadata("/proc/self/exe"),
+    ) {
+        (Ok(a), Ok(b)) => a.file_type().is_file() && a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    if same && std::fs::remove_file(&file).is_ok() {
+        let _ = std::fs::remove_dir(dir);
     }
 }
 
@@ -696,6 +881,13 @@ mod tests {
     fn patterns() {
         assert_eq!(uname_pattern("linux", "x86_64"), "Linux/x86_64|Linux/amd64");
         assert_eq!(uname_pattern("plan9", "weird"), "*/*");
+    }
+
+    #[test]
+    fn reasons_are_printable() {
+        assert_eq!(printable("a\x1b[2Jb\nc", 100), "a\\u{1b}[2Jb\\nc");
+        assert_eq!(printable("mkdir: '/x': é", 100), "mkdir: '/x': é");
+        assert_eq!(printable("abcdef", 3), "abc");
     }
 
     #[test]

@@ -29,6 +29,14 @@ pub fn run(extra_services: ServiceHook) -> i32 {
     if let Some(expected) = std::env::var_os(crate::connect::bootstrap::VERIFY_ENV) {
         return crate::connect::bootstrap::verify_self(&expected.to_string_lossy());
     }
+    // Installed in a temporary directory (the target had no usable cache):
+    // remove it now; the running image needs no path.
+    if let Some(dir) = std::env::var_os(crate::connect::bootstrap::TEMP_DIR_ENV) {
+        // SAFETY: no other thread exists yet (the runtime starts below), so
+        // nothing can read the environment concurrently.
+        unsafe { std::env::remove_var(crate::connect::bootstrap::TEMP_DIR_ENV) };
+        crate::connect::bootstrap::remove_temp_install(std::path::Path::new(&dir));
+    }
     let (rfd, wfd) = match take_stdio() {
         Ok(fds) => fds,
         Err(e) => {
@@ -69,7 +77,13 @@ fn take_stdio() -> std::io::Result<(OwnedFd, OwnedFd)> {
     // they would hold our parent's pipe open and defeat EOF detection.
     let r = rustix::io::fcntl_dupfd_cloexec(stdin.as_fd(), 3)?;
     let w = rustix::io::fcntl_dupfd_cloexec(stdout.as_fd(), 3)?;
-    let null = std::fs::File::open("/dev/null")?;
+    // Where there is no /dev/null (an empty chroot, a minimal container),
+    // the read end of a pipe whose write end is closed reads EOF just the
+    // same.
+    let null: OwnedFd = match std::fs::File::open("/dev/null") {
+        Ok(f) => f.into(),
+        Err(_) => rustix::pipe::pipe()?.0,
+    };
     rustix::stdio::dup2_stdin(&null)?;
     rustix::stdio::dup2_stdout(std::io::stderr().as_fd())?;
     rustix::io::ioctl_fionbio(&r, true)?;

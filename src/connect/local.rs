@@ -163,11 +163,14 @@ pub async fn start(
                 Ok(started) => {
                     let boot = match started.sent {
                         Some(bytes) => {
+                            let place = if started.temp {
+                                "a private temporary directory (not cached)".to_string()
+                            } else {
+                                format!("the cache, {}", plan.binary.cache_key())
+                            };
                             tracing::info!(
-                                "{name}: sent the binary ({bytes} bytes) to {}; installed in ~/{}/{}",
+                                "{name}: sent the binary ({bytes} bytes) to {}; installed in {place}",
                                 started.system,
-                                bootstrap::CACHE_DIR,
-                                plan.binary.cache_key()
                             );
                             Boot::Sent {
                                 system: started.system,
@@ -187,7 +190,10 @@ pub async fn start(
                     (boot, started.buffered)
                 }
                 Err(f) => {
-                    return Err(fail(child, pid, &tail, &launch, &name, f.detail, f.eof).await);
+                    let explain = !f.diagnosed;
+                    return Err(
+                        fail(child, pid, &tail, &launch, &name, f.detail, f.eof, explain).await,
+                    );
                 }
             }
         }
@@ -216,7 +222,7 @@ pub async fn start(
         Ok(r) => r,
         Err(detail) => {
             let eof = detail.contains("exited before");
-            return Err(fail(child, pid, &tail, &launch, &name, detail, eof).await);
+            return Err(fail(child, pid, &tail, &launch, &name, detail, eof, true).await);
         }
     };
     stream::start(router, name.clone(), id, false, stdout, stdin, buffered);
@@ -250,7 +256,9 @@ fn kill_group(pgid: u32) {
 }
 
 /// Ends a process whose start failed and builds the error: its exit status
-/// (if it exited by itself), a cause recognised in its stderr, and the tail.
+/// (if it exited by itself), a cause recognised in its stderr (if
+/// `explain`: not when the bootstrap already named the cause), and the tail.
+#[allow(clippy::too_many_arguments)]
 async fn fail(
     mut child: Child,
     pid: u32,
@@ -259,6 +267,7 @@ async fn fail(
     name: &str,
     detail: String,
     eof: bool,
+    explain: bool,
 ) -> ConnectError {
     // Its output closed: it is probably exiting; give it a moment so the
     // error can carry its status.
@@ -287,7 +296,12 @@ async fn fail(
             _ => {}
         }
     }
-    if let Some(why) = launch.explain.as_ref().and_then(|f| f(&lines)) {
+    if let Some(why) = launch
+        .explain
+        .as_ref()
+        .filter(|_| explain)
+        .and_then(|f| f(&lines))
+    {
         detail = format!("{why}; {detail}");
     }
     ConnectError::Handshake {

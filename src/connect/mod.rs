@@ -21,6 +21,7 @@
 pub mod bootstrap;
 pub mod child;
 pub mod handshake;
+pub mod libc;
 pub mod local;
 pub mod ssh;
 pub mod stripe;

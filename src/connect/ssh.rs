@@ -113,7 +113,12 @@ pub fn explain(lines: &[String]) -> Option<String> {
         "unknown host key: ssh refused the host because its key is not in known_hosts \
          (connect once with ssh to record it, or set StrictHostKeyChecking/UserKnownHostsFile \
          in the ssh configuration)"
-    } else if has("Permission denied") || has("Too many authentication failures") {
+    } else if has("Permission denied (")
+        || has("Permission denied, please try again")
+        || has("Too many authentication failures")
+    {
+        // ssh's own wording ("user@host: Permission denied (publickey).");
+        // a bare "Permission denied" is any program's failed open or mkdir.
         "authentication refused (no key or agent identity was accepted; ferrogen runs ssh \
          with BatchMode, so it never asks for a password)"
     } else if has("Connection refused") {
@@ -324,5 +329,12 @@ mod tests {
             .contains("refused")
         );
         assert_eq!(explain(&l("hello")), None);
+        // A remote mkdir's refusal is not an authentication failure.
+        assert_eq!(
+            explain(&l(
+                "mkdir: cannot create directory '/.cache': Permission denied"
+            )),
+            None
+        );
     }
 }

@@ -117,10 +117,14 @@ fn check_user(user: &str) -> Result<(), String> {
 
 /// The name of the account this process runs as.
 fn current_user() -> String {
-    let uid = nix::unistd::getuid();
-    match nix::unistd::User::from_uid(uid) {
-        Ok(Some(u)) => u.name,
-        _ => format!("uid {uid}"),
+    // Through files::meta: a static build must not call NSS (see
+    // files::passwd).
+    let uid = nix::unistd::getuid().as_raw();
+    let name = crate::files::meta::user_name(uid);
+    if name == uid.to_string() {
+        format!("uid {uid}")
+    } else {
+        name
     }
 }
 

@@ -86,40 +86,87 @@ fn cached(
     name
 }
 
-/// The user name of `uid` (through NSS), or the number as text.
+/// The user name of `uid` (through NSS; in a static build from
+/// `/etc/passwd`, see [`super::passwd`]), or the number as text.
 pub fn user_name(uid: u32) -> String {
     static USERS: std::sync::OnceLock<NameCache> = std::sync::OnceLock::new();
     cached(&USERS, uid, || {
-        match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
-            Ok(Some(u)) => u.name,
-            _ => uid.to_string(),
-        }
+        nss::user_name(uid).unwrap_or_else(|| uid.to_string())
     })
 }
 
-/// The group name of `gid` (through NSS), or the number as text.
+/// The group name of `gid` (through NSS; in a static build from
+/// `/etc/group`), or the number as text.
 pub fn group_name(gid: u32) -> String {
     static GROUPS: std::sync::OnceLock<NameCache> = std::sync::OnceLock::new();
     cached(&GROUPS, gid, || {
-        match nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)) {
-            Ok(Some(g)) => g.name,
-            _ => gid.to_string(),
-        }
+        nss::group_name(gid).unwrap_or_else(|| gid.to_string())
     })
 }
 
 /// The uid for a user name (or numeric string) on this host.
 pub fn lookup_uid(name: &str) -> Option<u32> {
-    if let Ok(Some(u)) = nix::unistd::User::from_name(name) {
-        return Some(u.uid.as_raw());
-    }
-    name.parse().ok()
+    nss::uid_of(name).or_else(|| name.parse().ok())
 }
 
 /// The gid for a group name (or numeric string) on this host.
 pub fn lookup_gid(name: &str) -> Option<u32> {
-    if let Ok(Some(g)) = nix::unistd::Group::from_name(name) {
-        return Some(g.gid.as_raw());
+    nss::gid_of(name).or_else(|| name.parse().ok())
+}
+
+/// Name lookups of a dynamically linked build: the C library's NSS, so
+/// directory services (LDAP, sssd) work.
+#[cfg(not(target_feature = "crt-static"))]
+mod nss {
+    use nix::unistd::{Gid, Group, Uid, User};
+
+    pub fn user_name(uid: u32) -> Option<String> {
+        User::from_uid(Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name)
     }
-    name.parse().ok()
+
+    pub fn group_name(gid: u32) -> Option<String> {
+        Group::from_gid(Gid::from_raw(gid))
+            .ok()
+            .flatten()
+            .map(|g| g.name)
+    }
+
+    pub fn uid_of(name: &str) -> Option<u32> {
+        User::from_name(name).ok().flatten().map(|u| u.uid.as_raw())
+    }
+
+    pub fn gid_of(name: &str) -> Option<u32> {
+        Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
+    }
+}
+
+/// Name lookups of a static build: never NSS (a static glibc's NSS loads
+/// the host's modules and can crash), the files themselves.
+#[cfg(target_feature = "crt-static")]
+mod nss {
+    use std::path::Path;
+
+    use crate::files::passwd::{GROUP, PASSWD, id_of, name_of};
+
+    pub fn user_name(uid: u32) -> Option<String> {
+        name_of(Path::new(PASSWD), uid)
+    }
+
+    pub fn group_name(gid: u32) -> Option<String> {
+        name_of(Path::new(GROUP), gid)
+    }
+
+    pub fn uid_of(name: &str) -> Option<u32> {
+        id_of(Path::new(PASSWD), name)
+    }
+
+    pub fn gid_of(name: &str) -> Option<u32> {
+        id_of(Path::new(GROUP), name)
+    }
 }

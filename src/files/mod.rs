@@ -46,6 +46,7 @@
 //! per file dominates everything else.
 
 pub mod meta;
+pub mod passwd;
 pub mod plan;
 pub mod receive;
 pub mod registry;

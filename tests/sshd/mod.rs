@@ -46,9 +46,24 @@ pub const SUDO_RACE: &str = "fgsudorace";
 /// May become THIRD with sudo, and nobody else.
 pub const LIMITED: &str = "fglimited";
 
+/// Its login shell sets `umask 000`; its home is 0755 (others may enter).
+pub const UMASK: &str = "fgumask";
+/// Its cache is made writable by others and swapped by PLAIN; home 0755.
+pub const SWAP: &str = "fgswap";
+/// Its home belongs to root (0755): it cannot create a cache there.
+pub const RO_HOME: &str = "fgrohome";
+/// Its PATH has a `getconf` that reports glibc 2.17.
+pub const OLD_LIBC: &str = "fgoldlibc";
+/// Its `~/.cache` is made a symlink to a directory elsewhere.
+pub const LINKED: &str = "fglinked";
+/// Its PATH has a `getconf` without GNU_LIBC_VERSION and an `ldd` that
+/// says musl, as on Alpine.
+pub const MUSL: &str = "fgmusl";
+
 /// Every test account.
 pub const USERS: &[&str] = &[
     SUDOER, PLAIN, PASSWORD, JUNK, ARM, NO_SUDO, CACHE, RACE, KILL, THIRD, SUDO_RACE, LIMITED,
+    UMASK, SWAP, RO_HOME, OLD_LIBC, LINKED, MUSL,
 ];
 
 const SUDOERS_FILE: &str = "/etc/sudoers.d/ferrogen-tests";
@@ -202,7 +217,7 @@ fn setup_accounts() {
             run(Command::new("usermod").arg("-s").arg(&p).arg(u));
         };
         for &u in USERS {
-            if ![JUNK, ARM, NO_SUDO].contains(&u) {
+            if ![JUNK, ARM, NO_SUDO, UMASK, OLD_LIBC, MUSL].contains(&u) {
                 run(Command::new("usermod").args(["-s", "/bin/sh", u]));
             }
         }
@@ -230,19 +245,63 @@ fn setup_accounts() {
         let ns_bin = home(NO_SUDO).join(".fg-bin");
         std::fs::create_dir_all(&ns_bin).expect("mkdir");
         for t in [
-            "sh", "uname", "head", "wc", "mkdir", "chmod", "mv", "rm", "cat", "id", "env",
+            "sh", "uname", "head", "wc", "mkdir", "chmod", "mv", "rm", "cat", "id", "env", "ls",
+            "mktemp", "rmdir",
         ] {
             let link = ns_bin.join(t);
             let _ = std::fs::remove_file(&link);
             std::os::unix::fs::symlink(real_tool(t), &link).expect("symlink");
         }
         shell(NO_SUDO, &format!("PATH={}; export PATH", ns_bin.display()));
+        shell(UMASK, "umask 000");
+        let libc_bin = home(OLD_LIBC).join(".fg-bin");
+        std::fs::create_dir_all(&libc_bin).expect("mkdir");
+        write(
+            &libc_bin.join("getconf"),
+            &format!(
+                "#!/bin/sh\ncase \"$1\" in GNU_LIBC_VERSION) echo 'glibc 2.17';; *) exec {} \"$@\";; esac\n",
+                real_tool("getconf")
+            ),
+            0o755,
+        );
+        shell(
+            OLD_LIBC,
+            &format!("PATH={}:$PATH; export PATH", libc_bin.display()),
+        );
+        let musl_bin = home(MUSL).join(".fg-bin");
+        std::fs::create_dir_all(&musl_bin).expect("mkdir");
+        write(
+            &musl_bin.join("getconf"),
+            &format!(
+                "#!/bin/sh\ncase \"$1\" in GNU_LIBC_VERSION) echo 'getconf: GNU_LIBC_VERSION: unknown variable' >&2; exit 1;; *) exec {} \"$@\";; esac\n",
+                real_tool("getconf")
+            ),
+            0o755,
+        );
+        write(
+            &musl_bin.join("ldd"),
+            "#!/bin/sh\nprintf 'musl libc (x86_64)\\nVersion 1.2.5\\n' >&2\nexit 1\n",
+            0o755,
+        );
+        shell(
+            MUSL,
+            &format!("PATH={}:$PATH; export PATH", musl_bin.display()),
+        );
         for &u in USERS {
             run(Command::new("chown")
                 .arg("-R")
                 .arg(format!("{u}:"))
                 .arg(home(u)));
         }
+        // Homes others may enter (as a default umask 022 leaves them), and
+        // one its owner cannot write.
+        for u in [UMASK, SWAP] {
+            std::fs::set_permissions(home(u), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+        }
+        run(Command::new("chown").arg("root:root").arg(home(RO_HOME)));
+        std::fs::set_permissions(home(RO_HOME), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
 
         let rules = format!(
             "# ferrogen tests (tests/sshd/mod.rs)\n\
