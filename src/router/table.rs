@@ -172,6 +172,9 @@ pub struct Table {
     links: HashMap<LinkId, Link>,
     routes: HashMap<ContextId, LinkId>,
     parent: Option<LinkId>,
+    /// The child link each directly attached neighbour id was last given to
+    /// (it owns that id even while its route is withdrawn).
+    attached: HashMap<ContextId, LinkId>,
     /// Id blocks delegated to child links: start → (end, link).
     delegated: BTreeMap<ContextId, (ContextId, LinkId)>,
     next_link: LinkId,
@@ -187,6 +190,7 @@ impl Table {
             links: HashMap::new(),
             routes: HashMap::new(),
             parent: None,
+            attached: HashMap::new(),
             delegated: BTreeMap::new(),
             next_link: 1,
         }
@@ -211,6 +215,7 @@ impl Table {
             self.parent = Some(id);
         } else {
             claimed.insert(remote_id);
+            self.attached.insert(remote_id, id);
             if let Some(old) = self.routes.insert(remote_id, id)
                 && let Some(l) = self.links.get_mut(&old)
             {
@@ -378,7 +383,7 @@ impl Table {
         if self.is_self_or_ancestor(id) {
             return Err(RouteRefused::Ancestor(id));
         }
-        let owned = self.routes.get(&id) == Some(&link) || self.delegated_to(id) == Some(link);
+        let owned = self.attached.get(&id) == Some(&link) || self.delegated_to(id) == Some(link);
         if !owned {
             return Err(RouteRefused::NotOwned(id));
         }
@@ -477,6 +482,7 @@ impl Table {
             self.routes.remove(id);
         }
         self.delegated.retain(|_, (_, l)| *l != link);
+        self.attached.retain(|_, l| *l != link);
         let was_parent = self.parent == Some(link);
         if was_parent {
             self.parent = None;
@@ -559,6 +565,21 @@ mod tests {
         // A link may not claim its sibling.
         assert_eq!(t.add_route(2, a), Err(RouteRefused::NotOwned(2)));
         assert_eq!(t.towards(3), Some(b));
+    }
+
+    #[test]
+    fn a_neighbour_owns_its_own_id_until_it_is_given_to_another_link() {
+        // Found by the router_table fuzz target: a child that withdrew its
+        // own route could not announce itself again.
+        let mut t = Table::new(0, vec![], MAX);
+        let old = t.attach(1, false);
+        assert!(t.del_route(1, old));
+        assert_eq!(t.add_route(1, old), Ok(()));
+        // After a reconnect under the same id, the old stream owns nothing.
+        let new = t.attach(1, false);
+        assert!(!t.del_route(1, old));
+        assert_eq!(t.add_route(1, old), Err(RouteRefused::NotOwned(1)));
+        assert_eq!(t.towards(1), Some(new));
     }
 
     #[test]
