@@ -10,6 +10,12 @@
 //! each call on its own task, so a slow method never delays the next call.
 //! A call whose frame has `reply_to == 0` is a "no reply" call: its result is
 //! dropped and its error logged.
+//!
+//! A caller cannot make this context grow without bound: at most
+//! [`MAX_CALLS_IN_FLIGHT`] of its calls run at once (more are refused at
+//! once with a short error), and a reply waits for room on the stream
+//! towards the caller ([`crate::stream::REPLY_HIGH_WATER`]) before it is
+//! queued, so a caller that stops reading stalls only its own calls.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,8 +30,15 @@ use tokio::task::JoinHandle;
 use crate::call::RemoteError;
 pub use crate::router::Policy;
 use crate::router::Router;
+use crate::stream::REPLY_HIGH_WATER;
 use crate::wire::control::{self, CallReply, ServiceCall};
 use crate::wire::{ContextId, Enc, Frame, handles};
+
+/// Calls from one context (`src_id`) that may be running here at once, from
+/// their arrival to the queuing of their reply. Past it a call is answered
+/// [`RemoteError::Failed`] without running. (A push target keeps at most
+/// 4 `fetch_small` and `--parallel` (≤ 64) `fetch` calls in flight.)
+pub const MAX_CALLS_IN_FLIGHT: usize = 256;
 
 /// A boxed future, as stored in method tables.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -147,6 +160,40 @@ pub struct Services {
     router: Router,
     table: Arc<Mutex<HashMap<String, Service>>>,
     dispatcher: Arc<Mutex<Option<JoinHandle<()>>>>,
+    in_flight: Arc<Mutex<HashMap<ContextId, usize>>>,
+}
+
+/// One call counted in [`Services`]' in-flight table until dropped.
+struct InFlight {
+    table: Arc<Mutex<HashMap<ContextId, usize>>>,
+    caller: ContextId,
+}
+
+impl InFlight {
+    fn enter(table: &Arc<Mutex<HashMap<ContextId, usize>>>, caller: ContextId) -> Option<InFlight> {
+        let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
+        let n = t.entry(caller).or_insert(0);
+        if *n >= MAX_CALLS_IN_FLIGHT {
+            return None;
+        }
+        *n += 1;
+        Some(InFlight {
+            table: table.clone(),
+            caller,
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = t.get_mut(&self.caller) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.caller);
+            }
+        }
+    }
 }
 
 impl Services {
@@ -156,6 +203,7 @@ impl Services {
             router: router.clone(),
             table: Arc::new(Mutex::new(HashMap::new())),
             dispatcher: Arc::new(Mutex::new(None)),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
         };
         let mut rx = match router.add_handler(Some(handles::CALL_SERVICE), Policy::Any, None, true)
         {
@@ -206,6 +254,22 @@ impl Services {
         let caller = Caller {
             src_id: frame.src_id,
             auth_id: frame.auth_id,
+        };
+        let Some(in_flight) = InFlight::enter(&self.in_flight, caller.src_id) else {
+            tracing::warn!(
+                "refused {}.{} from context {}: {MAX_CALLS_IN_FLIGHT} of its calls already running",
+                call.service,
+                call.method,
+                caller.src_id
+            );
+            router.reply_error(
+                &frame,
+                RemoteError::Failed(format!(
+                    "too many calls in flight from context {} (limit {MAX_CALLS_IN_FLIGHT})",
+                    caller.src_id
+                )),
+            );
+            return;
         };
         let fut = {
             let table = self.lock_table();
@@ -270,11 +334,19 @@ impl Services {
                     (CallReply::Err(e), None)
                 }
             };
+            wait_reply_room(&router, frame.src_id).await;
             router.reply(&frame, Enc::Control, control::encode(&reply));
+            drop(in_flight);
             if let Some(then) = then {
                 then.await;
             }
         });
+    }
+
+    /// Calls from `caller` running now.
+    pub fn in_flight(&self, caller: ContextId) -> usize {
+        let t = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        t.get(&caller).copied().unwrap_or(0)
     }
 
     /// Stops taking calls (later calls are answered "invalid handle"), then
@@ -292,5 +364,18 @@ impl Services {
         for hook in hooks {
             hook().await;
         }
+    }
+}
+
+/// Waits until the stream towards `caller` has room for a reply
+/// ([`REPLY_HIGH_WATER`]); at once if there is no such stream (the caller
+/// is this context, or gone).
+pub async fn wait_reply_room(router: &Router, caller: ContextId) {
+    if caller == router.id() {
+        return;
+    }
+    let outbox = router.stream_towards(caller).and_then(|s| router.outbox(s));
+    if let Some(outbox) = outbox {
+        outbox.wait_control_room(REPLY_HIGH_WATER).await;
     }
 }
