@@ -30,6 +30,7 @@ pub fn ctl(window: u64, ack_timeout: Duration) -> Ctl {
         FileServiceConfig {
             sizing: Sizing::Fixed(window),
             ack_timeout,
+            ..Default::default()
         },
     );
     Ctl {
