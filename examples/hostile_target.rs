@@ -62,6 +62,9 @@ const ATTACKS: &[(&str, Stage)] = &[
     // Finding 6: COUNT `fetch` calls for the largest file at once; read
     // and acknowledge whatever comes, for SECONDS.
     ("fetch_queue", Stage::Connected(fetch_queue)),
+    // Finding 6: fetch the largest file, read everything, acknowledge
+    // nothing (holding the stream's turn), for SECONDS.
+    ("silent_fetch", Stage::Connected(silent_fetch)),
 ];
 
 /// Tunables from the environment.
@@ -541,5 +544,31 @@ fn fetch_queue(p: &mut Peer, k: &Knobs) -> Result<(), String> {
     for (why, n) in reasons {
         k.report("reason", format!("{n} {}", why.replace('\n', " ")));
     }
+    Ok(())
+}
+
+fn silent_fetch(p: &mut Peer, k: &Knobs) -> Result<(), String> {
+    let plan = p.wait_push_plan(Duration::from_secs(30))?;
+    let path = largest_file(&plan)?;
+    let sender = Sender {
+        context: p.me,
+        handle: p.handle(),
+    };
+    p.call(
+        plan.server,
+        "ferrogen.files",
+        "fetch",
+        &FetchArgs { path, sender },
+    )?;
+    let t0 = Instant::now();
+    let mut bytes = 0u64;
+    while t0.elapsed() < k.duration() {
+        if let Some(f) = p.recv(Duration::from_millis(50))
+            && f.handle == sender.handle
+        {
+            bytes += f.payload.len() as u64;
+        }
+    }
+    k.report("received", bytes);
     Ok(())
 }

@@ -500,3 +500,36 @@ fn queued_fetches_are_capped_and_cannot_starve_a_sibling() {
         run.explain()
     );
 }
+
+/// Finding 6, the other way to hold a shared stream: a target behind a
+/// `--via` hop fetches a large file and reads it without ever
+/// acknowledging. Its transfer used to keep the stream's turn until the
+/// acknowledgement timeout (60 s), and the sibling's large file waited for
+/// it; now a transfer that goes 2 s without an acknowledgement while
+/// others wait gives the turn up.
+#[test]
+fn a_silent_receiver_cannot_hold_a_shared_stream() {
+    let s = Scene::new();
+    s.file("small", 1000);
+    s.file("big", 8 << 20);
+    let run = s.push(
+        "silent_fetch",
+        &[("SECONDS", "20")],
+        &["--via", "local"],
+        &["evil", "good"],
+    );
+    assert!(
+        s.sibling_ok("good"),
+        "the sibling's files: {}",
+        run.explain()
+    );
+    assert!(!run.status.success(), "{}", run.explain());
+    // The sibling finished while the silent one still held its transfer.
+    let done = run.sibling_done.get("good").copied();
+    assert!(
+        done.is_some_and(|d| run.ended.duration_since(d) > Duration::from_secs(5)),
+        "the sibling finished only {:?} before the push ended\n{}",
+        done.map(|d| run.ended.duration_since(d)),
+        run.explain()
+    );
+}

@@ -71,6 +71,15 @@ pub struct FileServiceConfig {
 /// for at most `--parallel` files at once, which is capped to this.
 pub const MAX_FETCHES_PER_REQUESTER: usize = 64;
 
+/// How long a large transfer may go without any acknowledgement before it
+/// gives up its stream's turn to a waiting transfer (it carries on beside
+/// it). A receiver that reads but does not acknowledge would otherwise hold
+/// the turn until `ack_timeout` (60 s) — a stall per transfer for everyone
+/// sharing the stream. On a working path acknowledgements come every few
+/// milliseconds (one per chunk written), so only a stalled receiver, or a
+/// path slower than 64 KiB/s, gives the turn up.
+pub const TURN_STALL: Duration = Duration::from_secs(2);
+
 /// `fetch_small` calls of one requester being read and answered at once
 /// (a push target keeps 4 in flight); further calls wait their turn
 /// without holding any file data.
@@ -580,11 +589,11 @@ impl Transfer {
         };
         // Wait for this stream's turn (FIFO), unless cancelled meanwhile.
         let lane = self.fs.lane(stream);
-        let _turn = tokio::select! {
-            turn = lane.turn.take(self.requester) => turn.map_err(|e| e.to_string())?,
+        let mut turn = Some(tokio::select! {
+            t = lane.turn.take(self.requester) => t.map_err(|e| e.to_string())?,
             why = wait_cancel(&mut self.cancel) => return Err(why),
             dead = self.acks.recv() => return Err(ack_channel_ended(dead)),
-        };
+        });
 
         let (tx, mut rx) = mpsc::channel::<ReadEvent>(8);
         let file = self.file.clone();
@@ -607,6 +616,7 @@ impl Transfer {
         let ack_timeout = self.fs.inner.config.ack_timeout;
         let mut digest = None;
         let mut ack_deadline = tokio::time::Instant::now() + ack_timeout;
+        let mut progressed = tokio::time::Instant::now();
         loop {
             // Take every acknowledgement already queued, without waiting.
             while let Some(f) = self
@@ -614,7 +624,22 @@ impl Transfer {
                 .try_recv()
                 .map_err(|e| ack_channel_ended(Err(e)))?
             {
+                let before = window.acked();
                 self.on_ack(&mut window, &f)?;
+                if window.acked() > before {
+                    progressed = tokio::time::Instant::now();
+                }
+            }
+            if turn.is_some() && progressed.elapsed() > TURN_STALL && lane.turn.waiting() > 0 {
+                // Stalled while others wait: let the next transfer have the
+                // link. This one carries on without the turn (its window
+                // still bounds what it has in flight).
+                tracing::debug!(
+                    "{}: no acknowledgement from {} for {TURN_STALL:?}; giving up the stream's turn",
+                    self.path,
+                    router.describe(self.requester)
+                );
+                turn = None;
             }
             if digest.is_some() && window.acked() == size {
                 break;
@@ -689,8 +714,11 @@ impl Transfer {
                     self.on_ack(&mut window, &f)?;
                     if window.acked() > before {
                         ack_deadline = tokio::time::Instant::now() + ack_timeout;
+                        progressed = tokio::time::Instant::now();
                     }
                 }
+                // Look again at the turn now and then (see the top of the loop).
+                _ = tokio::time::sleep(TURN_STALL / 4), if turn.is_some() => {}
                 why = wait_cancel(&mut self.cancel) => return Err(why),
                 _ = stripe_lost, if striped => {} // reported at the top of the loop
                 _ = tokio::time::sleep_until(ack_deadline) => {
