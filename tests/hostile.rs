@@ -390,6 +390,38 @@ fn small_file_flood_without_reading_stalls_only_the_flooder() {
     );
 }
 
+/// Finding 4a behind a `--via` hop: the hop reads the replies from the
+/// controller at once, so they pile up in the hop's queue to the flooder
+/// (old code: the whole of them); now the hop cuts the flooder off at its
+/// control-queue cap, and the sibling behind the same hop is unharmed.
+#[test]
+fn small_file_flood_behind_a_hop_is_cut_off_at_the_hop() {
+    let s = Scene::new();
+    for i in 0..8 {
+        s.file(&format!("small{i}"), 120 * 1024);
+    }
+    let run = s.push(
+        "small_flood",
+        &[("COUNT", "400"), ("SECONDS", "6")],
+        &["--via", "local"],
+        &["evil", "good"],
+    );
+    assert!(
+        s.sibling_ok("good"),
+        "the sibling's files: {}",
+        run.explain()
+    );
+    assert!(!run.status.success(), "{}", run.explain());
+    assert!(run.hop_hwm_kib > 0, "the hop was not found");
+    assert!(
+        run.hop_hwm_kib < 150 * MIB && run.controller_hwm_kib < 150 * MIB,
+        "hop peak RSS {} MiB, controller {} MiB\n{}",
+        run.hop_hwm_kib / MIB,
+        run.controller_hwm_kib / MIB,
+        run.explain()
+    );
+}
+
 /// Finding 4b: a stderr line of 300 MiB without a newline during the
 /// bootstrap used to be buffered whole by the controller.
 #[test]
