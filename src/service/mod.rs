@@ -12,8 +12,9 @@
 //! dropped and its error logged.
 //!
 //! A caller cannot make this context grow without bound: at most
-//! [`MAX_CALLS_IN_FLIGHT`] of its calls run at once (more are refused at
-//! once with a short error), and a reply waits for room on the stream
+//! [`MAX_CALLS_IN_FLIGHT`] of its calls, holding at most
+//! [`MAX_CALL_BYTES_IN_FLIGHT`] of arguments, run at once (more are
+//! refused at once with a short error), and a reply waits for room on the stream
 //! towards the caller ([`crate::stream::REPLY_HIGH_WATER`]) before it is
 //! queued, so a caller that stops reading stalls only its own calls.
 
@@ -39,6 +40,13 @@ use crate::wire::{ContextId, Enc, Frame, handles};
 /// [`RemoteError::Failed`] without running. (A push target keeps at most
 /// 4 `fetch_small` and `--parallel` (≤ 64) `fetch` calls in flight.)
 pub const MAX_CALLS_IN_FLIGHT: usize = 256;
+
+/// Payload bytes of one caller's calls in flight here (each holds its
+/// arguments until it is answered). A call is always admitted when the
+/// caller has nothing else running, so one large call (a push plan of a
+/// big tree) still works; past that, calls that would take the caller
+/// beyond this are refused like those past [`MAX_CALLS_IN_FLIGHT`].
+pub const MAX_CALL_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
 
 /// A boxed future, as stored in method tables.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -160,26 +168,49 @@ pub struct Services {
     router: Router,
     table: Arc<Mutex<HashMap<String, Service>>>,
     dispatcher: Arc<Mutex<Option<JoinHandle<()>>>>,
-    in_flight: Arc<Mutex<HashMap<ContextId, usize>>>,
+    in_flight: Arc<Mutex<HashMap<ContextId, Load>>>,
+}
+
+/// Calls of one caller in flight, and their payload bytes.
+#[derive(Default, Clone, Copy)]
+struct Load {
+    calls: usize,
+    bytes: usize,
 }
 
 /// One call counted in [`Services`]' in-flight table until dropped.
 struct InFlight {
-    table: Arc<Mutex<HashMap<ContextId, usize>>>,
+    table: Arc<Mutex<HashMap<ContextId, Load>>>,
     caller: ContextId,
+    bytes: usize,
 }
 
 impl InFlight {
-    fn enter(table: &Arc<Mutex<HashMap<ContextId, usize>>>, caller: ContextId) -> Option<InFlight> {
+    fn enter(
+        table: &Arc<Mutex<HashMap<ContextId, Load>>>,
+        caller: ContextId,
+        bytes: usize,
+    ) -> Result<InFlight, String> {
         let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
-        let n = t.entry(caller).or_insert(0);
-        if *n >= MAX_CALLS_IN_FLIGHT {
-            return None;
+        let load = t.entry(caller).or_default();
+        if load.calls >= MAX_CALLS_IN_FLIGHT {
+            return Err(format!(
+                "too many calls in flight from context {caller} (limit {MAX_CALLS_IN_FLIGHT})"
+            ));
         }
-        *n += 1;
-        Some(InFlight {
+        if load.calls > 0 && load.bytes + bytes > MAX_CALL_BYTES_IN_FLIGHT {
+            return Err(format!(
+                "too many bytes of calls in flight from context {caller} ({} running with {} \
+                 bytes; limit {MAX_CALL_BYTES_IN_FLIGHT})",
+                load.calls, load.bytes
+            ));
+        }
+        load.calls += 1;
+        load.bytes += bytes;
+        Ok(InFlight {
             table: table.clone(),
             caller,
+            bytes,
         })
     }
 }
@@ -187,9 +218,10 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = t.get_mut(&self.caller) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(load) = t.get_mut(&self.caller) {
+            load.calls -= 1;
+            load.bytes -= self.bytes;
+            if load.calls == 0 {
                 t.remove(&self.caller);
             }
         }
@@ -255,21 +287,13 @@ impl Services {
             src_id: frame.src_id,
             auth_id: frame.auth_id,
         };
-        let Some(in_flight) = InFlight::enter(&self.in_flight, caller.src_id) else {
-            tracing::warn!(
-                "refused {}.{} from context {}: {MAX_CALLS_IN_FLIGHT} of its calls already running",
-                call.service,
-                call.method,
-                caller.src_id
-            );
-            router.reply_error(
-                &frame,
-                RemoteError::Failed(format!(
-                    "too many calls in flight from context {} (limit {MAX_CALLS_IN_FLIGHT})",
-                    caller.src_id
-                )),
-            );
-            return;
+        let in_flight = match InFlight::enter(&self.in_flight, caller.src_id, frame.payload.len()) {
+            Ok(f) => f,
+            Err(why) => {
+                tracing::warn!("refused {}.{}: {why}", call.service, call.method);
+                router.reply_error(&frame, RemoteError::Failed(why));
+                return;
+            }
         };
         let fut = {
             let table = self.lock_table();
@@ -346,7 +370,7 @@ impl Services {
     /// Calls from `caller` running now.
     pub fn in_flight(&self, caller: ContextId) -> usize {
         let t = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        t.get(&caller).copied().unwrap_or(0)
+        t.get(&caller).map_or(0, |l| l.calls)
     }
 
     /// Stops taking calls (later calls are answered "invalid handle"), then
