@@ -444,13 +444,20 @@ fn lying_acks(p: &mut Peer, k: &Knobs) -> Result<(), String> {
         "fetch",
         &FetchArgs { path, sender },
     )?;
-    // Read only as far as the reply (the data may already follow it).
     let reply = loop {
         let f = p.recv(Duration::from_secs(30)).ok_or("no fetch reply")?;
         if f.handle == call {
             break f;
         }
     };
+    // Read on only until the first data frame: the transfer has the
+    // stream's turn then (an acknowledgement before that would end it).
+    loop {
+        let f = p.recv(Duration::from_secs(60)).ok_or("no data came")?;
+        if f.handle == data {
+            break;
+        }
+    }
     p.set_reading(false);
     let reply: CallReply = control::decode_frame(&reply).map_err(|e| e.to_string())?;
     let CallReply::Ok(bytes) = reply else {

@@ -394,8 +394,9 @@ fn spawn_tasks<R, W>(
             batch.clear();
         }
         let _ = writer.shutdown().await;
-        if let Some(reason) = failure.or_else(|| wbox.overflow()) {
-            tracing::warn!(stream = %wname, "closing stream: {reason}");
+        // An overflow is the cause of anything that failed after it.
+        // (The reader logs an overflow, naming the stream.)
+        if let Some(reason) = wbox.overflow().or(failure) {
             r.stream_lost(id, &reason);
         }
     });
@@ -407,7 +408,13 @@ fn spawn_tasks<R, W>(
         // not read any further: nothing it says can be routed any more.
         let reason = tokio::select! {
             reason = read_loop(&r, id, &name, reader, codec, buffered) => reason,
-            () = outbox.closed() => format!("{name}: stream closed"),
+            () = outbox.closed() => match outbox.overflow() {
+                Some(why) => {
+                    tracing::warn!(stream = %name, "closing stream: {why}");
+                    format!("{name}: {why}")
+                }
+                None => format!("{name}: stream closed"),
+            },
         };
         r.stream_lost(id, &reason);
     });

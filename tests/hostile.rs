@@ -461,11 +461,15 @@ fn endless_stderr_line_is_truncated() {
 fn acks_for_unread_data_cannot_make_a_hop_buffer() {
     let s = Scene::new();
     s.file("small", 1000);
-    s.file("big", 384 << 20);
+    s.file("big", 320 << 20);
+    // The largest window (the worst case the hop's cap is sized for), so
+    // the controller may lag up to 64 MiB behind the claims before one
+    // exceeds what it sent (which would end the transfer, and the attack);
+    // 30 MiB/s of claims for 8 s. Old code: the hop held about 300 MiB.
     let run = s.push(
         "lying_acks",
-        &[("COUNT", "100"), ("SECONDS", "5")],
-        &["--via", "local"],
+        &[("COUNT", "30"), ("SECONDS", "8")],
+        &["--via", "local", "--window", "64M"],
         &["evil", "good"],
     );
     assert!(
@@ -474,6 +478,12 @@ fn acks_for_unread_data_cannot_make_a_hop_buffer() {
         run.explain()
     );
     assert!(!run.status.success(), "{}", run.explain());
+    // The attack got as far as the cap: the hop cut the liar off.
+    assert!(
+        run.stderr.contains("the peer is not reading"),
+        "{}",
+        run.explain()
+    );
     assert!(run.hop_hwm_kib > 0, "the hop was not found");
     assert!(
         run.hop_hwm_kib < 200 * MIB,
