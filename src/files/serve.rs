@@ -72,13 +72,18 @@ pub struct FileServiceConfig {
 pub const MAX_FETCHES_PER_REQUESTER: usize = 64;
 
 /// How long a large transfer may go without any acknowledgement before it
-/// gives up its stream's turn to a waiting transfer (it carries on beside
-/// it). A receiver that reads but does not acknowledge would otherwise hold
+/// gives up its stream's turn to another requester's waiting transfer (it
+/// waits for its next turn, ahead of its requester's newer transfers). A receiver that reads but does not acknowledge would otherwise hold
 /// the turn until `ack_timeout` (60 s) — a stall per transfer for everyone
 /// sharing the stream. On a working path acknowledgements come every few
 /// milliseconds (one per chunk written), so only a stalled receiver, or a
 /// path slower than 64 KiB/s, gives the turn up.
 pub const TURN_STALL: Duration = Duration::from_secs(2);
+
+/// Waiting for a turn given up part-way ([`Turns::take_again`]).
+type RegainTurn = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<super::turns::Turn, super::turns::Closed>> + Send>,
+>;
 
 /// `fetch_small` calls of one requester being read and answered at once
 /// (a push target keeps 4 in flight); further calls wait their turn
@@ -617,6 +622,7 @@ impl Transfer {
         let mut digest = None;
         let mut ack_deadline = tokio::time::Instant::now() + ack_timeout;
         let mut progressed = tokio::time::Instant::now();
+        let mut regain: Option<RegainTurn> = None;
         loop {
             // Take every acknowledgement already queued, without waiting.
             while let Some(f) = self
@@ -630,16 +636,23 @@ impl Transfer {
                     progressed = tokio::time::Instant::now();
                 }
             }
-            if turn.is_some() && progressed.elapsed() > TURN_STALL && lane.turn.waiting() > 0 {
-                // Stalled while others wait: let the next transfer have the
-                // link. This one carries on without the turn (its window
-                // still bounds what it has in flight).
+            if turn.is_some()
+                && progressed.elapsed() > TURN_STALL
+                && lane.turn.others_waiting(self.requester)
+            {
+                // Stalled while another requester waits: let it have the
+                // link. This transfer sends nothing more until its turn
+                // comes again (ahead of its requester's newer transfers,
+                // so one receiver never has two windows in flight); acks
+                // and the deadline still count meanwhile.
                 tracing::debug!(
                     "{}: no acknowledgement from {} for {TURN_STALL:?}; giving up the stream's turn",
                     self.path,
                     router.describe(self.requester)
                 );
                 turn = None;
+                let (turns, requester) = (lane.turn.clone(), self.requester);
+                regain = Some(Box::pin(async move { turns.take_again(requester).await }));
             }
             if digest.is_some() && window.acked() == size {
                 break;
@@ -652,7 +665,7 @@ impl Transfer {
                 ));
             }
             let next_len = (size - window.sent()).min(CHUNK_DATA as u64);
-            if digest.is_none() && window.can_send(next_len) {
+            if digest.is_none() && turn.is_some() && window.can_send(next_len) {
                 match rx.recv().await {
                     Some(ReadEvent::Chunk(data)) => {
                         chunks_sent += 1;
@@ -719,6 +732,16 @@ impl Transfer {
                 }
                 // Look again at the turn now and then (see the top of the loop).
                 _ = tokio::time::sleep(TURN_STALL / 4), if turn.is_some() => {}
+                t = async {
+                    match regain.as_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                }, if regain.is_some() => {
+                    turn = Some(t.map_err(|e| e.to_string())?);
+                    regain = None;
+                    progressed = tokio::time::Instant::now();
+                }
                 why = wait_cancel(&mut self.cancel) => return Err(why),
                 _ = stripe_lost, if striped => {} // reported at the top of the loop
                 _ = tokio::time::sleep_until(ack_deadline) => {

@@ -66,6 +66,24 @@ impl Turns {
     /// Waits for `requester`'s turn. Cancel-safe: a turn handed to a waiter
     /// that has gone away passes straight on.
     pub async fn take(self: &Arc<Turns>, requester: ContextId) -> Result<Turn, Closed> {
+        self.wait(requester, false).await
+    }
+
+    /// Like [`Turns::take`], but ahead of `requester`'s other waiting
+    /// transfers: for a transfer that gave its turn up part-way, so that it
+    /// (and not a newer transfer of the same requester, which would put a
+    /// second window in flight to the same receiver) runs at the
+    /// requester's next turn.
+    pub async fn take_again(self: &Arc<Turns>, requester: ContextId) -> Result<Turn, Closed> {
+        self.wait(requester, true).await
+    }
+
+    /// True if a requester other than `requester` has a transfer waiting.
+    pub fn others_waiting(&self, requester: ContextId) -> bool {
+        self.lock().order.iter().any(|r| *r != requester)
+    }
+
+    async fn wait(self: &Arc<Turns>, requester: ContextId, front: bool) -> Result<Turn, Closed> {
         let rx = {
             let mut st = self.lock();
             if st.closed {
@@ -81,7 +99,11 @@ impl Turns {
             let (tx, rx) = oneshot::channel();
             let queue = st.waiting.entry(requester).or_default();
             let first = queue.is_empty();
-            queue.push_back(tx);
+            if front {
+                queue.push_front(tx);
+            } else {
+                queue.push_back(tx);
+            }
             if first {
                 st.order.push_back(requester);
             }
@@ -177,6 +199,37 @@ mod tests {
         }
         let got: Vec<ContextId> = order.lock().expect("lock").iter().map(|p| p.0).collect();
         assert_eq!(got, vec![2, 1, 1, 1, 1]);
+    }
+
+    /// A transfer that gives its turn up comes back before its
+    /// requester's newer transfers, after the other requester's.
+    #[tokio::test]
+    async fn a_transfer_that_gave_its_turn_up_comes_back_first() {
+        let turns = Turns::new();
+        let stalled = turns.take(1).await.expect("free");
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (i, who) in [1, 2].into_iter().enumerate() {
+            let (t, o) = (turns.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let turn = t.take(who).await.expect("turn");
+                o.lock().expect("lock").push((who, "new"));
+                drop(turn);
+            }));
+            while turns.waiting() < i + 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert!(turns.others_waiting(1));
+        drop(stalled);
+        let again = turns.take_again(1).await.expect("again");
+        order.lock().expect("lock").push((1, "again"));
+        drop(again);
+        for t in tasks {
+            t.await.expect("task");
+        }
+        let got = order.lock().expect("lock").clone();
+        assert_eq!(got, vec![(2, "new"), (1, "again"), (1, "new")]);
     }
 
     #[tokio::test]
