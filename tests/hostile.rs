@@ -375,6 +375,14 @@ fn small_file_flood_without_reading_stalls_only_the_flooder() {
         &[],
         &["evil", "good"],
     );
+    // The sibling was not held up by the flooder (which stays 6 s).
+    let done = run.sibling_done.get("good").copied();
+    assert!(
+        done.is_some_and(|d| run.ended.duration_since(d) > Duration::from_secs(2)),
+        "the sibling finished only {:?} before the push ended\n{}",
+        done.map(|d| run.ended.duration_since(d)),
+        run.explain()
+    );
     assert!(
         s.sibling_ok("good"),
         "the sibling's files: {}",
