@@ -14,9 +14,17 @@
 //! dead message of [`crate::channel::Sender::close`] — for a channel that
 //! still has bulk frames queued waits behind them instead of overtaking its
 //! own data. Local producers of
-//! bulk data wait for room ([`Outbox::wait_bulk_room`]); frames forwarded for
-//! other contexts never wait (their volume is bounded end to end by the
-//! FileService window), so a reader never blocks on another stream's writer.
+//! bulk data wait for room ([`Outbox::wait_bulk_room`]), and so do service
+//! replies ([`Outbox::wait_control_room`]); frames forwarded for other
+//! contexts never wait, so a reader never blocks on another stream's writer.
+//!
+//! Instead, every outbox is capped ([`CONTROL_CAP`], [`BULK_CAP`]): a
+//! correct peer never lets that much pile up (bulk is bounded end to end by
+//! the FileService window, replies by their producers waiting), so a push
+//! past a cap means the peer has stopped reading — or acknowledged data it
+//! never read. The stream is then closed with a reason saying so, and the
+//! peer loses only its own work: no intermediary ever holds more than a
+//! window's worth for it, whatever its acknowledgements claim.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
@@ -39,6 +47,29 @@ pub type StreamId = u64;
 /// Bulk bytes a local producer may queue on one stream before it waits.
 pub const BULK_HIGH_WATER: usize = 1024 * 1024;
 
+/// Largest window of unacknowledged bytes a transfer may use
+/// ([`crate::files::window`]); `--window` and `--window-cap` are bounded
+/// by it, so every hop can size its cap without being told.
+pub const MAX_WINDOW: u64 = 64 * 1024 * 1024;
+
+/// Most bulk bytes (frame headers included) queued on one stream: one
+/// maximal window plus slack for small files sent whole. A correct peer
+/// reads its data and acknowledges only what it read, so the bytes queued
+/// for it never exceed the window; more means it lies or stopped reading,
+/// and the stream is closed.
+pub const BULK_CAP: usize = MAX_WINDOW as usize + 16 * 1024 * 1024;
+
+/// Most control bytes (calls, replies, acknowledgements, dead messages)
+/// queued on one stream. Local service replies wait below
+/// [`REPLY_HIGH_WATER`]; what a correct peer has in flight besides is a few
+/// small-file batches (4 × 1 MiB per target behind a hop).
+pub const CONTROL_CAP: usize = 32 * 1024 * 1024;
+
+/// Control bytes queued on a stream above which a service reply waits
+/// before it is queued (so a caller that stops reading stalls only its own
+/// calls).
+pub const REPLY_HIGH_WATER: usize = 4 * 1024 * 1024;
+
 /// Most control frames written in one system call.
 const MAX_BATCH: usize = 64;
 
@@ -47,6 +78,10 @@ struct Queues {
     control: VecDeque<Frame>,
     bulk: VecDeque<Frame>,
     bulk_bytes: usize,
+    /// Bytes of non-`Bin` frames queued (in either queue).
+    control_bytes: usize,
+    /// Why the outbox was closed for overflowing, for the writer to report.
+    overflow: Option<String>,
     /// Frames in `bulk` per channel (`dst_id`, `handle`).
     bulk_channels: HashMap<(ContextId, Handle), usize>,
     closed: bool,
@@ -74,16 +109,40 @@ impl Outbox {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a frame. Returns `false` (and drops the frame) if the stream is closed.
+    /// Queues a frame. Returns `false` (and drops the frame) if the stream
+    /// is closed — or is closed now because the frame would take its queue
+    /// past [`BULK_CAP`] or [`CONTROL_CAP`] (the peer stopped reading).
     pub fn push(&self, frame: Frame) -> bool {
         let mut q = self.lock();
         if q.closed {
             return false;
         }
+        let len = frame.wire_len();
+        let over = if frame.enc == Enc::Bin {
+            (q.bulk_bytes + len > BULK_CAP).then_some(("bulk", q.bulk_bytes, BULK_CAP))
+        } else {
+            (q.control_bytes + len > CONTROL_CAP).then_some((
+                "control",
+                q.control_bytes,
+                CONTROL_CAP,
+            ))
+        };
+        if let Some((what, queued, cap)) = over {
+            let why = format!(
+                "the peer is not reading: {queued} bytes of {what} frames already queued \
+                 for it and a {len}-byte frame would exceed the cap of {cap}"
+            );
+            drop(q);
+            self.close_with(Some(why));
+            return false;
+        }
         let channel = (frame.dst_id, frame.handle);
+        if frame.enc != Enc::Bin {
+            q.control_bytes += len;
+        }
         if frame.enc == Enc::Bin || q.bulk_channels.contains_key(&channel) {
             if frame.enc == Enc::Bin {
-                q.bulk_bytes += frame.wire_len();
+                q.bulk_bytes += len;
             }
             *q.bulk_channels.entry(channel).or_default() += 1;
             q.bulk.push_back(frame);
@@ -109,19 +168,54 @@ impl Outbox {
         }
     }
 
+    /// Waits until fewer than `limit` control bytes are queued (or the
+    /// stream closed): for a producer of replies, so that a peer that does
+    /// not read them stalls only its own calls.
+    pub async fn wait_control_room(&self, limit: usize) {
+        loop {
+            let notified = self.room.notified();
+            {
+                let q = self.lock();
+                if q.closed || q.control_bytes < limit {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
     /// Bulk bytes queued and not yet written.
     pub fn bulk_bytes(&self) -> usize {
         self.lock().bulk_bytes
     }
 
+    /// Control bytes queued and not yet written.
+    pub fn control_bytes(&self) -> usize {
+        self.lock().control_bytes
+    }
+
+    /// Why the outbox closed itself, if it overflowed (see [`Outbox::push`]).
+    pub fn overflow(&self) -> Option<String> {
+        self.lock().overflow.clone()
+    }
+
     /// Closes the outbox: queued frames are dropped, later pushes refused,
     /// the writer and every producer waiting for room are woken.
     pub fn close(&self) {
+        self.close_with(None);
+    }
+
+    fn close_with(&self, overflow: Option<String>) {
         let mut q = self.lock();
+        if q.closed {
+            return;
+        }
         q.closed = true;
+        q.overflow = overflow;
         q.control.clear();
         q.bulk.clear();
         q.bulk_bytes = 0;
+        q.control_bytes = 0;
         q.bulk_channels.clear();
         drop(q);
         self.writer_wake.notify_one();
@@ -161,7 +255,10 @@ impl Outbox {
                 }
                 while out.len() < MAX_BATCH {
                     match q.control.pop_front() {
-                        Some(f) => out.push(f),
+                        Some(f) => {
+                            q.control_bytes -= f.wire_len();
+                            out.push(f);
+                        }
                         None => break,
                     }
                 }
@@ -169,6 +266,8 @@ impl Outbox {
                     if let Some(f) = q.bulk.pop_front() {
                         if f.enc == Enc::Bin {
                             q.bulk_bytes -= f.wire_len();
+                        } else {
+                            q.control_bytes -= f.wire_len();
                         }
                         let channel = (f.dst_id, f.handle);
                         if let Some(n) = q.bulk_channels.get_mut(&channel) {
@@ -183,6 +282,8 @@ impl Outbox {
                         return true;
                     }
                 } else {
+                    drop(q);
+                    self.room.notify_waiters();
                     return true;
                 }
             }
@@ -293,7 +394,9 @@ fn spawn_tasks<R, W>(
             batch.clear();
         }
         let _ = writer.shutdown().await;
-        if let Some(reason) = failure {
+        // An overflow is the cause of anything that failed after it.
+        // (The reader logs an overflow, naming the stream.)
+        if let Some(reason) = wbox.overflow().or(failure) {
             r.stream_lost(id, &reason);
         }
     });
@@ -301,7 +404,18 @@ fn spawn_tasks<R, W>(
     let r = router.clone();
     let codec = FrameCodec::new(router.max_message_size());
     tokio::spawn(async move {
-        let reason = read_loop(&r, id, &name, reader, codec, buffered).await;
+        // A stream closed from our side (lost, overflowed, shut down) is
+        // not read any further: nothing it says can be routed any more.
+        let reason = tokio::select! {
+            reason = read_loop(&r, id, &name, reader, codec, buffered) => reason,
+            () = outbox.closed() => match outbox.overflow() {
+                Some(why) => {
+                    tracing::warn!(stream = %name, "closing stream: {why}");
+                    format!("{name}: {why}")
+                }
+                None => format!("{name}: stream closed"),
+            },
+        };
         r.stream_lost(id, &reason);
     });
 }
@@ -625,6 +739,54 @@ mod tests {
         assert_eq!(batch(&outbox).await[0].enc, Enc::Bin);
         assert_eq!(batch(&outbox).await[0].handle, DATA);
         assert_eq!(outbox.bulk_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_push_past_a_cap_closes_the_outbox_and_says_why() {
+        let outbox = Outbox::new();
+        let chunk = Frame::new(1, DATA, Enc::Bin, Bytes::from(vec![0u8; 1 << 20]));
+        let fit = BULK_CAP / chunk.wire_len();
+        for _ in 0..fit {
+            assert!(outbox.push(chunk.clone()));
+        }
+        assert!(outbox.overflow().is_none());
+        assert!(!outbox.push(chunk.clone()), "past the bulk cap");
+        assert!(outbox.is_closed());
+        let why = outbox.overflow().expect("a reason");
+        assert!(why.contains("not reading"), "{why}");
+        // Control frames have their own, smaller cap.
+        let outbox = Outbox::new();
+        let reply = Frame::new(1, CALLS, Enc::Control, Bytes::from(vec![0u8; 1 << 20]));
+        for _ in 0..CONTROL_CAP / reply.wire_len() {
+            assert!(outbox.push(reply.clone()));
+        }
+        assert_eq!(
+            outbox.control_bytes(),
+            CONTROL_CAP / reply.wire_len() * reply.wire_len()
+        );
+        assert!(!outbox.push(reply));
+        assert!(outbox.overflow().is_some());
+    }
+
+    #[tokio::test]
+    async fn control_room_opens_as_the_writer_drains() {
+        let outbox = Outbox::new();
+        let reply = Frame::new(1, CALLS, Enc::Control, Bytes::from(vec![0u8; 1 << 20]));
+        for _ in 0..5 {
+            outbox.push(reply.clone());
+        }
+        let waiting = {
+            let o = outbox.clone();
+            tokio::spawn(async move { o.wait_control_room(REPLY_HIGH_WATER).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        let _ = batch(&outbox).await; // takes all five
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("room")
+            .expect("task");
+        assert_eq!(outbox.control_bytes(), 0);
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use ferrogen::connect::Method;
 use ferrogen::files::TARGET_SERVICE;
 use ferrogen::files::plan::{EntryResult, PlanEntry, PushPlan};
 use ferrogen::files::receive::ReceiveOptions;
-use filectl::{Ctl, child, ctl};
+use filectl::{Ctl, child, ctl, ctl_with};
 
 fn plan(entries: Vec<PlanEntry>, dest: &Path, into_dir: bool) -> PushPlan {
     PushPlan {
@@ -724,4 +724,48 @@ async fn a_transfer_striped_over_extra_streams_arrives_in_order_and_verified() {
     )
     .await;
     assert!(r[0].error.is_none(), "{r:?}");
+}
+
+/// Large transfers queued or running are capped in all (each holds an open
+/// descriptor in the controller): past `max_open`, `fetch` is refused with
+/// an error naming the limit, and the transfers admitted complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_past_the_total_cap_are_refused_naming_the_limit() {
+    let c = ctl_with(ferrogen::files::FileServiceConfig {
+        sizing: ferrogen::files::window::Sizing::Fixed(256 * 1024),
+        ack_timeout: Duration::from_secs(30),
+        max_open: 2,
+    });
+    let a = child(&c, None).await;
+    let src_dir = tempfile::tempdir().expect("tempdir");
+    let mut entries = Vec::new();
+    let mut data = Vec::new();
+    for i in 0..5 {
+        let src = src_dir.path().join(format!("blob{i}"));
+        data.push(write_random(&src, 8 << 20));
+        c.fs.register(src.to_str().expect("utf8"))
+            .expect("register");
+        entries.push(file_entry(&src, &format!("blob{i}")));
+    }
+    let dst = tempfile::tempdir().expect("tempdir");
+    let r = push(&c, a.id, &plan(entries, dst.path(), true)).await;
+    let refused: Vec<&String> = r.iter().filter_map(|e| e.error.as_ref()).collect();
+    assert!(!refused.is_empty(), "nothing refused: {r:?}");
+    for why in &refused {
+        assert!(why.contains("(limit 2 in all)"), "{why}");
+    }
+    for (i, want) in data.iter().enumerate() {
+        let name = format!("blob{i}");
+        let result = r
+            .iter()
+            .find(|e| e.path.ends_with(&name))
+            .unwrap_or_else(|| panic!("no result for {name}: {r:?}"));
+        let got = std::fs::read(dst.path().join(&name));
+        let failed = result.error.is_some();
+        assert_eq!(got.is_err(), failed, "{name}: {result:?}");
+        if let Ok(got) = got {
+            assert!(got == *want, "blob{i} differs");
+        }
+    }
+    assert!(c.fs.stats().refused as usize >= refused.len());
 }

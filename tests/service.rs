@@ -231,3 +231,41 @@ async fn calls_run_concurrently() {
         "calls ran one at a time: {took:?}"
     );
 }
+
+/// A caller that keeps calling without waiting for answers gets at most
+/// MAX_CALLS_IN_FLIGHT calls running in the callee; the rest are refused
+/// at once with an error naming the limit (issue 9, finding 4a: calls in
+/// flight hold memory until they are answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_per_caller_are_capped() {
+    use ferrogen::service::MAX_CALLS_IN_FLIGHT;
+    let c = Controller::new();
+    let child = c.connect(None).await;
+    let extra = 40;
+    let mut calls = Vec::new();
+    for _ in 0..MAX_CALLS_IN_FLIGHT + extra {
+        let r = c.router.clone();
+        calls.push(tokio::spawn(async move {
+            r.call_service::<_, ()>(child.id, TEST, "sleep_ms", &5000u64)
+                .await
+        }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for call in calls {
+        match call.await.expect("task") {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains(&format!("limit {MAX_CALLS_IN_FLIGHT}")),
+                    "{text}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((ok, refused), (MAX_CALLS_IN_FLIGHT, extra));
+    // Once they are answered, calls run again.
+    let r: u32 = c.call(child.id, "anyone", &1u32).await;
+    assert_eq!(r, 2);
+}

@@ -14,13 +14,14 @@ use common::{Controller, PROMPTLY};
 use ferrogen::channel::{Receiver, Sender};
 use ferrogen::connect::ContextInfo;
 use ferrogen::ping::{PING_SERVICE, SinkArgs};
-use ferrogen::wire::{Enc, Frame, control};
+use ferrogen::stream::BULK_CAP;
+use ferrogen::wire::{Enc, Frame, HEADER_LEN, control};
 
 const CHUNK: usize = 128 * 1024;
 /// Large enough that the transfer takes far longer than a few calls.
 const TOTAL: u64 = 1024 * 1024 * 1024;
 
-async fn open_sink(c: &Controller, ctx: u32) -> (Receiver, Sender) {
+async fn open_sink(c: &Controller, ctx: u32, total: u64) -> (Receiver, Sender) {
     let done = c.router.receiver();
     let sink: Sender = c
         .router
@@ -29,7 +30,7 @@ async fn open_sink(c: &Controller, ctx: u32) -> (Receiver, Sender) {
             PING_SERVICE,
             "sink",
             &SinkArgs {
-                total: TOTAL,
+                total,
                 done: done.to_sender(),
             },
         )
@@ -50,9 +51,10 @@ async fn ping_during(
     c: &Controller,
     targets: [&ContextInfo; 2],
     done: &mut Receiver,
+    pings: u8,
 ) -> Vec<Duration> {
     let mut rtts = Vec::new();
-    for i in 0..6u8 {
+    for i in 0..pings {
         let target = targets[i as usize % 2].id;
         let t = Instant::now();
         let echo: Vec<u8> = c
@@ -64,29 +66,32 @@ async fn ping_during(
         assert_eq!(echo, vec![i]);
         assert!(
             !sink_done(done).await,
-            "ping {i} was answered only after the {TOTAL}-byte transfer ended (rtts {rtts:?})"
+            "ping {i} was answered only after the transfer ended (rtts {rtts:?})"
         );
     }
     rtts
 }
 
-async fn expect_total(done: &mut Receiver) {
+async fn expect_total(done: &mut Receiver, total: u64) {
     let got = done
         .recv_timeout(Duration::from_secs(300))
         .await
         .expect("sink report");
-    assert_eq!(control::decode_frame::<u64>(&got).unwrap(), TOTAL);
+    assert_eq!(control::decode_frame::<u64>(&got).unwrap(), total);
 }
 
 /// The whole transfer is queued at once (as forwarded traffic is, which
-/// never waits for room): without priority a call would be written after
-/// all of it.
+/// never waits for room — up to the stream's cap, `BULK_CAP`): without
+/// priority a call would be written after all of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_overtakes_a_fully_queued_transfer() {
     let c = Controller::new();
     let child = c.connect(None).await;
     let grandchild = c.connect(Some(child.id)).await;
-    let (mut done, sink) = open_sink(&c, child.id).await;
+    // As much as one stream may queue.
+    let frames = (BULK_CAP / (CHUNK + HEADER_LEN)) as u64;
+    let total = frames * CHUNK as u64;
+    let (mut done, sink) = open_sink(&c, child.id, total).await;
     let outbox = c
         .router
         .stream_towards(child.id)
@@ -95,7 +100,7 @@ async fn a_call_overtakes_a_fully_queued_transfer() {
 
     // One shared buffer: queuing 1 GiB costs no memory.
     let chunk = Bytes::from(vec![0xabu8; CHUNK]);
-    for _ in 0..TOTAL / CHUNK as u64 {
+    for _ in 0..frames {
         c.router.send(Frame::new(
             sink.context,
             sink.handle,
@@ -103,16 +108,18 @@ async fn a_call_overtakes_a_fully_queued_transfer() {
             chunk.clone(),
         ));
     }
-    assert!(outbox.bulk_bytes() as u64 > TOTAL / 2);
+    assert!(!outbox.is_closed(), "{:?}", outbox.overflow());
+    assert!(outbox.bulk_bytes() as u64 > total / 2);
 
-    let rtts = ping_during(&c, [&child, &grandchild], &mut done).await;
+    // Two pings: the capped queue drains in about 0.1 s on loopback.
+    let rtts = ping_during(&c, [&child, &grandchild], &mut done, 2).await;
     let left = outbox.bulk_bytes();
     eprintln!("ping RTTs behind a queued transfer: {rtts:?}; {left} bytes still queued");
     assert!(
         left > 0,
         "the queue had drained before the pings were answered"
     );
-    expect_total(&mut done).await;
+    expect_total(&mut done, total).await;
 }
 
 /// A local producer paced by `send_bulk` keeps the stream saturated.
@@ -121,7 +128,7 @@ async fn calls_are_answered_during_a_paced_bulk_transfer() {
     let c = Controller::new();
     let child = c.connect(None).await;
     let grandchild = c.connect(Some(child.id)).await;
-    let (mut done, sink) = open_sink(&c, child.id).await;
+    let (mut done, sink) = open_sink(&c, child.id, TOTAL).await;
 
     let sent = Arc::new(AtomicU64::new(0));
     let bulk = {
@@ -148,11 +155,11 @@ async fn calls_are_answered_during_a_paced_bulk_transfer() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 
-    let rtts = ping_during(&c, [&child, &grandchild], &mut done).await;
+    let rtts = ping_during(&c, [&child, &grandchild], &mut done, 6).await;
     eprintln!(
         "ping RTTs during a paced transfer: {rtts:?} (sent {} of {TOTAL} bytes by then)",
         sent.load(Ordering::Relaxed)
     );
     bulk.await.expect("bulk task");
-    expect_total(&mut done).await;
+    expect_total(&mut done, TOTAL).await;
 }

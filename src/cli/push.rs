@@ -44,10 +44,11 @@ pub struct PushArgs {
     /// A fixed window of unacknowledged bytes per stream (e.g. 1M, the
     /// seed's behaviour). Default: sized automatically to the path's
     /// bandwidth × delay, between 1 MiB and --window-cap.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_window)]
     pub window: Option<u64>,
-    /// Upper bound of the automatically sized window (memory per stream).
-    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    /// Upper bound of the automatically sized window (memory per stream;
+    /// at most 64M, which every hop's buffer cap is sized for).
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_window)]
     pub window_cap: u64,
     /// Streams per ssh target: the connection itself plus N-1 extra ssh
     /// connections ("stripes") that large files are spread over, each with
@@ -178,6 +179,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult)
         .filter(|&v| v > 0)
         .ok_or_else(|| format!("size {s:?} out of range"))
+}
+
+/// A window size: [`parse_size`], at most [`crate::stream::MAX_WINDOW`].
+pub fn parse_window(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    let max = crate::stream::MAX_WINDOW;
+    if n > max {
+        return Err(format!(
+            "{s:?} is larger than the largest window, {}M (hops refuse to buffer more)",
+            max >> 20
+        ));
+    }
+    Ok(n)
 }
 
 /// The FileService configuration the push options ask for.

@@ -15,6 +15,12 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
+/// Longest stderr line of a child taken in whole; the rest of a longer line
+/// is read and dropped (a line is logged, so it must fit in memory whatever
+/// the child writes: a 300 MiB line without a newline used to be buffered
+/// whole).
+pub const MAX_STDERR_LINE: usize = 64 * 1024;
+
 use crate::stream::tokio_stream_shim::next_frame;
 use crate::wire::control::{self, Hello, PROTOCOL_VERSION, Ready};
 use crate::wire::{Enc, Frame, FrameCodec, codec, handles};
@@ -76,8 +82,8 @@ pub fn forward_stderr<R: AsyncRead + Unpin + Send + 'static>(
     let tail = StderrTail::default();
     let t = tail.clone();
     tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+        let mut reader = BufReader::new(stderr);
+        while let Some(line) = capped_line(&mut reader, MAX_STDERR_LINE).await {
             let trimmed = line.trim_start();
             let (level, rest) = match trimmed.split_once(' ') {
                 Some((l, r)) if matches!(l, "ERROR" | "WARN" | "INFO" | "DEBUG" | "TRACE") => {
@@ -98,6 +104,52 @@ pub fn forward_stderr<R: AsyncRead + Unpin + Send + 'static>(
         t.1.store(true, Ordering::Release);
     });
     tail
+}
+
+/// The next line (without its newline, invalid UTF-8 replaced), at most
+/// `max` bytes of it: the rest of a longer line is skipped and the line
+/// marked `[... N bytes dropped]`. `None` at EOF or on a read error.
+async fn capped_line<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    max: usize,
+) -> Option<String> {
+    let mut line = Vec::new();
+    let mut dropped = 0usize;
+    let mut any = false;
+    loop {
+        let buf = match reader.fill_buf().await {
+            Ok(b) => b,
+            Err(_) => return None,
+        };
+        if buf.is_empty() {
+            if !any {
+                return None;
+            }
+            break;
+        }
+        any = true;
+        let (part, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(nl) => (&buf[..nl], Some(nl + 1)),
+            None => (buf, None),
+        };
+        let room = max - line.len();
+        let keep = part.len().min(room);
+        line.extend_from_slice(&part[..keep]);
+        dropped += part.len() - keep;
+        let used = done.unwrap_or(buf.len());
+        reader.consume(used);
+        if done.is_some() {
+            break;
+        }
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    let mut text = String::from_utf8_lossy(&line).into_owned();
+    if dropped > 0 {
+        text.push_str(&format!(" [... {dropped} bytes dropped]"));
+    }
+    Some(text)
 }
 
 /// Parent side: sends `hello`, waits for `Ready`. Returns the child's answer
@@ -177,5 +229,33 @@ where
     match tokio::time::timeout(timeout, exchange).await {
         Ok(r) => r,
         Err(_) => Err(format!("no handshake reply within {timeout:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_long_line_is_cut_and_the_next_one_is_whole() {
+        let mut input = vec![b'x'; 3 * MAX_STDERR_LINE];
+        input.extend_from_slice(b"\nsecond line\r\nlast");
+        let mut r = BufReader::with_capacity(4096, &input[..]);
+        let first = capped_line(&mut r, MAX_STDERR_LINE).await.expect("line");
+        assert!(first.starts_with(&"x".repeat(MAX_STDERR_LINE)));
+        assert!(
+            first.ends_with(&format!(" [... {} bytes dropped]", 2 * MAX_STDERR_LINE)),
+            "{}",
+            &first[MAX_STDERR_LINE..]
+        );
+        assert_eq!(
+            capped_line(&mut r, MAX_STDERR_LINE).await.as_deref(),
+            Some("second line")
+        );
+        assert_eq!(
+            capped_line(&mut r, MAX_STDERR_LINE).await.as_deref(),
+            Some("last")
+        );
+        assert_eq!(capped_line(&mut r, MAX_STDERR_LINE).await, None);
     }
 }

@@ -6,7 +6,9 @@
 //! * [`meta`] — file metadata taken from the open descriptor.
 //! * [`window`] — the credit window of unacknowledged bytes.
 //! * [`serve`] — the service (`ferrogen.files`): register, fetch, the
-//!   per-stream scheduler that runs large transfers one at a time.
+//!   caps on what one requester can make it hold.
+//! * [`turns`] — the per-stream scheduler that runs large transfers one
+//!   at a time, the turn going round the requesters.
 //! * [`receive`] — pulling one file into a hidden temp file and renaming it
 //!   into place only once size and digest check out.
 //! * [`plan`] — the target-side service (`ferrogen.files.target`) that
@@ -51,6 +53,7 @@ pub mod plan;
 pub mod receive;
 pub mod registry;
 pub mod serve;
+pub mod turns;
 pub mod window;
 
 use serde::{Deserialize, Serialize};

@@ -269,7 +269,11 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
     let (small, large): (Vec<FileJob>, Vec<FileJob>) = files
         .into_iter()
         .partition(|f| !single && f.size <= SMALL_FILE_MAX);
-    let sem = Arc::new(Semaphore::new(plan.parallel.clamp(1, 1024) as usize));
+    // No more large fetches at once than the server queues per requester
+    // (it refuses the rest).
+    let sem = Arc::new(Semaphore::new(
+        (plan.parallel as usize).clamp(1, super::serve::MAX_FETCHES_PER_REQUESTER),
+    ));
     let batch_sem = Arc::new(Semaphore::new(SMALL_BATCHES_IN_FLIGHT));
     let mut tasks = tokio::task::JoinSet::new();
     let held = HeldFiles::from_rlimit();

@@ -8,11 +8,17 @@
 //!   transfer at a third party).
 //!
 //! Scheduling follows the seed: on each physical stream, large transfers
-//! run one at a time in request order, each finished (fully acknowledged)
-//! before the next starts, so a contended link completes transfers instead
-//! of interleaving many partial ones. A file that fits in one chunk is sent
-//! at once, never queued behind them. The queue is a fair (FIFO)
-//! semaphore per first-hop stream.
+//! run one at a time, each finished (fully acknowledged) before the next
+//! starts, so a contended link completes transfers instead of interleaving
+//! many partial ones. A file that fits in one chunk is sent at once, never
+//! queued behind them. The turn goes round the requesters ([`super::turns`]),
+//! so one requester's queue cannot starve another's on a shared stream.
+//!
+//! What one requester can make the service hold is capped: at most
+//! [`MAX_FETCHES_PER_REQUESTER`] transfers queued or running (each holds an
+//! open descriptor), at most [`FileServiceConfig::max_open`] in all, and at
+//! most [`SMALL_CALLS_PER_REQUESTER`] `fetch_small` batches being read at
+//! once, each only once its reply has room on the requester's stream.
 //!
 //! Each large transfer has two tasks: a blocking reader that `pread`s the
 //! file, hashes it (BLAKE3) and checks at the end that it did not change
@@ -30,6 +36,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{Semaphore, mpsc, watch};
+
+use super::turns::Turns;
 
 use super::meta::FileMeta;
 use super::registry::Registry;
@@ -53,6 +61,55 @@ pub struct FileServiceConfig {
     /// How long a transfer may wait for an acknowledgement before it is
     /// cancelled.
     pub ack_timeout: Duration,
+    /// Most large transfers (queued or running, each with an open
+    /// descriptor) for all requesters together; past it `fetch` is refused.
+    pub max_open: usize,
+}
+
+/// Most large transfers one requester may have queued or running; past it
+/// `fetch` is refused with a message naming the limit. A push target asks
+/// for at most `--parallel` files at once, which is capped to this.
+pub const MAX_FETCHES_PER_REQUESTER: usize = 64;
+
+/// How long a large transfer may go without any acknowledgement before it
+/// gives up its stream's turn to another requester's waiting transfer (it
+/// waits for its next turn, ahead of its requester's newer transfers). A receiver that reads but does not acknowledge would otherwise hold
+/// the turn until `ack_timeout` (60 s) — a stall per transfer for everyone
+/// sharing the stream. On a working path acknowledgements come every few
+/// milliseconds (one per chunk written), so only a stalled receiver, or a
+/// path slower than 64 KiB/s, gives the turn up.
+pub const TURN_STALL: Duration = Duration::from_secs(2);
+
+/// Waiting for a turn given up part-way ([`Turns::take_again`]).
+type RegainTurn = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<super::turns::Turn, super::turns::Closed>> + Send>,
+>;
+
+/// `fetch_small` calls of one requester being read and answered at once
+/// (a push target keeps 4 in flight); further calls wait their turn
+/// without holding any file data.
+pub const SMALL_CALLS_PER_REQUESTER: usize = 4;
+
+/// The default [`FileServiceConfig::max_open`]: half the descriptors the
+/// process may open (raised to its hard limit first), at most 4096 — the
+/// rest is for streams and everything else.
+pub fn default_max_open() -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim
+        .maximum
+        .is_none_or(|max| lim.current.is_some_and(|cur| cur < max))
+    {
+        let raised = rustix::process::Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            lim = raised;
+        }
+    }
+    let soft = lim.current.unwrap_or(u64::MAX);
+    (soft / 2).clamp(16, 4096) as usize
 }
 
 impl Default for FileServiceConfig {
@@ -63,6 +120,7 @@ impl Default for FileServiceConfig {
                 cap: 64 * 1024 * 1024,
             },
             ack_timeout: Duration::from_secs(60),
+            max_open: default_max_open(),
         }
     }
 }
@@ -78,6 +136,10 @@ pub struct FileStats {
     pub aborted: u64,
     /// `fetch_small` calls answered (each brings many small files).
     pub small_calls: u64,
+    /// Calls refused for a cap (per requester or in all).
+    pub refused: u64,
+    /// Acknowledgements ignored as stale or repeated.
+    pub stale_acks: u64,
 }
 
 struct Inner {
@@ -91,11 +153,40 @@ struct Inner {
     next_transfer: AtomicU64,
     shutting_down: AtomicBool,
     pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Large transfers queued or running, per requester and in all.
+    open: Mutex<OpenCount>,
+    /// `fetch_small` batches being read, per requester.
+    small: Mutex<HashMap<ContextId, Arc<Semaphore>>>,
+}
+
+#[derive(Default)]
+struct OpenCount {
+    total: usize,
+    per: HashMap<ContextId, usize>,
+}
+
+/// One open transfer, counted in [`Inner::open`] until dropped.
+struct OpenSlot {
+    fs: FileService,
+    requester: ContextId,
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        let mut open = lock(&self.fs.inner.open);
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.per.get_mut(&self.requester) {
+            *n -= 1;
+            if *n == 0 {
+                open.per.remove(&self.requester);
+            }
+        }
+    }
 }
 
 /// One stream's turn-taking and what its path has shown so far.
 struct Lane {
-    turn: Arc<Semaphore>,
+    turn: Arc<Turns>,
     estimate: Mutex<Option<PathEstimate>>,
 }
 
@@ -120,6 +211,8 @@ enum ReadEvent {
 impl FileService {
     /// Creates the service and registers it with `services`.
     pub fn start(router: &Router, services: &Services, config: FileServiceConfig) -> FileService {
+        let mut config = config;
+        config.sizing = config.sizing.bounded();
         let fs = FileService {
             inner: Arc::new(Inner {
                 router: router.clone(),
@@ -132,6 +225,8 @@ impl FileService {
                 next_transfer: AtomicU64::new(1),
                 shutting_down: AtomicBool::new(false),
                 pumps: Mutex::new(Vec::new()),
+                open: Mutex::new(OpenCount::default()),
+                small: Mutex::new(HashMap::new()),
             }),
         };
         let (a, b, c, d) = (fs.clone(), fs.clone(), fs.clone(), fs.clone());
@@ -215,6 +310,7 @@ impl FileService {
                 args.path, args.sender.context, caller.src_id
             )));
         }
+        let slot = self.open_slot(caller.src_id, &args.path)?;
         let opened = lock(&inner.registry).open(&args.path);
         let file = opened.map_err(|e| RemoteError::Failed(e.to_string()))?;
         let meta = FileMeta::from_fd(&file)
@@ -241,6 +337,8 @@ impl FileService {
             acks: ack_rx,
             cancel: cancel_rx,
             settled: false,
+            stale_acks: 0,
+            _slot: slot,
         };
         // The pump is spawned (rather than run as the follow-up itself) so
         // shutdown can wait for it.
@@ -252,6 +350,41 @@ impl FileService {
             pumps.push(handle);
         });
         Ok((reply, Some(follow)))
+    }
+
+    /// Counts one more open transfer for `requester`, or refuses it past
+    /// [`MAX_FETCHES_PER_REQUESTER`] or [`FileServiceConfig::max_open`].
+    fn open_slot(&self, requester: ContextId, path: &str) -> Result<OpenSlot, RemoteError> {
+        let max_open = self.inner.config.max_open;
+        let mut open = lock(&self.inner.open);
+        let mine = open.per.get(&requester).copied().unwrap_or(0);
+        let refusal = if mine >= MAX_FETCHES_PER_REQUESTER {
+            Some(format!(
+                "{path}: {} already has {mine} transfers queued or running \
+                 (limit {MAX_FETCHES_PER_REQUESTER} per requester)",
+                self.inner.router.describe(requester)
+            ))
+        } else if open.total >= max_open {
+            Some(format!(
+                "{path}: the FileService already has {} transfers queued or running \
+                 (limit {max_open} in all); try again later",
+                open.total
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            drop(open);
+            lock(&self.inner.stats).refused += 1;
+            tracing::warn!("refused a fetch: {why}");
+            return Err(RemoteError::Failed(why));
+        }
+        open.total += 1;
+        *open.per.entry(requester).or_insert(0) += 1;
+        Ok(OpenSlot {
+            fs: self.clone(),
+            requester,
+        })
     }
 
     /// The small-file path: opens, reads and hashes each file (on a
@@ -269,6 +402,25 @@ impl FileService {
                 "the FileService is shutting down".into(),
             ));
         }
+        // Read nothing until this requester's earlier batches are answered
+        // and its stream has room for the reply: a requester that stops
+        // reading then holds no file data here, only waiting calls.
+        let batches = lock(&self.inner.small)
+            .entry(requester)
+            .or_insert_with(|| Arc::new(Semaphore::new(SMALL_CALLS_PER_REQUESTER)))
+            .clone();
+        let _batch = batches
+            .acquire_owned()
+            .await
+            .map_err(|_| RemoteError::Failed("the FileService is shutting down".into()))?;
+        let router = &self.inner.router;
+        if router.stream_towards(requester).is_none() && requester != router.id() {
+            return Err(RemoteError::Failed(format!(
+                "no route to {}",
+                router.describe(requester)
+            )));
+        }
+        crate::service::wait_reply_room(router, requester).await;
         let fs = self.clone();
         let files = tokio::task::spawn_blocking(move || {
             let mut budget = SMALL_BATCH_BYTES;
@@ -327,7 +479,7 @@ impl FileService {
             .entry(stream)
             .or_insert_with(|| {
                 Arc::new(Lane {
-                    turn: Arc::new(Semaphore::new(1)),
+                    turn: Turns::new(),
                     estimate: Mutex::new(None),
                 })
             })
@@ -349,6 +501,9 @@ impl FileService {
     /// files), then waits briefly for the pumps to say so.
     pub async fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
+        for lane in lock(&self.inner.lanes).values() {
+            lane.turn.close();
+        }
         for tx in lock(&self.inner.cancels).values() {
             let _ = tx.send(Some("the controller is shutting down".into()));
         }
@@ -372,6 +527,10 @@ struct Transfer {
     cancel: watch::Receiver<Option<String>>,
     /// Set once the requester has been told how the transfer ended.
     settled: bool,
+    /// Acknowledgements that brought nothing new.
+    stale_acks: u64,
+    /// This transfer's place in the open-transfer caps.
+    _slot: OpenSlot,
 }
 
 impl Drop for Transfer {
@@ -395,6 +554,14 @@ impl Transfer {
         let router = self.fs.inner.router.clone();
         let outcome = self.pump(&router).await;
         self.settled = true;
+        if self.stale_acks > 0 {
+            tracing::warn!(
+                "transfer of {} to {}: ignored {} stale or repeated acknowledgements",
+                self.path,
+                router.describe(self.requester),
+                self.stale_acks
+            );
+        }
         let stats = &self.fs.inner.stats;
         match outcome {
             Ok(peak) => {
@@ -427,11 +594,11 @@ impl Transfer {
         };
         // Wait for this stream's turn (FIFO), unless cancelled meanwhile.
         let lane = self.fs.lane(stream);
-        let _turn = tokio::select! {
-            permit = lane.turn.clone().acquire_owned() => permit.map_err(|_| "the FileService is shutting down".to_string())?,
+        let mut turn = Some(tokio::select! {
+            t = lane.turn.take(self.requester) => t.map_err(|e| e.to_string())?,
             why = wait_cancel(&mut self.cancel) => return Err(why),
             dead = self.acks.recv() => return Err(ack_channel_ended(dead)),
-        };
+        });
 
         let (tx, mut rx) = mpsc::channel::<ReadEvent>(8);
         let file = self.file.clone();
@@ -454,6 +621,8 @@ impl Transfer {
         let ack_timeout = self.fs.inner.config.ack_timeout;
         let mut digest = None;
         let mut ack_deadline = tokio::time::Instant::now() + ack_timeout;
+        let mut progressed = tokio::time::Instant::now();
+        let mut regain: Option<RegainTurn> = None;
         loop {
             // Take every acknowledgement already queued, without waiting.
             while let Some(f) = self
@@ -461,7 +630,29 @@ impl Transfer {
                 .try_recv()
                 .map_err(|e| ack_channel_ended(Err(e)))?
             {
+                let before = window.acked();
                 self.on_ack(&mut window, &f)?;
+                if window.acked() > before {
+                    progressed = tokio::time::Instant::now();
+                }
+            }
+            if turn.is_some()
+                && progressed.elapsed() > TURN_STALL
+                && lane.turn.others_waiting(self.requester)
+            {
+                // Stalled while another requester waits: let it have the
+                // link. This transfer sends nothing more until its turn
+                // comes again (ahead of its requester's newer transfers,
+                // so one receiver never has two windows in flight); acks
+                // and the deadline still count meanwhile.
+                tracing::debug!(
+                    "{}: no acknowledgement from {} for {TURN_STALL:?}; giving up the stream's turn",
+                    self.path,
+                    router.describe(self.requester)
+                );
+                turn = None;
+                let (turns, requester) = (lane.turn.clone(), self.requester);
+                regain = Some(Box::pin(async move { turns.take_again(requester).await }));
             }
             if digest.is_some() && window.acked() == size {
                 break;
@@ -474,7 +665,7 @@ impl Transfer {
                 ));
             }
             let next_len = (size - window.sent()).min(CHUNK_DATA as u64);
-            if digest.is_none() && window.can_send(next_len) {
+            if digest.is_none() && turn.is_some() && window.can_send(next_len) {
                 match rx.recv().await {
                     Some(ReadEvent::Chunk(data)) => {
                         chunks_sent += 1;
@@ -536,7 +727,20 @@ impl Transfer {
                     self.on_ack(&mut window, &f)?;
                     if window.acked() > before {
                         ack_deadline = tokio::time::Instant::now() + ack_timeout;
+                        progressed = tokio::time::Instant::now();
                     }
+                }
+                // Look again at the turn now and then (see the top of the loop).
+                _ = tokio::time::sleep(TURN_STALL / 4), if turn.is_some() => {}
+                t = async {
+                    match regain.as_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                }, if regain.is_some() => {
+                    turn = Some(t.map_err(|e| e.to_string())?);
+                    regain = None;
+                    progressed = tokio::time::Instant::now();
                 }
                 why = wait_cancel(&mut self.cancel) => return Err(why),
                 _ = stripe_lost, if striped => {} // reported at the top of the loop
@@ -563,9 +767,16 @@ impl Transfer {
         Ok(window.peak())
     }
 
-    fn on_ack(&self, window: &mut Window, f: &Frame) -> Result<(), String> {
+    fn on_ack(&mut self, window: &mut Window, f: &Frame) -> Result<(), String> {
         let n: u64 = control::decode_frame(f).map_err(|e| format!("bad acknowledgement: {e}"))?;
+        // Credit comes only from bytes really sent: an acknowledgement past
+        // them ends the transfer (AckBeyondSent), a repeated or stale one
+        // adds nothing and is counted (logged once, at the end).
         let delta = window.on_ack(n).map_err(|e| e.to_string())?;
+        if delta == 0 {
+            self.stale_acks += 1;
+            lock(&self.fs.inner.stats).stale_acks += 1;
+        }
         if delta > 0 {
             *lock(&self.fs.inner.progress)
                 .entry(self.requester)
@@ -588,7 +799,11 @@ impl Transfer {
             match ev {
                 ReadEvent::Chunk(data) => {
                     sent += (data.len() - OFFSET_LEN) as u64;
-                    router.send(Frame::new(self.to.context, self.to.handle, Enc::Bin, data));
+                    // Waits for room, like the large-file pump: a requester
+                    // that does not read its one-chunk files stalls here.
+                    router
+                        .send_bulk(Frame::new(self.to.context, self.to.handle, Enc::Bin, data))
+                        .await;
                 }
                 ReadEvent::Done(digest) => {
                     self.to

@@ -40,6 +40,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+pub use crate::stream::MAX_WINDOW;
+
 /// Estimated queue below which the window grows.
 pub const QUEUE_LOW: u64 = 256 * 1024;
 /// Estimated queue above which the window shrinks.
@@ -60,6 +62,22 @@ pub enum Sizing {
 }
 
 impl Sizing {
+    /// This sizing with every bound at most [`MAX_WINDOW`] (and at least
+    /// one byte): the most any hop buffers for a stream
+    /// ([`crate::stream::BULK_CAP`]) is sized from it.
+    pub fn bounded(self) -> Sizing {
+        match self {
+            Sizing::Fixed(w) => Sizing::Fixed(w.clamp(1, MAX_WINDOW)),
+            Sizing::Auto { floor, cap } => {
+                let cap = cap.clamp(1, MAX_WINDOW);
+                Sizing::Auto {
+                    floor: floor.clamp(1, cap),
+                    cap,
+                }
+            }
+        }
+    }
+
     fn initial(self) -> u64 {
         match self {
             Sizing::Fixed(w) => w.max(1),

@@ -10,6 +10,13 @@
 //! each call on its own task, so a slow method never delays the next call.
 //! A call whose frame has `reply_to == 0` is a "no reply" call: its result is
 //! dropped and its error logged.
+//!
+//! A caller cannot make this context grow without bound: at most
+//! [`MAX_CALLS_IN_FLIGHT`] of its calls, holding at most
+//! [`MAX_CALL_BYTES_IN_FLIGHT`] of arguments, run at once (more are
+//! refused at once with a short error), and a reply waits for room on the stream
+//! towards the caller ([`crate::stream::REPLY_HIGH_WATER`]) before it is
+//! queued, so a caller that stops reading stalls only its own calls.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,8 +32,22 @@ use crate::call::RemoteError;
 use crate::channel::ChannelError;
 pub use crate::router::Policy;
 use crate::router::Router;
+use crate::stream::REPLY_HIGH_WATER;
 use crate::wire::control::{self, CallReply, ServiceCall};
 use crate::wire::{ContextId, Enc, Frame, handles};
+
+/// Calls from one context (`src_id`) that may be running here at once, from
+/// their arrival to the queuing of their reply. Past it a call is answered
+/// [`RemoteError::Failed`] without running. (A push target keeps at most
+/// 4 `fetch_small` and `--parallel` (≤ 64) `fetch` calls in flight.)
+pub const MAX_CALLS_IN_FLIGHT: usize = 256;
+
+/// Payload bytes of one caller's calls in flight here (each holds its
+/// arguments until it is answered). A call is always admitted when the
+/// caller has nothing else running, so one large call (a push plan of a
+/// big tree) still works; past that, calls that would take the caller
+/// beyond this are refused like those past [`MAX_CALLS_IN_FLIGHT`].
+pub const MAX_CALL_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
 
 /// A boxed future, as stored in method tables.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -148,6 +169,64 @@ pub struct Services {
     router: Router,
     table: Arc<Mutex<HashMap<String, Service>>>,
     dispatcher: Arc<Mutex<Option<JoinHandle<()>>>>,
+    in_flight: Arc<Mutex<HashMap<ContextId, Load>>>,
+}
+
+/// Calls of one caller in flight, and their payload bytes.
+#[derive(Default, Clone, Copy)]
+struct Load {
+    calls: usize,
+    bytes: usize,
+}
+
+/// One call counted in [`Services`]' in-flight table until dropped.
+struct InFlight {
+    table: Arc<Mutex<HashMap<ContextId, Load>>>,
+    caller: ContextId,
+    bytes: usize,
+}
+
+impl InFlight {
+    fn enter(
+        table: &Arc<Mutex<HashMap<ContextId, Load>>>,
+        caller: ContextId,
+        bytes: usize,
+    ) -> Result<InFlight, String> {
+        let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
+        let load = t.entry(caller).or_default();
+        if load.calls >= MAX_CALLS_IN_FLIGHT {
+            return Err(format!(
+                "too many calls in flight from context {caller} (limit {MAX_CALLS_IN_FLIGHT})"
+            ));
+        }
+        if load.calls > 0 && load.bytes + bytes > MAX_CALL_BYTES_IN_FLIGHT {
+            return Err(format!(
+                "too many bytes of calls in flight from context {caller} ({} running with {} \
+                 bytes; limit {MAX_CALL_BYTES_IN_FLIGHT})",
+                load.calls, load.bytes
+            ));
+        }
+        load.calls += 1;
+        load.bytes += bytes;
+        Ok(InFlight {
+            table: table.clone(),
+            caller,
+            bytes,
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(load) = t.get_mut(&self.caller) {
+            load.calls -= 1;
+            load.bytes -= self.bytes;
+            if load.calls == 0 {
+                t.remove(&self.caller);
+            }
+        }
+    }
 }
 
 impl Services {
@@ -157,6 +236,7 @@ impl Services {
             router: router.clone(),
             table: Arc::new(Mutex::new(HashMap::new())),
             dispatcher: Arc::new(Mutex::new(None)),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
         };
         let mut rx = match router.add_handler(Some(handles::CALL_SERVICE), Policy::Any, None, true)
         {
@@ -216,6 +296,14 @@ impl Services {
         let caller = Caller {
             src_id: frame.src_id,
             auth_id: frame.auth_id,
+        };
+        let in_flight = match InFlight::enter(&self.in_flight, caller.src_id, frame.payload.len()) {
+            Ok(f) => f,
+            Err(why) => {
+                tracing::warn!("refused {}.{}: {why}", call.service, call.method);
+                router.reply_error(&frame, RemoteError::Failed(why));
+                return;
+            }
         };
         let fut = {
             let table = self.lock_table();
@@ -280,11 +368,19 @@ impl Services {
                     (CallReply::Err(e), None)
                 }
             };
+            wait_reply_room(&router, frame.src_id).await;
             router.reply(&frame, Enc::Control, control::encode(&reply));
+            drop(in_flight);
             if let Some(then) = then {
                 then.await;
             }
         });
+    }
+
+    /// Calls from `caller` running now.
+    pub fn in_flight(&self, caller: ContextId) -> usize {
+        let t = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        t.get(&caller).map_or(0, |l| l.calls)
     }
 
     /// Stops taking calls (later calls are answered "invalid handle"), then
@@ -302,5 +398,18 @@ impl Services {
         for hook in hooks {
             hook().await;
         }
+    }
+}
+
+/// Waits until the stream towards `caller` has room for a reply
+/// ([`REPLY_HIGH_WATER`]); at once if there is no such stream (the caller
+/// is this context, or gone).
+pub async fn wait_reply_room(router: &Router, caller: ContextId) {
+    if caller == router.id() {
+        return;
+    }
+    let outbox = router.stream_towards(caller).and_then(|s| router.outbox(s));
+    if let Some(outbox) = outbox {
+        outbox.wait_control_room(REPLY_HIGH_WATER).await;
     }
 }

@@ -1,0 +1,581 @@
+//! A scripted hostile target for `tests/hostile.rs`: a program that a real
+//! controller starts as its ssh command (`ferrogen push -e hostile_target
+//! -H evil ...`) and that then misbehaves on purpose, speaking the wire
+//! protocol with the crate's own `wire` module.
+//!
+//! Invoked as ssh is (`hostile_target [ssh options] -- HOST COMMAND`):
+//!
+//! * for a `HOST` other than `$HOSTILE_HOST` (default `evil`) it behaves
+//!   like `ssh localhost`: it runs `COMMAND` (the bootstrap stub) with
+//!   `/bin/sh` in the directory `$HOSTILE_ROOT/HOST` (created), so sibling
+//!   targets are real ferrogen contexts, each writing under its own
+//!   directory;
+//! * for the hostile host it answers the stub's handshake as a real target
+//!   does (the marker lines `uname` and `run`), reads HELLO, answers READY
+//!   and then runs the attack named by `$HOSTILE_ATTACK`, with the knobs
+//!   `$HOSTILE_COUNT` and `$HOSTILE_SECONDS` (each attack says what they
+//!   mean). What it saw is appended, one `key value` line at a time, to
+//!   the file `$HOSTILE_REPORT` (if set), for the test to check.
+//!
+//! Adding an attack: write a `fn(&mut Peer, &Knobs) -> Result<(), String>`
+//! (or a `fn(&Knobs)` for one that acts before the handshake) and add a
+//! line for it to [`ATTACKS`]. The [`Peer`] helpers cover the usual moves:
+//! wait for the push plan, call a service, stop reading, send raw frames.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use ferrogen::call::RemoteError;
+use ferrogen::channel::Sender;
+use ferrogen::files::plan::{PlanEntry, PushPlan};
+use ferrogen::files::{FetchArgs, FetchReply, FetchSmallArgs, SMALL_FILE_MAX};
+use ferrogen::wire::control::{self, CallReply, Hello, PROTOCOL_VERSION, Ready, ServiceCall};
+use ferrogen::wire::{ContextId, Enc, Frame, FrameCodec, Handle, codec, handles};
+use tokio_util::codec::Decoder;
+
+/// When an attack runs.
+enum Stage {
+    /// Before anything is said on stdout: the process is still "the ssh
+    /// command" (e.g. floods stderr), then completes the handshake and
+    /// idles until the controller hangs up.
+    Bootstrap(fn(&Knobs) -> Result<(), String>),
+    /// After READY, with a live [`Peer`].
+    Connected(fn(&mut Peer, &Knobs) -> Result<(), String>),
+}
+
+/// The attacks, by name.
+const ATTACKS: &[(&str, Stage)] = &[
+    // Finding 4b: one stderr line of COUNT MiB without a newline, during
+    // the bootstrap.
+    ("stderr_line", Stage::Bootstrap(stderr_line)),
+    // Finding 4a: COUNT `fetch_small` calls for every small file of the
+    // plan, without reading a byte of the replies; hang up after SECONDS.
+    ("small_flood", Stage::Connected(small_flood)),
+    // Finding 5: fetch the largest file, never read its data, and
+    // acknowledge COUNT MiB per second of it anyway for SECONDS.
+    ("lying_acks", Stage::Connected(lying_acks)),
+    // Finding 6: COUNT `fetch` calls for the largest file at once; read
+    // and acknowledge whatever comes, for SECONDS.
+    ("fetch_queue", Stage::Connected(fetch_queue)),
+    // Finding 6: fetch the largest file, read everything, acknowledge
+    // nothing (holding the stream's turn), for SECONDS.
+    ("silent_fetch", Stage::Connected(silent_fetch)),
+];
+
+/// Tunables from the environment.
+struct Knobs {
+    count: u64,
+    seconds: f64,
+    report: Option<String>,
+}
+
+impl Knobs {
+    fn from_env() -> Knobs {
+        let get = |k: &str| std::env::var(k).ok();
+        Knobs {
+            count: get("HOSTILE_COUNT")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100),
+            seconds: get("HOSTILE_SECONDS")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(5.0),
+            report: get("HOSTILE_REPORT"),
+        }
+    }
+
+    fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.seconds.max(0.0))
+    }
+
+    /// Appends `key value` to the report file.
+    fn report(&self, key: &str, value: impl std::fmt::Display) {
+        if let Some(path) = &self.report {
+            let line = format!("{key} {value}\n");
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path);
+            if let Ok(mut f) = f {
+                let _ = f.write_all(line.as_bytes());
+            }
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let code = match run(&args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("hostile_target: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    // ssh's argument list: options, `--`, host, remote command.
+    let dashes = args
+        .iter()
+        .position(|a| a == "--")
+        .ok_or("expected `-- HOST COMMAND` as ssh gets them")?;
+    let (host, command) = match &args[dashes + 1..] {
+        [host, command] => (host.as_str(), command.as_str()),
+        _ => return Err("expected exactly HOST and COMMAND after `--`".into()),
+    };
+    let evil = std::env::var("HOSTILE_HOST").unwrap_or_else(|_| "evil".into());
+    if host != evil {
+        return Err(be_localhost(host, command));
+    }
+    let knobs = Knobs::from_env();
+    let attack = std::env::var("HOSTILE_ATTACK").map_err(|_| "HOSTILE_ATTACK is not set")?;
+    let stage = ATTACKS
+        .iter()
+        .find(|(name, _)| *name == attack)
+        .map(|(_, s)| s)
+        .ok_or_else(|| format!("unknown attack {attack:?}"))?;
+    let marker = marker_of(command)?;
+    if let Stage::Bootstrap(f) = stage {
+        f(&knobs)?;
+    }
+    let mut peer = Peer::handshake(&marker)?;
+    knobs.report("connected", peer.me);
+    let outcome = match stage {
+        Stage::Connected(f) => f(&mut peer, &knobs),
+        Stage::Bootstrap(_) => {
+            // From now on, refuse the push politely and wait for the
+            // hang-up.
+            peer.refuse_push(Duration::from_secs(60))?;
+            while peer.recv(Duration::from_secs(3600)).is_some() {}
+            Ok(())
+        }
+    };
+    knobs.report("done", unix_ms());
+    outcome
+}
+
+/// Runs the stub locally, as `ssh localhost` would.
+fn be_localhost(host: &str, command: &str) -> String {
+    let root = std::env::var("HOSTILE_ROOT").unwrap_or_else(|_| ".".into());
+    let dir = std::path::Path::new(&root).join(host);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return format!("{}: {e}", dir.display());
+    }
+    let err = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(&dir)
+        .exec();
+    format!("cannot run /bin/sh: {err}")
+}
+
+/// The bootstrap marker from the stub (`M=FERROGEN-...;`).
+fn marker_of(command: &str) -> Result<String, String> {
+    let at = command.find("M=").ok_or("no marker in the command")?;
+    let rest = &command[at + 2..];
+    let end = rest.find(';').ok_or("unterminated marker")?;
+    Ok(rest[..end].to_string())
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+/// The hostile end of a stream: frames in (from a reader thread that can
+/// be paused) and out.
+struct Peer {
+    /// Our context id, from HELLO.
+    me: ContextId,
+    out: std::io::Stdout,
+    frames: mpsc::Receiver<Frame>,
+    reading: Arc<AtomicBool>,
+    next_handle: Handle,
+}
+
+impl Peer {
+    /// Answers the bootstrap stub and the HELLO as a real target does.
+    fn handshake(marker: &str) -> Result<Peer, String> {
+        let mut out = std::io::stdout();
+        let banner = format!("\n{marker} uname Linux x86_64\n{marker} run cached\n");
+        out.write_all(banner.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| format!("stdout: {e}"))?;
+        let mut input = std::io::stdin();
+        let mut codec = FrameCodec::new(64 * 1024);
+        let mut buf = BytesMut::new();
+        let hello = loop {
+            if let Some(f) = codec.decode(&mut buf).map_err(|e| e.to_string())? {
+                break f;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = input.read(&mut chunk).map_err(|e| format!("stdin: {e}"))?;
+            if n == 0 {
+                return Err("EOF before HELLO".into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let hello: Hello = control::decode_frame(&hello).map_err(|e| e.to_string())?;
+        let parent = hello.parent_ids.first().copied().unwrap_or(0);
+        let mut peer = Peer {
+            me: hello.context_id,
+            out,
+            frames: mpsc::channel().1,
+            reading: Arc::new(AtomicBool::new(true)),
+            next_handle: handles::FIRST_DYNAMIC,
+        };
+        let ready = Ready {
+            version: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            arch: "x86_64".into(),
+        };
+        peer.send(Frame::new(
+            parent,
+            handles::HELLO,
+            Enc::Control,
+            control::encode(&ready),
+        ))?;
+        let (tx, rx) = mpsc::channel();
+        peer.frames = rx;
+        let reading = peer.reading.clone();
+        let max = hello.max_message_size as usize;
+        std::thread::spawn(move || read_frames(input, buf, FrameCodec::new(max), reading, tx));
+        Ok(peer)
+    }
+
+    /// Sends a frame from us (`src_id = auth_id =` our id).
+    fn send(&mut self, mut frame: Frame) -> Result<(), String> {
+        frame.src_id = self.me;
+        frame.auth_id = self.me;
+        self.send_raw(&frame)
+    }
+
+    /// Sends a frame exactly as given.
+    fn send_raw(&mut self, frame: &Frame) -> Result<(), String> {
+        self.out
+            .write_all(&codec::encode_to_vec(frame))
+            .and_then(|()| self.out.flush())
+            .map_err(|e| format!("stdout: {e}"))
+    }
+
+    /// A fresh handle of ours.
+    fn handle(&mut self) -> Handle {
+        self.next_handle += 1;
+        self.next_handle
+    }
+
+    /// Stops (or resumes) reading the stream: the parent's writes pile up.
+    fn set_reading(&self, on: bool) {
+        self.reading.store(on, Ordering::SeqCst);
+    }
+
+    /// The next frame, `None` after `wait` or at EOF.
+    fn recv(&mut self, wait: Duration) -> Option<Frame> {
+        self.frames.recv_timeout(wait).ok()
+    }
+
+    /// Calls `service.method(args)` in `dst`; returns the reply handle.
+    fn call<A: serde::Serialize>(
+        &mut self,
+        dst: ContextId,
+        service: &str,
+        method: &str,
+        args: &A,
+    ) -> Result<Handle, String> {
+        let reply_to = self.handle();
+        let call = ServiceCall {
+            service: service.into(),
+            method: method.into(),
+            args: control::encode(args).to_vec(),
+        };
+        let mut f = Frame::new(
+            dst,
+            handles::CALL_SERVICE,
+            Enc::Control,
+            control::encode(&call),
+        );
+        f.reply_to = reply_to;
+        self.send(f)?;
+        Ok(reply_to)
+    }
+
+    /// Waits for the controller's `ferrogen.files.target.push` call and
+    /// returns its plan (other calls are answered "no such service").
+    fn wait_push_plan(&mut self, wait: Duration) -> Result<PushPlan, String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let f = self.recv(left).ok_or("no push plan came")?;
+            if f.handle != handles::CALL_SERVICE || f.is_dead() {
+                continue;
+            }
+            let call: ServiceCall = control::decode_frame(&f).map_err(|e| e.to_string())?;
+            if call.method == "push" {
+                return control::decode(&call.args).map_err(|e| e.to_string());
+            }
+            let no = CallReply::Err(RemoteError::NoSuchService(call.service));
+            let mut r = Frame::new(f.src_id, f.reply_to, Enc::Control, control::encode(&no));
+            r.reply_to = 0;
+            self.send(r)?;
+        }
+    }
+
+    /// Answers the push call with an error.
+    fn refuse_push(&mut self, wait: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let f = self
+                .recv(deadline.saturating_duration_since(Instant::now()))
+                .ok_or("no push call came")?;
+            if f.handle != handles::CALL_SERVICE || f.is_dead() {
+                continue;
+            }
+            let no = CallReply::Err(RemoteError::Failed("hostile target: refused".into()));
+            let mut r = Frame::new(f.src_id, f.reply_to, Enc::Control, control::encode(&no));
+            r.reply_to = 0;
+            self.send(r)?;
+            let call: ServiceCall = control::decode_frame(&f).map_err(|e| e.to_string())?;
+            if call.method == "push" {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The reader thread: decodes frames while `reading` is set; when it is
+/// cleared, stops taking bytes off the pipe altogether.
+fn read_frames(
+    mut input: std::io::Stdin,
+    mut buf: BytesMut,
+    mut codec: FrameCodec,
+    reading: Arc<AtomicBool>,
+    tx: mpsc::Sender<Frame>,
+) {
+    let mut chunk = vec![0u8; 256 * 1024];
+    loop {
+        if !reading.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        match codec.decode(&mut buf) {
+            Ok(Some(f)) => {
+                if tx.send(f).is_err() {
+                    return;
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(_) => return,
+        }
+        match input.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Regular files of the plan: (source path, size).
+fn plan_files(plan: &PushPlan) -> Vec<(String, u64)> {
+    plan.entries
+        .iter()
+        .filter_map(|e| match e {
+            PlanEntry::File { src, size, .. } => Some((src.clone(), *size)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn largest_file(plan: &PushPlan) -> Result<String, String> {
+    plan_files(plan)
+        .into_iter()
+        .max_by_key(|(_, size)| *size)
+        .map(|(src, _)| src)
+        .ok_or_else(|| "the plan has no file".to_string())
+}
+
+// ------------------------------------------------------------------ attacks
+
+fn stderr_line(k: &Knobs) -> Result<(), String> {
+    let mut err = std::io::stderr();
+    let chunk = vec![b'x'; 1024 * 1024];
+    for _ in 0..k.count {
+        err.write_all(&chunk).map_err(|e| format!("stderr: {e}"))?;
+    }
+    k.report("stderr_bytes", k.count << 20);
+    Ok(())
+}
+
+fn small_flood(p: &mut Peer, k: &Knobs) -> Result<(), String> {
+    let plan = p.wait_push_plan(Duration::from_secs(30))?;
+    let paths: Vec<String> = plan_files(&plan)
+        .into_iter()
+        .filter(|(_, size)| *size <= SMALL_FILE_MAX)
+        .map(|(src, _)| src)
+        .collect();
+    let args = FetchSmallArgs { paths };
+    p.set_reading(false);
+    for _ in 0..k.count {
+        p.call(plan.server, "ferrogen.files", "fetch_small", &args)?;
+    }
+    k.report("calls", k.count);
+    std::thread::sleep(k.duration());
+    Ok(())
+}
+
+fn lying_acks(p: &mut Peer, k: &Knobs) -> Result<(), String> {
+    let plan = p.wait_push_plan(Duration::from_secs(30))?;
+    let path = largest_file(&plan)?;
+    let data = p.handle();
+    let sender = Sender {
+        context: p.me,
+        handle: data,
+    };
+    let call = p.call(
+        plan.server,
+        "ferrogen.files",
+        "fetch",
+        &FetchArgs { path, sender },
+    )?;
+    let reply = loop {
+        let f = p.recv(Duration::from_secs(30)).ok_or("no fetch reply")?;
+        if f.handle == call {
+            break f;
+        }
+    };
+    // Read on only until the first data frame: the transfer has the
+    // stream's turn then (an acknowledgement before that would end it).
+    loop {
+        let f = p.recv(Duration::from_secs(60)).ok_or("no data came")?;
+        if f.handle == data {
+            break;
+        }
+    }
+    p.set_reading(false);
+    let reply: CallReply = control::decode_frame(&reply).map_err(|e| e.to_string())?;
+    let CallReply::Ok(bytes) = reply else {
+        return Err(format!("fetch refused: {reply:?}"));
+    };
+    let fetched: FetchReply = control::decode(&bytes).map_err(|e| e.to_string())?;
+    // Claim COUNT MiB/s of data never read, a chunk's worth at a time, so
+    // the claims stay below what was sent (and are accepted) as long as
+    // the sender keeps up.
+    let chunk = ferrogen::files::CHUNK_DATA as u64;
+    let rate = (k.count << 20) as f64;
+    let t0 = Instant::now();
+    let mut acked = 0u64;
+    while t0.elapsed() < k.duration() && acked < fetched.meta.size {
+        let due = ((t0.elapsed().as_secs_f64() * rate) as u64 / chunk) * chunk;
+        if due > acked {
+            acked = due.min(fetched.meta.size);
+            let f = Frame::new(
+                fetched.ack.context,
+                fetched.ack.handle,
+                Enc::Control,
+                control::encode(&acked),
+            );
+            if p.send(f).is_err() {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    k.report("acked", acked);
+    Ok(())
+}
+
+fn fetch_queue(p: &mut Peer, k: &Knobs) -> Result<(), String> {
+    let plan = p.wait_push_plan(Duration::from_secs(30))?;
+    let path = largest_file(&plan)?;
+    // One data handle per call; acks go wherever each reply says.
+    let mut calls = Vec::new();
+    for _ in 0..k.count {
+        let data = p.handle();
+        let sender = Sender {
+            context: p.me,
+            handle: data,
+        };
+        let args = FetchArgs {
+            path: path.clone(),
+            sender,
+        };
+        let call = p.call(plan.server, "ferrogen.files", "fetch", &args)?;
+        calls.push((call, data));
+    }
+    // Acknowledge every data frame as it comes: a well-behaved receiver,
+    // except for the number of transfers it queued.
+    let by_call: HashMap<Handle, Handle> = calls.iter().copied().collect();
+    let mut acks: HashMap<Handle, (Sender, u64)> = HashMap::new();
+    let (mut ok, mut refused, mut ended) = (0u64, 0u64, 0u64);
+    let mut reasons: HashMap<String, u64> = HashMap::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < k.duration() {
+        let Some(f) = p.recv(Duration::from_millis(50)) else {
+            continue;
+        };
+        if let Some(&data) = by_call.get(&f.handle) {
+            match control::decode_frame::<CallReply>(&f) {
+                Ok(CallReply::Ok(b)) => {
+                    if let Ok(fr) = control::decode::<FetchReply>(&b) {
+                        acks.insert(data, (fr.ack, 0));
+                        ok += 1;
+                    }
+                }
+                Ok(CallReply::Err(e)) => {
+                    refused += 1;
+                    let text: String = e.to_string().chars().take(100).collect();
+                    *reasons.entry(text).or_default() += 1;
+                }
+                Err(_) => refused += 1,
+            }
+        } else if let Some((to, got)) = acks.get_mut(&f.handle) {
+            if f.enc == Enc::Bin && f.payload.len() > 8 {
+                *got += (f.payload.len() - 8) as u64;
+                let ack = Frame::new(to.context, to.handle, Enc::Control, control::encode(got));
+                p.send(ack)?;
+            } else {
+                ended += 1;
+            }
+        }
+    }
+    k.report("accepted", ok);
+    k.report("refused", refused);
+    k.report("ended", ended);
+    for (why, n) in reasons {
+        k.report("reason", format!("{n} {}", why.replace('\n', " ")));
+    }
+    Ok(())
+}
+
+fn silent_fetch(p: &mut Peer, k: &Knobs) -> Result<(), String> {
+    let plan = p.wait_push_plan(Duration::from_secs(30))?;
+    let path = largest_file(&plan)?;
+    let sender = Sender {
+        context: p.me,
+        handle: p.handle(),
+    };
+    p.call(
+        plan.server,
+        "ferrogen.files",
+        "fetch",
+        &FetchArgs { path, sender },
+    )?;
+    let t0 = Instant::now();
+    let mut bytes = 0u64;
+    while t0.elapsed() < k.duration() {
+        if let Some(f) = p.recv(Duration::from_millis(50))
+            && f.handle == sender.handle
+        {
+            bytes += f.payload.len() as u64;
+        }
+    }
+    k.report("received", bytes);
+    Ok(())
+}

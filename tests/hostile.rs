@@ -1,0 +1,585 @@
+//! A hostile target harms only itself: a real `ferrogen push` (the binary)
+//! pushes to a scripted hostile target and to real sibling targets, and the
+//! harm is measured from outside — the controller's (and a `--via` hop's)
+//! peak RSS and open descriptors from `/proc`, the siblings' files, the exit
+//! status and output.
+//!
+//! The hostile target is `examples/hostile_target.rs`, given to the
+//! controller as its ssh command (`-e`). It plays the attack for the host
+//! `evil`; for any other host it runs the bootstrap stub with `/bin/sh` in
+//! its own directory (`ROOT/HOST`), so the siblings are genuine ferrogen
+//! contexts bootstrapped exactly as over ssh.
+//!
+//! # Adding an attack
+//!
+//! 1. In `examples/hostile_target.rs`, write the script as a small function
+//!    (`fn(&mut Peer, &Knobs) -> Result<(), String>`, or `fn(&Knobs)` for
+//!    one that acts during the bootstrap) and add one line for it to
+//!    `ATTACKS`.
+//! 2. Here, write a test that builds a [`Scene`], calls [`Scene::push`]
+//!    with the attack's name, knobs and the push options it needs, and
+//!    asserts on the [`Run`]: `controller_hwm_kib`, `controller_fds`,
+//!    `hop_hwm_kib`, [`Scene::sibling_ok`], `status`, the hostile's report.
+//!    Check that the test fails on the code before the fix.
+//!
+//! With a `--test hostile` filter, build the example first:
+//! `cargo build --example hostile_target`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+fn hostile_path() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_ferrogen"));
+    let path = bin
+        .parent()
+        .expect("the ferrogen binary has a directory")
+        .join("examples")
+        .join("hostile_target");
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds it; with a --test filter run \
+         `cargo build --example hostile_target` first",
+        path.display()
+    );
+    path
+}
+
+/// Sources, a home for the bootstrap cache, the targets' root.
+struct Scene {
+    dir: tempfile::TempDir,
+}
+
+/// What one push did, seen from outside.
+#[derive(Debug)]
+struct Run {
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
+    /// Peak resident set of the controller (VmHWM), KiB.
+    controller_hwm_kib: u64,
+    /// Most descriptors the controller had open at once (sampled).
+    controller_fds: usize,
+    /// Peak resident set of the `--via` hop (the controller's ferrogen
+    /// child), KiB; 0 without a hop.
+    hop_hwm_kib: u64,
+    /// When each sibling's files were first all in place (by host).
+    sibling_done: HashMap<String, Instant>,
+    /// When the push ended.
+    ended: Instant,
+    /// The hostile target's report lines.
+    report: Vec<(String, String)>,
+}
+
+impl Run {
+    fn report(&self, key: &str) -> Option<&str> {
+        self.report
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn explain(&self) -> String {
+        format!(
+            "exit {:?}\nstdout: {}\nstderr: {}\nreport: {:?}",
+            self.status,
+            self.stdout,
+            tail(&self.stderr),
+            self.report
+        )
+    }
+}
+
+fn tail(s: &str) -> &str {
+    let mut at = s.len().saturating_sub(4000);
+    while !s.is_char_boundary(at) {
+        at += 1;
+    }
+    &s[at..]
+}
+
+impl Scene {
+    fn new() -> Scene {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for d in ["src", "home", "root"] {
+            std::fs::create_dir(dir.path().join(d)).expect("mkdir");
+        }
+        Scene { dir }
+    }
+
+    fn src(&self) -> PathBuf {
+        self.dir.path().join("src")
+    }
+
+    /// Writes a source file of `len` bytes (a pattern that differs per
+    /// file and per position, so a misplaced chunk shows).
+    fn file(&self, name: &str, len: usize) {
+        let seed = name
+            .bytes()
+            .fold(0u32, |a, b| a.wrapping_mul(31) + b as u32);
+        let data: Vec<u8> = (0..len)
+            .map(|i| ((i as u32 / 7).wrapping_add(seed) % 251) as u8)
+            .collect();
+        std::fs::write(self.src().join(name), data).expect("write source");
+    }
+
+    /// True if every source file arrived intact at `host`.
+    fn sibling_ok(&self, host: &str) -> bool {
+        RealScene(self.dir.path().to_path_buf()).sibling_ok(host)
+    }
+
+    /// `ferrogen push -e hostile_target ... -r SRC out/` to `hosts`
+    /// (`evil` plays `attack`), watching the processes until it ends.
+    fn push(&self, attack: &str, knobs: &[(&str, &str)], opts: &[&str], hosts: &[&str]) -> Run {
+        let report = self.dir.path().join("report");
+        let hostile = hostile_path();
+        let mut args: Vec<String> = vec![
+            "push".into(),
+            "-e".into(),
+            hostile.to_str().expect("utf8 path").into(),
+            "--stripes".into(),
+            "1".into(),
+            "--no-fsync".into(),
+            "--connect-timeout".into(),
+            "60".into(),
+        ];
+        args.extend(opts.iter().map(|s| s.to_string()));
+        for h in hosts {
+            args.extend(["-H".to_string(), h.to_string()]);
+        }
+        args.extend([
+            "-r".into(),
+            self.src().to_str().expect("utf8 path").into(),
+            "out/".into(),
+        ]);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrogen"));
+        cmd.args(&args)
+            .current_dir(self.dir.path())
+            .env("HOME", self.dir.path().join("home"))
+            .env("HOSTILE_ROOT", self.dir.path().join("root"))
+            .env("HOSTILE_ATTACK", attack)
+            .env("HOSTILE_REPORT", &report)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in knobs {
+            cmd.env(format!("HOSTILE_{k}"), v);
+        }
+        let child = cmd.spawn().expect("ferrogen runs");
+        let pid = child.id();
+        let stop = Arc::new(AtomicBool::new(false));
+        let siblings: Vec<String> = hosts
+            .iter()
+            .filter(|h| **h != "evil")
+            .map(|h| h.to_string())
+            .collect();
+        let watcher = {
+            let stop = stop.clone();
+            let me = self.dir.path().to_path_buf();
+            std::thread::spawn(move || watch(pid, &stop, &me, &siblings))
+        };
+        let out = wait_at_most(child, LIMIT);
+        let ended = Instant::now();
+        stop.store(true, Ordering::SeqCst);
+        let seen = watcher.join().expect("watcher");
+        let report = std::fs::read_to_string(&report)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let run = Run {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            controller_hwm_kib: seen.controller_hwm_kib,
+            controller_fds: seen.controller_fds,
+            hop_hwm_kib: seen.hop_hwm_kib,
+            sibling_done: seen.sibling_done,
+            ended,
+            report,
+        };
+        // The figures, for the record (`--nocapture` shows them).
+        eprintln!(
+            "{attack}: exit {:?}, controller peak RSS {} MiB, {} fds; hop peak RSS {} MiB",
+            run.status.code(),
+            run.controller_hwm_kib / MIB,
+            run.controller_fds,
+            run.hop_hwm_kib / MIB
+        );
+        run
+    }
+}
+
+/// Longest a push may take in these tests (the attacks last seconds).
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Waits for the push, killing it (by its pid) after `limit`: a hung
+/// controller is a failure, not a hung test.
+fn wait_at_most(mut child: std::process::Child, limit: Duration) -> std::process::Output {
+    use std::io::Read;
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .map(|r| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    })
+    .collect();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let st = child.wait().expect("wait");
+            panic!("the push did not end within {limit:?} (killed: {st:?})");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut outs = readers.into_iter().map(|h| h.join().unwrap_or_default());
+    std::process::Output {
+        status,
+        stdout: outs.next().unwrap_or_default(),
+        stderr: outs.next().unwrap_or_default(),
+    }
+}
+
+/// What the watcher saw.
+#[derive(Default)]
+struct Seen {
+    controller_hwm_kib: u64,
+    controller_fds: usize,
+    hop_hwm_kib: u64,
+    sibling_done: HashMap<String, Instant>,
+}
+
+/// Samples the controller and its ferrogen child (the hop) every 20 ms
+/// until `stop`, and notes when each sibling's files are complete.
+fn watch(pid: u32, stop: &AtomicBool, dir: &Path, siblings: &[String]) -> Seen {
+    let real = RealScene(dir.to_path_buf());
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_ferrogen")).ok();
+    let mut seen = Seen::default();
+    let mut hop: Option<u32> = None;
+    let mut last_check = Instant::now() - Duration::from_secs(1);
+    while !stop.load(Ordering::SeqCst) {
+        if let Some(kib) = vm_hwm_kib(pid) {
+            seen.controller_hwm_kib = seen.controller_hwm_kib.max(kib);
+        }
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            seen.controller_fds = seen.controller_fds.max(fds.count());
+        }
+        if hop.is_none() {
+            hop = children(pid).into_iter().find(|c| {
+                std::fs::canonicalize(format!("/proc/{c}/exe")).ok() == exe && exe.is_some()
+            });
+        }
+        if let Some(h) = hop
+            && let Some(kib) = vm_hwm_kib(h)
+        {
+            seen.hop_hwm_kib = seen.hop_hwm_kib.max(kib);
+        }
+        if last_check.elapsed() > Duration::from_millis(200) {
+            last_check = Instant::now();
+            for s in siblings {
+                if !seen.sibling_done.contains_key(s) && real.sibling_ok(s) {
+                    seen.sibling_done.insert(s.clone(), Instant::now());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    seen
+}
+
+/// The scene's directory, as the watcher thread sees it.
+struct RealScene(PathBuf);
+
+impl RealScene {
+    fn sibling_ok(&self, host: &str) -> bool {
+        let src = self.0.join("src");
+        let Ok(names) = std::fs::read_dir(&src) else {
+            return false;
+        };
+        names.flatten().all(|e| {
+            let name = e.file_name();
+            let dst = self.0.join("root").join(host).join("out/src").join(&name);
+            let want = std::fs::read(e.path()).ok();
+            want.is_some() && want == std::fs::read(dst).ok()
+        })
+    }
+}
+
+/// VmHWM of a process, in KiB.
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Direct children of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|c| {
+            std::fs::read_to_string(format!("/proc/{c}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // The command name may hold spaces: fields start after ')'.
+                    let rest = &s[s.rfind(')')? + 2..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+const MIB: u64 = 1024;
+
+// ------------------------------------------------------------------- tests
+
+/// Finding 4a: a target that asks for many small-file batches and stops
+/// reading used to grow the controller by the whole of the replies (600
+/// calls of 1 MiB each: about 600 MB); now its replies wait for room on
+/// its own stream and calls past the per-caller limit are refused.
+#[test]
+fn small_file_flood_without_reading_stalls_only_the_flooder() {
+    let s = Scene::new();
+    for i in 0..8 {
+        s.file(&format!("small{i}"), 120 * 1024);
+    }
+    let run = s.push(
+        "small_flood",
+        &[("COUNT", "600"), ("SECONDS", "6")],
+        &[],
+        &["evil", "good"],
+    );
+    // The sibling was not held up by the flooder (which stays 6 s).
+    let done = run.sibling_done.get("good").copied();
+    assert!(
+        done.is_some_and(|d| run.ended.duration_since(d) > Duration::from_secs(2)),
+        "the sibling finished only {:?} before the push ended\n{}",
+        done.map(|d| run.ended.duration_since(d)),
+        run.explain()
+    );
+    assert!(
+        s.sibling_ok("good"),
+        "the sibling's files: {}",
+        run.explain()
+    );
+    assert!(!run.status.success(), "{}", run.explain());
+    assert!(run.stdout.contains("evil"), "{}", run.explain());
+    assert!(
+        run.controller_hwm_kib < 200 * MIB,
+        "controller peak RSS {} MiB\n{}",
+        run.controller_hwm_kib / MIB,
+        run.explain()
+    );
+}
+
+/// Finding 4a behind a `--via` hop: the hop reads the replies from the
+/// controller at once, so they pile up in the hop's queue to the flooder
+/// (old code: the whole of them); now the hop cuts the flooder off at its
+/// control-queue cap, and the sibling behind the same hop is unharmed.
+#[test]
+fn small_file_flood_behind_a_hop_is_cut_off_at_the_hop() {
+    let s = Scene::new();
+    for i in 0..8 {
+        s.file(&format!("small{i}"), 120 * 1024);
+    }
+    let run = s.push(
+        "small_flood",
+        &[("COUNT", "400"), ("SECONDS", "6")],
+        &["--via", "local"],
+        &["evil", "good"],
+    );
+    assert!(
+        s.sibling_ok("good"),
+        "the sibling's files: {}",
+        run.explain()
+    );
+    assert!(!run.status.success(), "{}", run.explain());
+    assert!(run.hop_hwm_kib > 0, "the hop was not found");
+    assert!(
+        run.hop_hwm_kib < 150 * MIB && run.controller_hwm_kib < 150 * MIB,
+        "hop peak RSS {} MiB, controller {} MiB\n{}",
+        run.hop_hwm_kib / MIB,
+        run.controller_hwm_kib / MIB,
+        run.explain()
+    );
+}
+
+/// Finding 4b: a stderr line of 300 MiB without a newline during the
+/// bootstrap used to be buffered whole by the controller.
+#[test]
+fn endless_stderr_line_is_truncated() {
+    let s = Scene::new();
+    s.file("a", 1000);
+    let run = s.push(
+        "stderr_line",
+        &[("COUNT", "300"), ("SECONDS", "1")],
+        &[],
+        &["evil", "good"],
+    );
+    assert_eq!(
+        run.report("stderr_bytes"),
+        Some("314572800"),
+        "{}",
+        run.explain()
+    );
+    assert!(
+        s.sibling_ok("good"),
+        "the sibling's files: {}",
+        run.explain()
+    );
+    assert!(
+        run.controller_hwm_kib < 150 * MIB,
+        "controller peak RSS {} MiB\n{}",
+        run.controller_hwm_kib / MIB,
+        run.explain()
+    );
+}
+
+/// Finding 5: a target behind a `--via` hop acknowledges data it never
+/// reads; the controller keeps sending and the hop used to queue all of it
+/// (about 390 MB in 8 s in the review). Now the hop holds at most its
+/// per-stream cap and then drops the stream to that target.
+#[test]
+fn acks_for_unread_data_cannot_make_a_hop_buffer() {
+    let s = Scene::new();
+    s.file("small", 1000);
+    s.file("big", 320 << 20);
+    // The largest window (the worst case the hop's cap is sized for), so
+    // the controller may lag up to 64 MiB behind the claims before one
+    // exceeds what it sent (which would end the transfer, and the attack);
+    // 30 MiB/s of claims for 8 s. Old code: the hop held about 300 MiB.
+    let run = s.push(
+        "lying_acks",
+        &[("COUNT", "30"), ("SECONDS", "8")],
+        &["--via", "local", "--window", "64M"],
+        &["evil", "good"],
+    );
+    assert!(
+        s.sibling_ok("good"),
+        "the sibling's files: {}",
+        run.explain()
+    );
+    assert!(!run.status.success(), "{}", run.explain());
+    assert!(run.hop_hwm_kib > 0, "the hop was not found");
+    assert!(
+        run.hop_hwm_kib < 200 * MIB,
+        "hop peak RSS {} MiB\n{}",
+        run.hop_hwm_kib / MIB,
+        run.explain()
+    );
+    // The attack got as far as the cap: the hop cut the liar off.
+    assert!(
+        run.stderr.contains("the peer is not reading"),
+        "{}",
+        run.explain()
+    );
+}
+
+/// Finding 6: a target behind a shared `--via` hop queues 3,000 fetches
+/// of a large file (acknowledging what it gets, like a real receiver).
+/// Each used to hold a descriptor in the controller, and its queue kept
+/// the sibling's large file waiting behind all of them; now fetches past
+/// the per-requester limit are refused and the stream's turn goes round
+/// the requesters.
+#[test]
+fn queued_fetches_are_capped_and_cannot_starve_a_sibling() {
+    let s = Scene::new();
+    s.file("small", 1000);
+    s.file("big", 8 << 20);
+    let run = s.push(
+        "fetch_queue",
+        &[("COUNT", "3000"), ("SECONDS", "20")],
+        &["--via", "local"],
+        &["evil", "good"],
+    );
+    assert!(
+        s.sibling_ok("good"),
+        "the sibling's files: {}",
+        run.explain()
+    );
+    assert!(
+        run.controller_fds < 400,
+        "controller had {} descriptors open\n{}",
+        run.controller_fds,
+        run.explain()
+    );
+    let refused: u64 = run
+        .report("refused")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(refused > 0, "no fetch refused\n{}", run.explain());
+    assert!(
+        run.report
+            .iter()
+            .any(|(k, v)| k == "reason" && v.contains("limit")),
+        "{}",
+        run.explain()
+    );
+    // The sibling finished while the flooder was still at it (it stays 20 s).
+    let done = run.sibling_done.get("good").copied();
+    assert!(
+        done.is_some_and(|d| run.ended.duration_since(d) > Duration::from_secs(5)),
+        "the sibling finished only {:?} before the push ended\n{}",
+        done.map(|d| run.ended.duration_since(d)),
+        run.explain()
+    );
+}
+
+/// Finding 6, the other way to hold a shared stream: a target behind a
+/// `--via` hop fetches a large file and reads it without ever
+/// acknowledging. Its transfer used to keep the stream's turn until the
+/// acknowledgement timeout (60 s), and the sibling's large file waited for
+/// it; now a transfer that goes 2 s without an acknowledgement while
+/// others wait gives the turn up.
+#[test]
+fn a_silent_receiver_cannot_hold_a_shared_stream() {
+    let s = Scene::new();
+    s.file("small", 1000);
+    s.file("big", 8 << 20);
+    let run = s.push(
+        "silent_fetch",
+        &[("SECONDS", "20")],
+        &["--via", "local"],
+        &["evil", "good"],
+    );
+    assert!(
+        s.sibling_ok("good"),
+        "the sibling's files: {}",
+        run.explain()
+    );
+    assert!(!run.status.success(), "{}", run.explain());
+    // The sibling finished while the silent one still held its transfer.
+    let done = run.sibling_done.get("good").copied();
+    assert!(
+        done.is_some_and(|d| run.ended.duration_since(d) > Duration::from_secs(5)),
+        "the sibling finished only {:?} before the push ended\n{}",
+        done.map(|d| run.ended.duration_since(d)),
+        run.explain()
+    );
+}
