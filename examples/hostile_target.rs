@@ -34,7 +34,9 @@ use ferrogen::call::RemoteError;
 use ferrogen::channel::Sender;
 use ferrogen::files::plan::{PlanEntry, PushPlan};
 use ferrogen::files::{FetchArgs, FetchReply, FetchSmallArgs, SMALL_FILE_MAX};
-use ferrogen::wire::control::{self, CallReply, Hello, PROTOCOL_VERSION, Ready, ServiceCall};
+use ferrogen::wire::control::{
+    self, AddRoute, CallReply, Hello, PROTOCOL_VERSION, Ready, ServiceCall,
+};
 use ferrogen::wire::{ContextId, Enc, Frame, FrameCodec, Handle, codec, handles};
 use tokio_util::codec::Decoder;
 
@@ -65,6 +67,18 @@ const ATTACKS: &[(&str, Stage)] = &[
     // Finding 6: fetch the largest file, read everything, acknowledge
     // nothing (holding the stream's turn), for SECONDS.
     ("silent_fetch", Stage::Connected(silent_fetch)),
+    // Finding 1: once the plan arrives, dead messages forged to the
+    // controller's service handle and COUNT of its dynamic handles, and to
+    // the SHUTDOWN, service and COUNT dynamic handles of the contexts near
+    // our id; then every call is refused for SECONDS.
+    ("forged_dead", Stage::Connected(forged_dead)),
+    // Finding 2: ADD_ROUTE for the COUNT ids after ours (those the next
+    // contexts will get, e.g. a sibling's sudo context); every call that
+    // reaches us is refused and counted for SECONDS.
+    ("route_hijack", Stage::Connected(route_hijack)),
+    // Finding 7: COUNT ALLOCATE_ID requests at once; the blocks granted and
+    // refused are reported; calls are refused for SECONDS.
+    ("id_flood", Stage::Connected(id_flood)),
 ];
 
 /// Tunables from the environment.
@@ -578,4 +592,113 @@ fn silent_fetch(p: &mut Peer, k: &Knobs) -> Result<(), String> {
     }
     k.report("received", bytes);
     Ok(())
+}
+
+/// Answers every service call that reaches us with an error; counts those
+/// addressed to a context other than us (calls a forged route brought here).
+fn answer_calls(p: &mut Peer, until: Instant, hijacked: &mut u64) -> Result<(), String> {
+    while let Some(f) = p.recv(until.saturating_duration_since(Instant::now())) {
+        if f.handle != handles::CALL_SERVICE || f.is_dead() {
+            continue;
+        }
+        if f.dst_id != p.me {
+            *hijacked += 1;
+        }
+        if f.reply_to != 0 {
+            let no = CallReply::Err(RemoteError::Failed("hostile target: refused".into()));
+            let r = Frame::new(f.src_id, f.reply_to, Enc::Control, control::encode(&no));
+            p.send(r)?;
+        }
+        if Instant::now() >= until {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Finding 1: once the push plan arrives (the siblings are pushing now),
+/// forges dead messages to the controller's service handle, to COUNT
+/// dynamic handles of the controller (pending calls, transfers' ack and
+/// data channels) and to the SHUTDOWN and first COUNT dynamic handles of
+/// the ten contexts after us; then refuses its own push.
+fn forged_dead(p: &mut Peer, k: &Knobs) -> Result<(), String> {
+    let plan = p.wait_push_plan(Duration::from_secs(30))?;
+    let mut sent = 0u64;
+    let mut dead = |p: &mut Peer, dst: ContextId, h: Handle| -> Result<(), String> {
+        sent += 1;
+        p.send(Frame::dead(dst, h, "forged by the hostile target"))
+    };
+    dead(p, 0, handles::CALL_SERVICE)?;
+    dead(p, plan.server, handles::CALL_SERVICE)?;
+    for h in handles::FIRST_DYNAMIC..handles::FIRST_DYNAMIC + k.count as Handle {
+        dead(p, 0, h)?;
+    }
+    for ctx in p.me.saturating_sub(10)..p.me + 10 {
+        if ctx == p.me || ctx == 0 {
+            continue;
+        }
+        dead(p, ctx, handles::SHUTDOWN)?;
+        dead(p, ctx, handles::CALL_SERVICE)?;
+        for h in handles::FIRST_DYNAMIC..handles::FIRST_DYNAMIC + k.count as Handle {
+            dead(p, ctx, h)?;
+        }
+    }
+    k.report("dead_sent", sent);
+    let mut hijacked = 0;
+    answer_calls(p, Instant::now() + k.duration(), &mut hijacked)
+}
+
+/// Finding 2: announces routes to the COUNT ids after ours — the ids the
+/// controller (or a sibling's block) will give the next contexts, e.g. a
+/// sibling's `--sudo` context — then answers every call that reaches it for
+/// SECONDS, reporting how many were meant for someone else.
+fn route_hijack(p: &mut Peer, k: &Knobs) -> Result<(), String> {
+    for id in p.me + 1..=p.me + k.count as ContextId {
+        let add = AddRoute {
+            id,
+            name: format!("hijack.{id}"),
+        };
+        p.send(Frame::new(
+            0,
+            handles::ADD_ROUTE,
+            Enc::Control,
+            control::encode(&add),
+        ))?;
+    }
+    let mut hijacked = 0;
+    let r = answer_calls(p, Instant::now() + k.duration(), &mut hijacked);
+    k.report("hijacked", hijacked);
+    r
+}
+
+/// Finding 7: COUNT ALLOCATE_ID requests to the controller, answers read;
+/// reports the blocks granted and refused, then answers calls for SECONDS.
+fn id_flood(p: &mut Peer, k: &Knobs) -> Result<(), String> {
+    let reply_to = p.handle();
+    for _ in 0..k.count {
+        let mut f = Frame::new(0, handles::ALLOCATE_ID, Enc::Control, bytes::Bytes::new());
+        f.reply_to = reply_to;
+        p.send(f)?;
+    }
+    let (mut granted, mut refused) = (0u64, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut other = Vec::new();
+    while granted + refused < k.count {
+        let Some(f) = p.recv(deadline.saturating_duration_since(Instant::now())) else {
+            break;
+        };
+        if f.handle != reply_to {
+            other.push(f);
+            continue;
+        }
+        if f.is_dead() {
+            refused += 1;
+        } else {
+            granted += 1;
+        }
+    }
+    k.report("granted", granted);
+    k.report("refused", refused);
+    let mut hijacked = 0;
+    answer_calls(p, Instant::now() + k.duration(), &mut hijacked)
 }

@@ -583,3 +583,99 @@ fn a_silent_receiver_cannot_hold_a_shared_stream() {
         run.explain()
     );
 }
+
+/// Finding 1: dead messages skipped every check, so one forged by a target
+/// could end the controller's service dispatcher, a sibling's transfer (its
+/// ack or data channel) or a sibling itself (SHUTDOWN). Now they pass the
+/// same respondent and policy checks as any frame: the sibling's files all
+/// land, and only the forger fails.
+#[test]
+fn forged_dead_messages_end_nothing_of_anyone_else() {
+    let s = Scene::new();
+    s.file("big", 24 << 20);
+    for i in 0..6 {
+        s.file(&format!("small{i}"), 40 * 1024);
+    }
+    let run = s.push(
+        "forged_dead",
+        &[("COUNT", "1500"), ("SECONDS", "3")],
+        &["--parallel", "1"],
+        &["evil", "good"],
+    );
+    let sent: u64 = run
+        .report("dead_sent")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(sent > 10_000, "the attack ran: {}", run.explain());
+    // The log shows the attack without growing with it.
+    assert!(
+        run.stderr.lines().count() < 200,
+        "{} log lines",
+        run.stderr.lines().count()
+    );
+    assert!(
+        s.sibling_ok("good"),
+        "the sibling's files: {}",
+        run.explain()
+    );
+    assert_eq!(run.status.code(), Some(1), "{}", run.explain());
+}
+
+/// Finding 2: ADD_ROUTE was honoured for any id not yet routed, so a target
+/// could announce the id a sibling's `--sudo` context was about to get and
+/// receive that context's push. Now only the stream an id was allocated or
+/// delegated to may announce it: no call reaches the claimant, and the
+/// sibling's sudo context gets its files.
+#[test]
+fn a_target_cannot_take_over_a_siblings_context_id() {
+    let s = Scene::new();
+    s.file("conf", 4096);
+    s.file("data", 300 * 1024);
+    let run = s.push(
+        "route_hijack",
+        &[("COUNT", "50"), ("SECONDS", "8")],
+        &["--sudo", "root"],
+        &["evil", "good"],
+    );
+    assert_eq!(
+        run.report("hijacked"),
+        Some("0"),
+        "calls meant for another context reached the claimant\n{}",
+        run.explain()
+    );
+    assert!(
+        s.sibling_ok("good"),
+        "the sibling's files: {}",
+        run.explain()
+    );
+    assert_eq!(run.status.code(), Some(1), "{}", run.explain());
+}
+
+/// Finding 7: ALLOCATE_ID answered anyone without limit (112 MB of requests
+/// exhausted the id space, after which sudo and via hops failed). Now each
+/// stream gets at most MAX_BLOCKS_PER_LINK blocks and the rest are refused;
+/// the sibling is unharmed.
+#[test]
+fn id_blocks_per_target_are_capped() {
+    let s = Scene::new();
+    s.file("conf", 4096);
+    let cap = ferrogen::router::MAX_BLOCKS_PER_LINK as u64;
+    let run = s.push(
+        "id_flood",
+        &[("COUNT", &(cap + 1000).to_string()), ("SECONDS", "1")],
+        &[],
+        &["evil", "good"],
+    );
+    let num = |k: &str| -> u64 {
+        run.report(k)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    assert_eq!(num("granted"), cap, "{}", run.explain());
+    assert_eq!(num("refused"), 1000, "{}", run.explain());
+    assert!(
+        s.sibling_ok("good"),
+        "the sibling's files: {}",
+        run.explain()
+    );
+}

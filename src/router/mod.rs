@@ -370,14 +370,27 @@ impl Router {
     /// message earns no reply), only logged and counted.
     fn refuse_dead(&self, mut st: MutexGuard<'_, State>, frame: &Frame, why: &str) -> Action {
         st.rejected += 1;
+        let n = st.rejected;
         drop(st);
-        tracing::warn!(
-            "{}: ignored a dead message to handle {} from context {} (auth {}): {why}",
-            self.inner.name,
-            frame.handle,
-            frame.src_id,
-            frame.auth_id
-        );
+        // A forger can send these by the thousand: warn at 1, 2, 4, 8, ...
+        // so the log shows the attack without growing with it.
+        if n.is_power_of_two() {
+            tracing::warn!(
+                "{}: ignored a dead message to handle {} from context {} (auth {}): {why} \
+                 ({n} frames refused so far)",
+                self.inner.name,
+                frame.handle,
+                frame.src_id,
+                frame.auth_id
+            );
+        } else {
+            tracing::debug!(
+                "{}: ignored a dead message to handle {} from context {}: {why}",
+                self.inner.name,
+                frame.handle,
+                frame.src_id
+            );
+        }
         Action::Nothing
     }
 

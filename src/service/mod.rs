@@ -245,14 +245,22 @@ impl Services {
         };
         let me = services.clone();
         let task = tokio::spawn(async move {
+            let mut ignored = 0u64;
             loop {
                 match rx.recv().await {
                     Ok(frame) => me.dispatch(frame),
                     // A dead message is not a call, and it must not end the
                     // dispatcher (every later call would then find no
-                    // handler): log it and carry on.
+                    // handler): log it (at 1, 2, 4, ... so a flood does not
+                    // flood the log) and carry on.
                     Err(ChannelError::Dead(why)) => {
-                        tracing::warn!("ignored a dead message to the service handle: {why}");
+                        ignored += 1;
+                        if ignored.is_power_of_two() {
+                            tracing::warn!(
+                                "ignored a dead message to the service handle: {why} \
+                                 ({ignored} so far)"
+                            );
+                        }
                     }
                     Err(_) => break,
                 }
