@@ -7,49 +7,10 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::wire::ContextId;
 use crate::wire::control::ControlDecodeError;
 
-/// An error produced by a remote service method; travels in a reply.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-pub enum RemoteError {
-    /// No service of that name is registered in the callee.
-    #[error("no service named {0:?}")]
-    NoSuchService(String),
-    /// The service has no such method.
-    #[error("service {service:?} has no method {method:?}")]
-    NoSuchMethod {
-        /// Service name.
-        service: String,
-        /// Method name.
-        method: String,
-    },
-    /// The method's policy refused the caller.
-    #[error("context {caller} is not authorised to call {service}.{method}")]
-    Unauthorised {
-        /// Service name.
-        service: String,
-        /// Method name.
-        method: String,
-        /// The `auth_id` of the refused call.
-        caller: ContextId,
-    },
-    /// The arguments did not decode as the method's argument type.
-    #[error("invalid arguments for {service}.{method}: {detail}")]
-    BadArguments {
-        /// Service name.
-        service: String,
-        /// Method name.
-        method: String,
-        /// What was wrong.
-        detail: String,
-    },
-    /// The method ran and failed.
-    #[error("{0}")]
-    Failed(String),
-}
+pub use crate::wire::control::RemoteError;
 
 /// Why a call did not produce a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -10,11 +10,21 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::router::Router;
 use crate::wire::{ContextId, Enc, Frame, Handle, control};
 
 /// Reason text of the dead message sent by [`Sender::close`].
 pub const SENDER_CLOSED: &str = "channel closed by the sending side";
+
+/// Where a channel's frames go: the context's router (which stamps
+/// `src_id`/`auth_id` and routes them). A trait, so that channels do not
+/// depend on the router that creates them.
+pub trait FrameSink {
+    /// Sends a frame originating in this context.
+    fn send(&self, frame: Frame);
+}
+
+/// Removes a handle from the router that registered it.
+pub(crate) type Unregister = std::sync::Arc<dyn Fn(Handle) + Send + Sync>;
 
 /// Why a receive ended without a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,16 +45,25 @@ pub enum ChannelError {
 /// Dropping it unregisters the handle; later messages to it are answered
 /// with "invalid handle".
 pub struct Receiver {
-    router: Router,
+    /// The context that owns the handle.
+    owner: ContextId,
+    /// Unregisters the handle from its router.
+    unregister: Unregister,
     handle: Handle,
     rx: mpsc::UnboundedReceiver<Frame>,
     closed: bool,
 }
 
 impl Receiver {
-    pub(crate) fn new(router: Router, handle: Handle, rx: mpsc::UnboundedReceiver<Frame>) -> Self {
+    pub(crate) fn new(
+        owner: ContextId,
+        unregister: Unregister,
+        handle: Handle,
+        rx: mpsc::UnboundedReceiver<Frame>,
+    ) -> Self {
         Receiver {
-            router,
+            owner,
+            unregister,
             handle,
             rx,
             closed: false,
@@ -59,7 +78,7 @@ impl Receiver {
     /// A [`Sender`] aimed at this receiver.
     pub fn to_sender(&self) -> Sender {
         Sender {
-            context: self.router.id(),
+            context: self.owner,
             handle: self.handle,
         }
     }
@@ -106,7 +125,7 @@ impl Receiver {
     pub fn close(&mut self) {
         if !self.closed {
             self.closed = true;
-            self.router.remove_handler(self.handle);
+            (self.unregister)(self.handle);
             self.rx.close();
         }
     }
@@ -130,12 +149,12 @@ pub struct Sender {
 
 impl Sender {
     /// Sends raw bytes (queued as bulk data).
-    pub fn send_bytes(&self, router: &Router, data: Bytes) {
+    pub fn send_bytes(&self, router: &impl FrameSink, data: Bytes) {
         router.send(Frame::new(self.context, self.handle, Enc::Bin, data));
     }
 
     /// Sends a control value.
-    pub fn send_control<T: Serialize + ?Sized>(&self, router: &Router, value: &T) {
+    pub fn send_control<T: Serialize + ?Sized>(&self, router: &impl FrameSink, value: &T) {
         router.send(Frame::new(
             self.context,
             self.handle,
@@ -146,12 +165,12 @@ impl Sender {
 
     /// Ends the channel: the receiver sees [`ChannelError::Dead`] with
     /// [`SENDER_CLOSED`].
-    pub fn close(&self, router: &Router) {
+    pub fn close(&self, router: &impl FrameSink) {
         self.close_with(router, SENDER_CLOSED);
     }
 
     /// Ends the channel with a reason of the caller's choosing.
-    pub fn close_with(&self, router: &Router, reason: &str) {
+    pub fn close_with(&self, router: &impl FrameSink, reason: &str) {
         router.send(Frame::dead(self.context, self.handle, reason));
     }
 }

@@ -80,7 +80,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::libc;
-use super::local::CHILD_ARG;
+use super::program::CHILD_ARG;
 
 /// Environment variable that makes the binary verify its own digest (given
 /// as the value, BLAKE3 hex) and exit instead of running a context.
@@ -189,11 +189,11 @@ fn memo() -> &'static Memo {
 
 /// The binary to send: `path` if given, else the program this process runs
 /// for its own children (its executable, or the override set with
-/// [`super::local::set_child_program`]). Hashed once per process.
+/// [`super::program::set_child_program`]). Hashed once per process.
 pub async fn binary(path: Option<&Path>) -> Result<Arc<Binary>, String> {
     let (key, own) = match path {
         Some(p) => (p.to_path_buf(), false),
-        None => match super::local::child_program_override() {
+        None => match super::program::child_program_override() {
             Some(p) => (p, true),
             None => match portable_binary() {
                 Some(p) => (p, false),

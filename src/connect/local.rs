@@ -13,34 +13,12 @@ use crate::router::Router;
 use crate::stream;
 use crate::wire::control::{Hello, PROTOCOL_VERSION};
 
-/// The hidden sub-command that runs a context on stdin/stdout.
-pub const CHILD_ARG: &str = "__context";
-
 /// Pipe buffer size asked for on the child's stdio: a 128 KiB chunk fits
 /// several times, so a writer rarely blocks mid-frame.
 pub const PIPE_SIZE: usize = 1024 * 1024;
 
-static CHILD_PROGRAM: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-
-/// Makes this process start `path` (instead of its own executable) for local
-/// children. For test harnesses and embedders whose process is not the
-/// `ferrogen` binary; `path` must run [`crate::connect::child::run`] when
-/// given [`CHILD_ARG`]. Only the first call has an effect.
-pub fn set_child_program(path: impl Into<std::path::PathBuf>) {
-    let _ = CHILD_PROGRAM.set(path.into());
-}
-
-fn child_program() -> std::io::Result<std::path::PathBuf> {
-    match CHILD_PROGRAM.get() {
-        Some(p) => Ok(p.clone()),
-        None => std::env::current_exe(),
-    }
-}
-
-/// The program set with [`set_child_program`], if any.
-pub fn child_program_override() -> Option<std::path::PathBuf> {
-    CHILD_PROGRAM.get().cloned()
-}
+use super::program::child_program;
+pub use super::program::{CHILD_ARG, child_program_override, set_child_program};
 
 /// Starts a child of this context running this binary.
 pub async fn connect(router: &Router, spec: &ConnectSpec) -> Result<ContextInfo, ConnectError> {

@@ -23,6 +23,7 @@ pub mod child;
 pub mod handshake;
 pub mod libc;
 pub mod local;
+pub mod program;
 pub mod ssh;
 pub mod stripe;
 pub mod sudo;

@@ -46,8 +46,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use crate::call::{CallError, RemoteError};
-use crate::channel::Receiver;
-use crate::stream::{BULK_HIGH_WATER, Outbox, StreamId};
+use crate::channel::{FrameSink, Receiver};
+use crate::stream::outbox::{BULK_HIGH_WATER, Outbox, StreamId};
 use crate::wire::control::{self, AddRoute, CallReply, DelRoute, IdBlock};
 use crate::wire::{ContextId, Enc, Frame, Handle, handles};
 
@@ -260,7 +260,9 @@ impl Router {
             },
         );
         drop(st);
-        Ok(Receiver::new(self.clone(), handle, rx))
+        let router = self.clone();
+        let unregister = std::sync::Arc::new(move |h: Handle| router.remove_handler(h));
+        Ok(Receiver::new(self.inner.id, unregister, handle, rx))
     }
 
     /// A dynamic persistent receiver open to any context.
@@ -996,6 +998,12 @@ impl Router {
             )));
         }
         Ok(block)
+    }
+}
+
+impl FrameSink for Router {
+    fn send(&self, frame: Frame) {
+        Router::send(self, frame);
     }
 }
 

@@ -121,13 +121,52 @@ pub struct ServiceCall {
     pub args: Vec<u8>,
 }
 
+/// An error produced by a remote service method; travels in a reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RemoteError {
+    /// No service of that name is registered in the callee.
+    #[error("no service named {0:?}")]
+    NoSuchService(String),
+    /// The service has no such method.
+    #[error("service {service:?} has no method {method:?}")]
+    NoSuchMethod {
+        /// Service name.
+        service: String,
+        /// Method name.
+        method: String,
+    },
+    /// The method's policy refused the caller.
+    #[error("context {caller} is not authorised to call {service}.{method}")]
+    Unauthorised {
+        /// Service name.
+        service: String,
+        /// Method name.
+        method: String,
+        /// The `auth_id` of the refused call.
+        caller: ContextId,
+    },
+    /// The arguments did not decode as the method's argument type.
+    #[error("invalid arguments for {service}.{method}: {detail}")]
+    BadArguments {
+        /// Service name.
+        service: String,
+        /// Method name.
+        method: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The method ran and failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// A reply to a call: the method's postcard-encoded return value or an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CallReply {
     /// Success, with the encoded return value.
     Ok(Vec<u8>),
     /// Failure.
-    Err(crate::call::RemoteError),
+    Err(RemoteError),
 }
 
 /// Protocol version carried in [`Hello`] and [`Ready`].
