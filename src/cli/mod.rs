@@ -9,6 +9,7 @@
 
 pub mod exit;
 pub mod generate;
+pub mod nodeset;
 pub mod out;
 pub mod ping;
 pub mod push;

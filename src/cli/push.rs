@@ -99,10 +99,10 @@ impl PushArgs {
         let Some((host, path)) = split_remote(dest) else {
             return Ok(());
         };
-        if !self.target.hosts.is_empty() {
+        if !self.target.hosts.is_empty() || !self.target.host_files.is_empty() {
             return Err(format!(
-                "destination {dest:?} names a host (scp's HOST:PATH) and -H was given \
-                 too: give the targets with -H only (write ./{dest} for a path with ':')"
+                "destination {dest:?} names a host (scp's HOST:PATH) and -H or --hosts was \
+                 given too: give the targets with -H only (write ./{dest} for a path with ':')"
             ));
         }
         target::parse(host).map_err(|e| {

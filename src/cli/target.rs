@@ -20,13 +20,53 @@ use crate::connect::ssh::{parse_target, split_words};
 use crate::connect::{self, ConnectError, ConnectSpec, ContextInfo, Method, SudoSpec};
 use crate::router::Router;
 
+use super::nodeset;
+
+/// The targets listed in a `--hosts` file, expanded when it was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFile(pub Vec<String>);
+
+/// `-H`: a valid node set (kept as written; expanded by
+/// [`TargetArgs::hosts`]).
+fn node_set_arg(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("an empty target".into());
+    }
+    nodeset::expand(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+/// `--hosts FILE`: one target or node set a line, `#` comments.
+fn host_file_arg(path: &str) -> Result<HostFile, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    let mut sets = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        nodeset::expand(line).map_err(|e| format!("{path}:{}: {e}", n + 1))?;
+        sets.push(line);
+    }
+    let hosts = nodeset::expand_all(sets).map_err(|e| format!("{path}: {e}"))?;
+    if hosts.is_empty() {
+        return Err(format!("{path}: no targets in the file"));
+    }
+    Ok(HostFile(hosts))
+}
+
 /// Options shared by every command that reaches targets.
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
     /// Target to reach (repeatable): `local`, `[ssh://][user@]host[:port]`
-    /// or `sudo:USER`. Default: one `local` child.
-    #[arg(short = 'H', long = "host", value_name = "SPEC")]
+    /// or `sudo:USER`; a node set such as `web[01-32].dc1` or `n[1-3,7]`
+    /// names several. Default: one `local` child.
+    #[arg(short = 'H', long = "host", value_name = "SPEC", value_parser = node_set_arg)]
     pub hosts: Vec<String>,
+    /// Read targets from FILE (repeatable): one SPEC or node set a line,
+    /// `#` starts a comment. Duplicates across -H and files are dropped.
+    #[arg(long = "hosts", value_name = "FILE", value_parser = host_file_arg)]
+    pub host_files: Vec<HostFile>,
     /// Start each next hop from inside the previous one (repeatable, in
     /// order; same SPEC forms as -H).
     #[arg(long, value_name = "SPEC")]
@@ -57,13 +97,25 @@ pub struct TargetArgs {
 }
 
 impl TargetArgs {
-    /// The target specs, defaulting to one `local`.
+    /// The target specs, node sets expanded, duplicates dropped (first
+    /// kept), defaulting to one `local`.
     pub fn hosts(&self) -> Vec<String> {
-        if self.hosts.is_empty() {
-            vec!["local".to_string()]
-        } else {
-            self.hosts.clone()
+        if self.hosts.is_empty() && self.host_files.is_empty() {
+            return vec!["local".to_string()];
         }
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let from_args = self.hosts.iter().flat_map(|set| {
+            // Validated at parse time; a set that fails now stays as written.
+            nodeset::expand(set).unwrap_or_else(|_| vec![set.clone()])
+        });
+        let from_files = self.host_files.iter().flat_map(|f| f.0.iter().cloned());
+        for host in from_args.chain(from_files) {
+            if seen.insert(host.clone()) {
+                out.push(host);
+            }
+        }
+        out
     }
 
     /// The connect spec for one `-H`/`--via` value.
