@@ -217,9 +217,19 @@ async fn first_connection_sends_the_binary_and_later_ones_use_the_cache() {
 fn concurrent_first_connections_race_safely_on_the_cache() {
     let Some(s) = Sshd::start() else { return };
     sshd::clear_cache(sshd::RACE);
+    // Six spellings of the same account (the same spelling twice is one
+    // target: duplicates are dropped).
+    let spellings = [
+        sshd::RACE.to_string(),
+        format!("{0}@{0}", sshd::RACE),
+        format!("ssh://{}", sshd::RACE),
+        format!("ssh://{0}@{0}", sshd::RACE),
+        format!("{}@127.0.0.1", sshd::RACE),
+        format!("ssh://{}@127.0.0.1", sshd::RACE),
+    ];
     let mut args = vec!["-v"];
-    for _ in 0..6 {
-        args.extend(["-H", sshd::RACE]);
+    for h in &spellings {
+        args.extend(["-H", h.as_str()]);
     }
     let r = ping(&s, &args);
     r.assert_ok();
