@@ -198,66 +198,11 @@ pub fn parse_target(s: &str) -> Result<SshSpec, String> {
 }
 
 /// Splits a command line into words the way a POSIX shell would for plain
-/// words: white space separates, `'...'` and `"..."` quote, `\` escapes.
-/// (As rsync does for `-e`; no expansions are performed.)
+/// words: white space separates, `'...'` and `"..."` quote, `\` escapes,
+/// `#` starts a comment (as rsync does for `-e`; no expansions are
+/// performed). The `shell-words` crate does the work.
 pub fn split_words(s: &str) -> Result<Vec<String>, String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut in_word = false;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(c) => cur.push(c),
-                        None => return Err(format!("unclosed ' in {s:?}")),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(c @ ('"' | '\\' | '$' | '`')) => cur.push(c),
-                            Some(c) => {
-                                cur.push('\\');
-                                cur.push(c);
-                            }
-                            None => return Err(format!("unclosed \" in {s:?}")),
-                        },
-                        Some(c) => cur.push(c),
-                        None => return Err(format!("unclosed \" in {s:?}")),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                match chars.next() {
-                    Some(c) => cur.push(c),
-                    None => return Err(format!("trailing \\ in {s:?}")),
-                }
-            }
-            c if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            c => {
-                in_word = true;
-                cur.push(c);
-            }
-        }
-    }
-    if in_word {
-        words.push(cur);
-    }
-    Ok(words)
+    shell_words::split(s).map_err(|e| format!("{e} in {s:?}"))
 }
 
 #[cfg(test)]
