@@ -351,9 +351,14 @@ impl Router {
                 }
             },
             Decision::Drop(why) => {
-                st.rejected += 1;
+                let n = count_refusal(&mut st);
                 drop(st);
-                tracing::warn!("{}: dropped {why}: {frame:?}", self.inner.name);
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        "{}: dropped {why}: {frame:?} ({n} frames refused so far)",
+                        self.inner.name
+                    );
+                }
                 Action::Nothing
             }
             Decision::Dead(reason) => {
@@ -371,11 +376,8 @@ impl Router {
     /// Drops a dead frame that failed a check: it is never answered (a dead
     /// message earns no reply), only logged and counted.
     fn refuse_dead(&self, mut st: MutexGuard<'_, State>, frame: &Frame, why: &str) -> Action {
-        st.rejected += 1;
-        let n = st.rejected;
+        let n = count_refusal(&mut st);
         drop(st);
-        // A forger can send these by the thousand: warn at 1, 2, 4, 8, ...
-        // so the log shows the attack without growing with it.
         if n.is_power_of_two() {
             tracing::warn!(
                 "{}: ignored a dead message to handle {} from context {} (auth {}): {why} \
@@ -714,30 +716,33 @@ impl Router {
                 return;
             }
         };
+        // Names are shown to the operator and passed up the tree: keep them
+        // short whatever the announcer sent.
+        let name: String = msg.name.chars().take(256).collect();
         {
             let mut st = self.lock();
             if let Err(why) = st.table.add_route(msg.id, s) {
-                st.rejected += 1;
+                let n = count_refusal(&mut st);
                 drop(st);
-                tracing::warn!(
-                    "{}: refused ADD_ROUTE for {} from stream {s} (context {}): {why}",
-                    self.inner.name,
-                    msg.id,
-                    frame.src_id
-                );
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        "{}: refused ADD_ROUTE for {} from stream {s} (context {}): {why} \
+                         ({n} frames refused so far)",
+                        self.inner.name,
+                        msg.id,
+                        frame.src_id
+                    );
+                }
                 return;
             }
-            // Names are shown to the operator: keep them short.
-            let name: String = msg.name.chars().take(256).collect();
-            st.names.insert(msg.id, name);
+            st.names.insert(msg.id, name.clone());
         }
         tracing::debug!(
-            "{}: route to {} ({}) via stream {s}",
+            "{}: route to {} ({name}) via stream {s}",
             self.inner.name,
             msg.id,
-            msg.name
         );
-        self.announce_route(msg.id, &msg.name);
+        self.announce_route(msg.id, &name);
     }
 
     fn on_del_route(&self, frame: &Frame, ingress: Option<StreamId>) {
@@ -757,14 +762,17 @@ impl Router {
         {
             let mut st = self.lock();
             if !st.table.del_route(msg.id, s) {
-                st.rejected += 1;
+                let n = count_refusal(&mut st);
                 drop(st);
-                tracing::warn!(
-                    "{}: refused DEL_ROUTE for {} from stream {s} (context {})",
-                    self.inner.name,
-                    msg.id,
-                    frame.src_id
-                );
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        "{}: refused DEL_ROUTE for {} from stream {s} (context {}) \
+                         ({n} frames refused so far)",
+                        self.inner.name,
+                        msg.id,
+                        frame.src_id
+                    );
+                }
                 return;
             }
             from_parent = st.table.parent() == Some(s);
@@ -999,6 +1007,14 @@ impl Router {
         }
         Ok(block)
     }
+}
+
+/// Counts a refused frame and returns the count. A forger can send such
+/// frames by the thousand, so callers warn only at 1, 2, 4, 8, ...: the log
+/// shows the attack without growing with it.
+fn count_refusal(st: &mut State) -> u64 {
+    st.rejected += 1;
+    st.rejected
 }
 
 impl FrameSink for Router {
