@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::connect::ssh::{parse_target, split_words};
+use crate::connect::ssh::split_words;
 use crate::connect::{self, ConnectError, ConnectSpec, ContextInfo, Method, SudoSpec};
 use crate::router::Router;
 
@@ -174,20 +174,7 @@ pub fn positive_secs(s: &str) -> Result<f64, String> {
 /// Parses one target spec: `local`, `sudo:USER` or
 /// `[ssh://][user@]host[:port]`.
 pub fn parse(spec: &str) -> Result<Method, String> {
-    match spec {
-        "local" => Ok(Method::Local),
-        "" => Err("empty target".into()),
-        s if s.starts_with("sudo:") => {
-            let user = &s["sudo:".len()..];
-            if user.is_empty() || user.starts_with('-') || user.contains(char::is_whitespace) {
-                return Err(format!("{s:?}: expected sudo:USER"));
-            }
-            Ok(Method::Sudo(SudoSpec::new(user)))
-        }
-        s => parse_target(s).map(Method::Ssh).map_err(|e| {
-            format!("unknown target {e}: expected local, sudo:USER or [ssh://][user@]host[:port]")
-        }),
-    }
+    connect::parse_method(spec)
 }
 
 /// The contexts between the controller and the targets (`--via`), shared by

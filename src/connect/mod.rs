@@ -222,6 +222,24 @@ pub enum Boot {
     },
 }
 
+/// Parses a target: `local`, `sudo:USER` or `[ssh://][user@]host[:port]`.
+pub fn parse_method(spec: &str) -> Result<Method, String> {
+    match spec {
+        "local" => Ok(Method::Local),
+        "" => Err("empty target".into()),
+        s if s.starts_with("sudo:") => {
+            let user = &s["sudo:".len()..];
+            if user.is_empty() || user.starts_with('-') || user.contains(char::is_whitespace) {
+                return Err(format!("{s:?}: expected sudo:USER"));
+            }
+            Ok(Method::Sudo(SudoSpec::new(user)))
+        }
+        s => ssh::parse_target(s).map(Method::Ssh).map_err(|e| {
+            format!("unknown target {e}: expected local, sudo:USER or [ssh://][user@]host[:port]")
+        }),
+    }
+}
+
 /// Why a connection failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ConnectError {

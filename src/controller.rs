@@ -1,0 +1,206 @@
+//! The front door: one [`Controller`] per process owns the router (this
+//! process is context 0), the service registry and the FileService;
+//! [`Controller::connect`] starts a [`Context`] from a [`Target`] parsed
+//! once.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let controller = ferrogen::Controller::start();
+//! let web1: ferrogen::Target = "ssh://deploy@web1".parse()?;
+//! let ctx = controller.connect(&web1).await?;
+//! println!("{} answers in {:?}", ctx.name(), ctx.ping().await?);
+//! # Ok(()) }
+//! ```
+//!
+//! Everything underneath stays reachable ([`Controller::router`],
+//! [`Controller::services`], [`Controller::files`]) for what the front
+//! door does not cover yet.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use crate::call::CallError;
+use crate::connect::{self, ConnectError, ConnectSpec, ContextInfo};
+use crate::files::{FileService, FileServiceConfig};
+use crate::ping::PING_SERVICE;
+use crate::router::{Router, RouterConfig};
+use crate::service::Services;
+use crate::wire::{ContextId, Enc, Frame, handles};
+
+/// Where a context runs: `local` (this program re-executed as a child),
+/// `[ssh://][user@]host[:port]` (the system ssh client) or `sudo:USER` (on
+/// the host of the context it is started from).
+#[derive(Debug, Clone)]
+pub struct Target {
+    text: String,
+    spec: ConnectSpec,
+}
+
+impl Target {
+    /// The connection settings (ssh options, timeout, remote binary), to
+    /// adjust before connecting.
+    pub fn spec_mut(&mut self) -> &mut ConnectSpec {
+        &mut self.spec
+    }
+
+    /// The connection settings.
+    pub fn spec(&self) -> &ConnectSpec {
+        &self.spec
+    }
+}
+
+impl FromStr for Target {
+    type Err = TargetError;
+
+    fn from_str(s: &str) -> Result<Target, TargetError> {
+        let method = connect::parse_method(s).map_err(|why| TargetError {
+            target: s.to_string(),
+            why,
+        })?;
+        Ok(Target {
+            text: s.to_string(),
+            spec: ConnectSpec::new(method),
+        })
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// A target that does not parse.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("bad target {target:?}: {why}")]
+pub struct TargetError {
+    /// What was given.
+    pub target: String,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+/// This process as context 0: the router, services and FileService.
+pub struct Controller {
+    router: Router,
+    services: Services,
+    files: FileService,
+}
+
+impl Controller {
+    /// Starts the controller's router, its service dispatcher and a
+    /// FileService with the default (self-sizing) window. Must be called
+    /// inside a tokio runtime.
+    pub fn start() -> Controller {
+        Controller::with_files(FileServiceConfig::default())
+    }
+
+    /// [`Controller::start`] with a FileService configuration of your own.
+    pub fn with_files(config: FileServiceConfig) -> Controller {
+        let router = Router::new(RouterConfig::controller());
+        let services = Services::start(&router);
+        crate::ping::register_service(&services, &router);
+        let files = FileService::start(&router, &services, config);
+        Controller {
+            router,
+            services,
+            files,
+        }
+    }
+
+    /// Starts a context for `target`, from this process.
+    pub async fn connect(&self, target: &Target) -> Result<Context, ConnectError> {
+        self.start_context(target, None).await
+    }
+
+    /// Starts a context for `target` from inside `via` (a bastion, or the
+    /// host a `sudo:USER` target is on).
+    pub async fn connect_via(
+        &self,
+        target: &Target,
+        via: &Context,
+    ) -> Result<Context, ConnectError> {
+        self.start_context(target, Some(via.id())).await
+    }
+
+    async fn start_context(
+        &self,
+        target: &Target,
+        via: Option<ContextId>,
+    ) -> Result<Context, ConnectError> {
+        let info = connect::connect(&self.router, &target.spec, via).await?;
+        Ok(Context {
+            info,
+            router: self.router.clone(),
+        })
+    }
+
+    /// The router (context 0).
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The service registry: register services other contexts may call here.
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// The FileService: register files and directories that contexts may fetch.
+    pub fn files(&self) -> &FileService {
+        &self.files
+    }
+}
+
+/// A running context: a handle for calls to it.
+#[derive(Clone)]
+pub struct Context {
+    info: ContextInfo,
+    router: Router,
+}
+
+impl Context {
+    /// Its id.
+    pub fn id(&self) -> ContextId {
+        self.info.id
+    }
+
+    /// Its name, e.g. `ssh.web1` or `local.4711`.
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    /// What is known about it (pid, architecture, how it was booted).
+    pub fn info(&self) -> &ContextInfo {
+        &self.info
+    }
+
+    /// Calls `service.method(args)` in this context.
+    pub async fn call<A, R>(&self, service: &str, method: &str, args: &A) -> Result<R, CallError>
+    where
+        A: serde::Serialize + ?Sized,
+        R: serde::de::DeserializeOwned,
+    {
+        self.router
+            .call_service(self.info.id, service, method, args)
+            .await
+    }
+
+    /// One round trip through the built-in ping service.
+    pub async fn ping(&self) -> Result<Duration, CallError> {
+        let t0 = Instant::now();
+        let _: Vec<u8> = self.call(PING_SERVICE, "ping", &Vec::<u8>::new()).await?;
+        Ok(t0.elapsed())
+    }
+
+    /// Asks the context to shut down (it closes its streams and exits; its
+    /// own children go with it).
+    pub fn shutdown(&self) {
+        self.router.send(Frame::new(
+            self.info.id,
+            handles::SHUTDOWN,
+            Enc::Control,
+            bytes::Bytes::new(),
+        ));
+    }
+}
