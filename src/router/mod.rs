@@ -129,7 +129,11 @@ pub struct Router {
 enum Action {
     Nothing,
     Push(Arc<Outbox>, Frame),
+    /// Answer the sender with this reason.
     Dead(Frame, String),
+    /// Too large: answer the sender and tell the recipient (see
+    /// [`Router::send_dead_reply`]).
+    TooLarge(Frame, String),
 }
 
 impl Router {
@@ -329,7 +333,8 @@ impl Router {
                     tracing::debug!("dropped frame for a stream that is closing");
                 }
             }
-            Action::Dead(frame, reason) => self.send_dead_reply(&frame, &reason),
+            Action::Dead(frame, reason) => self.send_dead_reply(&frame, &reason, false),
+            Action::TooLarge(frame, reason) => self.send_dead_reply(&frame, &reason, true),
         }
     }
 
@@ -361,13 +366,14 @@ impl Router {
                 }
                 Action::Nothing
             }
+            Decision::Dead(reason @ DeadReason::TooLarge { .. }) => {
+                drop(st);
+                tracing::error!("{}: {reason}: {frame:?}", self.inner.name);
+                Action::TooLarge(frame, reason.to_string())
+            }
             Decision::Dead(reason) => {
                 drop(st);
-                if matches!(reason, DeadReason::TooLarge { .. }) {
-                    tracing::error!("{}: {reason}: {frame:?}", self.inner.name);
-                } else {
-                    tracing::debug!("{}: {reason}: {frame:?}", self.inner.name);
-                }
+                tracing::debug!("{}: {reason}: {frame:?}", self.inner.name);
                 Action::Dead(frame, reason.to_string())
             }
         }
@@ -489,7 +495,7 @@ impl Router {
     /// `auth_id` this router, so the caller's respondent check accepts it
     /// and every hop's reverse-path check still holds (`docs/protocol.md`
     /// §Dead messages).
-    fn send_dead_reply(&self, frame: &Frame, reason: &str) {
+    fn send_dead_reply(&self, frame: &Frame, reason: &str, tell_recipient: bool) {
         if frame.is_dead() {
             return;
         }
@@ -497,7 +503,7 @@ impl Router {
             let mut f = Frame::dead(frame.src_id, frame.reply_to, reason);
             f.src_id = frame.dst_id;
             f
-        } else if reason.starts_with("message too large") {
+        } else if tell_recipient {
             // Nobody asked for a reply, but the recipient is waiting for
             // something: tell it (as Mitogen does for this one case), on
             // behalf of the sender.
@@ -818,7 +824,7 @@ impl Router {
                 }
                 Err(e) => {
                     me.lock().table.unreserve_block(link);
-                    me.send_dead_reply(&frame, &format!("could not allocate ids: {e}"));
+                    me.send_dead_reply(&frame, &format!("could not allocate ids: {e}"), false);
                 }
             }
         });
