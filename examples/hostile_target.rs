@@ -91,6 +91,10 @@ const ATTACKS: &[(&str, Stage)] = &[
     // (ids we own), then 64 `fetch` calls for the largest file from each
     // of them (src_id = that id), acknowledging nothing, for SECONDS.
     ("fake_requesters", Stage::Connected(fake_requesters)),
+    // Review: COUNT `fetch` calls (nothing acknowledged), then one
+    // DEL_ROUTE for our own id whose reason is $HOSTILE_MIB MiB long; idle
+    // for SECONDS.
+    ("fat_del_route", Stage::Connected(fat_del_route)),
 ];
 
 /// Our parent's id, from HELLO.
@@ -890,5 +894,55 @@ fn fake_requesters(p: &mut Peer, k: &Knobs) -> Result<(), String> {
     k.report("accepted", ok);
     k.report("refused", refused);
     k.report("reason", reason.replace('\n', " "));
+    Ok(())
+}
+
+/// Review: the reason of a DEL_ROUTE is copied into a dead message for
+/// every waiter whose respondent is the withdrawn id.
+fn fat_del_route(p: &mut Peer, k: &Knobs) -> Result<(), String> {
+    let plan = p.wait_push_plan(Duration::from_secs(30))?;
+    let path = largest_file(&plan)?;
+    let parent = PARENT.load(Ordering::SeqCst);
+    let mut calls = std::collections::HashSet::new();
+    for _ in 0..k.count {
+        let data = p.handle();
+        let args = FetchArgs {
+            path: path.clone(),
+            sender: Sender {
+                context: p.me,
+                handle: data,
+            },
+        };
+        calls.insert(p.call(plan.server, "ferrogen.files", "fetch", &args)?);
+    }
+    let mut answered = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answered < k.count {
+        let Some(f) = p.recv(deadline.saturating_duration_since(Instant::now())) else {
+            break;
+        };
+        if calls.contains(&f.handle) {
+            answered += 1;
+        }
+    }
+    k.report("fetches_answered", answered);
+    let mib: usize = std::env::var("HOSTILE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let del = ferrogen::wire::control::DelRoute {
+        id: p.me,
+        reason: "x".repeat(mib << 20),
+    };
+    p.send(Frame::new(
+        parent,
+        handles::DEL_ROUTE,
+        Enc::Control,
+        control::encode(&del),
+    ))?;
+    k.report("del_sent", mib);
+    let until = Instant::now() + k.duration();
+    while Instant::now() < until && p.recv(Duration::from_millis(100)).is_some() {}
+    std::thread::sleep(until.saturating_duration_since(Instant::now()));
     Ok(())
 }

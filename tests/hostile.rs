@@ -780,3 +780,31 @@ fn a_target_cannot_multiply_its_fetch_cap_with_ids_it_owns() {
         run.explain()
     );
 }
+
+/// Review (issue 9, "handshake and stderr lines capped", §15 rule 7
+/// "names, reasons ... are length-capped"): the reason of a DEL_ROUTE is
+/// not capped; the controller copies it into a dead message for every
+/// waiter on the withdrawn id (`Router::forget_contexts`), and each
+/// abandoned transfer logs it whole. Measured with the release build: 64
+/// `fetch` calls and one DEL_ROUTE (for the target's own id) with a 100 MiB
+/// reason took the controller to 7.07 GB peak RSS and 6.4 GB of log
+/// output. Here 32 fetches and an 8 MiB reason; the controller must stay
+/// small.
+#[test]
+fn a_long_del_route_reason_is_not_multiplied() {
+    let s = Scene::new();
+    s.file("conf", 4096);
+    s.file("data", 4 << 20);
+    let run = s.push(
+        "fat_del_route",
+        &[("COUNT", "32"), ("MIB", "8"), ("SECONDS", "2")],
+        &[],
+        &["evil", "good"],
+    );
+    assert!(
+        run.controller_hwm_kib < 150 * 1024,
+        "controller peak RSS {} MiB, {} bytes of stderr",
+        run.controller_hwm_kib / 1024,
+        run.stderr.len()
+    );
+}
