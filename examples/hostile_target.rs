@@ -95,6 +95,8 @@ const ATTACKS: &[(&str, Stage)] = &[
     // DEL_ROUTE for our own id whose reason is $HOSTILE_MIB MiB long; idle
     // for SECONDS.
     ("fat_del_route", Stage::Connected(fat_del_route)),
+    // Review: answers the push call with an error of $HOSTILE_MIB MiB.
+    ("fat_error", Stage::Connected(fat_error)),
 ];
 
 /// Our parent's id, from HELLO.
@@ -944,5 +946,40 @@ fn fat_del_route(p: &mut Peer, k: &Knobs) -> Result<(), String> {
     let until = Instant::now() + k.duration();
     while Instant::now() < until && p.recv(Duration::from_millis(100)).is_some() {}
     std::thread::sleep(until.saturating_duration_since(Instant::now()));
+    Ok(())
+}
+
+/// Review: an error text from a target is not length-capped.
+fn fat_error(p: &mut Peer, _k: &Knobs) -> Result<(), String> {
+    let mib: usize = std::env::var("HOSTILE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let f = p
+            .recv(deadline.saturating_duration_since(Instant::now()))
+            .ok_or("no push call came")?;
+        if f.handle != handles::CALL_SERVICE || f.is_dead() {
+            continue;
+        }
+        let call: ServiceCall = control::decode_frame(&f).map_err(|e| e.to_string())?;
+        let text = if call.method == "push" {
+            "\x1b[2J".to_string() + &"E".repeat(mib << 20)
+        } else {
+            "no".to_string()
+        };
+        let no = CallReply::Err(RemoteError::Failed(text));
+        p.send(Frame::new(
+            f.src_id,
+            f.reply_to,
+            Enc::Control,
+            control::encode(&no),
+        ))?;
+        if call.method == "push" {
+            break;
+        }
+    }
+    while p.recv(Duration::from_secs(5)).is_some() {}
     Ok(())
 }
