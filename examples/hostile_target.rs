@@ -97,6 +97,10 @@ const ATTACKS: &[(&str, Stage)] = &[
     ("fat_del_route", Stage::Connected(fat_del_route)),
     // Review: answers the push call with an error of $HOSTILE_MIB MiB.
     ("fat_error", Stage::Connected(fat_error)),
+    // Review: ALLOCATE_ID and ADD_ROUTE for COUNT ids we own, stop
+    // reading, then 4 `fetch_small` calls for every small file from each
+    // of them; hang up after SECONDS.
+    ("fake_small", Stage::Connected(fake_small)),
 ];
 
 /// Our parent's id, from HELLO.
@@ -981,5 +985,81 @@ fn fat_error(p: &mut Peer, _k: &Knobs) -> Result<(), String> {
         }
     }
     while p.recv(Duration::from_secs(5)).is_some() {}
+    Ok(())
+}
+
+/// Review: ids of our own to speak for (one ALLOCATE_ID, then ADD_ROUTE).
+fn own_ids(p: &mut Peer, count: usize) -> Result<Vec<ContextId>, String> {
+    let parent = PARENT.load(Ordering::SeqCst);
+    let mut ids = Vec::new();
+    while ids.len() < count {
+        let reply_to = p.handle();
+        let mut f = Frame::new(
+            parent,
+            handles::ALLOCATE_ID,
+            Enc::Control,
+            bytes::Bytes::new(),
+        );
+        f.reply_to = reply_to;
+        p.send(f)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let block: ferrogen::wire::control::IdBlock = loop {
+            let f = p
+                .recv(deadline.saturating_duration_since(Instant::now()))
+                .ok_or("no id block")?;
+            if f.handle == reply_to {
+                break control::decode_frame(&f).map_err(|e| format!("id block: {e}"))?;
+            }
+        };
+        ids.extend((block.start..block.end).take(count - ids.len()));
+    }
+    for &id in &ids {
+        let add = AddRoute {
+            id,
+            name: format!("fake.{id}"),
+        };
+        p.send(Frame::new(
+            parent,
+            handles::ADD_ROUTE,
+            Enc::Control,
+            control::encode(&add),
+        ))?;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(ids)
+}
+
+fn fake_small(p: &mut Peer, k: &Knobs) -> Result<(), String> {
+    let plan = p.wait_push_plan(Duration::from_secs(30))?;
+    let paths: Vec<String> = plan_files(&plan)
+        .into_iter()
+        .filter(|(_, size)| *size <= SMALL_FILE_MAX)
+        .map(|(src, _)| src)
+        .collect();
+    let ids = own_ids(p, k.count as usize)?;
+    let args = FetchSmallArgs { paths };
+    let call = ServiceCall {
+        service: "ferrogen.files".into(),
+        method: "fetch_small".into(),
+        args: control::encode(&args).to_vec(),
+    };
+    let payload = control::encode(&call);
+    p.set_reading(false);
+    for &id in &ids {
+        for _ in 0..4 {
+            let mut f = Frame::new(
+                plan.server,
+                handles::CALL_SERVICE,
+                Enc::Control,
+                payload.clone(),
+            );
+            f.reply_to = p.handle();
+            f.src_id = id;
+            f.auth_id = p.me;
+            p.send_raw(&f)?;
+        }
+    }
+    k.report("fakes", ids.len());
+    std::thread::sleep(k.duration());
     Ok(())
 }

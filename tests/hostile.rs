@@ -827,3 +827,36 @@ fn a_targets_error_text_is_length_capped() {
         run.stderr.len() + run.stdout.len()
     );
 }
+
+/// Review (issue 9, finding 4a through owned ids): the `fetch_small` cap
+/// (4 batches of up to 1 MiB per requester) is per `src_id` too. A target
+/// that speaks for 1,000 ids of its own block (ALLOCATE_ID, ADD_ROUTE),
+/// stops reading and sends 4 `fetch_small` calls from each: the release
+/// controller held 286 MB while the target stalled, and 2.39 GB once it
+/// hung up (the waiting calls then all read their batch: the route check
+/// in `fetch_small` comes before `wait_reply_room`, not after). Here 300
+/// ids; the controller must stay small.
+#[test]
+fn small_file_flood_from_many_owned_ids_stays_bounded() {
+    let s = Scene::new();
+    for i in 0..40 {
+        s.file(&format!("s{i}"), 100 * 1024);
+    }
+    let run = s.push(
+        "fake_small",
+        &[("COUNT", "300"), ("SECONDS", "5")],
+        &[],
+        &["evil", "good"],
+    );
+    assert!(
+        s.sibling_ok("good"),
+        "the sibling's files: {}",
+        run.explain()
+    );
+    assert!(
+        run.controller_hwm_kib < 100 * 1024,
+        "controller peak RSS {} MiB: {}",
+        run.controller_hwm_kib / 1024,
+        run.explain()
+    );
+}
