@@ -79,7 +79,32 @@ const ATTACKS: &[(&str, Stage)] = &[
     // Finding 7: COUNT ALLOCATE_ID requests at once; the blocks granted and
     // refused are reported; calls are refused for SECONDS.
     ("id_flood", Stage::Connected(id_flood)),
+    // Review: once our push plan arrives, DEL_ROUTE addressed past our
+    // parent (dst 0, the controller) for the ids within COUNT of ours (our
+    // siblings behind the same hop); a hop forwards it and the controller
+    // credits it to the hop's stream. Calls are refused for SECONDS.
+    ("del_route_relay", Stage::Connected(del_route_relay)),
+    // Review: COUNT empty frames, each to a different unknown context id,
+    // without reply_to; then calls are refused for SECONDS.
+    ("egress_flood", Stage::Connected(egress_flood)),
+    // Review: one ALLOCATE_ID and ADD_ROUTE for COUNT ids of the block
+    // (ids we own), then 64 `fetch` calls for the largest file from each
+    // of them (src_id = that id), acknowledging nothing, for SECONDS.
+    ("fake_requesters", Stage::Connected(fake_requesters)),
+    // Review: COUNT `fetch` calls (nothing acknowledged), then one
+    // DEL_ROUTE for our own id whose reason is $HOSTILE_MIB MiB long; idle
+    // for SECONDS.
+    ("fat_del_route", Stage::Connected(fat_del_route)),
+    // Review: answers the push call with an error of $HOSTILE_MIB MiB.
+    ("fat_error", Stage::Connected(fat_error)),
+    // Review: ALLOCATE_ID and ADD_ROUTE for COUNT ids we own, stop
+    // reading, then 4 `fetch_small` calls for every small file from each
+    // of them; hang up after SECONDS.
+    ("fake_small", Stage::Connected(fake_small)),
 ];
+
+/// Our parent's id, from HELLO.
+static PARENT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// Tunables from the environment.
 struct Knobs {
@@ -246,6 +271,7 @@ impl Peer {
             reading: Arc::new(AtomicBool::new(true)),
             next_handle: handles::FIRST_DYNAMIC,
         };
+        PARENT.store(parent, Ordering::SeqCst);
         let ready = Ready {
             version: PROTOCOL_VERSION,
             pid: std::process::id(),
@@ -701,4 +727,339 @@ fn id_flood(p: &mut Peer, k: &Knobs) -> Result<(), String> {
     k.report("refused", refused);
     let mut hijacked = 0;
     answer_calls(p, Instant::now() + k.duration(), &mut hijacked)
+}
+
+/// Review: DEL_ROUTE for our siblings' ids, addressed to the controller
+/// (not to our parent), so that a `--via` hop forwards it instead of
+/// judging it.
+fn del_route_relay(p: &mut Peer, k: &Knobs) -> Result<(), String> {
+    let _plan = p.wait_push_plan(Duration::from_secs(30))?;
+    let parent = PARENT.load(Ordering::SeqCst);
+    let mut sent = 0u64;
+    let lo = p.me.saturating_sub(k.count as ContextId);
+    let until = Instant::now() + k.duration();
+    let mut hijacked = 0;
+    // Again every 100 ms: the siblings may connect after us.
+    while Instant::now() < until {
+        // Ids near ours, and the same place in the next blocks (a hop
+        // hands each of its children a block of 1,000).
+        let step = ferrogen::router::BLOCK_SIZE as ContextId;
+        let me = p.me;
+        let near: Vec<ContextId> = (lo..=me + k.count as ContextId)
+            .chain((1..=k.count as ContextId).map(|j| me + j * step))
+            .chain((1..=k.count as ContextId).filter_map(|j| me.checked_sub(j * step)))
+            .collect();
+        for id in near {
+            if id == me || id == 0 || id == parent {
+                continue;
+            }
+            let del = ferrogen::wire::control::DelRoute {
+                id,
+                reason: "withdrawn by the hostile target".into(),
+            };
+            p.send(Frame::new(
+                0,
+                handles::DEL_ROUTE,
+                Enc::Control,
+                control::encode(&del),
+            ))?;
+            sent += 1;
+        }
+        answer_calls(
+            p,
+            Instant::now() + Duration::from_millis(100),
+            &mut hijacked,
+        )?;
+    }
+    k.report("del_sent", sent);
+    Ok(())
+}
+
+/// Review: COUNT frames to distinct unknown destinations.
+fn egress_flood(p: &mut Peer, k: &Knobs) -> Result<(), String> {
+    let mut buf = Vec::with_capacity(26 * 65536);
+    for i in 0..k.count {
+        let mut f = Frame::new(
+            10_000_000u32.wrapping_add(i as u32),
+            1000,
+            Enc::Control,
+            bytes::Bytes::new(),
+        );
+        f.src_id = p.me;
+        f.auth_id = p.me;
+        buf.extend_from_slice(&codec::encode_to_vec(&f));
+        if buf.len() >= 26 * 65536 {
+            p.out.write_all(&buf).map_err(|e| format!("stdout: {e}"))?;
+            buf.clear();
+        }
+    }
+    p.out
+        .write_all(&buf)
+        .and_then(|()| p.out.flush())
+        .map_err(|e| format!("stdout: {e}"))?;
+    k.report("flood_sent", k.count);
+    let mut hijacked = 0;
+    answer_calls(p, Instant::now() + k.duration(), &mut hijacked)
+}
+
+/// Review: per-requester caps are per `src_id`, and a target may speak for
+/// every id delegated to it.
+fn fake_requesters(p: &mut Peer, k: &Knobs) -> Result<(), String> {
+    let plan = p.wait_push_plan(Duration::from_secs(30))?;
+    let path = largest_file(&plan)?;
+    let parent = PARENT.load(Ordering::SeqCst);
+    let reply_to = p.handle();
+    let mut f = Frame::new(
+        parent,
+        handles::ALLOCATE_ID,
+        Enc::Control,
+        bytes::Bytes::new(),
+    );
+    f.reply_to = reply_to;
+    p.send(f)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let block: ferrogen::wire::control::IdBlock = loop {
+        let f = p
+            .recv(deadline.saturating_duration_since(Instant::now()))
+            .ok_or("no id block")?;
+        if f.handle == reply_to {
+            break control::decode_frame(&f).map_err(|e| format!("id block: {e}"))?;
+        }
+    };
+    let fakes: Vec<ContextId> = (block.start..block.end).take(k.count as usize).collect();
+    for &id in &fakes {
+        let add = AddRoute {
+            id,
+            name: format!("fake.{id}"),
+        };
+        p.send(Frame::new(
+            parent,
+            handles::ADD_ROUTE,
+            Enc::Control,
+            control::encode(&add),
+        ))?;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mut calls = std::collections::HashSet::new();
+    for &id in &fakes {
+        for _ in 0..ferrogen::files::serve::MAX_FETCHES_PER_REQUESTER {
+            let data = p.handle();
+            let reply = p.handle();
+            let args = FetchArgs {
+                path: path.clone(),
+                sender: Sender {
+                    context: id,
+                    handle: data,
+                },
+            };
+            let call = ServiceCall {
+                service: "ferrogen.files".into(),
+                method: "fetch".into(),
+                args: control::encode(&args).to_vec(),
+            };
+            let mut f = Frame::new(
+                plan.server,
+                handles::CALL_SERVICE,
+                Enc::Control,
+                control::encode(&call),
+            );
+            f.reply_to = reply;
+            f.src_id = id;
+            f.auth_id = p.me;
+            p.send_raw(&f)?;
+            calls.insert(reply);
+        }
+    }
+    let (mut ok, mut refused) = (0u64, 0u64);
+    let mut reason = String::new();
+    let until = Instant::now() + k.duration();
+    while let Some(f) = p.recv(until.saturating_duration_since(Instant::now())) {
+        if calls.contains(&f.handle) {
+            match control::decode_frame::<CallReply>(&f) {
+                Ok(CallReply::Ok(_)) => ok += 1,
+                Ok(CallReply::Err(e)) => {
+                    refused += 1;
+                    reason = e.to_string().chars().take(120).collect();
+                }
+                Err(_) => refused += 1,
+            }
+        } else if f.handle == handles::CALL_SERVICE && !f.is_dead() && f.reply_to != 0 {
+            let no = CallReply::Err(RemoteError::Failed("hostile target: refused".into()));
+            p.send(Frame::new(
+                f.src_id,
+                f.reply_to,
+                Enc::Control,
+                control::encode(&no),
+            ))?;
+        }
+        if Instant::now() >= until {
+            break;
+        }
+    }
+    k.report("fakes", fakes.len());
+    k.report("accepted", ok);
+    k.report("refused", refused);
+    k.report("reason", reason.replace('\n', " "));
+    Ok(())
+}
+
+/// Review: the reason of a DEL_ROUTE is copied into a dead message for
+/// every waiter whose respondent is the withdrawn id.
+fn fat_del_route(p: &mut Peer, k: &Knobs) -> Result<(), String> {
+    let plan = p.wait_push_plan(Duration::from_secs(30))?;
+    let path = largest_file(&plan)?;
+    let parent = PARENT.load(Ordering::SeqCst);
+    let mut calls = std::collections::HashSet::new();
+    for _ in 0..k.count {
+        let data = p.handle();
+        let args = FetchArgs {
+            path: path.clone(),
+            sender: Sender {
+                context: p.me,
+                handle: data,
+            },
+        };
+        calls.insert(p.call(plan.server, "ferrogen.files", "fetch", &args)?);
+    }
+    let mut answered = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answered < k.count {
+        let Some(f) = p.recv(deadline.saturating_duration_since(Instant::now())) else {
+            break;
+        };
+        if calls.contains(&f.handle) {
+            answered += 1;
+        }
+    }
+    k.report("fetches_answered", answered);
+    let mib: usize = std::env::var("HOSTILE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let del = ferrogen::wire::control::DelRoute {
+        id: p.me,
+        reason: "x".repeat(mib << 20),
+    };
+    p.send(Frame::new(
+        parent,
+        handles::DEL_ROUTE,
+        Enc::Control,
+        control::encode(&del),
+    ))?;
+    k.report("del_sent", mib);
+    let until = Instant::now() + k.duration();
+    while Instant::now() < until && p.recv(Duration::from_millis(100)).is_some() {}
+    std::thread::sleep(until.saturating_duration_since(Instant::now()));
+    Ok(())
+}
+
+/// Review: an error text from a target is not length-capped.
+fn fat_error(p: &mut Peer, _k: &Knobs) -> Result<(), String> {
+    let mib: usize = std::env::var("HOSTILE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let f = p
+            .recv(deadline.saturating_duration_since(Instant::now()))
+            .ok_or("no push call came")?;
+        if f.handle != handles::CALL_SERVICE || f.is_dead() {
+            continue;
+        }
+        let call: ServiceCall = control::decode_frame(&f).map_err(|e| e.to_string())?;
+        let text = if call.method == "push" {
+            "\x1b[2J".to_string() + &"E".repeat(mib << 20)
+        } else {
+            "no".to_string()
+        };
+        let no = CallReply::Err(RemoteError::Failed(text));
+        p.send(Frame::new(
+            f.src_id,
+            f.reply_to,
+            Enc::Control,
+            control::encode(&no),
+        ))?;
+        if call.method == "push" {
+            break;
+        }
+    }
+    while p.recv(Duration::from_secs(5)).is_some() {}
+    Ok(())
+}
+
+/// Review: ids of our own to speak for (one ALLOCATE_ID, then ADD_ROUTE).
+fn own_ids(p: &mut Peer, count: usize) -> Result<Vec<ContextId>, String> {
+    let parent = PARENT.load(Ordering::SeqCst);
+    let mut ids = Vec::new();
+    while ids.len() < count {
+        let reply_to = p.handle();
+        let mut f = Frame::new(
+            parent,
+            handles::ALLOCATE_ID,
+            Enc::Control,
+            bytes::Bytes::new(),
+        );
+        f.reply_to = reply_to;
+        p.send(f)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let block: ferrogen::wire::control::IdBlock = loop {
+            let f = p
+                .recv(deadline.saturating_duration_since(Instant::now()))
+                .ok_or("no id block")?;
+            if f.handle == reply_to {
+                break control::decode_frame(&f).map_err(|e| format!("id block: {e}"))?;
+            }
+        };
+        ids.extend((block.start..block.end).take(count - ids.len()));
+    }
+    for &id in &ids {
+        let add = AddRoute {
+            id,
+            name: format!("fake.{id}"),
+        };
+        p.send(Frame::new(
+            parent,
+            handles::ADD_ROUTE,
+            Enc::Control,
+            control::encode(&add),
+        ))?;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(ids)
+}
+
+fn fake_small(p: &mut Peer, k: &Knobs) -> Result<(), String> {
+    let plan = p.wait_push_plan(Duration::from_secs(30))?;
+    let paths: Vec<String> = plan_files(&plan)
+        .into_iter()
+        .filter(|(_, size)| *size <= SMALL_FILE_MAX)
+        .map(|(src, _)| src)
+        .collect();
+    let ids = own_ids(p, k.count as usize)?;
+    let args = FetchSmallArgs { paths };
+    let call = ServiceCall {
+        service: "ferrogen.files".into(),
+        method: "fetch_small".into(),
+        args: control::encode(&args).to_vec(),
+    };
+    let payload = control::encode(&call);
+    p.set_reading(false);
+    for &id in &ids {
+        for _ in 0..4 {
+            let mut f = Frame::new(
+                plan.server,
+                handles::CALL_SERVICE,
+                Enc::Control,
+                payload.clone(),
+            );
+            f.reply_to = p.handle();
+            f.src_id = id;
+            f.auth_id = p.me;
+            p.send_raw(&f)?;
+        }
+    }
+    k.report("fakes", ids.len());
+    std::thread::sleep(k.duration());
+    Ok(())
 }

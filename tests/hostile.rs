@@ -679,3 +679,184 @@ fn id_blocks_per_target_are_capped() {
         run.explain()
     );
 }
+
+/// Review (issue 9, "ownership of ids"): a target behind a `--via` hop
+/// addresses DEL_ROUTE for its siblings' ids to the controller instead of
+/// to its parent. The hop forwards it like any other frame, and the
+/// controller credits it to the hop's stream, which owns every id behind
+/// the hop: the siblings are cut off mid-push. The siblings must get
+/// their files.
+#[test]
+fn a_target_behind_a_hop_cannot_withdraw_its_siblings_routes() {
+    let s = Scene::new();
+    s.file("conf", 4096);
+    s.file("data", 64 << 20);
+    let run = s.push(
+        "del_route_relay",
+        &[("COUNT", "5"), ("SECONDS", "8")],
+        &["--via", "local"],
+        &["evil", "good1", "good2"],
+    );
+    for good in ["good1", "good2"] {
+        assert!(s.sibling_ok(good), "{good}'s files: {}", run.explain());
+    }
+    assert_eq!(run.status.code(), Some(1), "{}", run.explain());
+}
+
+/// Review (issue 9, finding 7 behind a hop): the ALLOCATE_ID cap is kept
+/// per stream, and everything behind a `--via` hop shares the hop's
+/// stream. A target behind the hop sends its requests to the controller
+/// (dst 0); the hop forwards them without counting them against the
+/// target's own stream, the controller grants them to the hop's stream
+/// until its cap, and the sibling behind the same hop can no longer
+/// start its `--sudo` context ("id allocation limit reached"). The
+/// sibling must get its files.
+#[test]
+fn a_target_behind_a_hop_cannot_use_up_the_hops_ids() {
+    let s = Scene::new();
+    s.file("conf", 4096);
+    let cap = ferrogen::router::MAX_BLOCKS_PER_LINK as u64;
+    let run = s.push(
+        "id_flood",
+        &[("COUNT", &(cap + 100).to_string()), ("SECONDS", "1")],
+        &["--via", "local", "--sudo", "root", "--fanout", "1"],
+        &["evil", "good"],
+    );
+    assert!(
+        s.sibling_ok("good"),
+        "the sibling's files: {}",
+        run.explain()
+    );
+}
+
+/// Review (issue 9, "everything a peer can grow is bounded"): every frame
+/// a child sends to a context other than the router's own is recorded in
+/// its link's `egress` set (`Table::route`), and an entry leaves only when
+/// that context dies. Frames to ids that never existed are never
+/// forgotten: 20 M empty frames (26 bytes each, no reply asked) grew the
+/// release controller to 170 MiB RSS (252 MiB peak), without bound (the
+/// id space is 2^32). Here 4 M frames; the controller must stay small.
+#[test]
+fn frames_to_unknown_contexts_do_not_grow_the_controller() {
+    let s = Scene::new();
+    s.file("conf", 4096);
+    let run = s.push(
+        "egress_flood",
+        &[("COUNT", "4000000"), ("SECONDS", "1")],
+        &[],
+        &["evil"],
+    );
+    assert!(
+        run.controller_hwm_kib < 40 * 1024,
+        "controller peak RSS {} MiB: {}",
+        run.controller_hwm_kib / 1024,
+        run.explain()
+    );
+}
+
+/// Review (issue 9, finding 6): the per-requester caps (64 queued fetches,
+/// 256 calls, 64 MiB of call arguments in flight) are kept per `src_id`,
+/// and a target may speak for every id of the blocks it is delegated. One
+/// ALLOCATE_ID and 70 ADD_ROUTEs later it is 70 requesters: 4,042 of its
+/// fetches were accepted, the FileService's 4,096 slots "in all" were
+/// full, and the sibling's fetches were refused (good: 69 of 101 files, 32
+/// errors). The sibling must get its files.
+#[test]
+fn a_target_cannot_multiply_its_fetch_cap_with_ids_it_owns() {
+    let s = Scene::new();
+    for i in 0..100 {
+        s.file(&format!("f{i}"), 600 * 1024);
+    }
+    s.file("big", 8 << 20);
+    let run = s.push(
+        "fake_requesters",
+        &[("COUNT", "70"), ("SECONDS", "15")],
+        &[],
+        &["evil", "good"],
+    );
+    assert!(
+        s.sibling_ok("good"),
+        "the sibling's files: {}",
+        run.explain()
+    );
+}
+
+/// Review (issue 9, "handshake and stderr lines capped", §15 rule 7
+/// "names, reasons ... are length-capped"): the reason of a DEL_ROUTE is
+/// not capped; the controller copies it into a dead message for every
+/// waiter on the withdrawn id (`Router::forget_contexts`), and each
+/// abandoned transfer logs it whole. Measured with the release build: 64
+/// `fetch` calls and one DEL_ROUTE (for the target's own id) with a 100 MiB
+/// reason took the controller to 7.07 GB peak RSS and 6.4 GB of log
+/// output. Here 32 fetches and an 8 MiB reason; the controller must stay
+/// small.
+#[test]
+fn a_long_del_route_reason_is_not_multiplied() {
+    let s = Scene::new();
+    s.file("conf", 4096);
+    s.file("data", 4 << 20);
+    let run = s.push(
+        "fat_del_route",
+        &[("COUNT", "32"), ("MIB", "8"), ("SECONDS", "2")],
+        &[],
+        &["evil", "good"],
+    );
+    assert!(
+        run.controller_hwm_kib < 150 * 1024,
+        "controller peak RSS {} MiB, {} bytes of stderr",
+        run.controller_hwm_kib / 1024,
+        run.stderr.len()
+    );
+}
+
+/// Review (§15 rule 7, "names, reasons and stderr lines from other
+/// contexts are length-capped"): an error a target returns is printed
+/// whole, twice (a WARN log line and the FAILED line). Measured with the
+/// release build: a 100 MiB error wrote 200 MiB to the operator's stderr
+/// and took the controller to 518 MB peak RSS. Here 4 MiB; the output must
+/// stay short.
+#[test]
+fn a_targets_error_text_is_length_capped() {
+    let s = Scene::new();
+    s.file("conf", 4096);
+    let run = s.push("fat_error", &[("MIB", "4")], &[], &["evil"]);
+    assert_eq!(run.status.code(), Some(1), "{}", run.explain());
+    assert!(
+        run.stderr.len() + run.stdout.len() < 1 << 20,
+        "{} bytes of output for one target's error",
+        run.stderr.len() + run.stdout.len()
+    );
+}
+
+/// Review (issue 9, finding 4a through owned ids): the `fetch_small` cap
+/// (4 batches of up to 1 MiB per requester) is per `src_id` too. A target
+/// that speaks for 1,000 ids of its own block (ALLOCATE_ID, ADD_ROUTE),
+/// stops reading and sends 4 `fetch_small` calls from each: the release
+/// controller held 286 MB while the target stalled, and 2.39 GB once it
+/// hung up (the waiting calls then all read their batch: the route check
+/// in `fetch_small` comes before `wait_reply_room`, not after). Here 300
+/// ids; the controller must stay small.
+#[test]
+fn small_file_flood_from_many_owned_ids_stays_bounded() {
+    let s = Scene::new();
+    for i in 0..40 {
+        s.file(&format!("s{i}"), 100 * 1024);
+    }
+    let run = s.push(
+        "fake_small",
+        &[("COUNT", "300"), ("SECONDS", "5")],
+        &[],
+        &["evil", "good"],
+    );
+    assert!(
+        s.sibling_ok("good"),
+        "the sibling's files: {}",
+        run.explain()
+    );
+    assert!(
+        run.controller_hwm_kib < 100 * 1024,
+        "controller peak RSS {} MiB: {}",
+        run.controller_hwm_kib / 1024,
+        run.explain()
+    );
+}
