@@ -234,6 +234,8 @@ fn unix_ms() -> u128 {
 struct Peer {
     /// Our context id, from HELLO.
     me: ContextId,
+    /// Our parent, from HELLO.
+    parent: ContextId,
     out: std::io::Stdout,
     frames: mpsc::Receiver<Frame>,
     reading: Arc<AtomicBool>,
@@ -266,6 +268,7 @@ impl Peer {
         let parent = hello.parent_ids.first().copied().unwrap_or(0);
         let mut peer = Peer {
             me: hello.context_id,
+            parent,
             out,
             frames: mpsc::channel().1,
             reading: Arc::new(AtomicBool::new(true)),
@@ -697,12 +700,18 @@ fn route_hijack(p: &mut Peer, k: &Knobs) -> Result<(), String> {
     r
 }
 
-/// Finding 7: COUNT ALLOCATE_ID requests to the controller, answers read;
+/// Finding 7: COUNT ALLOCATE_ID requests to our parent (the controller, or
+/// the `--via` hop, which asks its own parent for each), answers read;
 /// reports the blocks granted and refused, then answers calls for SECONDS.
 fn id_flood(p: &mut Peer, k: &Knobs) -> Result<(), String> {
     let reply_to = p.handle();
     for _ in 0..k.count {
-        let mut f = Frame::new(0, handles::ALLOCATE_ID, Enc::Control, bytes::Bytes::new());
+        let mut f = Frame::new(
+            p.parent,
+            handles::ALLOCATE_ID,
+            Enc::Control,
+            bytes::Bytes::new(),
+        );
         f.reply_to = reply_to;
         p.send(f)?;
     }

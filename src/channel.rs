@@ -89,7 +89,9 @@ impl Receiver {
             return Err(ChannelError::Closed);
         }
         match self.rx.recv().await {
-            Some(frame) if frame.is_dead() => Err(ChannelError::Dead(frame.dead_reason())),
+            Some(frame) if frame.is_dead() => Err(ChannelError::Dead(crate::text::cap_owned(
+                frame.dead_reason(),
+            ))),
             Some(frame) => Ok(frame),
             None => Err(ChannelError::Closed),
         }
@@ -101,7 +103,9 @@ impl Receiver {
             return Err(ChannelError::Closed);
         }
         match self.rx.try_recv() {
-            Ok(frame) if frame.is_dead() => Err(ChannelError::Dead(frame.dead_reason())),
+            Ok(frame) if frame.is_dead() => Err(ChannelError::Dead(crate::text::cap_owned(
+                frame.dead_reason(),
+            ))),
             Ok(frame) => Ok(Some(frame)),
             Err(mpsc::error::TryRecvError::Empty) => Ok(None),
             Err(mpsc::error::TryRecvError::Disconnected) => Err(ChannelError::Closed),

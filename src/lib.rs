@@ -22,6 +22,7 @@
 //! * [`connect`] — starting contexts: `local`, `via`, and the child side.
 //! * [`files`] — the FileService, the receiving side and push plans.
 //! * [`ping`] — the built-in liveness/measurement service.
+//! * [`text`] — making text from targets safe to print.
 //! * [`controller`] — the front door: [`Controller`], [`Context`], [`Target`].
 //! * [`cli`] — the `ferrogen` command line.
 
@@ -37,6 +38,7 @@ pub mod ping;
 pub mod router;
 pub mod service;
 pub mod stream;
+pub mod text;
 pub mod wire;
 
 pub use call::{CallError, RemoteError};

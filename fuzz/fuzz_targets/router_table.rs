@@ -21,7 +21,7 @@ use std::collections::HashMap;
 
 use libfuzzer_sys::fuzz_target;
 
-use ferrogen::router::{Decision, LinkId, MAX_BLOCKS_PER_LINK, Table};
+use ferrogen::router::{Decision, LinkId, Table};
 use ferrogen::wire::control::IdBlock;
 use ferrogen::wire::{ContextId, Header};
 
@@ -138,14 +138,14 @@ fuzz_target!(|data: &[u8]| {
                 let used = blocks_of.entry(c).or_default();
                 match t.reserve_block(l) {
                     Ok(()) => {
-                        assert!(*used < MAX_BLOCKS_PER_LINK);
+                        assert!(*used < t.block_cap());
                         *used += 1;
                         let end = next_id + 1 + ContextId::from(n);
                         assert!(t.delegate(IdBlock { start: next_id, end }, l));
                         m.blocks.push((next_id, end, c));
                         next_id = end;
                     }
-                    Err(_) => assert!(*used >= MAX_BLOCKS_PER_LINK),
+                    Err(_) => assert!(*used >= t.block_cap()),
                 }
             }
             5 | 6 => {

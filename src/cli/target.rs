@@ -32,7 +32,9 @@ fn node_set_arg(s: &str) -> Result<String, String> {
     if s.is_empty() {
         return Err("an empty target".into());
     }
-    nodeset::expand(s).map_err(|e| e.to_string())?;
+    for name in nodeset::expand(s).map_err(|e| e.to_string())? {
+        connect::parse_method(&name)?;
+    }
     Ok(s.to_string())
 }
 
@@ -49,6 +51,9 @@ fn host_file_arg(path: &str) -> Result<HostFile, String> {
         sets.push(line);
     }
     let hosts = nodeset::expand_all(sets).map_err(|e| format!("{path}: {e}"))?;
+    for name in &hosts {
+        connect::parse_method(name).map_err(|e| format!("{path}: {e}"))?;
+    }
     if hosts.is_empty() {
         return Err(format!("{path}: no targets in the file"));
     }

@@ -92,12 +92,12 @@ pub fn forward_stderr<R: AsyncRead + Unpin + Send + 'static>(
                 _ => ("", trimmed),
             };
             match level {
-                "ERROR" => tracing::error!(context = %name, "{rest}"),
-                "WARN" => tracing::warn!(context = %name, "{rest}"),
-                "INFO" => tracing::info!(context = %name, "{rest}"),
-                "DEBUG" => tracing::debug!(context = %name, "{rest}"),
-                "TRACE" => tracing::trace!(context = %name, "{rest}"),
-                _ => tracing::info!(context = %name, "{rest}"),
+                "ERROR" => tracing::error!(context = %name, "{}", crate::text::sanitize(rest)),
+                "WARN" => tracing::warn!(context = %name, "{}", crate::text::sanitize(rest)),
+                "INFO" => tracing::info!(context = %name, "{}", crate::text::sanitize(rest)),
+                "DEBUG" => tracing::debug!(context = %name, "{}", crate::text::sanitize(rest)),
+                "TRACE" => tracing::trace!(context = %name, "{}", crate::text::sanitize(rest)),
+                _ => tracing::info!(context = %name, "{}", crate::text::sanitize(rest)),
             }
             t.push(line);
         }

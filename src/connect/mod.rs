@@ -295,8 +295,20 @@ fn tail(lines: &[String]) -> String {
 }
 
 /// Starts a context as `spec` says: here if `via` is `None`, otherwise from
-/// inside context `via`.
+/// inside context `via`. The context is recorded as one this process
+/// started ([`Router::note_started`]), so that limits on callers are kept
+/// for it, not for ids it hands out.
 pub async fn connect(
+    router: &Router,
+    spec: &ConnectSpec,
+    via: Option<ContextId>,
+) -> Result<ContextInfo, ConnectError> {
+    let info = start(router, spec, via).await?;
+    router.note_started(info.id);
+    Ok(info)
+}
+
+async fn start(
     router: &Router,
     spec: &ConnectSpec,
     via: Option<ContextId>,

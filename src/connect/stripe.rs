@@ -54,6 +54,10 @@ pub const ATTACH_ARG: &str = "__attach";
 pub struct StripeOffer {
     /// Abstract Unix socket name.
     pub socket: String,
+    /// The listening context's process id: a stripe's transport runs that
+    /// very program (`/proc/PID/exe`), already verified when the context
+    /// was booted, rather than whatever sits in a cache directory now.
+    pub pid: u32,
     /// Secret the first frame on a stripe must carry.
     pub token: String,
 }
@@ -92,6 +96,7 @@ fn listen(router: &Router, offer: &Mutex<Option<StripeOffer>>) -> Result<StripeO
         return Ok(o.clone());
     }
     let o = StripeOffer {
+        pid: std::process::id(),
         socket: format!("ferrogen-stripe-{}-{}", std::process::id(), random_hex(8)?),
         token: random_hex(16)?,
     };
@@ -335,7 +340,17 @@ pub async fn open(
     ok
 }
 
-async fn transport(method: &Method, socket: &str) -> Result<Command, String> {
+async fn transport(method: &Method, offer: &StripeOffer) -> Result<Command, String> {
+    let socket = offer.socket.as_str();
+    // The name goes into a remote shell command: only the characters
+    // `listen` ever produces.
+    if socket.is_empty()
+        || !socket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(format!("refusing the stripe socket name {socket:?}"));
+    }
     match method {
         Method::Local => {
             let exe = match super::local::child_program_override() {
@@ -347,15 +362,11 @@ async fn transport(method: &Method, socket: &str) -> Result<Command, String> {
             Ok(c)
         }
         Method::Ssh(ssh) => {
-            // The primary connection has installed the binary in the cache.
-            let binary =
-                super::bootstrap::binary(ssh.remote_binary.as_deref().map(std::path::Path::new))
-                    .await?;
-            let remote = format!(
-                "exec \"$HOME/{}/{}/ferrogen\" {ATTACH_ARG} {socket}",
-                super::bootstrap::CACHE_DIR,
-                binary.cache_key()
-            );
+            // The very program the context runs (checked by the bootstrap
+            // when it started; still the same inode even if its file has
+            // since been replaced or removed) — never a path in a cache
+            // directory that someone may have written to since.
+            let remote = format!("exec /proc/{}/exe {ATTACH_ARG} {socket}", offer.pid);
             let argv = super::ssh::argv(ssh, Duration::from_secs(30), &remote);
             let mut c = Command::new(&argv[0]);
             c.args(&argv[1..]);
@@ -375,7 +386,7 @@ async fn open_one(
     primary: crate::stream::StreamId,
     n: usize,
 ) -> Result<(), String> {
-    let mut cmd = transport(method, &offer.socket).await?;
+    let mut cmd = transport(method, offer).await?;
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -355,6 +355,9 @@ impl FileService {
     /// Counts one more open transfer for `requester`, or refuses it past
     /// [`MAX_FETCHES_PER_REQUESTER`] or [`FileServiceConfig::max_open`].
     fn open_slot(&self, requester: ContextId, path: &str) -> Result<OpenSlot, RemoteError> {
+        // Counted per principal: the ids a target announces of its own
+        // blocks do not multiply its share.
+        let requester = self.inner.router.principal(requester);
         let max_open = self.inner.config.max_open;
         let mut open = lock(&self.inner.open);
         let mine = open.per.get(&requester).copied().unwrap_or(0);
@@ -405,8 +408,9 @@ impl FileService {
         // Read nothing until this requester's earlier batches are answered
         // and its stream has room for the reply: a requester that stops
         // reading then holds no file data here, only waiting calls.
+        let principal = self.inner.router.principal(requester);
         let batches = lock(&self.inner.small)
-            .entry(requester)
+            .entry(principal)
             .or_insert_with(|| Arc::new(Semaphore::new(SMALL_CALLS_PER_REQUESTER)))
             .clone();
         let _batch = batches
@@ -421,6 +425,15 @@ impl FileService {
             )));
         }
         crate::service::wait_reply_room(router, requester).await;
+        // Again after the wait: a requester that left meanwhile must not
+        // have its batch read (each is up to 1 MiB, and many calls may be
+        // waiting for a requester that hung up).
+        if router.stream_towards(requester).is_none() && requester != router.id() {
+            return Err(RemoteError::Failed(format!(
+                "no route to {}",
+                router.describe(requester)
+            )));
+        }
         let fs = self.clone();
         let files = tokio::task::spawn_blocking(move || {
             let mut budget = SMALL_BATCH_BYTES;

@@ -34,8 +34,8 @@ pub mod table;
 
 pub use ids::{BLOCK_SIZE, BlockAllocator, IdAllocator};
 pub use table::{
-    DeadReason, Decision, DelegateRefused, LinkId, MAX_BLOCKS_PER_LINK, Rejection, RouteRefused,
-    Table,
+    DeadReason, Decision, DelegateRefused, LinkId, MAX_BLOCKS_PER_LINK,
+    MAX_BLOCKS_PER_RELAYED_LINK, Rejection, RouteRefused, Table,
 };
 
 use std::collections::HashMap;
@@ -108,6 +108,10 @@ struct State {
     block: BlockAllocator,
     /// Frames dropped by the reverse-path check or a failed dead-message check.
     rejected: u64,
+    /// Contexts this router's owner started on purpose (see
+    /// [`Router::note_started`]): the principals that per-caller caps are
+    /// kept for.
+    started: std::collections::HashSet<ContextId>,
 }
 
 struct Inner {
@@ -162,6 +166,7 @@ impl Router {
                     controller_ids: IdAllocator::default(),
                     block: BlockAllocator::default(),
                     rejected: 0,
+                    started: std::collections::HashSet::new(),
                 }),
                 parent_lost,
             }),
@@ -216,6 +221,33 @@ impl Router {
     /// by the checks on dead messages.
     pub fn rejected_frames(&self) -> u64 {
         self.lock().rejected
+    }
+
+    /// Records that `id` is a context this process asked for (a target or
+    /// a hop it connected), as opposed to ids a context gave out itself.
+    pub fn note_started(&self, id: ContextId) {
+        self.lock().started.insert(id);
+    }
+
+    /// The context a caller's limits are counted against: the caller if it
+    /// is one this process started (or this context), otherwise the context
+    /// that gave the caller's id out, and so on up. A target that announces
+    /// a thousand ids of its own blocks is still one principal: itself.
+    pub fn principal(&self, src: ContextId) -> ContextId {
+        let st = self.lock();
+        let mut id = src;
+        // Each step goes to the context that asked for the block, which is
+        // nearer the router; the bound only guards against a table loop.
+        for _ in 0..64 {
+            if id == self.inner.id || st.started.contains(&id) {
+                return id;
+            }
+            match st.table.requester_of(id) {
+                Some(r) if r != id => id = r,
+                _ => return id,
+            }
+        }
+        id
     }
 
     /// True if a route to `id` is known (explicitly, not by default-up).
@@ -381,12 +413,12 @@ impl Router {
 
     /// Drops a dead frame that failed a check: it is never answered (a dead
     /// message earns no reply), only logged and counted.
-    fn refuse_dead(&self, mut st: MutexGuard<'_, State>, frame: &Frame, why: &str) -> Action {
+    fn refuse(&self, mut st: MutexGuard<'_, State>, frame: &Frame, why: &str) -> Action {
         let n = count_refusal(&mut st);
         drop(st);
         if n.is_power_of_two() {
             tracing::warn!(
-                "{}: ignored a dead message to handle {} from context {} (auth {}): {why} \
+                "{}: ignored a frame to handle {} from context {} (auth {}): {why} \
                  ({n} frames refused so far)",
                 self.inner.name,
                 frame.handle,
@@ -395,7 +427,7 @@ impl Router {
             );
         } else {
             tracing::debug!(
-                "{}: ignored a dead message to handle {} from context {}: {why}",
+                "{}: ignored a frame to handle {} from context {}: {why}",
                 self.inner.name,
                 frame.handle,
                 frame.src_id
@@ -415,7 +447,15 @@ impl Router {
         // message: a forged one must not withdraw a route or end anything.
         match frame.handle {
             handles::ADD_ROUTE | handles::DEL_ROUTE | handles::ALLOCATE_ID if frame.is_dead() => {
-                return self.refuse_dead(st, &frame, "router handles take no dead messages");
+                return self.refuse(st, &frame, "router handles take no dead messages");
+            }
+            // Routing messages are hop by hop: only the neighbour at the far
+            // end of the stream may send them, never a context behind it
+            // (which would speak with the neighbour's ownership).
+            handles::ADD_ROUTE | handles::DEL_ROUTE | handles::ALLOCATE_ID
+                if ingress.is_some() && !from_neighbour(&st.table, &frame, ingress) =>
+            {
+                return self.refuse(st, &frame, "routing messages come from a neighbour only");
             }
             handles::ADD_ROUTE => {
                 drop(st);
@@ -455,7 +495,7 @@ impl Router {
             && r != frame.src_id
         {
             if frame.is_dead() {
-                return self.refuse_dead(st, &frame, "not from the respondent");
+                return self.refuse(st, &frame, "not from the respondent");
             }
             drop(st);
             let reason = format!("reply from unexpected context {}", frame.src_id);
@@ -464,7 +504,7 @@ impl Router {
         }
         if h.policy == Policy::ParentsOnly && !self.has_parent_authority(frame.auth_id) {
             if frame.is_dead() {
-                return self.refuse_dead(st, &frame, "refused by policy");
+                return self.refuse(st, &frame, "refused by policy");
             }
             drop(st);
             let reason = format!(
@@ -604,7 +644,7 @@ impl Router {
             }
             CallReply::Err(error) => Err(CallError::Remote {
                 context: self.describe(dst),
-                error,
+                error: error.capped(),
             }),
         }
     }
@@ -783,7 +823,12 @@ impl Router {
             }
             from_parent = st.table.parent() == Some(s);
         }
-        self.forget_contexts(&[msg.id], &msg.reason, Some(s), !from_parent);
+        self.forget_contexts(
+            &[msg.id],
+            &crate::text::cap(&msg.reason),
+            Some(s),
+            !from_parent,
+        );
     }
 
     /// ALLOCATE_ID from a child stream: a block of ids for it and its
@@ -802,22 +847,41 @@ impl Router {
             );
             return Action::Dead(frame, why.to_string());
         }
+        // Who the block is for: the neighbour itself (an empty request), or
+        // a context below it that the neighbour asks for (a relay passing a
+        // child's request up) — which must be one the neighbour owns.
+        let requester = match control::decode_frame::<ContextId>(&frame) {
+            Ok(child) => child,
+            Err(_) => frame.src_id,
+        };
+        {
+            let mut st = self.lock();
+            if requester != frame.src_id && !st.table.owns(link, requester) {
+                st.table.unreserve_block(link);
+                return self.refuse(
+                    st,
+                    &frame,
+                    "ids asked for a context the stream does not own",
+                );
+            }
+        }
         if self.inner.id == 0 {
             let mut st = self.lock();
             let Some(block) = st.controller_ids.allocate_block() else {
                 st.table.unreserve_block(link);
                 return Action::Dead(frame, "context id space exhausted".into());
             };
-            st.table.delegate(block, link);
+            st.table.delegate_for(block, link, requester);
             drop(st);
             self.reply(&frame, Enc::Control, control::encode(&block));
             return Action::Nothing;
         }
         let me = self.clone();
+        let for_child = self.lock().table.remote_id(link);
         tokio::spawn(async move {
-            match me.request_block().await {
+            match me.request_block(for_child).await {
                 Ok(block) => {
-                    let kept = me.lock().table.delegate(block, link);
+                    let kept = me.lock().table.delegate_for(block, link, requester);
                     if kept {
                         me.reply(&frame, Enc::Control, control::encode(&block));
                     }
@@ -984,13 +1048,14 @@ impl Router {
             if let Some(id) = self.lock().block.take() {
                 return Ok(id);
             }
-            let block = self.request_block().await?;
+            let block = self.request_block(None).await?;
             self.lock().block.refill(block);
         }
     }
 
-    /// Asks the parent for a block of ids (ALLOCATE_ID).
-    async fn request_block(&self) -> Result<IdBlock, CallError> {
+    /// Asks the parent for a block of ids (ALLOCATE_ID), for this context
+    /// or, as a relay, for the child `for_child`.
+    async fn request_block(&self, for_child: Option<ContextId>) -> Result<IdBlock, CallError> {
         let Some(&parent) = self.inner.parent_ids.first() else {
             return Err(CallError::Dead("no parent to allocate ids from".into()));
         };
@@ -999,7 +1064,7 @@ impl Router {
                 parent,
                 handles::ALLOCATE_ID,
                 Enc::Control,
-                Bytes::new(),
+                for_child.map(|c| control::encode(&c)).unwrap_or_default(),
                 None,
             )
             .await?;
@@ -1013,6 +1078,18 @@ impl Router {
         }
         Ok(block)
     }
+}
+
+/// True if `frame` was sent by the neighbour at the far end of `ingress`
+/// itself (not forwarded by it for a context below).
+fn from_neighbour(table: &Table, frame: &Frame, ingress: Option<StreamId>) -> bool {
+    let Some(link) = ingress else {
+        return false;
+    };
+    let Some(neighbour) = table.remote_id(link) else {
+        return false;
+    };
+    frame.src_id == neighbour && frame.auth_id == neighbour
 }
 
 /// Counts a refused frame and returns the count. A forger can send such

@@ -26,11 +26,16 @@ use crate::wire::{ContextId, Header};
 /// A link: one physical stream to a neighbour (or a stripe of one).
 pub type LinkId = u64;
 
-/// Id blocks one child link may be delegated over its lifetime (for itself
-/// and everything below it). 4,096 blocks of 1,000 ids is 0.1 % of the id
-/// space: an attacker would need a thousand links to exhaust it, and a
-/// relay may still start thousands of sub-contexts.
-pub const MAX_BLOCKS_PER_LINK: usize = 4096;
+/// Id blocks one child link of the **controller** may be delegated over its
+/// lifetime (for itself and everything below it): 16,384 blocks of 1,000
+/// ids, 0.4 % of the id space, so a relay can start thousands of
+/// sub-contexts and an attacker needs hundreds of links to exhaust the space.
+pub const MAX_BLOCKS_PER_LINK: usize = 16_384;
+
+/// The same cap at any other router (a relay): a sixteenth of what the
+/// controller allows the relay itself, so one target behind a relay cannot
+/// use up the relay's budget and starve its siblings.
+pub const MAX_BLOCKS_PER_RELAYED_LINK: usize = MAX_BLOCKS_PER_LINK / 16;
 
 #[derive(Debug)]
 struct Link {
@@ -140,8 +145,10 @@ pub enum RouteRefused {
 /// Why a block of ids was not delegated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DelegateRefused {
-    /// The link already holds [`MAX_BLOCKS_PER_LINK`] blocks.
-    #[error("id allocation limit reached ({MAX_BLOCKS_PER_LINK} blocks per stream)")]
+    /// The link already holds as many blocks as it may
+    /// ([`MAX_BLOCKS_PER_LINK`] at the controller,
+    /// [`MAX_BLOCKS_PER_RELAYED_LINK`] elsewhere).
+    #[error("id allocation limit reached for this stream")]
     LimitReached,
     /// Only child links are delegated ids.
     #[error("ids are delegated to child streams only")]
@@ -175,8 +182,9 @@ pub struct Table {
     /// The child link each directly attached neighbour id was last given to
     /// (it owns that id even while its route is withdrawn).
     attached: HashMap<ContextId, LinkId>,
-    /// Id blocks delegated to child links: start → (end, link).
-    delegated: BTreeMap<ContextId, (ContextId, LinkId)>,
+    /// Id blocks delegated to child links: start → (end, link, the context
+    /// that asked for it and hands its ids out).
+    delegated: BTreeMap<ContextId, (ContextId, LinkId, ContextId)>,
     next_link: LinkId,
 }
 
@@ -315,8 +323,24 @@ impl Table {
 
     /// The child link that owns `id` by delegation, if any.
     pub fn delegated_to(&self, id: ContextId) -> Option<LinkId> {
-        let (_, &(end, link)) = self.delegated.range(..=id).next_back()?;
+        let (_, &(end, link, _)) = self.delegated.range(..=id).next_back()?;
         (id < end).then_some(link)
+    }
+
+    /// The context that asked for the block holding `id` (and so gave `id`
+    /// out), if `id` is in a delegated block.
+    pub fn requester_of(&self, id: ContextId) -> Option<ContextId> {
+        let (_, &(end, _, requester)) = self.delegated.range(..=id).next_back()?;
+        (id < end).then_some(requester)
+    }
+
+    /// True if `link` owns `id` (attached with it, or delegated a block
+    /// holding it).
+    pub fn owns(&self, link: LinkId, id: ContextId) -> bool {
+        let Some(link) = self.canonical(link) else {
+            return false;
+        };
+        self.attached.get(&id) == Some(&link) || self.delegated_to(id) == Some(link)
     }
 
     /// Decides what happens to a frame with header `h` that arrived on
@@ -347,7 +371,11 @@ impl Table {
                     link,
                 });
             }
+            // Only destinations with a route can die later and need a
+            // DEL_ROUTE; recording others would let a peer grow this set
+            // without bound by writing to ids that do not exist.
             if h.dst_id != self.me
+                && self.routes.contains_key(&h.dst_id)
                 && let Some(l) = self.links.get_mut(&link)
             {
                 l.egress.insert(h.dst_id);
@@ -418,15 +446,25 @@ impl Table {
         if Some(link) == self.parent {
             return Err(DelegateRefused::NotAChild);
         }
+        let cap = self.block_cap();
         let l = self
             .links
             .get_mut(&link)
             .ok_or(DelegateRefused::NotAChild)?;
-        if l.blocks >= MAX_BLOCKS_PER_LINK {
+        if l.blocks >= cap {
             return Err(DelegateRefused::LimitReached);
         }
         l.blocks += 1;
         Ok(())
+    }
+
+    /// Blocks one child link may be delegated here.
+    pub fn block_cap(&self) -> usize {
+        if self.me == 0 {
+            MAX_BLOCKS_PER_LINK
+        } else {
+            MAX_BLOCKS_PER_RELAYED_LINK
+        }
     }
 
     /// Gives back a reservation whose block never came.
@@ -439,13 +477,23 @@ impl Table {
     /// Records that the ids of `block` now belong to `link` (after
     /// [`Table::reserve_block`]). False if the link has gone meanwhile.
     pub fn delegate(&mut self, block: IdBlock, link: LinkId) -> bool {
+        let Some(requester) = self.remote_id(link) else {
+            return false;
+        };
+        self.delegate_for(block, link, requester)
+    }
+
+    /// [`Table::delegate`] for a block asked for on behalf of `requester`
+    /// (a context the link owns, below its neighbour).
+    pub fn delegate_for(&mut self, block: IdBlock, link: LinkId, requester: ContextId) -> bool {
         let Some(link) = self.canonical(link) else {
             return false;
         };
         if block.start >= block.end {
             return false;
         }
-        self.delegated.insert(block.start, (block.end, link));
+        self.delegated
+            .insert(block.start, (block.end, link, requester));
         true
     }
 
@@ -481,7 +529,7 @@ impl Table {
         for id in &contexts {
             self.routes.remove(id);
         }
-        self.delegated.retain(|_, (_, l)| *l != link);
+        self.delegated.retain(|_, (_, l, _)| *l != link);
         self.attached.retain(|_, l| *l != link);
         let was_parent = self.parent == Some(link);
         if was_parent {
@@ -607,6 +655,13 @@ mod tests {
             t.reserve_block(a).expect("within the cap");
         }
         assert_eq!(t.reserve_block(a), Err(DelegateRefused::LimitReached));
+        // A relay allows each child a sixteenth of that.
+        let mut relay = Table::new(5, vec![0], MAX);
+        let c = relay.attach(6, false);
+        for _ in 0..MAX_BLOCKS_PER_RELAYED_LINK {
+            relay.reserve_block(c).expect("within the cap");
+        }
+        assert_eq!(relay.reserve_block(c), Err(DelegateRefused::LimitReached));
         let p = t.attach(9, true);
         assert_eq!(t.reserve_block(p), Err(DelegateRefused::NotAChild));
     }

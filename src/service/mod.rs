@@ -305,7 +305,9 @@ impl Services {
             src_id: frame.src_id,
             auth_id: frame.auth_id,
         };
-        let in_flight = match InFlight::enter(&self.in_flight, caller.src_id, frame.payload.len()) {
+        // Counted per principal: a target's own ids are all the target.
+        let principal = self.router.principal(caller.src_id);
+        let in_flight = match InFlight::enter(&self.in_flight, principal, frame.payload.len()) {
             Ok(f) => f,
             Err(why) => {
                 tracing::warn!("refused {}.{}: {why}", call.service, call.method);

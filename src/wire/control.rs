@@ -160,6 +160,40 @@ pub enum RemoteError {
     Failed(String),
 }
 
+impl RemoteError {
+    /// The same error with every text cut to [`crate::text::MAX_PEER_TEXT`]
+    /// (applied to errors that arrive from other contexts).
+    pub fn capped(self) -> RemoteError {
+        use crate::text::cap_owned as c;
+        match self {
+            RemoteError::NoSuchService(s) => RemoteError::NoSuchService(c(s)),
+            RemoteError::NoSuchMethod { service, method } => RemoteError::NoSuchMethod {
+                service: c(service),
+                method: c(method),
+            },
+            RemoteError::Unauthorised {
+                service,
+                method,
+                caller,
+            } => RemoteError::Unauthorised {
+                service: c(service),
+                method: c(method),
+                caller,
+            },
+            RemoteError::BadArguments {
+                service,
+                method,
+                detail,
+            } => RemoteError::BadArguments {
+                service: c(service),
+                method: c(method),
+                detail: c(detail),
+            },
+            RemoteError::Failed(s) => RemoteError::Failed(c(s)),
+        }
+    }
+}
+
 /// A reply to a call: the method's postcard-encoded return value or an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CallReply {
