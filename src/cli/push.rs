@@ -409,12 +409,25 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
     }
     let plan = sources.plan(&args, router.id(), dest);
 
-    let work = push_all(&router, &fs, &args, plan, sources.total_bytes, &log_filter);
+    let targets = Targets::default();
+    let work = push_all(
+        &router,
+        &fs,
+        &args,
+        plan,
+        sources.total_bytes,
+        &log_filter,
+        &targets,
+    );
     let outcomes = tokio::select! {
         o = work => o,
         sig = shutdown_signal() => {
             let what = if sig == Exit::Terminated { "terminated" } else { "interrupted" };
             out::diag(format_args!("ferrogen push: {what}: cancelling transfers"));
+            // Each target first learns that the push is off, so that the
+            // transfers failing next make it discard what it received
+            // instead of putting it in place; only then does the data stop.
+            cancel_targets(&router, &targets).await;
             services.shutdown().await;
             // Give the abort messages a moment to leave.
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -482,6 +495,35 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
     }
 }
 
+/// The contexts a push has reached so far (to cancel on an interrupt).
+type Targets = Arc<std::sync::Mutex<Vec<ContextId>>>;
+
+/// Tells every target reached that the push is cancelled, waiting a
+/// little for each to confirm (a target that does not answer is lost to
+/// us anyway: its transfers end when the controller goes).
+async fn cancel_targets(router: &Router, targets: &Targets) {
+    let ids: Vec<ContextId> = match targets.lock() {
+        Ok(t) => t.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    let mut calls = tokio::task::JoinSet::new();
+    for id in ids {
+        let router = router.clone();
+        calls.spawn(async move {
+            let _: Result<(), _> = router
+                .call_service_timeout(
+                    id,
+                    TARGET_SERVICE,
+                    "cancel",
+                    &(),
+                    Some(Duration::from_secs(2)),
+                )
+                .await;
+        });
+    }
+    while calls.join_next().await.is_some() {}
+}
+
 /// Waits for SIGINT or SIGTERM; returns the status to exit with.
 async fn shutdown_signal() -> Exit {
     use tokio::signal::unix::{SignalKind, signal};
@@ -502,6 +544,7 @@ async fn push_all(
     plan: PushPlan,
     total: u64,
     log_filter: &str,
+    targets: &Targets,
 ) -> Vec<TargetOutcome> {
     let hosts = args.target.hosts();
     let chain = match target::connect_chain(router, &args.target, log_filter).await {
@@ -541,10 +584,11 @@ async fn push_all(
         let filter = log_filter.to_string();
         let bar = bars.add(&host, total);
         let stripes = args.stripes;
+        let reached = targets.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
             push_one(
-                &router, &fs, &targs, &chain, host, &plan, &filter, bar, stripes, total,
+                &router, &fs, &targs, &chain, host, &plan, &filter, bar, stripes, total, &reached,
             )
             .await
         }));
@@ -671,6 +715,7 @@ async fn push_one(
     bar: Option<indicatif::ProgressBar>,
     stripes: Option<usize>,
     total: u64,
+    reached: &Targets,
 ) -> TargetOutcome {
     let t0 = Instant::now();
     let info = match target::connect_target(router, targs, chain, &host, log_filter).await {
@@ -694,6 +739,9 @@ async fn push_one(
             };
         }
     };
+    if let Ok(mut t) = reached.lock() {
+        t.push(info.id);
+    }
     open_stripes(router, targs, &host, info.id, stripes, total, log_filter);
     let call = router.call_service::<_, Vec<EntryResult>>(info.id, TARGET_SERVICE, "push", plan);
     tokio::pin!(call);

@@ -9,6 +9,8 @@
 //!   per-stream scheduler that runs large transfers one at a time.
 //! * [`receive`] — pulling one file into a hidden temp file and renaming it
 //!   into place only once size and digest check out.
+//! * [`place`] — where a push may write: names beneath one directory
+//!   handle for the destination, resolved without following symlinks.
 //! * [`plan`] — the target-side service (`ferrogen.files.target`) that
 //!   applies a push: directories, symlinks and many files, pipelined.
 //!
@@ -46,6 +48,7 @@
 //! per file dominates everything else.
 
 pub mod meta;
+pub mod place;
 pub mod plan;
 pub mod receive;
 pub mod registry;

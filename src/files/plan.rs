@@ -4,8 +4,10 @@
 //! directories, symlinks and files under a destination, pulling file data
 //! from the FileService in context `server`:
 //!
-//! 1. directories are created, parents first;
-//! 2. symlinks are created under a temp name and renamed into place;
+//! 1. directories are created, parents first (new ones private, 0700;
+//!    existing ones untouched; a symlink or file where the source has a
+//!    directory is replaced, as `rsync -a` does);
+//! 2. (symlinks wait for step 4);
 //! 3. files are received concurrently: those the plan saw as at most one
 //!    chunk are fetched many to a call (`fetch_small`, up to 512 files or
 //!    1 MiB, four calls in flight) and written on blocking threads; the
@@ -17,7 +19,8 @@
 //!    fsynced once (a single file is simply fsynced). Until then received
 //!    files stay anonymous `O_TMPFILE`s with their descriptors open (as
 //!    many as the open-file limit allows), so a receiver killed mid-push
-//!    leaves nothing, and a new destination costs one `linkat`;
+//!    leaves nothing, and a new destination costs one `linkat`; then
+//!    symlinks are created under a temp name and renamed into place;
 //! 5. directory modes and times are applied last, deepest first, since
 //!    creating entries changes a directory's mtime.
 //!
@@ -25,15 +28,25 @@
 //! with `into_dir`, or when `dest` is an existing directory, entries land
 //! at `dest/<rel>`; otherwise the first component of each `rel` (the
 //! source's own name) is replaced by `dest`.
+//!
+//! Everything beneath the destination is reached through a directory
+//! handle without following symlinks ([`super::place`]). Once the push is
+//! cancelled (the `cancel` method, or this context's shutdown), received
+//! files are discarded and nothing existing is changed any more.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use rustix::fs::OFlags;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
+use super::place::{Place, Root, describe, plain};
 use super::receive::{self, PendingFile, ReceiveOptions, TempFiles};
 use super::serve::SMALL_BATCH_BYTES;
 use super::{FILE_SERVICE, FetchSmallArgs, SMALL_FILE_MAX, SmallFile, TARGET_SERVICE, hex};
@@ -137,17 +150,32 @@ impl EntryResult {
 
 /// Registers `ferrogen.files.target` and returns the temp-file registry
 /// its shutdown hook empties.
+///
+/// Besides `push`, the service has `cancel(())`: the controller calls it
+/// when the user interrupts the push, before it stops serving data, so a
+/// push in progress puts nothing in place and changes no directory's
+/// mode or times (this context's shutdown does the same).
 pub fn register_service(services: &Services, router: &Router) -> TempFiles {
     let temps = TempFiles::default();
+    let cancel = Arc::new(AtomicBool::new(false));
     let (r, t, t2) = (router.clone(), temps.clone(), temps.clone());
+    let (c, c2, c3) = (cancel.clone(), cancel.clone(), cancel);
     services.register(
         ServiceBuilder::new(TARGET_SERVICE)
             .method("push", Policy::ParentsOnly, move |_c, plan: PushPlan| {
                 let r = r.clone();
                 let t = t.clone();
-                async move { Ok::<_, RemoteError>(apply(&r, plan, &t).await) }
+                let c = c.clone();
+                async move { Ok::<_, RemoteError>(apply_cancellable(&r, plan, &t, &c).await) }
             })
-            .on_shutdown(move || async move { t2.remove_all() })
+            .method("cancel", Policy::ParentsOnly, move |_c, (): ()| {
+                c2.store(true, Ordering::SeqCst);
+                async move { Ok::<_, RemoteError>(()) }
+            })
+            .on_shutdown(move || async move {
+                c3.store(true, Ordering::SeqCst);
+                t2.remove_all()
+            })
             .build(),
     );
     temps
@@ -162,28 +190,31 @@ fn first_component_stripped(rel: &str) -> &str {
 
 /// Applies a plan; never fails as a whole — each entry reports its own result.
 pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<EntryResult> {
+    apply_cancellable(router, plan, temps, &AtomicBool::new(false)).await
+}
+
+/// The result of every entry not put in place because the push was
+/// cancelled.
+fn cancelled(dest: &Path) -> EntryResult {
+    EntryResult::failed(
+        dest,
+        format!(
+            "{}: push cancelled: nothing was put in place",
+            dest.display()
+        ),
+    )
+}
+
+/// [`apply`], stopping short of changing anything that exists once
+/// `cancel` is set: received files are discarded rather than put in
+/// place, and no directory's mode or times are applied.
+pub async fn apply_cancellable(
+    router: &Router,
+    plan: PushPlan,
+    temps: &TempFiles,
+    cancel: &AtomicBool,
+) -> Vec<EntryResult> {
     let dest = PathBuf::from(&plan.dest);
-    if plan.into_dir
-        && let Err(e) = std::fs::create_dir_all(&dest)
-    {
-        return vec![EntryResult::failed(
-            &dest,
-            format!("{}: cannot create directory: {e}", dest.display()),
-        )];
-    }
-    let dest_is_dir = plan.into_dir || dest.is_dir();
-    let place = |rel: &str| -> PathBuf {
-        if dest_is_dir {
-            dest.join(rel)
-        } else {
-            let rest = first_component_stripped(rel);
-            if rest.is_empty() {
-                dest.clone()
-            } else {
-                dest.join(rest)
-            }
-        }
-    };
     for e in &plan.entries {
         let rel = match e {
             PlanEntry::Dir { rel, .. }
@@ -197,10 +228,34 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
             )];
         }
     }
+    let (root, top) = match open_root(&plan, &dest) {
+        Ok(r) => r,
+        Err(e) => return vec![EntryResult::failed(&dest, e)],
+    };
+    // Where an entry lands, relative to the root: `rel` itself beneath
+    // DEST, or with its first component (the source's name) renamed to
+    // DEST's own name beneath DEST's parent.
+    let rel_of = |rel: &str| -> PathBuf {
+        match &top {
+            None => PathBuf::from(rel),
+            Some(name) => {
+                let rest = first_component_stripped(rel);
+                if rest.is_empty() {
+                    PathBuf::from(name)
+                } else {
+                    Path::new(name).join(rest)
+                }
+            }
+        }
+    };
+    let place_of = |rel: &str| Place::new(&root, rel_of(rel));
 
     let mut results = Vec::new();
-    let mut dirs: Vec<(PathBuf, u32, i64, u32)> = Vec::new();
-    // 1. Directories, parents first.
+    let mut failed_dirs = FailedDirs::default();
+    let mut dirs: Vec<(Place, u32, i64, u32)> = Vec::new();
+    // 1. Directories, parents first. A new one is created private (0700)
+    //    and gets its mode and times once its contents are in; an existing
+    //    one is left exactly as it is until then.
     let mut dir_entries: Vec<&PlanEntry> = plan
         .entries
         .iter()
@@ -218,53 +273,39 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
             mtime_nsec,
         } = e
         {
-            let p = place(rel);
-            match std::fs::create_dir(&p) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
+            let Some(p) = failed_dirs.admit(place_of(rel), &root, &mut results) else {
+                continue;
+            };
+            // DEST itself is the user's: a non-directory there is refused
+            // (as `cp` does), not replaced.
+            let is_dest = top.is_some() && !rel.contains('/');
+            match make_dir(&p, is_dest) {
+                Ok(()) => dirs.push((p, *mode, *mtime_sec, *mtime_nsec)),
                 Err(err) => {
+                    failed_dirs.insert(&p, results.len());
                     results.push(EntryResult::failed(
-                        &p,
-                        format!("{}: cannot create directory: {err}", p.display()),
+                        p.shown(),
+                        format!("{}: cannot create directory: {err}", p.shown().display()),
                     ));
-                    continue;
                 }
             }
-            // Owner-writable while we fill it; the real mode is applied last.
-            let _ =
-                std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o700));
-            dirs.push((p, *mode, *mtime_sec, *mtime_nsec));
-        }
-    }
-    // 2. Symlinks.
-    for e in &plan.entries {
-        if let PlanEntry::Symlink { rel, target } = e {
-            let p = place(rel);
-            results.push(match make_symlink(target, &p) {
-                Ok(()) => EntryResult::ok(&p),
-                Err(err) => EntryResult::failed(
-                    &p,
-                    format!("{}: cannot create symlink: {err}", p.display()),
-                ),
-            });
         }
     }
     // 3. Files, concurrently: small ones many to a call, the rest one by one.
-    let files: Vec<FileJob> = plan
-        .entries
-        .iter()
-        .filter_map(|e| match e {
-            PlanEntry::File { src, rel, size } => Some((src.clone(), place(rel), *size)),
-            _ => None,
-        })
-        .enumerate()
-        .map(|(index, (src, path, size))| FileJob {
-            index,
-            src,
-            path,
-            size,
-        })
-        .collect();
+    let mut files: Vec<FileJob> = Vec::new();
+    for e in &plan.entries {
+        if let PlanEntry::File { src, rel, size } = e {
+            let Some(place) = failed_dirs.admit(place_of(rel), &root, &mut results) else {
+                continue;
+            };
+            files.push(FileJob {
+                index: files.len(),
+                src: src.clone(),
+                place,
+                size: *size,
+            });
+        }
+    }
     let single = files.len() == 1;
     let (small, large): (Vec<FileJob>, Vec<FileJob>) = files
         .into_iter()
@@ -273,16 +314,8 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
     let batch_sem = Arc::new(Semaphore::new(SMALL_BATCHES_IN_FLIGHT));
     let mut tasks = tokio::task::JoinSet::new();
     let held = HeldFiles::from_rlimit();
-    let early_sync = (plan.options.fsync && small.len() >= EARLY_SYNC_MIN_FILES).then(|| {
-        EarlySync::new(if dest_is_dir {
-            dest.clone()
-        } else {
-            dest.parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."))
-                .to_path_buf()
-        })
-    });
+    let early_sync = (plan.options.fsync && small.len() >= EARLY_SYNC_MIN_FILES)
+        .then(|| EarlySync::new(root.clone()));
     let fetch_context = || FetchContext {
         router: router.clone(),
         server: plan.server,
@@ -322,11 +355,18 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
         }
     }
     outcomes.sort_by_key(|(i, _, _)| *i);
+    if cancel.load(Ordering::SeqCst) {
+        // Dropping the received files discards them (an anonymous temp
+        // file simply vanishes).
+        drop(outcomes);
+        results.push(cancelled(&dest));
+        return results;
+    }
     // 4. Batched durability for many files.
     let pending_dirs: BTreeSet<PathBuf> = outcomes
         .iter()
         .filter(|(_, _, r)| matches!(r, Ok(Done::Pending(_))))
-        .filter_map(|(_, p, _)| p.parent().map(Path::to_path_buf))
+        .map(|(_, p, _)| p.parent_rel().to_path_buf())
         .collect();
     // The file system work from here on runs on blocking threads: a
     // syncfs can take a while, and this context's runtime must keep
@@ -336,23 +376,23 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
         if let Some(early) = &early_sync {
             early.wait().await;
         }
-        let dirs = pending_dirs.clone();
-        sync_error = match tokio::task::spawn_blocking(move || syncfs_all(&dirs)).await {
+        let (dirs, root) = (pending_dirs.clone(), root.clone());
+        sync_error = match tokio::task::spawn_blocking(move || syncfs_all(&root, &dirs)).await {
             Ok(r) => r.err(),
             Err(e) => Some(format!("internal error syncing: {e}")),
         };
     }
     results.extend(put_in_place(outcomes, sync_error.clone()).await);
     if plan.options.fsync && sync_error.is_none() {
+        let root = root.clone();
         let synced = tokio::task::spawn_blocking(move || {
             let mut failed = Vec::new();
             for d in &pending_dirs {
-                if let Ok(f) = std::fs::File::open(d)
-                    && let Err(e) = rustix::fs::fsync(&f)
-                {
+                if let Err(e) = open_for_sync(&root, d).and_then(|f| rustix::fs::fsync(&f)) {
+                    let shown = root.path().join(d);
                     failed.push(EntryResult::failed(
-                        d,
-                        format!("{}: fsync directory: {e}", d.display()),
+                        &shown,
+                        format!("{}: fsync directory: {}", shown.display(), describe(e)),
                     ));
                 }
             }
@@ -367,43 +407,221 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
             )),
         }
     }
-    // 5. Directory metadata, deepest first.
-    dirs.sort_by_key(|(p, ..)| std::cmp::Reverse(p.components().count()));
-    for (p, mode, sec, nsec) in dirs {
-        let r = (|| -> std::io::Result<()> {
-            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-            let ts = rustix::fs::Timestamps {
-                last_access: rustix::fs::Timespec {
-                    tv_sec: sec,
-                    tv_nsec: nsec as _,
-                },
-                last_modification: rustix::fs::Timespec {
-                    tv_sec: sec,
-                    tv_nsec: nsec as _,
-                },
+    if cancel.load(Ordering::SeqCst) {
+        results.push(cancelled(&dest));
+        return results;
+    }
+    // Symlinks, once the files are in: like them, an existing entry is
+    // replaced only when the push is final.
+    for e in &plan.entries {
+        if let PlanEntry::Symlink { rel, target } = e {
+            let Some(p) = failed_dirs.admit(place_of(rel), &root, &mut results) else {
+                continue;
             };
-            rustix::fs::utimensat(
-                rustix::fs::CWD,
-                &p,
-                &ts,
-                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-            )?;
-            Ok(())
-        })();
-        results.push(match r {
-            Ok(()) => EntryResult::ok(&p),
+            results.push(match make_symlink(target, &p) {
+                Ok(()) => EntryResult::ok(p.shown()),
+                Err(err) => EntryResult::failed(
+                    p.shown(),
+                    format!("{}: cannot create symlink: {err}", p.shown().display()),
+                ),
+            });
+        }
+    }
+    // 5. Directory metadata, deepest first: now that their contents are in.
+    dirs.sort_by_key(|(p, ..)| std::cmp::Reverse(p.rel().components().count()));
+    for (p, mode, sec, nsec) in dirs {
+        results.push(match set_dir_meta(&p, mode, sec, nsec) {
+            Ok(()) => EntryResult::ok(p.shown()),
             Err(e) => EntryResult::failed(
-                &p,
-                format!("{}: cannot set directory metadata: {e}", p.display()),
+                p.shown(),
+                format!(
+                    "{}: cannot set directory metadata: {e}",
+                    p.shown().display()
+                ),
             ),
         });
     }
+    failed_dirs.annotate(&mut results);
     results
+}
+
+/// Opens the push's root: DEST when entries go into it, else DEST's
+/// parent (the copy is then named DEST). The path up to there is the
+/// user's and is followed, as `cp` does. Returns the root and, in the
+/// second case, DEST's own name.
+fn open_root(plan: &PushPlan, dest: &Path) -> Result<(Arc<Root>, Option<OsString>), String> {
+    if plan.into_dir
+        && let Err(e) = std::fs::create_dir_all(dest)
+    {
+        return Err(format!("{}: cannot create directory: {e}", dest.display()));
+    }
+    if plan.into_dir || dest.is_dir() {
+        let root = Root::open(dest)
+            .map_err(|e| format!("{}: cannot open directory: {}", dest.display(), plain(&e)))?;
+        return Ok((root, None));
+    }
+    let name = dest
+        .file_name()
+        .ok_or_else(|| format!("{}: names no file to create", dest.display()))?;
+    let parent = dest.parent().unwrap_or(Path::new(""));
+    let root = Root::open(parent).map_err(|e| {
+        let shown = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        format!(
+            "{}: cannot open its directory {}: {}",
+            dest.display(),
+            shown.display(),
+            plain(&e)
+        )
+    })?;
+    Ok((root, Some(name.to_os_string())))
+}
+
+/// Directories whose creation failed, so that what lies below each is
+/// reported once with it rather than once per entry.
+#[derive(Default)]
+struct FailedDirs {
+    /// Relative path → (index of its result, entries skipped below it).
+    dirs: BTreeMap<PathBuf, (usize, u64)>,
+}
+
+impl FailedDirs {
+    fn insert(&mut self, p: &Place, result: usize) {
+        self.dirs.insert(p.rel().to_path_buf(), (result, 0));
+    }
+
+    /// The place to create, or `None` (counted) when it lies below a
+    /// directory that failed, or is unusable (reported).
+    fn admit(
+        &mut self,
+        place: Result<Place, rustix::io::Errno>,
+        root: &Arc<Root>,
+        results: &mut Vec<EntryResult>,
+    ) -> Option<Place> {
+        let p = match place {
+            Ok(p) => p,
+            Err(e) => {
+                results.push(EntryResult::failed(
+                    root.path(),
+                    format!(
+                        "{}: unusable entry name: {}",
+                        root.path().display(),
+                        describe(e)
+                    ),
+                ));
+                return None;
+            }
+        };
+        if !self.dirs.is_empty() {
+            for a in p.rel().ancestors().skip(1) {
+                if let Some((_, n)) = self.dirs.get_mut(a) {
+                    *n += 1;
+                    return None;
+                }
+            }
+        }
+        Some(p)
+    }
+
+    /// Says on each failed directory's result how many entries below it
+    /// were not copied.
+    fn annotate(self, results: &mut [EntryResult]) {
+        for (_, (i, n)) in self.dirs {
+            if n > 0
+                && let Some(r) = results.get_mut(i)
+                && let Some(e) = &mut r.error
+            {
+                let s = if n == 1 { "y" } else { "ies" };
+                e.push_str(&format!("; {n} entr{s} below it not copied"));
+            }
+        }
+    }
+}
+
+/// Creates directory `p` (mode 0700 until its contents are in), or
+/// accepts the directory already there. Anything else there — a symlink
+/// or a file — is replaced by a directory, as `rsync -a` does, unless
+/// it is DEST itself (`is_dest`). Never follows a symlink.
+fn make_dir(p: &Place, is_dest: bool) -> Result<(), String> {
+    use rustix::fs::{AtFlags, FileType, Mode};
+    let dir = p.open_parent().map_err(describe)?;
+    let private = Mode::from_raw_mode(0o700);
+    match rustix::fs::mkdirat(&dir, p.name(), private) {
+        Ok(()) => return Ok(()),
+        Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(describe(e)),
+    }
+    let st = rustix::fs::statat(&dir, p.name(), AtFlags::SYMLINK_NOFOLLOW).map_err(describe)?;
+    if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+        return Ok(());
+    }
+    if is_dest {
+        return Err("exists and is not a directory".into());
+    }
+    rustix::fs::unlinkat(&dir, p.name(), AtFlags::empty())
+        .map_err(|e| format!("cannot replace the non-directory there: {}", describe(e)))?;
+    rustix::fs::mkdirat(&dir, p.name(), private).map_err(describe)
+}
+
+/// Opens the directory `rel` beneath `root` for fsync or syncfs (an
+/// `O_PATH` handle can do neither).
+fn open_for_sync(root: &Root, rel: &Path) -> Result<OwnedFd, rustix::io::Errno> {
+    root.open_beneath(rel, OFlags::RDONLY | OFlags::DIRECTORY)
+}
+
+/// Applies a directory's mode and times through a handle on it (opened
+/// without following any symlink, so the change cannot land elsewhere).
+fn set_dir_meta(p: &Place, mode: u32, sec: i64, nsec: u32) -> Result<(), String> {
+    let ts = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec as _,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec as _,
+        },
+    };
+    let mode = rustix::fs::Mode::from_raw_mode(mode);
+    match p
+        .root()
+        .open_beneath(p.rel(), OFlags::RDONLY | OFlags::DIRECTORY)
+    {
+        Ok(fd) => {
+            rustix::fs::fchmod(&fd, mode).map_err(describe)?;
+            rustix::fs::futimens(&fd, &ts).map_err(describe)
+        }
+        Err(rustix::io::Errno::ACCESS) => {
+            // Not readable by us (e.g. an existing 0300 directory): act on
+            // an O_PATH handle through its /proc link, which names exactly
+            // that inode.
+            let fd = p.root().open_dir(p.rel()).map_err(describe)?;
+            let via = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+            rustix::fs::chmodat(
+                rustix::fs::CWD,
+                via.as_str(),
+                mode,
+                rustix::fs::AtFlags::empty(),
+            )
+            .map_err(describe)?;
+            rustix::fs::utimensat(
+                rustix::fs::CWD,
+                via.as_str(),
+                &ts,
+                rustix::fs::AtFlags::empty(),
+            )
+            .map_err(describe)
+        }
+        Err(e) => Err(describe(e)),
+    }
 }
 
 enum Done {
     Committed(Summary),
-    Pending(PendingFile),
+    Pending(Box<PendingFile>),
 }
 
 /// One file of the plan: its place in the plan, where it comes from and
@@ -411,12 +629,12 @@ enum Done {
 struct FileJob {
     index: usize,
     src: String,
-    path: PathBuf,
+    place: Place,
     size: u64,
 }
 
 /// A file's outcome: its plan index, destination, and result.
-type Outcome = (usize, PathBuf, Result<Done, String>);
+type Outcome = (usize, Place, Result<Done, String>);
 
 /// What every fetch needs.
 struct FetchContext {
@@ -515,7 +733,7 @@ async fn fetch_one(ctx: &FetchContext, job: FileJob, single: bool) -> Outcome {
         &ctx.router,
         ctx.server,
         &job.src,
-        &job.path,
+        &job.place,
         &ctx.temps,
         &ctx.opts,
     )
@@ -531,15 +749,17 @@ async fn fetch_one(ctx: &FetchContext, job: FileJob, single: bool) -> Outcome {
                 };
                 p.commit(&ctx.opts).map(|()| Done::Committed(s))
             } else if ctx.held.take_one() {
-                p.finish_open(&ctx.opts).map(|()| Done::Pending(p))
+                p.finish_open(&ctx.opts)
+                    .map(|()| Done::Pending(Box::new(p)))
             } else {
-                p.finish(&ctx.opts, false).map(|()| Done::Pending(p))
+                p.finish(&ctx.opts, false)
+                    .map(|()| Done::Pending(Box::new(p)))
             };
             done.map_err(|e| e.to_string())
         }
         Err(e) => Err(e.to_string()),
     };
-    (job.index, job.path, r)
+    (job.index, job.place, r)
 }
 
 /// Fetches a batch of small files in one `fetch_small` call and writes
@@ -559,8 +779,12 @@ async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<Outcome> {
         batch
             .into_iter()
             .map(|j| {
-                let e = format!("{}: fetch of {} failed: {why}", j.path.display(), j.src);
-                (j.index, j.path, Err(e))
+                let e = format!(
+                    "{}: fetch of {} failed: {why}",
+                    j.place.shown().display(),
+                    j.src
+                );
+                (j.index, j.place, Err(e))
             })
             .collect()
     };
@@ -577,21 +801,21 @@ async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<Outcome> {
         Err(why) => return all_failed(batch, why.to_string()),
     };
     let (temps, opts, held) = (ctx.temps.clone(), ctx.opts.clone(), ctx.held.clone());
-    let places: Vec<(usize, PathBuf)> = batch.iter().map(|j| (j.index, j.path.clone())).collect();
+    let places: Vec<(usize, Place)> = batch.iter().map(|j| (j.index, j.place.clone())).collect();
     let written = tokio::task::spawn_blocking(move || {
         let mut done = Vec::with_capacity(batch.len());
         let mut too_large = Vec::new();
         for (job, file) in batch.into_iter().zip(files) {
             let r = match file {
                 SmallFile::Data { meta, data, digest } => {
-                    receive::receive_whole(&job.path, &temps, &meta, &data, &digest, started)
+                    receive::receive_whole(&job.place, &temps, &meta, &data, &digest, started)
                         .and_then(|mut p| {
                             if held.take_one() {
                                 p.finish_open(&opts)
                             } else {
                                 p.finish(&opts, false)
                             }
-                            .map(|()| Done::Pending(p))
+                            .map(|()| Done::Pending(Box::new(p)))
                         })
                         .map_err(|e| e.to_string())
                 }
@@ -601,11 +825,11 @@ async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<Outcome> {
                 }
                 SmallFile::Failed(why) => Err(format!(
                     "{}: fetch of {} failed: {why}",
-                    job.path.display(),
+                    job.place.shown().display(),
                     job.src
                 )),
             };
-            done.push((job.index, job.path, r));
+            done.push((job.index, job.place, r));
         }
         (done, too_large)
     })
@@ -662,7 +886,8 @@ async fn put_in_place(outcomes: Vec<Outcome>, sync_error: Option<String>) -> Vec
         let sync_error = sync_error.clone();
         parts.push(tokio::task::spawn_blocking(move || {
             part.into_iter()
-                .map(|(_, path, r)| match r {
+                .map(|(_, place, r)| (place.shown().to_path_buf(), r))
+                .map(|(path, r)| match r {
                     Ok(Done::Committed(s)) => file_ok(&path, &s),
                     Ok(Done::Pending(p)) => {
                         if let Some(e) = &sync_error {
@@ -674,7 +899,7 @@ async fn put_in_place(outcomes: Vec<Outcome>, sync_error: Option<String>) -> Vec
                                 started: p.started,
                                 span: p.data_span_ns,
                             };
-                            match p.rename() {
+                            match (*p).rename() {
                                 Ok(()) => file_ok(&path, &s),
                                 Err(e) => EntryResult::failed(&path, e.to_string()),
                             }
@@ -703,12 +928,12 @@ async fn put_in_place(outcomes: Vec<Outcome>, sync_error: Option<String>) -> Vec
 /// data, inodes and journal already on disk; it only ever runs one at a
 /// time, and only helps: the final sync still covers everything.
 struct EarlySync {
-    dir: PathBuf,
+    dir: Arc<Root>,
     running: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl EarlySync {
-    fn new(dir: PathBuf) -> Arc<EarlySync> {
+    fn new(dir: Arc<Root>) -> Arc<EarlySync> {
         Arc::new(EarlySync {
             dir,
             running: tokio::sync::Mutex::new(None),
@@ -723,7 +948,7 @@ impl EarlySync {
         }
         let dir = self.dir.clone();
         *running = Some(tokio::task::spawn_blocking(move || {
-            if let Ok(f) = std::fs::File::open(&dir) {
+            if let Ok(f) = open_for_sync(&dir, Path::new("")) {
                 let _ = rustix::fs::syncfs(&f);
             }
         }));
@@ -737,28 +962,33 @@ impl EarlySync {
     }
 }
 
-fn syncfs_all(dirs: &BTreeSet<PathBuf>) -> Result<(), String> {
+fn syncfs_all(root: &Root, dirs: &BTreeSet<PathBuf>) -> Result<(), String> {
     let mut seen_devs = BTreeSet::new();
     for d in dirs {
-        let f =
-            std::fs::File::open(d).map_err(|e| format!("open {} for sync: {e}", d.display()))?;
+        let shown = || root.path().join(d).display().to_string();
+        let f = open_for_sync(root, d)
+            .map_err(|e| format!("open {} for sync: {}", shown(), describe(e)))?;
         let dev = rustix::fs::fstat(&f).map(|s| s.st_dev).unwrap_or(0);
         if seen_devs.insert(dev) {
-            rustix::fs::syncfs(&f).map_err(|e| format!("syncfs on {}: {e}", d.display()))?;
+            rustix::fs::syncfs(&f).map_err(|e| format!("syncfs on {}: {e}", shown()))?;
         }
     }
     Ok(())
 }
 
-fn make_symlink(target: &str, p: &Path) -> std::io::Result<()> {
-    let name = p
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = p.with_file_name(format!(".{name}.ferrogen-link-{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp)?;
-    std::fs::rename(&tmp, p).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
+/// Creates the symlink `p` under a temp name and renames it into place,
+/// all relative to its directory's handle.
+fn make_symlink(target: &str, p: &Place) -> Result<(), String> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let dir = p.open_parent().map_err(describe)?;
+    let mut tmp = b".".to_vec();
+    tmp.extend_from_slice(&p.name().as_bytes()[..p.name().len().min(80)]);
+    tmp.extend_from_slice(format!(".ferrogen-link-{}.tmp", std::process::id()).as_bytes());
+    let tmp = OsString::from_vec(tmp);
+    let _ = rustix::fs::unlinkat(&dir, &tmp, rustix::fs::AtFlags::empty());
+    rustix::fs::symlinkat(target, &dir, &tmp).map_err(describe)?;
+    rustix::fs::renameat(&dir, &tmp, &dir, p.name()).map_err(|e| {
+        let _ = rustix::fs::unlinkat(&dir, &tmp, rustix::fs::AtFlags::empty());
+        describe(e)
     })
 }
