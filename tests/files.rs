@@ -26,8 +26,8 @@ fn plan(entries: Vec<PlanEntry>, dest: &Path, into_dir: bool) -> PushPlan {
 
 fn file_entry(src: &Path, rel: &str) -> PlanEntry {
     PlanEntry::File {
-        src: src.to_str().expect("utf8").to_string(),
-        rel: rel.to_string(),
+        src: src.into(),
+        rel: rel.into(),
         size: std::fs::metadata(src).map(|m| m.len()).unwrap_or(0),
     }
 }

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -481,15 +480,4 @@ fn sigkill_of_the_controller_leaves_every_existing_entry_as_it_was() {
 #[test]
 fn sigkill_of_the_receiver_leaves_every_existing_entry_as_it_was() {
     interrupted_push_changes_nothing(Interrupt::ReceiverKill);
-}
-
-/// Keeps the imports used by the byte-name tests below honest.
-#[allow(dead_code)]
-fn name(b: &[u8]) -> OsString {
-    OsString::from_vec(b.to_vec())
-}
-
-#[allow(dead_code)]
-fn bytes(p: &Path) -> &[u8] {
-    p.as_os_str().as_bytes()
 }

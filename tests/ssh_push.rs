@@ -898,7 +898,7 @@ async fn an_ssh_a_sudo_and_a_proxied_context_on_one_stream_receive_one_at_a_time
             dest: s(&dest.0).to_string(),
             into_dir: true,
             entries: vec![PlanEntry::File {
-                src: s(&src).to_string(),
+                src: s(&src).into(),
                 rel: "large.bin".into(),
                 size: std::fs::metadata(&src).expect("source").len(),
             }],

@@ -21,7 +21,7 @@ use crate::connect::Method;
 use crate::files::plan::{EntryResult, PlanEntry, PushPlan};
 use crate::files::receive::ReceiveOptions;
 use crate::files::window::Sizing;
-use crate::files::{FileService, FileServiceConfig, TARGET_SERVICE};
+use crate::files::{FileService, FileServiceConfig, RawPath, TARGET_SERVICE};
 use crate::router::{Router, RouterConfig};
 use crate::service::Services;
 use crate::wire::ContextId;
@@ -201,9 +201,9 @@ pub struct Sources {
     /// Entries in order.
     pub entries: Vec<PlanEntry>,
     /// Exact paths to register.
-    pub files: Vec<String>,
+    pub files: Vec<PathBuf>,
     /// Prefixes to register.
-    pub prefixes: Vec<String>,
+    pub prefixes: Vec<PathBuf>,
     /// Bytes in regular files.
     pub total_bytes: u64,
     /// Whether the destination must be a directory.
@@ -241,14 +241,27 @@ impl Sources {
     }
 }
 
-fn utf8(p: &Path) -> Result<String, String> {
-    p.to_str()
-        .map(str::to_string)
-        .ok_or_else(|| format!("{}: path is not valid UTF-8", p.display()))
+/// `base/name` as a relative path of bytes (`name` alone at the top).
+fn join_rel(base: &[u8], name: &std::ffi::OsStr) -> RawPath {
+    use std::os::unix::ffi::OsStrExt;
+    let mut rel = Vec::with_capacity(base.len() + 1 + name.len());
+    if !base.is_empty() {
+        rel.extend_from_slice(base);
+        rel.push(b'/');
+    }
+    rel.extend_from_slice(name.as_bytes());
+    RawPath::from_bytes(rel)
 }
 
-/// Walks the sources into a plan.
+/// A path for messages, invalid UTF-8 shown as `\xNN`.
+fn show(p: &Path) -> String {
+    crate::files::place::show(p)
+}
+
+/// Walks the sources into a plan. Names are taken as bytes, exactly as
+/// the file system has them (they need not be UTF-8).
 pub fn collect_sources(srcs: &[String], recursive: bool) -> Result<Sources, String> {
+    use std::ffi::OsStr;
     let mut out = Sources {
         into_dir: srcs.len() > 1,
         ..Default::default()
@@ -259,30 +272,30 @@ pub fn collect_sources(srcs: &[String], recursive: bool) -> Result<Sources, Stri
         // `dir/` and `dir/.` (and `.` itself) mean the directory's
         // contents, as in rsync and `cp -r dir/. dest`.
         let contents = (src.ends_with('/') || src == "." || src.ends_with("/.")) && md.is_dir();
-        let name = given
+        let name: std::ffi::OsString = given
             .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .filter(|n| !n.is_empty() && n != "." && n != "..")
+            .filter(|n| !n.is_empty() && *n != OsStr::new(".") && *n != OsStr::new(".."))
+            .map(OsStr::to_os_string)
             .or_else(|| {
                 std::fs::canonicalize(given)
                     .ok()
-                    .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .and_then(|c| c.file_name().map(OsStr::to_os_string))
             })
             .unwrap_or_else(|| "root".into());
+        let top = join_rel(b"", &name);
         if md.file_type().is_symlink() {
             let target = std::fs::read_link(given).map_err(|e| format!("{src}: {e}"))?;
             out.entries.push(PlanEntry::Symlink {
-                rel: name,
-                target: utf8(&target)?,
+                rel: top,
+                target: target.into(),
             });
         } else if md.is_file() {
             let abs = std::fs::canonicalize(given).map_err(|e| format!("{src}: {e}"))?;
-            let abs = utf8(&abs)?;
             out.total_bytes += md.len();
             out.files.push(abs.clone());
             out.entries.push(PlanEntry::File {
-                src: abs,
-                rel: name,
+                src: abs.into(),
+                rel: top,
                 size: md.len(),
             });
         } else if md.is_dir() {
@@ -290,19 +303,19 @@ pub fn collect_sources(srcs: &[String], recursive: bool) -> Result<Sources, Stri
                 return Err(format!("{src}: is a directory (use -r to copy it)"));
             }
             let abs = std::fs::canonicalize(given).map_err(|e| format!("{src}: {e}"))?;
-            out.prefixes.push(utf8(&abs)?);
+            out.prefixes.push(abs.clone());
             let top = if contents {
                 out.into_dir = true;
-                String::new()
+                RawPath::default()
             } else {
                 use std::os::unix::fs::MetadataExt;
                 out.entries.push(PlanEntry::Dir {
-                    rel: name.clone(),
+                    rel: top.clone(),
                     mode: md.mode() & 0o7777,
                     mtime_sec: md.mtime(),
                     mtime_nsec: md.mtime_nsec() as u32,
                 });
-                name
+                top
             };
             walk(&abs, &top, &mut out)?;
         } else {
@@ -314,35 +327,28 @@ pub fn collect_sources(srcs: &[String], recursive: bool) -> Result<Sources, Stri
     Ok(out)
 }
 
-fn walk(dir: &Path, rel: &str, out: &mut Sources) -> Result<(), String> {
+fn walk(dir: &Path, rel: &RawPath, out: &mut Sources) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let mut names: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .map_err(|e| format!("{}: {e}", show(dir)))?
         .filter_map(Result::ok)
         .collect();
     names.sort_by_key(|e| e.file_name());
     for entry in names {
         let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let child_rel = if rel.is_empty() {
-            name
-        } else {
-            format!("{rel}/{name}")
-        };
-        let md =
-            std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let child_rel = join_rel(rel.as_bytes(), &entry.file_name());
+        let md = std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", show(&path)))?;
         let ft = md.file_type();
         if ft.is_symlink() {
-            let target =
-                std::fs::read_link(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let target = std::fs::read_link(&path).map_err(|e| format!("{}: {e}", show(&path)))?;
             out.entries.push(PlanEntry::Symlink {
                 rel: child_rel,
-                target: utf8(&target)?,
+                target: target.into(),
             });
         } else if ft.is_file() {
             out.total_bytes += md.len();
             out.entries.push(PlanEntry::File {
-                src: utf8(&path)?,
+                src: path.into(),
                 rel: child_rel,
                 size: md.len(),
             });
@@ -356,7 +362,7 @@ fn walk(dir: &Path, rel: &str, out: &mut Sources) -> Result<(), String> {
             walk(&path, &child_rel, out)?;
         } else {
             out.skipped
-                .push(format!("{}: special file skipped", path.display()));
+                .push(format!("{}: special file skipped", show(&path)));
         }
     }
     Ok(())
@@ -368,6 +374,10 @@ struct JsonLine<'a> {
     target: &'a str,
     context: &'a str,
     path: &'a str,
+    /// The path's exact bytes in hex, only when they are not UTF-8 (then
+    /// `path` shows each invalid byte as `\xNN`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path_hex: Option<String>,
     bytes: u64,
     seconds: f64,
     digest: Option<&'a str>,
@@ -449,6 +459,7 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
                     target: &o.host,
                     context: &o.context,
                     path: &r.path,
+                    path_hex: r.path_bytes.as_ref().map(RawPath::hex),
                     bytes: r.bytes,
                     seconds: r.seconds,
                     digest: r.digest.as_deref(),
@@ -555,6 +566,7 @@ async fn push_all(
                 .map(|host| TargetOutcome {
                     results: vec![EntryResult {
                         path: plan.dest.clone(),
+                        path_bytes: None,
                         bytes: 0,
                         seconds: 0.0,
                         digest: None,
@@ -602,6 +614,7 @@ async fn push_all(
                 context: String::new(),
                 results: vec![EntryResult {
                     path: String::new(),
+                    path_bytes: None,
                     bytes: 0,
                     seconds: 0.0,
                     digest: None,
@@ -727,6 +740,7 @@ async fn push_one(
             return TargetOutcome {
                 results: vec![EntryResult {
                     path: plan.dest.clone(),
+                    path_bytes: None,
                     bytes: 0,
                     seconds: 0.0,
                     digest: None,
@@ -764,6 +778,7 @@ async fn push_one(
             tracing::warn!("{}", super::sanitize::sanitize(&msg));
             vec![EntryResult {
                 path: plan.dest.clone(),
+                path_bytes: None,
                 bytes: 0,
                 seconds: 0.0,
                 digest: None,

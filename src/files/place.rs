@@ -213,6 +213,12 @@ impl Place {
     }
 }
 
+/// A path for messages: every byte that is not valid UTF-8 is written
+/// `\xNN`, so names that differ only there stay distinct.
+pub fn show(p: &Path) -> String {
+    super::escape_bytes(p.as_os_str().as_bytes())
+}
+
 /// Says in plain words why resolving a place failed, for the errors that
 /// mean "not a directory we may enter".
 pub fn describe(e: Errno) -> String {

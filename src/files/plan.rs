@@ -46,7 +46,8 @@ use rustix::fs::OFlags;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use super::place::{Place, Root, describe, plain};
+use super::RawPath;
+use super::place::{Place, Root, describe, plain, show};
 use super::receive::{self, PendingFile, ReceiveOptions, TempFiles};
 use super::serve::SMALL_BATCH_BYTES;
 use super::{FILE_SERVICE, FetchSmallArgs, SMALL_FILE_MAX, SmallFile, TARGET_SERVICE, hex};
@@ -61,7 +62,7 @@ pub enum PlanEntry {
     /// A directory.
     Dir {
         /// Path relative to the copy root ('/'-separated, first component = source name).
-        rel: String,
+        rel: RawPath,
         /// Permission bits.
         mode: u32,
         /// Modification time, seconds.
@@ -72,9 +73,9 @@ pub enum PlanEntry {
     /// A regular file, fetched from the server.
     File {
         /// Absolute path on the server (registered with its FileService).
-        src: String,
+        src: RawPath,
         /// Relative destination.
-        rel: String,
+        rel: RawPath,
         /// Size when the plan was made. A hint only (the file may change
         /// before it is fetched): files that looked small are fetched many
         /// to a call.
@@ -83,9 +84,9 @@ pub enum PlanEntry {
     /// A symbolic link.
     Symlink {
         /// Relative destination.
-        rel: String,
+        rel: RawPath,
         /// Link target, verbatim.
-        target: String,
+        target: RawPath,
     },
 }
 
@@ -110,8 +111,12 @@ pub struct PushPlan {
 /// The outcome for one entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EntryResult {
-    /// Destination path in the target context.
+    /// Destination path in the target context, as text: a byte that is
+    /// not valid UTF-8 is written `\xNN` (see `path_bytes`).
     pub path: String,
+    /// The exact bytes of the path, when they are not UTF-8 (else `None`:
+    /// `path` is exact).
+    pub path_bytes: Option<RawPath>,
     /// Bytes written (files only).
     pub bytes: u64,
     /// Seconds from request to verified receipt (files only).
@@ -125,9 +130,11 @@ pub struct EntryResult {
 }
 
 impl EntryResult {
-    fn failed(path: &Path, error: String) -> EntryResult {
+    /// The result of an entry that failed.
+    pub fn failed(path: &Path, error: String) -> EntryResult {
         EntryResult {
-            path: path.display().to_string(),
+            path: show(path),
+            path_bytes: raw_if_not_utf8(path),
             bytes: 0,
             seconds: 0.0,
             digest: None,
@@ -138,7 +145,8 @@ impl EntryResult {
 
     fn ok(path: &Path) -> EntryResult {
         EntryResult {
-            path: path.display().to_string(),
+            path: show(path),
+            path_bytes: raw_if_not_utf8(path),
             bytes: 0,
             seconds: 0.0,
             digest: None,
@@ -181,11 +189,26 @@ pub fn register_service(services: &Services, router: &Router) -> TempFiles {
     temps
 }
 
-fn first_component_stripped(rel: &str) -> &str {
-    match rel.split_once('/') {
-        Some((_, rest)) => rest,
-        None => "",
+/// The path's bytes when they are not UTF-8.
+fn raw_if_not_utf8(p: &Path) -> Option<RawPath> {
+    p.to_str().is_none().then(|| RawPath::from(p))
+}
+
+fn first_component_stripped(rel: &[u8]) -> &[u8] {
+    match rel.iter().position(|&b| b == b'/') {
+        Some(i) => &rel[i + 1..],
+        None => b"",
     }
+}
+
+/// True if `rel` is a plain relative path: no empty, `.` or `..`
+/// component, no NUL.
+fn safe_rel(rel: &[u8]) -> bool {
+    !rel.is_empty()
+        && !rel.contains(&0)
+        && rel
+            .split(|&b| b == b'/')
+            .all(|c| !c.is_empty() && c != b"." && c != b"..")
 }
 
 /// Applies a plan; never fails as a whole — each entry reports its own result.
@@ -198,10 +221,7 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
 fn cancelled(dest: &Path) -> EntryResult {
     EntryResult::failed(
         dest,
-        format!(
-            "{}: push cancelled: nothing was put in place",
-            dest.display()
-        ),
+        format!("{}: push cancelled: nothing was put in place", show(dest)),
     )
 }
 
@@ -221,7 +241,7 @@ pub async fn apply_cancellable(
             | PlanEntry::File { rel, .. }
             | PlanEntry::Symlink { rel, .. } => rel,
         };
-        if rel.split('/').any(|c| c == ".." || c == ".") || rel.starts_with('/') || rel.is_empty() {
+        if !safe_rel(rel.as_bytes()) {
             return vec![EntryResult::failed(
                 &dest,
                 format!("refusing entry with unsafe relative path {rel:?}"),
@@ -235,20 +255,21 @@ pub async fn apply_cancellable(
     // Where an entry lands, relative to the root: `rel` itself beneath
     // DEST, or with its first component (the source's name) renamed to
     // DEST's own name beneath DEST's parent.
-    let rel_of = |rel: &str| -> PathBuf {
+    let rel_of = |rel: &RawPath| -> PathBuf {
+        use std::os::unix::ffi::OsStrExt;
         match &top {
-            None => PathBuf::from(rel),
+            None => rel.as_path().to_path_buf(),
             Some(name) => {
-                let rest = first_component_stripped(rel);
+                let rest = first_component_stripped(rel.as_bytes());
                 if rest.is_empty() {
                     PathBuf::from(name)
                 } else {
-                    Path::new(name).join(rest)
+                    Path::new(name).join(std::ffi::OsStr::from_bytes(rest))
                 }
             }
         }
     };
-    let place_of = |rel: &str| Place::new(&root, rel_of(rel));
+    let place_of = |rel: &RawPath| Place::new(&root, rel_of(rel));
 
     let mut results = Vec::new();
     let mut failed_dirs = FailedDirs::default();
@@ -262,7 +283,7 @@ pub async fn apply_cancellable(
         .filter(|e| matches!(e, PlanEntry::Dir { .. }))
         .collect();
     dir_entries.sort_by_key(|e| match e {
-        PlanEntry::Dir { rel, .. } => rel.matches('/').count(),
+        PlanEntry::Dir { rel, .. } => rel.as_bytes().iter().filter(|&&b| b == b'/').count(),
         _ => 0,
     });
     for e in dir_entries {
@@ -278,14 +299,14 @@ pub async fn apply_cancellable(
             };
             // DEST itself is the user's: a non-directory there is refused
             // (as `cp` does), not replaced.
-            let is_dest = top.is_some() && !rel.contains('/');
+            let is_dest = top.is_some() && !rel.as_bytes().contains(&b'/');
             match make_dir(&p, is_dest) {
                 Ok(()) => dirs.push((p, *mode, *mtime_sec, *mtime_nsec)),
                 Err(err) => {
                     failed_dirs.insert(&p, results.len());
                     results.push(EntryResult::failed(
                         p.shown(),
-                        format!("{}: cannot create directory: {err}", p.shown().display()),
+                        format!("{}: cannot create directory: {err}", show(p.shown())),
                     ));
                 }
             }
@@ -392,7 +413,7 @@ pub async fn apply_cancellable(
                     let shown = root.path().join(d);
                     failed.push(EntryResult::failed(
                         &shown,
-                        format!("{}: fsync directory: {}", shown.display(), describe(e)),
+                        format!("{}: fsync directory: {}", show(&shown), describe(e)),
                     ));
                 }
             }
@@ -422,7 +443,7 @@ pub async fn apply_cancellable(
                 Ok(()) => EntryResult::ok(p.shown()),
                 Err(err) => EntryResult::failed(
                     p.shown(),
-                    format!("{}: cannot create symlink: {err}", p.shown().display()),
+                    format!("{}: cannot create symlink: {err}", show(p.shown())),
                 ),
             });
         }
@@ -434,10 +455,7 @@ pub async fn apply_cancellable(
             Ok(()) => EntryResult::ok(p.shown()),
             Err(e) => EntryResult::failed(
                 p.shown(),
-                format!(
-                    "{}: cannot set directory metadata: {e}",
-                    p.shown().display()
-                ),
+                format!("{}: cannot set directory metadata: {e}", show(p.shown())),
             ),
         });
     }
@@ -453,16 +471,16 @@ fn open_root(plan: &PushPlan, dest: &Path) -> Result<(Arc<Root>, Option<OsString
     if plan.into_dir
         && let Err(e) = std::fs::create_dir_all(dest)
     {
-        return Err(format!("{}: cannot create directory: {e}", dest.display()));
+        return Err(format!("{}: cannot create directory: {e}", show(dest)));
     }
     if plan.into_dir || dest.is_dir() {
         let root = Root::open(dest)
-            .map_err(|e| format!("{}: cannot open directory: {}", dest.display(), plain(&e)))?;
+            .map_err(|e| format!("{}: cannot open directory: {}", show(dest), plain(&e)))?;
         return Ok((root, None));
     }
     let name = dest
         .file_name()
-        .ok_or_else(|| format!("{}: names no file to create", dest.display()))?;
+        .ok_or_else(|| format!("{}: names no file to create", show(dest)))?;
     let parent = dest.parent().unwrap_or(Path::new(""));
     let root = Root::open(parent).map_err(|e| {
         let shown = if parent.as_os_str().is_empty() {
@@ -472,8 +490,8 @@ fn open_root(plan: &PushPlan, dest: &Path) -> Result<(Arc<Root>, Option<OsString
         };
         format!(
             "{}: cannot open its directory {}: {}",
-            dest.display(),
-            shown.display(),
+            show(dest),
+            show(shown),
             plain(&e)
         )
     })?;
@@ -508,7 +526,7 @@ impl FailedDirs {
                     root.path(),
                     format!(
                         "{}: unusable entry name: {}",
-                        root.path().display(),
+                        show(root.path()),
                         describe(e)
                     ),
                 ));
@@ -628,7 +646,7 @@ enum Done {
 /// goes, and the size the plan saw.
 struct FileJob {
     index: usize,
-    src: String,
+    src: RawPath,
     place: Place,
     size: u64,
 }
@@ -781,7 +799,7 @@ async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<Outcome> {
             .map(|j| {
                 let e = format!(
                     "{}: fetch of {} failed: {why}",
-                    j.place.shown().display(),
+                    show(j.place.shown()),
                     j.src
                 );
                 (j.index, j.place, Err(e))
@@ -825,7 +843,7 @@ async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<Outcome> {
                 }
                 SmallFile::Failed(why) => Err(format!(
                     "{}: fetch of {} failed: {why}",
-                    job.place.shown().display(),
+                    show(job.place.shown()),
                     job.src
                 )),
             };
@@ -858,7 +876,8 @@ struct Summary {
 
 fn file_ok(path: &Path, s: &Summary) -> EntryResult {
     EntryResult {
-        path: path.display().to_string(),
+        path: show(path),
+        path_bytes: raw_if_not_utf8(path),
         bytes: s.bytes,
         seconds: s.started.elapsed().as_secs_f64(),
         digest: Some(hex(&s.digest)),
@@ -891,7 +910,7 @@ async fn put_in_place(outcomes: Vec<Outcome>, sync_error: Option<String>) -> Vec
                     Ok(Done::Committed(s)) => file_ok(&path, &s),
                     Ok(Done::Pending(p)) => {
                         if let Some(e) = &sync_error {
-                            EntryResult::failed(&path, format!("{}: {e}", path.display()))
+                            EntryResult::failed(&path, format!("{}: {e}", show(&path)))
                         } else {
                             let s = Summary {
                                 bytes: p.bytes,
@@ -978,7 +997,7 @@ fn syncfs_all(root: &Root, dirs: &BTreeSet<PathBuf>) -> Result<(), String> {
 
 /// Creates the symlink `p` under a temp name and renames it into place,
 /// all relative to its directory's handle.
-fn make_symlink(target: &str, p: &Place) -> Result<(), String> {
+fn make_symlink(target: &RawPath, p: &Place) -> Result<(), String> {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
     let dir = p.open_parent().map_err(describe)?;
     let mut tmp = b".".to_vec();
@@ -986,7 +1005,7 @@ fn make_symlink(target: &str, p: &Place) -> Result<(), String> {
     tmp.extend_from_slice(format!(".ferrogen-link-{}.tmp", std::process::id()).as_bytes());
     let tmp = OsString::from_vec(tmp);
     let _ = rustix::fs::unlinkat(&dir, &tmp, rustix::fs::AtFlags::empty());
-    rustix::fs::symlinkat(target, &dir, &tmp).map_err(describe)?;
+    rustix::fs::symlinkat(target.as_bytes(), &dir, &tmp).map_err(describe)?;
     rustix::fs::renameat(&dir, &tmp, &dir, p.name()).map_err(|e| {
         let _ = rustix::fs::unlinkat(&dir, &tmp, rustix::fs::AtFlags::empty());
         describe(e)

@@ -186,7 +186,7 @@ fn io_err<'a>(
     op: &'static str,
 ) -> impl FnOnce(std::io::Error) -> ReceiveError + 'a {
     move |source| ReceiveError::Io {
-        dest: dest.display().to_string(),
+        dest: place::show(dest),
         op,
         source,
     }
@@ -322,7 +322,7 @@ impl PendingFile {
 /// beneath the push's root.
 fn resolve_err(dest: &Path, e: rustix::io::Errno) -> ReceiveError {
     ReceiveError::Io {
-        dest: dest.display().to_string(),
+        dest: place::show(dest),
         op: "open its directory",
         source: std::io::Error::other(place::describe(e)),
     }
@@ -407,7 +407,7 @@ pub async fn receive(
     receive_with(
         router,
         server,
-        src,
+        &super::RawPath::from(src),
         &place,
         temps,
         &ReceiveOptions::default(),
@@ -421,20 +421,20 @@ pub async fn receive(
 pub async fn receive_with(
     router: &Router,
     server: ContextId,
-    src: &str,
+    src: &super::RawPath,
     place: &Place,
     temps: &TempFiles,
     opts: &ReceiveOptions,
 ) -> Result<PendingFile, ReceiveError> {
     let started = Instant::now();
     let dest = place.shown();
-    let dest_s = dest.display().to_string();
+    let dest_s = place::show(dest);
     let mut rx = match router.add_handler(None, Policy::Any, Some(server), true) {
         Ok(rx) => rx,
         Err(e) => unreachable!("dynamic handle allocation cannot collide: {e}"),
     };
     let args = FetchArgs {
-        path: src.to_string(),
+        path: src.clone(),
         sender: rx.to_sender(),
     };
     let reply: FetchReply = router
@@ -465,7 +465,7 @@ async fn receive_data(
     early_writeback: bool,
 ) -> Result<PendingFile, ReceiveError> {
     let dest = place.shown();
-    let dest_s = dest.display().to_string();
+    let dest_s = place::show(dest);
     let meta = reply.meta.clone();
     let mut pending = create_temp(place, temps, &meta, started)?;
     // A file of more than one chunk is written by its own blocking thread,
@@ -712,7 +712,7 @@ pub fn receive_whole(
     started: Instant,
 ) -> Result<PendingFile, ReceiveError> {
     let dest = place.shown();
-    let dest_s = || dest.display().to_string();
+    let dest_s = || place::show(dest);
     if data.len() as u64 != meta.size {
         return Err(ReceiveError::Mismatch {
             dest: dest_s(),
@@ -777,7 +777,7 @@ impl Sink {
                 match writer.finish(dest).await {
                     Err(e) => Err(e),
                     Ok(_) => Err(ReceiveError::Io {
-                        dest: dest.display().to_string(),
+                        dest: place::show(dest),
                         op: "write",
                         source: std::io::Error::other("disk writer stopped early"),
                     }),
@@ -854,7 +854,7 @@ impl DiskWriter {
             }) => Ok((file, *hasher.finalize().as_bytes())),
             Ok(WriterOutcome { error: Some(e), .. }) => Err(io_err(dest, "write")(e)),
             Err(e) => Err(ReceiveError::Io {
-                dest: dest.display().to_string(),
+                dest: place::show(dest),
                 op: "write",
                 source: std::io::Error::other(format!("disk writer failed: {e}")),
             }),
