@@ -169,3 +169,108 @@ fn names_that_are_not_utf8_arrive_exactly_and_stay_distinct() {
     seen.sort();
     assert_eq!(seen, expected, "one line with path_hex per non-UTF-8 entry");
 }
+
+/// The unprivileged account that runs pushes where root would not fail.
+const PUSHER: &str = "fgplanter";
+
+fn pusher() -> (u32, u32) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let exists = Command::new("id")
+            .arg(PUSHER)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !exists {
+            // Another test binary may race here: fine if it exists after.
+            let _ = Command::new("useradd")
+                .args(["-M", "-s", "/bin/sh", PUSHER])
+                .status();
+        }
+    });
+    let id = |flag: &str| -> u32 {
+        let o = Command::new("id")
+            .args([flag, PUSHER])
+            .output()
+            .expect("id");
+        assert!(o.status.success(), "account {PUSHER} exists");
+        text(&o.stdout).trim().parse().expect("numeric id")
+    };
+    (id("-u"), id("-g"))
+}
+
+/// Runs `prog ARGS` as the unprivileged account.
+fn as_pusher(prog: &OsStr, args: &[&OsStr]) -> Output {
+    Command::new("runuser")
+        .args(["-u", PUSHER, "--"])
+        .arg(prog)
+        .args(args)
+        .output()
+        .expect("runuser")
+}
+
+/// A read-only destination with 2,000 files to receive gives a handful of
+/// error lines, not one per file (the old code printed 2,042; rsync
+/// prints 3): once where the top directory cannot be created, once where
+/// it exists but cannot be written.
+#[test]
+fn a_read_only_destination_gives_one_error_per_failing_subtree() {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root (to run as a second account)");
+        return;
+    }
+    let (uid, gid) = pusher();
+    let t = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let src = t.path().join("proj");
+    std::fs::create_dir_all(src.join("sub")).expect("mkdir");
+    for i in 0..1990 {
+        std::fs::write(src.join(format!("f{i:04}")), b"x").expect("write");
+    }
+    for i in 0..10 {
+        std::fs::write(src.join(format!("sub/g{i}")), b"y").expect("write");
+    }
+    let bin = OsStr::new(env!("CARGO_BIN_EXE_ferrogen"));
+    for (case, existing_top) in [("dest-ro", false), ("top-ro", true)] {
+        let dest = t.path().join(case);
+        std::fs::create_dir(&dest).expect("mkdir");
+        let ro = if existing_top {
+            std::fs::create_dir(dest.join("proj")).expect("mkdir");
+            dest.join("proj")
+        } else {
+            dest.clone()
+        };
+        for d in [&dest, &ro] {
+            std::os::unix::fs::chown(d, Some(uid), Some(gid)).expect("chown");
+        }
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+        let o = as_pusher(
+            bin,
+            &[
+                OsStr::new("push"),
+                OsStr::new("-r"),
+                src.as_os_str(),
+                &slash(&dest),
+            ],
+        );
+        assert_eq!(o.status.code(), Some(1), "{case}: {}", text(&o.stderr));
+        let err = text(&o.stderr);
+        let lines = err.lines().count();
+        let rsync = as_pusher(
+            OsStr::new("rsync"),
+            &[OsStr::new("-a"), src.as_os_str(), &slash(&dest)],
+        );
+        eprintln!(
+            "{case}: ferrogen {lines} error lines, rsync {}",
+            text(&rsync.stderr).lines().count()
+        );
+        assert!(lines <= 3, "{case}: {lines} lines:\n{err}");
+        assert!(err.contains("Permission denied"), "{case}: {err}");
+        // The count of what was not copied is in the message.
+        assert!(
+            err.contains("2001 entries below it not copied") || err.contains("1990 entries failed"),
+            "{case}: {err}"
+        );
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+}

@@ -460,7 +460,58 @@ pub async fn apply_cancellable(
         });
     }
     failed_dirs.annotate(&mut results);
-    results
+    collapse_alike(results)
+}
+
+/// Failures in one directory with the same cause (say, 2,000 files in a
+/// read-only directory) become one result for the directory that says
+/// how many entries failed and names the first, instead of one per entry.
+fn collapse_alike(results: Vec<EntryResult>) -> Vec<EntryResult> {
+    // (directory, cause) → (index of the first, how many).
+    let mut groups: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
+    let key = |r: &EntryResult| -> Option<(String, String)> {
+        let e = r.error.as_deref()?;
+        let cause = e.strip_prefix(r.path.as_str())?.strip_prefix(": ")?;
+        let (dir, _) = r.path.rsplit_once('/')?;
+        Some((dir.to_string(), cause.to_string()))
+    };
+    for (i, r) in results.iter().enumerate() {
+        if let Some(k) = key(r) {
+            groups.entry(k).or_insert((i, 0)).1 += 1;
+        }
+    }
+    if groups.values().all(|&(_, n)| n < 2) {
+        return results;
+    }
+    let mut out = Vec::with_capacity(results.len());
+    for (i, r) in results.into_iter().enumerate() {
+        let Some(k) = key(&r) else {
+            out.push(r);
+            continue;
+        };
+        match groups.get(&k) {
+            Some(&(first, n)) if n >= 2 => {
+                if i == first {
+                    let (dir, cause) = k;
+                    let error =
+                        format!("{dir}: {n} entries failed: {cause} (the first: {})", r.path);
+                    let dir_bytes = r.path_bytes.as_ref().and_then(|b| {
+                        let cut = b.as_bytes().iter().rposition(|&c| c == b'/')?;
+                        Some(RawPath::from_bytes(b.as_bytes()[..cut].to_vec()))
+                            .filter(|d| d.to_str().is_none())
+                    });
+                    out.push(EntryResult {
+                        path: dir,
+                        path_bytes: dir_bytes,
+                        error: Some(error),
+                        ..EntryResult::failed(Path::new(""), String::new())
+                    });
+                }
+            }
+            _ => out.push(r),
+        }
+    }
+    out
 }
 
 /// Opens the push's root: DEST when entries go into it, else DEST's
