@@ -274,3 +274,92 @@ fn a_read_only_destination_gives_one_error_per_failing_subtree() {
         std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
 }
+
+/// FIFOs, sockets and device nodes are not copied, but never silently:
+/// each is named in the text output, counted in the summary, and has a
+/// `"status": "skipped"` line with its kind in `--json` (the old code left
+/// them out of `--json` and the summary).
+#[test]
+fn special_files_are_listed_as_skipped_everywhere() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let src = t.path().join("proj");
+    std::fs::create_dir(&src).expect("mkdir");
+    std::fs::write(src.join("file"), b"data").expect("write");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &src.join("pipe"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .expect("mkfifo");
+    let _listener = std::os::unix::net::UnixListener::bind(src.join("sock")).expect("socket");
+    let mut kinds = vec![("pipe", "fifo"), ("sock", "socket")];
+    // A device node where this system lets us make one (a copy of
+    // /dev/null: 1,3).
+    if rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &src.join("null"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        rustix::fs::makedev(1, 3),
+    )
+    .is_ok()
+    {
+        kinds.push(("null", "character device"));
+    }
+
+    let dest = t.path().join("out");
+    let o = ferrogen(&[
+        OsStr::new("push"),
+        OsStr::new("-r"),
+        src.as_os_str(),
+        &slash(&dest),
+    ]);
+    assert!(o.status.success(), "skipping is not a failure: {o:?}");
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    for (name, kind) in &kinds {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&format!("proj/{name}: {kind} skipped"))),
+            "{name} named on stderr: {err}"
+        );
+        assert!(
+            std::fs::symlink_metadata(dest.join("proj").join(name)).is_err(),
+            "{name} not created"
+        );
+    }
+    assert!(
+        out.contains("1 files, ") && out.contains(&format!(", {} skipped", kinds.len())),
+        "summary: {out}"
+    );
+    assert_eq!(
+        std::fs::read(dest.join("proj/file")).expect("read"),
+        b"data"
+    );
+
+    let o = ferrogen(&[
+        OsStr::new("push"),
+        OsStr::new("--json"),
+        OsStr::new("-r"),
+        src.as_os_str(),
+        &slash(&t.path().join("json")),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let lines: Vec<serde_json::Value> = text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    for (name, kind) in &kinds {
+        let line = lines
+            .iter()
+            .find(|v| {
+                v["path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with(&format!("proj/{name}")))
+            })
+            .unwrap_or_else(|| panic!("a line for {name}: {lines:?}"));
+        assert_eq!(line["status"], "skipped");
+        assert_eq!(line["kind"], *kind);
+    }
+}

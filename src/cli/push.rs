@@ -195,6 +195,32 @@ pub fn file_service_config(args: &PushArgs) -> FileServiceConfig {
     }
 }
 
+/// A source entry that is not copied: a FIFO, a socket or a device node
+/// (as `rsync -a` without `--specials`/`--devices`, and it too exits 0).
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    /// The source path.
+    pub path: PathBuf,
+    /// What it is: "fifo", "socket", "character device", "block device".
+    pub kind: &'static str,
+}
+
+/// What a special file is, in words.
+fn special_kind(ft: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_char_device() {
+        "character device"
+    } else if ft.is_block_device() {
+        "block device"
+    } else {
+        "special file"
+    }
+}
+
 /// The controller-side description of what to push.
 #[derive(Debug, Default)]
 pub struct Sources {
@@ -208,8 +234,8 @@ pub struct Sources {
     pub total_bytes: u64,
     /// Whether the destination must be a directory.
     pub into_dir: bool,
-    /// Non-fatal notes (skipped special files).
-    pub skipped: Vec<String>,
+    /// Special files (FIFOs, sockets, device nodes) not copied.
+    pub skipped: Vec<Skipped>,
 }
 
 impl Sources {
@@ -319,9 +345,10 @@ pub fn collect_sources(srcs: &[String], recursive: bool) -> Result<Sources, Stri
             };
             walk(&abs, &top, &mut out)?;
         } else {
-            out.skipped.push(format!(
-                "{src}: not a regular file, directory or symlink; skipped"
-            ));
+            out.skipped.push(Skipped {
+                path: given.to_path_buf(),
+                kind: special_kind(md.file_type()),
+            });
         }
     }
     Ok(out)
@@ -361,8 +388,10 @@ fn walk(dir: &Path, rel: &RawPath, out: &mut Sources) -> Result<(), String> {
             });
             walk(&path, &child_rel, out)?;
         } else {
-            out.skipped
-                .push(format!("{}: special file skipped", show(&path)));
+            out.skipped.push(Skipped {
+                path,
+                kind: special_kind(ft),
+            });
         }
     }
     Ok(())
@@ -378,6 +407,9 @@ struct JsonLine<'a> {
     /// `path` shows each invalid byte as `\xNN`).
     #[serde(skip_serializing_if = "Option::is_none")]
     path_hex: Option<String>,
+    /// For a skipped source entry: what it is ("fifo", "socket", ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'a str>,
     bytes: u64,
     seconds: f64,
     digest: Option<&'a str>,
@@ -405,8 +437,14 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
             return Exit::Usage;
         }
     };
-    for note in &sources.skipped {
-        out::diag(format_args!("ferrogen push: {note}"));
+    if !args.json {
+        for sk in &sources.skipped {
+            out::diag(format_args!(
+                "ferrogen push: {}: {} skipped (only regular files, directories and symlinks are copied)",
+                show(&sk.path),
+                sk.kind
+            ));
+        }
     }
     let router = Router::new(RouterConfig::controller());
     let services = Services::start(&router);
@@ -460,6 +498,7 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
                     context: &o.context,
                     path: &r.path,
                     path_hex: r.path_bytes.as_ref().map(RawPath::hex),
+                    kind: None,
                     bytes: r.bytes,
                     seconds: r.seconds,
                     digest: r.digest.as_deref(),
@@ -474,7 +513,28 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
                 out::diag(format_args!("{}: FAILED: {e}", o.host));
             }
         }
-        if !args.json {
+        if args.json {
+            // Each special file not copied, per target, like any entry.
+            for sk in &sources.skipped {
+                let raw = RawPath::from(sk.path.as_path());
+                let line = JsonLine {
+                    target: &o.host,
+                    context: &o.context,
+                    path: &raw.escaped(),
+                    path_hex: raw.to_str().is_none().then(|| raw.hex()),
+                    kind: Some(sk.kind),
+                    bytes: 0,
+                    seconds: 0.0,
+                    digest: None,
+                    status: "skipped",
+                    error: None,
+                };
+                match serde_json::to_string(&line) {
+                    Ok(s) => out::data(s),
+                    Err(e) => out::data(serde_json::json!({ "error": e.to_string() })),
+                }
+            }
+        } else {
             let mib = bytes as f64 / (1 << 20) as f64;
             let rate = if o.seconds > 0.0 {
                 mib / o.seconds
@@ -482,8 +542,9 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
                 0.0
             };
             let errors = o.results.iter().filter(|r| r.error.is_some()).count();
+            let skipped = sources.skipped.len();
             out::result(format_args!(
-                "{}: {} files, {:.1} MiB in {:.2} s ({:.1} MiB/s){}",
+                "{}: {} files, {:.1} MiB in {:.2} s ({:.1} MiB/s){}{}",
                 o.host,
                 files,
                 mib,
@@ -491,6 +552,11 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
                 rate,
                 if errors > 0 {
                     format!(", {errors} errors")
+                } else {
+                    String::new()
+                },
+                if skipped > 0 {
+                    format!(", {skipped} skipped (special files)")
                 } else {
                     String::new()
                 }
