@@ -287,7 +287,7 @@ fn special_files_are_listed_as_skipped_everywhere() {
     std::fs::write(src.join("file"), b"data").expect("write");
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &src.join("pipe"),
+        src.join("pipe"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o644),
         0,
@@ -299,7 +299,7 @@ fn special_files_are_listed_as_skipped_everywhere() {
     // /dev/null: 1,3).
     if rustix::fs::mknodat(
         rustix::fs::CWD,
-        &src.join("null"),
+        src.join("null"),
         rustix::fs::FileType::CharacterDevice,
         rustix::fs::Mode::from_raw_mode(0o644),
         rustix::fs::makedev(1, 3),
