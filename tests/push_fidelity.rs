@@ -363,3 +363,91 @@ fn special_files_are_listed_as_skipped_everywhere() {
         assert_eq!(line["kind"], *kind);
     }
 }
+
+/// `-a` (like `--specials --devices`) recreates FIFOs, sockets and device
+/// nodes with their modes and times, and symlinks keep their own times,
+/// as with `rsync -a`.
+#[test]
+fn archive_recreates_special_files_as_rsync_does() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let src = t.path().join("proj");
+    std::fs::create_dir(&src).expect("mkdir");
+    let mk = |name: &str, ft: rustix::fs::FileType, mode: u32, dev: u64| {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            src.join(name),
+            ft,
+            rustix::fs::Mode::from_raw_mode(mode),
+            dev as _,
+        )
+    };
+    mk("pipe", rustix::fs::FileType::Fifo, 0o640, 0).expect("mkfifo");
+    mk("sock", rustix::fs::FileType::Socket, 0o600, 0).expect("socket node");
+    let mut names = vec!["pipe", "sock"];
+    if mk(
+        "null",
+        rustix::fs::FileType::CharacterDevice,
+        0o666,
+        rustix::fs::makedev(1, 3),
+    )
+    .is_ok()
+    {
+        names.push("null");
+    }
+    names.push("link");
+    std::os::unix::fs::symlink("dangling/target", src.join("link")).expect("symlink");
+    // Odd modes and exact times, so both show.
+    for n in &names {
+        if *n != "link" {
+            rustix::fs::chmodat(
+                rustix::fs::CWD,
+                src.join(n),
+                rustix::fs::Mode::from_raw_mode(0o751),
+                rustix::fs::AtFlags::empty(),
+            )
+            .expect("chmod");
+        }
+        let ts = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 1_000_000_000,
+                tv_nsec: 5,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: 1_234_567_890,
+                tv_nsec: 123_456_789,
+            },
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            src.join(n),
+            &ts,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .expect("times");
+    }
+    let ours = t.path().join("ours");
+    let o = ferrogen(&[
+        OsStr::new("push"),
+        OsStr::new("-a"),
+        &slash(&src),
+        &slash(&ours),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let theirs = t.path().join("theirs");
+    let o = Command::new("rsync")
+        .arg("-a")
+        .arg(slash(&src))
+        .arg(slash(&theirs))
+        .output()
+        .expect("rsync");
+    assert!(o.status.success(), "rsync: {}", text(&o.stderr));
+    let meta = |root: &Path, n: &str| {
+        let md = std::fs::symlink_metadata(root.join(n)).expect("lstat");
+        (md.mode(), md.rdev(), md.mtime(), md.mtime_nsec())
+    };
+    for n in &names {
+        let want = meta(&src, n);
+        assert_eq!(meta(&ours, n), want, "{n}: ferrogen");
+        assert_eq!(meta(&theirs, n), want, "{n}: rsync");
+    }
+}

@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use super::target::{self, Chain, TargetArgs};
 use super::{Exit, out};
 use crate::connect::Method;
-use crate::files::plan::{EntryResult, PlanEntry, PushPlan};
+use crate::files::plan::{EntryResult, PlanEntry, PushPlan, SpecialKind};
 use crate::files::receive::ReceiveOptions;
 use crate::files::window::Sizing;
 use crate::files::{FileService, FileServiceConfig, RawPath, TARGET_SERVICE};
@@ -35,6 +35,17 @@ pub struct PushArgs {
     /// Copy directories recursively (structure, modes, symlinks as symlinks).
     #[arg(short, long)]
     pub recursive: bool,
+    /// Archive mode, for the rsync habit: -r --specials --devices
+    /// (structure, modes, times, symlinks, FIFOs, sockets and device nodes).
+    #[arg(short, long)]
+    pub archive: bool,
+    /// Recreate FIFOs and sockets (otherwise they are listed as skipped).
+    #[arg(long)]
+    pub specials: bool,
+    /// Recreate device nodes (needs privilege on the target; otherwise
+    /// they are listed as skipped).
+    #[arg(long)]
+    pub devices: bool,
     /// Apply the source's owner and group on the target (needs privilege there).
     #[arg(long)]
     pub owner: bool,
@@ -205,19 +216,73 @@ pub struct Skipped {
     pub kind: &'static str,
 }
 
-/// What a special file is, in words.
-fn special_kind(ft: std::fs::FileType) -> &'static str {
+/// What a special file is.
+fn special_kind(ft: std::fs::FileType) -> Option<SpecialKind> {
     use std::os::unix::fs::FileTypeExt;
     if ft.is_fifo() {
-        "fifo"
+        Some(SpecialKind::Fifo)
     } else if ft.is_socket() {
-        "socket"
+        Some(SpecialKind::Socket)
     } else if ft.is_char_device() {
-        "character device"
+        Some(SpecialKind::CharDevice)
     } else if ft.is_block_device() {
-        "block device"
+        Some(SpecialKind::BlockDevice)
     } else {
-        "special file"
+        None
+    }
+}
+
+/// What the walk takes besides regular files, directories and symlinks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WalkOptions {
+    /// Descend into directories.
+    pub recursive: bool,
+    /// Take FIFOs and sockets.
+    pub specials: bool,
+    /// Take device nodes.
+    pub devices: bool,
+}
+
+impl WalkOptions {
+    /// The walk the push options ask for (`-a` is `-r --specials --devices`).
+    pub fn from_args(args: &PushArgs) -> WalkOptions {
+        WalkOptions {
+            recursive: args.recursive || args.archive,
+            specials: args.specials || args.archive,
+            devices: args.devices || args.archive,
+        }
+    }
+
+    fn takes(&self, kind: SpecialKind) -> bool {
+        match kind {
+            SpecialKind::Fifo | SpecialKind::Socket => self.specials,
+            SpecialKind::CharDevice | SpecialKind::BlockDevice => self.devices,
+        }
+    }
+}
+
+/// The plan entry for special file `md` at `rel`, or its note as skipped.
+fn special_entry(
+    path: &Path,
+    rel: RawPath,
+    md: &std::fs::Metadata,
+    opts: &WalkOptions,
+    out: &mut Sources,
+) {
+    use std::os::unix::fs::MetadataExt;
+    match special_kind(md.file_type()) {
+        Some(kind) if opts.takes(kind) => out.entries.push(PlanEntry::Special {
+            rel,
+            kind,
+            mode: md.mode() & 0o7777,
+            rdev: md.rdev(),
+            mtime_sec: md.mtime(),
+            mtime_nsec: md.mtime_nsec() as u32,
+        }),
+        kind => out.skipped.push(Skipped {
+            path: path.to_path_buf(),
+            kind: kind.map_or("special file", SpecialKind::name),
+        }),
     }
 }
 
@@ -287,6 +352,17 @@ fn show(p: &Path) -> String {
 /// Walks the sources into a plan. Names are taken as bytes, exactly as
 /// the file system has them (they need not be UTF-8).
 pub fn collect_sources(srcs: &[String], recursive: bool) -> Result<Sources, String> {
+    collect_sources_with(
+        srcs,
+        &WalkOptions {
+            recursive,
+            ..Default::default()
+        },
+    )
+}
+
+/// [`collect_sources`] with every walk option.
+pub fn collect_sources_with(srcs: &[String], opts: &WalkOptions) -> Result<Sources, String> {
     use std::ffi::OsStr;
     let mut out = Sources {
         into_dir: srcs.len() > 1,
@@ -310,10 +386,13 @@ pub fn collect_sources(srcs: &[String], recursive: bool) -> Result<Sources, Stri
             .unwrap_or_else(|| "root".into());
         let top = join_rel(b"", &name);
         if md.file_type().is_symlink() {
+            use std::os::unix::fs::MetadataExt;
             let target = std::fs::read_link(given).map_err(|e| format!("{src}: {e}"))?;
             out.entries.push(PlanEntry::Symlink {
                 rel: top,
                 target: target.into(),
+                mtime_sec: md.mtime(),
+                mtime_nsec: md.mtime_nsec() as u32,
             });
         } else if md.is_file() {
             let abs = std::fs::canonicalize(given).map_err(|e| format!("{src}: {e}"))?;
@@ -325,7 +404,7 @@ pub fn collect_sources(srcs: &[String], recursive: bool) -> Result<Sources, Stri
                 size: md.len(),
             });
         } else if md.is_dir() {
-            if !recursive {
+            if !opts.recursive {
                 return Err(format!("{src}: is a directory (use -r to copy it)"));
             }
             let abs = std::fs::canonicalize(given).map_err(|e| format!("{src}: {e}"))?;
@@ -343,18 +422,15 @@ pub fn collect_sources(srcs: &[String], recursive: bool) -> Result<Sources, Stri
                 });
                 top
             };
-            walk(&abs, &top, &mut out)?;
+            walk(&abs, &top, opts, &mut out)?;
         } else {
-            out.skipped.push(Skipped {
-                path: given.to_path_buf(),
-                kind: special_kind(md.file_type()),
-            });
+            special_entry(given, top, &md, opts, &mut out);
         }
     }
     Ok(out)
 }
 
-fn walk(dir: &Path, rel: &RawPath, out: &mut Sources) -> Result<(), String> {
+fn walk(dir: &Path, rel: &RawPath, opts: &WalkOptions, out: &mut Sources) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let mut names: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| format!("{}: {e}", show(dir)))?
@@ -371,6 +447,8 @@ fn walk(dir: &Path, rel: &RawPath, out: &mut Sources) -> Result<(), String> {
             out.entries.push(PlanEntry::Symlink {
                 rel: child_rel,
                 target: target.into(),
+                mtime_sec: md.mtime(),
+                mtime_nsec: md.mtime_nsec() as u32,
             });
         } else if ft.is_file() {
             out.total_bytes += md.len();
@@ -386,12 +464,9 @@ fn walk(dir: &Path, rel: &RawPath, out: &mut Sources) -> Result<(), String> {
                 mtime_sec: md.mtime(),
                 mtime_nsec: md.mtime_nsec() as u32,
             });
-            walk(&path, &child_rel, out)?;
+            walk(&path, &child_rel, opts, out)?;
         } else {
-            out.skipped.push(Skipped {
-                path,
-                kind: special_kind(ft),
-            });
+            special_entry(&path, child_rel, &md, opts, out);
         }
     }
     Ok(())
@@ -430,7 +505,7 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
         out::diag("ferrogen push: need at least one source and a destination");
         return Exit::Usage;
     };
-    let sources = match collect_sources(srcs, args.recursive) {
+    let sources = match collect_sources_with(srcs, &WalkOptions::from_args(&args)) {
         Ok(s) => s,
         Err(e) => {
             out::diag(format_args!("ferrogen push: {e}"));

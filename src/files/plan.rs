@@ -87,7 +87,61 @@ pub enum PlanEntry {
         rel: RawPath,
         /// Link target, verbatim.
         target: RawPath,
+        /// The link's own modification time, seconds.
+        mtime_sec: i64,
+        /// The link's own modification time, nanoseconds.
+        mtime_nsec: u32,
     },
+    /// A FIFO, socket or device node (`--specials`, `--devices`).
+    Special {
+        /// Relative destination.
+        rel: RawPath,
+        /// What it is.
+        kind: SpecialKind,
+        /// Permission bits.
+        mode: u32,
+        /// Device number (devices only; 0 otherwise).
+        rdev: u64,
+        /// Modification time, seconds.
+        mtime_sec: i64,
+        /// Modification time, nanoseconds.
+        mtime_nsec: u32,
+    },
+}
+
+/// The kinds of special file a push can recreate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpecialKind {
+    /// A named pipe.
+    Fifo,
+    /// A Unix socket's name (no one listens on the copy).
+    Socket,
+    /// A character device node (needs privilege on the target).
+    CharDevice,
+    /// A block device node (needs privilege on the target).
+    BlockDevice,
+}
+
+impl SpecialKind {
+    fn file_type(self) -> rustix::fs::FileType {
+        use rustix::fs::FileType;
+        match self {
+            SpecialKind::Fifo => FileType::Fifo,
+            SpecialKind::Socket => FileType::Socket,
+            SpecialKind::CharDevice => FileType::CharacterDevice,
+            SpecialKind::BlockDevice => FileType::BlockDevice,
+        }
+    }
+
+    /// In words, as in messages and `--json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SpecialKind::Fifo => "fifo",
+            SpecialKind::Socket => "socket",
+            SpecialKind::CharDevice => "character device",
+            SpecialKind::BlockDevice => "block device",
+        }
+    }
 }
 
 /// A push to apply in one context.
@@ -239,7 +293,8 @@ pub async fn apply_cancellable(
         let rel = match e {
             PlanEntry::Dir { rel, .. }
             | PlanEntry::File { rel, .. }
-            | PlanEntry::Symlink { rel, .. } => rel,
+            | PlanEntry::Symlink { rel, .. }
+            | PlanEntry::Special { rel, .. } => rel,
         };
         if !safe_rel(rel.as_bytes()) {
             return vec![EntryResult::failed(
@@ -435,15 +490,46 @@ pub async fn apply_cancellable(
     // Symlinks, once the files are in: like them, an existing entry is
     // replaced only when the push is final.
     for e in &plan.entries {
-        if let PlanEntry::Symlink { rel, target } = e {
+        if let PlanEntry::Symlink {
+            rel,
+            target,
+            mtime_sec,
+            mtime_nsec,
+        } = e
+        {
             let Some(p) = failed_dirs.admit(place_of(rel), &root, &mut results) else {
                 continue;
             };
-            results.push(match make_symlink(target, &p) {
+            let ts = times(*mtime_sec, *mtime_nsec);
+            results.push(match make_symlink(target, &ts, &p) {
                 Ok(()) => EntryResult::ok(p.shown()),
                 Err(err) => EntryResult::failed(
                     p.shown(),
                     format!("{}: cannot create symlink: {err}", show(p.shown())),
+                ),
+            });
+        }
+    }
+    // Special files likewise.
+    for e in &plan.entries {
+        if let PlanEntry::Special {
+            rel,
+            kind,
+            mode,
+            rdev,
+            mtime_sec,
+            mtime_nsec,
+        } = e
+        {
+            let Some(p) = failed_dirs.admit(place_of(rel), &root, &mut results) else {
+                continue;
+            };
+            let ts = times(*mtime_sec, *mtime_nsec);
+            results.push(match make_special(&p, *kind, *mode, *rdev, &ts) {
+                Ok(()) => EntryResult::ok(p.shown()),
+                Err(err) => EntryResult::failed(
+                    p.shown(),
+                    format!("{}: cannot create {}: {err}", show(p.shown()), kind.name()),
                 ),
             });
         }
@@ -1046,19 +1132,90 @@ fn syncfs_all(root: &Root, dirs: &BTreeSet<PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
-/// Creates the symlink `p` under a temp name and renames it into place,
-/// all relative to its directory's handle.
-fn make_symlink(target: &RawPath, p: &Place) -> Result<(), String> {
+/// Access and modification time both `sec`.`nsec`.
+fn times(sec: i64, nsec: u32) -> rustix::fs::Timestamps {
+    let t = rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    };
+    rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+/// A temp name for `p` in its directory.
+fn temp_name(p: &Place, what: &str) -> OsString {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
-    let dir = p.open_parent().map_err(describe)?;
     let mut tmp = b".".to_vec();
     tmp.extend_from_slice(&p.name().as_bytes()[..p.name().len().min(80)]);
-    tmp.extend_from_slice(format!(".ferrogen-link-{}.tmp", std::process::id()).as_bytes());
-    let tmp = OsString::from_vec(tmp);
+    tmp.extend_from_slice(format!(".ferrogen-{what}-{}.tmp", std::process::id()).as_bytes());
+    OsString::from_vec(tmp)
+}
+
+/// Creates the special file `p` under a temp name, gives it its mode and
+/// times through a handle on the node itself (so a name swapped for a
+/// symlink meanwhile is never followed), and renames it into place.
+fn make_special(
+    p: &Place,
+    kind: SpecialKind,
+    mode: u32,
+    rdev: u64,
+    ts: &rustix::fs::Timestamps,
+) -> Result<(), String> {
+    use rustix::fs::{AtFlags, Mode};
+    let dir = p.open_parent().map_err(describe)?;
+    let tmp = temp_name(p, "node");
+    let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
+    rustix::fs::mknodat(
+        &dir,
+        &tmp,
+        kind.file_type(),
+        Mode::from_raw_mode(0o600),
+        rdev as _,
+    )
+    .map_err(describe)?;
+    let finish = || -> Result<(), String> {
+        let node = rustix::fs::openat(
+            &dir,
+            &tmp,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(describe)?;
+        let st = rustix::fs::fstat(&node).map_err(describe)?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != kind.file_type() {
+            return Err("replaced while being created".into());
+        }
+        let via = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&node));
+        rustix::fs::chmodat(
+            rustix::fs::CWD,
+            via.as_str(),
+            Mode::from_raw_mode(mode),
+            AtFlags::empty(),
+        )
+        .map_err(describe)?;
+        rustix::fs::utimensat(rustix::fs::CWD, via.as_str(), ts, AtFlags::empty())
+            .map_err(describe)?;
+        rustix::fs::renameat(&dir, &tmp, &dir, p.name()).map_err(describe)
+    };
+    finish().inspect_err(|_| {
+        let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
+    })
+}
+
+/// Creates the symlink `p` under a temp name and renames it into place,
+/// all relative to its directory's handle.
+fn make_symlink(target: &RawPath, ts: &rustix::fs::Timestamps, p: &Place) -> Result<(), String> {
+    let dir = p.open_parent().map_err(describe)?;
+    let tmp = temp_name(p, "link");
     let _ = rustix::fs::unlinkat(&dir, &tmp, rustix::fs::AtFlags::empty());
     rustix::fs::symlinkat(target.as_bytes(), &dir, &tmp).map_err(describe)?;
-    rustix::fs::renameat(&dir, &tmp, &dir, p.name()).map_err(|e| {
-        let _ = rustix::fs::unlinkat(&dir, &tmp, rustix::fs::AtFlags::empty());
-        describe(e)
-    })
+    // The link's own times (never its target's), as `cp -a` and `rsync -a`.
+    rustix::fs::utimensat(&dir, &tmp, ts, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        .and_then(|()| rustix::fs::renameat(&dir, &tmp, &dir, p.name()))
+        .map_err(|e| {
+            let _ = rustix::fs::unlinkat(&dir, &tmp, rustix::fs::AtFlags::empty());
+            describe(e)
+        })
 }
