@@ -451,3 +451,80 @@ fn archive_recreates_special_files_as_rsync_does() {
         assert_eq!(meta(&theirs, n), want, "{n}: rsync");
     }
 }
+
+/// `--hard-links` (and `-a`) keep hard links: the names of one file in
+/// the sources arrive as names of one file, as with `rsync -aH`; without
+/// it each name is its own file (as `rsync -a`).
+#[test]
+fn hard_links_are_kept_as_rsync_dash_h_keeps_them() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let src = t.path().join("proj");
+    std::fs::create_dir_all(src.join("sub")).expect("mkdir");
+    std::fs::write(src.join("a"), b"shared").expect("write");
+    std::fs::hard_link(src.join("a"), src.join("sub/b")).expect("link");
+    std::fs::hard_link(src.join("a"), src.join("c")).expect("link");
+    std::fs::write(src.join("big1"), vec![3u8; 400_000]).expect("write");
+    std::fs::hard_link(src.join("big1"), src.join("sub/big2")).expect("link");
+    std::fs::write(src.join("alone"), b"alone").expect("write");
+    // Groups of names sharing an inode, as sorted lists.
+    let groups = |root: &Path| {
+        let mut by_ino: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        for n in ["a", "sub/b", "c", "big1", "sub/big2", "alone"] {
+            let md = std::fs::symlink_metadata(root.join(n)).expect("lstat");
+            assert_eq!(
+                std::fs::read(root.join(n)).expect("read"),
+                std::fs::read(src.join(n)).expect("read"),
+                "{n}"
+            );
+            by_ino.entry(md.ino()).or_default().push(n.to_string());
+        }
+        let mut g: Vec<Vec<String>> = by_ino.into_values().collect();
+        g.sort();
+        g
+    };
+    let want = groups(&src);
+    assert_eq!(want.len(), 3);
+    for (flag, rsync_flag) in [("--hard-links", "-aH"), ("-a", "-aH")] {
+        let ours = t.path().join(format!("ours{flag}"));
+        // Twice: the second time over the links the first one made.
+        for _ in 0..2 {
+            let o = ferrogen(&[
+                OsStr::new("push"),
+                OsStr::new("-r"),
+                OsStr::new(flag),
+                &slash(&src),
+                &slash(&ours),
+            ]);
+            assert!(o.status.success(), "{}", text(&o.stderr));
+            assert_eq!(groups(&ours), want, "ferrogen {flag}");
+        }
+        let theirs = t.path().join(format!("theirs{flag}"));
+        let o = Command::new("rsync")
+            .arg(rsync_flag)
+            .arg(slash(&src))
+            .arg(slash(&theirs))
+            .output()
+            .expect("rsync");
+        assert!(o.status.success(), "rsync: {}", text(&o.stderr));
+        assert_eq!(groups(&theirs), want, "rsync {rsync_flag}");
+        // Nothing left over from the linking.
+        for d in [ours.clone(), ours.join("sub")] {
+            let leftovers: Vec<_> = std::fs::read_dir(&d)
+                .expect("ls")
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+                .collect();
+            assert!(leftovers.is_empty(), "{leftovers:?}");
+        }
+    }
+    // Without it, every name is a file of its own.
+    let plain = t.path().join("plain");
+    let o = ferrogen(&[
+        OsStr::new("push"),
+        OsStr::new("-r"),
+        &slash(&src),
+        &slash(&plain),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(groups(&plain).len(), 6);
+}

@@ -36,9 +36,14 @@ pub struct PushArgs {
     #[arg(short, long)]
     pub recursive: bool,
     /// Archive mode, for the rsync habit: -r --specials --devices
-    /// (structure, modes, times, symlinks, FIFOs, sockets and device nodes).
+    /// --hard-links (structure, modes, times, symlinks, FIFOs, sockets,
+    /// device nodes, hard links).
     #[arg(short, long)]
     pub archive: bool,
+    /// Keep hard links: names of one file within the sources arrive as
+    /// names of one file (long form only: -H is the host).
+    #[arg(long)]
+    pub hard_links: bool,
     /// Recreate FIFOs and sockets (otherwise they are listed as skipped).
     #[arg(long)]
     pub specials: bool,
@@ -241,6 +246,8 @@ pub struct WalkOptions {
     pub specials: bool,
     /// Take device nodes.
     pub devices: bool,
+    /// Send later names of a multiply linked file as hard links.
+    pub hard_links: bool,
 }
 
 impl WalkOptions {
@@ -250,6 +257,7 @@ impl WalkOptions {
             recursive: args.recursive || args.archive,
             specials: args.specials || args.archive,
             devices: args.devices || args.archive,
+            hard_links: args.hard_links || args.archive,
         }
     }
 
@@ -301,6 +309,37 @@ pub struct Sources {
     pub into_dir: bool,
     /// Special files (FIFOs, sockets, device nodes) not copied.
     pub skipped: Vec<Skipped>,
+    /// With hard links kept: (device, inode) of each multiply linked file
+    /// seen → the `rel` of its first name.
+    links: std::collections::HashMap<(u64, u64), RawPath>,
+}
+
+impl Sources {
+    /// The entry for regular file `md` at `src`/`rel`: the file itself, or
+    /// — hard links kept and its inode already seen — a link to it.
+    fn file(&mut self, src: PathBuf, rel: RawPath, md: &std::fs::Metadata, opts: &WalkOptions) {
+        use std::os::unix::fs::MetadataExt;
+        if opts.hard_links && md.nlink() > 1 {
+            match self.links.entry((md.dev(), md.ino())) {
+                std::collections::hash_map::Entry::Occupied(first) => {
+                    self.entries.push(PlanEntry::HardLink {
+                        rel,
+                        to: first.get().clone(),
+                    });
+                    return;
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(rel.clone());
+                }
+            }
+        }
+        self.total_bytes += md.len();
+        self.entries.push(PlanEntry::File {
+            src: src.into(),
+            rel,
+            size: md.len(),
+        });
+    }
 }
 
 impl Sources {
@@ -396,13 +435,8 @@ pub fn collect_sources_with(srcs: &[String], opts: &WalkOptions) -> Result<Sourc
             });
         } else if md.is_file() {
             let abs = std::fs::canonicalize(given).map_err(|e| format!("{src}: {e}"))?;
-            out.total_bytes += md.len();
             out.files.push(abs.clone());
-            out.entries.push(PlanEntry::File {
-                src: abs.into(),
-                rel: top,
-                size: md.len(),
-            });
+            out.file(abs, top, &md, opts);
         } else if md.is_dir() {
             if !opts.recursive {
                 return Err(format!("{src}: is a directory (use -r to copy it)"));
@@ -451,12 +485,7 @@ fn walk(dir: &Path, rel: &RawPath, opts: &WalkOptions, out: &mut Sources) -> Res
                 mtime_nsec: md.mtime_nsec() as u32,
             });
         } else if ft.is_file() {
-            out.total_bytes += md.len();
-            out.entries.push(PlanEntry::File {
-                src: path.into(),
-                rel: child_rel,
-                size: md.len(),
-            });
+            out.file(path, child_rel, &md, opts);
         } else if ft.is_dir() {
             out.entries.push(PlanEntry::Dir {
                 rel: child_rel.clone(),

@@ -92,6 +92,14 @@ pub enum PlanEntry {
         /// The link's own modification time, nanoseconds.
         mtime_nsec: u32,
     },
+    /// Another name for a file of this plan (`--hard-links`): linked to
+    /// it once it is in place.
+    HardLink {
+        /// Relative destination.
+        rel: RawPath,
+        /// The `rel` of the plan's `File` entry it is a link to.
+        to: RawPath,
+    },
     /// A FIFO, socket or device node (`--specials`, `--devices`).
     Special {
         /// Relative destination.
@@ -294,9 +302,14 @@ pub async fn apply_cancellable(
             PlanEntry::Dir { rel, .. }
             | PlanEntry::File { rel, .. }
             | PlanEntry::Symlink { rel, .. }
-            | PlanEntry::Special { rel, .. } => rel,
+            | PlanEntry::Special { rel, .. }
+            | PlanEntry::HardLink { rel, .. } => rel,
         };
-        if !safe_rel(rel.as_bytes()) {
+        let to_ok = match e {
+            PlanEntry::HardLink { to, .. } => safe_rel(to.as_bytes()),
+            _ => true,
+        };
+        if !safe_rel(rel.as_bytes()) || !to_ok {
             return vec![EntryResult::failed(
                 &dest,
                 format!("refusing entry with unsafe relative path {rel:?}"),
@@ -506,6 +519,24 @@ pub async fn apply_cancellable(
                 Err(err) => EntryResult::failed(
                     p.shown(),
                     format!("{}: cannot create symlink: {err}", show(p.shown())),
+                ),
+            });
+        }
+    }
+    // Hard links, to files now in place.
+    for e in &plan.entries {
+        if let PlanEntry::HardLink { rel, to } = e {
+            let Some(p) = failed_dirs.admit(place_of(rel), &root, &mut results) else {
+                continue;
+            };
+            let r = place_of(to)
+                .map_err(describe)
+                .and_then(|first| make_hard_link(&first, &p));
+            results.push(match r {
+                Ok(()) => EntryResult::ok(p.shown()),
+                Err(err) => EntryResult::failed(
+                    p.shown(),
+                    format!("{}: cannot create hard link: {err}", show(p.shown())),
                 ),
             });
         }
@@ -1151,6 +1182,28 @@ fn temp_name(p: &Place, what: &str) -> OsString {
     tmp.extend_from_slice(&p.name().as_bytes()[..p.name().len().min(80)]);
     tmp.extend_from_slice(format!(".ferrogen-{what}-{}.tmp", std::process::id()).as_bytes());
     OsString::from_vec(tmp)
+}
+
+/// Links `p` to the file at `first` (both beneath the root, no symlink
+/// followed: `linkat` without `AT_SYMLINK_FOLLOW`), under a temp name
+/// renamed into place.
+fn make_hard_link(first: &Place, p: &Place) -> Result<(), String> {
+    use rustix::fs::AtFlags;
+    let from_dir = first.open_parent().map_err(describe)?;
+    let st = rustix::fs::statat(&from_dir, first.name(), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| format!("{}: {}", show(first.shown()), describe(e)))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(format!("{} is not a regular file", show(first.shown())));
+    }
+    let dir = p.open_parent().map_err(describe)?;
+    let tmp = temp_name(p, "hardlink");
+    let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
+    rustix::fs::linkat(&from_dir, first.name(), &dir, &tmp, AtFlags::empty()).map_err(describe)?;
+    let r = rustix::fs::renameat(&dir, &tmp, &dir, p.name()).map_err(describe);
+    // Renaming over a name that is already a link to the same file does
+    // nothing and leaves the temp name: remove it either way.
+    let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
+    r
 }
 
 /// Creates the special file `p` under a temp name, gives it its mode and
