@@ -528,3 +528,64 @@ fn hard_links_are_kept_as_rsync_dash_h_keeps_them() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(groups(&plain).len(), 6);
 }
+
+/// With `--owner` a root push gives directories, symlinks and special
+/// files their source owner too (not only files), as `rsync -a` as root.
+#[test]
+fn owner_applies_to_directories_symlinks_and_specials() {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root (to give entries away)");
+        return;
+    }
+    let (uid, gid) = pusher();
+    let t = tempfile::tempdir().expect("tempdir");
+    let src = t.path().join("proj");
+    std::fs::create_dir_all(src.join("sub")).expect("mkdir");
+    std::fs::write(src.join("sub/file"), b"f").expect("write");
+    std::os::unix::fs::symlink("file", src.join("sub/link")).expect("symlink");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("pipe"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .expect("mkfifo");
+    // A setgid directory: the chown must not clear the bit.
+    std::fs::set_permissions(src.join("sub"), std::fs::Permissions::from_mode(0o2750))
+        .expect("chmod");
+    let names = ["sub", "sub/file", "sub/link", "pipe"];
+    for n in names {
+        std::os::unix::fs::lchown(src.join(n), Some(uid), Some(gid)).expect("lchown");
+    }
+    std::fs::set_permissions(src.join("sub"), std::fs::Permissions::from_mode(0o2750))
+        .expect("chmod");
+    let owner = |root: &Path, n: &str| {
+        let md = std::fs::symlink_metadata(root.join(n)).expect("lstat");
+        (md.uid(), md.gid(), md.mode() & 0o7777)
+    };
+    let ours = t.path().join("ours");
+    let o = ferrogen(&[
+        OsStr::new("push"),
+        OsStr::new("-a"),
+        OsStr::new("--owner"),
+        &slash(&src),
+        &slash(&ours),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let theirs = t.path().join("theirs");
+    let o = Command::new("rsync")
+        .arg("-a")
+        .arg(slash(&src))
+        .arg(slash(&theirs))
+        .output()
+        .expect("rsync");
+    assert!(o.status.success(), "rsync: {}", text(&o.stderr));
+    for n in names {
+        let want = owner(&src, n);
+        assert_eq!(want.0, uid);
+        assert_eq!(owner(&ours, n), want, "{n}: ferrogen");
+        assert_eq!(owner(&theirs, n), want, "{n}: rsync");
+    }
+}

@@ -133,6 +133,7 @@ async fn many_small_files_come_in_few_calls_with_content_and_metadata() {
             mode: 0o755,
             mtime_sec: 1_400_000_000,
             mtime_nsec: 5,
+            owner: None,
         });
     }
     c.fs.register_prefix(s(src.path())).expect("register");

@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use super::target::{self, Chain, TargetArgs};
 use super::{Exit, out};
 use crate::connect::Method;
-use crate::files::plan::{EntryResult, PlanEntry, PushPlan, SpecialKind};
+use crate::files::plan::{EntryResult, Owner, PlanEntry, PushPlan, SpecialKind};
 use crate::files::receive::ReceiveOptions;
 use crate::files::window::Sizing;
 use crate::files::{FileService, FileServiceConfig, RawPath, TARGET_SERVICE};
@@ -248,6 +248,8 @@ pub struct WalkOptions {
     pub devices: bool,
     /// Send later names of a multiply linked file as hard links.
     pub hard_links: bool,
+    /// Record the owner of directories, symlinks and special files.
+    pub owner: bool,
 }
 
 impl WalkOptions {
@@ -258,6 +260,7 @@ impl WalkOptions {
             specials: args.specials || args.archive,
             devices: args.devices || args.archive,
             hard_links: args.hard_links || args.archive,
+            owner: args.owner,
         }
     }
 
@@ -286,6 +289,7 @@ fn special_entry(
             rdev: md.rdev(),
             mtime_sec: md.mtime(),
             mtime_nsec: md.mtime_nsec() as u32,
+            owner: opts.owner.then(|| Owner::of(md)),
         }),
         kind => out.skipped.push(Skipped {
             path: path.to_path_buf(),
@@ -432,6 +436,7 @@ pub fn collect_sources_with(srcs: &[String], opts: &WalkOptions) -> Result<Sourc
                 target: target.into(),
                 mtime_sec: md.mtime(),
                 mtime_nsec: md.mtime_nsec() as u32,
+                owner: opts.owner.then(|| Owner::of(&md)),
             });
         } else if md.is_file() {
             let abs = std::fs::canonicalize(given).map_err(|e| format!("{src}: {e}"))?;
@@ -453,6 +458,7 @@ pub fn collect_sources_with(srcs: &[String], opts: &WalkOptions) -> Result<Sourc
                     mode: md.mode() & 0o7777,
                     mtime_sec: md.mtime(),
                     mtime_nsec: md.mtime_nsec() as u32,
+                    owner: opts.owner.then(|| Owner::of(&md)),
                 });
                 top
             };
@@ -483,6 +489,7 @@ fn walk(dir: &Path, rel: &RawPath, opts: &WalkOptions, out: &mut Sources) -> Res
                 target: target.into(),
                 mtime_sec: md.mtime(),
                 mtime_nsec: md.mtime_nsec() as u32,
+                owner: opts.owner.then(|| Owner::of(&md)),
             });
         } else if ft.is_file() {
             out.file(path, child_rel, &md, opts);
@@ -492,6 +499,7 @@ fn walk(dir: &Path, rel: &RawPath, opts: &WalkOptions, out: &mut Sources) -> Res
                 mode: md.mode() & 0o7777,
                 mtime_sec: md.mtime(),
                 mtime_nsec: md.mtime_nsec() as u32,
+                owner: opts.owner.then(|| Owner::of(&md)),
             });
             walk(&path, &child_rel, opts, out)?;
         } else {

@@ -69,6 +69,8 @@ pub enum PlanEntry {
         mtime_sec: i64,
         /// Modification time, nanoseconds.
         mtime_nsec: u32,
+        /// Owner, applied with `--owner`.
+        owner: Option<Owner>,
     },
     /// A regular file, fetched from the server.
     File {
@@ -91,6 +93,8 @@ pub enum PlanEntry {
         mtime_sec: i64,
         /// The link's own modification time, nanoseconds.
         mtime_nsec: u32,
+        /// Owner, applied with `--owner`.
+        owner: Option<Owner>,
     },
     /// Another name for a file of this plan (`--hard-links`): linked to
     /// it once it is in place.
@@ -114,8 +118,50 @@ pub enum PlanEntry {
         mtime_sec: i64,
         /// Modification time, nanoseconds.
         mtime_nsec: u32,
+        /// Owner, applied with `--owner`.
+        owner: Option<Owner>,
     },
 }
+
+/// Who owns an entry: by name, and by number where the name does not
+/// exist on the target (as for files, see [`super::FileMeta`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// User name (numeric string if the uid had no name).
+    pub user: String,
+    /// Group name (numeric string if the gid had no name).
+    pub group: String,
+    /// Numeric owner.
+    pub uid: u32,
+    /// Numeric group.
+    pub gid: u32,
+}
+
+impl Owner {
+    /// The owner of `md`, with names looked up here.
+    pub fn of(md: &std::fs::Metadata) -> Owner {
+        use std::os::unix::fs::MetadataExt;
+        Owner {
+            user: super::meta::user_name(md.uid()),
+            group: super::meta::group_name(md.gid()),
+            uid: md.uid(),
+            gid: md.gid(),
+        }
+    }
+
+    /// The ids to apply on this host.
+    fn ids(&self) -> (rustix::fs::Uid, rustix::fs::Gid) {
+        let uid = super::meta::lookup_uid(&self.user).unwrap_or(self.uid);
+        let gid = super::meta::lookup_gid(&self.group).unwrap_or(self.gid);
+        (
+            rustix::fs::Uid::from_raw(uid),
+            rustix::fs::Gid::from_raw(gid),
+        )
+    }
+}
+
+/// The ids of an entry's owner, when owners are applied.
+type Ids = Option<(rustix::fs::Uid, rustix::fs::Gid)>;
 
 /// The kinds of special file a push can recreate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -341,7 +387,13 @@ pub async fn apply_cancellable(
 
     let mut results = Vec::new();
     let mut failed_dirs = FailedDirs::default();
-    let mut dirs: Vec<(Place, u32, i64, u32)> = Vec::new();
+    let mut dirs: Vec<(Place, u32, i64, u32, Ids)> = Vec::new();
+    let ids_of = |owner: &Option<Owner>| -> Ids {
+        owner
+            .as_ref()
+            .filter(|_| plan.options.preserve_owner)
+            .map(Owner::ids)
+    };
     // 1. Directories, parents first. A new one is created private (0700)
     //    and gets its mode and times once its contents are in; an existing
     //    one is left exactly as it is until then.
@@ -360,6 +412,7 @@ pub async fn apply_cancellable(
             mode,
             mtime_sec,
             mtime_nsec,
+            owner,
         } = e
         {
             let Some(p) = failed_dirs.admit(place_of(rel), &root, &mut results) else {
@@ -369,7 +422,7 @@ pub async fn apply_cancellable(
             // (as `cp` does), not replaced.
             let is_dest = top.is_some() && !rel.as_bytes().contains(&b'/');
             match make_dir(&p, is_dest) {
-                Ok(()) => dirs.push((p, *mode, *mtime_sec, *mtime_nsec)),
+                Ok(()) => dirs.push((p, *mode, *mtime_sec, *mtime_nsec, ids_of(owner))),
                 Err(err) => {
                     failed_dirs.insert(&p, results.len());
                     results.push(EntryResult::failed(
@@ -508,13 +561,14 @@ pub async fn apply_cancellable(
             target,
             mtime_sec,
             mtime_nsec,
+            owner,
         } = e
         {
             let Some(p) = failed_dirs.admit(place_of(rel), &root, &mut results) else {
                 continue;
             };
             let ts = times(*mtime_sec, *mtime_nsec);
-            results.push(match make_symlink(target, &ts, &p) {
+            results.push(match make_symlink(target, &ts, ids_of(owner), &p) {
                 Ok(()) => EntryResult::ok(p.shown()),
                 Err(err) => EntryResult::failed(
                     p.shown(),
@@ -550,25 +604,28 @@ pub async fn apply_cancellable(
             rdev,
             mtime_sec,
             mtime_nsec,
+            owner,
         } = e
         {
             let Some(p) = failed_dirs.admit(place_of(rel), &root, &mut results) else {
                 continue;
             };
             let ts = times(*mtime_sec, *mtime_nsec);
-            results.push(match make_special(&p, *kind, *mode, *rdev, &ts) {
-                Ok(()) => EntryResult::ok(p.shown()),
-                Err(err) => EntryResult::failed(
-                    p.shown(),
-                    format!("{}: cannot create {}: {err}", show(p.shown()), kind.name()),
-                ),
-            });
+            results.push(
+                match make_special(&p, *kind, *mode, *rdev, &ts, ids_of(owner)) {
+                    Ok(()) => EntryResult::ok(p.shown()),
+                    Err(err) => EntryResult::failed(
+                        p.shown(),
+                        format!("{}: cannot create {}: {err}", show(p.shown()), kind.name()),
+                    ),
+                },
+            );
         }
     }
     // 5. Directory metadata, deepest first: now that their contents are in.
     dirs.sort_by_key(|(p, ..)| std::cmp::Reverse(p.rel().components().count()));
-    for (p, mode, sec, nsec) in dirs {
-        results.push(match set_dir_meta(&p, mode, sec, nsec) {
+    for (p, mode, sec, nsec, ids) in dirs {
+        results.push(match set_dir_meta(&p, mode, sec, nsec, ids) {
             Ok(()) => EntryResult::ok(p.shown()),
             Err(e) => EntryResult::failed(
                 p.shown(),
@@ -760,7 +817,7 @@ fn open_for_sync(root: &Root, rel: &Path) -> Result<OwnedFd, rustix::io::Errno> 
 
 /// Applies a directory's mode and times through a handle on it (opened
 /// without following any symlink, so the change cannot land elsewhere).
-fn set_dir_meta(p: &Place, mode: u32, sec: i64, nsec: u32) -> Result<(), String> {
+fn set_dir_meta(p: &Place, mode: u32, sec: i64, nsec: u32, ids: Ids) -> Result<(), String> {
     let ts = rustix::fs::Timestamps {
         last_access: rustix::fs::Timespec {
             tv_sec: sec,
@@ -777,6 +834,10 @@ fn set_dir_meta(p: &Place, mode: u32, sec: i64, nsec: u32) -> Result<(), String>
         .open_beneath(p.rel(), OFlags::RDONLY | OFlags::DIRECTORY)
     {
         Ok(fd) => {
+            // Owner first: a chown clears the set-id bits the mode sets.
+            if let Some((uid, gid)) = ids {
+                rustix::fs::fchown(&fd, Some(uid), Some(gid)).map_err(describe)?;
+            }
             rustix::fs::fchmod(&fd, mode).map_err(describe)?;
             rustix::fs::futimens(&fd, &ts).map_err(describe)
         }
@@ -786,6 +847,16 @@ fn set_dir_meta(p: &Place, mode: u32, sec: i64, nsec: u32) -> Result<(), String>
             // that inode.
             let fd = p.root().open_dir(p.rel()).map_err(describe)?;
             let via = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+            if let Some((uid, gid)) = ids {
+                rustix::fs::chownat(
+                    &fd,
+                    "",
+                    Some(uid),
+                    Some(gid),
+                    rustix::fs::AtFlags::EMPTY_PATH,
+                )
+                .map_err(describe)?;
+            }
             rustix::fs::chmodat(
                 rustix::fs::CWD,
                 via.as_str(),
@@ -1215,6 +1286,7 @@ fn make_special(
     mode: u32,
     rdev: u64,
     ts: &rustix::fs::Timestamps,
+    ids: Ids,
 ) -> Result<(), String> {
     use rustix::fs::{AtFlags, Mode};
     let dir = p.open_parent().map_err(describe)?;
@@ -1240,6 +1312,10 @@ fn make_special(
         if rustix::fs::FileType::from_raw_mode(st.st_mode) != kind.file_type() {
             return Err("replaced while being created".into());
         }
+        if let Some((uid, gid)) = ids {
+            rustix::fs::chownat(&node, "", Some(uid), Some(gid), AtFlags::EMPTY_PATH)
+                .map_err(describe)?;
+        }
         let via = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&node));
         rustix::fs::chmodat(
             rustix::fs::CWD,
@@ -1259,16 +1335,26 @@ fn make_special(
 
 /// Creates the symlink `p` under a temp name and renames it into place,
 /// all relative to its directory's handle.
-fn make_symlink(target: &RawPath, ts: &rustix::fs::Timestamps, p: &Place) -> Result<(), String> {
+fn make_symlink(
+    target: &RawPath,
+    ts: &rustix::fs::Timestamps,
+    ids: Ids,
+    p: &Place,
+) -> Result<(), String> {
     let dir = p.open_parent().map_err(describe)?;
     let tmp = temp_name(p, "link");
     let _ = rustix::fs::unlinkat(&dir, &tmp, rustix::fs::AtFlags::empty());
     rustix::fs::symlinkat(target.as_bytes(), &dir, &tmp).map_err(describe)?;
-    // The link's own times (never its target's), as `cp -a` and `rsync -a`.
-    rustix::fs::utimensat(&dir, &tmp, ts, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-        .and_then(|()| rustix::fs::renameat(&dir, &tmp, &dir, p.name()))
-        .map_err(|e| {
-            let _ = rustix::fs::unlinkat(&dir, &tmp, rustix::fs::AtFlags::empty());
-            describe(e)
-        })
+    // The link's own owner and times (never its target's), as `cp -a`
+    // and `rsync -a`.
+    let nofollow = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+    ids.map_or(Ok(()), |(uid, gid)| {
+        rustix::fs::chownat(&dir, &tmp, Some(uid), Some(gid), nofollow)
+    })
+    .and_then(|()| rustix::fs::utimensat(&dir, &tmp, ts, nofollow))
+    .and_then(|()| rustix::fs::renameat(&dir, &tmp, &dir, p.name()))
+    .map_err(|e| {
+        let _ = rustix::fs::unlinkat(&dir, &tmp, rustix::fs::AtFlags::empty());
+        describe(e)
+    })
 }
