@@ -481,3 +481,81 @@ fn sigkill_of_the_controller_leaves_every_existing_entry_as_it_was() {
 fn sigkill_of_the_receiver_leaves_every_existing_entry_as_it_was() {
     interrupted_push_changes_nothing(Interrupt::ReceiverKill);
 }
+
+/// While a push runs, its directory is swapped again and again for a
+/// symlink pointing outside DEST (as someone with write access to DEST
+/// could). Entries may fail, but nothing outside DEST is ever written,
+/// chmodded or removed: every name is resolved beneath DEST's handle
+/// without following a symlink, at every step.
+#[test]
+fn a_directory_swapped_for_a_symlink_mid_push_never_leads_outside() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let src = t.path().join("proj");
+    std::fs::create_dir_all(src.join("sub")).expect("mkdir");
+    for i in 0..1500 {
+        std::fs::write(src.join(format!("sub/f{i:04}")), b"payload").expect("write");
+    }
+    for i in 0..4 {
+        std::fs::write(src.join(format!("sub/big{i}")), vec![9u8; 3 << 20]).expect("write");
+    }
+    std::fs::set_permissions(src.join("sub"), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod");
+    let outside = t.path().join("outside");
+    std::fs::create_dir(&outside).expect("mkdir");
+    std::fs::write(outside.join("keep"), b"mine").expect("write");
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let before = snapshot(&outside);
+    let dest = t.path().join("dest");
+    std::fs::create_dir(&dest).expect("mkdir");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swaps = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let swapper = {
+        let (stop, swaps) = (stop.clone(), swaps.clone());
+        let (sub, moved, outside) = (
+            dest.join("proj/sub"),
+            dest.join("proj/sub.moved"),
+            outside.clone(),
+        );
+        std::thread::spawn(move || {
+            use std::sync::atomic::Ordering;
+            while !stop.load(Ordering::Relaxed) {
+                if std::fs::rename(&sub, &moved).is_ok() {
+                    let _ = std::os::unix::fs::symlink(&outside, &sub);
+                    std::thread::sleep(Duration::from_millis(2));
+                    let _ = std::fs::remove_file(&sub);
+                    let _ = std::fs::rename(&moved, &sub);
+                    swaps.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_ferrogen"))
+        .args([
+            "push",
+            "-r",
+            "--no-fsync",
+            "--window",
+            "64K",
+            s(&src),
+            &format!("{}/", s(&dest)),
+        ])
+        .output()
+        .expect("ferrogen");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    swapper.join().expect("swapper");
+    let swaps = swaps.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "{swaps} swaps; exit {:?}; {} error lines",
+        o.status.code(),
+        text(&o.stderr).lines().count()
+    );
+    assert!(swaps > 0, "the directory was swapped during the push");
+    assert_eq!(
+        snapshot(&outside),
+        before,
+        "something outside DEST changed: {}",
+        text(&o.stderr)
+    );
+}

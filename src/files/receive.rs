@@ -13,6 +13,11 @@
 //! the directory fsynced. Any failure removes the temp file and leaves the
 //! old destination untouched; so does this context's shutdown (every live
 //! temp file is tracked in [`TempFiles`]).
+//!
+//! A destination is a [`Place`]: a name beneath the push's directory
+//! handle. Its directory is resolved afresh, with no symlink followed, for
+//! each step (temp file, link or rename into place, fsync), so nothing is
+//! ever created or replaced outside the destination (see [`super::place`]).
 
 use std::collections::HashMap;
 use std::fs::File;
