@@ -16,7 +16,7 @@ use filectl::{Ctl, child, ctl};
 fn plan(entries: Vec<PlanEntry>, dest: &Path, into_dir: bool) -> PushPlan {
     PushPlan {
         server: 0,
-        dest: dest.to_str().expect("utf8").to_string(),
+        dest: dest.into(),
         into_dir,
         entries,
         options: ReceiveOptions::default(),

@@ -589,3 +589,36 @@ fn owner_applies_to_directories_symlinks_and_specials() {
         assert_eq!(owner(&theirs, n), want, "{n}: rsync");
     }
 }
+
+/// Paths on the command line are bytes too: a source directory and a
+/// destination whose names are not UTF-8 work as with `cp` and `rsync`
+/// (clap refused them before).
+#[test]
+fn command_line_paths_that_are_not_utf8_work() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let src = t.path().join(os(b"src\xff"));
+    std::fs::create_dir(&src).expect("mkdir");
+    std::fs::write(src.join("f"), b"f").expect("write");
+    let dest = t.path().join(os(b"dest\xfe"));
+    // A source directory by its own name, into DEST/ (created).
+    let o = ferrogen(&[
+        OsStr::new("push"),
+        OsStr::new("-r"),
+        src.as_os_str(),
+        &slash(&dest),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        std::fs::read(dest.join(os(b"src\xff")).join("f")).expect("read"),
+        b"f"
+    );
+    // A file to a new non-UTF-8 name.
+    let single = t.path().join(os(b"one\x80"));
+    let o = ferrogen(&[
+        OsStr::new("push"),
+        src.join("f").as_os_str(),
+        single.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read(&single).expect("read"), b"f");
+}

@@ -39,7 +39,7 @@ fn entry(src: &Path, rel: &str, hint: u64) -> PlanEntry {
 fn plan(entries: Vec<PlanEntry>, dest: &Path) -> PushPlan {
     PushPlan {
         server: 0,
-        dest: s(dest),
+        dest: s(dest).into(),
         into_dir: true,
         entries,
         options: ReceiveOptions::default(),

@@ -88,8 +88,9 @@ pub struct PushArgs {
     /// source directory written `dir/` or `dir/.` copies its contents
     /// rather than the directory itself. `HOST:PATH` as the destination is
     /// scp's shorthand for `-H HOST PATH`.
-    #[arg(required = true, value_name = "SRC... DEST", value_parser = non_empty_path)]
-    pub paths: Vec<String>,
+    #[arg(required = true, value_name = "SRC... DEST",
+          value_parser = clap::builder::TypedValueParser::try_map(clap::builder::OsStringValueParser::new(), non_empty_path))]
+    pub paths: Vec<std::ffi::OsString>,
 }
 
 impl PushArgs {
@@ -102,8 +103,9 @@ impl PushArgs {
                         ferrogen push [OPTIONS] SRC... DEST"
                 .into());
         }
-        let (dest, srcs) = self.paths.split_last_mut().ok_or("no destination")?;
-        for src in srcs.iter() {
+        let (dest_os, srcs) = self.paths.split_last_mut().ok_or("no destination")?;
+        // Only text can be scp's HOST:PATH; other names are local paths.
+        for src in srcs.iter().filter_map(|s| s.to_str()) {
             if split_remote(src).is_some() {
                 return Err(format!(
                     "source {src:?} looks like scp's HOST:PATH, but push only sends \
@@ -111,6 +113,9 @@ impl PushArgs {
                 ));
             }
         }
+        let Some(dest) = dest_os.to_str() else {
+            return Ok(());
+        };
         let Some((host, path)) = split_remote(dest) else {
             return Ok(());
         };
@@ -127,7 +132,7 @@ impl PushArgs {
         // directory, where relative paths land.
         let path = if path.is_empty() { "." } else { path };
         self.target.hosts = vec![host.to_string()];
-        *dest = path.to_string();
+        *dest_os = path.into();
         Ok(())
     }
 }
@@ -159,11 +164,12 @@ pub fn split_remote(arg: &str) -> Option<(&str, &str)> {
 
 /// A path argument: anything but the empty string (which names no file;
 /// cp and rsync refuse it too).
-fn non_empty_path(s: &str) -> Result<String, String> {
+/// Paths are bytes, not necessarily UTF-8.
+fn non_empty_path(s: std::ffi::OsString) -> Result<std::ffi::OsString, String> {
     if s.is_empty() {
         Err("an empty path names no file".into())
     } else {
-        Ok(s.to_string())
+        Ok(s)
     }
 }
 
@@ -360,11 +366,18 @@ impl Sources {
 
     /// The plan that puts these sources at `dest` in a target, fetching
     /// from the FileService in context `server`.
-    pub fn plan(&self, args: &PushArgs, server: ContextId, dest: &str) -> PushPlan {
+    pub fn plan(
+        &self,
+        args: &PushArgs,
+        server: ContextId,
+        dest: impl AsRef<std::ffi::OsStr>,
+    ) -> PushPlan {
+        use std::os::unix::ffi::OsStrExt;
+        let dest = dest.as_ref();
         PushPlan {
             server,
-            dest: dest.to_string(),
-            into_dir: self.into_dir || dest.ends_with('/'),
+            dest: RawPath::from(Path::new(dest)),
+            into_dir: self.into_dir || dest.as_bytes().ends_with(b"/"),
             entries: self.entries.clone(),
             options: ReceiveOptions {
                 fsync: !args.no_fsync,
@@ -394,7 +407,10 @@ fn show(p: &Path) -> String {
 
 /// Walks the sources into a plan. Names are taken as bytes, exactly as
 /// the file system has them (they need not be UTF-8).
-pub fn collect_sources(srcs: &[String], recursive: bool) -> Result<Sources, String> {
+pub fn collect_sources(
+    srcs: &[impl AsRef<std::ffi::OsStr>],
+    recursive: bool,
+) -> Result<Sources, String> {
     collect_sources_with(
         srcs,
         &WalkOptions {
@@ -405,18 +421,25 @@ pub fn collect_sources(srcs: &[String], recursive: bool) -> Result<Sources, Stri
 }
 
 /// [`collect_sources`] with every walk option.
-pub fn collect_sources_with(srcs: &[String], opts: &WalkOptions) -> Result<Sources, String> {
+pub fn collect_sources_with(
+    srcs: &[impl AsRef<std::ffi::OsStr>],
+    opts: &WalkOptions,
+) -> Result<Sources, String> {
     use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
     let mut out = Sources {
         into_dir: srcs.len() > 1,
         ..Default::default()
     };
     for src in srcs {
         let given = Path::new(src);
+        let src = show(given);
+        let bytes = given.as_os_str().as_bytes();
         let md = std::fs::symlink_metadata(given).map_err(|e| format!("{src}: {e}"))?;
         // `dir/` and `dir/.` (and `.` itself) mean the directory's
         // contents, as in rsync and `cp -r dir/. dest`.
-        let contents = (src.ends_with('/') || src == "." || src.ends_with("/.")) && md.is_dir();
+        let contents =
+            (bytes.ends_with(b"/") || bytes == b"." || bytes.ends_with(b"/.")) && md.is_dir();
         let name: std::ffi::OsString = given
             .file_name()
             .filter(|n| !n.is_empty() && *n != OsStr::new(".") && *n != OsStr::new(".."))
@@ -743,7 +766,7 @@ async fn push_all(
                 .into_iter()
                 .map(|host| TargetOutcome {
                     results: vec![EntryResult {
-                        path: plan.dest.clone(),
+                        path: plan.dest.escaped(),
                         path_bytes: None,
                         bytes: 0,
                         seconds: 0.0,
@@ -917,7 +940,7 @@ async fn push_one(
             }
             return TargetOutcome {
                 results: vec![EntryResult {
-                    path: plan.dest.clone(),
+                    path: plan.dest.escaped(),
                     path_bytes: None,
                     bytes: 0,
                     seconds: 0.0,
@@ -955,7 +978,7 @@ async fn push_one(
             let msg = super::call_failure(&info.name, "the push", &e);
             tracing::warn!("{}", super::sanitize::sanitize(&msg));
             vec![EntryResult {
-                path: plan.dest.clone(),
+                path: plan.dest.escaped(),
                 path_bytes: None,
                 bytes: 0,
                 seconds: 0.0,

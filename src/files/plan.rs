@@ -203,8 +203,8 @@ impl SpecialKind {
 pub struct PushPlan {
     /// Context running the FileService.
     pub server: ContextId,
-    /// Destination as given by the user.
-    pub dest: String,
+    /// Destination as given by the user (bytes: need not be UTF-8).
+    pub dest: RawPath,
     /// Treat `dest` as a directory to put entries into (trailing slash,
     /// several sources, or a `src/` contents copy).
     pub into_dir: bool,
@@ -342,7 +342,7 @@ pub async fn apply_cancellable(
     temps: &TempFiles,
     cancel: &AtomicBool,
 ) -> Vec<EntryResult> {
-    let dest = PathBuf::from(&plan.dest);
+    let dest = plan.dest.as_path().to_path_buf();
     for e in &plan.entries {
         let rel = match e {
             PlanEntry::Dir { rel, .. }
@@ -491,7 +491,7 @@ pub async fn apply_cancellable(
         match joined {
             Ok(o) => outcomes.extend(o),
             Err(e) => results.push(EntryResult::failed(
-                Path::new(&plan.dest),
+                plan.dest.as_path(),
                 format!("internal error: {e}"),
             )),
         }
@@ -544,7 +544,7 @@ pub async fn apply_cancellable(
         match synced {
             Ok(failed) => results.extend(failed),
             Err(e) => results.push(EntryResult::failed(
-                Path::new(&plan.dest),
+                plan.dest.as_path(),
                 format!("internal error syncing directories: {e}"),
             )),
         }
