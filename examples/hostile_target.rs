@@ -33,7 +33,7 @@ use bytes::BytesMut;
 use ferrogen::call::RemoteError;
 use ferrogen::channel::Sender;
 use ferrogen::files::plan::{PlanEntry, PushPlan};
-use ferrogen::files::{FetchArgs, FetchReply, FetchSmallArgs, SMALL_FILE_MAX};
+use ferrogen::files::{FetchArgs, FetchReply, FetchSmallArgs, RawPath, SMALL_FILE_MAX};
 use ferrogen::wire::control::{
     self, AddRoute, CallReply, Hello, PROTOCOL_VERSION, Ready, ServiceCall,
 };
@@ -426,7 +426,7 @@ fn read_frames(
 }
 
 /// Regular files of the plan: (source path, size).
-fn plan_files(plan: &PushPlan) -> Vec<(String, u64)> {
+fn plan_files(plan: &PushPlan) -> Vec<(RawPath, u64)> {
     plan.entries
         .iter()
         .filter_map(|e| match e {
@@ -436,7 +436,7 @@ fn plan_files(plan: &PushPlan) -> Vec<(String, u64)> {
         .collect()
 }
 
-fn largest_file(plan: &PushPlan) -> Result<String, String> {
+fn largest_file(plan: &PushPlan) -> Result<RawPath, String> {
     plan_files(plan)
         .into_iter()
         .max_by_key(|(_, size)| *size)
@@ -458,7 +458,7 @@ fn stderr_line(k: &Knobs) -> Result<(), String> {
 
 fn small_flood(p: &mut Peer, k: &Knobs) -> Result<(), String> {
     let plan = p.wait_push_plan(Duration::from_secs(30))?;
-    let paths: Vec<String> = plan_files(&plan)
+    let paths: Vec<RawPath> = plan_files(&plan)
         .into_iter()
         .filter(|(_, size)| *size <= SMALL_FILE_MAX)
         .map(|(src, _)| src)
@@ -1040,7 +1040,7 @@ fn own_ids(p: &mut Peer, count: usize) -> Result<Vec<ContextId>, String> {
 
 fn fake_small(p: &mut Peer, k: &Knobs) -> Result<(), String> {
     let plan = p.wait_push_plan(Duration::from_secs(30))?;
-    let paths: Vec<String> = plan_files(&plan)
+    let paths: Vec<RawPath> = plan_files(&plan)
         .into_iter()
         .filter(|(_, size)| *size <= SMALL_FILE_MAX)
         .map(|(src, _)| src)

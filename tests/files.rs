@@ -16,7 +16,7 @@ use filectl::{Ctl, child, ctl, ctl_with};
 fn plan(entries: Vec<PlanEntry>, dest: &Path, into_dir: bool) -> PushPlan {
     PushPlan {
         server: 0,
-        dest: dest.to_str().expect("utf8").to_string(),
+        dest: dest.into(),
         into_dir,
         entries,
         options: ReceiveOptions::default(),
@@ -26,8 +26,8 @@ fn plan(entries: Vec<PlanEntry>, dest: &Path, into_dir: bool) -> PushPlan {
 
 fn file_entry(src: &Path, rel: &str) -> PlanEntry {
     PlanEntry::File {
-        src: src.to_str().expect("utf8").to_string(),
-        rel: rel.to_string(),
+        src: src.into(),
+        rel: rel.into(),
         size: std::fs::metadata(src).map(|m| m.len()).unwrap_or(0),
     }
 }

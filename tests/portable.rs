@@ -157,13 +157,13 @@ async fn push_owned(
 ) -> Vec<EntryResult> {
     let plan = PushPlan {
         server: router.id(),
-        dest: dest.to_string(),
+        dest: dest.into(),
         into_dir: true,
         entries: files
             .iter()
             .map(|(src, rel)| PlanEntry::File {
-                src: src.to_string_lossy().into_owned(),
-                rel: rel.to_string(),
+                src: src.as_path().into(),
+                rel: (*rel).into(),
                 size: std::fs::metadata(src).expect("source").len(),
             })
             .collect(),
@@ -219,7 +219,7 @@ async fn the_portable_binary_runs_as_a_context_in_an_empty_root_and_maps_owners_
     for (f, uid) in [(&named, 1u32), (&unnamed, 4_242_424)] {
         std::fs::write(f, b"owned").expect("write");
         std::os::unix::fs::chown(f, Some(uid), Some(uid)).expect("chown");
-        fs.register(&f.to_string_lossy()).expect("register");
+        fs.register(f.as_path()).expect("register");
     }
     let files = [(named.clone(), "named"), (unnamed.clone(), "unnamed")];
 

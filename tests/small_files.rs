@@ -30,8 +30,8 @@ fn s(p: &Path) -> String {
 /// A file entry whose size hint is `hint` (what the plan believed).
 fn entry(src: &Path, rel: &str, hint: u64) -> PlanEntry {
     PlanEntry::File {
-        src: s(src),
-        rel: rel.to_string(),
+        src: s(src).into(),
+        rel: rel.into(),
         size: hint,
     }
 }
@@ -39,7 +39,7 @@ fn entry(src: &Path, rel: &str, hint: u64) -> PlanEntry {
 fn plan(entries: Vec<PlanEntry>, dest: &Path) -> PushPlan {
     PushPlan {
         server: 0,
-        dest: s(dest),
+        dest: s(dest).into(),
         into_dir: true,
         entries,
         options: ReceiveOptions::default(),
@@ -129,13 +129,14 @@ async fn many_small_files_come_in_few_calls_with_content_and_metadata() {
     }
     for d in 0..7 {
         entries.push(PlanEntry::Dir {
-            rel: format!("d{d}"),
+            rel: format!("d{d}").into(),
             mode: 0o755,
             mtime_sec: 1_400_000_000,
             mtime_nsec: 5,
+            owner: None,
         });
     }
-    c.fs.register_prefix(&s(src.path())).expect("register");
+    c.fs.register_prefix(s(src.path())).expect("register");
     let r = push(&c, a.id, &plan(entries, dst.path())).await;
     let failed: Vec<_> = r.iter().filter(|e| e.error.is_some()).collect();
     assert!(failed.is_empty(), "{failed:?}");
@@ -209,7 +210,7 @@ async fn failures_in_a_batch_are_per_file_and_stale_hints_fall_back() {
         std::fs::write(&p, &d).expect("write");
         over_budget.push((format!("big{i}"), p, d));
     }
-    c.fs.register_prefix(&s(src.path())).expect("register");
+    c.fs.register_prefix(s(src.path())).expect("register");
 
     let mut entries = vec![
         entry(&good1, "good1", 5),
@@ -279,7 +280,7 @@ async fn pushing_again_replaces_every_file() {
     let src = tempfile::tempdir().expect("tempdir");
     let dst = tempfile::tempdir().expect("tempdir");
     let paths: Vec<PathBuf> = (0..300).map(|i| src.path().join(format!("f{i}"))).collect();
-    c.fs.register_prefix(&s(src.path())).expect("register");
+    c.fs.register_prefix(s(src.path())).expect("register");
     for round in 0..2u64 {
         let mut entries = Vec::new();
         for (i, p) in paths.iter().enumerate() {
@@ -321,7 +322,7 @@ async fn a_receiver_killed_mid_push_leaves_no_file_at_all() {
         .set_len(4 << 30)
         .expect("set_len");
     entries.push(entry(&large, "large", 4 << 30));
-    c.fs.register_prefix(&s(src.path())).expect("register");
+    c.fs.register_prefix(s(src.path())).expect("register");
     let router = c.router.clone();
     let p = plan(entries, dst.path());
     let call = tokio::spawn(async move {

@@ -895,10 +895,10 @@ async fn an_ssh_a_sudo_and_a_proxied_context_on_one_stream_receive_one_at_a_time
     for (ctx, dest) in [&ssh, &sudo, &proxied].into_iter().zip(&dests) {
         let plan = PushPlan {
             server: router.id(),
-            dest: s(&dest.0).to_string(),
+            dest: s(&dest.0).into(),
             into_dir: true,
             entries: vec![PlanEntry::File {
-                src: s(&src).to_string(),
+                src: s(&src).into(),
                 rel: "large.bin".into(),
                 size: std::fs::metadata(&src).expect("source").len(),
             }],

@@ -18,10 +18,10 @@ use tokio::sync::Semaphore;
 use super::target::{self, Chain, TargetArgs};
 use super::{Exit, out};
 use crate::connect::Method;
-use crate::files::plan::{EntryResult, PlanEntry, PushPlan};
+use crate::files::plan::{EntryResult, Owner, PlanEntry, PushPlan, SpecialKind};
 use crate::files::receive::ReceiveOptions;
 use crate::files::window::Sizing;
-use crate::files::{FileService, FileServiceConfig, TARGET_SERVICE};
+use crate::files::{FileService, FileServiceConfig, RawPath, TARGET_SERVICE};
 use crate::router::{Router, RouterConfig};
 use crate::service::Services;
 use crate::wire::ContextId;
@@ -35,6 +35,22 @@ pub struct PushArgs {
     /// Copy directories recursively (structure, modes, symlinks as symlinks).
     #[arg(short, long)]
     pub recursive: bool,
+    /// Archive mode, for the rsync habit: -r --specials --devices
+    /// --hard-links (structure, modes, times, symlinks, FIFOs, sockets,
+    /// device nodes, hard links).
+    #[arg(short, long)]
+    pub archive: bool,
+    /// Keep hard links: names of one file within the sources arrive as
+    /// names of one file (long form only: -H is the host).
+    #[arg(long)]
+    pub hard_links: bool,
+    /// Recreate FIFOs and sockets (otherwise they are listed as skipped).
+    #[arg(long)]
+    pub specials: bool,
+    /// Recreate device nodes (needs privilege on the target; otherwise
+    /// they are listed as skipped).
+    #[arg(long)]
+    pub devices: bool,
     /// Apply the source's owner and group on the target (needs privilege there).
     #[arg(long)]
     pub owner: bool,
@@ -73,8 +89,9 @@ pub struct PushArgs {
     /// source directory written `dir/` or `dir/.` copies its contents
     /// rather than the directory itself. `HOST:PATH` as the destination is
     /// scp's shorthand for `-H HOST PATH`.
-    #[arg(required = true, value_name = "SRC... DEST", value_parser = non_empty_path)]
-    pub paths: Vec<String>,
+    #[arg(required = true, value_name = "SRC... DEST",
+          value_parser = clap::builder::TypedValueParser::try_map(clap::builder::OsStringValueParser::new(), non_empty_path))]
+    pub paths: Vec<std::ffi::OsString>,
 }
 
 impl PushArgs {
@@ -87,8 +104,9 @@ impl PushArgs {
                         ferrogen push [OPTIONS] SRC... DEST"
                 .into());
         }
-        let (dest, srcs) = self.paths.split_last_mut().ok_or("no destination")?;
-        for src in srcs.iter() {
+        let (dest_os, srcs) = self.paths.split_last_mut().ok_or("no destination")?;
+        // Only text can be scp's HOST:PATH; other names are local paths.
+        for src in srcs.iter().filter_map(|s| s.to_str()) {
             if split_remote(src).is_some() {
                 return Err(format!(
                     "source {src:?} looks like scp's HOST:PATH, but push only sends \
@@ -96,6 +114,9 @@ impl PushArgs {
                 ));
             }
         }
+        let Some(dest) = dest_os.to_str() else {
+            return Ok(());
+        };
         let Some((host, path)) = split_remote(dest) else {
             return Ok(());
         };
@@ -112,7 +133,7 @@ impl PushArgs {
         // directory, where relative paths land.
         let path = if path.is_empty() { "." } else { path };
         self.target.hosts = vec![host.to_string()];
-        *dest = path.to_string();
+        *dest_os = path.into();
         Ok(())
     }
 }
@@ -144,11 +165,12 @@ pub fn split_remote(arg: &str) -> Option<(&str, &str)> {
 
 /// A path argument: anything but the empty string (which names no file;
 /// cp and rsync refuse it too).
-fn non_empty_path(s: &str) -> Result<String, String> {
+/// Paths are bytes, not necessarily UTF-8.
+fn non_empty_path(s: std::ffi::OsString) -> Result<std::ffi::OsString, String> {
     if s.is_empty() {
         Err("an empty path names no file".into())
     } else {
-        Ok(s.to_string())
+        Ok(s)
     }
 }
 
@@ -209,21 +231,139 @@ pub fn file_service_config(args: &PushArgs) -> FileServiceConfig {
     }
 }
 
+/// A source entry that is not copied: a FIFO, a socket or a device node
+/// (as `rsync -a` without `--specials`/`--devices`, and it too exits 0).
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    /// The source path.
+    pub path: PathBuf,
+    /// What it is: "fifo", "socket", "character device", "block device".
+    pub kind: &'static str,
+}
+
+/// What a special file is.
+fn special_kind(ft: std::fs::FileType) -> Option<SpecialKind> {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() {
+        Some(SpecialKind::Fifo)
+    } else if ft.is_socket() {
+        Some(SpecialKind::Socket)
+    } else if ft.is_char_device() {
+        Some(SpecialKind::CharDevice)
+    } else if ft.is_block_device() {
+        Some(SpecialKind::BlockDevice)
+    } else {
+        None
+    }
+}
+
+/// What the walk takes besides regular files, directories and symlinks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WalkOptions {
+    /// Descend into directories.
+    pub recursive: bool,
+    /// Take FIFOs and sockets.
+    pub specials: bool,
+    /// Take device nodes.
+    pub devices: bool,
+    /// Send later names of a multiply linked file as hard links.
+    pub hard_links: bool,
+    /// Record the owner of directories, symlinks and special files.
+    pub owner: bool,
+}
+
+impl WalkOptions {
+    /// The walk the push options ask for (`-a` is `-r --specials --devices`).
+    pub fn from_args(args: &PushArgs) -> WalkOptions {
+        WalkOptions {
+            recursive: args.recursive || args.archive,
+            specials: args.specials || args.archive,
+            devices: args.devices || args.archive,
+            hard_links: args.hard_links || args.archive,
+            owner: args.owner,
+        }
+    }
+
+    fn takes(&self, kind: SpecialKind) -> bool {
+        match kind {
+            SpecialKind::Fifo | SpecialKind::Socket => self.specials,
+            SpecialKind::CharDevice | SpecialKind::BlockDevice => self.devices,
+        }
+    }
+}
+
+/// The plan entry for special file `md` at `rel`, or its note as skipped.
+fn special_entry(
+    path: &Path,
+    rel: RawPath,
+    md: &std::fs::Metadata,
+    opts: &WalkOptions,
+    out: &mut Sources,
+) {
+    use std::os::unix::fs::MetadataExt;
+    match special_kind(md.file_type()) {
+        Some(kind) if opts.takes(kind) => out.entries.push(PlanEntry::Special {
+            rel,
+            kind,
+            mode: md.mode() & 0o7777,
+            rdev: md.rdev(),
+            mtime_sec: md.mtime(),
+            mtime_nsec: md.mtime_nsec() as u32,
+            owner: opts.owner.then(|| Owner::of(md)),
+        }),
+        kind => out.skipped.push(Skipped {
+            path: path.to_path_buf(),
+            kind: kind.map_or("special file", SpecialKind::name),
+        }),
+    }
+}
+
 /// The controller-side description of what to push.
 #[derive(Debug, Default)]
 pub struct Sources {
     /// Entries in order.
     pub entries: Vec<PlanEntry>,
     /// Exact paths to register.
-    pub files: Vec<String>,
+    pub files: Vec<PathBuf>,
     /// Prefixes to register.
-    pub prefixes: Vec<String>,
+    pub prefixes: Vec<PathBuf>,
     /// Bytes in regular files.
     pub total_bytes: u64,
     /// Whether the destination must be a directory.
     pub into_dir: bool,
-    /// Non-fatal notes (skipped special files).
-    pub skipped: Vec<String>,
+    /// Special files (FIFOs, sockets, device nodes) not copied.
+    pub skipped: Vec<Skipped>,
+    /// With hard links kept: (device, inode) of each multiply linked file
+    /// seen → the `rel` of its first name.
+    links: std::collections::HashMap<(u64, u64), RawPath>,
+}
+
+impl Sources {
+    /// The entry for regular file `md` at `src`/`rel`: the file itself, or
+    /// — hard links kept and its inode already seen — a link to it.
+    fn file(&mut self, src: PathBuf, rel: RawPath, md: &std::fs::Metadata, opts: &WalkOptions) {
+        use std::os::unix::fs::MetadataExt;
+        if opts.hard_links && md.nlink() > 1 {
+            match self.links.entry((md.dev(), md.ino())) {
+                std::collections::hash_map::Entry::Occupied(first) => {
+                    self.entries.push(PlanEntry::HardLink {
+                        rel,
+                        to: first.get().clone(),
+                    });
+                    return;
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(rel.clone());
+                }
+            }
+        }
+        self.total_bytes += md.len();
+        self.entries.push(PlanEntry::File {
+            src: src.into(),
+            rel,
+            size: md.len(),
+        });
+    }
 }
 
 impl Sources {
@@ -240,11 +380,18 @@ impl Sources {
 
     /// The plan that puts these sources at `dest` in a target, fetching
     /// from the FileService in context `server`.
-    pub fn plan(&self, args: &PushArgs, server: ContextId, dest: &str) -> PushPlan {
+    pub fn plan(
+        &self,
+        args: &PushArgs,
+        server: ContextId,
+        dest: impl AsRef<std::ffi::OsStr>,
+    ) -> PushPlan {
+        use std::os::unix::ffi::OsStrExt;
+        let dest = dest.as_ref();
         PushPlan {
             server,
-            dest: dest.to_string(),
-            into_dir: self.into_dir || dest.ends_with('/'),
+            dest: RawPath::from(Path::new(dest)),
+            into_dir: self.into_dir || dest.as_bytes().ends_with(b"/"),
             entries: self.entries.clone(),
             options: ReceiveOptions {
                 fsync: !args.no_fsync,
@@ -255,122 +402,145 @@ impl Sources {
     }
 }
 
-fn utf8(p: &Path) -> Result<String, String> {
-    p.to_str()
-        .map(str::to_string)
-        .ok_or_else(|| format!("{}: path is not valid UTF-8", p.display()))
+/// `base/name` as a relative path of bytes (`name` alone at the top).
+fn join_rel(base: &[u8], name: &std::ffi::OsStr) -> RawPath {
+    use std::os::unix::ffi::OsStrExt;
+    let mut rel = Vec::with_capacity(base.len() + 1 + name.len());
+    if !base.is_empty() {
+        rel.extend_from_slice(base);
+        rel.push(b'/');
+    }
+    rel.extend_from_slice(name.as_bytes());
+    RawPath::from_bytes(rel)
 }
 
-/// Walks the sources into a plan.
-pub fn collect_sources(srcs: &[String], recursive: bool) -> Result<Sources, String> {
+/// A path for messages, invalid UTF-8 shown as `\xNN`.
+fn show(p: &Path) -> String {
+    crate::files::place::show(p)
+}
+
+/// Walks the sources into a plan. Names are taken as bytes, exactly as
+/// the file system has them (they need not be UTF-8).
+pub fn collect_sources(
+    srcs: &[impl AsRef<std::ffi::OsStr>],
+    recursive: bool,
+) -> Result<Sources, String> {
+    collect_sources_with(
+        srcs,
+        &WalkOptions {
+            recursive,
+            ..Default::default()
+        },
+    )
+}
+
+/// [`collect_sources`] with every walk option.
+pub fn collect_sources_with(
+    srcs: &[impl AsRef<std::ffi::OsStr>],
+    opts: &WalkOptions,
+) -> Result<Sources, String> {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
     let mut out = Sources {
         into_dir: srcs.len() > 1,
         ..Default::default()
     };
     for src in srcs {
         let given = Path::new(src);
+        let src = show(given);
+        let bytes = given.as_os_str().as_bytes();
         let md = std::fs::symlink_metadata(given).map_err(|e| format!("{src}: {e}"))?;
         // `dir/` and `dir/.` (and `.` itself) mean the directory's
         // contents, as in rsync and `cp -r dir/. dest`.
-        let contents = (src.ends_with('/') || src == "." || src.ends_with("/.")) && md.is_dir();
-        let name = given
+        let contents =
+            (bytes.ends_with(b"/") || bytes == b"." || bytes.ends_with(b"/.")) && md.is_dir();
+        let name: std::ffi::OsString = given
             .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .filter(|n| !n.is_empty() && n != "." && n != "..")
+            .filter(|n| !n.is_empty() && *n != OsStr::new(".") && *n != OsStr::new(".."))
+            .map(OsStr::to_os_string)
             .or_else(|| {
                 std::fs::canonicalize(given)
                     .ok()
-                    .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .and_then(|c| c.file_name().map(OsStr::to_os_string))
             })
             .unwrap_or_else(|| "root".into());
+        let top = join_rel(b"", &name);
         if md.file_type().is_symlink() {
+            use std::os::unix::fs::MetadataExt;
             let target = std::fs::read_link(given).map_err(|e| format!("{src}: {e}"))?;
             out.entries.push(PlanEntry::Symlink {
-                rel: name,
-                target: utf8(&target)?,
+                rel: top,
+                target: target.into(),
+                mtime_sec: md.mtime(),
+                mtime_nsec: md.mtime_nsec() as u32,
+                owner: opts.owner.then(|| Owner::of(&md)),
             });
         } else if md.is_file() {
             let abs = std::fs::canonicalize(given).map_err(|e| format!("{src}: {e}"))?;
-            let abs = utf8(&abs)?;
-            out.total_bytes += md.len();
             out.files.push(abs.clone());
-            out.entries.push(PlanEntry::File {
-                src: abs,
-                rel: name,
-                size: md.len(),
-            });
+            out.file(abs, top, &md, opts);
         } else if md.is_dir() {
-            if !recursive {
+            if !opts.recursive {
                 return Err(format!("{src}: is a directory (use -r to copy it)"));
             }
             let abs = std::fs::canonicalize(given).map_err(|e| format!("{src}: {e}"))?;
-            out.prefixes.push(utf8(&abs)?);
+            out.prefixes.push(abs.clone());
             let top = if contents {
                 out.into_dir = true;
-                String::new()
+                RawPath::default()
             } else {
                 use std::os::unix::fs::MetadataExt;
                 out.entries.push(PlanEntry::Dir {
-                    rel: name.clone(),
+                    rel: top.clone(),
                     mode: md.mode() & 0o7777,
                     mtime_sec: md.mtime(),
                     mtime_nsec: md.mtime_nsec() as u32,
+                    owner: opts.owner.then(|| Owner::of(&md)),
                 });
-                name
+                top
             };
-            walk(&abs, &top, &mut out)?;
+            walk(&abs, &top, opts, &mut out)?;
         } else {
-            out.skipped.push(format!(
-                "{src}: not a regular file, directory or symlink; skipped"
-            ));
+            special_entry(given, top, &md, opts, &mut out);
         }
     }
     Ok(out)
 }
 
-fn walk(dir: &Path, rel: &str, out: &mut Sources) -> Result<(), String> {
+fn walk(dir: &Path, rel: &RawPath, opts: &WalkOptions, out: &mut Sources) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let mut names: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .map_err(|e| format!("{}: {e}", show(dir)))?
         .filter_map(Result::ok)
         .collect();
     names.sort_by_key(|e| e.file_name());
     for entry in names {
         let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let child_rel = if rel.is_empty() {
-            name
-        } else {
-            format!("{rel}/{name}")
-        };
-        let md =
-            std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let child_rel = join_rel(rel.as_bytes(), &entry.file_name());
+        let md = std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", show(&path)))?;
         let ft = md.file_type();
         if ft.is_symlink() {
-            let target =
-                std::fs::read_link(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let target = std::fs::read_link(&path).map_err(|e| format!("{}: {e}", show(&path)))?;
             out.entries.push(PlanEntry::Symlink {
                 rel: child_rel,
-                target: utf8(&target)?,
+                target: target.into(),
+                mtime_sec: md.mtime(),
+                mtime_nsec: md.mtime_nsec() as u32,
+                owner: opts.owner.then(|| Owner::of(&md)),
             });
         } else if ft.is_file() {
-            out.total_bytes += md.len();
-            out.entries.push(PlanEntry::File {
-                src: utf8(&path)?,
-                rel: child_rel,
-                size: md.len(),
-            });
+            out.file(path, child_rel, &md, opts);
         } else if ft.is_dir() {
             out.entries.push(PlanEntry::Dir {
                 rel: child_rel.clone(),
                 mode: md.mode() & 0o7777,
                 mtime_sec: md.mtime(),
                 mtime_nsec: md.mtime_nsec() as u32,
+                owner: opts.owner.then(|| Owner::of(&md)),
             });
-            walk(&path, &child_rel, out)?;
+            walk(&path, &child_rel, opts, out)?;
         } else {
-            out.skipped
-                .push(format!("{}: special file skipped", path.display()));
+            special_entry(&path, child_rel, &md, opts, out);
         }
     }
     Ok(())
@@ -382,6 +552,13 @@ struct JsonLine<'a> {
     target: &'a str,
     context: &'a str,
     path: &'a str,
+    /// The path's exact bytes in hex, only when they are not UTF-8 (then
+    /// `path` shows each invalid byte as `\xNN`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path_hex: Option<String>,
+    /// For a skipped source entry: what it is ("fifo", "socket", ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'a str>,
     bytes: u64,
     seconds: f64,
     digest: Option<&'a str>,
@@ -402,15 +579,21 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
         out::diag("ferrogen push: need at least one source and a destination");
         return Exit::Usage;
     };
-    let sources = match collect_sources(srcs, args.recursive) {
+    let sources = match collect_sources_with(srcs, &WalkOptions::from_args(&args)) {
         Ok(s) => s,
         Err(e) => {
             out::diag(format_args!("ferrogen push: {e}"));
             return Exit::Usage;
         }
     };
-    for note in &sources.skipped {
-        out::diag(format_args!("ferrogen push: {note}"));
+    if !args.json {
+        for sk in &sources.skipped {
+            out::diag(format_args!(
+                "ferrogen push: {}: {} skipped (only regular files, directories and symlinks are copied)",
+                show(&sk.path),
+                sk.kind
+            ));
+        }
     }
     let router = Router::new(RouterConfig::controller());
     let services = Services::start(&router);
@@ -423,12 +606,25 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
     }
     let plan = sources.plan(&args, router.id(), dest);
 
-    let work = push_all(&router, &fs, &args, plan, sources.total_bytes, &log_filter);
+    let targets = Targets::default();
+    let work = push_all(
+        &router,
+        &fs,
+        &args,
+        plan,
+        sources.total_bytes,
+        &log_filter,
+        &targets,
+    );
     let outcomes = tokio::select! {
         o = work => o,
         sig = shutdown_signal() => {
             let what = if sig == Exit::Terminated { "terminated" } else { "interrupted" };
             out::diag(format_args!("ferrogen push: {what}: cancelling transfers"));
+            // Each target first learns that the push is off, so that the
+            // transfers failing next make it discard what it received
+            // instead of putting it in place; only then does the data stop.
+            cancel_targets(&router, &targets).await;
             services.shutdown().await;
             // Give the abort messages a moment to leave.
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -450,6 +646,8 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
                     target: &o.host,
                     context: &o.context,
                     path: &r.path,
+                    path_hex: r.path_bytes.as_ref().map(RawPath::hex),
+                    kind: None,
                     bytes: r.bytes,
                     seconds: r.seconds,
                     digest: r.digest.as_deref(),
@@ -464,7 +662,28 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
                 out::diag(format_args!("{}: FAILED: {e}", o.host));
             }
         }
-        if !args.json {
+        if args.json {
+            // Each special file not copied, per target, like any entry.
+            for sk in &sources.skipped {
+                let raw = RawPath::from(sk.path.as_path());
+                let line = JsonLine {
+                    target: &o.host,
+                    context: &o.context,
+                    path: &raw.escaped(),
+                    path_hex: raw.to_str().is_none().then(|| raw.hex()),
+                    kind: Some(sk.kind),
+                    bytes: 0,
+                    seconds: 0.0,
+                    digest: None,
+                    status: "skipped",
+                    error: None,
+                };
+                match serde_json::to_string(&line) {
+                    Ok(s) => out::data(s),
+                    Err(e) => out::data(serde_json::json!({ "error": e.to_string() })),
+                }
+            }
+        } else {
             let mib = bytes as f64 / (1 << 20) as f64;
             let rate = if o.seconds > 0.0 {
                 mib / o.seconds
@@ -472,8 +691,9 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
                 0.0
             };
             let errors = o.results.iter().filter(|r| r.error.is_some()).count();
+            let skipped = sources.skipped.len();
             out::result(format_args!(
-                "{}: {} files, {:.1} MiB in {:.2} s ({:.1} MiB/s){}",
+                "{}: {} files, {:.1} MiB in {:.2} s ({:.1} MiB/s){}{}",
                 o.host,
                 files,
                 mib,
@@ -481,6 +701,11 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
                 rate,
                 if errors > 0 {
                     format!(", {errors} errors")
+                } else {
+                    String::new()
+                },
+                if skipped > 0 {
+                    format!(", {skipped} skipped (special files)")
                 } else {
                     String::new()
                 }
@@ -494,6 +719,35 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
     } else {
         Exit::Success
     }
+}
+
+/// The contexts a push has reached so far (to cancel on an interrupt).
+type Targets = Arc<std::sync::Mutex<Vec<ContextId>>>;
+
+/// Tells every target reached that the push is cancelled, waiting a
+/// little for each to confirm (a target that does not answer is lost to
+/// us anyway: its transfers end when the controller goes).
+async fn cancel_targets(router: &Router, targets: &Targets) {
+    let ids: Vec<ContextId> = match targets.lock() {
+        Ok(t) => t.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    let mut calls = tokio::task::JoinSet::new();
+    for id in ids {
+        let router = router.clone();
+        calls.spawn(async move {
+            let _: Result<(), _> = router
+                .call_service_timeout(
+                    id,
+                    TARGET_SERVICE,
+                    "cancel",
+                    &(),
+                    Some(Duration::from_secs(2)),
+                )
+                .await;
+        });
+    }
+    while calls.join_next().await.is_some() {}
 }
 
 /// Waits for SIGINT or SIGTERM; returns the status to exit with.
@@ -516,6 +770,7 @@ async fn push_all(
     plan: PushPlan,
     total: u64,
     log_filter: &str,
+    targets: &Targets,
 ) -> Vec<TargetOutcome> {
     let hosts = args.target.hosts();
     let chain = match target::connect_chain(router, &args.target, log_filter).await {
@@ -525,7 +780,8 @@ async fn push_all(
                 .into_iter()
                 .map(|host| TargetOutcome {
                     results: vec![EntryResult {
-                        path: plan.dest.clone(),
+                        path: plan.dest.escaped(),
+                        path_bytes: None,
                         bytes: 0,
                         seconds: 0.0,
                         digest: None,
@@ -555,10 +811,11 @@ async fn push_all(
         let filter = log_filter.to_string();
         let bar = bars.add(&host, total);
         let stripes = args.stripes;
+        let reached = targets.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
             push_one(
-                &router, &fs, &targs, &chain, host, &plan, &filter, bar, stripes, total,
+                &router, &fs, &targs, &chain, host, &plan, &filter, bar, stripes, total, &reached,
             )
             .await
         }));
@@ -572,6 +829,7 @@ async fn push_all(
                 context: String::new(),
                 results: vec![EntryResult {
                     path: String::new(),
+                    path_bytes: None,
                     bytes: 0,
                     seconds: 0.0,
                     digest: None,
@@ -685,6 +943,7 @@ async fn push_one(
     bar: Option<indicatif::ProgressBar>,
     stripes: Option<usize>,
     total: u64,
+    reached: &Targets,
 ) -> TargetOutcome {
     let t0 = Instant::now();
     let info = match target::connect_target(router, targs, chain, &host, log_filter).await {
@@ -695,7 +954,8 @@ async fn push_one(
             }
             return TargetOutcome {
                 results: vec![EntryResult {
-                    path: plan.dest.clone(),
+                    path: plan.dest.escaped(),
+                    path_bytes: None,
                     bytes: 0,
                     seconds: 0.0,
                     digest: None,
@@ -708,6 +968,9 @@ async fn push_one(
             };
         }
     };
+    if let Ok(mut t) = reached.lock() {
+        t.push(info.id);
+    }
     open_stripes(router, targs, &host, info.id, stripes, total, log_filter);
     let call = router.call_service::<_, Vec<EntryResult>>(info.id, TARGET_SERVICE, "push", plan);
     tokio::pin!(call);
@@ -729,7 +992,8 @@ async fn push_one(
             let msg = super::call_failure(&info.name, "the push", &e);
             tracing::warn!("{}", super::sanitize::sanitize(&msg));
             vec![EntryResult {
-                path: plan.dest.clone(),
+                path: plan.dest.escaped(),
+                path_bytes: None,
                 bytes: 0,
                 seconds: 0.0,
                 digest: None,

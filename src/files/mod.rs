@@ -11,6 +11,8 @@
 //!   at a time, the turn going round the requesters.
 //! * [`receive`] — pulling one file into a hidden temp file and renaming it
 //!   into place only once size and digest check out.
+//! * [`place`] — where a push may write: names beneath one directory
+//!   handle for the destination, resolved without following symlinks.
 //! * [`plan`] — the target-side service (`ferrogen.files.target`) that
 //!   applies a push: directories, symlinks and many files, pipelined.
 //!
@@ -49,6 +51,7 @@
 
 pub mod meta;
 pub mod passwd;
+pub mod place;
 pub mod plan;
 pub mod receive;
 pub mod registry;
@@ -80,11 +83,157 @@ pub const OFFSET_LEN: usize = 8;
 /// File bytes per data frame.
 pub const CHUNK_DATA: usize = CHUNK_PAYLOAD - OFFSET_LEN;
 
+/// A file name or path exactly as the file system has it: bytes, not
+/// necessarily UTF-8 (a Unix name is any bytes but `/` and NUL).
+///
+/// On the wire it is postcard's byte string — a varint length, then the
+/// bytes — which is byte for byte how a `String` is encoded, so a UTF-8
+/// path reads the same either way. Shown to people ([`std::fmt::Display`],
+/// [`RawPath::escaped`]) each byte that is not part of valid UTF-8 is
+/// written `\xNN`, so two names that differ only there stay distinct.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct RawPath(Vec<u8>);
+
+impl RawPath {
+    /// The path made of `bytes`.
+    pub fn from_bytes(bytes: Vec<u8>) -> RawPath {
+        RawPath(bytes)
+    }
+
+    /// The path's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// As a file system path.
+    pub fn as_path(&self) -> &std::path::Path {
+        use std::os::unix::ffi::OsStrExt;
+        std::path::Path::new(std::ffi::OsStr::from_bytes(&self.0))
+    }
+
+    /// The text, if the bytes are UTF-8.
+    pub fn to_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.0).ok()
+    }
+
+    /// The text with every byte that is not valid UTF-8 written `\xNN`.
+    pub fn escaped(&self) -> String {
+        escape_bytes(&self.0)
+    }
+
+    /// The bytes in lower-case hex (for `--json`'s `path_hex`).
+    pub fn hex(&self) -> String {
+        use std::fmt::Write;
+        self.0
+            .iter()
+            .fold(String::with_capacity(self.0.len() * 2), |mut s, b| {
+                let _ = write!(s, "{b:02x}");
+                s
+            })
+    }
+}
+
+/// `bytes` as text, each byte that is not part of valid UTF-8 written
+/// `\xNN`.
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
+impl std::fmt::Display for RawPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.escaped())
+    }
+}
+
+impl std::fmt::Debug for RawPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.escaped())
+    }
+}
+
+impl AsRef<std::path::Path> for RawPath {
+    fn as_ref(&self) -> &std::path::Path {
+        self.as_path()
+    }
+}
+
+impl From<&str> for RawPath {
+    fn from(s: &str) -> RawPath {
+        RawPath(s.as_bytes().to_vec())
+    }
+}
+
+impl From<String> for RawPath {
+    fn from(s: String) -> RawPath {
+        RawPath(s.into_bytes())
+    }
+}
+
+impl From<&std::path::Path> for RawPath {
+    fn from(p: &std::path::Path) -> RawPath {
+        use std::os::unix::ffi::OsStrExt;
+        RawPath(p.as_os_str().as_bytes().to_vec())
+    }
+}
+
+impl From<std::path::PathBuf> for RawPath {
+    fn from(p: std::path::PathBuf) -> RawPath {
+        use std::os::unix::ffi::OsStringExt;
+        RawPath(p.into_os_string().into_vec())
+    }
+}
+
+impl Serialize for RawPath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawPath, D::Error> {
+        struct Bytes;
+        impl<'de> serde::de::Visitor<'de> for Bytes {
+            type Value = RawPath;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a path as bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<RawPath, E> {
+                Ok(RawPath(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<RawPath, E> {
+                Ok(RawPath(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawPath, E> {
+                Ok(RawPath::from(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawPath, A::Error> {
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    v.push(b);
+                }
+                Ok(RawPath(v))
+            }
+        }
+        d.deserialize_bytes(Bytes)
+    }
+}
+
 /// Arguments of `fetch`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FetchArgs {
     /// Absolute path of a registered file.
-    pub path: String,
+    pub path: RawPath,
     /// Where to send the data; must belong to the calling context.
     pub sender: Sender,
 }
@@ -108,7 +257,7 @@ pub const SMALL_FILE_MAX: u64 = CHUNK_DATA as u64;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FetchSmallArgs {
     /// Absolute paths of registered files.
-    pub paths: Vec<String>,
+    pub paths: Vec<RawPath>,
 }
 
 /// One file of a `fetch_small` reply (in request order).
@@ -157,4 +306,27 @@ pub fn hex(digest: &[u8; 32]) -> String {
         let _ = write!(s, "{b:02x}");
         s
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RawPath;
+
+    #[test]
+    fn a_raw_path_is_encoded_as_a_string_is_and_keeps_every_byte() {
+        let text = postcard::to_stdvec(&"/tmp/ä".to_string()).expect("encode");
+        let raw = postcard::to_stdvec(&RawPath::from("/tmp/ä")).expect("encode");
+        assert_eq!(raw, text, "a UTF-8 path reads the same either way");
+        for bytes in [&b"d\xff"[..], b"d\xfe", b"", b"\x80/\xc3"] {
+            let p = RawPath::from_bytes(bytes.to_vec());
+            let wire = postcard::to_stdvec(&p).expect("encode");
+            let back: RawPath = postcard::from_bytes(&wire).expect("decode");
+            assert_eq!(back.as_bytes(), bytes);
+        }
+        let a = RawPath::from_bytes(b"d\xff".to_vec());
+        let b = RawPath::from_bytes(b"d\xfe".to_vec());
+        assert_eq!(a.escaped(), "d\\xff");
+        assert_ne!(a.escaped(), b.escaped(), "distinct names stay distinct");
+        assert_eq!(a.hex(), "64ff");
+    }
 }

@@ -4,8 +4,10 @@
 //! directories, symlinks and files under a destination, pulling file data
 //! from the FileService in context `server`:
 //!
-//! 1. directories are created, parents first;
-//! 2. symlinks are created under a temp name and renamed into place;
+//! 1. directories are created, parents first (new ones private, 0700;
+//!    existing ones untouched; a symlink or file where the source has a
+//!    directory is replaced, as `rsync -a` does);
+//! 2. (symlinks wait for step 4);
 //! 3. files are received concurrently: those the plan saw as at most one
 //!    chunk are fetched many to a call (`fetch_small`, up to 512 files or
 //!    1 MiB, four calls in flight) and written on blocking threads; the
@@ -17,7 +19,8 @@
 //!    fsynced once (a single file is simply fsynced). Until then received
 //!    files stay anonymous `O_TMPFILE`s with their descriptors open (as
 //!    many as the open-file limit allows), so a receiver killed mid-push
-//!    leaves nothing, and a new destination costs one `linkat`;
+//!    leaves nothing, and a new destination costs one `linkat`; then
+//!    symlinks are created under a temp name and renamed into place;
 //! 5. directory modes and times are applied last, deepest first, since
 //!    creating entries changes a directory's mtime.
 //!
@@ -25,15 +28,26 @@
 //! with `into_dir`, or when `dest` is an existing directory, entries land
 //! at `dest/<rel>`; otherwise the first component of each `rel` (the
 //! source's own name) is replaced by `dest`.
+//!
+//! Everything beneath the destination is reached through a directory
+//! handle without following symlinks ([`super::place`]). Once the push is
+//! cancelled (the `cancel` method, or this context's shutdown), received
+//! files are discarded and nothing existing is changed any more.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use rustix::fs::OFlags;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
+use super::RawPath;
+use super::place::{Place, Root, describe, plain, show};
 use super::receive::{self, PendingFile, ReceiveOptions, TempFiles};
 use super::serve::SMALL_BATCH_BYTES;
 use super::{FILE_SERVICE, FetchSmallArgs, SMALL_FILE_MAX, SmallFile, TARGET_SERVICE, hex};
@@ -48,20 +62,22 @@ pub enum PlanEntry {
     /// A directory.
     Dir {
         /// Path relative to the copy root ('/'-separated, first component = source name).
-        rel: String,
+        rel: RawPath,
         /// Permission bits.
         mode: u32,
         /// Modification time, seconds.
         mtime_sec: i64,
         /// Modification time, nanoseconds.
         mtime_nsec: u32,
+        /// Owner, applied with `--owner`.
+        owner: Option<Owner>,
     },
     /// A regular file, fetched from the server.
     File {
         /// Absolute path on the server (registered with its FileService).
-        src: String,
+        src: RawPath,
         /// Relative destination.
-        rel: String,
+        rel: RawPath,
         /// Size when the plan was made. A hint only (the file may change
         /// before it is fetched): files that looked small are fetched many
         /// to a call.
@@ -70,10 +86,116 @@ pub enum PlanEntry {
     /// A symbolic link.
     Symlink {
         /// Relative destination.
-        rel: String,
+        rel: RawPath,
         /// Link target, verbatim.
-        target: String,
+        target: RawPath,
+        /// The link's own modification time, seconds.
+        mtime_sec: i64,
+        /// The link's own modification time, nanoseconds.
+        mtime_nsec: u32,
+        /// Owner, applied with `--owner`.
+        owner: Option<Owner>,
     },
+    /// Another name for a file of this plan (`--hard-links`): linked to
+    /// it once it is in place.
+    HardLink {
+        /// Relative destination.
+        rel: RawPath,
+        /// The `rel` of the plan's `File` entry it is a link to.
+        to: RawPath,
+    },
+    /// A FIFO, socket or device node (`--specials`, `--devices`).
+    Special {
+        /// Relative destination.
+        rel: RawPath,
+        /// What it is.
+        kind: SpecialKind,
+        /// Permission bits.
+        mode: u32,
+        /// Device number (devices only; 0 otherwise).
+        rdev: u64,
+        /// Modification time, seconds.
+        mtime_sec: i64,
+        /// Modification time, nanoseconds.
+        mtime_nsec: u32,
+        /// Owner, applied with `--owner`.
+        owner: Option<Owner>,
+    },
+}
+
+/// Who owns an entry: by name, and by number where the name does not
+/// exist on the target (as for files, see [`super::FileMeta`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// User name (numeric string if the uid had no name).
+    pub user: String,
+    /// Group name (numeric string if the gid had no name).
+    pub group: String,
+    /// Numeric owner.
+    pub uid: u32,
+    /// Numeric group.
+    pub gid: u32,
+}
+
+impl Owner {
+    /// The owner of `md`, with names looked up here.
+    pub fn of(md: &std::fs::Metadata) -> Owner {
+        use std::os::unix::fs::MetadataExt;
+        Owner {
+            user: super::meta::user_name(md.uid()),
+            group: super::meta::group_name(md.gid()),
+            uid: md.uid(),
+            gid: md.gid(),
+        }
+    }
+
+    /// The ids to apply on this host.
+    fn ids(&self) -> (rustix::fs::Uid, rustix::fs::Gid) {
+        let uid = super::meta::lookup_uid(&self.user).unwrap_or(self.uid);
+        let gid = super::meta::lookup_gid(&self.group).unwrap_or(self.gid);
+        (
+            rustix::fs::Uid::from_raw(uid),
+            rustix::fs::Gid::from_raw(gid),
+        )
+    }
+}
+
+/// The ids of an entry's owner, when owners are applied.
+type Ids = Option<(rustix::fs::Uid, rustix::fs::Gid)>;
+
+/// The kinds of special file a push can recreate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpecialKind {
+    /// A named pipe.
+    Fifo,
+    /// A Unix socket's name (no one listens on the copy).
+    Socket,
+    /// A character device node (needs privilege on the target).
+    CharDevice,
+    /// A block device node (needs privilege on the target).
+    BlockDevice,
+}
+
+impl SpecialKind {
+    fn file_type(self) -> rustix::fs::FileType {
+        use rustix::fs::FileType;
+        match self {
+            SpecialKind::Fifo => FileType::Fifo,
+            SpecialKind::Socket => FileType::Socket,
+            SpecialKind::CharDevice => FileType::CharacterDevice,
+            SpecialKind::BlockDevice => FileType::BlockDevice,
+        }
+    }
+
+    /// In words, as in messages and `--json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SpecialKind::Fifo => "fifo",
+            SpecialKind::Socket => "socket",
+            SpecialKind::CharDevice => "character device",
+            SpecialKind::BlockDevice => "block device",
+        }
+    }
 }
 
 /// A push to apply in one context.
@@ -81,8 +203,8 @@ pub enum PlanEntry {
 pub struct PushPlan {
     /// Context running the FileService.
     pub server: ContextId,
-    /// Destination as given by the user.
-    pub dest: String,
+    /// Destination as given by the user (bytes: need not be UTF-8).
+    pub dest: RawPath,
     /// Treat `dest` as a directory to put entries into (trailing slash,
     /// several sources, or a `src/` contents copy).
     pub into_dir: bool,
@@ -97,8 +219,12 @@ pub struct PushPlan {
 /// The outcome for one entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EntryResult {
-    /// Destination path in the target context.
+    /// Destination path in the target context, as text: a byte that is
+    /// not valid UTF-8 is written `\xNN` (see `path_bytes`).
     pub path: String,
+    /// The exact bytes of the path, when they are not UTF-8 (else `None`:
+    /// `path` is exact).
+    pub path_bytes: Option<RawPath>,
     /// Bytes written (files only).
     pub bytes: u64,
     /// Seconds from request to verified receipt (files only).
@@ -112,9 +238,11 @@ pub struct EntryResult {
 }
 
 impl EntryResult {
-    fn failed(path: &Path, error: String) -> EntryResult {
+    /// The result of an entry that failed.
+    pub fn failed(path: &Path, error: String) -> EntryResult {
         EntryResult {
-            path: path.display().to_string(),
+            path: show(path),
+            path_bytes: raw_if_not_utf8(path),
             bytes: 0,
             seconds: 0.0,
             digest: None,
@@ -125,7 +253,8 @@ impl EntryResult {
 
     fn ok(path: &Path) -> EntryResult {
         EntryResult {
-            path: path.display().to_string(),
+            path: show(path),
+            path_bytes: raw_if_not_utf8(path),
             bytes: 0,
             seconds: 0.0,
             digest: None,
@@ -137,77 +266,144 @@ impl EntryResult {
 
 /// Registers `ferrogen.files.target` and returns the temp-file registry
 /// its shutdown hook empties.
+///
+/// Besides `push`, the service has `cancel(())`: the controller calls it
+/// when the user interrupts the push, before it stops serving data, so a
+/// push in progress puts nothing in place and changes no directory's
+/// mode or times (this context's shutdown does the same).
 pub fn register_service(services: &Services, router: &Router) -> TempFiles {
     let temps = TempFiles::default();
+    let cancel = Arc::new(AtomicBool::new(false));
     let (r, t, t2) = (router.clone(), temps.clone(), temps.clone());
+    let (c, c2, c3) = (cancel.clone(), cancel.clone(), cancel);
     services.register(
         ServiceBuilder::new(TARGET_SERVICE)
             .method("push", Policy::ParentsOnly, move |_c, plan: PushPlan| {
                 let r = r.clone();
                 let t = t.clone();
-                async move { Ok::<_, RemoteError>(apply(&r, plan, &t).await) }
+                let c = c.clone();
+                async move { Ok::<_, RemoteError>(apply_cancellable(&r, plan, &t, &c).await) }
             })
-            .on_shutdown(move || async move { t2.remove_all() })
+            .method("cancel", Policy::ParentsOnly, move |_c, (): ()| {
+                c2.store(true, Ordering::SeqCst);
+                async move { Ok::<_, RemoteError>(()) }
+            })
+            .on_shutdown(move || async move {
+                c3.store(true, Ordering::SeqCst);
+                t2.remove_all()
+            })
             .build(),
     );
     temps
 }
 
-fn first_component_stripped(rel: &str) -> &str {
-    match rel.split_once('/') {
-        Some((_, rest)) => rest,
-        None => "",
+/// The path's bytes when they are not UTF-8.
+fn raw_if_not_utf8(p: &Path) -> Option<RawPath> {
+    p.to_str().is_none().then(|| RawPath::from(p))
+}
+
+fn first_component_stripped(rel: &[u8]) -> &[u8] {
+    match rel.iter().position(|&b| b == b'/') {
+        Some(i) => &rel[i + 1..],
+        None => b"",
     }
+}
+
+/// True if `rel` is a plain relative path: no empty, `.` or `..`
+/// component, no NUL.
+fn safe_rel(rel: &[u8]) -> bool {
+    !rel.is_empty()
+        && !rel.contains(&0)
+        && rel
+            .split(|&b| b == b'/')
+            .all(|c| !c.is_empty() && c != b"." && c != b"..")
 }
 
 /// Applies a plan; never fails as a whole — each entry reports its own result.
 pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<EntryResult> {
-    let dest = PathBuf::from(&plan.dest);
-    if plan.into_dir
-        && let Err(e) = std::fs::create_dir_all(&dest)
-    {
-        return vec![EntryResult::failed(
-            &dest,
-            format!("{}: cannot create directory: {e}", dest.display()),
-        )];
-    }
-    let dest_is_dir = plan.into_dir || dest.is_dir();
-    let place = |rel: &str| -> PathBuf {
-        if dest_is_dir {
-            dest.join(rel)
-        } else {
-            let rest = first_component_stripped(rel);
-            if rest.is_empty() {
-                dest.clone()
-            } else {
-                dest.join(rest)
-            }
-        }
-    };
+    apply_cancellable(router, plan, temps, &AtomicBool::new(false)).await
+}
+
+/// The result of every entry not put in place because the push was
+/// cancelled.
+fn cancelled(dest: &Path) -> EntryResult {
+    EntryResult::failed(
+        dest,
+        format!("{}: push cancelled: nothing was put in place", show(dest)),
+    )
+}
+
+/// [`apply`], stopping short of changing anything that exists once
+/// `cancel` is set: received files are discarded rather than put in
+/// place, and no directory's mode or times are applied.
+pub async fn apply_cancellable(
+    router: &Router,
+    plan: PushPlan,
+    temps: &TempFiles,
+    cancel: &AtomicBool,
+) -> Vec<EntryResult> {
+    let dest = plan.dest.as_path().to_path_buf();
     for e in &plan.entries {
         let rel = match e {
             PlanEntry::Dir { rel, .. }
             | PlanEntry::File { rel, .. }
-            | PlanEntry::Symlink { rel, .. } => rel,
+            | PlanEntry::Symlink { rel, .. }
+            | PlanEntry::Special { rel, .. }
+            | PlanEntry::HardLink { rel, .. } => rel,
         };
-        if rel.split('/').any(|c| c == ".." || c == ".") || rel.starts_with('/') || rel.is_empty() {
+        let to_ok = match e {
+            PlanEntry::HardLink { to, .. } => safe_rel(to.as_bytes()),
+            _ => true,
+        };
+        if !safe_rel(rel.as_bytes()) || !to_ok {
             return vec![EntryResult::failed(
                 &dest,
                 format!("refusing entry with unsafe relative path {rel:?}"),
             )];
         }
     }
+    let (root, top) = match open_root(&plan, &dest) {
+        Ok(r) => r,
+        Err(e) => return vec![EntryResult::failed(&dest, e)],
+    };
+    // Where an entry lands, relative to the root: `rel` itself beneath
+    // DEST, or with its first component (the source's name) renamed to
+    // DEST's own name beneath DEST's parent.
+    let rel_of = |rel: &RawPath| -> PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        match &top {
+            None => rel.as_path().to_path_buf(),
+            Some(name) => {
+                let rest = first_component_stripped(rel.as_bytes());
+                if rest.is_empty() {
+                    PathBuf::from(name)
+                } else {
+                    Path::new(name).join(std::ffi::OsStr::from_bytes(rest))
+                }
+            }
+        }
+    };
+    let place_of = |rel: &RawPath| Place::new(&root, rel_of(rel));
 
     let mut results = Vec::new();
-    let mut dirs: Vec<(PathBuf, u32, i64, u32)> = Vec::new();
-    // 1. Directories, parents first.
+    let mut failed_dirs = FailedDirs::default();
+    let mut dirs: Vec<(Place, u32, i64, u32, Ids)> = Vec::new();
+    let ids_of = |owner: &Option<Owner>| -> Ids {
+        owner
+            .as_ref()
+            .filter(|_| plan.options.preserve_owner)
+            .map(Owner::ids)
+    };
+    // 1. Directories, parents first. A new one is created private (0700)
+    //    and gets its mode and times once its contents are in; an existing
+    //    one is left exactly as it is until then.
     let mut dir_entries: Vec<&PlanEntry> = plan
         .entries
         .iter()
         .filter(|e| matches!(e, PlanEntry::Dir { .. }))
         .collect();
     dir_entries.sort_by_key(|e| match e {
-        PlanEntry::Dir { rel, .. } => rel.matches('/').count(),
+        PlanEntry::Dir { rel, .. } => rel.as_bytes().iter().filter(|&&b| b == b'/').count(),
         _ => 0,
     });
     for e in dir_entries {
@@ -216,55 +412,42 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
             mode,
             mtime_sec,
             mtime_nsec,
+            owner,
         } = e
         {
-            let p = place(rel);
-            match std::fs::create_dir(&p) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
+            let Some(p) = failed_dirs.admit(place_of(rel), &root, &mut results) else {
+                continue;
+            };
+            // DEST itself is the user's: a non-directory there is refused
+            // (as `cp` does), not replaced.
+            let is_dest = top.is_some() && !rel.as_bytes().contains(&b'/');
+            match make_dir(&p, is_dest) {
+                Ok(()) => dirs.push((p, *mode, *mtime_sec, *mtime_nsec, ids_of(owner))),
                 Err(err) => {
+                    failed_dirs.insert(&p, results.len());
                     results.push(EntryResult::failed(
-                        &p,
-                        format!("{}: cannot create directory: {err}", p.display()),
+                        p.shown(),
+                        format!("{}: cannot create directory: {err}", show(p.shown())),
                     ));
-                    continue;
                 }
             }
-            // Owner-writable while we fill it; the real mode is applied last.
-            let _ =
-                std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o700));
-            dirs.push((p, *mode, *mtime_sec, *mtime_nsec));
-        }
-    }
-    // 2. Symlinks.
-    for e in &plan.entries {
-        if let PlanEntry::Symlink { rel, target } = e {
-            let p = place(rel);
-            results.push(match make_symlink(target, &p) {
-                Ok(()) => EntryResult::ok(&p),
-                Err(err) => EntryResult::failed(
-                    &p,
-                    format!("{}: cannot create symlink: {err}", p.display()),
-                ),
-            });
         }
     }
     // 3. Files, concurrently: small ones many to a call, the rest one by one.
-    let files: Vec<FileJob> = plan
-        .entries
-        .iter()
-        .filter_map(|e| match e {
-            PlanEntry::File { src, rel, size } => Some((src.clone(), place(rel), *size)),
-            _ => None,
-        })
-        .enumerate()
-        .map(|(index, (src, path, size))| FileJob {
-            index,
-            src,
-            path,
-            size,
-        })
-        .collect();
+    let mut files: Vec<FileJob> = Vec::new();
+    for e in &plan.entries {
+        if let PlanEntry::File { src, rel, size } = e {
+            let Some(place) = failed_dirs.admit(place_of(rel), &root, &mut results) else {
+                continue;
+            };
+            files.push(FileJob {
+                index: files.len(),
+                src: src.clone(),
+                place,
+                size: *size,
+            });
+        }
+    }
     let single = files.len() == 1;
     let (small, large): (Vec<FileJob>, Vec<FileJob>) = files
         .into_iter()
@@ -277,16 +460,8 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
     let batch_sem = Arc::new(Semaphore::new(SMALL_BATCHES_IN_FLIGHT));
     let mut tasks = tokio::task::JoinSet::new();
     let held = HeldFiles::from_rlimit();
-    let early_sync = (plan.options.fsync && small.len() >= EARLY_SYNC_MIN_FILES).then(|| {
-        EarlySync::new(if dest_is_dir {
-            dest.clone()
-        } else {
-            dest.parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."))
-                .to_path_buf()
-        })
-    });
+    let early_sync = (plan.options.fsync && small.len() >= EARLY_SYNC_MIN_FILES)
+        .then(|| EarlySync::new(root.clone()));
     let fetch_context = || FetchContext {
         router: router.clone(),
         server: plan.server,
@@ -320,17 +495,24 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
         match joined {
             Ok(o) => outcomes.extend(o),
             Err(e) => results.push(EntryResult::failed(
-                Path::new(&plan.dest),
+                plan.dest.as_path(),
                 format!("internal error: {e}"),
             )),
         }
     }
     outcomes.sort_by_key(|(i, _, _)| *i);
+    if cancel.load(Ordering::SeqCst) {
+        // Dropping the received files discards them (an anonymous temp
+        // file simply vanishes).
+        drop(outcomes);
+        results.push(cancelled(&dest));
+        return results;
+    }
     // 4. Batched durability for many files.
     let pending_dirs: BTreeSet<PathBuf> = outcomes
         .iter()
         .filter(|(_, _, r)| matches!(r, Ok(Done::Pending(_))))
-        .filter_map(|(_, p, _)| p.parent().map(Path::to_path_buf))
+        .map(|(_, p, _)| p.parent_rel().to_path_buf())
         .collect();
     // The file system work from here on runs on blocking threads: a
     // syncfs can take a while, and this context's runtime must keep
@@ -340,23 +522,23 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
         if let Some(early) = &early_sync {
             early.wait().await;
         }
-        let dirs = pending_dirs.clone();
-        sync_error = match tokio::task::spawn_blocking(move || syncfs_all(&dirs)).await {
+        let (dirs, root) = (pending_dirs.clone(), root.clone());
+        sync_error = match tokio::task::spawn_blocking(move || syncfs_all(&root, &dirs)).await {
             Ok(r) => r.err(),
             Err(e) => Some(format!("internal error syncing: {e}")),
         };
     }
     results.extend(put_in_place(outcomes, sync_error.clone()).await);
     if plan.options.fsync && sync_error.is_none() {
+        let root = root.clone();
         let synced = tokio::task::spawn_blocking(move || {
             let mut failed = Vec::new();
             for d in &pending_dirs {
-                if let Ok(f) = std::fs::File::open(d)
-                    && let Err(e) = rustix::fs::fsync(&f)
-                {
+                if let Err(e) = open_for_sync(&root, d).and_then(|f| rustix::fs::fsync(&f)) {
+                    let shown = root.path().join(d);
                     failed.push(EntryResult::failed(
-                        d,
-                        format!("{}: fsync directory: {e}", d.display()),
+                        &shown,
+                        format!("{}: fsync directory: {}", show(&shown), describe(e)),
                     ));
                 }
             }
@@ -366,61 +548,354 @@ pub async fn apply(router: &Router, plan: PushPlan, temps: &TempFiles) -> Vec<En
         match synced {
             Ok(failed) => results.extend(failed),
             Err(e) => results.push(EntryResult::failed(
-                Path::new(&plan.dest),
+                plan.dest.as_path(),
                 format!("internal error syncing directories: {e}"),
             )),
         }
     }
-    // 5. Directory metadata, deepest first.
-    dirs.sort_by_key(|(p, ..)| std::cmp::Reverse(p.components().count()));
-    for (p, mode, sec, nsec) in dirs {
-        let r = (|| -> std::io::Result<()> {
-            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-            let ts = rustix::fs::Timestamps {
-                last_access: rustix::fs::Timespec {
-                    tv_sec: sec,
-                    tv_nsec: nsec as _,
-                },
-                last_modification: rustix::fs::Timespec {
-                    tv_sec: sec,
-                    tv_nsec: nsec as _,
-                },
+    if cancel.load(Ordering::SeqCst) {
+        results.push(cancelled(&dest));
+        return results;
+    }
+    // Symlinks, once the files are in: like them, an existing entry is
+    // replaced only when the push is final.
+    for e in &plan.entries {
+        if let PlanEntry::Symlink {
+            rel,
+            target,
+            mtime_sec,
+            mtime_nsec,
+            owner,
+        } = e
+        {
+            let Some(p) = failed_dirs.admit(place_of(rel), &root, &mut results) else {
+                continue;
             };
-            rustix::fs::utimensat(
-                rustix::fs::CWD,
-                &p,
-                &ts,
-                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-            )?;
-            Ok(())
-        })();
-        results.push(match r {
-            Ok(()) => EntryResult::ok(&p),
+            let ts = times(*mtime_sec, *mtime_nsec);
+            results.push(match make_symlink(target, &ts, ids_of(owner), &p) {
+                Ok(()) => EntryResult::ok(p.shown()),
+                Err(err) => EntryResult::failed(
+                    p.shown(),
+                    format!("{}: cannot create symlink: {err}", show(p.shown())),
+                ),
+            });
+        }
+    }
+    // Hard links, to files now in place.
+    for e in &plan.entries {
+        if let PlanEntry::HardLink { rel, to } = e {
+            let Some(p) = failed_dirs.admit(place_of(rel), &root, &mut results) else {
+                continue;
+            };
+            let r = place_of(to)
+                .map_err(describe)
+                .and_then(|first| make_hard_link(&first, &p));
+            results.push(match r {
+                Ok(()) => EntryResult::ok(p.shown()),
+                Err(err) => EntryResult::failed(
+                    p.shown(),
+                    format!("{}: cannot create hard link: {err}", show(p.shown())),
+                ),
+            });
+        }
+    }
+    // Special files likewise.
+    for e in &plan.entries {
+        if let PlanEntry::Special {
+            rel,
+            kind,
+            mode,
+            rdev,
+            mtime_sec,
+            mtime_nsec,
+            owner,
+        } = e
+        {
+            let Some(p) = failed_dirs.admit(place_of(rel), &root, &mut results) else {
+                continue;
+            };
+            let ts = times(*mtime_sec, *mtime_nsec);
+            results.push(
+                match make_special(&p, *kind, *mode, *rdev, &ts, ids_of(owner)) {
+                    Ok(()) => EntryResult::ok(p.shown()),
+                    Err(err) => EntryResult::failed(
+                        p.shown(),
+                        format!("{}: cannot create {}: {err}", show(p.shown()), kind.name()),
+                    ),
+                },
+            );
+        }
+    }
+    // 5. Directory metadata, deepest first: now that their contents are in.
+    dirs.sort_by_key(|(p, ..)| std::cmp::Reverse(p.rel().components().count()));
+    for (p, mode, sec, nsec, ids) in dirs {
+        results.push(match set_dir_meta(&p, mode, sec, nsec, ids) {
+            Ok(()) => EntryResult::ok(p.shown()),
             Err(e) => EntryResult::failed(
-                &p,
-                format!("{}: cannot set directory metadata: {e}", p.display()),
+                p.shown(),
+                format!("{}: cannot set directory metadata: {e}", show(p.shown())),
             ),
         });
     }
-    results
+    failed_dirs.annotate(&mut results);
+    collapse_alike(results)
+}
+
+/// Failures in one directory with the same cause (say, 2,000 files in a
+/// read-only directory) become one result for the directory that says
+/// how many entries failed and names the first, instead of one per entry.
+fn collapse_alike(results: Vec<EntryResult>) -> Vec<EntryResult> {
+    // (directory, cause) → (index of the first, how many).
+    let mut groups: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
+    let key = |r: &EntryResult| -> Option<(String, String)> {
+        let e = r.error.as_deref()?;
+        let cause = e.strip_prefix(r.path.as_str())?.strip_prefix(": ")?;
+        let (dir, _) = r.path.rsplit_once('/')?;
+        Some((dir.to_string(), cause.to_string()))
+    };
+    for (i, r) in results.iter().enumerate() {
+        if let Some(k) = key(r) {
+            groups.entry(k).or_insert((i, 0)).1 += 1;
+        }
+    }
+    if groups.values().all(|&(_, n)| n < 2) {
+        return results;
+    }
+    let mut out = Vec::with_capacity(results.len());
+    for (i, r) in results.into_iter().enumerate() {
+        let Some(k) = key(&r) else {
+            out.push(r);
+            continue;
+        };
+        match groups.get(&k) {
+            Some(&(first, n)) if n >= 2 => {
+                if i == first {
+                    let (dir, cause) = k;
+                    let error =
+                        format!("{dir}: {n} entries failed: {cause} (the first: {})", r.path);
+                    let dir_bytes = r.path_bytes.as_ref().and_then(|b| {
+                        let cut = b.as_bytes().iter().rposition(|&c| c == b'/')?;
+                        Some(RawPath::from_bytes(b.as_bytes()[..cut].to_vec()))
+                            .filter(|d| d.to_str().is_none())
+                    });
+                    out.push(EntryResult {
+                        path: dir,
+                        path_bytes: dir_bytes,
+                        error: Some(error),
+                        ..EntryResult::failed(Path::new(""), String::new())
+                    });
+                }
+            }
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// Opens the push's root: DEST when entries go into it, else DEST's
+/// parent (the copy is then named DEST). The path up to there is the
+/// user's and is followed, as `cp` does. Returns the root and, in the
+/// second case, DEST's own name.
+fn open_root(plan: &PushPlan, dest: &Path) -> Result<(Arc<Root>, Option<OsString>), String> {
+    if plan.into_dir
+        && let Err(e) = std::fs::create_dir_all(dest)
+    {
+        return Err(format!("{}: cannot create directory: {e}", show(dest)));
+    }
+    if plan.into_dir || dest.is_dir() {
+        let root = Root::open(dest)
+            .map_err(|e| format!("{}: cannot open directory: {}", show(dest), plain(&e)))?;
+        return Ok((root, None));
+    }
+    let name = dest
+        .file_name()
+        .ok_or_else(|| format!("{}: names no file to create", show(dest)))?;
+    let parent = dest.parent().unwrap_or(Path::new(""));
+    let root = Root::open(parent).map_err(|e| {
+        let shown = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        format!(
+            "{}: cannot open its directory {}: {}",
+            show(dest),
+            show(shown),
+            plain(&e)
+        )
+    })?;
+    Ok((root, Some(name.to_os_string())))
+}
+
+/// Directories whose creation failed, so that what lies below each is
+/// reported once with it rather than once per entry.
+#[derive(Default)]
+struct FailedDirs {
+    /// Relative path → (index of its result, entries skipped below it).
+    dirs: BTreeMap<PathBuf, (usize, u64)>,
+}
+
+impl FailedDirs {
+    fn insert(&mut self, p: &Place, result: usize) {
+        self.dirs.insert(p.rel().to_path_buf(), (result, 0));
+    }
+
+    /// The place to create, or `None` (counted) when it lies below a
+    /// directory that failed, or is unusable (reported).
+    fn admit(
+        &mut self,
+        place: Result<Place, rustix::io::Errno>,
+        root: &Arc<Root>,
+        results: &mut Vec<EntryResult>,
+    ) -> Option<Place> {
+        let p = match place {
+            Ok(p) => p,
+            Err(e) => {
+                results.push(EntryResult::failed(
+                    root.path(),
+                    format!(
+                        "{}: unusable entry name: {}",
+                        show(root.path()),
+                        describe(e)
+                    ),
+                ));
+                return None;
+            }
+        };
+        if !self.dirs.is_empty() {
+            for a in p.rel().ancestors().skip(1) {
+                if let Some((_, n)) = self.dirs.get_mut(a) {
+                    *n += 1;
+                    return None;
+                }
+            }
+        }
+        Some(p)
+    }
+
+    /// Says on each failed directory's result how many entries below it
+    /// were not copied.
+    fn annotate(self, results: &mut [EntryResult]) {
+        for (_, (i, n)) in self.dirs {
+            if n > 0
+                && let Some(r) = results.get_mut(i)
+                && let Some(e) = &mut r.error
+            {
+                let s = if n == 1 { "y" } else { "ies" };
+                e.push_str(&format!("; {n} entr{s} below it not copied"));
+            }
+        }
+    }
+}
+
+/// Creates directory `p` (mode 0700 until its contents are in), or
+/// accepts the directory already there. Anything else there — a symlink
+/// or a file — is replaced by a directory, as `rsync -a` does, unless
+/// it is DEST itself (`is_dest`). Never follows a symlink.
+fn make_dir(p: &Place, is_dest: bool) -> Result<(), String> {
+    use rustix::fs::{AtFlags, FileType, Mode};
+    let dir = p.open_parent().map_err(describe)?;
+    let private = Mode::from_raw_mode(0o700);
+    match rustix::fs::mkdirat(&dir, p.name(), private) {
+        Ok(()) => return Ok(()),
+        Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(describe(e)),
+    }
+    let st = rustix::fs::statat(&dir, p.name(), AtFlags::SYMLINK_NOFOLLOW).map_err(describe)?;
+    if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+        return Ok(());
+    }
+    if is_dest {
+        return Err("exists and is not a directory".into());
+    }
+    rustix::fs::unlinkat(&dir, p.name(), AtFlags::empty())
+        .map_err(|e| format!("cannot replace the non-directory there: {}", describe(e)))?;
+    rustix::fs::mkdirat(&dir, p.name(), private).map_err(describe)
+}
+
+/// Opens the directory `rel` beneath `root` for fsync or syncfs (an
+/// `O_PATH` handle can do neither).
+fn open_for_sync(root: &Root, rel: &Path) -> Result<OwnedFd, rustix::io::Errno> {
+    root.open_beneath(rel, OFlags::RDONLY | OFlags::DIRECTORY)
+}
+
+/// Applies a directory's mode and times through a handle on it (opened
+/// without following any symlink, so the change cannot land elsewhere).
+fn set_dir_meta(p: &Place, mode: u32, sec: i64, nsec: u32, ids: Ids) -> Result<(), String> {
+    let ts = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec as _,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec as _,
+        },
+    };
+    let mode = rustix::fs::Mode::from_raw_mode(mode);
+    match p
+        .root()
+        .open_beneath(p.rel(), OFlags::RDONLY | OFlags::DIRECTORY)
+    {
+        Ok(fd) => {
+            // Owner first: a chown clears the set-id bits the mode sets.
+            if let Some((uid, gid)) = ids {
+                rustix::fs::fchown(&fd, Some(uid), Some(gid)).map_err(describe)?;
+            }
+            rustix::fs::fchmod(&fd, mode).map_err(describe)?;
+            rustix::fs::futimens(&fd, &ts).map_err(describe)
+        }
+        Err(rustix::io::Errno::ACCESS) => {
+            // Not readable by us (e.g. an existing 0300 directory): act on
+            // an O_PATH handle through its /proc link, which names exactly
+            // that inode.
+            let fd = p.root().open_dir(p.rel()).map_err(describe)?;
+            let via = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+            if let Some((uid, gid)) = ids {
+                rustix::fs::chownat(
+                    &fd,
+                    "",
+                    Some(uid),
+                    Some(gid),
+                    rustix::fs::AtFlags::EMPTY_PATH,
+                )
+                .map_err(describe)?;
+            }
+            rustix::fs::chmodat(
+                rustix::fs::CWD,
+                via.as_str(),
+                mode,
+                rustix::fs::AtFlags::empty(),
+            )
+            .map_err(describe)?;
+            rustix::fs::utimensat(
+                rustix::fs::CWD,
+                via.as_str(),
+                &ts,
+                rustix::fs::AtFlags::empty(),
+            )
+            .map_err(describe)
+        }
+        Err(e) => Err(describe(e)),
+    }
 }
 
 enum Done {
     Committed(Summary),
-    Pending(PendingFile),
+    Pending(Box<PendingFile>),
 }
 
 /// One file of the plan: its place in the plan, where it comes from and
 /// goes, and the size the plan saw.
 struct FileJob {
     index: usize,
-    src: String,
-    path: PathBuf,
+    src: RawPath,
+    place: Place,
     size: u64,
 }
 
 /// A file's outcome: its plan index, destination, and result.
-type Outcome = (usize, PathBuf, Result<Done, String>);
+type Outcome = (usize, Place, Result<Done, String>);
 
 /// What every fetch needs.
 struct FetchContext {
@@ -519,7 +994,7 @@ async fn fetch_one(ctx: &FetchContext, job: FileJob, single: bool) -> Outcome {
         &ctx.router,
         ctx.server,
         &job.src,
-        &job.path,
+        &job.place,
         &ctx.temps,
         &ctx.opts,
     )
@@ -535,15 +1010,17 @@ async fn fetch_one(ctx: &FetchContext, job: FileJob, single: bool) -> Outcome {
                 };
                 p.commit(&ctx.opts).map(|()| Done::Committed(s))
             } else if ctx.held.take_one() {
-                p.finish_open(&ctx.opts).map(|()| Done::Pending(p))
+                p.finish_open(&ctx.opts)
+                    .map(|()| Done::Pending(Box::new(p)))
             } else {
-                p.finish(&ctx.opts, false).map(|()| Done::Pending(p))
+                p.finish(&ctx.opts, false)
+                    .map(|()| Done::Pending(Box::new(p)))
             };
             done.map_err(|e| e.to_string())
         }
         Err(e) => Err(e.to_string()),
     };
-    (job.index, job.path, r)
+    (job.index, job.place, r)
 }
 
 /// Fetches a batch of small files in one `fetch_small` call and writes
@@ -563,8 +1040,12 @@ async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<Outcome> {
         batch
             .into_iter()
             .map(|j| {
-                let e = format!("{}: fetch of {} failed: {why}", j.path.display(), j.src);
-                (j.index, j.path, Err(e))
+                let e = format!(
+                    "{}: fetch of {} failed: {why}",
+                    show(j.place.shown()),
+                    j.src
+                );
+                (j.index, j.place, Err(e))
             })
             .collect()
     };
@@ -581,21 +1062,21 @@ async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<Outcome> {
         Err(why) => return all_failed(batch, why.to_string()),
     };
     let (temps, opts, held) = (ctx.temps.clone(), ctx.opts.clone(), ctx.held.clone());
-    let places: Vec<(usize, PathBuf)> = batch.iter().map(|j| (j.index, j.path.clone())).collect();
+    let places: Vec<(usize, Place)> = batch.iter().map(|j| (j.index, j.place.clone())).collect();
     let written = tokio::task::spawn_blocking(move || {
         let mut done = Vec::with_capacity(batch.len());
         let mut too_large = Vec::new();
         for (job, file) in batch.into_iter().zip(files) {
             let r = match file {
                 SmallFile::Data { meta, data, digest } => {
-                    receive::receive_whole(&job.path, &temps, &meta, &data, &digest, started)
+                    receive::receive_whole(&job.place, &temps, &meta, &data, &digest, started)
                         .and_then(|mut p| {
                             if held.take_one() {
                                 p.finish_open(&opts)
                             } else {
                                 p.finish(&opts, false)
                             }
-                            .map(|()| Done::Pending(p))
+                            .map(|()| Done::Pending(Box::new(p)))
                         })
                         .map_err(|e| e.to_string())
                 }
@@ -605,11 +1086,11 @@ async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<Outcome> {
                 }
                 SmallFile::Failed(why) => Err(format!(
                     "{}: fetch of {} failed: {why}",
-                    job.path.display(),
+                    show(job.place.shown()),
                     job.src
                 )),
             };
-            done.push((job.index, job.path, r));
+            done.push((job.index, job.place, r));
         }
         (done, too_large)
     })
@@ -638,7 +1119,8 @@ struct Summary {
 
 fn file_ok(path: &Path, s: &Summary) -> EntryResult {
     EntryResult {
-        path: path.display().to_string(),
+        path: show(path),
+        path_bytes: raw_if_not_utf8(path),
         bytes: s.bytes,
         seconds: s.started.elapsed().as_secs_f64(),
         digest: Some(hex(&s.digest)),
@@ -666,11 +1148,12 @@ async fn put_in_place(outcomes: Vec<Outcome>, sync_error: Option<String>) -> Vec
         let sync_error = sync_error.clone();
         parts.push(tokio::task::spawn_blocking(move || {
             part.into_iter()
-                .map(|(_, path, r)| match r {
+                .map(|(_, place, r)| (place.shown().to_path_buf(), r))
+                .map(|(path, r)| match r {
                     Ok(Done::Committed(s)) => file_ok(&path, &s),
                     Ok(Done::Pending(p)) => {
                         if let Some(e) = &sync_error {
-                            EntryResult::failed(&path, format!("{}: {e}", path.display()))
+                            EntryResult::failed(&path, format!("{}: {e}", show(&path)))
                         } else {
                             let s = Summary {
                                 bytes: p.bytes,
@@ -678,7 +1161,7 @@ async fn put_in_place(outcomes: Vec<Outcome>, sync_error: Option<String>) -> Vec
                                 started: p.started,
                                 span: p.data_span_ns,
                             };
-                            match p.rename() {
+                            match (*p).rename() {
                                 Ok(()) => file_ok(&path, &s),
                                 Err(e) => EntryResult::failed(&path, e.to_string()),
                             }
@@ -707,12 +1190,12 @@ async fn put_in_place(outcomes: Vec<Outcome>, sync_error: Option<String>) -> Vec
 /// data, inodes and journal already on disk; it only ever runs one at a
 /// time, and only helps: the final sync still covers everything.
 struct EarlySync {
-    dir: PathBuf,
+    dir: Arc<Root>,
     running: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl EarlySync {
-    fn new(dir: PathBuf) -> Arc<EarlySync> {
+    fn new(dir: Arc<Root>) -> Arc<EarlySync> {
         Arc::new(EarlySync {
             dir,
             running: tokio::sync::Mutex::new(None),
@@ -727,7 +1210,7 @@ impl EarlySync {
         }
         let dir = self.dir.clone();
         *running = Some(tokio::task::spawn_blocking(move || {
-            if let Ok(f) = std::fs::File::open(&dir) {
+            if let Ok(f) = open_for_sync(&dir, Path::new("")) {
                 let _ = rustix::fs::syncfs(&f);
             }
         }));
@@ -741,28 +1224,141 @@ impl EarlySync {
     }
 }
 
-fn syncfs_all(dirs: &BTreeSet<PathBuf>) -> Result<(), String> {
+fn syncfs_all(root: &Root, dirs: &BTreeSet<PathBuf>) -> Result<(), String> {
     let mut seen_devs = BTreeSet::new();
     for d in dirs {
-        let f =
-            std::fs::File::open(d).map_err(|e| format!("open {} for sync: {e}", d.display()))?;
+        let shown = || root.path().join(d).display().to_string();
+        let f = open_for_sync(root, d)
+            .map_err(|e| format!("open {} for sync: {}", shown(), describe(e)))?;
         let dev = rustix::fs::fstat(&f).map(|s| s.st_dev).unwrap_or(0);
         if seen_devs.insert(dev) {
-            rustix::fs::syncfs(&f).map_err(|e| format!("syncfs on {}: {e}", d.display()))?;
+            rustix::fs::syncfs(&f).map_err(|e| format!("syncfs on {}: {e}", shown()))?;
         }
     }
     Ok(())
 }
 
-fn make_symlink(target: &str, p: &Path) -> std::io::Result<()> {
-    let name = p
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = p.with_file_name(format!(".{name}.ferrogen-link-{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp)?;
-    std::fs::rename(&tmp, p).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
+/// Access and modification time both `sec`.`nsec`.
+fn times(sec: i64, nsec: u32) -> rustix::fs::Timestamps {
+    let t = rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    };
+    rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+/// A temp name for `p` in its directory.
+fn temp_name(p: &Place, what: &str) -> OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut tmp = b".".to_vec();
+    tmp.extend_from_slice(&p.name().as_bytes()[..p.name().len().min(80)]);
+    tmp.extend_from_slice(format!(".ferrogen-{what}-{}.tmp", std::process::id()).as_bytes());
+    OsString::from_vec(tmp)
+}
+
+/// Links `p` to the file at `first` (both beneath the root, no symlink
+/// followed: `linkat` without `AT_SYMLINK_FOLLOW`), under a temp name
+/// renamed into place.
+fn make_hard_link(first: &Place, p: &Place) -> Result<(), String> {
+    use rustix::fs::AtFlags;
+    let from_dir = first.open_parent().map_err(describe)?;
+    let st = rustix::fs::statat(&from_dir, first.name(), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| format!("{}: {}", show(first.shown()), describe(e)))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(format!("{} is not a regular file", show(first.shown())));
+    }
+    let dir = p.open_parent().map_err(describe)?;
+    let tmp = temp_name(p, "hardlink");
+    let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
+    rustix::fs::linkat(&from_dir, first.name(), &dir, &tmp, AtFlags::empty()).map_err(describe)?;
+    let r = rustix::fs::renameat(&dir, &tmp, &dir, p.name()).map_err(describe);
+    // Renaming over a name that is already a link to the same file does
+    // nothing and leaves the temp name: remove it either way.
+    let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
+    r
+}
+
+/// Creates the special file `p` under a temp name, gives it its mode and
+/// times through a handle on the node itself (so a name swapped for a
+/// symlink meanwhile is never followed), and renames it into place.
+fn make_special(
+    p: &Place,
+    kind: SpecialKind,
+    mode: u32,
+    rdev: u64,
+    ts: &rustix::fs::Timestamps,
+    ids: Ids,
+) -> Result<(), String> {
+    use rustix::fs::{AtFlags, Mode};
+    let dir = p.open_parent().map_err(describe)?;
+    let tmp = temp_name(p, "node");
+    let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
+    rustix::fs::mknodat(
+        &dir,
+        &tmp,
+        kind.file_type(),
+        Mode::from_raw_mode(0o600),
+        rdev as _,
+    )
+    .map_err(describe)?;
+    let finish = || -> Result<(), String> {
+        let node = rustix::fs::openat(
+            &dir,
+            &tmp,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(describe)?;
+        let st = rustix::fs::fstat(&node).map_err(describe)?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != kind.file_type() {
+            return Err("replaced while being created".into());
+        }
+        if let Some((uid, gid)) = ids {
+            rustix::fs::chownat(&node, "", Some(uid), Some(gid), AtFlags::EMPTY_PATH)
+                .map_err(describe)?;
+        }
+        let via = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&node));
+        rustix::fs::chmodat(
+            rustix::fs::CWD,
+            via.as_str(),
+            Mode::from_raw_mode(mode),
+            AtFlags::empty(),
+        )
+        .map_err(describe)?;
+        rustix::fs::utimensat(rustix::fs::CWD, via.as_str(), ts, AtFlags::empty())
+            .map_err(describe)?;
+        rustix::fs::renameat(&dir, &tmp, &dir, p.name()).map_err(describe)
+    };
+    finish().inspect_err(|_| {
+        let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
+    })
+}
+
+/// Creates the symlink `p` under a temp name and renames it into place,
+/// all relative to its directory's handle.
+fn make_symlink(
+    target: &RawPath,
+    ts: &rustix::fs::Timestamps,
+    ids: Ids,
+    p: &Place,
+) -> Result<(), String> {
+    let dir = p.open_parent().map_err(describe)?;
+    let tmp = temp_name(p, "link");
+    let _ = rustix::fs::unlinkat(&dir, &tmp, rustix::fs::AtFlags::empty());
+    rustix::fs::symlinkat(target.as_bytes(), &dir, &tmp).map_err(describe)?;
+    // The link's own owner and times (never its target's), as `cp -a`
+    // and `rsync -a`.
+    let nofollow = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+    ids.map_or(Ok(()), |(uid, gid)| {
+        rustix::fs::chownat(&dir, &tmp, Some(uid), Some(gid), nofollow)
+    })
+    .and_then(|()| rustix::fs::utimensat(&dir, &tmp, ts, nofollow))
+    .and_then(|()| rustix::fs::renameat(&dir, &tmp, &dir, p.name()))
+    .map_err(|e| {
+        let _ = rustix::fs::unlinkat(&dir, &tmp, rustix::fs::AtFlags::empty());
+        describe(e)
     })
 }

@@ -13,8 +13,13 @@
 //! the directory fsynced. Any failure removes the temp file and leaves the
 //! old destination untouched; so does this context's shutdown (every live
 //! temp file is tracked in [`TempFiles`]).
+//!
+//! A destination is a [`Place`]: a name beneath the push's directory
+//! handle. Its directory is resolved afresh, with no symlink followed, for
+//! each step (temp file, link or rename into place, fsync), so nothing is
+//! ever created or replaced outside the destination (see [`super::place`]).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -25,6 +30,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::meta::{FileMeta, lookup_gid, lookup_uid};
+use super::place::{self, Place};
 use super::{FILE_SERVICE, FetchArgs, FetchReply, TransferMsg};
 use crate::call::CallError;
 use crate::channel::ChannelError;
@@ -103,31 +109,32 @@ pub enum ReceiveError {
     },
 }
 
-/// The temp files this context currently owns, so shutdown can remove them.
+/// The temp files this context currently owns, so shutdown can remove
+/// them (each beneath its destination's handle: never through a symlink).
 #[derive(Clone, Default)]
-pub struct TempFiles(Arc<Mutex<HashSet<PathBuf>>>);
+pub struct TempFiles(Arc<Mutex<HashMap<PathBuf, Place>>>);
 
 impl TempFiles {
-    fn add(&self, p: &Path) {
+    fn add(&self, p: &Place) {
         if let Ok(mut s) = self.0.lock() {
-            s.insert(p.to_path_buf());
+            s.insert(p.shown().to_path_buf(), p.clone());
         }
     }
 
-    fn forget(&self, p: &Path) {
+    fn forget(&self, p: &Place) {
         if let Ok(mut s) = self.0.lock() {
-            s.remove(p);
+            s.remove(p.shown());
         }
     }
 
     /// Removes every tracked temp file (at shutdown).
     pub fn remove_all(&self) {
-        let paths: Vec<PathBuf> = match self.0.lock() {
-            Ok(mut s) => s.drain().collect(),
+        let places: Vec<Place> = match self.0.lock() {
+            Ok(mut s) => s.drain().map(|(_, p)| p).collect(),
             Err(_) => return,
         };
-        for p in paths {
-            let _ = std::fs::remove_file(&p);
+        for p in places {
+            remove_place(&p);
         }
     }
 
@@ -142,13 +149,20 @@ impl TempFiles {
     }
 }
 
+/// Unlinks the file at `p` (never a directory, never through a symlink).
+fn remove_place(p: &Place) {
+    if let Ok(dir) = p.open_parent() {
+        let _ = rustix::fs::unlinkat(&dir, p.name(), rustix::fs::AtFlags::empty());
+    }
+}
+
 /// A fully received, verified file waiting to be renamed into place.
 pub struct PendingFile {
     file: Option<File>,
     /// The temp file's name; not yet on disk while `anonymous`.
-    temp: PathBuf,
+    temp: Place,
     anonymous: bool,
-    dest: PathBuf,
+    dest: Place,
     temps: TempFiles,
     armed: bool,
     /// Metadata announced by the server.
@@ -166,7 +180,7 @@ pub struct PendingFile {
 impl Drop for PendingFile {
     fn drop(&mut self) {
         if self.armed && !self.anonymous {
-            let _ = std::fs::remove_file(&self.temp);
+            remove_place(&self.temp);
             self.temps.forget(&self.temp);
         }
     }
@@ -177,7 +191,7 @@ fn io_err<'a>(
     op: &'static str,
 ) -> impl FnOnce(std::io::Error) -> ReceiveError + 'a {
     move |source| ReceiveError::Io {
-        dest: dest.display().to_string(),
+        dest: place::show(dest),
         op,
         source,
     }
@@ -192,7 +206,7 @@ impl PendingFile {
         let Some(file) = self.file.take() else {
             return Ok(());
         };
-        let dest = self.dest.clone();
+        let dest = self.dest.shown().to_path_buf();
         if self.anonymous {
             // Give the verified file its hidden name so the descriptor can
             // be closed; from here on Drop (or shutdown) removes it by name.
@@ -216,7 +230,7 @@ impl PendingFile {
         let Some(file) = self.file.as_ref() else {
             return Ok(());
         };
-        let dest = self.dest.clone();
+        let dest = self.dest.shown();
         let fd = file.as_fd();
         let mode = rustix::fs::Mode::from_raw_mode(self.meta.mode);
         if opts.preserve_owner {
@@ -227,10 +241,10 @@ impl PendingFile {
                 Some(rustix::fs::Uid::from_raw(uid)),
                 Some(rustix::fs::Gid::from_raw(gid)),
             )
-            .map_err(|e| io_err(&dest, "chown")(e.into()))?;
+            .map_err(|e| io_err(dest, "chown")(e.into()))?;
         }
         // After chown, which clears set-id bits.
-        rustix::fs::fchmod(fd, mode).map_err(|e| io_err(&dest, "chmod")(e.into()))?;
+        rustix::fs::fchmod(fd, mode).map_err(|e| io_err(dest, "chmod")(e.into()))?;
         let ts = rustix::fs::Timestamps {
             last_access: rustix::fs::Timespec {
                 tv_sec: self.meta.atime_sec,
@@ -241,9 +255,9 @@ impl PendingFile {
                 tv_nsec: self.meta.mtime_nsec as _,
             },
         };
-        rustix::fs::futimens(fd, &ts).map_err(|e| io_err(&dest, "set times")(e.into()))?;
+        rustix::fs::futimens(fd, &ts).map_err(|e| io_err(dest, "set times")(e.into()))?;
         if fsync {
-            rustix::fs::fsync(fd).map_err(|e| io_err(&dest, "fsync")(e.into()))?;
+            rustix::fs::fsync(fd).map_err(|e| io_err(dest, "fsync")(e.into()))?;
         }
         Ok(())
     }
@@ -254,24 +268,33 @@ impl PendingFile {
     /// linked straight to the destination if that does not exist;
     /// otherwise the temp file is renamed over it.
     pub fn rename(mut self) -> Result<(), ReceiveError> {
+        let shown = self.dest.shown().to_path_buf();
+        // Both names live in one directory, resolved afresh beneath the
+        // destination's handle: if it was swapped for a symlink meanwhile,
+        // this fails rather than write where the link points.
+        let dir = self
+            .dest
+            .open_parent()
+            .map_err(|e| resolve_err(&shown, e))?;
         if let Some(file) = self.file.take()
             && self.anonymous
         {
-            match link_to(&file, &self.dest) {
+            match link_at(&file, &dir, self.dest.name()) {
                 Ok(()) => {
                     self.anonymous = false;
                     self.armed = false;
                     return Ok(());
                 }
                 Err(rustix::io::Errno::EXIST) => {}
-                Err(e) => return Err(io_err(&self.dest, "link into place")(e.into())),
+                Err(e) => return Err(io_err(&shown, "link into place")(e.into())),
             }
-            link_to(&file, &self.temp)
-                .map_err(|e| io_err(&self.dest, "link temp file")(e.into()))?;
+            link_at(&file, &dir, self.temp.name())
+                .map_err(|e| io_err(&shown, "link temp file")(e.into()))?;
             self.anonymous = false;
             self.temps.add(&self.temp);
         }
-        std::fs::rename(&self.temp, &self.dest).map_err(io_err(&self.dest, "rename"))?;
+        rustix::fs::renameat(&dir, self.temp.name(), &dir, self.dest.name())
+            .map_err(|e| io_err(&shown, "rename")(e.into()))?;
         self.armed = false;
         self.temps.forget(&self.temp);
         Ok(())
@@ -291,30 +314,39 @@ impl PendingFile {
 
     /// The destination path.
     pub fn dest(&self) -> &Path {
+        self.dest.shown()
+    }
+
+    /// The destination's place beneath the push's root.
+    pub fn place(&self) -> &Place {
         &self.dest
     }
 }
 
-/// Gives the open (anonymous) file `file` the name `path`; fails with
-/// `EEXIST` rather than replace anything.
-fn link_to(file: &File, path: &Path) -> Result<(), rustix::io::Errno> {
+/// The error for a destination whose directory could not be resolved
+/// beneath the push's root.
+fn resolve_err(dest: &Path, e: rustix::io::Errno) -> ReceiveError {
+    ReceiveError::Io {
+        dest: place::show(dest),
+        op: "open its directory",
+        source: std::io::Error::other(place::describe(e)),
+    }
+}
+
+/// Gives the open (anonymous) file `file` the name `name` in `dir`; fails
+/// with `EEXIST` rather than replace anything.
+fn link_at(file: &File, dir: &impl AsFd, name: &std::ffi::OsStr) -> Result<(), rustix::io::Errno> {
     // AT_EMPTY_PATH first: Linux ≥ 6.10 allows it for a file we opened
     // ourselves (before, only with CAP_DAC_READ_SEARCH), and it skips the
     // procfs lookup.
-    match rustix::fs::linkat(
-        file,
-        "",
-        rustix::fs::CWD,
-        path,
-        rustix::fs::AtFlags::EMPTY_PATH,
-    ) {
+    match rustix::fs::linkat(file, "", dir, name, rustix::fs::AtFlags::EMPTY_PATH) {
         Err(e) if e != rustix::io::Errno::EXIST => {
             let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
             rustix::fs::linkat(
                 rustix::fs::CWD,
                 proc_path.as_str(),
-                rustix::fs::CWD,
-                path,
+                dir,
+                name,
                 rustix::fs::AtFlags::SYMLINK_FOLLOW,
             )
         }
@@ -322,25 +354,32 @@ fn link_to(file: &File, path: &Path) -> Result<(), rustix::io::Errno> {
     }
 }
 
-/// fsyncs the directory containing `path`.
-pub fn sync_dir(path: &Path) -> Result<(), ReceiveError> {
-    // A bare name ("X") has the parent "", which names no directory: it
-    // lives in the working directory.
-    let dir = match path.parent() {
-        Some(d) if d.as_os_str().is_empty() => Path::new("."),
-        Some(d) => d,
-        None => Path::new("/"),
-    };
-    let d = File::open(dir).map_err(io_err(path, "open directory for fsync"))?;
+/// Gives the open (anonymous) file `file` the name of `p`.
+fn link_to(file: &File, p: &Place) -> Result<(), rustix::io::Errno> {
+    let dir = p.open_parent()?;
+    link_at(file, &dir, p.name())
+}
+
+/// fsyncs the directory containing `dest`.
+pub fn sync_dir(dest: &Place) -> Result<(), ReceiveError> {
+    let path = dest.shown();
+    let dir = dest.open_parent().map_err(|e| resolve_err(path, e))?;
+    // The handle is O_PATH, which cannot be fsynced: open it for reading.
+    let d = rustix::fs::openat(
+        &dir,
+        ".",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| io_err(path, "open directory for fsync")(e.into()))?;
     rustix::fs::fsync(&d).map_err(|e| io_err(path, "fsync directory")(e.into()))
 }
 
-fn temp_path(dest: &Path) -> PathBuf {
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let short: String = name.chars().take(80).collect();
+fn temp_path(dest: &Place) -> Place {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    // At most 80 bytes of the name (a name is bytes, not necessarily UTF-8).
+    let name = dest.name().as_bytes();
+    let short = &name[..name.len().min(80)];
     let nonce: u64 = {
         use std::hash::{BuildHasher, Hasher};
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -353,7 +392,10 @@ fn temp_path(dest: &Path) -> PathBuf {
         h.write_u32(std::process::id());
         h.finish()
     };
-    dest.with_file_name(format!(".{short}.ferrogen-{nonce:016x}.tmp"))
+    let mut temp = b".".to_vec();
+    temp.extend_from_slice(short);
+    temp.extend_from_slice(format!(".ferrogen-{nonce:016x}.tmp").as_bytes());
+    dest.sibling(std::ffi::OsString::from_vec(temp))
 }
 
 /// Fetches `src` from the FileService in context `server` into a temp file
@@ -366,7 +408,16 @@ pub async fn receive(
     dest: &Path,
     temps: &TempFiles,
 ) -> Result<PendingFile, ReceiveError> {
-    receive_with(router, server, src, dest, temps, &ReceiveOptions::default()).await
+    let place = Place::from_path(dest).map_err(io_err(dest, "open its directory"))?;
+    receive_with(
+        router,
+        server,
+        &super::RawPath::from(src),
+        &place,
+        temps,
+        &ReceiveOptions::default(),
+    )
+    .await
 }
 
 /// [`receive`], told how the file will be committed: with `opts.fsync`, the
@@ -375,19 +426,20 @@ pub async fn receive(
 pub async fn receive_with(
     router: &Router,
     server: ContextId,
-    src: &str,
-    dest: &Path,
+    src: &super::RawPath,
+    place: &Place,
     temps: &TempFiles,
     opts: &ReceiveOptions,
 ) -> Result<PendingFile, ReceiveError> {
     let started = Instant::now();
-    let dest_s = dest.display().to_string();
+    let dest = place.shown();
+    let dest_s = place::show(dest);
     let mut rx = match router.add_handler(None, Policy::Any, Some(server), true) {
         Ok(rx) => rx,
         Err(e) => unreachable!("dynamic handle allocation cannot collide: {e}"),
     };
     let args = FetchArgs {
-        path: src.to_string(),
+        path: src.clone(),
         sender: rx.to_sender(),
     };
     let reply: FetchReply = router
@@ -400,7 +452,7 @@ pub async fn receive_with(
         })?;
     let meta = reply.meta.clone();
     // From here on, any failure must tell the server to stop.
-    let result = receive_data(router, &mut rx, &reply, dest, temps, started, opts.fsync).await;
+    let result = receive_data(router, &mut rx, &reply, place, temps, started, opts.fsync).await;
     if let Err(e) = &result {
         reply.ack.close_with(router, &e.to_string());
     }
@@ -412,14 +464,15 @@ async fn receive_data(
     router: &Router,
     rx: &mut crate::channel::Receiver,
     reply: &FetchReply,
-    dest: &Path,
+    place: &Place,
     temps: &TempFiles,
     started: Instant,
     early_writeback: bool,
 ) -> Result<PendingFile, ReceiveError> {
-    let dest_s = dest.display().to_string();
+    let dest = place.shown();
+    let dest_s = place::show(dest);
     let meta = reply.meta.clone();
-    let mut pending = create_temp(dest, temps, &meta, started)?;
+    let mut pending = create_temp(place, temps, &meta, started)?;
     // A file of more than one chunk is written by its own blocking thread,
     // so this context's runtime goes back to reading the stream while the
     // previous chunk is hashed and written (the two used to take turns on
@@ -574,20 +627,19 @@ async fn receive_data(
 /// Creates the hidden temp file that will receive `meta.size` bytes for
 /// `dest`, with the space reserved.
 fn create_temp(
-    dest: &Path,
+    place: &Place,
     temps: &TempFiles,
     meta: &FileMeta,
     started: Instant,
 ) -> Result<PendingFile, ReceiveError> {
-    let temp = temp_path(dest);
-
-    let dir = match dest.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dest = place.shown();
+    let temp = temp_path(place);
+    // The directory, beneath the push's root, no symlink followed.
+    let dir = place.open_parent().map_err(|e| resolve_err(dest, e))?;
     let mode = rustix::fs::Mode::from_raw_mode(0o600);
-    let anon = rustix::fs::open(
-        dir,
+    let anon = rustix::fs::openat(
+        &dir,
+        ".",
         rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::CLOEXEC,
         mode,
     );
@@ -604,8 +656,9 @@ fn create_temp(
             return Err(io_err(dest, "create temp file")(e));
         }
         Err(_) => {
-            let fd = rustix::fs::open(
-                &temp,
+            let fd = rustix::fs::openat(
+                &dir,
+                temp.name(),
                 rustix::fs::OFlags::WRONLY
                     | rustix::fs::OFlags::CREATE
                     | rustix::fs::OFlags::EXCL
@@ -622,7 +675,7 @@ fn create_temp(
         file: Some(File::from(fd)),
         temp,
         anonymous,
-        dest: dest.to_path_buf(),
+        dest: place.clone(),
         temps: temps.clone(),
         armed: true,
         meta: meta.clone(),
@@ -656,14 +709,15 @@ fn create_temp(
 /// `fetch_small`) into a verified temp file next to `dest`. Checks the size
 /// and the digest before anything is written.
 pub fn receive_whole(
-    dest: &Path,
+    place: &Place,
     temps: &TempFiles,
     meta: &FileMeta,
     data: &[u8],
     digest: &[u8; 32],
     started: Instant,
 ) -> Result<PendingFile, ReceiveError> {
-    let dest_s = || dest.display().to_string();
+    let dest = place.shown();
+    let dest_s = || place::show(dest);
     if data.len() as u64 != meta.size {
         return Err(ReceiveError::Mismatch {
             dest: dest_s(),
@@ -681,7 +735,7 @@ pub fn receive_whole(
             ),
         });
     }
-    let mut pending = create_temp(dest, temps, meta, started)?;
+    let mut pending = create_temp(place, temps, meta, started)?;
     if let Some(f) = pending.file.as_ref() {
         let mut f: &File = f;
         f.write_all(data).map_err(io_err(dest, "write"))?;
@@ -728,7 +782,7 @@ impl Sink {
                 match writer.finish(dest).await {
                     Err(e) => Err(e),
                     Ok(_) => Err(ReceiveError::Io {
-                        dest: dest.display().to_string(),
+                        dest: place::show(dest),
                         op: "write",
                         source: std::io::Error::other("disk writer stopped early"),
                     }),
@@ -805,7 +859,7 @@ impl DiskWriter {
             }) => Ok((file, *hasher.finalize().as_bytes())),
             Ok(WriterOutcome { error: Some(e), .. }) => Err(io_err(dest, "write")(e)),
             Err(e) => Err(ReceiveError::Io {
-                dest: dest.display().to_string(),
+                dest: place::show(dest),
                 op: "write",
                 source: std::io::Error::other(format!("disk writer failed: {e}")),
             }),

@@ -75,8 +75,8 @@ pub struct Registry {
 
 /// Collapses `.`, `..` and repeated separators without touching the disk.
 /// `None` for relative paths.
-pub fn normalize(path: &str) -> Option<PathBuf> {
-    let p = Path::new(path);
+pub fn normalize(path: impl AsRef<Path>) -> Option<PathBuf> {
+    let p = path.as_ref();
     if !p.is_absolute() {
         return None;
     }
@@ -93,35 +93,43 @@ pub fn normalize(path: &str) -> Option<PathBuf> {
     Some(out)
 }
 
-fn check(path: &str) -> Result<PathBuf, OpenError> {
-    if path.contains('\0') {
+/// Paths are bytes (names need not be UTF-8); messages show them with
+/// invalid bytes as `\xNN`.
+fn show_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    super::escape_bytes(path.as_os_str().as_bytes())
+}
+
+fn check(path: &Path) -> Result<PathBuf, OpenError> {
+    use std::os::unix::ffi::OsStrExt;
+    if path.as_os_str().as_bytes().contains(&0) {
         return Err(OpenError::BadPath {
-            path: path.escape_default().to_string(),
+            path: show_path(path).escape_default().to_string(),
             why: "contains a NUL byte",
         });
     }
     normalize(path).ok_or_else(|| OpenError::BadPath {
-        path: path.to_string(),
+        path: show_path(path),
         why: "not an absolute path",
     })
 }
 
 impl Registry {
     /// Allows exactly `path`.
-    pub fn register(&mut self, path: &str) -> Result<(), OpenError> {
-        self.paths.insert(check(path)?);
+    pub fn register(&mut self, path: impl AsRef<Path>) -> Result<(), OpenError> {
+        self.paths.insert(check(path.as_ref())?);
         Ok(())
     }
 
     /// Allows every file beneath directory `dir`.
-    pub fn register_prefix(&mut self, dir: &str) -> Result<(), OpenError> {
-        self.prefixes.insert(check(dir)?);
+    pub fn register_prefix(&mut self, dir: impl AsRef<Path>) -> Result<(), OpenError> {
+        self.prefixes.insert(check(dir.as_ref())?);
         Ok(())
     }
 
     /// True if `path` is covered by some registration (lexically).
-    pub fn is_authorised(&self, path: &str) -> bool {
-        match check(path) {
+    pub fn is_authorised(&self, path: impl AsRef<Path>) -> bool {
+        match check(path.as_ref()) {
             Ok(p) => self.paths.contains(&p) || self.prefix_for(&p).is_some(),
             Err(_) => false,
         }
@@ -147,9 +155,9 @@ impl Registry {
     }
 
     /// Opens `path` for serving if a registration allows it.
-    pub fn open(&self, path: &str) -> Result<File, OpenError> {
-        let p = check(path)?;
-        let shown = p.display().to_string();
+    pub fn open(&self, path: impl AsRef<Path>) -> Result<File, OpenError> {
+        let p = check(path.as_ref())?;
+        let shown = show_path(&p);
         let file = if self.paths.contains(&p) {
             let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
             let fd = rustix::fs::open(&p, flags, Mode::empty()).map_err(|e| OpenError::Io {
@@ -180,7 +188,7 @@ impl Registry {
 }
 
 fn open_beneath(prefix: &Path, dir: &OwnedFd, p: &Path) -> Result<File, OpenError> {
-    let shown = p.display().to_string();
+    let shown = show_path(p);
     let io = |e: rustix::io::Errno| OpenError::Io {
         path: shown.clone(),
         source: e.into(),
@@ -204,7 +212,7 @@ fn open_beneath(prefix: &Path, dir: &OwnedFd, p: &Path) -> Result<File, OpenErro
         Ok(fd) => Ok(File::from(fd)),
         Err(rustix::io::Errno::XDEV) => Err(OpenError::Escapes {
             path: shown.clone(),
-            prefix: prefix.display().to_string(),
+            prefix: show_path(prefix),
         }),
         Err(rustix::io::Errno::NOSYS) | Err(rustix::io::Errno::PERM) => {
             // No openat2 (old kernel or a seccomp filter): resolve and re-check.
@@ -219,7 +227,7 @@ fn open_beneath(prefix: &Path, dir: &OwnedFd, p: &Path) -> Result<File, OpenErro
             if !real.starts_with(&real_prefix) {
                 return Err(OpenError::Escapes {
                     path: shown.clone(),
-                    prefix: prefix.display().to_string(),
+                    prefix: show_path(prefix),
                 });
             }
             let fd = rustix::fs::open(&real, flags, Mode::empty()).map_err(io)?;
@@ -287,20 +295,20 @@ mod tests {
         r.register_prefix(inner.to_str().expect("utf8"))
             .expect("register");
         let p = |n: &str| inner.join(n).to_str().expect("utf8").to_string();
-        assert!(r.open(&p("ok.txt")).is_ok());
+        assert!(r.open(p("ok.txt")).is_ok());
         assert!(
-            r.open(&p("good_link")).is_ok(),
+            r.open(p("good_link")).is_ok(),
             "a link that stays inside is fine"
         );
-        assert!(matches!(r.open(&p("link")), Err(OpenError::Escapes { .. })));
+        assert!(matches!(r.open(p("link")), Err(OpenError::Escapes { .. })));
         assert!(matches!(
-            r.open(&p("rel_link")),
+            r.open(p("rel_link")),
             Err(OpenError::Escapes { .. })
         ));
         // A symlinked directory inside the prefix pointing outside.
         std::os::unix::fs::symlink(dir.path(), inner.join("up")).expect("symlink");
         assert!(matches!(
-            r.open(&p("up/secret")),
+            r.open(p("up/secret")),
             Err(OpenError::Escapes { .. })
         ));
     }

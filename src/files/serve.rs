@@ -262,14 +262,14 @@ impl FileService {
     }
 
     /// Allows `path` to be fetched.
-    pub fn register(&self, path: &str) -> Result<(), String> {
+    pub fn register(&self, path: impl AsRef<std::path::Path>) -> Result<(), String> {
         lock(&self.inner.registry)
             .register(path)
             .map_err(|e| e.to_string())
     }
 
     /// Allows every file beneath `dir` to be fetched.
-    pub fn register_prefix(&self, dir: &str) -> Result<(), String> {
+    pub fn register_prefix(&self, dir: impl AsRef<std::path::Path>) -> Result<(), String> {
         lock(&self.inner.registry)
             .register_prefix(dir)
             .map_err(|e| e.to_string())
@@ -310,7 +310,7 @@ impl FileService {
                 args.path, args.sender.context, caller.src_id
             )));
         }
-        let slot = self.open_slot(caller.src_id, &args.path)?;
+        let slot = self.open_slot(caller.src_id, &args.path.escaped())?;
         let opened = lock(&inner.registry).open(&args.path);
         let file = opened.map_err(|e| RemoteError::Failed(e.to_string()))?;
         let meta = FileMeta::from_fd(&file)
@@ -329,7 +329,7 @@ impl FileService {
         let job = Transfer {
             fs: self.clone(),
             id,
-            path: args.path,
+            path: args.path.to_string(),
             file: Arc::new(file),
             meta,
             to: args.sender,
@@ -468,7 +468,7 @@ impl FileService {
     /// One file of [`FileService::fetch_small`], if it is registered, regular, at
     /// most [`SMALL_FILE_MAX`] bytes, and fits in what is left of the
     /// reply's `budget`.
-    fn read_small(&self, path: &str, budget: u64) -> SmallFile {
+    fn read_small(&self, path: &super::RawPath, budget: u64) -> SmallFile {
         let opened = lock(&self.inner.registry).open(path);
         let file = match opened {
             Ok(f) => f,
