@@ -338,7 +338,9 @@ fn remote_contexts(s: &Sshd, user: &str) -> Vec<u32> {
 fn attach_relays(s: &Sshd) -> Vec<u32> {
     sshd::descendants(s.pid())
         .into_iter()
-        .filter(|&p| cmdline(p).contains("ferrogen __attach"))
+        // The relay is the context's own binary (`/proc/PID/exe`) with
+        // `__attach` as its first argument.
+        .filter(|&p| cmdline(p).split(' ').nth(1) == Some("__attach"))
         .collect()
 }
 

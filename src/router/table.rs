@@ -23,6 +23,10 @@ use std::fmt;
 use crate::wire::control::IdBlock;
 use crate::wire::{ContextId, Header};
 
+/// Destinations remembered per link (to tell it when one dies); a link that
+/// sends to more distinct contexts than this is told of every loss instead.
+pub const MAX_EGRESS: usize = 4096;
+
 /// A link: one physical stream to a neighbour (or a stripe of one).
 pub type LinkId = u64;
 
@@ -45,6 +49,9 @@ struct Link {
     claimed: HashSet<ContextId>,
     /// Destinations this neighbour has sent traffic to: who to tell when one dies.
     egress: HashSet<ContextId>,
+    /// Set once `egress` would pass [`MAX_EGRESS`]: the link is then told
+    /// of every loss instead.
+    egress_overflow: bool,
     /// Id blocks delegated to this link, including requests in flight.
     blocks: usize,
 }
@@ -237,6 +244,7 @@ impl Table {
                 alias_of: None,
                 claimed,
                 egress: HashSet::new(),
+                egress_overflow: false,
                 blocks: 0,
             },
         );
@@ -256,6 +264,7 @@ impl Table {
                 alias_of: Some(primary),
                 claimed: HashSet::new(),
                 egress: HashSet::new(),
+                egress_overflow: false,
                 blocks: 0,
             },
         );
@@ -371,14 +380,18 @@ impl Table {
                     link,
                 });
             }
-            // Only destinations with a route can die later and need a
-            // DEL_ROUTE; recording others would let a peer grow this set
-            // without bound by writing to ids that do not exist.
+            // Bounded: a peer writing to made-up ids fills the set once,
+            // after which it is simply told of every loss.
             if h.dst_id != self.me
-                && self.routes.contains_key(&h.dst_id)
                 && let Some(l) = self.links.get_mut(&link)
+                && !l.egress_overflow
             {
-                l.egress.insert(h.dst_id);
+                if l.egress.len() >= MAX_EGRESS {
+                    l.egress.clear();
+                    l.egress_overflow = true;
+                } else {
+                    l.egress.insert(h.dst_id);
+                }
             }
         }
         if h.dst_id == self.me {
@@ -562,7 +575,7 @@ impl Table {
             let wanted = if Some(lid) == parent {
                 tell_parent
             } else {
-                l.egress.remove(&id)
+                l.egress.remove(&id) || l.egress_overflow
             };
             if wanted {
                 out.push((lid, l.remote_id));
@@ -664,6 +677,28 @@ mod tests {
         assert_eq!(relay.reserve_block(c), Err(DelegateRefused::LimitReached));
         let p = t.attach(9, true);
         assert_eq!(t.reserve_block(p), Err(DelegateRefused::NotAChild));
+    }
+
+    #[test]
+    fn a_link_writing_to_many_ids_is_bounded_and_then_told_of_every_loss() {
+        let mut t = Table::new(5, vec![0], MAX);
+        t.attach(0, true);
+        let a = t.attach(6, false);
+        let b = t.attach(7, false);
+        // b writes to one far context; a sprays made-up ids.
+        t.route(&header(9000, 7, 7), Some(b));
+        for id in 10_000..10_000 + MAX_EGRESS as u32 + 10 {
+            t.route(&header(id, 6, 6), Some(a));
+        }
+        assert!(
+            t.links
+                .get(&a)
+                .is_some_and(|l| l.egress.len() <= MAX_EGRESS)
+        );
+        // A far sibling's loss reaches the one that wrote to it, and the
+        // sprayer (which no longer knows what it wrote to).
+        assert_eq!(t.links_to_notify(9000, None, false), vec![(a, 6), (b, 7)]);
+        assert_eq!(t.links_to_notify(4242, None, false), vec![(a, 6)]);
     }
 
     #[test]
