@@ -452,10 +452,13 @@ pub async fn apply_cancellable(
     let (small, large): (Vec<FileJob>, Vec<FileJob>) = files
         .into_iter()
         .partition(|f| !single && f.size <= SMALL_FILE_MAX);
-    // No more large fetches at once than the server queues per requester
-    // (it refuses the rest).
+    // At most half the large fetches the server queues per requester (it
+    // refuses past its cap): a transfer's slot there is freed only after
+    // its last acknowledgement, a moment after this side is done with it,
+    // so the next fetch must not depend on that race (seen in
+    // hostile::a_target_cannot_multiply_its_fetch_cap_with_ids_it_owns).
     let sem = Arc::new(Semaphore::new(
-        (plan.parallel as usize).clamp(1, super::serve::MAX_FETCHES_PER_REQUESTER),
+        (plan.parallel as usize).clamp(1, super::serve::MAX_FETCHES_PER_REQUESTER / 2),
     ));
     let batch_sem = Arc::new(Semaphore::new(SMALL_BATCHES_IN_FLIGHT));
     let mut tasks = tokio::task::JoinSet::new();
