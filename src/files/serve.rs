@@ -31,7 +31,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{Semaphore, mpsc, watch};
 
+use super::compress::{self, ChunkEncoder, CompressCounters, Compression, Tuner};
 use super::meta::FileMeta;
+use super::pace::{Limits, Pacers};
 use super::registry::Registry;
 use super::window::{PathEstimate, Sizing, Window};
 use super::{
@@ -53,6 +55,10 @@ pub struct FileServiceConfig {
     /// How long a transfer may wait for an acknowledgement before it is
     /// cancelled.
     pub ack_timeout: Duration,
+    /// Compress chunks and small files with zstd where that pays (`-z`).
+    pub compress: Compression,
+    /// Rate limits of the data sent (`--bwlimit`, `--bwlimit-total`).
+    pub bwlimit: Limits,
 }
 
 impl Default for FileServiceConfig {
@@ -63,6 +69,8 @@ impl Default for FileServiceConfig {
                 cap: 64 * 1024 * 1024,
             },
             ack_timeout: Duration::from_secs(60),
+            compress: Compression::Off,
+            bwlimit: Limits::default(),
         }
     }
 }
@@ -78,6 +86,15 @@ pub struct FileStats {
     pub aborted: u64,
     /// `fetch_small` calls answered (each brings many small files).
     pub small_calls: u64,
+    /// With `compress`: chunks and small files sent compressed.
+    pub compressed_chunks: u64,
+    /// With `compress`: chunks and small files tried and sent raw because
+    /// they did not shrink.
+    pub raw_chunks: u64,
+    /// File bytes sent compressed.
+    pub compressed_bytes_in: u64,
+    /// What they took on the wire.
+    pub compressed_bytes_out: u64,
 }
 
 struct Inner {
@@ -91,12 +108,16 @@ struct Inner {
     next_transfer: AtomicU64,
     shutting_down: AtomicBool,
     pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    zcounters: Arc<CompressCounters>,
+    pacers: Pacers,
 }
 
 /// One stream's turn-taking and what its path has shown so far.
 struct Lane {
     turn: Arc<Semaphore>,
     estimate: Mutex<Option<PathEstimate>>,
+    /// The compression level this path has shown it affords (`-z`).
+    tuner: Mutex<Tuner>,
 }
 
 /// The FileService. Cheap to clone.
@@ -112,7 +133,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A chunk from the reader, or its final word.
 enum ReadEvent {
-    Chunk(Bytes),
+    /// `[offset][bytes]` and how many file bytes it holds.
+    Chunk(Bytes, u64),
     Done([u8; 32]),
     Failed(String),
 }
@@ -120,6 +142,7 @@ enum ReadEvent {
 impl FileService {
     /// Creates the service and registers it with `services`.
     pub fn start(router: &Router, services: &Services, config: FileServiceConfig) -> FileService {
+        let pacers = Pacers::new(config.bwlimit);
         let fs = FileService {
             inner: Arc::new(Inner {
                 router: router.clone(),
@@ -132,6 +155,8 @@ impl FileService {
                 next_transfer: AtomicU64::new(1),
                 shutting_down: AtomicBool::new(false),
                 pumps: Mutex::new(Vec::new()),
+                zcounters: Arc::default(),
+                pacers,
             }),
         };
         let (a, b, c, d) = (fs.clone(), fs.clone(), fs.clone(), fs.clone());
@@ -190,7 +215,14 @@ impl FileService {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> FileStats {
-        lock(&self.inner.stats).clone()
+        let mut s = lock(&self.inner.stats).clone();
+        let z = &self.inner.zcounters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        s.compressed_chunks = get(&z.compressed_chunks);
+        s.raw_chunks = get(&z.raw_chunks);
+        s.compressed_bytes_in = get(&z.bytes_in);
+        s.compressed_bytes_out = get(&z.bytes_out);
+        s
     }
 
     /// The configuration in force.
@@ -270,13 +302,29 @@ impl FileService {
             ));
         }
         let fs = self.clone();
+        let pacing = self.inner.pacers.for_target(requester);
+        // Paced, a reply is one burst: keep it to 1/32 s of the limit
+        // (larger files are then fetched on their own, in paced chunks).
+        let batch = pacing.chunk_len(SMALL_BATCH_BYTES as usize) as u64;
+        let level = self.small_level(requester);
         let files = tokio::task::spawn_blocking(move || {
-            let mut budget = SMALL_BATCH_BYTES;
+            let mut zstd = compress::Zstd::default();
+            let mut budget = batch;
             let mut out = Vec::with_capacity(args.paths.len());
             for path in &args.paths {
-                let one = fs.read_small(path, budget);
+                let mut one = fs.read_small(path, budget);
                 if let SmallFile::Data { data, .. } = &one {
                     budget = budget.saturating_sub(data.len() as u64);
+                }
+                if let (Some(level), SmallFile::Data { meta, data, digest }) = (level, &one)
+                    && let Some(z) =
+                        compress::compress_small(&mut zstd, data, level, &fs.inner.zcounters)
+                {
+                    one = SmallFile::Compressed {
+                        meta: meta.clone(),
+                        data: z,
+                        digest: *digest,
+                    };
                 }
                 out.push(one);
             }
@@ -284,13 +332,16 @@ impl FileService {
         })
         .await
         .map_err(|e| RemoteError::Failed(format!("internal error reading files: {e}")))?;
-        let (mut count, mut bytes) = (0, 0);
+        let (mut count, mut bytes, mut wire) = (0, 0, 0);
         for f in &files {
-            if let SmallFile::Data { data, .. } = f {
+            if let SmallFile::Data { meta, data, .. } | SmallFile::Compressed { meta, data, .. } = f
+            {
                 count += 1;
-                bytes += data.len() as u64;
+                bytes += meta.size;
+                wire += data.len() as u64;
             }
         }
+        pacing.wait(wire).await;
         {
             let mut stats = lock(&self.inner.stats);
             stats.completed += count;
@@ -322,6 +373,19 @@ impl FileService {
         }
     }
 
+    /// The level small files to `requester` are compressed at: what the
+    /// stream towards it affords (`None`: not compressed).
+    fn small_level(&self, requester: ContextId) -> Option<i32> {
+        match self.inner.config.compress {
+            Compression::Off => None,
+            Compression::Level(l) => Some(l),
+            Compression::Adaptive => match self.inner.router.stream_towards(requester) {
+                Some(stream) => lock(&self.lane(stream).tuner).level(),
+                None => Tuner::default().level(),
+            },
+        }
+    }
+
     fn lane(&self, stream: StreamId) -> Arc<Lane> {
         lock(&self.inner.lanes)
             .entry(stream)
@@ -329,6 +393,7 @@ impl FileService {
                 Arc::new(Lane {
                     turn: Arc::new(Semaphore::new(1)),
                     estimate: Mutex::new(None),
+                    tuner: Mutex::new(Tuner::default()),
                 })
             })
             .clone()
@@ -436,9 +501,31 @@ impl Transfer {
         let (tx, mut rx) = mpsc::channel::<ReadEvent>(8);
         let file = self.file.clone();
         let meta = self.meta.clone();
+        // -z and --bwlimit: the reader compresses (on its own thread, so
+        // compressing overlaps sending) and the pump paces.
+        let pacing = self.fs.inner.pacers.for_target(self.requester);
+        let chunk_len = pacing.chunk_len(CHUNK_DATA);
+        let (mut tuner, level) = match self.fs.inner.config.compress {
+            Compression::Off => (None, None),
+            Compression::Level(l) => (None, Some(l)),
+            Compression::Adaptive => {
+                let t = lock(&lane.tuner).clone();
+                let level = t.level();
+                (Some(t), level)
+            }
+        };
+        let zshared = compress::Shared::new(level, self.fs.inner.zcounters.clone());
+        let mut encoder = ChunkEncoder::new(zshared.clone());
         let reader = tokio::task::spawn_blocking(move || {
-            read_file(&file, &meta, |ev| tx.blocking_send(ev).is_ok())
+            read_file(&file, &meta, chunk_len, |ev| {
+                let ev = match ev {
+                    ReadEvent::Chunk(data, len) => ReadEvent::Chunk(encoder.encode(data), len),
+                    other => other,
+                };
+                tx.blocking_send(ev).is_ok()
+            })
         });
+        let (mut last_chunk, mut last_compress_ns) = (std::time::Instant::now(), 0u64);
 
         let mut stripes = router.stripes(stream);
         let mut chunks_sent = 0u64;
@@ -473,10 +560,22 @@ impl Transfer {
                     router.describe(self.requester)
                 ));
             }
-            let next_len = (size - window.sent()).min(CHUNK_DATA as u64);
+            let next_len = (size - window.sent()).min(chunk_len as u64);
             if digest.is_none() && window.can_send(next_len) {
+                let waited = std::time::Instant::now();
                 match rx.recv().await {
-                    Some(ReadEvent::Chunk(data)) => {
+                    Some(ReadEvent::Chunk(data, len)) => {
+                        if let Some(t) = tuner.as_mut() {
+                            t.on_reader_wait(waited.elapsed());
+                            let ns = zshared.compress_ns();
+                            let spent = Duration::from_nanos(ns - last_compress_ns);
+                            if let Some(level) = t.on_chunk(len, last_chunk.elapsed(), spent) {
+                                tracing::debug!("{}: compression level now {level:?}", self.path);
+                                zshared.set_level(level);
+                            }
+                            (last_chunk, last_compress_ns) = (std::time::Instant::now(), ns);
+                        }
+                        pacing.wait(data.len() as u64).await;
                         chunks_sent += 1;
                         if chunks_sent.is_multiple_of(32) {
                             // Stripes may attach while a transfer runs.
@@ -485,7 +584,7 @@ impl Transfer {
                                 stripes = now;
                             }
                         }
-                        window.on_send((data.len() - OFFSET_LEN) as u64);
+                        window.on_send(len);
                         let frame = Frame::new(self.to.context, self.to.handle, Enc::Bin, data);
                         if stripes.len() > 1 {
                             // Round robin over the stripes, skipping one whose
@@ -529,8 +628,12 @@ impl Transfer {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             };
+            let waited = std::time::Instant::now();
             tokio::select! {
                 got = self.acks.recv() => {
+                    if let Some(t) = tuner.as_mut() {
+                        t.on_link_wait(waited.elapsed());
+                    }
                     let f = got.map_err(|e| ack_channel_ended(Err(e)))?;
                     let before = window.acked();
                     self.on_ack(&mut window, &f)?;
@@ -551,6 +654,9 @@ impl Transfer {
         drop(rx);
         let _ = reader.await;
         *lock(&lane.estimate) = Some(window.estimate());
+        if let Some(t) = tuner {
+            *lock(&lane.tuner) = t;
+        }
         tracing::debug!(
             "{}: {} bytes to {}, window now {} (min rtt {:?}, peak in flight {})",
             self.path,
@@ -579,15 +685,25 @@ impl Transfer {
         // through the blocking pool, which cost about a tenth of the CPU of
         // a 10,000-file push (fetch already opens and stats inline).
         let mut read = Vec::with_capacity(2);
-        read_file(&self.file, &self.meta, |ev| {
-            read.push(ev);
+        let level = self.fs.small_level(self.requester);
+        let mut encoder = ChunkEncoder::new(compress::Shared::new(
+            level,
+            self.fs.inner.zcounters.clone(),
+        ));
+        let pacing = self.fs.inner.pacers.for_target(self.requester);
+        read_file(&self.file, &self.meta, pacing.chunk_len(CHUNK_DATA), |ev| {
+            read.push(match ev {
+                ReadEvent::Chunk(data, len) => ReadEvent::Chunk(encoder.encode(data), len),
+                other => other,
+            });
             true
         });
         let mut sent = 0u64;
         for ev in read {
             match ev {
-                ReadEvent::Chunk(data) => {
-                    sent += (data.len() - OFFSET_LEN) as u64;
+                ReadEvent::Chunk(data, len) => {
+                    sent += len;
+                    pacing.wait(data.len() as u64).await;
                     router.send(Frame::new(self.to.context, self.to.handle, Enc::Bin, data));
                 }
                 ReadEvent::Done(digest) => {
@@ -680,12 +796,18 @@ fn read_whole(file: &File, meta: &FileMeta) -> Result<(Bytes, [u8; 32]), String>
 
 /// Reads the whole file in chunks, hashing as it goes, and finally checks
 /// that the file still has the size and mtime it was opened with. Each
-/// event goes to `send`; reading stops when it returns `false`.
-fn read_file(file: &File, meta: &FileMeta, mut send: impl FnMut(ReadEvent) -> bool) {
+/// event goes to `send`; reading stops when it returns `false`. Chunks
+/// hold `chunk_len` bytes (at most [`CHUNK_DATA`]), the last one fewer.
+fn read_file(
+    file: &File,
+    meta: &FileMeta,
+    chunk_len: usize,
+    mut send: impl FnMut(ReadEvent) -> bool,
+) {
     let mut hasher = blake3::Hasher::new();
     let mut offset = 0u64;
     while offset < meta.size {
-        let len = (meta.size - offset).min(CHUNK_DATA as u64) as usize;
+        let len = (meta.size - offset).min(chunk_len.clamp(1, CHUNK_DATA) as u64) as usize;
         // Not zeroed first: zeroing 128 KiB per chunk cost about 4 % of
         // the sender's CPU, and every byte is overwritten by the read.
         let mut buf = BytesMut::with_capacity(OFFSET_LEN + len);
@@ -720,7 +842,7 @@ fn read_file(file: &File, meta: &FileMeta, mut send: impl FnMut(ReadEvent) -> bo
         }
         hasher.update(&buf[OFFSET_LEN..]);
         offset += len as u64;
-        if !send(ReadEvent::Chunk(buf.freeze())) {
+        if !send(ReadEvent::Chunk(buf.freeze(), len as u64)) {
             return;
         }
     }

@@ -21,17 +21,19 @@ pub struct Ctl {
 
 /// A controller whose FileService uses a fixed `window` and `ack_timeout`.
 pub fn ctl(window: u64, ack_timeout: Duration) -> Ctl {
+    ctl_with(FileServiceConfig {
+        sizing: Sizing::Fixed(window),
+        ack_timeout,
+        ..Default::default()
+    })
+}
+
+/// A controller whose FileService uses `config`.
+pub fn ctl_with(config: FileServiceConfig) -> Ctl {
     connect::local::set_child_program(env!("CARGO_BIN_EXE_ferrogen"));
     let router = Router::new(RouterConfig::controller());
     let services = Services::start(&router);
-    let fs = FileService::start(
-        &router,
-        &services,
-        FileServiceConfig {
-            sizing: Sizing::Fixed(window),
-            ack_timeout,
-        },
-    );
+    let fs = FileService::start(&router, &services, config);
     Ctl {
         router,
         services,
