@@ -32,8 +32,9 @@
 //! it would be without `-z`. The pump measures, per period of
 //! [`PERIOD_CHUNKS`] chunks, how long it waited for the reader (which
 //! reads, hashes and compresses) while the window had room, and how long
-//! it waited for acknowledgements with the window full; the reader
-//! measures how long compressing took. If the reader is the bottleneck and
+//! it waited for acknowledgements with the window full or for the
+//! `--bwlimit` pacer (a limit is a link); the reader measures how long
+//! compressing took. If the reader is the bottleneck and
 //! compressing is a large part of its time, the link outruns the
 //! compressor (loopback, a fast LAN): the level goes down a step, and past
 //! the fastest level compression is switched off for the stream. Off, it is
@@ -61,16 +62,26 @@ pub const GIVE_UP_AFTER: u32 = 4;
 /// While a file is given up, one chunk in this many is still tried.
 pub const REPROBE_EVERY: u64 = 64;
 
-/// Chunks per adaptation period.
-pub const PERIOD_CHUNKS: u64 = 32;
+/// Chunks per adaptation period: 2 MiB, a few milliseconds on loopback,
+/// so a fast link stops paying for compression within a few periods.
+pub const PERIOD_CHUNKS: u64 = 16;
+
+/// `fetch_small` replies per adaptation period of the small-file path.
+pub const PERIOD_BATCHES: u32 = 4;
 
 /// zstd levels the tuner moves between, slowest (best ratio) last. Level 3
 /// is zstd's (and `rsync -z`'s) default; the negative levels trade ratio
 /// for speed.
 pub const LADDER: [i32; 4] = [-5, -1, 1, 3];
 
-/// Where the tuner starts: level 3.
-const START: usize = 3;
+/// The highest step the tuner goes to: level 3.
+const TOP: usize = 3;
+
+/// Where it starts: level 1, one step below, so a fast link finds
+/// compression too slow a period sooner and a slow one climbs to level 3
+/// within two periods (on 128 MiB of text over the local pipe, starting
+/// at 3 cost about 50 ms more than not compressing).
+const INITIAL: usize = 2;
 
 /// A level value meaning "do not compress".
 const OFF: i32 = i32::MIN;
@@ -395,6 +406,14 @@ pub struct Tuner {
     /// Raw bytes sent since switched off.
     off_bytes: u64,
     period: Period,
+    batches: Batches,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Batches {
+    count: u32,
+    start: Option<Instant>,
+    compress: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -409,10 +428,11 @@ struct Period {
 impl Default for Tuner {
     fn default() -> Self {
         Tuner {
-            step: Some(START),
+            step: Some(INITIAL),
             reprobe_after: FIRST_REPROBE_BYTES,
             off_bytes: 0,
             period: Period::default(),
+            batches: Batches::default(),
         }
     }
 }
@@ -465,10 +485,10 @@ impl Tuner {
                     if self.step.is_none() {
                         self.off_bytes = 0;
                     }
-                } else if share(p.link_wait) > 0.5 && share(p.compress) < 0.1 && i < START {
+                } else if share(p.link_wait) > 0.5 && share(p.compress) < 0.1 && i < TOP {
                     // Link-bound with the compressor mostly idle: a
                     // better ratio costs nothing.
-                    self.step = Some((i + 1).min(START));
+                    self.step = Some(i + 1);
                 }
             }
             None => {
@@ -479,6 +499,39 @@ impl Tuner {
             }
         }
         (self.step != before).then(|| self.level())
+    }
+
+    /// A `fetch_small` reply was made at `now`, after `compress` spent
+    /// compressing its files. Over [`PERIOD_BATCHES`] replies, compressing
+    /// for more than a quarter of the wall time means the requester waits
+    /// for the compressor rather than for the link (replies are pipelined:
+    /// on a slow link they queue behind each other and compressing is a
+    /// small share): a step down. Under a twentieth: a step up. Off stays
+    /// off (only the chunk path probes). Returns the new level on a change.
+    pub fn on_batch(&mut self, now: Instant, compress: Duration) -> Option<Option<i32>> {
+        let i = self.step?;
+        let b = &mut self.batches;
+        let start = *b.start.get_or_insert(now);
+        b.count += 1;
+        b.compress += compress;
+        if b.count <= PERIOD_BATCHES {
+            return None;
+        }
+        let b = std::mem::take(&mut self.batches);
+        self.batches.start = Some(now);
+        let wall = now
+            .saturating_duration_since(start)
+            .max(Duration::from_micros(1));
+        let share = b.compress.as_secs_f64() / wall.as_secs_f64();
+        if share > 0.25 {
+            self.step = i.checked_sub(1);
+            self.off_bytes = 0;
+        } else if share < 0.05 && i < TOP {
+            self.step = Some(i + 1);
+        } else {
+            return None;
+        }
+        Some(self.level())
     }
 }
 
@@ -675,13 +728,13 @@ mod tests {
     #[test]
     fn a_fast_link_steps_the_level_down_to_off() {
         let mut t = Tuner::default();
-        assert_eq!(t.level(), Some(3));
+        assert_eq!(t.level(), Some(1));
         // Loopback: the pump waits on the reader, which mostly compresses.
         let mut seen = vec![];
-        for _ in 0..LADDER.len() {
+        for _ in 0..INITIAL + 1 {
             seen.push(period(&mut t, MS, 0.7, 0.0, 0.8));
         }
-        assert_eq!(seen, vec![Some(1), Some(-1), Some(-5), None]);
+        assert_eq!(seen, vec![Some(-1), Some(-5), None]);
         // Off stays off while the link keeps up.
         assert_eq!(period(&mut t, MS, 0.0, 0.2, 0.0), None);
     }
@@ -689,8 +742,10 @@ mod tests {
     #[test]
     fn a_slow_link_keeps_compressing() {
         let mut t = Tuner::default();
+        // 100 Mbit: a chunk takes 10 ms on the wire, 0.4 ms to compress:
+        // up to level 3, and there it stays.
+        assert_eq!(period(&mut t, 10 * MS, 0.0, 0.9, 0.04), Some(3));
         for _ in 0..10 {
-            // 100 Mbit: a chunk takes 10 ms on the wire, 0.4 ms to compress.
             assert_eq!(period(&mut t, 10 * MS, 0.0, 0.9, 0.04), Some(3));
         }
     }
@@ -698,18 +753,19 @@ mod tests {
     #[test]
     fn a_level_lowered_for_a_busy_compressor_comes_back_when_the_link_slows() {
         let mut t = Tuner::default();
-        assert_eq!(period(&mut t, MS, 0.6, 0.1, 0.5), Some(1));
+        assert_eq!(period(&mut t, MS, 0.6, 0.1, 0.5), Some(-1));
+        assert_eq!(period(&mut t, 10 * MS, 0.0, 0.9, 0.05), Some(1));
         assert_eq!(period(&mut t, 10 * MS, 0.0, 0.9, 0.05), Some(3));
     }
 
     #[test]
     fn off_is_probed_again_ever_more_rarely_when_the_link_is_the_bottleneck() {
         let mut t = Tuner::default();
-        for _ in 0..LADDER.len() {
+        for _ in 0..=INITIAL {
             period(&mut t, MS, 0.9, 0.0, 0.9);
         }
         assert_eq!(t.level(), None);
-        // 32 chunks a period = 4 MiB: 64 MiB are 16 periods.
+        // 16 chunks a period = 2 MiB: 64 MiB are 32 periods.
         let periods_until_on = |t: &mut Tuner| {
             (1..1000)
                 .find(|_| period(t, MS, 0.0, 0.9, 0.0).is_some())
@@ -722,5 +778,33 @@ mod tests {
         assert_eq!(t.level(), None);
         let second = periods_until_on(&mut t);
         assert!(second >= 2 * first - 1, "{first} then {second}");
+    }
+
+    #[test]
+    fn small_file_replies_step_down_when_compressing_dominates() {
+        let t0 = Instant::now();
+        let mut t = Tuner::default();
+        // Loopback: replies every 2 ms, each compressed for 1.5 ms.
+        let mut now = t0;
+        let mut levels = vec![];
+        for _ in 0..3 * (PERIOD_BATCHES + 1) {
+            now += 2 * MS;
+            if let Some(l) = t.on_batch(now, MS + MS / 2) {
+                levels.push(l);
+            }
+        }
+        assert_eq!(levels, vec![Some(-1), Some(-5), None]);
+        // Off stays off on this path.
+        assert_eq!(t.on_batch(now + MS, Duration::ZERO), None);
+        assert_eq!(t.level(), None);
+
+        // A slow link: replies every 80 ms, 2 ms of compressing: up to 3.
+        let mut t = Tuner::default();
+        let mut now = t0;
+        for _ in 0..2 * (PERIOD_BATCHES + 1) {
+            now += 80 * MS;
+            t.on_batch(now, 2 * MS);
+        }
+        assert_eq!(t.level(), Some(3));
     }
 }

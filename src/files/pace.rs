@@ -96,8 +96,9 @@ impl Pacing {
         self.chunk.map_or(max, |c| c.clamp(MIN_CHUNK.min(max), max))
     }
 
-    /// Waits until `len` bytes may be sent.
-    pub async fn wait(&self, len: u64) {
+    /// Waits until `len` bytes may be sent; returns how long that was.
+    pub async fn wait(&self, len: u64) -> Duration {
+        let mut waited = Duration::ZERO;
         for p in &self.pacers {
             let d = match p.lock() {
                 Ok(mut p) => p.reserve(Instant::now(), len),
@@ -105,8 +106,10 @@ impl Pacing {
             };
             if !d.is_zero() {
                 tokio::time::sleep(d).await;
+                waited += d;
             }
         }
+        waited
     }
 }
 

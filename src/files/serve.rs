@@ -309,6 +309,7 @@ impl FileService {
         let level = self.small_level(requester);
         let files = tokio::task::spawn_blocking(move || {
             let mut zstd = compress::Zstd::default();
+            let mut compressing = Duration::ZERO;
             let mut budget = batch;
             let mut out = Vec::with_capacity(args.paths.len());
             for path in &args.paths {
@@ -316,22 +317,33 @@ impl FileService {
                 if let SmallFile::Data { data, .. } = &one {
                     budget = budget.saturating_sub(data.len() as u64);
                 }
-                if let (Some(level), SmallFile::Data { meta, data, digest }) = (level, &one)
-                    && let Some(z) =
-                        compress::compress_small(&mut zstd, data, level, &fs.inner.zcounters)
-                {
-                    one = SmallFile::Compressed {
-                        meta: meta.clone(),
-                        data: z,
-                        digest: *digest,
-                    };
+                if let (Some(level), SmallFile::Data { meta, data, digest }) = (level, &one) {
+                    let t0 = std::time::Instant::now();
+                    let z = compress::compress_small(&mut zstd, data, level, &fs.inner.zcounters);
+                    compressing += t0.elapsed();
+                    if let Some(z) = z {
+                        one = SmallFile::Compressed {
+                            meta: meta.clone(),
+                            data: z,
+                            digest: *digest,
+                        };
+                    }
                 }
                 out.push(one);
             }
-            out
+            (out, compressing)
         })
         .await
         .map_err(|e| RemoteError::Failed(format!("internal error reading files: {e}")))?;
+        let (files, compressing) = files;
+        if level.is_some()
+            && self.inner.config.compress == Compression::Adaptive
+            && let Some(stream) = self.inner.router.stream_towards(requester)
+            && let Some(now) =
+                lock(&self.lane(stream).tuner).on_batch(std::time::Instant::now(), compressing)
+        {
+            tracing::debug!("small files: compression level now {now:?}");
+        }
         let (mut count, mut bytes, mut wire) = (0, 0, 0);
         for f in &files {
             if let SmallFile::Data { meta, data, .. } | SmallFile::Compressed { meta, data, .. } = f
@@ -575,7 +587,12 @@ impl Transfer {
                             }
                             (last_chunk, last_compress_ns) = (std::time::Instant::now(), ns);
                         }
-                        pacing.wait(data.len() as u64).await;
+                        let paced = pacing.wait(data.len() as u64).await;
+                        if let Some(t) = tuner.as_mut() {
+                            // The limit is the link: waiting for it is
+                            // what makes a better ratio worth its CPU.
+                            t.on_link_wait(paced);
+                        }
                         chunks_sent += 1;
                         if chunks_sent.is_multiple_of(32) {
                             // Stripes may attach while a transfer runs.
@@ -585,6 +602,7 @@ impl Transfer {
                             }
                         }
                         window.on_send(len);
+                        let sent_at = std::time::Instant::now();
                         let frame = Frame::new(self.to.context, self.to.handle, Enc::Bin, data);
                         if stripes.len() > 1 {
                             // Round robin over the stripes, skipping one whose
@@ -605,6 +623,10 @@ impl Transfer {
                             router.send_bulk_on(pick, frame).await;
                         } else {
                             router.send_bulk(frame).await;
+                        }
+                        if let Some(t) = tuner.as_mut() {
+                            // A full stream queue is the link pushing back.
+                            t.on_link_wait(sent_at.elapsed());
                         }
                     }
                     Some(ReadEvent::Done(d)) => {
