@@ -40,6 +40,9 @@
 //! the fastest level compression is switched off for the stream. Off, it is
 //! tried again only when the link is clearly the bottleneck, after twice
 //! as many bytes each time, so a fast link pays for a probe ever less often.
+//! Link-bound with the compressor mostly idle, the level goes up a step,
+//! to 3 at most. The small-file path ([`Tuner::on_batch`]) moves the same
+//! stream's level by the share of time its replies spend compressing.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -481,7 +484,15 @@ impl Tuner {
                 // Reader-bound and busy compressing: the link outruns the
                 // compressor at this level.
                 if p.reader_wait > p.link_wait && share(p.compress) > 0.25 {
-                    self.step = i.checked_sub(1);
+                    // Over half the time: even the fastest level (about
+                    // 3× level 1's speed) would still cost, so off at once
+                    // (on the local pipe, stepping through the levels cost
+                    // about 100 ms of a 130 MiB push).
+                    self.step = if share(p.compress) > 0.5 {
+                        None
+                    } else {
+                        i.checked_sub(1)
+                    };
                     if self.step.is_none() {
                         self.off_bytes = 0;
                     }
@@ -524,7 +535,7 @@ impl Tuner {
             .max(Duration::from_micros(1));
         let share = b.compress.as_secs_f64() / wall.as_secs_f64();
         if share > 0.25 {
-            self.step = i.checked_sub(1);
+            self.step = if share > 0.5 { None } else { i.checked_sub(1) };
             self.off_bytes = 0;
         } else if share < 0.05 && i < TOP {
             self.step = Some(i + 1);
@@ -732,9 +743,12 @@ mod tests {
         // Loopback: the pump waits on the reader, which mostly compresses.
         let mut seen = vec![];
         for _ in 0..INITIAL + 1 {
-            seen.push(period(&mut t, MS, 0.7, 0.0, 0.8));
+            seen.push(period(&mut t, MS, 0.7, 0.0, 0.4));
         }
         assert_eq!(seen, vec![Some(-1), Some(-5), None]);
+        // Compressing most of the time: off at once.
+        let mut t = Tuner::default();
+        assert_eq!(period(&mut t, MS, 0.7, 0.0, 0.8), None);
         // Off stays off while the link keeps up.
         assert_eq!(period(&mut t, MS, 0.0, 0.2, 0.0), None);
     }
@@ -784,18 +798,26 @@ mod tests {
     fn small_file_replies_step_down_when_compressing_dominates() {
         let t0 = Instant::now();
         let mut t = Tuner::default();
-        // Loopback: replies every 2 ms, each compressed for 1.5 ms.
+        // Loopback: replies every 2 ms, each compressed for 0.7 ms.
         let mut now = t0;
         let mut levels = vec![];
         for _ in 0..3 * (PERIOD_BATCHES + 1) {
             now += 2 * MS;
-            if let Some(l) = t.on_batch(now, MS + MS / 2) {
+            if let Some(l) = t.on_batch(now, MS * 7 / 10) {
                 levels.push(l);
             }
         }
         assert_eq!(levels, vec![Some(-1), Some(-5), None]);
         // Off stays off on this path.
         assert_eq!(t.on_batch(now + MS, Duration::ZERO), None);
+        assert_eq!(t.level(), None);
+        // Compressing nearly all the time: off at once.
+        let mut t = Tuner::default();
+        let mut now = t0;
+        for _ in 0..=PERIOD_BATCHES {
+            now += 2 * MS;
+            t.on_batch(now, MS * 3 / 2);
+        }
         assert_eq!(t.level(), None);
 
         // A slow link: replies every 80 ms, 2 ms of compressing: up to 3.

@@ -517,14 +517,12 @@ impl Transfer {
         // compressing overlaps sending) and the pump paces.
         let pacing = self.fs.inner.pacers.for_target(self.requester);
         let chunk_len = pacing.chunk_len(CHUNK_DATA);
-        let (mut tuner, level) = match self.fs.inner.config.compress {
+        // The stream's tuner is shared with its small-file replies: each
+        // hook takes the lock for a few arithmetic operations.
+        let (tuner, level) = match self.fs.inner.config.compress {
             Compression::Off => (None, None),
             Compression::Level(l) => (None, Some(l)),
-            Compression::Adaptive => {
-                let t = lock(&lane.tuner).clone();
-                let level = t.level();
-                (Some(t), level)
-            }
+            Compression::Adaptive => (Some(&lane.tuner), lock(&lane.tuner).level()),
         };
         let zshared = compress::Shared::new(level, self.fs.inner.zcounters.clone());
         let mut encoder = ChunkEncoder::new(zshared.clone());
@@ -577,21 +575,23 @@ impl Transfer {
                 let waited = std::time::Instant::now();
                 match rx.recv().await {
                     Some(ReadEvent::Chunk(data, len)) => {
-                        if let Some(t) = tuner.as_mut() {
+                        if let Some(t) = tuner {
+                            let mut t = lock(t);
                             t.on_reader_wait(waited.elapsed());
                             let ns = zshared.compress_ns();
                             let spent = Duration::from_nanos(ns - last_compress_ns);
                             if let Some(level) = t.on_chunk(len, last_chunk.elapsed(), spent) {
                                 tracing::debug!("{}: compression level now {level:?}", self.path);
-                                zshared.set_level(level);
                             }
+                            // Also picks up a change made by the small-file path.
+                            zshared.set_level(t.level());
                             (last_chunk, last_compress_ns) = (std::time::Instant::now(), ns);
                         }
                         let paced = pacing.wait(data.len() as u64).await;
-                        if let Some(t) = tuner.as_mut() {
+                        if let Some(t) = tuner {
                             // The limit is the link: waiting for it is
                             // what makes a better ratio worth its CPU.
-                            t.on_link_wait(paced);
+                            lock(t).on_link_wait(paced);
                         }
                         chunks_sent += 1;
                         if chunks_sent.is_multiple_of(32) {
@@ -624,9 +624,9 @@ impl Transfer {
                         } else {
                             router.send_bulk(frame).await;
                         }
-                        if let Some(t) = tuner.as_mut() {
+                        if let Some(t) = tuner {
                             // A full stream queue is the link pushing back.
-                            t.on_link_wait(sent_at.elapsed());
+                            lock(t).on_link_wait(sent_at.elapsed());
                         }
                     }
                     Some(ReadEvent::Done(d)) => {
@@ -653,8 +653,8 @@ impl Transfer {
             let waited = std::time::Instant::now();
             tokio::select! {
                 got = self.acks.recv() => {
-                    if let Some(t) = tuner.as_mut() {
-                        t.on_link_wait(waited.elapsed());
+                    if let Some(t) = tuner {
+                        lock(t).on_link_wait(waited.elapsed());
                     }
                     let f = got.map_err(|e| ack_channel_ended(Err(e)))?;
                     let before = window.acked();
@@ -676,9 +676,6 @@ impl Transfer {
         drop(rx);
         let _ = reader.await;
         *lock(&lane.estimate) = Some(window.estimate());
-        if let Some(t) = tuner {
-            *lock(&lane.tuner) = t;
-        }
         tracing::debug!(
             "{}: {} bytes to {}, window now {} (min rtt {:?}, peak in flight {})",
             self.path,
