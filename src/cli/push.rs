@@ -506,6 +506,16 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
             ));
         }
     }
+    if args.compress {
+        let s = fs.stats();
+        tracing::info!(
+            "-z: {} chunks compressed ({} to {} bytes), {} tried and sent raw",
+            s.compressed_chunks,
+            s.compressed_bytes_in,
+            s.compressed_bytes_out,
+            s.raw_chunks
+        );
+    }
     services.shutdown().await;
     router.close_all_streams("push finished");
     if failed || outcomes.is_empty() {
