@@ -417,6 +417,7 @@ struct Batches {
     count: u32,
     start: Option<Instant>,
     compress: Duration,
+    link_wait: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -513,18 +514,26 @@ impl Tuner {
     }
 
     /// A `fetch_small` reply was made at `now`, after `compress` spent
-    /// compressing its files. Over [`PERIOD_BATCHES`] replies, compressing
-    /// for more than a quarter of the wall time means the requester waits
-    /// for the compressor rather than for the link (replies are pipelined:
-    /// on a slow link they queue behind each other and compressing is a
-    /// small share): a step down. Under a twentieth: a step up. Off stays
-    /// off (only the chunk path probes). Returns the new level on a change.
-    pub fn on_batch(&mut self, now: Instant, compress: Duration) -> Option<Option<i32>> {
+    /// compressing its files and `link_wait` waiting for the `--bwlimit`
+    /// pacer. Over [`PERIOD_BATCHES`] replies, compressing for more than
+    /// a quarter of the wall time, and for longer than the pacer made
+    /// them wait, means the requester waits for the compressor rather than
+    /// for the link (replies are pipelined: on a slow link they queue
+    /// behind each other and compressing is a small share): a step down.
+    /// Under a twentieth: a step up. Off stays off (only the chunk path
+    /// probes). Returns the new level on a change.
+    pub fn on_batch(
+        &mut self,
+        now: Instant,
+        compress: Duration,
+        link_wait: Duration,
+    ) -> Option<Option<i32>> {
         let i = self.step?;
         let b = &mut self.batches;
         let start = *b.start.get_or_insert(now);
         b.count += 1;
         b.compress += compress;
+        b.link_wait += link_wait;
         if b.count <= PERIOD_BATCHES {
             return None;
         }
@@ -534,7 +543,7 @@ impl Tuner {
             .saturating_duration_since(start)
             .max(Duration::from_micros(1));
         let share = b.compress.as_secs_f64() / wall.as_secs_f64();
-        if share > 0.25 {
+        if share > 0.25 && b.compress > b.link_wait {
             self.step = if share > 0.5 { None } else { i.checked_sub(1) };
             self.off_bytes = 0;
         } else if share < 0.05 && i < TOP {
@@ -803,29 +812,38 @@ mod tests {
         let mut levels = vec![];
         for _ in 0..3 * (PERIOD_BATCHES + 1) {
             now += 2 * MS;
-            if let Some(l) = t.on_batch(now, MS * 7 / 10) {
+            if let Some(l) = t.on_batch(now, MS * 7 / 10, Duration::ZERO) {
                 levels.push(l);
             }
         }
         assert_eq!(levels, vec![Some(-1), Some(-5), None]);
         // Off stays off on this path.
-        assert_eq!(t.on_batch(now + MS, Duration::ZERO), None);
+        assert_eq!(t.on_batch(now + MS, Duration::ZERO, Duration::ZERO), None);
         assert_eq!(t.level(), None);
         // Compressing nearly all the time: off at once.
         let mut t = Tuner::default();
         let mut now = t0;
         for _ in 0..=PERIOD_BATCHES {
             now += 2 * MS;
-            t.on_batch(now, MS * 3 / 2);
+            t.on_batch(now, MS * 3 / 2, Duration::ZERO);
         }
         assert_eq!(t.level(), None);
+        // The same, but paced for longer than it compressed: the limit is
+        // the bottleneck, the level stays.
+        let mut t = Tuner::default();
+        let mut now = t0;
+        for _ in 0..=PERIOD_BATCHES {
+            now += 4 * MS;
+            t.on_batch(now, MS * 3 / 2, 2 * MS);
+        }
+        assert_eq!(t.level(), Some(1));
 
         // A slow link: replies every 80 ms, 2 ms of compressing: up to 3.
         let mut t = Tuner::default();
         let mut now = t0;
         for _ in 0..2 * (PERIOD_BATCHES + 1) {
             now += 80 * MS;
-            t.on_batch(now, 2 * MS);
+            t.on_batch(now, 2 * MS, Duration::ZERO);
         }
         assert_eq!(t.level(), Some(3));
     }

@@ -336,14 +336,6 @@ impl FileService {
         .await
         .map_err(|e| RemoteError::Failed(format!("internal error reading files: {e}")))?;
         let (files, compressing) = files;
-        if level.is_some()
-            && self.inner.config.compress == Compression::Adaptive
-            && let Some(stream) = self.inner.router.stream_towards(requester)
-            && let Some(now) =
-                lock(&self.lane(stream).tuner).on_batch(std::time::Instant::now(), compressing)
-        {
-            tracing::debug!("small files: compression level now {now:?}");
-        }
         let (mut count, mut bytes, mut wire) = (0, 0, 0);
         for f in &files {
             if let SmallFile::Data { meta, data, .. } | SmallFile::Compressed { meta, data, .. } = f
@@ -353,7 +345,18 @@ impl FileService {
                 wire += data.len() as u64;
             }
         }
-        pacing.wait(wire).await;
+        let paced = pacing.wait(wire).await;
+        if level.is_some()
+            && self.inner.config.compress == Compression::Adaptive
+            && let Some(stream) = self.inner.router.stream_towards(requester)
+            && let Some(now) = lock(&self.lane(stream).tuner).on_batch(
+                std::time::Instant::now(),
+                compressing,
+                paced,
+            )
+        {
+            tracing::debug!("small files: compression level now {now:?}");
+        }
         {
             let mut stats = lock(&self.inner.stats);
             stats.completed += count;
