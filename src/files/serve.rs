@@ -31,7 +31,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use super::compress::{self, ChunkEncoder, CompressCounters, Compression, Tuner};
+use super::compress::{self, ChunkEncoder, CompressCounters, Compression, Tuner, WireLedger};
 use super::meta::FileMeta;
 use super::pace::{Limits, Pacers};
 use super::registry::Registry;
@@ -551,6 +551,7 @@ impl Transfer {
             .clone()
             .unwrap_or_else(|| PathEstimate::new(sizing));
         let mut window = Window::with_estimate(sizing, start);
+        let mut ledger = WireLedger::default();
         let ack_timeout = self.fs.inner.config.ack_timeout;
         let mut digest = None;
         let mut ack_deadline = tokio::time::Instant::now() + ack_timeout;
@@ -561,9 +562,9 @@ impl Transfer {
                 .try_recv()
                 .map_err(|e| ack_channel_ended(Err(e)))?
             {
-                self.on_ack(&mut window, &f)?;
+                self.on_ack(&mut window, &mut ledger, &f)?;
             }
-            if digest.is_some() && window.acked() == size {
+            if digest.is_some() && ledger.file_acked() == size {
                 break;
             }
             if stripes.len() > 1 && stripes.iter().any(|o| o.is_closed()) {
@@ -573,7 +574,7 @@ impl Transfer {
                     router.describe(self.requester)
                 ));
             }
-            let next_len = (size - window.sent()).min(chunk_len as u64);
+            let next_len = (size - ledger.file_sent()).min(chunk_len as u64);
             if digest.is_none() && window.can_send(next_len) {
                 let waited = std::time::Instant::now();
                 match rx.recv().await {
@@ -604,7 +605,7 @@ impl Transfer {
                                 stripes = now;
                             }
                         }
-                        window.on_send(len);
+                        window.on_send(ledger.on_send(len, (data.len() - OFFSET_LEN) as u64));
                         let sent_at = std::time::Instant::now();
                         let frame = Frame::new(self.to.context, self.to.handle, Enc::Bin, data);
                         if stripes.len() > 1 {
@@ -661,7 +662,7 @@ impl Transfer {
                     }
                     let f = got.map_err(|e| ack_channel_ended(Err(e)))?;
                     let before = window.acked();
-                    self.on_ack(&mut window, &f)?;
+                    self.on_ack(&mut window, &mut ledger, &f)?;
                     if window.acked() > before {
                         ack_deadline = tokio::time::Instant::now() + ack_timeout;
                     }
@@ -671,7 +672,7 @@ impl Transfer {
                 _ = tokio::time::sleep_until(ack_deadline) => {
                     return Err(format!(
                         "{} stopped acknowledging ({} of {} bytes acknowledged, nothing for {:?})",
-                        router.describe(self.requester), window.acked(), size, ack_timeout
+                        router.describe(self.requester), ledger.file_acked(), size, ack_timeout
                     ));
                 }
             }
@@ -691,9 +692,16 @@ impl Transfer {
         Ok(window.peak())
     }
 
-    fn on_ack(&self, window: &mut Window, f: &Frame) -> Result<(), String> {
+    fn on_ack(
+        &self,
+        window: &mut Window,
+        ledger: &mut WireLedger,
+        f: &Frame,
+    ) -> Result<(), String> {
         let n: u64 = control::decode_frame(f).map_err(|e| format!("bad acknowledgement: {e}"))?;
-        let delta = window.on_ack(n).map_err(|e| e.to_string())?;
+        // The window counts wire bytes (-z): see WireLedger.
+        let (delta, wire) = ledger.on_ack(n).map_err(|e| e.to_string())?;
+        window.on_ack(wire).map_err(|e| e.to_string())?;
         if delta > 0 {
             *lock(&self.fs.inner.progress)
                 .entry(self.requester)
