@@ -318,9 +318,10 @@ impl FileService {
                     budget = budget.saturating_sub(data.len() as u64);
                 }
                 if let (Some(level), SmallFile::Data { meta, data, digest }) = (level, &one) {
-                    let t0 = std::time::Instant::now();
+                    let t0 = compress::thread_cpu_ns();
                     let z = compress::compress_small(&mut zstd, data, level, &fs.inner.zcounters);
-                    compressing += t0.elapsed();
+                    compressing +=
+                        Duration::from_nanos(compress::thread_cpu_ns().saturating_sub(t0));
                     if let Some(z) = z {
                         one = SmallFile::Compressed {
                             meta: meta.clone(),
