@@ -82,8 +82,8 @@ const TOP: usize = 3;
 
 /// Where it starts: level 1, one step below, so a fast link finds
 /// compression too slow a period sooner and a slow one climbs to level 3
-/// within two periods (on 128 MiB of text over the local pipe, starting
-/// at 3 cost about 50 ms more than not compressing).
+/// within two periods (over the local pipe, stepping down from level 3
+/// to off took about 60 ms of a 200 MB push by the debug log).
 const INITIAL: usize = 2;
 
 /// A level value meaning "do not compress".
