@@ -568,8 +568,8 @@ impl Tuner {
                 {
                     // Over half the time: even the fastest level (about
                     // 3× level 1's speed) would still cost, so off at once
-                    // (on the local pipe, stepping through the levels cost
-                    // about 100 ms of a 130 MiB push).
+                    // (stepping through the levels, a 130 MiB tree over
+                    // the local pipe took 0.40 s with -z, 0.29 s without).
                     self.step = if share(p.compress) > 0.5 {
                         None
                     } else {
