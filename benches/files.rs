@@ -19,6 +19,12 @@
 //! 3. **rss** — peak resident set (`VmHWM`) of the controller and of the
 //!    child context while pushing a small and a large file, sampled from
 //!    `/proc` every few milliseconds until the controller exits.
+//! 4. **compress** — `push -z` against `push` (both `--no-fsync`, `-r`) on
+//!    a generated text tree (log files and source-like files, large and
+//!    small) and on random data, over the local pipe (where the link
+//!    outruns zstd and `-z` must turn itself off) and under
+//!    `--bwlimit` (a thin link emulated by the sender's own pacing, which
+//!    counts compressed bytes, as a link would).
 //!
 //! Every measured command is a fresh process, wall-clock timed from spawn
 //! to exit (so ferrogen's figures include starting its child context).
@@ -38,8 +44,11 @@
 //!   the small one is `FERROGEN_BENCH_RSS_SMALL_MIB` (256);
 //! * `FERROGEN_BENCH_REPS` — repetitions (default 7); RSS runs per size:
 //!   `FERROGEN_BENCH_RSS_REPS` (default 2);
+//! * `FERROGEN_BENCH_Z_MIB` — size of each data set of the compress
+//!   section (default 128); `FERROGEN_BENCH_Z_BWLIMIT` — the emulated thin
+//!   link (default `20M`, MiB/s);
 //! * `FERROGEN_BENCH_ONLY` — a comma-separated subset of `large`, `tree`,
-//!   `rss` (default all);
+//!   `rss`, `compress` (default all);
 //! * `FERROGEN_BENCH_DIR` — where the temp directories go (default the
 //!   system temp dir); they are removed at the end of each section.
 
@@ -640,7 +649,7 @@ fn main() {
     // `cargo bench` passes `--bench`; we take no arguments.
     let reps = env_usize("FERROGEN_BENCH_REPS", 7);
     let only: BTreeSet<String> = std::env::var("FERROGEN_BENCH_ONLY")
-        .unwrap_or_else(|_| "large,tree,rss".into())
+        .unwrap_or_else(|_| "large,tree,rss,compress".into())
         .split(',')
         .map(|s| s.trim().to_string())
         .collect();
@@ -674,9 +683,210 @@ fn main() {
     if only.contains("rss") {
         rss(&base);
     }
+    if only.contains("compress") {
+        compress(&base, reps);
+    }
     println!();
     println!(
         "- load average at end: {}",
         shell_out("cut -d' ' -f1-3 /proc/loadavg")
     );
+}
+
+/// Log-like and source-like text from a fixed vocabulary: compresses about
+/// 3–4:1 with zstd -3, like real logs and code (`zstd -3` on this
+/// generator's logs: 3.3:1).
+struct TextGen {
+    rng: Prng,
+    words: Vec<String>,
+    line: u64,
+}
+
+impl TextGen {
+    fn new(seed: u64) -> TextGen {
+        let mut rng = Prng(seed);
+        let mut b = [0u8; 16];
+        let words = (0..4000)
+            .map(|_| {
+                rng.fill(&mut b);
+                let n = 2 + (b[0] % 9) as usize;
+                b[1..=n].iter().map(|x| (b'a' + x % 26) as char).collect()
+            })
+            .collect();
+        TextGen {
+            rng,
+            words,
+            line: 0,
+        }
+    }
+
+    fn pick(&mut self) -> (u64, u64) {
+        let mut b = [0u8; 16];
+        self.rng.fill(&mut b);
+        let (mut x, mut y) = ([0u8; 8], [0u8; 8]);
+        x.copy_from_slice(&b[..8]);
+        y.copy_from_slice(&b[8..]);
+        (u64::from_le_bytes(x), u64::from_le_bytes(y))
+    }
+
+    fn word(&mut self) -> String {
+        let (x, _) = self.pick();
+        self.words[(x % self.words.len() as u64) as usize].clone()
+    }
+
+    fn log_line(&mut self) -> String {
+        self.line += 1;
+        let i = self.line;
+        let (x, y) = self.pick();
+        let msg: Vec<String> = (0..6 + x % 5).map(|_| self.word()).collect();
+        format!(
+            "2026-11-30T{:02}:{:02}:{:02}.{:03}Z host{} {} {} status={} bytes={} {}\n",
+            (i / 3_600_000) % 24,
+            (i / 60_000) % 60,
+            (i / 1000) % 60,
+            i % 1000,
+            x % 17,
+            ["GET", "POST", "PUT", "DELETE"][(y % 4) as usize],
+            msg.join(" "),
+            [200, 200, 200, 304, 404, 500][(y % 6) as usize],
+            y % 100_000,
+            if x % 7 == 0 { "slow" } else { "" }
+        )
+    }
+
+    fn code_line(&mut self) -> String {
+        let (x, y) = self.pick();
+        let (a, b, c) = (self.word(), self.word(), self.word());
+        match x % 5 {
+            0 => format!("    let {a}_{b} = self.{c}(&{a}, {})?;\n", y % 64),
+            1 => format!(
+                "    if {a}.{b}() > {} {{\n        return Err(Error::{c});\n    }}\n",
+                y % 1000
+            ),
+            2 => format!("/// Returns the {a} of the {b}, or `None` if {c}.\n"),
+            3 => format!("pub fn {a}_{b}(&mut self, {c}: u64) -> Result<(), Error> {{\n"),
+            _ => format!("    }}\n    {a}.push({b}::{c});\n"),
+        }
+    }
+
+    fn write(&mut self, path: &Path, bytes: usize, code: bool) {
+        let mut out = String::with_capacity(bytes + 200);
+        while out.len() < bytes {
+            let l = if code {
+                self.code_line()
+            } else {
+                self.log_line()
+            };
+            out.push_str(&l);
+        }
+        out.truncate(bytes);
+        std::fs::write(path, out).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+}
+
+/// A text tree of about `bytes`: three quarters in log files of 4 MiB,
+/// the rest in source-like files of 4–60 KiB over 20 directories.
+fn make_text_tree(root: &Path, bytes: usize) {
+    let mut g = TextGen::new(0x7e47);
+    std::fs::create_dir_all(root.join("logs")).expect("mkdir");
+    let logs = bytes * 3 / 4;
+    let mut n = 0;
+    let mut i = 0;
+    while n < logs {
+        let size = (4 << 20).min(logs - n);
+        g.write(&root.join(format!("logs/app-{i:03}.log")), size, false);
+        n += size;
+        i += 1;
+    }
+    let mut j = 0;
+    while n < bytes {
+        let d = root.join(format!("src/m{:02}", j % 20));
+        if j < 20 {
+            std::fs::create_dir_all(&d).expect("mkdir");
+        }
+        let (x, _) = g.pick();
+        let size = (4096 + (x % (56 << 10)) as usize).min(bytes - n);
+        g.write(&d.join(format!("f{j:04}.rs")), size, true);
+        n += size;
+        j += 1;
+    }
+}
+
+fn compress(base: &Path, reps: usize) {
+    let mib = env_usize("FERROGEN_BENCH_Z_MIB", 128);
+    let limit = std::env::var("FERROGEN_BENCH_Z_BWLIMIT").unwrap_or_else(|_| "20M".into());
+    let dir = scratch(base, "compress");
+    let text = dir.path().join("text");
+    let random = dir.path().join("random");
+    eprintln!("compress: writing a {mib} MiB text tree and {mib} MiB of random data ...");
+    make_text_tree(&text, mib << 20);
+    std::fs::create_dir_all(&random).expect("mkdir");
+    make_file(&random.join("random.bin"), (mib as u64) << 20, 0x2a2a);
+    let (files, bytes) = tally(&text);
+    let zstd3 = shell_out(&format!(
+        "tar -C '{}' -cf - . | zstd -3 -c | wc -c",
+        text.display()
+    ));
+    sync_all();
+    let dst = dir.path().join("dst");
+    let bw = format!("--bwlimit={limit}");
+    let names = [
+        "push",
+        "push -z",
+        &format!("push --bwlimit {limit}") as &str,
+        &format!("push -z --bwlimit {limit}"),
+    ];
+    let args: [Vec<&str>; 4] = [
+        vec!["-r", "--json", "--no-fsync"],
+        vec!["-r", "--json", "--no-fsync", "-z"],
+        vec!["-r", "--json", "--no-fsync", &bw],
+        vec!["-r", "--json", "--no-fsync", "-z", &bw],
+    ];
+    println!();
+    println!(
+        "### -z: {mib} MiB of text ({files} files; `tar | zstd -3`: {zstd3} bytes) and {mib} MiB of random data, one local context ({reps} interleaved repetitions, `--no-fsync`)"
+    );
+    println!();
+    println!("| data | contender | wall s, median (min–max) | MiB/s, median |");
+    println!("|---|---|---:|---:|");
+    let mut ratios = Vec::new();
+    for (label, src) in [("text tree", &text), ("random", &random)] {
+        let secs = alternate(
+            reps,
+            &names,
+            |_, _| {
+                let _ = std::fs::remove_dir_all(&dst);
+                std::fs::create_dir_all(&dst).expect("mkdir");
+            },
+            |_, i| {
+                let (s, stdout) = timed(&mut ferrogen(&args[i], &[src, &into(&dst)]));
+                check_json(&stdout, None);
+                let name = src.file_name().map(PathBuf::from).unwrap_or_default();
+                let (n, b) = tally(&dst.join(name));
+                let want = tally(src);
+                assert_eq!((n, b), want, "{label}: tree differs after {}", names[i]);
+                s
+            },
+        );
+        let total = tally(src).1 as f64 / (1 << 20) as f64;
+        for (i, n) in names.iter().enumerate() {
+            println!(
+                "| {label} | `{n}` | {:.2} | {:.0} |",
+                spread(&secs[i]),
+                total / spread(&secs[i]).median
+            );
+        }
+        ratios.push((
+            label,
+            paired_ratio(&secs[1], &secs[0]),
+            paired_ratio(&secs[3], &secs[2]),
+        ));
+    }
+    let _ = bytes;
+    println!();
+    for (label, local, thin) in ratios {
+        println!(
+            "- {label}: time with -z / without, per-repetition pairs: local pipe **{local:.2}×**, `--bwlimit {limit}` **{thin:.2}×**"
+        );
+    }
 }

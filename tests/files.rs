@@ -735,6 +735,7 @@ async fn fetches_past_the_total_cap_are_refused_naming_the_limit() {
         sizing: ferrogen::files::window::Sizing::Fixed(256 * 1024),
         ack_timeout: Duration::from_secs(30),
         max_open: 2,
+        ..Default::default()
     });
     let a = child(&c, None).await;
     let src_dir = tempfile::tempdir().expect("tempdir");

@@ -57,6 +57,19 @@ pub struct PushArgs {
     /// Skip fsync of files and directories (faster, not crash-safe).
     #[arg(long)]
     pub no_fsync: bool,
+    /// Compress file data with zstd where it shrinks. The level follows
+    /// the link: lowered, or compression dropped, when the link is faster
+    /// than the compressor (loopback, a fast LAN).
+    #[arg(short = 'z', long)]
+    pub compress: bool,
+    /// Limit the data sent to each target to RATE bytes per second
+    /// (binary units: 500K, 10M, 1G; a bare number is KiB/s, as in rsync).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub bwlimit: Option<u64>,
+    /// Limit the data sent to all targets together to RATE bytes per
+    /// second (same form as --bwlimit; both may be given).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub bwlimit_total: Option<u64>,
     /// A fixed window of unacknowledged bytes per stream (e.g. 1M, the
     /// seed's behaviour). Default: sized automatically to the path's
     /// bandwidth × delay, between 1 MiB and --window-cap.
@@ -216,6 +229,17 @@ pub fn parse_window(s: &str) -> Result<u64, String> {
     Ok(n)
 }
 
+/// Parses a `--bwlimit` rate: [`parse_size`]'s forms, except that a bare
+/// number counts KiB/s, as rsync's `--bwlimit` does (`--bwlimit 100` is
+/// 100 KiB/s there and here).
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim().trim_end_matches("/s");
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return parse_size(&format!("{t}K"));
+    }
+    parse_size(t)
+}
+
 /// The FileService configuration the push options ask for.
 pub fn file_service_config(args: &PushArgs) -> FileServiceConfig {
     let sizing = match args.window {
@@ -227,6 +251,15 @@ pub fn file_service_config(args: &PushArgs) -> FileServiceConfig {
     };
     FileServiceConfig {
         sizing,
+        compress: if args.compress {
+            crate::files::compress::Compression::Adaptive
+        } else {
+            crate::files::compress::Compression::Off
+        },
+        bwlimit: crate::files::pace::Limits {
+            per_target: args.bwlimit,
+            total: args.bwlimit_total,
+        },
         ..Default::default()
     }
 }
@@ -712,6 +745,16 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
             ));
         }
     }
+    if args.compress {
+        let s = fs.stats();
+        tracing::info!(
+            "-z: {} chunks compressed ({} to {} bytes), {} tried and sent raw",
+            s.compressed_chunks,
+            s.compressed_bytes_in,
+            s.compressed_bytes_out,
+            s.raw_chunks
+        );
+    }
     services.shutdown().await;
     router.close_all_streams("push finished");
     if failed || outcomes.is_empty() {
@@ -1085,5 +1128,15 @@ mod tests {
         assert!(parse_size("0").is_err());
         assert!(parse_size("1X").is_err());
         assert!(parse_size("M").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("10M"), Ok(10 << 20));
+        assert_eq!(parse_rate("500K"), Ok(500 << 10));
+        assert_eq!(parse_rate("5M/s"), Ok(5 << 20));
+        assert_eq!(parse_rate("100"), Ok(100 << 10));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
     }
 }

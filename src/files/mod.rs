@@ -15,6 +15,8 @@
 //!   handle for the destination, resolved without following symlinks.
 //! * [`plan`] — the target-side service (`ferrogen.files.target`) that
 //!   applies a push: directories, symlinks and many files, pipelined.
+//! * [`compress`] — `-z`: zstd per chunk, its wire mark, the level tuner.
+//! * [`pace`] — `--bwlimit`: pacing data frames to a rate.
 //!
 //! # One transfer, on the wire
 //!
@@ -24,7 +26,8 @@
 //!    descriptor and a [`crate::channel::Sender`] for acknowledgements; it is
 //!    sent before any data.
 //! 3. Data arrives as raw ([`crate::wire::Enc::Bin`]) frames on `sender`,
-//!    each `[offset: u64 BE][bytes]` ([`OFFSET_LEN`]); frames on one stream
+//!    each `[offset: u64 BE][bytes]` ([`OFFSET_LEN`]; with `-z` a chunk may
+//!    be zstd-compressed, marked by the offset's top bit: [`compress`]); frames on one stream
 //!    arrive in order, frames spread over stripes may not, and the requester
 //!    reorders them. It acknowledges the contiguous prefix it has written,
 //!    cumulatively ([`Ack`]), on the ack
@@ -49,7 +52,9 @@
 //! own. Mitogen ships small files inline for the same reason: a round trip
 //! per file dominates everything else.
 
+pub mod compress;
 pub mod meta;
+pub mod pace;
 pub mod passwd;
 pub mod place;
 pub mod plan;
@@ -276,6 +281,18 @@ pub enum SmallFile {
     TooLarge,
     /// Refused (unregistered, not a regular file) or unreadable: why.
     Failed(String),
+    /// The whole file, zstd-compressed (`-z`): `data` is a zstd frame of
+    /// exactly `meta.size` bytes, whose BLAKE3 digest is `digest`. The
+    /// receiver turns it into [`SmallFile::Data`] with
+    /// [`compress::open_small`], which caps the output at `meta.size`.
+    Compressed {
+        /// Metadata of the file as opened.
+        meta: FileMeta,
+        /// The compressed bytes.
+        data: bytes::Bytes,
+        /// BLAKE3 digest of the file's bytes (not of `data`).
+        digest: [u8; 32],
+    },
 }
 
 /// A cumulative acknowledgement: `received` bytes of the transfer have been

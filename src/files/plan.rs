@@ -1070,7 +1070,7 @@ async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<Outcome> {
         let mut done = Vec::with_capacity(batch.len());
         let mut too_large = Vec::new();
         for (job, file) in batch.into_iter().zip(files) {
-            let r = match file {
+            let r = match super::compress::open_small(file) {
                 SmallFile::Data { meta, data, digest } => {
                     receive::receive_whole(&job.place, &temps, &meta, &data, &digest, started)
                         .and_then(|mut p| {
@@ -1089,6 +1089,12 @@ async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<Outcome> {
                 }
                 SmallFile::Failed(why) => Err(format!(
                     "{}: fetch of {} failed: {why}",
+                    show(job.place.shown()),
+                    job.src
+                )),
+                // open_small decodes these; nothing else may land.
+                SmallFile::Compressed { .. } => Err(format!(
+                    "{}: fetch of {} failed: compressed data was not decoded",
                     show(job.place.shown()),
                     job.src
                 )),

@@ -495,6 +495,7 @@ async fn receive_data(
     let mut held: std::collections::BTreeMap<u64, bytes::Bytes> = std::collections::BTreeMap::new();
     let mut held_bytes = 0usize;
     let mut end: Option<(u64, [u8; 32])> = None;
+    let mut chunks = super::compress::ChunkDecoder::default();
     loop {
         if let Some((size, _)) = end
             && received >= size
@@ -524,13 +525,12 @@ async fn receive_data(
             Enc::Bin => {
                 let limit = end.map(|(s, _)| s).unwrap_or(meta.size);
                 let (offset, data) =
-                    split_chunk(&frame.payload).ok_or_else(|| ReceiveError::Mismatch {
-                        dest: dest_s.clone(),
-                        detail: format!(
-                            "data frame of {} bytes has no offset",
-                            frame.payload.len()
-                        ),
-                    })?;
+                    chunks
+                        .open(&frame.payload, limit)
+                        .map_err(|e| ReceiveError::Mismatch {
+                            dest: dest_s.clone(),
+                            detail: e.to_string(),
+                        })?;
                 if offset.saturating_add(data.len() as u64) > limit || offset < received {
                     return Err(ReceiveError::Mismatch {
                         dest: dest_s,
@@ -870,12 +870,6 @@ impl DiskWriter {
 /// Most out-of-order bytes held while waiting for an earlier chunk: the
 /// largest window a sender may use, plus slack.
 const MAX_HELD: usize = 80 << 20;
-
-/// Splits a data frame into its offset and bytes.
-fn split_chunk(payload: &bytes::Bytes) -> Option<(u64, bytes::Bytes)> {
-    let head: [u8; super::OFFSET_LEN] = payload.get(..super::OFFSET_LEN)?.try_into().ok()?;
-    Some((u64::from_be_bytes(head), payload.slice(super::OFFSET_LEN..)))
-}
 
 /// With fsync on, how much newly written data starts its way to the disk
 /// at a time.

@@ -39,7 +39,9 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::turns::Turns;
 
+use super::compress::{self, ChunkEncoder, CompressCounters, Compression, Tuner, WireLedger};
 use super::meta::FileMeta;
+use super::pace::{Limits, Pacers};
 use super::registry::Registry;
 use super::window::{PathEstimate, Sizing, Window};
 use super::{
@@ -64,6 +66,10 @@ pub struct FileServiceConfig {
     /// Most large transfers (queued or running, each with an open
     /// descriptor) for all requesters together; past it `fetch` is refused.
     pub max_open: usize,
+    /// Compress chunks and small files with zstd where that pays (`-z`).
+    pub compress: Compression,
+    /// Rate limits of the data sent (`--bwlimit`, `--bwlimit-total`).
+    pub bwlimit: Limits,
 }
 
 /// Most large transfers one requester may have queued or running; past it
@@ -121,6 +127,8 @@ impl Default for FileServiceConfig {
             },
             ack_timeout: Duration::from_secs(60),
             max_open: default_max_open(),
+            compress: Compression::Off,
+            bwlimit: Limits::default(),
         }
     }
 }
@@ -140,6 +148,15 @@ pub struct FileStats {
     pub refused: u64,
     /// Acknowledgements ignored as stale or repeated.
     pub stale_acks: u64,
+    /// With `compress`: chunks and small files sent compressed.
+    pub compressed_chunks: u64,
+    /// With `compress`: chunks and small files tried and sent raw because
+    /// they did not shrink.
+    pub raw_chunks: u64,
+    /// File bytes sent compressed.
+    pub compressed_bytes_in: u64,
+    /// What they took on the wire.
+    pub compressed_bytes_out: u64,
 }
 
 struct Inner {
@@ -157,6 +174,8 @@ struct Inner {
     open: Mutex<OpenCount>,
     /// `fetch_small` batches being read, per requester.
     small: Mutex<HashMap<ContextId, Arc<Semaphore>>>,
+    zcounters: Arc<CompressCounters>,
+    pacers: Pacers,
 }
 
 #[derive(Default)]
@@ -188,6 +207,8 @@ impl Drop for OpenSlot {
 struct Lane {
     turn: Arc<Turns>,
     estimate: Mutex<Option<PathEstimate>>,
+    /// The compression level this path has shown it affords (`-z`).
+    tuner: Mutex<Tuner>,
 }
 
 /// The FileService. Cheap to clone.
@@ -203,7 +224,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A chunk from the reader, or its final word.
 enum ReadEvent {
-    Chunk(Bytes),
+    /// `[offset][bytes]` and how many file bytes it holds.
+    Chunk(Bytes, u64),
     Done([u8; 32]),
     Failed(String),
 }
@@ -213,6 +235,7 @@ impl FileService {
     pub fn start(router: &Router, services: &Services, config: FileServiceConfig) -> FileService {
         let mut config = config;
         config.sizing = config.sizing.bounded();
+        let pacers = Pacers::new(config.bwlimit);
         let fs = FileService {
             inner: Arc::new(Inner {
                 router: router.clone(),
@@ -227,6 +250,8 @@ impl FileService {
                 pumps: Mutex::new(Vec::new()),
                 open: Mutex::new(OpenCount::default()),
                 small: Mutex::new(HashMap::new()),
+                zcounters: Arc::default(),
+                pacers,
             }),
         };
         let (a, b, c, d) = (fs.clone(), fs.clone(), fs.clone(), fs.clone());
@@ -285,7 +310,14 @@ impl FileService {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> FileStats {
-        lock(&self.inner.stats).clone()
+        let mut s = lock(&self.inner.stats).clone();
+        let z = &self.inner.zcounters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        s.compressed_chunks = get(&z.compressed_chunks);
+        s.raw_chunks = get(&z.raw_chunks);
+        s.compressed_bytes_in = get(&z.bytes_in);
+        s.compressed_bytes_out = get(&z.bytes_out);
+        s
     }
 
     /// The configuration in force.
@@ -435,26 +467,61 @@ impl FileService {
             )));
         }
         let fs = self.clone();
+        let pacing = self.inner.pacers.for_target(requester);
+        // Paced, a reply is one burst: keep it to 1/32 s of the limit
+        // (larger files are then fetched on their own, in paced chunks).
+        let batch = pacing.chunk_len(SMALL_BATCH_BYTES as usize) as u64;
+        let level = self.small_level(requester);
         let files = tokio::task::spawn_blocking(move || {
-            let mut budget = SMALL_BATCH_BYTES;
+            let mut zstd = compress::Zstd::default();
+            let mut compressing = Duration::ZERO;
+            let mut budget = batch;
             let mut out = Vec::with_capacity(args.paths.len());
             for path in &args.paths {
-                let one = fs.read_small(path, budget);
+                let mut one = fs.read_small(path, budget);
                 if let SmallFile::Data { data, .. } = &one {
                     budget = budget.saturating_sub(data.len() as u64);
                 }
+                if let (Some(level), SmallFile::Data { meta, data, digest }) = (level, &one) {
+                    let t0 = compress::thread_cpu_ns();
+                    let z = compress::compress_small(&mut zstd, data, level, &fs.inner.zcounters);
+                    compressing +=
+                        Duration::from_nanos(compress::thread_cpu_ns().saturating_sub(t0));
+                    if let Some(z) = z {
+                        one = SmallFile::Compressed {
+                            meta: meta.clone(),
+                            data: z,
+                            digest: *digest,
+                        };
+                    }
+                }
                 out.push(one);
             }
-            out
+            (out, compressing)
         })
         .await
         .map_err(|e| RemoteError::Failed(format!("internal error reading files: {e}")))?;
-        let (mut count, mut bytes) = (0, 0);
+        let (files, compressing) = files;
+        let (mut count, mut bytes, mut wire) = (0, 0, 0);
         for f in &files {
-            if let SmallFile::Data { data, .. } = f {
+            if let SmallFile::Data { meta, data, .. } | SmallFile::Compressed { meta, data, .. } = f
+            {
                 count += 1;
-                bytes += data.len() as u64;
+                bytes += meta.size;
+                wire += data.len() as u64;
             }
+        }
+        let paced = pacing.wait(wire).await;
+        if level.is_some()
+            && self.inner.config.compress == Compression::Adaptive
+            && let Some(stream) = self.inner.router.stream_towards(requester)
+            && let Some(now) = lock(&self.lane(stream).tuner).on_batch(
+                std::time::Instant::now(),
+                compressing,
+                paced,
+            )
+        {
+            tracing::debug!("small files: compression level now {now:?}");
         }
         {
             let mut stats = lock(&self.inner.stats);
@@ -487,6 +554,19 @@ impl FileService {
         }
     }
 
+    /// The level small files to `requester` are compressed at: what the
+    /// stream towards it affords (`None`: not compressed).
+    fn small_level(&self, requester: ContextId) -> Option<i32> {
+        match self.inner.config.compress {
+            Compression::Off => None,
+            Compression::Level(l) => Some(l),
+            Compression::Adaptive => match self.inner.router.stream_towards(requester) {
+                Some(stream) => lock(&self.lane(stream).tuner).level(),
+                None => Tuner::default().level(),
+            },
+        }
+    }
+
     fn lane(&self, stream: StreamId) -> Arc<Lane> {
         lock(&self.inner.lanes)
             .entry(stream)
@@ -494,6 +574,7 @@ impl FileService {
                 Arc::new(Lane {
                     turn: Turns::new(),
                     estimate: Mutex::new(None),
+                    tuner: Mutex::new(Tuner::default()),
                 })
             })
             .clone()
@@ -616,9 +697,29 @@ impl Transfer {
         let (tx, mut rx) = mpsc::channel::<ReadEvent>(8);
         let file = self.file.clone();
         let meta = self.meta.clone();
+        // -z and --bwlimit: the reader compresses (on its own thread, so
+        // compressing overlaps sending) and the pump paces.
+        let pacing = self.fs.inner.pacers.for_target(self.requester);
+        let chunk_len = pacing.chunk_len(CHUNK_DATA);
+        // The stream's tuner is shared with its small-file replies: each
+        // hook takes the lock for a few arithmetic operations.
+        let (tuner, level) = match self.fs.inner.config.compress {
+            Compression::Off => (None, None),
+            Compression::Level(l) => (None, Some(l)),
+            Compression::Adaptive => (Some(&lane.tuner), lock(&lane.tuner).level()),
+        };
+        let zshared = compress::Shared::new(level, self.fs.inner.zcounters.clone());
+        let mut encoder = ChunkEncoder::new(zshared.clone());
         let reader = tokio::task::spawn_blocking(move || {
-            read_file(&file, &meta, |ev| tx.blocking_send(ev).is_ok())
+            read_file(&file, &meta, chunk_len, |ev| {
+                let ev = match ev {
+                    ReadEvent::Chunk(data, len) => ReadEvent::Chunk(encoder.encode(data), len),
+                    other => other,
+                };
+                tx.blocking_send(ev).is_ok()
+            })
         });
+        let (mut last_chunk, mut last_compress_ns) = (std::time::Instant::now(), 0u64);
 
         let mut stripes = router.stripes(stream);
         let mut chunks_sent = 0u64;
@@ -631,6 +732,7 @@ impl Transfer {
             .clone()
             .unwrap_or_else(|| PathEstimate::new(sizing));
         let mut window = Window::with_estimate(sizing, start);
+        let mut ledger = WireLedger::default();
         let ack_timeout = self.fs.inner.config.ack_timeout;
         let mut digest = None;
         let mut ack_deadline = tokio::time::Instant::now() + ack_timeout;
@@ -643,9 +745,9 @@ impl Transfer {
                 .try_recv()
                 .map_err(|e| ack_channel_ended(Err(e)))?
             {
-                let before = window.acked();
-                self.on_ack(&mut window, &f)?;
-                if window.acked() > before {
+                let before = ledger.file_acked();
+                self.on_ack(&mut window, &mut ledger, &f)?;
+                if ledger.file_acked() > before {
                     progressed = tokio::time::Instant::now();
                 }
             }
@@ -667,7 +769,7 @@ impl Transfer {
                 let (turns, requester) = (lane.turn.clone(), self.requester);
                 regain = Some(Box::pin(async move { turns.take_again(requester).await }));
             }
-            if digest.is_some() && window.acked() == size {
+            if digest.is_some() && ledger.file_acked() == size {
                 break;
             }
             if stripes.len() > 1 && stripes.iter().any(|o| o.is_closed()) {
@@ -677,10 +779,29 @@ impl Transfer {
                     router.describe(self.requester)
                 ));
             }
-            let next_len = (size - window.sent()).min(CHUNK_DATA as u64);
+            let next_len = (size - ledger.file_sent()).min(chunk_len as u64);
             if digest.is_none() && turn.is_some() && window.can_send(next_len) {
+                let waited = std::time::Instant::now();
                 match rx.recv().await {
-                    Some(ReadEvent::Chunk(data)) => {
+                    Some(ReadEvent::Chunk(data, len)) => {
+                        if let Some(t) = tuner {
+                            let mut t = lock(t);
+                            t.on_reader_wait(waited.elapsed());
+                            let ns = zshared.compress_ns();
+                            let spent = Duration::from_nanos(ns - last_compress_ns);
+                            if let Some(level) = t.on_chunk(len, last_chunk.elapsed(), spent) {
+                                tracing::debug!("{}: compression level now {level:?}", self.path);
+                            }
+                            // Also picks up a change made by the small-file path.
+                            zshared.set_level(t.level());
+                            (last_chunk, last_compress_ns) = (std::time::Instant::now(), ns);
+                        }
+                        let paced = pacing.wait(data.len() as u64).await;
+                        if let Some(t) = tuner {
+                            // The limit is the link: waiting for it is
+                            // what makes a better ratio worth its CPU.
+                            lock(t).on_link_wait(paced);
+                        }
                         chunks_sent += 1;
                         if chunks_sent.is_multiple_of(32) {
                             // Stripes may attach while a transfer runs.
@@ -689,7 +810,8 @@ impl Transfer {
                                 stripes = now;
                             }
                         }
-                        window.on_send((data.len() - OFFSET_LEN) as u64);
+                        window.on_send(ledger.on_send(len, (data.len() - OFFSET_LEN) as u64));
+                        let sent_at = std::time::Instant::now();
                         let frame = Frame::new(self.to.context, self.to.handle, Enc::Bin, data);
                         if stripes.len() > 1 {
                             // Round robin over the stripes, skipping one whose
@@ -710,6 +832,10 @@ impl Transfer {
                             router.send_bulk_on(pick, frame).await;
                         } else {
                             router.send_bulk(frame).await;
+                        }
+                        if let Some(t) = tuner {
+                            // A full stream queue is the link pushing back.
+                            lock(t).on_link_wait(sent_at.elapsed());
                         }
                     }
                     Some(ReadEvent::Done(d)) => {
@@ -733,11 +859,15 @@ impl Transfer {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             };
+            let waited = std::time::Instant::now();
             tokio::select! {
                 got = self.acks.recv() => {
+                    if let Some(t) = tuner {
+                        lock(t).on_link_wait(waited.elapsed());
+                    }
                     let f = got.map_err(|e| ack_channel_ended(Err(e)))?;
                     let before = window.acked();
-                    self.on_ack(&mut window, &f)?;
+                    self.on_ack(&mut window, &mut ledger, &f)?;
                     if window.acked() > before {
                         ack_deadline = tokio::time::Instant::now() + ack_timeout;
                         progressed = tokio::time::Instant::now();
@@ -760,7 +890,7 @@ impl Transfer {
                 _ = tokio::time::sleep_until(ack_deadline) => {
                     return Err(format!(
                         "{} stopped acknowledging ({} of {} bytes acknowledged, nothing for {:?})",
-                        router.describe(self.requester), window.acked(), size, ack_timeout
+                        router.describe(self.requester), ledger.file_acked(), size, ack_timeout
                     ));
                 }
             }
@@ -780,12 +910,19 @@ impl Transfer {
         Ok(window.peak())
     }
 
-    fn on_ack(&mut self, window: &mut Window, f: &Frame) -> Result<(), String> {
+    fn on_ack(
+        &mut self,
+        window: &mut Window,
+        ledger: &mut WireLedger,
+        f: &Frame,
+    ) -> Result<(), String> {
         let n: u64 = control::decode_frame(f).map_err(|e| format!("bad acknowledgement: {e}"))?;
         // Credit comes only from bytes really sent: an acknowledgement past
         // them ends the transfer (AckBeyondSent), a repeated or stale one
-        // adds nothing and is counted (logged once, at the end).
-        let delta = window.on_ack(n).map_err(|e| e.to_string())?;
+        // adds nothing and is counted (logged once, at the end). The window
+        // counts wire bytes (-z): see WireLedger.
+        let (delta, wire) = ledger.on_ack(n).map_err(|e| e.to_string())?;
+        window.on_ack(wire).map_err(|e| e.to_string())?;
         if delta == 0 {
             self.stale_acks += 1;
             lock(&self.fs.inner.stats).stale_acks += 1;
@@ -803,15 +940,25 @@ impl Transfer {
         // through the blocking pool, which cost about a tenth of the CPU of
         // a 10,000-file push (fetch already opens and stats inline).
         let mut read = Vec::with_capacity(2);
-        read_file(&self.file, &self.meta, |ev| {
-            read.push(ev);
+        let level = self.fs.small_level(self.requester);
+        let mut encoder = ChunkEncoder::new(compress::Shared::new(
+            level,
+            self.fs.inner.zcounters.clone(),
+        ));
+        let pacing = self.fs.inner.pacers.for_target(self.requester);
+        read_file(&self.file, &self.meta, pacing.chunk_len(CHUNK_DATA), |ev| {
+            read.push(match ev {
+                ReadEvent::Chunk(data, len) => ReadEvent::Chunk(encoder.encode(data), len),
+                other => other,
+            });
             true
         });
         let mut sent = 0u64;
         for ev in read {
             match ev {
-                ReadEvent::Chunk(data) => {
-                    sent += (data.len() - OFFSET_LEN) as u64;
+                ReadEvent::Chunk(data, len) => {
+                    sent += len;
+                    pacing.wait(data.len() as u64).await;
                     // Waits for room, like the large-file pump: a requester
                     // that does not read its one-chunk files stalls here.
                     router
@@ -908,12 +1055,18 @@ fn read_whole(file: &File, meta: &FileMeta) -> Result<(Bytes, [u8; 32]), String>
 
 /// Reads the whole file in chunks, hashing as it goes, and finally checks
 /// that the file still has the size and mtime it was opened with. Each
-/// event goes to `send`; reading stops when it returns `false`.
-fn read_file(file: &File, meta: &FileMeta, mut send: impl FnMut(ReadEvent) -> bool) {
+/// event goes to `send`; reading stops when it returns `false`. Chunks
+/// hold `chunk_len` bytes (at most [`CHUNK_DATA`]), the last one fewer.
+fn read_file(
+    file: &File,
+    meta: &FileMeta,
+    chunk_len: usize,
+    mut send: impl FnMut(ReadEvent) -> bool,
+) {
     let mut hasher = blake3::Hasher::new();
     let mut offset = 0u64;
     while offset < meta.size {
-        let len = (meta.size - offset).min(CHUNK_DATA as u64) as usize;
+        let len = (meta.size - offset).min(chunk_len.clamp(1, CHUNK_DATA) as u64) as usize;
         // Not zeroed first: zeroing 128 KiB per chunk cost about 4 % of
         // the sender's CPU, and every byte is overwritten by the read.
         let mut buf = BytesMut::with_capacity(OFFSET_LEN + len);
@@ -948,7 +1101,7 @@ fn read_file(file: &File, meta: &FileMeta, mut send: impl FnMut(ReadEvent) -> bo
         }
         hasher.update(&buf[OFFSET_LEN..]);
         offset += len as u64;
-        if !send(ReadEvent::Chunk(buf.freeze())) {
+        if !send(ReadEvent::Chunk(buf.freeze(), len as u64)) {
             return;
         }
     }

@@ -1,0 +1,948 @@
+//! `-z`: zstd per chunk, decided by the sender, undone by the receiver
+//! before the digest check (the digest stays that of the file).
+//!
+//! # On the wire
+//!
+//! A data frame is `[offset: u64 BE][bytes]`. A *compressed* chunk sets the
+//! top bit of the offset ([`COMPRESSED`]) and carries one or more zstd
+//! frames that decompress to the chunk's file bytes. File offsets are below
+//! 2⁶³ (`st_size` is an `i64`), so the bit is never part of a real offset,
+//! and a receiver that does not know it refuses the chunk as out of range
+//! instead of writing compressed bytes into the file. The receiver caps
+//! the decompressed size at what the protocol allows for that offset
+//! ([`CHUNK_DATA`], and no further than the announced size), so a hostile
+//! chunk can neither make it allocate more nor land bytes past the end.
+//!
+//! Small files (`fetch_small`) come as [`SmallFile::Compressed`], whose
+//! `data` is a zstd frame of exactly `meta.size` bytes.
+//!
+//! # What is compressed
+//!
+//! * Each chunk is first tried on a [`TRIAL_LEN`] sample at the fastest
+//!   level: random data costs that sample, not a whole chunk's work.
+//! * A chunk whose compressed form does not save at least 1/64 of it is
+//!   sent raw ([`CompressCounters::raw_chunks`]).
+//! * After [`GIVE_UP_AFTER`] raw chunks in a row, a file stops being tried,
+//!   except one chunk in [`REPROBE_EVERY`] (a file may change character:
+//!   an archive with a text part).
+//!
+//! # How hard
+//!
+//! The level adapts to the link ([`Tuner`]): never make a push slower than
+//! it would be without `-z`. The pump measures, per period of
+//! [`PERIOD_CHUNKS`] chunks, how long it waited for the reader (which
+//! reads, hashes and compresses) while the window had room, and how long
+//! it waited for acknowledgements with the window full or for the
+//! `--bwlimit` pacer (a limit is a link); the reader measures how long
+//! compressing took. If the reader is the bottleneck and
+//! compressing is a large part of its time, the link outruns the
+//! compressor (loopback, a fast LAN): the level goes down a step, and past
+//! the fastest level compression is switched off for the stream. Off, it is
+//! tried again only when the link is clearly the bottleneck, after twice
+//! as many bytes each time, so a fast link pays for a probe ever less often.
+//! Link-bound with the compressor mostly idle, the level goes up a step,
+//! to 3 at most. The small-file path ([`Tuner::on_batch`]) moves the same
+//! stream's level by the share of time its replies spend compressing.
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{CHUNK_DATA, OFFSET_LEN, SmallFile};
+
+/// The offset bit that marks a compressed chunk.
+pub const COMPRESSED: u64 = 1 << 63;
+
+/// Bytes of a chunk compressed as a trial before the whole chunk is.
+pub const TRIAL_LEN: usize = 8 * 1024;
+
+/// Raw (non-shrinking) chunks in a row after which a file stops being tried.
+pub const GIVE_UP_AFTER: u32 = 4;
+
+/// While a file is given up, one chunk in this many is still tried.
+pub const REPROBE_EVERY: u64 = 64;
+
+/// Chunks per adaptation period: 2 MiB, a few milliseconds on loopback,
+/// so a fast link stops paying for compression within a few periods.
+pub const PERIOD_CHUNKS: u64 = 16;
+
+/// `fetch_small` replies per adaptation period of the small-file path.
+pub const PERIOD_BATCHES: u32 = 4;
+
+/// zstd levels the tuner moves between, slowest (best ratio) last. Level 3
+/// is zstd's (and `rsync -z`'s) default; the negative levels trade ratio
+/// for speed.
+pub const LADDER: [i32; 4] = [-5, -1, 1, 3];
+
+/// The highest step the tuner goes to: level 3.
+const TOP: usize = 3;
+
+/// Where it starts: level 1, one step below, so a fast link finds
+/// compression too slow a period sooner and a slow one climbs to level 3
+/// within two periods (over the local pipe, stepping down from level 3
+/// to off took about 60 ms of a 200 MB push by the debug log).
+const INITIAL: usize = 2;
+
+/// A level value meaning "do not compress".
+const OFF: i32 = i32::MIN;
+
+/// Bytes sent raw after compression was switched off before the first
+/// probe; doubles after each probe that switched it off again.
+const FIRST_REPROBE_BYTES: u64 = 64 << 20;
+
+/// Whether and how hard the FileService compresses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Compression {
+    /// Never (the default).
+    #[default]
+    Off,
+    /// `-z`: at the level the link affords ([`Tuner`]).
+    Adaptive,
+    /// Always try, at this zstd level (tests and benchmarks).
+    Level(i32),
+}
+
+/// Counters of what `-z` did, kept by the FileService.
+#[derive(Debug, Default)]
+pub struct CompressCounters {
+    /// Chunks (or small files) sent compressed.
+    pub compressed_chunks: AtomicU64,
+    /// Chunks (or small files) tried and sent raw because they did not
+    /// shrink.
+    pub raw_chunks: AtomicU64,
+    /// File bytes in compressed chunks.
+    pub bytes_in: AtomicU64,
+    /// Their size on the wire (zstd frames, without the offset).
+    pub bytes_out: AtomicU64,
+}
+
+/// What the pump and the reader of one transfer share.
+#[derive(Debug)]
+pub struct Shared {
+    level: AtomicI32,
+    compress_ns: AtomicU64,
+    counters: Arc<CompressCounters>,
+}
+
+impl Shared {
+    /// A transfer starting at `level` (`None`: off).
+    pub fn new(level: Option<i32>, counters: Arc<CompressCounters>) -> Arc<Shared> {
+        Arc::new(Shared {
+            level: AtomicI32::new(level.unwrap_or(OFF)),
+            compress_ns: AtomicU64::new(0),
+            counters,
+        })
+    }
+
+    fn level(&self) -> Option<i32> {
+        match self.level.load(Ordering::Relaxed) {
+            OFF => None,
+            l => Some(l),
+        }
+    }
+
+    /// Nanoseconds spent compressing so far.
+    pub fn compress_ns(&self) -> u64 {
+        self.compress_ns.load(Ordering::Relaxed)
+    }
+
+    /// Sets the level for the chunks read from now on.
+    pub fn set_level(&self, level: Option<i32>) {
+        self.level.store(level.unwrap_or(OFF), Ordering::Relaxed);
+    }
+}
+
+/// Two zstd contexts, made when first needed and reused: one for the
+/// trials at the fastest level, one at the level in force. (A context costs
+/// an allocation of up to a few MiB at level 3: not something to make per
+/// chunk or per small file.)
+#[derive(Default)]
+pub struct Zstd {
+    trial: Option<zstd::bulk::Compressor<'static>>,
+    main: Option<(zstd::bulk::Compressor<'static>, i32)>,
+}
+
+impl Zstd {
+    /// The cheap trial: does `data`'s first [`TRIAL_LEN`] bytes shrink by
+    /// 1/32 at the fastest level?
+    fn trial_shrinks(&mut self, data: &[u8]) -> bool {
+        let sample = &data[..data.len().min(TRIAL_LEN)];
+        if sample.len() < 64 {
+            return false;
+        }
+        let cctx = match &mut self.trial {
+            Some(c) => c,
+            None => match zstd::bulk::Compressor::new(LADDER[0]) {
+                Ok(c) => self.trial.insert(c),
+                Err(_) => return false,
+            },
+        };
+        let mut out = Vec::with_capacity(sample.len() - sample.len() / 32);
+        cctx.compress_to_buffer(sample, &mut out).is_ok()
+    }
+
+    /// `prefix` then `data` compressed at `level`, if that takes at most
+    /// `data.len() - data.len() / 64` bytes; `None` if not, or if zstd
+    /// failed: then raw is the safe answer.
+    fn compress(&mut self, level: i32, prefix: &[u8], data: &[u8]) -> Option<Vec<u8>> {
+        let cctx = match &mut self.main {
+            Some((c, l)) if *l == level => c,
+            Some((c, l)) => {
+                c.set_compression_level(level).ok()?;
+                *l = level;
+                c
+            }
+            None => {
+                let c = zstd::bulk::Compressor::new(level).ok()?;
+                &mut self.main.insert((c, level)).0
+            }
+        };
+        // Room for at most that: zstd fails when it cannot fit, which is
+        // the "does not shrink" answer, found without compressing into a
+        // full-size buffer first.
+        let room = data.len() - data.len() / 64;
+        let mut out = Vec::with_capacity(prefix.len() + room);
+        out.extend_from_slice(prefix);
+        let mut cur = Cursor::new(out);
+        cur.set_position(prefix.len() as u64);
+        let n = cctx.compress_to_buffer(data, &mut cur).ok()?;
+        (n <= room).then(|| cur.into_inner())
+    }
+}
+
+/// The sender's side of one file: turns raw chunks (`[offset][bytes]`)
+/// into what goes on the wire. Runs on the reader's thread.
+pub struct ChunkEncoder {
+    shared: Arc<Shared>,
+    zstd: Zstd,
+    misses: u32,
+    chunks: u64,
+}
+
+impl ChunkEncoder {
+    /// An encoder following `shared`'s level.
+    pub fn new(shared: Arc<Shared>) -> ChunkEncoder {
+        ChunkEncoder {
+            shared,
+            zstd: Zstd::default(),
+            misses: 0,
+            chunks: 0,
+        }
+    }
+
+    /// The frame payload for `chunk` (`[offset][bytes]`): compressed if
+    /// that pays, else `chunk` itself.
+    pub fn encode(&mut self, chunk: Bytes) -> Bytes {
+        self.chunks += 1;
+        let Some(level) = self.shared.level() else {
+            return chunk;
+        };
+        if self.misses >= GIVE_UP_AFTER && !self.chunks.is_multiple_of(REPROBE_EVERY) {
+            return chunk;
+        }
+        let (Some(head), Some(data)) = (chunk.get(..OFFSET_LEN), chunk.get(OFFSET_LEN..)) else {
+            return chunk;
+        };
+        let t0 = thread_cpu_ns();
+        let out = self.compress(level, head, data);
+        self.shared
+            .compress_ns
+            .fetch_add(thread_cpu_ns().saturating_sub(t0), Ordering::Relaxed);
+        let counters = &self.shared.counters;
+        match out {
+            Some(out) => {
+                self.misses = 0;
+                counters.compressed_chunks.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .bytes_in
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                counters
+                    .bytes_out
+                    .fetch_add((out.len() - OFFSET_LEN) as u64, Ordering::Relaxed);
+                Bytes::from(out)
+            }
+            None => {
+                self.misses = self.misses.saturating_add(1);
+                counters.raw_chunks.fetch_add(1, Ordering::Relaxed);
+                chunk
+            }
+        }
+    }
+
+    /// `[head | COMPRESSED][zstd(data)]`, or `None` if it would not save
+    /// 1/64 of `data` (or zstd failed: then raw is the safe answer).
+    fn compress(&mut self, level: i32, head: &[u8], data: &[u8]) -> Option<Vec<u8>> {
+        let offset = u64::from_be_bytes(head.try_into().ok()?);
+        if !self.zstd.trial_shrinks(data) {
+            return None;
+        }
+        self.zstd
+            .compress(level, &(offset | COMPRESSED).to_be_bytes(), data)
+    }
+}
+
+/// This thread's CPU time in nanoseconds. The compressor's cost is taken
+/// as CPU time, not wall time: on a busy machine (during a push over the
+/// emulated 100 ms link, with 8 stripes' ssh handshakes and the delay line
+/// competing for 2 CPUs) wall time inflated by preemption made the tuner
+/// switch compression off on a link it was saving two thirds of.
+pub fn thread_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    (t.tv_sec.max(0) as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec.max(0) as u64)
+}
+
+/// Compresses a small file's bytes for `fetch_small` at `level`; `None` if
+/// that does not save 1/64 of them.
+pub fn compress_small(
+    zstd: &mut Zstd,
+    data: &[u8],
+    level: i32,
+    counters: &CompressCounters,
+) -> Option<Bytes> {
+    let out = if zstd.trial_shrinks(data) {
+        zstd.compress(level, &[], data)
+    } else {
+        None
+    };
+    let Some(out) = out else {
+        counters.raw_chunks.fetch_add(1, Ordering::Relaxed);
+        return None;
+    };
+    counters.compressed_chunks.fetch_add(1, Ordering::Relaxed);
+    counters
+        .bytes_in
+        .fetch_add(data.len() as u64, Ordering::Relaxed);
+    counters
+        .bytes_out
+        .fetch_add(out.len() as u64, Ordering::Relaxed);
+    Some(Bytes::from(out))
+}
+
+/// Translates the receiver's acknowledgements (cumulative *file* bytes)
+/// into wire bytes for the credit window, so that the window, its RTT
+/// samples and its queue estimate count what the link carries. Counted in
+/// file bytes, a compressed stream's queue estimate was inflated by the
+/// ratio and the window held the link to about a third of 100 Mbit at
+/// 100 ms (docs/benchmarks.md). Without compression both counts are equal.
+#[derive(Debug, Default)]
+pub struct WireLedger {
+    /// (file end, wire end) of each chunk sent and not yet acknowledged.
+    chunks: std::collections::VecDeque<(u64, u64)>,
+    file_sent: u64,
+    wire_sent: u64,
+    file_acked: u64,
+    wire_acked: u64,
+}
+
+impl WireLedger {
+    /// Records a chunk of `file_len` file bytes sent as `wire_len`;
+    /// returns `wire_len`.
+    pub fn on_send(&mut self, file_len: u64, wire_len: u64) -> u64 {
+        self.file_sent += file_len;
+        self.wire_sent += wire_len;
+        self.chunks.push_back((self.file_sent, self.wire_sent));
+        wire_len
+    }
+
+    /// An acknowledgement of `file` bytes: the newly acknowledged file
+    /// bytes and the cumulative wire bytes they cover (the whole chunks
+    /// acknowledged), or an error if more was claimed than sent.
+    pub fn on_ack(&mut self, file: u64) -> Result<(u64, u64), super::window::AckBeyondSent> {
+        if file > self.file_sent {
+            return Err(super::window::AckBeyondSent {
+                acked: file,
+                sent: self.file_sent,
+            });
+        }
+        if file <= self.file_acked {
+            return Ok((0, self.wire_acked));
+        }
+        while let Some(&(f, w)) = self.chunks.front() {
+            if f > file {
+                break;
+            }
+            self.wire_acked = w;
+            self.chunks.pop_front();
+        }
+        let delta = file - self.file_acked;
+        self.file_acked = file;
+        Ok((delta, self.wire_acked))
+    }
+
+    /// File bytes sent.
+    pub fn file_sent(&self) -> u64 {
+        self.file_sent
+    }
+
+    /// File bytes acknowledged.
+    pub fn file_acked(&self) -> u64 {
+        self.file_acked
+    }
+}
+
+/// A data frame or small file the receiver cannot accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkError {
+    /// Shorter than the offset.
+    #[error("data frame of {0} bytes has no offset")]
+    NoOffset(usize),
+    /// Not a valid zstd frame of at most the allowed size.
+    #[error("compressed chunk at offset {offset} is corrupt or exceeds {cap} bytes: {detail}")]
+    Corrupt {
+        /// The chunk's file offset.
+        offset: u64,
+        /// Most bytes it may decompress to.
+        cap: u64,
+        /// zstd's complaint.
+        detail: String,
+    },
+}
+
+/// The receiver's side of one file: one decompression context, made when
+/// the first compressed chunk arrives.
+#[derive(Default)]
+pub struct ChunkDecoder {
+    dctx: Option<zstd::bulk::Decompressor<'static>>,
+}
+
+impl ChunkDecoder {
+    /// Splits a data frame into its offset and file bytes, decompressing a
+    /// compressed chunk to at most [`CHUNK_DATA`] bytes and no further
+    /// than `limit` (the announced size).
+    pub fn open(&mut self, payload: &Bytes, limit: u64) -> Result<(u64, Bytes), ChunkError> {
+        let head: [u8; OFFSET_LEN] = payload
+            .get(..OFFSET_LEN)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(ChunkError::NoOffset(payload.len()))?;
+        let raw = u64::from_be_bytes(head);
+        let data = payload.slice(OFFSET_LEN..);
+        if raw & COMPRESSED == 0 {
+            return Ok((raw, data));
+        }
+        let offset = raw & !COMPRESSED;
+        let cap = limit.saturating_sub(offset).min(CHUNK_DATA as u64);
+        let corrupt = |detail: String| ChunkError::Corrupt {
+            offset,
+            cap,
+            detail,
+        };
+        let dctx = match &mut self.dctx {
+            Some(d) => d,
+            None => {
+                let d = zstd::bulk::Decompressor::new().map_err(|e| corrupt(e.to_string()))?;
+                self.dctx.insert(d)
+            }
+        };
+        let out = dctx
+            .decompress(&data, cap as usize)
+            .map_err(|e| corrupt(e.to_string()))?;
+        Ok((offset, Bytes::from(out)))
+    }
+}
+
+/// Turns a [`SmallFile::Compressed`] into [`SmallFile::Data`] (at most
+/// `meta.size` bytes, itself at most one chunk), or into
+/// [`SmallFile::Failed`] if it does not decompress to exactly that.
+/// Anything else passes through.
+pub fn open_small(file: SmallFile) -> SmallFile {
+    let SmallFile::Compressed { meta, data, digest } = file else {
+        return file;
+    };
+    let cap = meta.size.min(CHUNK_DATA as u64) as usize;
+    let out = zstd::bulk::Decompressor::new().and_then(|mut d| d.decompress(&data, cap));
+    match out {
+        Ok(out) if out.len() as u64 == meta.size => SmallFile::Data {
+            meta,
+            data: Bytes::from(out),
+            digest,
+        },
+        Ok(out) => SmallFile::Failed(format!(
+            "compressed file decompressed to {} bytes, {} announced",
+            out.len(),
+            meta.size
+        )),
+        Err(e) => SmallFile::Failed(format!(
+            "compressed file is corrupt or exceeds its announced {} bytes: {e}",
+            meta.size
+        )),
+    }
+}
+
+/// The level chooser of one stream (sans-IO: durations are passed in).
+#[derive(Debug, Clone)]
+pub struct Tuner {
+    /// Index into [`LADDER`]; `None`: off.
+    step: Option<usize>,
+    /// Raw bytes to send before probing again while off.
+    reprobe_after: u64,
+    /// Raw bytes sent since switched off.
+    off_bytes: u64,
+    period: Period,
+    batches: Batches,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Batches {
+    count: u32,
+    start: Option<Instant>,
+    compress: Duration,
+    link_wait: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Period {
+    chunks: u64,
+    elapsed: Duration,
+    reader_wait: Duration,
+    link_wait: Duration,
+    compress: Duration,
+}
+
+impl Default for Tuner {
+    fn default() -> Self {
+        Tuner {
+            step: Some(INITIAL),
+            reprobe_after: FIRST_REPROBE_BYTES,
+            off_bytes: 0,
+            period: Period::default(),
+            batches: Batches::default(),
+        }
+    }
+}
+
+impl Tuner {
+    /// The level to compress at now (`None`: do not).
+    pub fn level(&self) -> Option<i32> {
+        self.step.map(|i| LADDER[i])
+    }
+
+    /// The pump waited `d` for the reader while the window had room.
+    pub fn on_reader_wait(&mut self, d: Duration) {
+        self.period.reader_wait += d;
+    }
+
+    /// The pump waited `d` for an acknowledgement with the window full.
+    pub fn on_link_wait(&mut self, d: Duration) {
+        self.period.link_wait += d;
+    }
+
+    /// One chunk of `len` file bytes was sent; `elapsed` has passed since
+    /// the previous one and the reader spent `compress` compressing
+    /// meanwhile. Returns the new level when it changes.
+    pub fn on_chunk(
+        &mut self,
+        len: u64,
+        elapsed: Duration,
+        compress: Duration,
+    ) -> Option<Option<i32>> {
+        let p = &mut self.period;
+        p.chunks += 1;
+        p.elapsed += elapsed;
+        p.compress += compress;
+        if self.step.is_none() {
+            self.off_bytes += len;
+        }
+        if p.chunks < PERIOD_CHUNKS {
+            return None;
+        }
+        let p = std::mem::take(&mut self.period);
+        let before = self.step;
+        let total = p.elapsed.max(Duration::from_micros(1));
+        let share = |d: Duration| d.as_secs_f64() / total.as_secs_f64();
+        match self.step {
+            Some(i) => {
+                // Reader-bound and busy compressing: the link outruns the
+                // compressor at this level.
+                // (Waiting on the reader for most of the period, not just
+                // more than on the link: over a 100 ms link the pump
+                // alternates between both, and the weaker test switched
+                // compression off while it was saving 60 %.)
+                if p.reader_wait > p.link_wait
+                    && share(p.reader_wait) > 0.5
+                    && share(p.compress) > 0.25
+                {
+                    // Over half the time: even the fastest level (about
+                    // 3× level 1's speed) would still cost, so off at once
+                    // (stepping through the levels, a 130 MiB tree over
+                    // the local pipe took 0.40 s with -z, 0.29 s without).
+                    self.step = if share(p.compress) > 0.5 {
+                        None
+                    } else {
+                        i.checked_sub(1)
+                    };
+                    if self.step.is_none() {
+                        self.off_bytes = 0;
+                    }
+                } else if share(p.link_wait) > 0.5 && share(p.compress) < 0.1 && i < TOP {
+                    // Link-bound with the compressor mostly idle: a
+                    // better ratio costs nothing.
+                    self.step = Some(i + 1);
+                }
+            }
+            None => {
+                if self.off_bytes >= self.reprobe_after && share(p.link_wait) > 0.75 {
+                    self.reprobe_after = self.reprobe_after.saturating_mul(2);
+                    self.step = Some(0);
+                }
+            }
+        }
+        (self.step != before).then(|| self.level())
+    }
+
+    /// A `fetch_small` reply was made at `now`, after `compress` spent
+    /// compressing its files and `link_wait` waiting for the `--bwlimit`
+    /// pacer. Over [`PERIOD_BATCHES`] replies, compressing for more than
+    /// a quarter of the wall time, and for longer than the pacer made
+    /// them wait, means the requester waits for the compressor rather than
+    /// for the link (replies are pipelined: on a slow link they queue
+    /// behind each other and compressing is a small share): a step down.
+    /// Under a twentieth: a step up. Off stays off (only the chunk path
+    /// probes). Returns the new level on a change.
+    pub fn on_batch(
+        &mut self,
+        now: Instant,
+        compress: Duration,
+        link_wait: Duration,
+    ) -> Option<Option<i32>> {
+        let i = self.step?;
+        let b = &mut self.batches;
+        let start = *b.start.get_or_insert(now);
+        b.count += 1;
+        b.compress += compress;
+        b.link_wait += link_wait;
+        if b.count <= PERIOD_BATCHES {
+            return None;
+        }
+        let b = std::mem::take(&mut self.batches);
+        self.batches.start = Some(now);
+        let wall = now
+            .saturating_duration_since(start)
+            .max(Duration::from_micros(1));
+        let share = b.compress.as_secs_f64() / wall.as_secs_f64();
+        if share > 0.25 && b.compress > b.link_wait {
+            self.step = if share > 0.5 { None } else { i.checked_sub(1) };
+            self.off_bytes = 0;
+        } else if share < 0.05 && i < TOP {
+            self.step = Some(i + 1);
+        } else {
+            return None;
+        }
+        Some(self.level())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(offset: u64, data: &[u8]) -> Bytes {
+        let mut v = offset.to_be_bytes().to_vec();
+        v.extend_from_slice(data);
+        Bytes::from(v)
+    }
+
+    fn text(n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n);
+        let mut i = 0u64;
+        while v.len() < n {
+            v.extend_from_slice(
+                format!("2026-11-30 14:{:02} INFO request {i} served\n", i % 60).as_bytes(),
+            );
+            i += 1;
+        }
+        v.truncate(n);
+        v
+    }
+
+    fn random(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn encoder(level: Option<i32>) -> (ChunkEncoder, Arc<CompressCounters>) {
+        let counters = Arc::new(CompressCounters::default());
+        (
+            ChunkEncoder::new(Shared::new(level, counters.clone())),
+            counters,
+        )
+    }
+
+    #[test]
+    fn text_round_trips_compressed() {
+        let (mut enc, counters) = encoder(Some(3));
+        let data = text(CHUNK_DATA);
+        let wire = enc.encode(chunk(5 * CHUNK_DATA as u64, &data));
+        assert!(wire.len() < data.len() / 3, "{} bytes", wire.len());
+        assert_ne!(wire[0] & 0x80, 0, "the compressed bit is set");
+        let (off, got) = ChunkDecoder::default()
+            .open(&wire, 10 * CHUNK_DATA as u64)
+            .expect("decodes");
+        assert_eq!(off, 5 * CHUNK_DATA as u64);
+        assert_eq!(&got[..], &data[..]);
+        assert_eq!(counters.compressed_chunks.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn random_data_goes_raw_and_a_file_is_given_up() {
+        let (mut enc, counters) = encoder(Some(3));
+        for i in 0..GIVE_UP_AFTER as u64 + 3 {
+            let c = chunk(i, &random(CHUNK_DATA, i + 1));
+            let wire = enc.encode(c.clone());
+            assert_eq!(wire, c, "sent as it was");
+        }
+        // Tried only until given up.
+        assert_eq!(
+            counters.raw_chunks.load(Ordering::Relaxed),
+            GIVE_UP_AFTER as u64
+        );
+        assert_eq!(counters.compressed_chunks.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_chunk_that_passes_the_trial_but_does_not_shrink_goes_raw() {
+        let (mut enc, counters) = encoder(Some(3));
+        // 1 KiB of text first (the trial on 8 KiB passes), random after:
+        // the whole saves well under 1/64.
+        let mut data = text(1024);
+        data.extend(random(CHUNK_DATA - 1024, 9));
+        let c = chunk(0, &data);
+        assert_eq!(enc.encode(c.clone()), c);
+        assert_eq!(counters.raw_chunks.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn off_sends_everything_raw_untried() {
+        let (mut enc, counters) = encoder(None);
+        let c = chunk(0, &text(1000));
+        assert_eq!(enc.encode(c.clone()), c);
+        assert_eq!(counters.raw_chunks.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn corrupt_and_oversized_chunks_are_errors() {
+        let (mut enc, _) = encoder(Some(1));
+        let data = vec![b'a'; CHUNK_DATA];
+        let wire = enc.encode(chunk(0, &data));
+        // Truncated.
+        let cut = wire.slice(..wire.len() - 3);
+        let e = ChunkDecoder::default()
+            .open(&cut, CHUNK_DATA as u64)
+            .unwrap_err();
+        assert!(matches!(e, ChunkError::Corrupt { .. }), "{e}");
+        // Flipped bytes in the middle.
+        let mut bad = wire.to_vec();
+        for b in &mut bad[OFFSET_LEN + 4..] {
+            *b ^= 0x5a;
+        }
+        assert!(
+            ChunkDecoder::default()
+                .open(&Bytes::from(bad), CHUNK_DATA as u64)
+                .is_err()
+        );
+        // Past the announced size: refused, not allocated.
+        let e = ChunkDecoder::default()
+            .open(&wire, CHUNK_DATA as u64 - 1)
+            .unwrap_err();
+        assert!(e.to_string().contains("exceeds"), "{e}");
+        // A bomb: 64 MiB of zeros in a few KiB.
+        let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 3).expect("compress");
+        let mut frame = COMPRESSED.to_be_bytes().to_vec();
+        frame.extend(bomb);
+        let e = ChunkDecoder::default()
+            .open(&Bytes::from(frame), u64::MAX >> 1)
+            .unwrap_err();
+        assert!(matches!(e, ChunkError::Corrupt { cap, .. } if cap == CHUNK_DATA as u64));
+        // No offset at all.
+        assert_eq!(
+            ChunkDecoder::default().open(&Bytes::from_static(b"abc"), 9),
+            Err(ChunkError::NoOffset(3))
+        );
+    }
+
+    #[test]
+    fn raw_chunks_pass_through() {
+        let c = chunk(42, b"hello");
+        let (off, got) = ChunkDecoder::default().open(&c, 100).expect("raw");
+        assert_eq!((off, &got[..]), (42, &b"hello"[..]));
+    }
+
+    #[test]
+    fn small_files_round_trip_and_corruption_fails() {
+        let counters = CompressCounters::default();
+        let data = text(10_000);
+        let mut zstd = Zstd::default();
+        let z = compress_small(&mut zstd, &data, 3, &counters).expect("text shrinks");
+        let f = std::fs::File::open("/proc/self/exe").expect("open");
+        let meta = crate::files::FileMeta {
+            size: data.len() as u64,
+            ..crate::files::FileMeta::from_fd(&f).expect("fstat")
+        };
+        let ok = open_small(SmallFile::Compressed {
+            meta: meta.clone(),
+            data: z.clone(),
+            digest: [0; 32],
+        });
+        assert!(matches!(&ok, SmallFile::Data { data: d, .. } if d[..] == data[..]));
+        let short = open_small(SmallFile::Compressed {
+            meta: crate::files::FileMeta {
+                size: 100,
+                ..meta.clone()
+            },
+            data: z.clone(),
+            digest: [0; 32],
+        });
+        assert!(matches!(short, SmallFile::Failed(_)), "{short:?}");
+        let garbage = open_small(SmallFile::Compressed {
+            meta,
+            data: Bytes::from_static(b"not zstd at all"),
+            digest: [0; 32],
+        });
+        assert!(matches!(garbage, SmallFile::Failed(_)), "{garbage:?}");
+        assert!(compress_small(&mut zstd, &random(10_000, 3), 3, &counters).is_none());
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Runs one period where each chunk took `per` and the reader waited,
+    /// the link waited and compressing took the given shares of it.
+    fn period(t: &mut Tuner, per: Duration, reader: f64, link: f64, comp: f64) -> Option<i32> {
+        for _ in 0..PERIOD_CHUNKS {
+            t.on_reader_wait(per.mul_f64(reader));
+            t.on_link_wait(per.mul_f64(link));
+            t.on_chunk(CHUNK_DATA as u64, per, per.mul_f64(comp));
+        }
+        t.level()
+    }
+
+    #[test]
+    fn a_fast_link_steps_the_level_down_to_off() {
+        let mut t = Tuner::default();
+        assert_eq!(t.level(), Some(1));
+        // Loopback: the pump waits on the reader, which mostly compresses.
+        let mut seen = vec![];
+        for _ in 0..INITIAL + 1 {
+            seen.push(period(&mut t, MS, 0.7, 0.0, 0.4));
+        }
+        assert_eq!(seen, vec![Some(-1), Some(-5), None]);
+        // Compressing most of the time: off at once.
+        let mut t = Tuner::default();
+        assert_eq!(period(&mut t, MS, 0.7, 0.0, 0.8), None);
+        // Off stays off while the link keeps up.
+        assert_eq!(period(&mut t, MS, 0.0, 0.2, 0.0), None);
+    }
+
+    #[test]
+    fn a_slow_link_keeps_compressing() {
+        let mut t = Tuner::default();
+        // 100 Mbit: a chunk takes 10 ms on the wire, 0.4 ms to compress:
+        // up to level 3, and there it stays.
+        assert_eq!(period(&mut t, 10 * MS, 0.0, 0.9, 0.04), Some(3));
+        for _ in 0..10 {
+            assert_eq!(period(&mut t, 10 * MS, 0.0, 0.9, 0.04), Some(3));
+        }
+    }
+
+    #[test]
+    fn a_level_lowered_for_a_busy_compressor_comes_back_when_the_link_slows() {
+        let mut t = Tuner::default();
+        assert_eq!(period(&mut t, MS, 0.6, 0.1, 0.5), Some(-1));
+        assert_eq!(period(&mut t, 10 * MS, 0.0, 0.9, 0.05), Some(1));
+        assert_eq!(period(&mut t, 10 * MS, 0.0, 0.9, 0.05), Some(3));
+    }
+
+    #[test]
+    fn off_is_probed_again_ever_more_rarely_when_the_link_is_the_bottleneck() {
+        let mut t = Tuner::default();
+        for _ in 0..=INITIAL {
+            period(&mut t, MS, 0.9, 0.0, 0.9);
+        }
+        assert_eq!(t.level(), None);
+        // 16 chunks a period = 2 MiB: 64 MiB are 32 periods.
+        let periods_until_on = |t: &mut Tuner| {
+            (1..1000)
+                .find(|_| period(t, MS, 0.0, 0.9, 0.0).is_some())
+                .unwrap_or(0)
+        };
+        let first = periods_until_on(&mut t);
+        assert_eq!(t.level(), Some(LADDER[0]));
+        // The probe finds the compressor too slow again: off.
+        period(&mut t, MS, 0.9, 0.0, 0.9);
+        assert_eq!(t.level(), None);
+        let second = periods_until_on(&mut t);
+        assert!(second >= 2 * first - 1, "{first} then {second}");
+    }
+
+    #[test]
+    fn small_file_replies_step_down_when_compressing_dominates() {
+        let t0 = Instant::now();
+        let mut t = Tuner::default();
+        // Loopback: replies every 2 ms, each compressed for 0.7 ms.
+        let mut now = t0;
+        let mut levels = vec![];
+        for _ in 0..3 * (PERIOD_BATCHES + 1) {
+            now += 2 * MS;
+            if let Some(l) = t.on_batch(now, MS * 7 / 10, Duration::ZERO) {
+                levels.push(l);
+            }
+        }
+        assert_eq!(levels, vec![Some(-1), Some(-5), None]);
+        // Off stays off on this path.
+        assert_eq!(t.on_batch(now + MS, Duration::ZERO, Duration::ZERO), None);
+        assert_eq!(t.level(), None);
+        // Compressing nearly all the time: off at once.
+        let mut t = Tuner::default();
+        let mut now = t0;
+        for _ in 0..=PERIOD_BATCHES {
+            now += 2 * MS;
+            t.on_batch(now, MS * 3 / 2, Duration::ZERO);
+        }
+        assert_eq!(t.level(), None);
+        // The same, but paced for longer than it compressed: the limit is
+        // the bottleneck, the level stays.
+        let mut t = Tuner::default();
+        let mut now = t0;
+        for _ in 0..=PERIOD_BATCHES {
+            now += 4 * MS;
+            t.on_batch(now, MS * 3 / 2, 2 * MS);
+        }
+        assert_eq!(t.level(), Some(1));
+
+        // A slow link: replies every 80 ms, 2 ms of compressing: up to 3.
+        let mut t = Tuner::default();
+        let mut now = t0;
+        for _ in 0..2 * (PERIOD_BATCHES + 1) {
+            now += 80 * MS;
+            t.on_batch(now, 2 * MS, Duration::ZERO);
+        }
+        assert_eq!(t.level(), Some(3));
+    }
+
+    #[test]
+    fn the_ledger_translates_file_acknowledgements_to_wire_bytes() {
+        let mut l = WireLedger::default();
+        assert_eq!(l.on_send(100, 30), 30);
+        l.on_send(100, 100);
+        l.on_send(50, 10);
+        assert_eq!(l.file_sent(), 250);
+        assert_eq!(l.on_ack(100), Ok((100, 30)));
+        // Stale: nothing new.
+        assert_eq!(l.on_ack(60), Ok((0, 30)));
+        // Inside a chunk: only whole chunks count on the wire.
+        assert_eq!(l.on_ack(150), Ok((50, 30)));
+        assert_eq!(l.on_ack(250), Ok((100, 140)));
+        assert_eq!(l.file_acked(), 250);
+        assert!(l.on_ack(251).is_err());
+    }
+}

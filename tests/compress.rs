@@ -1,0 +1,348 @@
+//! `-z`: files arrive identical whatever their content, chunks that do not
+//! shrink go raw, and a corrupt compressed chunk from a hostile server is
+//! a clear error with nothing landing. Real child processes, real files.
+
+mod filectl;
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferrogen::call::RemoteError;
+use ferrogen::connect::{self, ConnectSpec, Method};
+use ferrogen::files::compress::{COMPRESSED, Compression};
+use ferrogen::files::plan::{EntryResult, PlanEntry, PushPlan};
+use ferrogen::files::receive::ReceiveOptions;
+use ferrogen::files::window::Sizing;
+use ferrogen::files::{
+    CHUNK_DATA, FILE_SERVICE, FetchArgs, FetchReply, FetchSmallArgs, FileMeta, FileServiceConfig,
+    SmallFile, TARGET_SERVICE, TransferMsg,
+};
+use ferrogen::router::{Policy, Router, RouterConfig};
+use ferrogen::service::{FollowUp, ServiceBuilder, Services};
+use ferrogen::wire::{Enc, Frame};
+use filectl::{child, ctl_with};
+
+fn plan(entries: Vec<PlanEntry>, dest: &Path) -> PushPlan {
+    PushPlan {
+        server: 0,
+        dest: dest.to_str().expect("utf8").into(),
+        into_dir: true,
+        entries,
+        options: ReceiveOptions::default(),
+        parallel: 8,
+    }
+}
+
+fn file_entry(src: &Path, rel: &str) -> PlanEntry {
+    PlanEntry::File {
+        src: src.to_str().expect("utf8").into(),
+        rel: rel.into(),
+        size: std::fs::metadata(src).map(|m| m.len()).unwrap_or(0),
+    }
+}
+
+fn random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Log-like text: compresses several times over.
+fn text(n: usize, seed: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(n + 100);
+    let mut i = seed;
+    while v.len() < n {
+        v.extend_from_slice(
+            format!(
+                "2026-11-30T14:{:02}:{:02}Z web{} GET /api/v1/items/{} 200 {}ms\n",
+                i % 60,
+                (i * 7) % 60,
+                i % 5,
+                i * 31 % 9973,
+                i % 250
+            )
+            .as_bytes(),
+        );
+        i += 1;
+    }
+    v.truncate(n);
+    v
+}
+
+fn config(compress: Compression) -> FileServiceConfig {
+    FileServiceConfig {
+        sizing: Sizing::Fixed(4 << 20),
+        ack_timeout: Duration::from_secs(30),
+        compress,
+        ..Default::default()
+    }
+}
+
+fn check_results(r: &[EntryResult], dst: &Path, files: &[(&str, Vec<u8>)]) {
+    assert!(r.iter().all(|e| e.error.is_none()), "{r:?}");
+    for (name, data) in files {
+        let got = std::fs::read(dst.join(name)).expect("read");
+        assert!(got == *data, "{name} differs");
+        let digest = ferrogen::files::hex(blake3::hash(data).as_bytes());
+        let entry = r
+            .iter()
+            .find(|e| e.path.ends_with(name))
+            .unwrap_or_else(|| panic!("{name} not reported: {r:?}"));
+        assert_eq!(entry.digest.as_deref(), Some(digest.as_str()), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressible_incompressible_and_mixed_files_arrive_identical() {
+    let c = ctl_with(config(Compression::Level(3)));
+    let a = child(&c, None).await;
+    let src = tempfile::tempdir().expect("tempdir");
+    let dst = tempfile::tempdir().expect("tempdir");
+    let mut mixed = random(3 * CHUNK_DATA + 1000, 7);
+    mixed.extend(text(4 * CHUNK_DATA, 1));
+    mixed.extend(random(CHUNK_DATA / 2, 8));
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("text.log", text(5 << 20, 0)),
+        ("random.bin", random(3 << 20, 1)),
+        ("mixed.bin", mixed),
+        // Small files: fetched many to a call, compressed one by one.
+        ("a.txt", text(9000, 3)),
+        ("b.txt", text(CHUNK_DATA, 4)),
+        ("c.bin", random(5000, 5)),
+        ("empty", Vec::new()),
+    ];
+    let mut entries = Vec::new();
+    for (name, data) in &files {
+        let p = src.path().join(name);
+        std::fs::write(&p, data).expect("write");
+        entries.push(file_entry(&p, name));
+    }
+    c.fs.register_prefix(src.path().to_str().expect("utf8"))
+        .expect("register");
+    let r: Vec<EntryResult> = c
+        .router
+        .call_service(a.id, TARGET_SERVICE, "push", &plan(entries, dst.path()))
+        .await
+        .expect("push answered");
+    check_results(&r, dst.path(), &files);
+    let s = c.fs.stats();
+    assert!(s.compressed_chunks > 0, "{s:?}");
+    // The random parts were tried and sent raw.
+    assert!(s.raw_chunks > 0, "{s:?}");
+    assert!(
+        s.compressed_bytes_out * 3 < s.compressed_bytes_in,
+        "text should compress over 3:1: {s:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_that_does_not_shrink_is_sent_raw() {
+    let c = ctl_with(config(Compression::Level(3)));
+    let a = child(&c, None).await;
+    let src = tempfile::tempdir().expect("tempdir");
+    let dst = tempfile::tempdir().expect("tempdir");
+    let data = random(2 * CHUNK_DATA, 11);
+    let p = src.path().join("noise");
+    std::fs::write(&p, &data).expect("write");
+    c.fs.register(p.to_str().expect("utf8")).expect("register");
+    let r: Vec<EntryResult> = c
+        .router
+        .call_service(
+            a.id,
+            TARGET_SERVICE,
+            "push",
+            &plan(vec![file_entry(&p, "noise")], dst.path()),
+        )
+        .await
+        .expect("push answered");
+    check_results(&r, dst.path(), &[("noise", data)]);
+    let s = c.fs.stats();
+    assert_eq!(s.raw_chunks, 2, "{s:?}");
+    assert_eq!(s.compressed_chunks, 0, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_compression_delivers_identical_files() {
+    // Whatever level the tuner picks on this (fast, local) path, the files
+    // are the same.
+    let c = ctl_with(config(Compression::Adaptive));
+    let a = child(&c, None).await;
+    let src = tempfile::tempdir().expect("tempdir");
+    let dst = tempfile::tempdir().expect("tempdir");
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("big.log", text(24 << 20, 9)),
+        ("noise", random(2 << 20, 3)),
+    ];
+    let mut entries = Vec::new();
+    for (name, data) in &files {
+        let p = src.path().join(name);
+        std::fs::write(&p, data).expect("write");
+        entries.push(file_entry(&p, name));
+    }
+    c.fs.register_prefix(src.path().to_str().expect("utf8"))
+        .expect("register");
+    let r: Vec<EntryResult> = c
+        .router
+        .call_service(a.id, TARGET_SERVICE, "push", &plan(entries, dst.path()))
+        .await
+        .expect("push answered");
+    check_results(&r, dst.path(), &files);
+}
+
+/// What the hostile server sends for a large file after a good first chunk.
+#[derive(Clone, Copy)]
+enum Bad {
+    /// Bytes that are not zstd, marked compressed.
+    Garbage,
+    /// A valid zstd frame of 64 MiB of zeros: past the chunk size.
+    Bomb,
+}
+
+/// A controller whose `ferrogen.files` is hostile: `fetch` sends one good
+/// raw chunk and then a bad compressed one; `fetch_small` answers each
+/// file with bytes marked compressed that are not zstd.
+fn hostile(bad: Bad) -> (Router, Services) {
+    connect::local::set_child_program(env!("CARGO_BIN_EXE_ferrogen"));
+    let router = Router::new(RouterConfig::controller());
+    let services = Services::start(&router);
+    let r = router.clone();
+    services.register(
+        ServiceBuilder::new(FILE_SERVICE)
+            .method_then("fetch", Policy::Any, move |caller, args: FetchArgs| {
+                let r = r.clone();
+                async move {
+                    let f = std::fs::File::open(&args.path)
+                        .map_err(|e| RemoteError::Failed(e.to_string()))?;
+                    let meta =
+                        FileMeta::from_fd(&f).map_err(|e| RemoteError::Failed(e.to_string()))?;
+                    let acks = r
+                        .add_handler(None, Policy::Any, Some(caller.src_id), true)
+                        .map_err(|e| RemoteError::Failed(e.to_string()))?;
+                    let reply = FetchReply {
+                        meta: meta.clone(),
+                        ack: acks.to_sender(),
+                    };
+                    let to = args.sender;
+                    let follow: FollowUp = Box::pin(async move {
+                        let mut good = 0u64.to_be_bytes().to_vec();
+                        good.extend(vec![b'x'; CHUNK_DATA]);
+                        let mut evil = (CHUNK_DATA as u64 | COMPRESSED).to_be_bytes().to_vec();
+                        match bad {
+                            Bad::Garbage => evil.extend(random(5000, 2)),
+                            Bad::Bomb => evil.extend(
+                                zstd::bulk::compress(&vec![0u8; 64 << 20], 3).unwrap_or_default(),
+                            ),
+                        }
+                        for payload in [good, evil] {
+                            r.send(Frame::new(
+                                to.context,
+                                to.handle,
+                                Enc::Bin,
+                                Bytes::from(payload),
+                            ));
+                        }
+                        to.send_control(
+                            &r,
+                            &TransferMsg::End {
+                                size: meta.size,
+                                digest: [0; 32],
+                            },
+                        );
+                        // Keep the ack handle until the receiver gives up.
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        drop(acks);
+                    });
+                    Ok((reply, Some(follow)))
+                }
+            })
+            .method(
+                "fetch_small",
+                Policy::Any,
+                |_c, args: FetchSmallArgs| async move {
+                    let mut out = Vec::new();
+                    for p in &args.paths {
+                        let f = std::fs::File::open(p)
+                            .map_err(|e| RemoteError::Failed(e.to_string()))?;
+                        let meta = FileMeta::from_fd(&f)
+                            .map_err(|e| RemoteError::Failed(e.to_string()))?;
+                        out.push(SmallFile::Compressed {
+                            meta,
+                            data: Bytes::from(random(300, 4)),
+                            digest: [0; 32],
+                        });
+                    }
+                    Ok::<_, RemoteError>(out)
+                },
+            )
+            .build(),
+    );
+    (router, services)
+}
+
+async fn hostile_push(bad: Bad, sizes: &[usize]) -> (Vec<EntryResult>, Vec<String>) {
+    let (router, _services) = hostile(bad);
+    let a = connect::connect(&router, &ConnectSpec::new(Method::Local), None)
+        .await
+        .expect("local child starts");
+    let src = tempfile::tempdir().expect("tempdir");
+    let dst = tempfile::tempdir().expect("tempdir");
+    let mut entries = Vec::new();
+    for (i, n) in sizes.iter().enumerate() {
+        let p = src.path().join(format!("f{i}"));
+        std::fs::write(&p, text(*n, i as u64)).expect("write");
+        entries.push(file_entry(&p, &format!("f{i}")));
+    }
+    let r: Vec<EntryResult> = tokio::time::timeout(
+        Duration::from_secs(60),
+        router.call_service(a.id, TARGET_SERVICE, "push", &plan(entries, dst.path())),
+    )
+    .await
+    .expect("push ends")
+    .expect("push answered");
+    let left: Vec<String> = std::fs::read_dir(dst.path())
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    router.close_all_streams("test over");
+    (r, left)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_compressed_chunk_is_a_clear_error_and_nothing_lands() {
+    let (r, left) = hostile_push(Bad::Garbage, &[3 * CHUNK_DATA]).await;
+    assert_eq!(r.len(), 1, "{r:?}");
+    let e = r[0].error.clone().unwrap_or_default();
+    assert!(
+        e.contains(&format!(
+            "compressed chunk at offset {CHUNK_DATA} is corrupt"
+        )),
+        "{e}"
+    );
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_chunk_past_the_chunk_size_is_refused() {
+    let (r, left) = hostile_push(Bad::Bomb, &[3 * CHUNK_DATA]).await;
+    let e = r[0].error.clone().unwrap_or_default();
+    assert!(e.contains(&format!("exceeds {CHUNK_DATA} bytes")), "{e}");
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_compressed_small_files_are_errors_and_nothing_lands() {
+    let (r, left) = hostile_push(Bad::Garbage, &[1000, 2000, 3000]).await;
+    assert_eq!(r.iter().filter(|e| e.error.is_some()).count(), 3, "{r:?}");
+    for e in &r {
+        let e = e.error.clone().unwrap_or_default();
+        assert!(e.contains("compressed file is corrupt"), "{e}");
+    }
+    assert!(left.is_empty(), "{left:?}");
+}
