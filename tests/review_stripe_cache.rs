@@ -69,15 +69,19 @@ fn a_stripe_never_runs_a_cached_binary_the_bootstrap_refused() {
     // 2. ~/.cache writable by others; the binary replaced by a script.
     std::fs::set_permissions(home.join(".cache"), std::fs::Permissions::from_mode(0o777))
         .expect("chmod");
+    // Planted by rename, as another user would (writing over the file in
+    // place fails while the first push's context is still exiting: ETXTBSY).
+    let planted = cached.with_extension("planted");
     std::fs::write(
-        &cached,
+        &planted,
         format!(
             "#!/bin/sh\necho \"ran: $*\" >> {}\nexit 1\n",
             marker.display()
         ),
     )
     .expect("plant");
-    std::fs::set_permissions(&cached, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&planted, &cached).expect("plant over the cached binary");
 
     // 3. A push big enough for stripes (32 MiB).
     let big = dir.join("big");
