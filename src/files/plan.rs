@@ -921,21 +921,7 @@ impl HeldFiles {
     /// Raises this process's soft limit on open files to its hard limit
     /// (as Go's runtime does at start) and allows all but a reserve of it.
     fn from_rlimit() -> Arc<HeldFiles> {
-        use rustix::process::{Resource, getrlimit, setrlimit};
-        let mut lim = getrlimit(Resource::Nofile);
-        if lim
-            .maximum
-            .is_none_or(|max| lim.current.is_some_and(|cur| cur < max))
-        {
-            let raised = rustix::process::Rlimit {
-                current: lim.maximum,
-                maximum: lim.maximum,
-            };
-            if setrlimit(Resource::Nofile, raised).is_ok() {
-                lim = raised;
-            }
-        }
-        let limit = lim.current.unwrap_or(u64::MAX).min(1 << 20) as usize;
+        let limit = super::serve::raise_open_files_limit().min(1 << 20) as usize;
         Arc::new(HeldFiles {
             left: std::sync::atomic::AtomicUsize::new(limit.saturating_sub(FD_RESERVE)),
         })

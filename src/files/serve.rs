@@ -100,6 +100,13 @@ pub const SMALL_CALLS_PER_REQUESTER: usize = 4;
 /// process may open (raised to its hard limit first), at most 4096 — the
 /// rest is for streams and everything else.
 pub fn default_max_open() -> usize {
+    (raise_open_files_limit() / 2).clamp(16, 4096) as usize
+}
+
+/// Raises this process's soft limit on open files to its hard limit (as
+/// Go's runtime does at start) and returns the soft limit now in force
+/// (`u64::MAX` for none).
+pub(crate) fn raise_open_files_limit() -> u64 {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut lim = getrlimit(Resource::Nofile);
     if lim
@@ -114,8 +121,7 @@ pub fn default_max_open() -> usize {
             lim = raised;
         }
     }
-    let soft = lim.current.unwrap_or(u64::MAX);
-    (soft / 2).clamp(16, 4096) as usize
+    lim.current.unwrap_or(u64::MAX)
 }
 
 impl Default for FileServiceConfig {
