@@ -575,13 +575,8 @@ pub async fn apply_cancellable(
                 continue;
             };
             let ts = times(*mtime_sec, *mtime_nsec);
-            results.push(match make_symlink(target, &ts, ids_of(owner), &p) {
-                Ok(()) => EntryResult::ok(p.shown()),
-                Err(err) => EntryResult::failed(
-                    p.shown(),
-                    format!("{}: cannot create symlink: {err}", show(p.shown())),
-                ),
-            });
+            let r = make_symlink(target, &ts, ids_of(owner), &p);
+            results.push(landed(&p, "create symlink", r));
         }
     }
     // Hard links, to files now in place.
@@ -593,13 +588,7 @@ pub async fn apply_cancellable(
             let r = place_of(to)
                 .map_err(describe)
                 .and_then(|first| make_hard_link(&first, &p));
-            results.push(match r {
-                Ok(()) => EntryResult::ok(p.shown()),
-                Err(err) => EntryResult::failed(
-                    p.shown(),
-                    format!("{}: cannot create hard link: {err}", show(p.shown())),
-                ),
-            });
+            results.push(landed(&p, "create hard link", r));
         }
     }
     // Special files likewise.
@@ -618,27 +607,18 @@ pub async fn apply_cancellable(
                 continue;
             };
             let ts = times(*mtime_sec, *mtime_nsec);
-            results.push(
-                match make_special(&p, *kind, *mode, *rdev, &ts, ids_of(owner)) {
-                    Ok(()) => EntryResult::ok(p.shown()),
-                    Err(err) => EntryResult::failed(
-                        p.shown(),
-                        format!("{}: cannot create {}: {err}", show(p.shown()), kind.name()),
-                    ),
-                },
-            );
+            let r = make_special(&p, *kind, *mode, *rdev, &ts, ids_of(owner));
+            results.push(landed(&p, &format!("create {}", kind.name()), r));
         }
     }
     // 5. Directory metadata, deepest first: now that their contents are in.
     dirs.sort_by_key(|(p, ..)| std::cmp::Reverse(p.rel().components().count()));
     for (p, mode, sec, nsec, ids) in dirs {
-        results.push(match set_dir_meta(&p, mode, sec, nsec, ids) {
-            Ok(()) => EntryResult::ok(p.shown()),
-            Err(e) => EntryResult::failed(
-                p.shown(),
-                format!("{}: cannot set directory metadata: {e}", show(p.shown())),
-            ),
-        });
+        results.push(landed(
+            &p,
+            "set directory metadata",
+            set_dir_meta(&p, mode, sec, nsec, ids),
+        ));
     }
     failed_dirs.annotate(&mut results);
     collapse_alike(results)
@@ -1356,4 +1336,16 @@ fn make_symlink(
         let _ = rustix::fs::unlinkat(&dir, &tmp, rustix::fs::AtFlags::empty());
         describe(e)
     })
+}
+
+/// The result of one step on an entry: ok, or failed with
+/// "PATH: cannot WHAT: CAUSE".
+fn landed<E: std::fmt::Display>(p: &Place, what: &str, r: Result<(), E>) -> EntryResult {
+    match r {
+        Ok(()) => EntryResult::ok(p.shown()),
+        Err(err) => EntryResult::failed(
+            p.shown(),
+            format!("{}: cannot {what}: {err}", show(p.shown())),
+        ),
+    }
 }
