@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use super::target::{self, Chain, TargetArgs};
 use super::{Exit, out};
 use crate::connect::Method;
-use crate::files::plan::{EntryResult, Owner, PlanEntry, PushPlan, SpecialKind};
+use crate::files::plan::{EntryKind, EntryResult, Owner, PlanEntry, PushPlan, SpecialKind, Status};
 use crate::files::receive::ReceiveOptions;
 use crate::files::window::Sizing;
 use crate::files::{FileService, FileServiceConfig, RawPath, TARGET_SERVICE};
@@ -830,6 +830,8 @@ async fn push_all(
                         digest: None,
                         error: Some(e.clone()),
                         data_span_ns: (0, 0),
+                        status: Status::Failed,
+                        kind: EntryKind::Other,
                     }],
                     host,
                     context: String::new(),
@@ -878,6 +880,8 @@ async fn push_all(
                     digest: None,
                     error: Some(format!("internal error: {e}")),
                     data_span_ns: (0, 0),
+                    status: Status::Failed,
+                    kind: EntryKind::Other,
                 }],
                 seconds: 0.0,
             }),
@@ -1004,6 +1008,8 @@ async fn push_one(
                     digest: None,
                     error: Some(e),
                     data_span_ns: (0, 0),
+                    status: Status::Failed,
+                    kind: EntryKind::Other,
                 }],
                 host,
                 context: String::new(),
@@ -1042,6 +1048,8 @@ async fn push_one(
                 digest: None,
                 error: Some(msg),
                 data_span_ns: (0, 0),
+                status: Status::Failed,
+                kind: EntryKind::Other,
             }]
         }
     };

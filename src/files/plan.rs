@@ -235,6 +235,78 @@ pub struct EntryResult {
     pub error: Option<String>,
     /// When the first and last data frames arrived (Unix ns; files only).
     pub data_span_ns: (u64, u64),
+    /// What happened to the entry.
+    pub status: Status,
+    /// What kind of entry it is.
+    pub kind: EntryKind,
+}
+
+/// What a push did to one entry (Ansible's `changed` is any of
+/// [`Status::Created`], [`Status::Changed`] or [`Status::Deleted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// It did not exist and was created.
+    Created,
+    /// It existed and was replaced or its metadata updated.
+    Changed,
+    /// It already matched the source: nothing was done.
+    Unchanged,
+    /// It was removed (`--delete`).
+    Deleted,
+    /// It was not copied (a special file without `--specials`, say).
+    Skipped,
+    /// It could not be done; see `error`.
+    Failed,
+}
+
+impl Status {
+    /// In words, as in `--json` and the summary.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Changed => "changed",
+            Status::Unchanged => "unchanged",
+            Status::Deleted => "deleted",
+            Status::Skipped => "skipped",
+            Status::Failed => "failed",
+        }
+    }
+
+    /// Whether the destination was (or, in a dry run, would be) modified.
+    pub fn is_change(self) -> bool {
+        matches!(self, Status::Created | Status::Changed | Status::Deleted)
+    }
+}
+
+/// The kind of an entry, as in `--json` and the itemised list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// Another name of a file (`--hard-links`).
+    HardLink,
+    /// A FIFO, socket or device node.
+    Special,
+    /// Not one entry: the destination as a whole, or a group of entries.
+    Other,
+}
+
+impl EntryKind {
+    /// In words, as in `--json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EntryKind::File => "file",
+            EntryKind::Dir => "dir",
+            EntryKind::Symlink => "symlink",
+            EntryKind::HardLink => "hardlink",
+            EntryKind::Special => "special",
+            EntryKind::Other => "other",
+        }
+    }
 }
 
 impl EntryResult {
@@ -248,10 +320,13 @@ impl EntryResult {
             digest: None,
             error: Some(error),
             data_span_ns: (0, 0),
+            status: Status::Failed,
+            kind: EntryKind::Other,
         }
     }
 
-    fn ok(path: &Path) -> EntryResult {
+    /// The result of an entry that succeeded with `status`.
+    pub fn done(path: &Path, kind: EntryKind, status: Status) -> EntryResult {
         EntryResult {
             path: show(path),
             path_bytes: raw_if_not_utf8(path),
@@ -260,7 +335,15 @@ impl EntryResult {
             digest: None,
             error: None,
             data_span_ns: (0, 0),
+            status,
+            kind,
         }
+    }
+
+    /// The same result, said to be of `kind`.
+    pub fn of_kind(mut self, kind: EntryKind) -> EntryResult {
+        self.kind = kind;
+        self
     }
 }
 
@@ -576,7 +659,13 @@ pub async fn apply_cancellable(
             };
             let ts = times(*mtime_sec, *mtime_nsec);
             let r = make_symlink(target, &ts, ids_of(owner), &p);
-            results.push(landed(&p, "create symlink", r));
+            results.push(landed(
+                &p,
+                EntryKind::Symlink,
+                Status::Created,
+                "create symlink",
+                r,
+            ));
         }
     }
     // Hard links, to files now in place.
@@ -588,7 +677,13 @@ pub async fn apply_cancellable(
             let r = place_of(to)
                 .map_err(describe)
                 .and_then(|first| make_hard_link(&first, &p));
-            results.push(landed(&p, "create hard link", r));
+            results.push(landed(
+                &p,
+                EntryKind::HardLink,
+                Status::Created,
+                "create hard link",
+                r,
+            ));
         }
     }
     // Special files likewise.
@@ -608,7 +703,13 @@ pub async fn apply_cancellable(
             };
             let ts = times(*mtime_sec, *mtime_nsec);
             let r = make_special(&p, *kind, *mode, *rdev, &ts, ids_of(owner));
-            results.push(landed(&p, &format!("create {}", kind.name()), r));
+            results.push(landed(
+                &p,
+                EntryKind::Special,
+                Status::Created,
+                &format!("create {}", kind.name()),
+                r,
+            ));
         }
     }
     // 5. Directory metadata, deepest first: now that their contents are in.
@@ -616,6 +717,8 @@ pub async fn apply_cancellable(
     for (p, mode, sec, nsec, ids) in dirs {
         results.push(landed(
             &p,
+            EntryKind::Dir,
+            Status::Created,
             "set directory metadata",
             set_dir_meta(&p, mode, sec, nsec, ids),
         ));
@@ -1101,6 +1204,8 @@ fn file_ok(path: &Path, s: &Summary) -> EntryResult {
         digest: Some(hex(&s.digest)),
         error: None,
         data_span_ns: s.span,
+        status: Status::Created,
+        kind: EntryKind::File,
     }
 }
 
@@ -1340,12 +1445,19 @@ fn make_symlink(
 
 /// The result of one step on an entry: ok, or failed with
 /// "PATH: cannot WHAT: CAUSE".
-fn landed<E: std::fmt::Display>(p: &Place, what: &str, r: Result<(), E>) -> EntryResult {
+fn landed<E: std::fmt::Display>(
+    p: &Place,
+    kind: EntryKind,
+    status: Status,
+    what: &str,
+    r: Result<(), E>,
+) -> EntryResult {
     match r {
-        Ok(()) => EntryResult::ok(p.shown()),
+        Ok(()) => EntryResult::done(p.shown(), kind, status),
         Err(err) => EntryResult::failed(
             p.shown(),
             format!("{}: cannot {what}: {err}", show(p.shown())),
-        ),
+        )
+        .of_kind(kind),
     }
 }
