@@ -34,6 +34,7 @@ fn plan(src: &Path, dest: &Path) -> PushPlan {
             preserve_owner: false,
         },
         parallel: 8,
+        dry_run: false,
     }
 }
 

@@ -31,6 +31,7 @@ fn plan(entries: Vec<PlanEntry>, dest: &Path) -> PushPlan {
         entries,
         options: ReceiveOptions::default(),
         parallel: 8,
+        dry_run: false,
     }
 }
 

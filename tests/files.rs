@@ -21,6 +21,7 @@ fn plan(entries: Vec<PlanEntry>, dest: &Path, into_dir: bool) -> PushPlan {
         entries,
         options: ReceiveOptions::default(),
         parallel: 8,
+        dry_run: false,
     }
 }
 

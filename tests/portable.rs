@@ -172,6 +172,7 @@ async fn push_owned(
             ..ReceiveOptions::default()
         },
         parallel: 4,
+        dry_run: false,
     };
     router
         .call_service(ctx, TARGET_SERVICE, "push", &plan)

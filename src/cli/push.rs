@@ -94,6 +94,10 @@ pub struct PushArgs {
     /// Targets pushed to at once.
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = at_least_one)]
     pub fanout: usize,
+    /// Report what a push would do (each entry created, changed,
+    /// unchanged or deleted) and change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
     /// Print one JSON object per file and target instead of text.
     #[arg(long)]
     pub json: bool,
@@ -431,6 +435,7 @@ impl Sources {
                 preserve_owner: args.owner,
             },
             parallel: args.parallel,
+            dry_run: args.dry_run,
         }
     }
 }

@@ -214,6 +214,8 @@ pub struct PushPlan {
     pub options: ReceiveOptions,
     /// Files received at once.
     pub parallel: u32,
+    /// Report what a push would do, changing nothing (`-n/--dry-run`).
+    pub dry_run: bool,
 }
 
 /// The outcome for one entry.
