@@ -28,6 +28,7 @@ fn plan(src: &Path, dest: &Path) -> PushPlan {
             src: src.to_str().expect("utf8").into(),
             rel: "blob".into(),
             size: std::fs::metadata(src).map(|m| m.len()).unwrap_or(0),
+            stamp: None,
         }],
         options: ReceiveOptions {
             fsync: false,
@@ -35,6 +36,7 @@ fn plan(src: &Path, dest: &Path) -> PushPlan {
         },
         parallel: 8,
         dry_run: false,
+        compare: Default::default(),
     }
 }
 

@@ -32,6 +32,7 @@ fn plan(entries: Vec<PlanEntry>, dest: &Path) -> PushPlan {
         options: ReceiveOptions::default(),
         parallel: 8,
         dry_run: false,
+        compare: Default::default(),
     }
 }
 
@@ -40,6 +41,7 @@ fn file_entry(src: &Path, rel: &str) -> PlanEntry {
         src: src.to_str().expect("utf8").into(),
         rel: rel.into(),
         size: std::fs::metadata(src).map(|m| m.len()).unwrap_or(0),
+        stamp: None,
     }
 }
 

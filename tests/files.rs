@@ -22,6 +22,7 @@ fn plan(entries: Vec<PlanEntry>, dest: &Path, into_dir: bool) -> PushPlan {
         options: ReceiveOptions::default(),
         parallel: 8,
         dry_run: false,
+        compare: Default::default(),
     }
 }
 
@@ -30,6 +31,7 @@ fn file_entry(src: &Path, rel: &str) -> PlanEntry {
         src: src.into(),
         rel: rel.into(),
         size: std::fs::metadata(src).map(|m| m.len()).unwrap_or(0),
+        stamp: None,
     }
 }
 

@@ -165,6 +165,7 @@ async fn push_owned(
                 src: src.as_path().into(),
                 rel: (*rel).into(),
                 size: std::fs::metadata(src).expect("source").len(),
+                stamp: None,
             })
             .collect(),
         options: ReceiveOptions {
@@ -173,6 +174,7 @@ async fn push_owned(
         },
         parallel: 4,
         dry_run: false,
+        compare: Default::default(),
     };
     router
         .call_service(ctx, TARGET_SERVICE, "push", &plan)

@@ -193,7 +193,7 @@ fn json_reports_each_file_and_failures_set_the_exit_status() {
         .iter()
         .find(|v| v["path"].as_str().is_some_and(|p| p.ends_with("low.bin")))
         .expect("a line for low.bin");
-    assert_eq!(low["status"], "ok");
+    assert_eq!(low["status"], "created");
     assert_eq!(low["bytes"], 300_000);
     assert_eq!(
         low["digest"].as_str(),
@@ -216,7 +216,7 @@ fn json_reports_each_file_and_failures_set_the_exit_status() {
             .expect("a line"),
     )
     .expect("json");
-    assert_eq!(line["status"], "error");
+    assert_eq!(line["status"], "failed");
     let err = line["error"].as_str().expect("error text");
     assert!(
         err.contains("no/such/dir/f") && err.contains("No such file"),

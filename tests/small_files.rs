@@ -33,6 +33,7 @@ fn entry(src: &Path, rel: &str, hint: u64) -> PlanEntry {
         src: s(src).into(),
         rel: rel.into(),
         size: hint,
+        stamp: None,
     }
 }
 
@@ -45,6 +46,7 @@ fn plan(entries: Vec<PlanEntry>, dest: &Path) -> PushPlan {
         options: ReceiveOptions::default(),
         parallel: 8,
         dry_run: false,
+        compare: Default::default(),
     }
 }
 
@@ -357,4 +359,47 @@ async fn a_receiver_killed_mid_push_leaves_no_file_at_all() {
         names.len(),
         names.first()
     );
+}
+
+/// `digests` (for `--checksum`) hashes registered files only, and refuses
+/// a call naming more than its cap of paths before reading any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digests_are_of_registered_files_only_and_capped_per_call() {
+    use ferrogen::files::{DigestArgs, FILE_SERVICE, FileDigest, MAX_DIGEST_PATHS};
+    let c = ctl();
+    let src = tempfile::tempdir().expect("tempdir");
+    let f = src.path().join("f");
+    std::fs::write(&f, bytes(70_000, 9)).expect("write");
+    c.fs.register_prefix(s(src.path())).expect("register");
+    let args = DigestArgs {
+        paths: vec![
+            s(&f).into(),
+            "/etc/passwd".into(),
+            s(src.path()).into(),
+            s(&src.path().join("missing")).into(),
+        ],
+    };
+    let me = c.router.id();
+    let got: Vec<FileDigest> = c
+        .router
+        .call_service(me, FILE_SERVICE, "digests", &args)
+        .await
+        .expect("digests answered");
+    assert_eq!(got.len(), 4);
+    assert_eq!(
+        got[0],
+        FileDigest::Digest(*blake3::hash(&bytes(70_000, 9)).as_bytes())
+    );
+    for (i, d) in got.iter().enumerate().skip(1) {
+        assert!(matches!(d, FileDigest::Failed(_)), "path {i}: {d:?}");
+    }
+    let too_many = DigestArgs {
+        paths: vec![s(&f).into(); MAX_DIGEST_PATHS + 1],
+    };
+    let r: Result<Vec<FileDigest>, _> = c
+        .router
+        .call_service(me, FILE_SERVICE, "digests", &too_many)
+        .await;
+    let e = r.expect_err("over the cap is refused").to_string();
+    assert!(e.contains("at most"), "{e}");
 }

@@ -63,12 +63,13 @@ impl Pushed {
             .join("\n")
     }
 
-    /// Every `--json` line.
+    /// Every `--json` entry line (not the per-target summaries).
     fn lines(&self) -> Vec<Value> {
         self.stdout
             .lines()
             .filter(|l| l.starts_with('{'))
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
+            .filter(|v: &Value| v["summary"] != true)
             .collect()
     }
 
@@ -104,7 +105,11 @@ impl Pushed {
         let lines = self.lines();
         assert!(!lines.is_empty(), "no JSON lines: {}", self.describe());
         for l in lines {
-            assert_eq!(l["status"], "ok", "{l}\n{}", self.describe());
+            assert!(
+                ["created", "changed", "unchanged"].contains(&l["status"].as_str().unwrap_or("")),
+                "{l}\n{}",
+                self.describe()
+            );
             assert!(l["error"].is_null(), "{l}");
         }
     }
@@ -993,10 +998,12 @@ async fn an_ssh_a_sudo_and_a_proxied_context_on_one_stream_receive_one_at_a_time
                 src: s(&src).into(),
                 rel: "large.bin".into(),
                 size: std::fs::metadata(&src).expect("source").len(),
+                stamp: None,
             }],
             options: ReceiveOptions::default(),
             parallel: 8,
             dry_run: false,
+            compare: Default::default(),
         };
         let (r, id, name) = (router.clone(), ctx.id, ctx.name.clone());
         calls.push(tokio::spawn(async move {
@@ -1144,7 +1151,7 @@ fn ssh_killed_mid_transfer_fails_that_host_only_and_leaves_no_temp_file() {
     // The victim fails, naming its context.
     let v = r.of(sshd::SUDOER);
     assert_eq!(v.len(), 1, "{}", r.describe());
-    assert_eq!(v[0]["status"], "error");
+    assert_eq!(v[0]["status"], "failed");
     let e = v[0]["error"].as_str().unwrap_or_default();
     eprintln!("[{}] error: {e}", sshd::SUDOER);
     assert!(e.contains("ssh.fgsudo"), "{e}");
@@ -1167,7 +1174,7 @@ fn ssh_killed_mid_transfer_fails_that_host_only_and_leaves_no_temp_file() {
     // The other host carried on.
     let o = r.of("root");
     assert_eq!(o.len(), 1, "{}", r.describe());
-    assert_eq!(o[0]["status"], "ok", "{}", o[0]);
+    assert_eq!(o[0]["status"], "created", "{}", o[0]);
     assert_eq!(o[0]["digest"], digest(&big));
     assert_eq!(listing(&other_dir), ["big.bin"]);
     // The victim's receiver is gone and left nothing behind.

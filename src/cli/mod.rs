@@ -85,6 +85,8 @@ pub fn main() -> i32 {
                 err.exit();
             }
             let filter = init_logging(cli.verbose);
+            // -v lists what changed, as rsync's -v does.
+            args.itemize = args.itemize.max(cli.verbose.min(2));
             run_async(push::run(args, filter)).code()
         }
         Command::Completions(args) => generate::completions(&args, Cli::command()).code(),

@@ -62,6 +62,7 @@ pub mod receive;
 pub mod registry;
 pub mod serve;
 pub mod turns;
+pub mod uptodate;
 pub mod window;
 
 use serde::{Deserialize, Serialize};
@@ -293,6 +294,26 @@ pub enum SmallFile {
         /// BLAKE3 digest of the file's bytes (not of `data`).
         digest: [u8; 32],
     },
+}
+
+/// Arguments of `digests`: registered files whose BLAKE3 digests the
+/// caller wants (`--checksum`), at most [`MAX_DIGEST_PATHS`] of them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DigestArgs {
+    /// Absolute paths of registered files.
+    pub paths: Vec<RawPath>,
+}
+
+/// Most paths one `digests` call may name.
+pub const MAX_DIGEST_PATHS: usize = 1024;
+
+/// One file of a `digests` reply (in request order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileDigest {
+    /// The BLAKE3 digest of the file's bytes as read.
+    Digest([u8; 32]),
+    /// Refused (unregistered, not a regular file) or unreadable: why.
+    Failed(String),
 }
 
 /// A cumulative acknowledgement: `received` bytes of the transfer have been

@@ -50,7 +50,11 @@ use super::RawPath;
 use super::place::{Place, Root, describe, plain, show};
 use super::receive::{self, PendingFile, ReceiveOptions, TempFiles};
 use super::serve::SMALL_BATCH_BYTES;
-use super::{FILE_SERVICE, FetchSmallArgs, SMALL_FILE_MAX, SmallFile, TARGET_SERVICE, hex};
+use super::uptodate::{self, Fixes, Found, Verdict, after_hash, file_verdict, look_at};
+use super::{
+    DigestArgs, FILE_SERVICE, FetchSmallArgs, FileDigest, SMALL_FILE_MAX, SmallFile,
+    TARGET_SERVICE, hex,
+};
 use crate::call::RemoteError;
 use crate::router::{Policy, Router};
 use crate::service::{ServiceBuilder, Services};
@@ -82,6 +86,10 @@ pub enum PlanEntry {
         /// before it is fetched): files that looked small are fetched many
         /// to a call.
         size: u64,
+        /// Modification time, mode and owner when the plan was made: what
+        /// the quick check compares with the destination. `None`: unknown,
+        /// the file is always sent.
+        stamp: Option<Stamp>,
     },
     /// A symbolic link.
     Symlink {
@@ -121,6 +129,34 @@ pub enum PlanEntry {
         /// Owner, applied with `--owner`.
         owner: Option<Owner>,
     },
+}
+
+/// A regular file's modification time, mode and owner as the plan saw
+/// them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    /// Modification time, seconds.
+    pub mtime_sec: i64,
+    /// Modification time, nanoseconds.
+    pub mtime_nsec: u32,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner, compared and applied with `--owner`.
+    pub owner: Option<Owner>,
+}
+
+/// How a target decides that a file at the destination is already the
+/// source's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Compare {
+    /// Same size and modification time (to the nanosecond): rsync's quick
+    /// check.
+    #[default]
+    QuickCheck,
+    /// Same size and BLAKE3 digest (`-c/--checksum`): both sides hash.
+    Checksum,
+    /// Never: every file is sent (`-I/--ignore-times`).
+    IgnoreTimes,
 }
 
 /// Who owns an entry: by name, and by number where the name does not
@@ -216,6 +252,9 @@ pub struct PushPlan {
     pub parallel: u32,
     /// Report what a push would do, changing nothing (`-n/--dry-run`).
     pub dry_run: bool,
+    /// How files already at the destination are compared with the source.
+    #[serde(default)]
+    pub compare: Compare,
 }
 
 /// The outcome for one entry.
@@ -241,6 +280,28 @@ pub struct EntryResult {
     pub status: Status,
     /// What kind of entry it is.
     pub kind: EntryKind,
+    /// What differed (for [`Status::Changed`]): [`changes`] flags.
+    #[serde(default)]
+    pub changes: u8,
+}
+
+/// What differed about an entry that was changed, as flags of
+/// [`EntryResult::changes`] (rsync's itemised `s`, `t`, `p`, `o`, `g`, `c`).
+pub mod changes {
+    /// Its data was sent (the file differed, or was not there).
+    pub const CONTENT: u8 = 1;
+    /// Its size differed.
+    pub const SIZE: u8 = 1 << 1;
+    /// Its modification time differed.
+    pub const TIME: u8 = 1 << 2;
+    /// Its permission bits differed.
+    pub const PERMS: u8 = 1 << 3;
+    /// Its owner differed.
+    pub const OWNER: u8 = 1 << 4;
+    /// Its group differed.
+    pub const GROUP: u8 = 1 << 5;
+    /// Its type differed (a file where a directory was, a symlink's target).
+    pub const TYPE: u8 = 1 << 6;
 }
 
 /// What a push did to one entry (Ansible's `changed` is any of
@@ -324,6 +385,7 @@ impl EntryResult {
             data_span_ns: (0, 0),
             status: Status::Failed,
             kind: EntryKind::Other,
+            changes: 0,
         }
     }
 
@@ -339,7 +401,14 @@ impl EntryResult {
             data_span_ns: (0, 0),
             status,
             kind,
+            changes: 0,
         }
+    }
+
+    /// The same result, with `changes` flags.
+    pub fn with_changes(mut self, changes: u8) -> EntryResult {
+        self.changes = changes;
+        self
     }
 
     /// The same result, said to be of `kind`.
@@ -428,6 +497,8 @@ pub async fn apply_cancellable(
     cancel: &AtomicBool,
 ) -> Vec<EntryResult> {
     let dest = plan.dest.as_path().to_path_buf();
+    let started = Instant::now();
+    tracing::debug!("push of {} entries to {}", plan.entries.len(), show(&dest));
     for e in &plan.entries {
         let rel = match e {
             PlanEntry::Dir { rel, .. }
@@ -446,6 +517,10 @@ pub async fn apply_cancellable(
                 format!("refusing entry with unsafe relative path {rel:?}"),
             )];
         }
+    }
+    if plan.dry_run && plan.into_dir && std::fs::symlink_metadata(&dest).is_err() {
+        // Nothing there yet: everything would be created, DEST first.
+        return all_new(&plan, &dest);
     }
     let (root, top) = match open_root(&plan, &dest) {
         Ok(r) => r,
@@ -472,7 +547,8 @@ pub async fn apply_cancellable(
 
     let mut results = Vec::new();
     let mut failed_dirs = FailedDirs::default();
-    let mut dirs: Vec<(Place, u32, i64, u32, Ids)> = Vec::new();
+    #[allow(clippy::type_complexity)]
+    let mut dirs: Vec<(Place, u32, i64, u32, Ids, Status, u8)> = Vec::new();
     let ids_of = |owner: &Option<Owner>| -> Ids {
         owner
             .as_ref()
@@ -506,33 +582,173 @@ pub async fn apply_cancellable(
             // DEST itself is the user's: a non-directory there is refused
             // (as `cp` does), not replaced.
             let is_dest = top.is_some() && !rel.as_bytes().contains(&b'/');
-            match make_dir(&p, is_dest) {
-                Ok(()) => dirs.push((p, *mode, *mtime_sec, *mtime_nsec, ids_of(owner))),
+            let ids = ids_of(owner);
+            let made = if plan.dry_run {
+                look_at(&p).map_err(describe).and_then(|f| match f {
+                    Some(f) if is_dest && f.kind != rustix::fs::FileType::Directory => {
+                        Err("exists and is not a directory".to_string())
+                    }
+                    f => Ok(f),
+                })
+            } else {
+                make_dir(&p, is_dest)
+            };
+            match made {
+                Ok(before) => {
+                    let (status, changed) =
+                        dir_status(before.as_ref(), *mode, *mtime_sec, *mtime_nsec, ids);
+                    if plan.dry_run {
+                        results.push(
+                            EntryResult::done(p.shown(), EntryKind::Dir, status)
+                                .with_changes(changed),
+                        );
+                    } else {
+                        dirs.push((p, *mode, *mtime_sec, *mtime_nsec, ids, status, changed));
+                    }
+                }
                 Err(err) => {
                     failed_dirs.insert(&p, results.len());
-                    results.push(EntryResult::failed(
-                        p.shown(),
-                        format!("{}: cannot create directory: {err}", show(p.shown())),
-                    ));
+                    results.push(
+                        EntryResult::failed(
+                            p.shown(),
+                            format!("{}: cannot create directory: {err}", show(p.shown())),
+                        )
+                        .of_kind(EntryKind::Dir),
+                    );
                 }
             }
         }
     }
-    // 3. Files, concurrently: small ones many to a call, the rest one by one.
-    let mut files: Vec<FileJob> = Vec::new();
+    // 3. Files, concurrently: small ones many to a call, the rest one by
+    //    one — those the destination does not already hold.
+    let mut wanted: Vec<(Place, &RawPath, u64, Option<&Stamp>)> = Vec::new();
     for e in &plan.entries {
-        if let PlanEntry::File { src, rel, size } = e {
+        if let PlanEntry::File {
+            src,
+            rel,
+            size,
+            stamp,
+        } = e
+        {
             let Some(place) = failed_dirs.admit(place_of(rel), &root, &mut results) else {
                 continue;
             };
-            files.push(FileJob {
+            wanted.push((place, src, *size, stamp.as_ref()));
+        }
+    }
+    let file_ids = |stamp: Option<&Stamp>| -> Ids { stamp.and_then(|s| ids_of(&s.owner)) };
+    let places: Vec<Place> = wanted.iter().map(|(p, ..)| p.clone()).collect();
+    let looking = Instant::now();
+    let seen = match look_parallel(places).await {
+        Ok(seen) => seen,
+        Err(e) => {
+            results.push(EntryResult::failed(&dest, e));
+            return results;
+        }
+    };
+    tracing::debug!(
+        "looked at {} destinations in {:?}",
+        seen.len(),
+        looking.elapsed()
+    );
+    let mut files: Vec<FileJob> = Vec::new();
+    let mut to_hash: Vec<ToHash> = Vec::new();
+    for ((place, src, size, stamp), seen) in wanted.into_iter().zip(seen) {
+        let found = match seen {
+            Ok(f) => f,
+            Err(e) => {
+                let shown = show(place.shown());
+                results.push(
+                    EntryResult::failed(
+                        place.shown(),
+                        format!("{shown}: cannot look at it: {}", describe(e)),
+                    )
+                    .of_kind(EntryKind::File),
+                );
+                continue;
+            }
+        };
+        let ids = file_ids(stamp);
+        if found.is_some_and(|f| f.kind == rustix::fs::FileType::Directory) && !is_empty_dir(&place)
+        {
+            // rsync refuses too (without --force or --delete).
+            let shown = show(place.shown());
+            results.push(
+                EntryResult::failed(
+                    place.shown(),
+                    format!("{shown}: cannot replace a directory that is not empty with a file"),
+                )
+                .of_kind(EntryKind::File),
+            );
+            continue;
+        }
+        match file_verdict(plan.compare, size, stamp, ids, found.as_ref()) {
+            Verdict::Send {
+                existed,
+                changes: what,
+            } => files.push(FileJob {
                 index: files.len(),
                 src: src.clone(),
                 place,
-                size: *size,
-            });
+                size,
+                status: if existed {
+                    Status::Changed
+                } else {
+                    Status::Created
+                },
+                changes: what,
+            }),
+            Verdict::Keep(fixes) => results.push(keep(&place, &fixes, plan.dry_run)),
+            Verdict::Hash => {
+                if let Some(found) = found {
+                    to_hash.push((place, src.clone(), stamp.cloned(), ids, found, size));
+                }
+            }
         }
     }
+    if !to_hash.is_empty() {
+        let same = checksums(router, plan.server, &to_hash).await;
+        for ((place, src, stamp, ids, found, size), same) in to_hash.into_iter().zip(same) {
+            match same.map(|same| after_hash(same, stamp.as_ref(), ids, &found)) {
+                Ok(Verdict::Keep(fixes)) => results.push(keep(&place, &fixes, plan.dry_run)),
+                Ok(v @ (Verdict::Send { .. } | Verdict::Hash)) => files.push(FileJob {
+                    index: files.len(),
+                    src,
+                    place,
+                    size,
+                    status: Status::Changed,
+                    changes: match v {
+                        Verdict::Send { changes: what, .. } => what,
+                        _ => changes::CONTENT,
+                    },
+                }),
+                Err(e) => results.push(
+                    EntryResult::failed(place.shown(), format!("{}: {e}", show(place.shown())))
+                        .of_kind(EntryKind::File),
+                ),
+            }
+        }
+    }
+    if plan.dry_run {
+        for f in files {
+            let mut r = EntryResult::done(f.place.shown(), EntryKind::File, f.status)
+                .with_changes(f.changes);
+            r.bytes = f.size;
+            results.push(r);
+        }
+        links_and_specials(
+            &plan,
+            &place_of,
+            &root,
+            &mut failed_dirs,
+            &mut results,
+            &ids_of,
+            true,
+        );
+        failed_dirs.annotate(&mut results);
+        return collapse_alike(results);
+    }
+    let how: Vec<(Status, u8)> = files.iter().map(|f| (f.status, f.changes)).collect();
     let single = files.len() == 1;
     let (small, large): (Vec<FileJob>, Vec<FileJob>) = files
         .into_iter()
@@ -616,7 +832,7 @@ pub async fn apply_cancellable(
             Err(e) => Some(format!("internal error syncing: {e}")),
         };
     }
-    results.extend(put_in_place(outcomes, sync_error.clone()).await);
+    results.extend(put_in_place(outcomes, sync_error.clone(), &how).await);
     if plan.options.fsync && sync_error.is_none() {
         let root = root.clone();
         let synced = tokio::task::spawn_blocking(move || {
@@ -645,87 +861,41 @@ pub async fn apply_cancellable(
         results.push(cancelled(&dest));
         return results;
     }
-    // Symlinks, once the files are in: like them, an existing entry is
-    // replaced only when the push is final.
-    for e in &plan.entries {
-        if let PlanEntry::Symlink {
-            rel,
-            target,
-            mtime_sec,
-            mtime_nsec,
-            owner,
-        } = e
-        {
-            let Some(p) = failed_dirs.admit(place_of(rel), &root, &mut results) else {
-                continue;
-            };
-            let ts = times(*mtime_sec, *mtime_nsec);
-            let r = make_symlink(target, &ts, ids_of(owner), &p);
-            results.push(landed(
-                &p,
-                EntryKind::Symlink,
-                Status::Created,
-                "create symlink",
-                r,
-            ));
-        }
-    }
-    // Hard links, to files now in place.
-    for e in &plan.entries {
-        if let PlanEntry::HardLink { rel, to } = e {
-            let Some(p) = failed_dirs.admit(place_of(rel), &root, &mut results) else {
-                continue;
-            };
-            let r = place_of(to)
-                .map_err(describe)
-                .and_then(|first| make_hard_link(&first, &p));
-            results.push(landed(
-                &p,
-                EntryKind::HardLink,
-                Status::Created,
-                "create hard link",
-                r,
-            ));
-        }
-    }
-    // Special files likewise.
-    for e in &plan.entries {
-        if let PlanEntry::Special {
-            rel,
-            kind,
-            mode,
-            rdev,
-            mtime_sec,
-            mtime_nsec,
-            owner,
-        } = e
-        {
-            let Some(p) = failed_dirs.admit(place_of(rel), &root, &mut results) else {
-                continue;
-            };
-            let ts = times(*mtime_sec, *mtime_nsec);
-            let r = make_special(&p, *kind, *mode, *rdev, &ts, ids_of(owner));
-            results.push(landed(
-                &p,
-                EntryKind::Special,
-                Status::Created,
-                &format!("create {}", kind.name()),
-                r,
-            ));
-        }
-    }
+    // Symlinks, hard links and special files, once the files are in: like
+    // them, an existing entry is replaced only when the push is final.
+    links_and_specials(
+        &plan,
+        &place_of,
+        &root,
+        &mut failed_dirs,
+        &mut results,
+        &ids_of,
+        false,
+    );
     // 5. Directory metadata, deepest first: now that their contents are in.
     dirs.sort_by_key(|(p, ..)| std::cmp::Reverse(p.rel().components().count()));
-    for (p, mode, sec, nsec, ids) in dirs {
-        results.push(landed(
+    for (p, mode, sec, nsec, ids, status, changed) in dirs {
+        // Only what differs now (entries landing in it changed its
+        // mtime): a directory that matches is not touched, not even its
+        // ctime.
+        let now = look_at(&p).ok().flatten();
+        let needed =
+            now.is_none_or(|f| !Fixes::needed(&f, mode, Some((sec, nsec)), ids).is_empty());
+        let r = landed(
             &p,
             EntryKind::Dir,
-            Status::Created,
+            status,
             "set directory metadata",
-            set_dir_meta(&p, mode, sec, nsec, ids),
-        ));
+            if needed {
+                set_dir_meta(&p, mode, sec, nsec, ids)
+            } else {
+                Ok(())
+            },
+        );
+        results.push(r.with_changes(changed));
     }
     failed_dirs.annotate(&mut results);
+    tracing::debug!("push applied in {:?}", started.elapsed());
     collapse_alike(results)
 }
 
@@ -880,25 +1050,27 @@ impl FailedDirs {
 /// accepts the directory already there. Anything else there — a symlink
 /// or a file — is replaced by a directory, as `rsync -a` does, unless
 /// it is DEST itself (`is_dest`). Never follows a symlink.
-fn make_dir(p: &Place, is_dest: bool) -> Result<(), String> {
+fn make_dir(p: &Place, is_dest: bool) -> Result<Option<Found>, String> {
     use rustix::fs::{AtFlags, FileType, Mode};
     let dir = p.open_parent().map_err(describe)?;
     let private = Mode::from_raw_mode(0o700);
     match rustix::fs::mkdirat(&dir, p.name(), private) {
-        Ok(()) => return Ok(()),
+        Ok(()) => return Ok(None),
         Err(rustix::io::Errno::EXIST) => {}
         Err(e) => return Err(describe(e)),
     }
     let st = rustix::fs::statat(&dir, p.name(), AtFlags::SYMLINK_NOFOLLOW).map_err(describe)?;
+    let before = Found::of(&st);
     if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-        return Ok(());
+        return Ok(Some(before));
     }
     if is_dest {
         return Err("exists and is not a directory".into());
     }
     rustix::fs::unlinkat(&dir, p.name(), AtFlags::empty())
         .map_err(|e| format!("cannot replace the non-directory there: {}", describe(e)))?;
-    rustix::fs::mkdirat(&dir, p.name(), private).map_err(describe)
+    rustix::fs::mkdirat(&dir, p.name(), private).map_err(describe)?;
+    Ok(Some(before))
 }
 
 /// Opens the directory `rel` beneath `root` for fsync or syncfs (an
@@ -980,6 +1152,10 @@ struct FileJob {
     src: RawPath,
     place: Place,
     size: u64,
+    /// Created or Changed, once it lands.
+    status: Status,
+    /// What differed ([`changes`] flags).
+    changes: u8,
 }
 
 /// A file's outcome: its plan index, destination, and result.
@@ -1197,7 +1373,7 @@ struct Summary {
     span: (u64, u64),
 }
 
-fn file_ok(path: &Path, s: &Summary) -> EntryResult {
+fn file_ok(path: &Path, s: &Summary, status: Status, changed: u8) -> EntryResult {
     EntryResult {
         path: show(path),
         path_bytes: raw_if_not_utf8(path),
@@ -1206,8 +1382,9 @@ fn file_ok(path: &Path, s: &Summary) -> EntryResult {
         digest: Some(hex(&s.digest)),
         error: None,
         data_span_ns: s.span,
-        status: Status::Created,
+        status,
         kind: EntryKind::File,
+        changes: changed,
     }
 }
 
@@ -1218,21 +1395,36 @@ const RENAME_THREADS: usize = 2;
 
 /// Renames every pending file over its destination (unless the batched
 /// sync failed) and turns every outcome into a result, in plan order.
-async fn put_in_place(outcomes: Vec<Outcome>, sync_error: Option<String>) -> Vec<EntryResult> {
+async fn put_in_place(
+    outcomes: Vec<Outcome>,
+    sync_error: Option<String>,
+    how: &[(Status, u8)],
+) -> Vec<EntryResult> {
+    // Each file's status, by its index among the files sent.
+    let outcomes: Vec<(Outcome, (Status, u8))> = outcomes
+        .into_iter()
+        .map(|o| {
+            let h = how
+                .get(o.0)
+                .copied()
+                .unwrap_or((Status::Created, changes::CONTENT));
+            (o, h)
+        })
+        .collect();
     let per_thread = outcomes.len().div_ceil(RENAME_THREADS).max(1);
     let mut parts = Vec::new();
     let mut rest = outcomes.into_iter();
     loop {
-        let part: Vec<Outcome> = rest.by_ref().take(per_thread).collect();
+        let part: Vec<(Outcome, (Status, u8))> = rest.by_ref().take(per_thread).collect();
         if part.is_empty() {
             break;
         }
         let sync_error = sync_error.clone();
         parts.push(tokio::task::spawn_blocking(move || {
             part.into_iter()
-                .map(|(_, place, r)| (place.shown().to_path_buf(), r))
-                .map(|(path, r)| match r {
-                    Ok(Done::Committed(s)) => file_ok(&path, &s),
+                .map(|((_, place, r), how)| (place.shown().to_path_buf(), r, how))
+                .map(|(path, r, (status, changed))| match r {
+                    Ok(Done::Committed(s)) => file_ok(&path, &s, status, changed),
                     Ok(Done::Pending(p)) => {
                         if let Some(e) = &sync_error {
                             EntryResult::failed(&path, format!("{}: {e}", show(&path)))
@@ -1243,13 +1435,18 @@ async fn put_in_place(outcomes: Vec<Outcome>, sync_error: Option<String>) -> Vec
                                 started: p.started,
                                 span: p.data_span_ns,
                             };
-                            match (*p).rename() {
-                                Ok(()) => file_ok(&path, &s),
-                                Err(e) => EntryResult::failed(&path, e.to_string()),
+                            let cleared = if changed & changes::TYPE != 0 {
+                                remove_empty_dir(p.place())
+                            } else {
+                                Ok(())
+                            };
+                            match cleared.and_then(|()| (*p).rename().map_err(|e| e.to_string())) {
+                                Ok(()) => file_ok(&path, &s, status, changed),
+                                Err(e) => EntryResult::failed(&path, e).of_kind(EntryKind::File),
                             }
                         }
                     }
-                    Err(e) => EntryResult::failed(&path, e),
+                    Err(e) => EntryResult::failed(&path, e).of_kind(EntryKind::File),
                 })
                 .collect::<Vec<_>>()
         }));
@@ -1443,6 +1640,371 @@ fn make_symlink(
         let _ = rustix::fs::unlinkat(&dir, &tmp, rustix::fs::AtFlags::empty());
         describe(e)
     })
+}
+
+/// Whether `p` is a directory with nothing in it.
+fn is_empty_dir(p: &Place) -> bool {
+    let Ok(fd) = p.root().open_beneath(
+        p.rel(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+    ) else {
+        return false;
+    };
+    let Ok(mut dir) = rustix::fs::Dir::read_from(&fd) else {
+        return false;
+    };
+    dir.all(|e| e.is_ok_and(|e| matches!(e.file_name().to_bytes(), b"." | b"..")))
+}
+
+/// Removes the empty directory at `p` so a file can be renamed over it.
+fn remove_empty_dir(p: &Place) -> Result<(), String> {
+    let dir = p.open_parent().map_err(describe)?;
+    match rustix::fs::unlinkat(&dir, p.name(), rustix::fs::AtFlags::REMOVEDIR) {
+        // NOTDIR: a symlink or file was there; the rename replaces it.
+        Ok(()) | Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => Ok(()),
+        Err(e) => Err(format!(
+            "{}: cannot remove the directory in the way: {}",
+            show(p.shown()),
+            describe(e)
+        )),
+    }
+}
+
+/// A dry run's results when DEST does not exist: every entry created.
+fn all_new(plan: &PushPlan, dest: &Path) -> Vec<EntryResult> {
+    let mut out = vec![EntryResult::done(dest, EntryKind::Dir, Status::Created)];
+    for e in &plan.entries {
+        let (rel, kind, bytes) = match e {
+            PlanEntry::Dir { rel, .. } => (rel, EntryKind::Dir, 0),
+            PlanEntry::File { rel, size, .. } => (rel, EntryKind::File, *size),
+            PlanEntry::Symlink { rel, .. } => (rel, EntryKind::Symlink, 0),
+            PlanEntry::HardLink { rel, .. } => (rel, EntryKind::HardLink, 0),
+            PlanEntry::Special { rel, .. } => (rel, EntryKind::Special, 0),
+        };
+        let mut r = EntryResult::done(&dest.join(rel.as_path()), kind, Status::Created);
+        if kind == EntryKind::File {
+            r.bytes = bytes;
+            r.changes = changes::CONTENT;
+        }
+        out.push(r);
+    }
+    out
+}
+
+/// The status of a directory of the plan, given what was at its name
+/// before the push (`None`: nothing, so it is created).
+fn dir_status(before: Option<&Found>, mode: u32, sec: i64, nsec: u32, ids: Ids) -> (Status, u8) {
+    match before {
+        None => (Status::Created, 0),
+        Some(f) if f.kind != rustix::fs::FileType::Directory => (Status::Changed, changes::TYPE),
+        Some(f) => {
+            let fixes = Fixes::needed(f, mode, Some((sec, nsec)), ids);
+            if fixes.is_empty() {
+                (Status::Unchanged, 0)
+            } else {
+                (Status::Changed, fixes.changes)
+            }
+        }
+    }
+}
+
+/// A file whose data is already the source's: unchanged, or changed by
+/// setting `fixes` (only reported in a dry run).
+fn keep(p: &Place, fixes: &Fixes, dry_run: bool) -> EntryResult {
+    if fixes.is_empty() {
+        return EntryResult::done(p.shown(), EntryKind::File, Status::Unchanged);
+    }
+    let r = if dry_run {
+        Ok(())
+    } else {
+        uptodate::apply(p, fixes)
+    };
+    landed(p, EntryKind::File, Status::Changed, "set file metadata", r).with_changes(fixes.changes)
+}
+
+/// What each place holds now, looked at beneath its parent's handle (one
+/// handle per run of places in the same directory, as a walk yields them).
+fn look_many(places: &[Place]) -> Vec<Result<Option<Found>, rustix::io::Errno>> {
+    use rustix::io::Errno;
+    let mut parent: Option<(PathBuf, Result<OwnedFd, Errno>)> = None;
+    let mut out = Vec::with_capacity(places.len());
+    for p in places {
+        let fresh = match &parent {
+            Some((rel, _)) => rel != p.parent_rel(),
+            None => true,
+        };
+        if fresh {
+            parent = Some((p.parent_rel().to_path_buf(), p.open_parent()));
+        }
+        out.push(match &parent {
+            Some((_, Ok(dir))) => uptodate::look(dir, p.name()),
+            Some((_, Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP))) => Ok(None),
+            Some((_, Err(e))) => Err(*e),
+            None => Err(Errno::INVAL),
+        });
+    }
+    out
+}
+
+/// Places looked at per blocking thread: a quick check of 100,000
+/// unchanged files is mostly `lstat`s, which two threads halve.
+const LOOK_SHARE: usize = 8192;
+
+/// [`look_many`] split over blocking threads, in order.
+async fn look_parallel(
+    places: Vec<Place>,
+) -> Result<Vec<Result<Option<Found>, rustix::io::Errno>>, String> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
+    let share = places.len().div_ceil(threads).max(LOOK_SHARE);
+    let mut parts = Vec::new();
+    let mut rest = places.into_iter();
+    loop {
+        let part: Vec<Place> = rest.by_ref().take(share).collect();
+        if part.is_empty() {
+            break;
+        }
+        parts.push(tokio::task::spawn_blocking(move || look_many(&part)));
+    }
+    let mut out = Vec::new();
+    for p in parts {
+        out.extend(p.await.map_err(|e| format!("internal error: {e}"))?);
+    }
+    Ok(out)
+}
+
+/// A file `--checksum` hashes on both sides: its place, source, stamp,
+/// owner ids, what is at the destination, and size.
+type ToHash = (Place, RawPath, Option<Stamp>, Ids, Found, u64);
+
+/// Most paths asked for in one `digests` call.
+const DIGEST_BATCH_FILES: usize = 256;
+
+/// For `--checksum`: whether each file at the destination has the same
+/// BLAKE3 digest as its source. The destination's files are hashed here
+/// while the server hashes the sources.
+async fn checksums(
+    router: &Router,
+    server: ContextId,
+    files: &[ToHash],
+) -> Vec<Result<bool, String>> {
+    let places: Vec<Place> = files.iter().map(|f| f.0.clone()).collect();
+    let ours =
+        tokio::task::spawn_blocking(move || places.iter().map(hash_place).collect::<Vec<_>>());
+    let mut theirs: Vec<Result<[u8; 32], String>> = Vec::with_capacity(files.len());
+    for batch in files.chunks(DIGEST_BATCH_FILES) {
+        let args = DigestArgs {
+            paths: batch.iter().map(|f| f.1.clone()).collect(),
+        };
+        let reply: Result<Vec<FileDigest>, _> = router
+            .call_service(server, FILE_SERVICE, "digests", &args)
+            .await;
+        match reply {
+            Ok(d) if d.len() == batch.len() => theirs.extend(d.into_iter().map(|d| match d {
+                FileDigest::Digest(x) => Ok(x),
+                FileDigest::Failed(why) => Err(format!("cannot hash the source: {why}")),
+            })),
+            Ok(d) => theirs.extend(batch.iter().map(|_| {
+                Err(format!(
+                    "the server hashed {} of {} files",
+                    d.len(),
+                    batch.len()
+                ))
+            })),
+            Err(e) => theirs.extend(
+                batch
+                    .iter()
+                    .map(|_| Err(format!("cannot hash the source: {e}"))),
+            ),
+        }
+    }
+    let ours = match ours.await {
+        Ok(o) => o,
+        Err(e) => {
+            return files
+                .iter()
+                .map(|_| Err(format!("internal error hashing: {e}")))
+                .collect();
+        }
+    };
+    ours.into_iter()
+        .zip(theirs)
+        .map(|(o, t)| Ok(o? == t?))
+        .collect()
+}
+
+/// The BLAKE3 digest of the regular file at `p` (no symlink followed).
+fn hash_place(p: &Place) -> Result<[u8; 32], String> {
+    let fd = p
+        .root()
+        .open_beneath(
+            p.rel(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+        )
+        .map_err(|e| format!("cannot open it to hash: {}", describe(e)))?;
+    let file = std::fs::File::from(fd);
+    let mut h = blake3::Hasher::new();
+    h.update_reader(&file)
+        .map_err(|e| format!("cannot read it to hash: {}", plain(&e)))?;
+    Ok(*h.finalize().as_bytes())
+}
+
+/// Where a plan's relative path lands beneath the root.
+type PlaceOf<'a> = dyn Fn(&RawPath) -> Result<Place, rustix::io::Errno> + 'a;
+
+/// Symlinks, hard links and special files: each one created, replaced,
+/// or left as it is when it already matches (only reported in a dry run).
+#[allow(clippy::too_many_arguments)]
+fn links_and_specials(
+    plan: &PushPlan,
+    place_of: &PlaceOf<'_>,
+    root: &Arc<Root>,
+    failed_dirs: &mut FailedDirs,
+    results: &mut Vec<EntryResult>,
+    ids_of: &dyn Fn(&Option<Owner>) -> Ids,
+    dry_run: bool,
+) {
+    use rustix::fs::FileType;
+    let status_of = |found: &Option<Found>| {
+        if found.is_some() {
+            Status::Changed
+        } else {
+            Status::Created
+        }
+    };
+    let owned_as =
+        |f: &Found, ids: Ids| ids.is_none_or(|(u, g)| f.uid == u.as_raw() && f.gid == g.as_raw());
+    for e in &plan.entries {
+        if let PlanEntry::Symlink {
+            rel,
+            target,
+            mtime_sec,
+            mtime_nsec,
+            owner,
+        } = e
+        {
+            let Some(p) = failed_dirs.admit(place_of(rel), root, results) else {
+                continue;
+            };
+            let ids = ids_of(owner);
+            let found = look_at(&p).ok().flatten();
+            let same = found.as_ref().is_some_and(|f| {
+                f.kind == FileType::Symlink
+                    && f.same_time(*mtime_sec, *mtime_nsec)
+                    && owned_as(f, ids)
+                    && p.open_parent()
+                        .and_then(|d| rustix::fs::readlinkat(&d, p.name(), Vec::new()))
+                        .is_ok_and(|t| t.as_bytes() == target.as_bytes())
+            });
+            if same {
+                results.push(EntryResult::done(
+                    p.shown(),
+                    EntryKind::Symlink,
+                    Status::Unchanged,
+                ));
+                continue;
+            }
+            let status = status_of(&found);
+            let r = if dry_run {
+                Ok(())
+            } else {
+                make_symlink(target, &times(*mtime_sec, *mtime_nsec), ids, &p)
+            };
+            results.push(landed(&p, EntryKind::Symlink, status, "create symlink", r));
+        }
+    }
+    for e in &plan.entries {
+        if let PlanEntry::HardLink { rel, to } = e {
+            let Some(p) = failed_dirs.admit(place_of(rel), root, results) else {
+                continue;
+            };
+            let found = look_at(&p).ok().flatten();
+            let first = place_of(to);
+            let same = match (&found, &first) {
+                (Some(f), Ok(first)) => look_at(first)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|g| g.dev == f.dev && g.ino == f.ino),
+                _ => false,
+            };
+            if same {
+                results.push(EntryResult::done(
+                    p.shown(),
+                    EntryKind::HardLink,
+                    Status::Unchanged,
+                ));
+                continue;
+            }
+            let status = status_of(&found);
+            let r = if dry_run {
+                Ok(())
+            } else {
+                first
+                    .map_err(describe)
+                    .and_then(|first| make_hard_link(&first, &p))
+            };
+            results.push(landed(
+                &p,
+                EntryKind::HardLink,
+                status,
+                "create hard link",
+                r,
+            ));
+        }
+    }
+    for e in &plan.entries {
+        if let PlanEntry::Special {
+            rel,
+            kind,
+            mode,
+            rdev,
+            mtime_sec,
+            mtime_nsec,
+            owner,
+        } = e
+        {
+            let Some(p) = failed_dirs.admit(place_of(rel), root, results) else {
+                continue;
+            };
+            let ids = ids_of(owner);
+            let found = look_at(&p).ok().flatten();
+            let same = found.as_ref().is_some_and(|f| {
+                f.kind == kind.file_type()
+                    && f.mode == *mode
+                    && f.same_time(*mtime_sec, *mtime_nsec)
+                    && owned_as(f, ids)
+                    && (!matches!(kind, SpecialKind::CharDevice | SpecialKind::BlockDevice)
+                        || f.rdev == *rdev)
+            });
+            if same {
+                results.push(EntryResult::done(
+                    p.shown(),
+                    EntryKind::Special,
+                    Status::Unchanged,
+                ));
+                continue;
+            }
+            let status = status_of(&found);
+            let r = if dry_run {
+                Ok(())
+            } else {
+                make_special(
+                    &p,
+                    *kind,
+                    *mode,
+                    *rdev,
+                    &times(*mtime_sec, *mtime_nsec),
+                    ids,
+                )
+            };
+            results.push(landed(
+                &p,
+                EntryKind::Special,
+                status,
+                &format!("create {}", kind.name()),
+                r,
+            ));
+        }
+    }
 }
 
 /// The result of one step on an entry: ok, or failed with

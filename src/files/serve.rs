@@ -45,8 +45,8 @@ use super::pace::{Limits, Pacers};
 use super::registry::Registry;
 use super::window::{PathEstimate, Sizing, Window};
 use super::{
-    CHUNK_DATA, FILE_SERVICE, FetchArgs, FetchReply, FetchSmallArgs, OFFSET_LEN, SMALL_FILE_MAX,
-    SmallFile, TransferMsg,
+    CHUNK_DATA, DigestArgs, FILE_SERVICE, FetchArgs, FetchReply, FetchSmallArgs, FileDigest,
+    MAX_DIGEST_PATHS, OFFSET_LEN, SMALL_FILE_MAX, SmallFile, TransferMsg,
 };
 use crate::call::RemoteError;
 use crate::channel::{ChannelError, Receiver, Sender};
@@ -284,6 +284,13 @@ impl FileService {
                     move |caller, args: FetchSmallArgs| {
                         let fs = fs.clone();
                         async move { fs.fetch_small(caller.src_id, args).await }
+                    }
+                })
+                .method("digests", Policy::Any, {
+                    let fs = fs.clone();
+                    move |caller, args: DigestArgs| {
+                        let fs = fs.clone();
+                        async move { fs.digests(caller.src_id, args).await }
                     }
                 })
                 .on_shutdown(move || async move { d.shutdown().await })
@@ -536,6 +543,57 @@ impl FileService {
         }
         *lock(&self.inner.progress).entry(requester).or_insert(0) += bytes;
         Ok(files)
+    }
+
+    /// `--checksum`: the BLAKE3 digest of each registered file named, read
+    /// on a blocking thread. Shares the requester's `fetch_small` slots, so
+    /// one requester has at most [`SMALL_CALLS_PER_REQUESTER`] calls of
+    /// either being read at once.
+    async fn digests(
+        &self,
+        requester: ContextId,
+        args: DigestArgs,
+    ) -> Result<Vec<FileDigest>, RemoteError> {
+        if args.paths.len() > MAX_DIGEST_PATHS {
+            return Err(RemoteError::Failed(format!(
+                "{} paths asked for at once; at most {MAX_DIGEST_PATHS}",
+                args.paths.len()
+            )));
+        }
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(RemoteError::Failed(
+                "the FileService is shutting down".into(),
+            ));
+        }
+        let principal = self.inner.router.principal(requester);
+        let slots = lock(&self.inner.small)
+            .entry(principal)
+            .or_insert_with(|| Arc::new(Semaphore::new(SMALL_CALLS_PER_REQUESTER)))
+            .clone();
+        let _slot = slots
+            .acquire_owned()
+            .await
+            .map_err(|_| RemoteError::Failed("the FileService is shutting down".into()))?;
+        let fs = self.clone();
+        tokio::task::spawn_blocking(move || {
+            args.paths
+                .iter()
+                .map(|path| {
+                    let opened = lock(&fs.inner.registry).open(path);
+                    let file = match opened {
+                        Ok(f) => f,
+                        Err(e) => return FileDigest::Failed(e.to_string()),
+                    };
+                    let mut h = blake3::Hasher::new();
+                    match h.update_reader(&file) {
+                        Ok(_) => FileDigest::Digest(*h.finalize().as_bytes()),
+                        Err(e) => FileDigest::Failed(format!("{path}: read failed: {e}")),
+                    }
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| RemoteError::Failed(format!("internal error hashing files: {e}")))
     }
 
     /// One file of [`FileService::fetch_small`], if it is registered, regular, at
