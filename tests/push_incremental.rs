@@ -355,3 +355,46 @@ fn an_unchanged_symlink_and_hard_link_are_left_alone() {
     }
     assert_eq!(snapshot(&dest), before);
 }
+
+#[test]
+fn a_destination_changed_during_the_push_is_not_overwritten() {
+    let (_t, src, dest) = tree();
+    push_json(&[], &src, &dest);
+    // Two changed files, paced so the push takes a few seconds.
+    std::fs::write(src.join("sub/c.bin"), vec![5u8; 2_000_000]).expect("write");
+    std::fs::write(src.join("b.txt"), vec![6u8; 1_000_000]).expect("write");
+    let child = Command::new(env!("CARGO_BIN_EXE_ferrogen"))
+        .args([
+            "push",
+            "-r",
+            "--json",
+            "--bwlimit",
+            "1M",
+            s(&src),
+            &format!("{}/", s(&dest)),
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    // Another writer replaces the destination meanwhile.
+    let theirs = dest.join("proj/sub/c.bin");
+    std::fs::write(dest.join("proj/sub/.theirs"), b"another writer's").expect("write");
+    std::fs::rename(dest.join("proj/sub/.theirs"), &theirs).expect("rename");
+    let o = child.wait_with_output().expect("wait");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read(&theirs).expect("read"), b"another writer's");
+    let out = text(&o.stdout);
+    let line = out
+        .lines()
+        .find(|l| l.contains("c.bin"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("changed at the destination"), "{line}");
+    // The other file landed.
+    assert_eq!(
+        std::fs::read(dest.join("proj/b.txt")).expect("read"),
+        vec![6u8; 1_000_000]
+    );
+}

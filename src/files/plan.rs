@@ -697,6 +697,7 @@ pub async fn apply_cancellable(
                     Status::Created
                 },
                 changes: what,
+                before: found,
             }),
             Verdict::Keep(fixes) => results.push(keep(&place, &fixes, plan.dry_run)),
             Verdict::Hash => {
@@ -721,6 +722,7 @@ pub async fn apply_cancellable(
                         Verdict::Send { changes: what, .. } => what,
                         _ => changes::CONTENT,
                     },
+                    before: Some(found),
                 }),
                 Err(e) => results.push(
                     EntryResult::failed(place.shown(), format!("{}: {e}", show(place.shown())))
@@ -748,7 +750,14 @@ pub async fn apply_cancellable(
         failed_dirs.annotate(&mut results);
         return collapse_alike(results);
     }
-    let how: Vec<(Status, u8)> = files.iter().map(|f| (f.status, f.changes)).collect();
+    let how: Vec<Sent> = files
+        .iter()
+        .map(|f| Sent {
+            status: f.status,
+            changes: f.changes,
+            before: f.before,
+        })
+        .collect();
     let single = files.len() == 1;
     let (small, large): (Vec<FileJob>, Vec<FileJob>) = files
         .into_iter()
@@ -1156,6 +1165,44 @@ struct FileJob {
     status: Status,
     /// What differed ([`changes`] flags).
     changes: u8,
+    /// What the destination held when it was checked.
+    before: Option<Found>,
+}
+
+/// How a sent file is reported, and what its destination held when it
+/// was checked (it is not replaced if that changed meanwhile).
+#[derive(Clone, Copy)]
+struct Sent {
+    status: Status,
+    changes: u8,
+    before: Option<Found>,
+}
+
+/// Whether the destination of `p` still holds what the check saw: the
+/// same inode, size and mtime, or still nothing. Another writer's change
+/// since then is not silently overwritten.
+fn still_as_checked(p: &Place, before: Option<&Found>) -> Result<(), String> {
+    let now = look_at(p).map_err(|e| format!("{}: {}", show(p.shown()), describe(e)))?;
+    let same = match (before, now.as_ref()) {
+        (None, None) => true,
+        (Some(b), Some(n)) => {
+            b.dev == n.dev
+                && b.ino == n.ino
+                && b.kind == n.kind
+                && b.size == n.size
+                && b.same_time(n.mtime_sec, n.mtime_nsec)
+        }
+        _ => false,
+    };
+    if same {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: changed at the destination while the push ran; not replaced \
+             (push again to replace it)",
+            show(p.shown())
+        ))
+    }
 }
 
 /// A file's outcome: its plan index, destination, and result.
@@ -1258,7 +1305,10 @@ async fn fetch_one(ctx: &FetchContext, job: FileJob, single: bool) -> Outcome {
                     started: p.started,
                     span: p.data_span_ns,
                 };
-                p.commit(&ctx.opts).map(|()| Done::Committed(s))
+                match still_as_checked(&job.place, job.before.as_ref()) {
+                    Ok(()) => p.commit(&ctx.opts).map(|()| Done::Committed(s)),
+                    Err(e) => return (job.index, job.place, Err(e)),
+                }
             } else if ctx.held.take_one() {
                 p.finish_open(&ctx.opts)
                     .map(|()| Done::Pending(Box::new(p)))
@@ -1398,16 +1448,17 @@ const RENAME_THREADS: usize = 2;
 async fn put_in_place(
     outcomes: Vec<Outcome>,
     sync_error: Option<String>,
-    how: &[(Status, u8)],
+    how: &[Sent],
 ) -> Vec<EntryResult> {
     // Each file's status, by its index among the files sent.
-    let outcomes: Vec<(Outcome, (Status, u8))> = outcomes
+    let outcomes: Vec<(Outcome, Sent)> = outcomes
         .into_iter()
         .map(|o| {
-            let h = how
-                .get(o.0)
-                .copied()
-                .unwrap_or((Status::Created, changes::CONTENT));
+            let h = how.get(o.0).copied().unwrap_or(Sent {
+                status: Status::Created,
+                changes: changes::CONTENT,
+                before: None,
+            });
             (o, h)
         })
         .collect();
@@ -1415,7 +1466,7 @@ async fn put_in_place(
     let mut parts = Vec::new();
     let mut rest = outcomes.into_iter();
     loop {
-        let part: Vec<(Outcome, (Status, u8))> = rest.by_ref().take(per_thread).collect();
+        let part: Vec<(Outcome, Sent)> = rest.by_ref().take(per_thread).collect();
         if part.is_empty() {
             break;
         }
@@ -1423,7 +1474,8 @@ async fn put_in_place(
         parts.push(tokio::task::spawn_blocking(move || {
             part.into_iter()
                 .map(|((_, place, r), how)| (place.shown().to_path_buf(), r, how))
-                .map(|(path, r, (status, changed))| match r {
+                .map(|(path, r, sent)| (path, r, sent.status, sent.changes, sent.before))
+                .map(|(path, r, status, changed, before)| match r {
                     Ok(Done::Committed(s)) => file_ok(&path, &s, status, changed),
                     Ok(Done::Pending(p)) => {
                         if let Some(e) = &sync_error {
@@ -1435,11 +1487,14 @@ async fn put_in_place(
                                 started: p.started,
                                 span: p.data_span_ns,
                             };
-                            let cleared = if changed & changes::TYPE != 0 {
-                                remove_empty_dir(p.place())
-                            } else {
-                                Ok(())
-                            };
+                            let cleared =
+                                still_as_checked(p.place(), before.as_ref()).and_then(|()| {
+                                    if changed & changes::TYPE != 0 {
+                                        remove_empty_dir(p.place())
+                                    } else {
+                                        Ok(())
+                                    }
+                                });
                             match cleared.and_then(|()| (*p).rename().map_err(|e| e.to_string())) {
                                 Ok(()) => file_ok(&path, &s, status, changed),
                                 Err(e) => EntryResult::failed(&path, e).of_kind(EntryKind::File),
