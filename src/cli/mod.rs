@@ -13,6 +13,7 @@ pub mod nodeset;
 pub mod out;
 pub mod ping;
 pub mod push;
+pub mod report;
 pub mod sanitize;
 pub mod target;
 

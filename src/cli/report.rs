@@ -1,0 +1,268 @@
+//! What a transfer did, printed: one summary line per target (and, with
+//! `-i`/`-v`, an itemised line per change), or `--json` lines — the same
+//! for `push` and `pull`.
+
+use serde::Serialize;
+
+use super::out;
+use super::push::Skipped;
+use crate::files::RawPath;
+use crate::files::plan::{EntryKind, EntryResult, Status};
+
+/// One target's results.
+pub struct TargetOutcome {
+    /// The target as the user named it.
+    pub host: String,
+    /// Its context's name (empty if it was never reached).
+    pub context: String,
+    /// Every entry's result.
+    pub results: Vec<EntryResult>,
+    /// Wall time for this target, seconds.
+    pub seconds: f64,
+}
+
+/// How to print.
+pub struct Style {
+    /// `--json` lines instead of text.
+    pub json: bool,
+    /// `-i` count: 1 lists changes, 2 lists unchanged entries too.
+    pub itemize: u8,
+    /// Say that nothing was changed.
+    pub dry_run: bool,
+}
+
+/// One line of `--json` output.
+#[derive(Debug, Serialize)]
+struct JsonLine<'a> {
+    target: &'a str,
+    context: &'a str,
+    path: &'a str,
+    /// The path's exact bytes in hex, only when they are not UTF-8 (then
+    /// `path` shows each invalid byte as `\xNN`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path_hex: Option<String>,
+    /// What the entry is: "file", "dir", "symlink", "hardlink",
+    /// "special" ("other": DEST as a whole, or a group of entries).
+    #[serde(rename = "type")]
+    entry_type: &'a str,
+    /// For a skipped source entry: what it is ("fifo", "socket", ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'a str>,
+    bytes: u64,
+    seconds: f64,
+    digest: Option<&'a str>,
+    /// created, changed, unchanged, deleted, skipped or failed.
+    status: &'a str,
+    /// Whether the destination was (in a dry run: would be) modified.
+    changed: bool,
+    /// For a changed entry, what differed: rsync's itemised form
+    /// (`>f.st......`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    itemized: Option<String>,
+    error: Option<&'a str>,
+}
+
+/// The last `--json` line for each target.
+#[derive(Debug, Serialize)]
+struct JsonSummary<'a> {
+    target: &'a str,
+    context: &'a str,
+    /// Always true: tells this line from an entry's.
+    summary: bool,
+    /// Ansible's `changed`: whether anything was (would be) created,
+    /// changed or deleted on this target.
+    changed: bool,
+    /// Whether this was a dry run.
+    dry_run: bool,
+    /// Entries by status.
+    counts: Counts,
+    /// File data received, bytes.
+    bytes: u64,
+    seconds: f64,
+    /// Entries that failed.
+    failed: usize,
+}
+
+/// How many entries ended in each status.
+#[derive(Debug, Default, Serialize)]
+struct Counts {
+    created: usize,
+    changed: usize,
+    unchanged: usize,
+    deleted: usize,
+    skipped: usize,
+    failed: usize,
+}
+
+impl Counts {
+    fn add(&mut self, s: Status) {
+        match s {
+            Status::Created => self.created += 1,
+            Status::Changed => self.changed += 1,
+            Status::Unchanged => self.unchanged += 1,
+            Status::Deleted => self.deleted += 1,
+            Status::Skipped => self.skipped += 1,
+            Status::Failed => self.failed += 1,
+        }
+    }
+
+    fn any_change(&self) -> bool {
+        self.created + self.changed + self.deleted > 0
+    }
+}
+
+/// rsync's itemised form of a result (`--itemize-changes`): update type,
+/// file type, then c s t p o g, with `+` throughout for a new entry.
+pub fn itemize(r: &EntryResult) -> String {
+    use crate::files::plan::changes as c;
+    if r.status == Status::Deleted {
+        return "*deleting  ".into();
+    }
+    let kind = match r.kind {
+        EntryKind::File | EntryKind::HardLink => 'f',
+        EntryKind::Dir => 'd',
+        EntryKind::Symlink => 'L',
+        EntryKind::Special => 'S',
+        EntryKind::Other => '?',
+    };
+    let update = match (r.kind, r.status) {
+        (EntryKind::HardLink, Status::Created | Status::Changed) => 'h',
+        (EntryKind::File, _) if r.changes & c::CONTENT != 0 => '>',
+        (_, Status::Created) => 'c',
+        (EntryKind::Symlink | EntryKind::Special, Status::Changed) => 'c',
+        _ => '.',
+    };
+    if r.status == Status::Created {
+        return format!("{update}{kind}+++++++++");
+    }
+    if r.status == Status::Unchanged {
+        return format!("{update}{kind}         ");
+    }
+    let flag = |bit: u8, ch: char| if r.changes & bit != 0 { ch } else { '.' };
+    format!(
+        "{update}{kind}{}{}{}{}{}{}...",
+        if r.changes & c::CONTENT != 0 && r.changes & c::SIZE == 0 && r.changes & c::TIME == 0 {
+            'c'
+        } else {
+            '.'
+        },
+        flag(c::SIZE, 's'),
+        flag(c::TIME, 't'),
+        flag(c::PERMS, 'p'),
+        flag(c::OWNER, 'o'),
+        flag(c::GROUP, 'g'),
+    )
+}
+
+/// Prints every target's results; returns whether anything failed (or no
+/// target was tried at all).
+pub fn print(style: &Style, outcomes: &[TargetOutcome], skipped: &[Skipped]) -> bool {
+    let mut failed = outcomes.is_empty();
+    for o in outcomes {
+        let mut bytes = 0;
+        let mut files = 0;
+        let mut counts = Counts::default();
+        for r in &o.results {
+            failed |= r.error.is_some();
+            bytes += r.bytes;
+            files += usize::from(r.digest.is_some());
+            counts.add(r.status);
+            if style.json {
+                let line = JsonLine {
+                    target: &o.host,
+                    context: &o.context,
+                    path: &r.path,
+                    path_hex: r.path_bytes.as_ref().map(RawPath::hex),
+                    entry_type: r.kind.name(),
+                    kind: None,
+                    bytes: r.bytes,
+                    seconds: r.seconds,
+                    digest: r.digest.as_deref(),
+                    status: r.status.name(),
+                    changed: r.status.is_change(),
+                    itemized: r.status.is_change().then(|| itemize(r)),
+                    error: r.error.as_deref(),
+                };
+                match serde_json::to_string(&line) {
+                    Ok(s) => out::data(s),
+                    Err(e) => out::data(serde_json::json!({ "error": e.to_string() })),
+                }
+            } else if let Some(e) = &r.error {
+                out::diag(format_args!("{}: FAILED: {e}", o.host));
+            } else if style.itemize > 1 || (style.itemize == 1 && r.status.is_change()) {
+                out::data(format!("{}: {} {}", o.host, itemize(r), r.path));
+            }
+        }
+        counts.skipped += skipped.len();
+        if style.json {
+            // Each special file not copied, per target, like any entry.
+            for sk in skipped {
+                let raw = RawPath::from(sk.path.as_path());
+                let line = JsonLine {
+                    target: &o.host,
+                    context: &o.context,
+                    path: &raw.escaped(),
+                    path_hex: raw.to_str().is_none().then(|| raw.hex()),
+                    entry_type: EntryKind::Special.name(),
+                    kind: Some(sk.kind),
+                    bytes: 0,
+                    seconds: 0.0,
+                    digest: None,
+                    status: Status::Skipped.name(),
+                    changed: false,
+                    itemized: None,
+                    error: None,
+                };
+                match serde_json::to_string(&line) {
+                    Ok(s) => out::data(s),
+                    Err(e) => out::data(serde_json::json!({ "error": e.to_string() })),
+                }
+            }
+            let summary = JsonSummary {
+                target: &o.host,
+                context: &o.context,
+                summary: true,
+                changed: counts.any_change(),
+                dry_run: style.dry_run,
+                failed: counts.failed,
+                counts,
+                bytes,
+                seconds: o.seconds,
+            };
+            match serde_json::to_string(&summary) {
+                Ok(s) => out::data(s),
+                Err(e) => out::data(serde_json::json!({ "error": e.to_string() })),
+            }
+        } else {
+            let mib = bytes as f64 / (1 << 20) as f64;
+            let rate = if o.seconds > 0.0 {
+                mib / o.seconds
+            } else {
+                0.0
+            };
+            let mut tally = format!(
+                "{} created, {} changed, {} unchanged",
+                counts.created, counts.changed, counts.unchanged
+            );
+            if counts.deleted > 0 {
+                tally.push_str(&format!(", {} deleted", counts.deleted));
+            }
+            if counts.failed > 0 {
+                tally.push_str(&format!(", {} errors", counts.failed));
+            }
+            if !skipped.is_empty() {
+                tally.push_str(&format!(", {} skipped (special files)", skipped.len()));
+            }
+            let dry = if style.dry_run {
+                " (dry run: nothing changed)"
+            } else {
+                ""
+            };
+            out::result(format_args!(
+                "{}: {} files, {:.1} MiB in {:.2} s ({:.1} MiB/s); {tally}{dry}",
+                o.host, files, mib, o.seconds, rate,
+            ));
+        }
+    }
+    failed
+}
