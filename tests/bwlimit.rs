@@ -35,6 +35,8 @@ fn plan(src: &Path, dest: &Path) -> PushPlan {
         },
         parallel: 8,
         dry_run: false,
+        filter: Default::default(),
+        delete: Default::default(),
     }
 }
 

@@ -22,6 +22,8 @@ fn plan(entries: Vec<PlanEntry>, dest: &Path, into_dir: bool) -> PushPlan {
         options: ReceiveOptions::default(),
         parallel: 8,
         dry_run: false,
+        filter: Default::default(),
+        delete: Default::default(),
     }
 }
 

@@ -45,6 +45,8 @@ fn plan(entries: Vec<PlanEntry>, dest: &Path) -> PushPlan {
         options: ReceiveOptions::default(),
         parallel: 8,
         dry_run: false,
+        filter: Default::default(),
+        delete: Default::default(),
     }
 }
 

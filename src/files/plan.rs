@@ -216,6 +216,13 @@ pub struct PushPlan {
     pub parallel: u32,
     /// Report what a push would do, changing nothing (`-n/--dry-run`).
     pub dry_run: bool,
+    /// The push's filter rules (`--exclude`...): `--delete` spares the
+    /// names they exclude.
+    #[serde(default)]
+    pub filter: super::filter::Rules,
+    /// `--delete`: whether, and what it must spare.
+    #[serde(default)]
+    pub delete: super::delete::DeleteSpec,
 }
 
 /// The outcome for one entry.
@@ -725,6 +732,8 @@ pub async fn apply_cancellable(
             set_dir_meta(&p, mode, sec, nsec, ids),
         ));
     }
+    // --delete, now that every entry is in place.
+    results.extend(super::delete::after_push(&plan, &root, &rel_of, cancel).await);
     failed_dirs.annotate(&mut results);
     collapse_alike(results)
 }
