@@ -383,7 +383,7 @@ async fn deleted_entries_are_reported_with_their_kind() {
     symlink("/etc", &dest.join("top/link"));
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &dest.join("top/fifo"),
+        dest.join("top/fifo"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o600),
         0,

@@ -89,7 +89,7 @@ fn tree() -> (tempfile::TempDir, PathBuf) {
     // cache/, stderr would say so.
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &src.join("cache/fifo"),
+        src.join("cache/fifo"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o600),
         0,

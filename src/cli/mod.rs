@@ -38,6 +38,8 @@ pub struct Cli {
 }
 
 /// Sub-commands.
+// Made once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Connect to targets and measure call round trips.
