@@ -37,6 +37,8 @@ fn plan(src: &Path, dest: &Path) -> PushPlan {
         parallel: 8,
         dry_run: false,
         compare: Default::default(),
+        filter: Default::default(),
+        delete: Default::default(),
     }
 }
 

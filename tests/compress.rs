@@ -33,6 +33,8 @@ fn plan(entries: Vec<PlanEntry>, dest: &Path) -> PushPlan {
         parallel: 8,
         dry_run: false,
         compare: Default::default(),
+        filter: Default::default(),
+        delete: Default::default(),
     }
 }
 

@@ -23,6 +23,8 @@ fn plan(entries: Vec<PlanEntry>, dest: &Path, into_dir: bool) -> PushPlan {
         parallel: 8,
         dry_run: false,
         compare: Default::default(),
+        filter: Default::default(),
+        delete: Default::default(),
     }
 }
 

@@ -175,6 +175,8 @@ async fn push_owned(
         parallel: 4,
         dry_run: false,
         compare: Default::default(),
+        filter: Default::default(),
+        delete: Default::default(),
     };
     router
         .call_service(ctx, TARGET_SERVICE, "push", &plan)

@@ -1004,6 +1004,8 @@ async fn an_ssh_a_sudo_and_a_proxied_context_on_one_stream_receive_one_at_a_time
             parallel: 8,
             dry_run: false,
             compare: Default::default(),
+            filter: Default::default(),
+            delete: Default::default(),
         };
         let (r, id, name) = (router.clone(), ctx.id, ctx.name.clone());
         calls.push(tokio::spawn(async move {

@@ -17,7 +17,7 @@ pub mod report;
 pub mod sanitize;
 pub mod target;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub use exit::Exit;
 
@@ -39,6 +39,8 @@ pub struct Cli {
 }
 
 /// Sub-commands.
+// Made once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Connect to targets and measure call round trips.
@@ -64,7 +66,13 @@ pub enum Command {
 
 /// Entry point; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    // Parsed through `ArgMatches` so that push can order its filter rules
+    // by position on the command line.
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Command::Context => crate::connect::child::run(child_services),
         Command::Attach { socket } => crate::connect::stripe::relay(&socket),
@@ -73,7 +81,8 @@ pub fn main() -> i32 {
             run_async(ping::run(args, filter)).code()
         }
         Command::Push(mut args) => {
-            if let Err(msg) = args.check() {
+            let sub = matches.subcommand_matches("push");
+            if let Err(msg) = args.check().and_then(|()| args.build_filter(sub)) {
                 // A usage error in clap's own format (and status 2), with
                 // push's usage line.
                 let mut cmd = Cli::command();

@@ -18,6 +18,8 @@ use super::report::{self, TargetOutcome};
 use super::target::{self, Chain, TargetArgs};
 use super::{Exit, out};
 use crate::connect::Method;
+use crate::files::delete::DeleteSpec;
+use crate::files::filter::{Filter, Rule, Rules};
 use crate::files::plan::{
     Compare, EntryKind, EntryResult, Owner, PlanEntry, PushPlan, SpecialKind, Stamp, Status,
 };
@@ -113,6 +115,33 @@ pub struct PushArgs {
     /// unchanged or deleted) and change nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+    /// Leave out entries matching PATTERN (rsync's rules: `*`, `**`, `?`,
+    /// `[...]`; a leading `/` anchors at the transfer root, a trailing `/`
+    /// matches directories only). Repeatable; the first --include,
+    /// --exclude or --exclude-from rule that matches, in command-line
+    /// order, decides.
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Send entries matching PATTERN even if a later rule excludes them.
+    #[arg(long, value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Exclude the patterns in FILE, one per line (blank lines and lines
+    /// starting `#` or `;` ignored; `+ PATTERN` includes, `- PATTERN`
+    /// excludes). `-` reads standard input.
+    #[arg(long, value_name = "FILE")]
+    pub exclude_from: Vec<PathBuf>,
+    /// The filter rules in command-line order, compiled (built by
+    /// [`PushArgs::build_filter`]).
+    #[arg(skip = Filter::none())]
+    pub filter: Arc<Filter>,
+    /// Delete entries in the pushed directories of DEST that the sources
+    /// lack (needs -r or -a; names excluded by a filter rule are kept).
+    #[arg(long)]
+    pub delete: bool,
+    /// With --delete: if more than N entries would be deleted, delete none
+    /// and fail.
+    #[arg(long, value_name = "N")]
+    pub max_delete: Option<u64>,
     /// Print one JSON object per file and target instead of text.
     #[arg(long)]
     pub json: bool,
@@ -135,6 +164,13 @@ impl PushArgs {
             return Err("push needs at least one source and a destination: \
                         ferrogen push [OPTIONS] SRC... DEST"
                 .into());
+        }
+        if self.delete && !(self.recursive || self.archive) {
+            return Err(
+                "--delete needs -r or -a: it deletes entries in the directories \
+                        a recursive push copies"
+                    .into(),
+            );
         }
         let (dest_os, srcs) = self.paths.split_last_mut().ok_or("no destination")?;
         // Only text can be scp's HOST:PATH; other names are local paths.
@@ -166,6 +202,57 @@ impl PushArgs {
         let path = if path.is_empty() { "." } else { path };
         self.target.hosts = vec![host.to_string()];
         *dest_os = path.into();
+        Ok(())
+    }
+}
+
+impl PushArgs {
+    /// Compiles `--include`, `--exclude` and `--exclude-from` into
+    /// [`PushArgs::filter`], in command-line order when `matches` (this
+    /// sub-command's) give the positions, else includes, excludes, then
+    /// files. A bad pattern or an unreadable file is a usage error naming
+    /// it.
+    pub fn build_filter(&mut self, matches: Option<&clap::ArgMatches>) -> Result<(), String> {
+        let at = |id: &str, n: usize| -> Vec<usize> {
+            matches
+                .and_then(|m| m.indices_of(id))
+                .map(|i| i.collect())
+                .unwrap_or_else(|| vec![0; n])
+        };
+        let mut ordered: Vec<(usize, usize, Vec<Rule>)> = Vec::new();
+        for (i, p) in at("include", self.include.len())
+            .into_iter()
+            .zip(&self.include)
+        {
+            ordered.push((i, 0, vec![Rule::include(p)]));
+        }
+        for (i, p) in at("exclude", self.exclude.len())
+            .into_iter()
+            .zip(&self.exclude)
+        {
+            ordered.push((i, 1, vec![Rule::exclude(p)]));
+        }
+        let files = at("exclude_from", self.exclude_from.len());
+        for (i, f) in files.into_iter().zip(&self.exclude_from) {
+            let name = show(f);
+            let text = if f.as_os_str() == "-" {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                    .map_err(|e| format!("--exclude-from -: cannot read standard input: {e}"))?;
+                buf
+            } else {
+                std::fs::read(f)
+                    .map_err(|e| format!("--exclude-from {name}: cannot read it: {e}"))?
+            };
+            let rules = Rules::parse_exclude_file(&text, &name)
+                .map_err(|e| format!("--exclude-from {e}"))?;
+            ordered.push((i, 2, rules));
+        }
+        // Positions are unique when known; else the kind keeps the
+        // documented fallback order.
+        ordered.sort_by_key(|(i, kind, _)| (*i, *kind));
+        let rules = Rules(ordered.into_iter().flat_map(|(_, _, r)| r).collect());
+        self.filter = Arc::new(rules.compile()?);
         Ok(())
     }
 }
@@ -289,6 +376,8 @@ pub fn file_service_config(args: &PushArgs) -> FileServiceConfig {
 pub struct Skipped {
     /// The source path.
     pub path: PathBuf,
+    /// Its path relative to the transfer root.
+    pub rel: RawPath,
     /// What it is: "fifo", "socket", "character device", "block device".
     pub kind: &'static str,
 }
@@ -309,8 +398,9 @@ fn special_kind(ft: std::fs::FileType) -> Option<SpecialKind> {
     }
 }
 
-/// What the walk takes besides regular files, directories and symlinks.
-#[derive(Debug, Clone, Copy, Default)]
+/// What the walk takes besides regular files, directories and symlinks,
+/// and what it leaves out.
+#[derive(Debug, Clone, Default)]
 pub struct WalkOptions {
     /// Descend into directories.
     pub recursive: bool,
@@ -322,6 +412,9 @@ pub struct WalkOptions {
     pub hard_links: bool,
     /// Record the owner of directories, symlinks and special files.
     pub owner: bool,
+    /// Entries left out (`--exclude`...); an excluded directory is not
+    /// walked.
+    pub filter: Arc<Filter>,
 }
 
 impl WalkOptions {
@@ -333,6 +426,7 @@ impl WalkOptions {
             devices: args.devices || args.archive,
             hard_links: args.hard_links || args.archive,
             owner: args.owner,
+            filter: args.filter.clone(),
         }
     }
 
@@ -365,6 +459,7 @@ fn special_entry(
         }),
         kind => out.skipped.push(Skipped {
             path: path.to_path_buf(),
+            rel,
             kind: kind.map_or("special file", SpecialKind::name),
         }),
     }
@@ -377,8 +472,20 @@ pub struct Sources {
     pub entries: Vec<PlanEntry>,
     /// Exact paths to register.
     pub files: Vec<PathBuf>,
-    /// Prefixes to register.
-    pub prefixes: Vec<PathBuf>,
+    /// Prefixes to register, each with its path relative to the transfer
+    /// root (what the filter rules are written for).
+    pub prefixes: Vec<(PathBuf, RawPath)>,
+    /// The filter rules the walk applied (the FileService refuses what
+    /// they exclude).
+    pub filter: Arc<Filter>,
+    /// Parts of the sources that could not be read: what and why. The
+    /// push goes on without them and fails at the end.
+    pub unread: Vec<String>,
+    /// Directories (relative to the transfer root) not read completely:
+    /// `--delete` deletes nothing at or beneath them.
+    pub incomplete: Vec<RawPath>,
+    /// A source was a contents copy (`src/`).
+    pub contents: bool,
     /// Bytes in regular files.
     pub total_bytes: u64,
     /// Whether the destination must be a directory.
@@ -430,8 +537,8 @@ impl Sources {
         for f in &self.files {
             fs.register(f)?;
         }
-        for p in &self.prefixes {
-            fs.register_prefix(p)?;
+        for (p, top) in &self.prefixes {
+            fs.register_prefix_filtered(p, self.filter.clone(), top.as_bytes())?;
         }
         Ok(())
     }
@@ -465,6 +572,14 @@ impl Sources {
                 Compare::IgnoreTimes
             } else {
                 Compare::QuickCheck
+            },
+            filter: self.filter.rules().clone(),
+            delete: DeleteSpec {
+                enabled: args.delete,
+                max: args.max_delete,
+                contents: self.contents,
+                incomplete: self.incomplete.clone(),
+                keep: self.skipped.iter().map(|s| s.rel.clone()).collect(),
             },
         }
     }
@@ -511,6 +626,7 @@ pub fn collect_sources_with(
     use std::os::unix::ffi::OsStrExt;
     let mut out = Sources {
         into_dir: srcs.len() > 1,
+        filter: opts.filter.clone(),
         ..Default::default()
     };
     for src in srcs {
@@ -533,6 +649,11 @@ pub fn collect_sources_with(
             })
             .unwrap_or_else(|| "root".into());
         let top = join_rel(b"", &name);
+        // Filter rules apply to a source's own name too, as in rsync (a
+        // contents copy has none: its root is the transfer root).
+        if !contents && opts.filter.excluded(top.as_bytes(), md.is_dir()) {
+            continue;
+        }
         if md.file_type().is_symlink() {
             use std::os::unix::fs::MetadataExt;
             let target = std::fs::read_link(given).map_err(|e| format!("{src}: {e}"))?;
@@ -552,9 +673,9 @@ pub fn collect_sources_with(
                 return Err(format!("{src}: is a directory (use -r to copy it)"));
             }
             let abs = std::fs::canonicalize(given).map_err(|e| format!("{src}: {e}"))?;
-            out.prefixes.push(abs.clone());
             let top = if contents {
                 out.into_dir = true;
+                out.contents = true;
                 RawPath::default()
             } else {
                 use std::os::unix::fs::MetadataExt;
@@ -567,7 +688,8 @@ pub fn collect_sources_with(
                 });
                 top
             };
-            walk(&abs, &top, opts, &mut out)?;
+            out.prefixes.push((abs.clone(), top.clone()));
+            walk(&abs, &top, opts, &mut out);
         } else {
             special_entry(given, top, &md, opts, &mut out);
         }
@@ -575,12 +697,33 @@ pub fn collect_sources_with(
     Ok(out)
 }
 
-fn walk(dir: &Path, rel: &RawPath, opts: &WalkOptions, out: &mut Sources) -> Result<(), String> {
+/// Adds the entries beneath directory `dir` (at `rel`) to `out`. What
+/// cannot be read is noted in `out.unread`, and its directory marked
+/// incomplete (so `--delete` spares it on the target); the walk goes on.
+fn walk(dir: &Path, rel: &RawPath, opts: &WalkOptions, out: &mut Sources) {
     use std::os::unix::fs::MetadataExt;
-    let mut names: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", show(dir)))?
-        .filter_map(Result::ok)
-        .collect();
+    let unread = |out: &mut Sources, path: &Path, what: &str, e: std::io::Error| {
+        out.unread
+            .push(format!("{}: cannot {what}: {e}", show(path)));
+        if out.incomplete.last() != Some(rel) {
+            out.incomplete.push(rel.clone());
+        }
+    };
+    let mut names = Vec::new();
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for e in entries {
+                match e {
+                    Ok(e) => names.push(e),
+                    Err(e) => {
+                        unread(out, dir, "read directory", e);
+                        break;
+                    }
+                }
+            }
+        }
+        Err(e) => unread(out, dir, "read directory", e),
+    }
     // Cached: a key per comparison was a million allocations for
     // 100,000 files.
     names.sort_by_cached_key(|e| e.file_name());
@@ -589,12 +732,26 @@ fn walk(dir: &Path, rel: &RawPath, opts: &WalkOptions, out: &mut Sources) -> Res
         let child_rel = join_rel(rel.as_bytes(), &entry.file_name());
         // Through the directory handle (fstatat), not the full path: a
         // third of the walk went to resolving paths again and again.
-        let md = entry
-            .metadata()
-            .map_err(|e| format!("{}: {e}", show(&path)))?;
+        let md = match entry.metadata() {
+            Ok(md) => md,
+            Err(e) => {
+                unread(out, &path, "read metadata", e);
+                continue;
+            }
+        };
         let ft = md.file_type();
+        // An excluded directory is not walked.
+        if opts.filter.excluded(child_rel.as_bytes(), ft.is_dir()) {
+            continue;
+        }
         if ft.is_symlink() {
-            let target = std::fs::read_link(&path).map_err(|e| format!("{}: {e}", show(&path)))?;
+            let target = match std::fs::read_link(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    unread(out, &path, "read symlink", e);
+                    continue;
+                }
+            };
             out.entries.push(PlanEntry::Symlink {
                 rel: child_rel,
                 target: target.into(),
@@ -612,12 +769,11 @@ fn walk(dir: &Path, rel: &RawPath, opts: &WalkOptions, out: &mut Sources) -> Res
                 mtime_nsec: md.mtime_nsec() as u32,
                 owner: opts.owner.then(|| Owner::of(&md)),
             });
-            walk(&path, &child_rel, opts, out)?;
+            walk(&path, &child_rel, opts, out);
         } else {
             special_entry(&path, child_rel, &md, opts, out);
         }
     }
-    Ok(())
 }
 
 /// Runs the command; returns the exit code.
@@ -639,6 +795,11 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
         sources.entries.len(),
         walk_started.elapsed()
     );
+    // Parts of the sources that could not be read: said now, and the
+    // push fails at the end (the rest is still sent).
+    for e in &sources.unread {
+        out::diag(format_args!("ferrogen push: {e}"));
+    }
     if !args.json {
         for sk in &sources.skipped {
             out::diag(format_args!(
@@ -704,7 +865,7 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
     }
     services.shutdown().await;
     router.close_all_streams("push finished");
-    if failed || outcomes.is_empty() {
+    if failed || outcomes.is_empty() || !sources.unread.is_empty() {
         Exit::Failure
     } else {
         Exit::Success

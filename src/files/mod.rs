@@ -17,6 +17,9 @@
 //!   applies a push: directories, symlinks and many files, pipelined.
 //! * [`compress`] — `-z`: zstd per chunk, its wire mark, the level tuner.
 //! * [`pace`] — `--bwlimit`: pacing data frames to a rate.
+//! * [`filter`] — `--exclude`/`--include`: rsync's pattern rules.
+//! * [`delete`] — `--delete`: removing what the source lacks, beneath the
+//!   destination only, never through a symlink.
 //!
 //! # One transfer, on the wire
 //!
@@ -53,6 +56,8 @@
 //! per file dominates everything else.
 
 pub mod compress;
+pub mod delete;
+pub mod filter;
 pub mod meta;
 pub mod pace;
 pub mod passwd;

@@ -255,6 +255,13 @@ pub struct PushPlan {
     /// How files already at the destination are compared with the source.
     #[serde(default)]
     pub compare: Compare,
+    /// The push's filter rules (`--exclude`...): `--delete` spares the
+    /// names they exclude.
+    #[serde(default)]
+    pub filter: super::filter::Rules,
+    /// `--delete`: whether, and what it must spare.
+    #[serde(default)]
+    pub delete: super::delete::DeleteSpec,
 }
 
 /// The outcome for one entry.
@@ -747,6 +754,8 @@ pub async fn apply_cancellable(
             &ids_of,
             true,
         );
+        // What --delete would remove (it checks dry_run itself).
+        results.extend(super::delete::after_push(&plan, &root, &rel_of, cancel).await);
         failed_dirs.annotate(&mut results);
         return collapse_alike(results);
     }
@@ -903,6 +912,8 @@ pub async fn apply_cancellable(
         );
         results.push(r.with_changes(changed));
     }
+    // --delete, now that every entry is in place.
+    results.extend(super::delete::after_push(&plan, &root, &rel_of, cancel).await);
     failed_dirs.annotate(&mut results);
     tracing::debug!("push applied in {:?}", started.elapsed());
     collapse_alike(results)

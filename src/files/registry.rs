@@ -10,14 +10,25 @@
 //!
 //! Opening uses `O_NONBLOCK` so a registered FIFO cannot block the server,
 //! and the result must be a regular file.
+//!
+//! A prefix may be registered with the push's filter rules
+//! ([`Registry::register_prefix_filtered`]): a file they exclude (or that
+//! lies beneath a directory they exclude) is then refused like an
+//! unregistered one, so a target cannot fetch `secrets.key` after
+//! `--exclude secrets.key` by naming it. Beneath such a prefix no symlink
+//! is followed either (`RESOLVE_NO_SYMLINKS`): a link inside the tree could
+//! otherwise lead to an excluded file under a name the rules admit. The
+//! push never needs that: its walk sends symlinks as symlinks.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+use super::filter::Filter;
 
 /// Why a path cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +55,22 @@ pub enum OpenError {
         /// Why.
         why: &'static str,
     },
+    /// Beneath a registered prefix, but left out of the push by its filter
+    /// rules.
+    #[error("{path}: excluded from the push by a filter rule, not served")]
+    Excluded {
+        /// Requested path.
+        path: String,
+    },
+    /// Beneath a prefix registered with filter rules, and reached through
+    /// a symlink (not followed there).
+    #[error("{path}: goes through a symlink, which is not followed beneath {prefix}")]
+    Symlink {
+        /// Requested path.
+        path: String,
+        /// The prefix.
+        prefix: String,
+    },
     /// Exists but is not a regular file.
     #[error("{path}: not a regular file")]
     NotRegular {
@@ -64,13 +91,50 @@ pub enum OpenError {
 #[derive(Debug, Default, Clone)]
 pub struct Registry {
     paths: BTreeSet<PathBuf>,
-    prefixes: BTreeSet<PathBuf>,
+    /// Each prefix with its registrations: one without rules admits every
+    /// file beneath it; others admit what their rules do.
+    prefixes: BTreeMap<PathBuf, Vec<View>>,
     /// Each prefix's directory, opened (`O_PATH`) at its first use and kept:
     /// a tree push opens thousands of files beneath one prefix, and
     /// reopening the directory for each cost two system calls per file.
     /// Requests then resolve beneath the directory that was at the prefix
     /// path at that first use, even if it is renamed later.
     prefix_dirs: Arc<Mutex<HashMap<PathBuf, Arc<OwnedFd>>>>,
+}
+
+/// One registration of a prefix: everything, or what a filter admits.
+#[derive(Debug, Clone)]
+enum View {
+    /// Every file beneath the prefix.
+    All,
+    /// Files the filter does not exclude.
+    Filtered {
+        /// The push's rules.
+        filter: Arc<Filter>,
+        /// The prefix's own path relative to the transfer root the rules
+        /// are written for (the source's name; empty for a contents copy).
+        top: Vec<u8>,
+    },
+}
+
+impl View {
+    /// Whether this registration admits the file `rel` beneath the prefix.
+    fn admits(&self, rel: &Path) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        match self {
+            View::All => true,
+            View::Filtered { filter, top } => {
+                let rel = rel.as_os_str().as_bytes();
+                let mut full = Vec::with_capacity(top.len() + 1 + rel.len());
+                full.extend_from_slice(top);
+                if !top.is_empty() {
+                    full.push(b'/');
+                }
+                full.extend_from_slice(rel);
+                !filter.excludes_file(&full)
+            }
+        }
+    }
 }
 
 /// Collapses `.`, `..` and repeated separators without touching the disk.
@@ -123,21 +187,66 @@ impl Registry {
 
     /// Allows every file beneath directory `dir`.
     pub fn register_prefix(&mut self, dir: impl AsRef<Path>) -> Result<(), OpenError> {
-        self.prefixes.insert(check(dir.as_ref())?);
+        self.prefixes
+            .entry(check(dir.as_ref())?)
+            .or_default()
+            .push(View::All);
         Ok(())
     }
 
-    /// True if `path` is covered by some registration (lexically).
+    /// Allows the files beneath directory `dir` that `filter` does not
+    /// exclude; `top` is `dir`'s path relative to the transfer root the
+    /// rules apply to (the source's name, or empty for a contents copy).
+    /// No symlink is followed beneath `dir` for these files.
+    pub fn register_prefix_filtered(
+        &mut self,
+        dir: impl AsRef<Path>,
+        filter: Arc<Filter>,
+        top: &[u8],
+    ) -> Result<(), OpenError> {
+        let view = if filter.is_empty() {
+            View::All
+        } else {
+            View::Filtered {
+                filter,
+                top: top.to_vec(),
+            }
+        };
+        self.prefixes
+            .entry(check(dir.as_ref())?)
+            .or_default()
+            .push(view);
+        Ok(())
+    }
+
+    /// True if `path` is covered by some registration (lexically, and
+    /// admitted by its filter rules).
     pub fn is_authorised(&self, path: impl AsRef<Path>) -> bool {
         match check(path.as_ref()) {
-            Ok(p) => self.paths.contains(&p) || self.prefix_for(&p).is_some(),
+            Ok(p) => self.paths.contains(&p) || matches!(self.prefix_for(&p), Some((_, Some(_)))),
             Err(_) => false,
         }
     }
 
-    fn prefix_for(&self, p: &Path) -> Option<&PathBuf> {
-        // Longest matching prefix first, so the tightest registration decides.
-        self.prefixes.iter().rev().find(|pre| p.starts_with(pre))
+    /// The prefix that serves `p` and whether it serves it with rules (so
+    /// without following symlinks): `Some((prefix, None))` when `p` is
+    /// beneath some prefix but every registration of those excludes it.
+    /// Longest prefix first, so the tightest registration decides.
+    fn prefix_for(&self, p: &Path) -> Option<(&PathBuf, Option<bool>)> {
+        let mut covered = None;
+        for (pre, views) in self.prefixes.iter().rev() {
+            let Ok(rel) = p.strip_prefix(pre) else {
+                continue;
+            };
+            if views.iter().any(|v| matches!(v, View::All)) {
+                return Some((pre, Some(false)));
+            }
+            if views.iter().any(|v| v.admits(rel)) {
+                return Some((pre, Some(true)));
+            }
+            covered.get_or_insert((pre, None));
+        }
+        covered
     }
 
     fn prefix_dir(&self, prefix: &Path) -> Result<Arc<OwnedFd>, rustix::io::Errno> {
@@ -165,12 +274,15 @@ impl Registry {
                 source: e.into(),
             })?;
             File::from(fd)
-        } else if let Some(prefix) = self.prefix_for(&p) {
+        } else if let Some((prefix, served)) = self.prefix_for(&p) {
+            let Some(filtered) = served else {
+                return Err(OpenError::Excluded { path: shown });
+            };
             let dir = self.prefix_dir(prefix).map_err(|e| OpenError::Io {
                 path: shown.clone(),
                 source: e.into(),
             })?;
-            open_beneath(prefix, &dir, &p)?
+            open_beneath(prefix, &dir, &p, filtered)?
         } else {
             return Err(OpenError::NotRegistered { path: shown });
         };
@@ -187,7 +299,14 @@ impl Registry {
     }
 }
 
-fn open_beneath(prefix: &Path, dir: &OwnedFd, p: &Path) -> Result<File, OpenError> {
+/// Opens `p` beneath `prefix` (whose handle is `dir`); with `no_symlinks`,
+/// following no symlink at all on the way.
+fn open_beneath(
+    prefix: &Path,
+    dir: &OwnedFd,
+    p: &Path,
+    no_symlinks: bool,
+) -> Result<File, OpenError> {
     let shown = show_path(p);
     let io = |e: rustix::io::Errno| OpenError::Io {
         path: shown.clone(),
@@ -202,15 +321,17 @@ fn open_beneath(prefix: &Path, dir: &OwnedFd, p: &Path) -> Result<File, OpenErro
         }
     };
     let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
-    match rustix::fs::openat2(
-        dir,
-        rel,
-        flags,
-        Mode::empty(),
-        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
-    ) {
+    let mut resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    if no_symlinks {
+        resolve |= ResolveFlags::NO_SYMLINKS;
+    }
+    match rustix::fs::openat2(dir, rel, flags, Mode::empty(), resolve) {
         Ok(fd) => Ok(File::from(fd)),
         Err(rustix::io::Errno::XDEV) => Err(OpenError::Escapes {
+            path: shown.clone(),
+            prefix: show_path(prefix),
+        }),
+        Err(rustix::io::Errno::LOOP) if no_symlinks => Err(OpenError::Symlink {
             path: shown.clone(),
             prefix: show_path(prefix),
         }),
@@ -226,6 +347,14 @@ fn open_beneath(prefix: &Path, dir: &OwnedFd, p: &Path) -> Result<File, OpenErro
             })?;
             if !real.starts_with(&real_prefix) {
                 return Err(OpenError::Escapes {
+                    path: shown.clone(),
+                    prefix: show_path(prefix),
+                });
+            }
+            // With rules, the path as named must be the path as resolved:
+            // no symlink on the way (the rules were checked on the name).
+            if no_symlinks && real != real_prefix.join(rel) {
+                return Err(OpenError::Symlink {
                     path: shown.clone(),
                     prefix: show_path(prefix),
                 });
@@ -311,6 +440,48 @@ mod tests {
             r.open(p("up/secret")),
             Err(OpenError::Escapes { .. })
         ));
+    }
+
+    #[test]
+    fn files_excluded_by_the_rules_are_not_served() {
+        use crate::files::filter::{Rule, Rules};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("private")).expect("mkdir");
+        std::fs::create_dir_all(src.join("public")).expect("mkdir");
+        for f in ["ok.txt", "secrets.key", "private/a", "public/b.key"] {
+            std::fs::write(src.join(f), b"x").expect("write");
+        }
+        // A link to an excluded file under a name the rules admit.
+        std::os::unix::fs::symlink("secrets.key", src.join("innocent.txt")).expect("symlink");
+        let rules = Rules(vec![
+            Rule::include("/src/public/b.key"),
+            Rule::exclude("*.key"),
+            Rule::exclude("/src/private/"),
+        ]);
+        let filter = Arc::new(rules.compile().expect("compiles"));
+        let mut r = Registry::default();
+        r.register_prefix_filtered(&src, filter, b"src")
+            .expect("register");
+        let open = |n: &str| r.open(src.join(n));
+        assert!(open("ok.txt").is_ok());
+        assert!(open("public/b.key").is_ok(), "included before the exclude");
+        for refused in ["secrets.key", "private/a", "public/../secrets.key"] {
+            assert!(
+                matches!(open(refused), Err(OpenError::Excluded { .. })),
+                "{refused}: {:?}",
+                open(refused)
+            );
+            assert!(!r.is_authorised(src.join(refused)), "{refused}");
+        }
+        assert!(
+            matches!(open("innocent.txt"), Err(OpenError::Symlink { .. })),
+            "{:?}",
+            open("innocent.txt")
+        );
+        // Another registration of the same tree without rules serves all.
+        r.register_prefix(&src).expect("register");
+        assert!(r.open(src.join("secrets.key")).is_ok());
     }
 
     #[test]

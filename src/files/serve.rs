@@ -313,6 +313,20 @@ impl FileService {
             .map_err(|e| e.to_string())
     }
 
+    /// Allows the files beneath `dir` that `filter` does not exclude
+    /// (see [`Registry::register_prefix_filtered`]; `top` is `dir`'s path
+    /// relative to the rules' transfer root).
+    pub fn register_prefix_filtered(
+        &self,
+        dir: impl AsRef<std::path::Path>,
+        filter: Arc<super::filter::Filter>,
+        top: &[u8],
+    ) -> Result<(), String> {
+        lock(&self.inner.registry)
+            .register_prefix_filtered(dir, filter, top)
+            .map_err(|e| e.to_string())
+    }
+
     /// Bytes acknowledged so far by transfers to `context`.
     pub fn progress(&self, context: ContextId) -> u64 {
         lock(&self.inner.progress)

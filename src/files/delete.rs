@@ -1,0 +1,394 @@
+//! `--delete`: removing what the source lacks from the pushed directories
+//! of DEST, on the target, once every file of the push is in place.
+//!
+//! The directories swept are the plan's `Dir` entries and, when a source
+//! was a contents copy (`src/`), DEST itself ([`DeleteSpec::contents`]).
+//! In each, a name the plan does not have is deleted unless the push's
+//! filter rules exclude it (rsync's default: excluded names are
+//! protected), or the controller could not read that part of the source
+//! ([`DeleteSpec::incomplete`]: nothing at or beneath such a directory is
+//! deleted). A directory to delete is emptied first, deepest entries
+//! first, with the same rules applied to everything in it; one that keeps
+//! a protected entry stays.
+//!
+//! Never outside DEST, never through a symlink: every directory is opened
+//! beneath the push's [`Root`] with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`
+//! (or one `O_NOFOLLOW` component at a time), and each entry is removed
+//! with `unlinkat` on its parent's handle — a symlink is removed as a
+//! link, its target untouched, and a directory swapped for a symlink
+//! meanwhile makes that removal fail rather than follow it.
+//!
+//! All entries to delete are listed first, so `--max-delete N` can refuse
+//! the lot before anything goes, and a dry run reports the same list.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::fs::{AtFlags, FileType, OFlags};
+use rustix::io::Errno;
+use serde::{Deserialize, Serialize};
+
+use super::RawPath;
+use super::filter::Filter;
+use super::place::{Root, describe, show};
+use super::plan::{EntryKind, EntryResult, PlanEntry, PushPlan, Status};
+
+/// What `--delete` needs to know, carried in the [`PushPlan`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteSpec {
+    /// Delete what the source lacks (`--delete`).
+    pub enabled: bool,
+    /// `--max-delete N`: if more than N entries would go, delete none.
+    pub max: Option<u64>,
+    /// A source was a contents copy (`src/`): DEST itself is one of the
+    /// pushed directories.
+    pub contents: bool,
+    /// Directories of the source (relative to the transfer root, as the
+    /// plan's `rel`; empty for the root of a contents copy) that the
+    /// controller could not read completely: nothing at or beneath them is
+    /// deleted.
+    pub incomplete: Vec<RawPath>,
+    /// Source entries not sent (special files without `--specials`, say):
+    /// their names are left alone, as if they had been.
+    pub keep: Vec<RawPath>,
+}
+
+/// An entry to delete: where it is beneath the root, and what it is.
+struct Doomed {
+    rel: PathBuf,
+    kind: EntryKind,
+}
+
+/// A directory to sweep: its path beneath the root, and its path from the
+/// transfer root (for the filter rules and the plan's names).
+struct Swept {
+    target: PathBuf,
+    source: Vec<u8>,
+}
+
+/// Runs `--delete` for `plan` after its files are in place. `target_rel`
+/// maps a plan `rel` to the path beneath `root` where it landed. Returns
+/// one result per entry deleted (or, in a dry run, to be deleted), and
+/// failures.
+pub async fn after_push(
+    plan: &PushPlan,
+    root: &Arc<Root>,
+    target_rel: &(dyn Fn(&RawPath) -> PathBuf + Sync),
+    cancel: &AtomicBool,
+) -> Vec<EntryResult> {
+    let spec = &plan.delete;
+    if !spec.enabled {
+        return Vec::new();
+    }
+    let dest = plan.dest.as_path();
+    let nothing = |why: String| {
+        vec![EntryResult::failed(
+            dest,
+            format!("{}: {why}: nothing deleted (--delete)", show(dest)),
+        )]
+    };
+    if cancel.load(Ordering::SeqCst) {
+        return nothing("push cancelled".into());
+    }
+    let filter = match plan.filter.compile() {
+        Ok(f) => Arc::new(f),
+        Err(e) => return nothing(e),
+    };
+    let mut kept: HashSet<Vec<u8>> = spec.keep.iter().map(|k| k.as_bytes().to_vec()).collect();
+    let mut swept = Vec::new();
+    if spec.contents {
+        let top = target_rel(&RawPath::default());
+        // Only when the entries land in DEST itself (a contents copy
+        // always does): the root is then DEST, never its parent.
+        if top.as_os_str().is_empty() {
+            swept.push(Swept {
+                target: top,
+                source: Vec::new(),
+            });
+        }
+    }
+    for e in &plan.entries {
+        let rel = match e {
+            PlanEntry::Dir { rel, .. } => {
+                swept.push(Swept {
+                    target: target_rel(rel),
+                    source: rel.as_bytes().to_vec(),
+                });
+                rel
+            }
+            PlanEntry::File { rel, .. }
+            | PlanEntry::Symlink { rel, .. }
+            | PlanEntry::HardLink { rel, .. }
+            | PlanEntry::Special { rel, .. } => rel,
+        };
+        kept.insert(rel.as_bytes().to_vec());
+    }
+    swept.retain(|s| {
+        !spec
+            .incomplete
+            .iter()
+            .any(|i| beneath(&s.source, i.as_bytes()))
+    });
+    let r = root.clone();
+    let listed = tokio::task::spawn_blocking(move || {
+        let mut scan = Scan {
+            root: &r,
+            filter: &filter,
+            kept: &kept,
+            doomed: Vec::new(),
+            failed: Vec::new(),
+        };
+        for s in &swept {
+            scan.sweep(s);
+        }
+        (scan.doomed, scan.failed)
+    })
+    .await;
+    let (doomed, mut results) = match listed {
+        Ok(l) => l,
+        Err(e) => return nothing(format!("internal error listing entries: {e}")),
+    };
+    if let Some(max) = spec.max
+        && doomed.len() as u64 > max
+    {
+        results.push(EntryResult::failed(
+            dest,
+            format!(
+                "{}: --delete would remove {} entries; --max-delete {max} stopped it: nothing deleted",
+                show(dest),
+                doomed.len()
+            ),
+        ));
+        return results;
+    }
+    if plan.dry_run {
+        results.extend(
+            doomed
+                .iter()
+                .map(|d| EntryResult::done(&root.path().join(&d.rel), d.kind, Status::Deleted)),
+        );
+        return results;
+    }
+    // The last moment an interrupt can stop it: after this, entries go.
+    if cancel.load(Ordering::SeqCst) {
+        results.extend(nothing("push cancelled".into()));
+        return results;
+    }
+    let r = root.clone();
+    match tokio::task::spawn_blocking(move || remove_all(&r, doomed)).await {
+        Ok(done) => results.extend(done),
+        Err(e) => results.extend(nothing(format!("internal error deleting: {e}"))),
+    }
+    results
+}
+
+/// Whether `rel` is `dir` or beneath it (everything is beneath `""`).
+fn beneath(rel: &[u8], dir: &[u8]) -> bool {
+    dir.is_empty()
+        || rel == dir
+        || (rel.len() > dir.len() && rel.starts_with(dir) && rel[dir.len()] == b'/')
+}
+
+/// `base/name` as bytes (`name` alone at the top).
+fn join(base: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(base.len() + 1 + name.len());
+    if !base.is_empty() {
+        v.extend_from_slice(base);
+        v.push(b'/');
+    }
+    v.extend_from_slice(name);
+    v
+}
+
+fn kind_of(ft: FileType) -> EntryKind {
+    match ft {
+        FileType::Directory => EntryKind::Dir,
+        FileType::RegularFile => EntryKind::File,
+        FileType::Symlink => EntryKind::Symlink,
+        _ => EntryKind::Special,
+    }
+}
+
+/// Listing what to delete.
+struct Scan<'a> {
+    root: &'a Root,
+    filter: &'a Filter,
+    kept: &'a HashSet<Vec<u8>>,
+    doomed: Vec<Doomed>,
+    failed: Vec<EntryResult>,
+}
+
+impl Scan<'_> {
+    /// The entries of directory `target` (beneath the root, no symlink
+    /// followed) with their types; `None` (and a failure noted) when it
+    /// cannot be read. A directory that is missing or is not a directory
+    /// (a symlink, say) is `Some(empty)` when `quiet`: the push reported
+    /// it already, or (in a dry run) would have created it.
+    fn list(&mut self, target: &Path, quiet: bool) -> Option<Vec<(Vec<u8>, FileType)>> {
+        let shown = self.root.path().join(target);
+        let fail = |e: Errno| {
+            EntryResult::failed(
+                &shown,
+                format!(
+                    "{}: cannot read directory for --delete: {}",
+                    show(&shown),
+                    describe(e)
+                ),
+            )
+        };
+        let fd = match self
+            .root
+            .open_beneath(target, OFlags::RDONLY | OFlags::DIRECTORY)
+        {
+            Ok(fd) => fd,
+            Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) if quiet => return Some(Vec::new()),
+            Err(e) => {
+                self.failed.push(fail(e));
+                return None;
+            }
+        };
+        let mut dir = match rustix::fs::Dir::read_from(&fd) {
+            Ok(d) => d,
+            Err(e) => {
+                self.failed.push(fail(e));
+                return None;
+            }
+        };
+        let mut out = Vec::new();
+        for entry in dir.by_ref() {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    self.failed.push(fail(e));
+                    return None;
+                }
+            };
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let ft = match entry.file_type() {
+                FileType::Unknown => {
+                    match rustix::fs::statat(&fd, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(st) => FileType::from_raw_mode(st.st_mode),
+                        Err(Errno::NOENT) => continue,
+                        Err(e) => {
+                            self.failed.push(fail(e));
+                            return None;
+                        }
+                    }
+                }
+                ft => ft,
+            };
+            out.push((name.to_vec(), ft));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Some(out)
+    }
+
+    /// Notes what to delete in pushed directory `s`.
+    fn sweep(&mut self, s: &Swept) {
+        let Some(entries) = self.list(&s.target, true) else {
+            return;
+        };
+        for (name, ft) in entries {
+            let source = join(&s.source, &name);
+            if self.kept.contains(&source) {
+                continue;
+            }
+            self.extra(s.target.join(OsStr::from_bytes(&name)), source, ft);
+        }
+    }
+
+    /// Notes `target` (an entry the source lacks) for deletion, unless the
+    /// rules protect it; a directory's contents first. Returns whether it
+    /// is to go (a directory keeping a protected entry stays).
+    fn extra(&mut self, target: PathBuf, source: Vec<u8>, ft: FileType) -> bool {
+        let is_dir = ft == FileType::Directory;
+        if self.filter.excluded(&source, is_dir) {
+            return false;
+        }
+        if is_dir {
+            let Some(entries) = self.list(&target, false) else {
+                return false;
+            };
+            let mut all = true;
+            for (name, ft) in entries {
+                all &= self.extra(
+                    target.join(OsStr::from_bytes(&name)),
+                    join(&source, &name),
+                    ft,
+                );
+            }
+            if !all {
+                return false;
+            }
+        }
+        self.doomed.push(Doomed {
+            rel: target,
+            kind: kind_of(ft),
+        });
+        true
+    }
+}
+
+/// Removes each entry, in order (a directory after its contents), through
+/// its parent's handle. A directory whose contents could not all be
+/// removed is left without a second error.
+fn remove_all(root: &Root, doomed: Vec<Doomed>) -> Vec<EntryResult> {
+    let mut results = Vec::with_capacity(doomed.len());
+    let mut blocked: HashSet<PathBuf> = HashSet::new();
+    for d in doomed {
+        if blocked.contains(&d.rel) {
+            continue;
+        }
+        let shown = root.path().join(&d.rel);
+        match remove(root, &d) {
+            Ok(()) | Err(Errno::NOENT) => {
+                results.push(EntryResult::done(&shown, d.kind, Status::Deleted))
+            }
+            Err(e) => {
+                results.push(
+                    EntryResult::failed(
+                        &shown,
+                        format!("{}: cannot delete: {}", show(&shown), describe(e)),
+                    )
+                    .of_kind(d.kind),
+                );
+                blocked.extend(d.rel.ancestors().skip(1).map(Path::to_path_buf));
+            }
+        }
+    }
+    results
+}
+
+/// Removes one entry with `unlinkat` on its parent (opened beneath the
+/// root without following any symlink).
+fn remove(root: &Root, d: &Doomed) -> Result<(), Errno> {
+    let parent = d.rel.parent().unwrap_or(Path::new(""));
+    let name = d.rel.file_name().ok_or(Errno::INVAL)?;
+    let dir = root.open_dir(parent)?;
+    let flags = if d.kind == EntryKind::Dir {
+        AtFlags::REMOVEDIR
+    } else {
+        AtFlags::empty()
+    };
+    rustix::fs::unlinkat(&dir, name, flags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn beneath_is_by_component() {
+        assert!(beneath(b"a/b", b"a"));
+        assert!(beneath(b"a", b"a"));
+        assert!(!beneath(b"ab", b"a"));
+        assert!(beneath(b"x", b""));
+    }
+}
