@@ -5,9 +5,9 @@
 use serde::Serialize;
 
 use super::out;
-use super::push::Skipped;
 use crate::files::RawPath;
 use crate::files::plan::{EntryKind, EntryResult, Status};
+use crate::files::walk::Skipped;
 
 /// One target's results.
 pub struct TargetOutcome {

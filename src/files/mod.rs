@@ -68,6 +68,7 @@ pub mod registry;
 pub mod serve;
 pub mod turns;
 pub mod uptodate;
+pub mod walk;
 pub mod window;
 
 use serde::{Deserialize, Serialize};
