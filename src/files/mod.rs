@@ -66,6 +66,7 @@ pub mod plan;
 pub mod receive;
 pub mod registry;
 pub mod serve;
+pub mod source;
 pub mod turns;
 pub mod uptodate;
 pub mod walk;
