@@ -2,6 +2,8 @@
 //!
 //! * [`ping`] — connect to targets and measure call round trips.
 //! * [`push`] — copy files and directories to targets.
+//! * [`pull`] — copy files and directories from targets.
+//! * [`report`] — printing what a transfer did.
 //! * [`target`] — target specifications (`-H`, `--via`).
 //! * [`generate`] — shell completions and the man page.
 //! * [`exit`] — exit statuses; [`out`] — where output goes;
@@ -12,6 +14,7 @@ pub mod generate;
 pub mod nodeset;
 pub mod out;
 pub mod ping;
+pub mod pull;
 pub mod push;
 pub mod report;
 pub mod sanitize;
@@ -49,6 +52,12 @@ pub enum Command {
     /// Copy files (and, with -r, directories) to every target.
     #[command(after_help = exit::HELP)]
     Push(push::PushArgs),
+    /// Copy files (and, with -r, directories) from every target to here:
+    /// SRC are paths on the targets (or scp's HOST:PATH), DEST is local;
+    /// with several targets each one's files go into DEST/TARGET/. Takes
+    /// push's options.
+    #[command(after_help = exit::HELP)]
+    Pull(push::PushArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(generate::CompletionsArgs),
     /// Print the man page (roff): ferrogen(1), or ferrogen-COMMAND(1).
@@ -98,6 +107,21 @@ pub fn main() -> i32 {
             // -v lists what changed, as rsync's -v does.
             args.itemize = args.itemize.max(cli.verbose.min(2));
             run_async(push::run(args, filter)).code()
+        }
+        Command::Pull(mut args) => {
+            let sub = matches.subcommand_matches("pull");
+            if let Err(msg) = args.check_pull().and_then(|()| args.build_filter(sub)) {
+                let mut cmd = Cli::command();
+                cmd.build();
+                let err = match cmd.find_subcommand_mut("pull") {
+                    Some(p) => p.error(clap::error::ErrorKind::ValueValidation, msg),
+                    None => clap::Error::raw(clap::error::ErrorKind::ValueValidation, msg),
+                };
+                err.exit();
+            }
+            let filter = init_logging(cli.verbose);
+            args.itemize = args.itemize.max(cli.verbose.min(2));
+            run_async(pull::run(args, filter)).code()
         }
         Command::Completions(args) => generate::completions(&args, Cli::command()).code(),
         Command::Man(args) => generate::man(&args, Cli::command()).code(),

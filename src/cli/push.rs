@@ -554,7 +554,7 @@ async fn cancel_targets(router: &Router, targets: &Targets) {
 }
 
 /// Waits for SIGINT or SIGTERM; returns the status to exit with.
-async fn shutdown_signal() -> Exit {
+pub(crate) async fn shutdown_signal() -> Exit {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,

@@ -1,0 +1,462 @@
+//! `ferrogen pull`: copy files from every target to here.
+//!
+//! The same transfer as a push, the other way round. Each target walks
+//! the paths asked for and serves them from a FileService of its own
+//! (`ferrogen.files.source`, which only the controller may call); the
+//! controller receives them with the very code a push target runs —
+//! quick check, atomic verified landing confined to DEST, `--delete`,
+//! dry run — fetching from that target. With several targets each one's
+//! files land in `DEST/<target>/`, so two hosts never overwrite each other.
+//!
+//! Trust runs the other way here: what a target offers is checked before
+//! anything is received. Every entry must lie under one of the names asked
+//! for (a plain relative path, no `..`, checked again when it lands); data
+//! is verified against the digest the target sends; a target can only ever
+//! fill its own part of DEST.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
+
+use super::push::{PushArgs, shutdown_signal, split_remote};
+use super::report::{self, TargetOutcome};
+use super::target::{self, Chain};
+use super::{Exit, out};
+use crate::files::RawPath;
+use crate::files::delete::DeleteSpec;
+use crate::files::plan::{self, Compare, EntryKind, EntryResult, PlanEntry, PushPlan, Status};
+use crate::files::receive::{ReceiveOptions, TempFiles};
+use crate::files::source::{Offer, OfferArgs, SOURCE_SERVICE, ServeOptions, WalkSpec};
+use crate::router::{Router, RouterConfig};
+use crate::service::Services;
+
+impl PushArgs {
+    /// [`PushArgs::check`] for `pull`: sources are paths on the targets
+    /// (scp's `HOST:PATH` form names the target), DEST is local.
+    pub fn check_pull(&mut self) -> Result<(), String> {
+        if self.paths.len() < 2 {
+            return Err("pull needs at least one source and a destination: \
+                        ferrogen pull [OPTIONS] SRC... DEST"
+                .into());
+        }
+        if self.delete && !(self.recursive || self.archive) {
+            return Err("--delete needs -r or -a".into());
+        }
+        if self.bwlimit_total.is_some() {
+            return Err(
+                "--bwlimit-total limits what the controller sends; each target sends a \
+                 pull on its own: use --bwlimit"
+                    .into(),
+            );
+        }
+        let (dest, srcs) = self.paths.split_last_mut().ok_or("no destination")?;
+        if let Some(d) = dest.to_str()
+            && split_remote(d).is_some()
+        {
+            return Err(format!(
+                "destination {d:?} looks like scp's HOST:PATH, but pull writes here \
+                 (write ./{d} for a local name with ':')"
+            ));
+        }
+        // scp's `HOST:PATH` sources: one host for all of them, given that way.
+        let mut host: Option<String> = None;
+        let mut plain = 0;
+        for src in srcs.iter_mut() {
+            let Some((h, p)) = src.to_str().and_then(split_remote) else {
+                plain += 1;
+                continue;
+            };
+            if host.as_deref().is_some_and(|seen| seen != h) {
+                return Err(format!(
+                    "sources name two hosts ({} and {h}): give several targets with -H",
+                    host.unwrap_or_default()
+                ));
+            }
+            target::parse(h).map_err(|e| format!("source {h}:{p}: {e}"))?;
+            host = Some(h.to_string());
+            *src = if p.is_empty() { "." } else { p }.into();
+        }
+        if let Some(h) = host {
+            if plain > 0 {
+                return Err("either every source is HOST:PATH or none is".into());
+            }
+            if !self.target.hosts.is_empty() || !self.target.host_files.is_empty() {
+                return Err(format!(
+                    "the sources name a host ({h}:...) and -H or --hosts was given too"
+                ));
+            }
+            self.target.hosts = vec![h];
+        }
+        Ok(())
+    }
+}
+
+/// The names a pull of `srcs` may bring at its top level: each source's
+/// own name, or `None` when any entry may come (a `src/` contents copy, or
+/// a name only the target can resolve, such as `..`).
+fn allowed_tops(srcs: &[std::ffi::OsString]) -> Option<Vec<Vec<u8>>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut tops = Vec::new();
+    for s in srcs {
+        let b = s.as_bytes();
+        if b.ends_with(b"/") || b == b"." || b.ends_with(b"/.") {
+            return None;
+        }
+        match Path::new(s).file_name() {
+            Some(n) if n != "." && n != ".." => tops.push(n.as_bytes().to_vec()),
+            _ => return None,
+        }
+    }
+    Some(tops)
+}
+
+/// The relative path of an entry.
+fn rel_of(e: &PlanEntry) -> &RawPath {
+    match e {
+        PlanEntry::Dir { rel, .. }
+        | PlanEntry::File { rel, .. }
+        | PlanEntry::Symlink { rel, .. }
+        | PlanEntry::HardLink { rel, .. }
+        | PlanEntry::Special { rel, .. } => rel,
+    }
+}
+
+/// Checks what a target offered against what was asked for: every entry
+/// (and hard link's target) beneath an asked-for name. Returns why not.
+fn vet(offer: &Offer, tops: Option<&[Vec<u8>]>) -> Result<(), String> {
+    let Some(tops) = tops else {
+        return Ok(());
+    };
+    let under = |rel: &RawPath| {
+        let first = rel.as_bytes().split(|&b| b == b'/').next().unwrap_or(b"");
+        tops.iter().any(|t| t.as_slice() == first)
+    };
+    for e in &offer.entries {
+        let rel = rel_of(e);
+        if !under(rel) {
+            return Err(format!(
+                "offered {rel}, which is not beneath what was asked for"
+            ));
+        }
+        if let PlanEntry::HardLink { to, .. } = e
+            && !under(to)
+        {
+            return Err(format!(
+                "offered a link to {to}, not beneath what was asked for"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A target's name as one directory name: `/` and NUL (impossible in a
+/// name) become `_`, and `.`/`..` are prefixed.
+fn dir_name(host: &str) -> String {
+    let s: String = host
+        .chars()
+        .map(|c| if c == '/' || c == '\0' { '_' } else { c })
+        .collect();
+    match s.as_str() {
+        "" | "." | ".." => format!("_{s}"),
+        _ => s,
+    }
+}
+
+/// Runs the command; returns the exit code.
+pub async fn run(args: PushArgs, log_filter: String) -> Exit {
+    let Some((dest, srcs)) = args.paths.split_last() else {
+        out::diag("ferrogen pull: need at least one source and a destination");
+        return Exit::Usage;
+    };
+    let router = Router::new(RouterConfig::controller());
+    let services = Services::start(&router);
+    crate::ping::register_service(&services, &router);
+    let temps = TempFiles::default();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let work = pull_all(
+        &router,
+        &args,
+        dest.clone(),
+        srcs,
+        &log_filter,
+        &temps,
+        &cancel,
+    );
+    let outcomes = tokio::select! {
+        o = work => o,
+        sig = shutdown_signal() => {
+            let what = if sig == Exit::Terminated { "terminated" } else { "interrupted" };
+            out::diag(format_args!("ferrogen pull: {what}: nothing received was put in place"));
+            cancel.store(true, Ordering::SeqCst);
+            temps.remove_all();
+            services.shutdown().await;
+            router.close_all_streams("controller interrupted");
+            return sig;
+        }
+    };
+    let style = report::Style {
+        json: args.json,
+        itemize: args.itemize,
+        dry_run: args.dry_run,
+    };
+    let failed = report::print(&style, &outcomes, &[]);
+    services.shutdown().await;
+    router.close_all_streams("pull finished");
+    if failed { Exit::Failure } else { Exit::Success }
+}
+
+async fn pull_all(
+    router: &Router,
+    args: &PushArgs,
+    dest: std::ffi::OsString,
+    srcs: &[std::ffi::OsString],
+    log_filter: &str,
+    temps: &TempFiles,
+    cancel: &Arc<AtomicBool>,
+) -> Vec<TargetOutcome> {
+    let hosts = args.target.hosts();
+    let failed = |host: String, e: String| TargetOutcome {
+        results: vec![EntryResult::failed(Path::new(&dest), e)],
+        host,
+        context: String::new(),
+        seconds: 0.0,
+    };
+    let chain = match target::connect_chain(router, &args.target, log_filter).await {
+        Ok(c) => c,
+        Err((_, e)) => return hosts.into_iter().map(|h| failed(h, e.clone())).collect(),
+    };
+    let several = hosts.len() > 1;
+    let sem = Arc::new(Semaphore::new(args.fanout.max(1)));
+    let args = Arc::new(Job {
+        walk: WalkSpec {
+            recursive: args.recursive || args.archive,
+            specials: args.specials || args.archive,
+            devices: args.devices || args.archive,
+            hard_links: args.hard_links || args.archive,
+            owner: args.owner,
+            filter: args.filter.rules().clone(),
+        },
+        serve: ServeOptions {
+            window: args.window,
+            window_cap: args.window_cap,
+            compress: args.compress,
+            bwlimit: args.bwlimit,
+            bwlimit_total: None,
+        },
+        srcs: srcs.iter().map(|s| RawPath::from(Path::new(s))).collect(),
+        tops: allowed_tops(srcs),
+        dest: dest.clone(),
+        several,
+        options: ReceiveOptions {
+            fsync: !args.no_fsync,
+            preserve_owner: args.owner,
+        },
+        parallel: args.parallel,
+        dry_run: args.dry_run,
+        compare: if args.checksum {
+            Compare::Checksum
+        } else if args.ignore_times {
+            Compare::IgnoreTimes
+        } else {
+            Compare::QuickCheck
+        },
+        delete: args.delete,
+        max_delete: args.max_delete,
+        stripes: args.stripes,
+        target: args.target.clone(),
+        log_filter: log_filter.to_string(),
+    });
+    let mut tasks = Vec::new();
+    for host in hosts {
+        let (router, chain, job, sem, temps, cancel) = (
+            router.clone(),
+            chain.clone(),
+            args.clone(),
+            sem.clone(),
+            temps.clone(),
+            cancel.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            pull_one(&router, &job, &chain, host, &temps, &cancel).await
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(o) => out.push(o),
+            Err(e) => out.push(failed("?".into(), format!("internal error: {e}"))),
+        }
+    }
+    out
+}
+
+/// Everything one target's pull needs.
+struct Job {
+    walk: WalkSpec,
+    serve: ServeOptions,
+    srcs: Vec<RawPath>,
+    tops: Option<Vec<Vec<u8>>>,
+    dest: std::ffi::OsString,
+    several: bool,
+    options: ReceiveOptions,
+    parallel: u32,
+    dry_run: bool,
+    compare: Compare,
+    delete: bool,
+    max_delete: Option<u64>,
+    stripes: Option<usize>,
+    target: target::TargetArgs,
+    log_filter: String,
+}
+
+async fn pull_one(
+    router: &Router,
+    job: &Job,
+    chain: &Chain,
+    host: String,
+    temps: &TempFiles,
+    cancel: &AtomicBool,
+) -> TargetOutcome {
+    use std::os::unix::ffi::OsStrExt;
+    let t0 = Instant::now();
+    // With several targets, each gets a directory of its own in DEST.
+    let dest: PathBuf = if job.several {
+        Path::new(&job.dest).join(dir_name(&host))
+    } else {
+        PathBuf::from(&job.dest)
+    };
+    let outcome = |context: String, results: Vec<EntryResult>| TargetOutcome {
+        host: host.clone(),
+        context,
+        results,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    let info =
+        match target::connect_target(router, &job.target, chain, &host, &job.log_filter).await {
+            Ok(i) => i,
+            Err(e) => return outcome(String::new(), vec![EntryResult::failed(&dest, e)]),
+        };
+    let args = OfferArgs {
+        srcs: job.srcs.clone(),
+        walk: job.walk.clone(),
+        serve: job.serve.clone(),
+    };
+    let offer: Offer = match router
+        .call_service(info.id, SOURCE_SERVICE, "offer", &args)
+        .await
+    {
+        Ok(o) => o,
+        Err(e) => {
+            let msg = super::call_failure(&info.name, "the walk of the sources", &e);
+            return outcome(info.name, vec![EntryResult::failed(&dest, msg)]);
+        }
+    };
+    if let Err(why) = vet(&offer, job.tops.as_deref()) {
+        let msg = format!(
+            "{}: refused what it offered: {}",
+            info.name,
+            super::sanitize::sanitize(&why)
+        );
+        return outcome(info.name, vec![EntryResult::failed(&dest, msg)]);
+    }
+    super::push::open_stripes(
+        router,
+        &job.target,
+        &host,
+        info.id,
+        job.stripes,
+        offer.total_bytes,
+        &job.log_filter,
+    );
+    let mut results: Vec<EntryResult> = offer
+        .unread
+        .iter()
+        .map(|why| {
+            EntryResult::failed(
+                &dest,
+                format!("{}: {}", info.name, super::sanitize::sanitize(why)),
+            )
+        })
+        .collect();
+    let into_dir = job.several || offer.into_dir || job.dest.as_bytes().ends_with(b"/");
+    let skipped: Vec<RawPath> = offer.skipped.iter().map(|(rel, _)| rel.clone()).collect();
+    for (rel, kind) in &offer.skipped {
+        tracing::info!("{host}: {rel}: {} skipped", super::sanitize::sanitize(kind));
+        results.push(EntryResult::done(
+            &dest.join(rel.as_path()),
+            EntryKind::Special,
+            Status::Skipped,
+        ));
+    }
+    let plan = PushPlan {
+        server: info.id,
+        dest: RawPath::from(dest.as_path()),
+        into_dir,
+        entries: offer.entries,
+        options: job.options.clone(),
+        parallel: job.parallel,
+        dry_run: job.dry_run,
+        compare: job.compare,
+        filter: job.walk.filter.clone(),
+        delete: DeleteSpec {
+            enabled: job.delete,
+            max: job.max_delete,
+            contents: offer.contents,
+            incomplete: offer.incomplete,
+            keep: skipped,
+        },
+    };
+    results.extend(plan::apply_cancellable(router, plan, temps, cancel).await);
+    outcome(info.name, results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_asked_for_names_may_come() {
+        let srcs: Vec<std::ffi::OsString> = vec!["/var/log/syslog".into(), "etc".into()];
+        let tops = allowed_tops(&srcs).expect("names known");
+        assert_eq!(tops, vec![b"syslog".to_vec(), b"etc".to_vec()]);
+        let file = |rel: &str| PlanEntry::File {
+            src: "/x".into(),
+            rel: rel.into(),
+            size: 1,
+            stamp: None,
+        };
+        let offer = |entries| Offer {
+            entries,
+            ..Default::default()
+        };
+        assert!(
+            vet(
+                &offer(vec![file("syslog"), file("etc/passwd")]),
+                Some(&tops)
+            )
+            .is_ok()
+        );
+        assert!(vet(&offer(vec![file("shadow")]), Some(&tops)).is_err());
+        assert!(vet(&offer(vec![file("etcetera/x")]), Some(&tops)).is_err());
+        let link = PlanEntry::HardLink {
+            rel: "etc/a".into(),
+            to: "other/b".into(),
+        };
+        assert!(vet(&offer(vec![link]), Some(&tops)).is_err());
+        for contents in ["dir/", ".", "dir/.", ".."] {
+            assert_eq!(allowed_tops(&[contents.into()]), None, "{contents}");
+        }
+    }
+
+    #[test]
+    fn target_names_become_one_directory_name() {
+        assert_eq!(dir_name("web1"), "web1");
+        assert_eq!(dir_name("bob@web1"), "bob@web1");
+        assert_eq!(dir_name("ssh:/x"), "ssh:_x");
+        assert_eq!(dir_name(".."), "_..");
+    }
+}
