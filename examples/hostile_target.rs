@@ -101,6 +101,12 @@ const ATTACKS: &[(&str, Stage)] = &[
     // reading, then 4 `fetch_small` calls for every small file from each
     // of them; hang up after SECONDS.
     ("fake_small", Stage::Connected(fake_small)),
+    // Issue 12 (pull): answer the controller's `offer` with lies —
+    // COUNT 0: entries beneath names it did not ask for; 1: forged names
+    // (`..`, absolute, NUL) beneath the asked-for name; 2: two files
+    // announced at 10 bytes each whose `fetch_small` reply holds 100,000.
+    // Then idle until the controller hangs up.
+    ("offer_lies", Stage::Connected(offer_lies)),
 ];
 
 /// Our parent's id, from HELLO.
@@ -348,6 +354,37 @@ impl Peer {
         f.reply_to = reply_to;
         self.send(f)?;
         Ok(reply_to)
+    }
+
+    /// Waits for a call of `method` (others are answered "no such
+    /// service"); returns its frame and arguments.
+    fn wait_call(&mut self, method: &str, wait: Duration) -> Result<(Frame, Vec<u8>), String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let f = self
+                .recv(left)
+                .ok_or_else(|| format!("no {method} call came"))?;
+            if f.handle != handles::CALL_SERVICE || f.is_dead() {
+                continue;
+            }
+            let call: ServiceCall = control::decode_frame(&f).map_err(|e| e.to_string())?;
+            if call.method == method {
+                return Ok((f, call.args));
+            }
+            let no = CallReply::Err(RemoteError::NoSuchService(call.service));
+            let mut r = Frame::new(f.src_id, f.reply_to, Enc::Control, control::encode(&no));
+            r.reply_to = 0;
+            self.send(r)?;
+        }
+    }
+
+    /// Answers the call in `to` with `value`.
+    fn reply_ok<T: serde::Serialize>(&mut self, to: &Frame, value: &T) -> Result<(), String> {
+        let ok = CallReply::Ok(control::encode(value).to_vec());
+        let mut r = Frame::new(to.src_id, to.reply_to, Enc::Control, control::encode(&ok));
+        r.reply_to = 0;
+        self.send(r)
     }
 
     /// Waits for the controller's `ferrogen.files.target.push` call and
@@ -1069,6 +1106,95 @@ fn fake_small(p: &mut Peer, k: &Knobs) -> Result<(), String> {
         }
     }
     k.report("fakes", ids.len());
+    std::thread::sleep(k.duration());
+    Ok(())
+}
+
+/// See [`ATTACKS`]: `offer_lies`.
+fn offer_lies(p: &mut Peer, k: &Knobs) -> Result<(), String> {
+    use ferrogen::files::source::{Offer, OfferArgs};
+    let (call, args) = p.wait_call("offer", Duration::from_secs(30))?;
+    let args: OfferArgs = control::decode(&args).map_err(|e| e.to_string())?;
+    let asked = args
+        .srcs
+        .first()
+        .and_then(|s| {
+            s.as_path()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default();
+    let file = |rel: Vec<u8>, size: u64| PlanEntry::File {
+        src: "/etc/hostname".into(),
+        rel: RawPath::from_bytes(rel),
+        size,
+        stamp: None,
+    };
+    let under = |tail: &[u8]| {
+        let mut v = asked.as_bytes().to_vec();
+        v.extend_from_slice(tail);
+        v
+    };
+    let entries = match k.count {
+        0 => vec![
+            file(b"escape.txt".to_vec(), 5),
+            PlanEntry::Dir {
+                rel: "notasked".into(),
+                mode: 0o755,
+                mtime_sec: 0,
+                mtime_nsec: 0,
+                owner: None,
+            },
+            PlanEntry::Symlink {
+                rel: "evil-link".into(),
+                target: "/etc".into(),
+                mtime_sec: 0,
+                mtime_nsec: 0,
+                owner: None,
+            },
+        ],
+        1 => vec![
+            file(under(b"/../../escape.txt"), 5),
+            file(under(b"/a\0b"), 5),
+            file(under(b"//abs"), 5),
+            file(under(b"/./dot"), 5),
+        ],
+        _ => vec![file(under(b"/one"), 10), file(under(b"/two"), 10)],
+    };
+    k.report("entries", entries.len());
+    p.reply_ok(
+        &call,
+        &Offer {
+            entries,
+            into_dir: false,
+            total_bytes: 20,
+            ..Default::default()
+        },
+    )?;
+    if k.count >= 2 {
+        let (call, _) = p.wait_call("fetch_small", Duration::from_secs(30))?;
+        let data = vec![b'x'; 100_000];
+        let meta = ferrogen::files::meta::FileMeta {
+            size: data.len() as u64,
+            mode: 0o644,
+            owner: "root".into(),
+            group: "root".into(),
+            uid: 0,
+            gid: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            atime_sec: 0,
+            atime_nsec: 0,
+        };
+        let digest = *blake3::hash(&data).as_bytes();
+        let one = ferrogen::files::SmallFile::Data {
+            meta,
+            data: data.into(),
+            digest,
+        };
+        p.reply_ok(&call, &vec![one.clone(), one])?;
+        k.report("oversize", "sent");
+    }
     std::thread::sleep(k.duration());
     Ok(())
 }

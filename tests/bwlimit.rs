@@ -37,6 +37,7 @@ fn plan(src: &Path, dest: &Path) -> PushPlan {
         parallel: 8,
         dry_run: false,
         compare: Default::default(),
+        sizes_bound: false,
         filter: Default::default(),
         delete: Default::default(),
     }

@@ -860,3 +860,115 @@ fn small_file_flood_from_many_owned_ids_stays_bounded() {
         run.explain()
     );
 }
+
+// ------------------------------------------------------------------ pull
+
+/// `ferrogen pull -e hostile_target -H evil [-H sib] -r SRC out/`, the
+/// hostile target playing `offer_lies` with `mode`.
+fn hostile_pull(scene: &Scene, mode: u32, hosts: &[&str]) -> std::process::Output {
+    let mut args: Vec<String> = vec![
+        "pull".into(),
+        "-e".into(),
+        hostile_path().to_str().expect("utf8 path").into(),
+        "--connect-timeout".into(),
+        "60".into(),
+        "--no-fsync".into(),
+    ];
+    for h in hosts {
+        args.extend(["-H".to_string(), h.to_string()]);
+    }
+    args.extend([
+        "-r".into(),
+        scene.src().to_str().expect("utf8 path").into(),
+        "out/".into(),
+    ]);
+    let child = Command::new(env!("CARGO_BIN_EXE_ferrogen"))
+        .args(&args)
+        .current_dir(scene.dir.path())
+        .env("HOME", scene.dir.path().join("home"))
+        .env("HOSTILE_ROOT", scene.dir.path().join("root"))
+        .env("HOSTILE_ATTACK", "offer_lies")
+        .env("HOSTILE_COUNT", mode.to_string())
+        .env("HOSTILE_SECONDS", "1")
+        .env("HOSTILE_REPORT", scene.dir.path().join("report"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ferrogen runs");
+    wait_at_most(child, LIMIT)
+}
+
+/// Every path beneath `dir`, relative to it.
+fn all_paths(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(dir).expect("beneath").to_path_buf());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Issue 12: a target that answers a pull with entries it was not asked
+/// for, with forged names, or with more data than it announced lands
+/// nothing — not outside its part of DEST, not inside it — and a sibling
+/// pulled in the same run gets its files.
+#[test]
+fn a_hostile_target_answering_a_pull_fills_nothing_but_its_own_part_of_dest() {
+    for mode in [0u32, 1, 2] {
+        let scene = Scene::new();
+        scene.file("a.txt", 5_000);
+        scene.file("b.bin", 300_000);
+        let out = hostile_pull(&scene, mode, &["evil", "sib"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "mode {mode}: {stdout}\n{stderr}"
+        );
+        // The sibling's copy is whole.
+        for (name, len) in [("a.txt", 5_000u64), ("b.bin", 300_000)] {
+            let got = scene.dir.path().join("out/sib/src").join(name);
+            assert_eq!(
+                std::fs::metadata(&got).map(|m| m.len()).ok(),
+                Some(len),
+                "mode {mode}: {}",
+                got.display()
+            );
+        }
+        // Nothing from evil anywhere: not in out/evil, not beside it.
+        let landed: Vec<PathBuf> = all_paths(scene.dir.path())
+            .into_iter()
+            .filter(|p| !p.starts_with("src") && !p.starts_with("home") && !p.starts_with("root"))
+            .filter(|p| !p.starts_with("out/sib") && p != Path::new("report"))
+            .collect();
+        let allowed = [
+            PathBuf::from("out"),
+            PathBuf::from("out/evil"),
+            PathBuf::from("out/sib"),
+        ];
+        let stray: Vec<&PathBuf> = landed.iter().filter(|p| !allowed.contains(p)).collect();
+        assert!(stray.is_empty(), "mode {mode}: landed {stray:?}\n{stderr}");
+        let why = match mode {
+            0 => "not beneath what was asked for",
+            1 => "unsafe relative path",
+            _ => "announced at 10",
+        };
+        assert!(
+            stderr.contains(why),
+            "mode {mode}: the cause ({why}) is named: {stderr}"
+        );
+    }
+}

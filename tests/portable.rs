@@ -175,6 +175,7 @@ async fn push_owned(
         parallel: 4,
         dry_run: false,
         compare: Default::default(),
+        sizes_bound: false,
         filter: Default::default(),
         delete: Default::default(),
     };

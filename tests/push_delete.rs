@@ -405,6 +405,7 @@ async fn deleted_entries_are_reported_with_their_kind() {
         parallel: 4,
         dry_run,
         compare: Default::default(),
+        sizes_bound: false,
         filter: Rules(vec![Rule::exclude("*.log")]),
         delete: DeleteSpec {
             enabled: true,

@@ -326,6 +326,7 @@ async fn the_file_service_refuses_excluded_files() {
         parallel: 4,
         dry_run: false,
         compare: Default::default(),
+        sizes_bound: false,
         filter: Default::default(),
         delete: Default::default(),
     };

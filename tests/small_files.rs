@@ -47,6 +47,7 @@ fn plan(entries: Vec<PlanEntry>, dest: &Path) -> PushPlan {
         parallel: 8,
         dry_run: false,
         compare: Default::default(),
+        sizes_bound: false,
         filter: Default::default(),
         delete: Default::default(),
     }

@@ -1004,6 +1004,7 @@ async fn an_ssh_a_sudo_and_a_proxied_context_on_one_stream_receive_one_at_a_time
             parallel: 8,
             dry_run: false,
             compare: Default::default(),
+            sizes_bound: false,
             filter: Default::default(),
             delete: Default::default(),
         };

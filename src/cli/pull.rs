@@ -401,6 +401,8 @@ async fn pull_one(
         parallel: job.parallel,
         dry_run: job.dry_run,
         compare: job.compare,
+        // The target announced the sizes; it may not send more.
+        sizes_bound: true,
         filter: job.walk.filter.clone(),
         delete: DeleteSpec {
             enabled: job.delete,

@@ -416,6 +416,7 @@ impl Sources {
             } else {
                 Compare::QuickCheck
             },
+            sizes_bound: false,
             filter: self.filter.rules().clone(),
             delete: DeleteSpec {
                 enabled: args.delete,

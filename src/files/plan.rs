@@ -255,6 +255,10 @@ pub struct PushPlan {
     /// How files already at the destination are compared with the source.
     #[serde(default)]
     pub compare: Compare,
+    /// Refuse a file whose data is larger than its entry's `size` (a pull:
+    /// the serving target announced the sizes and is not trusted).
+    #[serde(default)]
+    pub sizes_bound: bool,
     /// The push's filter rules (`--exclude`...): `--delete` spares the
     /// names they exclude.
     #[serde(default)]
@@ -790,6 +794,7 @@ pub async fn apply_cancellable(
         temps: temps.clone(),
         opts: plan.options.clone(),
         held: held.clone(),
+        sizes_bound: plan.sizes_bound,
     };
     for batch in small_batches(small) {
         let ctx = fetch_context();
@@ -1226,6 +1231,19 @@ struct FetchContext {
     temps: TempFiles,
     opts: ReceiveOptions,
     held: Arc<HeldFiles>,
+    /// [`PushPlan::sizes_bound`].
+    sizes_bound: bool,
+}
+
+/// With sizes bound, why a file of `size` bytes offered for an entry
+/// announced at `announced` is refused.
+fn over_announced(sizes_bound: bool, announced: u64, size: u64) -> Option<String> {
+    (sizes_bound && size > announced).then(|| {
+        format!(
+            "the source sent {size} bytes for a file it announced at {announced}; \
+             refused (pull again if it grew meanwhile)"
+        )
+    })
 }
 
 /// How many received files may wait for the batched sync with their
@@ -1308,6 +1326,11 @@ async fn fetch_one(ctx: &FetchContext, job: FileJob, single: bool) -> Outcome {
     )
     .await;
     let r = match r {
+        Ok(p) if over_announced(ctx.sizes_bound, job.size, p.bytes).is_some() => Err(format!(
+            "{}: {}",
+            show(job.place.shown()),
+            over_announced(ctx.sizes_bound, job.size, p.bytes).unwrap_or_default()
+        )),
         Ok(mut p) => {
             let done = if single {
                 let s = Summary {
@@ -1373,12 +1396,22 @@ async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<Outcome> {
         Err(why) => return all_failed(batch, why.to_string()),
     };
     let (temps, opts, held) = (ctx.temps.clone(), ctx.opts.clone(), ctx.held.clone());
+    let sizes_bound = ctx.sizes_bound;
     let places: Vec<(usize, Place)> = batch.iter().map(|j| (j.index, j.place.clone())).collect();
     let written = tokio::task::spawn_blocking(move || {
         let mut done = Vec::with_capacity(batch.len());
         let mut too_large = Vec::new();
         for (job, file) in batch.into_iter().zip(files) {
             let r = match super::compress::open_small(file) {
+                SmallFile::Data { meta, .. } | SmallFile::Compressed { meta, .. }
+                    if over_announced(sizes_bound, job.size, meta.size).is_some() =>
+                {
+                    Err(format!(
+                        "{}: {}",
+                        show(job.place.shown()),
+                        over_announced(sizes_bound, job.size, meta.size).unwrap_or_default()
+                    ))
+                }
                 SmallFile::Data { meta, data, digest } => {
                     receive::receive_whole(&job.place, &temps, &meta, &data, &digest, started)
                         .and_then(|mut p| {
