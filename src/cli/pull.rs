@@ -229,6 +229,7 @@ async fn pull_all(
         Err((_, e)) => return hosts.into_iter().map(|h| failed(h, e.clone())).collect(),
     };
     let several = hosts.len() > 1;
+    let bars = report::Bars::new(!args.json, &hosts);
     let sem = Arc::new(Semaphore::new(args.fanout.max(1)));
     let args = Arc::new(Job {
         walk: WalkSpec {
@@ -271,6 +272,7 @@ async fn pull_all(
     });
     let mut tasks = Vec::new();
     for host in hosts {
+        let bar = bars.add(&host, 0);
         let (router, chain, job, sem, temps, cancel) = (
             router.clone(),
             chain.clone(),
@@ -281,7 +283,16 @@ async fn pull_all(
         );
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            pull_one(&router, &job, &chain, host, &temps, &cancel).await
+            let o = pull_one(&router, &job, &chain, host, &temps, &cancel, bar.as_ref()).await;
+            if let Some(b) = bar {
+                if o.results.iter().any(|r| r.error.is_some()) {
+                    b.abandon_with_message("failed");
+                } else {
+                    b.set_position(b.length().unwrap_or(0));
+                    b.finish_with_message("done");
+                }
+            }
+            o
         }));
     }
     let mut out = Vec::new();
@@ -320,6 +331,7 @@ async fn pull_one(
     host: String,
     temps: &TempFiles,
     cancel: &AtomicBool,
+    bar: Option<&indicatif::ProgressBar>,
 ) -> TargetOutcome {
     use std::os::unix::ffi::OsStrExt;
     let t0 = Instant::now();
@@ -362,6 +374,10 @@ async fn pull_one(
             super::sanitize::sanitize(&why)
         );
         return outcome(info.name, vec![EntryResult::failed(&dest, msg)]);
+    }
+    if let Some(b) = bar {
+        b.set_length(offer.total_bytes);
+        report::Bars::connected(b);
     }
     super::push::open_stripes(
         router,

@@ -602,7 +602,7 @@ async fn push_all(
                 .collect();
         }
     };
-    let bars = Bars::new(!args.json);
+    let bars = report::Bars::new(!args.json, &hosts);
     let sem = Arc::new(Semaphore::new(args.fanout.max(1)));
     let plan = Arc::new(plan);
     let mut tasks = Vec::new();
@@ -784,6 +784,9 @@ async fn push_one(
     if let Ok(mut t) = reached.lock() {
         t.push(info.id);
     }
+    if let Some(b) = &bar {
+        report::Bars::connected(b);
+    }
     open_stripes(router, targs, &host, info.id, stripes, total, log_filter);
     let call = router.call_service::<_, Vec<EntryResult>>(info.id, TARGET_SERVICE, "push", plan);
     tokio::pin!(call);
@@ -831,32 +834,6 @@ async fn push_one(
         context: info.name,
         results,
         seconds: t0.elapsed().as_secs_f64(),
-    }
-}
-
-/// Per-target progress bars, only on a terminal.
-struct Bars {
-    multi: Option<indicatif::MultiProgress>,
-}
-
-impl Bars {
-    fn new(wanted: bool) -> Bars {
-        use std::io::IsTerminal;
-        let multi = (wanted && std::io::stderr().is_terminal()).then(indicatif::MultiProgress::new);
-        Bars { multi }
-    }
-
-    fn add(&self, host: &str, total: u64) -> Option<indicatif::ProgressBar> {
-        let multi = self.multi.as_ref()?;
-        let bar = multi.add(indicatif::ProgressBar::new(total));
-        let style = indicatif::ProgressStyle::with_template(
-            "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
-        )
-        .map(|s| s.progress_chars("=> "))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-        bar.set_style(style);
-        bar.set_prefix(host.to_string());
-        Some(bar)
     }
 }
 

@@ -266,3 +266,108 @@ pub fn print(style: &Style, outcomes: &[TargetOutcome], skipped: &[Skipped]) -> 
     }
     failed
 }
+
+/// Per-target progress bars on stderr, only on a terminal: "connecting"
+/// until the target answers, then bytes, rate and ETA. Host names are
+/// aligned to the longest (up to [`Bars::MAX_NAME`] characters; longer
+/// ones are cut with `…`).
+pub struct Bars {
+    multi: Option<indicatif::MultiProgress>,
+    width: usize,
+}
+
+impl Bars {
+    /// Longest host name shown whole.
+    pub const MAX_NAME: usize = 32;
+
+    /// Bars for `hosts`, if `wanted` and stderr is a terminal.
+    pub fn new(wanted: bool, hosts: &[String]) -> Bars {
+        use std::io::IsTerminal;
+        let multi = (wanted && std::io::stderr().is_terminal()).then(indicatif::MultiProgress::new);
+        let width = hosts
+            .iter()
+            .map(|h| h.chars().count())
+            .max()
+            .unwrap_or(0)
+            .clamp(1, Self::MAX_NAME);
+        Bars { multi, width }
+    }
+
+    /// A bar for `host`, showing "connecting" until [`Bars::connected`].
+    pub fn add(&self, host: &str, total: u64) -> Option<indicatif::ProgressBar> {
+        let multi = self.multi.as_ref()?;
+        let bar = multi.add(indicatif::ProgressBar::new(total));
+        let style = indicatif::ProgressStyle::with_template(&format!(
+            "{{prefix:>{}}} {{spinner}} {{msg}}",
+            self.width
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+        bar.set_style(style);
+        bar.set_prefix(Self::fit(host, self.width));
+        bar.set_message("connecting");
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        Some(bar)
+    }
+
+    /// Switches `bar` from "connecting" to the transfer: bytes done of the
+    /// total, rate, ETA.
+    pub fn connected(bar: &indicatif::ProgressBar) {
+        let width = bar.prefix().chars().count();
+        let style = indicatif::ProgressStyle::with_template(&format!(
+            "{{prefix:>{width}}} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{binary_bytes_per_sec}} \
+             ETA {{eta}} {{msg}}"
+        ))
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.disable_steady_tick();
+        bar.set_style(style);
+        bar.set_message("");
+    }
+
+    /// `name` in at most `width` characters (cut with `…`), so bars align.
+    fn fit(name: &str, width: usize) -> String {
+        if name.chars().count() <= width {
+            return name.to_string();
+        }
+        let mut s: String = name.chars().take(width.saturating_sub(1)).collect();
+        s.push('…');
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_host_names_are_cut_to_keep_bars_aligned() {
+        assert_eq!(Bars::fit("web1", 8), "web1");
+        let long = "a-very-long-host-name.example.internal.corp";
+        let cut = Bars::fit(long, Bars::MAX_NAME);
+        assert_eq!(cut.chars().count(), Bars::MAX_NAME);
+        assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn itemised_forms_follow_rsync() {
+        use crate::files::plan::changes;
+        let mut r = EntryResult::done(
+            std::path::Path::new("/d/f"),
+            EntryKind::File,
+            Status::Created,
+        );
+        r.changes = changes::CONTENT;
+        assert_eq!(itemize(&r), ">f+++++++++");
+        r.status = Status::Changed;
+        r.changes = changes::CONTENT | changes::SIZE | changes::TIME;
+        assert_eq!(itemize(&r), ">f.st......");
+        r.changes = changes::PERMS;
+        assert_eq!(itemize(&r), ".f...p.....");
+        r.changes = changes::CONTENT;
+        assert_eq!(itemize(&r), ">fc........");
+        r.status = Status::Deleted;
+        assert_eq!(itemize(&r), "*deleting  ");
+        let d = EntryResult::done(std::path::Path::new("/d"), EntryKind::Dir, Status::Created);
+        assert_eq!(itemize(&d), "cd+++++++++");
+    }
+}
