@@ -185,3 +185,84 @@ fn pull_through_a_via_hop() {
     assert!(o.status.success(), "{}", describe(&o));
     same(&t.path().join("proj"), &here.path().join("proj"));
 }
+
+/// Every descendant of `pid` whose command line starts with `ssh ` and
+/// names `user` as a separate word.
+fn ssh_clients_of(pid: u32, user: &str) -> Vec<u32> {
+    sshd::descendants(pid)
+        .into_iter()
+        .filter(|&q| {
+            let c = std::fs::read(format!("/proc/{q}/cmdline"))
+                .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+                .unwrap_or_default();
+            c.starts_with("ssh ") && c.contains(&format!(" {user} "))
+        })
+        .collect()
+}
+
+#[test]
+fn a_target_lost_mid_pull_fails_alone_and_leaves_nothing() {
+    let Some(sd) = Sshd::start() else { return };
+    let t = tempfile::tempdir().expect("tempdir");
+    chmod(t.path(), 0o755);
+    let big = t.path().join("big.bin");
+    let data: Vec<u8> = (0..48u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    std::fs::write(&big, &data).expect("write");
+    chmod(&big, 0o644);
+    let here = tempfile::tempdir().expect("tempdir");
+    let child = Command::new(env!("CARGO_BIN_EXE_ferrogen"))
+        .args([
+            "pull",
+            "--stripes",
+            "1",
+            "--bwlimit",
+            "8M",
+            "-e",
+            &sd.rsh(),
+            "-H",
+            "root",
+            "-H",
+            sshd::PLAIN,
+            s(&big),
+            s(here.path()),
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    // Wait for the victim's connection, let data flow, then cut it.
+    let t0 = std::time::Instant::now();
+    let victim = loop {
+        let v = ssh_clients_of(pid, sshd::PLAIN);
+        if !v.is_empty() || t0.elapsed() > std::time::Duration::from_secs(60) {
+            break v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(victim.len(), 1, "the victim's ssh client: {victim:?}");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let _ = Command::new("kill")
+        .args(["-KILL", &victim[0].to_string()])
+        .status();
+    let o = child.wait_with_output().expect("wait");
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    let err = text(&o.stderr);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&format!("{}: FAILED", sshd::PLAIN))),
+        "{err}"
+    );
+    // The other target's copy is whole; the victim's directory holds no file.
+    assert_eq!(
+        std::fs::read(here.path().join("root/big.bin")).expect("read"),
+        data
+    );
+    let left: Vec<_> = std::fs::read_dir(here.path().join(sshd::PLAIN))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
