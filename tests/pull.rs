@@ -202,3 +202,47 @@ fn pull_delete_and_filters_work_the_other_way_round() {
         std::fs::read(remote.join("sub/big.bin")).expect("read")
     );
 }
+
+#[test]
+fn a_full_local_disk_is_named_per_file_and_leaves_nothing() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let t = tree();
+    let remote = t.path().join("remote");
+    let mnt = tempfile::tempdir().expect("tempdir");
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(mnt.path())
+        .status()
+        .expect("mount runs");
+    assert!(st.success(), "mount tmpfs");
+    struct Umount(std::path::PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Umount(mnt.path().to_path_buf());
+    let o = ferrogen(&["pull", "-r", s(&remote), &format!("{}/", s(mnt.path()))]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("big.bin") && err.contains("No space left on device"),
+        "{err}"
+    );
+    // The 3 MiB file did not land, not even in part; the small one did.
+    assert!(!mnt.path().join("remote/sub/big.bin").exists());
+    assert_eq!(
+        std::fs::read(mnt.path().join("remote/a.txt")).expect("read"),
+        b"alpha"
+    );
+    let hidden: Vec<_> = std::fs::read_dir(mnt.path().join("remote/sub"))
+        .expect("readdir")
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "{hidden:?}");
+}
