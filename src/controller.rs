@@ -22,11 +22,67 @@ use std::time::{Duration, Instant};
 
 use crate::call::CallError;
 use crate::connect::{self, ConnectError, ConnectSpec, ContextInfo};
-use crate::files::{FileService, FileServiceConfig};
+use crate::files::plan::{self, Compare, EntryResult, PushPlan};
+use crate::files::receive::{ReceiveOptions, TempFiles};
+use crate::files::source::{Offer, OfferArgs, SOURCE_SERVICE, ServeOptions, WalkSpec};
+use crate::files::walk::collect_sources_with;
+use crate::files::{FileService, FileServiceConfig, RawPath, TARGET_SERVICE};
 use crate::ping::PING_SERVICE;
 use crate::router::{Router, RouterConfig};
 use crate::service::Services;
 use crate::wire::{ContextId, Enc, Frame, handles};
+
+/// How [`Controller::push`] and [`Controller::pull`] walk, compare and
+/// land files. The default is `ferrogen push` without options: files and
+/// symlinks (directories need `walk.recursive`), quick check, fsync.
+#[derive(Debug, Clone)]
+pub struct TransferOptions {
+    /// What the walk takes (`recursive`, specials, filters...).
+    pub walk: WalkSpec,
+    /// How received files are put in place.
+    pub receive: ReceiveOptions,
+    /// How existing files are compared.
+    pub compare: Compare,
+    /// Report only; change nothing.
+    pub dry_run: bool,
+    /// Files received at once.
+    pub parallel: u32,
+    /// How the serving side of a pull sends.
+    pub serve: ServeOptions,
+}
+
+impl Default for TransferOptions {
+    fn default() -> Self {
+        TransferOptions {
+            walk: WalkSpec::default(),
+            receive: ReceiveOptions::default(),
+            compare: Compare::QuickCheck,
+            dry_run: false,
+            parallel: 64,
+            serve: ServeOptions {
+                window: None,
+                window_cap: crate::stream::MAX_WINDOW,
+                compress: false,
+                bwlimit: None,
+                bwlimit_total: None,
+            },
+        }
+    }
+}
+
+/// Why a push or pull did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The sources could not be walked or registered.
+    #[error("{0}")]
+    Walk(String),
+    /// The call to the context failed.
+    #[error(transparent)]
+    Call(CallError),
+    /// A pull's target offered something that was not asked for.
+    #[error("refused what the target offered: {0}")]
+    Refused(String),
+}
 
 /// Where a context runs: `local` (this program re-executed as a child),
 /// `[ssh://][user@]host[:port]` (the system ssh client) or `sudo:USER` (on
@@ -144,6 +200,87 @@ impl Controller {
     /// The service registry: register services other contexts may call here.
     pub fn services(&self) -> &Services {
         &self.services
+    }
+
+    /// Copies `srcs` (paths in this process) to `dest` in `ctx`, as
+    /// `ferrogen push` does: the sources are walked and registered with
+    /// this controller's FileService, and the context receives them (quick
+    /// check, atomic verified landing, confined to `dest`). Each entry
+    /// reports its own result; `Err` means nothing was sent (the walk or
+    /// the call failed as a whole).
+    pub async fn push(
+        &self,
+        ctx: &Context,
+        srcs: &[impl AsRef<std::ffi::OsStr>],
+        dest: impl AsRef<std::path::Path>,
+        options: &TransferOptions,
+    ) -> Result<Vec<EntryResult>, TransferError> {
+        let walk = options.walk.options().map_err(TransferError::Walk)?;
+        let mut sources = collect_sources_with(srcs, &walk).map_err(TransferError::Walk)?;
+        sources.register(&self.files).map_err(TransferError::Walk)?;
+        let dest = dest.as_ref();
+        let plan = PushPlan {
+            server: self.router.id(),
+            dest: RawPath::from(dest),
+            into_dir: sources.into_dir
+                || std::os::unix::ffi::OsStrExt::as_bytes(dest.as_os_str()).ends_with(b"/"),
+            entries: std::mem::take(&mut sources.entries),
+            options: options.receive.clone(),
+            parallel: options.parallel,
+            dry_run: options.dry_run,
+            compare: options.compare,
+            sizes_bound: false,
+            filter: options.walk.filter.clone(),
+            delete: Default::default(),
+        };
+        ctx.call(TARGET_SERVICE, "push", &plan)
+            .await
+            .map_err(TransferError::Call)
+    }
+
+    /// Copies `srcs` (paths in `ctx`) to `dest` in this process, as
+    /// `ferrogen pull` does with one target: the context walks and serves
+    /// them, and this process receives them with the same code a push
+    /// target runs (entries vetted to lie beneath the names asked for).
+    pub async fn pull(
+        &self,
+        ctx: &Context,
+        srcs: &[impl AsRef<std::path::Path>],
+        dest: impl AsRef<std::path::Path>,
+        options: &TransferOptions,
+    ) -> Result<Vec<EntryResult>, TransferError> {
+        let args = OfferArgs {
+            srcs: srcs.iter().map(|s| RawPath::from(s.as_ref())).collect(),
+            walk: options.walk.clone(),
+            serve: options.serve.clone(),
+        };
+        let offer: Offer = ctx
+            .call(SOURCE_SERVICE, "offer", &args)
+            .await
+            .map_err(TransferError::Call)?;
+        let names: Vec<std::ffi::OsString> = srcs
+            .iter()
+            .map(|s| s.as_ref().as_os_str().to_os_string())
+            .collect();
+        crate::cli::pull::vet_offer(&offer, &names).map_err(TransferError::Refused)?;
+        let dest = dest.as_ref();
+        let plan = PushPlan {
+            server: ctx.id(),
+            dest: RawPath::from(dest),
+            into_dir: offer.into_dir
+                || std::os::unix::ffi::OsStrExt::as_bytes(dest.as_os_str()).ends_with(b"/"),
+            entries: offer.entries,
+            options: options.receive.clone(),
+            parallel: options.parallel,
+            dry_run: options.dry_run,
+            compare: options.compare,
+            sizes_bound: true,
+            filter: options.walk.filter.clone(),
+            delete: Default::default(),
+        };
+        let temps = TempFiles::default();
+        let cancel = std::sync::atomic::AtomicBool::new(false);
+        Ok(plan::apply_cancellable(&self.router, plan, &temps, &cancel).await)
     }
 
     /// The FileService: register files and directories that contexts may fetch.

@@ -44,7 +44,7 @@ pub mod wire;
 pub use call::{CallError, RemoteError};
 pub use channel::{ChannelError, Receiver, Sender};
 pub use connect::{ConnectError, ContextInfo};
-pub use controller::{Context, Controller, Target, TargetError};
+pub use controller::{Context, Controller, Target, TargetError, TransferError, TransferOptions};
 pub use files::{FileService, FileServiceConfig};
 pub use router::{Policy, Router};
 pub use service::{ServiceBuilder, Services};

@@ -155,8 +155,7 @@ pub fn call_failure(name: &str, during: &str, e: &crate::call::CallError) -> Str
 /// Services every child context of the `ferrogen` binary runs beyond the
 /// built-in ones: the receiving side of the FileService.
 pub fn child_services(services: &crate::service::Services, router: &crate::router::Router) {
-    crate::files::plan::register_service(services, router);
-    crate::files::source::register_service(services, router);
+    crate::files::serve_transfers(services, router);
     crate::connect::stripe::register_service(services, router);
 }
 

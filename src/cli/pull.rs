@@ -152,6 +152,12 @@ fn vet(offer: &Offer, tops: Option<&[Vec<u8>]>) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks `offer` against the sources asked for (`srcs` as given):
+/// every entry beneath one of their names. Returns why not.
+pub fn vet_offer(offer: &Offer, srcs: &[std::ffi::OsString]) -> Result<(), String> {
+    vet(offer, allowed_tops(srcs).as_deref())
+}
+
 /// A target's name as one directory name: `/` and NUL (impossible in a
 /// name) become `_`, and `.`/`..` are prefixed.
 fn dir_name(host: &str) -> String {

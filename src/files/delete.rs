@@ -30,32 +30,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{AtFlags, FileType, OFlags};
 use rustix::io::Errno;
-use serde::{Deserialize, Serialize};
 
 use super::RawPath;
 use super::filter::Filter;
+use super::outcome::{EntryKind, EntryResult, Status};
 use super::place::{Root, describe, show};
-use super::plan::{EntryKind, EntryResult, PlanEntry, PushPlan, Status};
+use super::spec::{PlanEntry, PushPlan};
 
-/// What `--delete` needs to know, carried in the [`PushPlan`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeleteSpec {
-    /// Delete what the source lacks (`--delete`).
-    pub enabled: bool,
-    /// `--max-delete N`: if more than N entries would go, delete none.
-    pub max: Option<u64>,
-    /// A source was a contents copy (`src/`): DEST itself is one of the
-    /// pushed directories.
-    pub contents: bool,
-    /// Directories of the source (relative to the transfer root, as the
-    /// plan's `rel`; empty for the root of a contents copy) that the
-    /// controller could not read completely: nothing at or beneath them is
-    /// deleted.
-    pub incomplete: Vec<RawPath>,
-    /// Source entries not sent (special files without `--specials`, say):
-    /// their names are left alone, as if they had been.
-    pub keep: Vec<RawPath>,
-}
+pub use super::spec::DeleteSpec;
 
 /// An entry to delete: where it is beneath the root, and what it is.
 struct Doomed {

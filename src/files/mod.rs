@@ -59,6 +59,7 @@ pub mod compress;
 pub mod delete;
 pub mod filter;
 pub mod meta;
+pub mod outcome;
 pub mod pace;
 pub mod passwd;
 pub mod place;
@@ -67,6 +68,7 @@ pub mod receive;
 pub mod registry;
 pub mod serve;
 pub mod source;
+pub mod spec;
 pub mod turns;
 pub mod uptodate;
 pub mod walk;
@@ -342,6 +344,15 @@ pub enum TransferMsg {
         /// Why.
         reason: String,
     },
+}
+
+/// Registers what makes a context a file target: the receiving side of a
+/// push (`ferrogen.files.target`) and the serving side of a pull
+/// (`ferrogen.files.source`). A child program passes this (or a function
+/// that calls it) to [`crate::connect::child::run`].
+pub fn serve_transfers(services: &crate::service::Services, router: &crate::router::Router) {
+    plan::register_service(services, router);
+    source::register_service(services, router);
 }
 
 /// Hex form of a digest.

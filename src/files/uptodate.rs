@@ -13,8 +13,9 @@ use std::os::fd::OwnedFd;
 
 use rustix::fs::{AtFlags, FileType, Gid, Uid};
 
+use super::outcome::changes;
 use super::place::{Place, describe};
-use super::plan::{Compare, Stamp, changes};
+use super::spec::{Compare, Stamp};
 
 /// The owner ids the push applies (`--owner`), if it applies them.
 pub type Ids = Option<(Uid, Gid)>;
