@@ -57,6 +57,16 @@ pub struct PushArgs {
     /// Skip fsync of files and directories (faster, not crash-safe).
     #[arg(long)]
     pub no_fsync: bool,
+    /// Send changed files whole: no delta transfer against the file
+    /// already at the destination (by default a large file that exists
+    /// there is sent as the blocks that differ).
+    #[arg(short = 'W', long)]
+    pub whole_file: bool,
+    /// Keep the received part of an interrupted large file (in a hidden,
+    /// owner-only `.NAME.ferrogen-partial` next to it) and resume from it
+    /// on the next push with --partial.
+    #[arg(long)]
+    pub partial: bool,
     /// Compress file data with zstd where it shrinks. The level follows
     /// the link: lowered, or compression dropped, when the link is faster
     /// than the compressor (loopback, a fast LAN).
@@ -433,6 +443,8 @@ impl Sources {
             options: ReceiveOptions {
                 fsync: !args.no_fsync,
                 preserve_owner: args.owner,
+                delta: !args.whole_file,
+                partial: args.partial,
             },
             parallel: args.parallel,
             dry_run: args.dry_run,
