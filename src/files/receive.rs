@@ -191,7 +191,10 @@ pub struct PendingFile {
     pub data_span_ns: (u64, u64),
     /// The temp file is the named partial file (`--partial`).
     partial: bool,
-    /// Keep the partial file when dropped (the transfer was interrupted).
+    /// Keep the file when dropped: a partial file is kept unless its data
+    /// turned out wrong, so that an interruption of any kind — even this
+    /// context's runtime dropping the transfer as the process exits —
+    /// leaves its prefix for the next push.
     keep: bool,
     /// Remove the destination's partial file once this one is in place.
     stale_partial: bool,
@@ -247,7 +250,7 @@ impl PendingFile {
             started,
             data_span_ns: (0, 0),
             partial,
-            keep: false,
+            keep: partial,
             stale_partial: false,
             old: None,
         }
@@ -759,13 +762,16 @@ async fn receive_prepared(
     .await;
     if let Err(e) = &result {
         reply.ack.close_with(router, &e.to_string());
-        if pending.partial
-            && matches!(
+        if pending.partial {
+            if matches!(
                 e,
                 ReceiveError::Interrupted { .. } | ReceiveError::Aborted { .. }
-            )
-        {
-            keep_partial(&mut pending, sink.take()).await;
+            ) {
+                keep_partial(&mut pending, sink.take()).await;
+            } else {
+                // Wrong data or a failed write: nothing worth resuming.
+                pending.keep = false;
+            }
         }
     }
     result.map(|()| pending)
@@ -783,7 +789,6 @@ async fn keep_partial(pending: &mut PendingFile, sink: Option<Sink>) {
     if let Some(f) = pending.file.as_ref()
         && rustix::fs::fsync(f).is_ok()
     {
-        pending.keep = true;
         tracing::debug!(
             "{}: partial file kept for the next push",
             place::show(pending.dest.shown())
