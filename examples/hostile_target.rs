@@ -485,7 +485,12 @@ fn lying_acks(p: &mut Peer, k: &Knobs) -> Result<(), String> {
         plan.server,
         "ferrogen.files",
         "fetch",
-        &FetchArgs { path, sender },
+        &FetchArgs {
+            path,
+            sender,
+            delta: None,
+            resume: None,
+        },
     )?;
     let reply = loop {
         let f = p.recv(Duration::from_secs(30)).ok_or("no fetch reply")?;
@@ -548,6 +553,8 @@ fn fetch_queue(p: &mut Peer, k: &Knobs) -> Result<(), String> {
         let args = FetchArgs {
             path: path.clone(),
             sender,
+            delta: None,
+            resume: None,
         };
         let call = p.call(plan.server, "ferrogen.files", "fetch", &args)?;
         calls.push((call, data));
@@ -608,7 +615,12 @@ fn silent_fetch(p: &mut Peer, k: &Knobs) -> Result<(), String> {
         plan.server,
         "ferrogen.files",
         "fetch",
-        &FetchArgs { path, sender },
+        &FetchArgs {
+            path,
+            sender,
+            delta: None,
+            resume: None,
+        },
     )?;
     let t0 = Instant::now();
     let mut bytes = 0u64;
@@ -860,6 +872,8 @@ fn fake_requesters(p: &mut Peer, k: &Knobs) -> Result<(), String> {
                     context: id,
                     handle: data,
                 },
+                delta: None,
+                resume: None,
             };
             let call = ServiceCall {
                 service: "ferrogen.files".into(),
@@ -927,6 +941,8 @@ fn fat_del_route(p: &mut Peer, k: &Knobs) -> Result<(), String> {
                 context: p.me,
                 handle: data,
             },
+            delta: None,
+            resume: None,
         };
         calls.insert(p.call(plan.server, "ferrogen.files", "fetch", &args)?);
     }

@@ -187,8 +187,7 @@ async fn a_lying_signature_fails_the_file_and_leaves_the_old_one() {
         &place,
         &TempFiles::default(),
         &options(true, false),
-        std::fs::File::open(&dest).expect("open old"),
-        lie,
+        (std::fs::File::open(&dest).expect("open old"), lie),
     )
     .await;
     let Err(e) = r else {
@@ -222,8 +221,7 @@ async fn an_inconsistent_signature_is_refused_by_the_sender() {
         &Place::from_path(&dest).expect("place"),
         &TempFiles::default(),
         &options(true, false),
-        std::fs::File::open(&dest).expect("open old"),
-        lie,
+        (std::fs::File::open(&dest).expect("open old"), lie),
     )
     .await;
     let e = r.err().expect("refused").to_string();

@@ -169,7 +169,7 @@ async fn push_owned(
             .collect(),
         options: ReceiveOptions {
             preserve_owner: true,
-            ..Default::default()..ReceiveOptions::default()
+            ..ReceiveOptions::default()
         },
         parallel: 4,
         dry_run: false,

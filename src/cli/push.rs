@@ -60,8 +60,13 @@ pub struct PushArgs {
     /// Send changed files whole: no delta transfer against the file
     /// already at the destination (by default a large file that exists
     /// there is sent as the blocks that differ).
-    #[arg(short = 'W', long)]
+    /// Local targets default to this (measured: on one machine reading
+    /// both files for the delta costs more than copying).
+    #[arg(short = 'W', long, conflicts_with = "no_whole_file")]
     pub whole_file: bool,
+    /// Use delta transfer for local targets too (rsync's --no-W).
+    #[arg(long = "no-whole-file", alias = "no-W")]
+    pub no_whole_file: bool,
     /// Keep the received part of an interrupted large file (in a hidden,
     /// owner-only `.NAME.ferrogen-partial` next to it) and resume from it
     /// on the next push with --partial.
@@ -859,9 +864,20 @@ async fn push_all(
     };
     let bars = Bars::new(!args.json);
     let sem = Arc::new(Semaphore::new(args.fanout.max(1)));
+    // Delta transfer is for a link: on one machine (a local target, no
+    // hop) the file is sent whole unless --no-whole-file.
+    let local_plan = Arc::new(PushPlan {
+        options: ReceiveOptions {
+            delta: plan.options.delta && args.no_whole_file,
+            ..plan.options.clone()
+        },
+        ..plan.clone()
+    });
     let plan = Arc::new(plan);
     let mut tasks = Vec::new();
     for host in hosts {
+        let local = args.target.via.is_empty() && target::parse(&host) == Ok(Method::Local);
+        let plan = if local { &local_plan } else { &plan };
         let (router, fs, chain, plan, sem) = (
             router.clone(),
             fs.clone(),

@@ -16,6 +16,10 @@
 //! * [`plan`] — the target-side service (`ferrogen.files.target`) that
 //!   applies a push: directories, symlinks and many files, pipelined.
 //! * [`compress`] — `-z`: zstd per chunk, its wire mark, the level tuner.
+//! * [`delta`] — delta transfer: the receiver's block signature, the
+//!   sender's rolling matcher, copy instructions on the wire. With
+//!   `--partial` a fetch may instead resume from a verified prefix
+//!   ([`Resume`], [`TransferMsg::Start`]).
 //! * [`pace`] — `--bwlimit`: pacing data frames to a rate.
 //!
 //! # One transfer, on the wire

@@ -523,8 +523,9 @@ pub async fn receive_with(
     receive_prepared(router, server, src, place, temps, opts, prep, started).await
 }
 
-/// [`receive_with`] with an explicit delta basis: `old` is the file the
-/// copy instructions read from and `basis` the signature offered for it
+/// [`receive_with`] with an explicit delta basis `(old, basis)`: `old` is
+/// the file the copy instructions read from and `basis` the signature
+/// offered for it
 /// (normally [`delta::signature`] of `old`; a test may offer a lie, which
 /// must fail this file and leave the destination as it was).
 pub async fn receive_with_basis(
@@ -534,8 +535,7 @@ pub async fn receive_with_basis(
     place: &Place,
     temps: &TempFiles,
     opts: &ReceiveOptions,
-    old: File,
-    basis: delta::Basis,
+    (old, basis): (File, delta::Basis),
 ) -> Result<PendingFile, ReceiveError> {
     let prep = Prepared {
         basis: Some((Arc::new(old), basis)),
@@ -1231,7 +1231,7 @@ impl Sink {
             Some(file) if meta.size > super::CHUNK_DATA as u64 => Sink::Thread(DiskWriter::start(
                 file,
                 router.clone(),
-                reply.ack.clone(),
+                reply.ack,
                 early_writeback,
                 from,
                 hasher,
