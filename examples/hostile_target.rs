@@ -104,7 +104,8 @@ const ATTACKS: &[(&str, Stage)] = &[
     // Issue 12 (pull): answer the controller's `offer` with lies —
     // COUNT 0: entries beneath names it did not ask for; 1: forged names
     // (`..`, absolute, NUL) beneath the asked-for name; 2: two files
-    // announced at 10 bytes each whose `fetch_small` reply holds 100,000.
+    // announced at 10 bytes each whose `fetch_small` reply holds 100,000;
+    // 3: one file announced at 10 bytes whose `fetch` reply says 1 TiB.
     // Then idle until the controller hangs up.
     ("offer_lies", Stage::Connected(offer_lies)),
 ];
@@ -522,7 +523,12 @@ fn lying_acks(p: &mut Peer, k: &Knobs) -> Result<(), String> {
         plan.server,
         "ferrogen.files",
         "fetch",
-        &FetchArgs { path, sender },
+        &FetchArgs {
+            path,
+            sender,
+            delta: None,
+            resume: None,
+        },
     )?;
     let reply = loop {
         let f = p.recv(Duration::from_secs(30)).ok_or("no fetch reply")?;
@@ -585,6 +591,8 @@ fn fetch_queue(p: &mut Peer, k: &Knobs) -> Result<(), String> {
         let args = FetchArgs {
             path: path.clone(),
             sender,
+            delta: None,
+            resume: None,
         };
         let call = p.call(plan.server, "ferrogen.files", "fetch", &args)?;
         calls.push((call, data));
@@ -645,7 +653,12 @@ fn silent_fetch(p: &mut Peer, k: &Knobs) -> Result<(), String> {
         plan.server,
         "ferrogen.files",
         "fetch",
-        &FetchArgs { path, sender },
+        &FetchArgs {
+            path,
+            sender,
+            delta: None,
+            resume: None,
+        },
     )?;
     let t0 = Instant::now();
     let mut bytes = 0u64;
@@ -897,6 +910,8 @@ fn fake_requesters(p: &mut Peer, k: &Knobs) -> Result<(), String> {
                     context: id,
                     handle: data,
                 },
+                delta: None,
+                resume: None,
             };
             let call = ServiceCall {
                 service: "ferrogen.files".into(),
@@ -964,6 +979,8 @@ fn fat_del_route(p: &mut Peer, k: &Knobs) -> Result<(), String> {
                 context: p.me,
                 handle: data,
             },
+            delta: None,
+            resume: None,
         };
         calls.insert(p.call(plan.server, "ferrogen.files", "fetch", &args)?);
     }
@@ -1130,6 +1147,13 @@ fn offer_lies(p: &mut Peer, k: &Knobs) -> Result<(), String> {
         size,
         stamp: None,
     };
+    let top_dir = |rel: Vec<u8>| PlanEntry::Dir {
+        rel: RawPath::from_bytes(rel),
+        mode: 0o755,
+        mtime_sec: 0,
+        mtime_nsec: 0,
+        owner: None,
+    };
     let under = |tail: &[u8]| {
         let mut v = asked.as_bytes().to_vec();
         v.extend_from_slice(tail);
@@ -1159,7 +1183,12 @@ fn offer_lies(p: &mut Peer, k: &Knobs) -> Result<(), String> {
             file(under(b"//abs"), 5),
             file(under(b"/./dot"), 5),
         ],
-        _ => vec![file(under(b"/one"), 10), file(under(b"/two"), 10)],
+        2 => vec![
+            top_dir(under(b"")),
+            file(under(b"/one"), 10),
+            file(under(b"/two"), 10),
+        ],
+        _ => vec![top_dir(under(b"")), file(under(b"/one"), 10)],
     };
     k.report("entries", entries.len());
     p.reply_ok(
@@ -1171,7 +1200,30 @@ fn offer_lies(p: &mut Peer, k: &Knobs) -> Result<(), String> {
             ..Default::default()
         },
     )?;
-    if k.count >= 2 {
+    if k.count >= 3 {
+        let (call, _) = p.wait_call("fetch", Duration::from_secs(30))?;
+        let ack = p.handle();
+        let reply = FetchReply {
+            meta: ferrogen::files::meta::FileMeta {
+                size: 1 << 40,
+                mode: 0o644,
+                owner: "root".into(),
+                group: "root".into(),
+                uid: 0,
+                gid: 0,
+                mtime_sec: 0,
+                mtime_nsec: 0,
+                atime_sec: 0,
+                atime_nsec: 0,
+            },
+            ack: Sender {
+                context: p.me,
+                handle: ack,
+            },
+        };
+        p.reply_ok(&call, &reply)?;
+        k.report("oversize", "announced");
+    } else if k.count == 2 {
         let (call, _) = p.wait_call("fetch_small", Duration::from_secs(30))?;
         let data = vec![b'x'; 100_000];
         let meta = ferrogen::files::meta::FileMeta {

@@ -33,6 +33,7 @@ fn plan(src: &Path, dest: &Path) -> PushPlan {
         options: ReceiveOptions {
             fsync: false,
             preserve_owner: false,
+            ..Default::default()
         },
         parallel: 8,
         dry_run: false,

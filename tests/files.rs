@@ -281,6 +281,8 @@ async fn fetch_with_a_sender_of_another_context_is_refused() {
             context: 77,
             handle: 1000,
         },
+        delta: None,
+        resume: None,
     };
     let r: Result<ferrogen::files::FetchReply, _> = c
         .router

@@ -260,7 +260,12 @@ async fn pull_all(
         options: ReceiveOptions {
             fsync: !args.no_fsync,
             preserve_owner: args.owner,
+            // Decided per target (a local one sends whole files unless
+            // --no-whole-file, as push does).
+            delta: !args.whole_file,
+            partial: args.partial,
         },
+        no_whole_file: args.no_whole_file,
         parallel: args.parallel,
         dry_run: args.dry_run,
         compare: if args.checksum {
@@ -328,6 +333,7 @@ struct Job {
     stripes: Option<usize>,
     target: target::TargetArgs,
     log_filter: String,
+    no_whole_file: bool,
 }
 
 async fn pull_one(
@@ -414,12 +420,16 @@ async fn pull_one(
             Status::Skipped,
         ));
     }
+    let local =
+        job.target.via.is_empty() && target::parse(&host) == Ok(crate::connect::Method::Local);
+    let mut options = job.options.clone();
+    options.delta &= !local || job.no_whole_file;
     let plan = PushPlan {
         server: info.id,
         dest: RawPath::from(dest.as_path()),
         into_dir,
         entries: offer.entries,
-        options: job.options.clone(),
+        options,
         parallel: job.parallel,
         dry_run: job.dry_run,
         compare: job.compare,

@@ -62,6 +62,21 @@ pub struct PushArgs {
     /// Skip fsync of files and directories (faster, not crash-safe).
     #[arg(long)]
     pub no_fsync: bool,
+    /// Send changed files whole: no delta transfer against the file
+    /// already at the destination (by default a large file that exists
+    /// there is sent as the blocks that differ).
+    /// Local targets default to this (measured: on one machine reading
+    /// both files for the delta costs more than copying).
+    #[arg(short = 'W', long, conflicts_with = "no_whole_file")]
+    pub whole_file: bool,
+    /// Use delta transfer for local targets too (rsync's --no-W).
+    #[arg(long = "no-whole-file", alias = "no-W")]
+    pub no_whole_file: bool,
+    /// Keep the received part of an interrupted large file (in a hidden,
+    /// owner-only `.NAME.ferrogen-partial` next to it) and resume from it
+    /// on the next push with --partial.
+    #[arg(long)]
+    pub partial: bool,
     /// Compress file data with zstd where it shrinks. The level follows
     /// the link: lowered, or compression dropped, when the link is faster
     /// than the compressor (loopback, a fast LAN).
@@ -406,6 +421,8 @@ impl Sources {
             options: ReceiveOptions {
                 fsync: !args.no_fsync,
                 preserve_owner: args.owner,
+                delta: !args.whole_file,
+                partial: args.partial,
             },
             parallel: args.parallel,
             dry_run: args.dry_run,
@@ -604,9 +621,37 @@ async fn push_all(
     };
     let bars = report::Bars::new(!args.json, &hosts);
     let sem = Arc::new(Semaphore::new(args.fanout.max(1)));
+    // Delta transfer is for a link: on one machine (a local target, no
+    // hop) the file is sent whole unless --no-whole-file.
+    let is_local =
+        |host: &str| args.target.via.is_empty() && target::parse(host) == Ok(Method::Local);
+    let local_delta = plan.options.delta && args.no_whole_file;
+    let (any_local, any_remote) = (
+        hosts.iter().any(|h| is_local(h)),
+        hosts.iter().any(|h| !is_local(h)),
+    );
+    let mut plan = plan;
+    // (A copy of the plan only when both kinds of target are in one push:
+    // a 100,000-entry plan is not cloned for nothing.)
+    let local_plan = if any_local && any_remote {
+        Arc::new(PushPlan {
+            options: ReceiveOptions {
+                delta: local_delta,
+                ..plan.options.clone()
+            },
+            ..plan.clone()
+        })
+    } else {
+        if any_local {
+            plan.options.delta = local_delta;
+        }
+        Arc::new(PushPlan::default())
+    };
     let plan = Arc::new(plan);
     let mut tasks = Vec::new();
     for host in hosts {
+        let local = any_remote && is_local(&host);
+        let plan = if local { &local_plan } else { &plan };
         let (router, fs, chain, plan, sem) = (
             router.clone(),
             fs.clone(),

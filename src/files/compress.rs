@@ -340,6 +340,16 @@ pub struct WireLedger {
 }
 
 impl WireLedger {
+    /// A ledger for a transfer whose first `from` file bytes the receiver
+    /// already holds (a resume): its acknowledgements count them.
+    pub fn starting_at(from: u64) -> WireLedger {
+        WireLedger {
+            file_sent: from,
+            file_acked: from,
+            ..WireLedger::default()
+        }
+    }
+
     /// Records a chunk of `file_len` file bytes sent as `wire_len`;
     /// returns `wire_len`.
     pub fn on_send(&mut self, file_len: u64, wire_len: u64) -> u64 {

@@ -16,6 +16,10 @@
 //! * [`plan`] — the target-side service (`ferrogen.files.target`) that
 //!   applies a push: directories, symlinks and many files, pipelined.
 //! * [`compress`] — `-z`: zstd per chunk, its wire mark, the level tuner.
+//! * [`delta`] — delta transfer: the receiver's block signature, the
+//!   sender's rolling matcher, copy instructions on the wire. With
+//!   `--partial` a fetch may instead resume from a verified prefix
+//!   ([`Resume`], [`TransferMsg::Start`]).
 //! * [`pace`] — `--bwlimit`: pacing data frames to a rate.
 //! * [`filter`] — `--exclude`/`--include`: rsync's pattern rules.
 //! * [`delete`] — `--delete`: removing what the source lacks, beneath the
@@ -57,6 +61,7 @@
 
 pub mod compress;
 pub mod delete;
+pub mod delta;
 pub mod filter;
 pub mod meta;
 pub mod outcome;
@@ -251,6 +256,25 @@ pub struct FetchArgs {
     pub path: RawPath,
     /// Where to send the data; must belong to the calling context.
     pub sender: Sender,
+    /// Delta transfer: the signature of the requester's old copy of the
+    /// file. The sender then sends copy instructions for the blocks it
+    /// has in common ([`delta`]) and literal data for the rest.
+    #[serde(default)]
+    pub delta: Option<delta::Basis>,
+    /// Resume (`--partial`): the requester already has this prefix of the
+    /// file. The sender hashes the same range of its file and answers
+    /// [`TransferMsg::Start`] before any data.
+    #[serde(default)]
+    pub resume: Option<Resume>,
+}
+
+/// A prefix the requester already holds (`--partial`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// Bytes held: the prefix `[0, len)`.
+    pub len: u64,
+    /// BLAKE3 digest of those bytes.
+    pub digest: [u8; 32],
 }
 
 /// Reply of `fetch`, sent before any data.
@@ -334,15 +358,23 @@ pub type Ack = u64;
 pub enum TransferMsg {
     /// All data has been sent.
     End {
-        /// Bytes sent.
+        /// The file's size.
         size: u64,
-        /// BLAKE3 digest of the bytes sent.
+        /// BLAKE3 digest of the sender's whole file (with a delta or a
+        /// resume too: of the file, not of what was sent).
         digest: [u8; 32],
     },
     /// The transfer was abandoned; the requester must discard what it has.
     Abort {
         /// Why.
         reason: String,
+    },
+    /// Answer to [`FetchArgs::resume`], before any data: the data starts at
+    /// `from` — the requester's prefix length if the sender's bytes there
+    /// have the same digest, else 0 (start over).
+    Start {
+        /// Offset of the first byte that will be sent.
+        from: u64,
     },
 }
 

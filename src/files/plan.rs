@@ -945,15 +945,28 @@ fn small_batches(small: Vec<FileJob>) -> Vec<Vec<FileJob>> {
 /// committed durably at once; one of many is finished (its descriptor
 /// closed) and left for the batched sync.
 async fn fetch_one(ctx: &FetchContext, job: FileJob, single: bool) -> Outcome {
-    let r = receive::receive_with(
-        &ctx.router,
-        ctx.server,
-        &job.src,
-        &job.place,
-        &ctx.temps,
-        &ctx.opts,
-    )
-    .await;
+    let r = if ctx.sizes_bound {
+        receive::receive_at_most(
+            &ctx.router,
+            ctx.server,
+            &job.src,
+            &job.place,
+            &ctx.temps,
+            &ctx.opts,
+            job.size,
+        )
+        .await
+    } else {
+        receive::receive_with(
+            &ctx.router,
+            ctx.server,
+            &job.src,
+            &job.place,
+            &ctx.temps,
+            &ctx.opts,
+        )
+        .await
+    };
     let r = match r {
         Ok(p) if over_announced(ctx.sizes_bound, job.size, p.bytes).is_some() => Err(format!(
             "{}: {}",

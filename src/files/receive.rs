@@ -23,12 +23,14 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::delta;
 use super::meta::{FileMeta, lookup_gid, lookup_uid};
 use super::place::{self, Place};
 use super::{FILE_SERVICE, FetchArgs, FetchReply, TransferMsg};
@@ -45,6 +47,16 @@ pub struct ReceiveOptions {
     /// Apply the source's owner and group (by name, falling back to the
     /// numeric ids when the names do not exist here).
     pub preserve_owner: bool,
+    /// Offer an existing destination (a regular file of at least
+    /// [`delta::DELTA_MIN`] bytes) as a delta basis, so that only what
+    /// differs travels (off: `--whole-file`).
+    #[serde(default)]
+    pub delta: bool,
+    /// `--partial`: receive a large file into a named, owner-only partial
+    /// file that an interruption leaves behind, and resume from one found
+    /// there.
+    #[serde(default)]
+    pub partial: bool,
 }
 
 impl Default for ReceiveOptions {
@@ -52,6 +64,8 @@ impl Default for ReceiveOptions {
         ReceiveOptions {
             fsync: true,
             preserve_owner: false,
+            delta: false,
+            partial: false,
         }
     }
 }
@@ -175,11 +189,22 @@ pub struct PendingFile {
     pub started: Instant,
     /// When the first and the last data frame arrived (Unix time, ns; 0 if none).
     pub data_span_ns: (u64, u64),
+    /// The temp file is the named partial file (`--partial`).
+    partial: bool,
+    /// Keep the file when dropped: a partial file is kept unless its data
+    /// turned out wrong, so that an interruption of any kind — even this
+    /// context's runtime dropping the transfer as the process exits —
+    /// leaves its prefix for the next push.
+    keep: bool,
+    /// Remove the destination's partial file once this one is in place.
+    stale_partial: bool,
+    /// The delta basis, for a file written inline.
+    old: Option<Arc<File>>,
 }
 
 impl Drop for PendingFile {
     fn drop(&mut self) {
-        if self.armed && !self.anonymous {
+        if self.armed && !self.anonymous && !self.keep {
             remove_place(&self.temp);
             self.temps.forget(&self.temp);
         }
@@ -198,6 +223,39 @@ fn io_err<'a>(
 }
 
 impl PendingFile {
+    /// A named temp file `temp` (a partial file, if `partial`: then not
+    /// registered in `temps`, so this context's shutdown keeps it).
+    fn new(
+        file: File,
+        temp: Place,
+        dest: &Place,
+        temps: &TempFiles,
+        meta: &FileMeta,
+        started: Instant,
+        partial: bool,
+    ) -> PendingFile {
+        if !partial {
+            temps.add(&temp);
+        }
+        PendingFile {
+            file: Some(file),
+            temp,
+            anonymous: false,
+            dest: dest.clone(),
+            temps: temps.clone(),
+            armed: true,
+            meta: meta.clone(),
+            bytes: 0,
+            digest: [0; 32],
+            started,
+            data_span_ns: (0, 0),
+            partial,
+            keep: partial,
+            stale_partial: false,
+            old: None,
+        }
+    }
+
     /// Applies mode, owner/group and times on the descriptor; with `fsync`,
     /// syncs the file; then closes it (so thousands of pending files do not
     /// hold thousands of descriptors).
@@ -283,6 +341,9 @@ impl PendingFile {
                 Ok(()) => {
                     self.anonymous = false;
                     self.armed = false;
+                    if self.stale_partial {
+                        self.remove_stale_partial(&dir);
+                    }
                     return Ok(());
                 }
                 Err(rustix::io::Errno::EXIST) => {}
@@ -297,7 +358,23 @@ impl PendingFile {
             .map_err(|e| io_err(&shown, "rename")(e.into()))?;
         self.armed = false;
         self.temps.forget(&self.temp);
+        if self.stale_partial {
+            self.remove_stale_partial(&dir);
+        }
         Ok(())
+    }
+
+    /// The destination is now complete: a partial file left for it by an
+    /// earlier push is of no more use. Only a regular file is removed
+    /// (and `unlinkat` never follows a symlink).
+    fn remove_stale_partial(&self, dir: &impl AsFd) {
+        use rustix::fs::{AtFlags, FileType};
+        let p = partial_place(&self.dest);
+        if let Ok(st) = rustix::fs::statat(dir, p.name(), AtFlags::SYMLINK_NOFOLLOW)
+            && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+        {
+            let _ = rustix::fs::unlinkat(dir, p.name(), AtFlags::empty());
+        }
     }
 
     /// `finish`, fsync, rename, and fsync the directory (when `opts.fsync`):
@@ -422,7 +499,10 @@ pub async fn receive(
 
 /// [`receive`], told how the file will be committed: with `opts.fsync`, the
 /// data is handed to the disk while it arrives ([`WRITEBACK_EVERY`]), so
-/// the final fsync has little left to wait for.
+/// the final fsync has little left to wait for. With `opts.delta` an
+/// existing destination is offered as a delta basis; with `opts.partial`
+/// the data goes to a named partial file that an interruption leaves
+/// behind, and a partial file found there is resumed from.
 pub async fn receive_with(
     router: &Router,
     server: ContextId,
@@ -432,6 +512,209 @@ pub async fn receive_with(
     opts: &ReceiveOptions,
 ) -> Result<PendingFile, ReceiveError> {
     let started = Instant::now();
+    let (p, o) = (place.clone(), opts.clone());
+    let prep = tokio::task::spawn_blocking(move || prepare(&p, &o))
+        .await
+        .map_err(|e| ReceiveError::Io {
+            dest: place::show(place.shown()),
+            op: "prepare",
+            source: std::io::Error::other(e.to_string()),
+        })??;
+    receive_prepared(router, server, src, place, temps, opts, prep, started).await
+}
+
+/// [`receive_with`], refusing (before reserving any space or writing a
+/// byte) a file the server says is larger than `max_size`: a pull's
+/// target is not trusted to send more than it announced.
+pub async fn receive_at_most(
+    router: &Router,
+    server: ContextId,
+    src: &super::RawPath,
+    place: &Place,
+    temps: &TempFiles,
+    opts: &ReceiveOptions,
+    max_size: u64,
+) -> Result<PendingFile, ReceiveError> {
+    let started = Instant::now();
+    let (p, o) = (place.clone(), opts.clone());
+    let mut prep = tokio::task::spawn_blocking(move || prepare(&p, &o))
+        .await
+        .map_err(|e| ReceiveError::Io {
+            dest: place::show(place.shown()),
+            op: "prepare",
+            source: std::io::Error::other(e.to_string()),
+        })??;
+    prep.max_size = Some(max_size);
+    receive_prepared(router, server, src, place, temps, opts, prep, started).await
+}
+
+/// [`receive_with`] with an explicit delta basis `(old, basis)`: `old` is
+/// the file the copy instructions read from and `basis` the signature
+/// offered for it
+/// (normally [`delta::signature`] of `old`; a test may offer a lie, which
+/// must fail this file and leave the destination as it was).
+pub async fn receive_with_basis(
+    router: &Router,
+    server: ContextId,
+    src: &super::RawPath,
+    place: &Place,
+    temps: &TempFiles,
+    opts: &ReceiveOptions,
+    (old, basis): (File, delta::Basis),
+) -> Result<PendingFile, ReceiveError> {
+    let prep = Prepared {
+        basis: Some((Arc::new(old), basis)),
+        ..Prepared::default()
+    };
+    receive_prepared(
+        router,
+        server,
+        src,
+        place,
+        temps,
+        opts,
+        prep,
+        Instant::now(),
+    )
+    .await
+}
+
+/// What a requester brings to a fetch besides the path.
+#[derive(Default)]
+struct Prepared {
+    /// The most bytes the file may have (a pull: what the serving target
+    /// announced); a larger one is refused before anything is reserved.
+    max_size: Option<u64>,
+    /// A partial file of ours to resume from.
+    partial: Option<PartialFile>,
+    /// The old destination (opened without following a symlink) and its
+    /// signature, for a delta.
+    basis: Option<(Arc<File>, delta::Basis)>,
+    /// A regular file at the partial name that this receive does not
+    /// resume from: removed once the destination lands complete.
+    stale_partial: bool,
+}
+
+/// An existing partial file and the digest state of its prefix.
+struct PartialFile {
+    file: File,
+    len: u64,
+    hasher: blake3::Hasher,
+}
+
+/// The hidden name of `dest`'s partial file (`--partial`):
+/// `.NAME.ferrogen-partial`, the name cut to 200 bytes (a shared partial
+/// name is harmless: the prefix is verified by digest before use).
+pub fn partial_place(dest: &Place) -> Place {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let name = dest.name().as_bytes();
+    let mut p = b".".to_vec();
+    p.extend_from_slice(&name[..name.len().min(200)]);
+    p.extend_from_slice(b".ferrogen-partial");
+    dest.sibling(std::ffi::OsString::from_vec(p))
+}
+
+/// Looks for a partial file and an old destination beneath `place`'s
+/// directory handle, never following a symlink; hashes or signs what it
+/// finds (a blocking read of up to the whole file).
+fn prepare(place: &Place, opts: &ReceiveOptions) -> Result<Prepared, ReceiveError> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let dest = place.shown();
+    let dir = place.open_parent().map_err(|e| resolve_err(dest, e))?;
+    let mut prep = Prepared::default();
+    let partial = partial_place(place);
+    if let Ok(st) = rustix::fs::statat(&dir, partial.name(), AtFlags::SYMLINK_NOFOLLOW)
+        && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+    {
+        prep.stale_partial = true;
+        if opts.partial
+            && let Some(p) = open_partial(&dir, &partial, &st)
+        {
+            prep.stale_partial = false;
+            prep.partial = Some(p);
+            return Ok(prep);
+        }
+    }
+    if !opts.delta {
+        return Ok(prep);
+    }
+    // The old destination, if it is a regular file we can read: a symlink
+    // (ELOOP), a FIFO (O_NONBLOCK: never waits) or anything else is not a
+    // basis.
+    let Ok(fd) = rustix::fs::openat(
+        &dir,
+        place.name(),
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return Ok(prep);
+    };
+    let Ok(st) = rustix::fs::fstat(&fd) else {
+        return Ok(prep);
+    };
+    let size = st.st_size as u64;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || size < delta::DELTA_MIN {
+        return Ok(prep);
+    }
+    let Some(block_len) = delta::block_len_for(size) else {
+        return Ok(prep);
+    };
+    let old = File::from(fd);
+    match delta::signature(&old, size, block_len) {
+        Ok(basis) => prep.basis = Some((Arc::new(old), basis)),
+        // Unreadable or changing under us: send the file whole.
+        Err(e) => tracing::debug!("{}: no delta basis: {e}", place::show(dest)),
+    }
+    Ok(prep)
+}
+
+/// Opens the partial file `p` if it is one this receiver can trust: a
+/// regular file with one link, owned by us, the same inode as `st` was;
+/// hashes its contents.
+fn open_partial(dir: &impl AsFd, p: &Place, st: &rustix::fs::Stat) -> Option<PartialFile> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    if st.st_nlink != 1 || st.st_uid != rustix::process::geteuid().as_raw() {
+        return None;
+    }
+    let fd = rustix::fs::openat(
+        dir,
+        p.name(),
+        OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let now = rustix::fs::fstat(&fd).ok()?;
+    if FileType::from_raw_mode(now.st_mode) != FileType::RegularFile
+        || (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino)
+    {
+        return None;
+    }
+    let _ = rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o600));
+    let file = File::from(fd);
+    let len = now.st_size as u64;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < len {
+        let n = (len - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at).ok()?;
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+    Some(PartialFile { file, len, hasher })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn receive_prepared(
+    router: &Router,
+    server: ContextId,
+    src: &super::RawPath,
+    place: &Place,
+    temps: &TempFiles,
+    opts: &ReceiveOptions,
+    mut prep: Prepared,
+    started: Instant,
+) -> Result<PendingFile, ReceiveError> {
     let dest = place.shown();
     let dest_s = place::show(dest);
     let mut rx = match router.add_handler(None, Policy::Any, Some(server), true) {
@@ -441,6 +724,11 @@ pub async fn receive_with(
     let args = FetchArgs {
         path: src.clone(),
         sender: rx.to_sender(),
+        delta: prep.basis.as_ref().map(|(_, b)| b.clone()),
+        resume: prep.partial.as_ref().map(|p| super::Resume {
+            len: p.len,
+            digest: *p.hasher.finalize().as_bytes(),
+        }),
     };
     let reply: FetchReply = router
         .call_service(server, FILE_SERVICE, "fetch", &args)
@@ -451,60 +739,191 @@ pub async fn receive_with(
             error: Box::new(error),
         })?;
     let meta = reply.meta.clone();
+    if let Some(max) = prep.max_size
+        && meta.size > max
+    {
+        // Nothing reserved yet; the server's data goes to a handle that is
+        // dropped with this error, which ends its transfer.
+        return Err(ReceiveError::Mismatch {
+            dest: dest_s,
+            detail: format!(
+                "the source sent {} bytes for a file it announced at {max}; refused \
+                 (pull again if it grew meanwhile)",
+                meta.size
+            ),
+        });
+    }
     // From here on, any failure must tell the server to stop.
-    let result = receive_data(router, &mut rx, &reply, place, temps, started, opts.fsync).await;
+    let resume = prep.partial.take();
+    let made = match resume {
+        Some(p) => Ok((
+            PendingFile::new(
+                p.file,
+                partial_place(place),
+                place,
+                temps,
+                &meta,
+                started,
+                true,
+            ),
+            Some((p.len, p.hasher)),
+        )),
+        None => {
+            let large = meta.size > super::CHUNK_DATA as u64;
+            let named = if opts.partial && large {
+                create_partial(place, temps, &meta, started)
+            } else {
+                None
+            };
+            match named {
+                Some(p) => Ok((p, None)),
+                None => create_temp(place, temps, &meta, started).map(|p| (p, None)),
+            }
+        }
+    };
+    let (mut pending, resume) = match made {
+        Ok(m) => m,
+        Err(e) => {
+            reply.ack.close_with(router, &e.to_string());
+            return Err(e);
+        }
+    };
+    pending.stale_partial = prep.stale_partial && !pending.partial;
+    let mut sink = None;
+    let basis = prep.basis.map(|(f, b)| (f, b.size));
+    let result = receive_data(
+        router,
+        &mut rx,
+        &reply,
+        &mut pending,
+        &mut sink,
+        basis,
+        resume,
+        opts.fsync,
+    )
+    .await;
     if let Err(e) = &result {
         reply.ack.close_with(router, &e.to_string());
+        if pending.partial {
+            if matches!(
+                e,
+                ReceiveError::Interrupted { .. } | ReceiveError::Aborted { .. }
+            ) {
+                keep_partial(&mut pending, sink.take()).await;
+            } else {
+                // Wrong data or a failed write: nothing worth resuming.
+                pending.keep = false;
+            }
+        }
     }
-    let _ = meta;
-    result
+    result.map(|()| pending)
 }
 
+/// After an interruption with `--partial`: waits for the writer to put
+/// down what it was given (a contiguous prefix: data is written in order),
+/// makes it durable, and keeps the partial file for the next push.
+async fn keep_partial(pending: &mut PendingFile, sink: Option<Sink>) {
+    if let Some(Sink::Thread(w)) = sink
+        && let Some(out) = w.stop().await
+    {
+        pending.file = Some(out.file);
+    }
+    if let Some(f) = pending.file.as_ref()
+        && rustix::fs::fsync(f).is_ok()
+    {
+        tracing::debug!(
+            "{}: partial file kept for the next push",
+            place::show(pending.dest.shown())
+        );
+    }
+}
+
+/// One in-order piece of the new file.
+enum Piece {
+    /// Bytes from the sender.
+    Data(bytes::Bytes),
+    /// Bytes of the old file (a delta's copy instruction).
+    Copy {
+        /// Offset in the old file.
+        from: u64,
+        /// How many.
+        len: u64,
+    },
+}
+
+impl Piece {
+    fn len(&self) -> u64 {
+        match self {
+            Piece::Data(d) => d.len() as u64,
+            Piece::Copy { len, .. } => *len,
+        }
+    }
+
+    /// What holding it out of order costs in memory (a copy instruction
+    /// is small, but not free: a hostile sender could send millions).
+    fn held_cost(&self) -> usize {
+        match self {
+            Piece::Data(d) => d.len(),
+            Piece::Copy { .. } => 64,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn receive_data(
     router: &Router,
     rx: &mut crate::channel::Receiver,
     reply: &FetchReply,
-    place: &Place,
-    temps: &TempFiles,
-    started: Instant,
+    pending: &mut PendingFile,
+    sink: &mut Option<Sink>,
+    basis: Option<(Arc<File>, u64)>,
+    mut resume: Option<(u64, blake3::Hasher)>,
     early_writeback: bool,
-) -> Result<PendingFile, ReceiveError> {
-    let dest = place.shown();
+) -> Result<(), ReceiveError> {
+    let dest = pending.dest.shown().to_path_buf();
+    let dest = dest.as_path();
     let dest_s = place::show(dest);
     let meta = reply.meta.clone();
-    let mut pending = create_temp(place, temps, &meta, started)?;
-    // A file of more than one chunk is written by its own blocking thread,
-    // so this context's runtime goes back to reading the stream while the
-    // previous chunk is hashed and written (the two used to take turns on
-    // one thread). A one-chunk file is written right here: a thread hand-off
-    // would cost more than the write.
-    let mut sink = if meta.size > super::CHUNK_DATA as u64 {
-        let Some(file) = pending.file.take() else {
-            unreachable!("the file was just created");
-        };
-        Sink::Thread(DiskWriter::start(
-            file,
-            router.clone(),
-            reply.ack,
-            early_writeback,
-        ))
-    } else {
-        Sink::Inline(Box::default())
+    let mismatch = |detail: String| ReceiveError::Mismatch {
+        dest: place::show(dest),
+        detail,
     };
+    let old = basis.as_ref().map(|(f, _)| f.clone());
+    // Where the data starts: 0, or (resuming) what the sender's `Start`
+    // says; until then data is held.
+    let mut base = None;
+    if resume.is_none() {
+        base = Some(0);
+        *sink = Some(Sink::new(
+            pending,
+            &meta,
+            router,
+            reply,
+            0,
+            blake3::Hasher::new(),
+            old.clone(),
+            early_writeback,
+        ));
+    }
     let mut received = 0u64;
-    let mut held: std::collections::BTreeMap<u64, bytes::Bytes> = std::collections::BTreeMap::new();
+    let mut held: std::collections::BTreeMap<u64, Piece> = std::collections::BTreeMap::new();
     let mut held_bytes = 0usize;
     let mut end: Option<(u64, [u8; 32])> = None;
     let mut chunks = super::compress::ChunkDecoder::default();
     loop {
         if let Some((size, _)) = end
+            && base.is_some()
             && received >= size
         {
             break;
         }
         let frame = match rx.recv().await {
             Ok(f) => f,
-            Err(ChannelError::Dead(reason)) => {
+            Err(e) => {
+                let reason = match e {
+                    ChannelError::Dead(reason) => reason,
+                    e => e.to_string(),
+                };
                 return Err(ReceiveError::Interrupted {
                     dest: dest_s,
                     received,
@@ -512,72 +931,75 @@ async fn receive_data(
                     reason,
                 });
             }
-            Err(e) => {
-                return Err(ReceiveError::Interrupted {
-                    dest: dest_s,
-                    received,
-                    expected: meta.size,
-                    reason: e.to_string(),
-                });
-            }
         };
         match frame.enc {
             Enc::Bin => {
                 let limit = end.map(|(s, _)| s).unwrap_or(meta.size);
-                let (offset, data) =
-                    chunks
-                        .open(&frame.payload, limit)
-                        .map_err(|e| ReceiveError::Mismatch {
-                            dest: dest_s.clone(),
-                            detail: e.to_string(),
-                        })?;
-                if offset.saturating_add(data.len() as u64) > limit || offset < received {
-                    return Err(ReceiveError::Mismatch {
-                        dest: dest_s,
-                        detail: format!(
-                            "chunk at {offset}+{} does not fit (announced {limit} bytes, {received} already written)",
-                            data.len()
-                        ),
-                    });
+                let (offset, piece) = match delta::parse_copy(&frame.payload) {
+                    Some(copy) => {
+                        let (offset, from, len) = copy.map_err(mismatch)?;
+                        let Some((_, old_size)) = &basis else {
+                            return Err(mismatch(format!(
+                                "copy instruction at offset {offset}, but no delta was asked for"
+                            )));
+                        };
+                        if len == 0 || len > delta::MAX_COPY || from.saturating_add(len) > *old_size
+                        {
+                            return Err(mismatch(format!(
+                                "copy instruction of {len} bytes from {from} does not fit the old file ({old_size} bytes)"
+                            )));
+                        }
+                        (offset, Piece::Copy { from, len })
+                    }
+                    None => {
+                        let (offset, data) = chunks
+                            .open(&frame.payload, limit)
+                            .map_err(|e| mismatch(e.to_string()))?;
+                        (offset, Piece::Data(data))
+                    }
+                };
+                let len = piece.len();
+                if offset.saturating_add(len) > limit || (base.is_some() && offset < received) {
+                    return Err(mismatch(format!(
+                        "chunk at {offset}+{len} does not fit (announced {limit} bytes, {received} already written)"
+                    )));
                 }
                 let now = unix_ns();
                 if pending.data_span_ns.0 == 0 {
                     pending.data_span_ns.0 = now;
                 }
                 pending.data_span_ns.1 = now;
-                if offset > received {
-                    // Ahead of a chunk still travelling on another stripe:
-                    // hold it. The sender never has more than its window
-                    // unacknowledged, and we acknowledge only what is
-                    // contiguous, so this is bounded by the window.
-                    held_bytes += data.len();
-                    if held.insert(offset, data).is_some() || held_bytes > MAX_HELD {
-                        return Err(ReceiveError::Mismatch {
-                            dest: dest_s,
-                            detail: format!(
-                                "duplicate or excessive out-of-order data at offset {offset}"
-                            ),
-                        });
+                if base.is_none() || offset > received {
+                    // Ahead of a chunk still travelling on another stripe
+                    // (or of the sender's `Start`): hold it. The sender
+                    // never has more than its window unacknowledged, and we
+                    // acknowledge only what is contiguous, so this is
+                    // bounded by the window.
+                    held_bytes += piece.held_cost();
+                    if held.insert(offset, piece).is_some() || held_bytes > MAX_HELD {
+                        return Err(mismatch(format!(
+                            "duplicate or excessive out-of-order data at offset {offset}"
+                        )));
                     }
                     continue;
                 }
-                received += data.len() as u64;
-                sink.write(&pending, data, dest).await?;
+                let Some(s) = sink.as_mut() else {
+                    return Err(mismatch("data before the transfer started".into()));
+                };
+                received += len;
+                s.write(pending, piece, dest).await?;
                 while let Some(next) = held.remove(&received) {
-                    held_bytes -= next.len();
-                    received += next.len() as u64;
-                    sink.write(&pending, next, dest).await?;
+                    held_bytes -= next.held_cost();
+                    received += next.len();
+                    s.write(pending, next, dest).await?;
                 }
-                if let Sink::Inline(_) = sink {
+                if let Sink::Inline(..) = s {
                     reply.ack.send_control(router, &received);
                 }
             }
             Enc::Control => {
                 let msg: TransferMsg =
-                    control::decode_frame(&frame).map_err(|e| ReceiveError::Mismatch {
-                        dest: dest_s.clone(),
-                        detail: e.to_string(),
-                    })?;
+                    control::decode_frame(&frame).map_err(|e| mismatch(e.to_string()))?;
                 match msg {
                     TransferMsg::End { size, digest } => end = Some((size, digest)),
                     TransferMsg::Abort { reason } => {
@@ -586,6 +1008,50 @@ async fn receive_data(
                             reason,
                         });
                     }
+                    TransferMsg::Start { from } => {
+                        let Some((len, hasher)) = resume.take() else {
+                            return Err(mismatch("unexpected start of data".into()));
+                        };
+                        let hasher = if from == len {
+                            hasher
+                        } else if from == 0 {
+                            // The sender's bytes differ: start over.
+                            if let Some(f) = pending.file.as_ref() {
+                                f.set_len(0)
+                                    .map_err(io_err(dest, "truncate partial file"))?;
+                            }
+                            blake3::Hasher::new()
+                        } else {
+                            return Err(mismatch(format!(
+                                "data would start at {from}, but {len} bytes are held"
+                            )));
+                        };
+                        base = Some(from);
+                        received = from;
+                        if held.range(..from).next().is_some() {
+                            return Err(mismatch(format!("data before offset {from}")));
+                        }
+                        let s = sink.insert(Sink::new(
+                            pending,
+                            &meta,
+                            router,
+                            reply,
+                            from,
+                            hasher,
+                            old.clone(),
+                            early_writeback,
+                        ));
+                        while let Some(next) = held.remove(&received) {
+                            held_bytes -= next.held_cost();
+                            received += next.len();
+                            s.write(pending, next, dest).await?;
+                        }
+                        if received > from
+                            && let Sink::Inline(..) = s
+                        {
+                            reply.ack.send_control(router, &received);
+                        }
+                    }
                 }
             }
             Enc::Text => {}
@@ -593,35 +1059,63 @@ async fn receive_data(
     }
     let (size, digest) = end.unwrap_or((0, [0; 32]));
     if size != meta.size || received != size {
-        return Err(ReceiveError::Mismatch {
-            dest: dest_s,
-            detail: format!(
-                "announced {} bytes, sender counted {size}, received {received}",
-                meta.size
-            ),
-        });
+        return Err(mismatch(format!(
+            "announced {} bytes, sender counted {size}, received {received}",
+            meta.size
+        )));
     }
-    let got = match sink {
-        Sink::Inline(hasher) => *hasher.finalize().as_bytes(),
-        Sink::Thread(writer) => {
+    let got = match sink.take() {
+        Some(Sink::Inline(hasher, _)) => *hasher.finalize().as_bytes(),
+        Some(Sink::Thread(writer)) => {
             let (file, got) = writer.finish(dest).await?;
             pending.file = Some(file);
             got
         }
+        None => return Err(mismatch("no data".into())),
     };
     if got != digest {
-        return Err(ReceiveError::Mismatch {
-            dest: dest_s,
-            detail: format!(
-                "digest {} does not match the sender's {}",
-                super::hex(&got),
-                super::hex(&digest)
-            ),
-        });
+        return Err(mismatch(format!(
+            "digest {} does not match the sender's {}",
+            super::hex(&got),
+            super::hex(&digest)
+        )));
     }
     pending.bytes = received;
     pending.digest = got;
-    Ok(pending)
+    Ok(())
+}
+
+/// With `--partial`, a new named partial file for `place`, created
+/// `O_EXCL`, owner-only, beneath the directory handle; `None` if it cannot
+/// be (something is at that name): the anonymous temp file serves then.
+fn create_partial(
+    place: &Place,
+    temps: &TempFiles,
+    meta: &FileMeta,
+    started: Instant,
+) -> Option<PendingFile> {
+    use rustix::fs::{Mode, OFlags};
+    let dir = place.open_parent().ok()?;
+    let p = partial_place(place);
+    let fd = rustix::fs::openat(
+        &dir,
+        p.name(),
+        OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .ok()?;
+    // Space reserved, size unchanged: the file's size is then always the
+    // length of what was written, in order — the prefix a resume offers.
+    let _ = rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::KEEP_SIZE, 0, meta.size);
+    Some(PendingFile::new(
+        File::from(fd),
+        p,
+        place,
+        temps,
+        meta,
+        started,
+        true,
+    ))
 }
 
 /// Creates the hidden temp file that will receive `meta.size` bytes for
@@ -683,6 +1177,10 @@ fn create_temp(
         digest: [0; 32],
         started,
         data_span_ns: (0, 0),
+        partial: false,
+        keep: false,
+        stale_partial: false,
+        old: None,
     };
     // Reserve the space up front so a full disk fails at once, unless the
     // data comes in one chunk, whose single write fails just as soon.
@@ -745,37 +1243,74 @@ pub fn receive_whole(
     Ok(pending)
 }
 
-/// Where in-order data goes: hashed and written here, or handed to a
-/// [`DiskWriter`] thread.
+/// Where in-order data goes: hashed and written here (with the offset of
+/// the next byte), or handed to a [`DiskWriter`] thread.
 enum Sink {
-    Inline(Box<blake3::Hasher>),
+    Inline(Box<blake3::Hasher>, u64),
     Thread(DiskWriter),
 }
 
 impl Sink {
+    /// A sink for `meta.size` bytes whose first `from` are already in
+    /// `pending`'s file (digested by `hasher`), copying from `old`.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        pending: &mut PendingFile,
+        meta: &FileMeta,
+        router: &Router,
+        reply: &FetchReply,
+        from: u64,
+        hasher: blake3::Hasher,
+        old: Option<Arc<File>>,
+        early_writeback: bool,
+    ) -> Sink {
+        // A file of more than one chunk is written by its own blocking
+        // thread, so this context's runtime goes back to reading the stream
+        // while the previous chunk is hashed and written (the two used to
+        // take turns on one thread). A one-chunk file is written right
+        // here: a thread hand-off would cost more than the write.
+        match pending.file.take() {
+            Some(file) if meta.size > super::CHUNK_DATA as u64 => Sink::Thread(DiskWriter::start(
+                file,
+                router.clone(),
+                reply.ack,
+                early_writeback,
+                from,
+                hasher,
+                old,
+            )),
+            file => {
+                pending.file = file;
+                pending.old = old;
+                Sink::Inline(Box::new(hasher), from)
+            }
+        }
+    }
+
     async fn write(
         &mut self,
         pending: &PendingFile,
-        data: bytes::Bytes,
+        piece: Piece,
         dest: &Path,
     ) -> Result<(), ReceiveError> {
         match self {
-            Sink::Inline(hasher) => {
+            Sink::Inline(hasher, at) => {
                 if let Some(f) = pending.file.as_ref() {
-                    let mut f: &File = f;
-                    f.write_all(&data).map_err(io_err(dest, "write"))?;
+                    let mut buf = Vec::new();
+                    put(f, pending.old.as_deref(), &piece, *at, hasher, &mut buf)
+                        .map_err(io_err(dest, "write"))?;
                 }
-                hasher.update(&data);
+                *at += piece.len();
                 Ok(())
             }
             Sink::Thread(writer) => {
-                if writer.tx.send(data).await.is_ok() {
+                if writer.tx.send(piece).await.is_ok() {
                     return Ok(());
                 }
                 // The thread stopped early because a write failed: collect
                 // its error. The sink is not used again after an error.
                 let Sink::Thread(writer) =
-                    std::mem::replace(self, Sink::Inline(Default::default()))
+                    std::mem::replace(self, Sink::Inline(Default::default(), 0))
                 else {
                     unreachable!("matched above");
                 };
@@ -792,7 +1327,55 @@ impl Sink {
     }
 }
 
-/// Chunks queued for the disk writer: with the window's chunks in the
+/// Writes `piece` at offset `at` of `file` and hashes it: data as it is,
+/// a copy read from `old` (a delta's basis) through `buf`. Read and written
+/// rather than `copy_file_range`d: the bytes must be hashed anyway, since
+/// the whole file's digest is checked.
+fn put(
+    file: &File,
+    old: Option<&File>,
+    piece: &Piece,
+    at: u64,
+    hasher: &mut blake3::Hasher,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    match piece {
+        Piece::Data(data) => {
+            file.write_all_at(data, at)?;
+            hasher.update(data);
+        }
+        Piece::Copy { from, len } => {
+            let Some(old) = old else {
+                return Err(std::io::Error::other(
+                    "copy instruction without an old file",
+                ));
+            };
+            buf.resize(COPY_BUF.min(*len as usize), 0);
+            let mut done = 0u64;
+            while done < *len {
+                let n = (*len - done).min(buf.len() as u64) as usize;
+                old.read_exact_at(&mut buf[..n], from + done).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        std::io::Error::other(
+                            "the old file shrank while it was the basis of a delta transfer",
+                        )
+                    } else {
+                        e
+                    }
+                })?;
+                hasher.update(&buf[..n]);
+                file.write_all_at(&buf[..n], at + done)?;
+                done += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of the old file copied at a time.
+const COPY_BUF: usize = 1 << 20;
+
+/// Pieces queued for the disk writer: with the window's chunks in the
 /// pipe, this bounds what one file holds in memory here.
 const WRITER_QUEUE: usize = 8;
 
@@ -800,7 +1383,7 @@ const WRITER_QUEUE: usize = 8;
 /// in-order data. Acknowledgements leave from here, after the write, so
 /// the sender's window still counts only bytes that reached the file.
 struct DiskWriter {
-    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    tx: tokio::sync::mpsc::Sender<Piece>,
     handle: tokio::task::JoinHandle<WriterOutcome>,
 }
 
@@ -816,22 +1399,31 @@ impl DiskWriter {
         router: Router,
         ack: crate::channel::Sender,
         early_writeback: bool,
+        from: u64,
+        mut hasher: blake3::Hasher,
+        old: Option<Arc<File>>,
     ) -> DiskWriter {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(WRITER_QUEUE);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(WRITER_QUEUE);
         let handle = tokio::task::spawn_blocking(move || {
-            let mut hasher = blake3::Hasher::new();
-            let mut written = 0u64;
-            let mut written_back = 0u64;
-            while let Some(data) = rx.blocking_recv() {
-                if let Err(e) = (&file).write_all(&data) {
+            let mut written = from;
+            let mut written_back = from;
+            let mut buf = Vec::new();
+            while let Some(piece) = rx.blocking_recv() {
+                if let Err(e) = put(
+                    &file,
+                    old.as_deref(),
+                    &piece,
+                    written,
+                    &mut hasher,
+                    &mut buf,
+                ) {
                     return WriterOutcome {
                         file,
                         hasher,
                         error: Some(e),
                     };
                 }
-                hasher.update(&data);
-                written += data.len() as u64;
+                written += piece.len();
                 ack.send_control(&router, &written);
                 if early_writeback && written - written_back >= WRITEBACK_EVERY {
                     start_writeback(&file, written_back, written);
@@ -847,8 +1439,8 @@ impl DiskWriter {
         DiskWriter { tx, handle }
     }
 
-    /// Waits for every queued chunk to be written; returns the file and the
-    /// digest of what was written.
+    /// Waits for every queued piece to be written; returns the file and
+    /// the digest of what was written.
     async fn finish(self, dest: &Path) -> Result<(File, [u8; 32]), ReceiveError> {
         drop(self.tx);
         match self.handle.await {
@@ -864,6 +1456,13 @@ impl DiskWriter {
                 source: std::io::Error::other(format!("disk writer failed: {e}")),
             }),
         }
+    }
+
+    /// Stops after what was queued; the file back (`None` if the thread
+    /// failed to run).
+    async fn stop(self) -> Option<WriterOutcome> {
+        drop(self.tx);
+        self.handle.await.ok()
     }
 }
 

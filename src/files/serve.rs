@@ -40,13 +40,14 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use super::turns::Turns;
 
 use super::compress::{self, ChunkEncoder, CompressCounters, Compression, Tuner, WireLedger};
+use super::delta::{self, Matcher, Op};
 use super::meta::FileMeta;
 use super::pace::{Limits, Pacers};
 use super::registry::Registry;
 use super::window::{PathEstimate, Sizing, Window};
 use super::{
     CHUNK_DATA, DigestArgs, FILE_SERVICE, FetchArgs, FetchReply, FetchSmallArgs, FileDigest,
-    MAX_DIGEST_PATHS, OFFSET_LEN, SMALL_FILE_MAX, SmallFile, TransferMsg,
+    MAX_DIGEST_PATHS, OFFSET_LEN, Resume, SMALL_FILE_MAX, SmallFile, TransferMsg,
 };
 use crate::call::RemoteError;
 use crate::channel::{ChannelError, Receiver, Sender};
@@ -163,6 +164,33 @@ pub struct FileStats {
     pub compressed_bytes_in: u64,
     /// What they took on the wire.
     pub compressed_bytes_out: u64,
+    /// Transfers sent as a delta against the requester's old file.
+    pub delta_transfers: u64,
+    /// File bytes those sent as copy instructions (not sent).
+    pub delta_copied_bytes: u64,
+    /// File bytes those sent as literal data.
+    pub delta_literal_bytes: u64,
+    /// Delta transfers whose matching was stopped because the signature's
+    /// weak hits kept failing the strong check (the rest went literal).
+    pub delta_gave_up: u64,
+    /// Transfers resumed from a prefix the requester held (`--partial`).
+    pub resumed_transfers: u64,
+    /// Bytes of those prefixes, verified and not sent.
+    pub resumed_bytes: u64,
+    /// Resume requests whose prefix did not match (sent from the start).
+    pub resume_mismatches: u64,
+}
+
+/// Counters kept by the reader threads (delta and resume).
+#[derive(Debug, Default)]
+struct DeltaCounters {
+    transfers: AtomicU64,
+    copied: AtomicU64,
+    literal: AtomicU64,
+    gave_up: AtomicU64,
+    resumed_transfers: AtomicU64,
+    resumed_bytes: AtomicU64,
+    resume_mismatches: AtomicU64,
 }
 
 struct Inner {
@@ -181,6 +209,7 @@ struct Inner {
     /// `fetch_small` batches being read, per requester.
     small: Mutex<HashMap<ContextId, Arc<Semaphore>>>,
     zcounters: Arc<CompressCounters>,
+    dcounters: Arc<DeltaCounters>,
     pacers: Pacers,
 }
 
@@ -230,8 +259,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A chunk from the reader, or its final word.
 enum ReadEvent {
+    /// The answer to a resume: data starts at this offset.
+    Start(u64),
     /// `[offset][bytes]` and how many file bytes it holds.
     Chunk(Bytes, u64),
+    /// A copy instruction ([`super::delta::copy_frame`]) and how many file
+    /// bytes it stands for; never compressed.
+    Copy(Bytes, u64),
     Done([u8; 32]),
     Failed(String),
 }
@@ -257,6 +291,7 @@ impl FileService {
                 open: Mutex::new(OpenCount::default()),
                 small: Mutex::new(HashMap::new()),
                 zcounters: Arc::default(),
+                dcounters: Arc::default(),
                 pacers,
             }),
         };
@@ -344,6 +379,14 @@ impl FileService {
         s.raw_chunks = get(&z.raw_chunks);
         s.compressed_bytes_in = get(&z.bytes_in);
         s.compressed_bytes_out = get(&z.bytes_out);
+        let d = &self.inner.dcounters;
+        s.delta_transfers = get(&d.transfers);
+        s.delta_copied_bytes = get(&d.copied);
+        s.delta_literal_bytes = get(&d.literal);
+        s.delta_gave_up = get(&d.gave_up);
+        s.resumed_transfers = get(&d.resumed_transfers);
+        s.resumed_bytes = get(&d.resumed_bytes);
+        s.resume_mismatches = get(&d.resume_mismatches);
         s
     }
 
@@ -369,6 +412,17 @@ impl FileService {
                 args.path, args.sender.context, caller.src_id
             )));
         }
+        if args.delta.is_some() && args.resume.is_some() {
+            return Err(RemoteError::Failed(format!(
+                "{}: a fetch may carry a delta signature or a resume, not both",
+                args.path
+            )));
+        }
+        if let Some(basis) = &args.delta {
+            basis
+                .validate()
+                .map_err(|e| RemoteError::Failed(format!("{}: {e}", args.path)))?;
+        }
         let slot = self.open_slot(caller.src_id, &args.path.escaped())?;
         let opened = lock(&inner.registry).open(&args.path);
         let file = opened.map_err(|e| RemoteError::Failed(e.to_string()))?;
@@ -392,6 +446,8 @@ impl FileService {
             file: Arc::new(file),
             meta,
             to: args.sender,
+            delta: args.delta,
+            resume: args.resume,
             requester: caller.src_id,
             acks: ack_rx,
             cancel: cancel_rx,
@@ -694,6 +750,10 @@ struct Transfer {
     file: Arc<File>,
     meta: FileMeta,
     to: Sender,
+    /// The requester's signature of its old file, for a delta.
+    delta: Option<super::delta::Basis>,
+    /// The prefix the requester holds, for a resume.
+    resume: Option<Resume>,
     requester: ContextId,
     acks: Receiver,
     cancel: watch::Receiver<Option<String>>,
@@ -788,14 +848,22 @@ impl Transfer {
         };
         let zshared = compress::Shared::new(level, self.fs.inner.zcounters.clone());
         let mut encoder = ChunkEncoder::new(zshared.clone());
+        let (basis, resume) = (self.delta.take(), self.resume.take());
+        let counters = self.fs.inner.dcounters.clone();
         let reader = tokio::task::spawn_blocking(move || {
-            read_file(&file, &meta, chunk_len, |ev| {
+            let send = |ev| {
                 let ev = match ev {
                     ReadEvent::Chunk(data, len) => ReadEvent::Chunk(encoder.encode(data), len),
+                    ReadEvent::Copy(data, len) => ReadEvent::Chunk(data, len),
                     other => other,
                 };
                 tx.blocking_send(ev).is_ok()
-            })
+            };
+            if let Some(basis) = basis {
+                read_file_delta(&file, &meta, chunk_len, &basis, &counters, send)
+            } else {
+                read_file_from(&file, &meta, chunk_len, resume, &counters, send)
+            }
         });
         let (mut last_chunk, mut last_compress_ns) = (std::time::Instant::now(), 0u64);
 
@@ -916,6 +984,13 @@ impl Transfer {
                             lock(t).on_link_wait(sent_at.elapsed());
                         }
                     }
+                    Some(ReadEvent::Start(from)) => {
+                        self.to.send_control(router, &TransferMsg::Start { from });
+                        ledger = WireLedger::starting_at(from);
+                    }
+                    Some(ReadEvent::Copy(..)) => {
+                        return Err(format!("{}: internal error: unconverted copy", self.path));
+                    }
                     Some(ReadEvent::Done(d)) => {
                         digest = Some(d);
                         self.to
@@ -1024,6 +1099,11 @@ impl Transfer {
             self.fs.inner.zcounters.clone(),
         ));
         let pacing = self.fs.inner.pacers.for_target(self.requester);
+        if self.resume.take().is_some() {
+            // Too small to be worth a resume: all of it, from the start.
+            self.to
+                .send_control(router, &TransferMsg::Start { from: 0 });
+        }
         read_file(&self.file, &self.meta, pacing.chunk_len(CHUNK_DATA), |ev| {
             read.push(match ev {
                 ReadEvent::Chunk(data, len) => ReadEvent::Chunk(encoder.encode(data), len),
@@ -1052,6 +1132,12 @@ impl Transfer {
                     return Ok(sent);
                 }
                 ReadEvent::Failed(why) => return Err(why),
+                ReadEvent::Start(_) | ReadEvent::Copy(..) => {
+                    return Err(format!(
+                        "{}: internal error: unexpected read event",
+                        self.path
+                    ));
+                }
             }
         }
         Err(format!("{}: reader stopped unexpectedly", self.path))
@@ -1141,8 +1227,76 @@ fn read_file(
     chunk_len: usize,
     mut send: impl FnMut(ReadEvent) -> bool,
 ) {
+    read_range(file, meta, chunk_len, 0, blake3::Hasher::new(), &mut send);
+}
+
+/// [`read_file`], answering a resume first: the requester's prefix is
+/// hashed here too; if the digests agree the data starts after it, else
+/// at 0. Either way [`ReadEvent::Start`] says where.
+fn read_file_from(
+    file: &File,
+    meta: &FileMeta,
+    chunk_len: usize,
+    resume: Option<Resume>,
+    counters: &DeltaCounters,
+    mut send: impl FnMut(ReadEvent) -> bool,
+) {
+    let Some(resume) = resume else {
+        return read_file(file, meta, chunk_len, send);
+    };
     let mut hasher = blake3::Hasher::new();
-    let mut offset = 0u64;
+    let mut from = 0;
+    if resume.len <= meta.size {
+        // The hasher that covered the prefix carries on over the rest:
+        // its final digest is the whole file's.
+        match hash_prefix(file, resume.len, &mut hasher) {
+            Ok(()) if *hasher.finalize().as_bytes() == resume.digest => from = resume.len,
+            Ok(()) => hasher = blake3::Hasher::new(),
+            Err(why) => {
+                let _ = send(ReadEvent::Failed(why));
+                return;
+            }
+        }
+    }
+    if from > 0 {
+        counters.resumed_transfers.fetch_add(1, Ordering::Relaxed);
+        counters.resumed_bytes.fetch_add(from, Ordering::Relaxed);
+    } else {
+        counters.resume_mismatches.fetch_add(1, Ordering::Relaxed);
+    }
+    if !send(ReadEvent::Start(from)) {
+        return;
+    }
+    read_range(file, meta, chunk_len, from, hasher, &mut send);
+}
+
+/// Hashes `[0, len)` of `file` into `hasher`.
+fn hash_prefix(file: &File, len: u64, hasher: &mut blake3::Hasher) -> Result<(), String> {
+    let mut buf = vec![0u8; DELTA_READ];
+    let mut at = 0u64;
+    while at < len {
+        let want = (len - at).min(DELTA_READ as u64) as usize;
+        file.read_exact_at(&mut buf[..want], at)
+            .map_err(|e| format!("read failed at offset {at}: {e}"))?;
+        hasher.update(&buf[..want]);
+        at += want as u64;
+    }
+    Ok(())
+}
+
+/// Bytes read at a time for a delta or a resume's hash.
+const DELTA_READ: usize = 1 << 20;
+
+/// Reads `[offset, size)` in chunks into `hasher` (which holds the bytes
+/// before `offset`), then checks the file did not change.
+fn read_range(
+    file: &File,
+    meta: &FileMeta,
+    chunk_len: usize,
+    mut offset: u64,
+    mut hasher: blake3::Hasher,
+    send: &mut impl FnMut(ReadEvent) -> bool,
+) {
     while offset < meta.size {
         let len = (meta.size - offset).min(chunk_len.clamp(1, CHUNK_DATA) as u64) as usize;
         // Not zeroed first: zeroing 128 KiB per chunk cost about 4 % of
@@ -1183,6 +1337,16 @@ fn read_file(
             return;
         }
     }
+    finish_read(file, meta, &hasher, send);
+}
+
+/// The last word of a read: the digest, unless the file changed.
+fn finish_read(
+    file: &File,
+    meta: &FileMeta,
+    hasher: &blake3::Hasher,
+    send: &mut impl FnMut(ReadEvent) -> bool,
+) {
     let mut probe = [0u8; 1];
     let grew = matches!(file.read_at(&mut probe, meta.size), Ok(n) if n > 0);
     if grew || changed_since(file, meta) {
@@ -1192,4 +1356,93 @@ fn read_file(
         return;
     }
     let _ = send(ReadEvent::Done(*hasher.finalize().as_bytes()));
+}
+
+/// Reads the file through a delta [`Matcher`] against the requester's
+/// `basis`: copy instructions for what the requester has, chunks of
+/// literal data for the rest, and the digest of the whole file.
+fn read_file_delta(
+    file: &File,
+    meta: &FileMeta,
+    chunk_len: usize,
+    basis: &delta::Basis,
+    counters: &DeltaCounters,
+    mut send: impl FnMut(ReadEvent) -> bool,
+) {
+    // A lying signature may make every offset a weak hit: strong digests
+    // that match nothing may cover the file once more plus 64 MiB, then
+    // the rest goes literal.
+    let mut matcher = match Matcher::new(basis, meta.size.saturating_add(64 << 20)) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = send(ReadEvent::Failed(e.to_string()));
+            return;
+        }
+    };
+    counters.transfers.fetch_add(1, Ordering::Relaxed);
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; DELTA_READ];
+    let mut ops = Vec::new();
+    let mut offset = 0u64;
+    let chunk_len = chunk_len.clamp(1, CHUNK_DATA);
+    let emit = |ops: &mut Vec<Op>, send: &mut dyn FnMut(ReadEvent) -> bool| -> bool {
+        for op in ops.drain(..) {
+            match op {
+                Op::Copy { offset, from, len } => {
+                    counters.copied.fetch_add(len, Ordering::Relaxed);
+                    if !send(ReadEvent::Copy(delta::copy_frame(offset, from, len), len)) {
+                        return false;
+                    }
+                }
+                Op::Literal { offset, data } => {
+                    counters
+                        .literal
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    let mut at = offset;
+                    for piece in data.chunks(chunk_len) {
+                        let mut chunk = BytesMut::with_capacity(OFFSET_LEN + piece.len());
+                        chunk.extend_from_slice(&at.to_be_bytes());
+                        chunk.extend_from_slice(piece);
+                        at += piece.len() as u64;
+                        if !send(ReadEvent::Chunk(chunk.freeze(), piece.len() as u64)) {
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
+        true
+    };
+    while offset < meta.size {
+        let want = (meta.size - offset).min(DELTA_READ as u64) as usize;
+        if let Err(e) = file.read_exact_at(&mut buf[..want], offset) {
+            let why = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                format!(
+                    "source file shrank during transfer: {} bytes expected",
+                    meta.size
+                )
+            } else {
+                format!("read failed at offset {offset}: {e}")
+            };
+            let _ = send(ReadEvent::Failed(why));
+            return;
+        }
+        hasher.update(&buf[..want]);
+        matcher.feed(&buf[..want], &mut ops);
+        offset += want as u64;
+        if !emit(&mut ops, &mut send) {
+            return;
+        }
+    }
+    matcher.finish(&mut ops);
+    if !emit(&mut ops, &mut send) {
+        return;
+    }
+    if matcher.stats().gave_up {
+        counters.gave_up.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "delta: the requester's signature kept failing the strong check; the rest of the file was sent whole"
+        );
+    }
+    finish_read(file, meta, &hasher, &mut send);
 }

@@ -183,7 +183,7 @@ impl SpecialKind {
 }
 
 /// A push to apply in one context.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushPlan {
     /// Context running the FileService.
     pub server: ContextId,
