@@ -48,10 +48,12 @@ fn plan(src: &Path, dest: &Path, options: ReceiveOptions) -> PushPlan {
             src: src.to_str().expect("utf8").into(),
             rel: "blob".into(),
             size: std::fs::metadata(src).map(|m| m.len()).unwrap_or(0),
+            // Unknown: always sent (these tests are about how).
+            stamp: None,
         }],
         options,
         parallel: 4,
-        dry_run: false,
+        ..Default::default()
     }
 }
 
