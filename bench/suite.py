@@ -606,7 +606,7 @@ def render(a, info, envs, results, latency, chart_name, links):
         L.append('| %s | %.2f | %.3f | %s | %s | %s |' % (env_title(env), env.measured_rtt_ms, env.ssh_connect_s,
                                                        f(t1), f(t4), dls))
     L.append('')
-    if not a.probe and a.latency_rtt in [e.rtt for e in envs]:
+    if not a.probe and 'large' in a.kinds and a.latency_rtt in [e.rtt for e in envs]:
         L.append('### Control calls during a saturating transfer')
         L.append('')
         L.append('Not measured in this run: `tools/ferroprobe` did not build against this ferrogen '
