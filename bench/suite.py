@@ -8,6 +8,10 @@ run, it pushes one large file and a directory of small files with each
 contender, checks what arrived, and records wall time (the whole command:
 connection, authentication, bootstrap and transfer) and, for ferrogen and
 Mitogen, the peak RSS (VmHWM) of every process of theirs on both sides.
+
+The pull kinds (issue 12) copy the same data from the target to here, with
+ferrogen's push of it measured in the same round for comparison; they have
+their own section in benchmarks.md, written only when they ran.
 """
 import argparse
 import hashlib
@@ -42,6 +46,33 @@ CONTENDERS = [
 ]
 DEFAULT_CONTENDERS = 'ssh-cat,scp,sftp,rsync,mitogen,ferrogen-1m,ferrogen'
 LABEL = dict(CONTENDERS)
+
+# The pull rows (issue 12): the same data, copied from the target to here.
+# 'ferrogen-push' is the same transfer pushed, measured in the same round so
+# the two directions see the same machine load.
+PULL_SECTION = '## Pulling (issue 12)'
+PULL_CONTENDERS = [
+    ('ssh-cat', 'raw `ssh host cat >`'),
+    ('scp', '`scp host:…`'),
+    ('sftp', '`sftp -b` (`get`)'),
+    ('rsync', '`rsync -e ssh host:…`'),
+    ('ferrogen-1m', 'ferrogen pull `--window 1M`'),
+    ('ferrogen', 'ferrogen pull (default options)'),
+    ('ferrogen-push', 'ferrogen push, same data (default options)'),
+]
+DEFAULT_PULL_CONTENDERS = 'ssh-cat,scp,rsync,ferrogen-push,ferrogen'
+PULL_LABEL = dict(PULL_CONTENDERS)
+PUSH_KINDS = ('large', 'small')
+PULL_KINDS = ('pull-large', 'pull-small')
+
+
+def is_pull(kind):
+    return kind.startswith('pull-')
+
+
+def base_kind(kind):
+    """'large' or 'small', whichever the direction."""
+    return kind[len('pull-'):] if is_pull(kind) else kind
 
 
 def log(msg):
@@ -302,6 +333,47 @@ def commands(c, env, a, kind, src, dst):
     raise ValueError(c)
 
 
+def pull_commands(c, env, a, kind, src, dst):
+    """argv for contender c copying src on the target to dst here (kind
+    'large' or 'small'), and the process names whose memory is tracked.
+    Target and controller share the tmpfs, so src names the same data a
+    push reads."""
+    cfg = a.ssh_config
+    h = env.host
+    q = shlex.quote
+    if c == 'ferrogen-push':
+        return commands('ferrogen', env, a, kind, src, dst)
+    if c == 'ssh-cat':
+        if kind == 'large':
+            cmd = 'ssh -F %s %s %s > %s' % (q(cfg), h, q('cat %s' % q(src)), q(dst))
+        else:
+            cmd = 'mkdir -p %s && ssh -F %s %s %s | tar -C %s -xf -' % (
+                q(dst), q(cfg), h, q('tar -C %s -cf - .' % q(src)), q(dst))
+        return ['sh', '-c', cmd], ()
+    if c == 'scp':
+        return ['scp', '-q', '-F', cfg] + (['-r'] if kind == 'small' else []) + ['%s:%s' % (h, src), dst], ()
+    if c == 'sftp':
+        batch = os.path.join(a.state, 'sftp.batch')
+        with open(batch, 'w') as f:
+            f.write(('get %s %s\n' if kind == 'large' else 'get -r %s %s\n') % (src, dst))
+        return ['sftp', '-q', '-F', cfg, '-b', batch, h], ()
+    if c == 'rsync':
+        ssh = 'ssh -F %s' % cfg
+        if kind == 'small':
+            return ['rsync', '-e', ssh, '-r', '%s:%s/' % (h, src), dst + '/'], ()
+        return ['rsync', '-e', ssh, '%s:%s' % (h, src), dst], ()
+    if c in ('ferrogen', 'ferrogen-1m'):
+        argv = [a.ferrogen, 'pull', '-H', h, '-e', 'ssh -F %s' % cfg, '--json']
+        if c == 'ferrogen-1m':
+            argv += ['--window', '1M']
+        if kind == 'small':
+            argv += ['-r', src + '/', dst + '/']
+        else:
+            argv += [src, dst]
+        return argv, ('ferrogen',)
+    raise ValueError(c)
+
+
 def measure_env(env, a, data, big, small, big_digest, results, latency):
     dst_root = os.path.join(data, 'dst')
     os.makedirs(dst_root, exist_ok=True)
@@ -313,25 +385,31 @@ def measure_env(env, a, data, big, small, big_digest, results, latency):
         ts.append(time.perf_counter() - t0)
     env.ssh_connect_s = statistics.median(ts)
     log('%s: TCP connect %.2f ms, ssh true %.3f s' % (env.name, env.measured_rtt_ms, env.ssh_connect_s))
-    if any(c.startswith('ferrogen') for c in a.contenders):
+    if any(c.startswith('ferrogen') for c in a.contenders + a.pull_contenders):
         # Fill the target's binary cache so no timed push includes sending ferrogen.
         run(env.wrap([a.ferrogen, 'ping', '-H', env.host, '-e', 'ssh -F %s' % a.ssh_config, '-c', '1']),
             stdout=subprocess.DEVNULL)
     ceiling(env, a, results)
     for kind in a.kinds:
+        pull = is_pull(kind)
+        bk = base_kind(kind)
+        slow = set()  # contenders whose first run took longer than --repeat-under
         for rep in range(a.runs):
-            for c in a.contenders:
-                src = big if kind == 'large' else small
-                dst = os.path.join(dst_root, '%s.%s' % (c, 'bin' if kind == 'large' else 'd'))
+            for c in (a.pull_contenders if pull else a.contenders):
+                if c in slow:
+                    continue
+                src = big if bk == 'large' else small
+                dst = os.path.join(dst_root, '%s%s.%s' % ('pull-' if pull else '', c,
+                                                          'bin' if bk == 'large' else 'd'))
                 clean(dst)
-                argv, comms = commands(c, env, a, kind, src, dst)
-                size = a.size_mib << 20 if kind == 'large' else a.small * a.small_kib * 1024
-                timeout = 120 + (a.size_mib if kind == 'large' else a.small * 0.5) * (1 + (env.rtt or 0) / 20.0)
+                argv, comms = (pull_commands if pull else commands)(c, env, a, bk, src, dst)
+                size = a.size_mib << 20 if bk == 'large' else a.small * a.small_kib * 1024
+                timeout = 120 + (a.size_mib if bk == 'large' else a.small * 0.5) * (1 + (env.rtt or 0) / 20.0)
                 rec = {'env': env.name, 'rtt_ms': env.rtt, 'kind': kind, 'contender': c, 'run': rep,
                        'bytes': size}
                 try:
                     dt, out, rss = timed(env.wrap(argv), a.sshd_pid, comms, timeout=timeout)
-                    if kind == 'large':
+                    if bk == 'large':
                         check_large(dst, big_digest, size)
                     else:
                         # scp -r / ferrogen -r SRC/ DST/ may nest the directory
@@ -341,13 +419,15 @@ def measure_env(env, a, data, big, small, big_digest, results, latency):
                             d = os.path.join(d, 'small')
                         check_small(d, a.small, a.small_kib)
                     rec.update(seconds=dt, mib_s=size / MiB / dt)
+                    if a.repeat_under and dt > a.repeat_under:
+                        slow.add(c)
                     if rss:
                         rec['rss'] = rss
                     if c.startswith('mitogen'):
                         line = [l for l in out.splitlines() if l.startswith('{')]
                         if line:
                             rec['mitogen'] = json.loads(line[-1])
-                    log('%s %s %-12s %7.2f s %8.1f MiB/s%s' % (
+                    log('%s %s %-13s %7.2f s %8.1f MiB/s%s' % (
                         env.name, kind, c, dt, size / MiB / dt,
                         '  rss ctl %.1f MiB, target %.1f MiB' % (rss['controller_kib'] / 1024.0,
                                                                   rss['target_kib'] / 1024.0) if rss else ''))
@@ -356,7 +436,7 @@ def measure_env(env, a, data, big, small, big_digest, results, latency):
                     log('%s %s %s FAILED: %s' % (env.name, kind, c, e))
                 clean(dst)
                 results.append(rec)
-    if env.rtt is not None and env.rtt == a.latency_rtt and a.probe:
+    if env.rtt is not None and env.rtt == a.latency_rtt and a.probe and 'large' in a.kinds:
         latency.extend(control_latency(env, a, big))
 
 
@@ -526,7 +606,7 @@ def render(a, info, envs, results, latency, chart_name, links):
         L.append('| %s | %.2f | %.3f | %s | %s | %s |' % (env_title(env), env.measured_rtt_ms, env.ssh_connect_s,
                                                        f(t1), f(t4), dls))
     L.append('')
-    if not a.probe and a.latency_rtt in [e.rtt for e in envs]:
+    if not a.probe and 'large' in a.kinds and a.latency_rtt in [e.rtt for e in envs]:
         L.append('### Control calls during a saturating transfer')
         L.append('')
         L.append('Not measured in this run: `tools/ferroprobe` did not build against this ferrogen '
@@ -560,10 +640,79 @@ def render(a, info, envs, results, latency, chart_name, links):
     return '\n'.join(L) + '\n'
 
 
-def write_section(path, text):
+def spread(results, env, kind, c):
+    """(min, max, n) seconds over the successful runs."""
+    ok = [r['seconds'] for r in results
+          if r['env'] == env and r['kind'] == kind and r['contender'] == c and 'seconds' in r]
+    return (min(ok), max(ok), len(ok)) if ok else None
+
+
+def render_pull(a, info, envs, results):
+    L = [PULL_SECTION, '']
+    L.append('Written by `bench/run-suite` (do not edit by hand; a run with pull kinds replaces this section, '
+             'one without leaves it alone). Command: `%s`.' % a.command_line)
+    L.append('')
+    L.append('The same data as the push rows of "Against the field", copied the other way: the file or '
+             'directory lies on the target (the bench sshd\'s side) and lands here. Contenders: raw '
+             '`ssh host \'cat SRC\' > DST` (for small files `ssh host \'tar -cf - .\' | tar -xf -`), '
+             '`scp [-r] host:SRC DST`, `rsync -e ssh [-r] host:SRC DST`, `ferrogen pull -H host [-r] SRC DST` '
+             '(default options, and `--window 1M` when listed) and, measured in the same round right beside '
+             'them, `ferrogen push` of the same data (the push row of the issue, so both directions see the '
+             'same machine load). Seconds are wall time of the whole command (fresh ssh connection, '
+             'bootstrap from the cached binary, transfer), median of %d run(s), with the fastest and slowest '
+             'run and the number of runs n (%s); "× ssh cat" = raw ssh time / this time; "× push" = '
+             'ferrogen push time / this time '
+             '(≥ 1.00: at least as fast as the same push). Every result is checked on arrival (size and '
+             'sampled content; file count and sizes). Peak RSS as above (controller = here, the receiving '
+             'side when pulling).' % (a.runs, 'a contender whose first run took longer than %g s ran once'
+                                      % a.repeat_under if a.repeat_under else 'every contender ran every time'))
+    L.append('')
+    L.append('Link and TCP settings as in "Against the field" (tcp_wmem `%s`, tcp_rmem `%s`, `%s`). Machine: '
+             '%s, %s cores, shared with other build jobs (load average at the start: %s); %s; ferrogen %s; %s; '
+             '%s.' % (info['tcp_wmem'], info['tcp_rmem'], info['tcp_cc'], info['cpu'], info['nproc'],
+                      info.get('load', '?'), info['openssh'], info['ferrogen'], info['rsync'], info['date']))
+    L.append('')
+    for kind, title in (('pull-large', 'Pulling one large file (%d MiB)' % a.size_mib),
+                        ('pull-small', 'Pulling %d small files (%d KiB each)' % (a.small, a.small_kib))):
+        if kind not in a.kinds:
+            continue
+        large = kind == 'pull-large'
+        L.append('### %s' % title)
+        L.append('')
+        L.append('| environment | contender | seconds | min – max (n) | %s | × ssh cat | × push '
+                 '| peak RSS MiB (ctl / target) |' % ('MiB/s' if large else 'files/s'))
+        L.append('|---|---|---:|---:|---:|---:|---:|---|')
+        for env in envs:
+            base = median_rec(results, env.name, kind, 'ssh-cat')
+            push = median_rec(results, env.name, kind, 'ferrogen-push')
+            for c in a.pull_contenders:
+                r = median_rec(results, env.name, kind, c)
+                if r is None:
+                    continue
+                if 'seconds' not in r:
+                    L.append('| %s | %s | failed: %s | | | | | |' % (
+                        env_title(env), cell(PULL_LABEL[c]),
+                        r.get('error', '?').replace('|', '/').replace('\n', ' ')[:200]))
+                    continue
+                ratio = lambda b: ('%.2f' % (b['seconds'] / r['seconds'])) if b and 'seconds' in b else ''
+                lo, hi, n = spread(results, env.name, kind, c)
+                rate = ('%.1f' % r['mib_s']) if large else ('%.0f' % (a.small / r['seconds']))
+                L.append('| %s | %s | %.2f | %.2f – %.2f (%d) | %s | %s | %s | %s |' % (
+                    env_title(env), cell(PULL_LABEL[c]), r['seconds'], lo, hi, n, rate, ratio(base),
+                    '' if c == 'ferrogen-push' else ratio(push), fmt_rss(r)))
+        L.append('')
+    L.append('| environment | TCP connect ms | `ssh true`, s |')
+    L.append('|---|---:|---:|')
+    for env in envs:
+        L.append('| %s | %.2f | %.3f |' % (env_title(env), env.measured_rtt_ms, env.ssh_connect_s))
+    L.append('')
+    return '\n'.join(L) + '\n'
+
+
+def write_section(path, text, section=SECTION):
     old = open(path).read() if os.path.exists(path) else '# Benchmarks\n'
     lines = old.splitlines(keepends=True)
-    start = next((i for i, l in enumerate(lines) if l.rstrip() == SECTION), None)
+    start = next((i for i, l in enumerate(lines) if l.rstrip() == section), None)
     if start is None:
         new = old.rstrip('\n') + '\n\n' + text
     else:
@@ -629,8 +778,17 @@ def main():
     ap.add_argument('--small', type=int, default=1000)
     ap.add_argument('--small-kib', type=int, default=1)
     ap.add_argument('--runs', type=int, default=1)
-    ap.add_argument('--kinds', default='large,small')
+    ap.add_argument('--repeat-under', type=float, default=0,
+                    help='run a contender only once in an environment when its first run took longer '
+                         'than this many seconds (0 = always --runs times); tables show each row\'s n')
+    ap.add_argument('--kinds', default=None,
+                    help='comma list of large,small (push) and pull-large,pull-small; '
+                         'default: those of --direction')
+    ap.add_argument('--direction', default='both', choices=('push', 'pull', 'both'),
+                    help='which kinds to run when --kinds is not given')
     ap.add_argument('--contenders', default=DEFAULT_CONTENDERS)
+    ap.add_argument('--pull-contenders', default=DEFAULT_PULL_CONTENDERS,
+                    help='contenders of the pull kinds (%s)' % ','.join(PULL_LABEL))
     ap.add_argument('--latency-rtt', type=float, default=20)
     ap.add_argument('--latency-calls', type=int, default=2000)
     ap.add_argument('--ceiling-seconds', type=int, default=5)
@@ -647,7 +805,19 @@ def main():
     for c in a.contenders:
         if c not in LABEL:
             raise SystemExit('unknown contender %r (known: %s)' % (c, ', '.join(LABEL)))
+    a.pull_contenders = [c for c in a.pull_contenders.split(',') if c]
+    for c in a.pull_contenders:
+        if c not in PULL_LABEL:
+            raise SystemExit('unknown pull contender %r (known: %s)' % (c, ', '.join(PULL_LABEL)))
+    if a.kinds is None:
+        a.kinds = {'push': ','.join(PUSH_KINDS), 'pull': ','.join(PULL_KINDS),
+                   'both': ','.join(PUSH_KINDS + PULL_KINDS)}[a.direction]
     a.kinds = [k for k in a.kinds.split(',') if k]
+    for k in a.kinds:
+        if k not in PUSH_KINDS + PULL_KINDS:
+            raise SystemExit('unknown kind %r (known: %s)' % (k, ', '.join(PUSH_KINDS + PULL_KINDS)))
+    a.push_run = any(k in PUSH_KINDS for k in a.kinds)
+    a.pull_run = any(k in PULL_KINDS for k in a.kinds)
     a.ssh_config = os.path.join(a.state, 'ssh', 'ssh_config')
     a.sshd_pid = int(open(os.path.join(a.state, 'sshd.pid')).read())
     a.addr_host = '10.199.0.2'
@@ -680,6 +850,7 @@ def main():
         'tcp_wmem': sysctl('fgb-ctl', 'tcp_wmem'),
         'tcp_rmem': sysctl('fgb-ctl', 'tcp_rmem'),
         'tcp_cc': sysctl('fgb-ctl', 'tcp_congestion_control'),
+        'load': ' '.join(open('/proc/loadavg').read().split()[:3]),
     }
     envs = []
     if not a.no_loopback:
@@ -701,22 +872,34 @@ def main():
                 pass
 
     os.makedirs(a.out, exist_ok=True)
-    chart_name = 'benchmarks-field.png'
-    chart_ok = True
-    try:
-        chart(a, envs, results, os.path.join(a.out, chart_name))
-    except Exception as e:
-        chart_ok = False
-        log('chart failed: %s' % e)
-    text = render(a, info, envs, results, latency, chart_name if chart_ok else '(chart failed)', links)
-    write_section(os.path.join(a.out, 'benchmarks.md'), text)
-    with open(os.path.join(a.out, 'benchmarks-field.json'), 'w') as f:
-        json.dump({'info': info, 'args': {k: v for k, v in vars(a).items() if k not in ('state',)},
-                   'environments': [{'name': e.name, 'rtt_ms': e.rtt, 'tcp_connect_ms': e.measured_rtt_ms,
-                                     'ssh_true_s': e.ssh_connect_s} for e in envs],
-                   'results': results, 'control_latency': latency, 'links': links}, f, indent=1)
-    print(text)
-    log('wrote %s, %s and benchmarks-field.json in %s' % ('benchmarks.md', chart_name, a.out))
+    raw = {'info': info, 'args': {k: v for k, v in vars(a).items() if k not in ('state',)},
+           'environments': [{'name': e.name, 'rtt_ms': e.rtt, 'tcp_connect_ms': e.measured_rtt_ms,
+                             'ssh_true_s': e.ssh_connect_s} for e in envs]}
+    # Each direction writes only its own section, chart and raw results, so
+    # a pull-only run leaves the push tables (and a push-only run the pull
+    # tables) as they were.
+    if a.push_run:
+        chart_name = 'benchmarks-field.png'
+        chart_ok = True
+        try:
+            chart(a, envs, results, os.path.join(a.out, chart_name))
+        except Exception as e:
+            chart_ok = False
+            log('chart failed: %s' % e)
+        text = render(a, info, envs, results, latency, chart_name if chart_ok else '(chart failed)', links)
+        write_section(os.path.join(a.out, 'benchmarks.md'), text)
+        with open(os.path.join(a.out, 'benchmarks-field.json'), 'w') as f:
+            json.dump(dict(raw, results=[r for r in results if not is_pull(r['kind'])],
+                           control_latency=latency, links=links), f, indent=1)
+        print(text)
+        log('wrote %s, %s and benchmarks-field.json in %s' % ('benchmarks.md', chart_name, a.out))
+    if a.pull_run:
+        text = render_pull(a, info, envs, results)
+        write_section(os.path.join(a.out, 'benchmarks.md'), text, PULL_SECTION)
+        with open(os.path.join(a.out, 'benchmarks-pull.json'), 'w') as f:
+            json.dump(dict(raw, results=[r for r in results if is_pull(r['kind'])]), f, indent=1)
+        print(text)
+        log('wrote the section %r of benchmarks.md and benchmarks-pull.json in %s' % (PULL_SECTION, a.out))
     failed = [r for r in results if 'error' in r]
     return 1 if failed else 0
 

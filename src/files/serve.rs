@@ -953,6 +953,15 @@ impl Transfer {
                             // Stripes may attach while a transfer runs.
                             let now = router.stripes(stream);
                             if now.len() > stripes.len() {
+                                // Said here too: stripes usually attach
+                                // seconds after a large transfer starts
+                                // (a fresh ssh connection each), so the
+                                // line at the start rarely shows them.
+                                tracing::debug!(
+                                    "{}: now striping over {} streams",
+                                    self.path,
+                                    now.len()
+                                );
                                 stripes = now;
                             }
                         }
