@@ -801,6 +801,13 @@ async fn push_one(
     reached: &Targets,
 ) -> TargetOutcome {
     let t0 = Instant::now();
+    // (Files the target finds up to date are not sent: the count sent may
+    // end below this.)
+    let files = plan
+        .entries
+        .iter()
+        .filter(|e| matches!(e, crate::files::plan::PlanEntry::File { .. }))
+        .count();
     let info = match target::connect_target(router, targs, chain, &host, log_filter).await {
         Ok(i) => i,
         Err(e) => {
@@ -841,6 +848,7 @@ async fn push_one(
             _ = tokio::time::sleep(Duration::from_millis(100)) => {
                 if let Some(b) = &bar {
                     b.set_position(fs.progress(info.id));
+                    b.set_message(format!("{} of {files} files sent", fs.files_sent(info.id)));
                 }
             }
         }

@@ -200,6 +200,8 @@ struct Inner {
     lanes: Mutex<HashMap<StreamId, Arc<Lane>>>,
     cancels: Mutex<HashMap<u64, watch::Sender<Option<String>>>>,
     progress: Mutex<HashMap<ContextId, u64>>,
+    /// Files sent whole, per requester (for progress bars).
+    files_sent: Mutex<HashMap<ContextId, u64>>,
     stats: Mutex<FileStats>,
     next_transfer: AtomicU64,
     shutting_down: AtomicBool,
@@ -284,6 +286,7 @@ impl FileService {
                 lanes: Mutex::new(HashMap::new()),
                 cancels: Mutex::new(HashMap::new()),
                 progress: Mutex::new(HashMap::new()),
+                files_sent: Mutex::new(HashMap::new()),
                 stats: Mutex::new(FileStats::default()),
                 next_transfer: AtomicU64::new(1),
                 shutting_down: AtomicBool::new(false),
@@ -365,6 +368,14 @@ impl FileService {
     /// Bytes acknowledged so far by transfers to `context`.
     pub fn progress(&self, context: ContextId) -> u64 {
         lock(&self.inner.progress)
+            .get(&context)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Files sent whole to `context` so far.
+    pub fn files_sent(&self, context: ContextId) -> u64 {
+        lock(&self.inner.files_sent)
             .get(&context)
             .copied()
             .unwrap_or(0)
@@ -612,6 +623,7 @@ impl FileService {
             stats.small_calls += 1;
         }
         *lock(&self.inner.progress).entry(requester).or_insert(0) += bytes;
+        *lock(&self.inner.files_sent).entry(requester).or_insert(0) += count;
         Ok(files)
     }
 
@@ -800,6 +812,10 @@ impl Transfer {
                 let mut s = lock(stats);
                 s.completed += 1;
                 s.peak_in_flight = s.peak_in_flight.max(peak);
+                drop(s);
+                *lock(&self.fs.inner.files_sent)
+                    .entry(self.requester)
+                    .or_insert(0) += 1;
             }
             Err(reason) => {
                 tracing::warn!(
