@@ -1215,6 +1215,7 @@ fn offer_lies(p: &mut Peer, k: &Knobs) -> Result<(), String> {
                 mtime_nsec: 0,
                 atime_sec: 0,
                 atime_nsec: 0,
+                xattrs: Vec::new(),
             },
             ack: Sender {
                 context: p.me,
@@ -1237,6 +1238,7 @@ fn offer_lies(p: &mut Peer, k: &Knobs) -> Result<(), String> {
             mtime_nsec: 0,
             atime_sec: 0,
             atime_nsec: 0,
+            xattrs: Vec::new(),
         };
         let digest = *blake3::hash(&data).as_bytes();
         let one = ferrogen::files::SmallFile::Data {

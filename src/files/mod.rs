@@ -24,6 +24,8 @@
 //! * [`filter`] — `--exclude`/`--include`: rsync's pattern rules.
 //! * [`delete`] — `--delete`: removing what the source lacks, beneath the
 //!   destination only, never through a symlink.
+//! * [`xattr`] — `-X`/`-A`: extended attributes and POSIX ACLs, read on
+//!   the sender and made exactly the source's on the receiver.
 //!
 //! # One transfer, on the wire
 //!
@@ -78,6 +80,7 @@ pub mod turns;
 pub mod uptodate;
 pub mod walk;
 pub mod window;
+pub mod xattr;
 
 use serde::{Deserialize, Serialize};
 

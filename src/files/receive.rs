@@ -57,6 +57,15 @@ pub struct ReceiveOptions {
     /// there.
     #[serde(default)]
     pub partial: bool,
+    /// `-X`/`-A`: make each file's extended attributes (ACLs) exactly
+    /// those its metadata carries, in the namespaces selected.
+    #[serde(default)]
+    pub xattrs: super::xattr::XattrSel,
+    /// `--sparse`: ask for holes to travel as holes, and reserve no space
+    /// for them (nor, then, for the rest: the file's layout is learnt only
+    /// as its data arrives).
+    #[serde(default)]
+    pub sparse: bool,
 }
 
 impl Default for ReceiveOptions {
@@ -66,6 +75,8 @@ impl Default for ReceiveOptions {
             preserve_owner: false,
             delta: false,
             partial: false,
+            xattrs: Default::default(),
+            sparse: false,
         }
     }
 }
@@ -301,6 +312,14 @@ impl PendingFile {
             )
             .map_err(|e| io_err(dest, "chown")(e.into()))?;
         }
+        // Before the mode: setting a `user.*` attribute needs write
+        // permission, which a 0444 or 0000 file would not give a
+        // non-root receiver (the temp file is 0600 until the chmod). An
+        // ACL set here and the mode set after agree: the mode's group
+        // bits are the ACL's mask.
+        super::xattr::sync_fd(fd, &self.meta.xattrs, opts.xattrs).map_err(|e| {
+            io_err(dest, "set extended attributes")(std::io::Error::other(e))
+        })?;
         // After chown, which clears set-id bits.
         rustix::fs::fchmod(fd, mode).map_err(|e| io_err(dest, "chmod")(e.into()))?;
         let ts = rustix::fs::Timestamps {

@@ -71,6 +71,11 @@ pub struct FileServiceConfig {
     pub compress: Compression,
     /// Rate limits of the data sent (`--bwlimit`, `--bwlimit-total`).
     pub bwlimit: Limits,
+    /// Extended attributes and ACLs sent with each file's metadata
+    /// (`-X`, `-A`). Decided here, by whoever started the service, not by
+    /// the requester: a target cannot ask for the privileged namespaces
+    /// of the files it is sent.
+    pub xattrs: super::xattr::XattrSel,
 }
 
 /// Most large transfers one requester may have queued or running; past it
@@ -136,6 +141,7 @@ impl Default for FileServiceConfig {
             max_open: default_max_open(),
             compress: Compression::Off,
             bwlimit: Limits::default(),
+            xattrs: Default::default(),
         }
     }
 }
@@ -426,7 +432,7 @@ impl FileService {
         let slot = self.open_slot(caller.src_id, &args.path.escaped())?;
         let opened = lock(&inner.registry).open(&args.path);
         let file = opened.map_err(|e| RemoteError::Failed(e.to_string()))?;
-        let meta = FileMeta::from_fd(&file)
+        let meta = FileMeta::from_fd_with(&file, inner.config.xattrs)
             .map_err(|e| RemoteError::Failed(format!("{}: {e}", args.path)))?;
         let ack_rx = inner
             .router
@@ -675,7 +681,7 @@ impl FileService {
             Ok(f) => f,
             Err(e) => return SmallFile::Failed(e.to_string()),
         };
-        let meta = match FileMeta::from_fd(&file) {
+        let meta = match FileMeta::from_fd_with(&file, self.inner.config.xattrs) {
             Ok(m) => m,
             Err(e) => return SmallFile::Failed(format!("{path}: {e}")),
         };
