@@ -52,9 +52,9 @@ use super::place::{Place, Root, describe, plain, show};
 use super::receive::{self, PendingFile, ReceiveOptions, TempFiles};
 use super::serve::SMALL_BATCH_BYTES;
 use super::spec::Ids;
-use super::xattr::Xattr;
 pub use super::spec::{Compare, Owner, PlanEntry, PushPlan, SpecialKind, Stamp};
 use super::uptodate::{self, Fixes, Found, Verdict, after_hash, file_verdict, look_at};
+use super::xattr::Xattr;
 use super::{
     DigestArgs, FILE_SERVICE, FetchSmallArgs, FileDigest, SMALL_FILE_MAX, SmallFile,
     TARGET_SERVICE, hex,
@@ -1490,7 +1490,10 @@ fn keep(p: &Place, fixes: &Fixes, dry_run: bool) -> EntryResult {
 fn keep_file(p: &Place, fixes: &Fixes, stamp: Option<&Stamp>, plan: &PushPlan) -> EntryResult {
     use super::xattr;
     let sel = plan.options.xattrs;
-    let Some(want) = stamp.and_then(|s| s.xattrs.as_deref()).filter(|_| sel.any()) else {
+    let Some(want) = stamp
+        .and_then(|s| s.xattrs.as_deref())
+        .filter(|_| sel.any())
+    else {
         return keep(p, fixes, plan.dry_run);
     };
     match xattr::read_place(p, sel) {
@@ -1828,7 +1831,8 @@ fn links_and_specials(
 /// (in the namespaces `sel` carries; always, when it carries none).
 fn same_xattrs(p: &Place, want: &[Xattr], sel: super::xattr::XattrSel) -> bool {
     !sel.any()
-        || super::xattr::read_place(p, sel).is_ok_and(|have| !super::xattr::differ(want, &have, sel))
+        || super::xattr::read_place(p, sel)
+            .is_ok_and(|have| !super::xattr::differ(want, &have, sel))
 }
 
 /// The result of one step on an entry: ok, or failed with

@@ -317,9 +317,8 @@ impl PendingFile {
         // non-root receiver (the temp file is 0600 until the chmod). An
         // ACL set here and the mode set after agree: the mode's group
         // bits are the ACL's mask.
-        super::xattr::sync_fd(fd, &self.meta.xattrs, opts.xattrs).map_err(|e| {
-            io_err(dest, "set extended attributes")(std::io::Error::other(e))
-        })?;
+        super::xattr::sync_fd(fd, &self.meta.xattrs, opts.xattrs)
+            .map_err(|e| io_err(dest, "set extended attributes")(std::io::Error::other(e)))?;
         // After chown, which clears set-id bits.
         rustix::fs::fchmod(fd, mode).map_err(|e| io_err(dest, "chmod")(e.into()))?;
         let ts = rustix::fs::Timestamps {
@@ -797,9 +796,7 @@ async fn receive_prepared(
             };
             match named {
                 Some(p) => Ok((p, None)),
-                None => {
-                    create_temp(place, temps, &meta, started, !opts.sparse).map(|p| (p, None))
-                }
+                None => create_temp(place, temps, &meta, started, !opts.sparse).map(|p| (p, None)),
             }
         }
     };

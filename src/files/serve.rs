@@ -1118,13 +1118,19 @@ impl Transfer {
             self.to
                 .send_control(router, &TransferMsg::Start { from: 0 });
         }
-        read_file(&self.file, &self.meta, pacing.chunk_len(CHUNK_DATA), self.sparse, |ev| {
-            read.push(match ev {
-                ReadEvent::Chunk(data, len) => ReadEvent::Chunk(encoder.encode(data), len),
-                other => other,
-            });
-            true
-        });
+        read_file(
+            &self.file,
+            &self.meta,
+            pacing.chunk_len(CHUNK_DATA),
+            self.sparse,
+            |ev| {
+                read.push(match ev {
+                    ReadEvent::Chunk(data, len) => ReadEvent::Chunk(encoder.encode(data), len),
+                    other => other,
+                });
+                true
+            },
+        );
         let mut sent = 0u64;
         for ev in read {
             match ev {

@@ -52,9 +52,7 @@ pub fn parse_hole(payload: &[u8]) -> Option<Result<(u64, u64), String>> {
     b.copy_from_slice(&payload[OFFSET_LEN..]);
     let len = u64::from_be_bytes(b);
     if len == 0 || len > MAX_HOLE {
-        return Some(Err(format!(
-            "hole frame of {len} bytes (1 to {MAX_HOLE})"
-        )));
+        return Some(Err(format!("hole frame of {len} bytes (1 to {MAX_HOLE})")));
     }
     Some(Ok((raw & !HOLE, len)))
 }
@@ -156,6 +154,10 @@ mod tests {
         assert!(s1 <= 8 * mib && s1 >= e0, "{s1}");
         assert!(e1 >= 8 * mib + 4096 && e1 <= size, "{e1}");
         assert!(has_hole(&f, size));
-        assert_eq!(next_extent(&f, 15 * mib, size), (size, size), "a trailing hole");
+        assert_eq!(
+            next_extent(&f, 15 * mib, size),
+            (size, size),
+            "a trailing hole"
+        );
     }
 }

@@ -79,8 +79,10 @@ fn xattrs_of(path: &Path, opts: &WalkOptions, out: &mut Sources) -> super::xattr
         return Vec::new();
     }
     super::xattr::read_path(path, opts.xattrs).unwrap_or_else(|e| {
-        out.unread
-            .push(format!("{}: cannot read extended attributes: {e}", show(path)));
+        out.unread.push(format!(
+            "{}: cannot read extended attributes: {e}",
+            show(path)
+        ));
         Vec::new()
     })
 }
@@ -168,10 +170,7 @@ impl Sources {
             }
         }
         self.total_bytes += md.len();
-        let xattrs = opts
-            .xattrs
-            .any()
-            .then(|| xattrs_of(&src, opts, self));
+        let xattrs = opts.xattrs.any().then(|| xattrs_of(&src, opts, self));
         self.entries.push(PlanEntry::File {
             src: src.into(),
             rel,

@@ -298,13 +298,8 @@ fn sync(on: On<'_>, want: &[Xattr], sel: XattrSel) -> Result<bool, String> {
         let c = std::ffi::CString::new(w.name.as_bytes())
             .map_err(|_| format!("extended attribute name {} is invalid", w.name))?;
         changed = true;
-        on.set(&c, &w.value).map_err(|e| {
-            format!(
-                "cannot set extended attribute {}: {}",
-                w.name,
-                describe(e)
-            )
-        })?;
+        on.set(&c, &w.value)
+            .map_err(|e| format!("cannot set extended attribute {}: {}", w.name, describe(e)))?;
     }
     Ok(changed)
 }
@@ -387,7 +382,9 @@ mod tests {
         assert!(check(&[x("", b"1")]).is_err());
         assert!(check(&[x(&"u".repeat(256), b"1")]).is_err());
         assert!(check(&[x("user.big", &vec![0; MAX_VALUE + 1])]).is_err());
-        let many: Vec<Xattr> = (0..=MAX_COUNT).map(|i| x(&format!("user.{i}"), b"")).collect();
+        let many: Vec<Xattr> = (0..=MAX_COUNT)
+            .map(|i| x(&format!("user.{i}"), b""))
+            .collect();
         assert!(check(&many).is_err());
         let heavy: Vec<Xattr> = (0..20)
             .map(|i| x(&format!("user.{i}"), &vec![1; MAX_VALUE]))
@@ -406,7 +403,11 @@ mod tests {
         assert!(!differ(&a, &b, sel), "order does not matter");
         assert!(differ(&a, &[x("user.a", b"1")], sel));
         assert!(differ(&a, &[x("user.a", b"9"), x("user.b", b"2")], sel));
-        let acl = [x("user.a", b"1"), x("user.b", b"2"), x("system.posix_acl_access", b"z")];
+        let acl = [
+            x("user.a", b"1"),
+            x("user.b", b"2"),
+            x("system.posix_acl_access", b"z"),
+        ];
         assert!(!differ(&a, &acl, sel), "-X alone ignores ACLs");
     }
 
