@@ -528,6 +528,7 @@ fn lying_acks(p: &mut Peer, k: &Knobs) -> Result<(), String> {
             sender,
             delta: None,
             resume: None,
+            sparse: false,
         },
     )?;
     let reply = loop {
@@ -593,6 +594,7 @@ fn fetch_queue(p: &mut Peer, k: &Knobs) -> Result<(), String> {
             sender,
             delta: None,
             resume: None,
+            sparse: false,
         };
         let call = p.call(plan.server, "ferrogen.files", "fetch", &args)?;
         calls.push((call, data));
@@ -658,6 +660,7 @@ fn silent_fetch(p: &mut Peer, k: &Knobs) -> Result<(), String> {
             sender,
             delta: None,
             resume: None,
+            sparse: false,
         },
     )?;
     let t0 = Instant::now();
@@ -912,6 +915,7 @@ fn fake_requesters(p: &mut Peer, k: &Knobs) -> Result<(), String> {
                 },
                 delta: None,
                 resume: None,
+                sparse: false,
             };
             let call = ServiceCall {
                 service: "ferrogen.files".into(),
@@ -981,6 +985,7 @@ fn fat_del_route(p: &mut Peer, k: &Knobs) -> Result<(), String> {
             },
             delta: None,
             resume: None,
+            sparse: false,
         };
         calls.insert(p.call(plan.server, "ferrogen.files", "fetch", &args)?);
     }
@@ -1153,6 +1158,7 @@ fn offer_lies(p: &mut Peer, k: &Knobs) -> Result<(), String> {
         mtime_sec: 0,
         mtime_nsec: 0,
         owner: None,
+        xattrs: Vec::new(),
     };
     let under = |tail: &[u8]| {
         let mut v = asked.as_bytes().to_vec();
@@ -1168,6 +1174,7 @@ fn offer_lies(p: &mut Peer, k: &Knobs) -> Result<(), String> {
                 mtime_sec: 0,
                 mtime_nsec: 0,
                 owner: None,
+                xattrs: Vec::new(),
             },
             PlanEntry::Symlink {
                 rel: "evil-link".into(),
@@ -1175,6 +1182,7 @@ fn offer_lies(p: &mut Peer, k: &Knobs) -> Result<(), String> {
                 mtime_sec: 0,
                 mtime_nsec: 0,
                 owner: None,
+                xattrs: Vec::new(),
             },
         ],
         1 => vec![
@@ -1215,6 +1223,7 @@ fn offer_lies(p: &mut Peer, k: &Knobs) -> Result<(), String> {
                 mtime_nsec: 0,
                 atime_sec: 0,
                 atime_nsec: 0,
+                xattrs: Vec::new(),
             },
             ack: Sender {
                 context: p.me,
@@ -1237,6 +1246,7 @@ fn offer_lies(p: &mut Peer, k: &Knobs) -> Result<(), String> {
             mtime_nsec: 0,
             atime_sec: 0,
             atime_nsec: 0,
+            xattrs: Vec::new(),
         };
         let digest = *blake3::hash(&data).as_bytes();
         let one = ferrogen::files::SmallFile::Data {

@@ -65,6 +65,7 @@ impl Default for TransferOptions {
                 compress: false,
                 bwlimit: None,
                 bwlimit_total: None,
+                xattrs: Default::default(),
             },
         }
     }

@@ -283,6 +283,7 @@ async fn fetch_with_a_sender_of_another_context_is_refused() {
         },
         delta: None,
         resume: None,
+        sparse: false,
     };
     let r: Result<ferrogen::files::FetchReply, _> = c
         .router

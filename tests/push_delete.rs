@@ -400,6 +400,7 @@ async fn deleted_entries_are_reported_with_their_kind() {
             mtime_sec: md.mtime(),
             mtime_nsec: md.mtime_nsec() as u32,
             owner: None,
+            xattrs: Vec::new(),
         }],
         options: ReceiveOptions::default(),
         parallel: 4,

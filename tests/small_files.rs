@@ -140,6 +140,7 @@ async fn many_small_files_come_in_few_calls_with_content_and_metadata() {
             mtime_sec: 1_400_000_000,
             mtime_nsec: 5,
             owner: None,
+            xattrs: Vec::new(),
         });
     }
     c.fs.register_prefix(s(src.path())).expect("register");

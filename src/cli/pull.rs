@@ -244,6 +244,7 @@ async fn pull_all(
             devices: args.devices || args.archive,
             hard_links: args.hard_links || args.archive,
             owner: args.owner,
+            xattrs: args.xattr_sel(),
             filter: args.filter.rules().clone(),
         },
         serve: ServeOptions {
@@ -252,6 +253,7 @@ async fn pull_all(
             compress: args.compress,
             bwlimit: args.bwlimit,
             bwlimit_total: None,
+            xattrs: args.xattr_sel(),
         },
         srcs: srcs.iter().map(|s| RawPath::from(Path::new(s))).collect(),
         tops: allowed_tops(srcs),
@@ -264,6 +266,8 @@ async fn pull_all(
             // --no-whole-file, as push does).
             delta: !args.whole_file,
             partial: args.partial,
+            xattrs: args.xattr_sel(),
+            sparse: args.sparse,
         },
         no_whole_file: args.no_whole_file,
         parallel: args.parallel,

@@ -59,6 +59,17 @@ pub struct PushArgs {
     /// Apply the source's owner and group on the target (needs privilege there).
     #[arg(long)]
     pub owner: bool,
+    /// Keep extended attributes: `user.*`, and `trusted.*`/`security.*`
+    /// when both sides run as root (not part of -a, as in rsync).
+    #[arg(short = 'X', long)]
+    pub xattrs: bool,
+    /// Keep POSIX ACLs (access and default; not part of -a, as in rsync).
+    #[arg(short = 'A', long)]
+    pub acls: bool,
+    /// Keep holes: a sparse file's holes are not sent and stay holes at
+    /// the destination (no space is reserved for it up front).
+    #[arg(short = 'S', long)]
+    pub sparse: bool,
     /// Skip fsync of files and directories (faster, not crash-safe).
     #[arg(long)]
     pub no_fsync: bool,
@@ -362,6 +373,16 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     parse_size(t)
 }
 
+impl PushArgs {
+    /// Which extended attributes travel (`-X`, `-A`).
+    pub fn xattr_sel(&self) -> crate::files::xattr::XattrSel {
+        crate::files::xattr::XattrSel {
+            xattrs: self.xattrs,
+            acls: self.acls,
+        }
+    }
+}
+
 /// The FileService configuration the push options ask for.
 pub fn file_service_config(args: &PushArgs) -> FileServiceConfig {
     let sizing = match args.window {
@@ -382,6 +403,7 @@ pub fn file_service_config(args: &PushArgs) -> FileServiceConfig {
             per_target: args.bwlimit,
             total: args.bwlimit_total,
         },
+        xattrs: args.xattr_sel(),
         ..Default::default()
     }
 }
@@ -395,6 +417,7 @@ impl WalkOptions {
             devices: args.devices || args.archive,
             hard_links: args.hard_links || args.archive,
             owner: args.owner,
+            xattrs: args.xattr_sel(),
             filter: args.filter.clone(),
         }
     }
@@ -423,6 +446,8 @@ impl Sources {
                 preserve_owner: args.owner,
                 delta: !args.whole_file,
                 partial: args.partial,
+                xattrs: args.xattr_sel(),
+                sparse: args.sparse,
             },
             parallel: args.parallel,
             dry_run: args.dry_run,

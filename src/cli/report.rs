@@ -140,7 +140,9 @@ pub fn itemize(r: &EntryResult) -> String {
     }
     let flag = |bit: u8, ch: char| if r.changes & bit != 0 { ch } else { '.' };
     format!(
-        "{update}{kind}{}{}{}{}{}{}...",
+        // u and a stay '.': an ACL change shows as x (both are
+        // extended attributes here).
+        "{update}{kind}{}{}{}{}{}{}..{}",
         if r.changes & c::CONTENT != 0 && r.changes & c::SIZE == 0 && r.changes & c::TIME == 0 {
             'c'
         } else {
@@ -151,6 +153,7 @@ pub fn itemize(r: &EntryResult) -> String {
         flag(c::PERMS, 'p'),
         flag(c::OWNER, 'o'),
         flag(c::GROUP, 'g'),
+        flag(c::XATTRS, 'x'),
     )
 }
 

@@ -28,6 +28,10 @@ pub struct FileMeta {
     pub atime_sec: i64,
     /// Access time: nanoseconds.
     pub atime_nsec: u32,
+    /// Extended attributes and ACLs (`-X`, `-A`: what the FileService was
+    /// configured to read; empty otherwise), sorted by name.
+    #[serde(default)]
+    pub xattrs: super::xattr::Xattrs,
 }
 
 /// Why metadata could not be produced.
@@ -39,6 +43,9 @@ pub enum MetaError {
     /// Not a regular file.
     #[error("not a regular file")]
     NotRegular,
+    /// Its extended attributes could not be read.
+    #[error("cannot read extended attributes: {0}")]
+    Xattrs(std::io::Error),
 }
 
 impl FileMeta {
@@ -60,7 +67,18 @@ impl FileMeta {
             mtime_nsec: st.st_mtime_nsec as u32,
             atime_sec: st.st_atime,
             atime_nsec: st.st_atime_nsec as u32,
+            xattrs: Vec::new(),
         })
+    }
+
+    /// [`FileMeta::from_fd`] with the extended attributes `sel` takes.
+    pub fn from_fd_with<F: AsFd>(
+        fd: F,
+        sel: super::xattr::XattrSel,
+    ) -> Result<FileMeta, MetaError> {
+        let mut meta = FileMeta::from_fd(fd.as_fd())?;
+        meta.xattrs = super::xattr::read_fd(fd, sel).map_err(MetaError::Xattrs)?;
+        Ok(meta)
     }
 }
 

@@ -21,9 +21,13 @@
 //!   `--partial` a fetch may instead resume from a verified prefix
 //!   ([`Resume`], [`TransferMsg::Start`]).
 //! * [`pace`] — `--bwlimit`: pacing data frames to a rate.
+//! * [`sparse`] — `--sparse`: holes found with `SEEK_DATA`/`SEEK_HOLE`,
+//!   sent as hole frames, left as holes.
 //! * [`filter`] — `--exclude`/`--include`: rsync's pattern rules.
 //! * [`delete`] — `--delete`: removing what the source lacks, beneath the
 //!   destination only, never through a symlink.
+//! * [`xattr`] — `-X`/`-A`: extended attributes and POSIX ACLs, read on
+//!   the sender and made exactly the source's on the receiver.
 //!
 //! # One transfer, on the wire
 //!
@@ -73,11 +77,13 @@ pub mod receive;
 pub mod registry;
 pub mod serve;
 pub mod source;
+pub mod sparse;
 pub mod spec;
 pub mod turns;
 pub mod uptodate;
 pub mod walk;
 pub mod window;
+pub mod xattr;
 
 use serde::{Deserialize, Serialize};
 
@@ -266,6 +272,11 @@ pub struct FetchArgs {
     /// [`TransferMsg::Start`] before any data.
     #[serde(default)]
     pub resume: Option<Resume>,
+    /// `--sparse`: send the file's holes as hole frames ([`sparse`])
+    /// rather than as zeros. A file with a hole is then sent whole, never
+    /// as a delta (the copy instructions would fill its holes).
+    #[serde(default)]
+    pub sparse: bool,
 }
 
 /// A prefix the requester already holds (`--partial`).

@@ -53,6 +53,8 @@ pub mod changes {
     pub const GROUP: u8 = 1 << 5;
     /// Its type differed (a file where a directory was, a symlink's target).
     pub const TYPE: u8 = 1 << 6;
+    /// Its extended attributes or ACLs differed (`-X`, `-A`).
+    pub const XATTRS: u8 = 1 << 7;
 }
 
 /// What a push did to one entry (Ansible's `changed` is any of

@@ -54,6 +54,7 @@ use super::serve::SMALL_BATCH_BYTES;
 use super::spec::Ids;
 pub use super::spec::{Compare, Owner, PlanEntry, PushPlan, SpecialKind, Stamp};
 use super::uptodate::{self, Fixes, Found, Verdict, after_hash, file_verdict, look_at};
+use super::xattr::Xattr;
 use super::{
     DigestArgs, FILE_SERVICE, FetchSmallArgs, FileDigest, SMALL_FILE_MAX, SmallFile,
     TARGET_SERVICE, hex,
@@ -188,7 +189,7 @@ pub async fn apply_cancellable(
     let mut results = Vec::new();
     let mut failed_dirs = FailedDirs::default();
     #[allow(clippy::type_complexity)]
-    let mut dirs: Vec<(Place, u32, i64, u32, Ids, Status, u8)> = Vec::new();
+    let mut dirs: Vec<(Place, u32, i64, u32, Ids, Status, u8, &[Xattr])> = Vec::new();
     let ids_of = |owner: &Option<Owner>| -> Ids {
         owner
             .as_ref()
@@ -214,6 +215,7 @@ pub async fn apply_cancellable(
             mtime_sec,
             mtime_nsec,
             owner,
+            xattrs,
         } = e
         {
             let Some(p) = failed_dirs.admit(place_of(rel), &root, &mut results) else {
@@ -243,7 +245,16 @@ pub async fn apply_cancellable(
                                 .with_changes(changed),
                         );
                     } else {
-                        dirs.push((p, *mode, *mtime_sec, *mtime_nsec, ids, status, changed));
+                        dirs.push((
+                            p,
+                            *mode,
+                            *mtime_sec,
+                            *mtime_nsec,
+                            ids,
+                            status,
+                            changed,
+                            xattrs,
+                        ));
                     }
                 }
                 Err(err) => {
@@ -339,7 +350,7 @@ pub async fn apply_cancellable(
                 changes: what,
                 before: found,
             }),
-            Verdict::Keep(fixes) => results.push(keep(&place, &fixes, plan.dry_run)),
+            Verdict::Keep(fixes) => results.push(keep_file(&place, &fixes, stamp, &plan)),
             Verdict::Hash => {
                 if let Some(found) = found {
                     to_hash.push((place, src.clone(), stamp.cloned(), ids, found, size));
@@ -351,7 +362,9 @@ pub async fn apply_cancellable(
         let same = checksums(router, plan.server, &to_hash).await;
         for ((place, src, stamp, ids, found, size), same) in to_hash.into_iter().zip(same) {
             match same.map(|same| after_hash(same, stamp.as_ref(), ids, &found)) {
-                Ok(Verdict::Keep(fixes)) => results.push(keep(&place, &fixes, plan.dry_run)),
+                Ok(Verdict::Keep(fixes)) => {
+                    results.push(keep_file(&place, &fixes, stamp.as_ref(), &plan))
+                }
                 Ok(v @ (Verdict::Send { .. } | Verdict::Hash)) => files.push(FileJob {
                     index: files.len(),
                     src,
@@ -526,7 +539,13 @@ pub async fn apply_cancellable(
     );
     // 5. Directory metadata, deepest first: now that their contents are in.
     dirs.sort_by_key(|(p, ..)| std::cmp::Reverse(p.rel().components().count()));
-    for (p, mode, sec, nsec, ids, status, changed) in dirs {
+    for (p, mode, sec, nsec, ids, mut status, mut changed, xattrs) in dirs {
+        // Extended attributes first (see `PendingFile::apply_meta`), only
+        // where they differ.
+        let set_xattrs = super::xattr::sync_place(&p, xattrs, plan.options.xattrs);
+        if set_xattrs == Ok(true) && status == Status::Unchanged {
+            (status, changed) = (Status::Changed, changed | changes::XATTRS);
+        }
         // Only what differs now (entries landing in it changed its
         // mtime): a directory that matches is not touched, not even its
         // ctime.
@@ -538,11 +557,13 @@ pub async fn apply_cancellable(
             EntryKind::Dir,
             status,
             "set directory metadata",
-            if needed {
-                set_dir_meta(&p, mode, sec, nsec, ids)
-            } else {
-                Ok(())
-            },
+            set_xattrs.and_then(|_| {
+                if needed {
+                    set_dir_meta(&p, mode, sec, nsec, ids)
+                } else {
+                    Ok(())
+                }
+            }),
         );
         results.push(r.with_changes(changed));
     }
@@ -1463,6 +1484,35 @@ fn keep(p: &Place, fixes: &Fixes, dry_run: bool) -> EntryResult {
     landed(p, EntryKind::File, Status::Changed, "set file metadata", r).with_changes(fixes.changes)
 }
 
+/// [`keep`], and with `-X`/`-A` the file's extended attributes (ACLs)
+/// made the source's where they differ: a metadata change, as in rsync's
+/// quick check (the data is not sent again).
+fn keep_file(p: &Place, fixes: &Fixes, stamp: Option<&Stamp>, plan: &PushPlan) -> EntryResult {
+    use super::xattr;
+    let sel = plan.options.xattrs;
+    let Some(want) = stamp
+        .and_then(|s| s.xattrs.as_deref())
+        .filter(|_| sel.any())
+    else {
+        return keep(p, fixes, plan.dry_run);
+    };
+    match xattr::read_place(p, sel) {
+        Ok(have) if !xattr::differ(want, &have, sel) => keep(p, fixes, plan.dry_run),
+        Ok(_) => {
+            // Before the mode, as for a received file.
+            let r = if plan.dry_run {
+                Ok(())
+            } else {
+                xattr::sync_place(p, want, sel).and_then(|_| uptodate::apply(p, fixes))
+            };
+            landed(p, EntryKind::File, Status::Changed, "set file metadata", r)
+                .with_changes(fixes.changes | changes::XATTRS)
+        }
+        Err(e) => EntryResult::failed(p.shown(), format!("{}: {e}", show(p.shown())))
+            .of_kind(EntryKind::File),
+    }
+}
+
 /// What each place holds now, looked at beneath its parent's handle (one
 /// handle per run of places in the same directory, as a walk yields them).
 fn look_many(places: &[Place]) -> Vec<Result<Option<Found>, rustix::io::Errno>> {
@@ -1641,6 +1691,7 @@ fn links_and_specials(
             mtime_sec,
             mtime_nsec,
             owner,
+            xattrs,
         } = e
         {
             let Some(p) = failed_dirs.admit(place_of(rel), root, results) else {
@@ -1652,6 +1703,7 @@ fn links_and_specials(
                 f.kind == FileType::Symlink
                     && f.same_time(*mtime_sec, *mtime_nsec)
                     && owned_as(f, ids)
+                    && same_xattrs(&p, xattrs, plan.options.xattrs)
                     && p.open_parent()
                         .and_then(|d| rustix::fs::readlinkat(&d, p.name(), Vec::new()))
                         .is_ok_and(|t| t.as_bytes() == target.as_bytes())
@@ -1668,7 +1720,9 @@ fn links_and_specials(
             let r = if dry_run {
                 Ok(())
             } else {
-                make_symlink(target, &times(*mtime_sec, *mtime_nsec), ids, &p)
+                make_symlink(target, &times(*mtime_sec, *mtime_nsec), ids, &p).and_then(|()| {
+                    super::xattr::sync_place(&p, xattrs, plan.options.xattrs).map(|_| ())
+                })
             };
             results.push(landed(&p, EntryKind::Symlink, status, "create symlink", r));
         }
@@ -1721,6 +1775,7 @@ fn links_and_specials(
             mtime_sec,
             mtime_nsec,
             owner,
+            xattrs,
         } = e
         {
             let Some(p) = failed_dirs.admit(place_of(rel), root, results) else {
@@ -1729,7 +1784,8 @@ fn links_and_specials(
             let ids = ids_of(owner);
             let found = look_at(&p).ok().flatten();
             let same = found.as_ref().is_some_and(|f| {
-                f.kind == kind.file_type()
+                same_xattrs(&p, xattrs, plan.options.xattrs)
+                    && f.kind == kind.file_type()
                     && f.mode == *mode
                     && f.same_time(*mtime_sec, *mtime_nsec)
                     && owned_as(f, ids)
@@ -1756,6 +1812,9 @@ fn links_and_specials(
                     &times(*mtime_sec, *mtime_nsec),
                     ids,
                 )
+                .and_then(|()| {
+                    super::xattr::sync_place(&p, xattrs, plan.options.xattrs).map(|_| ())
+                })
             };
             results.push(landed(
                 &p,
@@ -1766,6 +1825,14 @@ fn links_and_specials(
             ));
         }
     }
+}
+
+/// Whether the entry at `p` already has the extended attributes `want`
+/// (in the namespaces `sel` carries; always, when it carries none).
+fn same_xattrs(p: &Place, want: &[Xattr], sel: super::xattr::XattrSel) -> bool {
+    !sel.any()
+        || super::xattr::read_place(p, sel)
+            .is_ok_and(|have| !super::xattr::differ(want, &have, sel))
 }
 
 /// The result of one step on an entry: ok, or failed with

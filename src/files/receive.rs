@@ -57,6 +57,15 @@ pub struct ReceiveOptions {
     /// there.
     #[serde(default)]
     pub partial: bool,
+    /// `-X`/`-A`: make each file's extended attributes (ACLs) exactly
+    /// those its metadata carries, in the namespaces selected.
+    #[serde(default)]
+    pub xattrs: super::xattr::XattrSel,
+    /// `--sparse`: ask for holes to travel as holes, and reserve no space
+    /// for them (nor, then, for the rest: the file's layout is learnt only
+    /// as its data arrives).
+    #[serde(default)]
+    pub sparse: bool,
 }
 
 impl Default for ReceiveOptions {
@@ -66,6 +75,8 @@ impl Default for ReceiveOptions {
             preserve_owner: false,
             delta: false,
             partial: false,
+            xattrs: Default::default(),
+            sparse: false,
         }
     }
 }
@@ -301,6 +312,13 @@ impl PendingFile {
             )
             .map_err(|e| io_err(dest, "chown")(e.into()))?;
         }
+        // Before the mode: setting a `user.*` attribute needs write
+        // permission, which a 0444 or 0000 file would not give a
+        // non-root receiver (the temp file is 0600 until the chmod). An
+        // ACL set here and the mode set after agree: the mode's group
+        // bits are the ACL's mask.
+        super::xattr::sync_fd(fd, &self.meta.xattrs, opts.xattrs)
+            .map_err(|e| io_err(dest, "set extended attributes")(std::io::Error::other(e)))?;
         // After chown, which clears set-id bits.
         rustix::fs::fchmod(fd, mode).map_err(|e| io_err(dest, "chmod")(e.into()))?;
         let ts = rustix::fs::Timestamps {
@@ -729,6 +747,7 @@ async fn receive_prepared(
             len: p.len,
             digest: *p.hasher.finalize().as_bytes(),
         }),
+        sparse: opts.sparse,
     };
     let reply: FetchReply = router
         .call_service(server, FILE_SERVICE, "fetch", &args)
@@ -771,13 +790,13 @@ async fn receive_prepared(
         None => {
             let large = meta.size > super::CHUNK_DATA as u64;
             let named = if opts.partial && large {
-                create_partial(place, temps, &meta, started)
+                create_partial(place, temps, &meta, started, !opts.sparse)
             } else {
                 None
             };
             match named {
                 Some(p) => Ok((p, None)),
-                None => create_temp(place, temps, &meta, started).map(|p| (p, None)),
+                None => create_temp(place, temps, &meta, started, !opts.sparse).map(|p| (p, None)),
             }
         }
     };
@@ -800,6 +819,7 @@ async fn receive_prepared(
         basis,
         resume,
         opts.fsync,
+        opts.sparse,
     )
     .await;
     if let Err(e) = &result {
@@ -849,13 +869,15 @@ enum Piece {
         /// How many.
         len: u64,
     },
+    /// That many zero bytes left as a hole (`--sparse`).
+    Hole(u64),
 }
 
 impl Piece {
     fn len(&self) -> u64 {
         match self {
             Piece::Data(d) => d.len() as u64,
-            Piece::Copy { len, .. } => *len,
+            Piece::Copy { len, .. } | Piece::Hole(len) => *len,
         }
     }
 
@@ -864,7 +886,7 @@ impl Piece {
     fn held_cost(&self) -> usize {
         match self {
             Piece::Data(d) => d.len(),
-            Piece::Copy { .. } => 64,
+            Piece::Copy { .. } | Piece::Hole(_) => 64,
         }
     }
 }
@@ -879,6 +901,7 @@ async fn receive_data(
     basis: Option<(Arc<File>, u64)>,
     mut resume: Option<(u64, blake3::Hasher)>,
     early_writeback: bool,
+    sparse: bool,
 ) -> Result<(), ReceiveError> {
     let dest = pending.dest.shown().to_path_buf();
     let dest = dest.as_path();
@@ -935,8 +958,20 @@ async fn receive_data(
         match frame.enc {
             Enc::Bin => {
                 let limit = end.map(|(s, _)| s).unwrap_or(meta.size);
-                let (offset, piece) = match delta::parse_copy(&frame.payload) {
-                    Some(copy) => {
+                let (offset, piece) = match (
+                    super::sparse::parse_hole(&frame.payload),
+                    delta::parse_copy(&frame.payload),
+                ) {
+                    (Some(hole), _) => {
+                        let (offset, len) = hole.map_err(mismatch)?;
+                        if !sparse {
+                            return Err(mismatch(format!(
+                                "hole frame at offset {offset}, but --sparse was not asked for"
+                            )));
+                        }
+                        (offset, Piece::Hole(len))
+                    }
+                    (None, Some(copy)) => {
                         let (offset, from, len) = copy.map_err(mismatch)?;
                         let Some((_, old_size)) = &basis else {
                             return Err(mismatch(format!(
@@ -951,7 +986,7 @@ async fn receive_data(
                         }
                         (offset, Piece::Copy { from, len })
                     }
-                    None => {
+                    (None, None) => {
                         let (offset, data) = chunks
                             .open(&frame.payload, limit)
                             .map_err(|e| mismatch(e.to_string()))?;
@@ -1093,6 +1128,7 @@ fn create_partial(
     temps: &TempFiles,
     meta: &FileMeta,
     started: Instant,
+    reserve: bool,
 ) -> Option<PendingFile> {
     use rustix::fs::{Mode, OFlags};
     let dir = place.open_parent().ok()?;
@@ -1106,7 +1142,10 @@ fn create_partial(
     .ok()?;
     // Space reserved, size unchanged: the file's size is then always the
     // length of what was written, in order — the prefix a resume offers.
-    let _ = rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::KEEP_SIZE, 0, meta.size);
+    // Not with --sparse: the reservation would allocate the holes.
+    if reserve {
+        let _ = rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::KEEP_SIZE, 0, meta.size);
+    }
     Some(PendingFile::new(
         File::from(fd),
         p,
@@ -1119,12 +1158,14 @@ fn create_partial(
 }
 
 /// Creates the hidden temp file that will receive `meta.size` bytes for
-/// `dest`, with the space reserved.
+/// `dest`, with the space reserved if `reserve` (not with `--sparse`: a
+/// full-size reservation would allocate the holes).
 fn create_temp(
     place: &Place,
     temps: &TempFiles,
     meta: &FileMeta,
     started: Instant,
+    reserve: bool,
 ) -> Result<PendingFile, ReceiveError> {
     let dest = place.shown();
     let temp = temp_path(place);
@@ -1184,7 +1225,7 @@ fn create_temp(
     };
     // Reserve the space up front so a full disk fails at once, unless the
     // data comes in one chunk, whose single write fails just as soon.
-    if meta.size > super::CHUNK_DATA as u64 {
+    if reserve && meta.size > super::CHUNK_DATA as u64 {
         let Some(file) = pending.file.as_ref() else {
             unreachable!("the file was just created");
         };
@@ -1233,7 +1274,7 @@ pub fn receive_whole(
             ),
         });
     }
-    let mut pending = create_temp(place, temps, meta, started)?;
+    let mut pending = create_temp(place, temps, meta, started, true)?;
     if let Some(f) = pending.file.as_ref() {
         let mut f: &File = f;
         f.write_all(data).map_err(io_err(dest, "write"))?;
@@ -1343,6 +1384,12 @@ fn put(
         Piece::Data(data) => {
             file.write_all_at(data, at)?;
             hasher.update(data);
+        }
+        Piece::Hole(len) => {
+            // Data is written in order, so the file ends at `at`:
+            // extending it leaves the range a hole.
+            file.set_len(at + len)?;
+            super::sparse::hash_zeros(hasher, *len);
         }
         Piece::Copy { from, len } => {
             let Some(old) = old else {

@@ -71,6 +71,11 @@ pub struct FileServiceConfig {
     pub compress: Compression,
     /// Rate limits of the data sent (`--bwlimit`, `--bwlimit-total`).
     pub bwlimit: Limits,
+    /// Extended attributes and ACLs sent with each file's metadata
+    /// (`-X`, `-A`). Decided here, by whoever started the service, not by
+    /// the requester: a target cannot ask for the privileged namespaces
+    /// of the files it is sent.
+    pub xattrs: super::xattr::XattrSel,
 }
 
 /// Most large transfers one requester may have queued or running; past it
@@ -136,6 +141,7 @@ impl Default for FileServiceConfig {
             max_open: default_max_open(),
             compress: Compression::Off,
             bwlimit: Limits::default(),
+            xattrs: Default::default(),
         }
     }
 }
@@ -437,7 +443,7 @@ impl FileService {
         let slot = self.open_slot(caller.src_id, &args.path.escaped())?;
         let opened = lock(&inner.registry).open(&args.path);
         let file = opened.map_err(|e| RemoteError::Failed(e.to_string()))?;
-        let meta = FileMeta::from_fd(&file)
+        let meta = FileMeta::from_fd_with(&file, inner.config.xattrs)
             .map_err(|e| RemoteError::Failed(format!("{}: {e}", args.path)))?;
         let ack_rx = inner
             .router
@@ -459,6 +465,7 @@ impl FileService {
             to: args.sender,
             delta: args.delta,
             resume: args.resume,
+            sparse: args.sparse,
             requester: caller.src_id,
             acks: ack_rx,
             cancel: cancel_rx,
@@ -687,7 +694,7 @@ impl FileService {
             Ok(f) => f,
             Err(e) => return SmallFile::Failed(e.to_string()),
         };
-        let meta = match FileMeta::from_fd(&file) {
+        let meta = match FileMeta::from_fd_with(&file, self.inner.config.xattrs) {
             Ok(m) => m,
             Err(e) => return SmallFile::Failed(format!("{path}: {e}")),
         };
@@ -766,6 +773,8 @@ struct Transfer {
     delta: Option<super::delta::Basis>,
     /// The prefix the requester holds, for a resume.
     resume: Option<Resume>,
+    /// Holes sent as hole frames (`--sparse`).
+    sparse: bool,
     requester: ContextId,
     acks: Receiver,
     cancel: watch::Receiver<Option<String>>,
@@ -864,7 +873,12 @@ impl Transfer {
         };
         let zshared = compress::Shared::new(level, self.fs.inner.zcounters.clone());
         let mut encoder = ChunkEncoder::new(zshared.clone());
-        let (basis, resume) = (self.delta.take(), self.resume.take());
+        let (mut basis, resume, sparse) = (self.delta.take(), self.resume.take(), self.sparse);
+        if sparse && basis.is_some() && super::sparse::has_hole(&*self.file, size) {
+            // Copy instructions would fill the holes: sent whole, holes
+            // as holes.
+            basis = None;
+        }
         let counters = self.fs.inner.dcounters.clone();
         let reader = tokio::task::spawn_blocking(move || {
             let send = |ev| {
@@ -878,7 +892,7 @@ impl Transfer {
             if let Some(basis) = basis {
                 read_file_delta(&file, &meta, chunk_len, &basis, &counters, send)
             } else {
-                read_file_from(&file, &meta, chunk_len, resume, &counters, send)
+                read_file_from(&file, &meta, chunk_len, resume, sparse, &counters, send)
             }
         });
         let (mut last_chunk, mut last_compress_ns) = (std::time::Instant::now(), 0u64);
@@ -1129,13 +1143,19 @@ impl Transfer {
             self.to
                 .send_control(router, &TransferMsg::Start { from: 0 });
         }
-        read_file(&self.file, &self.meta, pacing.chunk_len(CHUNK_DATA), |ev| {
-            read.push(match ev {
-                ReadEvent::Chunk(data, len) => ReadEvent::Chunk(encoder.encode(data), len),
-                other => other,
-            });
-            true
-        });
+        read_file(
+            &self.file,
+            &self.meta,
+            pacing.chunk_len(CHUNK_DATA),
+            self.sparse,
+            |ev| {
+                read.push(match ev {
+                    ReadEvent::Chunk(data, len) => ReadEvent::Chunk(encoder.encode(data), len),
+                    other => other,
+                });
+                true
+            },
+        );
         let mut sent = 0u64;
         for ev in read {
             match ev {
@@ -1157,7 +1177,14 @@ impl Transfer {
                     return Ok(sent);
                 }
                 ReadEvent::Failed(why) => return Err(why),
-                ReadEvent::Start(_) | ReadEvent::Copy(..) => {
+                ReadEvent::Copy(frame, len) => {
+                    // A hole frame (--sparse).
+                    sent += len;
+                    router
+                        .send_bulk(Frame::new(self.to.context, self.to.handle, Enc::Bin, frame))
+                        .await;
+                }
+                ReadEvent::Start(_) => {
                     return Err(format!(
                         "{}: internal error: unexpected read event",
                         self.path
@@ -1250,9 +1277,18 @@ fn read_file(
     file: &File,
     meta: &FileMeta,
     chunk_len: usize,
+    sparse: bool,
     mut send: impl FnMut(ReadEvent) -> bool,
 ) {
-    read_range(file, meta, chunk_len, 0, blake3::Hasher::new(), &mut send);
+    read_range(
+        file,
+        meta,
+        chunk_len,
+        0,
+        sparse,
+        blake3::Hasher::new(),
+        &mut send,
+    );
 }
 
 /// [`read_file`], answering a resume first: the requester's prefix is
@@ -1263,11 +1299,12 @@ fn read_file_from(
     meta: &FileMeta,
     chunk_len: usize,
     resume: Option<Resume>,
+    sparse: bool,
     counters: &DeltaCounters,
     mut send: impl FnMut(ReadEvent) -> bool,
 ) {
     let Some(resume) = resume else {
-        return read_file(file, meta, chunk_len, send);
+        return read_file(file, meta, chunk_len, sparse, send);
     };
     let mut hasher = blake3::Hasher::new();
     let mut from = 0;
@@ -1292,7 +1329,7 @@ fn read_file_from(
     if !send(ReadEvent::Start(from)) {
         return;
     }
-    read_range(file, meta, chunk_len, from, hasher, &mut send);
+    read_range(file, meta, chunk_len, from, sparse, hasher, &mut send);
 }
 
 /// Hashes `[0, len)` of `file` into `hasher`.
@@ -1313,17 +1350,39 @@ fn hash_prefix(file: &File, len: u64, hasher: &mut blake3::Hasher) -> Result<(),
 const DELTA_READ: usize = 1 << 20;
 
 /// Reads `[offset, size)` in chunks into `hasher` (which holds the bytes
-/// before `offset`), then checks the file did not change.
+/// before `offset`), then checks the file did not change. With `sparse`,
+/// only the data extents are read; each hole is sent as hole frames
+/// ([`ReadEvent::Copy`], which travels as it is) and hashed as zeros.
+#[allow(clippy::too_many_arguments)]
 fn read_range(
     file: &File,
     meta: &FileMeta,
     chunk_len: usize,
     mut offset: u64,
+    sparse: bool,
     mut hasher: blake3::Hasher,
     send: &mut impl FnMut(ReadEvent) -> bool,
 ) {
+    use super::sparse as holes;
+    // End of the data extent `offset` is in (without --sparse: all data).
+    let mut data_end = if sparse { offset } else { meta.size };
     while offset < meta.size {
-        let len = (meta.size - offset).min(chunk_len.clamp(1, CHUNK_DATA) as u64) as usize;
+        if offset >= data_end {
+            let (start, end) = holes::next_extent(file, offset, meta.size);
+            while offset < start {
+                let len = (start - offset).min(holes::MAX_HOLE);
+                holes::hash_zeros(&mut hasher, len);
+                if !send(ReadEvent::Copy(holes::hole_frame(offset, len), len)) {
+                    return;
+                }
+                offset += len;
+            }
+            data_end = end;
+            if offset >= meta.size {
+                break;
+            }
+        }
+        let len = (data_end - offset).min(chunk_len.clamp(1, CHUNK_DATA) as u64) as usize;
         // Not zeroed first: zeroing 128 KiB per chunk cost about 4 % of
         // the sender's CPU, and every byte is overwritten by the read.
         let mut buf = BytesMut::with_capacity(OFFSET_LEN + len);

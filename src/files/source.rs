@@ -41,6 +41,9 @@ pub struct ServeOptions {
     pub bwlimit: Option<u64>,
     /// `--bwlimit-total`, bytes per second.
     pub bwlimit_total: Option<u64>,
+    /// `-X`/`-A`: the extended attributes read with each file's metadata.
+    #[serde(default)]
+    pub xattrs: super::xattr::XattrSel,
 }
 
 impl ServeOptions {
@@ -64,6 +67,7 @@ impl ServeOptions {
                 per_target: self.bwlimit,
                 total: self.bwlimit_total,
             },
+            xattrs: self.xattrs,
             ..Default::default()
         }
     }
@@ -82,6 +86,10 @@ pub struct WalkSpec {
     pub hard_links: bool,
     /// Record owners.
     pub owner: bool,
+    /// `-X`/`-A`: record the extended attributes of directories, symlinks
+    /// and special files (and files', for the quick check).
+    #[serde(default)]
+    pub xattrs: super::xattr::XattrSel,
     /// `--exclude`... rules, in command-line order.
     pub filter: Rules,
 }
@@ -95,6 +103,7 @@ impl WalkSpec {
             devices: self.devices,
             hard_links: self.hard_links,
             owner: self.owner,
+            xattrs: self.xattrs,
             filter: Arc::new(self.filter.compile()?),
         })
     }

@@ -22,6 +22,9 @@ pub enum PlanEntry {
         mtime_nsec: u32,
         /// Owner, applied with `--owner`.
         owner: Option<Owner>,
+        /// Extended attributes and ACLs (`-X`, `-A`; empty otherwise).
+        #[serde(default)]
+        xattrs: super::xattr::Xattrs,
     },
     /// A regular file, fetched from the server.
     File {
@@ -50,6 +53,9 @@ pub enum PlanEntry {
         mtime_nsec: u32,
         /// Owner, applied with `--owner`.
         owner: Option<Owner>,
+        /// Extended attributes and ACLs (`-X`, `-A`; empty otherwise).
+        #[serde(default)]
+        xattrs: super::xattr::Xattrs,
     },
     /// Another name for a file of this plan (`--hard-links`): linked to
     /// it once it is in place.
@@ -75,6 +81,9 @@ pub enum PlanEntry {
         mtime_nsec: u32,
         /// Owner, applied with `--owner`.
         owner: Option<Owner>,
+        /// Extended attributes and ACLs (`-X`, `-A`; empty otherwise).
+        #[serde(default)]
+        xattrs: super::xattr::Xattrs,
     },
 }
 
@@ -90,6 +99,12 @@ pub struct Stamp {
     pub mode: u32,
     /// Owner, compared and applied with `--owner`.
     pub owner: Option<Owner>,
+    /// Extended attributes and ACLs (`-X`, `-A`; `None` otherwise): what
+    /// the quick check compares with the destination's. The file's own
+    /// come with its data ([`super::FileMeta::xattrs`]), read when it is
+    /// sent.
+    #[serde(default)]
+    pub xattrs: Option<super::xattr::Xattrs>,
 }
 
 /// How a target decides that a file at the destination is already the

@@ -307,6 +307,7 @@ mod tests {
             mtime_nsec: nsec,
             mode,
             owner: None,
+            xattrs: None,
         }
     }
 

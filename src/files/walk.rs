@@ -55,6 +55,8 @@ pub struct WalkOptions {
     pub hard_links: bool,
     /// Record the owner of directories, symlinks and special files.
     pub owner: bool,
+    /// Record extended attributes and ACLs (`-X`, `-A`).
+    pub xattrs: super::xattr::XattrSel,
     /// Entries left out (`--exclude`...); an excluded directory is not
     /// walked.
     pub filter: Arc<Filter>,
@@ -69,6 +71,22 @@ impl WalkOptions {
     }
 }
 
+/// The extended attributes of `path` itself that the walk records (none
+/// without `-X`/`-A`); one that cannot be read is noted in `out.unread`
+/// (the push goes on without them and fails at the end).
+fn xattrs_of(path: &Path, opts: &WalkOptions, out: &mut Sources) -> super::xattr::Xattrs {
+    if !opts.xattrs.any() {
+        return Vec::new();
+    }
+    super::xattr::read_path(path, opts.xattrs).unwrap_or_else(|e| {
+        out.unread.push(format!(
+            "{}: cannot read extended attributes: {e}",
+            show(path)
+        ));
+        Vec::new()
+    })
+}
+
 /// The plan entry for special file `md` at `rel`, or its note as skipped.
 fn special_entry(
     path: &Path,
@@ -79,15 +97,19 @@ fn special_entry(
 ) {
     use std::os::unix::fs::MetadataExt;
     match special_kind(md.file_type()) {
-        Some(kind) if opts.takes(kind) => out.entries.push(PlanEntry::Special {
-            rel,
-            kind,
-            mode: md.mode() & 0o7777,
-            rdev: md.rdev(),
-            mtime_sec: md.mtime(),
-            mtime_nsec: md.mtime_nsec() as u32,
-            owner: opts.owner.then(|| Owner::of(md)),
-        }),
+        Some(kind) if opts.takes(kind) => {
+            let xattrs = xattrs_of(path, opts, out);
+            out.entries.push(PlanEntry::Special {
+                rel,
+                kind,
+                mode: md.mode() & 0o7777,
+                rdev: md.rdev(),
+                mtime_sec: md.mtime(),
+                mtime_nsec: md.mtime_nsec() as u32,
+                owner: opts.owner.then(|| Owner::of(md)),
+                xattrs,
+            })
+        }
         kind => out.skipped.push(Skipped {
             path: path.to_path_buf(),
             rel,
@@ -148,6 +170,7 @@ impl Sources {
             }
         }
         self.total_bytes += md.len();
+        let xattrs = opts.xattrs.any().then(|| xattrs_of(&src, opts, self));
         self.entries.push(PlanEntry::File {
             src: src.into(),
             rel,
@@ -157,6 +180,7 @@ impl Sources {
                 mtime_nsec: md.mtime_nsec() as u32,
                 mode: md.mode() & 0o7777,
                 owner: opts.owner.then(|| Owner::of(md)),
+                xattrs,
             }),
         });
     }
@@ -247,12 +271,14 @@ pub fn collect_sources_with(
         if md.file_type().is_symlink() {
             use std::os::unix::fs::MetadataExt;
             let target = std::fs::read_link(given).map_err(|e| format!("{src}: {e}"))?;
+            let xattrs = xattrs_of(given, opts, &mut out);
             out.entries.push(PlanEntry::Symlink {
                 rel: top,
                 target: target.into(),
                 mtime_sec: md.mtime(),
                 mtime_nsec: md.mtime_nsec() as u32,
                 owner: opts.owner.then(|| Owner::of(&md)),
+                xattrs,
             });
         } else if md.is_file() {
             let abs = std::fs::canonicalize(given).map_err(|e| format!("{src}: {e}"))?;
@@ -269,12 +295,14 @@ pub fn collect_sources_with(
                 RawPath::default()
             } else {
                 use std::os::unix::fs::MetadataExt;
+                let xattrs = xattrs_of(given, opts, &mut out);
                 out.entries.push(PlanEntry::Dir {
                     rel: top.clone(),
                     mode: md.mode() & 0o7777,
                     mtime_sec: md.mtime(),
                     mtime_nsec: md.mtime_nsec() as u32,
                     owner: opts.owner.then(|| Owner::of(&md)),
+                    xattrs,
                 });
                 top
             };
@@ -342,22 +370,26 @@ fn walk(dir: &Path, rel: &RawPath, opts: &WalkOptions, out: &mut Sources) {
                     continue;
                 }
             };
+            let xattrs = xattrs_of(&path, opts, out);
             out.entries.push(PlanEntry::Symlink {
                 rel: child_rel,
                 target: target.into(),
                 mtime_sec: md.mtime(),
                 mtime_nsec: md.mtime_nsec() as u32,
                 owner: opts.owner.then(|| Owner::of(&md)),
+                xattrs,
             });
         } else if ft.is_file() {
             out.file(path, child_rel, &md, opts);
         } else if ft.is_dir() {
+            let xattrs = xattrs_of(&path, opts, out);
             out.entries.push(PlanEntry::Dir {
                 rel: child_rel.clone(),
                 mode: md.mode() & 0o7777,
                 mtime_sec: md.mtime(),
                 mtime_nsec: md.mtime_nsec() as u32,
                 owner: opts.owner.then(|| Owner::of(&md)),
+                xattrs,
             });
             walk(&path, &child_rel, opts, out);
         } else {
