@@ -233,6 +233,7 @@ impl Controller {
             sizes_bound: false,
             filter: options.walk.filter.clone(),
             delete: Default::default(),
+            root: sources.root.take(),
         };
         ctx.call(TARGET_SERVICE, "push", &plan)
             .await
@@ -278,6 +279,7 @@ impl Controller {
             sizes_bound: true,
             filter: options.walk.filter.clone(),
             delete: Default::default(),
+            root: offer.root,
         };
         let temps = TempFiles::default();
         let cancel = std::sync::atomic::AtomicBool::new(false);

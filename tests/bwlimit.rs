@@ -41,6 +41,7 @@ fn plan(src: &Path, dest: &Path) -> PushPlan {
         sizes_bound: false,
         filter: Default::default(),
         delete: Default::default(),
+        root: None,
     }
 }
 

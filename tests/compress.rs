@@ -36,6 +36,7 @@ fn plan(entries: Vec<PlanEntry>, dest: &Path) -> PushPlan {
         sizes_bound: false,
         filter: Default::default(),
         delete: Default::default(),
+        root: None,
     }
 }
 

@@ -26,6 +26,7 @@ fn plan(entries: Vec<PlanEntry>, dest: &Path, into_dir: bool) -> PushPlan {
         sizes_bound: false,
         filter: Default::default(),
         delete: Default::default(),
+        root: None,
     }
 }
 

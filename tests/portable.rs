@@ -178,6 +178,7 @@ async fn push_owned(
         sizes_bound: false,
         filter: Default::default(),
         delete: Default::default(),
+        root: None,
     };
     router
         .call_service(ctx, TARGET_SERVICE, "push", &plan)

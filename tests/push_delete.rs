@@ -412,6 +412,7 @@ async fn deleted_entries_are_reported_with_their_kind() {
             enabled: true,
             ..Default::default()
         },
+        root: None,
     };
     let deleted = |r: &[EntryResult]| -> Vec<(String, EntryKind)> {
         let mut d: Vec<(String, EntryKind)> = r

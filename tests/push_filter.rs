@@ -329,6 +329,7 @@ async fn the_file_service_refuses_excluded_files() {
         sizes_bound: false,
         filter: Default::default(),
         delete: Default::default(),
+        root: None,
     };
     let call = |p: PushPlan| {
         let router = c.router.clone();

@@ -398,3 +398,43 @@ fn a_destination_changed_during_the_push_is_not_overwritten() {
         vec![6u8; 1_000_000]
     );
 }
+
+#[test]
+fn a_contents_copy_gives_dest_its_sources_mode_and_times_as_rsync_does() {
+    let (t, src, _) = tree();
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o750)).expect("chmod");
+    let set_dir_time = |p: &Path| {
+        let f = std::fs::File::open(p).expect("open dir");
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 42))
+            .expect("set mtime");
+    };
+    set_dir_time(&src);
+    let dest = t.path().join("flat");
+    let d = format!("{}/", s(&dest));
+    let c = format!("{}/", s(&src));
+    let o = ferrogen(&["push", "-r", "--json", &c, &d]);
+    ok(&o);
+    let md = std::fs::metadata(&dest).expect("stat");
+    assert_eq!(md.mode() & 0o7777, 0o750);
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_600_000_000, 42));
+    let rsync = t.path().join("rsync");
+    let r = Command::new("rsync")
+        .args(["-a", &c, &format!("{}/", s(&rsync))])
+        .status()
+        .expect("rsync");
+    assert!(r.success());
+    let rmd = std::fs::metadata(&rsync).expect("stat");
+    assert_eq!(rmd.mode(), md.mode(), "as rsync -a");
+    // Again: DEST is unchanged and untouched.
+    let before = snapshot(&dest);
+    let o = ferrogen(&["push", "-r", "--json", &c, &d]);
+    ok(&o);
+    let out = text(&o.stdout);
+    let dest_line: Value = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["path"] == d.as_str() || v["path"] == s(&dest))
+        .unwrap_or_else(|| panic!("no line for DEST: {out}"));
+    assert_eq!(dest_line["status"], "unchanged", "{dest_line}");
+    assert_eq!(snapshot(&dest), before);
+}

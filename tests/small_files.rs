@@ -50,6 +50,7 @@ fn plan(entries: Vec<PlanEntry>, dest: &Path) -> PushPlan {
         sizes_bound: false,
         filter: Default::default(),
         delete: Default::default(),
+        root: None,
     }
 }
 

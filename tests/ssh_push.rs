@@ -1007,6 +1007,7 @@ async fn an_ssh_a_sudo_and_a_proxied_context_on_one_stream_receive_one_at_a_time
             sizes_bound: false,
             filter: Default::default(),
             delete: Default::default(),
+            root: None,
         };
         let (r, id, name) = (router.clone(), ctx.id, ctx.name.clone());
         calls.push(tokio::spawn(async move {

@@ -127,6 +127,11 @@ fn rel_of(e: &PlanEntry) -> &RawPath {
 /// Checks what a target offered against what was asked for: every entry
 /// (and hard link's target) beneath an asked-for name. Returns why not.
 fn vet(offer: &Offer, tops: Option<&[Vec<u8>]>) -> Result<(), String> {
+    match &offer.root {
+        None => {}
+        Some(PlanEntry::Dir { rel, .. }) if rel.as_bytes().is_empty() && offer.contents => {}
+        Some(_) => return Err("offered metadata for DEST that is not a contents copy's".into()),
+    }
     let Some(tops) = tops else {
         return Ok(());
     };
@@ -447,6 +452,7 @@ async fn pull_one(
             incomplete: offer.incomplete,
             keep: skipped,
         },
+        root: offer.root,
     };
     results.extend(plan::apply_cancellable(router, plan, temps, cancel).await);
     outcome(info.name, results)

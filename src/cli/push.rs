@@ -467,6 +467,7 @@ impl Sources {
                 incomplete: self.incomplete.clone(),
                 keep: self.skipped.iter().map(|s| s.rel.clone()).collect(),
             },
+            root: self.root.take(),
         }
     }
 }

@@ -163,6 +163,7 @@ pub async fn apply_cancellable(
         // Nothing there yet: everything would be created, DEST first.
         return all_new(&plan, &dest);
     }
+    let dest_existed = std::fs::symlink_metadata(&dest).is_ok();
     let (root, top) = match open_root(&plan, &dest) {
         Ok(r) => r,
         Err(e) => return vec![EntryResult::failed(&dest, e)],
@@ -400,6 +401,11 @@ pub async fn apply_cancellable(
             &ids_of,
             true,
         );
+        if top.is_none()
+            && let Some(r) = root_meta(&plan, &root, dest_existed, &ids_of)
+        {
+            results.push(r);
+        }
         // What --delete would remove (it checks dry_run itself).
         results.extend(super::delete::after_push(&plan, &root, &rel_of, cancel).await);
         failed_dirs.annotate(&mut results);
@@ -566,6 +572,12 @@ pub async fn apply_cancellable(
             }),
         );
         results.push(r.with_changes(changed));
+    }
+    // DEST itself, last: a contents copy gives it its source's metadata.
+    if top.is_none()
+        && let Some(r) = root_meta(&plan, &root, dest_existed, &ids_of)
+    {
+        results.push(r);
     }
     // --delete, now that every entry is in place.
     results.extend(super::delete::after_push(&plan, &root, &rel_of, cancel).await);
@@ -1451,6 +1463,72 @@ fn all_new(plan: &PushPlan, dest: &Path) -> Vec<EntryResult> {
         out.push(r);
     }
     out
+}
+
+/// A contents copy's source directory's metadata applied to DEST itself
+/// (the push's root), as rsync does; `None` without one. In a dry run,
+/// only the status.
+fn root_meta(
+    plan: &PushPlan,
+    root: &Root,
+    existed: bool,
+    ids_of: &dyn Fn(&Option<Owner>) -> Ids,
+) -> Option<EntryResult> {
+    let Some(PlanEntry::Dir {
+        mode,
+        mtime_sec,
+        mtime_nsec,
+        owner,
+        xattrs,
+        ..
+    }) = &plan.root
+    else {
+        return None;
+    };
+    let (mode, sec, nsec, ids) = (*mode, *mtime_sec, *mtime_nsec, ids_of(owner));
+    let shown = root.path();
+    let found = match rustix::fs::fstat(root.fd()) {
+        Ok(st) => Found::of(&st),
+        Err(e) => {
+            return Some(
+                EntryResult::failed(shown, format!("{}: {}", show(shown), describe(e)))
+                    .of_kind(EntryKind::Dir),
+            );
+        }
+    };
+    let (mut status, mut changed) = if existed {
+        dir_status(Some(&found), mode, sec, nsec, ids)
+    } else {
+        (Status::Created, 0)
+    };
+    if plan.dry_run {
+        return Some(EntryResult::done(shown, EntryKind::Dir, status).with_changes(changed));
+    }
+    let applied = (|| -> Result<(), String> {
+        let fd = root
+            .open_beneath(Path::new(""), OFlags::RDONLY | OFlags::DIRECTORY)
+            .map_err(describe)?;
+        if super::xattr::sync_fd(&fd, xattrs, plan.options.xattrs)? && status == Status::Unchanged {
+            (status, changed) = (Status::Changed, changed | changes::XATTRS);
+        }
+        let now = Found::of(&rustix::fs::fstat(&fd).map_err(describe)?);
+        if Fixes::needed(&now, mode, Some((sec, nsec)), ids).is_empty() {
+            return Ok(());
+        }
+        if let Some((uid, gid)) = ids {
+            rustix::fs::fchown(&fd, Some(uid), Some(gid)).map_err(describe)?;
+        }
+        rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(mode)).map_err(describe)?;
+        rustix::fs::futimens(&fd, &times(sec, nsec)).map_err(describe)
+    })();
+    Some(match applied {
+        Ok(()) => EntryResult::done(shown, EntryKind::Dir, status).with_changes(changed),
+        Err(e) => EntryResult::failed(
+            shown,
+            format!("{}: cannot set directory metadata: {e}", show(shown)),
+        )
+        .of_kind(EntryKind::Dir),
+    })
 }
 
 /// The status of a directory of the plan, given what was at its name

@@ -132,6 +132,9 @@ pub struct Offer {
     pub into_dir: bool,
     /// A source was a contents copy (`src/`).
     pub contents: bool,
+    /// That copy's own directory (a `Dir` entry with an empty `rel`).
+    #[serde(default)]
+    pub root: Option<PlanEntry>,
     /// Directories not read completely (relative to the transfer root).
     pub incomplete: Vec<RawPath>,
     /// Bytes in regular files.
@@ -173,6 +176,7 @@ pub fn register_service(services: &Services, router: &Router) {
                     Ok::<_, RemoteError>(Offer {
                         into_dir: walked.into_dir,
                         contents: walked.contents,
+                        root: walked.root,
                         incomplete: walked.incomplete,
                         total_bytes: walked.total_bytes,
                         skipped: walked

@@ -229,6 +229,11 @@ pub struct PushPlan {
     /// `--delete`: whether, and what it must spare.
     #[serde(default)]
     pub delete: DeleteSpec,
+    /// The source directory of a contents copy (`src/`), as a `Dir` entry
+    /// with an empty `rel`: its mode, times, owner and attributes go to
+    /// DEST itself, as rsync gives them.
+    #[serde(default)]
+    pub root: Option<PlanEntry>,
 }
 
 /// What `--delete` needs to know, carried in the [`PushPlan`].

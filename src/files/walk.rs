@@ -139,6 +139,9 @@ pub struct Sources {
     pub incomplete: Vec<RawPath>,
     /// A source was a contents copy (`src/`).
     pub contents: bool,
+    /// The first contents copy's own directory (a `Dir` entry with an
+    /// empty `rel`), for DEST's metadata.
+    pub root: Option<PlanEntry>,
     /// Bytes in regular files.
     pub total_bytes: u64,
     /// Whether the destination must be a directory.
@@ -290,8 +293,20 @@ pub fn collect_sources_with(
             }
             let abs = std::fs::canonicalize(given).map_err(|e| format!("{src}: {e}"))?;
             let top = if contents {
+                use std::os::unix::fs::MetadataExt;
                 out.into_dir = true;
                 out.contents = true;
+                if out.root.is_none() {
+                    let xattrs = xattrs_of(given, opts, &mut out);
+                    out.root = Some(PlanEntry::Dir {
+                        rel: RawPath::default(),
+                        mode: md.mode() & 0o7777,
+                        mtime_sec: md.mtime(),
+                        mtime_nsec: md.mtime_nsec() as u32,
+                        owner: opts.owner.then(|| Owner::of(&md)),
+                        xattrs,
+                    });
+                }
                 RawPath::default()
             } else {
                 use std::os::unix::fs::MetadataExt;
