@@ -1,37 +1,14 @@
 //! `ferrogen pull` as a user runs it: the real binary, a local target,
 //! real files.
 
+mod clirun;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
+use clirun::{ferrogen, ok, s, text};
 use serde_json::Value;
-
-fn ferrogen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferrogen"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("ferrogen runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf8")
-}
-
-fn ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-}
 
 /// remote/{a.txt (0640), sub/big.bin (3 MiB), sub/link -> ../a.txt}
 fn tree() -> tempfile::TempDir {

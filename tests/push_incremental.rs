@@ -2,38 +2,15 @@
 //! `--ignore-times`, metadata-only changes, statuses and the dry run —
 //! through the real binary and a local target, with real files.
 
+mod clirun;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
+use clirun::{ferrogen, ok, s, text};
 use serde_json::Value;
-
-fn ferrogen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferrogen"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("ferrogen runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf8")
-}
-
-fn ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-}
 
 /// A push with `--json`: the entry lines by path relative to `dest`, and
 /// the summary line.

@@ -1,42 +1,20 @@
 //! `ferrogen pull` over real ssh, sudo and via, against the private sshd
 //! of tests/sshd/mod.rs. Needs root (CI runs as root); skipped otherwise.
 
+mod clirun;
+
 mod sshd;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
+use clirun::{describe, ferrogen, s, text};
 use serde_json::Value;
 use sshd::Sshd;
 
-fn ferrogen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferrogen"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("ferrogen runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf8")
-}
-
 fn chmod(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
-}
-
-fn describe(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        text(&o.stdout),
-        text(&o.stderr)
-    )
 }
 
 /// A world-readable tree every test account can read: proj/{a.txt,

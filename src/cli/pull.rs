@@ -37,14 +37,7 @@ impl PushArgs {
     /// [`PushArgs::check`] for `pull`: sources are paths on the targets
     /// (scp's `HOST:PATH` form names the target), DEST is local.
     pub fn check_pull(&mut self) -> Result<(), String> {
-        if self.paths.len() < 2 {
-            return Err("pull needs at least one source and a destination: \
-                        ferrogen pull [OPTIONS] SRC... DEST"
-                .into());
-        }
-        if self.delete && !(self.recursive || self.archive) {
-            return Err("--delete needs -r or -a".into());
-        }
+        self.check_shared("pull")?;
         if self.bwlimit_total.is_some() {
             return Err(
                 "--bwlimit-total limits what the controller sends; each target sends a \

@@ -187,18 +187,7 @@ impl PushArgs {
     /// `HOST:PATH` destination into `-H HOST` and `PATH`. The error is a
     /// usage error (nothing has been sent).
     pub fn check(&mut self) -> Result<(), String> {
-        if self.paths.len() < 2 {
-            return Err("push needs at least one source and a destination: \
-                        ferrogen push [OPTIONS] SRC... DEST"
-                .into());
-        }
-        if self.delete && !(self.recursive || self.archive) {
-            return Err(
-                "--delete needs -r or -a: it deletes entries in the directories \
-                        a recursive push copies"
-                    .into(),
-            );
-        }
+        self.check_shared("push")?;
         let (dest_os, srcs) = self.paths.split_last_mut().ok_or("no destination")?;
         // Only text can be scp's HOST:PATH; other names are local paths.
         for src in srcs.iter().filter_map(|s| s.to_str()) {
@@ -234,6 +223,24 @@ impl PushArgs {
 }
 
 impl PushArgs {
+    /// What push and pull both require: a source and a destination, and
+    /// recursion for `--delete`.
+    pub(crate) fn check_shared(&self, verb: &str) -> Result<(), String> {
+        if self.paths.len() < 2 {
+            return Err(format!(
+                "{verb} needs at least one source and a destination: \
+                 ferrogen {verb} [OPTIONS] SRC... DEST"
+            ));
+        }
+        if self.delete && !(self.recursive || self.archive) {
+            return Err(format!(
+                "--delete needs -r or -a: it deletes entries in the directories \
+                 a recursive {verb} copies"
+            ));
+        }
+        Ok(())
+    }
+
     /// Compiles `--include`, `--exclude` and `--exclude-from` into
     /// [`PushArgs::filter`], in command-line order when `matches` (this
     /// sub-command's) give the positions, else includes, excludes, then

@@ -529,16 +529,7 @@ pub async fn receive_with(
     temps: &TempFiles,
     opts: &ReceiveOptions,
 ) -> Result<PendingFile, ReceiveError> {
-    let started = Instant::now();
-    let (p, o) = (place.clone(), opts.clone());
-    let prep = tokio::task::spawn_blocking(move || prepare(&p, &o))
-        .await
-        .map_err(|e| ReceiveError::Io {
-            dest: place::show(place.shown()),
-            op: "prepare",
-            source: std::io::Error::other(e.to_string()),
-        })??;
-    receive_prepared(router, server, src, place, temps, opts, prep, started).await
+    receive_limited(router, server, src, place, temps, opts, None).await
 }
 
 /// [`receive_with`], refusing (before reserving any space or writing a
@@ -553,6 +544,18 @@ pub async fn receive_at_most(
     opts: &ReceiveOptions,
     max_size: u64,
 ) -> Result<PendingFile, ReceiveError> {
+    receive_limited(router, server, src, place, temps, opts, Some(max_size)).await
+}
+
+async fn receive_limited(
+    router: &Router,
+    server: ContextId,
+    src: &super::RawPath,
+    place: &Place,
+    temps: &TempFiles,
+    opts: &ReceiveOptions,
+    max_size: Option<u64>,
+) -> Result<PendingFile, ReceiveError> {
     let started = Instant::now();
     let (p, o) = (place.clone(), opts.clone());
     let mut prep = tokio::task::spawn_blocking(move || prepare(&p, &o))
@@ -562,7 +565,7 @@ pub async fn receive_at_most(
             op: "prepare",
             source: std::io::Error::other(e.to_string()),
         })??;
-    prep.max_size = Some(max_size);
+    prep.max_size = max_size;
     receive_prepared(router, server, src, place, temps, opts, prep, started).await
 }
 
