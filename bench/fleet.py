@@ -386,12 +386,17 @@ def table(a, results, meta):
              'file (random) and %d × 1 KiB files. **Wall** is the whole command; **uplink ↓** is what '
              'the controller sent over the uplink (its TUN device\'s tx bytes; × = multiples of the '
              'payload), **↑** the reverse; **relay RSS** is the largest VmHWM of any one process in '
-             'the relay\'s namespace (its command) / the peak of the sum of VmRSS of all of them. '
+             'the relay\'s namespace (its command) / the peak of the sum of VmRSS of all of them (shared pages such as libcrypto\'s count '
+             'once per process, so the sum overstates what the relay uses). '
              '**check**: every host\'s tree equal to the source (SHA-256), else what was wrong. '
              'ferrogen\'s binary is in every host\'s cache before the first timed run (one untimed push). '
              'Load average (1 min) before each run in the JSON.' % (
                  meta['command_line'], meta['date'], meta['ferrogen_version'], meta['rtt_ms'],
                  meta['rate_mbit'], a.large_mib, a.small))
+    L.append('')
+    L.append('Testbed: `bench/fleet-up N --rtt MS --rate MBIT` (controller ↔ delay-line uplink ↔ relay ↔ '
+             'bridge ↔ N hosts, each in its own network and mount namespace), `bench/fleet-down`; '
+             '`bench/run-fleet` does up, measure, down in one command.')
     L.append('')
     L.append('The flat contenders (clush, pdcp, Ansible) are routed through the relay by the kernel: '
              'no process of theirs runs there (relay RSS 0). Machine: %d cores shared with builds; '
@@ -442,6 +447,7 @@ def chart(a, results, path):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     kinds = [k for k in ('large', 'small') if any(r['kind'] == k for r in results)]
     fig, axes = plt.subplots(2, len(kinds), figsize=(6.5 * len(kinds), 8), squeeze=False)
     styles = {'ferrogen': ('tab:red', '*', '-'), 'ferrogen-notee': ('tab:orange', 'P', '--'),
@@ -471,6 +477,9 @@ def chart(a, results, path):
             ax.set_yscale('log')
             ax.set_xticks(ns)
             ax.set_xticklabels([str(n) for n in ns])
+            ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: '%g' % v))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel('hosts behind the relay')
             ax.grid(True, which='both', alpha=0.3)
     axes[0][0].legend(fontsize=8)
@@ -481,10 +490,39 @@ def chart(a, results, path):
 
 # ------------------------------------------------------------------ main
 
+def report_only(a):
+    d = json.load(open(a.from_json))
+    meta, results = d['meta'], d['results']
+    a.large_mib, a.small = meta['large_mib'], meta['small']
+    a.rtt_ms, a.rate_mbit = meta['rtt_ms'], meta['rate_mbit']
+    finish(a, meta, results)
+
+
+def finish(a, meta, results):
+    a.chart_name = None
+    if a.write:
+        os.makedirs(a.out, exist_ok=True)
+        try:
+            a.chart_name = 'benchmarks-fleet.png'
+            chart(a, results, os.path.join(a.out, a.chart_name))
+        except ImportError:
+            log('matplotlib missing: no chart')
+            a.chart_name = None
+    text = table(a, results, meta)
+    print(text)
+    if a.write:
+        write_section(os.path.join(a.out, 'benchmarks.md'), text)
+        if not a.from_json:
+            with open(os.path.join(a.out, 'benchmarks-fleet.json'), 'w') as f:
+                json.dump({'meta': meta, 'results': results}, f, indent=1)
+        log('wrote %s/benchmarks.md, benchmarks-fleet.json%s' % (
+            a.out, ', ' + a.chart_name if a.chart_name else ''))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--state', default=os.environ.get('FG_FLEET_STATE', '/run/ferrogen-fleet'))
-    ap.add_argument('--ferrogen', required=True)
+    ap.add_argument('--ferrogen', help='the ferrogen binary to run (required unless --from-json)')
     ap.add_argument('--ferrogen-version', default='?')
     ap.add_argument('--venv-bin', default=os.path.dirname(sys.executable))
     ap.add_argument('--hosts', default='1,8,32', help='host counts, e.g. 1,8,32')
@@ -499,7 +537,13 @@ def main():
     ap.add_argument('--write', action='store_true', help='write the section, chart and JSON into --out')
     ap.add_argument('--out', default=os.path.join(ROOT, 'docs'))
     ap.add_argument('--command-line', default='bench/fleet.py')
+    ap.add_argument('--from-json', metavar='FILE',
+                    help='measure nothing: print (and with --write, write) the report of an earlier run\'s JSON')
     a = ap.parse_args()
+    if a.from_json:
+        return report_only(a)
+    if not a.ferrogen:
+        ap.error('--ferrogen is required')
     if a.quick:
         if a.large_mib == 64:
             a.large_mib = 8
@@ -575,24 +619,8 @@ def main():
 
     meta = {'command_line': a.command_line, 'date': time.strftime('%Y-%m-%d'),
             'ferrogen_version': a.ferrogen_version, 'rtt_ms': a.rtt_ms, 'rate_mbit': a.rate_mbit,
-            'cpus': os.cpu_count(), 'load_range': '%.1f to %.1f' % (min(loads), max(loads))}
-    a.chart_name = None
-    if a.write:
-        os.makedirs(a.out, exist_ok=True)
-        try:
-            a.chart_name = 'benchmarks-fleet.png'
-            chart(a, results, os.path.join(a.out, a.chart_name))
-        except ImportError:
-            log('matplotlib missing: no chart')
-            a.chart_name = None
-    text = table(a, results, meta)
-    print(text)
-    if a.write:
-        write_section(os.path.join(a.out, 'benchmarks.md'), text)
-        with open(os.path.join(a.out, 'benchmarks-fleet.json'), 'w') as f:
-            json.dump({'meta': meta, 'results': results}, f, indent=1)
-        log('wrote %s/benchmarks.md, benchmarks-fleet.json%s' % (
-            a.out, ', ' + a.chart_name if a.chart_name else ''))
+            'cpus': os.cpu_count(), 'large_mib': a.large_mib, 'small': a.small, 'load_range': '%.1f to %.1f' % (min(loads), max(loads))}
+    finish(a, meta, results)
 
 
 if __name__ == '__main__':
