@@ -491,8 +491,18 @@ def chart(a, results, path):
 # ------------------------------------------------------------------ main
 
 def report_only(a):
-    d = json.load(open(a.from_json))
-    meta, results = d['meta'], d['results']
+    meta, results = None, []
+    for path in a.from_json.split(','):
+        d = json.load(open(path))
+        if meta is None:
+            meta = dict(d['meta'])
+        else:
+            meta['command_line'] += '` and `' + d['meta']['command_line']
+            lo = [float(x) for x in (meta['load_range'].split(' to ') + d['meta']['load_range'].split(' to '))]
+            meta['load_range'] = '%.1f to %.1f' % (min(lo), max(lo))
+        results += d['results']
+    meta.setdefault('large_mib', 64)
+    meta.setdefault('small', 1000)
     a.large_mib, a.small = meta['large_mib'], meta['small']
     a.rtt_ms, a.rate_mbit = meta['rtt_ms'], meta['rate_mbit']
     finish(a, meta, results)
@@ -512,9 +522,8 @@ def finish(a, meta, results):
     print(text)
     if a.write:
         write_section(os.path.join(a.out, 'benchmarks.md'), text)
-        if not a.from_json:
-            with open(os.path.join(a.out, 'benchmarks-fleet.json'), 'w') as f:
-                json.dump({'meta': meta, 'results': results}, f, indent=1)
+        with open(os.path.join(a.out, 'benchmarks-fleet.json'), 'w') as f:
+            json.dump({'meta': meta, 'results': results}, f, indent=1)
         log('wrote %s/benchmarks.md, benchmarks-fleet.json%s' % (
             a.out, ', ' + a.chart_name if a.chart_name else ''))
 
@@ -538,7 +547,8 @@ def main():
     ap.add_argument('--out', default=os.path.join(ROOT, 'docs'))
     ap.add_argument('--command-line', default='bench/fleet.py')
     ap.add_argument('--from-json', metavar='FILE',
-                    help='measure nothing: print (and with --write, write) the report of an earlier run\'s JSON')
+                    help='measure nothing: print (and with --write, write) the report of earlier runs\' JSON '
+                    '(FILE[,FILE...], merged)')
     a = ap.parse_args()
     if a.from_json:
         return report_only(a)
