@@ -415,3 +415,37 @@ fn a_contents_copy_gives_dest_its_sources_mode_and_times_as_rsync_does() {
     assert_eq!(dest_line["status"], "unchanged", "{dest_line}");
     assert_eq!(snapshot(&dest), before);
 }
+
+#[test]
+fn dest_whose_metadata_matches_is_unchanged_in_the_dry_run_and_the_real_push_alike() {
+    // Found by attack: creating a file in DEST moves its mtime, and the
+    // real push judged DEST after that (changed), the dry run before
+    // (unchanged). Both must judge DEST as the push found it.
+    let t = tempfile::tempdir().expect("tempdir");
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    for d in [&src, &dest] {
+        std::fs::create_dir(d).expect("mkdir");
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    std::fs::write(src.join("new.txt"), b"new").expect("write");
+    for d in [&src, &dest] {
+        std::fs::File::open(d)
+            .expect("open dir")
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 7))
+            .expect("set mtime");
+    }
+    let contents = PathBuf::from(format!("{}/", s(&src)));
+    let (dry, _) = push_json(&["-n"], &contents, &dest);
+    assert_eq!(status_of(&dry, ""), "unchanged");
+    assert_eq!(status_of(&dry, "new.txt"), "created");
+    let (real, summary) = push_json(&[], &contents, &dest);
+    assert_eq!(status_of(&real, "new.txt"), "created");
+    assert_eq!(status_of(&real, ""), "unchanged", "as the dry run said");
+    assert_eq!(
+        summary["counts"]["changed"].as_u64().unwrap_or(0),
+        0,
+        "{summary}"
+    );
+    let md = std::fs::metadata(&dest).expect("stat");
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_600_000_000, 7));
+}

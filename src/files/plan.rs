@@ -167,7 +167,10 @@ pub async fn apply_cancellable(
     let (root, top) = match open_root(&plan, &dest) {
         Ok(r) => r,
         Err(e) => return vec![EntryResult::failed(&dest, e)],
-    };
+    }; // DEST as the push found it, for its own status (entries landing in
+    // it move its mtime before its metadata is judged).
+    let dest_before = rustix::fs::fstat(root.fd()).ok().map(|st| Found::of(&st));
+
     // Where an entry lands, relative to the root: `rel` itself beneath
     // DEST, or with its first component (the source's name) renamed to
     // DEST's own name beneath DEST's parent.
@@ -402,7 +405,12 @@ pub async fn apply_cancellable(
             true,
         );
         if top.is_none()
-            && let Some(r) = root_meta(&plan, &root, dest_existed, &ids_of)
+            && let Some(r) = root_meta(
+                &plan,
+                &root,
+                dest_existed.then_some(dest_before).flatten(),
+                &ids_of,
+            )
         {
             results.push(r);
         }
@@ -575,7 +583,12 @@ pub async fn apply_cancellable(
     }
     // DEST itself, last: a contents copy gives it its source's metadata.
     if top.is_none()
-        && let Some(r) = root_meta(&plan, &root, dest_existed, &ids_of)
+        && let Some(r) = root_meta(
+            &plan,
+            &root,
+            dest_existed.then_some(dest_before).flatten(),
+            &ids_of,
+        )
     {
         results.push(r);
     }
@@ -1471,7 +1484,7 @@ fn all_new(plan: &PushPlan, dest: &Path) -> Vec<EntryResult> {
 fn root_meta(
     plan: &PushPlan,
     root: &Root,
-    existed: bool,
+    before: Option<Found>,
     ids_of: &dyn Fn(&Option<Owner>) -> Ids,
 ) -> Option<EntryResult> {
     let Some(PlanEntry::Dir {
@@ -1487,20 +1500,8 @@ fn root_meta(
     };
     let (mode, sec, nsec, ids) = (*mode, *mtime_sec, *mtime_nsec, ids_of(owner));
     let shown = root.path();
-    let found = match rustix::fs::fstat(root.fd()) {
-        Ok(st) => Found::of(&st),
-        Err(e) => {
-            return Some(
-                EntryResult::failed(shown, format!("{}: {}", show(shown), describe(e)))
-                    .of_kind(EntryKind::Dir),
-            );
-        }
-    };
-    let (mut status, mut changed) = if existed {
-        dir_status(Some(&found), mode, sec, nsec, ids)
-    } else {
-        (Status::Created, 0)
-    };
+    // Judged as the push found it (None: DEST was created by this push).
+    let (mut status, mut changed) = dir_status(before.as_ref(), mode, sec, nsec, ids);
     if plan.dry_run {
         return Some(EntryResult::done(shown, EntryKind::Dir, status).with_changes(changed));
     }
