@@ -223,3 +223,35 @@ fn a_full_local_disk_is_named_per_file_and_leaves_nothing() {
         .collect();
     assert!(hidden.is_empty(), "{hidden:?}");
 }
+
+#[test]
+fn two_sources_of_one_name_keep_the_first_and_say_so_for_push_and_pull() {
+    let t = tempfile::tempdir().expect("tempdir");
+    for (d, c) in [("a", b"first"), ("b", b"other")] {
+        std::fs::create_dir(t.path().join(d)).expect("mkdir");
+        std::fs::write(t.path().join(d).join("x"), c).expect("write");
+    }
+    let (a, b) = (t.path().join("a/x"), t.path().join("b/x"));
+    for verb in ["push", "pull"] {
+        let out = t.path().join(format!("out-{verb}"));
+        let o = ferrogen(&[verb, s(&a), s(&b), &format!("{}/", s(&out))]);
+        assert_eq!(o.status.code(), Some(1), "{verb}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains("same name"),
+            "{verb}: {}",
+            text(&o.stderr)
+        );
+        assert_eq!(
+            std::fs::read(out.join("x")).expect("read"),
+            b"first",
+            "{verb}"
+        );
+        // Stable: again, the same file stays.
+        let _ = ferrogen(&[verb, s(&a), s(&b), &format!("{}/", s(&out))]);
+        assert_eq!(
+            std::fs::read(out.join("x")).expect("read"),
+            b"first",
+            "{verb}"
+        );
+    }
+}

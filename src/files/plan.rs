@@ -1731,6 +1731,13 @@ fn hash_place(p: &Place) -> Result<[u8; 32], String> {
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK,
         )
         .map_err(|e| format!("cannot open it to hash: {}", describe(e)))?;
+    // The name was a regular file when looked at; if something else (a
+    // FIFO, a device) took its place since, its "content" must not be
+    // judged equal to the source's and the entry kept.
+    let st = rustix::fs::fstat(&fd).map_err(|e| format!("cannot hash it: {}", describe(e)))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err("is no longer a regular file".into());
+    }
     let file = std::fs::File::from(fd);
     let mut h = blake3::Hasher::new();
     h.update_reader(&file)
@@ -1930,5 +1937,33 @@ fn landed<E: std::fmt::Display>(
             format!("{}: cannot {what}: {err}", show(p.shown())),
         )
         .of_kind(kind),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashing_refuses_what_is_not_a_regular_file() {
+        // A FIFO put where the quick check saw a file: with O_NONBLOCK and
+        // no writer it reads as empty, so it hashed like an empty source
+        // file and was kept as "unchanged" (found by the attack review).
+        let t = tempfile::tempdir().expect("tempdir");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            t.path().join("fifo").as_path(),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .expect("mkfifo");
+        std::fs::write(t.path().join("file"), b"").expect("write");
+        let root = Root::open(t.path()).expect("root");
+        let fifo = Place::new(&root, "fifo".into()).expect("place");
+        let err = hash_place(&fifo).expect_err("a FIFO is not hashed");
+        assert!(err.contains("no longer a regular file"), "{err}");
+        let file = Place::new(&root, "file".into()).expect("place");
+        assert_eq!(hash_place(&file), Ok(*blake3::hash(b"").as_bytes()));
     }
 }

@@ -246,6 +246,10 @@ pub fn collect_sources_with(
         filter: opts.filter.clone(),
         ..Default::default()
     };
+    // Each source's own name at the top of DEST: two sources of one name
+    // (`a/x b/x`) would land on each other, so the later is left out and
+    // said (rsync keeps the first too).
+    let mut tops: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
     for src in srcs {
         let given = Path::new(src);
         let src = show(given);
@@ -266,6 +270,12 @@ pub fn collect_sources_with(
             })
             .unwrap_or_else(|| "root".into());
         let top = join_rel(b"", &name);
+        if !contents && !tops.insert(top.as_bytes().to_vec()) {
+            out.unread.push(format!(
+                "{src}: another source has the same name ({top}); this one is left out"
+            ));
+            continue;
+        }
         // Filter rules apply to a source's own name too, as in rsync (a
         // contents copy has none: its root is the transfer root).
         if !contents && opts.filter.excluded(top.as_bytes(), md.is_dir()) {
