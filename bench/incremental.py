@@ -359,6 +359,15 @@ class Bench:
         """Rewrites frac of the tree's files (a different set every run): half
         with a new size, half with new content of the same size (so only the
         mtime tells the quick check). Returns the changed paths."""
+        # rsync's quick check compares whole seconds: a file rewritten with the
+        # same size within the second of its previous change looks unchanged
+        # to it (ferrogen compares nanoseconds). Real edits rarely land in the
+        # same second as the last sync; keep the runs (0.1 s each locally)
+        # apart so the row measures the tools, not that corner.
+        wait = getattr(self, 'last_mutate', 0) + 1.05 - time.time()
+        if wait > 0:
+            time.sleep(wait)
+        self.last_mutate = time.time()
         files = self.files[t]
         k = max(1, int(len(files) * frac))
         chosen = self.mut_rng.sample(files, k)
