@@ -6,12 +6,17 @@ all of it afterwards; this file only measures and reports.
 
 For every environment (local: both tools write to a local directory; link:
 the client in netns fgb-ctl, the destination behind the emulated link in
-fgb-host, reached over ssh) and every row, it runs ferrogen and rsync side by
+fgb-host, reached over ssh; with --link testbed the shared testbed's tb-ctl /
+tb-host instead) and every row, it runs ferrogen and rsync side by
 side (alternating which goes first), --runs times each, times the whole
 command, and checks after every run that the destination equals the source.
 
 Rows whose ferrogen option this binary lacks (`ferrogen push --help` is
 asked) are measured for rsync only and marked n/a for ferrogen.
+
+`--merge RAW...` renders one table from the --raw files of several runs (e.g.
+local + project link, then the testbed link): environments become columns; a
+later file's (environment, row) replaces an earlier one's (a rerun row).
 """
 import argparse
 import hashlib
@@ -26,6 +31,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 MiB = 1 << 20
@@ -210,10 +216,31 @@ def resync(src, dst):
 
 # ------------------------------------------------------------------ environments and commands
 
+# The two link emulators: netns of the client, ssh host alias, ssh config
+# (None: the bench's own, in the state dir), and how the docs name them.
+LINKS = {
+    'project': ('link', 'fgb-ctl', 'fgb-link', None,
+                'bench/netns-up (tools/delayline), netns `fgb-ctl` -> `fgb-host`, the bench\'s own sshd'),
+    'testbed': ('tblink', 'tb-ctl', 'nshost', '/tmp/testbed-ssh/ssh_config.tb-host',
+                '/work/shared/testbed/netns-up (tbdelay), netns `tb-ctl` -> `tb-host`, '
+                'the testbed\'s sshd on 10.77.0.2:2222'),
+}
+
+
 class Env:
-    def __init__(self, key, title, ns, host):
+    def __init__(self, key, title, ns, host, ssh_config=None, emulator=''):
         self.key, self.title, self.ns, self.host = key, title, ns, host
+        self.ssh_config, self.emulator = ssh_config, emulator
         self.ssh_true = None
+
+    def as_dict(self):
+        return dict(self.__dict__)
+
+    @staticmethod
+    def from_dict(d):
+        e = Env(d['key'], d['title'], d['ns'], d['host'], d.get('ssh_config'), d.get('emulator', ''))
+        e.ssh_true = d.get('ssh_true')
+        return e
 
     def wrap(self, argv):
         return (['ip', 'netns', 'exec', self.ns] if self.ns else []) + list(argv)
@@ -225,13 +252,13 @@ def command(tool, env, a, src, dst, extra, is_dir):
     if tool == 'ferrogen':
         argv = [a.ferrogen, 'push']
         if remote:
-            argv += ['-H', env.host, '-e', 'ssh -F %s' % a.ssh_config]
+            argv += ['-H', env.host, '-e', 'ssh -F %s' % env.ssh_config]
         argv += list(extra)
         argv += ['-r', src + '/', dst + '/'] if is_dir else [src, dst]
     else:
         argv = ['rsync', '-a'] + list(extra)
         if remote:
-            argv += ['-e', 'ssh -F %s' % a.ssh_config]
+            argv += ['-e', 'ssh -F %s' % env.ssh_config]
         d = ('%s:%s' % (env.host, dst)) if remote else dst
         argv += [src + '/', d + '/'] if is_dir else [src, d]
     return env.wrap(argv)
@@ -332,6 +359,15 @@ class Bench:
         """Rewrites frac of the tree's files (a different set every run): half
         with a new size, half with new content of the same size (so only the
         mtime tells the quick check). Returns the changed paths."""
+        # rsync's quick check compares whole seconds: a file rewritten with the
+        # same size within the second of its previous change looks unchanged
+        # to it (ferrogen compares nanoseconds). Real edits rarely land in the
+        # same second as the last sync; keep the runs (0.1 s each locally)
+        # apart so the row measures the tools, not that corner.
+        wait = getattr(self, 'last_mutate', 0) + 1.05 - time.time()
+        if wait > 0:
+            time.sleep(wait)
+        self.last_mutate = time.time()
         files = self.files[t]
         k = max(1, int(len(files) * frac))
         chosen = self.mut_rng.sample(files, k)
@@ -503,12 +539,12 @@ class Bench:
     def measure_env(self, env, rows):
         if env.host:
             # Fill the target's binary cache so no timed push includes sending ferrogen.
-            subprocess.run(env.wrap([self.a.ferrogen, 'ping', '-H', env.host, '-e', 'ssh -F %s' % self.a.ssh_config,
+            subprocess.run(env.wrap([self.a.ferrogen, 'ping', '-H', env.host, '-e', 'ssh -F %s' % env.ssh_config,
                                      '-c', '1']), check=True, stdout=subprocess.DEVNULL)
             ts = []
             for _ in range(3):
                 t0 = time.perf_counter()
-                subprocess.run(env.wrap(['ssh', '-F', self.a.ssh_config, env.host, 'true']), check=True)
+                subprocess.run(env.wrap(['ssh', '-F', env.ssh_config, env.host, 'true']), check=True)
                 ts.append(time.perf_counter() - t0)
             env.ssh_true = statistics.median(ts)
             log('%s: ssh true %.3f s' % (env.key, env.ssh_true))
@@ -572,24 +608,32 @@ def fmt_ratio(f, r):
     return '–'
 
 
-def render(a, info, envs, rows, results, fg_has):
+def render(parts, envs, rows, results, fg_has, runs, big_mib):
+    """The markdown section. parts: one dict per run of the bench that gave
+    results (command_line, info, env keys), in order."""
     L = [SECTION, '']
-    L.append('Written by `bench/run-incremental` (do not edit by hand; the next run with `--write` replaces '
-             'this section). Command: `%s`.' % a.command_line)
+    L.append('Written by `bench/run-incremental` / `bench/incremental.py --merge` (do not edit by hand; '
+             'the next run with `--write` replaces this section). Commands, one run each:')
+    L.append('')
+    for p in parts:
+        L.append('- `%s` (%s)' % (p['command_line'], ', '.join(p['envs'])))
     L.append('')
     L.append('Each cell: median wall time of %d run(s) of the whole command (connection included), with the '
              'spread in brackets ((max − min) / median); × = ferrogen / rsync (below 1: ferrogen faster). The tools alternate which goes '
              'first. After every run the destination is compared with the source: every entry\'s type, size, '
              'file mtime (ns) and mode, and the content of the changed files plus every 97th file (big file: '
-             'its whole digest).' % a.runs)
+             'its whole digest).' % runs)
     L.append('')
+    links = [e for e in envs if e.host]
     L.append('Commands: **local** — `ferrogen push [OPTS] -r SRC/ DEST/` (its default `local` target) and '
-             '`rsync -a [OPTS] SRC/ DEST/`; **%s** — the client in netns `fgb-ctl`, the destination behind '
-             'the delay line in `fgb-host`: `ferrogen push -H fgb-link -e \'ssh -F CFG\' [OPTS] -r SRC/ DEST/` '
-             'and `rsync -a [OPTS] -e \'ssh -F CFG\' SRC/ fgb-link:DEST/`. Big file rows push one file to '
-             'a file path. Source and destinations on one tmpfs. ferrogen runs with its defaults (it fsyncs '
-             'every file and directory it writes, rsync does not; on tmpfs an fsync costs a syscall).'
-             % ('link %g ms' % a.rtt))
+             '`rsync -a [OPTS] SRC/ DEST/`; **link** — the client in the controller\'s netns, the '
+             'destination behind the delay line in the target\'s netns: `ferrogen push -H HOST -e '
+             '\'ssh -F CFG\' [OPTS] -r SRC/ DEST/` and `rsync -a [OPTS] -e \'ssh -F CFG\' SRC/ HOST:DEST/`'
+             '%s. Big file rows push one file to a file path. The target namespaces share the file system '
+             'with the controller (only the network is separate): source and destinations are on one tmpfs '
+             'in every environment. ferrogen runs with its defaults (it fsyncs every file and directory it '
+             'writes, rsync does not; on tmpfs an fsync costs a syscall).'
+             % ''.join('; **%s**: %s, HOST `%s`' % (e.title, e.emulator, e.host) for e in links))
     L.append('')
     L.append('Trees: N files of 200 B of random data in 100 directories. "1 % changed": before each run, '
              'a fresh random 1 % of the files is rewritten, half with one byte more, half with new content '
@@ -599,11 +643,12 @@ def render(a, info, envs, rows, results, fg_has):
         L[-1] += (' Big file: %d MiB of random data; "in place" '
              'overwrites the MiB at the middle, "inserted" puts 1 MiB of new data before it, "appended" '
              'after it; DEST holds the old version (same mtime as a previous push leaves). Locally rsync '
-             'uses `--whole-file` by default (its delta algorithm only runs over a connection), so its '
-             'local big-file rows send everything. Resume: the push (with `--partial`) is started, the '
+             'uses `--whole-file` by default (its delta algorithm only runs over a connection), and so does '
+             'ferrogen (`--no-whole-file` turns its delta on), so the local big-file rows send everything. '
+             'Resume: the push (with `--partial`) is started, the '
              'controller (ferrogen; the client `rsync`) gets SIGKILL once the fullest file in the '
              'destination directory holds half the bytes, the leftovers are given time to end, then the '
-             'same command is timed; the notes give its time as a fraction of the full push.' % a.big_mib)
+             'same command is timed; the notes give its time as a fraction of the full push.' % big_mib)
     L.append('')
     missing = [o for o in ('--exclude', '--delete', '--partial', '--whole-file') if not fg_has.get(o)]
     if missing:
@@ -612,12 +657,16 @@ def render(a, info, envs, rows, results, fg_has):
             ' Without `--whole-file` it has no delta transfer: its changed-big-file rows resend the whole '
             'file.' if '--whole-file' in missing else ''))
         L.append('')
-    L.append('Machine: %s, %s cores; %s; %s; %s; ferrogen %s; %s; load average %s at the start, %s at the '
-             'end (the machine is shared with builds).%s' % (
-                 info['cpu'], info['nproc'], info['kernel'], info['rsync'], info['openssh'], info['ferrogen'],
-                 info['date'], info['load'], info['load_end'],
-                 ''.join(' `ssh true` over %s: %.3f s.' % (e.title, e.ssh_true) for e in envs if e.ssh_true)))
-    L.append('')
+    for p in parts:
+        info = p['info']
+        L.append('Machine (`%s`): %s, %s cores; %s; %s; %s; ferrogen %s; %s; load average (1 min) %s at the '
+                 'start, %s at the end, %s while measuring (min / median / max of a sample every 15 s; the '
+                 'machine is shared with builds and other benchmarks).%s' % (
+                     p['command_line'], info['cpu'], info['nproc'], info['kernel'], info['rsync'], info['openssh'],
+                     info['ferrogen'], info['date'], info['load'], info['load_end'], info.get('load_during', '?'),
+                     ''.join(' `ssh true` over %s: %.3f s.' % (e.title, e.ssh_true)
+                             for e in envs if e.ssh_true and e.title in p['envs'])))
+        L.append('')
     head = '| row |'
     sep = '|---|'
     for e in envs:
@@ -682,23 +731,74 @@ def write_section(path, text):
 
 # ------------------------------------------------------------------ main
 
+class LoadSampler(threading.Thread):
+    """Samples the 1-minute load average every `every` seconds while the bench runs."""
+
+    def __init__(self, every=15.0):
+        super().__init__(daemon=True)
+        self.every, self.samples, self.stop = every, [], threading.Event()
+
+    def run(self):
+        while True:
+            self.samples.append(float(open('/proc/loadavg').read().split()[0]))
+            if self.stop.wait(self.every):
+                return
+
+    def text(self):
+        if not self.samples:
+            return '?'
+        return '%.2f / %.2f / %.2f' % (min(self.samples), statistics.median(self.samples), max(self.samples))
+
+
+def merge(a):
+    """One section from several --raw files (see the module doc)."""
+    parts, envs, results, fg_has, saved = [], {}, [], {}, None
+    for path in a.merge:
+        with open(path) as f:
+            raw = json.load(f)
+        saved = raw['args']
+        fg_has = raw['ferrogen_options']
+        keys = {(r['env'], r['row']) for r in raw['results']}
+        results = [r for r in results if (r['env'], r['row']) not in keys] + raw['results']
+        for d in raw['envs']:
+            envs[d['key']] = Env.from_dict(d)
+        parts.append({'command_line': raw['command_line'], 'info': raw['info'],
+                      'envs': [d['title'] for d in raw['envs']]})
+    a.quick, a.big_mib, a.only = False, saved['big_mib'], ''
+    present = {r['row'] for r in results}
+    rows = [r for r in rows_for(a) if r.key in present]
+    order = {'local': 0, 'link': 1, 'tblink': 2}
+    envl = sorted(envs.values(), key=lambda e: order.get(e.key, 9))
+    return render(parts, envl, rows, results, fg_has, saved['runs'], saved['big_mib'])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--state', required=True, help='the state dir made by bench/run-incremental')
-    ap.add_argument('--ferrogen', required=True)
+    ap.add_argument('--state', help='the state dir made by bench/run-incremental')
+    ap.add_argument('--ferrogen')
     ap.add_argument('--ferrogen-version', default='?')
     ap.add_argument('--runs', type=int, default=3)
     ap.add_argument('--quick', action='store_true', help='skip the 100,000-file and the big-file rows')
     ap.add_argument('--envs', default='local,link', help='local, link or both')
+    ap.add_argument('--link', default='project', choices=sorted(LINKS), help='the emulator of the link rows')
     ap.add_argument('--rtt', type=float, default=20, help='the link\'s RTT (set up by the driver)')
     ap.add_argument('--big-mib', type=int, default=1024)
     ap.add_argument('--only', default='', help='comma-separated row keys (e.g. same-10k,chg-10k)')
     ap.add_argument('--write', action='store_true', help='write the section into docs/benchmarks.md')
     ap.add_argument('--out', default=os.path.join(ROOT, 'docs', 'benchmarks.md'))
     ap.add_argument('--raw', default='', help='also write the raw results as JSON here')
+    ap.add_argument('--merge', nargs='+', default=[], metavar='RAW', help='render one table from --raw files')
     ap.add_argument('--command-line', default='bench/run-incremental')
     a = ap.parse_args()
-    a.ssh_config = os.path.join(a.state, 'ssh', 'ssh_config')
+    if a.merge:
+        text = merge(a)
+        print(text)
+        if a.write:
+            write_section(a.out, text)
+            log('wrote the section to %s' % a.out)
+        return 0
+    if not a.state or not a.ferrogen:
+        ap.error('--state and --ferrogen are needed (or --merge)')
     a.data = os.path.join(a.state, 'data')
     os.makedirs(os.path.join(a.data, 'src'), exist_ok=True)
     os.makedirs(os.path.join(a.data, 'dst'), exist_ok=True)
@@ -718,21 +818,30 @@ def main():
         if k == 'local':
             envs.append(Env('local', 'local', None, None))
         elif k == 'link':
-            envs.append(Env('link', 'link %g ms' % a.rtt, 'fgb-ctl', 'fgb-link'))
+            key, ns, host, cfg, what = LINKS[a.link]
+            title = 'link %g ms%s' % (a.rtt, ' (testbed)' if a.link == 'testbed' else '')
+            envs.append(Env(key, title, ns, host, cfg or os.path.join(a.state, 'ssh', 'ssh_config'), what))
         elif k:
             raise SystemExit('unknown environment %r (local, link)' % k)
     b = Bench(a)
     rows = rows_for(a)
     log('ferrogen options: %s' % ', '.join('%s %s' % (k, 'yes' if v else 'no') for k, v in b.fg_has.items()))
     b.prepare_data(rows)
+    sampler = LoadSampler()
+    sampler.start()
     for env in envs:
         log('environment %s: %d rows × %d runs × 2 tools' % (env.title, len(rows), a.runs))
         b.measure_env(env, rows)
+    sampler.stop.set()
     info['load_end'] = open('/proc/loadavg').read().split()[0]
+    info['load_during'] = sampler.text()
+    part = {'command_line': a.command_line, 'info': info, 'envs': [e.title for e in envs]}
     if a.raw:
         with open(a.raw, 'w') as f:
-            json.dump({'info': info, 'ferrogen_options': b.fg_has, 'results': b.results}, f, indent=1)
-    text = render(a, info, envs, rows, b.results, b.fg_has)
+            json.dump({'info': info, 'command_line': a.command_line, 'envs': [e.as_dict() for e in envs],
+                       'args': {'runs': a.runs, 'big_mib': a.big_mib, 'rtt': a.rtt, 'link': a.link},
+                       'ferrogen_options': b.fg_has, 'results': b.results}, f, indent=1)
+    text = render([part], envs, rows, b.results, b.fg_has, a.runs, a.big_mib)
     print(text)
     if a.write:
         write_section(a.out, text)
