@@ -404,20 +404,16 @@ pub async fn apply_cancellable(
             &ids_of,
             true,
         );
-        if top.is_none()
-            && let Some(r) = root_meta(
-                &plan,
-                &root,
-                dest_existed.then_some(dest_before).flatten(),
-                &ids_of,
-            )
-        {
-            results.push(r);
-        }
-        // What --delete would remove (it checks dry_run itself).
-        results.extend(super::delete::after_push(&plan, &root, &rel_of, cancel).await);
-        failed_dirs.annotate(&mut results);
-        return collapse_alike(results);
+        let found = dest_existed.then_some(dest_before).flatten();
+        let end = Ending {
+            plan: &plan,
+            root: &root,
+            dest_is_root: top.is_none(),
+            found,
+        };
+        return end
+            .finish(&ids_of, &rel_of, cancel, failed_dirs, results)
+            .await;
     }
     let how: Vec<Sent> = files
         .iter()
@@ -581,22 +577,51 @@ pub async fn apply_cancellable(
         );
         results.push(r.with_changes(changed));
     }
-    // DEST itself, last: a contents copy gives it its source's metadata.
-    if top.is_none()
-        && let Some(r) = root_meta(
-            &plan,
-            &root,
-            dest_existed.then_some(dest_before).flatten(),
-            &ids_of,
-        )
-    {
-        results.push(r);
-    }
-    // --delete, now that every entry is in place.
-    results.extend(super::delete::after_push(&plan, &root, &rel_of, cancel).await);
-    failed_dirs.annotate(&mut results);
+    let found = dest_existed.then_some(dest_before).flatten();
+    let end = Ending {
+        plan: &plan,
+        root: &root,
+        dest_is_root: top.is_none(),
+        found,
+    };
+    let results = end
+        .finish(&ids_of, &rel_of, cancel, failed_dirs, results)
+        .await;
     tracing::debug!("push applied in {:?}", started.elapsed());
-    collapse_alike(results)
+    results
+}
+
+/// What the end of a push (dry or not) needs.
+struct Ending<'a> {
+    plan: &'a PushPlan,
+    root: &'a Arc<Root>,
+    /// DEST is the push's root (entries go into it).
+    dest_is_root: bool,
+    /// DEST as the push found it (`None`: this push created it).
+    found: Option<Found>,
+}
+
+impl Ending<'_> {
+    /// DEST's own metadata (a contents copy's source directory), then
+    /// `--delete` now that every entry is in place (in a dry run, what it
+    /// would remove), then the results with alike failures grouped.
+    async fn finish(
+        self,
+        ids_of: &(dyn Fn(&Option<Owner>) -> Ids + Sync),
+        rel_of: &(dyn Fn(&RawPath) -> PathBuf + Sync),
+        cancel: &AtomicBool,
+        failed_dirs: FailedDirs,
+        mut results: Vec<EntryResult>,
+    ) -> Vec<EntryResult> {
+        if self.dest_is_root
+            && let Some(r) = root_meta(self.plan, self.root, self.found, ids_of)
+        {
+            results.push(r);
+        }
+        results.extend(super::delete::after_push(self.plan, self.root, rel_of, cancel).await);
+        failed_dirs.annotate(&mut results);
+        collapse_alike(results)
+    }
 }
 
 /// Failures in one directory with the same cause (say, 2,000 files in a
