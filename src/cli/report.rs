@@ -130,9 +130,11 @@ pub fn itemize(r: &EntryResult) -> String {
         (EntryKind::File, _) if r.changes & c::CONTENT != 0 => '>',
         (_, Status::Created) => 'c',
         (EntryKind::Symlink | EntryKind::Special, Status::Changed) => 'c',
+        // Something of another type was replaced: a new entry, for rsync.
+        (_, Status::Changed) if r.changes & c::TYPE != 0 => 'c',
         _ => '.',
     };
-    if r.status == Status::Created {
+    if r.status == Status::Created || (r.status == Status::Changed && r.changes & c::TYPE != 0) {
         return format!("{update}{kind}+++++++++");
     }
     if r.status == Status::Unchanged {
@@ -372,5 +374,12 @@ mod tests {
         assert_eq!(itemize(&r), "*deleting  ");
         let d = EntryResult::done(std::path::Path::new("/d"), EntryKind::Dir, Status::Created);
         assert_eq!(itemize(&d), "cd+++++++++");
+        // A directory or a file where a symlink was: new, as rsync shows it.
+        let d = EntryResult::done(std::path::Path::new("/d"), EntryKind::Dir, Status::Changed)
+            .with_changes(changes::TYPE);
+        assert_eq!(itemize(&d), "cd+++++++++");
+        let f = EntryResult::done(std::path::Path::new("/f"), EntryKind::File, Status::Changed)
+            .with_changes(changes::TYPE | changes::CONTENT);
+        assert_eq!(itemize(&f), ">f+++++++++");
     }
 }
