@@ -764,24 +764,81 @@ pub fn open_stripes(
     total: u64,
     log_filter: &str,
 ) {
+    open_stripes_with(
+        router, targs, host, target, stripes, total, log_filter, None,
+    );
+}
+
+/// Whether a push of `total` bytes to `host` may stripe, and with what
+/// method (the first hop's: `ssh` only).
+fn stripe_method(
+    targs: &TargetArgs,
+    host: &str,
+    stripes: Option<usize>,
+    total: u64,
+    log_filter: &str,
+) -> Option<Method> {
     if stripes.is_some_and(|n| n <= 1) || !targs.via.is_empty() || total < STRIPE_MIN_BYTES {
-        return;
+        return None;
     }
-    let Ok(spec) = targs.spec(host, log_filter) else {
-        return;
-    };
-    let Method::Ssh(_) = &spec.method else { return };
-    let Some(first_hop) = router
+    let spec = targs.spec(host, log_filter).ok()?;
+    match spec.method {
+        Method::Ssh(_) => Some(spec.method),
+        _ => None,
+    }
+}
+
+/// Starts the stripe transports of a push to `host` before its primary
+/// connection is made, so their connection set-up (a dozen round trips
+/// for ssh) overlaps the primary's and its bootstrap: as many as asked,
+/// or as many as the longest path would get (those the measured round
+/// trip does not call for are ended once it is known). `None` when the
+/// push will not stripe.
+pub fn start_stripes_early(
+    targs: &TargetArgs,
+    host: &str,
+    stripes: Option<usize>,
+    total: u64,
+    log_filter: &str,
+) -> Option<crate::connect::stripe::Early> {
+    let method = stripe_method(targs, host, stripes, total, log_filter)?;
+    let count = stripes.unwrap_or_else(|| auto_stripes(Duration::MAX)) - 1;
+    Some(crate::connect::stripe::Early::start(
+        &method,
+        &format!("ssh.{host}"),
+        count,
+    ))
+}
+
+/// [`open_stripes`], using transports started by [`start_stripes_early`]
+/// when given. Returns the task that attaches them, when there were early
+/// transports: they attach a few round trips after the context is up, and
+/// a push that waits for them starts on all its streams at once instead of
+/// on the primary alone (whose fresh TCP connection needs as many round
+/// trips to open up as the stripes take to attach).
+#[allow(clippy::too_many_arguments)]
+pub fn open_stripes_with(
+    router: &Router,
+    targs: &TargetArgs,
+    host: &str,
+    target: u32,
+    stripes: Option<usize>,
+    total: u64,
+    log_filter: &str,
+    early: Option<crate::connect::stripe::Early>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let method = stripe_method(targs, host, stripes, total, log_filter)?;
+    let spec = targs.spec(host, log_filter).ok()?;
+    let first_hop = router
         .stream_towards(target)
-        .and_then(|s| router.stream_remote(s))
-    else {
-        return;
-    };
+        .and_then(|s| router.stream_remote(s))?;
+    let early = early.filter(|e| !e.is_empty());
+    let has_early = early.is_some();
     let (router, host) = (router.clone(), host.to_string());
-    tokio::spawn(async move {
-        let mut best = Duration::MAX;
-        for _ in 0..2 {
-            let t0 = Instant::now();
+    let task = tokio::spawn(async move {
+        let t0 = Instant::now();
+        let ping = || async {
+            let t = Instant::now();
             let r: Result<Vec<u8>, _> = router
                 .call_service_timeout(
                     first_hop,
@@ -791,11 +848,22 @@ pub fn open_stripes(
                     Some(Duration::from_secs(5)),
                 )
                 .await;
-            if r.is_err() {
-                return;
+            r.map(|_| t.elapsed())
+        };
+        // Two pings at once and, for early transports, the context's
+        // stripe offer at the same time: one round trip, not three,
+        // before the stripes can be attached.
+        let prepare = async {
+            match early {
+                Some(e) => e.prepare(&router, first_hop, spec.timeout()).await,
+                None => None,
             }
-            best = best.min(t0.elapsed());
-        }
+        };
+        let (a, b, prepared) = tokio::join!(ping(), ping(), prepare);
+        let (Ok(a), Ok(b)) = (a, b) else {
+            return;
+        };
+        let best = a.min(b);
         let want = match stripes {
             Some(n) => n,
             None if best < STRIPE_MIN_RTT => {
@@ -804,20 +872,25 @@ pub fn open_stripes(
             }
             None => auto_stripes(best),
         };
-        let n = crate::connect::stripe::open(
-            &router,
-            first_hop,
-            &spec.method,
-            want - 1,
-            spec.timeout(),
-        )
-        .await;
+        let n = match prepared {
+            Some(p) => p.attach(&router, want - 1, spec.timeout()).await,
+            None => {
+                crate::connect::stripe::open(&router, first_hop, &method, want - 1, spec.timeout())
+                    .await
+            }
+        };
         tracing::info!(
-            "{host}: round trip {best:?}; {n} of {} extra streams attached",
-            want - 1
+            "{host}: round trip {best:?}; {n} of {} extra streams attached ({:?} after the context was up)",
+            want - 1,
+            t0.elapsed()
         );
     });
+    has_early.then_some(task)
 }
+
+/// How long a push waits for its early stripes to attach before it starts
+/// on the streams it has.
+const EARLY_STRIPE_WAIT: Duration = Duration::from_secs(3);
 
 #[allow(clippy::too_many_arguments)]
 async fn push_one(
@@ -841,6 +914,8 @@ async fn push_one(
         .iter()
         .filter(|e| matches!(e, crate::files::plan::PlanEntry::File { .. }))
         .count();
+    // Started before the primary connection: see start_stripes_early.
+    let early = start_stripes_early(targs, &host, stripes, total, log_filter);
     let info = match target::connect_target(router, targs, chain, &host, log_filter).await {
         Ok(i) => i,
         Err(e) => {
@@ -872,7 +947,13 @@ async fn push_one(
     if let Some(b) = &bar {
         report::Bars::connected(b);
     }
-    open_stripes(router, targs, &host, info.id, stripes, total, log_filter);
+    if let Some(attaching) = open_stripes_with(
+        router, targs, &host, info.id, stripes, total, log_filter, early,
+    ) {
+        // See open_stripes_with. (Dropping the handle on a timeout leaves
+        // the attaching to go on.)
+        let _ = tokio::time::timeout(EARLY_STRIPE_WAIT, attaching).await;
+    }
     let call = router.call_service::<_, Vec<EntryResult>>(info.id, TARGET_SERVICE, "push", plan);
     tokio::pin!(call);
     let result = loop {

@@ -284,9 +284,30 @@ pub async fn open(
     if count == 0 {
         return 0;
     }
-    let Some(primary) = router.stream_towards(ctx_id) else {
+    let Some((ctx, primary)) = direct_child(router, ctx_id) else {
         return 0;
     };
+    let Some(offer) = listen_on(router, &ctx, timeout).await else {
+        return 0;
+    };
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        let (router, ctx, method, offer) =
+            (router.clone(), ctx.clone(), method.clone(), offer.clone());
+        tasks.push(tokio::spawn(async move {
+            let one = async {
+                let t = spawn_transport(transport(&method, &offer).await?, &ctx.name, i + 1)?;
+                t.attach(&router, &ctx, &offer, primary).await
+            };
+            settle(&ctx, i + 1, tokio::time::timeout(timeout, one).await)
+        }));
+    }
+    count_attached(tasks).await
+}
+
+/// The context `ctx_id` and the stream to it, if it is a direct child.
+fn direct_child(router: &Router, ctx_id: u32) -> Option<(ContextInfo, stream::StreamId)> {
+    let primary = router.stream_towards(ctx_id)?;
     let ctx = ContextInfo {
         name: router
             .context_name(ctx_id)
@@ -296,41 +317,43 @@ pub async fn open(
     let ctx = ContextInfo { id: ctx_id, ..ctx };
     if router.stream_remote(primary) != Some(ctx.id) {
         tracing::debug!("{}: not a direct child; no stripes", ctx.name);
-        return 0;
+        return None;
     }
-    let offer: StripeOffer = match router
+    Some((ctx, primary))
+}
+
+async fn listen_on(router: &Router, ctx: &ContextInfo, timeout: Duration) -> Option<StripeOffer> {
+    match router
         .call_service_timeout(ctx.id, STRIPE_SERVICE, "listen", &(), Some(timeout))
         .await
     {
-        Ok(o) => o,
+        Ok(o) => Some(o),
         Err(e) => {
             tracing::warn!("{}: cannot open stripes: {e}", ctx.name);
-            return 0;
+            None
         }
-    };
-    let mut tasks = Vec::new();
-    for i in 0..count {
-        let (router, ctx, method, offer) =
-            (router.clone(), ctx.clone(), method.clone(), offer.clone());
-        tasks.push(tokio::spawn(async move {
-            match tokio::time::timeout(
-                timeout,
-                open_one(&router, &ctx, &method, &offer, primary, i + 1),
-            )
-            .await
-            {
-                Ok(Ok(())) => true,
-                Ok(Err(e)) => {
-                    tracing::warn!("{}: stripe {} failed: {e}", ctx.name, i + 1);
-                    false
-                }
-                Err(_) => {
-                    tracing::warn!("{}: stripe {} timed out", ctx.name, i + 1);
-                    false
-                }
-            }
-        }));
     }
+}
+
+fn settle(
+    ctx: &ContextInfo,
+    n: usize,
+    r: Result<Result<(), String>, tokio::time::error::Elapsed>,
+) -> bool {
+    match r {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::warn!("{}: stripe {n} failed: {e}", ctx.name);
+            false
+        }
+        Err(_) => {
+            tracing::warn!("{}: stripe {n} timed out", ctx.name);
+            false
+        }
+    }
+}
+
+async fn count_attached(tasks: Vec<tokio::task::JoinHandle<bool>>) -> usize {
     let mut ok = 0;
     for t in tasks {
         if matches!(t.await, Ok(true)) {
@@ -338,6 +361,215 @@ pub async fn open(
         }
     }
     ok
+}
+
+/// Stripe transports started before their context is up (while the
+/// primary connection is still being made and bootstrapped), so that their
+/// own connection set-up — for ssh a dozen round trips: TCP, key exchange,
+/// authentication, the session — overlaps the primary's instead of
+/// following it. Each runs a small shell on the far end that waits for one
+/// line, `PID SOCKET`, then becomes `/proc/PID/exe __attach SOCKET`
+/// (the line is sent once the context has answered `listen`).
+///
+/// Dropping an `Early` (or the transports [`Early::attach`] does not use)
+/// ends those transports.
+pub struct Early {
+    transports: Vec<Transport>,
+}
+
+/// One spawned transport process and its pipes.
+struct Transport {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::process::ChildStdout,
+    tail: super::handshake::StderrTail,
+    name: String,
+    /// Waits for the `PID SOCKET` line (an [`Early`] transport).
+    wants_line: bool,
+}
+
+/// The far end of an early transport: one line, checked to be only what
+/// `listen` produces (digits; lowercase letters, digits and dashes), then
+/// the listening context's own program as the relay. POSIX `read` takes
+/// the line byte by byte from a pipe, so nothing after it is consumed.
+fn early_script() -> String {
+    format!(
+        "read -r p s || exit 1; case $p in \"\"|*[!0-9]*) exit 2;; esac; \
+         case $s in \"\"|*[!a-z0-9-]*) exit 2;; esac; exec /proc/$p/exe {ATTACH_ARG} $s"
+    )
+}
+
+impl Early {
+    /// Starts `count` stripe transports with `method` for the context
+    /// named `name` (not yet connected). Only `ssh` and `local` can carry
+    /// stripes; for others (or `count` 0) nothing is started.
+    pub fn start(method: &Method, name: &str, count: usize) -> Early {
+        let mut transports = Vec::new();
+        for i in 0..count {
+            let cmd = match method {
+                Method::Local => {
+                    let mut c = Command::new("/bin/sh");
+                    c.arg("-c").arg(early_script());
+                    c
+                }
+                Method::Ssh(ssh) => {
+                    let remote = format!("exec /bin/sh -c '{}'", early_script());
+                    let argv = super::ssh::argv(ssh, Duration::from_secs(30), &remote);
+                    let mut c = Command::new(&argv[0]);
+                    c.args(&argv[1..]);
+                    c
+                }
+                Method::Sudo(_) => break,
+            };
+            match spawn_transport(cmd, name, i + 1) {
+                Ok(mut t) => {
+                    t.wants_line = true;
+                    transports.push(t);
+                }
+                Err(e) => {
+                    tracing::warn!("{name}: stripe {} not started: {e}", i + 1);
+                    break;
+                }
+            }
+        }
+        tracing::debug!(
+            "{name}: started {} stripe transports early",
+            transports.len()
+        );
+        Early { transports }
+    }
+
+    /// How many transports were started.
+    pub fn len(&self) -> usize {
+        self.transports.len()
+    }
+
+    /// True if none were started.
+    pub fn is_empty(&self) -> bool {
+        self.transports.is_empty()
+    }
+
+    /// Asks context `ctx_id` (a direct child, now up) where its stripes
+    /// attach; `None` (the transports ended) if it cannot say.
+    pub async fn prepare(
+        self,
+        router: &Router,
+        ctx_id: u32,
+        timeout: Duration,
+    ) -> Option<Prepared> {
+        if self.transports.is_empty() {
+            return None;
+        }
+        let (ctx, primary) = direct_child(router, ctx_id)?;
+        let offer = listen_on(router, &ctx, timeout).await?;
+        Some(Prepared {
+            early: self,
+            ctx,
+            primary,
+            offer,
+        })
+    }
+
+    /// Attaches up to `count` of these transports as stripes of context
+    /// `ctx_id` (a direct child, now up) and ends the others. Returns how
+    /// many attached.
+    pub async fn attach(
+        self,
+        router: &Router,
+        ctx_id: u32,
+        count: usize,
+        timeout: Duration,
+    ) -> usize {
+        match self.prepare(router, ctx_id, timeout).await {
+            Some(p) => p.attach(router, count, timeout).await,
+            None => 0,
+        }
+    }
+}
+
+/// Early transports whose context has said where to attach.
+pub struct Prepared {
+    early: Early,
+    ctx: ContextInfo,
+    primary: stream::StreamId,
+    offer: StripeOffer,
+}
+
+impl Prepared {
+    /// Attaches up to `count` of the transports and ends the others.
+    /// Returns how many attached.
+    pub async fn attach(mut self, router: &Router, count: usize, timeout: Duration) -> usize {
+        let keep = count.min(self.early.transports.len());
+        let rest = self.early.transports.split_off(keep);
+        drop(Early { transports: rest });
+        let mut tasks = Vec::new();
+        for (i, t) in std::mem::take(&mut self.early.transports)
+            .into_iter()
+            .enumerate()
+        {
+            let (router, ctx, offer, primary) = (
+                router.clone(),
+                self.ctx.clone(),
+                self.offer.clone(),
+                self.primary,
+            );
+            tasks.push(tokio::spawn(async move {
+                let r =
+                    tokio::time::timeout(timeout, t.attach(&router, &ctx, &offer, primary)).await;
+                settle(&ctx, i + 1, r)
+            }));
+        }
+        count_attached(tasks).await
+    }
+}
+
+impl Drop for Early {
+    fn drop(&mut self) {
+        for mut t in self.transports.drain(..) {
+            // Closing stdin ends the far end's `read`; the kill ends a
+            // transport still connecting. Reaped in the background.
+            let _ = t.child.start_kill();
+            drop(t.stdin);
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let mut child = t.child;
+                rt.spawn(async move {
+                    let _ = child.wait().await;
+                });
+            }
+        }
+    }
+}
+
+fn spawn_transport(mut cmd: Command, ctx_name: &str, n: usize) -> Result<Transport, String> {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the stripe transport: {e}"))?;
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        let _ = child.start_kill();
+        return Err("stdio pipes missing".into());
+    };
+    {
+        use std::os::fd::AsFd;
+        let _ = rustix::pipe::fcntl_setpipe_size(stdin.as_fd(), super::local::PIPE_SIZE);
+        let _ = rustix::pipe::fcntl_setpipe_size(stdout.as_fd(), super::local::PIPE_SIZE);
+    }
+    let name = format!("{ctx_name}.stripe{n}");
+    let tail = forward_stderr(name.clone(), stderr);
+    Ok(Transport {
+        child,
+        stdin,
+        stdout,
+        tail,
+        name,
+        wants_line: false,
+    })
 }
 
 async fn transport(method: &Method, offer: &StripeOffer) -> Result<Command, String> {
@@ -378,73 +610,89 @@ async fn transport(method: &Method, offer: &StripeOffer) -> Result<Command, Stri
     }
 }
 
-async fn open_one(
-    router: &Router,
-    ctx: &ContextInfo,
-    method: &Method,
-    offer: &StripeOffer,
-    primary: crate::stream::StreamId,
-    n: usize,
-) -> Result<(), String> {
-    let mut cmd = transport(method, offer).await?;
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start the stripe transport: {e}"))?;
-    let (Some(mut stdin), Some(mut stdout), Some(stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
-        return Err("stdio pipes missing".into());
-    };
-    {
-        use std::os::fd::AsFd;
-        let _ = rustix::pipe::fcntl_setpipe_size(stdin.as_fd(), super::local::PIPE_SIZE);
-        let _ = rustix::pipe::fcntl_setpipe_size(stdout.as_fd(), super::local::PIPE_SIZE);
-    }
-    let name = format!("{}.stripe{n}", ctx.name);
-    let tail = forward_stderr(name.clone(), stderr);
-    let mut hello = Frame::new(
-        ctx.id,
-        handles::HELLO,
-        Enc::Control,
-        control::encode(&StripeHello {
-            token: offer.token.clone(),
-        }),
-    );
-    hello.src_id = router.id();
-    hello.auth_id = router.id();
-    stdin
-        .write_all(&codec::encode_to_vec(&hello))
-        .await
-        .map_err(|e| format!("cannot send the stripe hello: {e}"))?;
-    let mut buf = BytesMut::with_capacity(4096);
-    let mut codec = FrameCodec::new(4096);
-    match next_frame(&mut stdout, &mut codec, &mut buf).await {
-        Ok(Some(f)) if f.handle == handles::HELLO && !f.is_dead() => {}
-        Ok(other) => {
-            let _ = child.start_kill();
+impl Transport {
+    /// Sends the hello (after the `PID SOCKET` line for an early
+    /// transport), waits for the context's answer, and attaches the
+    /// transport as a stripe of `primary`.
+    async fn attach(
+        mut self,
+        router: &Router,
+        ctx: &ContextInfo,
+        offer: &StripeOffer,
+        primary: crate::stream::StreamId,
+    ) -> Result<(), String> {
+        let t0 = std::time::Instant::now();
+        let mut out = Vec::new();
+        if self.wants_line {
+            // What the far end's script accepts, checked here too so a
+            // refusal there is not the first sign of a bad offer.
+            if offer.socket.is_empty()
+                || !offer
+                    .socket
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                let _ = self.child.start_kill();
+                return Err(format!(
+                    "refusing the stripe socket name {:?}",
+                    offer.socket
+                ));
+            }
+            out.extend_from_slice(format!("{} {}\n", offer.pid, offer.socket).as_bytes());
+        }
+        let mut hello = Frame::new(
+            ctx.id,
+            handles::HELLO,
+            Enc::Control,
+            control::encode(&StripeHello {
+                token: offer.token.clone(),
+            }),
+        );
+        hello.src_id = router.id();
+        hello.auth_id = router.id();
+        out.extend_from_slice(&codec::encode_to_vec(&hello));
+        if let Err(e) = self.stdin.write_all(&out).await {
+            let _ = self.child.start_kill();
             return Err(format!(
-                "no stripe answer ({other:?}); transport said: {}",
-                tail.lines().join(" | ")
+                "cannot send the stripe hello: {e}; transport said: {}",
+                self.tail.lines().join(" | ")
             ));
         }
-        Err(e) => {
-            let _ = child.start_kill();
-            return Err(format!(
-                "bad stripe answer: {e}; transport said: {}",
-                tail.lines().join(" | ")
-            ));
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut codec = FrameCodec::new(4096);
+        match next_frame(&mut self.stdout, &mut codec, &mut buf).await {
+            Ok(Some(f)) if f.handle == handles::HELLO && !f.is_dead() => {}
+            Ok(other) => {
+                let _ = self.child.start_kill();
+                return Err(format!(
+                    "no stripe answer ({other:?}); transport said: {}",
+                    self.tail.lines().join(" | ")
+                ));
+            }
+            Err(e) => {
+                let _ = self.child.start_kill();
+                return Err(format!(
+                    "bad stripe answer: {e}; transport said: {}",
+                    self.tail.lines().join(" | ")
+                ));
+            }
         }
+        let Transport {
+            mut child,
+            stdin,
+            stdout,
+            name,
+            ..
+        } = self;
+        if stream::start_alias(router, name.clone(), primary, stdout, stdin, buf).is_none() {
+            let _ = child.start_kill();
+            return Err("the primary stream is gone".into());
+        }
+        tracing::debug!("{name}: attached {:?} after the hello", t0.elapsed());
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+            tracing::debug!("{name}: transport exited");
+        });
+        Ok(())
     }
-    stream::start_alias(router, name.clone(), primary, stdout, stdin, buf)
-        .ok_or("the primary stream is gone")?;
-    tokio::spawn(async move {
-        let _ = child.wait().await;
-        tracing::debug!("{name}: transport exited");
-    });
-    Ok(())
 }

@@ -979,7 +979,9 @@ impl Transfer {
                             lock(t).on_link_wait(paced);
                         }
                         chunks_sent += 1;
-                        if chunks_sent.is_multiple_of(32) {
+                        // Looked at every few chunks: a stripe carries data
+                        // (and the window grows for it) soon after it attaches.
+                        if chunks_sent.is_multiple_of(4) {
                             // Stripes may attach while a transfer runs.
                             let now = router.stripes(stream);
                             if now.len() > stripes.len() {
@@ -993,6 +995,7 @@ impl Transfer {
                                     now.len()
                                 );
                                 stripes = now;
+                                window.on_more_paths();
                             }
                         }
                         window.on_send(ledger.on_send(len, (data.len() - OFFSET_LEN) as u64));
