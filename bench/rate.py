@@ -43,10 +43,47 @@ class Bench:
             sh(['dd', 'if=/dev/urandom', 'of=' + src, 'bs=1M', 'count=%d' % mib, 'status=none'])
         return src
 
-    def run_one(self, row, src, dst, size):
-        """Seconds for one run of `row`; extra facts (stripe attach times)."""
+    def sample(self, stop, out):
+        """Until `stop` is set: (seconds, bytes) written so far by the
+        processes holding a destination file open (the receiver's temp file,
+        the remote `dd`s), every 100 ms."""
+        t0 = time.time()
+        seen = {}
+        while not stop.is_set():
+            for pid in os.listdir('/proc'):
+                if not pid.isdigit():
+                    continue
+                try:
+                    fds = os.listdir('/proc/%s/fd' % pid)
+                except OSError:
+                    continue
+                for fd in fds:
+                    try:
+                        l = os.readlink('/proc/%s/fd/%s' % (pid, fd))
+                    except OSError:
+                        continue
+                    if l.startswith(self.data) and '/src-' not in l:
+                        try:
+                            for ln in open('/proc/%s/io' % pid):
+                                if ln.startswith('wchar:'):
+                                    seen[pid] = int(ln.split()[1])
+                        except OSError:
+                            pass
+                        break
+            out.append((time.time() - t0, sum(seen.values())))
+            stop.wait(0.1)
+
+    def run_one(self, row, src, dst, size, timeline=None):
+        """Seconds for one run of `row`; extra facts (stripe attach times).
+        With `timeline` (a list), also samples the bytes landed over time."""
         if os.path.exists(dst):
             os.unlink(dst)
+        sampler = None
+        if timeline is not None:
+            import threading
+            stop = threading.Event()
+            sampler = threading.Thread(target=self.sample, args=(stop, timeline))
+            sampler.start()
         q = shlex.quote
         extra = {}
         t0 = time.time()
@@ -96,6 +133,9 @@ class Bench:
             secs = time.time() - t0
         else:
             raise ValueError(row)
+        if sampler:
+            stop.set()
+            sampler.join()
         got = os.path.getsize(dst) if os.path.exists(dst) else -1
         if got != size:
             raise RuntimeError('%s: destination has %d bytes, not %d' % (row, got, size))
@@ -127,6 +167,8 @@ class Bench:
                         mib, r + 1, row, secs, json.dumps(extra) if extra else '', load()), file=sys.stderr)
         load_end = load()
         md = self.render(sizes, rows, par, results, load_start, load_end)
+        if a.timeline:
+            md += self.timelines(sizes[-1], rows)
         print(md)
         if a.out:
             with open(a.out, 'w') as f:
@@ -134,6 +176,72 @@ class Bench:
             with open(a.out + '.json', 'w') as f:
                 json.dump(dict(results=results, load_start=load_start, load_end=load_end,
                                command=a.command_line, link=a.link, rtt=a.rtt), f, indent=1)
+
+    def timelines(self, mib, rows):
+        """One more run of each row with the bytes landed sampled every
+        100 ms: an SVG of the rate over time and each row's time to full
+        rate (the 0.5 s rate first at 80 % of the run's best 0.5 s rate)."""
+        src = self.make_source(mib)
+        dst = os.path.join(self.data, 'dst-%d' % mib)
+        lines = {}
+        for row in rows:
+            tl = []
+            self.run_one(row, src, dst, mib * MIB, timeline=tl)
+            lines[row] = tl
+
+        def rates(tl):
+            out = []
+            for i, (t, b) in enumerate(tl):
+                j = i
+                while j > 0 and t - tl[j][0] < 0.5:
+                    j -= 1
+                if t - tl[j][0] > 0:
+                    out.append((t, (b - tl[j][1]) / (t - tl[j][0]) / MIB))
+            return out
+        L = ['', 'Time to full rate, %d MiB (one more run of each row, bytes landed sampled every '
+             '100 ms; rate over the last 0.5 s; "full" = 80 %% of that run\'s best): '
+             '![rate over time](%s)' % (mib, os.path.basename(self.a.out or 'rate') + '.svg'), '',
+             '| row | first byte landed (s) | full rate at (s) | best 0.5 s rate (MiB/s) | done (s) |',
+             '|---|---|---|---|---|']
+        for row, tl in lines.items():
+            rs = rates(tl)
+            best = max((r for _, r in rs), default=0)
+            first = next((t for t, b in tl if b > 0), float('nan'))
+            full = next((t for t, r in rs if r >= 0.8 * best), float('nan'))
+            done = tl[-1][0] if tl else float('nan')
+            L.append('| %s | %.2f | %.2f | %.0f | %.2f |' % (row.replace('ferrogen:', 'ferrogen '),
+                                                             first, full, best, done))
+        if self.a.out:
+            self.svg(self.a.out + '.svg', {r: rates(tl) for r, tl in lines.items()}, mib)
+        return '\n'.join(L) + '\n'
+
+    def svg(self, path, series, mib):
+        W, H, m = 720, 360, 50
+        tmax = max((t for s in series.values() for t, _ in s), default=1)
+        rmax = max((r for s in series.values() for _, r in s), default=1) * 1.1
+        colors = ['#d62728', '#ff7f0e', '#2ca02c', '#1f77b4', '#555555', '#000000', '#9467bd']
+        out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" '
+               'font-size="11">' % (W, H), '<rect width="100%" height="100%" fill="white"/>',
+               '<text x="%d" y="16">%d MiB push at %g ms RTT (%s): MiB/s landed (0.5 s window) over '
+               'seconds since start</text>' % (m, mib, self.a.rtt, self.a.link)]
+        x = lambda t: m + (W - 2 * m) * t / tmax
+        y = lambda r: H - m - (H - 2 * m) * r / rmax
+        out.append('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>' % (m, H - m, W - m, H - m))
+        out.append('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>' % (m, m, m, H - m))
+        for i in range(0, int(tmax) + 1, max(1, int(tmax) // 10)):
+            out.append('<text x="%.0f" y="%d" text-anchor="middle">%d</text>' % (x(i), H - m + 14, i))
+        step = max(10, int(rmax / 5) // 10 * 10)
+        for r in range(0, int(rmax) + 1, step):
+            out.append('<text x="%d" y="%.0f" text-anchor="end">%d</text>' % (m - 4, y(r) + 4, r))
+        for k, (row, s) in enumerate(series.items()):
+            c = colors[k % len(colors)]
+            pts = ' '.join('%.1f,%.1f' % (x(t), y(r)) for t, r in s)
+            out.append('<polyline fill="none" stroke="%s" stroke-width="1.5" points="%s"/>' % (c, pts))
+            out.append('<text x="%d" y="%d" fill="%s">%s</text>' % (W - m - 150, m + 14 * k, c,
+                                                                     row.replace('ferrogen:', 'ferrogen ')))
+        out.append('</svg>')
+        with open(path, 'w') as f:
+            f.write('\n'.join(out) + '\n')
 
     def render(self, sizes, rows, par, results, l0, l1):
         a = self.a
@@ -182,6 +290,7 @@ def main():
     ap.add_argument('--parallel', default='4,8')
     ap.add_argument('--single', action='store_true')
     ap.add_argument('--out')
+    ap.add_argument('--timeline', action='store_true')
     Bench(ap.parse_args()).main()
 
 
