@@ -888,6 +888,11 @@ pub fn open_stripes_with(
     has_early.then_some(task)
 }
 
+/// How long after the primary connection's start the early stripes start,
+/// if it is not up by then. An ssh connection and a cached bootstrap take
+/// about 15 round trips: up within this, the round trip is under ~15 ms.
+const EARLY_STRIPE_AFTER: Duration = Duration::from_millis(250);
+
 /// How long a push waits for its early stripes to attach before it starts
 /// on the streams it has.
 const EARLY_STRIPE_WAIT: Duration = Duration::from_secs(3);
@@ -914,9 +919,25 @@ async fn push_one(
         .iter()
         .filter(|e| matches!(e, crate::files::plan::PlanEntry::File { .. }))
         .count();
-    // Started before the primary connection: see start_stripes_early.
-    let early = start_stripes_early(targs, &host, stripes, total, log_filter);
-    let info = match target::connect_target(router, targs, chain, &host, log_filter).await {
+    // The stripes' transports start while the primary connection is still
+    // being made (see start_stripes_early) — if it is not up within
+    // EARLY_STRIPE_AFTER: a path that fast gains nothing from them (and
+    // below 4 ms gets none), and the primary, being well ahead, is never
+    // the connection an sshd that limits connections still in
+    // authentication (MaxStartups) drops.
+    let mut early = None;
+    let connected = {
+        let connect = target::connect_target(router, targs, chain, &host, log_filter);
+        tokio::pin!(connect);
+        tokio::select! {
+            r = &mut connect => r,
+            _ = tokio::time::sleep(EARLY_STRIPE_AFTER) => {
+                early = start_stripes_early(targs, &host, stripes, total, log_filter);
+                connect.await
+            }
+        }
+    };
+    let info = match connected {
         Ok(i) => i,
         Err(e) => {
             if let Some(b) = &bar {
