@@ -69,7 +69,7 @@ impl Pushed {
             .lines()
             .filter(|l| l.starts_with('{'))
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
-            .filter(|v: &Value| v["summary"] != true)
+            .filter(|v: &Value| v["summary"] != true && v["tee"] != true)
             .collect()
     }
 
@@ -1197,4 +1197,248 @@ fn ssh_killed_mid_transfer_fails_that_host_only_and_leaves_no_temp_file() {
         "left behind: {:?}",
         listing(&victim_dir)
     );
+}
+
+// ------------------------------------------------------ 6. a relay's tee
+
+/// A tree with one large file (several windows), a middling one and small
+/// ones, in a fresh temp dir.
+fn tee_tree(large: u64) -> (tempfile::TempDir, PathBuf, u64, usize) {
+    let src = tempfile::tempdir().expect("tempdir");
+    let top = src.path().join("tree");
+    std::fs::create_dir_all(top.join("small")).expect("mkdir");
+    write_random(&top.join("large.bin"), large, 31);
+    write_random(&top.join("mid.bin"), 300_001, 32);
+    let mut total = large + 300_001;
+    for i in 0..40u64 {
+        let p = top.join("small").join(format!("f{i}"));
+        write_random(&p, 100 + i * 37, 100 + i);
+        total += 100 + i * 37;
+    }
+    set_times(&top.join("large.bin"), 1_234_567_890, 7);
+    (src, top, total, 42)
+}
+
+/// The `--json` line of the relay's tee, if the push printed one.
+fn relay_line(r: &Pushed) -> Option<Value> {
+    r.stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["tee"] == true)
+}
+
+/// A fresh name in each account's home, removed at the end.
+struct InHomes(String, Vec<PathBuf>);
+
+impl InHomes {
+    fn new(tag: &str, users: &[&str]) -> InHomes {
+        let name = OwnedDir::fresh(Path::new(""), tag)
+            .0
+            .to_string_lossy()
+            .into_owned();
+        let dirs = users.iter().map(|u| sshd::home(u).join(&name)).collect();
+        InHomes(name, dirs)
+    }
+}
+
+impl Drop for InHomes {
+    fn drop(&mut self) {
+        for d in &self.1 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+#[test]
+fn a_relay_fetches_each_file_once_and_serves_every_target_behind_it() {
+    let Some(sd) = Sshd::start() else { return };
+    let (_src, top, total, files) = tee_tree((6 << 20) + 7);
+    let users = [sshd::PLAIN, sshd::THIRD, sshd::SUDOER];
+    let dest = InHomes::new("tee", &users);
+    let rsh = sd.rsh();
+    let mut args = vec!["--json", "-r", "-e", &rsh, "--via", "root"];
+    for u in users {
+        args.extend(["-H", u]);
+    }
+    let into_dest = format!("{}/", dest.0);
+    args.extend([s(&top), &into_dest]);
+    let r = push(&args);
+    r.assert_ok();
+    for d in &dest.1 {
+        assert_same_tree(&top, &d.join("tree"));
+    }
+    // One copy over the uplink: the relay received each file's bytes once.
+    let relay = relay_line(&r).unwrap_or_else(|| panic!("no relay line:\n{}", r.describe()));
+    assert_eq!(relay["relay"], "ssh.root", "{relay}");
+    assert_eq!(relay["bytes_fetched"], total, "{relay}");
+    assert_eq!(relay["files_fetched"], files, "{relay}");
+    assert!(relay["shared"].as_u64().unwrap_or(0) > 0, "{relay}");
+    // The targets got their data from the relay, not from the controller:
+    // every large transfer was served there (the small ones go in batches).
+    assert!(
+        relay["served"].as_u64().unwrap_or(0) >= users.len() as u64,
+        "{relay}"
+    );
+
+    // Again: nothing changed, nothing fetched.
+    let r = push(&args);
+    r.assert_ok();
+    let relay = relay_line(&r).unwrap_or_else(|| panic!("no relay line:\n{}", r.describe()));
+    assert_eq!(relay["bytes_fetched"], 0, "{relay}");
+
+    // --no-tee: the same result, each target fetching from the controller.
+    let plain = InHomes::new("notee", &users);
+    let into_plain = format!("{}/", plain.0);
+    let n = args.len();
+    args[n - 1] = &into_plain;
+    args.push("--no-tee");
+    let r = push(&args);
+    r.assert_ok();
+    assert!(relay_line(&r).is_none(), "{}", r.describe());
+    for d in &plain.1 {
+        assert_same_tree(&top, &d.join("tree"));
+    }
+}
+
+/// Waits (at most a minute) until `user` has a context running.
+fn context_of(sd: &Sshd, user: &str, t0: Instant) -> u32 {
+    loop {
+        if let Some(&pid) = remote_contexts(sd, user).first() {
+            return pid;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no context for {user}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_stopped_target_behind_a_relay_holds_nobody_back_and_a_killed_one_fails_alone() {
+    let Some(sd) = Sshd::start() else { return };
+    let (_src, top, _total, _) = tee_tree(48 << 20);
+    let users = [sshd::PLAIN, sshd::THIRD, sshd::KILL];
+    let dest = InHomes::new("teestop", &users);
+    let rsh = sd.rsh();
+    let into_dest = format!("{}/", dest.0);
+    let mut args = vec!["--json", "-r", "-e", &rsh, "--via", "root"];
+    for u in users {
+        args.extend(["-H", u]);
+    }
+    args.extend([s(&top), &into_dest]);
+    let t0 = Instant::now();
+    let p = spawn_push(&args);
+    // Freeze the victim as soon as it exists: it reads nothing more.
+    let victim = context_of(&sd, sshd::KILL, t0);
+    let stopped = Command::new("kill")
+        .args(["-STOP", &victim.to_string()])
+        .status()
+        .expect("kill -STOP");
+    assert!(stopped.success());
+    // Its siblings finish meanwhile.
+    let done = |d: &PathBuf| {
+        std::fs::metadata(d.join("tree/large.bin")).is_ok_and(|m| m.len() == 48 << 20)
+            && std::fs::metadata(d.join("tree/small/f39")).is_ok()
+    };
+    loop {
+        if dest.1[..2].iter().all(done) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the other targets did not finish while {} was stopped",
+            sshd::KILL
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!done(&dest.1[2]), "the stopped target cannot have finished");
+    sshd::kill(victim);
+    let r = p.wait(t0, Duration::from_secs(300));
+    assert!(!r.status.success(), "{}", r.describe());
+    for (u, d) in users[..2].iter().zip(&dest.1) {
+        assert!(
+            r.of(u).iter().all(|l| l["error"].is_null()),
+            "{}",
+            r.describe()
+        );
+        assert_same_tree(&top, &d.join("tree"));
+    }
+    let v = r.of(sshd::KILL);
+    assert!(
+        v.iter().any(|l| l["status"] == "failed"),
+        "{}",
+        r.describe()
+    );
+    // Nothing half-written where it was killed.
+    assert!(
+        !dest.1[2].join("tree/large.bin").exists(),
+        "a partial file landed"
+    );
+}
+
+#[test]
+fn a_relay_killed_mid_push_fails_every_target_below_it_and_nothing_half_written_lands() {
+    let Some(sd) = Sshd::start() else { return };
+    let (_src, top, _total, _) = tee_tree(64 << 20);
+    let users = [sshd::PLAIN, sshd::THIRD];
+    let dest = InHomes::new("teerelay", &users);
+    let rsh = sd.rsh();
+    let into_dest = format!("{}/", dest.0);
+    let mut args = vec![
+        "--json",
+        "-r",
+        "-e",
+        &rsh,
+        "--bwlimit",
+        "8M",
+        "--via",
+        "root",
+    ];
+    for u in users {
+        args.extend(["-H", u]);
+    }
+    args.extend([s(&top), &into_dest]);
+    let t0 = Instant::now();
+    let p = spawn_push(&args);
+    // Both targets are up (so the relay is serving them), then it dies.
+    for u in users {
+        context_of(&sd, u, t0);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let relay: Vec<u32> = remote_contexts(&sd, "root");
+    assert!(!relay.is_empty(), "no relay context");
+    for pid in relay {
+        sshd::kill(pid);
+    }
+    let r = p.wait(t0, Duration::from_secs(120));
+    assert!(!r.status.success(), "{}", r.describe());
+    for u in users {
+        let lines = r.of(u);
+        let failed: Vec<&Value> = lines.iter().filter(|l| l["status"] == "failed").collect();
+        assert!(!failed.is_empty(), "{u}: {}", r.describe());
+        let e = failed[0]["error"].as_str().unwrap_or_default();
+        assert!(
+            e.contains("ssh.root"),
+            "{u}: the error names the relay: {e}"
+        );
+    }
+    for d in &dest.1 {
+        assert!(
+            !d.join("tree/large.bin").exists(),
+            "a half-sent file landed in {}",
+            d.display()
+        );
+    }
+    // The targets' contexts went with their relay.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for u in users {
+        while !remote_contexts(&sd, u).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "{u}'s context outlived its relay"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }

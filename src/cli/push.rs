@@ -169,6 +169,12 @@ pub struct PushArgs {
     /// and fail.
     #[arg(long, value_name = "N")]
     pub max_delete: Option<u64>,
+    /// Do not tee at the relay: every target behind --via fetches each
+    /// file from the controller itself, so each copy crosses the uplink
+    /// (for comparison; by default the last --via hop fetches each file
+    /// once and serves all the targets behind it).
+    #[arg(long)]
+    pub no_tee: bool,
     /// Print one JSON object per file and target instead of text.
     #[arg(long)]
     pub json: bool,
@@ -533,7 +539,7 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
         &log_filter,
         &targets,
     );
-    let outcomes = tokio::select! {
+    let (outcomes, relay) = tokio::select! {
         o = work => o,
         sig = shutdown_signal() => {
             let what = if sig == Exit::Terminated { "terminated" } else { "interrupted" };
@@ -556,6 +562,11 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
         dry_run: args.dry_run,
     };
     let failed = report::print(&style, &outcomes, &sources.skipped);
+    if let Some((name, stats)) = &relay
+        && args.json
+    {
+        report::print_relay(name, stats);
+    }
     if args.compress {
         let s = fs.stats();
         tracing::info!(
@@ -625,12 +636,15 @@ async fn push_all(
     total: u64,
     log_filter: &str,
     targets: &Targets,
-) -> Vec<TargetOutcome> {
+) -> (
+    Vec<TargetOutcome>,
+    Option<(String, crate::files::tee::TeeStats)>,
+) {
     let hosts = args.target.hosts();
     let chain = match target::connect_chain(router, &args.target, log_filter).await {
         Ok(c) => c,
         Err((_, e)) => {
-            return hosts
+            let failed = hosts
                 .into_iter()
                 .map(|host| TargetOutcome {
                     results: vec![EntryResult {
@@ -650,8 +664,17 @@ async fn push_all(
                     seconds: 0.0,
                 })
                 .collect();
+            return (failed, None);
         }
     };
+    let tee = match chain.last {
+        Some(relay) if !args.no_tee => start_tee(router, relay, &chain, args).await,
+        _ => None,
+    };
+    let mut plan = plan;
+    if let Some(relay) = tee {
+        plan.server = relay;
+    }
     let bars = report::Bars::new(!args.json, &hosts);
     let sem = Arc::new(Semaphore::new(args.fanout.max(1)));
     // Delta transfer is for a link: on one machine (a local target, no
@@ -663,7 +686,6 @@ async fn push_all(
         hosts.iter().any(|h| is_local(h)),
         hosts.iter().any(|h| !is_local(h)),
     );
-    let mut plan = plan;
     // (A copy of the plan only when both kinds of target are in one push:
     // a 100,000-entry plan is not cloned for nothing.)
     let local_plan = if any_local && any_remote {
@@ -701,6 +723,7 @@ async fn push_all(
             let _permit = sem.acquire_owned().await;
             push_one(
                 &router, &fs, &targs, &chain, host, &plan, &filter, bar, stripes, total, &reached,
+                tee,
             )
             .await
         }));
@@ -728,7 +751,96 @@ async fn push_all(
             }),
         }
     }
-    out
+    let relay = match tee {
+        Some(relay) => stop_tee(router, relay, &chain).await,
+        None => None,
+    };
+    (out, relay)
+}
+
+/// Starts the tee in `relay` (the last `--via` hop): it fetches each file
+/// once from this controller and serves every target behind it. `None`
+/// (with a warning) if it cannot: the targets then fetch from here.
+async fn start_tee(
+    router: &Router,
+    relay: ContextId,
+    chain: &Chain,
+    args: &PushArgs,
+) -> Option<ContextId> {
+    let tee = crate::files::tee::TeeArgs {
+        upstream: router.id(),
+        serve: crate::files::source::ServeOptions {
+            window: args.window,
+            window_cap: args.window_cap,
+            compress: args.compress,
+            bwlimit: args.bwlimit,
+            bwlimit_total: args.bwlimit_total,
+            xattrs: args.xattr_sel(),
+        },
+        sparse: args.sparse,
+    };
+    let r: Result<(), _> = router
+        .call_service(relay, crate::files::tee::TEE_SERVICE, "start", &tee)
+        .await;
+    match r {
+        Ok(()) => Some(relay),
+        Err(e) => {
+            let name = chain.names.last().map(String::as_str).unwrap_or("relay");
+            out::diag(format_args!(
+                "ferrogen push: {name}: no tee ({e}); every target behind it fetches from here"
+            ));
+            None
+        }
+    }
+}
+
+/// Stops the relay's tee (removing its spool); the relay's name and what
+/// its tee fetched.
+async fn stop_tee(
+    router: &Router,
+    relay: ContextId,
+    chain: &Chain,
+) -> Option<(String, crate::files::tee::TeeStats)> {
+    let name = chain.names.last().cloned().unwrap_or_default();
+    let r: Result<crate::files::tee::TeeStats, _> = router
+        .call_service_timeout(
+            relay,
+            crate::files::tee::TEE_SERVICE,
+            "stop",
+            &(),
+            Some(Duration::from_secs(30)),
+        )
+        .await;
+    match r {
+        Ok(s) => {
+            tracing::info!(
+                "{name}: tee fetched {} files ({} in batches, {} bytes) once, served {} transfers",
+                s.files_fetched + s.small_fetched,
+                s.small_fetched,
+                s.bytes_fetched,
+                s.served
+            );
+            Some((name, s))
+        }
+        Err(e) => {
+            tracing::warn!("{name}: stopping the tee failed: {e}");
+            None
+        }
+    }
+}
+
+/// Bytes acknowledged and files sent to `target` by the relay's tee.
+async fn tee_progress(router: &Router, relay: ContextId, target: ContextId) -> Option<(u64, u64)> {
+    let r: Result<Vec<(u64, u64)>, _> = router
+        .call_service_timeout(
+            relay,
+            crate::files::tee::TEE_SERVICE,
+            "progress",
+            &vec![target],
+            Some(Duration::from_secs(2)),
+        )
+        .await;
+    r.ok().and_then(|v| v.first().copied())
 }
 
 /// Round trips below this are not worth striping: the path's
@@ -832,6 +944,7 @@ async fn push_one(
     stripes: Option<usize>,
     total: u64,
     reached: &Targets,
+    tee: Option<ContextId>,
 ) -> TargetOutcome {
     let t0 = Instant::now();
     // (Files the target finds up to date are not sent: the count sent may
@@ -875,13 +988,19 @@ async fn push_one(
     open_stripes(router, targs, &host, info.id, stripes, total, log_filter);
     let call = router.call_service::<_, Vec<EntryResult>>(info.id, TARGET_SERVICE, "push", plan);
     tokio::pin!(call);
+    // Behind a tee the relay's FileService sends; it is asked now and then.
+    let tick = Duration::from_millis(if tee.is_some() { 500 } else { 100 });
     let result = loop {
         tokio::select! {
             r = &mut call => break r,
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+            _ = tokio::time::sleep(tick), if bar.is_some() => {
+                let (bytes, sent) = match tee {
+                    Some(relay) => tee_progress(router, relay, info.id).await.unwrap_or((0, 0)),
+                    None => (fs.progress(info.id), fs.files_sent(info.id)),
+                };
                 if let Some(b) = &bar {
-                    b.set_position(fs.progress(info.id));
-                    b.set_message(format!("{} of {files} files sent", fs.files_sent(info.id)));
+                    b.set_position(bytes);
+                    b.set_message(format!("{sent} of {files} files sent"));
                 }
             }
         }
@@ -908,7 +1027,9 @@ async fn push_one(
         }
     };
     if let Some(b) = &bar {
-        b.set_position(fs.progress(info.id));
+        if tee.is_none() {
+            b.set_position(fs.progress(info.id));
+        }
         if results.iter().any(|r| r.error.is_some()) {
             b.abandon_with_message("failed");
         } else {

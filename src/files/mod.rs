@@ -79,6 +79,7 @@ pub mod serve;
 pub mod source;
 pub mod sparse;
 pub mod spec;
+pub mod tee;
 pub mod turns;
 pub mod uptodate;
 pub mod walk;
@@ -396,6 +397,7 @@ pub enum TransferMsg {
 pub fn serve_transfers(services: &crate::service::Services, router: &crate::router::Router) {
     plan::register_service(services, router);
     source::register_service(services, router);
+    tee::register_service(services, router);
 }
 
 /// Hex form of a digest.

@@ -600,9 +600,63 @@ pub async fn receive_with_basis(
     .await
 }
 
+/// Watches a file while it is received, for a relay's tee
+/// ([`super::tee`]), which serves the bytes onwards as they land.
+pub struct Observer {
+    /// Gets the temp file, reopened read-only, and the sender's metadata
+    /// as soon as the file exists (before any data).
+    pub opened: Option<tokio::sync::oneshot::Sender<(File, FileMeta)>>,
+    /// How many bytes of the file are written, in order, from its start;
+    /// raised after each write.
+    pub written: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+/// [`receive_with`], telling `observer` where the data goes and how far it
+/// has got, so another reader may follow the file as it is written.
+pub async fn receive_observed(
+    router: &Router,
+    server: ContextId,
+    src: &super::RawPath,
+    place: &Place,
+    temps: &TempFiles,
+    opts: &ReceiveOptions,
+    observer: Observer,
+) -> Result<PendingFile, ReceiveError> {
+    let prep = Prepared {
+        observer: Some(observer),
+        ..Prepared::default()
+    };
+    receive_prepared(
+        router,
+        server,
+        src,
+        place,
+        temps,
+        opts,
+        prep,
+        Instant::now(),
+    )
+    .await
+}
+
+/// The temp file behind `file`, opened again read-only (through
+/// `/proc/self/fd`, which also reaches an anonymous `O_TMPFILE`).
+fn reopen_read_only(file: &File) -> std::io::Result<File> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let fd = rustix::fs::open(
+        path.as_str(),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    Ok(File::from(fd))
+}
+
 /// What a requester brings to a fetch besides the path.
 #[derive(Default)]
 struct Prepared {
+    /// Someone following the file as it is written (a relay's tee).
+    observer: Option<Observer>,
     /// The most bytes the file may have (a pull: what the serving target
     /// announced); a larger one is refused before anything is reserved.
     max_size: Option<u64>,
@@ -811,6 +865,24 @@ async fn receive_prepared(
         }
     };
     pending.stale_partial = prep.stale_partial && !pending.partial;
+    let written = match prep.observer.take() {
+        Some(Observer { opened, written }) => {
+            let reopened = pending.file.as_ref().map(reopen_read_only);
+            match (reopened, opened) {
+                (Some(Ok(f)), Some(tx)) => {
+                    let _ = tx.send((f, meta.clone()));
+                }
+                (Some(Err(e)), _) => {
+                    let e = io_err(dest, "reopen for reading")(e);
+                    reply.ack.close_with(router, &e.to_string());
+                    return Err(e);
+                }
+                _ => {}
+            }
+            Some(written)
+        }
+        None => None,
+    };
     let mut sink = None;
     let basis = prep.basis.map(|(f, b)| (f, b.size));
     let result = receive_data(
@@ -823,6 +895,7 @@ async fn receive_prepared(
         resume,
         opts.fsync,
         opts.sparse,
+        written,
     )
     .await;
     if let Err(e) = &result {
@@ -905,6 +978,7 @@ async fn receive_data(
     mut resume: Option<(u64, blake3::Hasher)>,
     early_writeback: bool,
     sparse: bool,
+    written: Option<Arc<tokio::sync::watch::Sender<u64>>>,
 ) -> Result<(), ReceiveError> {
     let dest = pending.dest.shown().to_path_buf();
     let dest = dest.as_path();
@@ -929,6 +1003,7 @@ async fn receive_data(
             blake3::Hasher::new(),
             old.clone(),
             early_writeback,
+            written.clone(),
         ));
     }
     let mut received = 0u64;
@@ -1078,6 +1153,7 @@ async fn receive_data(
                             hasher,
                             old.clone(),
                             early_writeback,
+                            written.clone(),
                         ));
                         while let Some(next) = held.remove(&received) {
                             held_bytes -= next.held_cost();
@@ -1103,7 +1179,7 @@ async fn receive_data(
         )));
     }
     let got = match sink.take() {
-        Some(Sink::Inline(hasher, _)) => *hasher.finalize().as_bytes(),
+        Some(Sink::Inline(hasher, ..)) => *hasher.finalize().as_bytes(),
         Some(Sink::Thread(writer)) => {
             let (file, got) = writer.finish(dest).await?;
             pending.file = Some(file);
@@ -1290,7 +1366,11 @@ pub fn receive_whole(
 /// Where in-order data goes: hashed and written here (with the offset of
 /// the next byte), or handed to a [`DiskWriter`] thread.
 enum Sink {
-    Inline(Box<blake3::Hasher>, u64),
+    Inline(
+        Box<blake3::Hasher>,
+        u64,
+        Option<Arc<tokio::sync::watch::Sender<u64>>>,
+    ),
     Thread(DiskWriter),
 }
 
@@ -1307,6 +1387,7 @@ impl Sink {
         hasher: blake3::Hasher,
         old: Option<Arc<File>>,
         early_writeback: bool,
+        written: Option<Arc<tokio::sync::watch::Sender<u64>>>,
     ) -> Sink {
         // A file of more than one chunk is written by its own blocking
         // thread, so this context's runtime goes back to reading the stream
@@ -1322,11 +1403,12 @@ impl Sink {
                 from,
                 hasher,
                 old,
+                written,
             )),
             file => {
                 pending.file = file;
                 pending.old = old;
-                Sink::Inline(Box::new(hasher), from)
+                Sink::Inline(Box::new(hasher), from, written)
             }
         }
     }
@@ -1338,13 +1420,16 @@ impl Sink {
         dest: &Path,
     ) -> Result<(), ReceiveError> {
         match self {
-            Sink::Inline(hasher, at) => {
+            Sink::Inline(hasher, at, written) => {
                 if let Some(f) = pending.file.as_ref() {
                     let mut buf = Vec::new();
                     put(f, pending.old.as_deref(), &piece, *at, hasher, &mut buf)
                         .map_err(io_err(dest, "write"))?;
                 }
                 *at += piece.len();
+                if let Some(w) = written {
+                    w.send_replace(*at);
+                }
                 Ok(())
             }
             Sink::Thread(writer) => {
@@ -1354,7 +1439,7 @@ impl Sink {
                 // The thread stopped early because a write failed: collect
                 // its error. The sink is not used again after an error.
                 let Sink::Thread(writer) =
-                    std::mem::replace(self, Sink::Inline(Default::default(), 0))
+                    std::mem::replace(self, Sink::Inline(Default::default(), 0, None))
                 else {
                     unreachable!("matched above");
                 };
@@ -1444,6 +1529,7 @@ struct WriterOutcome {
 }
 
 impl DiskWriter {
+    #[allow(clippy::too_many_arguments)]
     fn start(
         file: File,
         router: Router,
@@ -1452,6 +1538,7 @@ impl DiskWriter {
         from: u64,
         mut hasher: blake3::Hasher,
         old: Option<Arc<File>>,
+        observed: Option<Arc<tokio::sync::watch::Sender<u64>>>,
     ) -> DiskWriter {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(WRITER_QUEUE);
         let handle = tokio::task::spawn_blocking(move || {
@@ -1475,6 +1562,9 @@ impl DiskWriter {
                 }
                 written += piece.len();
                 ack.send_control(&router, &written);
+                if let Some(w) = &observed {
+                    w.send_replace(written);
+                }
                 if early_writeback && written - written_back >= WRITEBACK_EVERY {
                     start_writeback(&file, written_back, written);
                     written_back = written;

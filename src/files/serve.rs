@@ -44,6 +44,7 @@ use super::delta::{self, Matcher, Op};
 use super::meta::FileMeta;
 use super::pace::{Limits, Pacers};
 use super::registry::Registry;
+use super::tee::{Gate, Tee};
 use super::window::{PathEstimate, Sizing, Window};
 use super::{
     CHUNK_DATA, DigestArgs, FILE_SERVICE, FetchArgs, FetchReply, FetchSmallArgs, FileDigest,
@@ -219,6 +220,8 @@ struct Inner {
     zcounters: Arc<CompressCounters>,
     dcounters: Arc<DeltaCounters>,
     pacers: Pacers,
+    /// A relay's tee: files come from its spool, not from `registry`.
+    tee: Option<Arc<Tee>>,
 }
 
 #[derive(Default)]
@@ -281,6 +284,27 @@ enum ReadEvent {
 impl FileService {
     /// Creates the service and registers it with `services`.
     pub fn start(router: &Router, services: &Services, config: FileServiceConfig) -> FileService {
+        Self::start_with(router, services, config, None)
+    }
+
+    /// Creates a relay's service, which serves what `tee` fetches from
+    /// upstream (see [`super::tee`]), and registers it with `services` in
+    /// place of any other FileService of this context.
+    pub fn start_tee(
+        router: &Router,
+        services: &Services,
+        config: FileServiceConfig,
+        tee: Arc<Tee>,
+    ) -> FileService {
+        Self::start_with(router, services, config, Some(tee))
+    }
+
+    fn start_with(
+        router: &Router,
+        services: &Services,
+        config: FileServiceConfig,
+        tee: Option<Arc<Tee>>,
+    ) -> FileService {
         let mut config = config;
         config.sizing = config.sizing.bounded();
         let pacers = Pacers::new(config.bwlimit);
@@ -302,6 +326,7 @@ impl FileService {
                 zcounters: Arc::default(),
                 dcounters: Arc::default(),
                 pacers,
+                tee,
             }),
         };
         let (a, b, c, d) = (fs.clone(), fs.clone(), fs.clone(), fs.clone());
@@ -321,7 +346,7 @@ impl FileService {
                 )
                 .method_then("fetch", Policy::Any, move |caller, args: FetchArgs| {
                     let fs = c.clone();
-                    async move { fs.fetch(caller, args) }
+                    async move { fs.fetch(caller, args).await }
                 })
                 .method("fetch_small", Policy::Any, {
                     let fs = fs.clone();
@@ -337,7 +362,12 @@ impl FileService {
                         async move { fs.digests(caller.src_id, args).await }
                     }
                 })
-                .on_shutdown(move || async move { d.shutdown().await })
+                .on_shutdown(move || async move {
+                    d.shutdown().await;
+                    if let Some(tee) = &d.inner.tee {
+                        tee.stop();
+                    }
+                })
                 .build(),
         );
         fs
@@ -412,7 +442,7 @@ impl FileService {
         &self.inner.config
     }
 
-    fn fetch(
+    async fn fetch(
         &self,
         caller: Caller,
         args: FetchArgs,
@@ -441,10 +471,19 @@ impl FileService {
                 .map_err(|e| RemoteError::Failed(format!("{}: {e}", args.path)))?;
         }
         let slot = self.open_slot(caller.src_id, &args.path.escaped())?;
-        let opened = lock(&inner.registry).open(&args.path);
-        let file = opened.map_err(|e| RemoteError::Failed(e.to_string()))?;
-        let meta = FileMeta::from_fd_with(&file, inner.config.xattrs)
-            .map_err(|e| RemoteError::Failed(format!("{}: {e}", args.path)))?;
+        let (file, meta, gate) = match &inner.tee {
+            Some(tee) => {
+                let s = tee.open(&args.path).await.map_err(RemoteError::Failed)?;
+                (s.file, s.meta, Some(s.gate))
+            }
+            None => {
+                let opened = lock(&inner.registry).open(&args.path);
+                let file = opened.map_err(|e| RemoteError::Failed(e.to_string()))?;
+                let meta = FileMeta::from_fd_with(&file, inner.config.xattrs)
+                    .map_err(|e| RemoteError::Failed(format!("{}: {e}", args.path)))?;
+                (Arc::new(file), meta, None)
+            }
+        };
         let ack_rx = inner
             .router
             .add_handler(None, Policy::Any, Some(caller.src_id), true)
@@ -460,8 +499,9 @@ impl FileService {
             fs: self.clone(),
             id,
             path: args.path.to_string(),
-            file: Arc::new(file),
+            file,
             meta,
+            gate,
             to: args.sender,
             delta: args.delta,
             resume: args.resume,
@@ -567,6 +607,9 @@ impl FileService {
                 router.describe(requester)
             )));
         }
+        if let Some(tee) = &self.inner.tee {
+            tee.ensure_small(&args.paths).await;
+        }
         let fs = self.clone();
         let pacing = self.inner.pacers.for_target(requester);
         // Paced, a reply is one burst: keep it to 1/32 s of the limit
@@ -654,6 +697,9 @@ impl FileService {
                 "the FileService is shutting down".into(),
             ));
         }
+        if let Some(tee) = &self.inner.tee {
+            return tee.digests(args).await;
+        }
         let principal = self.inner.router.principal(requester);
         let slots = lock(&self.inner.small)
             .entry(principal)
@@ -689,6 +735,9 @@ impl FileService {
     /// most [`SMALL_FILE_MAX`] bytes, and fits in what is left of the
     /// reply's `budget`.
     fn read_small(&self, path: &super::RawPath, budget: u64) -> SmallFile {
+        if let Some(tee) = &self.inner.tee {
+            return tee.read_small(path, budget);
+        }
         let opened = lock(&self.inner.registry).open(path);
         let file = match opened {
             Ok(f) => f,
@@ -768,6 +817,8 @@ struct Transfer {
     path: String,
     file: Arc<File>,
     meta: FileMeta,
+    /// A relay's spool file: how far it has arrived (see [`super::tee`]).
+    gate: Option<Gate>,
     to: Sender,
     /// The requester's signature of its old file, for a delta.
     delta: Option<super::delta::Basis>,
@@ -843,6 +894,20 @@ impl Transfer {
     /// Returns the peak bytes in flight, or why the transfer was abandoned.
     async fn pump(&mut self, router: &Router) -> Result<u64, String> {
         let size = self.meta.size;
+        let whole_first = size as usize <= CHUNK_DATA
+            || self.delta.is_some()
+            || self.resume.is_some()
+            || self.sparse;
+        if let Some(gate) = self.gate.as_mut()
+            && whole_first
+        {
+            // A one-chunk file, a delta, a resume and holes read the file
+            // out of order or all at once: they wait for the whole spool.
+            gate.complete()
+                .await
+                .map_err(|why| format!("{}: {why}", self.path))?;
+            self.gate = None;
+        }
         if size as usize <= CHUNK_DATA {
             return self.send_small(router).await;
         }
@@ -880,6 +945,7 @@ impl Transfer {
             basis = None;
         }
         let counters = self.fs.inner.dcounters.clone();
+        let gate = self.gate.take();
         let reader = tokio::task::spawn_blocking(move || {
             let send = |ev| {
                 let ev = match ev {
@@ -892,7 +958,9 @@ impl Transfer {
             if let Some(basis) = basis {
                 read_file_delta(&file, &meta, chunk_len, &basis, &counters, send)
             } else {
-                read_file_from(&file, &meta, chunk_len, resume, sparse, &counters, send)
+                read_file_from(
+                    &file, &meta, chunk_len, resume, sparse, &counters, gate, send,
+                )
             }
         });
         let (mut last_chunk, mut last_compress_ns) = (std::time::Instant::now(), 0u64);
@@ -958,7 +1026,11 @@ impl Transfer {
             let next_len = (size - ledger.file_sent()).min(chunk_len as u64);
             if digest.is_none() && turn.is_some() && window.can_send(next_len) {
                 let waited = std::time::Instant::now();
-                match rx.recv().await {
+                let event = rx.recv().await;
+                // Time spent waiting for our own reader (a relay's spool
+                // still arriving) is not the requester's silence.
+                ack_deadline += waited.elapsed();
+                match event {
                     Some(ReadEvent::Chunk(data, len)) => {
                         if let Some(t) = tuner {
                             let mut t = lock(t);
@@ -1287,6 +1359,7 @@ fn read_file(
         0,
         sparse,
         blake3::Hasher::new(),
+        None,
         &mut send,
     );
 }
@@ -1294,6 +1367,7 @@ fn read_file(
 /// [`read_file`], answering a resume first: the requester's prefix is
 /// hashed here too; if the digests agree the data starts after it, else
 /// at 0. Either way [`ReadEvent::Start`] says where.
+#[allow(clippy::too_many_arguments)]
 fn read_file_from(
     file: &File,
     meta: &FileMeta,
@@ -1301,10 +1375,20 @@ fn read_file_from(
     resume: Option<Resume>,
     sparse: bool,
     counters: &DeltaCounters,
+    gate: Option<Gate>,
     mut send: impl FnMut(ReadEvent) -> bool,
 ) {
     let Some(resume) = resume else {
-        return read_file(file, meta, chunk_len, sparse, send);
+        return read_range(
+            file,
+            meta,
+            chunk_len,
+            0,
+            sparse,
+            blake3::Hasher::new(),
+            gate,
+            &mut send,
+        );
     };
     let mut hasher = blake3::Hasher::new();
     let mut from = 0;
@@ -1329,7 +1413,7 @@ fn read_file_from(
     if !send(ReadEvent::Start(from)) {
         return;
     }
-    read_range(file, meta, chunk_len, from, sparse, hasher, &mut send);
+    read_range(file, meta, chunk_len, from, sparse, hasher, None, &mut send);
 }
 
 /// Hashes `[0, len)` of `file` into `hasher`.
@@ -1361,6 +1445,7 @@ fn read_range(
     mut offset: u64,
     sparse: bool,
     mut hasher: blake3::Hasher,
+    mut gate: Option<Gate>,
     send: &mut impl FnMut(ReadEvent) -> bool,
 ) {
     use super::sparse as holes;
@@ -1383,6 +1468,12 @@ fn read_range(
             }
         }
         let len = (data_end - offset).min(chunk_len.clamp(1, CHUNK_DATA) as u64) as usize;
+        if let Some(g) = gate.as_mut()
+            && let Err(why) = g.wait_blocking(offset + len as u64)
+        {
+            let _ = send(ReadEvent::Failed(why));
+            return;
+        }
         // Not zeroed first: zeroing 128 KiB per chunk cost about 4 % of
         // the sender's CPU, and every byte is overwritten by the read.
         let mut buf = BytesMut::with_capacity(OFFSET_LEN + len);
@@ -1419,6 +1510,23 @@ fn read_range(
         offset += len as u64;
         if !send(ReadEvent::Chunk(buf.freeze(), len as u64)) {
             return;
+        }
+    }
+    if let Some(g) = gate.as_mut() {
+        // A relay's spool: what was read must be what upstream verified
+        // (and the spool file gets the source's times only then).
+        match g.digest_blocking() {
+            Ok(d) if d == *hasher.finalize().as_bytes() => {}
+            Ok(_) => {
+                let _ = send(ReadEvent::Failed(
+                    "relay: the spooled copy does not match the upstream digest".into(),
+                ));
+                return;
+            }
+            Err(why) => {
+                let _ = send(ReadEvent::Failed(why));
+                return;
+            }
         }
     }
     finish_read(file, meta, &hasher, send);
