@@ -1406,9 +1406,9 @@ fn a_relay_killed_mid_push_fails_every_target_below_it_and_nothing_half_written_
         context_of(&sd, u, t0);
     }
     std::thread::sleep(Duration::from_millis(1500));
-    let relay: Vec<u32> = remote_contexts(&sd, "root");
-    assert!(!relay.is_empty(), "no relay context");
-    for pid in relay {
+    let relay_pids: Vec<u32> = remote_contexts(&sd, "root");
+    assert!(!relay_pids.is_empty(), "no relay context");
+    for &pid in &relay_pids {
         sshd::kill(pid);
     }
     let r = p.wait(t0, Duration::from_secs(120));

@@ -667,14 +667,20 @@ async fn push_all(
             return (failed, None);
         }
     };
-    let tee = match chain.last {
+    let started = match chain.last {
         Some(relay) if !args.no_tee => start_tee(router, relay, &chain, args).await,
         _ => None,
     };
     let mut plan = plan;
-    if let Some(relay) = tee {
+    if let Some(relay) = started {
         plan.server = relay;
     }
+    // Behind a tee the plan too crosses the uplink once: the relay keeps
+    // it and hands it to each target.
+    let tee = match started {
+        Some(relay) => send_plan_to_relay(router, relay, &chain, &plan).await,
+        None => None,
+    };
     let bars = report::Bars::new(!args.json, &hosts);
     let sem = Arc::new(Semaphore::new(args.fanout.max(1)));
     // Delta transfer is for a link: on one machine (a local target, no
@@ -751,7 +757,7 @@ async fn push_all(
             }),
         }
     }
-    let relay = match tee {
+    let relay = match started {
         Some(relay) => stop_tee(router, relay, &chain).await,
         None => None,
     };
@@ -788,6 +794,29 @@ async fn start_tee(
             let name = chain.names.last().map(String::as_str).unwrap_or("relay");
             out::diag(format_args!(
                 "ferrogen push: {name}: no tee ({e}); every target behind it fetches from here"
+            ));
+            None
+        }
+    }
+}
+
+/// Leaves the plan with the relay's tee. `None` (the targets are then sent
+/// the plan from here, and fetch from the controller) if that fails.
+async fn send_plan_to_relay(
+    router: &Router,
+    relay: ContextId,
+    chain: &Chain,
+    plan: &PushPlan,
+) -> Option<ContextId> {
+    let r: Result<(), _> = router
+        .call_service(relay, crate::files::tee::TEE_SERVICE, "plan", plan)
+        .await;
+    match r {
+        Ok(()) => Some(relay),
+        Err(e) => {
+            let name = chain.names.last().map(String::as_str).unwrap_or("relay");
+            out::diag(format_args!(
+                "ferrogen push: {name}: could not leave the plan with the tee ({e})"
             ));
             None
         }
@@ -986,7 +1015,25 @@ async fn push_one(
         report::Bars::connected(b);
     }
     open_stripes(router, targs, &host, info.id, stripes, total, log_filter);
-    let call = router.call_service::<_, Vec<EntryResult>>(info.id, TARGET_SERVICE, "push", plan);
+    let call = async {
+        match tee {
+            Some(relay) => {
+                router
+                    .call_service::<_, Vec<EntryResult>>(
+                        relay,
+                        crate::files::tee::TEE_SERVICE,
+                        "push",
+                        &info.id,
+                    )
+                    .await
+            }
+            None => {
+                router
+                    .call_service::<_, Vec<EntryResult>>(info.id, TARGET_SERVICE, "push", plan)
+                    .await
+            }
+        }
+    };
     tokio::pin!(call);
     // Behind a tee the relay's FileService sends; it is asked now and then.
     let tick = Duration::from_millis(if tee.is_some() { 500 } else { 100 });

@@ -46,12 +46,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use super::meta::FileMeta;
+use super::outcome::EntryResult;
 use super::place::{Place, Root};
 use super::receive::{self, Observer, PendingFile, ReceiveOptions, TempFiles};
 use super::source::ServeOptions;
+use super::spec::PushPlan;
 use super::{
     DigestArgs, FILE_SERVICE, FetchSmallArgs, FileDigest, FileService, RawPath, SMALL_FILE_MAX,
-    SmallFile,
+    SmallFile, TARGET_SERVICE,
 };
 use crate::call::RemoteError;
 use crate::router::{Policy, Router};
@@ -207,6 +209,7 @@ impl Spool {
     /// A fresh owner-only directory under the temp directory.
     fn create() -> std::io::Result<Spool> {
         let base = std::env::temp_dir();
+        sweep_stale(&base);
         let mut attempt = 0u32;
         let path = loop {
             let nanos = std::time::SystemTime::now()
@@ -243,6 +246,33 @@ impl Spool {
             path,
             blob: Mutex::new((File::from(fd), 0)),
         })
+    }
+}
+
+/// Removes the spool directories of relays that died without stopping
+/// (SIGKILL, a power cut): their anonymous files went with them, so only
+/// the empty directory is left, named after the dead process.
+fn sweep_stale(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let me = rustix::process::geteuid().as_raw();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("ferrogen-tee-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let mine = {
+            use std::os::unix::fs::MetadataExt;
+            e.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me)
+        };
+        if mine && !Path::new(&format!("/proc/{pid}")).exists() {
+            // Only if empty: anything else in it is not ours to remove.
+            let _ = std::fs::remove_dir(e.path());
+        }
     }
 }
 
@@ -661,16 +691,21 @@ fn stamp(file: &File, meta: &FileMeta) -> std::io::Result<()> {
 #[derive(Default)]
 struct Slot {
     running: Option<(Arc<Tee>, FileService)>,
+    /// The push plan, sent once over the uplink and forwarded from here
+    /// to each target (`plan`, `push`).
+    plan: Option<Arc<PushPlan>>,
 }
 
 /// Registers `ferrogen.files.tee` (parents only): `start(TeeArgs)`,
-/// `stats(()) -> TeeStats`, `progress(Vec<u32>) -> Vec<(u64, u64)>` (bytes
-/// acknowledged and files sent to each of those children) and
-/// `stop(()) -> TeeStats`.
+/// `plan(PushPlan)` (kept here), `push(u32) -> Vec<EntryResult>` (sends
+/// the kept plan to that target and answers its results), `stats(()) ->
+/// TeeStats`, `progress(Vec<u32>) -> Vec<(u64, u64)>` (bytes acknowledged
+/// and files sent to each of those children) and `stop(()) -> TeeStats`.
 pub fn register_service(services: &Services, router: &Router) {
     let slot: Arc<Mutex<Slot>> = Arc::default();
     let (r, s, start_slot) = (router.clone(), services.clone(), slot.clone());
-    let (stats_slot, progress_slot, stop_slot) = (slot.clone(), slot.clone(), slot);
+    let (stats_slot, progress_slot, stop_slot) = (slot.clone(), slot.clone(), slot.clone());
+    let (plan_slot, push_slot, push_router) = (slot.clone(), slot, router.clone());
     services.register(
         ServiceBuilder::new(TEE_SERVICE)
             .method("start", Policy::ParentsOnly, move |_c, args: TeeArgs| {
@@ -692,6 +727,25 @@ pub fn register_service(services: &Services, router: &Router) {
                     let fs = FileService::start_tee(&r, &s, args.serve.config(), tee.clone());
                     slot.running = Some((tee, fs));
                     Ok::<_, RemoteError>(())
+                }
+            })
+            .method("plan", Policy::ParentsOnly, move |_c, plan: PushPlan| {
+                let slot = plan_slot.clone();
+                async move {
+                    lock(&slot).plan = Some(Arc::new(plan));
+                    Ok::<_, RemoteError>(())
+                }
+            })
+            .method("push", Policy::ParentsOnly, move |_c, target: u32| {
+                let (slot, router) = (push_slot.clone(), push_router.clone());
+                async move {
+                    let plan = lock(&slot).plan.clone().ok_or_else(|| {
+                        RemoteError::Failed("relay: no plan was sent here".into())
+                    })?;
+                    router
+                        .call_service::<_, Vec<EntryResult>>(target, TARGET_SERVICE, "push", &*plan)
+                        .await
+                        .map_err(|e| RemoteError::Failed(e.to_string()))
                 }
             })
             .method("stats", Policy::ParentsOnly, move |_c, (): ()| {
@@ -721,7 +775,11 @@ pub fn register_service(services: &Services, router: &Router) {
                 let slot = stop_slot.clone();
                 async move {
                     let stats = running_stats(&slot);
-                    let running = lock(&slot).running.take();
+                    let running = {
+                        let mut slot = lock(&slot);
+                        slot.plan = None;
+                        slot.running.take()
+                    };
                     if let Some((tee, fs)) = running {
                         fs.shutdown().await;
                         tee.stop();
