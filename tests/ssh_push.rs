@@ -1442,3 +1442,48 @@ fn a_relay_killed_mid_push_fails_every_target_below_it_and_nothing_half_written_
         }
     }
 }
+
+#[test]
+fn targets_behind_different_relays_are_each_served_by_their_own_relay() {
+    let Some(sd) = Sshd::start() else { return };
+    let (_src, top, total, _) = tee_tree((3 << 20) + 5);
+    let users = [sshd::PLAIN, sshd::THIRD, sshd::SUDOER];
+    let dest = InHomes::new("teegroups", &users);
+    // fgplain behind ssh root, fgthird behind a local relay, fgsudo direct.
+    let list = tempfile::NamedTempFile::new().expect("hosts file");
+    std::fs::write(
+        list.path(),
+        format!("{} root\n{} local\n{}\n", users[0], users[1], users[2]),
+    )
+    .expect("write hosts");
+    let rsh = sd.rsh();
+    let into_dest = format!("{}/", dest.0);
+    let r = push(&[
+        "--json",
+        "-r",
+        "-e",
+        &rsh,
+        "--hosts",
+        s(list.path()),
+        s(&top),
+        &into_dest,
+    ]);
+    r.assert_ok();
+    for d in &dest.1 {
+        assert_same_tree(&top, &d.join("tree"));
+    }
+    let relays: Vec<Value> = r
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["tee"] == true)
+        .collect();
+    assert_eq!(relays.len(), 2, "{}", r.describe());
+    let names: Vec<&str> = relays.iter().filter_map(|v| v["relay"].as_str()).collect();
+    assert!(names.contains(&"ssh.root"), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("local.")), "{names:?}");
+    for v in &relays {
+        assert_eq!(v["bytes_fetched"], total, "{v}");
+    }
+    assert_eq!(r.of(users[0])[0]["context"], "ssh.fgplain");
+}

@@ -539,7 +539,7 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
         &log_filter,
         &targets,
     );
-    let (outcomes, relay) = tokio::select! {
+    let (outcomes, relays) = tokio::select! {
         o = work => o,
         sig = shutdown_signal() => {
             let what = if sig == Exit::Terminated { "terminated" } else { "interrupted" };
@@ -562,10 +562,10 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
         dry_run: args.dry_run,
     };
     let failed = report::print(&style, &outcomes, &sources.skipped);
-    if let Some((name, stats)) = &relay
-        && args.json
-    {
-        report::print_relay(name, stats);
+    if args.json {
+        for (name, stats) in &relays {
+            report::print_relay(name, stats);
+        }
     }
     if args.compress {
         let s = fs.stats();
@@ -628,6 +628,10 @@ pub(crate) async fn shutdown_signal() -> Exit {
     }
 }
 
+/// Pushes to every target, each group of targets reached through the same
+/// hops (`--via`, a hosts file's relay column) on its own, all groups at
+/// once; the outcomes in the order the targets were named, and what each
+/// relay's tee fetched.
 async fn push_all(
     router: &Router,
     fs: &FileService,
@@ -638,10 +642,86 @@ async fn push_all(
     targets: &Targets,
 ) -> (
     Vec<TargetOutcome>,
+    Vec<(String, crate::files::tee::TeeStats)>,
+) {
+    let groups = args.target.groups();
+    let bars = report::Bars::new(!args.json, &args.target.hosts());
+    let mut plans = Vec::with_capacity(groups.len());
+    // (One plan per group: a 100,000-entry plan is not cloned for nothing.)
+    let mut plan = Some(plan);
+    for k in 0..groups.len() {
+        let p = if k + 1 == groups.len() {
+            plan.take().unwrap_or_default()
+        } else {
+            plan.clone().unwrap_or_default()
+        };
+        plans.push(p);
+    }
+    let runs = groups.iter().zip(plans).map(|(g, plan)| {
+        let targs = args.target.for_group(g);
+        let bars = &bars;
+        Box::pin(async move {
+            push_group(
+                router, fs, args, &targs, plan, total, log_filter, targets, bars,
+            )
+            .await
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>>
+    });
+    let done = join_all(runs.collect()).await;
+    let mut outcomes = Vec::new();
+    let mut relays = Vec::new();
+    for (o, r) in done {
+        outcomes.extend(o);
+        relays.extend(r);
+    }
+    (outcomes, relays)
+}
+
+/// Runs `futures` concurrently on this task; their outputs in order.
+/// (Written here rather than adding the `futures` crate for one function.)
+async fn join_all<T>(
+    mut futures: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + '_>>>,
+) -> Vec<T> {
+    let mut outputs: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *out = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+/// Pushes to one group of targets: connects its hops, starts the tee in
+/// its last hop, and pushes to its targets `--fanout` at a time.
+#[allow(clippy::too_many_arguments)]
+async fn push_group(
+    router: &Router,
+    fs: &FileService,
+    args: &PushArgs,
+    targs: &TargetArgs,
+    plan: PushPlan,
+    total: u64,
+    log_filter: &str,
+    targets: &Targets,
+    bars: &report::Bars,
+) -> (
+    Vec<TargetOutcome>,
     Option<(String, crate::files::tee::TeeStats)>,
 ) {
-    let hosts = args.target.hosts();
-    let chain = match target::connect_chain(router, &args.target, log_filter).await {
+    let hosts = targs.hosts();
+    let chain = match target::connect_chain(router, targs, log_filter).await {
         Ok(c) => c,
         Err((_, e)) => {
             let failed = hosts
@@ -681,12 +761,10 @@ async fn push_all(
         Some(relay) => send_plan_to_relay(router, relay, &chain, &plan).await,
         None => None,
     };
-    let bars = report::Bars::new(!args.json, &hosts);
     let sem = Arc::new(Semaphore::new(args.fanout.max(1)));
     // Delta transfer is for a link: on one machine (a local target, no
     // hop) the file is sent whole unless --no-whole-file.
-    let is_local =
-        |host: &str| args.target.via.is_empty() && target::parse(host) == Ok(Method::Local);
+    let is_local = |host: &str| targs.via.is_empty() && target::parse(host) == Ok(Method::Local);
     let local_delta = plan.options.delta && args.no_whole_file;
     let (any_local, any_remote) = (
         hosts.iter().any(|h| is_local(h)),
@@ -720,7 +798,7 @@ async fn push_all(
             plan.clone(),
             sem.clone(),
         );
-        let targs = args.target.clone();
+        let targs = targs.clone();
         let filter = log_filter.to_string();
         let bar = bars.add(&host, total);
         let stripes = args.stripes;
