@@ -71,7 +71,7 @@ fn host_file_arg(path: &str) -> Result<HostFile, String> {
             connect::parse_method(r).map_err(|e| at(format!("relay {r:?}: {e}")))?;
         }
         for name in nodeset::expand(set).map_err(|e| at(e.to_string()))? {
-            connect::parse_method(&name).map_err(|e| at(e))?;
+            connect::parse_method(&name).map_err(&at)?;
             if seen.insert(name.clone()) {
                 hosts.push((name, relays.clone()));
                 if hosts.len() > nodeset::MAX_NODES {
