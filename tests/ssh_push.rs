@@ -1441,6 +1441,44 @@ fn a_relay_killed_mid_push_fails_every_target_below_it_and_nothing_half_written_
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    // The killed relay's spool directory (empty: its files had no names)
+    // is swept by the next tee on that host.
+    let stale: Vec<PathBuf> = relay_pids.iter().flat_map(|p| spool_dirs_of(*p)).collect();
+    assert!(
+        !stale.is_empty(),
+        "a SIGKILLed relay leaves its (empty) spool"
+    );
+    let again = InHomes::new("teeagain", &users[..1]);
+    let into_again = format!("{}/", again.0);
+    let mid = top.join("mid.bin");
+    let r = push(&[
+        "--json",
+        "-e",
+        &rsh,
+        "--via",
+        "root",
+        "-H",
+        users[0],
+        s(&mid),
+        &into_again,
+    ]);
+    r.assert_ok();
+    for d in &stale {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+}
+
+/// The spool directories named after relay process `pid`.
+fn spool_dirs_of(pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("ferrogen-tee-{pid}-");
+    std::fs::read_dir(std::env::temp_dir())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[test]
@@ -1486,4 +1524,60 @@ fn targets_behind_different_relays_are_each_served_by_their_own_relay() {
         assert_eq!(v["bytes_fetched"], total, "{v}");
     }
     assert_eq!(r.of(users[0])[0]["context"], "ssh.fgplain");
+}
+
+#[test]
+fn ctrl_c_during_a_teed_push_cleans_every_level() {
+    let Some(sd) = Sshd::start() else { return };
+    let (_src, top, _total, _) = tee_tree(64 << 20);
+    let users = [sshd::PLAIN, sshd::THIRD];
+    let dest = InHomes::new("teeint", &users);
+    let rsh = sd.rsh();
+    let into_dest = format!("{}/", dest.0);
+    let mut args = vec![
+        "--json",
+        "-r",
+        "-e",
+        &rsh,
+        "--bwlimit",
+        "8M",
+        "--via",
+        "root",
+    ];
+    for u in users {
+        args.extend(["-H", u]);
+    }
+    args.extend([s(&top), &into_dest]);
+    let t0 = Instant::now();
+    let p = spawn_push(&args);
+    for u in users {
+        context_of(&sd, u, t0);
+    }
+    let relay_pids = remote_contexts(&sd, "root");
+    std::thread::sleep(Duration::from_millis(1500));
+    let sent = Command::new("kill")
+        .args(["-INT", &p.pid().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(sent.success());
+    let r = p.wait(t0, Duration::from_secs(60));
+    assert_eq!(r.status.code(), Some(130), "{}", r.describe());
+    for d in &dest.1 {
+        assert!(
+            !d.join("tree/large.bin").exists(),
+            "a half-sent file landed in {}",
+            d.display()
+        );
+    }
+    // Every level ends: the targets, the relay, and the relay's spool.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for u in [users[0], users[1], "root"] {
+        while !remote_contexts(&sd, u).is_empty() {
+            assert!(Instant::now() < deadline, "{u}'s context outlived the push");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for pid in relay_pids {
+        assert!(spool_dirs_of(pid).is_empty(), "relay {pid} left its spool");
+    }
 }
