@@ -311,6 +311,13 @@ def command(a, fl, c, kind, src, hosts, work):
     return argv, env
 
 
+def cpu_jiffies():
+    """(busy, idle) jiffies of the whole machine, from /proc/stat."""
+    f = [int(x) for x in open('/proc/stat').readline().split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = f
+    return user + nice + system + irq + softirq + steal, idle + iowait
+
+
 def one_run(a, fl, c, kind, data, hosts, work):
     src, expect, payload = data[kind]
     cut = a.timeout_small if kind == 'small' and a.timeout_small else a.timeout
@@ -323,6 +330,7 @@ def one_run(a, fl, c, kind, data, hosts, work):
     r0 = link_bytes(fl.ns_relay, 'fgft-relay')
     mem = RelayMemory(fl.ino_relay, fl.listeners)
     mem.start()
+    cpu0 = cpu_jiffies()
     t0 = time.monotonic()
     logf = open(os.path.join(work, 'run.log'), 'w')
     p = subprocess.Popen(full, env=env, cwd=work, stdout=logf, stderr=subprocess.STDOUT,
@@ -339,6 +347,8 @@ def one_run(a, fl, c, kind, data, hosts, work):
             os.killpg(p.pid, signal.SIGKILL)
             rc = p.wait()
     secs = time.monotonic() - t0
+    cpu1 = cpu_jiffies()
+    busy, idle = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
     m = mem.result()
     c1 = link_bytes(fl.ns_ctl, 'fgft-ctl')
     r1 = link_bytes(fl.ns_relay, 'fgft-relay')
@@ -364,6 +374,10 @@ def one_run(a, fl, c, kind, data, hosts, work):
         'relay_rx_bytes': r1[1] - r0[1], 'relay_tx_bytes': r1[0] - r0[0],
         'ok': not bad and rc == 0 and not timed_out, 'bad_hosts': bad, 'leftovers': left,
         'load1': round(load, 2),
+        # The whole machine (every namespace shares its cores): how busy
+        # the CPUs were during the run, and the CPU seconds spent.
+        'cpu_busy_pct': round(100.0 * busy / max(1, busy + idle), 1),
+        'cpu_s': round(busy / os.sysconf('SC_CLK_TCK'), 1),
     }
     rec.update(m)
     if not rec['ok']:
@@ -387,7 +401,9 @@ def table(a, results, meta):
              'the controller sent over the uplink (its TUN device\'s tx bytes; × = multiples of the '
              'payload), **↑** the reverse; **relay RSS** is the largest VmHWM of any one process in '
              'the relay\'s namespace (its command) / the peak of the sum of VmRSS of all of them (shared pages such as libcrypto\'s count '
-             'once per process, so the sum overstates what the relay uses). '
+             'once per process, so the sum overstates what the relay uses); **CPU busy** is how busy the '
+             'machine\'s cores were during the run (every namespace shares them: controller, relay, hosts, '
+             'their sshds) and the CPU seconds spent. '
              '**check**: every host\'s tree equal to the source (SHA-256), else what was wrong. '
              'ferrogen\'s binary is in every host\'s cache before the first timed run (one untimed push). '
              'Load average (1 min) before each run in the JSON.' % (
@@ -408,8 +424,8 @@ def table(a, results, meta):
             continue
         L.append('%s:' % ('%d MiB file' % a.large_mib if kind == 'large' else '%d × 1 KiB files' % a.small))
         L.append('')
-        L.append('| hosts | contender | wall s | uplink ↓ MiB | ↓ × payload | ↑ MiB | relay RSS max MiB | relay RSS sum MiB | check |')
-        L.append('|---:|---|---:|---:|---:|---:|---:|---:|---|')
+        L.append('| hosts | contender | wall s | uplink ↓ MiB | ↓ × payload | ↑ MiB | relay RSS max MiB | relay RSS sum MiB | CPU busy % (CPU s) | check |')
+        L.append('|---:|---|---:|---:|---:|---:|---:|---:|---:|---|')
         for r in sorted(rows, key=lambda r: (r['hosts'], [c for c, _ in CONTENDERS].index(r['contender']))):
             chk = 'ok' if r['ok'] else ('; '.join(r['bad_hosts'][:2]) or 'exit %s' % r['rc'])
             if r['ok'] is False and not r['bad_hosts']:
@@ -417,10 +433,11 @@ def table(a, results, meta):
             if r.get('timeout'):
                 chk = 'cut at %d s; ' % r['cut_s'] + chk
             relay_max = ('%.1f (%s)' % (r['relay_max_mib'], r['relay_max_comm'])) if r['relay_procs'] else '0'
-            L.append('| %d | %s | %s | %.1f | %.2f | %.1f | %s | %.1f | %s |' % (
+            cpu = ('%.0f (%.1f)' % (r['cpu_busy_pct'], r['cpu_s'])) if 'cpu_s' in r else '?'
+            L.append('| %d | %s | %s | %.1f | %.2f | %.1f | %s | %.1f | %s | %s |' % (
                 r['hosts'], LABEL[r['contender']], fmt_s(r), r['up_bytes'] / MiB,
                 r['up_bytes'] / r['payload_bytes'], r['down_bytes'] / MiB, relay_max,
-                r['relay_sum_mib'], chk.replace('|', '/')))
+                r['relay_sum_mib'], cpu, chk.replace('|', '/')))
         L.append('')
     if a.chart_name:
         L.append('![fleet benchmark](%s)' % a.chart_name)
@@ -616,8 +633,8 @@ def main():
             log('%s, %s, %d host(s) ...' % (c, kind, n))
             r = one_run(a, fl, c, kind, data, hosts, work)
             results.append(r)
-            log('  %s s, uplink %.1f MiB (%.2f x), relay max %.1f MiB (%s), sum %.1f MiB, %s%s' % (
-                fmt_s(r), r['up_bytes'] / MiB, r['up_bytes'] / r['payload_bytes'], r['relay_max_mib'],
+            log('  %s s, uplink %.1f MiB (%.2f x), cpu %s%% busy, relay max %.1f MiB (%s), sum %.1f MiB, %s%s' % (
+                fmt_s(r), r['up_bytes'] / MiB, r['up_bytes'] / r['payload_bytes'], r['cpu_busy_pct'], r['relay_max_mib'],
                 r['relay_max_comm'], r['relay_sum_mib'], 'ok' if r['ok'] else 'FAILED %s' % r['bad_hosts'][:3],
                 ' (left: %s)' % r['leftovers'] if r['leftovers'] else ''))
             if not r['ok']:
