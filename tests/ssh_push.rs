@@ -1273,6 +1273,8 @@ fn a_relay_fetches_each_file_once_and_serves_every_target_behind_it() {
     assert_eq!(relay["bytes_fetched"], total, "{relay}");
     assert_eq!(relay["files_fetched"], files, "{relay}");
     assert!(relay["shared"].as_u64().unwrap_or(0) > 0, "{relay}");
+    // Each large file left the spool once all three targets had it.
+    assert_eq!(relay["evicted"], 2, "{relay}");
     // The targets got their data from the relay, not from the controller:
     // every large transfer was served there (the small ones go in batches).
     assert!(

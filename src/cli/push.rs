@@ -748,7 +748,7 @@ async fn push_group(
         }
     };
     let started = match chain.last {
-        Some(relay) if !args.no_tee => start_tee(router, relay, &chain, args).await,
+        Some(relay) if !args.no_tee => start_tee(router, relay, &chain, args, hosts.len()).await,
         _ => None,
     };
     let mut plan = plan;
@@ -850,6 +850,7 @@ async fn start_tee(
     relay: ContextId,
     chain: &Chain,
     args: &PushArgs,
+    targets: usize,
 ) -> Option<ContextId> {
     let tee = crate::files::tee::TeeArgs {
         upstream: router.id(),
@@ -862,6 +863,7 @@ async fn start_tee(
             xattrs: args.xattr_sel(),
         },
         sparse: args.sparse,
+        targets: u32::try_from(targets).unwrap_or(0),
     };
     let r: Result<(), _> = router
         .call_service(relay, crate::files::tee::TEE_SERVICE, "start", &tee)

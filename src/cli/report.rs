@@ -170,6 +170,7 @@ pub fn print_relay(relay: &str, s: &crate::files::tee::TeeStats) {
         "bytes_fetched": s.bytes_fetched,
         "shared": s.shared,
         "served": s.served,
+        "evicted": s.evicted,
     }));
 }
 

@@ -234,6 +234,12 @@ fn io_err<'a>(
 }
 
 impl PendingFile {
+    /// True if the temp file has no name (`O_TMPFILE`): dropping this
+    /// leaves nothing behind, and another descriptor of it keeps it alive.
+    pub fn is_anonymous(&self) -> bool {
+        self.anonymous
+    }
+
     /// A named temp file `temp` (a partial file, if `partial`: then not
     /// registered in `temps`, so this context's shutdown keeps it).
     fn new(

@@ -499,6 +499,7 @@ impl FileService {
             fs: self.clone(),
             id,
             path: args.path.to_string(),
+            raw: args.path.clone(),
             file,
             meta,
             gate,
@@ -815,6 +816,8 @@ struct Transfer {
     fs: FileService,
     id: u64,
     path: String,
+    /// The path as asked for, byte for byte.
+    raw: super::RawPath,
     file: Arc<File>,
     meta: FileMeta,
     /// A relay's spool file: how far it has arrived (see [`super::tee`]).
@@ -869,6 +872,9 @@ impl Transfer {
         let stats = &self.fs.inner.stats;
         match outcome {
             Ok(peak) => {
+                if let Some(tee) = &self.fs.inner.tee {
+                    tee.delivered(&self.raw);
+                }
                 let mut s = lock(stats);
                 s.completed += 1;
                 s.peak_in_flight = s.peak_in_flight.max(peak);

@@ -74,6 +74,11 @@ pub struct TeeArgs {
     pub serve: ServeOptions,
     /// `--sparse`: holes are fetched as holes and kept in the spool.
     pub sparse: bool,
+    /// How many targets this relay serves (0: not known). A spooled file
+    /// sent whole to that many is dropped from the spool, so the spool
+    /// holds only what some target still lacks.
+    #[serde(default)]
+    pub targets: u32,
 }
 
 /// What a tee did, as `stop` and `stats` answer.
@@ -89,6 +94,9 @@ pub struct TeeStats {
     pub shared: u64,
     /// Transfers this relay completed to its children.
     pub served: u64,
+    /// Spooled files dropped once every target had them.
+    #[serde(default)]
+    pub evicted: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -183,6 +191,8 @@ type Opened = Option<Result<(Arc<File>, FileMeta), String>>;
 struct Large {
     opened: watch::Receiver<Opened>,
     gate: Gate,
+    /// Transfers of it completed to targets.
+    delivered: AtomicU64,
 }
 
 /// One small file, once its batch has arrived.
@@ -295,6 +305,10 @@ impl Spool {
 pub struct Tee {
     router: Router,
     upstream: ContextId,
+    /// Targets served (0: not known; nothing is evicted).
+    targets: u64,
+    /// Spooled files dropped once every target had them.
+    evicted: AtomicU64,
     opts: ReceiveOptions,
     spool: Spool,
     temps: TempFiles,
@@ -313,10 +327,17 @@ pub struct Tee {
 impl Tee {
     /// A tee fetching from `upstream`, spooling in a fresh private
     /// directory under the temp directory.
-    pub fn new(router: &Router, upstream: ContextId, sparse: bool) -> std::io::Result<Tee> {
+    pub fn new(
+        router: &Router,
+        upstream: ContextId,
+        sparse: bool,
+        targets: u32,
+    ) -> std::io::Result<Tee> {
         Ok(Tee {
             router: router.clone(),
             upstream,
+            targets: u64::from(targets),
+            evicted: AtomicU64::new(0),
             opts: ReceiveOptions {
                 fsync: false,
                 preserve_owner: false,
@@ -353,6 +374,7 @@ impl Tee {
             bytes_fetched: get(&self.bytes_fetched),
             shared: get(&self.shared),
             served: 0,
+            evicted: get(&self.evicted),
         }
     }
 
@@ -402,6 +424,7 @@ impl Tee {
                 written: written.subscribe(),
                 done: done_rx,
             },
+            delivered: AtomicU64::new(0),
         });
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let (tee, path) = (self.clone(), path.clone());
@@ -475,7 +498,13 @@ impl Tee {
                         }),
                         None => Err(format!("{path}: relay: the spool file was not opened")),
                     };
-                    lock(&tee.kept).push(pending);
+                    if !pending.is_anonymous() {
+                        // A named temp file (no O_TMPFILE here): removed
+                        // when this is dropped, at the end.
+                        lock(&tee.kept).push(pending);
+                    }
+                    // (An anonymous one lives on through the read-only
+                    // descriptor; its writing one is closed now.)
                     done_tx.send_replace(Some(ending));
                 }
                 Err(e) => {
@@ -489,6 +518,24 @@ impl Tee {
         });
         lock(&self.tasks).push(task.abort_handle());
         large
+    }
+
+    /// A transfer of `path` to a target completed. Once every target has
+    /// had it, the spool lets it go: its descriptors close and, having no
+    /// name, the file's space is freed (a target that fetches it again
+    /// later gets a fresh upstream fetch).
+    pub fn delivered(&self, path: &RawPath) {
+        if self.targets == 0 {
+            return;
+        }
+        let mut map = lock(&self.large);
+        let done = map
+            .get(path)
+            .is_some_and(|l| l.delivered.fetch_add(1, Ordering::Relaxed) + 1 >= self.targets);
+        if done {
+            map.remove(path);
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Makes sure every path of a `fetch_small` batch has arrived (or
@@ -717,12 +764,13 @@ pub fn register_service(services: &Services, router: &Router) {
                             "relay: a tee is already running here".into(),
                         ));
                     }
-                    let tee = Tee::new(&r, args.upstream, args.sparse).map_err(|e| {
-                        RemoteError::Failed(format!(
-                            "relay: cannot create a spool directory under {}: {e}",
-                            std::env::temp_dir().display()
-                        ))
-                    })?;
+                    let tee =
+                        Tee::new(&r, args.upstream, args.sparse, args.targets).map_err(|e| {
+                            RemoteError::Failed(format!(
+                                "relay: cannot create a spool directory under {}: {e}",
+                                std::env::temp_dir().display()
+                            ))
+                        })?;
                     let tee = Arc::new(tee);
                     let fs = FileService::start_tee(&r, &s, args.serve.config(), tee.clone());
                     slot.running = Some((tee, fs));
