@@ -73,6 +73,7 @@ pub mod pace;
 pub mod passwd;
 pub mod place;
 pub mod plan;
+pub mod reassembly;
 pub mod receive;
 pub mod registry;
 pub mod serve;

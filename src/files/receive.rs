@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use super::delta;
 use super::meta::{FileMeta, lookup_gid, lookup_uid};
 use super::place::{self, Place};
+use super::reassembly::{Piece, Reassembly, Started};
 use super::{FILE_SERVICE, FetchArgs, FetchReply, TransferMsg};
 use crate::call::CallError;
 use crate::channel::ChannelError;
@@ -940,39 +941,6 @@ async fn keep_partial(pending: &mut PendingFile, sink: Option<Sink>) {
     }
 }
 
-/// One in-order piece of the new file.
-enum Piece {
-    /// Bytes from the sender.
-    Data(bytes::Bytes),
-    /// Bytes of the old file (a delta's copy instruction).
-    Copy {
-        /// Offset in the old file.
-        from: u64,
-        /// How many.
-        len: u64,
-    },
-    /// That many zero bytes left as a hole (`--sparse`).
-    Hole(u64),
-}
-
-impl Piece {
-    fn len(&self) -> u64 {
-        match self {
-            Piece::Data(d) => d.len() as u64,
-            Piece::Copy { len, .. } | Piece::Hole(len) => *len,
-        }
-    }
-
-    /// What holding it out of order costs in memory (a copy instruction
-    /// is small, but not free: a hostile sender could send millions).
-    fn held_cost(&self) -> usize {
-        match self {
-            Piece::Data(d) => d.len(),
-            Piece::Copy { .. } | Piece::Hole(_) => 64,
-        }
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn receive_data(
     router: &Router,
@@ -995,11 +963,10 @@ async fn receive_data(
         detail,
     };
     let old = basis.as_ref().map(|(f, _)| f.clone());
-    // Where the data starts: 0, or (resuming) what the sender's `Start`
-    // says; until then data is held.
-    let mut base = None;
+    // Order, bounds and the end are the reassembly's; this loop decodes
+    // frames and writes what it releases.
+    let mut order = Reassembly::new(meta.size, resume.as_ref().map(|(len, _)| *len));
     if resume.is_none() {
-        base = Some(0);
         *sink = Some(Sink::new(
             pending,
             &meta,
@@ -1012,18 +979,9 @@ async fn receive_data(
             written.clone(),
         ));
     }
-    let mut received = 0u64;
-    let mut held: std::collections::BTreeMap<u64, Piece> = std::collections::BTreeMap::new();
-    let mut held_bytes = 0usize;
-    let mut end: Option<(u64, [u8; 32])> = None;
+    let mut ready: Vec<Piece> = Vec::new();
     let mut chunks = super::compress::ChunkDecoder::default();
-    loop {
-        if let Some((size, _)) = end
-            && base.is_some()
-            && received >= size
-        {
-            break;
-        }
+    while !order.is_complete() {
         let frame = match rx.recv().await {
             Ok(f) => f,
             Err(e) => {
@@ -1033,7 +991,7 @@ async fn receive_data(
                 };
                 return Err(ReceiveError::Interrupted {
                     dest: dest_s,
-                    received,
+                    received: order.received(),
                     expected: meta.size,
                     reason,
                 });
@@ -1041,7 +999,7 @@ async fn receive_data(
         };
         match frame.enc {
             Enc::Bin => {
-                let limit = end.map(|(s, _)| s).unwrap_or(meta.size);
+                let limit = order.limit();
                 let (offset, piece) = match (
                     super::sparse::parse_hole(&frame.payload),
                     delta::parse_copy(&frame.payload),
@@ -1077,50 +1035,32 @@ async fn receive_data(
                         (offset, Piece::Data(data))
                     }
                 };
-                let len = piece.len();
-                if offset.saturating_add(len) > limit || (base.is_some() && offset < received) {
-                    return Err(mismatch(format!(
-                        "chunk at {offset}+{len} does not fit (announced {limit} bytes, {received} already written)"
-                    )));
-                }
                 let now = unix_ns();
                 if pending.data_span_ns.0 == 0 {
                     pending.data_span_ns.0 = now;
                 }
                 pending.data_span_ns.1 = now;
-                if base.is_none() || offset > received {
-                    // Ahead of a chunk still travelling on another stripe
-                    // (or of the sender's `Start`): hold it. The sender
-                    // never has more than its window unacknowledged, and we
-                    // acknowledge only what is contiguous, so this is
-                    // bounded by the window.
-                    held_bytes += piece.held_cost();
-                    if held.insert(offset, piece).is_some() || held_bytes > MAX_HELD {
-                        return Err(mismatch(format!(
-                            "duplicate or excessive out-of-order data at offset {offset}"
-                        )));
-                    }
+                order
+                    .on_piece(offset, piece, &mut ready)
+                    .map_err(|e| mismatch(e.0))?;
+                if ready.is_empty() {
                     continue;
                 }
                 let Some(s) = sink.as_mut() else {
                     return Err(mismatch("data before the transfer started".into()));
                 };
-                received += len;
-                s.write(pending, piece, dest).await?;
-                while let Some(next) = held.remove(&received) {
-                    held_bytes -= next.held_cost();
-                    received += next.len();
-                    s.write(pending, next, dest).await?;
+                for piece in ready.drain(..) {
+                    s.write(pending, piece, dest).await?;
                 }
                 if let Sink::Inline(..) = s {
-                    reply.ack.send_control(router, &received);
+                    reply.ack.send_control(router, &order.received());
                 }
             }
             Enc::Control => {
                 let msg: TransferMsg =
                     control::decode_frame(&frame).map_err(|e| mismatch(e.to_string()))?;
                 match msg {
-                    TransferMsg::End { size, digest } => end = Some((size, digest)),
+                    TransferMsg::End { size, digest } => order.on_end(size, digest),
                     TransferMsg::Abort { reason } => {
                         return Err(ReceiveError::Aborted {
                             dest: dest_s,
@@ -1128,28 +1068,23 @@ async fn receive_data(
                         });
                     }
                     TransferMsg::Start { from } => {
-                        let Some((len, hasher)) = resume.take() else {
+                        let started = order
+                            .on_start(from, &mut ready)
+                            .map_err(|e| mismatch(e.0))?;
+                        let Some((_, hasher)) = resume.take() else {
                             return Err(mismatch("unexpected start of data".into()));
                         };
-                        let hasher = if from == len {
-                            hasher
-                        } else if from == 0 {
-                            // The sender's bytes differ: start over.
-                            if let Some(f) = pending.file.as_ref() {
-                                f.set_len(0)
-                                    .map_err(io_err(dest, "truncate partial file"))?;
+                        let hasher = match started {
+                            Started::AfterPrefix => hasher,
+                            Started::FromScratch => {
+                                // The sender's bytes differ: start over.
+                                if let Some(f) = pending.file.as_ref() {
+                                    f.set_len(0)
+                                        .map_err(io_err(dest, "truncate partial file"))?;
+                                }
+                                blake3::Hasher::new()
                             }
-                            blake3::Hasher::new()
-                        } else {
-                            return Err(mismatch(format!(
-                                "data would start at {from}, but {len} bytes are held"
-                            )));
                         };
-                        base = Some(from);
-                        received = from;
-                        if held.range(..from).next().is_some() {
-                            return Err(mismatch(format!("data before offset {from}")));
-                        }
                         let s = sink.insert(Sink::new(
                             pending,
                             &meta,
@@ -1161,15 +1096,13 @@ async fn receive_data(
                             early_writeback,
                             written.clone(),
                         ));
-                        while let Some(next) = held.remove(&received) {
-                            held_bytes -= next.held_cost();
-                            received += next.len();
-                            s.write(pending, next, dest).await?;
+                        for piece in ready.drain(..) {
+                            s.write(pending, piece, dest).await?;
                         }
-                        if received > from
+                        if order.received() > from
                             && let Sink::Inline(..) = s
                         {
-                            reply.ack.send_control(router, &received);
+                            reply.ack.send_control(router, &order.received());
                         }
                     }
                 }
@@ -1177,13 +1110,8 @@ async fn receive_data(
             Enc::Text => {}
         }
     }
-    let (size, digest) = end.unwrap_or((0, [0; 32]));
-    if size != meta.size || received != size {
-        return Err(mismatch(format!(
-            "announced {} bytes, sender counted {size}, received {received}",
-            meta.size
-        )));
-    }
+    let (_, digest) = order.finish().map_err(|e| mismatch(e.0))?;
+    let received = order.received();
     let got = match sink.take() {
         Some(Sink::Inline(hasher, ..)) => *hasher.finalize().as_bytes(),
         Some(Sink::Thread(writer)) => {
@@ -1611,10 +1539,6 @@ impl DiskWriter {
         self.handle.await.ok()
     }
 }
-
-/// Most out-of-order bytes held while waiting for an earlier chunk: the
-/// largest window a sender may use, plus slack.
-const MAX_HELD: usize = 80 << 20;
 
 /// With fsync on, how much newly written data starts its way to the disk
 /// at a time.
