@@ -1121,13 +1121,17 @@ impl Transfer {
             // Window full (or all sent): wait for an acknowledgement, a
             // cancel, the ack deadline, or (when striping) a stripe closing.
             let striped = stripes.len() > 1;
+            // Any stripe's outbox closing wakes this at once.
             let stripe_lost = async {
-                loop {
-                    if stripes.iter().any(|o| o.is_closed()) {
-                        return;
+                let mut lost: Vec<_> = stripes.iter().map(|o| Box::pin(o.closed())).collect();
+                std::future::poll_fn(|cx| {
+                    if lost.iter_mut().any(|f| f.as_mut().poll(cx).is_ready()) {
+                        std::task::Poll::Ready(())
+                    } else {
+                        std::task::Poll::Pending
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                })
+                .await
             };
             let waited = std::time::Instant::now();
             tokio::select! {
