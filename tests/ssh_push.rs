@@ -1583,3 +1583,76 @@ fn ctrl_c_during_a_teed_push_cleans_every_level() {
         assert!(spool_dirs_of(pid).is_empty(), "relay {pid} left its spool");
     }
 }
+
+#[test]
+fn through_a_relay_deltas_checksums_and_holes_work_as_they_do_direct() {
+    let Some(sd) = Sshd::start() else { return };
+    let (_src, top, _total, _) = tee_tree((4 << 20) + 3);
+    // A file with a hole in the middle.
+    let holey = top.join("holey.bin");
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::File::create(&holey).expect("create");
+        f.write_all(&[7u8; 300_000]).expect("write");
+        f.seek(SeekFrom::Start(8 << 20)).expect("seek");
+        f.write_all(&[9u8; 300_000]).expect("write");
+    }
+    let users = [sshd::PLAIN, sshd::THIRD];
+    let dest = InHomes::new("teedelta", &users);
+    let rsh = sd.rsh();
+    let into_dest = format!("{}/", dest.0);
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--json", "-r", "-S", "-e", &rsh, "--via", "root"];
+        for u in users {
+            args.extend(["-H", u]);
+        }
+        args.extend_from_slice(extra);
+        args.extend([s(&top), into_dest.as_str()]);
+        push(&args)
+    };
+    let r = run(&[]);
+    r.assert_ok();
+    for d in &dest.1 {
+        assert_same_tree(&top, &d.join("tree"));
+        let m = std::fs::metadata(d.join("tree/holey.bin")).expect("stat");
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            m.blocks() * 512 < 4 << 20,
+            "the hole was filled in {}: {} blocks",
+            d.display(),
+            m.blocks()
+        );
+    }
+    // A change in the middle of the large file: each target sends its old
+    // copy's signature to the relay, which matches it against its spool.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(top.join("large.bin"))
+            .expect("open");
+        f.seek(SeekFrom::Start(1 << 20)).expect("seek");
+        f.write_all(&[0xAB; 5000]).expect("write");
+    }
+    let r = run(&[]);
+    r.assert_ok();
+    for d in &dest.1 {
+        assert_same_tree(&top, &d.join("tree"));
+    }
+    let relay = relay_line(&r).unwrap_or_else(|| panic!("no relay line:\n{}", r.describe()));
+    assert_eq!(
+        relay["bytes_fetched"],
+        (4 << 20) + 3,
+        "only large.bin again: {relay}"
+    );
+    // -c: the digests come through the relay; nothing differs, nothing sent.
+    let r = run(&["-c"]);
+    r.assert_ok();
+    for u in users {
+        assert!(
+            r.of(u).iter().all(|l| l["status"] == "unchanged"),
+            "{}",
+            r.describe()
+        );
+    }
+}
