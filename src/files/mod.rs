@@ -81,6 +81,7 @@ pub mod source;
 pub mod sparse;
 pub mod spec;
 pub mod tee;
+pub mod transfer;
 pub mod turns;
 pub mod uptodate;
 pub mod walk;

@@ -39,12 +39,13 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::turns::Turns;
 
-use super::compress::{self, ChunkEncoder, CompressCounters, Compression, Tuner, WireLedger};
+use super::compress::{self, ChunkEncoder, CompressCounters, Compression, Tuner};
 use super::delta::{self, Matcher, Op};
 use super::meta::FileMeta;
 use super::pace::{Limits, Pacers};
 use super::registry::Registry;
 use super::tee::{Gate, Tee};
+use super::transfer::{SendMachine, StripeView};
 use super::window::{PathEstimate, Sizing, Window};
 use super::{
     CHUNK_DATA, DigestArgs, FILE_SERVICE, FetchArgs, FetchReply, FetchSmallArgs, FileDigest,
@@ -84,14 +85,7 @@ pub struct FileServiceConfig {
 /// for at most `--parallel` files at once, which is capped to this.
 pub const MAX_FETCHES_PER_REQUESTER: usize = 64;
 
-/// How long a large transfer may go without any acknowledgement before it
-/// gives up its stream's turn to another requester's waiting transfer (it
-/// waits for its next turn, ahead of its requester's newer transfers). A receiver that reads but does not acknowledge would otherwise hold
-/// the turn until `ack_timeout` (60 s) — a stall per transfer for everyone
-/// sharing the stream. On a working path acknowledgements come every few
-/// milliseconds (one per chunk written), so only a stalled receiver, or a
-/// path slower than 64 KiB/s, gives the turn up.
-pub const TURN_STALL: Duration = Duration::from_secs(2);
+pub use super::transfer::TURN_STALL;
 
 /// Waiting for a turn given up part-way ([`Turns::take_again`]).
 type RegainTurn = std::pin::Pin<
@@ -973,7 +967,6 @@ impl Transfer {
 
         let mut stripes = router.stripes(stream);
         let mut chunks_sent = 0u64;
-        let mut next_stripe = 0usize;
         if stripes.len() > 1 {
             tracing::debug!("{}: striping over {} streams", self.path, stripes.len());
         }
@@ -981,12 +974,15 @@ impl Transfer {
         let start = lock(&lane.estimate)
             .clone()
             .unwrap_or_else(|| PathEstimate::new(sizing));
-        let mut window = Window::with_estimate(sizing, start);
-        let mut ledger = WireLedger::default();
-        let ack_timeout = self.fs.inner.config.ack_timeout;
-        let mut digest = None;
-        let mut ack_deadline = tokio::time::Instant::now() + ack_timeout;
-        let mut progressed = tokio::time::Instant::now();
+        // The decisions are the machine's (files/transfer.rs); this loop
+        // reads, sends and waits.
+        let mut m = SendMachine::new(
+            size,
+            Window::with_estimate(sizing, start),
+            self.fs.inner.config.ack_timeout,
+            tokio::time::Instant::now().into_std(),
+        );
+        m.on_turn(std::time::Instant::now());
         let mut regain: Option<RegainTurn> = None;
         loop {
             // Take every acknowledgement already queued, without waiting.
@@ -995,16 +991,12 @@ impl Transfer {
                 .try_recv()
                 .map_err(|e| ack_channel_ended(Err(e)))?
             {
-                let before = ledger.file_acked();
-                self.on_ack(&mut window, &mut ledger, &f)?;
-                if ledger.file_acked() > before {
-                    progressed = tokio::time::Instant::now();
-                }
+                self.on_ack(&mut m, &f)?;
             }
-            if turn.is_some()
-                && progressed.elapsed() > TURN_STALL
-                && lane.turn.others_waiting(self.requester)
-            {
+            if m.should_yield_turn(
+                std::time::Instant::now(),
+                lane.turn.others_waiting(self.requester),
+            ) {
                 // Stalled while another requester waits: let it have the
                 // link. This transfer sends nothing more until its turn
                 // comes again (ahead of its requester's newer transfers,
@@ -1015,11 +1007,12 @@ impl Transfer {
                     self.path,
                     router.describe(self.requester)
                 );
+                m.yield_turn();
                 turn = None;
                 let (turns, requester) = (lane.turn.clone(), self.requester);
                 regain = Some(Box::pin(async move { turns.take_again(requester).await }));
             }
-            if digest.is_some() && ledger.file_acked() == size {
+            if m.is_done() {
                 break;
             }
             if stripes.len() > 1 && stripes.iter().any(|o| o.is_closed()) {
@@ -1029,13 +1022,12 @@ impl Transfer {
                     router.describe(self.requester)
                 ));
             }
-            let next_len = (size - ledger.file_sent()).min(chunk_len as u64);
-            if digest.is_none() && turn.is_some() && window.can_send(next_len) {
+            if m.wants_data(chunk_len as u64) {
                 let waited = std::time::Instant::now();
                 let event = rx.recv().await;
                 // Time spent waiting for our own reader (a relay's spool
                 // still arriving) is not the requester's silence.
-                ack_deadline += waited.elapsed();
+                m.on_reader_wait(waited.elapsed());
                 match event {
                     Some(ReadEvent::Chunk(data, len)) => {
                         if let Some(t) = tuner {
@@ -1073,26 +1065,30 @@ impl Transfer {
                                 stripes = now;
                             }
                         }
-                        window.on_send(ledger.on_send(len, (data.len() - OFFSET_LEN) as u64));
                         let sent_at = std::time::Instant::now();
+                        m.on_sent(len, (data.len() - OFFSET_LEN) as u64, sent_at);
                         let frame = Frame::new(self.to.context, self.to.handle, Enc::Bin, data);
                         if stripes.len() > 1 {
-                            // Round robin over the stripes, skipping one whose
-                            // queue is already full. The primary (first)
-                            // carries no bulk data while there are stripes: it
-                            // stays free for calls and acknowledgements, which
-                            // then never wait behind megabytes buffered in a
-                            // pipe or an SSH channel.
+                            // The primary (first) carries no bulk data
+                            // while there are stripes: it stays free for
+                            // calls and acknowledgements, which then never
+                            // wait behind megabytes buffered in a pipe or
+                            // an SSH channel.
                             let bulk = &stripes[1..];
-                            let pick = (0..bulk.len())
-                                .map(|k| &bulk[(next_stripe + k) % bulk.len()])
-                                .find(|o| {
-                                    !o.is_closed()
-                                        && o.bulk_bytes() < crate::stream::BULK_HIGH_WATER
+                            let views: Vec<StripeView> = bulk
+                                .iter()
+                                .map(|o| StripeView {
+                                    closed: o.is_closed(),
+                                    full: o.bulk_bytes() >= crate::stream::BULK_HIGH_WATER,
                                 })
-                                .unwrap_or(&bulk[next_stripe % bulk.len()]);
-                            next_stripe = next_stripe.wrapping_add(1);
-                            router.send_bulk_on(pick, frame).await;
+                                .collect();
+                            let pick = m.pick_stripe(&views).map_err(|_| {
+                                format!(
+                                    "a stripe to {} was lost mid-transfer",
+                                    router.describe(self.requester)
+                                )
+                            })?;
+                            router.send_bulk_on(&bulk[pick], frame).await;
                         } else {
                             router.send_bulk(frame).await;
                         }
@@ -1103,13 +1099,13 @@ impl Transfer {
                     }
                     Some(ReadEvent::Start(from)) => {
                         self.to.send_control(router, &TransferMsg::Start { from });
-                        ledger = WireLedger::starting_at(from);
+                        m.start_at(from);
                     }
                     Some(ReadEvent::Copy(..)) => {
                         return Err(format!("{}: internal error: unconverted copy", self.path));
                     }
                     Some(ReadEvent::Done(d)) => {
-                        digest = Some(d);
+                        m.on_end_sent();
                         self.to
                             .send_control(router, &TransferMsg::End { size, digest: d });
                     }
@@ -1134,21 +1130,17 @@ impl Transfer {
                 .await
             };
             let waited = std::time::Instant::now();
+            let deadline = tokio::time::Instant::from_std(m.poll_timeout());
             tokio::select! {
                 got = self.acks.recv() => {
                     if let Some(t) = tuner {
                         lock(t).on_link_wait(waited.elapsed());
                     }
                     let f = got.map_err(|e| ack_channel_ended(Err(e)))?;
-                    let before = window.acked();
-                    self.on_ack(&mut window, &mut ledger, &f)?;
-                    if window.acked() > before {
-                        ack_deadline = tokio::time::Instant::now() + ack_timeout;
-                        progressed = tokio::time::Instant::now();
-                    }
+                    self.on_ack(&mut m, &f)?;
                 }
                 // Look again at the turn now and then (see the top of the loop).
-                _ = tokio::time::sleep(TURN_STALL / 4), if turn.is_some() => {}
+                _ = tokio::time::sleep(TURN_STALL / 4), if m.has_turn() => {}
                 t = async {
                     match regain.as_mut() {
                         Some(f) => f.await,
@@ -1157,20 +1149,21 @@ impl Transfer {
                 }, if regain.is_some() => {
                     turn = Some(t.map_err(|e| e.to_string())?);
                     regain = None;
-                    progressed = tokio::time::Instant::now();
+                    m.on_turn(std::time::Instant::now());
                 }
                 why = wait_cancel(&mut self.cancel) => return Err(why),
                 _ = stripe_lost, if striped => {} // reported at the top of the loop
-                _ = tokio::time::sleep_until(ack_deadline) => {
-                    return Err(format!(
-                        "{} stopped acknowledging ({} of {} bytes acknowledged, nothing for {:?})",
-                        router.describe(self.requester), ledger.file_acked(), size, ack_timeout
-                    ));
+                _ = tokio::time::sleep_until(deadline) => {
+                    m.handle_timeout(std::time::Instant::now()).map_err(|e| {
+                        format!("{} {e}", router.describe(self.requester))
+                    })?;
                 }
             }
         }
+        let _ = &turn;
         drop(rx);
         let _ = reader.await;
+        let window = m.window();
         *lock(&lane.estimate) = Some(window.estimate());
         tracing::debug!(
             "{}: {} bytes to {}, window now {} (min rtt {:?}, peak in flight {})",
@@ -1184,19 +1177,15 @@ impl Transfer {
         Ok(window.peak())
     }
 
-    fn on_ack(
-        &mut self,
-        window: &mut Window,
-        ledger: &mut WireLedger,
-        f: &Frame,
-    ) -> Result<(), String> {
+    fn on_ack(&mut self, m: &mut SendMachine, f: &Frame) -> Result<(), String> {
         let n: u64 = control::decode_frame(f).map_err(|e| format!("bad acknowledgement: {e}"))?;
         // Credit comes only from bytes really sent: an acknowledgement past
         // them ends the transfer (AckBeyondSent), a repeated or stale one
         // adds nothing and is counted (logged once, at the end). The window
         // counts wire bytes (-z): see WireLedger.
-        let (delta, wire) = ledger.on_ack(n).map_err(|e| e.to_string())?;
-        window.on_ack(wire).map_err(|e| e.to_string())?;
+        let delta = m
+            .on_ack(n, std::time::Instant::now())
+            .map_err(|e| e.to_string())?;
         if delta == 0 {
             self.stale_acks += 1;
             lock(&self.fs.inner.stats).stale_acks += 1;
