@@ -1407,7 +1407,23 @@ fn a_relay_killed_mid_push_fails_every_target_below_it_and_nothing_half_written_
     for u in users {
         context_of(&sd, u, t0);
     }
-    std::thread::sleep(Duration::from_millis(1500));
+    // The targets get bytes while the file is still arriving at the relay:
+    // at 8 MiB/s it needs 8 s to get there whole, and a target has written
+    // 8 MiB of it well before (store-and-forward would start at 8 s).
+    let target = context_of(&sd, users[0], t0);
+    let base = wchar(target);
+    while wchar(target) < base + (8 << 20) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the target got nothing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let streamed_at = t0.elapsed();
+    assert!(
+        streamed_at < Duration::from_secs(7),
+        "the target's first 8 MiB came only after {streamed_at:?}"
+    );
     let relay_pids: Vec<u32> = remote_contexts(&sd, "root");
     assert!(!relay_pids.is_empty(), "no relay context");
     for &pid in &relay_pids {
