@@ -116,6 +116,7 @@ class RelayMemory(threading.Thread):
         self.inode, self.exclude, self.interval = inode, set(exclude), interval
         self.stop_ev = threading.Event()
         self.hwm = {}          # pid -> (kib, comm)
+        self.cpu = {}          # pid -> CPU ticks (user + system), last seen
         self.peak_sum = 0
 
     def run(self):
@@ -134,6 +135,11 @@ class RelayMemory(threading.Thread):
                 if hwm is None:
                     continue
                 total += rss or 0
+                try:
+                    f = open('/proc/%d/stat' % pid).read().rsplit(')', 1)[1].split()
+                    self.cpu[pid] = max(self.cpu.get(pid, 0), int(f[11]) + int(f[12]))
+                except (OSError, IndexError, ValueError):
+                    pass
                 old = self.hwm.get(pid, (0, None))
                 if hwm >= old[0]:
                     self.hwm[pid] = (hwm, comm(pid))
@@ -144,14 +150,19 @@ class RelayMemory(threading.Thread):
     def result(self):
         self.stop_ev.set()
         self.join()
+        cpu_s = round(sum(self.cpu.values()) / os.sysconf('SC_CLK_TCK'), 1)
         if not self.hwm:
-            return {'relay_max_mib': 0.0, 'relay_max_comm': '-', 'relay_sum_mib': 0.0, 'relay_procs': 0}
+            return {'relay_max_mib': 0.0, 'relay_max_comm': '-', 'relay_sum_mib': 0.0, 'relay_procs': 0,
+                    'relay_cpu_s': 0.0}
         kib, name = max(self.hwm.values(), key=lambda v: v[0])
         by_comm = {}
         for k, c in self.hwm.values():
             by_comm[c] = max(by_comm.get(c, 0), k)
         return {'relay_by_comm_kib': by_comm,'relay_max_mib': round(kib / 1024.0, 1), 'relay_max_comm': name,
-                'relay_sum_mib': round(self.peak_sum / 1024.0, 1), 'relay_procs': len(self.hwm)}
+                'relay_sum_mib': round(self.peak_sum / 1024.0, 1), 'relay_procs': len(self.hwm),
+                # CPU of the relay's processes (its ferrogen or python, the
+                # ssh clients to the hosts): what a real relay would spend.
+                'relay_cpu_s': cpu_s}
 
 
 def link_bytes(ns, dev):
@@ -401,7 +412,8 @@ def table(a, results, meta):
              'the controller sent over the uplink (its TUN device\'s tx bytes; × = multiples of the '
              'payload), **↑** the reverse; **relay RSS** is the largest VmHWM of any one process in '
              'the relay\'s namespace (its command) / the peak of the sum of VmRSS of all of them (shared pages such as libcrypto\'s count '
-             'once per process, so the sum overstates what the relay uses); **CPU busy** is how busy the '
+             'once per process, so the sum overstates what the relay uses); **relay CPU** the CPU seconds of '
+             'those processes (what a real relay would spend); **CPU busy** is how busy the '
              'machine\'s cores were during the run (every namespace shares them: controller, relay, hosts, '
              'their sshds) and the CPU seconds spent. '
              '**check**: every host\'s tree equal to the source (SHA-256), else what was wrong. '
@@ -424,8 +436,8 @@ def table(a, results, meta):
             continue
         L.append('%s:' % ('%d MiB file' % a.large_mib if kind == 'large' else '%d × 1 KiB files' % a.small))
         L.append('')
-        L.append('| hosts | contender | wall s | uplink ↓ MiB | ↓ × payload | ↑ MiB | relay RSS max MiB | relay RSS sum MiB | CPU busy % (CPU s) | check |')
-        L.append('|---:|---|---:|---:|---:|---:|---:|---:|---:|---|')
+        L.append('| hosts | contender | wall s | uplink ↓ MiB | ↓ × payload | ↑ MiB | relay RSS max MiB | relay RSS sum MiB | relay CPU s | CPU busy % (CPU s) | check |')
+        L.append('|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|')
         for r in sorted(rows, key=lambda r: (r['hosts'], [c for c, _ in CONTENDERS].index(r['contender']))):
             chk = 'ok' if r['ok'] else ('; '.join(r['bad_hosts'][:2]) or 'exit %s' % r['rc'])
             if r['ok'] is False and not r['bad_hosts']:
@@ -434,10 +446,10 @@ def table(a, results, meta):
                 chk = 'cut at %d s; ' % r['cut_s'] + chk
             relay_max = ('%.1f (%s)' % (r['relay_max_mib'], r['relay_max_comm'])) if r['relay_procs'] else '0'
             cpu = ('%.0f (%.1f)' % (r['cpu_busy_pct'], r['cpu_s'])) if 'cpu_s' in r else '?'
-            L.append('| %d | %s | %s | %.1f | %.2f | %.1f | %s | %.1f | %s | %s |' % (
+            L.append('| %d | %s | %s | %.1f | %.2f | %.1f | %s | %.1f | %s | %s | %s |' % (
                 r['hosts'], LABEL[r['contender']], fmt_s(r), r['up_bytes'] / MiB,
                 r['up_bytes'] / r['payload_bytes'], r['down_bytes'] / MiB, relay_max,
-                r['relay_sum_mib'], cpu, chk.replace('|', '/')))
+                r['relay_sum_mib'], r.get('relay_cpu_s', '?'), cpu, chk.replace('|', '/')))
         L.append('')
     if a.chart_name:
         L.append('![fleet benchmark](%s)' % a.chart_name)
