@@ -401,12 +401,35 @@ def one_run(a, fl, c, kind, data, hosts, work):
 def fmt_s(r):
     if r.get('timeout'):
         return '> %d (cut)' % r['seconds']
+    if r.get('runs', 1) > 1:
+        return '%.1f (%.1f–%.1f, %d runs)' % (r['seconds'], r['min_s'], r['max_s'], r['runs'])
     return '%.1f' % r['seconds']
 
 
+def aggregate(results):
+    """One record per (kind, hosts, contender): with --repeat, the run of
+    median wall time, with the range and the number of runs; a row is ok
+    only if every run was."""
+    groups = {}
+    for r in results:
+        groups.setdefault((r['kind'], r['hosts'], r['contender']), []).append(r)
+    out = []
+    for rs in groups.values():
+        rs = sorted(rs, key=lambda r: r['seconds'])
+        med = dict(rs[(len(rs) - 1) // 2])
+        if len(rs) > 1:
+            med.update(runs=len(rs), min_s=rs[0]['seconds'], max_s=rs[-1]['seconds'],
+                       ok=all(r['ok'] for r in rs))
+            if len(rs) % 2 == 0:
+                med['seconds'] = round((rs[len(rs) // 2 - 1]['seconds'] + rs[len(rs) // 2]['seconds']) / 2, 2)
+        out.append(med)
+    return out
+
+
 def table(a, results, meta):
+    results = aggregate(results)
     L = [SECTION, '']
-    L.append('`%s` on %s; %s. One run each. Uplink: %g ms RTT, %g Mbit/s (tools/delayline); '
+    L.append('`%s` on %s; %s. One run each unless the wall time shows a median (range, runs). Uplink: %g ms RTT, %g Mbit/s (tools/delayline); '
              'hosts on a bridge behind the relay, each with its own sshd and tmpfs. Payloads: one %d MiB '
              'file (random) and %d × 1 KiB files. **Wall** is the whole command; **uplink ↓** is what '
              'the controller sent over the uplink (its TUN device\'s tx bytes; × = multiples of the '
@@ -477,6 +500,7 @@ def chart(a, results, path):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     import matplotlib.ticker
+    results = aggregate(results)
     kinds = [k for k in ('large', 'small') if any(r['kind'] == k for r in results)]
     fig, axes = plt.subplots(2, len(kinds), figsize=(6.5 * len(kinds), 8), squeeze=False)
     styles = {'ferrogen': ('tab:red', '*', '-'), 'ferrogen-notee': ('tab:orange', 'P', '--'),
@@ -567,6 +591,7 @@ def main():
     ap.add_argument('--large-mib', type=int, default=64)
     ap.add_argument('--small', type=int, default=1000)
     ap.add_argument('--kinds', default='large,small')
+    ap.add_argument('--repeat', type=int, default=1, help='runs of each row (the table shows the median and range)')
     ap.add_argument('--contenders', default='ferrogen,ferrogen-notee,clush,clush-tree,pdcp,ansible,ansible-mitogen')
     ap.add_argument('--timeout', type=int, default=600, help='seconds before a run is cut')
     ap.add_argument('--timeout-small', type=int, default=None,
@@ -640,7 +665,8 @@ def main():
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, on_term)
     try:
-        for n, kind, c in [(n, k, c) for n in counts for k in kinds for c in contenders]:
+        for n, kind, c, _ in [(n, k, c, i) for n in counts for k in kinds for c in contenders
+                              for i in range(a.repeat)]:
             hosts = fl.hosts[:n]
             log('%s, %s, %d host(s) ...' % (c, kind, n))
             r = one_run(a, fl, c, kind, data, hosts, work)
