@@ -852,7 +852,7 @@ async fn start_tee(
     args: &PushArgs,
     targets: usize,
 ) -> Option<ContextId> {
-    let tee = crate::files::tee::TeeArgs {
+    let tee = crate::files::relay::TeeArgs {
         upstream: router.id(),
         serve: crate::files::source::ServeOptions {
             window: args.window,
@@ -866,7 +866,7 @@ async fn start_tee(
         targets: u32::try_from(targets).unwrap_or(0),
     };
     let r: Result<(), _> = router
-        .call_service(relay, crate::files::tee::TEE_SERVICE, "start", &tee)
+        .call_service(relay, crate::files::relay::TEE_SERVICE, "start", &tee)
         .await;
     match r {
         Ok(()) => Some(relay),
@@ -889,7 +889,7 @@ async fn send_plan_to_relay(
     plan: &PushPlan,
 ) -> Option<ContextId> {
     let r: Result<(), _> = router
-        .call_service(relay, crate::files::tee::TEE_SERVICE, "plan", plan)
+        .call_service(relay, crate::files::relay::TEE_SERVICE, "plan", plan)
         .await;
     match r {
         Ok(()) => Some(relay),
@@ -914,7 +914,7 @@ async fn stop_tee(
     let r: Result<crate::files::tee::TeeStats, _> = router
         .call_service_timeout(
             relay,
-            crate::files::tee::TEE_SERVICE,
+            crate::files::relay::TEE_SERVICE,
             "stop",
             &(),
             Some(Duration::from_secs(30)),
@@ -943,7 +943,7 @@ async fn tee_progress(router: &Router, relay: ContextId, target: ContextId) -> O
     let r: Result<Vec<(u64, u64)>, _> = router
         .call_service_timeout(
             relay,
-            crate::files::tee::TEE_SERVICE,
+            crate::files::relay::TEE_SERVICE,
             "progress",
             &vec![target],
             Some(Duration::from_secs(2)),
@@ -1101,7 +1101,7 @@ async fn push_one(
                 router
                     .call_service::<_, Vec<EntryResult>>(
                         relay,
-                        crate::files::tee::TEE_SERVICE,
+                        crate::files::relay::TEE_SERVICE,
                         "push",
                         &info.id,
                     )

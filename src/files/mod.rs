@@ -76,6 +76,7 @@ pub mod plan;
 pub mod reassembly;
 pub mod receive;
 pub mod registry;
+pub mod relay;
 pub mod serve;
 pub mod source;
 pub mod sparse;
@@ -399,7 +400,7 @@ pub enum TransferMsg {
 pub fn serve_transfers(services: &crate::service::Services, router: &crate::router::Router) {
     plan::register_service(services, router);
     source::register_service(services, router);
-    tee::register_service(services, router);
+    relay::register_service(services, router);
 }
 
 /// Hex form of a digest.
