@@ -1637,3 +1637,13 @@ fn read_file_delta(
     }
     finish_read(file, meta, &hasher, &mut send);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relays_upstream_fetches_fit_under_the_per_requester_cap() {
+        assert!(super::super::tee::UPSTREAM_FETCHES <= MAX_FETCHES_PER_REQUESTER / 2);
+    }
+}

@@ -76,6 +76,11 @@ pub struct TeeStats {
     pub evicted: u64,
 }
 
+/// Most upstream `fetch`es at once: half the FileService's per-requester
+/// cap (`serve::MAX_FETCHES_PER_REQUESTER`, 64; a test there checks), the
+/// share a push target uses for itself.
+pub const UPSTREAM_FETCHES: usize = 32;
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section here is a single map update.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -292,6 +297,11 @@ pub struct Tee {
     large: Mutex<HashMap<RawPath, Arc<Large>>>,
     small: Mutex<HashMap<RawPath, watch::Receiver<Option<Small>>>>,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Upstream fetches running at once: the relay is one requester to the
+    /// controller, which refuses more than its per-requester cap; targets
+    /// at different points of a large tree could ask for more files than
+    /// that between them, so the rest wait here.
+    upstream_slots: Arc<tokio::sync::Semaphore>,
     /// Verified spool files, kept until the tee stops.
     kept: Mutex<Vec<PendingFile>>,
     next: AtomicU64,
@@ -328,6 +338,7 @@ impl Tee {
             large: Mutex::default(),
             small: Mutex::default(),
             tasks: Mutex::default(),
+            upstream_slots: Arc::new(tokio::sync::Semaphore::new(UPSTREAM_FETCHES)),
             kept: Mutex::default(),
             next: AtomicU64::new(0),
             files_fetched: AtomicU64::new(0),
@@ -406,6 +417,9 @@ impl Tee {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let (tee, path) = (self.clone(), path.clone());
         let task = tokio::spawn(async move {
+            let Ok(_slot) = tee.upstream_slots.clone().acquire_owned().await else {
+                return;
+            };
             let place = match Place::new(&tee.spool.root, PathBuf::from(format!("f{n}"))) {
                 Ok(p) => p,
                 Err(e) => {
