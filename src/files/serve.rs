@@ -85,6 +85,10 @@ pub struct FileServiceConfig {
 /// for at most `--parallel` files at once, which is capped to this.
 pub const MAX_FETCHES_PER_REQUESTER: usize = 64;
 
+// A relay's tee fetches at most this many files at once from upstream,
+// where it is one requester: checked when compiling.
+const _: () = assert!(super::tee::UPSTREAM_FETCHES <= MAX_FETCHES_PER_REQUESTER / 2);
+
 pub use super::transfer::TURN_STALL;
 
 /// Waiting for a turn given up part-way ([`Turns::take_again`]).
@@ -1636,14 +1640,4 @@ fn read_file_delta(
         );
     }
     finish_read(file, meta, &hasher, &mut send);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_relays_upstream_fetches_fit_under_the_per_requester_cap() {
-        assert!(super::super::tee::UPSTREAM_FETCHES <= MAX_FETCHES_PER_REQUESTER / 2);
-    }
 }
