@@ -116,6 +116,7 @@ class RelayMemory(threading.Thread):
         self.inode, self.exclude, self.interval = inode, set(exclude), interval
         self.stop_ev = threading.Event()
         self.hwm = {}          # pid -> (kib, comm)
+        self.cpu = {}          # pid -> CPU ticks (user + system), last seen
         self.peak_sum = 0
 
     def run(self):
@@ -134,6 +135,11 @@ class RelayMemory(threading.Thread):
                 if hwm is None:
                     continue
                 total += rss or 0
+                try:
+                    f = open('/proc/%d/stat' % pid).read().rsplit(')', 1)[1].split()
+                    self.cpu[pid] = max(self.cpu.get(pid, 0), int(f[11]) + int(f[12]))
+                except (OSError, IndexError, ValueError):
+                    pass
                 old = self.hwm.get(pid, (0, None))
                 if hwm >= old[0]:
                     self.hwm[pid] = (hwm, comm(pid))
@@ -144,14 +150,19 @@ class RelayMemory(threading.Thread):
     def result(self):
         self.stop_ev.set()
         self.join()
+        cpu_s = round(sum(self.cpu.values()) / os.sysconf('SC_CLK_TCK'), 1)
         if not self.hwm:
-            return {'relay_max_mib': 0.0, 'relay_max_comm': '-', 'relay_sum_mib': 0.0, 'relay_procs': 0}
+            return {'relay_max_mib': 0.0, 'relay_max_comm': '-', 'relay_sum_mib': 0.0, 'relay_procs': 0,
+                    'relay_cpu_s': 0.0}
         kib, name = max(self.hwm.values(), key=lambda v: v[0])
         by_comm = {}
         for k, c in self.hwm.values():
             by_comm[c] = max(by_comm.get(c, 0), k)
         return {'relay_by_comm_kib': by_comm,'relay_max_mib': round(kib / 1024.0, 1), 'relay_max_comm': name,
-                'relay_sum_mib': round(self.peak_sum / 1024.0, 1), 'relay_procs': len(self.hwm)}
+                'relay_sum_mib': round(self.peak_sum / 1024.0, 1), 'relay_procs': len(self.hwm),
+                # CPU of the relay's processes (its ferrogen or python, the
+                # ssh clients to the hosts): what a real relay would spend.
+                'relay_cpu_s': cpu_s}
 
 
 def link_bytes(ns, dev):
@@ -311,6 +322,13 @@ def command(a, fl, c, kind, src, hosts, work):
     return argv, env
 
 
+def cpu_jiffies():
+    """(busy, idle) jiffies of the whole machine, from /proc/stat."""
+    f = [int(x) for x in open('/proc/stat').readline().split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = f
+    return user + nice + system + irq + softirq + steal, idle + iowait
+
+
 def one_run(a, fl, c, kind, data, hosts, work):
     src, expect, payload = data[kind]
     cut = a.timeout_small if kind == 'small' and a.timeout_small else a.timeout
@@ -323,6 +341,7 @@ def one_run(a, fl, c, kind, data, hosts, work):
     r0 = link_bytes(fl.ns_relay, 'fgft-relay')
     mem = RelayMemory(fl.ino_relay, fl.listeners)
     mem.start()
+    cpu0 = cpu_jiffies()
     t0 = time.monotonic()
     logf = open(os.path.join(work, 'run.log'), 'w')
     p = subprocess.Popen(full, env=env, cwd=work, stdout=logf, stderr=subprocess.STDOUT,
@@ -339,6 +358,8 @@ def one_run(a, fl, c, kind, data, hosts, work):
             os.killpg(p.pid, signal.SIGKILL)
             rc = p.wait()
     secs = time.monotonic() - t0
+    cpu1 = cpu_jiffies()
+    busy, idle = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
     m = mem.result()
     c1 = link_bytes(fl.ns_ctl, 'fgft-ctl')
     r1 = link_bytes(fl.ns_relay, 'fgft-relay')
@@ -364,6 +385,10 @@ def one_run(a, fl, c, kind, data, hosts, work):
         'relay_rx_bytes': r1[1] - r0[1], 'relay_tx_bytes': r1[0] - r0[0],
         'ok': not bad and rc == 0 and not timed_out, 'bad_hosts': bad, 'leftovers': left,
         'load1': round(load, 2),
+        # The whole machine (every namespace shares its cores): how busy
+        # the CPUs were during the run, and the CPU seconds spent.
+        'cpu_busy_pct': round(100.0 * busy / max(1, busy + idle), 1),
+        'cpu_s': round(busy / os.sysconf('SC_CLK_TCK'), 1),
     }
     rec.update(m)
     if not rec['ok']:
@@ -376,18 +401,44 @@ def one_run(a, fl, c, kind, data, hosts, work):
 def fmt_s(r):
     if r.get('timeout'):
         return '> %d (cut)' % r['seconds']
+    if r.get('runs', 1) > 1:
+        return '%.1f (%.1f–%.1f, %d runs)' % (r['seconds'], r['min_s'], r['max_s'], r['runs'])
     return '%.1f' % r['seconds']
 
 
+def aggregate(results):
+    """One record per (kind, hosts, contender): with --repeat, the run of
+    median wall time, with the range and the number of runs; a row is ok
+    only if every run was."""
+    groups = {}
+    for r in results:
+        groups.setdefault((r['kind'], r['hosts'], r['contender']), []).append(r)
+    out = []
+    for rs in groups.values():
+        rs = sorted(rs, key=lambda r: r['seconds'])
+        med = dict(rs[(len(rs) - 1) // 2])
+        if len(rs) > 1:
+            med.update(runs=len(rs), min_s=rs[0]['seconds'], max_s=rs[-1]['seconds'],
+                       ok=all(r['ok'] for r in rs))
+            if len(rs) % 2 == 0:
+                med['seconds'] = round((rs[len(rs) // 2 - 1]['seconds'] + rs[len(rs) // 2]['seconds']) / 2, 2)
+        out.append(med)
+    return out
+
+
 def table(a, results, meta):
+    results = aggregate(results)
     L = [SECTION, '']
-    L.append('`%s` on %s; %s. One run each. Uplink: %g ms RTT, %g Mbit/s (tools/delayline); '
+    L.append('`%s` on %s; %s. One run each unless the wall time shows a median (range, runs). Uplink: %g ms RTT, %g Mbit/s (tools/delayline); '
              'hosts on a bridge behind the relay, each with its own sshd and tmpfs. Payloads: one %d MiB '
              'file (random) and %d × 1 KiB files. **Wall** is the whole command; **uplink ↓** is what '
              'the controller sent over the uplink (its TUN device\'s tx bytes; × = multiples of the '
              'payload), **↑** the reverse; **relay RSS** is the largest VmHWM of any one process in '
              'the relay\'s namespace (its command) / the peak of the sum of VmRSS of all of them (shared pages such as libcrypto\'s count '
-             'once per process, so the sum overstates what the relay uses). '
+             'once per process, so the sum overstates what the relay uses); **relay CPU** the CPU seconds of '
+             'those processes (what a real relay would spend); **CPU busy** is how busy the '
+             'machine\'s cores were during the run (every namespace shares them: controller, relay, hosts, '
+             'their sshds) and the CPU seconds spent. '
              '**check**: every host\'s tree equal to the source (SHA-256), else what was wrong. '
              'ferrogen\'s binary is in every host\'s cache before the first timed run (one untimed push). '
              'Load average (1 min) before each run in the JSON.' % (
@@ -408,8 +459,8 @@ def table(a, results, meta):
             continue
         L.append('%s:' % ('%d MiB file' % a.large_mib if kind == 'large' else '%d × 1 KiB files' % a.small))
         L.append('')
-        L.append('| hosts | contender | wall s | uplink ↓ MiB | ↓ × payload | ↑ MiB | relay RSS max MiB | relay RSS sum MiB | check |')
-        L.append('|---:|---|---:|---:|---:|---:|---:|---:|---|')
+        L.append('| hosts | contender | wall s | uplink ↓ MiB | ↓ × payload | ↑ MiB | relay RSS max MiB | relay RSS sum MiB | relay CPU s | CPU busy % (CPU s) | check |')
+        L.append('|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|')
         for r in sorted(rows, key=lambda r: (r['hosts'], [c for c, _ in CONTENDERS].index(r['contender']))):
             chk = 'ok' if r['ok'] else ('; '.join(r['bad_hosts'][:2]) or 'exit %s' % r['rc'])
             if r['ok'] is False and not r['bad_hosts']:
@@ -417,10 +468,11 @@ def table(a, results, meta):
             if r.get('timeout'):
                 chk = 'cut at %d s; ' % r['cut_s'] + chk
             relay_max = ('%.1f (%s)' % (r['relay_max_mib'], r['relay_max_comm'])) if r['relay_procs'] else '0'
-            L.append('| %d | %s | %s | %.1f | %.2f | %.1f | %s | %.1f | %s |' % (
+            cpu = ('%.0f (%.1f)' % (r['cpu_busy_pct'], r['cpu_s'])) if 'cpu_s' in r else '?'
+            L.append('| %d | %s | %s | %.1f | %.2f | %.1f | %s | %.1f | %s | %s | %s |' % (
                 r['hosts'], LABEL[r['contender']], fmt_s(r), r['up_bytes'] / MiB,
                 r['up_bytes'] / r['payload_bytes'], r['down_bytes'] / MiB, relay_max,
-                r['relay_sum_mib'], chk.replace('|', '/')))
+                r['relay_sum_mib'], r.get('relay_cpu_s', '?'), cpu, chk.replace('|', '/')))
         L.append('')
     if a.chart_name:
         L.append('![fleet benchmark](%s)' % a.chart_name)
@@ -448,6 +500,7 @@ def chart(a, results, path):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     import matplotlib.ticker
+    results = aggregate(results)
     kinds = [k for k in ('large', 'small') if any(r['kind'] == k for r in results)]
     fig, axes = plt.subplots(2, len(kinds), figsize=(6.5 * len(kinds), 8), squeeze=False)
     styles = {'ferrogen': ('tab:red', '*', '-'), 'ferrogen-notee': ('tab:orange', 'P', '--'),
@@ -538,6 +591,7 @@ def main():
     ap.add_argument('--large-mib', type=int, default=64)
     ap.add_argument('--small', type=int, default=1000)
     ap.add_argument('--kinds', default='large,small')
+    ap.add_argument('--repeat', type=int, default=1, help='runs of each row (the table shows the median and range)')
     ap.add_argument('--contenders', default='ferrogen,ferrogen-notee,clush,clush-tree,pdcp,ansible,ansible-mitogen')
     ap.add_argument('--timeout', type=int, default=600, help='seconds before a run is cut')
     ap.add_argument('--timeout-small', type=int, default=None,
@@ -611,13 +665,14 @@ def main():
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, on_term)
     try:
-        for n, kind, c in [(n, k, c) for n in counts for k in kinds for c in contenders]:
+        for n, kind, c, _ in [(n, k, c, i) for n in counts for k in kinds for c in contenders
+                              for i in range(a.repeat)]:
             hosts = fl.hosts[:n]
             log('%s, %s, %d host(s) ...' % (c, kind, n))
             r = one_run(a, fl, c, kind, data, hosts, work)
             results.append(r)
-            log('  %s s, uplink %.1f MiB (%.2f x), relay max %.1f MiB (%s), sum %.1f MiB, %s%s' % (
-                fmt_s(r), r['up_bytes'] / MiB, r['up_bytes'] / r['payload_bytes'], r['relay_max_mib'],
+            log('  %s s, uplink %.1f MiB (%.2f x), cpu %s%% busy, relay max %.1f MiB (%s), sum %.1f MiB, %s%s' % (
+                fmt_s(r), r['up_bytes'] / MiB, r['up_bytes'] / r['payload_bytes'], r['cpu_busy_pct'], r['relay_max_mib'],
                 r['relay_max_comm'], r['relay_sum_mib'], 'ok' if r['ok'] else 'FAILED %s' % r['bad_hosts'][:3],
                 ' (left: %s)' % r['leftovers'] if r['leftovers'] else ''))
             if not r['ok']:

@@ -464,7 +464,9 @@ fn endless_stderr_line_is_truncated() {
 /// Finding 5: a target behind a `--via` hop acknowledges data it never
 /// reads; the controller keeps sending and the hop used to queue all of it
 /// (about 390 MB in 8 s in the review). Now the hop holds at most its
-/// per-stream cap and then drops the stream to that target.
+/// per-stream cap and then drops the stream to that target. (`--no-tee`:
+/// the data is routed through the hop; with its tee the hop is the sender
+/// itself, see the next test.)
 #[test]
 fn acks_for_unread_data_cannot_make_a_hop_buffer() {
     let s = Scene::new();
@@ -474,6 +476,41 @@ fn acks_for_unread_data_cannot_make_a_hop_buffer() {
     // the controller may lag up to 64 MiB behind the claims before one
     // exceeds what it sent (which would end the transfer, and the attack);
     // 30 MiB/s of claims for 8 s. Old code: the hop held about 300 MiB.
+    let run = s.push(
+        "lying_acks",
+        &[("COUNT", "30"), ("SECONDS", "8")],
+        &["--via", "local", "--window", "64M", "--no-tee"],
+        &["evil", "good"],
+    );
+    assert!(
+        s.sibling_ok("good"),
+        "the sibling's files: {}",
+        run.explain()
+    );
+    assert!(!run.status.success(), "{}", run.explain());
+    assert!(run.hop_hwm_kib > 0, "the hop was not found");
+    assert!(
+        run.hop_hwm_kib < 200 * MIB,
+        "hop peak RSS {} MiB\n{}",
+        run.hop_hwm_kib / MIB,
+        run.explain()
+    );
+    // The attack got as far as the cap: the hop cut the liar off.
+    assert!(
+        run.stderr.contains("the peer is not reading"),
+        "{}",
+        run.explain()
+    );
+}
+
+/// Finding 5 against a relay's tee: the hop now sends the data itself, so
+/// it knows exactly what it sent and ends the liar's transfer at the first
+/// claim beyond it; its memory stays bounded and the sibling is served.
+#[test]
+fn acks_for_unread_data_are_caught_by_the_relays_tee() {
+    let s = Scene::new();
+    s.file("small", 1000);
+    s.file("big", 320 << 20);
     let run = s.push(
         "lying_acks",
         &[("COUNT", "30"), ("SECONDS", "8")],
@@ -493,9 +530,8 @@ fn acks_for_unread_data_cannot_make_a_hop_buffer() {
         run.hop_hwm_kib / MIB,
         run.explain()
     );
-    // The attack got as far as the cap: the hop cut the liar off.
     assert!(
-        run.stderr.contains("the peer is not reading"),
+        run.stderr.contains("were sent") && run.stderr.contains("ssh.evil"),
         "{}",
         run.explain()
     );

@@ -69,7 +69,7 @@ impl Pushed {
             .lines()
             .filter(|l| l.starts_with('{'))
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
-            .filter(|v: &Value| v["summary"] != true)
+            .filter(|v: &Value| v["summary"] != true && v["tee"] != true)
             .collect()
     }
 
@@ -1197,4 +1197,481 @@ fn ssh_killed_mid_transfer_fails_that_host_only_and_leaves_no_temp_file() {
         "left behind: {:?}",
         listing(&victim_dir)
     );
+}
+
+// ------------------------------------------------------ 6. a relay's tee
+
+/// A tree with one large file (several windows), a middling one and small
+/// ones, in a fresh temp dir.
+fn tee_tree(large: u64) -> (tempfile::TempDir, PathBuf, u64, usize) {
+    let src = tempfile::tempdir().expect("tempdir");
+    let top = src.path().join("tree");
+    std::fs::create_dir_all(top.join("small")).expect("mkdir");
+    write_random(&top.join("large.bin"), large, 31);
+    write_random(&top.join("mid.bin"), 300_001, 32);
+    let mut total = large + 300_001;
+    for i in 0..40u64 {
+        let p = top.join("small").join(format!("f{i}"));
+        write_random(&p, 100 + i * 37, 100 + i);
+        total += 100 + i * 37;
+    }
+    set_times(&top.join("large.bin"), 1_234_567_890, 7);
+    (src, top, total, 42)
+}
+
+/// The `--json` line of the relay's tee, if the push printed one.
+fn relay_line(r: &Pushed) -> Option<Value> {
+    r.stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["tee"] == true)
+}
+
+/// A fresh name in each account's home, removed at the end.
+struct InHomes(String, Vec<PathBuf>);
+
+impl InHomes {
+    fn new(tag: &str, users: &[&str]) -> InHomes {
+        let name = OwnedDir::fresh(Path::new(""), tag)
+            .0
+            .to_string_lossy()
+            .into_owned();
+        let dirs = users.iter().map(|u| sshd::home(u).join(&name)).collect();
+        InHomes(name, dirs)
+    }
+}
+
+impl Drop for InHomes {
+    fn drop(&mut self) {
+        for d in &self.1 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+#[test]
+fn a_relay_fetches_each_file_once_and_serves_every_target_behind_it() {
+    let Some(sd) = Sshd::start() else { return };
+    let (_src, top, total, files) = tee_tree((6 << 20) + 7);
+    let users = [sshd::PLAIN, sshd::THIRD, sshd::SUDOER];
+    let dest = InHomes::new("tee", &users);
+    let rsh = sd.rsh();
+    let mut args = vec!["--json", "-r", "-e", &rsh, "--via", "root"];
+    for u in users {
+        args.extend(["-H", u]);
+    }
+    let into_dest = format!("{}/", dest.0);
+    args.extend([s(&top), &into_dest]);
+    let r = push(&args);
+    r.assert_ok();
+    for d in &dest.1 {
+        assert_same_tree(&top, &d.join("tree"));
+    }
+    // One copy over the uplink: the relay received each file's bytes once.
+    let relay = relay_line(&r).unwrap_or_else(|| panic!("no relay line:\n{}", r.describe()));
+    assert_eq!(relay["relay"], "ssh.root", "{relay}");
+    assert_eq!(relay["bytes_fetched"], total, "{relay}");
+    assert_eq!(relay["files_fetched"], files, "{relay}");
+    assert!(relay["shared"].as_u64().unwrap_or(0) > 0, "{relay}");
+    // Each large file left the spool once all three targets had it.
+    assert_eq!(relay["evicted"], 2, "{relay}");
+    // The targets got their data from the relay, not from the controller:
+    // every large transfer was served there (the small ones go in batches).
+    assert!(
+        relay["served"].as_u64().unwrap_or(0) >= users.len() as u64,
+        "{relay}"
+    );
+
+    // Again: nothing changed, nothing fetched.
+    let r = push(&args);
+    r.assert_ok();
+    let relay = relay_line(&r).unwrap_or_else(|| panic!("no relay line:\n{}", r.describe()));
+    assert_eq!(relay["bytes_fetched"], 0, "{relay}");
+
+    // --no-tee: the same result, each target fetching from the controller.
+    let plain = InHomes::new("notee", &users);
+    let into_plain = format!("{}/", plain.0);
+    let n = args.len();
+    args[n - 1] = &into_plain;
+    args.push("--no-tee");
+    let r = push(&args);
+    r.assert_ok();
+    assert!(relay_line(&r).is_none(), "{}", r.describe());
+    for d in &plain.1 {
+        assert_same_tree(&top, &d.join("tree"));
+    }
+}
+
+/// Waits (at most a minute) until `user` has a context running.
+fn context_of(sd: &Sshd, user: &str, t0: Instant) -> u32 {
+    loop {
+        if let Some(&pid) = remote_contexts(sd, user).first() {
+            return pid;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no context for {user}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_stopped_target_behind_a_relay_holds_nobody_back_and_a_killed_one_fails_alone() {
+    let Some(sd) = Sshd::start() else { return };
+    let (_src, top, _total, _) = tee_tree(48 << 20);
+    let users = [sshd::PLAIN, sshd::THIRD, sshd::KILL];
+    let dest = InHomes::new("teestop", &users);
+    let rsh = sd.rsh();
+    let into_dest = format!("{}/", dest.0);
+    let mut args = vec!["--json", "-r", "-e", &rsh, "--via", "root"];
+    for u in users {
+        args.extend(["-H", u]);
+    }
+    args.extend([s(&top), &into_dest]);
+    let t0 = Instant::now();
+    let p = spawn_push(&args);
+    // Freeze the victim as soon as it exists: it reads nothing more.
+    let victim = context_of(&sd, sshd::KILL, t0);
+    let stopped = Command::new("kill")
+        .args(["-STOP", &victim.to_string()])
+        .status()
+        .expect("kill -STOP");
+    assert!(stopped.success());
+    // Its siblings finish meanwhile.
+    let done = |d: &PathBuf| {
+        std::fs::metadata(d.join("tree/large.bin")).is_ok_and(|m| m.len() == 48 << 20)
+            && std::fs::metadata(d.join("tree/small/f39")).is_ok()
+    };
+    loop {
+        if dest.1[..2].iter().all(done) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the other targets did not finish while {} was stopped",
+            sshd::KILL
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!done(&dest.1[2]), "the stopped target cannot have finished");
+    sshd::kill(victim);
+    let r = p.wait(t0, Duration::from_secs(300));
+    assert!(!r.status.success(), "{}", r.describe());
+    for (u, d) in users[..2].iter().zip(&dest.1) {
+        assert!(
+            r.of(u).iter().all(|l| l["error"].is_null()),
+            "{}",
+            r.describe()
+        );
+        assert_same_tree(&top, &d.join("tree"));
+    }
+    let v = r.of(sshd::KILL);
+    assert!(
+        v.iter().any(|l| l["status"] == "failed"),
+        "{}",
+        r.describe()
+    );
+    // Nothing half-written where it was killed.
+    assert!(
+        !dest.1[2].join("tree/large.bin").exists(),
+        "a partial file landed"
+    );
+}
+
+#[test]
+fn a_relay_killed_mid_push_fails_every_target_below_it_and_nothing_half_written_lands() {
+    let Some(sd) = Sshd::start() else { return };
+    let (_src, top, _total, _) = tee_tree(64 << 20);
+    let users = [sshd::PLAIN, sshd::THIRD];
+    let dest = InHomes::new("teerelay", &users);
+    let rsh = sd.rsh();
+    let into_dest = format!("{}/", dest.0);
+    let mut args = vec![
+        "--json",
+        "-r",
+        "-e",
+        &rsh,
+        "--bwlimit",
+        "4M",
+        "--via",
+        "root",
+    ];
+    for u in users {
+        args.extend(["-H", u]);
+    }
+    args.extend([s(&top), &into_dest]);
+    let t0 = Instant::now();
+    let p = spawn_push(&args);
+    // Both targets are up (so the relay is serving them), then it dies.
+    for u in users {
+        context_of(&sd, u, t0);
+    }
+    // The targets get bytes while the file is still arriving at the relay:
+    // at 4 MiB/s it needs 16 s to get there whole, so store-and-forward
+    // could not start before then; streamed, a target has 4 MiB within a
+    // second or two of being up.
+    let up = Instant::now();
+    let written = || -> u64 {
+        users
+            .iter()
+            .flat_map(|u| remote_contexts(&sd, u))
+            .map(wchar)
+            .sum()
+    };
+    let base = written();
+    while written() < base + (4 << 20) {
+        assert!(
+            up.elapsed() < Duration::from_secs(12),
+            "the targets got no data before the file could have reached the relay whole"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let relay_pids: Vec<u32> = remote_contexts(&sd, "root");
+    assert!(!relay_pids.is_empty(), "no relay context");
+    for &pid in &relay_pids {
+        sshd::kill(pid);
+    }
+    let r = p.wait(t0, Duration::from_secs(120));
+    assert!(!r.status.success(), "{}", r.describe());
+    for u in users {
+        let lines = r.of(u);
+        let failed: Vec<&Value> = lines.iter().filter(|l| l["status"] == "failed").collect();
+        assert!(!failed.is_empty(), "{u}: {}", r.describe());
+        let e = failed[0]["error"].as_str().unwrap_or_default();
+        assert!(
+            e.contains("ssh.root"),
+            "{u}: the error names the relay: {e}"
+        );
+    }
+    for d in &dest.1 {
+        assert!(
+            !d.join("tree/large.bin").exists(),
+            "a half-sent file landed in {}",
+            d.display()
+        );
+    }
+    // The targets' contexts went with their relay.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for u in users {
+        while !remote_contexts(&sd, u).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "{u}'s context outlived its relay"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // The killed relay's spool directory (empty: its files had no names)
+    // is swept by the next tee on that host.
+    let stale: Vec<PathBuf> = relay_pids.iter().flat_map(|p| spool_dirs_of(*p)).collect();
+    assert!(
+        !stale.is_empty(),
+        "a SIGKILLed relay leaves its (empty) spool"
+    );
+    let again = InHomes::new("teeagain", &users[..1]);
+    let into_again = format!("{}/", again.0);
+    let mid = top.join("mid.bin");
+    let r = push(&[
+        "--json",
+        "-e",
+        &rsh,
+        "--via",
+        "root",
+        "-H",
+        users[0],
+        s(&mid),
+        &into_again,
+    ]);
+    r.assert_ok();
+    for d in &stale {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+}
+
+/// The spool directories named after relay process `pid`.
+fn spool_dirs_of(pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("ferrogen-tee-{pid}-");
+    std::fs::read_dir(std::env::temp_dir())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn targets_behind_different_relays_are_each_served_by_their_own_relay() {
+    let Some(sd) = Sshd::start() else { return };
+    let (_src, top, total, _) = tee_tree((3 << 20) + 5);
+    let users = [sshd::PLAIN, sshd::THIRD, sshd::SUDOER];
+    let dest = InHomes::new("teegroups", &users);
+    // fgplain behind ssh root, fgthird behind a local relay, fgsudo direct.
+    let list = tempfile::NamedTempFile::new().expect("hosts file");
+    std::fs::write(
+        list.path(),
+        format!("{} root\n{} local\n{}\n", users[0], users[1], users[2]),
+    )
+    .expect("write hosts");
+    let rsh = sd.rsh();
+    let into_dest = format!("{}/", dest.0);
+    let r = push(&[
+        "--json",
+        "-r",
+        "-e",
+        &rsh,
+        "--hosts",
+        s(list.path()),
+        s(&top),
+        &into_dest,
+    ]);
+    r.assert_ok();
+    for d in &dest.1 {
+        assert_same_tree(&top, &d.join("tree"));
+    }
+    let relays: Vec<Value> = r
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["tee"] == true)
+        .collect();
+    assert_eq!(relays.len(), 2, "{}", r.describe());
+    let names: Vec<&str> = relays.iter().filter_map(|v| v["relay"].as_str()).collect();
+    assert!(names.contains(&"ssh.root"), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("local.")), "{names:?}");
+    for v in &relays {
+        assert_eq!(v["bytes_fetched"], total, "{v}");
+    }
+    assert_eq!(r.of(users[0])[0]["context"], "ssh.fgplain");
+}
+
+#[test]
+fn ctrl_c_during_a_teed_push_cleans_every_level() {
+    let Some(sd) = Sshd::start() else { return };
+    let (_src, top, _total, _) = tee_tree(64 << 20);
+    let users = [sshd::PLAIN, sshd::THIRD];
+    let dest = InHomes::new("teeint", &users);
+    let rsh = sd.rsh();
+    let into_dest = format!("{}/", dest.0);
+    let mut args = vec![
+        "--json",
+        "-r",
+        "-e",
+        &rsh,
+        "--bwlimit",
+        "8M",
+        "--via",
+        "root",
+    ];
+    for u in users {
+        args.extend(["-H", u]);
+    }
+    args.extend([s(&top), &into_dest]);
+    let t0 = Instant::now();
+    let p = spawn_push(&args);
+    for u in users {
+        context_of(&sd, u, t0);
+    }
+    let relay_pids = remote_contexts(&sd, "root");
+    std::thread::sleep(Duration::from_millis(1500));
+    let sent = Command::new("kill")
+        .args(["-INT", &p.pid().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(sent.success());
+    let r = p.wait(t0, Duration::from_secs(60));
+    assert_eq!(r.status.code(), Some(130), "{}", r.describe());
+    for d in &dest.1 {
+        assert!(
+            !d.join("tree/large.bin").exists(),
+            "a half-sent file landed in {}",
+            d.display()
+        );
+    }
+    // Every level ends: the targets, the relay, and the relay's spool.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for u in [users[0], users[1], "root"] {
+        while !remote_contexts(&sd, u).is_empty() {
+            assert!(Instant::now() < deadline, "{u}'s context outlived the push");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for pid in relay_pids {
+        assert!(spool_dirs_of(pid).is_empty(), "relay {pid} left its spool");
+    }
+}
+
+#[test]
+fn through_a_relay_deltas_checksums_and_holes_work_as_they_do_direct() {
+    let Some(sd) = Sshd::start() else { return };
+    let (_src, top, _total, _) = tee_tree((4 << 20) + 3);
+    // A file with a hole in the middle.
+    let holey = top.join("holey.bin");
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::File::create(&holey).expect("create");
+        f.write_all(&[7u8; 300_000]).expect("write");
+        f.seek(SeekFrom::Start(8 << 20)).expect("seek");
+        f.write_all(&[9u8; 300_000]).expect("write");
+    }
+    let users = [sshd::PLAIN, sshd::THIRD];
+    let dest = InHomes::new("teedelta", &users);
+    let rsh = sd.rsh();
+    let into_dest = format!("{}/", dest.0);
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--json", "-r", "-S", "-e", &rsh, "--via", "root"];
+        for u in users {
+            args.extend(["-H", u]);
+        }
+        args.extend_from_slice(extra);
+        args.extend([s(&top), into_dest.as_str()]);
+        push(&args)
+    };
+    let r = run(&[]);
+    r.assert_ok();
+    for d in &dest.1 {
+        assert_same_tree(&top, &d.join("tree"));
+        let m = std::fs::metadata(d.join("tree/holey.bin")).expect("stat");
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            m.blocks() * 512 < 4 << 20,
+            "the hole was filled in {}: {} blocks",
+            d.display(),
+            m.blocks()
+        );
+    }
+    // A change in the middle of the large file: each target sends its old
+    // copy's signature to the relay, which matches it against its spool.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(top.join("large.bin"))
+            .expect("open");
+        f.seek(SeekFrom::Start(1 << 20)).expect("seek");
+        f.write_all(&[0xAB; 5000]).expect("write");
+    }
+    let r = run(&[]);
+    r.assert_ok();
+    for d in &dest.1 {
+        assert_same_tree(&top, &d.join("tree"));
+    }
+    let relay = relay_line(&r).unwrap_or_else(|| panic!("no relay line:\n{}", r.describe()));
+    assert_eq!(
+        relay["bytes_fetched"],
+        (4 << 20) + 3,
+        "only large.bin again: {relay}"
+    );
+    // -c: the digests come through the relay; nothing differs, nothing sent.
+    let r = run(&["-c"]);
+    r.assert_ok();
+    for u in users {
+        assert!(
+            r.of(u).iter().all(|l| l["status"] == "unchanged"),
+            "{}",
+            r.describe()
+        );
+    }
 }

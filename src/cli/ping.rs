@@ -59,38 +59,43 @@ pub async fn run(args: PingArgs, log_filter: String) -> Exit {
     crate::ping::register_service(&services, &router);
 
     let mut reports = Vec::new();
-    match target::connect_chain(&router, &args.target, &log_filter).await {
-        Err((chain, e)) => {
-            for host in args.target.hosts() {
-                reports.push(PingReport {
-                    target: host,
-                    chain: chain.names.clone(),
-                    count: 0,
-                    rtt_us: None,
-                    error: Some(e.clone()),
-                });
+    // Each group of targets reached through the same hops (a hosts file's
+    // relay column) in turn.
+    for group in args.target.groups() {
+        let targs = args.target.for_group(&group);
+        match target::connect_chain(&router, &targs, &log_filter).await {
+            Err((chain, e)) => {
+                for host in group.hosts {
+                    reports.push(PingReport {
+                        target: host,
+                        chain: chain.names.clone(),
+                        count: 0,
+                        rtt_us: None,
+                        error: Some(e.clone()),
+                    });
+                }
             }
-        }
-        Ok(chain) => {
-            let mut tasks = Vec::new();
-            for host in args.target.hosts() {
-                let router = router.clone();
-                let chain = chain.clone();
-                let filter = log_filter.clone();
-                let targs = args.target.clone();
-                let count = args.count;
-                tasks.push(tokio::spawn(async move {
-                    ping_one(&router, &targs, host, chain, count, &filter).await
-                }));
-            }
-            for t in tasks {
-                reports.push(t.await.unwrap_or_else(|e| PingReport {
-                    target: "?".into(),
-                    chain: vec![],
-                    count: 0,
-                    rtt_us: None,
-                    error: Some(format!("internal error: {e}")),
-                }));
+            Ok(chain) => {
+                let mut tasks = Vec::new();
+                for host in group.hosts {
+                    let router = router.clone();
+                    let chain = chain.clone();
+                    let filter = log_filter.clone();
+                    let targs = targs.clone();
+                    let count = args.count;
+                    tasks.push(tokio::spawn(async move {
+                        ping_one(&router, &targs, host, chain, count, &filter).await
+                    }));
+                }
+                for t in tasks {
+                    reports.push(t.await.unwrap_or_else(|e| PingReport {
+                        target: "?".into(),
+                        chain: vec![],
+                        count: 0,
+                        rtt_us: None,
+                        error: Some(format!("internal error: {e}")),
+                    }));
+                }
             }
         }
     }

@@ -180,15 +180,30 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
     crate::ping::register_service(&services, &router);
     let temps = TempFiles::default();
     let cancel = Arc::new(AtomicBool::new(false));
-    let work = pull_all(
-        &router,
-        &args,
-        dest.clone(),
-        srcs,
-        &log_filter,
-        &temps,
-        &cancel,
-    );
+    // Each group of targets reached through the same hops in turn (a
+    // hosts file's relay column); DEST/<target>/ when there are several
+    // targets in all.
+    let work = async {
+        let several = args.target.hosts().len() > 1;
+        let mut all = Vec::new();
+        for group in args.target.groups() {
+            let targs = args.target.for_group(&group);
+            let o = pull_all(
+                &router,
+                &args,
+                &targs,
+                several,
+                dest.clone(),
+                srcs,
+                &log_filter,
+                &temps,
+                &cancel,
+            )
+            .await;
+            all.extend(o);
+        }
+        all
+    };
     let outcomes = tokio::select! {
         o = work => o,
         sig = shutdown_signal() => {
@@ -212,27 +227,29 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
     if failed { Exit::Failure } else { Exit::Success }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn pull_all(
     router: &Router,
     args: &PushArgs,
+    targs: &super::target::TargetArgs,
+    several: bool,
     dest: std::ffi::OsString,
     srcs: &[std::ffi::OsString],
     log_filter: &str,
     temps: &TempFiles,
     cancel: &Arc<AtomicBool>,
 ) -> Vec<TargetOutcome> {
-    let hosts = args.target.hosts();
+    let hosts = targs.hosts();
     let failed = |host: String, e: String| TargetOutcome {
         results: vec![EntryResult::failed(Path::new(&dest), e)],
         host,
         context: String::new(),
         seconds: 0.0,
     };
-    let chain = match target::connect_chain(router, &args.target, log_filter).await {
+    let chain = match target::connect_chain(router, targs, log_filter).await {
         Ok(c) => c,
         Err((_, e)) => return hosts.into_iter().map(|h| failed(h, e.clone())).collect(),
     };
-    let several = hosts.len() > 1;
     let bars = report::Bars::new(!args.json, &hosts);
     let sem = Arc::new(Semaphore::new(args.fanout.max(1)));
     let args = Arc::new(Job {
@@ -280,7 +297,7 @@ async fn pull_all(
         delete: args.delete,
         max_delete: args.max_delete,
         stripes: args.stripes,
-        target: args.target.clone(),
+        target: targs.clone(),
         log_filter: log_filter.to_string(),
     });
     let mut tasks = Vec::new();

@@ -169,6 +169,12 @@ pub struct PushArgs {
     /// and fail.
     #[arg(long, value_name = "N")]
     pub max_delete: Option<u64>,
+    /// Do not tee at the relay: every target behind --via fetches each
+    /// file from the controller itself, so each copy crosses the uplink
+    /// (for comparison; by default the last --via hop fetches each file
+    /// once and serves all the targets behind it).
+    #[arg(long)]
+    pub no_tee: bool,
     /// Print one JSON object per file and target instead of text.
     #[arg(long)]
     pub json: bool,
@@ -533,7 +539,7 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
         &log_filter,
         &targets,
     );
-    let outcomes = tokio::select! {
+    let (outcomes, relays) = tokio::select! {
         o = work => o,
         sig = shutdown_signal() => {
             let what = if sig == Exit::Terminated { "terminated" } else { "interrupted" };
@@ -556,6 +562,11 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
         dry_run: args.dry_run,
     };
     let failed = report::print(&style, &outcomes, &sources.skipped);
+    if args.json {
+        for (name, stats) in &relays {
+            report::print_relay(name, stats);
+        }
+    }
     if args.compress {
         let s = fs.stats();
         tracing::info!(
@@ -617,6 +628,10 @@ pub(crate) async fn shutdown_signal() -> Exit {
     }
 }
 
+/// Pushes to every target, each group of targets reached through the same
+/// hops (`--via`, a hosts file's relay column) on its own, all groups at
+/// once; the outcomes in the order the targets were named, and what each
+/// relay's tee fetched.
 async fn push_all(
     router: &Router,
     fs: &FileService,
@@ -625,12 +640,91 @@ async fn push_all(
     total: u64,
     log_filter: &str,
     targets: &Targets,
-) -> Vec<TargetOutcome> {
-    let hosts = args.target.hosts();
-    let chain = match target::connect_chain(router, &args.target, log_filter).await {
+) -> (
+    Vec<TargetOutcome>,
+    Vec<(String, crate::files::tee::TeeStats)>,
+) {
+    let groups = args.target.groups();
+    let bars = report::Bars::new(!args.json, &args.target.hosts());
+    let mut plans = Vec::with_capacity(groups.len());
+    // (One plan per group: a 100,000-entry plan is not cloned for nothing.)
+    let mut plan = Some(plan);
+    for k in 0..groups.len() {
+        let p = if k + 1 == groups.len() {
+            plan.take().unwrap_or_default()
+        } else {
+            plan.clone().unwrap_or_default()
+        };
+        plans.push(p);
+    }
+    let runs = groups.iter().zip(plans).map(|(g, plan)| {
+        let targs = args.target.for_group(g);
+        let bars = &bars;
+        Box::pin(async move {
+            push_group(
+                router, fs, args, &targs, plan, total, log_filter, targets, bars,
+            )
+            .await
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>>
+    });
+    let done = join_all(runs.collect()).await;
+    let mut outcomes = Vec::new();
+    let mut relays = Vec::new();
+    for (o, r) in done {
+        outcomes.extend(o);
+        relays.extend(r);
+    }
+    (outcomes, relays)
+}
+
+/// Runs `futures` concurrently on this task; their outputs in order.
+/// (Written here rather than adding the `futures` crate for one function.)
+async fn join_all<T>(
+    mut futures: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + '_>>>,
+) -> Vec<T> {
+    let mut outputs: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *out = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+/// Pushes to one group of targets: connects its hops, starts the tee in
+/// its last hop, and pushes to its targets `--fanout` at a time.
+#[allow(clippy::too_many_arguments)]
+async fn push_group(
+    router: &Router,
+    fs: &FileService,
+    args: &PushArgs,
+    targs: &TargetArgs,
+    plan: PushPlan,
+    total: u64,
+    log_filter: &str,
+    targets: &Targets,
+    bars: &report::Bars,
+) -> (
+    Vec<TargetOutcome>,
+    Option<(String, crate::files::tee::TeeStats)>,
+) {
+    let hosts = targs.hosts();
+    let chain = match target::connect_chain(router, targs, log_filter).await {
         Ok(c) => c,
         Err((_, e)) => {
-            return hosts
+            let failed = hosts
                 .into_iter()
                 .map(|host| TargetOutcome {
                     results: vec![EntryResult {
@@ -650,20 +744,32 @@ async fn push_all(
                     seconds: 0.0,
                 })
                 .collect();
+            return (failed, None);
         }
     };
-    let bars = report::Bars::new(!args.json, &hosts);
+    let started = match chain.last {
+        Some(relay) if !args.no_tee => start_tee(router, relay, &chain, args, hosts.len()).await,
+        _ => None,
+    };
+    let mut plan = plan;
+    if let Some(relay) = started {
+        plan.server = relay;
+    }
+    // Behind a tee the plan too crosses the uplink once: the relay keeps
+    // it and hands it to each target.
+    let tee = match started {
+        Some(relay) => send_plan_to_relay(router, relay, &chain, &plan).await,
+        None => None,
+    };
     let sem = Arc::new(Semaphore::new(args.fanout.max(1)));
     // Delta transfer is for a link: on one machine (a local target, no
     // hop) the file is sent whole unless --no-whole-file.
-    let is_local =
-        |host: &str| args.target.via.is_empty() && target::parse(host) == Ok(Method::Local);
+    let is_local = |host: &str| targs.via.is_empty() && target::parse(host) == Ok(Method::Local);
     let local_delta = plan.options.delta && args.no_whole_file;
     let (any_local, any_remote) = (
         hosts.iter().any(|h| is_local(h)),
         hosts.iter().any(|h| !is_local(h)),
     );
-    let mut plan = plan;
     // (A copy of the plan only when both kinds of target are in one push:
     // a 100,000-entry plan is not cloned for nothing.)
     let local_plan = if any_local && any_remote {
@@ -692,7 +798,7 @@ async fn push_all(
             plan.clone(),
             sem.clone(),
         );
-        let targs = args.target.clone();
+        let targs = targs.clone();
         let filter = log_filter.to_string();
         let bar = bars.add(&host, total);
         let stripes = args.stripes;
@@ -701,6 +807,7 @@ async fn push_all(
             let _permit = sem.acquire_owned().await;
             push_one(
                 &router, &fs, &targs, &chain, host, &plan, &filter, bar, stripes, total, &reached,
+                tee,
             )
             .await
         }));
@@ -728,7 +835,121 @@ async fn push_all(
             }),
         }
     }
-    out
+    let relay = match started {
+        Some(relay) => stop_tee(router, relay, &chain).await,
+        None => None,
+    };
+    (out, relay)
+}
+
+/// Starts the tee in `relay` (the last `--via` hop): it fetches each file
+/// once from this controller and serves every target behind it. `None`
+/// (with a warning) if it cannot: the targets then fetch from here.
+async fn start_tee(
+    router: &Router,
+    relay: ContextId,
+    chain: &Chain,
+    args: &PushArgs,
+    targets: usize,
+) -> Option<ContextId> {
+    let tee = crate::files::relay::TeeArgs {
+        upstream: router.id(),
+        serve: crate::files::source::ServeOptions {
+            window: args.window,
+            window_cap: args.window_cap,
+            compress: args.compress,
+            bwlimit: args.bwlimit,
+            bwlimit_total: args.bwlimit_total,
+            xattrs: args.xattr_sel(),
+        },
+        sparse: args.sparse,
+        targets: u32::try_from(targets).unwrap_or(0),
+    };
+    let r: Result<(), _> = router
+        .call_service(relay, crate::files::relay::TEE_SERVICE, "start", &tee)
+        .await;
+    match r {
+        Ok(()) => Some(relay),
+        Err(e) => {
+            let name = chain.names.last().map(String::as_str).unwrap_or("relay");
+            out::diag(format_args!(
+                "ferrogen push: {name}: no tee ({e}); every target behind it fetches from here"
+            ));
+            None
+        }
+    }
+}
+
+/// Leaves the plan with the relay's tee. `None` (the targets are then sent
+/// the plan from here, and fetch from the controller) if that fails.
+async fn send_plan_to_relay(
+    router: &Router,
+    relay: ContextId,
+    chain: &Chain,
+    plan: &PushPlan,
+) -> Option<ContextId> {
+    let r: Result<(), _> = router
+        .call_service(relay, crate::files::relay::TEE_SERVICE, "plan", plan)
+        .await;
+    match r {
+        Ok(()) => Some(relay),
+        Err(e) => {
+            let name = chain.names.last().map(String::as_str).unwrap_or("relay");
+            out::diag(format_args!(
+                "ferrogen push: {name}: could not leave the plan with the tee ({e})"
+            ));
+            None
+        }
+    }
+}
+
+/// Stops the relay's tee (removing its spool); the relay's name and what
+/// its tee fetched.
+async fn stop_tee(
+    router: &Router,
+    relay: ContextId,
+    chain: &Chain,
+) -> Option<(String, crate::files::tee::TeeStats)> {
+    let name = chain.names.last().cloned().unwrap_or_default();
+    let r: Result<crate::files::tee::TeeStats, _> = router
+        .call_service_timeout(
+            relay,
+            crate::files::relay::TEE_SERVICE,
+            "stop",
+            &(),
+            Some(Duration::from_secs(30)),
+        )
+        .await;
+    match r {
+        Ok(s) => {
+            tracing::info!(
+                "{name}: tee fetched {} files ({} in batches, {} bytes) once, served {} transfers",
+                s.files_fetched + s.small_fetched,
+                s.small_fetched,
+                s.bytes_fetched,
+                s.served
+            );
+            Some((name, s))
+        }
+        Err(e) => {
+            tracing::warn!("{name}: stopping the tee failed: {e}");
+            None
+        }
+    }
+}
+
+/// Bytes acknowledged and files sent to `target` by the relay's tee.
+async fn tee_progress(router: &Router, relay: ContextId, target: ContextId) -> Option<(u64, u64)> {
+    let r: Result<Vec<(u64, u64)>, _> = router
+        .call_service_timeout(
+            relay,
+            crate::files::relay::TEE_SERVICE,
+            "progress",
+            &vec![target],
+            Some(Duration::from_secs(2)),
+        )
+        .await;
+    r.ok().and_then(|v| v.first().copied())
 }
 
 /// Round trips below this are not worth striping: the path's
@@ -910,6 +1131,7 @@ async fn push_one(
     stripes: Option<usize>,
     total: u64,
     reached: &Targets,
+    tee: Option<ContextId>,
 ) -> TargetOutcome {
     let t0 = Instant::now();
     // (Files the target finds up to date are not sent: the count sent may
@@ -975,15 +1197,39 @@ async fn push_one(
         // the attaching to go on.)
         let _ = tokio::time::timeout(EARLY_STRIPE_WAIT, attaching).await;
     }
-    let call = router.call_service::<_, Vec<EntryResult>>(info.id, TARGET_SERVICE, "push", plan);
+    let call = async {
+        match tee {
+            Some(relay) => {
+                router
+                    .call_service::<_, Vec<EntryResult>>(
+                        relay,
+                        crate::files::relay::TEE_SERVICE,
+                        "push",
+                        &info.id,
+                    )
+                    .await
+            }
+            None => {
+                router
+                    .call_service::<_, Vec<EntryResult>>(info.id, TARGET_SERVICE, "push", plan)
+                    .await
+            }
+        }
+    };
     tokio::pin!(call);
+    // Behind a tee the relay's FileService sends; it is asked now and then.
+    let tick = Duration::from_millis(if tee.is_some() { 500 } else { 100 });
     let result = loop {
         tokio::select! {
             r = &mut call => break r,
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+            _ = tokio::time::sleep(tick), if bar.is_some() => {
+                let (bytes, sent) = match tee {
+                    Some(relay) => tee_progress(router, relay, info.id).await.unwrap_or((0, 0)),
+                    None => (fs.progress(info.id), fs.files_sent(info.id)),
+                };
                 if let Some(b) = &bar {
-                    b.set_position(fs.progress(info.id));
-                    b.set_message(format!("{} of {files} files sent", fs.files_sent(info.id)));
+                    b.set_position(bytes);
+                    b.set_message(format!("{sent} of {files} files sent"));
                 }
             }
         }
@@ -1010,7 +1256,9 @@ async fn push_one(
         }
     };
     if let Some(b) = &bar {
-        b.set_position(fs.progress(info.id));
+        if tee.is_none() {
+            b.set_position(fs.progress(info.id));
+        }
         if results.iter().any(|r| r.error.is_some()) {
             b.abandon_with_message("failed");
         } else {

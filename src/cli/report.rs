@@ -159,6 +159,21 @@ pub fn itemize(r: &EntryResult) -> String {
     )
 }
 
+/// With `--json`, one line for a relay's tee: what it fetched from the
+/// controller (each file once) and how many transfers it served.
+pub fn print_relay(relay: &str, s: &crate::files::tee::TeeStats) {
+    out::data(serde_json::json!({
+        "relay": relay,
+        "tee": true,
+        "files_fetched": s.files_fetched + s.small_fetched,
+        "small_fetched": s.small_fetched,
+        "bytes_fetched": s.bytes_fetched,
+        "shared": s.shared,
+        "served": s.served,
+        "evicted": s.evicted,
+    }));
+}
+
 /// Prints every target's results; returns whether anything failed (or no
 /// target was tried at all).
 pub fn print(style: &Style, outcomes: &[TargetOutcome], skipped: &[Skipped]) -> bool {

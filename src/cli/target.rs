@@ -22,9 +22,10 @@ use crate::router::Router;
 
 use super::nodeset;
 
-/// The targets listed in a `--hosts` file, expanded when it was read.
+/// The targets listed in a `--hosts` file, expanded when it was read,
+/// each with the relays of its line (empty: reached as `-H` targets are).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostFile(pub Vec<String>);
+pub struct HostFile(pub Vec<(String, Vec<String>)>);
 
 /// `-H`: a valid node set (kept as written; expanded by
 /// [`TargetArgs::hosts`]).
@@ -38,26 +39,60 @@ fn node_set_arg(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-/// `--hosts FILE`: one target or node set a line, `#` comments.
+/// `--hosts FILE`: a target or node set a line, optionally followed by a
+/// relay column — the hops (comma-separated, in order) that reach that
+/// line's targets, after any `--via` — and `#` comments:
+///
+/// ```text
+/// web[01-16].dc1   bastion1
+/// db[1-4].dc2      bastion2,gw.dc2
+/// local-box
+/// ```
 fn host_file_arg(path: &str) -> Result<HostFile, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-    let mut sets = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut hosts = Vec::new();
     for (n, line) in text.lines().enumerate() {
+        let at = |e: String| format!("{path}:{}: {e}", n + 1);
         let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
+        let mut columns = line.split_whitespace();
+        let Some(set) = columns.next() else { continue };
+        let relays: Vec<String> = match columns.next() {
+            Some(r) => r.split(',').map(str::to_string).collect(),
+            None => Vec::new(),
+        };
+        if let Some(extra) = columns.next() {
+            return Err(at(format!(
+                "unexpected {extra:?}: a line is a target (or node set) and, optionally, \
+                 its relays separated by commas"
+            )));
         }
-        nodeset::expand(line).map_err(|e| format!("{path}:{}: {e}", n + 1))?;
-        sets.push(line);
-    }
-    let hosts = nodeset::expand_all(sets).map_err(|e| format!("{path}: {e}"))?;
-    for name in &hosts {
-        connect::parse_method(name).map_err(|e| format!("{path}: {e}"))?;
+        for r in &relays {
+            connect::parse_method(r).map_err(|e| at(format!("relay {r:?}: {e}")))?;
+        }
+        for name in nodeset::expand(set).map_err(|e| at(e.to_string()))? {
+            connect::parse_method(&name).map_err(&at)?;
+            if seen.insert(name.clone()) {
+                hosts.push((name, relays.clone()));
+                if hosts.len() > nodeset::MAX_NODES {
+                    return Err(format!("{path}: more than {} targets", nodeset::MAX_NODES));
+                }
+            }
+        }
     }
     if hosts.is_empty() {
         return Err(format!("{path}: no targets in the file"));
     }
     Ok(HostFile(hosts))
+}
+
+/// Targets reached through the same hops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// The hops, in order (`--via`, then a hosts file's relay column).
+    pub via: Vec<String>,
+    /// The targets, node sets expanded.
+    pub hosts: Vec<String>,
 }
 
 /// Options shared by every command that reaches targets.
@@ -105,22 +140,55 @@ impl TargetArgs {
     /// The target specs, node sets expanded, duplicates dropped (first
     /// kept), defaulting to one `local`.
     pub fn hosts(&self) -> Vec<String> {
+        self.groups().into_iter().flat_map(|g| g.hosts).collect()
+    }
+
+    /// The targets grouped by the hops that reach them, in the order they
+    /// were first named: `-H` targets (and hosts-file lines without a
+    /// relay column) behind `--via`, each relay column's behind `--via`
+    /// then its relays. Duplicates dropped (first kept).
+    pub fn groups(&self) -> Vec<Group> {
         if self.hosts.is_empty() && self.host_files.is_empty() {
-            return vec!["local".to_string()];
+            return vec![Group {
+                via: self.via.clone(),
+                hosts: vec!["local".to_string()],
+            }];
         }
         let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::new();
+        let mut groups: Vec<Group> = Vec::new();
         let from_args = self.hosts.iter().flat_map(|set| {
             // Validated at parse time; a set that fails now stays as written.
-            nodeset::expand(set).unwrap_or_else(|_| vec![set.clone()])
+            nodeset::expand(set)
+                .unwrap_or_else(|_| vec![set.clone()])
+                .into_iter()
+                .map(|h| (h, Vec::new()))
         });
         let from_files = self.host_files.iter().flat_map(|f| f.0.iter().cloned());
-        for host in from_args.chain(from_files) {
-            if seen.insert(host.clone()) {
-                out.push(host);
+        for (host, relays) in from_args.chain(from_files) {
+            if !seen.insert(host.clone()) {
+                continue;
+            }
+            let via: Vec<String> = self.via.iter().cloned().chain(relays).collect();
+            match groups.iter_mut().find(|g| g.via == via) {
+                Some(g) => g.hosts.push(host),
+                None => groups.push(Group {
+                    via,
+                    hosts: vec![host],
+                }),
             }
         }
-        out
+        groups
+    }
+
+    /// These options for one group: its hops as `--via` and its targets
+    /// as `-H`.
+    pub fn for_group(&self, group: &Group) -> TargetArgs {
+        TargetArgs {
+            hosts: group.hosts.clone(),
+            host_files: Vec::new(),
+            via: group.via.clone(),
+            ..self.clone()
+        }
     }
 
     /// The connect spec for one `-H`/`--via` value.
@@ -325,6 +393,43 @@ mod tests {
         assert!(parse("sudo:").is_err());
         assert!(parse("").is_err());
         assert!(parse("-oProxyCommand=x").is_err());
+    }
+
+    #[test]
+    fn groups_follow_the_hops_in_the_order_targets_were_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("hosts");
+        std::fs::write(&file, "a[1-2] r1\nb r1,r2\nc\nd r1\n").expect("write");
+        let t = T::parse_from([
+            "x",
+            "-H",
+            "z",
+            "--via",
+            "bastion",
+            "--hosts",
+            file.to_str().expect("utf8"),
+            "-H",
+            "a1",
+        ])
+        .t;
+        let g = |via: &[&str], hosts: &[&str]| Group {
+            via: via.iter().map(|s| s.to_string()).collect(),
+            hosts: hosts.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(
+            t.groups(),
+            [
+                g(&["bastion"], &["z", "a1", "c"]),
+                g(&["bastion", "r1"], &["a2", "d"]),
+                g(&["bastion", "r1", "r2"], &["b"]),
+            ]
+        );
+        assert_eq!(t.hosts(), ["z", "a1", "c", "a2", "d", "b"]);
+        let one = t.for_group(&t.groups()[1]);
+        assert_eq!(
+            (one.via.len(), one.hosts()),
+            (2, vec!["a2".into(), "d".into()])
+        );
     }
 
     #[test]

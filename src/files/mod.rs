@@ -73,12 +73,16 @@ pub mod pace;
 pub mod passwd;
 pub mod place;
 pub mod plan;
+pub mod reassembly;
 pub mod receive;
 pub mod registry;
+pub mod relay;
 pub mod serve;
 pub mod source;
 pub mod sparse;
 pub mod spec;
+pub mod tee;
+pub mod transfer;
 pub mod turns;
 pub mod uptodate;
 pub mod walk;
@@ -396,6 +400,7 @@ pub enum TransferMsg {
 pub fn serve_transfers(services: &crate::service::Services, router: &crate::router::Router) {
     plan::register_service(services, router);
     source::register_service(services, router);
+    relay::register_service(services, router);
 }
 
 /// Hex form of a digest.

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use super::delta;
 use super::meta::{FileMeta, lookup_gid, lookup_uid};
 use super::place::{self, Place};
+use super::reassembly::{Piece, Reassembly, Started};
 use super::{FILE_SERVICE, FetchArgs, FetchReply, TransferMsg};
 use crate::call::CallError;
 use crate::channel::ChannelError;
@@ -234,6 +235,12 @@ fn io_err<'a>(
 }
 
 impl PendingFile {
+    /// True if the temp file has no name (`O_TMPFILE`): dropping this
+    /// leaves nothing behind, and another descriptor of it keeps it alive.
+    pub fn is_anonymous(&self) -> bool {
+        self.anonymous
+    }
+
     /// A named temp file `temp` (a partial file, if `partial`: then not
     /// registered in `temps`, so this context's shutdown keeps it).
     fn new(
@@ -600,9 +607,63 @@ pub async fn receive_with_basis(
     .await
 }
 
+/// Watches a file while it is received, for a relay's tee
+/// ([`super::tee`]), which serves the bytes onwards as they land.
+pub struct Observer {
+    /// Gets the temp file, reopened read-only, and the sender's metadata
+    /// as soon as the file exists (before any data).
+    pub opened: Option<tokio::sync::oneshot::Sender<(File, FileMeta)>>,
+    /// How many bytes of the file are written, in order, from its start;
+    /// raised after each write.
+    pub written: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+/// [`receive_with`], telling `observer` where the data goes and how far it
+/// has got, so another reader may follow the file as it is written.
+pub async fn receive_observed(
+    router: &Router,
+    server: ContextId,
+    src: &super::RawPath,
+    place: &Place,
+    temps: &TempFiles,
+    opts: &ReceiveOptions,
+    observer: Observer,
+) -> Result<PendingFile, ReceiveError> {
+    let prep = Prepared {
+        observer: Some(observer),
+        ..Prepared::default()
+    };
+    receive_prepared(
+        router,
+        server,
+        src,
+        place,
+        temps,
+        opts,
+        prep,
+        Instant::now(),
+    )
+    .await
+}
+
+/// The temp file behind `file`, opened again read-only (through
+/// `/proc/self/fd`, which also reaches an anonymous `O_TMPFILE`).
+fn reopen_read_only(file: &File) -> std::io::Result<File> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let fd = rustix::fs::open(
+        path.as_str(),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    Ok(File::from(fd))
+}
+
 /// What a requester brings to a fetch besides the path.
 #[derive(Default)]
 struct Prepared {
+    /// Someone following the file as it is written (a relay's tee).
+    observer: Option<Observer>,
     /// The most bytes the file may have (a pull: what the serving target
     /// announced); a larger one is refused before anything is reserved.
     max_size: Option<u64>,
@@ -811,6 +872,24 @@ async fn receive_prepared(
         }
     };
     pending.stale_partial = prep.stale_partial && !pending.partial;
+    let written = match prep.observer.take() {
+        Some(Observer { opened, written }) => {
+            let reopened = pending.file.as_ref().map(reopen_read_only);
+            match (reopened, opened) {
+                (Some(Ok(f)), Some(tx)) => {
+                    let _ = tx.send((f, meta.clone()));
+                }
+                (Some(Err(e)), _) => {
+                    let e = io_err(dest, "reopen for reading")(e);
+                    reply.ack.close_with(router, &e.to_string());
+                    return Err(e);
+                }
+                _ => {}
+            }
+            Some(written)
+        }
+        None => None,
+    };
     let mut sink = None;
     let basis = prep.basis.map(|(f, b)| (f, b.size));
     let result = receive_data(
@@ -823,6 +902,7 @@ async fn receive_prepared(
         resume,
         opts.fsync,
         opts.sparse,
+        written,
     )
     .await;
     if let Err(e) = &result {
@@ -861,39 +941,6 @@ async fn keep_partial(pending: &mut PendingFile, sink: Option<Sink>) {
     }
 }
 
-/// One in-order piece of the new file.
-enum Piece {
-    /// Bytes from the sender.
-    Data(bytes::Bytes),
-    /// Bytes of the old file (a delta's copy instruction).
-    Copy {
-        /// Offset in the old file.
-        from: u64,
-        /// How many.
-        len: u64,
-    },
-    /// That many zero bytes left as a hole (`--sparse`).
-    Hole(u64),
-}
-
-impl Piece {
-    fn len(&self) -> u64 {
-        match self {
-            Piece::Data(d) => d.len() as u64,
-            Piece::Copy { len, .. } | Piece::Hole(len) => *len,
-        }
-    }
-
-    /// What holding it out of order costs in memory (a copy instruction
-    /// is small, but not free: a hostile sender could send millions).
-    fn held_cost(&self) -> usize {
-        match self {
-            Piece::Data(d) => d.len(),
-            Piece::Copy { .. } | Piece::Hole(_) => 64,
-        }
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn receive_data(
     router: &Router,
@@ -905,6 +952,7 @@ async fn receive_data(
     mut resume: Option<(u64, blake3::Hasher)>,
     early_writeback: bool,
     sparse: bool,
+    written: Option<Arc<tokio::sync::watch::Sender<u64>>>,
 ) -> Result<(), ReceiveError> {
     let dest = pending.dest.shown().to_path_buf();
     let dest = dest.as_path();
@@ -915,11 +963,10 @@ async fn receive_data(
         detail,
     };
     let old = basis.as_ref().map(|(f, _)| f.clone());
-    // Where the data starts: 0, or (resuming) what the sender's `Start`
-    // says; until then data is held.
-    let mut base = None;
+    // Order, bounds and the end are the reassembly's; this loop decodes
+    // frames and writes what it releases.
+    let mut order = Reassembly::new(meta.size, resume.as_ref().map(|(len, _)| *len));
     if resume.is_none() {
-        base = Some(0);
         *sink = Some(Sink::new(
             pending,
             &meta,
@@ -929,20 +976,12 @@ async fn receive_data(
             blake3::Hasher::new(),
             old.clone(),
             early_writeback,
+            written.clone(),
         ));
     }
-    let mut received = 0u64;
-    let mut held: std::collections::BTreeMap<u64, Piece> = std::collections::BTreeMap::new();
-    let mut held_bytes = 0usize;
-    let mut end: Option<(u64, [u8; 32])> = None;
+    let mut ready: Vec<Piece> = Vec::new();
     let mut chunks = super::compress::ChunkDecoder::default();
-    loop {
-        if let Some((size, _)) = end
-            && base.is_some()
-            && received >= size
-        {
-            break;
-        }
+    while !order.is_complete() {
         let frame = match rx.recv().await {
             Ok(f) => f,
             Err(e) => {
@@ -952,7 +991,7 @@ async fn receive_data(
                 };
                 return Err(ReceiveError::Interrupted {
                     dest: dest_s,
-                    received,
+                    received: order.received(),
                     expected: meta.size,
                     reason,
                 });
@@ -960,7 +999,7 @@ async fn receive_data(
         };
         match frame.enc {
             Enc::Bin => {
-                let limit = end.map(|(s, _)| s).unwrap_or(meta.size);
+                let limit = order.limit();
                 let (offset, piece) = match (
                     super::sparse::parse_hole(&frame.payload),
                     delta::parse_copy(&frame.payload),
@@ -996,50 +1035,32 @@ async fn receive_data(
                         (offset, Piece::Data(data))
                     }
                 };
-                let len = piece.len();
-                if offset.saturating_add(len) > limit || (base.is_some() && offset < received) {
-                    return Err(mismatch(format!(
-                        "chunk at {offset}+{len} does not fit (announced {limit} bytes, {received} already written)"
-                    )));
-                }
                 let now = unix_ns();
                 if pending.data_span_ns.0 == 0 {
                     pending.data_span_ns.0 = now;
                 }
                 pending.data_span_ns.1 = now;
-                if base.is_none() || offset > received {
-                    // Ahead of a chunk still travelling on another stripe
-                    // (or of the sender's `Start`): hold it. The sender
-                    // never has more than its window unacknowledged, and we
-                    // acknowledge only what is contiguous, so this is
-                    // bounded by the window.
-                    held_bytes += piece.held_cost();
-                    if held.insert(offset, piece).is_some() || held_bytes > MAX_HELD {
-                        return Err(mismatch(format!(
-                            "duplicate or excessive out-of-order data at offset {offset}"
-                        )));
-                    }
+                order
+                    .on_piece(offset, piece, &mut ready)
+                    .map_err(|e| mismatch(e.0))?;
+                if ready.is_empty() {
                     continue;
                 }
                 let Some(s) = sink.as_mut() else {
                     return Err(mismatch("data before the transfer started".into()));
                 };
-                received += len;
-                s.write(pending, piece, dest).await?;
-                while let Some(next) = held.remove(&received) {
-                    held_bytes -= next.held_cost();
-                    received += next.len();
-                    s.write(pending, next, dest).await?;
+                for piece in ready.drain(..) {
+                    s.write(pending, piece, dest).await?;
                 }
                 if let Sink::Inline(..) = s {
-                    reply.ack.send_control(router, &received);
+                    reply.ack.send_control(router, &order.received());
                 }
             }
             Enc::Control => {
                 let msg: TransferMsg =
                     control::decode_frame(&frame).map_err(|e| mismatch(e.to_string()))?;
                 match msg {
-                    TransferMsg::End { size, digest } => end = Some((size, digest)),
+                    TransferMsg::End { size, digest } => order.on_end(size, digest),
                     TransferMsg::Abort { reason } => {
                         return Err(ReceiveError::Aborted {
                             dest: dest_s,
@@ -1047,28 +1068,23 @@ async fn receive_data(
                         });
                     }
                     TransferMsg::Start { from } => {
-                        let Some((len, hasher)) = resume.take() else {
+                        let started = order
+                            .on_start(from, &mut ready)
+                            .map_err(|e| mismatch(e.0))?;
+                        let Some((_, hasher)) = resume.take() else {
                             return Err(mismatch("unexpected start of data".into()));
                         };
-                        let hasher = if from == len {
-                            hasher
-                        } else if from == 0 {
-                            // The sender's bytes differ: start over.
-                            if let Some(f) = pending.file.as_ref() {
-                                f.set_len(0)
-                                    .map_err(io_err(dest, "truncate partial file"))?;
+                        let hasher = match started {
+                            Started::AfterPrefix => hasher,
+                            Started::FromScratch => {
+                                // The sender's bytes differ: start over.
+                                if let Some(f) = pending.file.as_ref() {
+                                    f.set_len(0)
+                                        .map_err(io_err(dest, "truncate partial file"))?;
+                                }
+                                blake3::Hasher::new()
                             }
-                            blake3::Hasher::new()
-                        } else {
-                            return Err(mismatch(format!(
-                                "data would start at {from}, but {len} bytes are held"
-                            )));
                         };
-                        base = Some(from);
-                        received = from;
-                        if held.range(..from).next().is_some() {
-                            return Err(mismatch(format!("data before offset {from}")));
-                        }
                         let s = sink.insert(Sink::new(
                             pending,
                             &meta,
@@ -1078,16 +1094,15 @@ async fn receive_data(
                             hasher,
                             old.clone(),
                             early_writeback,
+                            written.clone(),
                         ));
-                        while let Some(next) = held.remove(&received) {
-                            held_bytes -= next.held_cost();
-                            received += next.len();
-                            s.write(pending, next, dest).await?;
+                        for piece in ready.drain(..) {
+                            s.write(pending, piece, dest).await?;
                         }
-                        if received > from
+                        if order.received() > from
                             && let Sink::Inline(..) = s
                         {
-                            reply.ack.send_control(router, &received);
+                            reply.ack.send_control(router, &order.received());
                         }
                     }
                 }
@@ -1095,15 +1110,10 @@ async fn receive_data(
             Enc::Text => {}
         }
     }
-    let (size, digest) = end.unwrap_or((0, [0; 32]));
-    if size != meta.size || received != size {
-        return Err(mismatch(format!(
-            "announced {} bytes, sender counted {size}, received {received}",
-            meta.size
-        )));
-    }
+    let (_, digest) = order.finish().map_err(|e| mismatch(e.0))?;
+    let received = order.received();
     let got = match sink.take() {
-        Some(Sink::Inline(hasher, _)) => *hasher.finalize().as_bytes(),
+        Some(Sink::Inline(hasher, ..)) => *hasher.finalize().as_bytes(),
         Some(Sink::Thread(writer)) => {
             let (file, got) = writer.finish(dest).await?;
             pending.file = Some(file);
@@ -1290,7 +1300,11 @@ pub fn receive_whole(
 /// Where in-order data goes: hashed and written here (with the offset of
 /// the next byte), or handed to a [`DiskWriter`] thread.
 enum Sink {
-    Inline(Box<blake3::Hasher>, u64),
+    Inline(
+        Box<blake3::Hasher>,
+        u64,
+        Option<Arc<tokio::sync::watch::Sender<u64>>>,
+    ),
     Thread(DiskWriter),
 }
 
@@ -1307,6 +1321,7 @@ impl Sink {
         hasher: blake3::Hasher,
         old: Option<Arc<File>>,
         early_writeback: bool,
+        written: Option<Arc<tokio::sync::watch::Sender<u64>>>,
     ) -> Sink {
         // A file of more than one chunk is written by its own blocking
         // thread, so this context's runtime goes back to reading the stream
@@ -1322,11 +1337,12 @@ impl Sink {
                 from,
                 hasher,
                 old,
+                written,
             )),
             file => {
                 pending.file = file;
                 pending.old = old;
-                Sink::Inline(Box::new(hasher), from)
+                Sink::Inline(Box::new(hasher), from, written)
             }
         }
     }
@@ -1338,13 +1354,16 @@ impl Sink {
         dest: &Path,
     ) -> Result<(), ReceiveError> {
         match self {
-            Sink::Inline(hasher, at) => {
+            Sink::Inline(hasher, at, written) => {
                 if let Some(f) = pending.file.as_ref() {
                     let mut buf = Vec::new();
                     put(f, pending.old.as_deref(), &piece, *at, hasher, &mut buf)
                         .map_err(io_err(dest, "write"))?;
                 }
                 *at += piece.len();
+                if let Some(w) = written {
+                    w.send_replace(*at);
+                }
                 Ok(())
             }
             Sink::Thread(writer) => {
@@ -1354,7 +1373,7 @@ impl Sink {
                 // The thread stopped early because a write failed: collect
                 // its error. The sink is not used again after an error.
                 let Sink::Thread(writer) =
-                    std::mem::replace(self, Sink::Inline(Default::default(), 0))
+                    std::mem::replace(self, Sink::Inline(Default::default(), 0, None))
                 else {
                     unreachable!("matched above");
                 };
@@ -1444,6 +1463,7 @@ struct WriterOutcome {
 }
 
 impl DiskWriter {
+    #[allow(clippy::too_many_arguments)]
     fn start(
         file: File,
         router: Router,
@@ -1452,6 +1472,7 @@ impl DiskWriter {
         from: u64,
         mut hasher: blake3::Hasher,
         old: Option<Arc<File>>,
+        observed: Option<Arc<tokio::sync::watch::Sender<u64>>>,
     ) -> DiskWriter {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(WRITER_QUEUE);
         let handle = tokio::task::spawn_blocking(move || {
@@ -1475,6 +1496,9 @@ impl DiskWriter {
                 }
                 written += piece.len();
                 ack.send_control(&router, &written);
+                if let Some(w) = &observed {
+                    w.send_replace(written);
+                }
                 if early_writeback && written - written_back >= WRITEBACK_EVERY {
                     start_writeback(&file, written_back, written);
                     written_back = written;
@@ -1515,10 +1539,6 @@ impl DiskWriter {
         self.handle.await.ok()
     }
 }
-
-/// Most out-of-order bytes held while waiting for an earlier chunk: the
-/// largest window a sender may use, plus slack.
-const MAX_HELD: usize = 80 << 20;
 
 /// With fsync on, how much newly written data starts its way to the disk
 /// at a time.

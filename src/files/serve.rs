@@ -39,11 +39,13 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::turns::Turns;
 
-use super::compress::{self, ChunkEncoder, CompressCounters, Compression, Tuner, WireLedger};
+use super::compress::{self, ChunkEncoder, CompressCounters, Compression, Tuner};
 use super::delta::{self, Matcher, Op};
 use super::meta::FileMeta;
 use super::pace::{Limits, Pacers};
 use super::registry::Registry;
+use super::tee::{Gate, Tee};
+use super::transfer::{SendMachine, StripeView};
 use super::window::{PathEstimate, Sizing, Window};
 use super::{
     CHUNK_DATA, DigestArgs, FILE_SERVICE, FetchArgs, FetchReply, FetchSmallArgs, FileDigest,
@@ -83,14 +85,11 @@ pub struct FileServiceConfig {
 /// for at most `--parallel` files at once, which is capped to this.
 pub const MAX_FETCHES_PER_REQUESTER: usize = 64;
 
-/// How long a large transfer may go without any acknowledgement before it
-/// gives up its stream's turn to another requester's waiting transfer (it
-/// waits for its next turn, ahead of its requester's newer transfers). A receiver that reads but does not acknowledge would otherwise hold
-/// the turn until `ack_timeout` (60 s) — a stall per transfer for everyone
-/// sharing the stream. On a working path acknowledgements come every few
-/// milliseconds (one per chunk written), so only a stalled receiver, or a
-/// path slower than 64 KiB/s, gives the turn up.
-pub const TURN_STALL: Duration = Duration::from_secs(2);
+// A relay's tee fetches at most this many files at once from upstream,
+// where it is one requester: checked when compiling.
+const _: () = assert!(super::tee::UPSTREAM_FETCHES <= MAX_FETCHES_PER_REQUESTER / 2);
+
+pub use super::transfer::TURN_STALL;
 
 /// Waiting for a turn given up part-way ([`Turns::take_again`]).
 type RegainTurn = std::pin::Pin<
@@ -219,6 +218,8 @@ struct Inner {
     zcounters: Arc<CompressCounters>,
     dcounters: Arc<DeltaCounters>,
     pacers: Pacers,
+    /// A relay's tee: files come from its spool, not from `registry`.
+    tee: Option<Arc<Tee>>,
 }
 
 #[derive(Default)]
@@ -281,6 +282,27 @@ enum ReadEvent {
 impl FileService {
     /// Creates the service and registers it with `services`.
     pub fn start(router: &Router, services: &Services, config: FileServiceConfig) -> FileService {
+        Self::start_with(router, services, config, None)
+    }
+
+    /// Creates a relay's service, which serves what `tee` fetches from
+    /// upstream (see [`super::tee`]), and registers it with `services` in
+    /// place of any other FileService of this context.
+    pub fn start_tee(
+        router: &Router,
+        services: &Services,
+        config: FileServiceConfig,
+        tee: Arc<Tee>,
+    ) -> FileService {
+        Self::start_with(router, services, config, Some(tee))
+    }
+
+    fn start_with(
+        router: &Router,
+        services: &Services,
+        config: FileServiceConfig,
+        tee: Option<Arc<Tee>>,
+    ) -> FileService {
         let mut config = config;
         config.sizing = config.sizing.bounded();
         let pacers = Pacers::new(config.bwlimit);
@@ -302,6 +324,7 @@ impl FileService {
                 zcounters: Arc::default(),
                 dcounters: Arc::default(),
                 pacers,
+                tee,
             }),
         };
         let (a, b, c, d) = (fs.clone(), fs.clone(), fs.clone(), fs.clone());
@@ -321,7 +344,7 @@ impl FileService {
                 )
                 .method_then("fetch", Policy::Any, move |caller, args: FetchArgs| {
                     let fs = c.clone();
-                    async move { fs.fetch(caller, args) }
+                    async move { fs.fetch(caller, args).await }
                 })
                 .method("fetch_small", Policy::Any, {
                     let fs = fs.clone();
@@ -337,7 +360,12 @@ impl FileService {
                         async move { fs.digests(caller.src_id, args).await }
                     }
                 })
-                .on_shutdown(move || async move { d.shutdown().await })
+                .on_shutdown(move || async move {
+                    d.shutdown().await;
+                    if let Some(tee) = &d.inner.tee {
+                        tee.stop();
+                    }
+                })
                 .build(),
         );
         fs
@@ -412,7 +440,7 @@ impl FileService {
         &self.inner.config
     }
 
-    fn fetch(
+    async fn fetch(
         &self,
         caller: Caller,
         args: FetchArgs,
@@ -441,10 +469,19 @@ impl FileService {
                 .map_err(|e| RemoteError::Failed(format!("{}: {e}", args.path)))?;
         }
         let slot = self.open_slot(caller.src_id, &args.path.escaped())?;
-        let opened = lock(&inner.registry).open(&args.path);
-        let file = opened.map_err(|e| RemoteError::Failed(e.to_string()))?;
-        let meta = FileMeta::from_fd_with(&file, inner.config.xattrs)
-            .map_err(|e| RemoteError::Failed(format!("{}: {e}", args.path)))?;
+        let (file, meta, gate) = match &inner.tee {
+            Some(tee) => {
+                let s = tee.open(&args.path).await.map_err(RemoteError::Failed)?;
+                (s.file, s.meta, Some(s.gate))
+            }
+            None => {
+                let opened = lock(&inner.registry).open(&args.path);
+                let file = opened.map_err(|e| RemoteError::Failed(e.to_string()))?;
+                let meta = FileMeta::from_fd_with(&file, inner.config.xattrs)
+                    .map_err(|e| RemoteError::Failed(format!("{}: {e}", args.path)))?;
+                (Arc::new(file), meta, None)
+            }
+        };
         let ack_rx = inner
             .router
             .add_handler(None, Policy::Any, Some(caller.src_id), true)
@@ -460,8 +497,10 @@ impl FileService {
             fs: self.clone(),
             id,
             path: args.path.to_string(),
-            file: Arc::new(file),
+            raw: args.path.clone(),
+            file,
             meta,
+            gate,
             to: args.sender,
             delta: args.delta,
             resume: args.resume,
@@ -567,6 +606,9 @@ impl FileService {
                 router.describe(requester)
             )));
         }
+        if let Some(tee) = &self.inner.tee {
+            tee.ensure_small(&args.paths).await;
+        }
         let fs = self.clone();
         let pacing = self.inner.pacers.for_target(requester);
         // Paced, a reply is one burst: keep it to 1/32 s of the limit
@@ -654,6 +696,9 @@ impl FileService {
                 "the FileService is shutting down".into(),
             ));
         }
+        if let Some(tee) = &self.inner.tee {
+            return tee.digests(args).await;
+        }
         let principal = self.inner.router.principal(requester);
         let slots = lock(&self.inner.small)
             .entry(principal)
@@ -689,6 +734,9 @@ impl FileService {
     /// most [`SMALL_FILE_MAX`] bytes, and fits in what is left of the
     /// reply's `budget`.
     fn read_small(&self, path: &super::RawPath, budget: u64) -> SmallFile {
+        if let Some(tee) = &self.inner.tee {
+            return tee.read_small(path, budget);
+        }
         let opened = lock(&self.inner.registry).open(path);
         let file = match opened {
             Ok(f) => f,
@@ -766,8 +814,12 @@ struct Transfer {
     fs: FileService,
     id: u64,
     path: String,
+    /// The path as asked for, byte for byte.
+    raw: super::RawPath,
     file: Arc<File>,
     meta: FileMeta,
+    /// A relay's spool file: how far it has arrived (see [`super::tee`]).
+    gate: Option<Gate>,
     to: Sender,
     /// The requester's signature of its old file, for a delta.
     delta: Option<super::delta::Basis>,
@@ -818,6 +870,9 @@ impl Transfer {
         let stats = &self.fs.inner.stats;
         match outcome {
             Ok(peak) => {
+                if let Some(tee) = &self.fs.inner.tee {
+                    tee.delivered(&self.raw);
+                }
                 let mut s = lock(stats);
                 s.completed += 1;
                 s.peak_in_flight = s.peak_in_flight.max(peak);
@@ -843,6 +898,20 @@ impl Transfer {
     /// Returns the peak bytes in flight, or why the transfer was abandoned.
     async fn pump(&mut self, router: &Router) -> Result<u64, String> {
         let size = self.meta.size;
+        let whole_first = size as usize <= CHUNK_DATA
+            || self.delta.is_some()
+            || self.resume.is_some()
+            || self.sparse;
+        if let Some(gate) = self.gate.as_mut()
+            && whole_first
+        {
+            // A one-chunk file, a delta, a resume and holes read the file
+            // out of order or all at once: they wait for the whole spool.
+            gate.complete()
+                .await
+                .map_err(|why| format!("{}: {why}", self.path))?;
+            self.gate = None;
+        }
         if size as usize <= CHUNK_DATA {
             return self.send_small(router).await;
         }
@@ -880,6 +949,7 @@ impl Transfer {
             basis = None;
         }
         let counters = self.fs.inner.dcounters.clone();
+        let gate = self.gate.take();
         let reader = tokio::task::spawn_blocking(move || {
             let send = |ev| {
                 let ev = match ev {
@@ -892,14 +962,15 @@ impl Transfer {
             if let Some(basis) = basis {
                 read_file_delta(&file, &meta, chunk_len, &basis, &counters, send)
             } else {
-                read_file_from(&file, &meta, chunk_len, resume, sparse, &counters, send)
+                read_file_from(
+                    &file, &meta, chunk_len, resume, sparse, &counters, gate, send,
+                )
             }
         });
         let (mut last_chunk, mut last_compress_ns) = (std::time::Instant::now(), 0u64);
 
         let mut stripes = router.stripes(stream);
         let mut chunks_sent = 0u64;
-        let mut next_stripe = 0usize;
         if stripes.len() > 1 {
             tracing::debug!("{}: striping over {} streams", self.path, stripes.len());
         }
@@ -907,12 +978,15 @@ impl Transfer {
         let start = lock(&lane.estimate)
             .clone()
             .unwrap_or_else(|| PathEstimate::new(sizing));
-        let mut window = Window::with_estimate(sizing, start);
-        let mut ledger = WireLedger::default();
-        let ack_timeout = self.fs.inner.config.ack_timeout;
-        let mut digest = None;
-        let mut ack_deadline = tokio::time::Instant::now() + ack_timeout;
-        let mut progressed = tokio::time::Instant::now();
+        // The decisions are the machine's (files/transfer.rs); this loop
+        // reads, sends and waits.
+        let mut m = SendMachine::new(
+            size,
+            Window::with_estimate(sizing, start),
+            self.fs.inner.config.ack_timeout,
+            tokio::time::Instant::now().into_std(),
+        );
+        m.on_turn(std::time::Instant::now());
         let mut regain: Option<RegainTurn> = None;
         loop {
             // Take every acknowledgement already queued, without waiting.
@@ -921,16 +995,12 @@ impl Transfer {
                 .try_recv()
                 .map_err(|e| ack_channel_ended(Err(e)))?
             {
-                let before = ledger.file_acked();
-                self.on_ack(&mut window, &mut ledger, &f)?;
-                if ledger.file_acked() > before {
-                    progressed = tokio::time::Instant::now();
-                }
+                self.on_ack(&mut m, &f)?;
             }
-            if turn.is_some()
-                && progressed.elapsed() > TURN_STALL
-                && lane.turn.others_waiting(self.requester)
-            {
+            if m.should_yield_turn(
+                std::time::Instant::now(),
+                lane.turn.others_waiting(self.requester),
+            ) {
                 // Stalled while another requester waits: let it have the
                 // link. This transfer sends nothing more until its turn
                 // comes again (ahead of its requester's newer transfers,
@@ -941,11 +1011,12 @@ impl Transfer {
                     self.path,
                     router.describe(self.requester)
                 );
+                m.yield_turn();
                 turn = None;
                 let (turns, requester) = (lane.turn.clone(), self.requester);
                 regain = Some(Box::pin(async move { turns.take_again(requester).await }));
             }
-            if digest.is_some() && ledger.file_acked() == size {
+            if m.is_done() {
                 break;
             }
             if stripes.len() > 1 && stripes.iter().any(|o| o.is_closed()) {
@@ -955,10 +1026,13 @@ impl Transfer {
                     router.describe(self.requester)
                 ));
             }
-            let next_len = (size - ledger.file_sent()).min(chunk_len as u64);
-            if digest.is_none() && turn.is_some() && window.can_send(next_len) {
+            if m.wants_data(chunk_len as u64) {
                 let waited = std::time::Instant::now();
-                match rx.recv().await {
+                let event = rx.recv().await;
+                // Time spent waiting for our own reader (a relay's spool
+                // still arriving) is not the requester's silence.
+                m.on_reader_wait(waited.elapsed());
+                match event {
                     Some(ReadEvent::Chunk(data, len)) => {
                         if let Some(t) = tuner {
                             let mut t = lock(t);
@@ -998,26 +1072,30 @@ impl Transfer {
                                 window.on_more_paths();
                             }
                         }
-                        window.on_send(ledger.on_send(len, (data.len() - OFFSET_LEN) as u64));
                         let sent_at = std::time::Instant::now();
+                        m.on_sent(len, (data.len() - OFFSET_LEN) as u64, sent_at);
                         let frame = Frame::new(self.to.context, self.to.handle, Enc::Bin, data);
                         if stripes.len() > 1 {
-                            // Round robin over the stripes, skipping one whose
-                            // queue is already full. The primary (first)
-                            // carries no bulk data while there are stripes: it
-                            // stays free for calls and acknowledgements, which
-                            // then never wait behind megabytes buffered in a
-                            // pipe or an SSH channel.
+                            // The primary (first) carries no bulk data
+                            // while there are stripes: it stays free for
+                            // calls and acknowledgements, which then never
+                            // wait behind megabytes buffered in a pipe or
+                            // an SSH channel.
                             let bulk = &stripes[1..];
-                            let pick = (0..bulk.len())
-                                .map(|k| &bulk[(next_stripe + k) % bulk.len()])
-                                .find(|o| {
-                                    !o.is_closed()
-                                        && o.bulk_bytes() < crate::stream::BULK_HIGH_WATER
+                            let views: Vec<StripeView> = bulk
+                                .iter()
+                                .map(|o| StripeView {
+                                    closed: o.is_closed(),
+                                    full: o.bulk_bytes() >= crate::stream::BULK_HIGH_WATER,
                                 })
-                                .unwrap_or(&bulk[next_stripe % bulk.len()]);
-                            next_stripe = next_stripe.wrapping_add(1);
-                            router.send_bulk_on(pick, frame).await;
+                                .collect();
+                            let pick = m.pick_stripe(&views).map_err(|_| {
+                                format!(
+                                    "a stripe to {} was lost mid-transfer",
+                                    router.describe(self.requester)
+                                )
+                            })?;
+                            router.send_bulk_on(&bulk[pick], frame).await;
                         } else {
                             router.send_bulk(frame).await;
                         }
@@ -1028,13 +1106,13 @@ impl Transfer {
                     }
                     Some(ReadEvent::Start(from)) => {
                         self.to.send_control(router, &TransferMsg::Start { from });
-                        ledger = WireLedger::starting_at(from);
+                        m.start_at(from);
                     }
                     Some(ReadEvent::Copy(..)) => {
                         return Err(format!("{}: internal error: unconverted copy", self.path));
                     }
                     Some(ReadEvent::Done(d)) => {
-                        digest = Some(d);
+                        m.on_end_sent();
                         self.to
                             .send_control(router, &TransferMsg::End { size, digest: d });
                     }
@@ -1046,30 +1124,30 @@ impl Transfer {
             // Window full (or all sent): wait for an acknowledgement, a
             // cancel, the ack deadline, or (when striping) a stripe closing.
             let striped = stripes.len() > 1;
+            // Any stripe's outbox closing wakes this at once.
             let stripe_lost = async {
-                loop {
-                    if stripes.iter().any(|o| o.is_closed()) {
-                        return;
+                let mut lost: Vec<_> = stripes.iter().map(|o| Box::pin(o.closed())).collect();
+                std::future::poll_fn(|cx| {
+                    if lost.iter_mut().any(|f| f.as_mut().poll(cx).is_ready()) {
+                        std::task::Poll::Ready(())
+                    } else {
+                        std::task::Poll::Pending
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                })
+                .await
             };
             let waited = std::time::Instant::now();
+            let deadline = tokio::time::Instant::from_std(m.poll_timeout());
             tokio::select! {
                 got = self.acks.recv() => {
                     if let Some(t) = tuner {
                         lock(t).on_link_wait(waited.elapsed());
                     }
                     let f = got.map_err(|e| ack_channel_ended(Err(e)))?;
-                    let before = window.acked();
-                    self.on_ack(&mut window, &mut ledger, &f)?;
-                    if window.acked() > before {
-                        ack_deadline = tokio::time::Instant::now() + ack_timeout;
-                        progressed = tokio::time::Instant::now();
-                    }
+                    self.on_ack(&mut m, &f)?;
                 }
                 // Look again at the turn now and then (see the top of the loop).
-                _ = tokio::time::sleep(TURN_STALL / 4), if turn.is_some() => {}
+                _ = tokio::time::sleep(TURN_STALL / 4), if m.has_turn() => {}
                 t = async {
                     match regain.as_mut() {
                         Some(f) => f.await,
@@ -1078,20 +1156,21 @@ impl Transfer {
                 }, if regain.is_some() => {
                     turn = Some(t.map_err(|e| e.to_string())?);
                     regain = None;
-                    progressed = tokio::time::Instant::now();
+                    m.on_turn(std::time::Instant::now());
                 }
                 why = wait_cancel(&mut self.cancel) => return Err(why),
                 _ = stripe_lost, if striped => {} // reported at the top of the loop
-                _ = tokio::time::sleep_until(ack_deadline) => {
-                    return Err(format!(
-                        "{} stopped acknowledging ({} of {} bytes acknowledged, nothing for {:?})",
-                        router.describe(self.requester), ledger.file_acked(), size, ack_timeout
-                    ));
+                _ = tokio::time::sleep_until(deadline) => {
+                    m.handle_timeout(std::time::Instant::now()).map_err(|e| {
+                        format!("{} {e}", router.describe(self.requester))
+                    })?;
                 }
             }
         }
+        let _ = &turn;
         drop(rx);
         let _ = reader.await;
+        let window = m.window();
         *lock(&lane.estimate) = Some(window.estimate());
         tracing::debug!(
             "{}: {} bytes to {}, window now {} (min rtt {:?}, peak in flight {})",
@@ -1105,19 +1184,15 @@ impl Transfer {
         Ok(window.peak())
     }
 
-    fn on_ack(
-        &mut self,
-        window: &mut Window,
-        ledger: &mut WireLedger,
-        f: &Frame,
-    ) -> Result<(), String> {
+    fn on_ack(&mut self, m: &mut SendMachine, f: &Frame) -> Result<(), String> {
         let n: u64 = control::decode_frame(f).map_err(|e| format!("bad acknowledgement: {e}"))?;
         // Credit comes only from bytes really sent: an acknowledgement past
         // them ends the transfer (AckBeyondSent), a repeated or stale one
         // adds nothing and is counted (logged once, at the end). The window
         // counts wire bytes (-z): see WireLedger.
-        let (delta, wire) = ledger.on_ack(n).map_err(|e| e.to_string())?;
-        window.on_ack(wire).map_err(|e| e.to_string())?;
+        let delta = m
+            .on_ack(n, std::time::Instant::now())
+            .map_err(|e| e.to_string())?;
         if delta == 0 {
             self.stale_acks += 1;
             lock(&self.fs.inner.stats).stale_acks += 1;
@@ -1290,6 +1365,7 @@ fn read_file(
         0,
         sparse,
         blake3::Hasher::new(),
+        None,
         &mut send,
     );
 }
@@ -1297,6 +1373,7 @@ fn read_file(
 /// [`read_file`], answering a resume first: the requester's prefix is
 /// hashed here too; if the digests agree the data starts after it, else
 /// at 0. Either way [`ReadEvent::Start`] says where.
+#[allow(clippy::too_many_arguments)]
 fn read_file_from(
     file: &File,
     meta: &FileMeta,
@@ -1304,10 +1381,20 @@ fn read_file_from(
     resume: Option<Resume>,
     sparse: bool,
     counters: &DeltaCounters,
+    gate: Option<Gate>,
     mut send: impl FnMut(ReadEvent) -> bool,
 ) {
     let Some(resume) = resume else {
-        return read_file(file, meta, chunk_len, sparse, send);
+        return read_range(
+            file,
+            meta,
+            chunk_len,
+            0,
+            sparse,
+            blake3::Hasher::new(),
+            gate,
+            &mut send,
+        );
     };
     let mut hasher = blake3::Hasher::new();
     let mut from = 0;
@@ -1332,7 +1419,7 @@ fn read_file_from(
     if !send(ReadEvent::Start(from)) {
         return;
     }
-    read_range(file, meta, chunk_len, from, sparse, hasher, &mut send);
+    read_range(file, meta, chunk_len, from, sparse, hasher, None, &mut send);
 }
 
 /// Hashes `[0, len)` of `file` into `hasher`.
@@ -1364,6 +1451,7 @@ fn read_range(
     mut offset: u64,
     sparse: bool,
     mut hasher: blake3::Hasher,
+    mut gate: Option<Gate>,
     send: &mut impl FnMut(ReadEvent) -> bool,
 ) {
     use super::sparse as holes;
@@ -1386,6 +1474,12 @@ fn read_range(
             }
         }
         let len = (data_end - offset).min(chunk_len.clamp(1, CHUNK_DATA) as u64) as usize;
+        if let Some(g) = gate.as_mut()
+            && let Err(why) = g.wait_blocking(offset + len as u64)
+        {
+            let _ = send(ReadEvent::Failed(why));
+            return;
+        }
         // Not zeroed first: zeroing 128 KiB per chunk cost about 4 % of
         // the sender's CPU, and every byte is overwritten by the read.
         let mut buf = BytesMut::with_capacity(OFFSET_LEN + len);
@@ -1418,11 +1512,28 @@ fn read_range(
                 }
             }
         }
-        hasher.update(&buf[OFFSET_LEN..]);
+        if gate.is_none() {
+            hasher.update(&buf[OFFSET_LEN..]);
+        }
         offset += len as u64;
         if !send(ReadEvent::Chunk(buf.freeze(), len as u64)) {
             return;
         }
+    }
+    if let Some(g) = gate.as_mut() {
+        // A relay's spool: hashed as it was written, against the digest
+        // upstream sent. Not hashed again for each child — that was a
+        // second BLAKE3 pass over every byte per target, on the relay's
+        // CPU, which is what bounds a large fleet (see docs/benchmarks.md).
+        match g.digest_blocking() {
+            Ok(d) => {
+                let _ = send(ReadEvent::Done(d));
+            }
+            Err(why) => {
+                let _ = send(ReadEvent::Failed(why));
+            }
+        }
+        return;
     }
     finish_read(file, meta, &hasher, send);
 }
