@@ -1069,7 +1069,7 @@ impl Transfer {
                                     now.len()
                                 );
                                 stripes = now;
-                                window.on_more_paths();
+                                m.on_more_paths();
                             }
                         }
                         let sent_at = std::time::Instant::now();

@@ -207,6 +207,12 @@ impl SendMachine {
         Ok(pick)
     }
 
+    /// The path gained capacity (a stripe attached): the window goes back
+    /// to slow start ([`Window::on_more_paths`]).
+    pub fn on_more_paths(&mut self) {
+        self.window.on_more_paths();
+    }
+
     /// The credit window (for its estimate and figures).
     pub fn window(&self) -> &Window {
         &self.window
