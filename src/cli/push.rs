@@ -14,16 +14,19 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use tokio::sync::Semaphore;
 
-use super::report::{self, TargetOutcome};
+use super::report;
 use super::target::{self, Chain, TargetArgs};
 use super::{Exit, out};
 use crate::connect::Method;
 use crate::files::delete::DeleteSpec;
 use crate::files::filter::{Filter, Rule, Rules};
-use crate::files::plan::{Compare, EntryKind, EntryResult, PushPlan, Status};
+use crate::files::plan::{
+    Compare, EntryKind, EntryResult, PushBatch, PushEnd, PushOpened, PushPlan, Status,
+};
 use crate::files::receive::ReceiveOptions;
+use crate::files::walk::{BATCH_BYTES, BATCH_ENTRIES};
 pub use crate::files::walk::{
-    Skipped, Sources, WalkOptions, collect_sources, collect_sources_with,
+    Skipped, Sources, WalkOptions, Walker, collect_sources, collect_sources_with,
 };
 use crate::files::window::Sizing;
 use crate::files::{FileService, FileServiceConfig, RawPath, TARGET_SERVICE};
@@ -441,13 +444,29 @@ impl Sources {
         server: ContextId,
         dest: impl AsRef<std::ffi::OsStr>,
     ) -> PushPlan {
+        let mut plan = self.header(args, server, dest);
+        plan.entries = std::mem::take(&mut self.entries);
+        plan.delete.incomplete = self.incomplete.clone();
+        plan.delete.keep = self.skipped.iter().map(|s| s.rel.clone()).collect();
+        plan
+    }
+
+    /// The plan without its entries, nor what only the whole walk knows
+    /// (`--delete`'s incomplete directories and kept names): what
+    /// `push_open` takes before the entries stream in batches.
+    pub fn header(
+        &self,
+        args: &PushArgs,
+        server: ContextId,
+        dest: impl AsRef<std::ffi::OsStr>,
+    ) -> PushPlan {
         use std::os::unix::ffi::OsStrExt;
         let dest = dest.as_ref();
         PushPlan {
             server,
             dest: RawPath::from(Path::new(dest)),
             into_dir: self.into_dir || dest.as_bytes().ends_with(b"/"),
-            entries: std::mem::take(&mut self.entries),
+            entries: Vec::new(),
             options: ReceiveOptions {
                 fsync: !args.no_fsync,
                 preserve_owner: args.owner,
@@ -471,10 +490,10 @@ impl Sources {
                 enabled: args.delete,
                 max: args.max_delete,
                 contents: self.contents,
-                incomplete: self.incomplete.clone(),
-                keep: self.skipped.iter().map(|s| s.rel.clone()).collect(),
+                incomplete: Vec::new(),
+                keep: Vec::new(),
             },
-            root: self.root.take(),
+            root: self.root.clone(),
         }
     }
 }
@@ -485,43 +504,31 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
         out::diag("ferrogen push: need at least one source and a destination");
         return Exit::Usage;
     };
-    let walk_started = Instant::now();
-    let mut sources = match collect_sources_with(srcs, &WalkOptions::from_args(&args)) {
-        Ok(s) => s,
+    // The sources' top level now (a missing source is a usage error);
+    // what lies beneath is walked lazily, once per target, in batches.
+    let walker = match Walker::new(srcs, &WalkOptions::from_args(&args)) {
+        Ok(w) => w,
         Err(e) => {
             out::diag(format_args!("ferrogen push: {e}"));
             return Exit::Usage;
         }
     };
-    tracing::debug!(
-        "walked {} entries in {:?}",
-        sources.entries.len(),
-        walk_started.elapsed()
-    );
-    // Parts of the sources that could not be read: said now, and the
-    // push fails at the end (the rest is still sent).
-    for e in &sources.unread {
-        out::diag(format_args!("ferrogen push: {e}"));
-    }
-    if !args.json {
-        for sk in &sources.skipped {
-            out::diag(format_args!(
-                "ferrogen push: {}: {} skipped (only regular files, directories and symlinks are copied)",
-                show(&sk.path),
-                sk.kind
-            ));
-        }
-    }
     let router = Router::new(RouterConfig::controller());
     let services = Services::start(&router);
     crate::ping::register_service(&services, &router);
     let config = file_service_config(&args);
     let fs = FileService::start(&router, &services, config);
-    if let Err(e) = sources.register(&fs) {
+    if let Err(e) = walker.sources().register(&fs) {
         out::diag(format_args!("ferrogen push: {e}"));
         return Exit::Usage;
     }
-    let plan = sources.plan(&args, router.id(), dest);
+    let plan = walker.sources().header(&args, router.id(), dest);
+    let style = report::Style {
+        json: args.json,
+        itemize: args.itemize,
+        dry_run: args.dry_run,
+    };
+    let notes = Arc::new(Notes::default());
 
     let targets = Targets::default();
     let work = push_all(
@@ -529,7 +536,9 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
         &fs,
         &args,
         plan,
-        sources.total_bytes,
+        &walker,
+        &style,
+        &notes,
         &log_filter,
         &targets,
     );
@@ -550,12 +559,11 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
         }
     };
 
-    let style = report::Style {
-        json: args.json,
-        itemize: args.itemize,
-        dry_run: args.dry_run,
-    };
-    let failed = report::print(&style, &outcomes, &sources.skipped);
+    let mut failed = outcomes.is_empty();
+    for t in &outcomes {
+        t.summary(&style);
+        failed |= t.failed;
+    }
     if args.compress {
         let s = fs.stats();
         tracing::info!(
@@ -568,7 +576,7 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
     }
     services.shutdown().await;
     router.close_all_streams("push finished");
-    if failed || outcomes.is_empty() || !sources.unread.is_empty() {
+    if failed || notes.any_unread() {
         Exit::Failure
     } else {
         Exit::Success
@@ -617,38 +625,88 @@ pub(crate) async fn shutdown_signal() -> Exit {
     }
 }
 
+/// What the walks found that is said once for all targets: what could
+/// not be read (the push then fails) and the special files skipped. Each
+/// target walks the sources itself; the first walk to end reports.
+#[derive(Default)]
+struct Notes {
+    said: std::sync::atomic::AtomicBool,
+    unread: std::sync::atomic::AtomicBool,
+}
+
+impl Notes {
+    /// Reports `walked`'s notes, unless another walk did already.
+    fn say(&self, walked: &Sources, json: bool) {
+        use std::sync::atomic::Ordering;
+        if !walked.unread.is_empty() {
+            self.unread.store(true, Ordering::SeqCst);
+        }
+        if self.said.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Parts of the sources that could not be read: the push fails at
+        // the end (the rest is still sent).
+        for e in &walked.unread {
+            out::diag(format_args!("ferrogen push: {e}"));
+        }
+        if !json {
+            for sk in &walked.skipped {
+                out::diag(format_args!(
+                    "ferrogen push: {}: {} skipped (only regular files, directories and symlinks are copied)",
+                    show(&sk.path),
+                    sk.kind
+                ));
+            }
+        }
+    }
+
+    fn any_unread(&self) -> bool {
+        self.unread.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The result that says a target failed as a whole.
+fn whole_failure(dest: &RawPath, error: String) -> EntryResult {
+    EntryResult {
+        path: dest.escaped(),
+        path_bytes: None,
+        bytes: 0,
+        seconds: 0.0,
+        digest: None,
+        error: Some(error),
+        data_span_ns: (0, 0),
+        status: Status::Failed,
+        kind: EntryKind::Other,
+        changes: 0,
+    }
+}
+
+/// A tally of one failure for `host`, printed.
+fn failed_whole(style: &report::Style, host: &str, dest: &RawPath, error: String) -> report::Tally {
+    let mut t = report::Tally::new(host);
+    t.add(style, &[whole_failure(dest, error)]);
+    t
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn push_all(
     router: &Router,
     fs: &FileService,
     args: &PushArgs,
     plan: PushPlan,
-    total: u64,
+    walker: &Walker,
+    style: &report::Style,
+    notes: &Arc<Notes>,
     log_filter: &str,
     targets: &Targets,
-) -> Vec<TargetOutcome> {
+) -> Vec<report::Tally> {
     let hosts = args.target.hosts();
     let chain = match target::connect_chain(router, &args.target, log_filter).await {
         Ok(c) => c,
         Err((_, e)) => {
             return hosts
                 .into_iter()
-                .map(|host| TargetOutcome {
-                    results: vec![EntryResult {
-                        path: plan.dest.escaped(),
-                        path_bytes: None,
-                        bytes: 0,
-                        seconds: 0.0,
-                        digest: None,
-                        error: Some(e.clone()),
-                        data_span_ns: (0, 0),
-                        status: Status::Failed,
-                        kind: EntryKind::Other,
-                        changes: 0,
-                    }],
-                    host,
-                    context: String::new(),
-                    seconds: 0.0,
-                })
+                .map(|host| failed_whole(style, &host, &plan.dest, e.clone()))
                 .collect();
         }
     };
@@ -659,32 +717,17 @@ async fn push_all(
     let is_local =
         |host: &str| args.target.via.is_empty() && target::parse(host) == Ok(Method::Local);
     let local_delta = plan.options.delta && args.no_whole_file;
-    let (any_local, any_remote) = (
-        hosts.iter().any(|h| is_local(h)),
-        hosts.iter().any(|h| !is_local(h)),
-    );
-    let mut plan = plan;
-    // (A copy of the plan only when both kinds of target are in one push:
-    // a 100,000-entry plan is not cloned for nothing.)
-    let local_plan = if any_local && any_remote {
-        Arc::new(PushPlan {
-            options: ReceiveOptions {
-                delta: local_delta,
-                ..plan.options.clone()
-            },
-            ..plan.clone()
-        })
-    } else {
-        if any_local {
-            plan.options.delta = local_delta;
-        }
-        Arc::new(PushPlan::default())
-    };
+    let local_plan = Arc::new(PushPlan {
+        options: ReceiveOptions {
+            delta: local_delta,
+            ..plan.options.clone()
+        },
+        ..plan.clone()
+    });
     let plan = Arc::new(plan);
     let mut tasks = Vec::new();
     for host in hosts {
-        let local = any_remote && is_local(&host);
-        let plan = if local { &local_plan } else { &plan };
+        let plan = if is_local(&host) { &local_plan } else { &plan };
         let (router, fs, chain, plan, sem) = (
             router.clone(),
             fs.clone(),
@@ -694,38 +737,39 @@ async fn push_all(
         );
         let targs = args.target.clone();
         let filter = log_filter.to_string();
-        let bar = bars.add(&host, total);
+        let bar = bars.add(&host, 0);
         let stripes = args.stripes;
         let reached = targets.clone();
+        let walker = walker.restart();
+        let style = style.clone();
+        let notes = notes.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            push_one(
-                &router, &fs, &targs, &chain, host, &plan, &filter, bar, stripes, total, &reached,
-            )
-            .await
+            let one = One {
+                router: &router,
+                fs: &fs,
+                targs: &targs,
+                chain: &chain,
+                plan: &plan,
+                log_filter: &filter,
+                stripes,
+                reached: &reached,
+                style: &style,
+                notes: &notes,
+            };
+            one.push(host, walker, bar).await
         }));
     }
     let mut out = Vec::new();
     for t in tasks {
         match t.await {
             Ok(o) => out.push(o),
-            Err(e) => out.push(TargetOutcome {
-                host: "?".into(),
-                context: String::new(),
-                results: vec![EntryResult {
-                    path: String::new(),
-                    path_bytes: None,
-                    bytes: 0,
-                    seconds: 0.0,
-                    digest: None,
-                    error: Some(format!("internal error: {e}")),
-                    data_span_ns: (0, 0),
-                    status: Status::Failed,
-                    kind: EntryKind::Other,
-                    changes: 0,
-                }],
-                seconds: 0.0,
-            }),
+            Err(e) => out.push(failed_whole(
+                style,
+                "?",
+                &RawPath::default(),
+                format!("internal error: {e}"),
+            )),
         }
     }
     out
@@ -819,107 +863,210 @@ pub fn open_stripes(
     });
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn push_one(
-    router: &Router,
-    fs: &FileService,
-    targs: &TargetArgs,
-    chain: &Chain,
-    host: String,
-    plan: &PushPlan,
-    log_filter: &str,
-    bar: Option<indicatif::ProgressBar>,
+/// What a push to one target needs.
+struct One<'a> {
+    router: &'a Router,
+    fs: &'a FileService,
+    targs: &'a TargetArgs,
+    chain: &'a Chain,
+    plan: &'a PushPlan,
+    log_filter: &'a str,
     stripes: Option<usize>,
-    total: u64,
-    reached: &Targets,
-) -> TargetOutcome {
-    let t0 = Instant::now();
-    // (Files the target finds up to date are not sent: the count sent may
-    // end below this.)
-    let files = plan
-        .entries
-        .iter()
-        .filter(|e| matches!(e, crate::files::plan::PlanEntry::File { .. }))
-        .count();
-    let info = match target::connect_target(router, targs, chain, &host, log_filter).await {
-        Ok(i) => i,
-        Err(e) => {
-            if let Some(b) = &bar {
-                b.abandon_with_message("connection failed");
-            }
-            return TargetOutcome {
-                results: vec![EntryResult {
-                    path: plan.dest.escaped(),
-                    path_bytes: None,
-                    bytes: 0,
-                    seconds: 0.0,
-                    digest: None,
-                    error: Some(e),
-                    data_span_ns: (0, 0),
-                    status: Status::Failed,
-                    kind: EntryKind::Other,
-                    changes: 0,
-                }],
-                host,
-                context: String::new(),
-                seconds: t0.elapsed().as_secs_f64(),
-            };
-        }
-    };
-    if let Ok(mut t) = reached.lock() {
-        t.push(info.id);
-    }
-    if let Some(b) = &bar {
-        report::Bars::connected(b);
-    }
-    open_stripes(router, targs, &host, info.id, stripes, total, log_filter);
-    let call = router.call_service::<_, Vec<EntryResult>>(info.id, TARGET_SERVICE, "push", plan);
-    tokio::pin!(call);
-    let result = loop {
-        tokio::select! {
-            r = &mut call => break r,
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+    reached: &'a Targets,
+    style: &'a report::Style,
+    notes: &'a Notes,
+}
+
+/// A batch of the walk, with the walk's totals so far.
+struct Walked {
+    entries: Vec<crate::files::plan::PlanEntry>,
+    bytes: u64,
+    files: u64,
+}
+
+impl One<'_> {
+    /// Connects `host`, opens a push there, walks the sources into it in
+    /// batches (each answered with its entries' results, printed at once),
+    /// and closes it with what the walk learnt.
+    async fn push(
+        &self,
+        host: String,
+        walker: Walker,
+        bar: Option<indicatif::ProgressBar>,
+    ) -> report::Tally {
+        let t0 = Instant::now();
+        let info = match target::connect_target(
+            self.router,
+            self.targs,
+            self.chain,
+            &host,
+            self.log_filter,
+        )
+        .await
+        {
+            Ok(i) => i,
+            Err(e) => {
                 if let Some(b) = &bar {
-                    b.set_position(fs.progress(info.id));
-                    b.set_message(format!("{} of {files} files sent", fs.files_sent(info.id)));
+                    b.abandon_with_message("connection failed");
                 }
+                let mut t = failed_whole(self.style, &host, &self.plan.dest, e);
+                t.seconds = t0.elapsed().as_secs_f64();
+                return t;
             }
+        };
+        if let Ok(mut t) = self.reached.lock() {
+            t.push(info.id);
         }
-    };
-    let results = match result {
-        Ok(r) => r,
-        Err(e) => {
+        if let Some(b) = &bar {
+            report::Bars::connected(b);
+        }
+        let mut tally = report::Tally::new(&host);
+        tally.context = info.name.clone();
+        let failure = |e: crate::call::CallError| {
             // Said at once, not only in the summary: other targets may run
             // for a long while yet.
             let msg = super::call_failure(&info.name, "the push", &e);
             tracing::warn!("{}", super::sanitize::sanitize(&msg));
-            vec![EntryResult {
-                path: plan.dest.escaped(),
-                path_bytes: None,
-                bytes: 0,
-                seconds: 0.0,
-                digest: None,
-                error: Some(msg),
-                data_span_ns: (0, 0),
-                status: Status::Failed,
-                kind: EntryKind::Other,
-                changes: 0,
-            }]
+            msg
+        };
+        let opened: PushOpened = match self.call(&info, "push_open", self.plan, &bar, 0).await {
+            Ok(o) => o,
+            Err(e) => {
+                tally.add(self.style, &[whole_failure(&self.plan.dest, failure(e))]);
+                return self.end(tally, t0, bar);
+            }
+        };
+        if !opened.failed.is_empty() {
+            tally.add(self.style, &opened.failed);
+            return self.end(tally, t0, bar);
         }
-    };
-    if let Some(b) = &bar {
-        b.set_position(fs.progress(info.id));
-        if results.iter().any(|r| r.error.is_some()) {
-            b.abandon_with_message("failed");
-        } else {
-            b.finish_with_message("done");
+        let session = opened.session;
+        // The walk runs on a thread of its own, a batch or two ahead.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Walked>(2);
+        let walking = tokio::task::spawn_blocking(move || {
+            let mut walker = walker;
+            let mut files = 0u64;
+            loop {
+                let entries = walker.next_batch(BATCH_ENTRIES, BATCH_BYTES);
+                let done = entries.is_empty();
+                files += entries
+                    .iter()
+                    .filter(|e| matches!(e, crate::files::plan::PlanEntry::File { .. }))
+                    .count() as u64;
+                let batch = Walked {
+                    entries,
+                    bytes: walker.total_bytes(),
+                    files,
+                };
+                if done || tx.blocking_send(batch).is_err() {
+                    break;
+                }
+            }
+            walker.finish()
+        });
+        let mut striped = false;
+        let mut files = 0;
+        while let Some(batch) = rx.recv().await {
+            files = batch.files;
+            if let Some(b) = &bar {
+                b.set_length(batch.bytes);
+            }
+            if !striped && batch.bytes >= STRIPE_MIN_BYTES {
+                striped = true;
+                open_stripes(
+                    self.router,
+                    self.targs,
+                    &host,
+                    info.id,
+                    self.stripes,
+                    batch.bytes,
+                    self.log_filter,
+                );
+            }
+            let args = PushBatch {
+                session,
+                entries: batch.entries,
+            };
+            match self
+                .call::<_, Vec<EntryResult>>(&info, "push_batch", &args, &bar, files)
+                .await
+            {
+                Ok(results) => tally.add(self.style, &results),
+                Err(e) => {
+                    drop(rx);
+                    tally.add(self.style, &[whole_failure(&self.plan.dest, failure(e))]);
+                    return self.end(tally, t0, bar);
+                }
+            }
+        }
+        let walked = match walking.await {
+            Ok(w) => w,
+            Err(e) => {
+                let e = format!("internal error walking the sources: {e}");
+                tally.add(self.style, &[whole_failure(&self.plan.dest, e)]);
+                return self.end(tally, t0, bar);
+            }
+        };
+        self.notes.say(&walked, self.style.json);
+        let end = PushEnd {
+            session,
+            incomplete: walked.incomplete.clone(),
+            keep: walked.skipped.iter().map(|s| s.rel.clone()).collect(),
+        };
+        match self
+            .call::<_, Vec<EntryResult>>(&info, "push_close", &end, &bar, files)
+            .await
+        {
+            Ok(results) => tally.add(self.style, &results),
+            Err(e) => tally.add(self.style, &[whole_failure(&self.plan.dest, failure(e))]),
+        }
+        tally.skipped(self.style, &walked.skipped);
+        self.end(tally, t0, bar)
+    }
+
+    /// Calls `method` of the target's push service, moving the bar while
+    /// it runs.
+    async fn call<A: serde::Serialize + Sync, R: serde::de::DeserializeOwned>(
+        &self,
+        info: &crate::connect::ContextInfo,
+        method: &str,
+        args: &A,
+        bar: &Option<indicatif::ProgressBar>,
+        files: u64,
+    ) -> Result<R, crate::call::CallError> {
+        let call = self
+            .router
+            .call_service::<_, R>(info.id, TARGET_SERVICE, method, args);
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                r = &mut call => return r,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if let Some(b) = bar {
+                        b.set_position(self.fs.progress(info.id));
+                        b.set_message(format!("{} of {files} files sent", self.fs.files_sent(info.id)));
+                    }
+                }
+            }
         }
     }
-    TargetOutcome {
-        host,
-        context: info.name,
-        results,
-        seconds: t0.elapsed().as_secs_f64(),
+
+    /// The target's tally, its bar finished.
+    fn end(
+        &self,
+        mut tally: report::Tally,
+        t0: Instant,
+        bar: Option<indicatif::ProgressBar>,
+    ) -> report::Tally {
+        tally.seconds = t0.elapsed().as_secs_f64();
+        if let Some(b) = &bar {
+            if tally.failed {
+                b.abandon_with_message("failed");
+            } else {
+                b.finish_with_message("done");
+            }
+        }
+        tally
     }
 }
 
