@@ -631,3 +631,75 @@ fn visit(
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rels(entries: &[PlanEntry]) -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| match e {
+                PlanEntry::Dir { rel, .. }
+                | PlanEntry::File { rel, .. }
+                | PlanEntry::Symlink { rel, .. }
+                | PlanEntry::HardLink { rel, .. }
+                | PlanEntry::Special { rel, .. } => rel.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_lazy_walk_yields_the_whole_walk_in_order_in_bounded_batches() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let src = t.path().join("s");
+        for d in ["a/x/y", "b", "c"] {
+            std::fs::create_dir_all(src.join(d)).expect("mkdir");
+        }
+        for (i, f) in ["a/1", "a/x/2", "a/x/y/3", "b/4", "b/5", "top"]
+            .iter()
+            .enumerate()
+        {
+            std::fs::write(src.join(f), vec![b'x'; i]).expect("write");
+        }
+        std::fs::hard_link(src.join("a/1"), src.join("c/1-again")).expect("link");
+        let single = t.path().join("single");
+        std::fs::write(&single, "one").expect("write");
+        let srcs = [src.clone(), single];
+        let opts = WalkOptions {
+            recursive: true,
+            hard_links: true,
+            ..Default::default()
+        };
+        let whole = collect_sources_with(&srcs, &opts).expect("walk");
+        let walker = Walker::new(&srcs, &opts).expect("walker");
+        for mut w in [walker.restart(), walker] {
+            let mut lazy = Vec::new();
+            loop {
+                let batch = w.next_batch(3, usize::MAX);
+                assert!(batch.len() <= 3, "at most 3 entries a batch");
+                if batch.is_empty() {
+                    break;
+                }
+                lazy.extend(batch);
+            }
+            assert_eq!(rels(&lazy), rels(&whole.entries));
+            assert_eq!(lazy, whole.entries);
+            let end = w.finish();
+            assert_eq!(end.total_bytes, whole.total_bytes);
+            assert!(end.into_dir);
+        }
+        // Directories before what they hold; the link after its file.
+        let order = rels(&whole.entries);
+        let at = |r: &str| order.iter().position(|x| x == r).expect(r);
+        assert!(at("s") < at("s/a") && at("s/a") < at("s/a/x") && at("s/a/x") < at("s/a/x/y/3"));
+        assert!(at("s/a/1") < at("s/c/1-again"));
+        assert!(matches!(
+            whole.entries[at("s/c/1-again")],
+            PlanEntry::HardLink { .. }
+        ));
+        // A byte bound cuts batches too.
+        let mut w = Walker::new(&srcs, &opts).expect("walker");
+        assert_eq!(w.next_batch(usize::MAX, 1).len(), 1);
+    }
+}
