@@ -6,6 +6,8 @@
 //! `--delete` judged against the whole source, dry runs changing nothing.
 //! The real binary, a local target.
 
+mod filectl;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -260,4 +262,142 @@ fn a_dry_run_of_several_batches_changes_nothing() {
         Some("changed")
     );
     assert_eq!(std::fs::read(dst.join("b/f04000")).expect("read"), before);
+}
+
+/// The wire: `push_open` with the header, entries in two `push_batch`
+/// calls (each answered with its own entries' results, its files already
+/// in place), `push_close` with the end — then the session is gone; a
+/// batch with an unsafe name is refused and ends the session's work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_answers_each_batch_with_its_own_results() {
+    use ferrogen::files::TARGET_SERVICE;
+    use ferrogen::files::plan::{
+        EntryResult, PlanEntry, PushBatch, PushEnd, PushOpened, PushPlan, Status,
+    };
+    use ferrogen::files::walk::{WalkOptions, Walker};
+
+    let t = tempfile::tempdir().expect("tempdir");
+    let src = t.path().join("src");
+    std::fs::create_dir_all(src.join("d")).expect("mkdir");
+    for i in 0..6 {
+        std::fs::write(src.join(format!("d/f{i}")), format!("{i}")).expect("write");
+    }
+    let dst = t.path().join("dst");
+    let c = filectl::ctl(1 << 20, std::time::Duration::from_secs(10));
+    let a = filectl::child(&c, None).await;
+    let srcs = [format!("{}/", s(&src))];
+    let mut w = Walker::new(
+        &srcs,
+        &WalkOptions {
+            recursive: true,
+            ..Default::default()
+        },
+    )
+    .expect("walk");
+    w.sources().register(&c.fs).expect("register");
+    let mut header = PushPlan {
+        server: c.router.id(),
+        dest: ferrogen::files::RawPath::from(dst.as_path()),
+        into_dir: true,
+        parallel: 4,
+        root: w.sources().root.clone(),
+        ..Default::default()
+    };
+    header.options.fsync = true;
+    let opened: PushOpened = c
+        .router
+        .call_service(a.id, TARGET_SERVICE, "push_open", &header)
+        .await
+        .expect("push_open answered");
+    assert!(opened.failed.is_empty(), "{:?}", opened.failed);
+    assert_ne!(opened.session, 0);
+    // The directory and three files, then the other three.
+    for want in [3, 3] {
+        let entries = w.next_batch(if want == 3 { 4 } else { 3 }, usize::MAX);
+        let files = entries
+            .iter()
+            .filter(|e| matches!(e, PlanEntry::File { .. }))
+            .count();
+        let r: Vec<EntryResult> = c
+            .router
+            .call_service(
+                a.id,
+                TARGET_SERVICE,
+                "push_batch",
+                &PushBatch {
+                    session: opened.session,
+                    entries,
+                },
+            )
+            .await
+            .expect("push_batch answered");
+        let created: Vec<&EntryResult> = r
+            .iter()
+            .filter(|r| r.status == Status::Created && r.digest.is_some())
+            .collect();
+        assert_eq!(created.len(), files, "{r:?}");
+        assert_eq!(files, want);
+        for r in created {
+            assert!(Path::new(&r.path).is_file(), "{} in place", r.path);
+        }
+    }
+    assert!(w.next_batch(10, usize::MAX).is_empty());
+    let end = PushEnd {
+        session: opened.session,
+        ..Default::default()
+    };
+    let r: Vec<EntryResult> = c
+        .router
+        .call_service(a.id, TARGET_SERVICE, "push_close", &end)
+        .await
+        .expect("push_close answered");
+    // The directory's metadata, then DEST's own (a contents copy).
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert!(r.iter().all(|r| r.error.is_none()), "{r:?}");
+    for i in 0..6 {
+        assert_eq!(
+            std::fs::read_to_string(dst.join(format!("d/f{i}"))).expect("read"),
+            i.to_string()
+        );
+    }
+    let gone: Result<Vec<EntryResult>, _> = c
+        .router
+        .call_service(a.id, TARGET_SERVICE, "push_close", &end)
+        .await;
+    assert!(gone.is_err(), "a closed session is gone");
+
+    // A batch with an unsafe name is refused, and the session does
+    // nothing more.
+    let opened: PushOpened = c
+        .router
+        .call_service(a.id, TARGET_SERVICE, "push_open", &header)
+        .await
+        .expect("push_open answered");
+    let evil = |rel: &str| PlanEntry::Dir {
+        rel: ferrogen::files::RawPath::from(Path::new(rel)),
+        mode: 0o755,
+        mtime_sec: 0,
+        mtime_nsec: 0,
+        owner: None,
+        xattrs: Vec::new(),
+    };
+    let batch = |rel: &str| PushBatch {
+        session: opened.session,
+        entries: vec![evil(rel)],
+    };
+    let r: Vec<EntryResult> = c
+        .router
+        .call_service(a.id, TARGET_SERVICE, "push_batch", &batch("../out"))
+        .await
+        .expect("answered");
+    assert_eq!(r.len(), 1);
+    assert!(r[0].error.as_deref().is_some_and(|e| e.contains("unsafe")));
+    let r: Vec<EntryResult> = c
+        .router
+        .call_service(a.id, TARGET_SERVICE, "push_batch", &batch("fine"))
+        .await
+        .expect("answered");
+    assert!(r.is_empty(), "{r:?}");
+    assert!(!dst.join("fine").exists());
+    assert!(!t.path().join("out").exists());
 }
