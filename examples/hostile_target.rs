@@ -392,6 +392,7 @@ impl Peer {
     /// returns its plan (other calls are answered "no such service").
     fn wait_push_plan(&mut self, wait: Duration) -> Result<PushPlan, String> {
         let deadline = Instant::now() + wait;
+        let mut header: Option<PushPlan> = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let f = self.recv(left).ok_or("no push plan came")?;
@@ -401,6 +402,25 @@ impl Peer {
             let call: ServiceCall = control::decode_frame(&f).map_err(|e| e.to_string())?;
             if call.method == "push" {
                 return control::decode(&call.args).map_err(|e| e.to_string());
+            }
+            // A streamed push: the header opens a session, the first batch
+            // brings entries (left unanswered, as the one-message push).
+            if call.method == "push_open" {
+                header = Some(control::decode(&call.args).map_err(|e| e.to_string())?);
+                let opened = ferrogen::files::plan::PushOpened {
+                    session: 1,
+                    failed: Vec::new(),
+                };
+                self.reply_ok(&f, &opened)?;
+                continue;
+            }
+            if call.method == "push_batch"
+                && let Some(mut plan) = header.take()
+            {
+                let batch: ferrogen::files::plan::PushBatch =
+                    control::decode(&call.args).map_err(|e| e.to_string())?;
+                plan.entries = batch.entries;
+                return Ok(plan);
             }
             let no = CallReply::Err(RemoteError::NoSuchService(call.service));
             let mut r = Frame::new(f.src_id, f.reply_to, Enc::Control, control::encode(&no));
@@ -424,7 +444,7 @@ impl Peer {
             r.reply_to = 0;
             self.send(r)?;
             let call: ServiceCall = control::decode_frame(&f).map_err(|e| e.to_string())?;
-            if call.method == "push" {
+            if call.method == "push" || call.method == "push_open" {
                 return Ok(());
             }
         }
@@ -1036,7 +1056,8 @@ fn fat_error(p: &mut Peer, _k: &Knobs) -> Result<(), String> {
             continue;
         }
         let call: ServiceCall = control::decode_frame(&f).map_err(|e| e.to_string())?;
-        let text = if call.method == "push" {
+        let push = call.method == "push" || call.method == "push_open";
+        let text = if push {
             "\x1b[2J".to_string() + &"E".repeat(mib << 20)
         } else {
             "no".to_string()
@@ -1048,7 +1069,7 @@ fn fat_error(p: &mut Peer, _k: &Knobs) -> Result<(), String> {
             Enc::Control,
             control::encode(&no),
         ))?;
-        if call.method == "push" {
+        if push {
             break;
         }
     }

@@ -14,16 +14,21 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use tokio::sync::Semaphore;
 
-use super::report::{self, TargetOutcome};
+use super::report;
 use super::target::{self, Chain, TargetArgs};
 use super::{Exit, out};
 use crate::connect::Method;
 use crate::files::delete::DeleteSpec;
 use crate::files::filter::{Filter, Rule, Rules};
-use crate::files::plan::{Compare, EntryKind, EntryResult, PushPlan, Status};
+use crate::files::plan::{
+    Compare, EntryKind, EntryResult, PushBatch, PushEnd, PushOpened, PushPlan, Status,
+};
 use crate::files::receive::ReceiveOptions;
+use crate::files::relay::{TEE_SERVICE, TeeArgs};
+use crate::files::tee::TeeStats;
+use crate::files::walk::{BATCH_BYTES, BATCH_ENTRIES};
 pub use crate::files::walk::{
-    Skipped, Sources, WalkOptions, collect_sources, collect_sources_with,
+    Skipped, Sources, WalkOptions, Walker, collect_sources, collect_sources_with,
 };
 use crate::files::window::Sizing;
 use crate::files::{FileService, FileServiceConfig, RawPath, TARGET_SERVICE};
@@ -447,13 +452,29 @@ impl Sources {
         server: ContextId,
         dest: impl AsRef<std::ffi::OsStr>,
     ) -> PushPlan {
+        let mut plan = self.header(args, server, dest);
+        plan.entries = std::mem::take(&mut self.entries);
+        plan.delete.incomplete = self.incomplete.clone();
+        plan.delete.keep = self.skipped.iter().map(|s| s.rel.clone()).collect();
+        plan
+    }
+
+    /// The plan without its entries, nor what only the whole walk knows
+    /// (`--delete`'s incomplete directories and kept names): what
+    /// `push_open` takes before the entries stream in batches.
+    pub fn header(
+        &self,
+        args: &PushArgs,
+        server: ContextId,
+        dest: impl AsRef<std::ffi::OsStr>,
+    ) -> PushPlan {
         use std::os::unix::ffi::OsStrExt;
         let dest = dest.as_ref();
         PushPlan {
             server,
             dest: RawPath::from(Path::new(dest)),
             into_dir: self.into_dir || dest.as_bytes().ends_with(b"/"),
-            entries: std::mem::take(&mut self.entries),
+            entries: Vec::new(),
             options: ReceiveOptions {
                 fsync: !args.no_fsync,
                 preserve_owner: args.owner,
@@ -477,10 +498,10 @@ impl Sources {
                 enabled: args.delete,
                 max: args.max_delete,
                 contents: self.contents,
-                incomplete: self.incomplete.clone(),
-                keep: self.skipped.iter().map(|s| s.rel.clone()).collect(),
+                incomplete: Vec::new(),
+                keep: Vec::new(),
             },
-            root: self.root.take(),
+            root: self.root.clone(),
         }
     }
 }
@@ -491,43 +512,31 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
         out::diag("ferrogen push: need at least one source and a destination");
         return Exit::Usage;
     };
-    let walk_started = Instant::now();
-    let mut sources = match collect_sources_with(srcs, &WalkOptions::from_args(&args)) {
-        Ok(s) => s,
+    // The sources' top level now (a missing source is a usage error);
+    // what lies beneath is walked lazily, once per target, in batches.
+    let walker = match Walker::new(srcs, &WalkOptions::from_args(&args)) {
+        Ok(w) => w,
         Err(e) => {
             out::diag(format_args!("ferrogen push: {e}"));
             return Exit::Usage;
         }
     };
-    tracing::debug!(
-        "walked {} entries in {:?}",
-        sources.entries.len(),
-        walk_started.elapsed()
-    );
-    // Parts of the sources that could not be read: said now, and the
-    // push fails at the end (the rest is still sent).
-    for e in &sources.unread {
-        out::diag(format_args!("ferrogen push: {e}"));
-    }
-    if !args.json {
-        for sk in &sources.skipped {
-            out::diag(format_args!(
-                "ferrogen push: {}: {} skipped (only regular files, directories and symlinks are copied)",
-                show(&sk.path),
-                sk.kind
-            ));
-        }
-    }
     let router = Router::new(RouterConfig::controller());
     let services = Services::start(&router);
     crate::ping::register_service(&services, &router);
     let config = file_service_config(&args);
     let fs = FileService::start(&router, &services, config);
-    if let Err(e) = sources.register(&fs) {
+    if let Err(e) = walker.sources().register(&fs) {
         out::diag(format_args!("ferrogen push: {e}"));
         return Exit::Usage;
     }
-    let plan = sources.plan(&args, router.id(), dest);
+    let plan = walker.sources().header(&args, router.id(), dest);
+    let style = report::Style {
+        json: args.json,
+        itemize: args.itemize,
+        dry_run: args.dry_run,
+    };
+    let notes = Arc::new(Notes::default());
 
     let targets = Targets::default();
     let work = push_all(
@@ -535,7 +544,9 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
         &fs,
         &args,
         plan,
-        sources.total_bytes,
+        &walker,
+        &style,
+        &notes,
         &log_filter,
         &targets,
     );
@@ -556,12 +567,11 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
         }
     };
 
-    let style = report::Style {
-        json: args.json,
-        itemize: args.itemize,
-        dry_run: args.dry_run,
-    };
-    let failed = report::print(&style, &outcomes, &sources.skipped);
+    let mut failed = outcomes.is_empty();
+    for t in &outcomes {
+        t.summary(&style);
+        failed |= t.failed;
+    }
     if args.json {
         for (name, stats) in &relays {
             report::print_relay(name, stats);
@@ -579,7 +589,7 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
     }
     services.shutdown().await;
     router.close_all_streams("push finished");
-    if failed || outcomes.is_empty() || !sources.unread.is_empty() {
+    if failed || notes.any_unread() {
         Exit::Failure
     } else {
         Exit::Success
@@ -628,53 +638,104 @@ pub(crate) async fn shutdown_signal() -> Exit {
     }
 }
 
+/// What the walks found that is said once for all targets: what could
+/// not be read (the push then fails) and the special files skipped. Each
+/// target walks the sources itself; the first walk to end reports.
+#[derive(Default)]
+struct Notes {
+    said: std::sync::atomic::AtomicBool,
+    unread: std::sync::atomic::AtomicBool,
+}
+
+impl Notes {
+    /// Reports `walked`'s notes, unless another walk did already.
+    fn say(&self, walked: &Sources, json: bool) {
+        use std::sync::atomic::Ordering;
+        if !walked.unread.is_empty() {
+            self.unread.store(true, Ordering::SeqCst);
+        }
+        if self.said.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Parts of the sources that could not be read: the push fails at
+        // the end (the rest is still sent).
+        for e in &walked.unread {
+            out::diag(format_args!("ferrogen push: {e}"));
+        }
+        if !json {
+            for sk in &walked.skipped {
+                out::diag(format_args!(
+                    "ferrogen push: {}: {} skipped (only regular files, directories and symlinks are copied)",
+                    show(&sk.path),
+                    sk.kind
+                ));
+            }
+        }
+    }
+
+    fn any_unread(&self) -> bool {
+        self.unread.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The result that says a target failed as a whole.
+fn whole_failure(dest: &RawPath, error: String) -> EntryResult {
+    EntryResult {
+        path: dest.escaped(),
+        path_bytes: None,
+        bytes: 0,
+        seconds: 0.0,
+        digest: None,
+        error: Some(error),
+        data_span_ns: (0, 0),
+        status: Status::Failed,
+        kind: EntryKind::Other,
+        changes: 0,
+    }
+}
+
+/// A tally of one failure for `host`, printed.
+fn failed_whole(style: &report::Style, host: &str, dest: &RawPath, error: String) -> report::Tally {
+    let mut t = report::Tally::new(host);
+    t.add(style, &[whole_failure(dest, error)]);
+    t
+}
+
 /// Pushes to every target, each group of targets reached through the same
 /// hops (`--via`, a hosts file's relay column) on its own, all groups at
-/// once; the outcomes in the order the targets were named, and what each
-/// relay's tee fetched.
+/// once; the tallies, and what each relay's tee fetched.
+#[allow(clippy::too_many_arguments)]
 async fn push_all(
     router: &Router,
     fs: &FileService,
     args: &PushArgs,
     plan: PushPlan,
-    total: u64,
+    walker: &Walker,
+    style: &report::Style,
+    notes: &Arc<Notes>,
     log_filter: &str,
     targets: &Targets,
-) -> (
-    Vec<TargetOutcome>,
-    Vec<(String, crate::files::tee::TeeStats)>,
-) {
+) -> (Vec<report::Tally>, Vec<(String, TeeStats)>) {
     let groups = args.target.groups();
     let bars = report::Bars::new(!args.json, &args.target.hosts());
-    let mut plans = Vec::with_capacity(groups.len());
-    // (One plan per group: a 100,000-entry plan is not cloned for nothing.)
-    let mut plan = Some(plan);
-    for k in 0..groups.len() {
-        let p = if k + 1 == groups.len() {
-            plan.take().unwrap_or_default()
-        } else {
-            plan.clone().unwrap_or_default()
-        };
-        plans.push(p);
-    }
-    let runs = groups.iter().zip(plans).map(|(g, plan)| {
+    let runs = groups.iter().map(|g| {
         let targs = args.target.for_group(g);
-        let bars = &bars;
+        let (bars, plan) = (&bars, plan.clone());
         Box::pin(async move {
             push_group(
-                router, fs, args, &targs, plan, total, log_filter, targets, bars,
+                router, fs, args, &targs, plan, walker, style, notes, log_filter, targets, bars,
             )
             .await
         }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>>
     });
     let done = join_all(runs.collect()).await;
-    let mut outcomes = Vec::new();
+    let mut tallies = Vec::new();
     let mut relays = Vec::new();
-    for (o, r) in done {
-        outcomes.extend(o);
+    for (t, r) in done {
+        tallies.extend(t);
         relays.extend(r);
     }
-    (outcomes, relays)
+    (tallies, relays)
 }
 
 /// Runs `futures` concurrently on this task; their outputs in order.
@@ -704,7 +765,9 @@ async fn join_all<T>(
 }
 
 /// Pushes to one group of targets: connects its hops, starts the tee in
-/// its last hop, and pushes to its targets `--fanout` at a time.
+/// its last hop (which then gets the plan's batches once, from one walk,
+/// and hands them to each target), and pushes to its targets `--fanout`
+/// at a time.
 #[allow(clippy::too_many_arguments)]
 async fn push_group(
     router: &Router,
@@ -712,85 +775,51 @@ async fn push_group(
     args: &PushArgs,
     targs: &TargetArgs,
     plan: PushPlan,
-    total: u64,
+    walker: &Walker,
+    style: &report::Style,
+    notes: &Arc<Notes>,
     log_filter: &str,
     targets: &Targets,
     bars: &report::Bars,
-) -> (
-    Vec<TargetOutcome>,
-    Option<(String, crate::files::tee::TeeStats)>,
-) {
+) -> (Vec<report::Tally>, Option<(String, TeeStats)>) {
     let hosts = targs.hosts();
     let chain = match target::connect_chain(router, targs, log_filter).await {
         Ok(c) => c,
         Err((_, e)) => {
             let failed = hosts
                 .into_iter()
-                .map(|host| TargetOutcome {
-                    results: vec![EntryResult {
-                        path: plan.dest.escaped(),
-                        path_bytes: None,
-                        bytes: 0,
-                        seconds: 0.0,
-                        digest: None,
-                        error: Some(e.clone()),
-                        data_span_ns: (0, 0),
-                        status: Status::Failed,
-                        kind: EntryKind::Other,
-                        changes: 0,
-                    }],
-                    host,
-                    context: String::new(),
-                    seconds: 0.0,
-                })
+                .map(|host| failed_whole(style, &host, &plan.dest, e.clone()))
                 .collect();
             return (failed, None);
         }
     };
+    let mut plan = plan;
     let started = match chain.last {
         Some(relay) if !args.no_tee => start_tee(router, relay, &chain, args, hosts.len()).await,
         _ => None,
     };
-    let mut plan = plan;
-    if let Some(relay) = started {
+    // Behind a tee, the plan is walked once here and its batches cross
+    // the uplink once: the relay keeps them and hands them to each target.
+    let feed = started.map(|relay| {
         plan.server = relay;
-    }
-    // Behind a tee the plan too crosses the uplink once: the relay keeps
-    // it and hands it to each target.
-    let tee = match started {
-        Some(relay) => send_plan_to_relay(router, relay, &chain, &plan).await,
-        None => None,
-    };
+        Feed::start(router, relay, walker.restart())
+    });
     let sem = Arc::new(Semaphore::new(args.fanout.max(1)));
     // Delta transfer is for a link: on one machine (a local target, no
     // hop) the file is sent whole unless --no-whole-file.
     let is_local = |host: &str| targs.via.is_empty() && target::parse(host) == Ok(Method::Local);
     let local_delta = plan.options.delta && args.no_whole_file;
-    let (any_local, any_remote) = (
-        hosts.iter().any(|h| is_local(h)),
-        hosts.iter().any(|h| !is_local(h)),
-    );
-    // (A copy of the plan only when both kinds of target are in one push:
-    // a 100,000-entry plan is not cloned for nothing.)
-    let local_plan = if any_local && any_remote {
-        Arc::new(PushPlan {
-            options: ReceiveOptions {
-                delta: local_delta,
-                ..plan.options.clone()
-            },
-            ..plan.clone()
-        })
-    } else {
-        if any_local {
-            plan.options.delta = local_delta;
-        }
-        Arc::new(PushPlan::default())
-    };
+    let local_plan = Arc::new(PushPlan {
+        options: ReceiveOptions {
+            delta: local_delta,
+            ..plan.options.clone()
+        },
+        ..plan.clone()
+    });
     let plan = Arc::new(plan);
     let mut tasks = Vec::new();
     for host in hosts {
-        let local = any_remote && is_local(&host);
-        let plan = if local { &local_plan } else { &plan };
+        let plan = if is_local(&host) { &local_plan } else { &plan };
         let (router, fs, chain, plan, sem) = (
             router.clone(),
             fs.clone(),
@@ -800,39 +829,45 @@ async fn push_group(
         );
         let targs = targs.clone();
         let filter = log_filter.to_string();
-        let bar = bars.add(&host, total);
+        let bar = bars.add(&host, 0);
         let stripes = args.stripes;
+        let size_hint = top_files_size(&args.paths);
         let reached = targets.clone();
+        let batches = match &feed {
+            Some(f) => Batches::Relay(f.clone()),
+            None => Batches::Walk(Box::new(walker.restart())),
+        };
+        let style = style.clone();
+        let notes = notes.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            push_one(
-                &router, &fs, &targs, &chain, host, &plan, &filter, bar, stripes, total, &reached,
-                tee,
-            )
-            .await
+            let one = One {
+                router: &router,
+                fs: &fs,
+                targs: &targs,
+                chain: &chain,
+                plan: &plan,
+                log_filter: &filter,
+                stripes,
+                reached: &reached,
+                style: &style,
+                notes: &notes,
+                relay: started,
+                size_hint,
+            };
+            one.push(host, batches, bar).await
         }));
     }
     let mut out = Vec::new();
     for t in tasks {
         match t.await {
             Ok(o) => out.push(o),
-            Err(e) => out.push(TargetOutcome {
-                host: "?".into(),
-                context: String::new(),
-                results: vec![EntryResult {
-                    path: String::new(),
-                    path_bytes: None,
-                    bytes: 0,
-                    seconds: 0.0,
-                    digest: None,
-                    error: Some(format!("internal error: {e}")),
-                    data_span_ns: (0, 0),
-                    status: Status::Failed,
-                    kind: EntryKind::Other,
-                    changes: 0,
-                }],
-                seconds: 0.0,
-            }),
+            Err(e) => out.push(failed_whole(
+                style,
+                "?",
+                &RawPath::default(),
+                format!("internal error: {e}"),
+            )),
         }
     }
     let relay = match started {
@@ -842,9 +877,10 @@ async fn push_group(
     (out, relay)
 }
 
-/// Starts the tee in `relay` (the last `--via` hop): it fetches each file
-/// once from this controller and serves every target behind it. `None`
-/// (with a warning) if it cannot: the targets then fetch from here.
+/// Starts the tee in `relay` (the last `--via` hop) for `targets` targets:
+/// it fetches each file once from this controller and serves every target
+/// behind it. `None` (with a warning) if it cannot: the targets then
+/// fetch from here.
 async fn start_tee(
     router: &Router,
     relay: ContextId,
@@ -852,7 +888,7 @@ async fn start_tee(
     args: &PushArgs,
     targets: usize,
 ) -> Option<ContextId> {
-    let tee = crate::files::relay::TeeArgs {
+    let tee = TeeArgs {
         upstream: router.id(),
         serve: crate::files::source::ServeOptions {
             window: args.window,
@@ -865,9 +901,7 @@ async fn start_tee(
         sparse: args.sparse,
         targets: u32::try_from(targets).unwrap_or(0),
     };
-    let r: Result<(), _> = router
-        .call_service(relay, crate::files::relay::TEE_SERVICE, "start", &tee)
-        .await;
+    let r: Result<(), _> = router.call_service(relay, TEE_SERVICE, "start", &tee).await;
     match r {
         Ok(()) => Some(relay),
         Err(e) => {
@@ -880,41 +914,14 @@ async fn start_tee(
     }
 }
 
-/// Leaves the plan with the relay's tee. `None` (the targets are then sent
-/// the plan from here, and fetch from the controller) if that fails.
-async fn send_plan_to_relay(
-    router: &Router,
-    relay: ContextId,
-    chain: &Chain,
-    plan: &PushPlan,
-) -> Option<ContextId> {
-    let r: Result<(), _> = router
-        .call_service(relay, crate::files::relay::TEE_SERVICE, "plan", plan)
-        .await;
-    match r {
-        Ok(()) => Some(relay),
-        Err(e) => {
-            let name = chain.names.last().map(String::as_str).unwrap_or("relay");
-            out::diag(format_args!(
-                "ferrogen push: {name}: could not leave the plan with the tee ({e})"
-            ));
-            None
-        }
-    }
-}
-
 /// Stops the relay's tee (removing its spool); the relay's name and what
 /// its tee fetched.
-async fn stop_tee(
-    router: &Router,
-    relay: ContextId,
-    chain: &Chain,
-) -> Option<(String, crate::files::tee::TeeStats)> {
+async fn stop_tee(router: &Router, relay: ContextId, chain: &Chain) -> Option<(String, TeeStats)> {
     let name = chain.names.last().cloned().unwrap_or_default();
-    let r: Result<crate::files::tee::TeeStats, _> = router
+    let r: Result<TeeStats, _> = router
         .call_service_timeout(
             relay,
-            crate::files::relay::TEE_SERVICE,
+            TEE_SERVICE,
             "stop",
             &(),
             Some(Duration::from_secs(30)),
@@ -943,13 +950,107 @@ async fn tee_progress(router: &Router, relay: ContextId, target: ContextId) -> O
     let r: Result<Vec<(u64, u64)>, _> = router
         .call_service_timeout(
             relay,
-            crate::files::relay::TEE_SERVICE,
+            TEE_SERVICE,
             "progress",
             &vec![target],
             Some(Duration::from_secs(2)),
         )
         .await;
     r.ok().and_then(|v| v.first().copied())
+}
+
+/// Where a target's plan batches come from: its own walk (the batches go
+/// to it directly), or the group's one walk whose batches the relay keeps.
+enum Batches {
+    Walk(Box<Walker>),
+    Relay(Feed),
+}
+
+/// The group's walk behind a tee: each batch is sent to the relay once;
+/// targets follow at their own pace.
+#[derive(Clone)]
+struct Feed {
+    state: tokio::sync::watch::Receiver<FeedState>,
+}
+
+/// How far the group's walk has got.
+#[derive(Clone, Default)]
+struct FeedState {
+    /// Batches the relay holds (numbered from 0).
+    batches: u64,
+    /// The walk's totals so far.
+    bytes: u64,
+    files: u64,
+    /// The whole walk, once it ended; or why the batches stopped.
+    done: Option<Result<Arc<Sources>, String>>,
+}
+
+impl Feed {
+    fn start(router: &Router, relay: ContextId, walker: Walker) -> Feed {
+        let (tx, state) = tokio::sync::watch::channel(FeedState::default());
+        let router = router.clone();
+        tokio::spawn(async move {
+            let (btx, mut brx) = tokio::sync::mpsc::channel::<Walked>(2);
+            let walking = tokio::task::spawn_blocking(move || {
+                let mut walker = walker;
+                let mut files = 0u64;
+                loop {
+                    let entries = walker.next_batch(BATCH_ENTRIES, BATCH_BYTES);
+                    let done = entries.is_empty();
+                    files += entries
+                        .iter()
+                        .filter(|e| matches!(e, crate::files::plan::PlanEntry::File { .. }))
+                        .count() as u64;
+                    let batch = Walked {
+                        entries,
+                        bytes: walker.total_bytes(),
+                        files,
+                    };
+                    if done || btx.blocking_send(batch).is_err() {
+                        break;
+                    }
+                }
+                walker.finish()
+            });
+            let mut k = 0u64;
+            while let Some(batch) = brx.recv().await {
+                let r: Result<(), _> = router
+                    .call_service(relay, TEE_SERVICE, "batch", &(k, batch.entries))
+                    .await;
+                if let Err(e) = r {
+                    tx.send_modify(|s| s.done = Some(Err(e.to_string())));
+                    return;
+                }
+                k += 1;
+                tx.send_modify(|s| {
+                    s.batches = k;
+                    s.bytes = batch.bytes;
+                    s.files = batch.files;
+                });
+            }
+            let done = match walking.await {
+                Ok(w) => Ok(Arc::new(w)),
+                Err(e) => Err(format!("internal error walking the sources: {e}")),
+            };
+            tx.send_modify(|s| s.done = Some(done));
+        });
+        Feed { state }
+    }
+
+    /// Waits until batch `k` is at the relay (the walk's bytes and files so
+    /// far), or the walk ended (`Err` with its result).
+    async fn batch(&mut self, k: u64) -> Result<(u64, u64), Result<Arc<Sources>, String>> {
+        let got = self
+            .state
+            .wait_for(|s| s.batches > k || s.done.is_some())
+            .await
+            .map(|s| s.clone());
+        match got {
+            Ok(s) if s.batches > k => Ok((s.bytes, s.files)),
+            Ok(s) => Err(s.done.unwrap_or_else(|| Err("the walk stopped".into()))),
+            Err(_) => Err(Err("the walk stopped".into())),
+        }
+    }
 }
 
 /// Round trips below this are not worth striping: the path's
@@ -1109,6 +1210,18 @@ pub fn open_stripes_with(
     has_early.then_some(task)
 }
 
+/// The bytes of the regular files among the source operands (`paths`
+/// without its last, the destination): what a push is known to carry
+/// before its walk. Directories count nothing.
+fn top_files_size(paths: &[std::ffi::OsString]) -> u64 {
+    let srcs = paths.split_last().map_or(&[][..], |(_, s)| s);
+    srcs.iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// How long after the primary connection's start the early stripes start,
 /// if it is not up by then. An ssh connection and a cached bootstrap take
 /// about 15 round trips: up within this, the round trip is under ~15 ms.
@@ -1118,158 +1231,318 @@ const EARLY_STRIPE_AFTER: Duration = Duration::from_millis(250);
 /// on the streams it has.
 const EARLY_STRIPE_WAIT: Duration = Duration::from_secs(3);
 
-#[allow(clippy::too_many_arguments)]
-async fn push_one(
-    router: &Router,
-    fs: &FileService,
-    targs: &TargetArgs,
-    chain: &Chain,
-    host: String,
-    plan: &PushPlan,
-    log_filter: &str,
-    bar: Option<indicatif::ProgressBar>,
+/// What a push to one target needs.
+struct One<'a> {
+    router: &'a Router,
+    fs: &'a FileService,
+    targs: &'a TargetArgs,
+    chain: &'a Chain,
+    plan: &'a PushPlan,
+    log_filter: &'a str,
     stripes: Option<usize>,
-    total: u64,
-    reached: &Targets,
-    tee: Option<ContextId>,
-) -> TargetOutcome {
-    let t0 = Instant::now();
-    // (Files the target finds up to date are not sent: the count sent may
-    // end below this.)
-    let files = plan
-        .entries
-        .iter()
-        .filter(|e| matches!(e, crate::files::plan::PlanEntry::File { .. }))
-        .count();
-    // The stripes' transports start while the primary connection is still
-    // being made (see start_stripes_early) — if it is not up within
-    // EARLY_STRIPE_AFTER: a path that fast gains nothing from them (and
-    // below 4 ms gets none), and the primary, being well ahead, is never
-    // the connection an sshd that limits connections still in
-    // authentication (MaxStartups) drops.
-    let mut early = None;
-    let connected = {
-        let connect = target::connect_target(router, targs, chain, &host, log_filter);
-        tokio::pin!(connect);
-        tokio::select! {
-            r = &mut connect => r,
-            _ = tokio::time::sleep(EARLY_STRIPE_AFTER) => {
-                early = start_stripes_early(targs, &host, stripes, total, log_filter);
-                connect.await
+    reached: &'a Targets,
+    style: &'a report::Style,
+    notes: &'a Notes,
+    /// The group's relay, when it tees: the session's calls go through it.
+    relay: Option<ContextId>,
+    /// The bytes of the regular files named on the command line (what is
+    /// known before the walk): enough of them start stripes early.
+    size_hint: u64,
+}
+
+/// A batch of the walk, with the walk's totals so far.
+struct Walked {
+    entries: Vec<crate::files::plan::PlanEntry>,
+    bytes: u64,
+    files: u64,
+}
+
+impl One<'_> {
+    async fn push(
+        &self,
+        host: String,
+        batches: Batches,
+        bar: Option<indicatif::ProgressBar>,
+    ) -> report::Tally {
+        let t0 = Instant::now();
+        // The stripes' transports start while the primary connection is
+        // still being made (see start_stripes_early) — if it is not up
+        // within EARLY_STRIPE_AFTER: a path that fast gains nothing from
+        // them (and below 4 ms gets none), and the primary, being well
+        // ahead, is never the connection an sshd that limits connections
+        // still in authentication (MaxStartups) drops.
+        let mut early = None;
+        let connected = {
+            let connect =
+                target::connect_target(self.router, self.targs, self.chain, &host, self.log_filter);
+            tokio::pin!(connect);
+            tokio::select! {
+                r = &mut connect => r,
+                _ = tokio::time::sleep(EARLY_STRIPE_AFTER) => {
+                    early = start_stripes_early(
+                        self.targs, &host, self.stripes, self.size_hint, self.log_filter,
+                    );
+                    connect.await
+                }
             }
-        }
-    };
-    let info = match connected {
-        Ok(i) => i,
-        Err(e) => {
-            if let Some(b) = &bar {
-                b.abandon_with_message("connection failed");
-            }
-            return TargetOutcome {
-                results: vec![EntryResult {
-                    path: plan.dest.escaped(),
-                    path_bytes: None,
-                    bytes: 0,
-                    seconds: 0.0,
-                    digest: None,
-                    error: Some(e),
-                    data_span_ns: (0, 0),
-                    status: Status::Failed,
-                    kind: EntryKind::Other,
-                    changes: 0,
-                }],
-                host,
-                context: String::new(),
-                seconds: t0.elapsed().as_secs_f64(),
-            };
-        }
-    };
-    if let Ok(mut t) = reached.lock() {
-        t.push(info.id);
-    }
-    if let Some(b) = &bar {
-        report::Bars::connected(b);
-    }
-    if let Some(attaching) = open_stripes_with(
-        router, targs, &host, info.id, stripes, total, log_filter, early,
-    ) {
-        // See open_stripes_with. (Dropping the handle on a timeout leaves
-        // the attaching to go on.)
-        let _ = tokio::time::timeout(EARLY_STRIPE_WAIT, attaching).await;
-    }
-    let call = async {
-        match tee {
-            Some(relay) => {
-                router
-                    .call_service::<_, Vec<EntryResult>>(
-                        relay,
-                        crate::files::relay::TEE_SERVICE,
-                        "push",
-                        &info.id,
-                    )
-                    .await
-            }
-            None => {
-                router
-                    .call_service::<_, Vec<EntryResult>>(info.id, TARGET_SERVICE, "push", plan)
-                    .await
-            }
-        }
-    };
-    tokio::pin!(call);
-    // Behind a tee the relay's FileService sends; it is asked now and then.
-    let tick = Duration::from_millis(if tee.is_some() { 500 } else { 100 });
-    let result = loop {
-        tokio::select! {
-            r = &mut call => break r,
-            _ = tokio::time::sleep(tick), if bar.is_some() => {
-                let (bytes, sent) = match tee {
-                    Some(relay) => tee_progress(router, relay, info.id).await.unwrap_or((0, 0)),
-                    None => (fs.progress(info.id), fs.files_sent(info.id)),
-                };
+        };
+        let info = match connected {
+            Ok(i) => i,
+            Err(e) => {
                 if let Some(b) = &bar {
-                    b.set_position(bytes);
-                    b.set_message(format!("{sent} of {files} files sent"));
+                    b.abandon_with_message("connection failed");
+                }
+                let mut t = failed_whole(self.style, &host, &self.plan.dest, e);
+                t.seconds = t0.elapsed().as_secs_f64();
+                return t;
+            }
+        };
+        if let Ok(mut t) = self.reached.lock() {
+            t.push(info.id);
+        }
+        if let Some(b) = &bar {
+            report::Bars::connected(b);
+        }
+        // Started early: attached now, and waited for (see open_stripes_with).
+        let mut striped = false;
+        if early.is_some() {
+            striped = true;
+            if let Some(attaching) = open_stripes_with(
+                self.router,
+                self.targs,
+                &host,
+                info.id,
+                self.stripes,
+                self.size_hint,
+                self.log_filter,
+                early,
+            ) {
+                // (Dropping the handle on a timeout leaves the attaching to go on.)
+                let _ = tokio::time::timeout(EARLY_STRIPE_WAIT, attaching).await;
+            }
+        }
+        let mut tally = report::Tally::new(&host);
+        tally.context = info.name.clone();
+        let failure = |e: crate::call::CallError| {
+            let msg = super::call_failure(&info.name, "the push", &e);
+            tracing::warn!("{}", super::sanitize::sanitize(&msg));
+            msg
+        };
+        let opened: Result<PushOpened, _> = match self.relay {
+            Some(relay) => {
+                let args = (info.id, self.plan);
+                self.call_at(relay, TEE_SERVICE, &info, "push_open", &args, &bar, 0)
+                    .await
+            }
+            None => self.call(&info, "push_open", self.plan, &bar, 0).await,
+        };
+        let opened = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                tally.add(self.style, &[whole_failure(&self.plan.dest, failure(e))]);
+                return self.end(tally, t0, bar);
+            }
+        };
+        if !opened.failed.is_empty() {
+            tally.add(self.style, &opened.failed);
+            return self.end(tally, t0, bar);
+        }
+        let session = opened.session;
+        let mut files = 0;
+        let walked: Arc<Sources> = match batches {
+            Batches::Walk(walker) => {
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<Walked>(2);
+                let walking = tokio::task::spawn_blocking(move || {
+                    let mut walker = *walker;
+                    let mut files = 0u64;
+                    loop {
+                        let entries = walker.next_batch(BATCH_ENTRIES, BATCH_BYTES);
+                        let done = entries.is_empty();
+                        files += entries
+                            .iter()
+                            .filter(|e| matches!(e, crate::files::plan::PlanEntry::File { .. }))
+                            .count() as u64;
+                        let batch = Walked {
+                            entries,
+                            bytes: walker.total_bytes(),
+                            files,
+                        };
+                        if done || tx.blocking_send(batch).is_err() {
+                            break;
+                        }
+                    }
+                    walker.finish()
+                });
+                while let Some(batch) = rx.recv().await {
+                    files = batch.files;
+                    if let Some(b) = &bar {
+                        b.set_length(batch.bytes);
+                    }
+                    if !striped && batch.bytes >= STRIPE_MIN_BYTES {
+                        striped = true;
+                        open_stripes(
+                            self.router,
+                            self.targs,
+                            &host,
+                            info.id,
+                            self.stripes,
+                            batch.bytes,
+                            self.log_filter,
+                        );
+                    }
+                    let args = PushBatch {
+                        session,
+                        entries: batch.entries,
+                    };
+                    match self
+                        .call::<_, Vec<EntryResult>>(&info, "push_batch", &args, &bar, files)
+                        .await
+                    {
+                        Ok(results) => tally.add(self.style, &results),
+                        Err(e) => {
+                            drop(rx);
+                            tally.add(self.style, &[whole_failure(&self.plan.dest, failure(e))]);
+                            return self.end(tally, t0, bar);
+                        }
+                    }
+                }
+                match walking.await {
+                    Ok(w) => Arc::new(w),
+                    Err(e) => {
+                        let e = format!("internal error walking the sources: {e}");
+                        tally.add(self.style, &[whole_failure(&self.plan.dest, e)]);
+                        return self.end(tally, t0, bar);
+                    }
+                }
+            }
+            Batches::Relay(mut feed) => {
+                let relay = self.relay.unwrap_or_default();
+                let mut k = 0u64;
+                loop {
+                    match feed.batch(k).await {
+                        Ok((bytes, f)) => {
+                            files = f;
+                            if let Some(b) = &bar {
+                                b.set_length(bytes);
+                            }
+                            let args = (info.id, session, k);
+                            let r = self
+                                .call_at::<_, Vec<EntryResult>>(
+                                    relay,
+                                    TEE_SERVICE,
+                                    &info,
+                                    "push_batch",
+                                    &args,
+                                    &bar,
+                                    files,
+                                )
+                                .await;
+                            match r {
+                                Ok(results) => tally.add(self.style, &results),
+                                Err(e) => {
+                                    let e = failure(e);
+                                    tally.add(self.style, &[whole_failure(&self.plan.dest, e)]);
+                                    return self.end(tally, t0, bar);
+                                }
+                            }
+                            k += 1;
+                        }
+                        Err(Ok(walked)) => break walked,
+                        Err(Err(e)) => {
+                            let e = format!("{}: the plan did not reach the relay: {e}", info.name);
+                            tally.add(self.style, &[whole_failure(&self.plan.dest, e)]);
+                            return self.end(tally, t0, bar);
+                        }
+                    }
+                }
+            }
+        };
+        self.notes.say(&walked, self.style.json);
+        let end = PushEnd {
+            session,
+            incomplete: walked.incomplete.clone(),
+            keep: walked.skipped.iter().map(|s| s.rel.clone()).collect(),
+        };
+        let closed: Result<Vec<EntryResult>, _> = match self.relay {
+            Some(relay) => {
+                let args = (info.id, end);
+                self.call_at(relay, TEE_SERVICE, &info, "push_close", &args, &bar, files)
+                    .await
+            }
+            None => self.call(&info, "push_close", &end, &bar, files).await,
+        };
+        match closed {
+            Ok(results) => tally.add(self.style, &results),
+            Err(e) => tally.add(self.style, &[whole_failure(&self.plan.dest, failure(e))]),
+        }
+        tally.skipped(self.style, &walked.skipped);
+        self.end(tally, t0, bar)
+    }
+
+    async fn call<A: serde::Serialize + Sync, R: serde::de::DeserializeOwned>(
+        &self,
+        info: &crate::connect::ContextInfo,
+        method: &str,
+        args: &A,
+        bar: &Option<indicatif::ProgressBar>,
+        files: u64,
+    ) -> Result<R, crate::call::CallError> {
+        self.call_at(info.id, TARGET_SERVICE, info, method, args, bar, files)
+            .await
+    }
+
+    /// A call to `service` in `to` (the target, or its relay) for the push
+    /// to `info`, moving its bar meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    async fn call_at<A: serde::Serialize + Sync, R: serde::de::DeserializeOwned>(
+        &self,
+        to: ContextId,
+        service: &str,
+        info: &crate::connect::ContextInfo,
+        method: &str,
+        args: &A,
+        bar: &Option<indicatif::ProgressBar>,
+        files: u64,
+    ) -> Result<R, crate::call::CallError> {
+        let call = self.router.call_service::<_, R>(to, service, method, args);
+        tokio::pin!(call);
+        // Behind a tee the relay's FileService sends; it is asked now and then.
+        let tick = Duration::from_millis(if self.relay.is_some() { 500 } else { 100 });
+        loop {
+            tokio::select! {
+                r = &mut call => return r,
+                _ = tokio::time::sleep(tick), if bar.is_some() => {
+                    let (bytes, sent) = match self.relay {
+                        Some(relay) => tee_progress(self.router, relay, info.id)
+                            .await
+                            .unwrap_or((0, 0)),
+                        None => (self.fs.progress(info.id), self.fs.files_sent(info.id)),
+                    };
+                    if let Some(b) = bar {
+                        b.set_position(bytes);
+                        b.set_message(format!("{sent} of {files} files sent"));
+                    }
                 }
             }
         }
-    };
-    let results = match result {
-        Ok(r) => r,
-        Err(e) => {
-            // Said at once, not only in the summary: other targets may run
-            // for a long while yet.
-            let msg = super::call_failure(&info.name, "the push", &e);
-            tracing::warn!("{}", super::sanitize::sanitize(&msg));
-            vec![EntryResult {
-                path: plan.dest.escaped(),
-                path_bytes: None,
-                bytes: 0,
-                seconds: 0.0,
-                digest: None,
-                error: Some(msg),
-                data_span_ns: (0, 0),
-                status: Status::Failed,
-                kind: EntryKind::Other,
-                changes: 0,
-            }]
-        }
-    };
-    if let Some(b) = &bar {
-        if tee.is_none() {
-            b.set_position(fs.progress(info.id));
-        }
-        if results.iter().any(|r| r.error.is_some()) {
-            b.abandon_with_message("failed");
-        } else {
-            b.finish_with_message("done");
-        }
     }
-    TargetOutcome {
-        host,
-        context: info.name,
-        results,
-        seconds: t0.elapsed().as_secs_f64(),
+
+    /// The target's tally, its bar finished.
+    fn end(
+        &self,
+        mut tally: report::Tally,
+        t0: Instant,
+        bar: Option<indicatif::ProgressBar>,
+    ) -> report::Tally {
+        tally.seconds = t0.elapsed().as_secs_f64();
+        if let Some(b) = &bar {
+            if tally.failed {
+                b.abandon_with_message("failed");
+            } else {
+                b.finish_with_message("done");
+            }
+        }
+        tally
     }
 }
 

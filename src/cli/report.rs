@@ -22,6 +22,7 @@ pub struct TargetOutcome {
 }
 
 /// How to print.
+#[derive(Debug, Clone)]
 pub struct Style {
     /// `--json` lines instead of text.
     pub json: bool,
@@ -75,7 +76,7 @@ struct JsonSummary<'a> {
     /// Whether this was a dry run.
     dry_run: bool,
     /// Entries by status.
-    counts: Counts,
+    counts: &'a Counts,
     /// File data received, bytes.
     bytes: u64,
     seconds: f64,
@@ -179,18 +180,56 @@ pub fn print_relay(relay: &str, s: &crate::files::tee::TeeStats) {
 pub fn print(style: &Style, outcomes: &[TargetOutcome], skipped: &[Skipped]) -> bool {
     let mut failed = outcomes.is_empty();
     for o in outcomes {
-        let mut bytes = 0;
-        let mut files = 0;
-        let mut counts = Counts::default();
-        for r in &o.results {
-            failed |= r.error.is_some();
-            bytes += r.bytes;
-            files += usize::from(r.digest.is_some());
-            counts.add(r.status);
+        let mut t = Tally::new(&o.host);
+        t.context = o.context.clone();
+        t.seconds = o.seconds;
+        t.add(style, &o.results);
+        t.skipped(style, skipped);
+        t.summary(style);
+        failed |= t.failed;
+    }
+    failed
+}
+
+/// One target's results as they come: each printed at once (a `--json`
+/// line, a failure, an itemised line) and counted for the summary, which
+/// is all that is kept.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// The target as the user named it.
+    pub host: String,
+    /// Its context's name (empty until it is reached).
+    pub context: String,
+    /// Wall time for this target, seconds (set at its end).
+    pub seconds: f64,
+    /// Whether any entry failed.
+    pub failed: bool,
+    counts: Counts,
+    bytes: u64,
+    files: usize,
+    skipped: usize,
+}
+
+impl Tally {
+    /// An empty tally for `host`.
+    pub fn new(host: &str) -> Tally {
+        Tally {
+            host: host.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// Prints and counts `results`.
+    pub fn add(&mut self, style: &Style, results: &[EntryResult]) {
+        for r in results {
+            self.failed |= r.error.is_some();
+            self.bytes += r.bytes;
+            self.files += usize::from(r.digest.is_some());
+            self.counts.add(r.status);
             if style.json {
                 let line = JsonLine {
-                    target: &o.host,
-                    context: &o.context,
+                    target: &self.host,
+                    context: &self.context,
                     path: &r.path,
                     path_hex: r.path_bytes.as_ref().map(RawPath::hex),
                     entry_type: r.kind.name(),
@@ -208,83 +247,96 @@ pub fn print(style: &Style, outcomes: &[TargetOutcome], skipped: &[Skipped]) -> 
                     Err(e) => out::data(serde_json::json!({ "error": e.to_string() })),
                 }
             } else if let Some(e) = &r.error {
-                out::diag(format_args!("{}: FAILED: {e}", o.host));
+                out::diag(format_args!("{}: FAILED: {e}", self.host));
             } else if style.itemize > 1 || (style.itemize == 1 && r.status.is_change()) {
-                out::data(format!("{}: {} {}", o.host, itemize(r), r.path));
+                out::data(format!("{}: {} {}", self.host, itemize(r), r.path));
             }
         }
-        counts.skipped += skipped.len();
-        if style.json {
-            // Each special file not copied, per target, like any entry.
-            for sk in skipped {
-                let raw = RawPath::from(sk.path.as_path());
-                let line = JsonLine {
-                    target: &o.host,
-                    context: &o.context,
-                    path: &raw.escaped(),
-                    path_hex: raw.to_str().is_none().then(|| raw.hex()),
-                    entry_type: EntryKind::Special.name(),
-                    kind: Some(sk.kind),
-                    bytes: 0,
-                    seconds: 0.0,
-                    digest: None,
-                    status: Status::Skipped.name(),
-                    changed: false,
-                    itemized: None,
-                    error: None,
-                };
-                match serde_json::to_string(&line) {
-                    Ok(s) => out::data(s),
-                    Err(e) => out::data(serde_json::json!({ "error": e.to_string() })),
-                }
+    }
+
+    /// Counts the special files not copied (with `--json`, a line for
+    /// each, like any entry).
+    pub fn skipped(&mut self, style: &Style, skipped: &[Skipped]) {
+        self.counts.skipped += skipped.len();
+        self.skipped += skipped.len();
+        if !style.json {
+            return;
+        }
+        for sk in skipped {
+            let raw = RawPath::from(sk.path.as_path());
+            let line = JsonLine {
+                target: &self.host,
+                context: &self.context,
+                path: &raw.escaped(),
+                path_hex: raw.to_str().is_none().then(|| raw.hex()),
+                entry_type: EntryKind::Special.name(),
+                kind: Some(sk.kind),
+                bytes: 0,
+                seconds: 0.0,
+                digest: None,
+                status: Status::Skipped.name(),
+                changed: false,
+                itemized: None,
+                error: None,
+            };
+            match serde_json::to_string(&line) {
+                Ok(s) => out::data(s),
+                Err(e) => out::data(serde_json::json!({ "error": e.to_string() })),
             }
+        }
+    }
+
+    /// Prints the target's summary: a `--json` summary object, or the
+    /// line with counts, bytes and rate.
+    pub fn summary(&self, style: &Style) {
+        let counts = &self.counts;
+        if style.json {
             let summary = JsonSummary {
-                target: &o.host,
-                context: &o.context,
+                target: &self.host,
+                context: &self.context,
                 summary: true,
                 changed: counts.any_change(),
                 dry_run: style.dry_run,
                 failed: counts.failed,
                 counts,
-                bytes,
-                seconds: o.seconds,
+                bytes: self.bytes,
+                seconds: self.seconds,
             };
             match serde_json::to_string(&summary) {
                 Ok(s) => out::data(s),
                 Err(e) => out::data(serde_json::json!({ "error": e.to_string() })),
             }
-        } else {
-            let mib = bytes as f64 / (1 << 20) as f64;
-            let rate = if o.seconds > 0.0 {
-                mib / o.seconds
-            } else {
-                0.0
-            };
-            let mut tally = format!(
-                "{} created, {} changed, {} unchanged",
-                counts.created, counts.changed, counts.unchanged
-            );
-            if counts.deleted > 0 {
-                tally.push_str(&format!(", {} deleted", counts.deleted));
-            }
-            if counts.failed > 0 {
-                tally.push_str(&format!(", {} errors", counts.failed));
-            }
-            if !skipped.is_empty() {
-                tally.push_str(&format!(", {} skipped (special files)", skipped.len()));
-            }
-            let dry = if style.dry_run {
-                " (dry run: nothing changed)"
-            } else {
-                ""
-            };
-            out::result(format_args!(
-                "{}: {} files, {:.1} MiB in {:.2} s ({:.1} MiB/s); {tally}{dry}",
-                o.host, files, mib, o.seconds, rate,
-            ));
+            return;
         }
+        let mib = self.bytes as f64 / (1 << 20) as f64;
+        let rate = if self.seconds > 0.0 {
+            mib / self.seconds
+        } else {
+            0.0
+        };
+        let mut tally = format!(
+            "{} created, {} changed, {} unchanged",
+            counts.created, counts.changed, counts.unchanged
+        );
+        if counts.deleted > 0 {
+            tally.push_str(&format!(", {} deleted", counts.deleted));
+        }
+        if counts.failed > 0 {
+            tally.push_str(&format!(", {} errors", counts.failed));
+        }
+        if self.skipped > 0 {
+            tally.push_str(&format!(", {} skipped (special files)", self.skipped));
+        }
+        let dry = if style.dry_run {
+            " (dry run: nothing changed)"
+        } else {
+            ""
+        };
+        out::result(format_args!(
+            "{}: {} files, {:.1} MiB in {:.2} s ({:.1} MiB/s); {tally}{dry}",
+            self.host, self.files, mib, self.seconds, rate,
+        ));
     }
-    failed
 }
 
 /// Per-target progress bars on stderr, only on a terminal: "connecting"

@@ -52,15 +52,45 @@ struct Swept {
     source: Vec<u8>,
 }
 
-/// Runs `--delete` for `plan` after its files are in place. `target_rel`
-/// maps a plan `rel` to the path beneath `root` where it landed. Returns
-/// one result per entry deleted (or, in a dry run, to be deleted), and
-/// failures.
+/// What the source has, gathered from a push's batches as they come:
+/// every name (for `--delete` to keep), and the directories to sweep.
+/// (The one part of a push that grows with the number of entries, and
+/// only with `--delete`.)
+#[derive(Debug, Default)]
+pub struct Seen {
+    names: HashSet<Vec<u8>>,
+    dirs: Vec<RawPath>,
+}
+
+impl Seen {
+    /// Notes a batch's entries.
+    pub fn add(&mut self, entries: &[PlanEntry]) {
+        for e in entries {
+            let rel = match e {
+                PlanEntry::Dir { rel, .. } => {
+                    self.dirs.push(rel.clone());
+                    rel
+                }
+                PlanEntry::File { rel, .. }
+                | PlanEntry::Symlink { rel, .. }
+                | PlanEntry::HardLink { rel, .. }
+                | PlanEntry::Special { rel, .. } => rel,
+            };
+            self.names.insert(rel.as_bytes().to_vec());
+        }
+    }
+}
+
+/// Runs `--delete` for `plan` after its files are in place; `seen` holds
+/// its entries' names. `target_rel` maps a plan `rel` to the path beneath
+/// `root` where it landed. Returns one result per entry deleted (or, in a
+/// dry run, to be deleted), and failures.
 pub async fn after_push(
     plan: &PushPlan,
     root: &Arc<Root>,
     target_rel: &(dyn Fn(&RawPath) -> PathBuf + Sync),
     cancel: &AtomicBool,
+    seen: &mut Seen,
 ) -> Vec<EntryResult> {
     let spec = &plan.delete;
     if !spec.enabled {
@@ -80,7 +110,9 @@ pub async fn after_push(
         Ok(f) => Arc::new(f),
         Err(e) => return nothing(e),
     };
-    let mut kept: HashSet<Vec<u8>> = spec.keep.iter().map(|k| k.as_bytes().to_vec()).collect();
+    // The names seen, and those the controller kept out of the plan.
+    let mut kept: HashSet<Vec<u8>> = std::mem::take(&mut seen.names);
+    kept.extend(spec.keep.iter().map(|k| k.as_bytes().to_vec()));
     let mut swept = Vec::new();
     if spec.contents {
         let top = target_rel(&RawPath::default());
@@ -93,21 +125,11 @@ pub async fn after_push(
             });
         }
     }
-    for e in &plan.entries {
-        let rel = match e {
-            PlanEntry::Dir { rel, .. } => {
-                swept.push(Swept {
-                    target: target_rel(rel),
-                    source: rel.as_bytes().to_vec(),
-                });
-                rel
-            }
-            PlanEntry::File { rel, .. }
-            | PlanEntry::Symlink { rel, .. }
-            | PlanEntry::HardLink { rel, .. }
-            | PlanEntry::Special { rel, .. } => rel,
-        };
-        kept.insert(rel.as_bytes().to_vec());
+    for rel in &seen.dirs {
+        swept.push(Swept {
+            target: target_rel(rel),
+            source: rel.as_bytes().to_vec(),
+        });
     }
     swept.retain(|s| {
         !spec

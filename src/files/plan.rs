@@ -52,7 +52,9 @@ use super::place::{Place, Root, describe, plain, show};
 use super::receive::{self, PendingFile, ReceiveOptions, TempFiles};
 use super::serve::SMALL_BATCH_BYTES;
 use super::spec::Ids;
-pub use super::spec::{Compare, Owner, PlanEntry, PushPlan, SpecialKind, Stamp};
+pub use super::spec::{
+    Compare, Owner, PlanEntry, PushBatch, PushEnd, PushOpened, PushPlan, SpecialKind, Stamp,
+};
 use super::uptodate::{self, Fixes, Found, Verdict, after_hash, file_verdict, look_at};
 use super::xattr::Xattr;
 use super::{
@@ -67,15 +69,24 @@ use crate::wire::ContextId;
 /// Registers `ferrogen.files.target` and returns the temp-file registry
 /// its shutdown hook empties.
 ///
-/// Besides `push`, the service has `cancel(())`: the controller calls it
+/// `push(PushPlan)` applies a whole plan sent as one message. A large
+/// push streams instead: `push_open(PushPlan)` (the plan without its
+/// entries) opens a session, `push_batch(PushBatch)` applies the next
+/// entries and answers with their results, `push_close(PushEnd)` ends it
+/// (directory metadata, `--delete`) — see docs/protocol.md §12.2.
+///
+/// Besides these, the service has `cancel(())`: the controller calls it
 /// when the user interrupts the push, before it stops serving data, so a
-/// push in progress puts nothing in place and changes no directory's
+/// push in progress puts nothing more in place and changes no directory's
 /// mode or times (this context's shutdown does the same).
 pub fn register_service(services: &Services, router: &Router) -> TempFiles {
     let temps = TempFiles::default();
     let cancel = Arc::new(AtomicBool::new(false));
     let (r, t, t2) = (router.clone(), temps.clone(), temps.clone());
     let (c, c2, c3) = (cancel.clone(), cancel.clone(), cancel);
+    let sessions = Sessions::default();
+    let (s1, s2, s3) = (sessions.clone(), sessions.clone(), sessions);
+    let (r2, t3, c4, c5) = (router.clone(), temps.clone(), c.clone(), c.clone());
     services.register(
         ServiceBuilder::new(TARGET_SERVICE)
             .method("push", Policy::ParentsOnly, move |_c, plan: PushPlan| {
@@ -84,6 +95,39 @@ pub fn register_service(services: &Services, router: &Router) -> TempFiles {
                 let c = c.clone();
                 async move { Ok::<_, RemoteError>(apply_cancellable(&r, plan, &t, &c).await) }
             })
+            .method(
+                "push_open",
+                Policy::ParentsOnly,
+                move |_c, plan: PushPlan| {
+                    let opened = s1.open(plan);
+                    async move { Ok::<_, RemoteError>(opened) }
+                },
+            )
+            .method(
+                "push_batch",
+                Policy::ParentsOnly,
+                move |_c, b: PushBatch| {
+                    let (r, t, c, session) =
+                        (r2.clone(), t3.clone(), c4.clone(), s2.get(b.session));
+                    async move {
+                        let session = session?;
+                        let mut session = session.lock().await;
+                        Ok::<_, RemoteError>(session.batch(&r, &t, &c, b.entries).await)
+                    }
+                },
+            )
+            .method(
+                "push_close",
+                Policy::ParentsOnly,
+                move |_c, end: PushEnd| {
+                    let (c, session) = (c5.clone(), s3.take(end.session));
+                    async move {
+                        let session = session?;
+                        let mut session = session.lock().await;
+                        Ok::<_, RemoteError>(session.finish(&c, end).await)
+                    }
+                },
+            )
             .method("cancel", Policy::ParentsOnly, move |_c, (): ()| {
                 c2.store(true, Ordering::SeqCst);
                 async move { Ok::<_, RemoteError>(()) }
@@ -95,6 +139,69 @@ pub fn register_service(services: &Services, router: &Router) -> TempFiles {
             .build(),
     );
     temps
+}
+
+/// The pushes open in this context, by session number.
+#[derive(Clone, Default)]
+struct Sessions {
+    inner: Arc<std::sync::Mutex<SessionMap>>,
+}
+
+#[derive(Default)]
+struct SessionMap {
+    next: u64,
+    open: std::collections::HashMap<u64, Arc<tokio::sync::Mutex<Session>>>,
+}
+
+/// Pushes open at once in one context (only the parent chain opens them;
+/// a bound all the same, as for every table a peer can grow).
+const MAX_SESSIONS: usize = 64;
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SessionMap> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn open(&self, plan: PushPlan) -> PushOpened {
+        let dest = plan.dest.as_path().to_path_buf();
+        if self.lock().open.len() >= MAX_SESSIONS {
+            return PushOpened {
+                session: 0,
+                failed: vec![EntryResult::failed(
+                    &dest,
+                    format!("{}: too many pushes open in this context", show(&dest)),
+                )],
+            };
+        }
+        match Session::open(plan) {
+            Ok(s) => {
+                let mut map = self.lock();
+                map.next += 1;
+                let id = map.next;
+                map.open.insert(id, Arc::new(tokio::sync::Mutex::new(s)));
+                PushOpened {
+                    session: id,
+                    failed: Vec::new(),
+                }
+            }
+            Err(failed) => PushOpened { session: 0, failed },
+        }
+    }
+
+    fn get(&self, id: u64) -> Result<Arc<tokio::sync::Mutex<Session>>, RemoteError> {
+        self.lock()
+            .open
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| RemoteError::Failed(format!("no push session {id} in this context")))
+    }
+
+    fn take(&self, id: u64) -> Result<Arc<tokio::sync::Mutex<Session>>, RemoteError> {
+        self.lock()
+            .open
+            .remove(&id)
+            .ok_or_else(|| RemoteError::Failed(format!("no push session {id} in this context")))
+    }
 }
 
 fn first_component_stripped(rel: &[u8]) -> &[u8] {
@@ -128,19 +235,10 @@ fn cancelled(dest: &Path) -> EntryResult {
     )
 }
 
-/// [`apply`], stopping short of changing anything that exists once
-/// `cancel` is set: received files are discarded rather than put in
-/// place, and no directory's mode or times are applied.
-pub async fn apply_cancellable(
-    router: &Router,
-    plan: PushPlan,
-    temps: &TempFiles,
-    cancel: &AtomicBool,
-) -> Vec<EntryResult> {
-    let dest = plan.dest.as_path().to_path_buf();
-    let started = Instant::now();
-    tracing::debug!("push of {} entries to {}", plan.entries.len(), show(&dest));
-    for e in &plan.entries {
+/// A refusal of the whole push if an entry's path is not a plain relative
+/// path beneath DEST.
+fn unsafe_entry(entries: &[PlanEntry], dest: &Path) -> Option<EntryResult> {
+    for e in entries {
         let rel = match e {
             PlanEntry::Dir { rel, .. }
             | PlanEntry::File { rel, .. }
@@ -153,442 +251,627 @@ pub async fn apply_cancellable(
             _ => true,
         };
         if !safe_rel(rel.as_bytes()) || !to_ok {
-            return vec![EntryResult::failed(
-                &dest,
+            return Some(EntryResult::failed(
+                dest,
                 format!("refusing entry with unsafe relative path {rel:?}"),
-            )];
+            ));
         }
     }
-    if plan.dry_run && plan.into_dir && std::fs::symlink_metadata(&dest).is_err() {
-        // Nothing there yet: everything would be created, DEST first.
-        return all_new(&plan, &dest);
-    }
-    let dest_existed = std::fs::symlink_metadata(&dest).is_ok();
-    let (root, top) = match open_root(&plan, &dest) {
-        Ok(r) => r,
-        Err(e) => return vec![EntryResult::failed(&dest, e)],
-    }; // DEST as the push found it, for its own status (entries landing in
-    // it move its mtime before its metadata is judged).
-    let dest_before = rustix::fs::fstat(root.fd()).ok().map(|st| Found::of(&st));
+    None
+}
 
-    // Where an entry lands, relative to the root: `rel` itself beneath
-    // DEST, or with its first component (the source's name) renamed to
-    // DEST's own name beneath DEST's parent.
-    let rel_of = |rel: &RawPath| -> PathBuf {
-        use std::os::unix::ffi::OsStrExt;
-        match &top {
-            None => rel.as_path().to_path_buf(),
-            Some(name) => {
-                let rest = first_component_stripped(rel.as_bytes());
-                if rest.is_empty() {
-                    PathBuf::from(name)
+/// [`apply`], stopping short of changing anything that exists once
+/// `cancel` is set: received files are discarded rather than put in
+/// place, and no directory's mode or times are applied. The whole plan
+/// is one batch of a [`Session`].
+pub async fn apply_cancellable(
+    router: &Router,
+    mut plan: PushPlan,
+    temps: &TempFiles,
+    cancel: &AtomicBool,
+) -> Vec<EntryResult> {
+    let entries = std::mem::take(&mut plan.entries);
+    if let Some(refused) = unsafe_entry(&entries, plan.dest.as_path()) {
+        return vec![refused];
+    }
+    let end = PushEnd {
+        session: 0,
+        incomplete: std::mem::take(&mut plan.delete.incomplete),
+        keep: std::mem::take(&mut plan.delete.keep),
+    };
+    let mut session = match Session::open(plan) {
+        Ok(s) => s,
+        Err(failed) => return failed,
+    };
+    let mut results = session.batch(router, temps, cancel, entries).await;
+    results.extend(session.finish(cancel, end).await);
+    collapse_alike(results)
+}
+
+/// A directory whose mode, times, owner and attributes are applied at the
+/// end of the push.
+type DirMeta = (Place, u32, i64, u32, Ids, Status, u8, Vec<Xattr>);
+
+/// DEST, opened for a push.
+struct Opened {
+    root: Arc<Root>,
+    /// DEST's own name when the entries' top is renamed to it (DEST's
+    /// parent is then the root).
+    top: Option<OsString>,
+    dest_existed: bool,
+    /// DEST as the push found it, for its own status (entries landing in
+    /// it move its mtime before its metadata is judged).
+    dest_before: Option<Found>,
+}
+
+/// A push in progress in this context: the plan's header (its `entries`
+/// are empty), and what the batches applied so far leave for the end —
+/// the directories whose metadata comes last, those that failed, and
+/// (only with `--delete`) the names the source has. Nothing else grows
+/// with the number of entries: each batch's files are received, made
+/// durable and put in place before its results are returned.
+pub struct Session {
+    plan: PushPlan,
+    dest: PathBuf,
+    /// `None`: a dry run into a DEST that does not exist (every entry
+    /// would be created).
+    opened: Option<Opened>,
+    /// The push was refused or cancelled: later batches do nothing.
+    broken: bool,
+    /// (Dry run, DEST missing) DEST's own result was given.
+    announced: bool,
+    failed_dirs: FailedDirs,
+    dirs: Vec<DirMeta>,
+    seen: super::delete::Seen,
+    started: Instant,
+}
+
+impl Session {
+    /// Opens DEST for `plan` (its entries, if any, are ignored: they come
+    /// in batches). Fails with the result to report when DEST cannot be
+    /// used.
+    pub fn open(mut plan: PushPlan) -> Result<Session, Vec<EntryResult>> {
+        plan.entries = Vec::new();
+        let dest = plan.dest.as_path().to_path_buf();
+        let mut session = Session {
+            dest: dest.clone(),
+            opened: None,
+            broken: false,
+            announced: false,
+            failed_dirs: FailedDirs::default(),
+            dirs: Vec::new(),
+            seen: super::delete::Seen::default(),
+            started: Instant::now(),
+            plan,
+        };
+        if session.plan.dry_run
+            && session.plan.into_dir
+            && std::fs::symlink_metadata(&dest).is_err()
+        {
+            // Nothing there yet: everything would be created, DEST first.
+            return Ok(session);
+        }
+        let dest_existed = std::fs::symlink_metadata(&dest).is_ok();
+        let (root, top) =
+            open_root(&session.plan, &dest).map_err(|e| vec![EntryResult::failed(&dest, e)])?;
+        let dest_before = rustix::fs::fstat(root.fd()).ok().map(|st| Found::of(&st));
+        session.opened = Some(Opened {
+            root,
+            top,
+            dest_existed,
+            dest_before,
+        });
+        Ok(session)
+    }
+
+    /// Applies one batch of entries, in walk order (a directory before
+    /// what it holds, a hard link after the file it links to): returns
+    /// their results once each is in place (or has failed).
+    pub async fn batch(
+        &mut self,
+        router: &Router,
+        temps: &TempFiles,
+        cancel: &AtomicBool,
+        entries: Vec<PlanEntry>,
+    ) -> Vec<EntryResult> {
+        if self.broken {
+            return Vec::new();
+        }
+        if let Some(refused) = unsafe_entry(&entries, &self.dest) {
+            self.broken = true;
+            return vec![refused];
+        }
+        if self.plan.delete.enabled {
+            self.seen.add(&entries);
+        }
+        tracing::debug!(
+            "push batch of {} entries to {}",
+            entries.len(),
+            show(&self.dest)
+        );
+        let Session {
+            plan,
+            dest,
+            opened,
+            broken,
+            announced,
+            failed_dirs,
+            dirs,
+            ..
+        } = self;
+        let dest: &Path = dest;
+        let Some(Opened { root, top, .. }) = opened else {
+            return all_new(&entries, dest, !std::mem::replace(announced, true));
+        };
+        let rel_of = |rel: &RawPath| -> PathBuf { rel_beneath(top, rel) };
+        let place_of = |rel: &RawPath| Place::new(root, rel_of(rel));
+        let mut results = Vec::new();
+        let ids_of = |owner: &Option<Owner>| -> Ids {
+            owner
+                .as_ref()
+                .filter(|_| plan.options.preserve_owner)
+                .map(Owner::ids)
+        };
+        // 1. Directories, parents first. A new one is created private (0700)
+        //    and gets its mode and times once its contents are in; an existing
+        //    one is left exactly as it is until then.
+        let mut dir_entries: Vec<&PlanEntry> = entries
+            .iter()
+            .filter(|e| matches!(e, PlanEntry::Dir { .. }))
+            .collect();
+        dir_entries.sort_by_key(|e| match e {
+            PlanEntry::Dir { rel, .. } => rel.as_bytes().iter().filter(|&&b| b == b'/').count(),
+            _ => 0,
+        });
+        for e in dir_entries {
+            if let PlanEntry::Dir {
+                rel,
+                mode,
+                mtime_sec,
+                mtime_nsec,
+                owner,
+                xattrs,
+            } = e
+            {
+                let Some(p) = failed_dirs.admit(place_of(rel), root, &mut results) else {
+                    continue;
+                };
+                // DEST itself is the user's: a non-directory there is refused
+                // (as `cp` does), not replaced.
+                let is_dest = top.is_some() && !rel.as_bytes().contains(&b'/');
+                let ids = ids_of(owner);
+                let made = if plan.dry_run {
+                    look_at(&p).map_err(describe).and_then(|f| match f {
+                        Some(f) if is_dest && f.kind != rustix::fs::FileType::Directory => {
+                            Err("exists and is not a directory".to_string())
+                        }
+                        f => Ok(f),
+                    })
                 } else {
-                    Path::new(name).join(std::ffi::OsStr::from_bytes(rest))
+                    make_dir(&p, is_dest)
+                };
+                match made {
+                    Ok(before) => {
+                        let (status, changed) =
+                            dir_status(before.as_ref(), *mode, *mtime_sec, *mtime_nsec, ids);
+                        if plan.dry_run {
+                            results.push(
+                                EntryResult::done(p.shown(), EntryKind::Dir, status)
+                                    .with_changes(changed),
+                            );
+                        } else {
+                            dirs.push((
+                                p,
+                                *mode,
+                                *mtime_sec,
+                                *mtime_nsec,
+                                ids,
+                                status,
+                                changed,
+                                xattrs.clone(),
+                            ));
+                        }
+                    }
+                    Err(err) => {
+                        // Held to the end of the push, to say how many entries
+                        // below it (in any batch) were not copied.
+                        failed_dirs.insert(
+                            &p,
+                            EntryResult::failed(
+                                p.shown(),
+                                format!("{}: cannot create directory: {err}", show(p.shown())),
+                            )
+                            .of_kind(EntryKind::Dir),
+                        );
+                    }
                 }
             }
         }
-    };
-    let place_of = |rel: &RawPath| Place::new(&root, rel_of(rel));
-
-    let mut results = Vec::new();
-    let mut failed_dirs = FailedDirs::default();
-    #[allow(clippy::type_complexity)]
-    let mut dirs: Vec<(Place, u32, i64, u32, Ids, Status, u8, &[Xattr])> = Vec::new();
-    let ids_of = |owner: &Option<Owner>| -> Ids {
-        owner
-            .as_ref()
-            .filter(|_| plan.options.preserve_owner)
-            .map(Owner::ids)
-    };
-    // 1. Directories, parents first. A new one is created private (0700)
-    //    and gets its mode and times once its contents are in; an existing
-    //    one is left exactly as it is until then.
-    let mut dir_entries: Vec<&PlanEntry> = plan
-        .entries
-        .iter()
-        .filter(|e| matches!(e, PlanEntry::Dir { .. }))
-        .collect();
-    dir_entries.sort_by_key(|e| match e {
-        PlanEntry::Dir { rel, .. } => rel.as_bytes().iter().filter(|&&b| b == b'/').count(),
-        _ => 0,
-    });
-    for e in dir_entries {
-        if let PlanEntry::Dir {
-            rel,
-            mode,
-            mtime_sec,
-            mtime_nsec,
-            owner,
-            xattrs,
-        } = e
-        {
-            let Some(p) = failed_dirs.admit(place_of(rel), &root, &mut results) else {
-                continue;
-            };
-            // DEST itself is the user's: a non-directory there is refused
-            // (as `cp` does), not replaced.
-            let is_dest = top.is_some() && !rel.as_bytes().contains(&b'/');
-            let ids = ids_of(owner);
-            let made = if plan.dry_run {
-                look_at(&p).map_err(describe).and_then(|f| match f {
-                    Some(f) if is_dest && f.kind != rustix::fs::FileType::Directory => {
-                        Err("exists and is not a directory".to_string())
-                    }
-                    f => Ok(f),
-                })
-            } else {
-                make_dir(&p, is_dest)
-            };
-            match made {
-                Ok(before) => {
-                    let (status, changed) =
-                        dir_status(before.as_ref(), *mode, *mtime_sec, *mtime_nsec, ids);
-                    if plan.dry_run {
-                        results.push(
-                            EntryResult::done(p.shown(), EntryKind::Dir, status)
-                                .with_changes(changed),
-                        );
-                    } else {
-                        dirs.push((
-                            p,
-                            *mode,
-                            *mtime_sec,
-                            *mtime_nsec,
-                            ids,
-                            status,
-                            changed,
-                            xattrs,
-                        ));
-                    }
-                }
-                Err(err) => {
-                    failed_dirs.insert(&p, results.len());
+        // 3. Files, concurrently: small ones many to a call, the rest one by
+        //    one — those the destination does not already hold.
+        let mut wanted: Vec<(Place, &RawPath, u64, Option<&Stamp>)> = Vec::new();
+        for e in &entries {
+            if let PlanEntry::File {
+                src,
+                rel,
+                size,
+                stamp,
+            } = e
+            {
+                let Some(place) = failed_dirs.admit(place_of(rel), root, &mut results) else {
+                    continue;
+                };
+                wanted.push((place, src, *size, stamp.as_ref()));
+            }
+        }
+        let file_ids = |stamp: Option<&Stamp>| -> Ids { stamp.and_then(|s| ids_of(&s.owner)) };
+        let places: Vec<Place> = wanted.iter().map(|(p, ..)| p.clone()).collect();
+        let looking = Instant::now();
+        let seen = match look_parallel(places).await {
+            Ok(seen) => seen,
+            Err(e) => {
+                results.push(EntryResult::failed(dest, e));
+                *broken = true;
+                return results;
+            }
+        };
+        tracing::debug!(
+            "looked at {} destinations in {:?}",
+            seen.len(),
+            looking.elapsed()
+        );
+        let mut files: Vec<FileJob> = Vec::new();
+        let mut to_hash: Vec<ToHash> = Vec::new();
+        for ((place, src, size, stamp), seen) in wanted.into_iter().zip(seen) {
+            let found = match seen {
+                Ok(f) => f,
+                Err(e) => {
+                    let shown = show(place.shown());
                     results.push(
                         EntryResult::failed(
-                            p.shown(),
-                            format!("{}: cannot create directory: {err}", show(p.shown())),
+                            place.shown(),
+                            format!("{shown}: cannot look at it: {}", describe(e)),
                         )
-                        .of_kind(EntryKind::Dir),
+                        .of_kind(EntryKind::File),
                     );
+                    continue;
                 }
-            }
-        }
-    }
-    // 3. Files, concurrently: small ones many to a call, the rest one by
-    //    one — those the destination does not already hold.
-    let mut wanted: Vec<(Place, &RawPath, u64, Option<&Stamp>)> = Vec::new();
-    for e in &plan.entries {
-        if let PlanEntry::File {
-            src,
-            rel,
-            size,
-            stamp,
-        } = e
-        {
-            let Some(place) = failed_dirs.admit(place_of(rel), &root, &mut results) else {
-                continue;
             };
-            wanted.push((place, src, *size, stamp.as_ref()));
-        }
-    }
-    let file_ids = |stamp: Option<&Stamp>| -> Ids { stamp.and_then(|s| ids_of(&s.owner)) };
-    let places: Vec<Place> = wanted.iter().map(|(p, ..)| p.clone()).collect();
-    let looking = Instant::now();
-    let seen = match look_parallel(places).await {
-        Ok(seen) => seen,
-        Err(e) => {
-            results.push(EntryResult::failed(&dest, e));
-            return results;
-        }
-    };
-    tracing::debug!(
-        "looked at {} destinations in {:?}",
-        seen.len(),
-        looking.elapsed()
-    );
-    let mut files: Vec<FileJob> = Vec::new();
-    let mut to_hash: Vec<ToHash> = Vec::new();
-    for ((place, src, size, stamp), seen) in wanted.into_iter().zip(seen) {
-        let found = match seen {
-            Ok(f) => f,
-            Err(e) => {
+            let ids = file_ids(stamp);
+            if found.is_some_and(|f| f.kind == rustix::fs::FileType::Directory)
+                && !is_empty_dir(&place)
+            {
+                // rsync refuses too (without --force or --delete).
                 let shown = show(place.shown());
                 results.push(
                     EntryResult::failed(
                         place.shown(),
-                        format!("{shown}: cannot look at it: {}", describe(e)),
+                        format!(
+                            "{shown}: cannot replace a directory that is not empty with a file"
+                        ),
                     )
                     .of_kind(EntryKind::File),
                 );
                 continue;
             }
-        };
-        let ids = file_ids(stamp);
-        if found.is_some_and(|f| f.kind == rustix::fs::FileType::Directory) && !is_empty_dir(&place)
-        {
-            // rsync refuses too (without --force or --delete).
-            let shown = show(place.shown());
-            results.push(
-                EntryResult::failed(
-                    place.shown(),
-                    format!("{shown}: cannot replace a directory that is not empty with a file"),
-                )
-                .of_kind(EntryKind::File),
-            );
-            continue;
-        }
-        match file_verdict(plan.compare, size, stamp, ids, found.as_ref()) {
-            Verdict::Send {
-                existed,
-                changes: what,
-            } => files.push(FileJob {
-                index: files.len(),
-                src: src.clone(),
-                place,
-                size,
-                status: if existed {
-                    Status::Changed
-                } else {
-                    Status::Created
-                },
-                changes: what,
-                before: found,
-            }),
-            Verdict::Keep(fixes) => results.push(keep_file(&place, &fixes, stamp, &plan)),
-            Verdict::Hash => {
-                if let Some(found) = found {
-                    to_hash.push((place, src.clone(), stamp.cloned(), ids, found, size));
-                }
-            }
-        }
-    }
-    if !to_hash.is_empty() {
-        let same = checksums(router, plan.server, &to_hash).await;
-        for ((place, src, stamp, ids, found, size), same) in to_hash.into_iter().zip(same) {
-            match same.map(|same| after_hash(same, stamp.as_ref(), ids, &found)) {
-                Ok(Verdict::Keep(fixes)) => {
-                    results.push(keep_file(&place, &fixes, stamp.as_ref(), &plan))
-                }
-                Ok(v @ (Verdict::Send { .. } | Verdict::Hash)) => files.push(FileJob {
+            match file_verdict(plan.compare, size, stamp, ids, found.as_ref()) {
+                Verdict::Send {
+                    existed,
+                    changes: what,
+                } => files.push(FileJob {
                     index: files.len(),
-                    src,
+                    src: src.clone(),
                     place,
                     size,
-                    status: Status::Changed,
-                    changes: match v {
-                        Verdict::Send { changes: what, .. } => what,
-                        _ => changes::CONTENT,
+                    status: if existed {
+                        Status::Changed
+                    } else {
+                        Status::Created
                     },
-                    before: Some(found),
+                    changes: what,
+                    before: found,
                 }),
-                Err(e) => results.push(
-                    EntryResult::failed(place.shown(), format!("{}: {e}", show(place.shown())))
-                        .of_kind(EntryKind::File),
-                ),
+                Verdict::Keep(fixes) => results.push(keep_file(&place, &fixes, stamp, plan)),
+                Verdict::Hash => {
+                    if let Some(found) = found {
+                        to_hash.push((place, src.clone(), stamp.cloned(), ids, found, size));
+                    }
+                }
             }
         }
-    }
-    if plan.dry_run {
-        for f in files {
-            let mut r = EntryResult::done(f.place.shown(), EntryKind::File, f.status)
-                .with_changes(f.changes);
-            r.bytes = f.size;
-            results.push(r);
+        if !to_hash.is_empty() {
+            let same = checksums(router, plan.server, &to_hash).await;
+            for ((place, src, stamp, ids, found, size), same) in to_hash.into_iter().zip(same) {
+                match same.map(|same| after_hash(same, stamp.as_ref(), ids, &found)) {
+                    Ok(Verdict::Keep(fixes)) => {
+                        results.push(keep_file(&place, &fixes, stamp.as_ref(), plan))
+                    }
+                    Ok(v @ (Verdict::Send { .. } | Verdict::Hash)) => files.push(FileJob {
+                        index: files.len(),
+                        src,
+                        place,
+                        size,
+                        status: Status::Changed,
+                        changes: match v {
+                            Verdict::Send { changes: what, .. } => what,
+                            _ => changes::CONTENT,
+                        },
+                        before: Some(found),
+                    }),
+                    Err(e) => results.push(
+                        EntryResult::failed(place.shown(), format!("{}: {e}", show(place.shown())))
+                            .of_kind(EntryKind::File),
+                    ),
+                }
+            }
         }
+        if plan.dry_run {
+            for f in files {
+                let mut r = EntryResult::done(f.place.shown(), EntryKind::File, f.status)
+                    .with_changes(f.changes);
+                r.bytes = f.size;
+                results.push(r);
+            }
+            links_and_specials(
+                plan,
+                &entries,
+                &place_of,
+                root,
+                failed_dirs,
+                &mut results,
+                &ids_of,
+                true,
+            );
+            return collapse_alike(results);
+        }
+        let how: Vec<Sent> = files
+            .iter()
+            .map(|f| Sent {
+                status: f.status,
+                changes: f.changes,
+                before: f.before,
+            })
+            .collect();
+        let single = files.len() == 1;
+        let (small, large): (Vec<FileJob>, Vec<FileJob>) = files
+            .into_iter()
+            .partition(|f| !single && f.size <= SMALL_FILE_MAX);
+        // At most half the large fetches the server queues per requester (it
+        // refuses past its cap): a transfer's slot there is freed only after
+        // its last acknowledgement, a moment after this side is done with it,
+        // so the next fetch must not depend on that race (seen in
+        // hostile::a_target_cannot_multiply_its_fetch_cap_with_ids_it_owns).
+        let sem = Arc::new(Semaphore::new(
+            (plan.parallel as usize).clamp(1, super::serve::MAX_FETCHES_PER_REQUESTER / 2),
+        ));
+        let batch_sem = Arc::new(Semaphore::new(SMALL_BATCHES_IN_FLIGHT));
+        let mut tasks = tokio::task::JoinSet::new();
+        let held = HeldFiles::from_rlimit();
+        let early_sync = (plan.options.fsync && small.len() >= EARLY_SYNC_MIN_FILES)
+            .then(|| EarlySync::new(root.clone()));
+        let fetch_context = || FetchContext {
+            router: router.clone(),
+            server: plan.server,
+            temps: temps.clone(),
+            opts: plan.options.clone(),
+            held: held.clone(),
+            sizes_bound: plan.sizes_bound,
+        };
+        for batch in small_batches(small) {
+            let ctx = fetch_context();
+            let sem = batch_sem.clone();
+            let early = early_sync.clone();
+            tasks.spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                let done = fetch_batch(ctx, batch).await;
+                if let Some(early) = early {
+                    early.kick().await;
+                }
+                done
+            });
+        }
+        for job in large {
+            let ctx = fetch_context();
+            let sem = sem.clone();
+            tasks.spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                vec![fetch_one(&ctx, job, single).await]
+            });
+        }
+        let mut outcomes: Vec<Outcome> = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(o) => outcomes.extend(o),
+                Err(e) => results.push(EntryResult::failed(
+                    plan.dest.as_path(),
+                    format!("internal error: {e}"),
+                )),
+            }
+        }
+        outcomes.sort_by_key(|(i, _, _)| *i);
+        if cancel.load(Ordering::SeqCst) {
+            // Dropping the received files discards them (an anonymous temp
+            // file simply vanishes).
+            drop(outcomes);
+            results.push(cancelled(dest));
+            *broken = true;
+            return results;
+        }
+        // 4. Batched durability for many files.
+        let pending_dirs: BTreeSet<PathBuf> = outcomes
+            .iter()
+            .filter(|(_, _, r)| matches!(r, Ok(Done::Pending(_))))
+            .map(|(_, p, _)| p.parent_rel().to_path_buf())
+            .collect();
+        // The file system work from here on runs on blocking threads: a
+        // syncfs can take a while, and this context's runtime must keep
+        // answering its stream meanwhile.
+        let mut sync_error = None;
+        if plan.options.fsync && !pending_dirs.is_empty() {
+            if let Some(early) = &early_sync {
+                early.wait().await;
+            }
+            let (dirs, root) = (pending_dirs.clone(), root.clone());
+            sync_error = match tokio::task::spawn_blocking(move || syncfs_all(&root, &dirs)).await {
+                Ok(r) => r.err(),
+                Err(e) => Some(format!("internal error syncing: {e}")),
+            };
+        }
+        results.extend(put_in_place(outcomes, sync_error.clone(), &how).await);
+        if plan.options.fsync && sync_error.is_none() {
+            let root = root.clone();
+            let synced = tokio::task::spawn_blocking(move || {
+                let mut failed = Vec::new();
+                for d in &pending_dirs {
+                    if let Err(e) = open_for_sync(&root, d).and_then(|f| rustix::fs::fsync(&f)) {
+                        let shown = root.path().join(d);
+                        failed.push(EntryResult::failed(
+                            &shown,
+                            format!("{}: fsync directory: {}", show(&shown), describe(e)),
+                        ));
+                    }
+                }
+                failed
+            })
+            .await;
+            match synced {
+                Ok(failed) => results.extend(failed),
+                Err(e) => results.push(EntryResult::failed(
+                    plan.dest.as_path(),
+                    format!("internal error syncing directories: {e}"),
+                )),
+            }
+        }
+        if cancel.load(Ordering::SeqCst) {
+            results.push(cancelled(dest));
+            *broken = true;
+            return results;
+        }
+        // Symlinks, hard links and special files, once the files are in: like
+        // them, an existing entry is replaced only when the push is final.
         links_and_specials(
-            &plan,
+            plan,
+            &entries,
             &place_of,
-            &root,
-            &mut failed_dirs,
+            root,
+            failed_dirs,
             &mut results,
             &ids_of,
-            true,
+            false,
         );
-        let found = dest_existed.then_some(dest_before).flatten();
+        collapse_alike(results)
+    }
+
+    /// Ends the push: directory metadata (deepest first, now that their
+    /// contents are in), DEST's own, then `--delete` with what the walk
+    /// learnt (`end`); returns their results and those of the
+    /// directories that failed.
+    pub async fn finish(&mut self, cancel: &AtomicBool, end: PushEnd) -> Vec<EntryResult> {
+        if self.broken {
+            return Vec::new();
+        }
+        self.plan.delete.incomplete.extend(end.incomplete);
+        self.plan.delete.keep.extend(end.keep);
+        let Session {
+            plan,
+            dest,
+            opened,
+            announced,
+            failed_dirs,
+            dirs,
+            seen,
+            started,
+            ..
+        } = self;
+        let Some(Opened {
+            root,
+            top,
+            dest_existed,
+            dest_before,
+        }) = opened
+        else {
+            return all_new(&[], dest, !std::mem::replace(announced, true));
+        };
+        if cancel.load(Ordering::SeqCst) {
+            return vec![cancelled(dest)];
+        }
+        let ids_of = |owner: &Option<Owner>| -> Ids {
+            owner
+                .as_ref()
+                .filter(|_| plan.options.preserve_owner)
+                .map(Owner::ids)
+        };
+        let rel_of = |rel: &RawPath| -> PathBuf { rel_beneath(top, rel) };
+        let mut results = Vec::new();
+        let mut dirs = std::mem::take(dirs);
+        // 5. Directory metadata, deepest first: now that their contents are in.
+        dirs.sort_by_key(|(p, ..)| std::cmp::Reverse(p.rel().components().count()));
+        for (p, mode, sec, nsec, ids, mut status, mut changed, xattrs) in dirs {
+            // Extended attributes first (see `PendingFile::apply_meta`), only
+            // where they differ.
+            let set_xattrs = super::xattr::sync_place(&p, &xattrs, plan.options.xattrs);
+            if set_xattrs == Ok(true) && status == Status::Unchanged {
+                (status, changed) = (Status::Changed, changed | changes::XATTRS);
+            }
+            // Only what differs now (entries landing in it changed its
+            // mtime): a directory that matches is not touched, not even its
+            // ctime.
+            let now = look_at(&p).ok().flatten();
+            let needed =
+                now.is_none_or(|f| !Fixes::needed(&f, mode, Some((sec, nsec)), ids).is_empty());
+            let r = landed(
+                &p,
+                EntryKind::Dir,
+                status,
+                "set directory metadata",
+                set_xattrs.and_then(|_| {
+                    if needed {
+                        set_dir_meta(&p, mode, sec, nsec, ids)
+                    } else {
+                        Ok(())
+                    }
+                }),
+            );
+            results.push(r.with_changes(changed));
+        }
+        let found = dest_existed.then_some(*dest_before).flatten();
         let end = Ending {
-            plan: &plan,
-            root: &root,
+            plan,
+            root,
             dest_is_root: top.is_none(),
             found,
+            seen,
         };
-        return end
-            .finish(&ids_of, &rel_of, cancel, failed_dirs, results)
+        let results = end
+            .finish(
+                &ids_of,
+                &rel_of,
+                cancel,
+                std::mem::take(failed_dirs),
+                results,
+            )
             .await;
+        tracing::debug!("push applied in {:?}", started.elapsed());
+        results
     }
-    let how: Vec<Sent> = files
-        .iter()
-        .map(|f| Sent {
-            status: f.status,
-            changes: f.changes,
-            before: f.before,
-        })
-        .collect();
-    let single = files.len() == 1;
-    let (small, large): (Vec<FileJob>, Vec<FileJob>) = files
-        .into_iter()
-        .partition(|f| !single && f.size <= SMALL_FILE_MAX);
-    // At most half the large fetches the server queues per requester (it
-    // refuses past its cap): a transfer's slot there is freed only after
-    // its last acknowledgement, a moment after this side is done with it,
-    // so the next fetch must not depend on that race (seen in
-    // hostile::a_target_cannot_multiply_its_fetch_cap_with_ids_it_owns).
-    let sem = Arc::new(Semaphore::new(
-        (plan.parallel as usize).clamp(1, super::serve::MAX_FETCHES_PER_REQUESTER / 2),
-    ));
-    let batch_sem = Arc::new(Semaphore::new(SMALL_BATCHES_IN_FLIGHT));
-    let mut tasks = tokio::task::JoinSet::new();
-    let held = HeldFiles::from_rlimit();
-    let early_sync = (plan.options.fsync && small.len() >= EARLY_SYNC_MIN_FILES)
-        .then(|| EarlySync::new(root.clone()));
-    let fetch_context = || FetchContext {
-        router: router.clone(),
-        server: plan.server,
-        temps: temps.clone(),
-        opts: plan.options.clone(),
-        held: held.clone(),
-        sizes_bound: plan.sizes_bound,
-    };
-    for batch in small_batches(small) {
-        let ctx = fetch_context();
-        let sem = batch_sem.clone();
-        let early = early_sync.clone();
-        tasks.spawn(async move {
-            let _permit = sem.acquire_owned().await;
-            let done = fetch_batch(ctx, batch).await;
-            if let Some(early) = early {
-                early.kick().await;
+}
+
+/// Where an entry lands, relative to the root: `rel` itself beneath
+/// DEST, or with its first component (the source's name) renamed to
+/// DEST's own name beneath DEST's parent.
+fn rel_beneath(top: &Option<OsString>, rel: &RawPath) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    match top {
+        None => rel.as_path().to_path_buf(),
+        Some(name) => {
+            let rest = first_component_stripped(rel.as_bytes());
+            if rest.is_empty() {
+                PathBuf::from(name)
+            } else {
+                Path::new(name).join(std::ffi::OsStr::from_bytes(rest))
             }
-            done
-        });
-    }
-    for job in large {
-        let ctx = fetch_context();
-        let sem = sem.clone();
-        tasks.spawn(async move {
-            let _permit = sem.acquire_owned().await;
-            vec![fetch_one(&ctx, job, single).await]
-        });
-    }
-    let mut outcomes: Vec<Outcome> = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(o) => outcomes.extend(o),
-            Err(e) => results.push(EntryResult::failed(
-                plan.dest.as_path(),
-                format!("internal error: {e}"),
-            )),
         }
     }
-    outcomes.sort_by_key(|(i, _, _)| *i);
-    if cancel.load(Ordering::SeqCst) {
-        // Dropping the received files discards them (an anonymous temp
-        // file simply vanishes).
-        drop(outcomes);
-        results.push(cancelled(&dest));
-        return results;
-    }
-    // 4. Batched durability for many files.
-    let pending_dirs: BTreeSet<PathBuf> = outcomes
-        .iter()
-        .filter(|(_, _, r)| matches!(r, Ok(Done::Pending(_))))
-        .map(|(_, p, _)| p.parent_rel().to_path_buf())
-        .collect();
-    // The file system work from here on runs on blocking threads: a
-    // syncfs can take a while, and this context's runtime must keep
-    // answering its stream meanwhile.
-    let mut sync_error = None;
-    if plan.options.fsync && !pending_dirs.is_empty() {
-        if let Some(early) = &early_sync {
-            early.wait().await;
-        }
-        let (dirs, root) = (pending_dirs.clone(), root.clone());
-        sync_error = match tokio::task::spawn_blocking(move || syncfs_all(&root, &dirs)).await {
-            Ok(r) => r.err(),
-            Err(e) => Some(format!("internal error syncing: {e}")),
-        };
-    }
-    results.extend(put_in_place(outcomes, sync_error.clone(), &how).await);
-    if plan.options.fsync && sync_error.is_none() {
-        let root = root.clone();
-        let synced = tokio::task::spawn_blocking(move || {
-            let mut failed = Vec::new();
-            for d in &pending_dirs {
-                if let Err(e) = open_for_sync(&root, d).and_then(|f| rustix::fs::fsync(&f)) {
-                    let shown = root.path().join(d);
-                    failed.push(EntryResult::failed(
-                        &shown,
-                        format!("{}: fsync directory: {}", show(&shown), describe(e)),
-                    ));
-                }
-            }
-            failed
-        })
-        .await;
-        match synced {
-            Ok(failed) => results.extend(failed),
-            Err(e) => results.push(EntryResult::failed(
-                plan.dest.as_path(),
-                format!("internal error syncing directories: {e}"),
-            )),
-        }
-    }
-    if cancel.load(Ordering::SeqCst) {
-        results.push(cancelled(&dest));
-        return results;
-    }
-    // Symlinks, hard links and special files, once the files are in: like
-    // them, an existing entry is replaced only when the push is final.
-    links_and_specials(
-        &plan,
-        &place_of,
-        &root,
-        &mut failed_dirs,
-        &mut results,
-        &ids_of,
-        false,
-    );
-    // 5. Directory metadata, deepest first: now that their contents are in.
-    dirs.sort_by_key(|(p, ..)| std::cmp::Reverse(p.rel().components().count()));
-    for (p, mode, sec, nsec, ids, mut status, mut changed, xattrs) in dirs {
-        // Extended attributes first (see `PendingFile::apply_meta`), only
-        // where they differ.
-        let set_xattrs = super::xattr::sync_place(&p, xattrs, plan.options.xattrs);
-        if set_xattrs == Ok(true) && status == Status::Unchanged {
-            (status, changed) = (Status::Changed, changed | changes::XATTRS);
-        }
-        // Only what differs now (entries landing in it changed its
-        // mtime): a directory that matches is not touched, not even its
-        // ctime.
-        let now = look_at(&p).ok().flatten();
-        let needed =
-            now.is_none_or(|f| !Fixes::needed(&f, mode, Some((sec, nsec)), ids).is_empty());
-        let r = landed(
-            &p,
-            EntryKind::Dir,
-            status,
-            "set directory metadata",
-            set_xattrs.and_then(|_| {
-                if needed {
-                    set_dir_meta(&p, mode, sec, nsec, ids)
-                } else {
-                    Ok(())
-                }
-            }),
-        );
-        results.push(r.with_changes(changed));
-    }
-    let found = dest_existed.then_some(dest_before).flatten();
-    let end = Ending {
-        plan: &plan,
-        root: &root,
-        dest_is_root: top.is_none(),
-        found,
-    };
-    let results = end
-        .finish(&ids_of, &rel_of, cancel, failed_dirs, results)
-        .await;
-    tracing::debug!("push applied in {:?}", started.elapsed());
-    results
 }
 
 /// What the end of a push (dry or not) needs.
@@ -599,6 +882,8 @@ struct Ending<'a> {
     dest_is_root: bool,
     /// DEST as the push found it (`None`: this push created it).
     found: Option<Found>,
+    /// What the source has, for `--delete`.
+    seen: &'a mut super::delete::Seen,
 }
 
 impl Ending<'_> {
@@ -618,8 +903,10 @@ impl Ending<'_> {
         {
             results.push(r);
         }
-        results.extend(super::delete::after_push(self.plan, self.root, rel_of, cancel).await);
-        failed_dirs.annotate(&mut results);
+        results.extend(
+            super::delete::after_push(self.plan, self.root, rel_of, cancel, self.seen).await,
+        );
+        results.extend(failed_dirs.into_results());
         collapse_alike(results)
     }
 }
@@ -714,12 +1001,12 @@ fn open_root(plan: &PushPlan, dest: &Path) -> Result<(Arc<Root>, Option<OsString
 /// reported once with it rather than once per entry.
 #[derive(Default)]
 struct FailedDirs {
-    /// Relative path → (index of its result, entries skipped below it).
-    dirs: BTreeMap<PathBuf, (usize, u64)>,
+    /// Relative path → (its result, entries skipped below it).
+    dirs: BTreeMap<PathBuf, (EntryResult, u64)>,
 }
 
 impl FailedDirs {
-    fn insert(&mut self, p: &Place, result: usize) {
+    fn insert(&mut self, p: &Place, result: EntryResult) {
         self.dirs.insert(p.rel().to_path_buf(), (result, 0));
     }
 
@@ -756,18 +1043,21 @@ impl FailedDirs {
         Some(p)
     }
 
-    /// Says on each failed directory's result how many entries below it
+    /// Each failed directory's result, saying how many entries below it
     /// were not copied.
-    fn annotate(self, results: &mut [EntryResult]) {
-        for (_, (i, n)) in self.dirs {
-            if n > 0
-                && let Some(r) = results.get_mut(i)
-                && let Some(e) = &mut r.error
-            {
-                let s = if n == 1 { "y" } else { "ies" };
-                e.push_str(&format!("; {n} entr{s} below it not copied"));
-            }
-        }
+    fn into_results(self) -> Vec<EntryResult> {
+        self.dirs
+            .into_values()
+            .map(|(mut r, n)| {
+                if n > 0
+                    && let Some(e) = &mut r.error
+                {
+                    let s = if n == 1 { "y" } else { "ies" };
+                    e.push_str(&format!("; {n} entr{s} below it not copied"));
+                }
+                r
+            })
+            .collect()
     }
 }
 
@@ -1482,10 +1772,14 @@ fn remove_empty_dir(p: &Place) -> Result<(), String> {
     }
 }
 
-/// A dry run's results when DEST does not exist: every entry created.
-fn all_new(plan: &PushPlan, dest: &Path) -> Vec<EntryResult> {
-    let mut out = vec![EntryResult::done(dest, EntryKind::Dir, Status::Created)];
-    for e in &plan.entries {
+/// A dry run's results when DEST does not exist: every entry created
+/// (DEST itself first, when `with_dest`).
+fn all_new(entries: &[PlanEntry], dest: &Path, with_dest: bool) -> Vec<EntryResult> {
+    let mut out = Vec::with_capacity(entries.len() + 1);
+    if with_dest {
+        out.push(EntryResult::done(dest, EntryKind::Dir, Status::Created));
+    }
+    for e in entries {
         let (rel, kind, bytes) = match e {
             PlanEntry::Dir { rel, .. } => (rel, EntryKind::Dir, 0),
             PlanEntry::File { rel, size, .. } => (rel, EntryKind::File, *size),
@@ -1778,6 +2072,7 @@ type PlaceOf<'a> = dyn Fn(&RawPath) -> Result<Place, rustix::io::Errno> + 'a;
 #[allow(clippy::too_many_arguments)]
 fn links_and_specials(
     plan: &PushPlan,
+    entries: &[PlanEntry],
     place_of: &PlaceOf<'_>,
     root: &Arc<Root>,
     failed_dirs: &mut FailedDirs,
@@ -1795,7 +2090,7 @@ fn links_and_specials(
     };
     let owned_as =
         |f: &Found, ids: Ids| ids.is_none_or(|(u, g)| f.uid == u.as_raw() && f.gid == g.as_raw());
-    for e in &plan.entries {
+    for e in entries {
         if let PlanEntry::Symlink {
             rel,
             target,
@@ -1838,7 +2133,7 @@ fn links_and_specials(
             results.push(landed(&p, EntryKind::Symlink, status, "create symlink", r));
         }
     }
-    for e in &plan.entries {
+    for e in entries {
         if let PlanEntry::HardLink { rel, to } = e {
             let Some(p) = failed_dirs.admit(place_of(rel), root, results) else {
                 continue;
@@ -1877,7 +2172,7 @@ fn links_and_specials(
             ));
         }
     }
-    for e in &plan.entries {
+    for e in entries {
         if let PlanEntry::Special {
             rel,
             kind,

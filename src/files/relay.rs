@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::outcome::EntryResult;
 use super::source::ServeOptions;
-use super::spec::PushPlan;
+use super::spec::{PlanEntry, PushBatch, PushEnd, PushOpened, PushPlan};
 use super::tee::{Tee, TeeStats};
 use super::{FileService, TARGET_SERVICE};
 use crate::call::RemoteError;
@@ -47,21 +47,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Default)]
 struct Slot {
     running: Option<(Arc<Tee>, FileService)>,
-    /// The push plan, sent once over the uplink and forwarded from here
-    /// to each target (`plan`, `push`).
-    plan: Option<Arc<PushPlan>>,
 }
 
-/// Registers `ferrogen.files.tee` (parents only): `start(TeeArgs)`,
-/// `plan(PushPlan)` (kept here), `push(u32) -> Vec<EntryResult>` (sends
-/// the kept plan to that target and answers its results), `stats(()) ->
-/// TeeStats`, `progress(Vec<u32>) -> Vec<(u64, u64)>` (bytes acknowledged
-/// and files sent to each of those children) and `stop(()) -> TeeStats`.
+/// Registers `ferrogen.files.tee` (parents only): `start(TeeArgs)`;
+/// `batch((k, entries))` keeps batch `k` of the push plan (on disk, sent
+/// once over the uplink); `push_open((target, PushPlan)) -> PushOpened`,
+/// `push_batch((target, session, k)) -> Vec<EntryResult>` (hands batch `k`
+/// to that target) and `push_close((target, PushEnd)) -> Vec<EntryResult>`
+/// run a target's push session from here; `stats(()) -> TeeStats`,
+/// `progress(Vec<u32>) -> Vec<(u64, u64)>` (bytes acknowledged and files
+/// sent to each of those targets) and `stop(()) -> TeeStats`.
 pub fn register_service(services: &Services, router: &Router) {
     let slot: Arc<Mutex<Slot>> = Arc::default();
     let (r, s, start_slot) = (router.clone(), services.clone(), slot.clone());
     let (stats_slot, progress_slot, stop_slot) = (slot.clone(), slot.clone(), slot.clone());
-    let (plan_slot, push_slot, push_router) = (slot.clone(), slot, router.clone());
+    let (batch_slot, push_slot) = (slot.clone(), slot);
+    let (open_router, push_router, close_router) = (router.clone(), router.clone(), router.clone());
     services.register(
         ServiceBuilder::new(TEE_SERVICE)
             .method("start", Policy::ParentsOnly, move |_c, args: TeeArgs| {
@@ -86,25 +87,77 @@ pub fn register_service(services: &Services, router: &Router) {
                     Ok::<_, RemoteError>(())
                 }
             })
-            .method("plan", Policy::ParentsOnly, move |_c, plan: PushPlan| {
-                let slot = plan_slot.clone();
-                async move {
-                    lock(&slot).plan = Some(Arc::new(plan));
-                    Ok::<_, RemoteError>(())
-                }
-            })
-            .method("push", Policy::ParentsOnly, move |_c, target: u32| {
-                let (slot, router) = (push_slot.clone(), push_router.clone());
-                async move {
-                    let plan = lock(&slot).plan.clone().ok_or_else(|| {
-                        RemoteError::Failed("relay: no plan was sent here".into())
-                    })?;
-                    router
-                        .call_service::<_, Vec<EntryResult>>(target, TARGET_SERVICE, "push", &*plan)
-                        .await
-                        .map_err(|e| RemoteError::Failed(e.to_string()))
-                }
-            })
+            .method(
+                "batch",
+                Policy::ParentsOnly,
+                move |_c, (k, entries): (u64, Vec<PlanEntry>)| {
+                    let slot = batch_slot.clone();
+                    async move {
+                        let tee = running_tee(&slot)?;
+                        let encoded = crate::wire::control::encode(&entries);
+                        tee.keep_batch(k, &encoded).map_err(RemoteError::Failed)
+                    }
+                },
+            )
+            .method(
+                "push_open",
+                Policy::ParentsOnly,
+                move |_c, (target, plan): (u32, PushPlan)| {
+                    let router = open_router.clone();
+                    async move {
+                        router
+                            .call_service::<_, PushOpened>(
+                                target,
+                                TARGET_SERVICE,
+                                "push_open",
+                                &plan,
+                            )
+                            .await
+                            .map_err(|e| RemoteError::Failed(e.to_string()))
+                    }
+                },
+            )
+            .method(
+                "push_batch",
+                Policy::ParentsOnly,
+                move |_c, (target, session, k): (u32, u64, u64)| {
+                    let (slot, router) = (push_slot.clone(), push_router.clone());
+                    async move {
+                        let tee = running_tee(&slot)?;
+                        let encoded = tee.batch(k).map_err(RemoteError::Failed)?;
+                        let entries: Vec<PlanEntry> = crate::wire::control::decode(&encoded)
+                            .map_err(|e| RemoteError::Failed(format!("relay: {e}")))?;
+                        let batch = PushBatch { session, entries };
+                        router
+                            .call_service::<_, Vec<EntryResult>>(
+                                target,
+                                TARGET_SERVICE,
+                                "push_batch",
+                                &batch,
+                            )
+                            .await
+                            .map_err(|e| RemoteError::Failed(e.to_string()))
+                    }
+                },
+            )
+            .method(
+                "push_close",
+                Policy::ParentsOnly,
+                move |_c, (target, end): (u32, PushEnd)| {
+                    let router = close_router.clone();
+                    async move {
+                        router
+                            .call_service::<_, Vec<EntryResult>>(
+                                target,
+                                TARGET_SERVICE,
+                                "push_close",
+                                &end,
+                            )
+                            .await
+                            .map_err(|e| RemoteError::Failed(e.to_string()))
+                    }
+                },
+            )
             .method("stats", Policy::ParentsOnly, move |_c, (): ()| {
                 let slot = stats_slot.clone();
                 async move { Ok::<_, RemoteError>(running_stats(&slot)) }
@@ -132,11 +185,7 @@ pub fn register_service(services: &Services, router: &Router) {
                 let slot = stop_slot.clone();
                 async move {
                     let stats = running_stats(&slot);
-                    let running = {
-                        let mut slot = lock(&slot);
-                        slot.plan = None;
-                        slot.running.take()
-                    };
+                    let running = lock(&slot).running.take();
                     if let Some((tee, fs)) = running {
                         fs.shutdown().await;
                         tee.stop();
@@ -146,6 +195,13 @@ pub fn register_service(services: &Services, router: &Router) {
             })
             .build(),
     );
+}
+
+fn running_tee(slot: &Mutex<Slot>) -> Result<Arc<Tee>, RemoteError> {
+    match &lock(slot).running {
+        Some((tee, _)) => Ok(tee.clone()),
+        None => Err(RemoteError::Failed("relay: no tee is running here".into())),
+    }
 }
 
 fn running_stats(slot: &Mutex<Slot>) -> TeeStats {

@@ -255,3 +255,35 @@ pub struct DeleteSpec {
     /// their names are left alone, as if they had been.
     pub keep: Vec<RawPath>,
 }
+
+/// `push_open`'s answer: the session the batches go to, or (when DEST
+/// cannot be used) the results that end the push at once.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PushOpened {
+    /// The session (0 when `failed` is not empty).
+    pub session: u64,
+    /// Why the push cannot start (empty when it can).
+    pub failed: Vec<super::outcome::EntryResult>,
+}
+
+/// `push_batch`'s argument: the next entries of a session's plan, in walk
+/// order (a directory before what it holds; a hard link after its file).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushBatch {
+    /// From [`PushOpened::session`].
+    pub session: u64,
+    /// At most a few thousand entries.
+    pub entries: Vec<PlanEntry>,
+}
+
+/// `push_close`'s argument: what the walk learnt on its way, which the
+/// end of the push (`--delete`) needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushEnd {
+    /// From [`PushOpened::session`].
+    pub session: u64,
+    /// Added to [`DeleteSpec::incomplete`].
+    pub incomplete: Vec<RawPath>,
+    /// Added to [`DeleteSpec::keep`].
+    pub keep: Vec<RawPath>,
+}

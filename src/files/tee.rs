@@ -195,6 +195,8 @@ struct Spool {
     path: PathBuf,
     /// Every small file, appended; and its length.
     blob: Mutex<(File, u64)>,
+    /// The push plan's batches as they came (encoded), and where each is.
+    plan: Mutex<(File, Vec<(u64, u64)>)>,
 }
 
 impl Spool {
@@ -233,10 +235,23 @@ impl Spool {
             rustix::fs::Mode::from_raw_mode(0o600),
         )?;
         let _ = rustix::fs::unlinkat(root.fd(), name, rustix::fs::AtFlags::empty());
+        let blob = File::from(fd);
+        let fd = rustix::fs::openat(
+            root.fd(),
+            "plan",
+            rustix::fs::OFlags::RDWR
+                | rustix::fs::OFlags::CREATE
+                | rustix::fs::OFlags::EXCL
+                | rustix::fs::OFlags::CLOEXEC
+                | rustix::fs::OFlags::NOFOLLOW,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )?;
+        let _ = rustix::fs::unlinkat(root.fd(), "plan", rustix::fs::AtFlags::empty());
         Ok(Spool {
             root,
             path,
-            blob: Mutex::new((File::from(fd), 0)),
+            blob: Mutex::new((blob, 0)),
+            plan: Mutex::new((File::from(fd), Vec::new())),
         })
     }
 }
@@ -679,6 +694,39 @@ impl Tee {
                 SmallFile::Failed(format!("{path}: relay: not fetched (internal error)"))
             }
         }
+    }
+
+    /// Keeps batch `k` of the push plan (encoded) until the tee stops, on
+    /// disk: the targets behind the relay each take it at their own pace,
+    /// and a slow one must not make the relay hold the whole plan in
+    /// memory. Batches come in order, each once.
+    pub fn keep_batch(&self, k: u64, encoded: &[u8]) -> Result<(), String> {
+        let mut plan = lock(&self.spool.plan);
+        let (file, index) = &mut *plan;
+        if k != index.len() as u64 {
+            return Err(format!(
+                "relay: plan batch {k} out of order ({} kept)",
+                index.len()
+            ));
+        }
+        let at = index.last().map(|(o, l)| o + l).unwrap_or(0);
+        file.write_all_at(encoded, at)
+            .map_err(|e| format!("relay: could not keep the plan: {e}"))?;
+        index.push((at, encoded.len() as u64));
+        Ok(())
+    }
+
+    /// Batch `k` of the push plan, as kept.
+    pub fn batch(&self, k: u64) -> Result<Vec<u8>, String> {
+        let plan = lock(&self.spool.plan);
+        let (file, index) = &*plan;
+        let Some(&(at, len)) = usize::try_from(k).ok().and_then(|k| index.get(k)) else {
+            return Err(format!("relay: no plan batch {k}"));
+        };
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, at)
+            .map_err(|e| format!("relay: could not read the plan: {e}"))?;
+        Ok(buf)
     }
 
     /// `--checksum`: the digests, asked upstream.
