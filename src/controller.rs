@@ -255,6 +255,9 @@ impl Controller {
             srcs: srcs.iter().map(|s| RawPath::from(s.as_ref())).collect(),
             walk: options.walk.clone(),
             serve: options.serve.clone(),
+            // One reply with every entry (this call returns every result
+            // at once anyway; `ferrogen pull` streams).
+            batch: 0,
         };
         let offer: Offer = ctx
             .call(SOURCE_SERVICE, "offer", &args)

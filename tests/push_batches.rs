@@ -216,6 +216,18 @@ fn delete_across_batches_removes_only_what_the_source_lacks() {
     let left = |d: &str| std::fs::read_dir(dst.join(d)).expect("ls").count();
     assert_eq!(left("a"), PER_DIR, "every source file of a kept");
     assert_eq!(left("b"), PER_DIR + 1, "every source file of b kept");
+    // What was deleted did not leave its directory's mtime changed.
+    for d in ["a", "b"] {
+        let (want, got) = (
+            std::fs::metadata(src.join(d)).expect("stat"),
+            std::fs::metadata(dst.join(d)).expect("stat"),
+        );
+        assert_eq!(
+            (got.mtime(), got.mtime_nsec()),
+            (want.mtime(), want.mtime_nsec()),
+            "{d} mtime after --delete"
+        );
+    }
 }
 
 #[test]
@@ -400,4 +412,55 @@ async fn a_session_answers_each_batch_with_its_own_results() {
     assert!(r.is_empty(), "{r:?}");
     assert!(!dst.join("fine").exists());
     assert!(!t.path().join("out").exists());
+}
+
+/// A pull of several batches: the target's offer comes in batches
+/// (`offer`, `offer_more`), each entry reported once, the hard link whose
+/// names fall in different batches kept, directory metadata applied,
+/// `--delete` judged against the whole source.
+#[test]
+fn a_pull_of_several_batches_lands_every_entry_and_reports_each_once() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let src = tree(t.path());
+    let here = t.path().join("here");
+    std::fs::create_dir_all(here.join("b")).expect("mkdir");
+    std::fs::write(here.join("b/extra"), "extra").expect("write");
+    let o = Command::new(env!("CARGO_BIN_EXE_ferrogen"))
+        .args([
+            "pull",
+            "-r",
+            "--hard-links",
+            "--delete",
+            "--json",
+            &format!("{}/", s(&src)),
+            &format!("{}/", s(&here)),
+        ])
+        .output()
+        .expect("ferrogen runs");
+    ok(&o);
+    let (entries, summary) = json(&o.stdout);
+    // Two directories, their files, the link, the symlink, DEST, the
+    // extra deleted.
+    let total = 2 + 2 * PER_DIR + 2 + 1 + 1;
+    assert_eq!(entries.len(), total);
+    assert_eq!(summary["counts"]["deleted"], 1);
+    assert_eq!(summary["failed"], 0);
+    assert!(!here.join("b/extra").exists());
+    let (first, link) = (
+        std::fs::metadata(here.join("a/f00001")).expect("stat"),
+        std::fs::metadata(here.join("b/zz-link")).expect("stat"),
+    );
+    assert_eq!(first.ino(), link.ino(), "the hard link spans two batches");
+    assert_eq!(
+        std::fs::read(here.join("b/f04321")).expect("read"),
+        std::fs::read(src.join("b/f04321")).expect("read")
+    );
+    for d in ["a", "b"] {
+        let (want, got) = (
+            std::fs::metadata(src.join(d)).expect("stat"),
+            std::fs::metadata(here.join(d)).expect("stat"),
+        );
+        assert_eq!(got.mode() & 0o7777, want.mode() & 0o7777, "{d} mode");
+        assert_eq!(got.mtime(), want.mtime(), "{d} mtime");
+    }
 }

@@ -22,7 +22,7 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 
 use super::push::{PushArgs, shutdown_signal, split_remote};
-use super::report::{self, TargetOutcome};
+use super::report;
 use super::target::{self, Chain};
 use super::{Exit, out};
 use crate::files::RawPath;
@@ -30,6 +30,7 @@ use crate::files::delete::DeleteSpec;
 use crate::files::plan::{self, Compare, EntryKind, EntryResult, PlanEntry, PushPlan, Status};
 use crate::files::receive::{ReceiveOptions, TempFiles};
 use crate::files::source::{Offer, OfferArgs, SOURCE_SERVICE, ServeOptions, WalkSpec};
+use crate::files::walk::BATCH_ENTRIES;
 use crate::router::{Router, RouterConfig};
 use crate::service::Services;
 
@@ -125,6 +126,11 @@ fn vet(offer: &Offer, tops: Option<&[Vec<u8>]>) -> Result<(), String> {
         Some(PlanEntry::Dir { rel, .. }) if rel.as_bytes().is_empty() && offer.contents => {}
         Some(_) => return Err("offered metadata for DEST that is not a contents copy's".into()),
     }
+    vet_entries(&offer.entries, tops)
+}
+
+/// [`vet`] for entries alone (the later replies of a walk in batches).
+fn vet_entries(entries: &[PlanEntry], tops: Option<&[Vec<u8>]>) -> Result<(), String> {
     let Some(tops) = tops else {
         return Ok(());
     };
@@ -132,7 +138,7 @@ fn vet(offer: &Offer, tops: Option<&[Vec<u8>]>) -> Result<(), String> {
         let first = rel.as_bytes().split(|&b| b == b'/').next().unwrap_or(b"");
         tops.iter().any(|t| t.as_slice() == first)
     };
-    for e in &offer.entries {
+    for e in entries {
         let rel = rel_of(e);
         if !under(rel) {
             return Err(format!(
@@ -180,6 +186,11 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
     crate::ping::register_service(&services, &router);
     let temps = TempFiles::default();
     let cancel = Arc::new(AtomicBool::new(false));
+    let style = report::Style {
+        json: args.json,
+        itemize: args.itemize,
+        dry_run: args.dry_run,
+    };
     // Each group of targets reached through the same hops in turn (a
     // hosts file's relay column); DEST/<target>/ when there are several
     // targets in all.
@@ -198,6 +209,7 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
                 &log_filter,
                 &temps,
                 &cancel,
+                &style,
             )
             .await;
             all.extend(o);
@@ -216,12 +228,11 @@ pub async fn run(args: PushArgs, log_filter: String) -> Exit {
             return sig;
         }
     };
-    let style = report::Style {
-        json: args.json,
-        itemize: args.itemize,
-        dry_run: args.dry_run,
-    };
-    let failed = report::print(&style, &outcomes, &[]);
+    let mut failed = outcomes.is_empty();
+    for t in &outcomes {
+        t.summary(&style);
+        failed |= t.failed;
+    }
     services.shutdown().await;
     router.close_all_streams("pull finished");
     if failed { Exit::Failure } else { Exit::Success }
@@ -238,13 +249,13 @@ async fn pull_all(
     log_filter: &str,
     temps: &TempFiles,
     cancel: &Arc<AtomicBool>,
-) -> Vec<TargetOutcome> {
+    style: &report::Style,
+) -> Vec<report::Tally> {
     let hosts = targs.hosts();
-    let failed = |host: String, e: String| TargetOutcome {
-        results: vec![EntryResult::failed(Path::new(&dest), e)],
-        host,
-        context: String::new(),
-        seconds: 0.0,
+    let failed = |host: String, e: String| {
+        let mut t = report::Tally::new(&host);
+        t.add(style, &[EntryResult::failed(Path::new(&dest), e)]);
+        t
     };
     let chain = match target::connect_chain(router, targs, log_filter).await {
         Ok(c) => c,
@@ -303,19 +314,30 @@ async fn pull_all(
     let mut tasks = Vec::new();
     for host in hosts {
         let bar = bars.add(&host, 0);
-        let (router, chain, job, sem, temps, cancel) = (
+        let (router, chain, job, sem, temps, cancel, style) = (
             router.clone(),
             chain.clone(),
             args.clone(),
             sem.clone(),
             temps.clone(),
             cancel.clone(),
+            style.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            let o = pull_one(&router, &job, &chain, host, &temps, &cancel, bar.as_ref()).await;
+            let o = pull_one(
+                &router,
+                &job,
+                &chain,
+                host,
+                &temps,
+                &cancel,
+                bar.as_ref(),
+                &style,
+            )
+            .await;
             if let Some(b) = bar {
-                if o.results.iter().any(|r| r.error.is_some()) {
+                if o.failed {
                     b.abandon_with_message("failed");
                 } else {
                     b.set_position(b.length().unwrap_or(0));
@@ -355,6 +377,7 @@ struct Job {
     no_whole_file: bool,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn pull_one(
     router: &Router,
     job: &Job,
@@ -363,7 +386,8 @@ async fn pull_one(
     temps: &TempFiles,
     cancel: &AtomicBool,
     bar: Option<&indicatif::ProgressBar>,
-) -> TargetOutcome {
+    style: &report::Style,
+) -> report::Tally {
     use std::os::unix::ffi::OsStrExt;
     let t0 = Instant::now();
     // With several targets, each gets a directory of its own in DEST.
@@ -372,82 +396,60 @@ async fn pull_one(
     } else {
         PathBuf::from(&job.dest)
     };
-    let outcome = |context: String, results: Vec<EntryResult>| TargetOutcome {
-        host: host.clone(),
-        context,
-        results,
-        seconds: t0.elapsed().as_secs_f64(),
+    let mut tally = report::Tally::new(&host);
+    let end = |mut tally: report::Tally, results: Vec<EntryResult>| {
+        tally.add(style, &results);
+        tally.seconds = t0.elapsed().as_secs_f64();
+        tally
     };
     let info =
         match target::connect_target(router, &job.target, chain, &host, &job.log_filter).await {
             Ok(i) => i,
-            Err(e) => return outcome(String::new(), vec![EntryResult::failed(&dest, e)]),
+            Err(e) => return end(tally, vec![EntryResult::failed(&dest, e)]),
         };
+    tally.context = info.name.clone();
+    // The target walks lazily and answers in batches (`offer`, then
+    // `offer_more` while it says there is more): neither side holds the
+    // whole list.
     let args = OfferArgs {
         srcs: job.srcs.clone(),
         walk: job.walk.clone(),
         serve: job.serve.clone(),
+        batch: BATCH_ENTRIES as u32,
     };
-    let offer: Offer = match router
+    let refused = |why: String| {
+        format!(
+            "{}: refused what it offered: {}",
+            info.name,
+            super::sanitize::sanitize(&why)
+        )
+    };
+    let walk_failed =
+        |e: crate::call::CallError| super::call_failure(&info.name, "the walk of the sources", &e);
+    let mut offer: Offer = match router
         .call_service(info.id, SOURCE_SERVICE, "offer", &args)
         .await
     {
         Ok(o) => o,
-        Err(e) => {
-            let msg = super::call_failure(&info.name, "the walk of the sources", &e);
-            return outcome(info.name, vec![EntryResult::failed(&dest, msg)]);
-        }
+        Err(e) => return end(tally, vec![EntryResult::failed(&dest, walk_failed(e))]),
     };
     if let Err(why) = vet(&offer, job.tops.as_deref()) {
-        let msg = format!(
-            "{}: refused what it offered: {}",
-            info.name,
-            super::sanitize::sanitize(&why)
-        );
-        return outcome(info.name, vec![EntryResult::failed(&dest, msg)]);
+        return end(tally, vec![EntryResult::failed(&dest, refused(why))]);
     }
     if let Some(b) = bar {
         b.set_length(offer.total_bytes);
         report::Bars::connected(b);
     }
-    super::push::open_stripes(
-        router,
-        &job.target,
-        &host,
-        info.id,
-        job.stripes,
-        offer.total_bytes,
-        &job.log_filter,
-    );
-    let mut results: Vec<EntryResult> = offer
-        .unread
-        .iter()
-        .map(|why| {
-            EntryResult::failed(
-                &dest,
-                format!("{}: {}", info.name, super::sanitize::sanitize(why)),
-            )
-        })
-        .collect();
     let into_dir = job.several || offer.into_dir || job.dest.as_bytes().ends_with(b"/");
-    let skipped: Vec<RawPath> = offer.skipped.iter().map(|(rel, _)| rel.clone()).collect();
-    for (rel, kind) in &offer.skipped {
-        tracing::info!("{host}: {rel}: {} skipped", super::sanitize::sanitize(kind));
-        results.push(EntryResult::done(
-            &dest.join(rel.as_path()),
-            EntryKind::Special,
-            Status::Skipped,
-        ));
-    }
     let local =
         job.target.via.is_empty() && target::parse(&host) == Ok(crate::connect::Method::Local);
     let mut options = job.options.clone();
     options.delta &= !local || job.no_whole_file;
-    let plan = PushPlan {
+    let header = PushPlan {
         server: info.id,
         dest: RawPath::from(dest.as_path()),
         into_dir,
-        entries: offer.entries,
+        entries: Vec::new(),
         options,
         parallel: job.parallel,
         dry_run: job.dry_run,
@@ -459,13 +461,77 @@ async fn pull_one(
             enabled: job.delete,
             max: job.max_delete,
             contents: offer.contents,
-            incomplete: offer.incomplete,
-            keep: skipped,
+            incomplete: Vec::new(),
+            keep: Vec::new(),
         },
-        root: offer.root,
+        root: offer.root.take(),
     };
-    results.extend(plan::apply_cancellable(router, plan, temps, cancel).await);
-    outcome(info.name, results)
+    let mut session = match plan::Session::open(header) {
+        Ok(s) => s,
+        Err(failed) => return end(tally, failed),
+    };
+    let mut striped = false;
+    loop {
+        if !striped && offer.total_bytes >= super::push::STRIPE_MIN_BYTES {
+            striped = true;
+            super::push::open_stripes(
+                router,
+                &job.target,
+                &host,
+                info.id,
+                job.stripes,
+                offer.total_bytes,
+                &job.log_filter,
+            );
+        }
+        if let Some(b) = bar {
+            b.set_length(offer.total_bytes);
+        }
+        let entries = std::mem::take(&mut offer.entries);
+        let results = session.batch(router, temps, cancel, entries).await;
+        tally.add(style, &results);
+        if offer.more == 0 {
+            break;
+        }
+        offer = match router
+            .call_service(info.id, SOURCE_SERVICE, "offer_more", &offer.more)
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => return end(tally, vec![EntryResult::failed(&dest, walk_failed(e))]),
+        };
+        if let Err(why) = vet_entries(&offer.entries, job.tops.as_deref()) {
+            // What landed from earlier batches stays (it was vetted).
+            return end(tally, vec![EntryResult::failed(&dest, refused(why))]);
+        }
+    }
+    // The walk's notes, with its last reply.
+    let mut results: Vec<EntryResult> = offer
+        .unread
+        .iter()
+        .map(|why| {
+            EntryResult::failed(
+                &dest,
+                format!("{}: {}", info.name, super::sanitize::sanitize(why)),
+            )
+        })
+        .collect();
+    let skipped: Vec<RawPath> = offer.skipped.iter().map(|(rel, _)| rel.clone()).collect();
+    for (rel, kind) in &offer.skipped {
+        tracing::info!("{host}: {rel}: {} skipped", super::sanitize::sanitize(kind));
+        results.push(EntryResult::done(
+            &dest.join(rel.as_path()),
+            EntryKind::Special,
+            Status::Skipped,
+        ));
+    }
+    let close = plan::PushEnd {
+        session: 0,
+        incomplete: offer.incomplete,
+        keep: skipped,
+    };
+    results.extend(session.finish(cancel, close).await);
+    end(tally, results)
 }
 
 #[cfg(test)]

@@ -1108,7 +1108,7 @@ pub fn auto_stripes(rtt: Duration) -> usize {
 }
 
 /// Plans smaller than this are not worth the extra connections.
-const STRIPE_MIN_BYTES: u64 = 32 << 20;
+pub(crate) const STRIPE_MIN_BYTES: u64 = 32 << 20;
 
 /// Opens extra streams to the first hop of an ssh target reached directly
 /// from the controller, in the background, when the push is large and the

@@ -802,7 +802,10 @@ impl Session {
                 .map(Owner::ids)
         };
         let rel_of = |rel: &RawPath| -> PathBuf { rel_beneath(top, rel) };
-        let mut results = Vec::new();
+        // `--delete` first, now that every entry is in place (in a dry
+        // run, what it would remove): removing an entry changes its
+        // directory's mtime, so directories get theirs after it.
+        let mut results = super::delete::after_push(plan, root, &rel_of, cancel, seen).await;
         let mut dirs = std::mem::take(dirs);
         // 5. Directory metadata, deepest first: now that their contents are in.
         dirs.sort_by_key(|(p, ..)| std::cmp::Reverse(p.rel().components().count()));
@@ -840,17 +843,8 @@ impl Session {
             root,
             dest_is_root: top.is_none(),
             found,
-            seen,
         };
-        let results = end
-            .finish(
-                &ids_of,
-                &rel_of,
-                cancel,
-                std::mem::take(failed_dirs),
-                results,
-            )
-            .await;
+        let results = end.finish(&ids_of, std::mem::take(failed_dirs), results);
         tracing::debug!("push applied in {:?}", started.elapsed());
         results
     }
@@ -882,19 +876,15 @@ struct Ending<'a> {
     dest_is_root: bool,
     /// DEST as the push found it (`None`: this push created it).
     found: Option<Found>,
-    /// What the source has, for `--delete`.
-    seen: &'a mut super::delete::Seen,
 }
 
 impl Ending<'_> {
-    /// DEST's own metadata (a contents copy's source directory), then
-    /// `--delete` now that every entry is in place (in a dry run, what it
-    /// would remove), then the results with alike failures grouped.
-    async fn finish(
+    /// DEST's own metadata (a contents copy's source directory), the
+    /// failed directories' results, then the results with alike failures
+    /// grouped.
+    fn finish(
         self,
         ids_of: &(dyn Fn(&Option<Owner>) -> Ids + Sync),
-        rel_of: &(dyn Fn(&RawPath) -> PathBuf + Sync),
-        cancel: &AtomicBool,
         failed_dirs: FailedDirs,
         mut results: Vec<EntryResult>,
     ) -> Vec<EntryResult> {
@@ -903,9 +893,6 @@ impl Ending<'_> {
         {
             results.push(r);
         }
-        results.extend(
-            super::delete::after_push(self.plan, self.root, rel_of, cancel, self.seen).await,
-        );
         results.extend(failed_dirs.into_results());
         collapse_alike(results)
     }

@@ -17,7 +17,7 @@ use super::compress::Compression;
 use super::filter::Rules;
 use super::pace::Limits;
 use super::plan::PlanEntry;
-use super::walk::{WalkOptions, collect_sources_with};
+use super::walk::{BATCH_BYTES, WalkOptions, Walker};
 use super::window::Sizing;
 use super::{FileService, FileServiceConfig, RawPath};
 use crate::call::RemoteError;
@@ -120,6 +120,10 @@ pub struct OfferArgs {
     /// How to serve them (used by the FileService this call starts; a
     /// later call reuses it).
     pub serve: ServeOptions,
+    /// Most entries in one reply: the rest follow with `offer_more`
+    /// ([`Offer::more`]). 0: all in this reply.
+    #[serde(default)]
+    pub batch: u32,
 }
 
 /// Reply of `offer`: what the walk found.
@@ -143,16 +147,70 @@ pub struct Offer {
     pub skipped: Vec<(RawPath, String)>,
     /// What could not be read, and why.
     pub unread: Vec<String>,
+    /// Not 0: more entries follow, from `offer_more(more)`; `incomplete`,
+    /// `skipped` and `unread` come with the last reply (`total_bytes` is
+    /// the running total in each).
+    #[serde(default)]
+    pub more: u64,
 }
 
-/// Registers `ferrogen.files.source`.
+/// Walks in progress (`offer` with a batch size), by number.
+#[derive(Clone, Default)]
+struct Walks {
+    inner: Arc<Mutex<WalkMap>>,
+}
+
+/// The last number given, and each walk with its batch size.
+type WalkMap = (u64, std::collections::HashMap<u64, (Walker, u32)>);
+
+/// Walks kept at once in one context (only the parent chain starts them).
+const MAX_WALKS: usize = 64;
+
+impl Walks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WalkMap> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The next reply of a batched walk: up to `batch` entries; the end's
+/// notes when the walk is over (`more` 0).
+fn next_reply(walker: &mut Walker, batch: u32) -> (Offer, bool) {
+    let entries = walker.next_batch(batch.max(1) as usize, BATCH_BYTES);
+    let done = entries.is_empty();
+    (
+        Offer {
+            entries,
+            total_bytes: walker.total_bytes(),
+            ..Default::default()
+        },
+        done,
+    )
+}
+
+/// The last reply's notes, from what the walk learnt.
+fn with_end(mut offer: Offer, walked: super::walk::Sources) -> Offer {
+    offer.incomplete = walked.incomplete;
+    offer.total_bytes = walked.total_bytes;
+    offer.skipped = walked
+        .skipped
+        .into_iter()
+        .map(|s| (s.rel, s.kind.to_string()))
+        .collect();
+    offer.unread = walked.unread;
+    offer
+}
+
+/// Registers `ferrogen.files.source`: `offer(OfferArgs) -> Offer` and,
+/// for a walk answered in batches, `offer_more(u64) -> Offer`.
 pub fn register_service(services: &Services, router: &Router) {
     let serving: Arc<Mutex<Option<FileService>>> = Arc::default();
+    let walks = Walks::default();
+    let more = walks.clone();
     let (r, s) = (router.clone(), services.clone());
     services.register(
         ServiceBuilder::new(SOURCE_SERVICE)
             .method("offer", Policy::ParentsOnly, move |_c, args: OfferArgs| {
-                let (r, s, serving) = (r.clone(), s.clone(), serving.clone());
+                let (r, s, serving, walks) = (r.clone(), s.clone(), serving.clone(), walks.clone());
                 async move {
                     let opts = args.walk.options().map_err(RemoteError::Failed)?;
                     let fs = {
@@ -165,28 +223,77 @@ pub fn register_service(services: &Services, router: &Router) {
                         .iter()
                         .map(|p| p.as_path().to_path_buf())
                         .collect();
-                    let walked =
-                        tokio::task::spawn_blocking(move || collect_sources_with(&srcs, &opts))
-                            .await
-                            .map_err(|e| {
-                                RemoteError::Failed(format!("internal error walking: {e}"))
-                            })?
-                            .map_err(RemoteError::Failed)?;
-                    walked.register(&fs).map_err(RemoteError::Failed)?;
-                    Ok::<_, RemoteError>(Offer {
-                        into_dir: walked.into_dir,
-                        contents: walked.contents,
-                        root: walked.root,
-                        incomplete: walked.incomplete,
-                        total_bytes: walked.total_bytes,
-                        skipped: walked
-                            .skipped
-                            .into_iter()
-                            .map(|s| (s.rel, s.kind.to_string()))
-                            .collect(),
-                        unread: walked.unread,
-                        entries: walked.entries,
+                    let batch = args.batch;
+                    let walked = tokio::task::spawn_blocking(move || {
+                        let mut walker = Walker::new(&srcs, &opts)?;
+                        if batch == 0 {
+                            let mut entries = Vec::new();
+                            loop {
+                                let b = walker.next_batch(usize::MAX, usize::MAX);
+                                if b.is_empty() {
+                                    break;
+                                }
+                                entries.extend(b);
+                            }
+                            return Ok((entries, walker, true));
+                        }
+                        let (offer, done) = next_reply(&mut walker, batch);
+                        Ok::<_, String>((offer.entries, walker, done))
                     })
+                    .await
+                    .map_err(|e| RemoteError::Failed(format!("internal error walking: {e}")))?
+                    .map_err(RemoteError::Failed)?;
+                    let (entries, walker, done) = walked;
+                    walker
+                        .sources()
+                        .register(&fs)
+                        .map_err(RemoteError::Failed)?;
+                    let head = walker.sources();
+                    let mut offer = Offer {
+                        into_dir: head.into_dir,
+                        contents: head.contents,
+                        root: head.root.clone(),
+                        total_bytes: walker.total_bytes(),
+                        entries,
+                        ..Default::default()
+                    };
+                    if done {
+                        let entries = std::mem::take(&mut offer.entries);
+                        let mut offer = with_end(offer, walker.finish());
+                        offer.entries = entries;
+                        return Ok::<_, RemoteError>(offer);
+                    }
+                    let mut w = walks.lock();
+                    if w.1.len() >= MAX_WALKS {
+                        return Err(RemoteError::Failed(
+                            "too many walks in progress in this context".into(),
+                        ));
+                    }
+                    w.0 += 1;
+                    let id = w.0;
+                    w.1.insert(id, (walker, batch));
+                    offer.more = id;
+                    Ok(offer)
+                }
+            })
+            .method("offer_more", Policy::ParentsOnly, move |_c, id: u64| {
+                let walks = more.clone();
+                async move {
+                    let (walker, batch) = walks.lock().1.remove(&id).ok_or_else(|| {
+                        RemoteError::Failed(format!("no walk {id} in progress in this context"))
+                    })?;
+                    let (offer, walker, done) = tokio::task::spawn_blocking(move || {
+                        let mut walker = walker;
+                        let (offer, done) = next_reply(&mut walker, batch);
+                        (offer, walker, done)
+                    })
+                    .await
+                    .map_err(|e| RemoteError::Failed(format!("internal error walking: {e}")))?;
+                    if done {
+                        return Ok::<_, RemoteError>(with_end(offer, walker.finish()));
+                    }
+                    walks.lock().1.insert(id, (walker, batch));
+                    Ok(Offer { more: id, ..offer })
                 }
             })
             .build(),
