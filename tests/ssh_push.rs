@@ -699,7 +699,15 @@ fn stripes_attach_extra_ssh_streams_that_carry_the_data_and_stripes_1_uses_one()
         .unwrap_or_else(|| panic!("no stripes by default at 10 ms: {}", r.stderr_text()));
     assert!(n >= 1 && n == m, "{n} of {m}");
     assert_eq!(most, n);
-    assert_eq!(conns.len(), 1 + n, "{conns:?}");
+    // Transports are started early, as many as the longest path would
+    // need, before the round trip is known (issue 14); those it does not
+    // call for are ended after their handshake, carrying no file data.
+    let carrying = conns.iter().filter(|&&b| b > 4 << 20).count();
+    assert_eq!(carrying, n, "{conns:?}");
+    assert!(
+        conns.iter().filter(|&&b| b <= 4 << 20).all(|&b| b < 64 << 10),
+        "only handshakes on the others: {conns:?}"
+    );
 
     // --stripes 1: the one connection carries everything.
     let (r, most, conns) = run("one", &["--stripes", "1"]);
