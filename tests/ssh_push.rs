@@ -705,7 +705,10 @@ fn stripes_attach_extra_ssh_streams_that_carry_the_data_and_stripes_1_uses_one()
     let carrying = conns.iter().filter(|&&b| b > 4 << 20).count();
     assert_eq!(carrying, n, "{conns:?}");
     assert!(
-        conns.iter().filter(|&&b| b <= 4 << 20).all(|&b| b < 64 << 10),
+        conns
+            .iter()
+            .filter(|&&b| b <= 4 << 20)
+            .all(|&b| b < 64 << 10),
         "only handshakes on the others: {conns:?}"
     );
 

@@ -975,6 +975,40 @@ async fn tee_progress(router: &Router, relay: ContextId, target: ContextId) -> O
     r.ok().and_then(|v| v.first().copied())
 }
 
+/// Walks on a blocking thread, one or two batches ahead of whoever
+/// takes them from the channel (which is the back-pressure); the thread
+/// ends with the whole walk's record.
+fn walk_in_batches(
+    walker: Walker,
+) -> (
+    tokio::task::JoinHandle<Sources>,
+    tokio::sync::mpsc::Receiver<Walked>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Walked>(2);
+    let walking = tokio::task::spawn_blocking(move || {
+        let mut walker = walker;
+        let mut files = 0u64;
+        loop {
+            let entries = walker.next_batch(BATCH_ENTRIES, BATCH_BYTES);
+            let done = entries.is_empty();
+            files += entries
+                .iter()
+                .filter(|e| matches!(e, crate::files::plan::PlanEntry::File { .. }))
+                .count() as u64;
+            let batch = Walked {
+                entries,
+                bytes: walker.total_bytes(),
+                files,
+            };
+            if done || tx.blocking_send(batch).is_err() {
+                break;
+            }
+        }
+        walker.finish()
+    });
+    (walking, rx)
+}
+
 /// Where a target's plan batches come from: its own walk (the batches go
 /// to it directly), or the group's one walk whose batches the relay keeps.
 enum Batches {
@@ -1015,28 +1049,7 @@ impl Feed {
         let router = router.clone();
         let mut uplink = uplink;
         tokio::spawn(async move {
-            let (btx, mut brx) = tokio::sync::mpsc::channel::<Walked>(2);
-            let walking = tokio::task::spawn_blocking(move || {
-                let mut walker = walker;
-                let mut files = 0u64;
-                loop {
-                    let entries = walker.next_batch(BATCH_ENTRIES, BATCH_BYTES);
-                    let done = entries.is_empty();
-                    files += entries
-                        .iter()
-                        .filter(|e| matches!(e, crate::files::plan::PlanEntry::File { .. }))
-                        .count() as u64;
-                    let batch = Walked {
-                        entries,
-                        bytes: walker.total_bytes(),
-                        files,
-                    };
-                    if done || btx.blocking_send(batch).is_err() {
-                        break;
-                    }
-                }
-                walker.finish()
-            });
+            let (walking, mut brx) = walk_in_batches(walker);
             let mut k = 0u64;
             while let Some(batch) = brx.recv().await {
                 let r: Result<(), _> = router
@@ -1389,28 +1402,7 @@ impl One<'_> {
         let mut files = 0;
         let walked: Arc<Sources> = match batches {
             Batches::Walk(walker) => {
-                let (tx, mut rx) = tokio::sync::mpsc::channel::<Walked>(2);
-                let walking = tokio::task::spawn_blocking(move || {
-                    let mut walker = *walker;
-                    let mut files = 0u64;
-                    loop {
-                        let entries = walker.next_batch(BATCH_ENTRIES, BATCH_BYTES);
-                        let done = entries.is_empty();
-                        files += entries
-                            .iter()
-                            .filter(|e| matches!(e, crate::files::plan::PlanEntry::File { .. }))
-                            .count() as u64;
-                        let batch = Walked {
-                            entries,
-                            bytes: walker.total_bytes(),
-                            files,
-                        };
-                        if done || tx.blocking_send(batch).is_err() {
-                            break;
-                        }
-                    }
-                    walker.finish()
-                });
+                let (walking, mut rx) = walk_in_batches(*walker);
                 while let Some(batch) = rx.recv().await {
                     files = batch.files;
                     if let Some(b) = &bar {
