@@ -58,6 +58,10 @@ const ATTACKS: &[(&str, Stage)] = &[
     // Finding 4a: COUNT `fetch_small` calls for every small file of the
     // plan, without reading a byte of the replies; hang up after SECONDS.
     ("small_flood", Stage::Connected(small_flood)),
+    // Issue 13: COUNT `fetch_small` calls of 2,000 paths that do not
+    // exist each (and as many `fetch`es), replies read, one call at a
+    // time: a relay's tee must answer them without keeping anything.
+    ("bogus_paths", Stage::Connected(bogus_paths)),
     // Finding 5: fetch the largest file, never read its data, and
     // acknowledge COUNT MiB per second of it anyway for SECONDS.
     ("lying_acks", Stage::Connected(lying_acks)),
@@ -527,6 +531,51 @@ fn small_flood(p: &mut Peer, k: &Knobs) -> Result<(), String> {
         p.call(plan.server, "ferrogen.files", "fetch_small", &args)?;
     }
     k.report("calls", k.count);
+    std::thread::sleep(k.duration());
+    Ok(())
+}
+
+fn bogus_paths(p: &mut Peer, k: &Knobs) -> Result<(), String> {
+    let plan = p.wait_push_plan(Duration::from_secs(30))?;
+    let mut answered = 0u64;
+    for call in 0..k.count {
+        let paths: Vec<RawPath> = (0..2000)
+            .map(|j| {
+                RawPath::from(
+                    format!("/nonexistent/ferrogen-bogus/{call}/{j}-{}", "x".repeat(64)).as_str(),
+                )
+            })
+            .collect();
+        let small = p.call(
+            plan.server,
+            "ferrogen.files",
+            "fetch_small",
+            &FetchSmallArgs { paths },
+        )?;
+        let sender = Sender {
+            context: p.me,
+            handle: p.handle(),
+        };
+        let fetch = FetchArgs {
+            path: RawPath::from(format!("/nonexistent/ferrogen-bogus/large-{call}").as_str()),
+            sender,
+            delta: None,
+            resume: None,
+            sparse: false,
+        };
+        let large = p.call(plan.server, "ferrogen.files", "fetch", &fetch)?;
+        // One call at a time, each answered (a refusal), so the flood is
+        // bounded by the round trip, not by any cap.
+        let mut pending = 2;
+        while pending > 0 {
+            let f = p.recv(Duration::from_secs(30)).ok_or("no answer")?;
+            if f.handle == small || f.handle == large {
+                pending -= 1;
+                answered += 1;
+            }
+        }
+    }
+    k.report("answered", answered);
     std::thread::sleep(k.duration());
     Ok(())
 }

@@ -430,6 +430,37 @@ fn small_file_flood_behind_a_hop_is_cut_off_at_the_hop() {
     );
 }
 
+/// Issue 13: a target behind a relay asks its tee for 1,200,000 paths
+/// that do not exist (600 `fetch_small` calls of 2,000, as many `fetch`es).
+/// Each is answered with a refusal and nothing is kept: the relay's memory
+/// does not grow with them (before, every refused path stayed cached), and
+/// the sibling is served.
+#[test]
+fn bogus_paths_asked_of_a_relays_tee_are_refused_and_not_kept() {
+    let s = Scene::new();
+    s.file("small", 1000);
+    s.file("big", 8 << 20);
+    let run = s.push(
+        "bogus_paths",
+        &[("COUNT", "600"), ("SECONDS", "1")],
+        &["--via", "local"],
+        &["evil", "good"],
+    );
+    assert!(
+        s.sibling_ok("good"),
+        "the sibling's files: {}",
+        run.explain()
+    );
+    assert_eq!(run.report("answered"), Some("1200"), "{}", run.explain());
+    assert!(run.hop_hwm_kib > 0, "the hop was not found");
+    assert!(
+        run.hop_hwm_kib < 64 * MIB,
+        "hop peak RSS {} MiB\n{}",
+        run.hop_hwm_kib / MIB,
+        run.explain()
+    );
+}
+
 /// Finding 4b: a stderr line of 300 MiB without a newline during the
 /// bootstrap used to be buffered whole by the controller.
 #[test]

@@ -606,9 +606,11 @@ impl FileService {
                 router.describe(requester)
             )));
         }
-        if let Some(tee) = &self.inner.tee {
-            tee.ensure_small(&args.paths).await;
-        }
+        // A relay's tee: what upstream answered for each path, in order.
+        let teed = match &self.inner.tee {
+            Some(tee) => Some(tee.ensure_small(&args.paths).await),
+            None => None,
+        };
         let fs = self.clone();
         let pacing = self.inner.pacers.for_target(requester);
         // Paced, a reply is one burst: keep it to 1/32 s of the limit
@@ -620,8 +622,11 @@ impl FileService {
             let mut compressing = Duration::ZERO;
             let mut budget = batch;
             let mut out = Vec::with_capacity(args.paths.len());
-            for path in &args.paths {
-                let mut one = fs.read_small(path, budget);
+            for (k, path) in args.paths.iter().enumerate() {
+                let mut one = match (&fs.inner.tee, &teed) {
+                    (Some(tee), Some(got)) => tee.read_small(path, got.get(k), budget),
+                    _ => fs.read_small(path, budget),
+                };
                 if let SmallFile::Data { data, .. } = &one {
                     budget = budget.saturating_sub(data.len() as u64);
                 }
@@ -734,9 +739,6 @@ impl FileService {
     /// most [`SMALL_FILE_MAX`] bytes, and fits in what is left of the
     /// reply's `budget`.
     fn read_small(&self, path: &super::RawPath, budget: u64) -> SmallFile {
-        if let Some(tee) = &self.inner.tee {
-            return tee.read_small(path, budget);
-        }
         let opened = lock(&self.inner.registry).open(path);
         let file = match opened {
             Ok(f) => f,

@@ -177,6 +177,10 @@ struct Large {
     delivered: AtomicU64,
 }
 
+/// What the tee has for one small file (from [`Tee::ensure_small`]).
+#[derive(Clone)]
+pub struct SmallEntry(Small);
+
 /// One small file, once its batch has arrived.
 #[derive(Clone)]
 enum Small {
@@ -519,6 +523,10 @@ impl Tee {
                         open_tx.send_replace(Some(Err(why.clone())));
                     }
                     done_tx.send_replace(Some(Err(why)));
+                    // Answered, not kept: a target asking for paths that
+                    // do not exist must not grow the relay (a later ask
+                    // fetches again).
+                    lock(&tee.large).remove(&path);
                 }
             }
         });
@@ -547,7 +555,7 @@ impl Tee {
     /// Makes sure every path of a `fetch_small` batch has arrived (or
     /// failed): those nobody asked for yet are fetched upstream in one
     /// batch; those already on their way are waited for.
-    pub async fn ensure_small(self: &Arc<Self>, paths: &[RawPath]) {
+    pub async fn ensure_small(self: &Arc<Self>, paths: &[RawPath]) -> Vec<SmallEntry> {
         let mut mine = Vec::new();
         let mut waits = Vec::new();
         {
@@ -574,9 +582,17 @@ impl Tee {
             let task = tokio::spawn(async move { tee.fetch_small_upstream(mine).await });
             lock(&self.tasks).push(task.abort_handle());
         }
+        let mut out = Vec::with_capacity(waits.len());
         for mut rx in waits {
-            let _ = rx.wait_for(|s| s.is_some()).await;
+            let got = match rx.wait_for(|s| s.is_some()).await {
+                Ok(s) => s.clone(),
+                Err(_) => None,
+            };
+            out.push(SmallEntry(got.unwrap_or_else(|| {
+                Small::Failed("relay: the upstream fetch was abandoned".into())
+            })));
         }
+        out
     }
 
     async fn fetch_small_upstream(
@@ -598,16 +614,11 @@ impl Tee {
                     files.len(),
                     mine.len()
                 );
-                for (_, tx) in &mine {
-                    tx.send_replace(Some(Small::Failed(why.clone())));
-                }
+                self.forget_small(&mine, &why);
                 return;
             }
             Err(e) => {
-                let why = format!("relay: {e}");
-                for (_, tx) in &mine {
-                    tx.send_replace(Some(Small::Failed(why.clone())));
-                }
+                self.forget_small(&mine, &format!("relay: {e}"));
                 return;
             }
         };
@@ -621,8 +632,18 @@ impl Tee {
         .await;
         match stored {
             Ok(stored) => {
-                for ((_, tx), s) in mine.iter().zip(stored) {
+                let mut failed = Vec::new();
+                for ((path, tx), s) in mine.iter().zip(stored) {
+                    if matches!(s, Small::Failed(_)) {
+                        failed.push(path);
+                    }
                     tx.send_replace(Some(s));
+                }
+                // Failures are answered, not kept: a target asking for
+                // paths that do not exist must not grow the relay.
+                let mut map = lock(&self.small);
+                for path in failed {
+                    map.remove(path);
                 }
             }
             Err(e) => {
@@ -631,6 +652,17 @@ impl Tee {
                     tx.send_replace(Some(Small::Failed(why.clone())));
                 }
             }
+        }
+    }
+
+    /// Answers a batch that failed as a whole, and keeps nothing of it.
+    fn forget_small(&self, mine: &[(RawPath, watch::Sender<Option<Small>>)], why: &str) {
+        for (_, tx) in mine {
+            tx.send_replace(Some(Small::Failed(why.to_string())));
+        }
+        let mut map = lock(&self.small);
+        for (path, _) in mine {
+            map.remove(path);
         }
     }
 
@@ -667,32 +699,30 @@ impl Tee {
         }
     }
 
-    /// One file of a `fetch_small` reply, from the spool (after
-    /// [`Tee::ensure_small`]), if it fits in what is left of `budget`.
-    pub fn read_small(&self, path: &RawPath, budget: u64) -> SmallFile {
-        let entry = lock(&self.small).get(path).map(|rx| rx.borrow().clone());
-        match entry {
-            Some(Some(Small::Data { meta, at, digest })) => {
+    /// One file of a `fetch_small` reply: `entry` is what
+    /// [`Tee::ensure_small`] answered for `path`; its data comes from the
+    /// spool if it fits in what is left of `budget`.
+    pub fn read_small(&self, path: &RawPath, entry: Option<&SmallEntry>, budget: u64) -> SmallFile {
+        match entry.map(|e| &e.0) {
+            Some(Small::Data { meta, at, digest }) => {
                 if meta.size > budget {
                     return SmallFile::TooLarge;
                 }
                 let mut buf = vec![0u8; meta.size as usize];
                 let blob = lock(&self.spool.blob);
-                if let Err(e) = blob.0.read_exact_at(&mut buf, at) {
+                if let Err(e) = blob.0.read_exact_at(&mut buf, *at) {
                     return SmallFile::Failed(format!("{path}: relay: spool read failed: {e}"));
                 }
                 drop(blob);
                 SmallFile::Data {
-                    meta,
+                    meta: meta.clone(),
                     data: buf.into(),
-                    digest,
+                    digest: *digest,
                 }
             }
-            Some(Some(Small::TooLarge)) => SmallFile::TooLarge,
-            Some(Some(Small::Failed(why))) => SmallFile::Failed(format!("{path}: {why}")),
-            Some(None) | None => {
-                SmallFile::Failed(format!("{path}: relay: not fetched (internal error)"))
-            }
+            Some(Small::TooLarge) => SmallFile::TooLarge,
+            Some(Small::Failed(why)) => SmallFile::Failed(format!("{path}: {why}")),
+            None => SmallFile::Failed(format!("{path}: relay: not fetched (internal error)")),
         }
     }
 
