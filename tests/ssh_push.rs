@@ -1313,6 +1313,42 @@ fn a_relay_fetches_each_file_once_and_serves_every_target_behind_it() {
     }
 }
 
+/// Starts a push of a 64 MiB tree through ssh root (teeing) to `users`,
+/// paced at `rate` so it is still running when the test acts; returns once
+/// every target's context is up, with the start time, the source tree,
+/// the destinations and the source's temp dir (removed when dropped).
+fn slow_teed_push(
+    sd: &Sshd,
+    users: &[&str],
+    tag: &str,
+    rate: &str,
+) -> (Spawned, Instant, PathBuf, InHomes, tempfile::TempDir) {
+    let (src, top, _total, _) = tee_tree(64 << 20);
+    let dest = InHomes::new(tag, users);
+    let rsh = sd.rsh();
+    let into_dest = format!("{}/", dest.0);
+    let mut args = vec![
+        "--json",
+        "-r",
+        "-e",
+        &rsh,
+        "--bwlimit",
+        rate,
+        "--via",
+        "root",
+    ];
+    for u in users {
+        args.extend(["-H", *u]);
+    }
+    args.extend([s(&top), &into_dest]);
+    let t0 = Instant::now();
+    let p = spawn_push(&args);
+    for u in users {
+        context_of(sd, u, t0);
+    }
+    (p, t0, top, dest, src)
+}
+
 /// Waits (at most a minute) until `user` has a context running.
 fn context_of(sd: &Sshd, user: &str, t0: Instant) -> u32 {
     loop {
@@ -1393,31 +1429,10 @@ fn a_stopped_target_behind_a_relay_holds_nobody_back_and_a_killed_one_fails_alon
 #[test]
 fn a_relay_killed_mid_push_fails_every_target_below_it_and_nothing_half_written_lands() {
     let Some(sd) = Sshd::start() else { return };
-    let (_src, top, _total, _) = tee_tree(64 << 20);
     let users = [sshd::PLAIN, sshd::THIRD];
-    let dest = InHomes::new("teerelay", &users);
-    let rsh = sd.rsh();
-    let into_dest = format!("{}/", dest.0);
-    let mut args = vec![
-        "--json",
-        "-r",
-        "-e",
-        &rsh,
-        "--bwlimit",
-        "4M",
-        "--via",
-        "root",
-    ];
-    for u in users {
-        args.extend(["-H", u]);
-    }
-    args.extend([s(&top), &into_dest]);
-    let t0 = Instant::now();
-    let p = spawn_push(&args);
     // Both targets are up (so the relay is serving them), then it dies.
-    for u in users {
-        context_of(&sd, u, t0);
-    }
+    let (p, t0, top, dest, _src) = slow_teed_push(&sd, &users, "teerelay", "4M");
+    let rsh = sd.rsh();
     // The targets get bytes while the file is still arriving at the relay:
     // at 4 MiB/s it needs 16 s to get there whole, so store-and-forward
     // could not start before then; streamed, a target has 4 MiB within a
@@ -1561,30 +1576,8 @@ fn targets_behind_different_relays_are_each_served_by_their_own_relay() {
 #[test]
 fn ctrl_c_during_a_teed_push_cleans_every_level() {
     let Some(sd) = Sshd::start() else { return };
-    let (_src, top, _total, _) = tee_tree(64 << 20);
     let users = [sshd::PLAIN, sshd::THIRD];
-    let dest = InHomes::new("teeint", &users);
-    let rsh = sd.rsh();
-    let into_dest = format!("{}/", dest.0);
-    let mut args = vec![
-        "--json",
-        "-r",
-        "-e",
-        &rsh,
-        "--bwlimit",
-        "8M",
-        "--via",
-        "root",
-    ];
-    for u in users {
-        args.extend(["-H", u]);
-    }
-    args.extend([s(&top), &into_dest]);
-    let t0 = Instant::now();
-    let p = spawn_push(&args);
-    for u in users {
-        context_of(&sd, u, t0);
-    }
+    let (p, t0, _top, dest, _src) = slow_teed_push(&sd, &users, "teeint", "8M");
     let relay_pids = remote_contexts(&sd, "root");
     std::thread::sleep(Duration::from_millis(1500));
     let sent = Command::new("kill")
