@@ -1293,11 +1293,37 @@ fn a_relay_fetches_each_file_once_and_serves_every_target_behind_it() {
         "{relay}"
     );
 
-    // Again: nothing changed, nothing fetched.
-    let r = push(&args);
+    // Its two large files were fetched ahead, before any target asked,
+    // and those fetches were the ones that served every target.
+    assert_eq!(relay["read_ahead"], 2, "{relay}");
+    assert_eq!(relay["read_ahead_dropped"], 0, "{relay}");
+
+    // Again: nothing changed. No target fetched anything; what the relay
+    // read ahead while the targets compared (the two large files, no
+    // more) was dropped once a target answered, and the controller was
+    // told to stop sending it (not left waiting for acknowledgements).
+    // (`--bwlimit` keeps the read-ahead going until the targets answer.)
+    let mut verbose = args.clone();
+    verbose.extend(["-vv", "--bwlimit", "2M"]);
+    let r = push(&verbose);
     r.assert_ok();
     let relay = relay_line(&r).unwrap_or_else(|| panic!("no relay line:\n{}", r.describe()));
-    assert_eq!(relay["bytes_fetched"], 0, "{relay}");
+    assert_eq!(relay["served"], 0, "{relay}");
+    assert_eq!(relay["read_ahead"], 2, "{relay}");
+    assert_eq!(relay["read_ahead_dropped"], 2, "{relay}");
+    let large = relay["bytes_fetched"].as_u64().unwrap_or(u64::MAX);
+    assert!(large <= (6 << 20) + 7 + 300_001, "{relay}");
+    let said = |what: &str| r.stderr.iter().any(|(_, l)| l.contains(what));
+    assert!(
+        said("the requester ended the transfer: the receiver stopped"),
+        "{}",
+        r.describe()
+    );
+    assert!(
+        !said("WARN"),
+        "a dropped read-ahead is not a warning:\n{}",
+        r.describe()
+    );
 
     // --no-tee: the same result, each target fetching from the controller.
     let plain = InHomes::new("notee", &users);
@@ -1657,7 +1683,9 @@ fn through_a_relay_deltas_checksums_and_holes_work_as_they_do_direct() {
         f.seek(SeekFrom::Start(1 << 20)).expect("seek");
         f.write_all(&[0xAB; 5000]).expect("write");
     }
-    let r = run(&[]);
+    // (Without the read-ahead, which would fetch the unchanged large files
+    // too while the targets compare.)
+    let r = run(&["--no-read-ahead"]);
     r.assert_ok();
     for d in &dest.1 {
         assert_same_tree(&top, &d.join("tree"));
@@ -1668,6 +1696,7 @@ fn through_a_relay_deltas_checksums_and_holes_work_as_they_do_direct() {
         (4 << 20) + 3,
         "only large.bin again: {relay}"
     );
+    assert_eq!(relay["read_ahead"], 0, "{relay}");
     // -c: the digests come through the relay; nothing differs, nothing sent.
     let r = run(&["-c"]);
     r.assert_ok();

@@ -180,6 +180,14 @@ pub struct PushArgs {
     /// once and serves all the targets behind it).
     #[arg(long)]
     pub no_tee: bool,
+    /// Behind a relay, fetch nothing there before a target asks for it.
+    /// By default the relay starts fetching the plan's first large files
+    /// (up to 64 MiB) while the targets connect and compare, so a first
+    /// push has its data on the uplink sooner; on a push where the targets
+    /// have those files already, that data crossed the uplink for nothing
+    /// (at most what it carries until the first target answers).
+    #[arg(long)]
+    pub no_read_ahead: bool,
     /// Print one JSON object per file and target instead of text.
     #[arg(long)]
     pub json: bool,
@@ -794,32 +802,28 @@ async fn push_group(
         }
     };
     let mut plan = plan;
-    let started = match chain.last {
-        Some(relay) if !args.no_tee => start_tee(router, relay, &chain, args, hosts.len()).await,
-        _ => None,
-    };
     // Behind a tee, the plan is walked once here and its batches cross
     // the uplink once: the relay keeps them and hands them to each target.
-    let feed = started.map(|relay| {
+    // The first batch follows `start` at once (the relay waits for the tee
+    // if it overtakes it), so the relay reads ahead a round trip sooner.
+    let (started, feed) = match chain.last {
+        Some(relay) if !args.no_tee => {
+            let feed = Feed::start(
+                router,
+                relay,
+                walker.restart(),
+                uplink(args, targs, log_filter),
+            );
+            match start_tee(router, relay, &chain, args, hosts.len()).await {
+                Some(relay) => (Some(relay), Some(feed)),
+                None => (None, None),
+            }
+        }
+        _ => (None, None),
+    };
+    if let Some(relay) = started {
         plan.server = relay;
-        // The relay fetches over the uplink. Striped only when asked
-        // (`--stripes N`): chosen by round trip alone, 9 streams on a
-        // 100 ms / 100 Mbit uplink made a 64 MiB push 9.2-10.3 s instead
-        // of 8.5 (their connections compete with the data for a link one
-        // stream nearly fills), until stripes are chosen by what they
-        // deliver (issue 14).
-        let explicit = args.stripes.is_some_and(|n| n > 1);
-        let first_hop = targs.via.first().filter(|_| explicit).map(|spec| Uplink {
-            targs: TargetArgs {
-                via: Vec::new(),
-                ..targs.clone()
-            },
-            spec: spec.clone(),
-            stripes: args.stripes,
-            log_filter: log_filter.to_string(),
-        });
-        Feed::start(router, relay, walker.restart(), first_hop)
-    });
+    }
     let sem = Arc::new(Semaphore::new(args.fanout.max(1)));
     // Delta transfer is for a link: on one machine (a local target, no
     // hop) the file is sent whole unless --no-whole-file.
@@ -893,6 +897,24 @@ async fn push_group(
     (out, relay)
 }
 
+/// How to stripe the uplink to a group's relay, if at all. Striped only
+/// when asked (`--stripes N`): chosen by round trip alone, 9 streams on a
+/// 100 ms / 100 Mbit uplink made a 64 MiB push 9.2-10.3 s instead of 8.5
+/// (their connections compete with the data for a link one stream nearly
+/// fills), until stripes are chosen by what they deliver (issue 14).
+fn uplink(args: &PushArgs, targs: &TargetArgs, log_filter: &str) -> Option<Uplink> {
+    let explicit = args.stripes.is_some_and(|n| n > 1);
+    targs.via.first().filter(|_| explicit).map(|spec| Uplink {
+        targs: TargetArgs {
+            via: Vec::new(),
+            ..targs.clone()
+        },
+        spec: spec.clone(),
+        stripes: args.stripes,
+        log_filter: log_filter.to_string(),
+    })
+}
+
 /// Starts the tee in `relay` (the last `--via` hop) for `targets` targets:
 /// it fetches each file once from this controller and serves every target
 /// behind it. `None` (with a warning) if it cannot: the targets then
@@ -916,6 +938,7 @@ async fn start_tee(
         },
         sparse: args.sparse,
         targets: u32::try_from(targets).unwrap_or(0),
+        read_ahead: !args.no_read_ahead,
     };
     let r: Result<(), _> = router.call_service(relay, TEE_SERVICE, "start", &tee).await;
     match r {
@@ -1035,6 +1058,15 @@ struct FeedState {
     done: Option<Result<Arc<Sources>, String>>,
 }
 
+/// A batch at the relay, as [`Feed::batch`] tells it.
+struct FedBatch {
+    /// The walk's bytes and files so far.
+    bytes: u64,
+    files: u64,
+    /// The whole walk, if this batch is its last.
+    last: Option<Arc<Sources>>,
+}
+
 /// How to stripe the uplink to a relay: its first hop's spec.
 struct Uplink {
     targs: TargetArgs,
@@ -1089,15 +1121,23 @@ impl Feed {
     }
 
     /// Waits until batch `k` is at the relay (the walk's bytes and files so
-    /// far), or the walk ended (`Err` with its result).
-    async fn batch(&mut self, k: u64) -> Result<(u64, u64), Result<Arc<Sources>, String>> {
+    /// far, and the whole walk if `k` is known to be its last batch), or
+    /// the walk ended (`Err` with its result).
+    async fn batch(&mut self, k: u64) -> Result<FedBatch, Result<Arc<Sources>, String>> {
         let got = self
             .state
             .wait_for(|s| s.batches > k || s.done.is_some())
             .await
             .map(|s| s.clone());
         match got {
-            Ok(s) if s.batches > k => Ok((s.bytes, s.files)),
+            Ok(s) if s.batches > k => Ok(FedBatch {
+                bytes: s.bytes,
+                files: s.files,
+                last: match s.done {
+                    Some(Ok(walked)) if s.batches == k + 1 => Some(walked),
+                    _ => None,
+                },
+            }),
             Ok(s) => Err(s.done.unwrap_or_else(|| Err("the walk stopped".into()))),
             Err(_) => Err(Err("the walk stopped".into())),
         }
@@ -1400,6 +1440,8 @@ impl One<'_> {
         }
         let session = opened.session;
         let mut files = 0;
+        // The close's answer, when it came with the last batch's.
+        let mut closed_early: Option<Result<Vec<EntryResult>, String>> = None;
         let walked: Arc<Sources> = match batches {
             Batches::Walk(walker) => {
                 let (walking, mut rx) = walk_in_batches(*walker);
@@ -1449,61 +1491,86 @@ impl One<'_> {
                 let relay = self.relay.unwrap_or_default();
                 let mut k = 0u64;
                 loop {
-                    match feed.batch(k).await {
-                        Ok((bytes, f)) => {
-                            files = f;
-                            if let Some(b) = &bar {
-                                b.set_length(bytes);
-                            }
-                            let args = (info.id, session, k);
-                            let r = self
-                                .call_at::<_, Vec<EntryResult>>(
-                                    relay,
-                                    TEE_SERVICE,
-                                    &info,
-                                    "push_batch",
-                                    &args,
-                                    &bar,
-                                    files,
-                                )
-                                .await;
-                            match r {
-                                Ok(results) => tally.add(self.style, &results),
-                                Err(e) => {
-                                    let e = failure(e);
-                                    tally.add(self.style, &[whole_failure(&self.plan.dest, e)]);
-                                    return self.end(tally, t0, bar);
-                                }
-                            }
-                            k += 1;
-                        }
+                    let fed = match feed.batch(k).await {
+                        Ok(fed) => fed,
                         Err(Ok(walked)) => break walked,
                         Err(Err(e)) => {
                             let e = format!("{}: the plan did not reach the relay: {e}", info.name);
                             tally.add(self.style, &[whole_failure(&self.plan.dest, e)]);
                             return self.end(tally, t0, bar);
                         }
+                    };
+                    files = fed.files;
+                    if let Some(b) = &bar {
+                        b.set_length(fed.bytes);
                     }
+                    // The last batch and the close go in one call.
+                    let r = match &fed.last {
+                        Some(walked) => {
+                            let args = (info.id, session, k, push_end(session, walked));
+                            self.call_at::<_, (Vec<EntryResult>, Result<Vec<EntryResult>, String>)>(
+                                relay,
+                                TEE_SERVICE,
+                                &info,
+                                "push_last",
+                                &args,
+                                &bar,
+                                files,
+                            )
+                            .await
+                            .map(|(results, closed)| {
+                                let name = &info.name;
+                                closed_early = Some(closed.map_err(|e| format!("{name}: {e}")));
+                                results
+                            })
+                        }
+                        None => {
+                            self.call_at::<_, Vec<EntryResult>>(
+                                relay,
+                                TEE_SERVICE,
+                                &info,
+                                "push_batch",
+                                &(info.id, session, k),
+                                &bar,
+                                files,
+                            )
+                            .await
+                        }
+                    };
+                    match r {
+                        Ok(results) => tally.add(self.style, &results),
+                        Err(e) => {
+                            let e = failure(e);
+                            tally.add(self.style, &[whole_failure(&self.plan.dest, e)]);
+                            return self.end(tally, t0, bar);
+                        }
+                    }
+                    if let Some(walked) = fed.last {
+                        break walked;
+                    }
+                    k += 1;
                 }
             }
         };
         self.notes.say(&walked, self.style.json);
-        let end = PushEnd {
-            session,
-            incomplete: walked.incomplete.clone(),
-            keep: walked.skipped.iter().map(|s| s.rel.clone()).collect(),
-        };
-        let closed: Result<Vec<EntryResult>, _> = match self.relay {
-            Some(relay) => {
-                let args = (info.id, end);
-                self.call_at(relay, TEE_SERVICE, &info, "push_close", &args, &bar, files)
-                    .await
+        let closed = match closed_early {
+            Some(closed) => closed,
+            None => {
+                let end = push_end(session, &walked);
+                let closed: Result<Vec<EntryResult>, _> = match self.relay {
+                    Some(relay) => {
+                        let args = (info.id, end);
+                        self.call_at(relay, TEE_SERVICE, &info, "push_close", &args, &bar, files)
+                            .await
+                    }
+                    None => self.call(&info, "push_close", &end, &bar, files).await,
+                };
+                closed.map_err(failure)
             }
-            None => self.call(&info, "push_close", &end, &bar, files).await,
         };
         match closed {
             Ok(results) => tally.add(self.style, &results),
-            Err(e) => tally.add(self.style, &[whole_failure(&self.plan.dest, failure(e))]),
+            Err(e) => tally.add(self.style, &[whole_failure(&self.plan.dest, e)]),
         }
         tally.skipped(self.style, &walked.skipped);
         self.end(tally, t0, bar)
@@ -1573,6 +1640,15 @@ impl One<'_> {
             }
         }
         tally
+    }
+}
+
+/// How a push session ends, from the whole walk.
+fn push_end(session: u64, walked: &Sources) -> PushEnd {
+    PushEnd {
+        session,
+        incomplete: walked.incomplete.clone(),
+        keep: walked.skipped.iter().map(|s| s.rel.clone()).collect(),
     }
 }
 

@@ -172,6 +172,8 @@ pub fn print_relay(relay: &str, s: &crate::files::tee::TeeStats) {
         "shared": s.shared,
         "served": s.served,
         "evicted": s.evicted,
+        "read_ahead": s.read_ahead,
+        "read_ahead_dropped": s.read_ahead_dropped,
     }));
 }
 

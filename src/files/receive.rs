@@ -822,11 +822,18 @@ async fn receive_prepared(
             error: Box::new(error),
         })?;
     let meta = reply.meta.clone();
+    // Every way out but success tells the server to stop: an error below,
+    // and this future dropped midway (a relay's read-ahead nobody wanted, a
+    // cancelled push). Data sent to a handle that no longer exists is not
+    // answered, so without this the server would keep a window in flight
+    // until its ack timeout.
+    let stop = StopServer {
+        router,
+        ack: Some(reply.ack),
+    };
     if let Some(max) = prep.max_size
         && meta.size > max
     {
-        // Nothing reserved yet; the server's data goes to a handle that is
-        // dropped with this error, which ends its transfer.
         return Err(ReceiveError::Mismatch {
             dest: dest_s,
             detail: format!(
@@ -919,7 +926,30 @@ async fn receive_prepared(
             }
         }
     }
-    result.map(|()| pending)
+    result.map(|()| {
+        stop.disarm();
+        pending
+    })
+}
+
+/// Tells a transfer's server to stop when dropped, unless disarmed.
+struct StopServer<'a> {
+    router: &'a Router,
+    ack: Option<crate::channel::Sender>,
+}
+
+impl StopServer<'_> {
+    fn disarm(mut self) {
+        self.ack = None;
+    }
+}
+
+impl Drop for StopServer<'_> {
+    fn drop(&mut self) {
+        if let Some(ack) = self.ack.take() {
+            ack.close_with(self.router, "the receiver stopped");
+        }
+    }
 }
 
 /// After an interruption with `--partial`: waits for the writer to put

@@ -35,6 +35,10 @@ pub struct TeeArgs {
     /// holds only what some target still lacks.
     #[serde(default)]
     pub targets: u32,
+    /// Fetch the plan's first large files before any target asks
+    /// ([`Tee::read_ahead`]); `--no-read-ahead` turns it off.
+    #[serde(default)]
+    pub read_ahead: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -47,6 +51,36 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Default)]
 struct Slot {
     running: Option<(Arc<Tee>, FileService)>,
+    /// The last `start` failed: batches sent behind it are refused at once.
+    failed: bool,
+}
+
+/// How long a `batch` that overtook its `start` waits for it. The
+/// controller sends the first batch right behind `start`, without waiting
+/// for its answer (a round trip less before the relay reads ahead), and
+/// the two calls may be run in either order here.
+const START_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The running tee, waiting (up to [`START_WAIT`]) for a `start` on its way.
+async fn started_tee(
+    slot: &Mutex<Slot>,
+    started: &tokio::sync::Notify,
+) -> Result<Arc<Tee>, RemoteError> {
+    let deadline = tokio::time::Instant::now() + START_WAIT;
+    loop {
+        let notified = started.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if lock(slot).failed {
+            return running_tee(slot);
+        }
+        if let Ok(tee) = running_tee(slot) {
+            return Ok(tee);
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return running_tee(slot);
+        }
+    }
 }
 
 /// Registers `ferrogen.files.tee` (parents only): `start(TeeArgs)`;
@@ -54,19 +88,26 @@ struct Slot {
 /// once over the uplink); `push_open((target, PushPlan)) -> PushOpened`,
 /// `push_batch((target, session, k)) -> Vec<EntryResult>` (hands batch `k`
 /// to that target) and `push_close((target, PushEnd)) -> Vec<EntryResult>`
-/// run a target's push session from here; `stats(()) -> TeeStats`,
+/// run a target's push session from here (`push_last((target, session, k,
+/// PushEnd)) -> (Vec<EntryResult>, Result<Vec<EntryResult>, String>)` is
+/// the plan's last batch and the close in one call: a round trip over the
+/// uplink less); `stats(()) -> TeeStats`,
 /// `progress(Vec<u32>) -> Vec<(u64, u64)>` (bytes acknowledged and files
 /// sent to each of those targets) and `stop(()) -> TeeStats`.
 pub fn register_service(services: &Services, router: &Router) {
     let slot: Arc<Mutex<Slot>> = Arc::default();
     let (r, s, start_slot) = (router.clone(), services.clone(), slot.clone());
     let (stats_slot, progress_slot, stop_slot) = (slot.clone(), slot.clone(), slot.clone());
-    let (batch_slot, push_slot) = (slot.clone(), slot);
+    let (batch_slot, push_slot, last_slot) = (slot.clone(), slot.clone(), slot);
+    let started = Arc::new(tokio::sync::Notify::new());
+    let (start_note, batch_note) = (started.clone(), started);
     let (open_router, push_router, close_router) = (router.clone(), router.clone(), router.clone());
+    let last_router = router.clone();
     services.register(
         ServiceBuilder::new(TEE_SERVICE)
             .method("start", Policy::ParentsOnly, move |_c, args: TeeArgs| {
                 let (r, s, slot) = (r.clone(), s.clone(), start_slot.clone());
+                let note = start_note.clone();
                 async move {
                     let mut slot = lock(&slot);
                     if slot.running.is_some() {
@@ -74,16 +115,27 @@ pub fn register_service(services: &Services, router: &Router) {
                             "relay: a tee is already running here".into(),
                         ));
                     }
-                    let tee =
-                        Tee::new(&r, args.upstream, args.sparse, args.targets).map_err(|e| {
-                            RemoteError::Failed(format!(
+                    let tee = match Tee::new(
+                        &r,
+                        args.upstream,
+                        args.sparse,
+                        args.targets,
+                        args.read_ahead,
+                    ) {
+                        Ok(t) => Arc::new(t),
+                        Err(e) => {
+                            slot.failed = true;
+                            note.notify_waiters();
+                            return Err(RemoteError::Failed(format!(
                                 "relay: cannot create a spool directory under {}: {e}",
                                 std::env::temp_dir().display()
-                            ))
-                        })?;
-                    let tee = Arc::new(tee);
+                            )));
+                        }
+                    };
                     let fs = FileService::start_tee(&r, &s, args.serve.config(), tee.clone());
                     slot.running = Some((tee, fs));
+                    slot.failed = false;
+                    note.notify_waiters();
                     Ok::<_, RemoteError>(())
                 }
             })
@@ -91,11 +143,13 @@ pub fn register_service(services: &Services, router: &Router) {
                 "batch",
                 Policy::ParentsOnly,
                 move |_c, (k, entries): (u64, Vec<PlanEntry>)| {
-                    let slot = batch_slot.clone();
+                    let (slot, note) = (batch_slot.clone(), batch_note.clone());
                     async move {
-                        let tee = running_tee(&slot)?;
+                        let tee = started_tee(&slot, &note).await?;
                         let encoded = crate::wire::control::encode(&entries);
-                        tee.keep_batch(k, &encoded).map_err(RemoteError::Failed)
+                        tee.keep_batch(k, &encoded).map_err(RemoteError::Failed)?;
+                        tee.read_ahead(k, &entries);
+                        Ok(())
                     }
                 },
             )
@@ -128,7 +182,7 @@ pub fn register_service(services: &Services, router: &Router) {
                         let entries: Vec<PlanEntry> = crate::wire::control::decode(&encoded)
                             .map_err(|e| RemoteError::Failed(format!("relay: {e}")))?;
                         let batch = PushBatch { session, entries };
-                        router
+                        let results = router
                             .call_service::<_, Vec<EntryResult>>(
                                 target,
                                 TARGET_SERVICE,
@@ -136,7 +190,9 @@ pub fn register_service(services: &Services, router: &Router) {
                                 &batch,
                             )
                             .await
-                            .map_err(|e| RemoteError::Failed(e.to_string()))
+                            .map_err(|e| RemoteError::Failed(e.to_string()))?;
+                        tee.answered(k);
+                        Ok(results)
                     }
                 },
             )
@@ -155,6 +211,40 @@ pub fn register_service(services: &Services, router: &Router) {
                             )
                             .await
                             .map_err(|e| RemoteError::Failed(e.to_string()))
+                    }
+                },
+            )
+            .method(
+                "push_last",
+                Policy::ParentsOnly,
+                move |_c, (target, session, k, end): (u32, u64, u64, PushEnd)| {
+                    let (slot, router) = (last_slot.clone(), last_router.clone());
+                    async move {
+                        let tee = running_tee(&slot)?;
+                        let encoded = tee.batch(k).map_err(RemoteError::Failed)?;
+                        let entries: Vec<PlanEntry> = crate::wire::control::decode(&encoded)
+                            .map_err(|e| RemoteError::Failed(format!("relay: {e}")))?;
+                        let batch = PushBatch { session, entries };
+                        let results = router
+                            .call_service::<_, Vec<EntryResult>>(
+                                target,
+                                TARGET_SERVICE,
+                                "push_batch",
+                                &batch,
+                            )
+                            .await
+                            .map_err(|e| RemoteError::Failed(e.to_string()))?;
+                        tee.answered(k);
+                        let closed = router
+                            .call_service::<_, Vec<EntryResult>>(
+                                target,
+                                TARGET_SERVICE,
+                                "push_close",
+                                &end,
+                            )
+                            .await
+                            .map_err(|e| RemoteError::Failed(e.to_string()));
+                        Ok::<_, RemoteError>((results, closed.map_err(|e| e.to_string())))
                     }
                 },
             )

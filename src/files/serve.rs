@@ -883,12 +883,20 @@ impl Transfer {
                     .entry(self.requester)
                     .or_insert(0) += 1;
             }
-            Err(reason) => {
-                tracing::warn!(
-                    "transfer of {} to {} abandoned: {reason}",
-                    self.path,
-                    router.describe(self.requester)
-                );
+            Err(abandon) => {
+                let reason = abandon.to_string();
+                match abandon {
+                    Abandon::ByRequester(_) => tracing::debug!(
+                        "transfer of {} to {} abandoned: {reason}",
+                        self.path,
+                        router.describe(self.requester)
+                    ),
+                    Abandon::Other(_) => tracing::warn!(
+                        "transfer of {} to {} abandoned: {reason}",
+                        self.path,
+                        router.describe(self.requester)
+                    ),
+                }
                 self.to
                     .send_control(&router, &TransferMsg::Abort { reason });
                 lock(stats).aborted += 1;
@@ -898,7 +906,7 @@ impl Transfer {
     }
 
     /// Returns the peak bytes in flight, or why the transfer was abandoned.
-    async fn pump(&mut self, router: &Router) -> Result<u64, String> {
+    async fn pump(&mut self, router: &Router) -> Result<u64, Abandon> {
         let size = self.meta.size;
         let whole_first = size as usize <= CHUNK_DATA
             || self.delta.is_some()
@@ -918,13 +926,16 @@ impl Transfer {
             return self.send_small(router).await;
         }
         let Some(stream) = router.stream_towards(self.requester) else {
-            return Err(format!("no route to {}", router.describe(self.requester)));
+            return Err(Abandon::from(format!(
+                "no route to {}",
+                router.describe(self.requester)
+            )));
         };
         // Wait for this stream's turn (FIFO), unless cancelled meanwhile.
         let lane = self.fs.lane(stream);
         let mut turn = Some(tokio::select! {
             t = lane.turn.take(self.requester) => t.map_err(|e| e.to_string())?,
-            why = wait_cancel(&mut self.cancel) => return Err(why),
+            why = wait_cancel(&mut self.cancel) => return Err(Abandon::from(why)),
             dead = self.acks.recv() => return Err(ack_channel_ended(dead)),
         });
 
@@ -1023,10 +1034,10 @@ impl Transfer {
             }
             if stripes.len() > 1 && stripes.iter().any(|o| o.is_closed()) {
                 // Chunks queued on the lost stripe are gone with it.
-                return Err(format!(
+                return Err(Abandon::from(format!(
                     "a stripe to {} was lost mid-transfer",
                     router.describe(self.requester)
-                ));
+                )));
             }
             if m.wants_data(chunk_len as u64) {
                 let waited = std::time::Instant::now();
@@ -1111,15 +1122,23 @@ impl Transfer {
                         m.start_at(from);
                     }
                     Some(ReadEvent::Copy(..)) => {
-                        return Err(format!("{}: internal error: unconverted copy", self.path));
+                        return Err(Abandon::from(format!(
+                            "{}: internal error: unconverted copy",
+                            self.path
+                        )));
                     }
                     Some(ReadEvent::Done(d)) => {
                         m.on_end_sent();
                         self.to
                             .send_control(router, &TransferMsg::End { size, digest: d });
                     }
-                    Some(ReadEvent::Failed(why)) => return Err(why),
-                    None => return Err(format!("{}: reader stopped unexpectedly", self.path)),
+                    Some(ReadEvent::Failed(why)) => return Err(Abandon::from(why)),
+                    None => {
+                        return Err(Abandon::from(format!(
+                            "{}: reader stopped unexpectedly",
+                            self.path
+                        )));
+                    }
                 }
                 continue;
             }
@@ -1160,7 +1179,7 @@ impl Transfer {
                     regain = None;
                     m.on_turn(std::time::Instant::now());
                 }
-                why = wait_cancel(&mut self.cancel) => return Err(why),
+                why = wait_cancel(&mut self.cancel) => return Err(Abandon::from(why)),
                 _ = stripe_lost, if striped => {} // reported at the top of the loop
                 _ = tokio::time::sleep_until(deadline) => {
                     m.handle_timeout(std::time::Instant::now()).map_err(|e| {
@@ -1207,7 +1226,7 @@ impl Transfer {
         Ok(())
     }
 
-    async fn send_small(&mut self, router: &Router) -> Result<u64, String> {
+    async fn send_small(&mut self, router: &Router) -> Result<u64, Abandon> {
         // One pread and one fstat: cheaper right here than a round trip
         // through the blocking pool, which cost about a tenth of the CPU of
         // a 10,000-file push (fetch already opens and stats inline).
@@ -1256,7 +1275,7 @@ impl Transfer {
                         .or_insert(0) += sent;
                     return Ok(sent);
                 }
-                ReadEvent::Failed(why) => return Err(why),
+                ReadEvent::Failed(why) => return Err(Abandon::from(why)),
                 ReadEvent::Copy(frame, len) => {
                     // A hole frame (--sparse).
                     sent += len;
@@ -1265,14 +1284,17 @@ impl Transfer {
                         .await;
                 }
                 ReadEvent::Start(_) => {
-                    return Err(format!(
+                    return Err(Abandon::from(format!(
                         "{}: internal error: unexpected read event",
                         self.path
-                    ));
+                    )));
                 }
             }
         }
-        Err(format!("{}: reader stopped unexpectedly", self.path))
+        Err(Abandon::from(format!(
+            "{}: reader stopped unexpectedly",
+            self.path
+        )))
     }
 }
 
@@ -1287,11 +1309,37 @@ async fn wait_cancel(rx: &mut watch::Receiver<Option<String>>) -> String {
     }
 }
 
-fn ack_channel_ended(r: Result<Frame, ChannelError>) -> String {
+/// Why a transfer ended before its last acknowledgement.
+#[derive(Debug)]
+enum Abandon {
+    /// The requester closed the transfer (it failed on its side, or no
+    /// longer wants the file): its own report says why, so this is not
+    /// news here.
+    ByRequester(String),
+    /// Anything else: a lost route or stripe, a read error, a timeout.
+    Other(String),
+}
+
+impl From<String> for Abandon {
+    fn from(s: String) -> Abandon {
+        Abandon::Other(s)
+    }
+}
+
+impl std::fmt::Display for Abandon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Abandon::ByRequester(why) => write!(f, "the requester ended the transfer: {why}"),
+            Abandon::Other(why) => f.write_str(why),
+        }
+    }
+}
+
+fn ack_channel_ended(r: Result<Frame, ChannelError>) -> Abandon {
     match r {
-        Err(ChannelError::Dead(why)) => format!("the requester ended the transfer: {why}"),
-        Err(e) => format!("acknowledgement channel closed: {e}"),
-        Ok(_) => "unexpected acknowledgement".into(),
+        Err(ChannelError::Dead(why)) => Abandon::ByRequester(why),
+        Err(e) => Abandon::Other(format!("acknowledgement channel closed: {e}")),
+        Ok(_) => Abandon::Other("unexpected acknowledgement".into()),
     }
 }
 

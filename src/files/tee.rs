@@ -42,7 +42,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,7 @@ use tokio::sync::{oneshot, watch};
 use super::meta::FileMeta;
 use super::place::{Place, Root};
 use super::receive::{self, Observer, PendingFile, ReceiveOptions, TempFiles};
+use super::spec::PlanEntry;
 use super::{
     DigestArgs, FILE_SERVICE, FetchSmallArgs, FileDigest, RawPath, SMALL_FILE_MAX, SmallFile,
 };
@@ -74,12 +75,29 @@ pub struct TeeStats {
     /// Spooled files dropped once every target had them.
     #[serde(default)]
     pub evicted: u64,
+    /// Files fetched ahead of any target's asking (see [`Tee::read_ahead`]).
+    #[serde(default)]
+    pub read_ahead: u64,
+    /// Of those, files no target wanted: their fetch was stopped (or their
+    /// spool file dropped) once a target answered that it had them.
+    #[serde(default)]
+    pub read_ahead_dropped: u64,
 }
 
 /// Most upstream `fetch`es at once: half the FileService's per-requester
 /// cap (`serve::MAX_FETCHES_PER_REQUESTER`, 64; a test there checks), the
 /// share a push target uses for itself.
 pub const UPSTREAM_FETCHES: usize = 32;
+
+/// Bytes of files a tee starts fetching before any target has asked
+/// (see [`Tee::read_ahead`]). Their point is to keep the uplink busy while
+/// the first target connects and compares: measured at one host behind a
+/// 100 ms / 100 Mbit uplink, that took 0.75 s between the relay being up
+/// and the first target's first fetch (its `ssh`, its bootstrap, the
+/// session's calls) — ~9 MiB of uplink; at 1 Gbit ten times that. A file
+/// is started whole, so one larger than this is still read ahead if it is
+/// the first.
+pub const READ_AHEAD_BYTES: u64 = 64 << 20;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section here is a single map update.
@@ -328,6 +346,15 @@ pub struct Tee {
     small_fetched: AtomicU64,
     bytes_fetched: AtomicU64,
     shared: AtomicU64,
+    /// Still reading ahead: no target has answered a batch yet.
+    reading_ahead: AtomicBool,
+    /// Bytes of the files read ahead so far.
+    ahead_bytes: AtomicU64,
+    /// Files read ahead that no target has asked for yet: their batch and
+    /// their fetch's task.
+    ahead: Mutex<HashMap<RawPath, (u64, tokio::task::AbortHandle)>>,
+    read_ahead: AtomicU64,
+    read_ahead_dropped: AtomicU64,
 }
 
 impl Tee {
@@ -338,6 +365,7 @@ impl Tee {
         upstream: ContextId,
         sparse: bool,
         targets: u32,
+        read_ahead: bool,
     ) -> std::io::Result<Tee> {
         Ok(Tee {
             router: router.clone(),
@@ -364,6 +392,11 @@ impl Tee {
             small_fetched: AtomicU64::new(0),
             bytes_fetched: AtomicU64::new(0),
             shared: AtomicU64::new(0),
+            reading_ahead: AtomicBool::new(read_ahead),
+            ahead_bytes: AtomicU64::new(0),
+            ahead: Mutex::default(),
+            read_ahead: AtomicU64::new(0),
+            read_ahead_dropped: AtomicU64::new(0),
         })
     }
 
@@ -382,6 +415,8 @@ impl Tee {
             shared: get(&self.shared),
             served: 0,
             evicted: get(&self.evicted),
+            read_ahead: get(&self.read_ahead),
+            read_ahead_dropped: get(&self.read_ahead_dropped),
         }
     }
 
@@ -394,11 +429,14 @@ impl Tee {
             let mut map = lock(&self.large);
             match map.get(path) {
                 Some(l) => {
-                    self.shared.fetch_add(1, Ordering::Relaxed);
+                    // The first ask for a file read ahead is its own fetch.
+                    if lock(&self.ahead).remove(path).is_none() {
+                        self.shared.fetch_add(1, Ordering::Relaxed);
+                    }
                     l.clone()
                 }
                 None => {
-                    let l = self.start_large(path);
+                    let (l, _) = self.start_large(path);
                     map.insert(path.clone(), l.clone());
                     l
                 }
@@ -421,7 +459,67 @@ impl Tee {
         }
     }
 
-    fn start_large(self: &Arc<Self>, path: &RawPath) -> Arc<Large> {
+    /// Starts fetching the large files of plan batch `k` before any target
+    /// asks for them, while no target has answered a batch yet and fewer
+    /// than [`READ_AHEAD_BYTES`] were started this way: a first push then
+    /// has its data crossing the uplink while the targets connect and
+    /// compare, instead of after. The files a target then asks for are
+    /// served from these fetches as from any other; those the first target
+    /// to answer the batch did not want are dropped ([`Tee::answered`]).
+    /// (A file is one a target fetches with `fetch`: larger than one
+    /// chunk, or the plan's only entry.)
+    pub fn read_ahead(self: &Arc<Self>, k: u64, entries: &[PlanEntry]) {
+        let only = k == 0 && entries.len() == 1;
+        for e in entries {
+            let PlanEntry::File { src, size, .. } = e else {
+                continue;
+            };
+            if *size == 0 || (*size <= SMALL_FILE_MAX && !only) {
+                continue;
+            }
+            if !self.reading_ahead.load(Ordering::Relaxed)
+                || self.ahead_bytes.load(Ordering::Relaxed) >= READ_AHEAD_BYTES
+            {
+                return;
+            }
+            let mut map = lock(&self.large);
+            if map.contains_key(src) {
+                continue;
+            }
+            let (l, task) = self.start_large(src);
+            map.insert(src.clone(), l);
+            lock(&self.ahead).insert(src.clone(), (k, task));
+            self.ahead_bytes.fetch_add(*size, Ordering::Relaxed);
+            self.read_ahead.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A target answered plan batch `k`: nothing more is read ahead, and
+    /// the files read ahead for batches up to `k` that no target asked for
+    /// are dropped (their fetch stopped, their spool file closed) — that
+    /// target had them already, and so, most likely, have the others (one
+    /// that lacks one fetches it then).
+    pub fn answered(&self, k: u64) {
+        self.reading_ahead.store(false, Ordering::Relaxed);
+        // In `open`'s order (large, then ahead): a target asking for one of
+        // these meanwhile either claimed it first or starts a fresh fetch.
+        let mut map = lock(&self.large);
+        let mut ahead = lock(&self.ahead);
+        let paths: Vec<RawPath> = ahead
+            .iter()
+            .filter(|(_, (b, _))| *b <= k)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in paths {
+            if let Some((_, task)) = ahead.remove(&path) {
+                task.abort();
+                map.remove(&path);
+                self.read_ahead_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn start_large(self: &Arc<Self>, path: &RawPath) -> (Arc<Large>, tokio::task::AbortHandle) {
         let (open_tx, open_rx) = watch::channel(None);
         let written = Arc::new(watch::channel(0u64).0);
         let (done_tx, done_rx) = watch::channel(None);
@@ -530,8 +628,9 @@ impl Tee {
                 }
             }
         });
+        let handle = task.abort_handle();
         lock(&self.tasks).push(task.abort_handle());
-        large
+        (large, handle)
     }
 
     /// A transfer of `path` to a target completed. Once every target has
