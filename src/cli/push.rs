@@ -825,6 +825,7 @@ async fn push_group(
         plan.server = relay;
     }
     let sem = Arc::new(Semaphore::new(args.fanout.max(1)));
+    let tee_final: Arc<std::sync::Mutex<Option<TeeStats>>> = Arc::default();
     // Delta transfer is for a link: on one machine (a local target, no
     // hop) the file is sent whole unless --no-whole-file.
     let is_local = |host: &str| targs.via.is_empty() && target::parse(host) == Ok(Method::Local);
@@ -859,9 +860,11 @@ async fn push_group(
         };
         let style = style.clone();
         let notes = notes.clone();
+        let tee_final = tee_final.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
             let one = One {
+                tee_final: &tee_final,
                 router: &router,
                 fs: &fs,
                 targs: &targs,
@@ -890,9 +893,12 @@ async fn push_group(
             )),
         }
     }
-    let relay = match started {
-        Some(relay) => stop_tee(router, relay, &chain).await,
-        None => None,
+    let stopped = tee_final.lock().ok().and_then(|mut f| f.take());
+    let relay = match (started, stopped) {
+        // The last target's session stopped the tee and brought its figures.
+        (Some(_), Some(stats)) => Some(stopped_tee(&chain, stats)),
+        (Some(relay), None) => stop_tee(router, relay, &chain).await,
+        (None, _) => None,
     };
     (out, relay)
 }
@@ -953,6 +959,24 @@ async fn start_tee(
     }
 }
 
+/// The relay's name and what its tee fetched, from the figures the last
+/// target's session brought back (the tee stopped itself then).
+fn stopped_tee(chain: &Chain, s: TeeStats) -> (String, TeeStats) {
+    let name = chain.names.last().cloned().unwrap_or_default();
+    log_tee(&name, &s);
+    (name, s)
+}
+
+fn log_tee(name: &str, s: &TeeStats) {
+    tracing::info!(
+        "{name}: tee fetched {} files ({} in batches, {} bytes) once, served {} transfers",
+        s.files_fetched + s.small_fetched,
+        s.small_fetched,
+        s.bytes_fetched,
+        s.served
+    );
+}
+
 /// Stops the relay's tee (removing its spool); the relay's name and what
 /// its tee fetched.
 async fn stop_tee(router: &Router, relay: ContextId, chain: &Chain) -> Option<(String, TeeStats)> {
@@ -968,13 +992,7 @@ async fn stop_tee(router: &Router, relay: ContextId, chain: &Chain) -> Option<(S
         .await;
     match r {
         Ok(s) => {
-            tracing::info!(
-                "{name}: tee fetched {} files ({} in batches, {} bytes) once, served {} transfers",
-                s.files_fetched + s.small_fetched,
-                s.small_fetched,
-                s.bytes_fetched,
-                s.served
-            );
+            log_tee(&name, &s);
             Some((name, s))
         }
         Err(e) => {
@@ -1336,6 +1354,8 @@ struct One<'a> {
     notes: &'a Notes,
     /// The group's relay, when it tees: the session's calls go through it.
     relay: Option<ContextId>,
+    /// The tee's final figures, once the last target's session stopped it.
+    tee_final: &'a std::sync::Mutex<Option<TeeStats>>,
     /// The bytes of the regular files named on the command line (what is
     /// known before the walk): enough of them start stripes early.
     size_hint: u64,
@@ -1508,17 +1528,20 @@ impl One<'_> {
                     let r = match &fed.last {
                         Some(walked) => {
                             let args = (info.id, session, k, push_end(session, walked));
-                            self.call_at::<_, (Vec<EntryResult>, Result<Vec<EntryResult>, String>)>(
-                                relay,
-                                TEE_SERVICE,
-                                &info,
-                                "push_last",
-                                &args,
-                                &bar,
-                                files,
+                            self.call_at::<_, (
+                                Vec<EntryResult>,
+                                Result<Vec<EntryResult>, String>,
+                                Option<TeeStats>,
+                            )>(
+                                relay, TEE_SERVICE, &info, "push_last", &args, &bar, files
                             )
                             .await
-                            .map(|(results, closed)| {
+                            .map(|(results, closed, last)| {
+                                if last.is_some()
+                                    && let Ok(mut f) = self.tee_final.lock()
+                                {
+                                    *f = last;
+                                }
                                 let name = &info.name;
                                 closed_early = Some(closed.map_err(|e| format!("{name}: {e}")));
                                 results

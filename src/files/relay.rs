@@ -53,6 +53,23 @@ struct Slot {
     running: Option<(Arc<Tee>, FileService)>,
     /// The last `start` failed: batches sent behind it are refused at once.
     failed: bool,
+    /// Targets the running tee serves (0: not known), and the sessions
+    /// ended by `push_last` so far: when every target's has, the tee stops
+    /// itself and that answer carries its final figures, which saves the
+    /// controller a `stop` round trip over the uplink.
+    targets: u32,
+    closed: u32,
+}
+
+/// Stops the running tee, if any: its final figures.
+async fn stop_running(slot: &Mutex<Slot>) -> TeeStats {
+    let stats = running_stats(slot);
+    let running = lock(slot).running.take();
+    if let Some((tee, fs)) = running {
+        fs.shutdown().await;
+        tee.stop();
+    }
+    stats
 }
 
 /// How long a `batch` that overtook its `start` waits for it. The
@@ -89,9 +106,10 @@ async fn started_tee(
 /// `push_batch((target, session, k)) -> Vec<EntryResult>` (hands batch `k`
 /// to that target) and `push_close((target, PushEnd)) -> Vec<EntryResult>`
 /// run a target's push session from here (`push_last((target, session, k,
-/// PushEnd)) -> (Vec<EntryResult>, Result<Vec<EntryResult>, String>)` is
-/// the plan's last batch and the close in one call: a round trip over the
-/// uplink less); `stats(()) -> TeeStats`,
+/// PushEnd)) -> (Vec<EntryResult>, Result<Vec<EntryResult>, String>,
+/// Option<TeeStats>)` is the plan's last batch and the close in one call: a
+/// round trip over the uplink less; the last target's also stops the tee
+/// and answers its final figures); `stats(()) -> TeeStats`,
 /// `progress(Vec<u32>) -> Vec<(u64, u64)>` (bytes acknowledged and files
 /// sent to each of those targets) and `stop(()) -> TeeStats`.
 pub fn register_service(services: &Services, router: &Router) {
@@ -135,6 +153,7 @@ pub fn register_service(services: &Services, router: &Router) {
                     let fs = FileService::start_tee(&r, &s, args.serve.config(), tee.clone());
                     slot.running = Some((tee, fs));
                     slot.failed = false;
+                    (slot.targets, slot.closed) = (args.targets, 0);
                     note.notify_waiters();
                     Ok::<_, RemoteError>(())
                 }
@@ -243,8 +262,17 @@ pub fn register_service(services: &Services, router: &Router) {
                                 &end,
                             )
                             .await
-                            .map_err(|e| RemoteError::Failed(e.to_string()));
-                        Ok::<_, RemoteError>((results, closed.map_err(|e| e.to_string())))
+                            .map_err(|e| e.to_string());
+                        let all_closed = {
+                            let mut s = lock(&slot);
+                            s.closed += 1;
+                            s.targets > 0 && s.closed >= s.targets
+                        };
+                        let last = match all_closed {
+                            true => Some(stop_running(&slot).await),
+                            false => None,
+                        };
+                        Ok::<_, RemoteError>((results, closed, last))
                     }
                 },
             )
@@ -273,15 +301,7 @@ pub fn register_service(services: &Services, router: &Router) {
             )
             .method("stop", Policy::ParentsOnly, move |_c, (): ()| {
                 let slot = stop_slot.clone();
-                async move {
-                    let stats = running_stats(&slot);
-                    let running = lock(&slot).running.take();
-                    if let Some((tee, fs)) = running {
-                        fs.shutdown().await;
-                        tee.stop();
-                    }
-                    Ok::<_, RemoteError>(stats)
-                }
+                async move { Ok::<_, RemoteError>(stop_running(&slot).await) }
             })
             .build(),
     );
