@@ -152,6 +152,27 @@ async fn capped_line<R: AsyncRead + Unpin>(
     Some(text)
 }
 
+/// Why the parent's side of a handshake failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// The child's output ended first: it exited (its status says why).
+    #[error("the process exited before completing the handshake")]
+    Exited,
+    /// No answer within the connect timeout.
+    #[error("no handshake reply within {0:?}")]
+    Timeout(Duration),
+    /// The handshake could not be sent, or its answer was wrong or a
+    /// refusal.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for HandshakeError {
+    fn from(s: String) -> HandshakeError {
+        HandshakeError::Failed(s)
+    }
+}
+
 /// Parent side: sends `hello`, waits for `Ready`. Returns the child's answer
 /// and any bytes read past it (the start of regular traffic).
 pub async fn parent_side<R, W>(
@@ -160,7 +181,7 @@ pub async fn parent_side<R, W>(
     hello: &Hello,
     parent_id: u32,
     timeout: Duration,
-) -> Result<(Ready, BytesMut), String>
+) -> Result<(Ready, BytesMut), HandshakeError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -177,7 +198,7 @@ pub async fn parent_side_buffered<R, W>(
     parent_id: u32,
     timeout: Duration,
     mut buf: BytesMut,
-) -> Result<(Ready, BytesMut), String>
+) -> Result<(Ready, BytesMut), HandshakeError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -191,50 +212,88 @@ where
     frame.src_id = parent_id;
     frame.auth_id = parent_id;
     let exchange = async move {
+        // A pipe closed under us means the same as an output that ended:
+        // the child is gone.
+        let unsent = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => HandshakeError::Exited,
+            _ => HandshakeError::Failed(format!("could not send the handshake: {e}")),
+        };
         writer
             .write_all(&codec::encode_to_vec(&frame))
             .await
-            .map_err(|e| format!("could not send the handshake: {e}"))?;
-        writer
-            .flush()
-            .await
-            .map_err(|e| format!("could not send the handshake: {e}"))?;
+            .map_err(unsent)?;
+        writer.flush().await.map_err(unsent)?;
         let mut codec = FrameCodec::new(64 * 1024);
         let reply = match next_frame(reader, &mut codec, &mut buf).await {
             Ok(Some(f)) => f,
-            Ok(None) => {
-                return Err("the process exited before completing the handshake".to_string());
-            }
-            Err(e) => return Err(format!("bad handshake reply: {e}")),
+            Ok(None) => return Err(HandshakeError::Exited),
+            Err(e) => return Err(HandshakeError::Failed(format!("bad handshake reply: {e}"))),
         };
         if reply.handle != handles::HELLO {
-            return Err(format!("unexpected first frame {reply:?}"));
+            return Err(HandshakeError::Failed(format!(
+                "unexpected first frame {reply:?}"
+            )));
         }
         if reply.is_dead() {
-            return Err(format!(
+            return Err(HandshakeError::Failed(format!(
                 "the child refused the handshake: {}",
                 reply.dead_reason()
-            ));
+            )));
         }
         let ready: Ready =
             control::decode_frame(&reply).map_err(|e| format!("bad handshake reply: {e}"))?;
         if ready.version != PROTOCOL_VERSION {
-            return Err(format!(
+            return Err(HandshakeError::Failed(format!(
                 "protocol version mismatch: we speak {PROTOCOL_VERSION}, the child {}",
                 ready.version
-            ));
+            )));
         }
         Ok((ready, buf))
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no handshake reply within {timeout:?}")),
+        Err(_) => Err(HandshakeError::Timeout(timeout)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hello() -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            context_id: 1,
+            parent_ids: vec![0],
+            name: "child".into(),
+            max_message_size: 1 << 20,
+            log_filter: String::new(),
+        }
+    }
+
+    /// A child that exits before answering is told apart by type, not by
+    /// the message's words (the connect error then waits for its status).
+    #[tokio::test]
+    async fn a_child_that_closes_its_output_is_exited_and_junk_is_a_failure() {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        drop(ours);
+        let (mut r, mut w) = tokio::io::split(theirs);
+        let got = parent_side(&mut r, &mut w, &hello(), 0, Duration::from_secs(5)).await;
+        assert_eq!(got.err(), Some(HandshakeError::Exited));
+
+        let (mut ours, theirs) = tokio::io::duplex(1 << 16);
+        let (mut r, mut w) = tokio::io::split(theirs);
+        let parent = tokio::spawn(async move {
+            parent_side(&mut r, &mut w, &hello(), 0, Duration::from_secs(5)).await
+        });
+        let mut sent = vec![0u8; 64];
+        let _ = tokio::io::AsyncReadExt::read(&mut ours, &mut sent).await;
+        ours.write_all(b"not a frame at all, but long enough to be read as one")
+            .await
+            .expect("write");
+        let got = parent.await.expect("join");
+        assert!(matches!(got, Err(HandshakeError::Failed(_))), "{got:?}");
+    }
 
     #[tokio::test]
     async fn a_long_line_is_cut_and_the_next_one_is_whole() {

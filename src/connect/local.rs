@@ -198,8 +198,9 @@ pub async fn start(
     .await;
     let (ready, buffered) = match result {
         Ok(r) => r,
-        Err(detail) => {
-            let eof = detail.contains("exited before");
+        Err(e) => {
+            let eof = e == handshake::HandshakeError::Exited;
+            let detail = e.to_string();
             return Err(fail(child, pid, &tail, &launch, &name, detail, eof, true).await);
         }
     };
