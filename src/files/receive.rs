@@ -742,7 +742,7 @@ fn prepare(place: &Place, opts: &ReceiveOptions) -> Result<Prepared, ReceiveErro
         return Ok(prep);
     };
     let old = File::from(fd);
-    match delta::signature(&old, size, block_len) {
+    match delta::signature_of_file(&old, size, block_len) {
         Ok(basis) => prep.basis = Some((Arc::new(old), basis)),
         // Unreadable or changing under us: send the file whole.
         Err(e) => tracing::debug!("{}: no delta basis: {e}", place::show(dest)),

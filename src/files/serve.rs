@@ -1580,8 +1580,7 @@ fn read_file_delta(
         }
     };
     counters.transfers.fetch_add(1, Ordering::Relaxed);
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; DELTA_READ];
+    let hasher_done;
     let mut ops = Vec::new();
     let mut offset = 0u64;
     let chunk_len = chunk_len.clamp(1, CHUNK_DATA);
@@ -1613,9 +1612,53 @@ fn read_file_delta(
         }
         true
     };
+    // The whole file's BLAKE3 runs on a thread of its own, beside the
+    // matcher: the two are the sender's share of the delta's passes over
+    // the data, and one after the other on one core they were the longest
+    // of them (docs/benchmarks.md, issue 11). Buffers go round between the
+    // two threads, so the reader allocates none after the first few.
+    let (to_hash, hash_rx) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(HASH_QUEUE);
+    let (hashed_tx, hashed) = std::sync::mpsc::channel::<Arc<Vec<u8>>>();
+    let hashing = std::thread::Builder::new()
+        .name("delta-hash".into())
+        .spawn(move || {
+            let mut hasher = blake3::Hasher::new();
+            for buf in hash_rx {
+                hasher.update(&buf);
+                // The reader may be gone (a failed send): the buffer is
+                // then simply dropped.
+                let _ = hashed_tx.send(buf);
+            }
+            hasher
+        });
+    let hashing = match hashing {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = send(ReadEvent::Failed(format!(
+                "cannot start the hashing thread: {e}"
+            )));
+            return;
+        }
+    };
+    let mut made = 0;
+    let mut outcome = Ok(());
     while offset < meta.size {
         let want = (meta.size - offset).min(DELTA_READ as u64) as usize;
-        if let Err(e) = file.read_exact_at(&mut buf[..want], offset) {
+        let buf = match hashed.try_recv() {
+            Ok(b) => Some(b),
+            Err(_) if made < HASH_QUEUE + 2 => {
+                made += 1;
+                None
+            }
+            Err(_) => hashed.recv().ok(),
+        };
+        // Back from the hasher, the buffer is ours alone again; the `Vec`
+        // keeps its capacity, so it is written over, not reallocated.
+        let mut buf = buf
+            .and_then(|b| Arc::try_unwrap(b).ok())
+            .unwrap_or_else(|| vec![0u8; DELTA_READ]);
+        buf.resize(want, 0);
+        if let Err(e) = file.read_exact_at(&mut buf, offset) {
             let why = if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 format!(
                     "source file shrank during transfer: {} bytes expected",
@@ -1624,15 +1667,35 @@ fn read_file_delta(
             } else {
                 format!("read failed at offset {offset}: {e}")
             };
+            outcome = Err(Some(why));
+            break;
+        }
+        let buf = Arc::new(buf);
+        if to_hash.send(buf.clone()).is_err() {
+            outcome = Err(Some("the hashing thread stopped".into()));
+            break;
+        }
+        matcher.feed(&buf, &mut ops);
+        drop(buf);
+        offset += want as u64;
+        if !emit(&mut ops, &mut send) {
+            outcome = Err(None);
+            break;
+        }
+    }
+    drop(to_hash);
+    let hasher = hashing.join();
+    match (outcome, hasher) {
+        (Err(Some(why)), _) => {
             let _ = send(ReadEvent::Failed(why));
             return;
         }
-        hasher.update(&buf[..want]);
-        matcher.feed(&buf[..want], &mut ops);
-        offset += want as u64;
-        if !emit(&mut ops, &mut send) {
+        (Err(None), _) => return,
+        (Ok(()), Err(_)) => {
+            let _ = send(ReadEvent::Failed("the hashing thread panicked".into()));
             return;
         }
+        (Ok(()), Ok(h)) => hasher_done = h,
     }
     matcher.finish(&mut ops);
     if !emit(&mut ops, &mut send) {
@@ -1644,5 +1707,8 @@ fn read_file_delta(
             "delta: the requester's signature kept failing the strong check; the rest of the file was sent whole"
         );
     }
-    finish_read(file, meta, &hasher, &mut send);
+    finish_read(file, meta, &hasher_done, &mut send);
 }
+
+/// Buffers of [`DELTA_READ`] bytes queued for the delta's hashing thread.
+const HASH_QUEUE: usize = 4;
