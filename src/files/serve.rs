@@ -1580,7 +1580,7 @@ fn read_file_delta(
         }
     };
     counters.transfers.fetch_add(1, Ordering::Relaxed);
-    let hasher_done;
+    let matching = std::time::Instant::now();
     let mut ops = Vec::new();
     let mut offset = 0u64;
     let chunk_len = chunk_len.clamp(1, CHUNK_DATA);
@@ -1613,26 +1613,10 @@ fn read_file_delta(
         true
     };
     // The whole file's BLAKE3 runs on a thread of its own, beside the
-    // matcher: the two are the sender's share of the delta's passes over
-    // the data, and one after the other on one core they were the longest
-    // of them (docs/benchmarks.md, issue 11). Buffers go round between the
-    // two threads, so the reader allocates none after the first few.
-    let (to_hash, hash_rx) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(HASH_QUEUE);
-    let (hashed_tx, hashed) = std::sync::mpsc::channel::<Arc<Vec<u8>>>();
-    let hashing = std::thread::Builder::new()
-        .name("delta-hash".into())
-        .spawn(move || {
-            let mut hasher = blake3::Hasher::new();
-            for buf in hash_rx {
-                hasher.update(&buf);
-                // The reader may be gone (a failed send): the buffer is
-                // then simply dropped.
-                let _ = hashed_tx.send(buf);
-            }
-            hasher
-        });
-    let hashing = match hashing {
-        Ok(h) => h,
+    // matcher (`HashPipe`): one after the other on one core the two were
+    // the longest of the delta's passes (docs/benchmarks.md, issue 11).
+    let mut pipe = match super::hashpipe::HashPipe::start(blake3::Hasher::new()) {
+        Ok(p) => p,
         Err(e) => {
             let _ = send(ReadEvent::Failed(format!(
                 "cannot start the hashing thread: {e}"
@@ -1640,24 +1624,9 @@ fn read_file_delta(
             return;
         }
     };
-    let mut made = 0;
-    let mut outcome = Ok(());
     while offset < meta.size {
         let want = (meta.size - offset).min(DELTA_READ as u64) as usize;
-        let buf = match hashed.try_recv() {
-            Ok(b) => Some(b),
-            Err(_) if made < HASH_QUEUE + 2 => {
-                made += 1;
-                None
-            }
-            Err(_) => hashed.recv().ok(),
-        };
-        // Back from the hasher, the buffer is ours alone again; the `Vec`
-        // keeps its capacity, so it is written over, not reallocated.
-        let mut buf = buf
-            .and_then(|b| Arc::try_unwrap(b).ok())
-            .unwrap_or_else(|| vec![0u8; DELTA_READ]);
-        buf.resize(want, 0);
+        let mut buf = pipe.buffer(want);
         if let Err(e) = file.read_exact_at(&mut buf, offset) {
             let why = if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 format!(
@@ -1667,48 +1636,41 @@ fn read_file_delta(
             } else {
                 format!("read failed at offset {offset}: {e}")
             };
-            outcome = Err(Some(why));
-            break;
-        }
-        let buf = Arc::new(buf);
-        if to_hash.send(buf.clone()).is_err() {
-            outcome = Err(Some("the hashing thread stopped".into()));
-            break;
-        }
-        matcher.feed(&buf, &mut ops);
-        drop(buf);
-        offset += want as u64;
-        if !emit(&mut ops, &mut send) {
-            outcome = Err(None);
-            break;
-        }
-    }
-    drop(to_hash);
-    let hasher = hashing.join();
-    match (outcome, hasher) {
-        (Err(Some(why)), _) => {
             let _ = send(ReadEvent::Failed(why));
             return;
         }
-        (Err(None), _) => return,
-        (Ok(()), Err(_)) => {
-            let _ = send(ReadEvent::Failed("the hashing thread panicked".into()));
+        matcher.feed(&buf, &mut ops);
+        if let Err(why) = pipe.hash_buf(buf) {
+            let _ = send(ReadEvent::Failed(why));
             return;
         }
-        (Ok(()), Ok(h)) => hasher_done = h,
+        offset += want as u64;
+        if !emit(&mut ops, &mut send) {
+            return;
+        }
     }
     matcher.finish(&mut ops);
     if !emit(&mut ops, &mut send) {
         return;
     }
+    let hasher = match pipe.finish() {
+        Ok(h) => h,
+        Err(why) => {
+            let _ = send(ReadEvent::Failed(why));
+            return;
+        }
+    };
+    tracing::debug!(
+        "delta: matched {} bytes in {:?}: {:?}",
+        meta.size,
+        matching.elapsed(),
+        matcher.stats()
+    );
     if matcher.stats().gave_up {
         counters.gave_up.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             "delta: the requester's signature kept failing the strong check; the rest of the file was sent whole"
         );
     }
-    finish_read(file, meta, &hasher_done, &mut send);
+    finish_read(file, meta, &hasher, &mut send);
 }
-
-/// Buffers of [`DELTA_READ`] bytes queued for the delta's hashing thread.
-const HASH_QUEUE: usize = 4;
