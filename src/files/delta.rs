@@ -2,7 +2,7 @@
 //!
 //! * The receiver cuts its old file (the *basis*) into blocks of
 //!   [`block_len_for`] bytes and sends, per block, a weak rolling checksum
-//!   and a truncated BLAKE3 digest ([`signature`] → [`Basis`]) with its
+//!   and an XXH3-128 digest ([`signature`] → [`Basis`]) with its
 //!   `fetch`.
 //! * The sender runs its file through a [`Matcher`]: at every byte offset
 //!   the weak checksum of the block-sized window is rolled on; a weak hit
@@ -209,7 +209,7 @@ pub struct Basis {
     /// Bytes per block (the last block may be shorter).
     pub block_len: u32,
     /// [`SUM_LEN`] bytes per block, in order: weak checksum (u32 BE), then
-    /// the first [`STRONG_LEN`] bytes of the block's BLAKE3 digest.
+    /// the block's [`strong`] digest ([`STRONG_LEN`] bytes).
     pub sums: Sums,
 }
 
