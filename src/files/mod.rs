@@ -20,6 +20,8 @@
 //!   sender's rolling matcher, copy instructions on the wire. With
 //!   `--partial` a fetch may instead resume from a verified prefix
 //!   ([`Resume`], [`TransferMsg::Start`]).
+//! * [`hashpipe`] — a whole-file BLAKE3 on its own thread, beside the
+//!   pass that reads or writes the bytes (a delta's sender and receiver).
 //! * [`pace`] — `--bwlimit`: pacing data frames to a rate.
 //! * [`sparse`] — `--sparse`: holes found with `SEEK_DATA`/`SEEK_HOLE`,
 //!   sent as hole frames, left as holes.
@@ -67,6 +69,7 @@ pub mod compress;
 pub mod delete;
 pub mod delta;
 pub mod filter;
+pub mod hashpipe;
 pub mod meta;
 pub mod outcome;
 pub mod pace;

@@ -31,6 +31,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::delta;
+use super::hashpipe::HashPipe;
 use super::meta::{FileMeta, lookup_gid, lookup_uid};
 use super::place::{self, Place};
 use super::reassembly::{Piece, Reassembly, Started};
@@ -742,8 +743,16 @@ fn prepare(place: &Place, opts: &ReceiveOptions) -> Result<Prepared, ReceiveErro
         return Ok(prep);
     };
     let old = File::from(fd);
-    match delta::signature(&old, size, block_len) {
-        Ok(basis) => prep.basis = Some((Arc::new(old), basis)),
+    let signing = Instant::now();
+    match delta::signature_of_file(&old, size, block_len) {
+        Ok(basis) => {
+            tracing::debug!(
+                "{}: signed {size} bytes as a delta basis in {:?}",
+                place::show(dest),
+                signing.elapsed()
+            );
+            prep.basis = Some((Arc::new(old), basis));
+        }
         // Unreadable or changing under us: send the file whole.
         Err(e) => tracing::debug!("{}: no delta basis: {e}", place::show(dest)),
     }
@@ -860,14 +869,17 @@ async fn receive_prepared(
         )),
         None => {
             let large = meta.size > super::CHUNK_DATA as u64;
+            // A delta's space is reserved beside the writes, not before
+            // them (`ReserveAhead`).
+            let reserve = !opts.sparse && prep.basis.is_none();
             let named = if opts.partial && large {
-                create_partial(place, temps, &meta, started, !opts.sparse)
+                create_partial(place, temps, &meta, started, reserve)
             } else {
                 None
             };
             match named {
                 Some(p) => Ok((p, None)),
-                None => create_temp(place, temps, &meta, started, !opts.sparse).map(|p| (p, None)),
+                None => create_temp(place, temps, &meta, started, reserve).map(|p| (p, None)),
             }
         }
     };
@@ -879,6 +891,10 @@ async fn receive_prepared(
         }
     };
     pending.stale_partial = prep.stale_partial && !pending.partial;
+    let _reserving = match (&prep.basis, pending.file.as_ref()) {
+        (Some(_), Some(f)) if !opts.sparse && resume.is_none() => ReserveAhead::start(f, meta.size),
+        _ => None,
+    };
     let written = match prep.observer.take() {
         Some(Observer { opened, written }) => {
             let reopened = pending.file.as_ref().map(reopen_read_only);
@@ -1287,6 +1303,61 @@ fn create_temp(
     Ok(pending)
 }
 
+/// The space of a delta's temp file, reserved on a thread of its own while
+/// the file is built, a slice at a time ahead of the writes.
+///
+/// Reserving the whole file before the first write (as for a plain
+/// transfer) puts the file system's allocation on the delta's critical
+/// path: on tmpfs it allocates and zeroes every page, 0.27 s for 1 GiB
+/// here, after the signature and before the first copy; a delta's data
+/// arrive as fast as the receiver reads its old blocks, so nothing hides
+/// it. Beside the writes it costs another core's time instead (the
+/// writer then finds the pages there). `KEEP_SIZE`: the file's size stays
+/// that of the data written, as without a reservation. A full disk still
+/// fails the transfer — through the writes — just not before the first.
+struct ReserveAhead {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Bytes reserved per `fallocate` call: tmpfs holds the inode's lock for
+/// the call, which the writer waits for, so a slice is short.
+const RESERVE_SLICE: u64 = 8 << 20;
+
+impl ReserveAhead {
+    fn start(file: &File, size: u64) -> Option<ReserveAhead> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        if size <= RESERVE_SLICE {
+            return None;
+        }
+        let file = file.try_clone().ok()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name("reserve".into())
+            .spawn(move || {
+                let mut at = 0;
+                while at < size && !stopped.load(Ordering::Relaxed) {
+                    let len = (size - at).min(RESERVE_SLICE);
+                    let keep = rustix::fs::FallocateFlags::KEEP_SIZE;
+                    if rustix::fs::fallocate(&file, keep, at, len).is_err() {
+                        // Not supported, or the disk is full: the writes
+                        // will say so.
+                        break;
+                    }
+                    at += len;
+                }
+            });
+        spawned.ok().map(|_| ReserveAhead { stop })
+    }
+}
+
+impl Drop for ReserveAhead {
+    fn drop(&mut self) {
+        // The transfer is over (or failed): no more space for it.
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The small-file path: puts a file that arrived whole (from
 /// `fetch_small`) into a verified temp file next to `dest`. Checks the size
 /// and the digest before anything is written.
@@ -1453,15 +1524,7 @@ fn put(
             let mut done = 0u64;
             while done < *len {
                 let n = (*len - done).min(buf.len() as u64) as usize;
-                old.read_exact_at(&mut buf[..n], from + done).map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                        std::io::Error::other(
-                            "the old file shrank while it was the basis of a delta transfer",
-                        )
-                    } else {
-                        e
-                    }
-                })?;
+                read_old(old, &mut buf[..n], from + done)?;
                 hasher.update(&buf[..n]);
                 file.write_all_at(&buf[..n], at + done)?;
                 done += n as u64;
@@ -1469,6 +1532,56 @@ fn put(
         }
     }
     Ok(())
+}
+
+/// [`put`], with the hash fed to `pipe`'s thread rather than computed
+/// here.
+fn put_piped(
+    file: &File,
+    old: Option<&File>,
+    piece: &Piece,
+    at: u64,
+    pipe: &mut HashPipe,
+) -> std::io::Result<()> {
+    match piece {
+        Piece::Data(data) => {
+            file.write_all_at(data, at)?;
+            pipe.hash_bytes(data.clone())
+                .map_err(std::io::Error::other)?;
+        }
+        Piece::Hole(len) => {
+            file.set_len(at + len)?;
+            pipe.hash_zeros(*len).map_err(std::io::Error::other)?;
+        }
+        Piece::Copy { from, len } => {
+            let Some(old) = old else {
+                return Err(std::io::Error::other(
+                    "copy instruction without an old file",
+                ));
+            };
+            let mut done = 0u64;
+            while done < *len {
+                let n = (*len - done).min(COPY_BUF as u64) as usize;
+                let mut buf = pipe.buffer(n);
+                read_old(old, &mut buf, from + done)?;
+                file.write_all_at(&buf, at + done)?;
+                pipe.hash_buf(buf).map_err(std::io::Error::other)?;
+                done += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads `buf.len()` bytes of a delta's old file at `at`.
+fn read_old(old: &File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+    old.read_exact_at(buf, at).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            std::io::Error::other("the old file shrank while it was the basis of a delta transfer")
+        } else {
+            e
+        }
+    })
 }
 
 /// Bytes of the old file copied at a time.
@@ -1509,15 +1622,28 @@ impl DiskWriter {
             let mut written = from;
             let mut written_back = from;
             let mut buf = Vec::new();
+            // A delta's copies are read from the old file here: their hash
+            // goes to a thread of its own, beside the reads and writes
+            // (`HashPipe`); the last of the delta's three passes is then
+            // the longer of the two, not their sum. Other files keep the
+            // hash on this thread (their data arrives at the link's pace).
+            let mut pipe = match old {
+                Some(_) => HashPipe::start(std::mem::take(&mut hasher)).ok(),
+                None => None,
+            };
             while let Some(piece) = rx.blocking_recv() {
-                if let Err(e) = put(
-                    &file,
-                    old.as_deref(),
-                    &piece,
-                    written,
-                    &mut hasher,
-                    &mut buf,
-                ) {
+                let put = match pipe.as_mut() {
+                    Some(pipe) => put_piped(&file, old.as_deref(), &piece, written, pipe),
+                    None => put(
+                        &file,
+                        old.as_deref(),
+                        &piece,
+                        written,
+                        &mut hasher,
+                        &mut buf,
+                    ),
+                };
+                if let Err(e) = put {
                     return WriterOutcome {
                         file,
                         hasher,
@@ -1534,10 +1660,15 @@ impl DiskWriter {
                     written_back = written;
                 }
             }
+            let (hasher, error) = match pipe.map(HashPipe::finish) {
+                None => (hasher, None),
+                Some(Ok(h)) => (h, None),
+                Some(Err(why)) => (hasher, Some(std::io::Error::other(why))),
+            };
             WriterOutcome {
                 file,
                 hasher,
-                error: None,
+                error,
             }
         });
         DiskWriter { tx, handle }

@@ -1628,8 +1628,7 @@ fn read_file_delta(
         }
     };
     counters.transfers.fetch_add(1, Ordering::Relaxed);
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; DELTA_READ];
+    let matching = std::time::Instant::now();
     let mut ops = Vec::new();
     let mut offset = 0u64;
     let chunk_len = chunk_len.clamp(1, CHUNK_DATA);
@@ -1661,9 +1660,22 @@ fn read_file_delta(
         }
         true
     };
+    // The whole file's BLAKE3 runs on a thread of its own, beside the
+    // matcher (`HashPipe`): one after the other on one core the two were
+    // the longest of the delta's passes (docs/benchmarks.md, issue 11).
+    let mut pipe = match super::hashpipe::HashPipe::start(blake3::Hasher::new()) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = send(ReadEvent::Failed(format!(
+                "cannot start the hashing thread: {e}"
+            )));
+            return;
+        }
+    };
     while offset < meta.size {
         let want = (meta.size - offset).min(DELTA_READ as u64) as usize;
-        if let Err(e) = file.read_exact_at(&mut buf[..want], offset) {
+        let mut buf = pipe.buffer(want);
+        if let Err(e) = file.read_exact_at(&mut buf, offset) {
             let why = if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 format!(
                     "source file shrank during transfer: {} bytes expected",
@@ -1675,8 +1687,11 @@ fn read_file_delta(
             let _ = send(ReadEvent::Failed(why));
             return;
         }
-        hasher.update(&buf[..want]);
-        matcher.feed(&buf[..want], &mut ops);
+        matcher.feed(&buf, &mut ops);
+        if let Err(why) = pipe.hash_buf(buf) {
+            let _ = send(ReadEvent::Failed(why));
+            return;
+        }
         offset += want as u64;
         if !emit(&mut ops, &mut send) {
             return;
@@ -1686,6 +1701,19 @@ fn read_file_delta(
     if !emit(&mut ops, &mut send) {
         return;
     }
+    let hasher = match pipe.finish() {
+        Ok(h) => h,
+        Err(why) => {
+            let _ = send(ReadEvent::Failed(why));
+            return;
+        }
+    };
+    tracing::debug!(
+        "delta: matched {} bytes in {:?}: {:?}",
+        meta.size,
+        matching.elapsed(),
+        matcher.stats()
+    );
     if matcher.stats().gave_up {
         counters.gave_up.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
