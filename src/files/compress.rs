@@ -528,10 +528,11 @@ pub fn compressing_pays(compress_rate: f64, link_rate: f64) -> bool {
 /// A delivery rate measured while compressing may be the reader's, not
 /// the link's (reading, hashing and compressing share one thread: on the
 /// local pipe they kept the link half idle without the compressor being
-/// busy over half the time). So the first period of a stream compresses
-/// (measuring the compressor) and the next sends raw (measuring the link,
-/// limited only by what limits a push without `-z`); the level is decided
-/// from then on, the link's rate being the best its rounds have shown.
+/// busy over half the time). So when the first periods of a stream show
+/// the pump waiting on the reader or the compressor saturated, the next
+/// period sends raw (measuring the link, limited only by what limits a
+/// push without `-z`); the level is decided from then on, the link's rate
+/// being the best its rounds have shown.
 /// (The pump's waits on the reader decided this before; with the window in
 /// wire bytes the stream's queue absorbs chunks, the pump waits on the
 /// reader even while the link is the bottleneck, and compression went off
@@ -660,13 +661,15 @@ impl Tuner {
                 if i == 0 || self.last_rate.is_none() {
                     self.last_rate = Some(rate);
                 }
-                if !self.raw_seen {
-                    // Delivered while compressing, a rate may be the
-                    // reader's (reading, hashing and compressing on one
-                    // thread can keep a fast link half idle without
-                    // saturating the compressor): the link's own rate
+                if !self.raw_seen && (saturated || share(p.reader_wait) > 0.5) {
+                    // The reader (or the compressor) may be what limits
+                    // the push: then the rate delivered while compressing
+                    // is the reader's (reading, hashing and compressing on
+                    // one thread can keep a fast link half idle without
+                    // saturating the compressor), and the link's own rate
                     // comes from sending raw, once per stream, before
-                    // anything is decided.
+                    // anything is decided. (Waiting for the link most of
+                    // the time, as over a long link, needs no probe.)
                     self.last_rate = Some(rate);
                     self.probe = Some((i, rate));
                     self.step = None;
@@ -1014,11 +1017,12 @@ mod tests {
         for _ in 0..16 {
             assert_eq!(period(&mut t, MS / 4, (0.0, 0.9, 0.0), Some(1e9)), None);
         }
-        // Not saturated (128 KiB in 0.2 ms: 655 MB/s): the first period
-        // compresses, the second measures the link raw: 400 MB/s, slower
-        // than the compressor, so back on.
+        // The pump waits on the reader, the compressor not saturated (128
+        // KiB in 0.2 ms: 655 MB/s; the reader also reads and hashes): the
+        // next period measures the link raw: 400 MB/s, slower than the
+        // compressor, so back on.
         let mut t = Tuner::default();
-        assert_eq!(period(&mut t, MS, (0.0, 0.5, 0.2), None), None);
+        assert_eq!(period(&mut t, MS, (0.6, 0.0, 0.2), None), None);
         assert_eq!(period(&mut t, MS, (0.0, 0.5, 0.0), Some(400e6)), Some(1));
         // The link shows 1 GB/s: faster than the compressor, which is
         // not saturated: a step down at a time.
@@ -1048,11 +1052,11 @@ mod tests {
         }
         assert_eq!(seen[..2], [Some(-1), Some(-5)]);
         assert!(seen.iter().all(Option::is_some), "{seen:?}");
-        // The compressor idle again (the link is the bottleneck): back up
-        // to level 3, where it stays.
+        // Waiting for the link from the start, the compressor mostly idle:
+        // no raw probe, up to level 3, where it stays.
         let mut t = Tuner::default();
         for _ in 0..10 {
-            period(&mut t, 10 * MS, (0.0, 0.9, 0.1), Some(MBIT_100));
+            assert!(period(&mut t, 10 * MS, (0.0, 0.9, 0.1), Some(MBIT_100)).is_some());
         }
         assert_eq!(t.level(), Some(3));
         assert_eq!(t.link_rate(), Some(MBIT_100));
