@@ -528,8 +528,8 @@ pub fn compressing_pays(compress_rate: f64, link_rate: f64) -> bool {
 /// A delivery rate measured while compressing may be the reader's, not
 /// the link's (reading, hashing and compressing share one thread: on the
 /// local pipe they kept the link half idle without the compressor being
-/// busy over half the time). So when the first periods of a stream show
-/// the pump waiting on the reader or the compressor saturated, the next
+/// busy over half the time). So when two periods in a row show the pump
+/// waiting on the reader or the compressor saturated, the next
 /// period sends raw (measuring the link, limited only by what limits a
 /// push without `-z`); the level is decided from then on, the link's rate
 /// being the best its rounds have shown.
@@ -553,6 +553,8 @@ pub struct Tuner {
     probe: Option<(usize, f64)>,
     /// A raw period has measured the link.
     raw_seen: bool,
+    /// The last period waited on the reader or saturated the compressor.
+    suspect: bool,
     /// The compressor's rate at the fastest level it was last measured at
     /// (file bytes per CPU second), for deciding when off.
     last_rate: Option<f64>,
@@ -589,6 +591,7 @@ impl Default for Tuner {
             link: None,
             probe: None,
             raw_seen: false,
+            suspect: false,
             last_rate: None,
             period: Period::default(),
             batches: Batches::default(),
@@ -661,7 +664,12 @@ impl Tuner {
                 if i == 0 || self.last_rate.is_none() {
                     self.last_rate = Some(rate);
                 }
-                if !self.raw_seen && (saturated || share(p.reader_wait) > 0.5) {
+                let suspect = saturated || share(p.reader_wait) > 0.5;
+                // Two periods in a row: the first of a stream always waits
+                // on the reader, the window being empty.
+                let twice = suspect && self.suspect;
+                self.suspect = suspect;
+                if !self.raw_seen && twice {
                     // The reader (or the compressor) may be what limits
                     // the push: then the rate delivered while compressing
                     // is the reader's (reading, hashing and compressing on
@@ -694,13 +702,6 @@ impl Tuner {
                         // tenth less ratio). Never off: it pays.
                         self.step = Some(i.saturating_sub(1));
                     }
-                    None if saturated => {
-                        // Is the link faster than this? Send raw to find
-                        // out, and come back here if not.
-                        self.last_rate = Some(rate);
-                        self.probe = Some((i, rate));
-                        self.step = None;
-                    }
                     _ if busy < IDLE && i < TOP => {
                         // The compressor mostly idle: a better ratio costs
                         // nothing.
@@ -724,8 +725,15 @@ impl Tuner {
                         self.probe = None;
                         (rate >= link * ON_MARGIN).then_some(i)
                     }
-                    // Still no round to tell the link's rate: raw a while
-                    // longer.
+                    // No round yet to tell the link's rate, but raw
+                    // chunks waited for the link most of the time: the
+                    // link, not the reader, is the limit; compress.
+                    (Some((i, _)), _, None) if share(p.link_wait) > 0.5 => {
+                        self.probe = None;
+                        self.raw_seen = true;
+                        Some(i)
+                    }
+                    // Else raw a while longer.
                     (Some(_), _, None) => None,
                     (None, Some(rate), Some(link)) if rate >= link * ON_MARGIN => Some(0),
                     _ => None,
@@ -1010,6 +1018,7 @@ mod tests {
         assert_eq!(t.level(), Some(1));
         // Loopback: the reader compresses most of the time (128 KiB in
         // 0.8 ms: 164 MB/s), no round has ended yet: raw, to measure.
+        assert_eq!(period(&mut t, MS, (0.9, 0.0, 0.8), None), Some(1));
         assert_eq!(period(&mut t, MS, (0.9, 0.0, 0.8), None), None);
         // Raw, the link delivers 1 GB/s: far faster than level 1, off it
         // stays, also while the link is the bottleneck for a while.
@@ -1022,6 +1031,7 @@ mod tests {
         // next period measures the link raw: 400 MB/s, slower than the
         // compressor, so back on.
         let mut t = Tuner::default();
+        assert_eq!(period(&mut t, MS, (0.6, 0.0, 0.2), None), Some(1));
         assert_eq!(period(&mut t, MS, (0.6, 0.0, 0.2), None), None);
         assert_eq!(period(&mut t, MS, (0.0, 0.5, 0.0), Some(400e6)), Some(1));
         // The link shows 1 GB/s: faster than the compressor, which is
@@ -1038,13 +1048,21 @@ mod tests {
         // MB/s): the compressor is busy most of the time, and the pump
         // waits on the reader (the stream's queue absorbs the chunks).
         let mut t = Tuner::default();
-        // First period: no round has ended (100 ms): raw for a period.
+        // No round has ended (100 ms) in the first two periods: raw for a
+        // period.
+        assert_eq!(period(&mut t, 3 * MS, (0.6, 0.1, 0.87), None), Some(1));
         assert_eq!(period(&mut t, 3 * MS, (0.6, 0.1, 0.87), None), None);
         // Raw, the window's rounds deliver 100 Mbit: back on at once.
         assert_eq!(
             period(&mut t, 10 * MS, (0.0, 0.9, 0.0), Some(MBIT_100)),
             Some(1)
         );
+        // Had no round ended yet, raw chunks waiting for the link most of
+        // the time would say as much.
+        let mut u = Tuner::default();
+        period(&mut u, 3 * MS, (0.6, 0.1, 0.87), None);
+        assert_eq!(period(&mut u, 3 * MS, (0.6, 0.1, 0.87), None), None);
+        assert_eq!(period(&mut u, 10 * MS, (0.0, 0.9, 0.0), None), Some(1));
         // Busy: a faster level (more file bytes a second), never off.
         let mut seen = vec![];
         for _ in 0..10 {
