@@ -580,6 +580,9 @@ struct Period {
     link_wait: Duration,
     compress: Duration,
     link_rate: Option<f64>,
+    /// Wire bytes acknowledged during the period.
+    delivered: u64,
+    min_rtt: Option<Duration>,
 }
 
 impl Default for Tuner {
@@ -608,6 +611,23 @@ impl Tuner {
     /// The link's delivery rate (wire bytes/s) the tuner goes by, if known.
     pub fn link_rate(&self) -> Option<f64> {
         self.link
+    }
+
+    /// The compressor's rate (file bytes per CPU second) last measured.
+    pub fn compress_rate(&self) -> Option<f64> {
+        self.last_rate
+    }
+
+    /// The receiver acknowledged `wire` more bytes; the path's smallest
+    /// round trip is `min_rtt`. A period lasting several round trips
+    /// delivers at most what the link carries, so its delivery rate counts
+    /// as the link's too: on the local pipe the window's rounds, a
+    /// millisecond or less, showed a tenth of what it carries.
+    pub fn on_delivered(&mut self, wire: u64, min_rtt: Option<Duration>) {
+        self.period.delivered += wire;
+        if min_rtt.is_some() {
+            self.period.min_rtt = min_rtt;
+        }
     }
 
     /// The pump waited `d` for the reader while the window had room.
@@ -646,7 +666,14 @@ impl Tuner {
         if p.chunks < PERIOD_CHUNKS {
             return None;
         }
-        let p = std::mem::take(&mut self.period);
+        let mut p = std::mem::take(&mut self.period);
+        if let Some(rtt) = p.min_rtt
+            && p.elapsed >= rtt * 4
+            && p.delivered > 0
+        {
+            let r = p.delivered as f64 / p.elapsed.as_secs_f64();
+            p.link_rate = Some(p.link_rate.map_or(r, |l| l.max(r)));
+        }
         let before = self.step;
         let total = p.elapsed.max(Duration::from_micros(1));
         let share = |d: Duration| d.as_secs_f64() / total.as_secs_f64();
@@ -693,7 +720,14 @@ impl Tuner {
                         // tree over the local pipe took 0.40 s with -z,
                         // 0.29 s without).
                         self.last_rate = Some(rate);
-                        self.step = if saturated { None } else { i.checked_sub(1) };
+                        // Far slower (a third of the link or less): no
+                        // faster level will catch up either.
+                        let far = rate * 3.0 < link * KEEP_MARGIN;
+                        self.step = if saturated || far {
+                            None
+                        } else {
+                            i.checked_sub(1)
+                        };
                     }
                     Some(_) if saturated => {
                         // The compressor is the bottleneck but beats the
@@ -728,12 +762,10 @@ impl Tuner {
                     // No round yet to tell the link's rate, but raw
                     // chunks waited for the link most of the time: the
                     // link, not the reader, is the limit; compress.
-                    (Some((i, _)), _, None) if share(p.link_wait) > 0.5 => {
-                        self.probe = None;
-                        self.raw_seen = true;
-                        Some(i)
-                    }
-                    // Else raw a while longer.
+                    // No rate yet (no round, nor a period of several
+                    // round trips): raw a while longer. (Waiting on the
+                    // link says nothing here: on the local pipe the window
+                    // stays at its floor and the pump waits on it.)
                     (Some(_), _, None) => None,
                     (None, Some(rate), Some(link)) if rate >= link * ON_MARGIN => Some(0),
                     _ => None,
@@ -1057,12 +1089,15 @@ mod tests {
             period(&mut t, 10 * MS, (0.0, 0.9, 0.0), Some(MBIT_100)),
             Some(1)
         );
-        // Had no round ended yet, raw chunks waiting for the link most of
-        // the time would say as much.
+        // Had no round ended yet, a period of several round trips would
+        // have told the rate.
         let mut u = Tuner::default();
         period(&mut u, 3 * MS, (0.6, 0.1, 0.87), None);
         assert_eq!(period(&mut u, 3 * MS, (0.6, 0.1, 0.87), None), None);
+        assert_eq!(period(&mut u, 10 * MS, (0.0, 0.9, 0.0), None), None);
+        u.on_delivered(1 << 20, Some(20 * MS));
         assert_eq!(period(&mut u, 10 * MS, (0.0, 0.9, 0.0), None), Some(1));
+        assert!(u.link_rate().is_some_and(|r| r < MBIT_100), "{u:?}");
         // Busy: a faster level (more file bytes a second), never off.
         let mut seen = vec![];
         for _ in 0..10 {

@@ -1014,6 +1014,7 @@ impl Transfer {
             }
         });
         let (mut last_chunk, mut last_compress_ns) = (std::time::Instant::now(), 0u64);
+        let mut last_acked = 0u64;
 
         let mut stripes = router.stripes(stream);
         let mut chunks_sent = 0u64;
@@ -1091,10 +1092,21 @@ impl Transfer {
                             t.on_reader_wait(waited.elapsed());
                             let ns = zshared.compress_ns();
                             let spent = Duration::from_nanos(ns - last_compress_ns);
+                            let acked = m.window().acked();
+                            t.on_delivered(
+                                acked.saturating_sub(last_acked),
+                                m.window().estimate().min_rtt,
+                            );
+                            last_acked = acked;
                             if let Some(level) =
                                 t.on_chunk(len, last_chunk.elapsed(), spent, m.window().best_rate())
                             {
-                                tracing::debug!("{}: compression level now {level:?}", self.path);
+                                tracing::debug!(
+                                    "{}: compression level now {level:?} (link {:.1} MB/s, compressor {:.1} MB/s)",
+                                    self.path,
+                                    t.link_rate().unwrap_or(0.0) / 1e6,
+                                    t.compress_rate().unwrap_or(0.0) / 1e6
+                                );
                             }
                             // Also picks up a change made by the small-file path.
                             zshared.set_level(t.level());
