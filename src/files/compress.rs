@@ -557,6 +557,8 @@ pub struct Tuner {
     probe: Option<(usize, f64)>,
     /// A raw period has measured the link.
     raw_seen: bool,
+    /// Raw periods of the probe so far.
+    probe_periods: u32,
     /// The last period waited on the reader or saturated the compressor.
     suspect: bool,
     /// The compressor's rate at the fastest level it was last measured at
@@ -598,6 +600,7 @@ impl Default for Tuner {
             link: None,
             probe: None,
             raw_seen: false,
+            probe_periods: 0,
             suspect: false,
             last_rate: None,
             period: Period::default(),
@@ -759,7 +762,10 @@ impl Tuner {
                     self.raw_seen = true;
                 }
                 let back = match (self.probe, self.last_rate, self.link) {
-                    (Some((i, rate)), _, Some(link)) => {
+                    // Two raw periods at least: the first after a level
+                    // change runs on a window the compressed chunks sized
+                    // (on the local pipe it showed a fifth of the rate).
+                    (Some((i, rate)), _, Some(link)) if self.probe_periods >= 1 => {
                         self.probe = None;
                         (rate >= link * ON_MARGIN).then_some(i)
                     }
@@ -773,6 +779,11 @@ impl Tuner {
                     (Some(_), _, None) => None,
                     (None, Some(rate), Some(link)) if rate >= link * ON_MARGIN => Some(0),
                     _ => None,
+                };
+                self.probe_periods = if self.probe.is_some() {
+                    self.probe_periods + 1
+                } else {
+                    0
                 };
                 if back.is_some() {
                     self.step = back;
@@ -1069,6 +1080,7 @@ mod tests {
         let mut t = Tuner::default();
         assert_eq!(period(&mut t, MS, (0.6, 0.0, 0.2), None), Some(1));
         assert_eq!(period(&mut t, MS, (0.6, 0.0, 0.2), None), None);
+        assert_eq!(period(&mut t, MS, (0.0, 0.5, 0.0), Some(200e6)), None);
         assert_eq!(period(&mut t, MS, (0.0, 0.5, 0.0), Some(200e6)), Some(1));
         // The link shows 600 MB/s: too fast for this level, which is not
         // saturated: a step down at a time.
@@ -1091,7 +1103,12 @@ mod tests {
         // period.
         assert_eq!(period(&mut t, 3 * MS, (0.6, 0.1, 0.87), None), Some(1));
         assert_eq!(period(&mut t, 3 * MS, (0.6, 0.1, 0.87), None), None);
-        // Raw, the window's rounds deliver 100 Mbit: back on at once.
+        // Raw, the window's rounds deliver 100 Mbit: back on after the
+        // second raw period.
+        assert_eq!(
+            period(&mut t, 10 * MS, (0.0, 0.9, 0.0), Some(MBIT_100)),
+            None
+        );
         assert_eq!(
             period(&mut t, 10 * MS, (0.0, 0.9, 0.0), Some(MBIT_100)),
             Some(1)
