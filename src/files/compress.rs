@@ -29,18 +29,20 @@
 //! # How hard
 //!
 //! The level adapts to the link ([`Tuner`]): never make a push slower than
-//! it would be without `-z`. The pump measures, per period of
-//! [`PERIOD_CHUNKS`] chunks, how long it waited for the reader (which
-//! reads, hashes and compresses) while the window had room, and how long
-//! it waited for acknowledgements with the window full or for the
-//! `--bwlimit` pacer (a limit is a link); the reader measures how long
-//! compressing took. If the reader is the bottleneck and
-//! compressing is a large part of its time, the link outruns the
-//! compressor (loopback, a fast LAN): the level goes down a step, and past
-//! the fastest level compression is switched off for the stream. Off, it is
-//! tried again only when the link is clearly the bottleneck, after twice
-//! as many bytes each time, so a fast link pays for a probe ever less often.
-//! Link-bound with the compressor mostly idle, the level goes up a step,
+//! it would be without `-z`. Per period of [`PERIOD_CHUNKS`] chunks the
+//! reader measures the CPU time compressing took (the compressor's rate in
+//! file bytes a second) and the credit window's rounds give the link's
+//! delivery rate in wire bytes a second. A level is kept while compressing
+//! at it delivers more file bytes a second than raw would at that link
+//! rate ([`compressing_pays`]); when the link outruns the compressor
+//! (loopback, a fast LAN) the level goes down a step, or off at once if
+//! the compressor is saturated. A saturated compressor that still beats the
+//! link steps down to a faster level but never off. With no link rate known
+//! yet, a saturated compressor sends raw for a period or two to measure it.
+//! Off, compression comes back as soon as a raw period shows the link
+//! slower than the compressor was, and otherwise is tried again only when
+//! the link is clearly the bottleneck, after twice as many bytes each time.
+//! With the compressor mostly idle, the level goes up a step,
 //! to 3 at most. The small-file path ([`Tuner::on_batch`]) moves the same
 //! stream's level by the share of time its replies spend compressing.
 
@@ -483,7 +485,62 @@ pub fn open_small(file: SmallFile) -> SmallFile {
     }
 }
 
-/// The level chooser of one stream (sans-IO: durations are passed in).
+/// Share of a period the reader may spend compressing before the
+/// compressor counts as the bottleneck (saturated).
+const SATURATED: f64 = 0.5;
+
+/// Share under which the compressor counts as mostly idle: a better ratio
+/// costs nothing, the level goes up a step.
+const IDLE: f64 = 0.15;
+
+/// A level is kept while it compresses file bytes this many times faster
+/// than the link delivers wire bytes: the reader also reads and hashes on
+/// the same thread, and the compressor shares the CPUs with the rest of
+/// the push (on the local pipe, with the receiver's decompressing too), so
+/// compressing must beat the link clearly: over the local pipe, a
+/// compressor measured at 1.8× the link's rate still made a tree push 1.5×
+/// slower than without `-z`.
+const KEEP_MARGIN: f64 = 2.0;
+
+/// Compression is switched back on when the last level measured compressed
+/// this many times faster than the link delivered raw bytes.
+const ON_MARGIN: f64 = 3.0;
+
+/// True if compressing at a level that turns `compress_rate` file bytes a
+/// second (CPU time) delivers more file bytes a second than sending them
+/// raw would over a link that takes `link_rate` wire bytes a second.
+///
+/// Compressed, a push moves `min(compress_rate, link_rate / ratio)` file
+/// bytes a second; raw, `link_rate` at most. As the ratio is below 1, the
+/// first wins exactly when the compressor outruns the link, whatever the
+/// ratio (a chunk that does not shrink goes raw anyway).
+pub fn compressing_pays(compress_rate: f64, link_rate: f64) -> bool {
+    compress_rate >= link_rate * KEEP_MARGIN
+}
+
+/// The level chooser of one stream (sans-IO: durations and rates are
+/// passed in).
+///
+/// Per period of [`PERIOD_CHUNKS`] chunks it knows the compressor's rate at
+/// the level in force (file bytes per second of the reader's CPU time
+/// compressing) and, from the credit window's rounds, the link's delivery
+/// rate in wire bytes. It keeps a level whenever compressing at it
+/// delivers more file bytes a second than raw would at the link's rate
+/// ([`compressing_pays`]); it drops it only when the link outruns the
+/// compressor (loopback, a fast LAN).
+///
+/// A delivery rate measured while compressing may be the reader's, not
+/// the link's (reading, hashing and compressing share one thread: on the
+/// local pipe they kept the link half idle without the compressor being
+/// busy over half the time). So when two periods in a row show the pump
+/// waiting on the reader or the compressor saturated, the next
+/// period sends raw (measuring the link, limited only by what limits a
+/// push without `-z`); the level is decided from then on, the link's rate
+/// being the best its rounds have shown.
+/// (The pump's waits on the reader decided this before; with the window in
+/// wire bytes the stream's queue absorbs chunks, the pump waits on the
+/// reader even while the link is the bottleneck, and compression went off
+/// partway through pushes over a 100 ms link it was saving two thirds of.)
 #[derive(Debug, Clone)]
 pub struct Tuner {
     /// Index into [`LADDER`]; `None`: off.
@@ -492,6 +549,21 @@ pub struct Tuner {
     reprobe_after: u64,
     /// Raw bytes sent since switched off.
     off_bytes: u64,
+    /// The link's delivery rate (wire bytes/s): the best the window's
+    /// rounds have shown on this stream.
+    link: Option<f64>,
+    /// Off to measure the link: the step to come back to and the
+    /// compressor's rate there.
+    probe: Option<(usize, f64)>,
+    /// A raw period has measured the link.
+    raw_seen: bool,
+    /// Raw periods of the probe so far.
+    probe_periods: u32,
+    /// The last period waited on the reader or saturated the compressor.
+    suspect: bool,
+    /// The compressor's rate at the fastest level it was last measured at
+    /// (file bytes per CPU second), for deciding when off.
+    last_rate: Option<f64>,
     period: Period,
     batches: Batches,
 }
@@ -499,6 +571,7 @@ pub struct Tuner {
 #[derive(Debug, Clone, Default)]
 struct Batches {
     count: u32,
+    bytes: u64,
     start: Option<Instant>,
     compress: Duration,
     link_wait: Duration,
@@ -507,10 +580,15 @@ struct Batches {
 #[derive(Debug, Clone, Default)]
 struct Period {
     chunks: u64,
+    bytes: u64,
     elapsed: Duration,
     reader_wait: Duration,
     link_wait: Duration,
     compress: Duration,
+    link_rate: Option<f64>,
+    /// Wire bytes acknowledged during the period.
+    delivered: u64,
+    min_rtt: Option<Duration>,
 }
 
 impl Default for Tuner {
@@ -519,6 +597,12 @@ impl Default for Tuner {
             step: Some(INITIAL),
             reprobe_after: FIRST_REPROBE_BYTES,
             off_bytes: 0,
+            link: None,
+            probe: None,
+            raw_seen: false,
+            probe_periods: 0,
+            suspect: false,
+            last_rate: None,
             period: Period::default(),
             batches: Batches::default(),
         }
@@ -529,6 +613,28 @@ impl Tuner {
     /// The level to compress at now (`None`: do not).
     pub fn level(&self) -> Option<i32> {
         self.step.map(|i| LADDER[i])
+    }
+
+    /// The link's delivery rate (wire bytes/s) the tuner goes by, if known.
+    pub fn link_rate(&self) -> Option<f64> {
+        self.link
+    }
+
+    /// The compressor's rate (file bytes per CPU second) last measured.
+    pub fn compress_rate(&self) -> Option<f64> {
+        self.last_rate
+    }
+
+    /// The receiver acknowledged `wire` more bytes; the path's smallest
+    /// round trip is `min_rtt`. A period lasting several round trips
+    /// delivers at most what the link carries, so its delivery rate counts
+    /// as the link's too: on the local pipe the window's rounds, a
+    /// millisecond or less, showed a tenth of what it carries.
+    pub fn on_delivered(&mut self, wire: u64, min_rtt: Option<Duration>) {
+        self.period.delivered += wire;
+        if min_rtt.is_some() {
+            self.period.min_rtt = min_rtt;
+        }
     }
 
     /// The pump waited `d` for the reader while the window had room.
@@ -542,60 +648,151 @@ impl Tuner {
     }
 
     /// One chunk of `len` file bytes was sent; `elapsed` has passed since
-    /// the previous one and the reader spent `compress` compressing
-    /// meanwhile. Returns the new level when it changes.
+    /// the previous one, the reader spent `compress` (CPU time)
+    /// compressing meanwhile, and the credit window's best recent round
+    /// delivered `link_rate` wire bytes a second (`None`: no round yet).
+    /// Returns the new level when it changes.
     pub fn on_chunk(
         &mut self,
         len: u64,
         elapsed: Duration,
         compress: Duration,
+        link_rate: Option<f64>,
     ) -> Option<Option<i32>> {
         let p = &mut self.period;
         p.chunks += 1;
+        p.bytes += len;
         p.elapsed += elapsed;
         p.compress += compress;
+        if link_rate.is_some() {
+            p.link_rate = link_rate;
+        }
         if self.step.is_none() {
             self.off_bytes += len;
         }
         if p.chunks < PERIOD_CHUNKS {
             return None;
         }
-        let p = std::mem::take(&mut self.period);
+        let mut p = std::mem::take(&mut self.period);
+        if let Some(rtt) = p.min_rtt
+            && p.elapsed >= rtt * 4
+            && p.delivered > 0
+        {
+            let r = p.delivered as f64 / p.elapsed.as_secs_f64();
+            p.link_rate = Some(p.link_rate.map_or(r, |l| l.max(r)));
+        }
         let before = self.step;
         let total = p.elapsed.max(Duration::from_micros(1));
         let share = |d: Duration| d.as_secs_f64() / total.as_secs_f64();
+        let busy = share(p.compress);
         match self.step {
             Some(i) => {
-                // Reader-bound and busy compressing: the link outruns the
-                // compressor at this level.
-                // (Waiting on the reader for most of the period, not just
-                // more than on the link: over a 100 ms link the pump
-                // alternates between both, and the weaker test switched
-                // compression off while it was saving 60 %.)
-                if p.reader_wait > p.link_wait
-                    && share(p.reader_wait) > 0.5
-                    && share(p.compress) > 0.25
-                {
-                    // Over half the time: even the fastest level (about
-                    // 3× level 1's speed) would still cost, so off at once
-                    // (stepping through the levels, a 130 MiB tree over
-                    // the local pipe took 0.40 s with -z, 0.29 s without).
-                    self.step = if share(p.compress) > 0.5 {
-                        None
-                    } else {
-                        i.checked_sub(1)
-                    };
-                    if self.step.is_none() {
-                        self.off_bytes = 0;
+                // File bytes compressed per CPU second at this level (a
+                // given-up file's chunks cost nothing and count as fast).
+                let rate = p.bytes as f64 / p.compress.max(Duration::from_nanos(1)).as_secs_f64();
+                let saturated = busy > SATURATED;
+                if let Some(r) = p.link_rate {
+                    // A delivery rate is what the link took at least.
+                    self.link = Some(self.link.map_or(r, |l| l.max(r)));
+                }
+                if i == 0 || self.last_rate.is_none() {
+                    self.last_rate = Some(rate);
+                }
+                let suspect = saturated || share(p.reader_wait) > 0.5;
+                // Two periods in a row: the first of a stream always waits
+                // on the reader, the window being empty.
+                let twice = suspect && self.suspect;
+                self.suspect = suspect;
+                if !self.raw_seen && twice {
+                    // The reader (or the compressor) may be what limits
+                    // the push: then the rate delivered while compressing
+                    // is the reader's (reading, hashing and compressing on
+                    // one thread can keep a fast link half idle without
+                    // saturating the compressor), and the link's own rate
+                    // comes from sending raw, once per stream, before
+                    // anything is decided. (Waiting for the link most of
+                    // the time, as over a long link, needs no probe.)
+                    self.last_rate = Some(rate);
+                    self.probe = Some((i, rate));
+                    self.step = None;
+                    self.off_bytes = 0;
+                    return (self.step != before).then(|| self.level());
+                }
+                match self.link {
+                    Some(link) if !compressing_pays(rate, link) => {
+                        // The link outruns the compressor at this level.
+                        // Saturated, even the fastest level (about 3×
+                        // level 1's speed) is unlikely to catch up: off
+                        // at once (stepping through the levels, a 130 MiB
+                        // tree over the local pipe took 0.40 s with -z,
+                        // 0.29 s without).
+                        self.last_rate = Some(rate);
+                        // Far slower (a third of the link or less): no
+                        // faster level will catch up either.
+                        let far = rate * 3.0 < link * KEEP_MARGIN;
+                        self.step = if saturated || far {
+                            None
+                        } else {
+                            i.checked_sub(1)
+                        };
                     }
-                } else if share(p.link_wait) > 0.5 && share(p.compress) < 0.1 && i < TOP {
-                    // Link-bound with the compressor mostly idle: a
-                    // better ratio costs nothing.
-                    self.step = Some(i + 1);
+                    Some(_) if saturated => {
+                        // The compressor is the bottleneck but beats the
+                        // link: a faster level moves more file bytes (zstd
+                        // level 1 is about twice level 3's speed for a
+                        // tenth less ratio). Never off: it pays.
+                        self.step = Some(i.saturating_sub(1));
+                    }
+                    _ if busy < IDLE && i < TOP => {
+                        // The compressor mostly idle: a better ratio costs
+                        // nothing.
+                        self.step = Some(i + 1);
+                    }
+                    _ => {}
+                }
+                if self.step.is_none() {
+                    self.off_bytes = 0;
                 }
             }
             None => {
-                if self.off_bytes >= self.reprobe_after && share(p.link_wait) > 0.75 {
+                if let Some(r) = p.link_rate {
+                    // Raw: only reading and hashing limit what the link
+                    // shows, as they would without -z.
+                    self.link = Some(self.link.map_or(r, |l| l.max(r)));
+                    self.raw_seen = true;
+                }
+                let back = match (self.probe, self.last_rate, self.link) {
+                    // Two raw periods at least: the first after a level
+                    // change runs on a window the compressed chunks sized
+                    // (on the local pipe it showed a fifth of the rate).
+                    (Some((i, rate)), _, Some(link)) if self.probe_periods >= 1 => {
+                        self.probe = None;
+                        (rate >= link * ON_MARGIN).then_some(i)
+                    }
+                    // No round yet to tell the link's rate, but raw
+                    // chunks waited for the link most of the time: the
+                    // link, not the reader, is the limit; compress.
+                    // No rate yet (no round, nor a period of several
+                    // round trips): raw a while longer. (Waiting on the
+                    // link says nothing here: on the local pipe the window
+                    // stays at its floor and the pump waits on it.)
+                    (Some(_), _, None) => None,
+                    (None, Some(rate), Some(link)) if rate >= link * ON_MARGIN => Some(0),
+                    _ => None,
+                };
+                self.probe_periods = if self.probe.is_some() {
+                    self.probe_periods + 1
+                } else {
+                    0
+                };
+                if back.is_some() {
+                    self.step = back;
+                } else if self.probe.is_none()
+                    && self.off_bytes >= self.reprobe_after
+                    && share(p.link_wait) > 0.75
+                {
+                    // The link may have slowed (or the data changed): try
+                    // the fastest level again, ever more rarely.
                     self.reprobe_after = self.reprobe_after.saturating_mul(2);
                     self.step = Some(0);
                 }
@@ -612,12 +809,16 @@ impl Tuner {
     /// for the link (replies are pipelined: on a slow link they queue
     /// behind each other and compressing is a small share): a step down.
     /// Under a twentieth: a step up. Off stays off (only the chunk path
-    /// probes). Returns the new level on a change.
+    /// probes). A link whose rate the chunk path measured decides instead
+    /// when known: the level stays while its `bytes` (file bytes in the
+    /// reply) compress faster than that link delivers
+    /// ([`compressing_pays`]). Returns the new level on a change.
     pub fn on_batch(
         &mut self,
         now: Instant,
         compress: Duration,
         link_wait: Duration,
+        bytes: u64,
     ) -> Option<Option<i32>> {
         let i = self.step?;
         let b = &mut self.batches;
@@ -625,6 +826,7 @@ impl Tuner {
         b.count += 1;
         b.compress += compress;
         b.link_wait += link_wait;
+        b.bytes += bytes;
         if b.count <= PERIOD_BATCHES {
             return None;
         }
@@ -634,7 +836,9 @@ impl Tuner {
             .saturating_duration_since(start)
             .max(Duration::from_micros(1));
         let share = b.compress.as_secs_f64() / wall.as_secs_f64();
-        if share > 0.25 && b.compress > b.link_wait {
+        let rate = b.bytes as f64 / b.compress.max(Duration::from_nanos(1)).as_secs_f64();
+        let pays = self.link.is_some_and(|l| compressing_pays(rate, l));
+        if share > 0.25 && b.compress > b.link_wait && !pays {
             self.step = if share > 0.5 { None } else { i.checked_sub(1) };
             self.off_bytes = 0;
         } else if share < 0.05 && i < TOP {
@@ -825,70 +1029,150 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    /// Runs one period where each chunk took `per` and the reader waited,
-    /// the link waited and compressing took the given shares of it.
-    fn period(t: &mut Tuner, per: Duration, reader: f64, link: f64, comp: f64) -> Option<i32> {
+    /// Runs one period where each chunk took `per`, the reader waited, the
+    /// link waited and compressing took the given shares of it, and the
+    /// window's rounds delivered `link` wire bytes a second.
+    fn period(
+        t: &mut Tuner,
+        per: Duration,
+        (reader, wait, comp): (f64, f64, f64),
+        link: Option<f64>,
+    ) -> Option<i32> {
         for _ in 0..PERIOD_CHUNKS {
             t.on_reader_wait(per.mul_f64(reader));
-            t.on_link_wait(per.mul_f64(link));
-            t.on_chunk(CHUNK_DATA as u64, per, per.mul_f64(comp));
+            t.on_link_wait(per.mul_f64(wait));
+            t.on_chunk(CHUNK_DATA as u64, per, per.mul_f64(comp), link);
         }
         t.level()
     }
 
+    /// 100 Mbit in bytes a second.
+    const MBIT_100: f64 = 12.5e6;
+
     #[test]
-    fn a_fast_link_steps_the_level_down_to_off() {
+    fn compressing_pays_while_the_compressor_outruns_the_link() {
+        // zstd -3 on this machine's logs: ~50 MB/s of CPU; 100 Mbit: keep.
+        assert!(compressing_pays(50e6, MBIT_100));
+        // Loopback delivers ~1 GB/s: even -5 at 600 MB/s loses.
+        assert!(!compressing_pays(600e6, 1e9));
+        // Within the margin: the reader also reads and hashes, so no.
+        assert!(!compressing_pays(MBIT_100 * 1.1, MBIT_100));
+    }
+
+    #[test]
+    fn a_fast_link_switches_compression_off() {
         let mut t = Tuner::default();
         assert_eq!(t.level(), Some(1));
-        // Loopback: the pump waits on the reader, which mostly compresses.
+        // Loopback: the reader compresses most of the time (128 KiB in
+        // 0.8 ms: 164 MB/s), no round has ended yet: raw, to measure.
+        assert_eq!(period(&mut t, MS, (0.9, 0.0, 0.8), None), Some(1));
+        assert_eq!(period(&mut t, MS, (0.9, 0.0, 0.8), None), None);
+        // Raw, the link delivers 1 GB/s: far faster than level 1, off it
+        // stays, also while the link is the bottleneck for a while.
+        assert_eq!(period(&mut t, MS / 4, (0.5, 0.0, 0.0), Some(1e9)), None);
+        for _ in 0..16 {
+            assert_eq!(period(&mut t, MS / 4, (0.0, 0.9, 0.0), Some(1e9)), None);
+        }
+        // The pump waits on the reader, the compressor not saturated (128
+        // KiB in 0.2 ms: 655 MB/s; the reader also reads and hashes): the
+        // next period measures the link raw: 200 MB/s, far slower than
+        // the compressor, so back on.
+        let mut t = Tuner::default();
+        assert_eq!(period(&mut t, MS, (0.6, 0.0, 0.2), None), Some(1));
+        assert_eq!(period(&mut t, MS, (0.6, 0.0, 0.2), None), None);
+        assert_eq!(period(&mut t, MS, (0.0, 0.5, 0.0), Some(200e6)), None);
+        assert_eq!(period(&mut t, MS, (0.0, 0.5, 0.0), Some(200e6)), Some(1));
+        // The link shows 600 MB/s: too fast for this level, which is not
+        // saturated: a step down at a time.
+        assert_eq!(period(&mut t, MS, (0.0, 0.5, 0.2), Some(600e6)), Some(-1));
+        assert_eq!(period(&mut t, MS, (0.0, 0.5, 0.2), Some(600e6)), Some(-5));
+        assert_eq!(period(&mut t, MS, (0.0, 0.5, 0.2), Some(600e6)), None);
+        // A link far faster than the compressor: off at once.
+        let mut t = Tuner::default();
+        assert_eq!(period(&mut t, MS, (0.0, 0.5, 0.2), Some(5e9)), None);
+    }
+
+    #[test]
+    fn a_long_link_keeps_compressing_even_with_the_compressor_busy() {
+        // 100 Mbit, 100 ms: a 128 KiB chunk compressed 3.4:1 is 3 ms on
+        // the wire; compressing it at level 3 takes 2.6 ms of CPU (50
+        // MB/s): the compressor is busy most of the time, and the pump
+        // waits on the reader (the stream's queue absorbs the chunks).
+        let mut t = Tuner::default();
+        // No round has ended (100 ms) in the first two periods: raw for a
+        // period.
+        assert_eq!(period(&mut t, 3 * MS, (0.6, 0.1, 0.87), None), Some(1));
+        assert_eq!(period(&mut t, 3 * MS, (0.6, 0.1, 0.87), None), None);
+        // Raw, the window's rounds deliver 100 Mbit: back on after the
+        // second raw period.
+        assert_eq!(
+            period(&mut t, 10 * MS, (0.0, 0.9, 0.0), Some(MBIT_100)),
+            None
+        );
+        assert_eq!(
+            period(&mut t, 10 * MS, (0.0, 0.9, 0.0), Some(MBIT_100)),
+            Some(1)
+        );
+        // Had no round ended yet, a period of several round trips would
+        // have told the rate.
+        let mut u = Tuner::default();
+        period(&mut u, 3 * MS, (0.6, 0.1, 0.87), None);
+        assert_eq!(period(&mut u, 3 * MS, (0.6, 0.1, 0.87), None), None);
+        assert_eq!(period(&mut u, 10 * MS, (0.0, 0.9, 0.0), None), None);
+        u.on_delivered(1 << 20, Some(20 * MS));
+        assert_eq!(period(&mut u, 10 * MS, (0.0, 0.9, 0.0), None), Some(1));
+        assert!(u.link_rate().is_some_and(|r| r < MBIT_100), "{u:?}");
+        // Busy: a faster level (more file bytes a second), never off.
         let mut seen = vec![];
-        for _ in 0..INITIAL + 1 {
-            seen.push(period(&mut t, MS, 0.7, 0.0, 0.4));
-        }
-        assert_eq!(seen, vec![Some(-1), Some(-5), None]);
-        // Compressing most of the time: off at once.
-        let mut t = Tuner::default();
-        assert_eq!(period(&mut t, MS, 0.7, 0.0, 0.8), None);
-        // Off stays off while the link keeps up.
-        assert_eq!(period(&mut t, MS, 0.0, 0.2, 0.0), None);
-    }
-
-    #[test]
-    fn a_slow_link_keeps_compressing() {
-        let mut t = Tuner::default();
-        // 100 Mbit: a chunk takes 10 ms on the wire, 0.4 ms to compress:
-        // up to level 3, and there it stays.
-        assert_eq!(period(&mut t, 10 * MS, 0.0, 0.9, 0.04), Some(3));
         for _ in 0..10 {
-            assert_eq!(period(&mut t, 10 * MS, 0.0, 0.9, 0.04), Some(3));
+            seen.push(period(&mut t, 3 * MS, (0.6, 0.1, 0.87), Some(2e6)));
         }
+        assert_eq!(seen[..2], [Some(-1), Some(-5)]);
+        assert!(seen.iter().all(Option::is_some), "{seen:?}");
+        // Waiting for the link from the start, the compressor mostly idle:
+        // no raw probe, up to level 3, where it stays.
+        let mut t = Tuner::default();
+        for _ in 0..10 {
+            assert!(period(&mut t, 10 * MS, (0.0, 0.9, 0.1), Some(MBIT_100)).is_some());
+        }
+        assert_eq!(t.level(), Some(3));
+        assert_eq!(t.link_rate(), Some(MBIT_100));
     }
 
     #[test]
-    fn a_level_lowered_for_a_busy_compressor_comes_back_when_the_link_slows() {
-        let mut t = Tuner::default();
-        assert_eq!(period(&mut t, MS, 0.6, 0.1, 0.5), Some(-1));
-        assert_eq!(period(&mut t, 10 * MS, 0.0, 0.9, 0.05), Some(1));
-        assert_eq!(period(&mut t, 10 * MS, 0.0, 0.9, 0.05), Some(3));
+    fn the_level_follows_the_compressor_rate_against_the_link_rate() {
+        // Same compressor (128 KiB per 1 ms of CPU: 131 MB/s), not
+        // saturated (a chunk every 4 ms): the link's rate decides.
+        let chosen = |link: f64| {
+            let mut t = Tuner::default();
+            for _ in 0..6 {
+                period(&mut t, 4 * MS, (0.0, 0.7, 0.25), Some(link));
+            }
+            t.level()
+        };
+        // 100 Mbit: compressing pays, the level stays at 1 (0.25 of the
+        // time compressing is not idle enough to climb).
+        assert_eq!(chosen(MBIT_100), Some(1));
+        // 1 Gbit (125 MB/s): the link outruns the compressor: off.
+        assert_eq!(chosen(125e6), None);
     }
 
     #[test]
     fn off_is_probed_again_ever_more_rarely_when_the_link_is_the_bottleneck() {
         let mut t = Tuner::default();
-        for _ in 0..=INITIAL {
-            period(&mut t, MS, 0.9, 0.0, 0.9);
-        }
+        // A fast link switches it off (known rate, saturated compressor).
+        period(&mut t, MS, (0.9, 0.0, 0.9), Some(1e9));
         assert_eq!(t.level(), None);
         // 16 chunks a period = 2 MiB: 64 MiB are 32 periods.
         let periods_until_on = |t: &mut Tuner| {
             (1..1000)
-                .find(|_| period(t, MS, 0.0, 0.9, 0.0).is_some())
+                .find(|_| period(t, MS, (0.0, 0.9, 0.0), Some(1e9)).is_some())
                 .unwrap_or(0)
         };
         let first = periods_until_on(&mut t);
         assert_eq!(t.level(), Some(LADDER[0]));
         // The probe finds the compressor too slow again: off.
-        period(&mut t, MS, 0.9, 0.0, 0.9);
+        period(&mut t, MS, (0.9, 0.0, 0.9), Some(1e9));
         assert_eq!(t.level(), None);
         let second = periods_until_on(&mut t);
         assert!(second >= 2 * first - 1, "{first} then {second}");
@@ -903,20 +1187,23 @@ mod tests {
         let mut levels = vec![];
         for _ in 0..3 * (PERIOD_BATCHES + 1) {
             now += 2 * MS;
-            if let Some(l) = t.on_batch(now, MS * 7 / 10, Duration::ZERO) {
+            if let Some(l) = t.on_batch(now, MS * 7 / 10, Duration::ZERO, CHUNK_DATA as u64) {
                 levels.push(l);
             }
         }
         assert_eq!(levels, vec![Some(-1), Some(-5), None]);
         // Off stays off on this path.
-        assert_eq!(t.on_batch(now + MS, Duration::ZERO, Duration::ZERO), None);
+        assert_eq!(
+            t.on_batch(now + MS, Duration::ZERO, Duration::ZERO, 0),
+            None
+        );
         assert_eq!(t.level(), None);
         // Compressing nearly all the time: off at once.
         let mut t = Tuner::default();
         let mut now = t0;
         for _ in 0..=PERIOD_BATCHES {
             now += 2 * MS;
-            t.on_batch(now, MS * 3 / 2, Duration::ZERO);
+            t.on_batch(now, MS * 3 / 2, Duration::ZERO, CHUNK_DATA as u64);
         }
         assert_eq!(t.level(), None);
         // The same, but paced for longer than it compressed: the limit is
@@ -925,7 +1212,7 @@ mod tests {
         let mut now = t0;
         for _ in 0..=PERIOD_BATCHES {
             now += 4 * MS;
-            t.on_batch(now, MS * 3 / 2, 2 * MS);
+            t.on_batch(now, MS * 3 / 2, 2 * MS, CHUNK_DATA as u64);
         }
         assert_eq!(t.level(), Some(1));
 
@@ -934,7 +1221,7 @@ mod tests {
         let mut now = t0;
         for _ in 0..2 * (PERIOD_BATCHES + 1) {
             now += 80 * MS;
-            t.on_batch(now, 2 * MS, Duration::ZERO);
+            t.on_batch(now, 2 * MS, Duration::ZERO, CHUNK_DATA as u64);
         }
         assert_eq!(t.level(), Some(3));
     }

@@ -8,9 +8,11 @@
 //!   transfer at a third party).
 //!
 //! Scheduling follows the seed: on each physical stream, large transfers
-//! run one at a time, each finished (fully acknowledged) before the next
-//! starts, so a contended link completes transfers instead of interleaving
-//! many partial ones. A file that fits in one chunk is sent at once, never
+//! send one at a time, so a contended link completes transfers instead of
+//! interleaving many partial ones. A transfer hands the turn on as soon as
+//! its end is sent; the next one's chunks follow while the previous one's
+//! last acknowledgements are in flight, within one window shared by both
+//! (waiting for them cost a round trip per file on a long link). A file that fits in one chunk is sent at once, never
 //! queued behind them. The turn goes round the requesters ([`super::turns`]),
 //! so one requester's queue cannot starve another's on a shared stream.
 //!
@@ -253,6 +255,45 @@ struct Lane {
     estimate: Mutex<Option<PathEstimate>>,
     /// The compression level this path has shown it affords (`-z`).
     tuner: Mutex<Tuner>,
+    /// Wire bytes still in flight of transfers that sent their end and
+    /// handed the turn on ([`SendMachine::hand_over`]): the transfer
+    /// holding the turn counts them against its window.
+    handed_over: AtomicU64,
+    /// Woken when some of those are acknowledged.
+    credit_freed: tokio::sync::Notify,
+}
+
+/// A handed-over transfer's share of its lane's `handed_over` bytes; what
+/// is still counted is released when it drops (done, failed or cancelled),
+/// so a transfer that ends badly never holds the next one's credit.
+struct HandedOver {
+    lane: Arc<Lane>,
+    owed: u64,
+}
+
+impl HandedOver {
+    fn new(lane: Arc<Lane>, owed: u64) -> HandedOver {
+        lane.handed_over.fetch_add(owed, Ordering::AcqRel);
+        HandedOver { lane, owed }
+    }
+
+    /// This transfer now has `in_flight` wire bytes unacknowledged.
+    fn update(&mut self, in_flight: u64) {
+        let freed = self.owed.saturating_sub(in_flight);
+        if freed > 0 {
+            self.owed -= freed;
+            self.lane.handed_over.fetch_sub(freed, Ordering::AcqRel);
+            // One waiter at most (the turn's holder); a stored permit
+            // covers the race with its check.
+            self.lane.credit_freed.notify_one();
+        }
+    }
+}
+
+impl Drop for HandedOver {
+    fn drop(&mut self) {
+        self.update(0);
+    }
 }
 
 /// The FileService. Cheap to clone.
@@ -667,6 +708,7 @@ impl FileService {
                 std::time::Instant::now(),
                 compressing,
                 paced,
+                bytes,
             )
         {
             tracing::debug!("small files: compression level now {now:?}");
@@ -778,6 +820,8 @@ impl FileService {
                     turn: Turns::new(),
                     estimate: Mutex::new(None),
                     tuner: Mutex::new(Tuner::default()),
+                    handed_over: AtomicU64::new(0),
+                    credit_freed: tokio::sync::Notify::new(),
                 })
             })
             .clone()
@@ -981,6 +1025,7 @@ impl Transfer {
             }
         });
         let (mut last_chunk, mut last_compress_ns) = (std::time::Instant::now(), 0u64);
+        let mut last_acked = 0u64;
 
         let mut stripes = router.stripes(stream);
         let mut chunks_sent = 0u64;
@@ -1001,6 +1046,8 @@ impl Transfer {
         );
         m.on_turn(std::time::Instant::now());
         let mut regain: Option<RegainTurn> = None;
+        // Set once the end has gone out and the turn passed on.
+        let mut handed: Option<HandedOver> = None;
         loop {
             // Take every acknowledgement already queued, without waiting.
             while let Some(f) = self
@@ -1009,6 +1056,9 @@ impl Transfer {
                 .map_err(|e| ack_channel_ended(Err(e)))?
             {
                 self.on_ack(&mut m, &f)?;
+            }
+            if let Some(h) = handed.as_mut() {
+                h.update(m.in_flight());
             }
             if m.should_yield_turn(
                 std::time::Instant::now(),
@@ -1039,7 +1089,8 @@ impl Transfer {
                     router.describe(self.requester)
                 )));
             }
-            if m.wants_data(chunk_len as u64) {
+            let others = lane.handed_over.load(Ordering::Acquire);
+            if m.wants_data_beside(chunk_len as u64, others) {
                 let waited = std::time::Instant::now();
                 let event = rx.recv().await;
                 // Time spent waiting for our own reader (a relay's spool
@@ -1052,8 +1103,21 @@ impl Transfer {
                             t.on_reader_wait(waited.elapsed());
                             let ns = zshared.compress_ns();
                             let spent = Duration::from_nanos(ns - last_compress_ns);
-                            if let Some(level) = t.on_chunk(len, last_chunk.elapsed(), spent) {
-                                tracing::debug!("{}: compression level now {level:?}", self.path);
+                            let acked = m.window().acked();
+                            t.on_delivered(
+                                acked.saturating_sub(last_acked),
+                                m.window().estimate().min_rtt,
+                            );
+                            last_acked = acked;
+                            if let Some(level) =
+                                t.on_chunk(len, last_chunk.elapsed(), spent, m.window().best_rate())
+                            {
+                                tracing::debug!(
+                                    "{}: compression level now {level:?} (link {:.1} MB/s, compressor {:.1} MB/s)",
+                                    self.path,
+                                    t.link_rate().unwrap_or(0.0) / 1e6,
+                                    t.compress_rate().unwrap_or(0.0) / 1e6
+                                );
                             }
                             // Also picks up a change made by the small-file path.
                             zshared.set_level(t.level());
@@ -1131,6 +1195,15 @@ impl Transfer {
                         m.on_end_sent();
                         self.to
                             .send_control(router, &TransferMsg::End { size, digest: d });
+                        // The next transfer on this stream starts now, its
+                        // chunks following these while their
+                        // acknowledgements come back; what is still in
+                        // flight counts against its window.
+                        if let Some(owed) = m.hand_over() {
+                            *lock(&lane.estimate) = Some(m.window().estimate());
+                            handed = Some(HandedOver::new(lane.clone(), owed));
+                            turn = None;
+                        }
                     }
                     Some(ReadEvent::Failed(why)) => return Err(Abandon::from(why)),
                     None => {
@@ -1169,6 +1242,8 @@ impl Transfer {
                 }
                 // Look again at the turn now and then (see the top of the loop).
                 _ = tokio::time::sleep(TURN_STALL / 4), if m.has_turn() => {}
+                // Credit held by a handed-over transfer came back.
+                _ = lane.credit_freed.notified(), if m.has_turn() && others > 0 => {}
                 t = async {
                     match regain.as_mut() {
                         Some(f) => f.await,

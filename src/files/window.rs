@@ -241,6 +241,14 @@ impl Window {
         self.acked
     }
 
+    /// The best delivery rate (bytes/s, in what the window counts: wire
+    /// bytes) of the last rounds long enough to say something about the
+    /// path, or `None` before the first such round.
+    pub fn best_rate(&self) -> Option<f64> {
+        let best = self.rates.iter().copied().fold(0.0, f64::max);
+        (best > 0.0).then_some(best)
+    }
+
     /// True if `len` more bytes fit. A window smaller than one chunk still
     /// lets one chunk through when nothing is in flight, so it can never
     /// deadlock.
