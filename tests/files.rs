@@ -295,7 +295,7 @@ async fn fetch_with_a_sender_of_another_context_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_transfers_on_one_stream_run_one_at_a_time_within_the_window() {
+async fn large_transfers_on_one_stream_take_turns_within_the_window() {
     let window = 256 * 1024;
     let c = ctl(window, Duration::from_secs(30));
     let a = child(&c, None).await;
@@ -323,13 +323,18 @@ async fn large_transfers_on_one_stream_run_one_at_a_time_within_the_window() {
     for dst in &dsts {
         assert_eq!(std::fs::read(dst.path().join("blob")).expect("read"), data);
     }
+    // Turns: a transfer hands the stream on once its end is sent (issue 17's
+    // hand-over), so the next one's first bytes may arrive while the last
+    // window of the previous one is still in flight — at most one window
+    // (256 KiB) of a 6 MiB file, a few percent of its span. Interleaved
+    // transfers would overlap for most of it.
     spans.sort();
     for w in spans.windows(2) {
+        let (prev, next) = (w[0], w[1]);
+        let overlap = prev.1.saturating_sub(next.0);
         assert!(
-            w[0].1 <= w[1].0,
-            "transfers overlapped on the shared stream: {:?} then {:?}",
-            w[0],
-            w[1]
+            overlap <= prev.1.saturating_sub(prev.0) / 4,
+            "transfers interleaved on the shared stream: {prev:?} then {next:?}"
         );
     }
     let stats = c.fs.stats();
