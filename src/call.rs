@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use crate::wire::ContextId;
 use crate::wire::control::ControlDecodeError;
+use crate::wire::{ContextId, DeadReason};
 
 pub use crate::wire::control::RemoteError;
 
@@ -24,9 +24,15 @@ pub enum CallError {
         error: RemoteError,
     },
     /// The call's channel died: no route, unknown handle, refused by policy,
-    /// or the callee (or a hop towards it) disconnected.
-    #[error("{0}")]
-    Dead(String),
+    /// or the callee (or a hop towards it) disconnected — `reason` says
+    /// which ([`DeadReason::is_disconnect`], [`DeadReason::is_refusal`]).
+    #[error("call to {callee} failed: {reason}")]
+    Dead {
+        /// The callee, e.g. `context 3 (local.4711)`.
+        callee: String,
+        /// Why the channel ended.
+        reason: DeadReason,
+    },
     /// The reply could not be decoded.
     #[error("malformed reply from context {context}: {detail}")]
     Malformed {
@@ -53,8 +59,9 @@ impl CallError {
         }
     }
 
-    /// True if the call failed because a context or a route to it is gone.
+    /// True if the call failed because a context or a route to it is gone
+    /// (a refusal by policy is not a disconnect).
     pub fn is_disconnect(&self) -> bool {
-        matches!(self, CallError::Dead(_))
+        matches!(self, CallError::Dead { reason, .. } if reason.is_disconnect())
     }
 }

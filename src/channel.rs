@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use crate::wire::{ContextId, Enc, Frame, Handle, control};
 
 /// Reason text of the dead message sent by [`Sender::close`].
-pub const SENDER_CLOSED: &str = "channel closed by the sending side";
+pub use crate::wire::dead::SENDER_CLOSED;
 
 /// Where a channel's frames go: the context's router (which stamps
 /// `src_id`/`auth_id` and routes them). A trait, so that channels do not
@@ -29,9 +29,9 @@ pub(crate) type Unregister = std::sync::Arc<dyn Fn(Handle) + Send + Sync>;
 /// Why a receive ended without a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChannelError {
-    /// A dead message arrived; the text says why.
+    /// A dead message arrived; the reason says why.
     #[error("{0}")]
-    Dead(String),
+    Dead(crate::wire::DeadReason),
     /// The receiver was closed in this context.
     #[error("the receiver has been closed")]
     Closed,
@@ -89,9 +89,7 @@ impl Receiver {
             return Err(ChannelError::Closed);
         }
         match self.rx.recv().await {
-            Some(frame) if frame.is_dead() => Err(ChannelError::Dead(crate::text::cap_owned(
-                frame.dead_reason(),
-            ))),
+            Some(frame) if frame.is_dead() => Err(ChannelError::Dead(frame.dead_kind())),
             Some(frame) => Ok(frame),
             None => Err(ChannelError::Closed),
         }
@@ -103,9 +101,7 @@ impl Receiver {
             return Err(ChannelError::Closed);
         }
         match self.rx.try_recv() {
-            Ok(frame) if frame.is_dead() => Err(ChannelError::Dead(crate::text::cap_owned(
-                frame.dead_reason(),
-            ))),
+            Ok(frame) if frame.is_dead() => Err(ChannelError::Dead(frame.dead_kind())),
             Ok(frame) => Ok(Some(frame)),
             Err(mpsc::error::TryRecvError::Empty) => Ok(None),
             Err(mpsc::error::TryRecvError::Disconnected) => Err(ChannelError::Closed),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{Controller, PROMPTLY, TEST, kill, wait_gone};
 use ferrogen::call::CallError;
-use ferrogen::wire::ContextId;
+use ferrogen::wire::{ContextId, DeadReason};
 use tokio::task::JoinHandle;
 
 /// Long enough that only a disconnect can end the call.
@@ -44,10 +44,10 @@ async fn assert_woken(call: JoinHandle<Result<(), CallError>>, killed_at: Instan
     let err = r.expect_err("the call cannot succeed");
     assert!(killed_at.elapsed() < PROMPTLY);
     match &err {
-        CallError::Dead(s) => {
-            assert!(s.contains("disconnected"), "{s}");
-            assert!(s.contains(&format!("context {who}")), "{s}");
-        }
+        CallError::Dead {
+            reason: DeadReason::Disconnected { context, .. },
+            ..
+        } => assert_eq!(*context, who, "{err}"),
         other => panic!("expected a disconnect, got {other:?}"),
     }
 }
@@ -59,7 +59,7 @@ async fn assert_no_route(c: &Controller, dst: ContextId) {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, CallError::Dead(s) if s.contains(&format!("no route to {dst}"))),
+        matches!(&err, CallError::Dead { reason: DeadReason::NoRoute { dst: d, .. }, .. } if *d == dst),
         "{err}"
     );
 }

@@ -28,7 +28,8 @@ use ferrogen::channel::ChannelError;
 use ferrogen::router::{Policy, Router, RouterConfig};
 use ferrogen::wire::control::{self, AddRoute, DelRoute, IdBlock};
 use ferrogen::wire::{
-    ContextId, DEFAULT_MAX_MESSAGE_SIZE, Enc, Frame, FrameCodec, HEADER_LEN, Header, codec, handles,
+    ContextId, DEFAULT_MAX_MESSAGE_SIZE, DeadReason, Enc, Frame, FrameCodec, HEADER_LEN, Header,
+    codec, handles,
 };
 
 // ------------------------------------------------ allocation high-water mark
@@ -228,12 +229,13 @@ async fn junk_closes_stream_once(max_message_size: usize, junk: &[u8], expect: &
 
     // The waiter on the context behind the stream is woken, once, with why.
     match waiter.recv_timeout(STEP).await {
-        Err(ChannelError::Dead(reason)) => {
-            assert!(
-                reason.contains("the respondent context 1 (bad) has disconnected"),
-                "{reason}"
-            );
-            assert!(reason.contains(expect), "{reason}");
+        Err(ChannelError::Dead(DeadReason::Disconnected {
+            context,
+            name,
+            cause,
+        })) => {
+            assert_eq!((context, name.as_str()), (1, "bad"));
+            assert!(cause.contains(expect), "{cause}");
         }
         other => panic!("expected a dead message, got {other:?}"),
     }

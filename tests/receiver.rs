@@ -9,10 +9,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Controller, PROMPTLY};
 use ferrogen::call::CallError;
-use ferrogen::channel::{ChannelError, SENDER_CLOSED, Sender};
+use ferrogen::channel::{ChannelError, Sender};
 use ferrogen::ping::{PING_SERVICE, SinkArgs};
 use ferrogen::router::Policy;
-use ferrogen::wire::{Enc, control, handles};
+use ferrogen::wire::{DeadReason, Enc, control, handles};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receivers_get_distinct_dynamic_handles() {
@@ -36,7 +36,7 @@ async fn sender_close_wakes_a_waiting_receiver() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     sender.close(&c.router);
     let got = waiter.await.expect("waiter task");
-    assert_eq!(got.unwrap_err(), ChannelError::Dead(SENDER_CLOSED.into()));
+    assert_eq!(got.unwrap_err(), ChannelError::Dead(DeadReason::Closed));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,7 +75,7 @@ async fn dropping_a_receiver_unregisters_its_handle() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, CallError::Dead(s) if s.contains(&format!("invalid handle {h} in context 0"))),
+        matches!(&err, CallError::Dead { reason: DeadReason::InvalidHandle { handle, context: 0, .. }, .. } if *handle == h),
         "{err}"
     );
 }

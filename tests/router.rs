@@ -14,7 +14,7 @@ use ferrogen::channel::{ChannelError, Sender};
 use ferrogen::ping::{PING_SERVICE, SinkArgs};
 use ferrogen::router::{Policy, RouterConfig};
 use ferrogen::wire::control::{self, AddRoute};
-use ferrogen::wire::{ContextId, Enc, Frame, handles};
+use ferrogen::wire::{ContextId, DeadReason, Enc, Frame, handles};
 
 /// Ids for fake children, far away from anything the controller allocates.
 const FAKE_A: ContextId = 900_001;
@@ -42,7 +42,7 @@ fn tag_of(f: &Frame) -> String {
 
 fn dead_reason(e: CallError) -> String {
     match e {
-        CallError::Dead(s) => s,
+        CallError::Dead { reason, .. } => reason.to_string(),
         other => panic!("expected a dead-message error, got {other:?}"),
     }
 }
@@ -267,7 +267,7 @@ async fn message_too_large_is_answered_everywhere_and_inherited() {
         .send_bytes(&c.router, Bytes::from(vec![0u8; SMALL + 1]));
     assert_eq!(
         rx.recv_timeout(PROMPTLY).await.unwrap_err(),
-        ChannelError::Dead(too_large.clone())
+        ChannelError::Dead(DeadReason::TooLarge { max: SMALL })
     );
     // ... and in another context: the child's sink ends on it and reports
     // that nothing arrived.

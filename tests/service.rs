@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::{Controller, PROMPTLY, TEST};
 use ferrogen::call::{CallError, RemoteError};
 use ferrogen::service::{Policy, ServiceBuilder};
+use ferrogen::wire::DeadReason;
 
 type Outcome = (Option<RemoteError>, String);
 
@@ -165,7 +166,10 @@ async fn shutdown_closes_the_handle_then_runs_the_hook_once() {
                     // By the time the hook runs, calls are already refused.
                     let r: Result<u32, CallError> =
                         router.call_service(0, TEST, "anyone", &1u32).await;
-                    *seen.lock().unwrap() = format!("{r:?}");
+                    *seen.lock().unwrap() = match r {
+                        Err(e) => e.to_string(),
+                        Ok(v) => format!("answered {v}"),
+                    };
                 })
                 .build(),
         );
@@ -190,7 +194,17 @@ async fn shutdown_closes_the_handle_then_runs_the_hook_once() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, CallError::Dead(s) if s.contains("invalid handle 110 in context 0")),
+        matches!(
+            &err,
+            CallError::Dead {
+                reason: DeadReason::InvalidHandle {
+                    handle: 110,
+                    context: 0,
+                    ..
+                },
+                ..
+            }
+        ),
         "{err}"
     );
     match call_from(&c, child.id, 0, "anyone").await {

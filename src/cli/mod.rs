@@ -134,12 +134,22 @@ pub fn main() -> i32 {
 /// context 1 (local.4711) has disconnected: ...").
 pub fn call_failure(name: &str, during: &str, e: &crate::call::CallError) -> String {
     use crate::call::CallError;
+    use crate::wire::DeadReason;
     match e {
         CallError::Remote { error, .. } => format!("{name}: {error}"),
-        CallError::Dead(why) => match why.rsplit_once("has disconnected: ") {
-            Some((_, cause)) => format!("{name}: connection lost during {during} ({cause})"),
-            None => format!("{name}: {during} failed: {why}"),
-        },
+        CallError::Dead {
+            reason: DeadReason::Disconnected { cause, .. },
+            ..
+        } => {
+            // A hop's loss ends the waiters below it with its own
+            // disconnect as the cause: say the first cause.
+            let mut cause = cause.clone();
+            while let DeadReason::Disconnected { cause: inner, .. } = DeadReason::parse(&cause) {
+                cause = inner;
+            }
+            format!("{name}: connection lost during {during} ({cause})")
+        }
+        CallError::Dead { reason, .. } => format!("{name}: {during} failed: {reason}"),
         CallError::Timeout { after, .. } => {
             format!(
                 "{name}: no answer to {during} within {:.0} s",

@@ -1032,7 +1032,7 @@ async fn receive_data(
             Ok(f) => f,
             Err(e) => {
                 let reason = match e {
-                    ChannelError::Dead(reason) => reason,
+                    ChannelError::Dead(reason) => reason.to_string(),
                     e => e.to_string(),
                 };
                 return Err(ReceiveError::Interrupted {

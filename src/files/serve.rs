@@ -1390,7 +1390,7 @@ enum Abandon {
     /// The requester closed the transfer (it failed on its side, or no
     /// longer wants the file): its own report says why, so this is not
     /// news here.
-    ByRequester(String),
+    ByRequester(crate::wire::DeadReason),
     /// Anything else: a lost route or stripe, a read error, a timeout.
     Other(String),
 }

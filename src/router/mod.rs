@@ -134,10 +134,10 @@ enum Action {
     Nothing,
     Push(Arc<Outbox>, Frame),
     /// Answer the sender with this reason.
-    Dead(Frame, String),
+    Dead(Frame, DeadReason),
     /// Too large: answer the sender and tell the recipient (see
     /// [`Router::send_dead_reply`]).
-    TooLarge(Frame, String),
+    TooLarge(Frame, DeadReason),
 }
 
 impl Router {
@@ -384,7 +384,7 @@ impl Router {
                         dst: frame.dst_id,
                         me: self.inner.id,
                     };
-                    Action::Dead(frame, reason.to_string())
+                    Action::Dead(frame, reason)
                 }
             },
             Decision::Drop(why) => {
@@ -401,12 +401,12 @@ impl Router {
             Decision::Dead(reason @ DeadReason::TooLarge { .. }) => {
                 drop(st);
                 tracing::error!("{}: {reason}: {frame:?}", self.inner.name);
-                Action::TooLarge(frame, reason.to_string())
+                Action::TooLarge(frame, reason)
             }
             Decision::Dead(reason) => {
                 drop(st);
                 tracing::debug!("{}: {reason}: {frame:?}", self.inner.name);
-                Action::Dead(frame, reason.to_string())
+                Action::Dead(frame, reason)
             }
         }
     }
@@ -482,10 +482,11 @@ impl Router {
                     frame.handle
                 );
             }
-            let reason = format!(
-                "invalid handle {} in context {} ({})",
-                frame.handle, self.inner.id, self.inner.name
-            );
+            let reason = DeadReason::InvalidHandle {
+                handle: frame.handle,
+                context: self.inner.id,
+                name: self.inner.name.clone(),
+            };
             return Action::Dead(frame, reason);
         };
         // The same checks for dead messages as for any other: only the
@@ -498,7 +499,7 @@ impl Router {
                 return self.refuse(st, &frame, "not from the respondent");
             }
             drop(st);
-            let reason = format!("reply from unexpected context {}", frame.src_id);
+            let reason = DeadReason::UnexpectedContext { from: frame.src_id };
             tracing::warn!("{}: {reason}: {frame:?}", self.inner.name);
             return Action::Dead(frame, reason);
         }
@@ -507,10 +508,11 @@ impl Router {
                 return self.refuse(st, &frame, "refused by policy");
             }
             drop(st);
-            let reason = format!(
-                "refused by policy: context {} may not send to handle {} of {}",
-                frame.auth_id, frame.handle, self.inner.name
-            );
+            let reason = DeadReason::Refused {
+                from: frame.auth_id,
+                handle: frame.handle,
+                name: self.inner.name.clone(),
+            };
             tracing::warn!("{}: {reason}", self.inner.name);
             return Action::Dead(frame, reason);
         }
@@ -535,10 +537,11 @@ impl Router {
     /// `auth_id` this router, so the caller's respondent check accepts it
     /// and every hop's reverse-path check still holds (`docs/protocol.md`
     /// §Dead messages).
-    fn send_dead_reply(&self, frame: &Frame, reason: &str, tell_recipient: bool) {
+    fn send_dead_reply(&self, frame: &Frame, reason: &DeadReason, tell_recipient: bool) {
         if frame.is_dead() {
             return;
         }
+        let reason = &reason.to_string();
         let mut dead = if frame.reply_to != 0 {
             let mut f = Frame::dead(frame.src_id, frame.reply_to, reason);
             f.src_id = frame.dst_id;
@@ -586,10 +589,14 @@ impl Router {
                 context: dst,
                 after,
             }),
-            Err(e) => Err(CallError::Dead(format!(
-                "call to {} failed: {e}",
-                self.describe(dst)
-            ))),
+            Err(crate::channel::ChannelError::Dead(reason)) => Err(CallError::Dead {
+                callee: self.describe(dst),
+                reason,
+            }),
+            Err(crate::channel::ChannelError::Closed) => Err(CallError::Dead {
+                callee: self.describe(dst),
+                reason: DeadReason::Other("the reply handle was closed in this context".into()),
+            }),
         }
     }
 
@@ -837,7 +844,10 @@ impl Router {
     /// router on the way knows which stream owns which ids.
     fn on_allocate_id(&self, frame: Frame, ingress: Option<StreamId>) -> Action {
         let Some(link) = ingress else {
-            return Action::Dead(frame, "ids are allocated to child streams only".into());
+            return Action::Dead(
+                frame,
+                DeadReason::IdsRefused("ids are allocated to child streams only".into()),
+            );
         };
         if let Err(why) = self.lock().table.reserve_block(link) {
             tracing::warn!(
@@ -845,7 +855,7 @@ impl Router {
                 self.inner.name,
                 frame.src_id
             );
-            return Action::Dead(frame, why.to_string());
+            return Action::Dead(frame, DeadReason::IdsRefused(why.to_string()));
         }
         // Who the block is for: the neighbour itself (an empty request), or
         // a context below it that the neighbour asks for (a relay passing a
@@ -869,7 +879,7 @@ impl Router {
             let mut st = self.lock();
             let Some(block) = st.controller_ids.allocate_block() else {
                 st.table.unreserve_block(link);
-                return Action::Dead(frame, "context id space exhausted".into());
+                return Action::Dead(frame, DeadReason::IdSpaceExhausted);
             };
             st.table.delegate_for(block, link, requester);
             drop(st);
@@ -888,7 +898,8 @@ impl Router {
                 }
                 Err(e) => {
                     me.lock().table.unreserve_block(link);
-                    me.send_dead_reply(&frame, &format!("could not allocate ids: {e}"), false);
+                    let reason = DeadReason::IdsUnavailable(e.to_string());
+                    me.send_dead_reply(&frame, &reason, false);
                 }
             }
         });
@@ -916,13 +927,12 @@ impl Router {
                 if let Some(h) = st.handlers.remove(&k) {
                     let who = h.respondent.unwrap_or_default();
                     let name = st.names.get(&who).cloned().unwrap_or_default();
-                    let mut f = Frame::dead(
-                        self.inner.id,
-                        k,
-                        &format!(
-                            "the respondent context {who} ({name}) has disconnected: {reason}"
-                        ),
-                    );
+                    let why = DeadReason::Disconnected {
+                        context: who,
+                        name,
+                        cause: reason.to_string(),
+                    };
+                    let mut f = Frame::dead(self.inner.id, k, &why.to_string());
                     f.src_id = who;
                     let _ = h.tx.send(f);
                 }
@@ -1042,7 +1052,10 @@ impl Router {
                 .lock()
                 .controller_ids
                 .allocate()
-                .ok_or_else(|| CallError::Dead("context id space exhausted".into()));
+                .ok_or_else(|| CallError::Dead {
+                    callee: self.describe(0),
+                    reason: DeadReason::IdSpaceExhausted,
+                });
         }
         loop {
             if let Some(id) = self.lock().block.take() {
@@ -1057,7 +1070,10 @@ impl Router {
     /// or, as a relay, for the child `for_child`.
     async fn request_block(&self, for_child: Option<ContextId>) -> Result<IdBlock, CallError> {
         let Some(&parent) = self.inner.parent_ids.first() else {
-            return Err(CallError::Dead("no parent to allocate ids from".into()));
+            return Err(CallError::Dead {
+                callee: self.describe(self.inner.id),
+                reason: DeadReason::IdsUnavailable("no parent to allocate ids from".into()),
+            });
         };
         let reply = self
             .request(
@@ -1071,10 +1087,10 @@ impl Router {
         let block: IdBlock =
             control::decode_frame(&reply).map_err(|e| CallError::malformed(parent, e))?;
         if block.start >= block.end {
-            return Err(CallError::Dead(format!(
-                "{} returned an empty id block",
-                self.describe(parent)
-            )));
+            return Err(CallError::Malformed {
+                context: parent,
+                detail: "an empty id block".into(),
+            });
         }
         Ok(block)
     }

@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
+pub use crate::wire::DeadReason;
 use crate::wire::control::IdBlock;
 use crate::wire::{ContextId, Header};
 
@@ -101,33 +102,6 @@ impl fmt::Display for Rejection {
                 write!(f, "bad src_id {src_id} from stream {link}")
             }
             Rejection::UnknownLink(link) => write!(f, "frame from unknown stream {link}"),
-        }
-    }
-}
-
-/// Why a frame could not be delivered; the text is the dead message's
-/// payload on the wire (`docs/protocol.md` lists each).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeadReason {
-    /// The payload exceeds the maximum message size.
-    TooLarge {
-        /// The limit.
-        max: usize,
-    },
-    /// No route to `dst` from context `me`.
-    NoRoute {
-        /// The destination.
-        dst: ContextId,
-        /// This context.
-        me: ContextId,
-    },
-}
-
-impl fmt::Display for DeadReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DeadReason::TooLarge { max } => write!(f, "message too large (max {max} bytes)"),
-            DeadReason::NoRoute { dst, me } => write!(f, "no route to {dst}, my id is {me}"),
         }
     }
 }

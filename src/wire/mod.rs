@@ -11,13 +11,16 @@
 //!   maximum frame size before allocating anything.
 //! * [`control`] — the serde encoding of control payloads.
 //! * [`handles`] — the standard handle numbers.
+//! * [`dead`] — the reasons dead messages carry, as a type.
 
 pub mod codec;
 pub mod control;
+pub mod dead;
 pub mod handles;
 pub mod header;
 
 pub use codec::{DecodeError, FrameCodec};
+pub use dead::DeadReason;
 pub use header::{Enc, HEADER_LEN, Header};
 
 use bytes::Bytes;
@@ -87,6 +90,12 @@ impl Frame {
     /// The reason carried by a dead message, as text.
     pub fn dead_reason(&self) -> String {
         String::from_utf8_lossy(&self.payload).into_owned()
+    }
+
+    /// The reason carried by a dead message, as a [`DeadReason`] (its text
+    /// capped and made safe to print first: it comes from a peer).
+    pub fn dead_kind(&self) -> DeadReason {
+        DeadReason::parse(&crate::text::cap_owned(self.dead_reason()))
     }
 
     /// A dead message for `(dst_id, handle)` carrying `reason`.
