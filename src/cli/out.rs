@@ -7,7 +7,7 @@
 //! remembered and later lines for it are dropped; the command carries on
 //! (its transfers are already done or still worth finishing) and exits with
 //! the status its work earned. Every line also passes through
-//! [`sanitize`](super::sanitize::sanitize), since much of it quotes targets.
+//! [`super::sanitize::sanitize`], since much of it quotes targets.
 
 use std::fmt::Display;
 use std::io::Write;

@@ -289,7 +289,7 @@ const SIGN_THREADS: usize = 4;
 
 /// [`signature`] of the first `size` bytes of `file`, read at offsets
 /// (the file position is not used): the blocks are split into contiguous
-/// runs signed on up to [`SIGN_THREADS`] threads (as many as the machine
+/// runs signed on up to `SIGN_THREADS` threads (as many as the machine
 /// has cores). The signature is the first of the three passes over the
 /// data of a delta (sign, match, copy), and the sender waits for it, so
 /// the receiver's cores all work on it.

@@ -320,7 +320,7 @@ impl Spool {
     }
 }
 
-/// A relay's tee: the source of a tee-mode [`FileService`].
+/// A relay's tee: the source of a tee-mode [`FileService`](super::FileService).
 pub struct Tee {
     router: Router,
     upstream: ContextId,

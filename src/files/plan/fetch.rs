@@ -1,0 +1,334 @@
+//! Receiving a batch's files: one windowed transfer for a large file, many
+//! small files to a `fetch_small` call; each verified into its temp file.
+
+use super::*;
+
+pub(super) enum Done {
+    Committed(Summary),
+    Pending(Box<PendingFile>),
+}
+
+/// One file of the plan: its place in the plan, where it comes from and
+/// goes, and the size the plan saw.
+pub(super) struct FileJob {
+    pub(super) index: usize,
+    pub(super) src: RawPath,
+    pub(super) place: Place,
+    pub(super) size: u64,
+    /// Created or Changed, once it lands.
+    pub(super) status: Status,
+    /// What differed ([`changes`] flags).
+    pub(super) changes: u8,
+    /// What the destination held when it was checked.
+    pub(super) before: Option<Found>,
+}
+
+/// How a sent file is reported, and what its destination held when it
+/// was checked (it is not replaced if that changed meanwhile).
+#[derive(Clone, Copy)]
+pub(super) struct Sent {
+    pub(super) status: Status,
+    pub(super) changes: u8,
+    pub(super) before: Option<Found>,
+}
+
+/// Whether the destination of `p` still holds what the check saw: the
+/// same inode, size and mtime, or still nothing. Another writer's change
+/// since then is not silently overwritten.
+pub(super) fn still_as_checked(p: &Place, before: Option<&Found>) -> Result<(), String> {
+    let now = look_at(p).map_err(|e| format!("{}: {}", show(p.shown()), describe(e)))?;
+    let same = match (before, now.as_ref()) {
+        (None, None) => true,
+        (Some(b), Some(n)) => {
+            b.dev == n.dev
+                && b.ino == n.ino
+                && b.kind == n.kind
+                && b.size == n.size
+                && b.same_time(n.mtime_sec, n.mtime_nsec)
+        }
+        _ => false,
+    };
+    if same {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: changed at the destination while the push ran; not replaced \
+             (push again to replace it)",
+            show(p.shown())
+        ))
+    }
+}
+
+/// A file's outcome: its plan index, destination, and result.
+pub(super) type Outcome = (usize, Place, Result<Done, String>);
+
+/// What every fetch needs.
+pub(super) struct FetchContext {
+    pub(super) router: Router,
+    pub(super) server: ContextId,
+    pub(super) temps: TempFiles,
+    pub(super) opts: ReceiveOptions,
+    pub(super) held: Arc<HeldFiles>,
+    /// [`PushPlan::sizes_bound`].
+    pub(super) sizes_bound: bool,
+}
+
+/// With sizes bound, why a file of `size` bytes offered for an entry
+/// announced at `announced` is refused.
+pub(super) fn over_announced(sizes_bound: bool, announced: u64, size: u64) -> Option<String> {
+    (sizes_bound && size > announced).then(|| {
+        format!(
+            "the source sent {size} bytes for a file it announced at {announced}; \
+             refused (pull again if it grew meanwhile)"
+        )
+    })
+}
+
+/// How many received files may wait for the batched sync with their
+/// descriptors still open (and so still nameless, see
+/// [`PendingFile::finish_open`]); beyond that, files get a hidden name
+/// and their descriptor is closed.
+pub(super) struct HeldFiles {
+    pub(super) left: std::sync::atomic::AtomicUsize,
+}
+
+impl HeldFiles {
+    /// Raises this process's soft limit on open files to its hard limit
+    /// (as Go's runtime does at start) and allows all but a reserve of it.
+    pub(super) fn from_rlimit() -> Arc<HeldFiles> {
+        let limit = crate::files::serve::raise_open_files_limit().min(1 << 20) as usize;
+        Arc::new(HeldFiles {
+            left: std::sync::atomic::AtomicUsize::new(limit.saturating_sub(FD_RESERVE)),
+        })
+    }
+
+    /// Takes one descriptor from the budget, if any is left.
+    pub(super) fn take_one(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+/// Descriptors left for everything else (streams, directories, files
+/// still being received) when files are held open.
+pub(super) const FD_RESERVE: usize = 512;
+
+/// `fetch_small` calls in flight at once: enough to keep the link busy
+/// while the previous reply is written out, few enough that at most this
+/// many × [`SMALL_BATCH_BYTES`] of replies are buffered.
+pub(super) const SMALL_BATCHES_IN_FLIGHT: usize = 4;
+
+/// Small files in a push from which on the destination's file system is
+/// synced in the background while they arrive ([`EarlySync`]).
+pub(super) const EARLY_SYNC_MIN_FILES: usize = 2048;
+
+/// Most files asked for in one `fetch_small`.
+pub(super) const SMALL_BATCH_FILES: usize = 512;
+
+/// Groups small files into `fetch_small` calls of at most
+/// [`SMALL_BATCH_FILES`] files and [`SMALL_BATCH_BYTES`] of data (by the
+/// plan's sizes; the server enforces the real budget).
+pub(super) fn small_batches(small: Vec<FileJob>) -> Vec<Vec<FileJob>> {
+    let mut batches = Vec::new();
+    let mut batch: Vec<FileJob> = Vec::new();
+    let mut bytes = 0u64;
+    for job in small {
+        if !batch.is_empty()
+            && (batch.len() >= SMALL_BATCH_FILES || bytes + job.size > SMALL_BATCH_BYTES)
+        {
+            batches.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += job.size;
+        batch.push(job);
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
+}
+
+/// Fetches one file through its own transfer. The only file of a plan is
+/// committed durably at once; one of many is finished (its descriptor
+/// closed) and left for the batched sync.
+pub(super) async fn fetch_one(ctx: &FetchContext, job: FileJob, single: bool) -> Outcome {
+    let r = if ctx.sizes_bound {
+        receive::receive_at_most(
+            &ctx.router,
+            ctx.server,
+            &job.src,
+            &job.place,
+            &ctx.temps,
+            &ctx.opts,
+            job.size,
+        )
+        .await
+    } else {
+        receive::receive_with(
+            &ctx.router,
+            ctx.server,
+            &job.src,
+            &job.place,
+            &ctx.temps,
+            &ctx.opts,
+        )
+        .await
+    };
+    let r = match r {
+        Ok(p) if over_announced(ctx.sizes_bound, job.size, p.bytes).is_some() => Err(format!(
+            "{}: {}",
+            show(job.place.shown()),
+            over_announced(ctx.sizes_bound, job.size, p.bytes).unwrap_or_default()
+        )),
+        Ok(mut p) => {
+            let done = if single {
+                let s = Summary {
+                    bytes: p.bytes,
+                    digest: p.digest,
+                    started: p.started,
+                    span: p.data_span_ns,
+                };
+                match still_as_checked(&job.place, job.before.as_ref()) {
+                    Ok(()) => p.commit(&ctx.opts).map(|()| Done::Committed(s)),
+                    Err(e) => return (job.index, job.place, Err(e)),
+                }
+            } else if ctx.held.take_one() {
+                p.finish_open(&ctx.opts)
+                    .map(|()| Done::Pending(Box::new(p)))
+            } else {
+                p.finish(&ctx.opts, false)
+                    .map(|()| Done::Pending(Box::new(p)))
+            };
+            done.map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    (job.index, job.place, r)
+}
+
+/// Fetches a batch of small files in one `fetch_small` call and writes
+/// them on a blocking thread (so this context keeps reading its stream
+/// meanwhile). Files the server found too large by now are fetched one by
+/// one.
+pub(super) async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<Outcome> {
+    let started = Instant::now();
+    let args = FetchSmallArgs {
+        paths: batch.iter().map(|j| j.src.clone()).collect(),
+    };
+    let reply: Result<Vec<SmallFile>, _> = ctx
+        .router
+        .call_service(ctx.server, FILE_SERVICE, "fetch_small", &args)
+        .await;
+    let all_failed = |batch: Vec<FileJob>, why: String| -> Vec<Outcome> {
+        batch
+            .into_iter()
+            .map(|j| {
+                let e = format!(
+                    "{}: fetch of {} failed: {why}",
+                    show(j.place.shown()),
+                    j.src
+                );
+                (j.index, j.place, Err(e))
+            })
+            .collect()
+    };
+    let files = match reply {
+        Ok(files) if files.len() == batch.len() => files,
+        Ok(files) => {
+            let why = format!(
+                "the server answered {} of {} files",
+                files.len(),
+                batch.len()
+            );
+            return all_failed(batch, why);
+        }
+        Err(why) => return all_failed(batch, why.to_string()),
+    };
+    let (temps, opts, held) = (ctx.temps.clone(), ctx.opts.clone(), ctx.held.clone());
+    let sizes_bound = ctx.sizes_bound;
+    let places: Vec<(usize, Place)> = batch.iter().map(|j| (j.index, j.place.clone())).collect();
+    let written = tokio::task::spawn_blocking(move || {
+        let mut done = Vec::with_capacity(batch.len());
+        let mut too_large = Vec::new();
+        for (job, file) in batch.into_iter().zip(files) {
+            let r = match crate::files::compress::open_small(file) {
+                SmallFile::Data { meta, .. } | SmallFile::Compressed { meta, .. }
+                    if over_announced(sizes_bound, job.size, meta.size).is_some() =>
+                {
+                    Err(format!(
+                        "{}: {}",
+                        show(job.place.shown()),
+                        over_announced(sizes_bound, job.size, meta.size).unwrap_or_default()
+                    ))
+                }
+                SmallFile::Data { meta, data, digest } => {
+                    receive::receive_whole(&job.place, &temps, &meta, &data, &digest, started)
+                        .and_then(|mut p| {
+                            if held.take_one() {
+                                p.finish_open(&opts)
+                            } else {
+                                p.finish(&opts, false)
+                            }
+                            .map(|()| Done::Pending(Box::new(p)))
+                        })
+                        .map_err(|e| e.to_string())
+                }
+                SmallFile::TooLarge => {
+                    too_large.push(job);
+                    continue;
+                }
+                SmallFile::Failed(why) => Err(format!(
+                    "{}: fetch of {} failed: {why}",
+                    show(job.place.shown()),
+                    job.src
+                )),
+                // open_small decodes these; nothing else may land.
+                SmallFile::Compressed { .. } => Err(format!(
+                    "{}: fetch of {} failed: compressed data was not decoded",
+                    show(job.place.shown()),
+                    job.src
+                )),
+            };
+            done.push((job.index, job.place, r));
+        }
+        (done, too_large)
+    })
+    .await;
+    let (mut done, too_large) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            return places
+                .into_iter()
+                .map(|(i, p)| (i, p, Err(format!("internal error writing files: {e}"))))
+                .collect();
+        }
+    };
+    for job in too_large {
+        done.push(fetch_one(&ctx, job, false).await);
+    }
+    done
+}
+
+pub(super) struct Summary {
+    pub(super) bytes: u64,
+    pub(super) digest: [u8; 32],
+    pub(super) started: Instant,
+    pub(super) span: (u64, u64),
+}
+
+pub(super) fn file_ok(path: &Path, s: &Summary, status: Status, changed: u8) -> EntryResult {
+    EntryResult {
+        path: show(path),
+        path_bytes: raw_if_not_utf8(path),
+        bytes: s.bytes,
+        seconds: s.started.elapsed().as_secs_f64(),
+        digest: Some(hex(&s.digest)),
+        error: None,
+        data_span_ns: s.span,
+        status,
+        kind: EntryKind::File,
+        changes: changed,
+    }
+}

@@ -1,0 +1,507 @@
+//! Looking at the destination before anything is sent: the quick check's
+//! verdicts, `-c` digests, dry-run results, what links and specials need.
+
+use super::*;
+
+/// A dry run's results when DEST does not exist: every entry created
+/// (DEST itself first, when `with_dest`).
+pub(super) fn all_new(entries: &[PlanEntry], dest: &Path, with_dest: bool) -> Vec<EntryResult> {
+    let mut out = Vec::with_capacity(entries.len() + 1);
+    if with_dest {
+        out.push(EntryResult::done(dest, EntryKind::Dir, Status::Created));
+    }
+    for e in entries {
+        let (rel, kind, bytes) = match e {
+            PlanEntry::Dir { rel, .. } => (rel, EntryKind::Dir, 0),
+            PlanEntry::File { rel, size, .. } => (rel, EntryKind::File, *size),
+            PlanEntry::Symlink { rel, .. } => (rel, EntryKind::Symlink, 0),
+            PlanEntry::HardLink { rel, .. } => (rel, EntryKind::HardLink, 0),
+            PlanEntry::Special { rel, .. } => (rel, EntryKind::Special, 0),
+        };
+        let mut r = EntryResult::done(&dest.join(rel.as_path()), kind, Status::Created);
+        if kind == EntryKind::File {
+            r.bytes = bytes;
+            r.changes = changes::CONTENT;
+        }
+        out.push(r);
+    }
+    out
+}
+
+/// A contents copy's source directory's metadata applied to DEST itself
+/// (the push's root), as rsync does; `None` without one. In a dry run,
+/// only the status.
+pub(super) fn root_meta(
+    plan: &PushPlan,
+    root: &Root,
+    before: Option<Found>,
+    ids_of: &dyn Fn(&Option<Owner>) -> Ids,
+) -> Option<EntryResult> {
+    let Some(PlanEntry::Dir {
+        mode,
+        mtime_sec,
+        mtime_nsec,
+        owner,
+        xattrs,
+        ..
+    }) = &plan.root
+    else {
+        return None;
+    };
+    let (mode, sec, nsec, ids) = (*mode, *mtime_sec, *mtime_nsec, ids_of(owner));
+    let shown = root.path();
+    // Judged as the push found it (None: DEST was created by this push).
+    let (mut status, mut changed) = dir_status(before.as_ref(), mode, sec, nsec, ids);
+    if plan.dry_run {
+        return Some(EntryResult::done(shown, EntryKind::Dir, status).with_changes(changed));
+    }
+    let applied = (|| -> Result<(), String> {
+        let fd = root
+            .open_beneath(Path::new(""), OFlags::RDONLY | OFlags::DIRECTORY)
+            .map_err(describe)?;
+        if crate::files::xattr::sync_fd(&fd, xattrs, plan.options.xattrs)?
+            && status == Status::Unchanged
+        {
+            (status, changed) = (Status::Changed, changed | changes::XATTRS);
+        }
+        let now = Found::of(&rustix::fs::fstat(&fd).map_err(describe)?);
+        if Fixes::needed(&now, mode, Some((sec, nsec)), ids).is_empty() {
+            return Ok(());
+        }
+        if let Some((uid, gid)) = ids {
+            rustix::fs::fchown(&fd, Some(uid), Some(gid)).map_err(describe)?;
+        }
+        rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(mode)).map_err(describe)?;
+        rustix::fs::futimens(&fd, &times(sec, nsec)).map_err(describe)
+    })();
+    Some(match applied {
+        Ok(()) => EntryResult::done(shown, EntryKind::Dir, status).with_changes(changed),
+        Err(e) => EntryResult::failed(
+            shown,
+            format!("{}: cannot set directory metadata: {e}", show(shown)),
+        )
+        .of_kind(EntryKind::Dir),
+    })
+}
+
+/// The status of a directory of the plan, given what was at its name
+/// before the push (`None`: nothing, so it is created).
+pub(super) fn dir_status(
+    before: Option<&Found>,
+    mode: u32,
+    sec: i64,
+    nsec: u32,
+    ids: Ids,
+) -> (Status, u8) {
+    match before {
+        None => (Status::Created, 0),
+        Some(f) if f.kind != rustix::fs::FileType::Directory => (Status::Changed, changes::TYPE),
+        Some(f) => {
+            let fixes = Fixes::needed(f, mode, Some((sec, nsec)), ids);
+            if fixes.is_empty() {
+                (Status::Unchanged, 0)
+            } else {
+                (Status::Changed, fixes.changes)
+            }
+        }
+    }
+}
+
+/// A file whose data is already the source's: unchanged, or changed by
+/// setting `fixes` (only reported in a dry run).
+pub(super) fn keep(p: &Place, fixes: &Fixes, dry_run: bool) -> EntryResult {
+    if fixes.is_empty() {
+        return EntryResult::done(p.shown(), EntryKind::File, Status::Unchanged);
+    }
+    let r = if dry_run {
+        Ok(())
+    } else {
+        uptodate::apply(p, fixes)
+    };
+    landed(p, EntryKind::File, Status::Changed, "set file metadata", r).with_changes(fixes.changes)
+}
+
+/// [`keep`], and with `-X`/`-A` the file's extended attributes (ACLs)
+/// made the source's where they differ: a metadata change, as in rsync's
+/// quick check (the data is not sent again).
+pub(super) fn keep_file(
+    p: &Place,
+    fixes: &Fixes,
+    stamp: Option<&Stamp>,
+    plan: &PushPlan,
+) -> EntryResult {
+    use crate::files::xattr;
+    let sel = plan.options.xattrs;
+    let Some(want) = stamp
+        .and_then(|s| s.xattrs.as_deref())
+        .filter(|_| sel.any())
+    else {
+        return keep(p, fixes, plan.dry_run);
+    };
+    match xattr::read_place(p, sel) {
+        Ok(have) if !xattr::differ(want, &have, sel) => keep(p, fixes, plan.dry_run),
+        Ok(_) => {
+            // Before the mode, as for a received file.
+            let r = if plan.dry_run {
+                Ok(())
+            } else {
+                xattr::sync_place(p, want, sel).and_then(|_| uptodate::apply(p, fixes))
+            };
+            landed(p, EntryKind::File, Status::Changed, "set file metadata", r)
+                .with_changes(fixes.changes | changes::XATTRS)
+        }
+        Err(e) => EntryResult::failed(p.shown(), format!("{}: {e}", show(p.shown())))
+            .of_kind(EntryKind::File),
+    }
+}
+
+/// What each place holds now, looked at beneath its parent's handle (one
+/// handle per run of places in the same directory, as a walk yields them).
+pub(super) fn look_many(places: &[Place]) -> Vec<Result<Option<Found>, rustix::io::Errno>> {
+    use rustix::io::Errno;
+    let mut parent: Option<(PathBuf, Result<OwnedFd, Errno>)> = None;
+    let mut out = Vec::with_capacity(places.len());
+    for p in places {
+        let fresh = match &parent {
+            Some((rel, _)) => rel != p.parent_rel(),
+            None => true,
+        };
+        if fresh {
+            parent = Some((p.parent_rel().to_path_buf(), p.open_parent()));
+        }
+        out.push(match &parent {
+            Some((_, Ok(dir))) => uptodate::look(dir, p.name()),
+            Some((_, Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP))) => Ok(None),
+            Some((_, Err(e))) => Err(*e),
+            None => Err(Errno::INVAL),
+        });
+    }
+    out
+}
+
+/// Places looked at per blocking thread: a quick check of 100,000
+/// unchanged files is mostly `lstat`s, which two threads halve.
+pub(super) const LOOK_SHARE: usize = 8192;
+
+/// [`look_many`] split over blocking threads, in order.
+pub(super) async fn look_parallel(
+    places: Vec<Place>,
+) -> Result<Vec<Result<Option<Found>, rustix::io::Errno>>, String> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
+    let share = places.len().div_ceil(threads).max(LOOK_SHARE);
+    let mut parts = Vec::new();
+    let mut rest = places.into_iter();
+    loop {
+        let part: Vec<Place> = rest.by_ref().take(share).collect();
+        if part.is_empty() {
+            break;
+        }
+        parts.push(tokio::task::spawn_blocking(move || look_many(&part)));
+    }
+    let mut out = Vec::new();
+    for p in parts {
+        out.extend(p.await.map_err(|e| format!("internal error: {e}"))?);
+    }
+    Ok(out)
+}
+
+/// A file `--checksum` hashes on both sides: its place, source, stamp,
+/// owner ids, what is at the destination, and size.
+pub(super) type ToHash = (Place, RawPath, Option<Stamp>, Ids, Found, u64);
+
+/// Most paths asked for in one `digests` call.
+pub(super) const DIGEST_BATCH_FILES: usize = crate::files::MAX_DIGEST_PATHS;
+
+/// For `--checksum`: whether each file at the destination has the same
+/// BLAKE3 digest as its source. The destination's files are hashed here
+/// while the server hashes the sources.
+pub(super) async fn checksums(
+    router: &Router,
+    server: ContextId,
+    files: &[ToHash],
+) -> Vec<Result<bool, String>> {
+    let places: Vec<Place> = files.iter().map(|f| f.0.clone()).collect();
+    let ours =
+        tokio::task::spawn_blocking(move || places.iter().map(hash_place).collect::<Vec<_>>());
+    // Batches of the most a call may name, several in flight (the server
+    // reads as many at once per requester): one after the other, 10,000
+    // files over a 20 ms link spent a second waiting.
+    let mut calls = tokio::task::JoinSet::new();
+    let slots = Arc::new(Semaphore::new(
+        crate::files::serve::SMALL_CALLS_PER_REQUESTER,
+    ));
+    for (i, batch) in files.chunks(DIGEST_BATCH_FILES).enumerate() {
+        let args = DigestArgs {
+            paths: batch.iter().map(|f| f.1.clone()).collect(),
+        };
+        let (router, slots, n) = (router.clone(), slots.clone(), batch.len());
+        calls.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let reply: Result<Vec<FileDigest>, _> = router
+                .call_service(server, FILE_SERVICE, "digests", &args)
+                .await;
+            let got: Vec<Result<[u8; 32], String>> = match reply {
+                Ok(d) if d.len() == n => d
+                    .into_iter()
+                    .map(|d| match d {
+                        FileDigest::Digest(x) => Ok(x),
+                        FileDigest::Failed(why) => Err(format!("cannot hash the source: {why}")),
+                    })
+                    .collect(),
+                Ok(d) => (0..n)
+                    .map(|_| Err(format!("the server hashed {} of {n} files", d.len())))
+                    .collect(),
+                Err(e) => (0..n)
+                    .map(|_| Err(format!("cannot hash the source: {e}")))
+                    .collect(),
+            };
+            (i, got)
+        });
+    }
+    let mut batches = Vec::new();
+    while let Some(done) = calls.join_next().await {
+        match done {
+            Ok(b) => batches.push(b),
+            Err(e) => {
+                return files
+                    .iter()
+                    .map(|_| Err(format!("internal error hashing: {e}")))
+                    .collect();
+            }
+        }
+    }
+    batches.sort_by_key(|(i, _)| *i);
+    let theirs: Vec<Result<[u8; 32], String>> = batches.into_iter().flat_map(|(_, b)| b).collect();
+    let ours = match ours.await {
+        Ok(o) => o,
+        Err(e) => {
+            return files
+                .iter()
+                .map(|_| Err(format!("internal error hashing: {e}")))
+                .collect();
+        }
+    };
+    ours.into_iter()
+        .zip(theirs)
+        .map(|(o, t)| Ok(o? == t?))
+        .collect()
+}
+
+/// The BLAKE3 digest of the regular file at `p` (no symlink followed).
+pub(super) fn hash_place(p: &Place) -> Result<[u8; 32], String> {
+    let fd = p
+        .root()
+        .open_beneath(
+            p.rel(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+        )
+        .map_err(|e| format!("cannot open it to hash: {}", describe(e)))?;
+    // The name was a regular file when looked at; if something else (a
+    // FIFO, a device) took its place since, its "content" must not be
+    // judged equal to the source's and the entry kept.
+    let st = rustix::fs::fstat(&fd).map_err(|e| format!("cannot hash it: {}", describe(e)))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err("is no longer a regular file".into());
+    }
+    let file = std::fs::File::from(fd);
+    let mut h = blake3::Hasher::new();
+    h.update_reader(&file)
+        .map_err(|e| format!("cannot read it to hash: {}", plain(&e)))?;
+    Ok(*h.finalize().as_bytes())
+}
+
+/// Where a plan's relative path lands beneath the root.
+pub(super) type PlaceOf<'a> = dyn Fn(&RawPath) -> Result<Place, rustix::io::Errno> + 'a;
+
+/// Symlinks, hard links and special files: each one created, replaced,
+/// or left as it is when it already matches (only reported in a dry run).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn links_and_specials(
+    plan: &PushPlan,
+    entries: &[PlanEntry],
+    place_of: &PlaceOf<'_>,
+    root: &Arc<Root>,
+    failed_dirs: &mut FailedDirs,
+    results: &mut Vec<EntryResult>,
+    ids_of: &dyn Fn(&Option<Owner>) -> Ids,
+    dry_run: bool,
+) {
+    use rustix::fs::FileType;
+    let status_of = |found: &Option<Found>| {
+        if found.is_some() {
+            Status::Changed
+        } else {
+            Status::Created
+        }
+    };
+    let owned_as =
+        |f: &Found, ids: Ids| ids.is_none_or(|(u, g)| f.uid == u.as_raw() && f.gid == g.as_raw());
+    for e in entries {
+        if let PlanEntry::Symlink {
+            rel,
+            target,
+            mtime_sec,
+            mtime_nsec,
+            owner,
+            xattrs,
+        } = e
+        {
+            let Some(p) = failed_dirs.admit(place_of(rel), root, results) else {
+                continue;
+            };
+            let ids = ids_of(owner);
+            let found = look_at(&p).ok().flatten();
+            let same = found.as_ref().is_some_and(|f| {
+                f.kind == FileType::Symlink
+                    && f.same_time(*mtime_sec, *mtime_nsec)
+                    && owned_as(f, ids)
+                    && same_xattrs(&p, xattrs, plan.options.xattrs)
+                    && p.open_parent()
+                        .and_then(|d| rustix::fs::readlinkat(&d, p.name(), Vec::new()))
+                        .is_ok_and(|t| t.as_bytes() == target.as_bytes())
+            });
+            if same {
+                results.push(EntryResult::done(
+                    p.shown(),
+                    EntryKind::Symlink,
+                    Status::Unchanged,
+                ));
+                continue;
+            }
+            let status = status_of(&found);
+            let r = if dry_run {
+                Ok(())
+            } else {
+                make_symlink(target, &times(*mtime_sec, *mtime_nsec), ids, &p).and_then(|()| {
+                    crate::files::xattr::sync_place(&p, xattrs, plan.options.xattrs).map(|_| ())
+                })
+            };
+            results.push(landed(&p, EntryKind::Symlink, status, "create symlink", r));
+        }
+    }
+    for e in entries {
+        if let PlanEntry::HardLink { rel, to } = e {
+            let Some(p) = failed_dirs.admit(place_of(rel), root, results) else {
+                continue;
+            };
+            let found = look_at(&p).ok().flatten();
+            let first = place_of(to);
+            let same = match (&found, &first) {
+                (Some(f), Ok(first)) => look_at(first)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|g| g.dev == f.dev && g.ino == f.ino),
+                _ => false,
+            };
+            if same {
+                results.push(EntryResult::done(
+                    p.shown(),
+                    EntryKind::HardLink,
+                    Status::Unchanged,
+                ));
+                continue;
+            }
+            let status = status_of(&found);
+            let r = if dry_run {
+                Ok(())
+            } else {
+                first
+                    .map_err(describe)
+                    .and_then(|first| make_hard_link(&first, &p))
+            };
+            results.push(landed(
+                &p,
+                EntryKind::HardLink,
+                status,
+                "create hard link",
+                r,
+            ));
+        }
+    }
+    for e in entries {
+        if let PlanEntry::Special {
+            rel,
+            kind,
+            mode,
+            rdev,
+            mtime_sec,
+            mtime_nsec,
+            owner,
+            xattrs,
+        } = e
+        {
+            let Some(p) = failed_dirs.admit(place_of(rel), root, results) else {
+                continue;
+            };
+            let ids = ids_of(owner);
+            let found = look_at(&p).ok().flatten();
+            let same = found.as_ref().is_some_and(|f| {
+                same_xattrs(&p, xattrs, plan.options.xattrs)
+                    && f.kind == kind.file_type()
+                    && f.mode == *mode
+                    && f.same_time(*mtime_sec, *mtime_nsec)
+                    && owned_as(f, ids)
+                    && (!matches!(kind, SpecialKind::CharDevice | SpecialKind::BlockDevice)
+                        || f.rdev == *rdev)
+            });
+            if same {
+                results.push(EntryResult::done(
+                    p.shown(),
+                    EntryKind::Special,
+                    Status::Unchanged,
+                ));
+                continue;
+            }
+            let status = status_of(&found);
+            let r = if dry_run {
+                Ok(())
+            } else {
+                make_special(
+                    &p,
+                    *kind,
+                    *mode,
+                    *rdev,
+                    &times(*mtime_sec, *mtime_nsec),
+                    ids,
+                )
+                .and_then(|()| {
+                    crate::files::xattr::sync_place(&p, xattrs, plan.options.xattrs).map(|_| ())
+                })
+            };
+            results.push(landed(
+                &p,
+                EntryKind::Special,
+                status,
+                &format!("create {}", kind.name()),
+                r,
+            ));
+        }
+    }
+}
+
+/// Whether the entry at `p` already has the extended attributes `want`
+/// (in the namespaces `sel` carries; always, when it carries none).
+pub(super) fn same_xattrs(p: &Place, want: &[Xattr], sel: crate::files::xattr::XattrSel) -> bool {
+    !sel.any()
+        || crate::files::xattr::read_place(p, sel)
+            .is_ok_and(|have| !crate::files::xattr::differ(want, &have, sel))
+}
+
+/// The result of one step on an entry: ok, or failed with
+/// "PATH: cannot WHAT: CAUSE".
+pub(super) fn landed<E: std::fmt::Display>(
+    p: &Place,
+    kind: EntryKind,
+    status: Status,
+    what: &str,
+    r: Result<(), E>,
+) -> EntryResult {
+    match r {
+        Ok(()) => EntryResult::done(p.shown(), kind, status),
+        Err(err) => EntryResult::failed(
+            p.shown(),
+            format!("{}: cannot {what}: {err}", show(p.shown())),
+        )
+        .of_kind(kind),
+    }
+}
