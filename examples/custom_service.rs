@@ -15,10 +15,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferrogen::{
-    CallError, ContextId, Controller, Policy, RemoteError, Router, ServiceBuilder, Services, Target,
+    CallError, ContextId, Controller, Policy, RemoteError, Router, Rpc, ServiceBuilder, Services,
+    Target,
 };
 
 const SERVICE: &str = "demo.counter";
+
+// The service's methods as types: both the service (`serve`) and its
+// callers (`Context::call`, `Router::call`) name these, so a change of an
+// argument or reply type is a compile error on both sides.
+// Adds `n` and answers the new total.
+const ADD: Rpc<u64, u64> = Rpc::new(SERVICE, "add");
+// Sets the total to 0 (parents only).
+const RESET: Rpc<(), ()> = Rpc::new(SERVICE, "reset");
+// Asks another context to reset: answers how that call went.
+const RESET_OTHER: Rpc<ContextId, Result<(), String>> = Rpc::new(SERVICE, "reset_other");
 
 /// The child's services: a counter, and a way to make the child call another
 /// context (to show a policy refusal).
@@ -28,25 +39,24 @@ fn register(services: &Services, router: &Router) {
     let r = router.clone();
     services.register(
         ServiceBuilder::new(SERVICE)
-            .method("add", Policy::Any, move |_caller, n: u64| {
+            .serve(ADD, Policy::Any, move |_caller, n: u64| {
                 let total = t_add.clone();
                 async move { Ok::<_, RemoteError>(total.fetch_add(n, Ordering::SeqCst) + n) }
             })
-            .method("reset", Policy::ParentsOnly, move |_caller, (): ()| {
+            .serve(RESET, Policy::ParentsOnly, move |_caller, (): ()| {
                 let total = t_reset.clone();
                 async move {
                     total.store(0, Ordering::SeqCst);
                     Ok::<_, RemoteError>(())
                 }
             })
-            .method(
-                "reset_other",
+            .serve(
+                RESET_OTHER,
                 Policy::ParentsOnly,
                 move |_caller, other: ContextId| {
                     let r = r.clone();
                     async move {
-                        let res: Result<(), CallError> =
-                            r.call_service(other, SERVICE, "reset", &()).await;
+                        let res: Result<(), CallError> = r.call(other, RESET, &()).await;
                         Ok::<_, RemoteError>(res.map_err(|e| e.to_string()))
                     }
                 },
@@ -87,17 +97,17 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let a = controller.connect(&local).await?;
     let b = controller.connect(&local).await?;
 
-    let after: u64 = a.call(SERVICE, "add", &5u64).await?;
-    let after: u64 = a.call(SERVICE, "add", &after).await?;
+    let after = a.call(ADD, &5).await?;
+    let after = a.call(ADD, &after).await?;
     println!("{}: added 5 then 5: {after}", a.name());
     if after != 10 {
         return Err(format!("expected 10, got {after}").into());
     }
-    a.call::<_, ()>(SERVICE, "reset", &()).await?;
+    a.call(RESET, &()).await?;
     println!("{}: reset by its parent: allowed", a.name());
 
     // a asks b to reset: a is b's sibling, not its ancestor.
-    let refused: Result<(), String> = a.call(SERVICE, "reset_other", &b.id()).await?;
+    let refused = a.call(RESET_OTHER, &b.id()).await?;
     match refused {
         Err(why) => println!("{} -> {}: reset refused: {why}", a.name(), b.name()),
         Ok(()) => return Err("a sibling was allowed a parents-only method".into()),

@@ -1,10 +1,12 @@
-//! Calls: a message with a `reply_to` handle, and the errors that come back.
+//! Calls: a message with a `reply_to` handle, the methods they name as
+//! types ([`Rpc`]), and the errors that come back.
 //!
 //! Every way a call can end badly is a variant of [`CallError`], and each
 //! prints as a sentence an operator can act on. A call never hangs on a dead
 //! peer: its one-shot receiver names the callee as respondent, so the router
 //! fails it as soon as the route to the callee is lost.
 
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use crate::wire::control::ControlDecodeError;
@@ -63,5 +65,45 @@ impl CallError {
     /// (a refusal by policy is not a disconnect).
     pub fn is_disconnect(&self) -> bool {
         matches!(self, CallError::Dead { reason, .. } if reason.is_disconnect())
+    }
+}
+
+/// A service method as a type: the service and method names it is called
+/// by, the argument it takes and the reply it gives. The caller
+/// ([`Router::call`](crate::router::Router::call)) and the service that
+/// answers it ([`ServiceBuilder::serve`](crate::service::ServiceBuilder::serve))
+/// name the same constant, so the two sides cannot disagree on a name or a
+/// type without the compiler saying so.
+pub struct Rpc<A: ?Sized, R> {
+    /// The service's registered name, e.g. `ferrogen.files`.
+    pub service: &'static str,
+    /// The method's name within it.
+    pub method: &'static str,
+    types: PhantomData<fn(&A) -> R>,
+}
+
+impl<A: ?Sized, R> Rpc<A, R> {
+    /// The method `method` of `service`, taking `A` and answering `R`.
+    pub const fn new(service: &'static str, method: &'static str) -> Self {
+        Rpc {
+            service,
+            method,
+            types: PhantomData,
+        }
+    }
+}
+
+// Not derived: a derive would ask `A` and `R` to be `Copy` too.
+impl<A: ?Sized, R> Clone for Rpc<A, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<A: ?Sized, R> Copy for Rpc<A, R> {}
+
+impl<A: ?Sized, R> std::fmt::Debug for Rpc<A, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.service, self.method)
     }
 }

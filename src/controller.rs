@@ -20,14 +20,13 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use crate::call::CallError;
+use crate::call::{CallError, Rpc};
 use crate::connect::{self, ConnectError, ConnectSpec, ContextInfo};
 use crate::files::plan::{self, Compare, EntryResult, PushPlan};
 use crate::files::receive::{ReceiveOptions, TempFiles};
-use crate::files::source::{Offer, OfferArgs, SOURCE_SERVICE, ServeOptions, WalkSpec};
+use crate::files::source::{OfferArgs, ServeOptions, WalkSpec};
 use crate::files::walk::collect_sources_with;
-use crate::files::{FileService, FileServiceConfig, RawPath, TARGET_SERVICE};
-use crate::ping::PING_SERVICE;
+use crate::files::{FileService, FileServiceConfig, RawPath};
 use crate::router::{Router, RouterConfig};
 use crate::service::Services;
 use crate::wire::{ContextId, Enc, Frame, handles};
@@ -235,7 +234,7 @@ impl Controller {
             delete: Default::default(),
             root: sources.root.take(),
         };
-        ctx.call(TARGET_SERVICE, "push", &plan)
+        ctx.call(crate::files::rpc::PUSH, &plan)
             .await
             .map_err(TransferError::Call)
     }
@@ -259,8 +258,8 @@ impl Controller {
             // at once anyway; `ferrogen pull` streams).
             batch: 0,
         };
-        let offer: Offer = ctx
-            .call(SOURCE_SERVICE, "offer", &args)
+        let offer = ctx
+            .call(crate::files::source::OFFER, &args)
             .await
             .map_err(TransferError::Call)?;
         let names: Vec<std::ffi::OsString> = srcs
@@ -318,8 +317,24 @@ impl Context {
         &self.info
     }
 
-    /// Calls `service.method(args)` in this context.
-    pub async fn call<A, R>(&self, service: &str, method: &str, args: &A) -> Result<R, CallError>
+    /// Calls the method `rpc` in this context: its argument and reply
+    /// types are the ones its service serves ([`Rpc`]).
+    pub async fn call<A, R>(&self, rpc: Rpc<A, R>, args: &A) -> Result<R, CallError>
+    where
+        A: serde::Serialize + ?Sized,
+        R: serde::de::DeserializeOwned,
+    {
+        self.router.call(self.info.id, rpc, args).await
+    }
+
+    /// Calls `service.method(args)` in this context, by names known only
+    /// at run time (else [`Context::call`]).
+    pub async fn call_named<A, R>(
+        &self,
+        service: &str,
+        method: &str,
+        args: &A,
+    ) -> Result<R, CallError>
     where
         A: serde::Serialize + ?Sized,
         R: serde::de::DeserializeOwned,
@@ -332,7 +347,7 @@ impl Context {
     /// One round trip through the built-in ping service.
     pub async fn ping(&self) -> Result<Duration, CallError> {
         let t0 = Instant::now();
-        let _: Vec<u8> = self.call(PING_SERVICE, "ping", &Vec::<u8>::new()).await?;
+        self.call(crate::ping::PING, &Vec::new()).await?;
         Ok(t0.elapsed())
     }
 

@@ -41,11 +41,11 @@ pub mod stream;
 pub mod text;
 pub mod wire;
 
-pub use call::{CallError, RemoteError};
+pub use call::{CallError, RemoteError, Rpc};
 pub use channel::{ChannelError, Receiver, Sender};
 pub use connect::{ConnectError, ContextInfo};
 pub use controller::{Context, Controller, Target, TargetError, TransferError, TransferOptions};
 pub use files::{FileService, FileServiceConfig};
 pub use router::{Policy, Router};
 pub use service::{ServiceBuilder, Services};
-pub use wire::ContextId;
+pub use wire::{ContextId, DeadReason};

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::call::RemoteError;
+use crate::call::{RemoteError, Rpc};
 use crate::channel::Sender;
 use crate::connect::ContextInfo;
 use crate::router::Router;
@@ -17,6 +17,13 @@ use crate::service::{Policy, ServiceBuilder, Services};
 
 /// Service name.
 pub const PING_SERVICE: &str = "ferrogen.ping";
+
+/// Echoes its bytes: one round trip.
+pub const PING: Rpc<Vec<u8>, Vec<u8>> = Rpc::new(PING_SERVICE, "ping");
+/// What is known about the context (pid, architecture, how it was booted).
+pub const INFO: Rpc<(), ContextInfo> = Rpc::new(PING_SERVICE, "info");
+/// A receiver that counts `total` bytes and then reports to `done`.
+pub const SINK: Rpc<SinkArgs, Sender> = Rpc::new(PING_SERVICE, "sink");
 
 /// Arguments of `sink`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,14 +40,14 @@ pub fn register_service(services: &Services, router: &Router) {
     let r_sink = router.clone();
     services.register(
         ServiceBuilder::new(PING_SERVICE)
-            .method("ping", Policy::Any, |_c, data: Vec<u8>| async move {
+            .serve(PING, Policy::Any, |_c, data: Vec<u8>| async move {
                 Ok::<_, RemoteError>(data)
             })
-            .method("info", Policy::Any, move |_c, (): ()| {
+            .serve(INFO, Policy::Any, move |_c, (): ()| {
                 let r = r_info.clone();
                 async move { Ok::<_, RemoteError>(ContextInfo::here(&r)) }
             })
-            .method("sink", Policy::ParentsOnly, move |_c, args: SinkArgs| {
+            .serve(SINK, Policy::ParentsOnly, move |_c, args: SinkArgs| {
                 let r = r_sink.clone();
                 async move {
                     let mut rx = r.receiver();

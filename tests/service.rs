@@ -283,3 +283,27 @@ async fn calls_in_flight_per_caller_are_capped() {
     let r: u32 = c.call(child.id, "anyone", &1u32).await;
     assert_eq!(r, 2);
 }
+
+/// A method as a type: served and called by one constant.
+const DOUBLE: ferrogen::Rpc<u32, u64> = ferrogen::Rpc::new("ferrogen.typed", "double");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typed_method_is_served_and_called_by_one_constant() {
+    let c = Controller::new();
+    c.services.register(
+        ServiceBuilder::new("ferrogen.typed")
+            .serve(DOUBLE, Policy::Any, |_c, n: u32| async move {
+                Ok::<_, RemoteError>(u64::from(n) * 2)
+            })
+            .build(),
+    );
+    assert_eq!(c.router.call(0, DOUBLE, &21).await, Ok(42));
+    // On the wire it is the service's and method's names: a caller that
+    // knows only those reaches the same method.
+    let by_name: Result<u64, CallError> = c
+        .router
+        .call_service(0, "ferrogen.typed", "double", &4u32)
+        .await;
+    assert_eq!(by_name, Ok(8));
+    assert_eq!(format!("{DOUBLE:?}"), "ferrogen.typed.double");
+}

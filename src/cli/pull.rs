@@ -29,7 +29,7 @@ use crate::files::RawPath;
 use crate::files::delete::DeleteSpec;
 use crate::files::plan::{self, Compare, EntryKind, EntryResult, PlanEntry, PushPlan, Status};
 use crate::files::receive::{ReceiveOptions, TempFiles};
-use crate::files::source::{Offer, OfferArgs, SOURCE_SERVICE, ServeOptions, WalkSpec};
+use crate::files::source::{Offer, OfferArgs, ServeOptions, WalkSpec};
 use crate::files::walk::BATCH_ENTRIES;
 use crate::router::{Router, RouterConfig};
 use crate::service::Services;
@@ -426,8 +426,8 @@ async fn pull_one(
     };
     let walk_failed =
         |e: crate::call::CallError| super::call_failure(&info.name, "the walk of the sources", &e);
-    let mut offer: Offer = match router
-        .call_service(info.id, SOURCE_SERVICE, "offer", &args)
+    let mut offer = match router
+        .call(info.id, crate::files::source::OFFER, &args)
         .await
     {
         Ok(o) => o,
@@ -494,7 +494,7 @@ async fn pull_one(
             break;
         }
         offer = match router
-            .call_service(info.id, SOURCE_SERVICE, "offer_more", &offer.more)
+            .call(info.id, crate::files::source::OFFER_MORE, &offer.more)
             .await
         {
             Ok(o) => o,

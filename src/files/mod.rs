@@ -80,6 +80,7 @@ pub mod reassembly;
 pub mod receive;
 pub mod registry;
 pub mod relay;
+pub mod rpc;
 pub mod serve;
 pub mod source;
 pub mod sparse;

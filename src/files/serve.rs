@@ -46,6 +46,7 @@ use super::delta::{self, Matcher, Op};
 use super::meta::FileMeta;
 use super::pace::{Limits, Pacers};
 use super::registry::Registry;
+use super::rpc;
 use super::tee::{Gate, Tee};
 use super::transfer::{SendMachine, StripeView};
 use super::window::{PathEstimate, Sizing, Window};
@@ -371,30 +372,34 @@ impl FileService {
         let (a, b, c, d) = (fs.clone(), fs.clone(), fs.clone(), fs.clone());
         services.register(
             ServiceBuilder::new(FILE_SERVICE)
-                .method("register", Policy::ParentsOnly, move |_c, path: String| {
-                    let fs = a.clone();
-                    async move { fs.register(&path).map_err(RemoteError::Failed) }
-                })
-                .method(
-                    "register_prefix",
+                .serve(
+                    rpc::REGISTER,
+                    Policy::ParentsOnly,
+                    move |_c, path: String| {
+                        let fs = a.clone();
+                        async move { fs.register(&path).map_err(RemoteError::Failed) }
+                    },
+                )
+                .serve(
+                    rpc::REGISTER_PREFIX,
                     Policy::ParentsOnly,
                     move |_c, dir: String| {
                         let fs = b.clone();
                         async move { fs.register_prefix(&dir).map_err(RemoteError::Failed) }
                     },
                 )
-                .method_then("fetch", Policy::Any, move |caller, args: FetchArgs| {
+                .serve_then(rpc::FETCH, Policy::Any, move |caller, args: FetchArgs| {
                     let fs = c.clone();
                     async move { fs.fetch(caller, args).await }
                 })
-                .method("fetch_small", Policy::Any, {
+                .serve(rpc::FETCH_SMALL, Policy::Any, {
                     let fs = fs.clone();
                     move |caller, args: FetchSmallArgs| {
                         let fs = fs.clone();
                         async move { fs.fetch_small(caller.src_id, args).await }
                     }
                 })
-                .method("digests", Policy::Any, {
+                .serve(rpc::DIGESTS, Policy::Any, {
                     let fs = fs.clone();
                     move |caller, args: DigestArgs| {
                         let fs = fs.clone();

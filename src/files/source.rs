@@ -20,12 +20,17 @@ use super::plan::PlanEntry;
 use super::walk::{BATCH_BYTES, WalkOptions, Walker};
 use super::window::Sizing;
 use super::{FileService, FileServiceConfig, RawPath};
-use crate::call::RemoteError;
+use crate::call::{RemoteError, Rpc};
 use crate::router::{Policy, Router};
 use crate::service::{ServiceBuilder, Services};
 
 /// Name of the service.
 pub const SOURCE_SERVICE: &str = "ferrogen.files.source";
+
+/// Walks what was asked for and offers its first entries.
+pub const OFFER: Rpc<OfferArgs, Offer> = Rpc::new(SOURCE_SERVICE, "offer");
+/// The next entries of a walk in progress.
+pub const OFFER_MORE: Rpc<u64, Offer> = Rpc::new(SOURCE_SERVICE, "offer_more");
 
 /// How the serving side sends: the options of a push that apply to the
 /// FileService, in a form that travels.
@@ -209,7 +214,7 @@ pub fn register_service(services: &Services, router: &Router) {
     let (r, s) = (router.clone(), services.clone());
     services.register(
         ServiceBuilder::new(SOURCE_SERVICE)
-            .method("offer", Policy::ParentsOnly, move |_c, args: OfferArgs| {
+            .serve(OFFER, Policy::ParentsOnly, move |_c, args: OfferArgs| {
                 let (r, s, serving, walks) = (r.clone(), s.clone(), serving.clone(), walks.clone());
                 async move {
                     let opts = args.walk.options().map_err(RemoteError::Failed)?;
@@ -276,7 +281,7 @@ pub fn register_service(services: &Services, router: &Router) {
                     Ok(offer)
                 }
             })
-            .method("offer_more", Policy::ParentsOnly, move |_c, id: u64| {
+            .serve(OFFER_MORE, Policy::ParentsOnly, move |_c, id: u64| {
                 let walks = more.clone();
                 async move {
                     let (walker, batch) = walks.lock().1.remove(&id).ok_or_else(|| {

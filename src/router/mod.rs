@@ -45,7 +45,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use crate::call::{CallError, RemoteError};
+use crate::call::{CallError, RemoteError, Rpc};
 use crate::channel::{FrameSink, Receiver};
 use crate::stream::outbox::{BULK_HIGH_WATER, Outbox, StreamId};
 use crate::wire::control::{self, AddRoute, CallReply, DelRoute, IdBlock};
@@ -600,7 +600,34 @@ impl Router {
         }
     }
 
-    /// Calls `service.method(args)` in context `dst` and decodes the reply.
+    /// Calls the method `rpc` in context `dst` and decodes its reply.
+    pub async fn call<A, R>(&self, dst: ContextId, rpc: Rpc<A, R>, args: &A) -> Result<R, CallError>
+    where
+        A: serde::Serialize + ?Sized,
+        R: serde::de::DeserializeOwned,
+    {
+        self.call_service_timeout(dst, rpc.service, rpc.method, args, None)
+            .await
+    }
+
+    /// [`Router::call`] with an optional deadline.
+    pub async fn call_timeout<A, R>(
+        &self,
+        dst: ContextId,
+        rpc: Rpc<A, R>,
+        args: &A,
+        timeout: Option<Duration>,
+    ) -> Result<R, CallError>
+    where
+        A: serde::Serialize + ?Sized,
+        R: serde::de::DeserializeOwned,
+    {
+        self.call_service_timeout(dst, rpc.service, rpc.method, args, timeout)
+            .await
+    }
+
+    /// Calls `service.method(args)` in context `dst` and decodes the reply
+    /// (for names known only at run time; else [`Router::call`]).
     pub async fn call_service<A, R>(
         &self,
         dst: ContextId,

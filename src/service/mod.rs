@@ -28,7 +28,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
-use crate::call::RemoteError;
+use crate::call::{RemoteError, Rpc};
 use crate::channel::ChannelError;
 pub use crate::router::Policy;
 use crate::router::Router;
@@ -118,6 +118,37 @@ impl ServiceBuilder {
             .methods
             .insert(name.to_string(), Method { policy, run });
         self
+    }
+
+    /// Adds the method `rpc` names: `f` takes its argument type and answers
+    /// its reply type, the ones its callers use ([`Rpc`]).
+    pub fn serve<A, R, F, Fut>(self, rpc: Rpc<A, R>, policy: Policy, f: F) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(Caller, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, RemoteError>> + Send + 'static,
+    {
+        debug_assert_eq!(
+            rpc.service, self.service.name,
+            "{rpc:?} added to another service"
+        );
+        self.method(rpc.method, policy, f)
+    }
+
+    /// [`ServiceBuilder::method_then`] for the method `rpc` names.
+    pub fn serve_then<A, R, F, Fut>(self, rpc: Rpc<A, R>, policy: Policy, f: F) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(Caller, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(R, Option<FollowUp>), RemoteError>> + Send + 'static,
+    {
+        debug_assert_eq!(
+            rpc.service, self.service.name,
+            "{rpc:?} added to another service"
+        );
+        self.method_then(rpc.method, policy, f)
     }
 
     /// Adds a method that replies first and then keeps working: its function

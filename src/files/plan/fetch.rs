@@ -217,9 +217,9 @@ pub(super) async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<O
     let args = FetchSmallArgs {
         paths: batch.iter().map(|j| j.src.clone()).collect(),
     };
-    let reply: Result<Vec<SmallFile>, _> = ctx
+    let reply = ctx
         .router
-        .call_service(ctx.server, FILE_SERVICE, "fetch_small", &args)
+        .call(ctx.server, crate::files::rpc::FETCH_SMALL, &args)
         .await;
     let all_failed = |batch: Vec<FileJob>, why: String| -> Vec<Outcome> {
         batch

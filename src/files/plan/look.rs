@@ -237,9 +237,7 @@ pub(super) async fn checksums(
         let (router, slots, n) = (router.clone(), slots.clone(), batch.len());
         calls.spawn(async move {
             let _slot = slots.acquire_owned().await;
-            let reply: Result<Vec<FileDigest>, _> = router
-                .call_service(server, FILE_SERVICE, "digests", &args)
-                .await;
+            let reply = router.call(server, crate::files::rpc::DIGESTS, &args).await;
             let got: Vec<Result<[u8; 32], String>> = match reply {
                 Ok(d) if d.len() == n => d
                     .into_iter()

@@ -56,6 +56,7 @@ use super::outcome::raw_if_not_utf8;
 pub use super::outcome::{EntryKind, EntryResult, Status, changes};
 use super::place::{Place, Root, describe, plain, show};
 use super::receive::{self, PendingFile, ReceiveOptions, TempFiles};
+use super::rpc;
 use super::serve::SMALL_BATCH_BYTES;
 use super::spec::Ids;
 pub use super::spec::{
@@ -64,8 +65,7 @@ pub use super::spec::{
 use super::uptodate::{self, Fixes, Found, Verdict, after_hash, file_verdict, look_at};
 use super::xattr::Xattr;
 use super::{
-    DigestArgs, FILE_SERVICE, FetchSmallArgs, FileDigest, SMALL_FILE_MAX, SmallFile,
-    TARGET_SERVICE, hex,
+    DigestArgs, FetchSmallArgs, FileDigest, SMALL_FILE_MAX, SmallFile, TARGET_SERVICE, hex,
 };
 use crate::call::RemoteError;
 use crate::router::{Policy, Router};
@@ -105,22 +105,22 @@ pub fn register_service(services: &Services, router: &Router) -> TempFiles {
     let (r2, t3, c4, c5) = (router.clone(), temps.clone(), c.clone(), c.clone());
     services.register(
         ServiceBuilder::new(TARGET_SERVICE)
-            .method("push", Policy::ParentsOnly, move |_c, plan: PushPlan| {
+            .serve(rpc::PUSH, Policy::ParentsOnly, move |_c, plan: PushPlan| {
                 let r = r.clone();
                 let t = t.clone();
                 let c = c.clone();
                 async move { Ok::<_, RemoteError>(apply_cancellable(&r, plan, &t, &c).await) }
             })
-            .method(
-                "push_open",
+            .serve(
+                rpc::PUSH_OPEN,
                 Policy::ParentsOnly,
                 move |_c, plan: PushPlan| {
                     let opened = s1.open(plan);
                     async move { Ok::<_, RemoteError>(opened) }
                 },
             )
-            .method(
-                "push_batch",
+            .serve(
+                rpc::PUSH_BATCH,
                 Policy::ParentsOnly,
                 move |_c, b: PushBatch| {
                     let (r, t, c, session) =
@@ -132,8 +132,8 @@ pub fn register_service(services: &Services, router: &Router) -> TempFiles {
                     }
                 },
             )
-            .method(
-                "push_close",
+            .serve(
+                rpc::PUSH_CLOSE,
                 Policy::ParentsOnly,
                 move |_c, end: PushEnd| {
                     let (c, session) = (c5.clone(), s3.take(end.session));
@@ -144,7 +144,7 @@ pub fn register_service(services: &Services, router: &Router) -> TempFiles {
                     }
                 },
             )
-            .method("cancel", Policy::ParentsOnly, move |_c, (): ()| {
+            .serve(rpc::CANCEL, Policy::ParentsOnly, move |_c, (): ()| {
                 c2.store(true, Ordering::SeqCst);
                 async move { Ok::<_, RemoteError>(()) }
             })
