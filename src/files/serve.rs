@@ -213,7 +213,8 @@ struct Inner {
     stats: Mutex<FileStats>,
     next_transfer: AtomicU64,
     shutting_down: AtomicBool,
-    pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Every transfer's pump, so a shutdown can wait for them together.
+    pumps: tokio_util::task::TaskTracker,
     /// Large transfers queued or running, per requester and in all.
     open: Mutex<OpenCount>,
     /// `fetch_small` batches being read, per requester.
@@ -360,7 +361,7 @@ impl FileService {
                 stats: Mutex::new(FileStats::default()),
                 next_transfer: AtomicU64::new(1),
                 shutting_down: AtomicBool::new(false),
-                pumps: Mutex::new(Vec::new()),
+                pumps: tokio_util::task::TaskTracker::new(),
                 open: Mutex::new(OpenCount::default()),
                 small: Mutex::new(HashMap::new()),
                 zcounters: Arc::default(),
@@ -561,11 +562,8 @@ impl FileService {
         // The pump is spawned (rather than run as the follow-up itself) so
         // shutdown can wait for it.
         let follow: FollowUp = Box::pin(async move {
-            let fs = job.fs.clone();
-            let handle = tokio::spawn(job.run());
-            let mut pumps = lock(&fs.inner.pumps);
-            pumps.retain(|h| !h.is_finished());
-            pumps.push(handle);
+            let pumps = job.fs.inner.pumps.clone();
+            pumps.spawn(job.run());
         });
         Ok((reply, Some(follow)))
     }
@@ -853,12 +851,17 @@ impl FileService {
         for tx in lock(&self.inner.cancels).values() {
             let _ = tx.send(Some("the controller is shutting down".into()));
         }
-        let pumps: Vec<_> = lock(&self.inner.pumps).drain(..).collect();
-        for p in pumps {
-            let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
-        }
+        // One deadline for all of them, not one each: a hundred pumps
+        // that do not answer cost SHUTDOWN_GRACE, not a hundred times it.
+        self.inner.pumps.close();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.inner.pumps.wait()).await;
     }
 }
+
+/// How long a shutdown waits for the pumps it cancelled to tell their
+/// requesters: long enough for a message over a slow link, short enough
+/// for Ctrl-C.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// One fetch in progress.
 struct Transfer {
