@@ -73,9 +73,12 @@ impl Default for TransferOptions {
 /// Why a push or pull did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
-    /// The sources could not be walked or registered.
+    /// The sources could not be walked.
     #[error("{0}")]
     Walk(String),
+    /// A source could not be registered with the FileService.
+    #[error(transparent)]
+    Register(#[from] crate::files::registry::OpenError),
     /// The call to the context failed.
     #[error(transparent)]
     Call(CallError),
@@ -217,7 +220,7 @@ impl Controller {
     ) -> Result<Vec<EntryResult>, TransferError> {
         let walk = options.walk.options().map_err(TransferError::Walk)?;
         let mut sources = collect_sources_with(srcs, &walk).map_err(TransferError::Walk)?;
-        sources.register(&self.files).map_err(TransferError::Walk)?;
+        sources.register(&self.files)?;
         let dest = dest.as_ref();
         let plan = PushPlan {
             server: self.router.id(),

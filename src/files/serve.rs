@@ -45,7 +45,7 @@ use super::compress::{self, ChunkEncoder, CompressCounters, Compression, Tuner};
 use super::delta::{self, Matcher, Op};
 use super::meta::FileMeta;
 use super::pace::{Limits, Pacers};
-use super::registry::Registry;
+use super::registry::{OpenError, Registry};
 use super::rpc;
 use super::tee::{Gate, Tee};
 use super::transfer::{SendMachine, StripeView};
@@ -378,7 +378,10 @@ impl FileService {
                     Policy::ParentsOnly,
                     move |_c, path: String| {
                         let fs = a.clone();
-                        async move { fs.register(&path).map_err(RemoteError::Failed) }
+                        async move {
+                            fs.register(&path)
+                                .map_err(|e| RemoteError::Failed(e.to_string()))
+                        }
                     },
                 )
                 .serve(
@@ -386,7 +389,10 @@ impl FileService {
                     Policy::ParentsOnly,
                     move |_c, dir: String| {
                         let fs = b.clone();
-                        async move { fs.register_prefix(&dir).map_err(RemoteError::Failed) }
+                        async move {
+                            fs.register_prefix(&dir)
+                                .map_err(|e| RemoteError::Failed(e.to_string()))
+                        }
                     },
                 )
                 .serve_then(rpc::FETCH, Policy::Any, move |caller, args: FetchArgs| {
@@ -419,17 +425,13 @@ impl FileService {
     }
 
     /// Allows `path` to be fetched.
-    pub fn register(&self, path: impl AsRef<std::path::Path>) -> Result<(), String> {
-        lock(&self.inner.registry)
-            .register(path)
-            .map_err(|e| e.to_string())
+    pub fn register(&self, path: impl AsRef<std::path::Path>) -> Result<(), OpenError> {
+        lock(&self.inner.registry).register(path)
     }
 
     /// Allows every file beneath `dir` to be fetched.
-    pub fn register_prefix(&self, dir: impl AsRef<std::path::Path>) -> Result<(), String> {
-        lock(&self.inner.registry)
-            .register_prefix(dir)
-            .map_err(|e| e.to_string())
+    pub fn register_prefix(&self, dir: impl AsRef<std::path::Path>) -> Result<(), OpenError> {
+        lock(&self.inner.registry).register_prefix(dir)
     }
 
     /// Allows the files beneath `dir` that `filter` does not exclude
@@ -440,10 +442,8 @@ impl FileService {
         dir: impl AsRef<std::path::Path>,
         filter: Arc<super::filter::Filter>,
         top: &[u8],
-    ) -> Result<(), String> {
-        lock(&self.inner.registry)
-            .register_prefix_filtered(dir, filter, top)
-            .map_err(|e| e.to_string())
+    ) -> Result<(), OpenError> {
+        lock(&self.inner.registry).register_prefix_filtered(dir, filter, top)
     }
 
     /// Bytes acknowledged so far by transfers to `context`.

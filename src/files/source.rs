@@ -252,7 +252,7 @@ pub fn register_service(services: &Services, router: &Router) {
                     walker
                         .sources()
                         .register(&fs)
-                        .map_err(RemoteError::Failed)?;
+                        .map_err(|e| RemoteError::Failed(e.to_string()))?;
                     let head = walker.sources();
                     let mut offer = Offer {
                         into_dir: head.into_dir,

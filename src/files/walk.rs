@@ -191,7 +191,7 @@ impl Sources {
 
 impl Sources {
     /// Registers every source file and directory with `fs`.
-    pub fn register(&self, fs: &FileService) -> Result<(), String> {
+    pub fn register(&self, fs: &FileService) -> Result<(), super::registry::OpenError> {
         for f in &self.files {
             fs.register(f)?;
         }
