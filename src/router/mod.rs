@@ -200,7 +200,7 @@ impl Router {
     }
 
     /// True if `auth_id` is this context or one of its ancestors.
-    pub fn has_parent_authority(&self, auth_id: ContextId) -> bool {
+    pub(crate) fn has_parent_authority(&self, auth_id: ContextId) -> bool {
         auth_id == self.inner.id || self.inner.parent_ids.contains(&auth_id)
     }
 
@@ -225,7 +225,7 @@ impl Router {
 
     /// Records that `id` is a context this process asked for (a target or
     /// a hop it connected), as opposed to ids a context gave out itself.
-    pub fn note_started(&self, id: ContextId) {
+    pub(crate) fn note_started(&self, id: ContextId) {
         self.lock().started.insert(id);
     }
 
@@ -233,7 +233,7 @@ impl Router {
     /// is one this process started (or this context), otherwise the context
     /// that gave the caller's id out, and so on up. A target that announces
     /// a thousand ids of its own blocks is still one principal: itself.
-    pub fn principal(&self, src: ContextId) -> ContextId {
+    pub(crate) fn principal(&self, src: ContextId) -> ContextId {
         let st = self.lock();
         let mut id = src;
         // Each step goes to the context that asked for the block, which is
@@ -310,7 +310,7 @@ impl Router {
     }
 
     /// Unregisters a handle (no-op if absent).
-    pub fn remove_handler(&self, handle: Handle) {
+    pub(crate) fn remove_handler(&self, handle: Handle) {
         self.lock().handlers.remove(&handle);
     }
 
@@ -340,7 +340,7 @@ impl Router {
     }
 
     /// The stream to the parent, if any (`None` in the controller).
-    pub fn parent_stream(&self) -> Option<StreamId> {
+    pub(crate) fn parent_stream(&self) -> Option<StreamId> {
         self.lock().table.parent()
     }
 
@@ -357,7 +357,7 @@ impl Router {
 
     /// Routes one frame. `ingress` is the stream it arrived on, `None` if it
     /// originated here.
-    pub fn route(&self, frame: Frame, ingress: Option<StreamId>) {
+    pub(crate) fn route(&self, frame: Frame, ingress: Option<StreamId>) {
         match self.decide(frame, ingress) {
             Action::Nothing => {}
             Action::Push(outbox, frame) => {
@@ -525,7 +525,7 @@ impl Router {
     }
 
     /// Replies to `to` (which must have a `reply_to`) with a payload.
-    pub fn reply(&self, to: &Frame, enc: Enc, payload: Bytes) {
+    pub(crate) fn reply(&self, to: &Frame, enc: Enc, payload: Bytes) {
         if to.reply_to == 0 || to.is_dead() {
             return;
         }
@@ -705,7 +705,7 @@ impl Router {
     }
 
     /// Answers a service call frame with an error.
-    pub fn reply_error(&self, to: &Frame, error: RemoteError) {
+    pub(crate) fn reply_error(&self, to: &Frame, error: RemoteError) {
         self.reply(to, Enc::Control, control::encode(&CallReply::Err(error)));
     }
 
@@ -714,7 +714,7 @@ impl Router {
     /// Registers a stream to the neighbour `remote_id`. A parent stream
     /// becomes the default route; a child stream becomes the route to
     /// `remote_id`, which it then owns.
-    pub fn attach_stream(
+    pub(crate) fn attach_stream(
         &self,
         remote_id: ContextId,
         is_parent: bool,
@@ -733,7 +733,7 @@ impl Router {
     /// Registers an additional stream (a stripe) to the neighbour of
     /// `primary`. Routing still uses the primary; bulk senders may spread
     /// data over [`Router::stripes`]. `None` if `primary` is gone.
-    pub fn attach_alias_stream(
+    pub(crate) fn attach_alias_stream(
         &self,
         primary: StreamId,
         outbox: Arc<Outbox>,
@@ -758,7 +758,7 @@ impl Router {
 
     /// Sends a frame originating here on a specific outbox (one of
     /// [`Router::stripes`]), waiting while its bulk queue is full.
-    pub async fn send_bulk_on(&self, outbox: &Outbox, mut frame: Frame) {
+    pub(crate) async fn send_bulk_on(&self, outbox: &Outbox, mut frame: Frame) {
         outbox.wait_bulk_room(BULK_HIGH_WATER).await;
         frame.src_id = self.inner.id;
         frame.auth_id = self.inner.id;
@@ -985,7 +985,7 @@ impl Router {
     }
 
     /// Called by a stream's tasks when it ends. Idempotent.
-    pub fn stream_lost(&self, stream: StreamId, reason: &str) {
+    pub(crate) fn stream_lost(&self, stream: StreamId, reason: &str) {
         let (lost, io, stripes) = {
             let mut st = self.lock();
             let Some(lost) = st.table.link_lost(stream) else {
@@ -1066,7 +1066,7 @@ impl Router {
     }
 
     /// The neighbour at the far end of a stream.
-    pub fn stream_remote(&self, stream: StreamId) -> Option<ContextId> {
+    pub(crate) fn stream_remote(&self, stream: StreamId) -> Option<ContextId> {
         self.lock().table.remote_id(stream)
     }
 

@@ -92,7 +92,7 @@ async fn run(cli: Cli) -> Result<serde_json::Value, String> {
     let services = Services::start(&router);
     ferrogen::ping::register_service(&services, &router);
     let fs = FileService::start(&router, &services, config(args));
-    sources.register(&fs)?;
+    sources.register(&fs).map_err(|e| e.to_string())?;
     let plan = sources.plan(args, router.id(), dest);
     let filter = "warn".to_string();
     let hosts = args.target.hosts();
