@@ -296,7 +296,7 @@ fn tail(lines: &[String]) -> String {
 
 /// Starts a context as `spec` says: here if `via` is `None`, otherwise from
 /// inside context `via`. The context is recorded as one this process
-/// started ([`Router::note_started`]), so that limits on callers are kept
+/// started (`Router::note_started`), so that limits on callers are kept
 /// for it, not for ids it hands out.
 pub async fn connect(
     router: &Router,
