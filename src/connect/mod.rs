@@ -18,6 +18,7 @@
 //! space, announces its route upwards, and is then reachable from everywhere
 //! like any other.
 
+pub mod binary;
 pub mod bootstrap;
 pub mod child;
 pub mod handshake;
