@@ -34,12 +34,17 @@ const MAX_LINE: usize = 300;
 
 /// The last lines a child wrote to stderr, shared with the task reading them.
 #[derive(Clone, Default)]
-pub struct StderrTail(Arc<Mutex<VecDeque<String>>>, Arc<AtomicBool>);
+pub struct StderrTail {
+    /// The last [`STDERR_TAIL`] lines, oldest first.
+    lines: Arc<Mutex<VecDeque<String>>>,
+    /// Set once the child's stderr reached EOF.
+    closed: Arc<AtomicBool>,
+}
 
 impl StderrTail {
     /// The lines, oldest first.
     pub fn lines(&self) -> Vec<String> {
-        self.0
+        self.lines
             .lock()
             .map(|q| q.iter().cloned().collect())
             .unwrap_or_default()
@@ -54,7 +59,7 @@ impl StderrTail {
             line.truncate(cut);
             line.push_str(" [...]");
         }
-        if let Ok(mut q) = self.0.lock() {
+        if let Ok(mut q) = self.lines.lock() {
             if q.len() == STDERR_TAIL {
                 q.pop_front();
             }
@@ -66,7 +71,7 @@ impl StderrTail {
     /// tail is complete before it goes into an error message.
     pub async fn wait_closed(&self, max: Duration) {
         let t0 = std::time::Instant::now();
-        while !self.1.load(Ordering::Acquire) && t0.elapsed() < max {
+        while !self.closed.load(Ordering::Acquire) && t0.elapsed() < max {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -101,7 +106,7 @@ pub fn forward_stderr<R: AsyncRead + Unpin + Send + 'static>(
             }
             t.push(line);
         }
-        t.1.store(true, Ordering::Release);
+        t.closed.store(true, Ordering::Release);
     });
     tail
 }
