@@ -144,7 +144,7 @@ async fn chroot_context(router: &Router, root: &Path) -> ferrogen::connect::Cont
     cmd.arg(root).arg("/ferrogen").arg(CHILD_ARG);
     let mut spec = ConnectSpec::new(Method::Local);
     spec.connect_timeout_ms = 20_000;
-    local::start(router, &spec, cmd, Launch::new("chroot"))
+    local::launch(router, &spec, cmd, Launch::new("chroot"))
         .await
         .unwrap_or_else(|e| panic!("a context in the empty root: {e}"))
 }

@@ -29,13 +29,13 @@ pub async fn connect(router: &Router, spec: &ConnectSpec) -> Result<ContextInfo,
     })?;
     let mut cmd = Command::new(&exe);
     cmd.arg(CHILD_ARG);
-    start(router, spec, cmd, Launch::new("local")).await
+    launch(router, spec, cmd, Launch::new("local")).await
 }
 
 /// Turns the last lines a process wrote to stderr into a short cause.
 pub type Explain = Box<dyn Fn(&[String]) -> Option<String> + Send + Sync>;
 
-/// How [`start`] runs, names and diagnoses a process.
+/// How [`launch`] runs, names and diagnoses a process.
 pub struct Launch {
     /// Method name for messages: `local`, `ssh`, `sudo`.
     pub method: &'static str,
@@ -71,7 +71,7 @@ impl Launch {
 /// Starts `cmd` (which must run a context on its stdio, directly or through
 /// a bootstrap stub), performs the handshake and attaches the stream. Shared
 /// by every method that runs a process on this host.
-pub async fn start(
+pub async fn launch(
     router: &Router,
     spec: &ConnectSpec,
     mut cmd: Command,
@@ -223,7 +223,7 @@ pub async fn start(
     })
 }
 
-/// SIGKILLs the process group `pgid` (the group [`start`] created for a
+/// SIGKILLs the process group `pgid` (the group [`launch`] created for a
 /// child: the child and anything it started, e.g. ssh's ProxyJump ssh).
 fn kill_group(pgid: u32) {
     if let Some(p) = i32::try_from(pgid)

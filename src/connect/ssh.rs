@@ -50,7 +50,7 @@ pub async fn connect(
         program: Some(format!("{:?} (ssh to {target})", argv[0])),
         detach: true,
     };
-    local::start(router, spec, cmd, launch).await
+    local::launch(router, spec, cmd, launch).await
 }
 
 /// The full ssh command line (program first).

@@ -52,7 +52,7 @@ pub async fn connect(
         program: Some(format!("{program:?} ({whence})")),
         detach: true,
     };
-    match local::start(router, spec, cmd, launch).await {
+    match local::launch(router, spec, cmd, launch).await {
         Err(ConnectError::Handshake {
             method,
             name,
