@@ -24,8 +24,10 @@ use crate::call::{CallError, Rpc};
 use crate::connect::{self, ConnectError, ConnectSpec, ContextInfo};
 use crate::files::plan::{self, Compare, EntryResult, PushPlan};
 use crate::files::receive::{ReceiveOptions, TempFiles};
+use crate::files::rpc;
 use crate::files::source::{OfferArgs, ServeOptions, WalkSpec};
-use crate::files::walk::collect_sources_with;
+use crate::files::spec::{PushBatch, PushEnd};
+use crate::files::walk::{BATCH_BYTES, BATCH_ENTRIES, Walker};
 use crate::files::{FileService, FileServiceConfig, RawPath};
 use crate::router::{Router, RouterConfig};
 use crate::service::Services;
@@ -209,8 +211,9 @@ impl Controller {
     /// `ferrogen push` does: the sources are walked and registered with
     /// this controller's FileService, and the context receives them (quick
     /// check, atomic verified landing, confined to `dest`). Each entry
-    /// reports its own result; `Err` means nothing was sent (the walk or
-    /// the call failed as a whole).
+    /// reports its own result; `Err` means the push stopped as a whole (the
+    /// walk or a call failed). Collects what [`Controller::push_each`]
+    /// reports.
     pub async fn push(
         &self,
         ctx: &Context,
@@ -218,16 +221,45 @@ impl Controller {
         dest: impl AsRef<std::path::Path>,
         options: &TransferOptions,
     ) -> Result<Vec<EntryResult>, TransferError> {
+        let mut results = Vec::new();
+        self.push_each(ctx, srcs, dest, options, |r| results.push(r))
+            .await?;
+        Ok(results)
+    }
+
+    /// [`Controller::push`], reporting each entry's result to `each` as it
+    /// comes: the sources are walked lazily and travel in batches (at most
+    /// [`BATCH_ENTRIES`] entries or [`BATCH_BYTES`] of plan each), whose
+    /// results come back as each batch lands — so a tree of millions of
+    /// entries is pushed in flat memory, and a caller can show progress.
+    /// The target ends the push (directory metadata, `--delete`) after the
+    /// last batch; its results come last. `Err` after some results means
+    /// the push stopped there: what was reported landed, nothing of the
+    /// batch in flight is half-written.
+    pub async fn push_each(
+        &self,
+        ctx: &Context,
+        srcs: &[impl AsRef<std::ffi::OsStr>],
+        dest: impl AsRef<std::path::Path>,
+        options: &TransferOptions,
+        mut each: impl FnMut(EntryResult),
+    ) -> Result<(), TransferError> {
         let walk = options.walk.options().map_err(TransferError::Walk)?;
-        let mut sources = collect_sources_with(srcs, &walk).map_err(TransferError::Walk)?;
-        sources.register(&self.files)?;
+        let srcs: Vec<std::ffi::OsString> =
+            srcs.iter().map(|s| s.as_ref().to_os_string()).collect();
+        // The walk reads the file system: off the runtime's threads.
+        let mut walker = blocking(move || Walker::new(&srcs, &walk))
+            .await?
+            .map_err(TransferError::Walk)?;
+        walker.sources().register(&self.files)?;
+        let head = walker.sources();
         let dest = dest.as_ref();
         let plan = PushPlan {
             server: self.router.id(),
             dest: RawPath::from(dest),
-            into_dir: sources.into_dir
+            into_dir: head.into_dir
                 || std::os::unix::ffi::OsStrExt::as_bytes(dest.as_os_str()).ends_with(b"/"),
-            entries: std::mem::take(&mut sources.entries),
+            entries: Vec::new(),
             options: options.receive.clone(),
             parallel: options.parallel,
             dry_run: options.dry_run,
@@ -235,11 +267,46 @@ impl Controller {
             sizes_bound: false,
             filter: options.walk.filter.clone(),
             delete: Default::default(),
-            root: sources.root.take(),
+            root: head.root.clone(),
         };
-        ctx.call(crate::files::rpc::PUSH, &plan)
+        let opened = ctx
+            .call(rpc::PUSH_OPEN, &plan)
             .await
-            .map_err(TransferError::Call)
+            .map_err(TransferError::Call)?;
+        if !opened.failed.is_empty() {
+            opened.failed.into_iter().for_each(each);
+            return Ok(());
+        }
+        let session = opened.session;
+        loop {
+            let (w, entries) = blocking(move || {
+                let entries = walker.next_batch(BATCH_ENTRIES, BATCH_BYTES);
+                (walker, entries)
+            })
+            .await?;
+            walker = w;
+            if entries.is_empty() {
+                break;
+            }
+            let batch = PushBatch { session, entries };
+            let results = ctx
+                .call(rpc::PUSH_BATCH, &batch)
+                .await
+                .map_err(TransferError::Call)?;
+            results.into_iter().for_each(&mut each);
+        }
+        let walked = walker.finish();
+        let end = PushEnd {
+            session,
+            incomplete: walked.incomplete.clone(),
+            keep: walked.skipped.iter().map(|s| s.rel.clone()).collect(),
+        };
+        let results = ctx
+            .call(rpc::PUSH_CLOSE, &end)
+            .await
+            .map_err(TransferError::Call)?;
+        results.into_iter().for_each(each);
+        Ok(())
     }
 
     /// Copies `srcs` (paths in `ctx`) to `dest` in this process, as
@@ -295,6 +362,15 @@ impl Controller {
     pub fn files(&self) -> &FileService {
         &self.files
     }
+}
+
+/// Runs `f` on the blocking pool (file-system work in an async call).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, TransferError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| TransferError::Walk(format!("the walk stopped: {e}")))
 }
 
 /// A running context: a handle for calls to it.
