@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use ferrogen::files::plan::{EntryKind, EntryResult, Status};
-use ferrogen::{Controller, Target, TransferOptions};
+use ferrogen::{Context, Controller, Target, TransferOptions};
 
 /// More files than one plan batch holds (`files::walk::BATCH_ENTRIES`).
 const FILES: usize = 5_000;
@@ -29,23 +29,29 @@ fn files_with(results: &[EntryResult], status: Status) -> usize {
         .count()
 }
 
+/// A controller, a local child running this package's `ferrogen` binary,
+/// and options for a recursive push without fsync (durability is not what
+/// these test, and syncfs on a shared disk flushes everyone's writes).
+async fn local_child() -> (Controller, Context, TransferOptions) {
+    ferrogen::connect::local::set_child_program(env!("CARGO_BIN_EXE_ferrogen"));
+    let c = Controller::start();
+    let local: Target = "local".parse().expect("target");
+    let ctx = c.connect(&local).await.expect("connect");
+    let mut opts = TransferOptions::default();
+    opts.walk.recursive = true;
+    opts.receive.fsync = false;
+    (c, ctx, opts)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_each_reports_every_entry_of_a_tree_larger_than_a_batch() {
-    ferrogen::connect::local::set_child_program(env!("CARGO_BIN_EXE_ferrogen"));
     let t = tempfile::tempdir().expect("tempdir");
     let src = t.path().join("src");
     // DEST/ (a directory to push into): both pushes land in DEST/src, as
     // `cp -a` and `ferrogen push` place a directory.
     let dst = format!("{}/dst/", t.path().display());
     make_tree(&src);
-    let c = Controller::start();
-    let local: Target = "local".parse().expect("target");
-    let ctx = c.connect(&local).await.expect("connect");
-    let mut opts = TransferOptions::default();
-    opts.walk.recursive = true;
-    // Durability is not what this tests, and syncfs on a shared disk
-    // flushes everyone's writes.
-    opts.receive.fsync = false;
+    let (c, ctx, opts) = local_child().await;
 
     let mut seen = Vec::new();
     c.push_each(&ctx, &[&src], &dst, &opts, |r| seen.push(r))
@@ -77,21 +83,13 @@ async fn push_each_reports_every_entry_of_a_tree_larger_than_a_batch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_each_reports_a_refused_destination_once_and_sends_nothing() {
-    ferrogen::connect::local::set_child_program(env!("CARGO_BIN_EXE_ferrogen"));
     let t = tempfile::tempdir().expect("tempdir");
     let src = t.path().join("src");
     make_tree(&src);
     // DEST beneath a regular file: it cannot be made.
     std::fs::write(t.path().join("file"), b"x").expect("write");
     let dst = t.path().join("file/dst");
-    let c = Controller::start();
-    let local: Target = "local".parse().expect("target");
-    let ctx = c.connect(&local).await.expect("connect");
-    let mut opts = TransferOptions::default();
-    opts.walk.recursive = true;
-    // Durability is not what this tests, and syncfs on a shared disk
-    // flushes everyone's writes.
-    opts.receive.fsync = false;
+    let (c, ctx, opts) = local_child().await;
     let mut seen = Vec::new();
     c.push_each(&ctx, &[&src], &dst, &opts, |r| seen.push(r))
         .await
