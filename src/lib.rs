@@ -27,6 +27,7 @@
 //! * [`cli`] — the `ferrogen` command line.
 
 #![deny(missing_docs)]
+#![warn(unreachable_pub)]
 
 pub mod call;
 pub mod channel;

@@ -138,25 +138,25 @@ pub fn lookup_gid(name: &str) -> Option<u32> {
 mod nss {
     use nix::unistd::{Gid, Group, Uid, User};
 
-    pub fn user_name(uid: u32) -> Option<String> {
+    pub(super) fn user_name(uid: u32) -> Option<String> {
         User::from_uid(Uid::from_raw(uid))
             .ok()
             .flatten()
             .map(|u| u.name)
     }
 
-    pub fn group_name(gid: u32) -> Option<String> {
+    pub(super) fn group_name(gid: u32) -> Option<String> {
         Group::from_gid(Gid::from_raw(gid))
             .ok()
             .flatten()
             .map(|g| g.name)
     }
 
-    pub fn uid_of(name: &str) -> Option<u32> {
+    pub(super) fn uid_of(name: &str) -> Option<u32> {
         User::from_name(name).ok().flatten().map(|u| u.uid.as_raw())
     }
 
-    pub fn gid_of(name: &str) -> Option<u32> {
+    pub(super) fn gid_of(name: &str) -> Option<u32> {
         Group::from_name(name)
             .ok()
             .flatten()

@@ -378,7 +378,7 @@ pub(crate) mod tokio_stream_shim {
 
     /// The next frame, `Ok(None)` on a clean EOF between frames. Bytes read
     /// beyond it stay in `buf`.
-    pub async fn next_frame<R: AsyncRead + Unpin>(
+    pub(crate) async fn next_frame<R: AsyncRead + Unpin>(
         reader: &mut R,
         codec: &mut FrameCodec,
         buf: &mut BytesMut,
