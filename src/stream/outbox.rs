@@ -3,7 +3,8 @@
 //!
 //! Plain data and notifications, no I/O: the stream's writer task drains it
 //! ([`super`]), and the router pushes into it without depending on the
-//! stream's tasks.
+//! stream's tasks. The rules (order, batches, caps, close) are `Queues`, a
+//! plain value tested without a runtime; [`Outbox`] adds the wake-ups.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -58,6 +59,113 @@ struct Queues {
     closed: bool,
 }
 
+/// What [`Queues::push`] did with a frame.
+#[derive(Debug, PartialEq, Eq)]
+enum Pushed {
+    /// Queued.
+    Queued,
+    /// Refused: the queues were closed before.
+    Refused,
+    /// Refused, and the queues are closed now: the frame would have taken
+    /// them past a cap (the reason says which).
+    Overflowed(String),
+}
+
+/// The queues' rules, with no waking: [`Outbox`] adds the notifications.
+/// Plain data, tested without a runtime.
+impl Queues {
+    fn push(&mut self, frame: Frame) -> Pushed {
+        if self.closed {
+            return Pushed::Refused;
+        }
+        let len = frame.wire_len();
+        let over = if frame.enc == Enc::Bin {
+            (self.bulk_bytes + len > BULK_CAP).then_some(("bulk", self.bulk_bytes, BULK_CAP))
+        } else {
+            (self.control_bytes + len > CONTROL_CAP).then_some((
+                "control",
+                self.control_bytes,
+                CONTROL_CAP,
+            ))
+        };
+        if let Some((what, queued, cap)) = over {
+            let why = format!(
+                "the peer is not reading: {queued} bytes of {what} frames already queued \
+                 for it and a {len}-byte frame would exceed the cap of {cap}"
+            );
+            self.close(Some(why.clone()));
+            return Pushed::Overflowed(why);
+        }
+        let channel = (frame.dst_id, frame.handle);
+        if frame.enc != Enc::Bin {
+            self.control_bytes += len;
+        }
+        // A control frame of a channel with bulk frames queued keeps its
+        // place behind them (a channel's frames stay in order).
+        if frame.enc == Enc::Bin || self.bulk_channels.contains_key(&channel) {
+            if frame.enc == Enc::Bin {
+                self.bulk_bytes += len;
+            }
+            *self.bulk_channels.entry(channel).or_default() += 1;
+            self.bulk.push_back(frame);
+        } else {
+            self.control.push_back(frame);
+        }
+        Pushed::Queued
+    }
+
+    /// Moves the next frames to write into `out`: every queued control
+    /// frame (up to [`MAX_BATCH`]), or else one frame of the bulk queue.
+    /// False if there was nothing to move.
+    fn pop_batch(&mut self, out: &mut Vec<Frame>) -> bool {
+        while out.len() < MAX_BATCH {
+            match self.control.pop_front() {
+                Some(f) => {
+                    self.control_bytes -= f.wire_len();
+                    out.push(f);
+                }
+                None => break,
+            }
+        }
+        if !out.is_empty() {
+            return true;
+        }
+        let Some(f) = self.bulk.pop_front() else {
+            return false;
+        };
+        if f.enc == Enc::Bin {
+            self.bulk_bytes -= f.wire_len();
+        } else {
+            self.control_bytes -= f.wire_len();
+        }
+        let channel = (f.dst_id, f.handle);
+        if let Some(n) = self.bulk_channels.get_mut(&channel) {
+            *n -= 1;
+            if *n == 0 {
+                self.bulk_channels.remove(&channel);
+            }
+        }
+        out.push(f);
+        true
+    }
+
+    /// Drops everything queued; later pushes are refused. False if it was
+    /// closed already.
+    fn close(&mut self, overflow: Option<String>) -> bool {
+        if self.closed {
+            return false;
+        }
+        self.closed = true;
+        self.overflow = overflow;
+        self.control.clear();
+        self.bulk.clear();
+        self.bulk_bytes = 0;
+        self.control_bytes = 0;
+        self.bulk_channels.clear();
+        true
+    }
+}
+
 /// The outbound queue of one stream: control frames first, then bulk.
 #[derive(Default)]
 pub struct Outbox {
@@ -84,45 +192,18 @@ impl Outbox {
     /// is closed — or is closed now because the frame would take its queue
     /// past [`BULK_CAP`] or [`CONTROL_CAP`] (the peer stopped reading).
     pub fn push(&self, frame: Frame) -> bool {
-        let mut q = self.lock();
-        if q.closed {
-            return false;
-        }
-        let len = frame.wire_len();
-        let over = if frame.enc == Enc::Bin {
-            (q.bulk_bytes + len > BULK_CAP).then_some(("bulk", q.bulk_bytes, BULK_CAP))
-        } else {
-            (q.control_bytes + len > CONTROL_CAP).then_some((
-                "control",
-                q.control_bytes,
-                CONTROL_CAP,
-            ))
-        };
-        if let Some((what, queued, cap)) = over {
-            let why = format!(
-                "the peer is not reading: {queued} bytes of {what} frames already queued \
-                 for it and a {len}-byte frame would exceed the cap of {cap}"
-            );
-            drop(q);
-            self.close_with(Some(why));
-            return false;
-        }
-        let channel = (frame.dst_id, frame.handle);
-        if frame.enc != Enc::Bin {
-            q.control_bytes += len;
-        }
-        if frame.enc == Enc::Bin || q.bulk_channels.contains_key(&channel) {
-            if frame.enc == Enc::Bin {
-                q.bulk_bytes += len;
+        let pushed = self.lock().push(frame);
+        match pushed {
+            Pushed::Queued => {
+                self.writer_wake.notify_one();
+                true
             }
-            *q.bulk_channels.entry(channel).or_default() += 1;
-            q.bulk.push_back(frame);
-        } else {
-            q.control.push_back(frame);
+            Pushed::Refused => false,
+            Pushed::Overflowed(_) => {
+                self.woken_closed();
+                false
+            }
         }
-        drop(q);
-        self.writer_wake.notify_one();
-        true
     }
 
     /// Waits until fewer than `limit` bulk bytes are queued (or the stream closed).
@@ -177,18 +258,13 @@ impl Outbox {
     }
 
     fn close_with(&self, overflow: Option<String>) {
-        let mut q = self.lock();
-        if q.closed {
-            return;
+        if self.lock().close(overflow) {
+            self.woken_closed();
         }
-        q.closed = true;
-        q.overflow = overflow;
-        q.control.clear();
-        q.bulk.clear();
-        q.bulk_bytes = 0;
-        q.control_bytes = 0;
-        q.bulk_channels.clear();
-        drop(q);
+    }
+
+    /// Wakes the writer and everyone waiting for room or for the close.
+    fn woken_closed(&self) {
         self.writer_wake.notify_one();
         self.room.notify_waiters();
         self.closed_wake.notify_waiters();
@@ -224,35 +300,7 @@ impl Outbox {
                 if q.closed {
                     return false;
                 }
-                while out.len() < MAX_BATCH {
-                    match q.control.pop_front() {
-                        Some(f) => {
-                            q.control_bytes -= f.wire_len();
-                            out.push(f);
-                        }
-                        None => break,
-                    }
-                }
-                if out.is_empty() {
-                    if let Some(f) = q.bulk.pop_front() {
-                        if f.enc == Enc::Bin {
-                            q.bulk_bytes -= f.wire_len();
-                        } else {
-                            q.control_bytes -= f.wire_len();
-                        }
-                        let channel = (f.dst_id, f.handle);
-                        if let Some(n) = q.bulk_channels.get_mut(&channel) {
-                            *n -= 1;
-                            if *n == 0 {
-                                q.bulk_channels.remove(&channel);
-                            }
-                        }
-                        out.push(f);
-                        drop(q);
-                        self.room.notify_waiters();
-                        return true;
-                    }
-                } else {
+                if q.pop_batch(out) {
                     drop(q);
                     self.room.notify_waiters();
                     return true;
@@ -260,5 +308,110 @@ impl Outbox {
             }
             notified.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn frame(enc: Enc, handle: Handle, len: usize) -> Frame {
+        Frame::new(7, handle, enc, Bytes::from(vec![0u8; len]))
+    }
+
+    fn handles_of(out: &[Frame]) -> Vec<Handle> {
+        out.iter().map(|f| f.handle).collect()
+    }
+
+    #[test]
+    fn control_goes_before_bulk_in_batches() {
+        let mut q = Queues::default();
+        assert_eq!(q.push(frame(Enc::Bin, 1, 100)), Pushed::Queued);
+        assert_eq!(q.push(frame(Enc::Control, 2, 10)), Pushed::Queued);
+        assert_eq!(q.push(frame(Enc::Control, 3, 10)), Pushed::Queued);
+        let mut out = Vec::new();
+        assert!(q.pop_batch(&mut out));
+        assert_eq!(handles_of(&out), [2, 3], "every control frame at once");
+        out.clear();
+        assert!(q.pop_batch(&mut out));
+        assert_eq!(handles_of(&out), [1], "then one bulk frame");
+        out.clear();
+        assert!(!q.pop_batch(&mut out));
+        assert_eq!((q.bulk_bytes, q.control_bytes), (0, 0));
+    }
+
+    #[test]
+    fn a_channels_control_frame_keeps_its_place_behind_its_bulk() {
+        // The end of a transfer (a control frame on the data channel) must
+        // not overtake the data queued before it.
+        let mut q = Queues::default();
+        q.push(frame(Enc::Bin, 5, 100));
+        q.push(frame(Enc::Control, 5, 10));
+        q.push(frame(Enc::Control, 6, 10));
+        let mut order = Vec::new();
+        let mut out = Vec::new();
+        while q.pop_batch(&mut out) {
+            order.extend(out.drain(..).map(|f| (f.handle, f.enc)));
+        }
+        assert_eq!(order, [(6, Enc::Control), (5, Enc::Bin), (5, Enc::Control)]);
+        assert!(q.bulk_channels.is_empty());
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_max_batch_frames() {
+        let mut q = Queues::default();
+        for h in 0..(MAX_BATCH as u32 + 3) {
+            q.push(frame(Enc::Control, h, 1));
+        }
+        let mut out = Vec::new();
+        q.pop_batch(&mut out);
+        assert_eq!(out.len(), MAX_BATCH);
+        out.clear();
+        q.pop_batch(&mut out);
+        assert_eq!(out.len(), 3);
+    }
+
+    #[test]
+    fn past_the_bulk_cap_the_queues_close_and_say_why() {
+        let mut q = Queues::default();
+        let big = 16 << 20;
+        let mut pushed = 0;
+        let why = loop {
+            match q.push(frame(Enc::Bin, 1, big)) {
+                Pushed::Queued => pushed += 1,
+                Pushed::Overflowed(why) => break why,
+                Pushed::Refused => panic!("refused before the cap"),
+            }
+        };
+        assert_eq!(pushed, BULK_CAP / (big + crate::wire::HEADER_LEN));
+        assert!(why.contains("not reading") && why.contains("bulk"), "{why}");
+        assert_eq!(q.overflow.as_deref(), Some(why.as_str()));
+        assert!(q.closed && q.bulk.is_empty() && q.bulk_bytes == 0);
+        assert_eq!(q.push(frame(Enc::Control, 2, 1)), Pushed::Refused);
+    }
+
+    #[test]
+    fn past_the_control_cap_too() {
+        let mut q = Queues::default();
+        let mut n = 0usize;
+        while let Pushed::Queued = q.push(frame(Enc::Control, 3, 1 << 20)) {
+            n += 1;
+        }
+        assert_eq!(n, CONTROL_CAP / ((1 << 20) + crate::wire::HEADER_LEN));
+        assert!(q.overflow.as_deref().is_some_and(|w| w.contains("control")));
+    }
+
+    #[test]
+    fn closing_drops_what_is_queued_once() {
+        let mut q = Queues::default();
+        q.push(frame(Enc::Bin, 1, 10));
+        q.push(frame(Enc::Control, 2, 10));
+        assert!(q.close(None));
+        assert!(!q.close(Some("again".into())), "closed once");
+        assert_eq!(q.overflow, None);
+        let mut out = Vec::new();
+        assert!(!q.pop_batch(&mut out));
+        assert_eq!(q.push(frame(Enc::Bin, 1, 10)), Pushed::Refused);
     }
 }
