@@ -119,6 +119,9 @@ pub struct CompressCounters {
     pub bytes_in: AtomicU64,
     /// Their size on the wire (zstd frames, without the offset).
     pub bytes_out: AtomicU64,
+    /// Chunks (or small files) a relay sent on compressed as they came
+    /// from upstream, without compressing them again ([`FrameLog`]).
+    pub forwarded: AtomicU64,
 }
 
 /// What the pump and the reader of one transfer share.
@@ -222,6 +225,8 @@ pub struct ChunkEncoder {
     zstd: Zstd,
     misses: u32,
     chunks: u64,
+    /// A relay's record of the compressed chunks upstream sent.
+    forward: Option<Arc<FrameLog>>,
 }
 
 impl ChunkEncoder {
@@ -232,7 +237,16 @@ impl ChunkEncoder {
             zstd: Zstd::default(),
             misses: 0,
             chunks: 0,
+            forward: None,
         }
+    }
+
+    /// Sends on, whenever this encoder would compress, the compressed form
+    /// upstream sent of a chunk with the same offset and length (a relay's
+    /// tee, [`FrameLog`]) instead of compressing it again.
+    pub fn forwarding(mut self, log: Option<Arc<FrameLog>>) -> ChunkEncoder {
+        self.forward = log;
+        self
     }
 
     /// The frame payload for `chunk` (`[offset][bytes]`): compressed if
@@ -242,12 +256,26 @@ impl ChunkEncoder {
         let Some(level) = self.shared.level() else {
             return chunk;
         };
-        if self.misses >= GIVE_UP_AFTER && !self.chunks.is_multiple_of(REPROBE_EVERY) {
-            return chunk;
-        }
         let (Some(head), Some(data)) = (chunk.get(..OFFSET_LEN), chunk.get(OFFSET_LEN..)) else {
             return chunk;
         };
+        if let Some(log) = &self.forward
+            && let Ok(head) = <[u8; OFFSET_LEN]>::try_from(head)
+            && let Some(frame) = log.get(u64::from_be_bytes(head), data.len() as u64)
+        {
+            // Upstream's work, sent on: the same bytes decode to the same
+            // chunk here as at the relay, which checked them (and the child
+            // checks the file's digest as always).
+            self.misses = 0;
+            self.shared
+                .counters
+                .forwarded
+                .fetch_add(1, Ordering::Relaxed);
+            return frame;
+        }
+        if self.misses >= GIVE_UP_AFTER && !self.chunks.is_multiple_of(REPROBE_EVERY) {
+            return chunk;
+        }
         let t0 = thread_cpu_ns();
         let out = self.compress(level, head, data);
         self.shared
@@ -284,6 +312,104 @@ impl ChunkEncoder {
         self.zstd
             .compress(level, &(offset | COMPRESSED).to_be_bytes(), data)
     }
+}
+
+/// A [`FrameLog`]'s index: offset -> (where, payload length, file bytes),
+/// and the end of its file.
+type LogIndex = (std::collections::HashMap<u64, (u64, u32, u64)>, u64);
+
+/// A relay's record of the compressed chunks of one file as they came
+/// from upstream: each zstd payload in a file of the relay's private spool
+/// (on disk, like the spool file itself: a slow child costs disk, not
+/// memory), indexed by offset. The relay's readers send these on instead
+/// of compressing the same bytes again for every child
+/// ([`ChunkEncoder::forwarding`]).
+///
+/// Only chunks the relay's readers can ask for are kept: those at a
+/// multiple of [`CHUNK_DATA`], of [`CHUNK_DATA`] bytes or ending the file,
+/// so the index holds at most one entry per chunk of the announced size
+/// however an upstream cuts its chunks. A chunk is recorded once the
+/// relay decoded it and took it in order (a duplicate offset fails the
+/// fetch before it is recorded), so what a child is sent is what the
+/// relay checked against the file's digest before its `End`.
+pub struct FrameLog {
+    file: std::fs::File,
+    index: std::sync::Mutex<LogIndex>,
+}
+
+impl FrameLog {
+    /// A log kept in `file` (read-write, the relay's alone).
+    pub fn new(file: std::fs::File) -> FrameLog {
+        FrameLog {
+            file,
+            index: std::sync::Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogIndex> {
+        // Each critical section is one map access.
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that the chunk of `len` file bytes at `offset` of a file of
+    /// `size` bytes came as the zstd `payload` (without its offset).
+    /// Chunks a reader would never ask for are not kept; a failed write
+    /// only means that chunk is compressed again when sent on.
+    pub fn record(&self, offset: u64, len: u64, size: u64, payload: &[u8]) {
+        let whole = len == CHUNK_DATA as u64 || offset.saturating_add(len) == size;
+        // Kept only if it saves bytes (a hostile upstream could pad it).
+        let saves = (payload.len() as u64) < len;
+        if !offset.is_multiple_of(CHUNK_DATA as u64) || !whole || !saves {
+            return;
+        }
+        let Ok(n) = u32::try_from(payload.len()) else {
+            return;
+        };
+        let mut index = self.lock();
+        if index.0.contains_key(&offset) {
+            return;
+        }
+        let at = index.1;
+        // Written under the lock: a reader that finds the entry finds the
+        // bytes.
+        use std::os::unix::fs::FileExt;
+        if let Err(e) = self.file.write_all_at(payload, at) {
+            tracing::debug!("relay: could not keep a compressed chunk: {e}");
+            return;
+        }
+        index.1 += payload.len() as u64;
+        index.0.insert(offset, (at, n, len));
+    }
+
+    /// The frame payload (`[offset | COMPRESSED][zstd]`) upstream sent for
+    /// the chunk of `len` bytes at `offset`, if it came compressed and
+    /// with those bounds.
+    pub fn get(&self, offset: u64, len: u64) -> Option<Bytes> {
+        let (at, n, kept) = *self.lock().0.get(&offset)?;
+        if kept != len {
+            return None;
+        }
+        let mut buf = vec![0u8; OFFSET_LEN + n as usize];
+        buf[..OFFSET_LEN].copy_from_slice(&(offset | COMPRESSED).to_be_bytes());
+        use std::os::unix::fs::FileExt;
+        self.file.read_exact_at(&mut buf[OFFSET_LEN..], at).ok()?;
+        Some(Bytes::from(buf))
+    }
+
+    /// Chunks recorded.
+    pub fn len(&self) -> usize {
+        self.lock().0.len()
+    }
+
+    /// True if no chunk is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// True if the data frame `payload` carries a compressed chunk.
+pub fn is_compressed(payload: &[u8]) -> bool {
+    payload.first().is_some_and(|b| b & 0x80 != 0)
 }
 
 /// This thread's CPU time in nanoseconds. The compressor's cost is taken

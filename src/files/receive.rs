@@ -617,6 +617,9 @@ pub struct Observer {
     /// How many bytes of the file are written, in order, from its start;
     /// raised after each write.
     pub written: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Where each chunk that arrives compressed is kept as it came, so
+    /// the relay can send it on without compressing it again.
+    pub frames: Option<Arc<super::compress::FrameLog>>,
 }
 
 /// [`receive_with`], telling `observer` where the data goes and how far it
@@ -896,7 +899,11 @@ async fn receive_prepared(
         _ => None,
     };
     let written = match prep.observer.take() {
-        Some(Observer { opened, written }) => {
+        Some(Observer {
+            opened,
+            written,
+            frames,
+        }) => {
             let reopened = pending.file.as_ref().map(reopen_read_only);
             match (reopened, opened) {
                 (Some(Ok(f)), Some(tx)) => {
@@ -909,9 +916,13 @@ async fn receive_prepared(
                 }
                 _ => {}
             }
-            Some(written)
+            Some((written, frames))
         }
         None => None,
+    };
+    let (written, frames) = match written {
+        Some((w, f)) => (Some(w), f),
+        None => (None, None),
     };
     let mut sink = None;
     let basis = prep.basis.map(|(f, b)| (f, b.size));
@@ -926,6 +937,7 @@ async fn receive_prepared(
         opts.fsync,
         opts.sparse,
         written,
+        frames,
     )
     .await;
     if let Err(e) = &result {
@@ -999,6 +1011,7 @@ async fn receive_data(
     early_writeback: bool,
     sparse: bool,
     written: Option<Arc<tokio::sync::watch::Sender<u64>>>,
+    frames: Option<Arc<super::compress::FrameLog>>,
 ) -> Result<(), ReceiveError> {
     let dest = pending.dest.shown().to_path_buf();
     let dest = dest.as_path();
@@ -1081,6 +1094,14 @@ async fn receive_data(
                         (offset, Piece::Data(data))
                     }
                 };
+                // A relay keeps a compressed chunk as it came, once it
+                // decoded and was taken in order (below).
+                let keep = match (&frames, &piece) {
+                    (Some(_), Piece::Data(d)) if super::compress::is_compressed(&frame.payload) => {
+                        Some(d.len() as u64)
+                    }
+                    _ => None,
+                };
                 let now = unix_ns();
                 if pending.data_span_ns.0 == 0 {
                     pending.data_span_ns.0 = now;
@@ -1089,6 +1110,9 @@ async fn receive_data(
                 order
                     .on_piece(offset, piece, &mut ready)
                     .map_err(|e| mismatch(e.0))?;
+                if let (Some(log), Some(len)) = (&frames, keep) {
+                    log.record(offset, len, meta.size, &frame.payload[super::OFFSET_LEN..]);
+                }
                 if ready.is_empty() {
                     continue;
                 }
