@@ -353,3 +353,93 @@ async fn corrupt_compressed_small_files_are_errors_and_nothing_lands() {
     }
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// The `--json` line of a relay's tee.
+fn relay_line(stdout: &str) -> Option<serde_json::Value> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["tee"] == true)
+}
+
+/// Issue 17: a relay's tee sends the chunks (and small files) that came
+/// compressed from upstream on to its targets as they came, instead of
+/// decompressing them into its spool and compressing them again for each
+/// target. Real processes: the controller, a `local` relay (`--via
+/// local`) and a `local` target behind it; `--bwlimit` makes both links
+/// slow enough that `-z` compresses. The relay's own compressor does no
+/// work for them (`compressed_here`), the copies are identical, and the
+/// same push without `-z` forwards nothing.
+#[test]
+fn a_relay_sends_compressed_chunks_on_without_compressing_them_again() {
+    let src = tempfile::tempdir().expect("tempdir");
+    let top = src.path().join("tree");
+    std::fs::create_dir_all(top.join("src")).expect("mkdir");
+    // 3 MiB of log (24 chunks, the last short), text files below one
+    // chunk (fetched in batches or alone), and random bytes (sent raw).
+    let mut files: Vec<(String, Vec<u8>)> = vec![
+        ("app.log".into(), text((3 << 20) + 777, 11)),
+        ("random.bin".into(), random(600_000, 12)),
+    ];
+    for i in 0..12u64 {
+        files.push((
+            format!("src/f{i}.rs"),
+            text(3000 + i as usize * 9000, 100 + i),
+        ));
+    }
+    for (name, data) in &files {
+        std::fs::write(top.join(name), data).expect("write");
+    }
+    let dst = tempfile::tempdir().expect("tempdir");
+    let run = |z: bool, into: &str| {
+        let mut args = vec![
+            "push",
+            "--json",
+            "-r",
+            "--bwlimit",
+            "16M",
+            "--via",
+            "local",
+            "-H",
+            "local",
+        ];
+        if z {
+            args.push("-z");
+        }
+        let dest = dst.path().join(into);
+        let dest = format!("{}/", dest.to_str().expect("utf8"));
+        args.extend([top.to_str().expect("utf8"), dest.as_str()]);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferrogen"))
+            .args(&args)
+            .output()
+            .expect("ferrogen runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        for (name, data) in &files {
+            let got = std::fs::read(dst.path().join(into).join("tree").join(name))
+                .unwrap_or_else(|e| panic!("{name}: {e}\n{stdout}\n{stderr}"));
+            assert!(got == *data, "{name} differs");
+        }
+        relay_line(&stdout).unwrap_or_else(|| panic!("no relay line:\n{stdout}\n{stderr}"))
+    };
+    let relay = run(true, "z");
+    let n = |k: &str| relay[k].as_u64().unwrap_or(u64::MAX);
+    // The log's 24 chunks and 12 text files came compressed (they shrink
+    // 4:1 and more, and 16 MiB/s is far slower than zstd): most, if not
+    // all, were sent on as they came.
+    assert!(
+        n("forwarded_compressed") >= 24 && n("forwarded_compressed") != u64::MAX,
+        "{relay}"
+    );
+    // What the relay compressed itself: only what came raw from upstream
+    // (a tuner's raw probe), never the forwarded chunks again.
+    assert!(
+        n("compressed_here") + n("forwarded_compressed") <= 24 + 12 + 2,
+        "{relay}"
+    );
+    assert!(n("compressed_here") < 8, "{relay}");
+    let plain = run(false, "plain");
+    assert_eq!(plain["forwarded_compressed"], 0, "{plain}");
+    assert_eq!(plain["compressed_here"], 0, "{plain}");
+}

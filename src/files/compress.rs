@@ -1153,6 +1153,71 @@ mod tests {
         assert!(compress_small(&mut zstd, &random(10_000, 3), 3, &counters).is_none());
     }
 
+    #[test]
+    fn a_frame_log_keeps_what_a_reader_can_ask_for_and_gives_it_back_as_sent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.path().join("z"))
+            .expect("create");
+        let log = FrameLog::new(file);
+        let size = 2 * CHUNK_DATA as u64 + 1000;
+        let (mut enc, _) = encoder(Some(3));
+        let first = text(CHUNK_DATA);
+        let wire = enc.encode(chunk(0, &first));
+        log.record(0, CHUNK_DATA as u64, size, &wire[OFFSET_LEN..]);
+        // The last, short chunk ends the file: kept.
+        let last = text(1000);
+        let wire_last = enc.encode(chunk(2 * CHUNK_DATA as u64, &last));
+        log.record(2 * CHUNK_DATA as u64, 1000, size, &wire_last[OFFSET_LEN..]);
+        // Not at a chunk boundary, short in the middle, or no smaller than
+        // its bytes: never asked for (or not worth it), not kept.
+        log.record(4096, 100, size, &wire[OFFSET_LEN..OFFSET_LEN + 50]);
+        log.record(
+            CHUNK_DATA as u64,
+            100,
+            size,
+            &wire[OFFSET_LEN..OFFSET_LEN + 50],
+        );
+        log.record(
+            CHUNK_DATA as u64,
+            CHUNK_DATA as u64,
+            size,
+            &vec![0u8; CHUNK_DATA],
+        );
+        assert_eq!(log.len(), 2);
+        // Given back byte for byte, decoding to the chunk.
+        assert_eq!(log.get(0, CHUNK_DATA as u64), Some(wire.clone()));
+        let back = log.get(2 * CHUNK_DATA as u64, 1000).expect("kept");
+        assert_eq!(back, wire_last);
+        let (off, got) = ChunkDecoder::default().open(&back, size).expect("decodes");
+        assert_eq!((off, &got[..]), (2 * CHUNK_DATA as u64, &last[..]));
+        // Asked with other bounds: not this chunk.
+        assert_eq!(log.get(0, 1000), None);
+        assert_eq!(log.get(CHUNK_DATA as u64, CHUNK_DATA as u64), None);
+        // Recorded once: a second record of an offset changes nothing.
+        log.record(0, CHUNK_DATA as u64, size, &wire_last[OFFSET_LEN..]);
+        assert_eq!(log.get(0, CHUNK_DATA as u64), Some(wire.clone()));
+        // An encoder forwarding from it sends the kept payload as it is
+        // (whatever its own level), and compresses the rest itself.
+        let log = Arc::new(log);
+        let (enc, counters) = encoder(Some(1));
+        let mut enc = enc.forwarding(Some(log.clone()));
+        assert_eq!(enc.encode(chunk(0, &first)), wire);
+        let other = enc.encode(chunk(CHUNK_DATA as u64, &first));
+        assert_ne!(other[0] & 0x80, 0, "compressed here");
+        assert_eq!(counters.forwarded.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.compressed_chunks.load(Ordering::Relaxed), 1);
+        // Off: nothing is forwarded either (the target's link outruns its
+        // decompressing).
+        let (enc, counters) = encoder(None);
+        let c = chunk(0, &first);
+        assert_eq!(enc.forwarding(Some(log)).encode(c.clone()), c);
+        assert_eq!(counters.forwarded.load(Ordering::Relaxed), 0);
+    }
+
     const MS: Duration = Duration::from_millis(1);
 
     /// Runs one period where each chunk took `per`, the reader waited, the

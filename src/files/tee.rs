@@ -22,6 +22,14 @@
 //!   batch per request, checked against their digests, and appended to one
 //!   spool file.
 //! * **Digests** (`--checksum`) are asked upstream.
+//! * **`-z`**: a chunk or small file that came compressed is kept beside
+//!   the decoded spool as it came ([`FrameLog`], a record of offset →
+//!   zstd payload in an anonymous file of the spool; small files in the
+//!   small-file store), and sent on to a child in that form whenever the
+//!   relay would compress for that child and the child's chunk has the
+//!   same bounds: the relay decompresses each chunk once (to check it)
+//!   and compresses nothing twice. The child decodes what the relay
+//!   decoded and checks the file's digest as always.
 //!
 //! Memory: the spool is on disk (the page cache holds what is hot), so a
 //! slow or dead child costs disk space, not memory, and never holds the
