@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferrogen::call::RemoteError;
 use ferrogen::connect::{self, ConnectSpec, Method};
-use ferrogen::files::compress::{COMPRESSED, Compression};
+use ferrogen::files::compress::{COMPRESSED, Compression, LINKED};
 use ferrogen::files::plan::{EntryResult, PlanEntry, PushPlan};
 use ferrogen::files::receive::ReceiveOptions;
 use ferrogen::files::window::Sizing;
@@ -210,6 +210,14 @@ enum Bad {
     Garbage,
     /// A valid zstd frame of 64 MiB of zeros: past the chunk size.
     Bomb,
+    /// A chunk marked linked (compressed against the chunk before it)
+    /// whose frame declares a chunk's bytes but is damaged after its
+    /// header.
+    LinkedCorrupt,
+    /// A valid linked chunk at offset 0, sent after the good chunk that
+    /// follows it (as stripes may deliver): nothing comes before it to be
+    /// its prefix.
+    LinkedOrphan,
 }
 
 /// A controller whose `ferrogen.files` is hostile: `fetch` sends one good
@@ -238,14 +246,34 @@ fn hostile(bad: Bad) -> (Router, Services) {
                     };
                     let to = args.sender;
                     let follow: FollowUp = Box::pin(async move {
-                        let mut good = 0u64.to_be_bytes().to_vec();
+                        let (good_at, evil_at) = match bad {
+                            Bad::LinkedOrphan => (CHUNK_DATA as u64, 0),
+                            _ => (0, CHUNK_DATA as u64),
+                        };
+                        let mut good = good_at.to_be_bytes().to_vec();
                         good.extend(vec![b'x'; CHUNK_DATA]);
-                        let mut evil = (CHUNK_DATA as u64 | COMPRESSED).to_be_bytes().to_vec();
+                        let mut evil = (evil_at | COMPRESSED).to_be_bytes().to_vec();
+                        let linked = (evil_at | COMPRESSED | LINKED).to_be_bytes().to_vec();
+                        let frame = zstd::bulk::compress(&text(CHUNK_DATA, 9), 3);
+                        let frame = frame.unwrap_or_default();
                         match bad {
                             Bad::Garbage => evil.extend(random(5000, 2)),
                             Bad::Bomb => evil.extend(
                                 zstd::bulk::compress(&vec![0u8; 64 << 20], 3).unwrap_or_default(),
                             ),
+                            Bad::LinkedCorrupt => {
+                                evil = linked;
+                                let mut f = frame;
+                                let n = f.len();
+                                for b in &mut f[12..n - 4] {
+                                    *b ^= 0x5a;
+                                }
+                                evil.extend(f);
+                            }
+                            Bad::LinkedOrphan => {
+                                evil = linked;
+                                evil.extend(frame);
+                            }
                         }
                         for payload in [good, evil] {
                             r.send(Frame::new(
@@ -340,6 +368,29 @@ async fn a_compressed_chunk_past_the_chunk_size_is_refused() {
     let (r, left) = hostile_push(Bad::Bomb, &[3 * CHUNK_DATA]).await;
     let e = r[0].error.clone().unwrap_or_default();
     assert!(e.contains(&format!("exceeds {CHUNK_DATA} bytes")), "{e}");
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Issue 17, chunks linked to the chunk before them: a damaged one, and
+/// one with nothing before it (arriving out of order, as over stripes),
+/// are clear errors and nothing lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_linked_chunk_is_a_clear_error_and_nothing_lands() {
+    let (r, left) = hostile_push(Bad::LinkedCorrupt, &[3 * CHUNK_DATA]).await;
+    let e = r[0].error.clone().unwrap_or_default();
+    assert!(
+        e.contains(&format!(
+            "compressed chunk at offset {CHUNK_DATA} is corrupt"
+        )),
+        "{e}"
+    );
+    assert!(left.is_empty(), "{left:?}");
+    let (r, left) = hostile_push(Bad::LinkedOrphan, &[3 * CHUNK_DATA]).await;
+    let e = r[0].error.clone().unwrap_or_default();
+    assert!(
+        e.contains("compressed chunk at offset 0 refers to data before it that was not sent"),
+        "{e}"
+    );
     assert!(left.is_empty(), "{left:?}");
 }
 
