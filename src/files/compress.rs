@@ -387,6 +387,15 @@ impl ChunkEncoder {
     }
 }
 
+/// The smallest chunk a [`FrameLog`] keeps (but a file's last): the
+/// smallest `--bwlimit` chunk. A hostile upstream cutting smaller ones
+/// cannot make the index hold more than one entry per this many bytes.
+pub const LOG_MIN_CHUNK: u64 = 16 * 1024;
+
+/// Most chunks a [`FrameLog`] indexes (about 10 MiB of memory; 32 GiB of
+/// file in whole chunks, 4 GiB in the smallest `--bwlimit` ones).
+pub const LOG_MAX_ENTRIES: usize = 1 << 18;
+
 /// A [`FrameLog`]'s index: offset -> (where, payload length, file bytes),
 /// and the end of its file.
 type LogIndex = (std::collections::HashMap<u64, LogEntry>, u64);
@@ -402,10 +411,12 @@ type LogEntry = (u64, u32, u64, u64);
 /// of compressing the same bytes again for every child
 /// ([`ChunkEncoder::forwarding`]).
 ///
-/// Only chunks the relay's readers can ask for are kept: those at a
-/// multiple of [`CHUNK_DATA`], of [`CHUNK_DATA`] bytes or ending the file,
-/// so the index holds at most one entry per chunk of the announced size
-/// however an upstream cuts its chunks. A chunk is recorded once the
+/// Chunks are kept as upstream cut them (whole chunks, or the smaller ones
+/// of `--bwlimit`, which the relay's readers cut the same way); the index
+/// is bounded however an upstream cuts them: only chunks of at least
+/// [`LOG_MIN_CHUNK`] bytes (or ending the file), and at most
+/// [`LOG_MAX_ENTRIES`] per file (beyond that a relay compresses again).
+/// A chunk is recorded once the
 /// relay decoded it and took it in order (a duplicate offset fails the
 /// fetch before it is recorded), so what a child is sent is what the
 /// relay checked against the file's digest before its `End`.
@@ -434,17 +445,17 @@ impl FrameLog {
     /// Chunks a reader would never ask for are not kept; a failed write
     /// only means that chunk is compressed again when sent on.
     pub fn record(&self, offset: u64, len: u64, size: u64, payload: &[u8], prefix: u64) {
-        let whole = len == CHUNK_DATA as u64 || offset.saturating_add(len) == size;
+        let big = len >= LOG_MIN_CHUNK || offset.saturating_add(len) == size;
         // Kept only if it saves bytes (a hostile upstream could pad it).
         let saves = (payload.len() as u64) < len;
-        if !offset.is_multiple_of(CHUNK_DATA as u64) || !whole || !saves {
+        if !big || !saves {
             return;
         }
         let Ok(n) = u32::try_from(payload.len()) else {
             return;
         };
         let mut index = self.lock();
-        if index.0.contains_key(&offset) {
+        if index.0.len() >= LOG_MAX_ENTRIES || index.0.contains_key(&offset) {
             return;
         }
         let at = index.1;
@@ -1353,8 +1364,8 @@ mod tests {
             &wire_last[OFFSET_LEN..],
             0,
         );
-        // Not at a chunk boundary, short in the middle, or no smaller than
-        // its bytes: never asked for (or not worth it), not kept.
+        // Tiny (a hostile upstream's cut), or no smaller than its bytes:
+        // not kept.
         log.record(4096, 100, size, &wire[OFFSET_LEN..OFFSET_LEN + 50], 0);
         log.record(
             CHUNK_DATA as u64,
