@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferrogen::call::RemoteError;
 use ferrogen::connect::{self, ConnectSpec, Method};
-use ferrogen::files::compress::{COMPRESSED, Compression};
+use ferrogen::files::compress::{COMPRESSED, Compression, LINKED};
 use ferrogen::files::plan::{EntryResult, PlanEntry, PushPlan};
 use ferrogen::files::receive::ReceiveOptions;
 use ferrogen::files::window::Sizing;
@@ -210,6 +210,14 @@ enum Bad {
     Garbage,
     /// A valid zstd frame of 64 MiB of zeros: past the chunk size.
     Bomb,
+    /// A chunk marked linked (compressed against the chunk before it)
+    /// whose frame declares a chunk's bytes but is damaged after its
+    /// header.
+    LinkedCorrupt,
+    /// A valid linked chunk at offset 0, sent after the good chunk that
+    /// follows it (as stripes may deliver): nothing comes before it to be
+    /// its prefix.
+    LinkedOrphan,
 }
 
 /// A controller whose `ferrogen.files` is hostile: `fetch` sends one good
@@ -238,14 +246,34 @@ fn hostile(bad: Bad) -> (Router, Services) {
                     };
                     let to = args.sender;
                     let follow: FollowUp = Box::pin(async move {
-                        let mut good = 0u64.to_be_bytes().to_vec();
+                        let (good_at, evil_at) = match bad {
+                            Bad::LinkedOrphan => (CHUNK_DATA as u64, 0),
+                            _ => (0, CHUNK_DATA as u64),
+                        };
+                        let mut good = good_at.to_be_bytes().to_vec();
                         good.extend(vec![b'x'; CHUNK_DATA]);
-                        let mut evil = (CHUNK_DATA as u64 | COMPRESSED).to_be_bytes().to_vec();
+                        let mut evil = (evil_at | COMPRESSED).to_be_bytes().to_vec();
+                        let linked = (evil_at | COMPRESSED | LINKED).to_be_bytes().to_vec();
+                        let frame = zstd::bulk::compress(&text(CHUNK_DATA, 9), 3);
+                        let frame = frame.unwrap_or_default();
                         match bad {
                             Bad::Garbage => evil.extend(random(5000, 2)),
                             Bad::Bomb => evil.extend(
                                 zstd::bulk::compress(&vec![0u8; 64 << 20], 3).unwrap_or_default(),
                             ),
+                            Bad::LinkedCorrupt => {
+                                evil = linked;
+                                let mut f = frame;
+                                let n = f.len();
+                                for b in &mut f[12..n - 4] {
+                                    *b ^= 0x5a;
+                                }
+                                evil.extend(f);
+                            }
+                            Bad::LinkedOrphan => {
+                                evil = linked;
+                                evil.extend(frame);
+                            }
                         }
                         for payload in [good, evil] {
                             r.send(Frame::new(
@@ -343,6 +371,29 @@ async fn a_compressed_chunk_past_the_chunk_size_is_refused() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// Issue 17, chunks linked to the chunk before them: a damaged one, and
+/// one with nothing before it (arriving out of order, as over stripes),
+/// are clear errors and nothing lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_linked_chunk_is_a_clear_error_and_nothing_lands() {
+    let (r, left) = hostile_push(Bad::LinkedCorrupt, &[3 * CHUNK_DATA]).await;
+    let e = r[0].error.clone().unwrap_or_default();
+    assert!(
+        e.contains(&format!(
+            "compressed chunk at offset {CHUNK_DATA} is corrupt"
+        )),
+        "{e}"
+    );
+    assert!(left.is_empty(), "{left:?}");
+    let (r, left) = hostile_push(Bad::LinkedOrphan, &[3 * CHUNK_DATA]).await;
+    let e = r[0].error.clone().unwrap_or_default();
+    assert!(
+        e.contains("compressed chunk at offset 0 refers to data before it that was not sent"),
+        "{e}"
+    );
+    assert!(left.is_empty(), "{left:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_compressed_small_files_are_errors_and_nothing_lands() {
     let (r, left) = hostile_push(Bad::Garbage, &[1000, 2000, 3000]).await;
@@ -352,4 +403,94 @@ async fn corrupt_compressed_small_files_are_errors_and_nothing_lands() {
         assert!(e.contains("compressed file is corrupt"), "{e}");
     }
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// The `--json` line of a relay's tee.
+fn relay_line(stdout: &str) -> Option<serde_json::Value> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["tee"] == true)
+}
+
+/// Issue 17: a relay's tee sends the chunks (and small files) that came
+/// compressed from upstream on to its targets as they came, instead of
+/// decompressing them into its spool and compressing them again for each
+/// target. Real processes: the controller, a `local` relay (`--via
+/// local`) and a `local` target behind it; `--bwlimit` makes both links
+/// slow enough that `-z` compresses. The relay's own compressor does no
+/// work for them (`compressed_here`), the copies are identical, and the
+/// same push without `-z` forwards nothing.
+#[test]
+fn a_relay_sends_compressed_chunks_on_without_compressing_them_again() {
+    let src = tempfile::tempdir().expect("tempdir");
+    let top = src.path().join("tree");
+    std::fs::create_dir_all(top.join("src")).expect("mkdir");
+    // 3 MiB of log (24 chunks, the last short), text files below one
+    // chunk (fetched in batches or alone), and random bytes (sent raw).
+    let mut files: Vec<(String, Vec<u8>)> = vec![
+        ("app.log".into(), text((3 << 20) + 777, 11)),
+        ("random.bin".into(), random(600_000, 12)),
+    ];
+    for i in 0..12u64 {
+        files.push((
+            format!("src/f{i}.rs"),
+            text(3000 + i as usize * 9000, 100 + i),
+        ));
+    }
+    for (name, data) in &files {
+        std::fs::write(top.join(name), data).expect("write");
+    }
+    let dst = tempfile::tempdir().expect("tempdir");
+    let run = |z: bool, into: &str| {
+        let mut args = vec![
+            "push",
+            "--json",
+            "-r",
+            "--bwlimit",
+            "16M",
+            "--via",
+            "local",
+            "-H",
+            "local",
+        ];
+        if z {
+            args.push("-z");
+        }
+        let dest = dst.path().join(into);
+        let dest = format!("{}/", dest.to_str().expect("utf8"));
+        args.extend([top.to_str().expect("utf8"), dest.as_str()]);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferrogen"))
+            .args(&args)
+            .output()
+            .expect("ferrogen runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        for (name, data) in &files {
+            let got = std::fs::read(dst.path().join(into).join("tree").join(name))
+                .unwrap_or_else(|e| panic!("{name}: {e}\n{stdout}\n{stderr}"));
+            assert!(got == *data, "{name} differs");
+        }
+        relay_line(&stdout).unwrap_or_else(|| panic!("no relay line:\n{stdout}\n{stderr}"))
+    };
+    let relay = run(true, "z");
+    let n = |k: &str| relay[k].as_u64().unwrap_or(u64::MAX);
+    // The log's 24 chunks and 12 text files came compressed (they shrink
+    // 4:1 and more, and 16 MiB/s is far slower than zstd): most, if not
+    // all, were sent on as they came.
+    assert!(
+        n("forwarded_compressed") >= 24 && n("forwarded_compressed") != u64::MAX,
+        "{relay}"
+    );
+    // What the relay compressed itself: only what came raw from upstream
+    // (a tuner's raw probe), never the forwarded chunks again.
+    assert!(
+        n("compressed_here") + n("forwarded_compressed") <= 24 + 12 + 2,
+        "{relay}"
+    );
+    assert!(n("compressed_here") < 8, "{relay}");
+    let plain = run(false, "plain");
+    assert_eq!(plain["forwarded_compressed"], 0, "{plain}");
+    assert_eq!(plain["compressed_here"], 0, "{plain}");
 }

@@ -174,6 +174,8 @@ pub fn print_relay(relay: &str, s: &crate::files::tee::TeeStats) {
         "evicted": s.evicted,
         "read_ahead": s.read_ahead,
         "read_ahead_dropped": s.read_ahead_dropped,
+        "forwarded_compressed": s.forwarded_compressed,
+        "compressed_here": s.compressed_here,
     }));
 }
 

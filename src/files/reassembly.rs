@@ -33,6 +33,14 @@ pub enum Piece {
     },
     /// That many zero bytes left as a hole (`--sparse`).
     Hole(u64),
+    /// A `-z` chunk compressed against the data piece before it, to be
+    /// decoded once released in order (`compress::decode_linked`).
+    Linked {
+        /// Its zstd frame.
+        zstd: bytes::Bytes,
+        /// The file bytes it declares.
+        len: u64,
+    },
 }
 
 impl Piece {
@@ -40,7 +48,7 @@ impl Piece {
     pub fn len(&self) -> u64 {
         match self {
             Piece::Data(d) => d.len() as u64,
-            Piece::Copy { len, .. } | Piece::Hole(len) => *len,
+            Piece::Copy { len, .. } | Piece::Hole(len) | Piece::Linked { len, .. } => *len,
         }
     }
 
@@ -53,6 +61,7 @@ impl Piece {
         match self {
             Piece::Data(d) => d.len(),
             Piece::Copy { .. } | Piece::Hole(_) => SMALL_PIECE_COST,
+            Piece::Linked { zstd, .. } => zstd.len().max(SMALL_PIECE_COST),
         }
     }
 }

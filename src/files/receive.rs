@@ -30,6 +30,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::compress::Opened;
 use super::delta;
 use super::hashpipe::HashPipe;
 use super::meta::{FileMeta, lookup_gid, lookup_uid};
@@ -617,6 +618,9 @@ pub struct Observer {
     /// How many bytes of the file are written, in order, from its start;
     /// raised after each write.
     pub written: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Where each chunk that arrives compressed is kept as it came, so
+    /// the relay can send it on without compressing it again.
+    pub frames: Option<Arc<super::compress::FrameLog>>,
 }
 
 /// [`receive_with`], telling `observer` where the data goes and how far it
@@ -896,7 +900,11 @@ async fn receive_prepared(
         _ => None,
     };
     let written = match prep.observer.take() {
-        Some(Observer { opened, written }) => {
+        Some(Observer {
+            opened,
+            written,
+            frames,
+        }) => {
             let reopened = pending.file.as_ref().map(reopen_read_only);
             match (reopened, opened) {
                 (Some(Ok(f)), Some(tx)) => {
@@ -909,9 +917,13 @@ async fn receive_prepared(
                 }
                 _ => {}
             }
-            Some(written)
+            Some((written, frames))
         }
         None => None,
+    };
+    let (written, frames) = match written {
+        Some((w, f)) => (Some(w), f),
+        None => (None, None),
     };
     let mut sink = None;
     let basis = prep.basis.map(|(f, b)| (f, b.size));
@@ -926,6 +938,7 @@ async fn receive_prepared(
         opts.fsync,
         opts.sparse,
         written,
+        frames,
     )
     .await;
     if let Err(e) = &result {
@@ -999,6 +1012,7 @@ async fn receive_data(
     early_writeback: bool,
     sparse: bool,
     written: Option<Arc<tokio::sync::watch::Sender<u64>>>,
+    frames: Option<Arc<super::compress::FrameLog>>,
 ) -> Result<(), ReceiveError> {
     let dest = pending.dest.shown().to_path_buf();
     let dest = dest.as_path();
@@ -1027,6 +1041,10 @@ async fn receive_data(
     }
     let mut ready: Vec<Piece> = Vec::new();
     let mut chunks = super::compress::ChunkDecoder::default();
+    let mut linked = Linker {
+        dest: dest_s.clone(),
+        before: None,
+    };
     while !order.is_complete() {
         let frame = match rx.recv().await {
             Ok(f) => f,
@@ -1074,28 +1092,52 @@ async fn receive_data(
                         }
                         (offset, Piece::Copy { from, len })
                     }
-                    (None, None) => {
-                        let (offset, data) = chunks
-                            .open(&frame.payload, limit)
-                            .map_err(|e| mismatch(e.to_string()))?;
-                        (offset, Piece::Data(data))
+                    (None, None) => match chunks
+                        .open_any(&frame.payload, limit)
+                        .map_err(|e| mismatch(e.to_string()))?
+                    {
+                        (offset, Opened::Data(data)) => (offset, Piece::Data(data)),
+                        (offset, Opened::Linked { zstd, len }) => {
+                            (offset, Piece::Linked { zstd, len })
+                        }
+                    },
+                };
+                // A relay keeps a compressed chunk as it came, once it
+                // decoded and was taken in order (below).
+                let keep = match (&frames, &piece) {
+                    (Some(_), Piece::Data(d)) if super::compress::is_compressed(&frame.payload) => {
+                        Some(d.len() as u64)
                     }
+                    _ => None,
                 };
                 let now = unix_ns();
                 if pending.data_span_ns.0 == 0 {
                     pending.data_span_ns.0 = now;
                 }
                 pending.data_span_ns.1 = now;
+                let from = order.received();
                 order
                     .on_piece(offset, piece, &mut ready)
                     .map_err(|e| mismatch(e.0))?;
+                if let (Some(log), Some(len)) = (&frames, keep) {
+                    log.record(
+                        offset,
+                        len,
+                        meta.size,
+                        &frame.payload[super::OFFSET_LEN..],
+                        0,
+                    );
+                }
                 if ready.is_empty() {
                     continue;
                 }
                 let Some(s) = sink.as_mut() else {
                     return Err(mismatch("data before the transfer started".into()));
                 };
+                let mut at = from;
                 for piece in ready.drain(..) {
+                    let piece = linked.settle(at, piece, meta.size, frames.as_deref())?;
+                    at += piece.len();
                     s.write(pending, piece, dest).await?;
                 }
                 if let Sink::Inline(..) = s {
@@ -1142,7 +1184,10 @@ async fn receive_data(
                             early_writeback,
                             written.clone(),
                         ));
+                        let mut at = from;
                         for piece in ready.drain(..) {
+                            let piece = linked.settle(at, piece, meta.size, frames.as_deref())?;
+                            at += piece.len();
                             s.write(pending, piece, dest).await?;
                         }
                         if order.received() > from
@@ -1177,6 +1222,60 @@ async fn receive_data(
     pending.bytes = received;
     pending.digest = got;
     Ok(())
+}
+
+/// Decodes linked `-z` chunks ([`super::compress::LINKED`]) as they are
+/// released in file order: each against the data piece just before it.
+struct Linker {
+    dest: String,
+    /// The last data piece released: where it ends, and its bytes.
+    before: Option<(u64, bytes::Bytes)>,
+}
+
+impl Linker {
+    /// `piece`, released at `at` of a file of `size` bytes, as it is to be
+    /// written: a linked chunk decoded (and, at a relay, kept as it came
+    /// in `frames`). Fails if a linked chunk does not follow a data piece
+    /// or does not decode to what it declared.
+    fn settle(
+        &mut self,
+        at: u64,
+        piece: Piece,
+        size: u64,
+        frames: Option<&super::compress::FrameLog>,
+    ) -> Result<Piece, ReceiveError> {
+        let piece = match piece {
+            Piece::Linked { zstd, len } => {
+                let before = match &self.before {
+                    Some((end, b)) if *end == at => b,
+                    _ => {
+                        return Err(ReceiveError::Mismatch {
+                            dest: self.dest.clone(),
+                            detail: format!(
+                                "compressed chunk at offset {at} refers to data before it that was not sent"
+                            ),
+                        });
+                    }
+                };
+                let data = super::compress::decode_linked(at, &zstd, len, before).map_err(|e| {
+                    ReceiveError::Mismatch {
+                        dest: self.dest.clone(),
+                        detail: e.to_string(),
+                    }
+                })?;
+                if let Some(log) = frames {
+                    log.record(at, len, size, &zstd, before.len() as u64);
+                }
+                Piece::Data(data)
+            }
+            other => other,
+        };
+        self.before = match &piece {
+            Piece::Data(d) => Some((at + d.len() as u64, d.clone())),
+            _ => None,
+        };
+        Ok(piece)
+    }
 }
 
 /// With `--partial`, a new named partial file for `place`, created
@@ -1508,6 +1607,10 @@ fn put(
             file.write_all_at(data, at)?;
             hasher.update(data);
         }
+        Piece::Linked { .. } => {
+            // Decoded before it is written (`Linker::settle`).
+            return Err(std::io::Error::other("a compressed chunk was not decoded"));
+        }
         Piece::Hole(len) => {
             // Data is written in order, so the file ends at `at`:
             // extending it leaves the range a hole.
@@ -1548,6 +1651,10 @@ fn put_piped(
             file.write_all_at(data, at)?;
             pipe.hash_bytes(data.clone())
                 .map_err(std::io::Error::other)?;
+        }
+        Piece::Linked { .. } => {
+            // Decoded before it is written (`Linker::settle`).
+            return Err(std::io::Error::other("a compressed chunk was not decoded"));
         }
         Piece::Hole(len) => {
             file.set_len(at + len)?;

@@ -316,10 +316,15 @@ fn running_tee(slot: &Mutex<Slot>) -> Result<Arc<Tee>, RemoteError> {
 
 fn running_stats(slot: &Mutex<Slot>) -> TeeStats {
     match &lock(slot).running {
-        Some((tee, fs)) => TeeStats {
-            served: fs.stats().completed,
-            ..tee.stats()
-        },
+        Some((tee, fs)) => {
+            let s = fs.stats();
+            TeeStats {
+                served: s.completed,
+                forwarded_compressed: s.forwarded_chunks,
+                compressed_here: s.compressed_chunks,
+                ..tee.stats()
+            }
+        }
         None => TeeStats::default(),
     }
 }

@@ -172,6 +172,9 @@ pub struct FileStats {
     pub compressed_bytes_in: u64,
     /// What they took on the wire.
     pub compressed_bytes_out: u64,
+    /// A relay's tee: chunks and small files sent on compressed as they
+    /// came from upstream, not compressed again.
+    pub forwarded_chunks: u64,
     /// Transfers sent as a delta against the requester's old file.
     pub delta_transfers: u64,
     /// File bytes those sent as copy instructions (not sent).
@@ -471,6 +474,7 @@ impl FileService {
         s.raw_chunks = get(&z.raw_chunks);
         s.compressed_bytes_in = get(&z.bytes_in);
         s.compressed_bytes_out = get(&z.bytes_out);
+        s.forwarded_chunks = get(&z.forwarded);
         let d = &self.inner.dcounters;
         s.delta_transfers = get(&d.transfers);
         s.delta_copied_bytes = get(&d.copied);
@@ -516,17 +520,17 @@ impl FileService {
                 .map_err(|e| RemoteError::Failed(format!("{}: {e}", args.path)))?;
         }
         let slot = self.open_slot(caller.src_id, &args.path.escaped())?;
-        let (file, meta, gate) = match &inner.tee {
+        let (file, meta, gate, frames) = match &inner.tee {
             Some(tee) => {
                 let s = tee.open(&args.path).await.map_err(RemoteError::Failed)?;
-                (s.file, s.meta, Some(s.gate))
+                (s.file, s.meta, Some(s.gate), s.frames)
             }
             None => {
                 let opened = lock(&inner.registry).open(&args.path);
                 let file = opened.map_err(|e| RemoteError::Failed(e.to_string()))?;
                 let meta = FileMeta::from_fd_with(&file, inner.config.xattrs)
                     .map_err(|e| RemoteError::Failed(format!("{}: {e}", args.path)))?;
-                (Arc::new(file), meta, None)
+                (Arc::new(file), meta, None, None)
             }
         };
         let ack_rx = inner
@@ -548,6 +552,7 @@ impl FileService {
             file,
             meta,
             gate,
+            frames,
             to: args.sender,
             delta: args.delta,
             resume: args.resume,
@@ -668,11 +673,20 @@ impl FileService {
             let mut out = Vec::with_capacity(args.paths.len());
             for (k, path) in args.paths.iter().enumerate() {
                 let mut one = match (&fs.inner.tee, &teed) {
-                    (Some(tee), Some(got)) => tee.read_small(path, got.get(k), budget),
+                    // Compressed upstream: sent on as it came whenever it
+                    // would be compressed here.
+                    (Some(tee), Some(got)) => {
+                        tee.read_small(path, got.get(k), budget, level.is_some())
+                    }
                     _ => fs.read_small(path, budget),
                 };
-                if let SmallFile::Data { data, .. } = &one {
-                    budget = budget.saturating_sub(data.len() as u64);
+                match &one {
+                    SmallFile::Data { meta, .. } => budget = budget.saturating_sub(meta.size),
+                    SmallFile::Compressed { meta, .. } => {
+                        budget = budget.saturating_sub(meta.size);
+                        fs.inner.zcounters.forwarded.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
                 }
                 if let (Some(level), SmallFile::Data { meta, data, digest }) = (level, &one) {
                     let t0 = compress::thread_cpu_ns();
@@ -874,6 +888,9 @@ struct Transfer {
     meta: FileMeta,
     /// A relay's spool file: how far it has arrived (see [`super::tee`]).
     gate: Option<Gate>,
+    /// A relay's spool file: its chunks that came compressed, sent on as
+    /// they came rather than compressed again.
+    frames: Option<Arc<compress::FrameLog>>,
     to: Sender,
     /// The requester's signature of its old file, for a delta.
     delta: Option<super::delta::Basis>,
@@ -1006,7 +1023,7 @@ impl Transfer {
             Compression::Adaptive => (Some(&lane.tuner), lock(&lane.tuner).level()),
         };
         let zshared = compress::Shared::new(level, self.fs.inner.zcounters.clone());
-        let mut encoder = ChunkEncoder::new(zshared.clone());
+        let mut encoder = ChunkEncoder::new(zshared.clone()).forwarding(self.frames.clone());
         let (mut basis, resume, sparse) = (self.delta.take(), self.resume.take(), self.sparse);
         if sparse && basis.is_some() && super::sparse::has_hole(&*self.file, size) {
             // Copy instructions would fill the holes: sent whole, holes
@@ -1318,7 +1335,8 @@ impl Transfer {
         let mut encoder = ChunkEncoder::new(compress::Shared::new(
             level,
             self.fs.inner.zcounters.clone(),
-        ));
+        ))
+        .forwarding(self.frames.clone());
         let pacing = self.fs.inner.pacers.for_target(self.requester);
         if self.resume.take().is_some() {
             // Too small to be worth a resume: all of it, from the start.

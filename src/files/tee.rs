@@ -22,6 +22,14 @@
 //!   batch per request, checked against their digests, and appended to one
 //!   spool file.
 //! * **Digests** (`--checksum`) are asked upstream.
+//! * **`-z`**: a chunk or small file that came compressed is kept beside
+//!   the decoded spool as it came ([`FrameLog`], a record of offset →
+//!   zstd payload in an anonymous file of the spool; small files in the
+//!   small-file store), and sent on to a child in that form whenever the
+//!   relay would compress for that child and the child's chunk has the
+//!   same bounds: the relay decompresses each chunk once (to check it)
+//!   and compresses nothing twice. The child decodes what the relay
+//!   decoded and checks the file's digest as always.
 //!
 //! Memory: the spool is on disk (the page cache holds what is hot), so a
 //! slow or dead child costs disk space, not memory, and never holds the
@@ -48,6 +56,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
+use super::compress::FrameLog;
 use super::meta::FileMeta;
 use super::place::{Place, Root};
 use super::receive::{self, Observer, PendingFile, ReceiveOptions, TempFiles};
@@ -82,6 +91,14 @@ pub struct TeeStats {
     /// spool file dropped) once a target answered that it had them.
     #[serde(default)]
     pub read_ahead_dropped: u64,
+    /// `-z`: chunks and small files sent on to targets compressed as they
+    /// came from upstream, without compressing them again.
+    #[serde(default)]
+    pub forwarded_compressed: u64,
+    /// `-z`: chunks and small files this relay compressed itself (those
+    /// that came raw from upstream, or cut differently).
+    #[serde(default)]
+    pub compressed_here: u64,
 }
 
 /// Most upstream `fetch`es at once: half the FileService's per-requester
@@ -182,6 +199,9 @@ pub struct Spooled {
     pub meta: FileMeta,
     /// How far it has arrived.
     pub gate: Gate,
+    /// The chunks that came compressed, as they came (`None`: the spool
+    /// could not keep them), to send on as they are.
+    pub frames: Option<Arc<FrameLog>>,
 }
 
 /// A spool file once it exists, or why it never will.
@@ -191,6 +211,8 @@ type Opened = Option<Result<(Arc<File>, FileMeta), String>>;
 struct Large {
     opened: watch::Receiver<Opened>,
     gate: Gate,
+    /// Its chunks that came compressed, as they came.
+    frames: Option<Arc<FrameLog>>,
     /// Transfers of it completed to targets.
     delivered: AtomicU64,
 }
@@ -206,6 +228,9 @@ enum Small {
         meta: FileMeta,
         at: u64,
         digest: [u8; 32],
+        /// Where its compressed form, as upstream sent it, is kept in the
+        /// same store, and its length.
+        zstd: Option<(u64, u64)>,
     },
     TooLarge,
     Failed(String),
@@ -243,39 +268,39 @@ impl Spool {
             }
         };
         let root = Root::open(&path)?;
-        // The small-file store: created and unlinked at once (the directory
-        // is ours alone), so it has no name while it is used.
-        let name = "small";
-        let fd = rustix::fs::openat(
-            root.fd(),
-            name,
-            rustix::fs::OFlags::RDWR
-                | rustix::fs::OFlags::CREATE
-                | rustix::fs::OFlags::EXCL
-                | rustix::fs::OFlags::CLOEXEC
-                | rustix::fs::OFlags::NOFOLLOW,
-            rustix::fs::Mode::from_raw_mode(0o600),
-        )?;
-        let _ = rustix::fs::unlinkat(root.fd(), name, rustix::fs::AtFlags::empty());
-        let blob = File::from(fd);
-        let fd = rustix::fs::openat(
-            root.fd(),
-            "plan",
-            rustix::fs::OFlags::RDWR
-                | rustix::fs::OFlags::CREATE
-                | rustix::fs::OFlags::EXCL
-                | rustix::fs::OFlags::CLOEXEC
-                | rustix::fs::OFlags::NOFOLLOW,
-            rustix::fs::Mode::from_raw_mode(0o600),
-        )?;
-        let _ = rustix::fs::unlinkat(root.fd(), "plan", rustix::fs::AtFlags::empty());
+        // The small-file store and the plan: without names while used.
+        let blob = anonymous_in(&root, "small")?;
+        let plan = anonymous_in(&root, "plan")?;
         Ok(Spool {
             root,
             path,
             blob: Mutex::new((blob, 0)),
-            plan: Mutex::new((File::from(fd), Vec::new())),
+            plan: Mutex::new((plan, Vec::new())),
         })
     }
+
+    /// A fresh read-write file of the spool with no name.
+    fn anonymous(&self, name: &str) -> std::io::Result<File> {
+        anonymous_in(&self.root, name)
+    }
+}
+
+/// A file created as `name` in `root` and unlinked at once (the directory
+/// is ours alone), so it has no name while it is used and its space is
+/// freed when its last descriptor closes.
+fn anonymous_in(root: &Root, name: &str) -> std::io::Result<File> {
+    let fd = rustix::fs::openat(
+        root.fd(),
+        name,
+        rustix::fs::OFlags::RDWR
+            | rustix::fs::OFlags::CREATE
+            | rustix::fs::OFlags::EXCL
+            | rustix::fs::OFlags::CLOEXEC
+            | rustix::fs::OFlags::NOFOLLOW,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )?;
+    let _ = rustix::fs::unlinkat(root.fd(), name, rustix::fs::AtFlags::empty());
+    Ok(File::from(fd))
 }
 
 /// Removes the spool directories of relays that died without stopping
@@ -417,6 +442,8 @@ impl Tee {
             evicted: get(&self.evicted),
             read_ahead: get(&self.read_ahead),
             read_ahead_dropped: get(&self.read_ahead_dropped),
+            forwarded_compressed: 0,
+            compressed_here: 0,
         }
     }
 
@@ -453,6 +480,7 @@ impl Tee {
                 file,
                 meta,
                 gate: large.gate.clone(),
+                frames: large.frames.clone(),
             }),
             Some(Err(why)) => Err(why),
             None => Err(format!("{path}: relay: the upstream fetch was abandoned")),
@@ -523,15 +551,24 @@ impl Tee {
         let (open_tx, open_rx) = watch::channel(None);
         let written = Arc::new(watch::channel(0u64).0);
         let (done_tx, done_rx) = watch::channel(None);
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let frames = match self.spool.anonymous(&format!("z{n}")) {
+            Ok(f) => Some(Arc::new(FrameLog::new(f))),
+            Err(e) => {
+                // Not fatal: the chunks are compressed again per child.
+                tracing::debug!("relay: no record of compressed chunks for {path}: {e}");
+                None
+            }
+        };
         let large = Arc::new(Large {
             opened: open_rx,
             gate: Gate {
                 written: written.subscribe(),
                 done: done_rx,
             },
+            frames: frames.clone(),
             delivered: AtomicU64::new(0),
         });
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
         let (tee, path) = (self.clone(), path.clone());
         let task = tokio::spawn(async move {
             let Ok(_slot) = tee.upstream_slots.clone().acquire_owned().await else {
@@ -550,6 +587,7 @@ impl Tee {
             let observer = Observer {
                 opened: Some(otx),
                 written: written.clone(),
+                frames,
             };
             let receiving = receive::receive_observed(
                 &tee.router,
@@ -767,6 +805,13 @@ impl Tee {
 
     /// Checks one small file from upstream and appends it to the spool.
     fn store_small(&self, file: SmallFile) -> Small {
+        // Kept only if it saves bytes (a hostile upstream could pad it).
+        let zstd = match &file {
+            SmallFile::Compressed { data, meta, .. } if (data.len() as u64) < meta.size => {
+                Some(data.clone())
+            }
+            _ => None,
+        };
         match super::compress::open_small(file) {
             SmallFile::Data { meta, data, digest } => {
                 if data.len() as u64 != meta.size || meta.size > SMALL_FILE_MAX {
@@ -785,10 +830,24 @@ impl Tee {
                     return Small::Failed(format!("relay: spool write failed: {e}"));
                 }
                 blob.1 += data.len() as u64;
+                // Its compressed form too (it decoded to these checked
+                // bytes), to send on as it is; if that write fails, it is
+                // compressed again when sent.
+                let zstd = zstd.and_then(|z| {
+                    let zat = blob.1;
+                    blob.0.write_all_at(&z, zat).ok()?;
+                    blob.1 += z.len() as u64;
+                    Some((zat, z.len() as u64))
+                });
                 drop(blob);
                 self.small_fetched.fetch_add(1, Ordering::Relaxed);
                 self.bytes_fetched.fetch_add(meta.size, Ordering::Relaxed);
-                Small::Data { meta, at, digest }
+                Small::Data {
+                    meta,
+                    at,
+                    digest,
+                    zstd,
+                }
             }
             SmallFile::TooLarge => Small::TooLarge,
             SmallFile::Failed(why) => Small::Failed(why),
@@ -800,12 +859,36 @@ impl Tee {
 
     /// One file of a `fetch_small` reply: `entry` is what
     /// [`Tee::ensure_small`] answered for `path`; its data comes from the
-    /// spool if it fits in what is left of `budget`.
-    pub fn read_small(&self, path: &RawPath, entry: Option<&SmallEntry>, budget: u64) -> SmallFile {
+    /// spool if it fits in what is left of `budget`. With `compressed`,
+    /// a file that came compressed from upstream is answered in that form
+    /// ([`SmallFile::Compressed`], not compressed again).
+    pub fn read_small(
+        &self,
+        path: &RawPath,
+        entry: Option<&SmallEntry>,
+        budget: u64,
+        compressed: bool,
+    ) -> SmallFile {
         match entry.map(|e| &e.0) {
-            Some(Small::Data { meta, at, digest }) => {
+            Some(Small::Data {
+                meta,
+                at,
+                digest,
+                zstd,
+            }) => {
                 if meta.size > budget {
                     return SmallFile::TooLarge;
+                }
+                if let (true, Some((zat, zlen))) = (compressed, zstd) {
+                    let mut buf = vec![0u8; *zlen as usize];
+                    let blob = lock(&self.spool.blob);
+                    if blob.0.read_exact_at(&mut buf, *zat).is_ok() {
+                        return SmallFile::Compressed {
+                            meta: meta.clone(),
+                            data: buf.into(),
+                            digest: *digest,
+                        };
+                    }
                 }
                 let mut buf = vec![0u8; meta.size as usize];
                 let blob = lock(&self.spool.blob);
