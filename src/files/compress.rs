@@ -228,25 +228,36 @@ impl Zstd {
         let n = match linked {
             None => cctx.compress_to_buffer(data, &mut cur).ok()?,
             Some(before) => {
+                // The session is reset when `linked` goes, whatever
+                // happened (a failed frame, or a panic unwinding).
+                let linked = ResetOnDrop(cctx);
                 // SAFETY: zstd uses a referenced prefix for the next frame
                 // only and forgets it when that frame ends; the frame is
                 // begun and ended by `compress_to_buffer` below, within
-                // this borrow of `before`, and the session is reset after
-                // it whatever happened (a failed frame too), so the
-                // context never refers to `before` once this returns.
+                // this borrow of `before`, and `linked`'s drop resets the
+                // session before the borrow ends, so the context never
+                // refers to `before` once this returns or unwinds.
                 let before: &'static [u8] = unsafe { std::mem::transmute(before) };
-                let ctx = cctx.context_mut();
-                let r = match ctx.ref_prefix(before) {
-                    Ok(_) => cctx.compress_to_buffer(data, &mut cur).ok(),
-                    Err(_) => None,
-                };
-                let _ = cctx
-                    .context_mut()
-                    .reset(zstd::zstd_safe::ResetDirective::SessionOnly);
-                r?
+                match linked.0.context_mut().ref_prefix(before) {
+                    Ok(_) => linked.0.compress_to_buffer(data, &mut cur).ok()?,
+                    Err(_) => return None,
+                }
             }
         };
         (n <= room).then(|| cur.into_inner())
+    }
+}
+
+/// Resets a compressor's session when dropped: the end of a linked
+/// chunk's borrow of its prefix (see `Zstd::compress`).
+struct ResetOnDrop<'c>(&'c mut zstd::bulk::Compressor<'static>);
+
+impl Drop for ResetOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .context_mut()
+            .reset(zstd::zstd_safe::ResetDirective::SessionOnly);
     }
 }
 
