@@ -24,7 +24,6 @@ use crate::call::{CallError, Rpc};
 use crate::connect::{self, ConnectError, ConnectSpec, ContextInfo};
 use crate::files::plan::{self, Compare, EntryResult, PushPlan};
 use crate::files::receive::{ReceiveOptions, TempFiles};
-use crate::files::rpc;
 use crate::files::source::{OfferArgs, ServeOptions, WalkSpec};
 use crate::files::spec::{PushBatch, PushEnd};
 use crate::files::walk::{BATCH_BYTES, BATCH_ENTRIES, Walker};
@@ -270,7 +269,7 @@ impl Controller {
             root: head.root.clone(),
         };
         let opened = ctx
-            .call(rpc::PUSH_OPEN, &plan)
+            .call(crate::files::spec::PUSH_OPEN, &plan)
             .await
             .map_err(TransferError::Call)?;
         if !opened.failed.is_empty() {
@@ -290,7 +289,7 @@ impl Controller {
             }
             let batch = PushBatch { session, entries };
             let results = ctx
-                .call(rpc::PUSH_BATCH, &batch)
+                .call(crate::files::spec::PUSH_BATCH, &batch)
                 .await
                 .map_err(TransferError::Call)?;
             results.into_iter().for_each(&mut each);
@@ -302,7 +301,7 @@ impl Controller {
             keep: walked.skipped.iter().map(|s| s.rel.clone()).collect(),
         };
         let results = ctx
-            .call(rpc::PUSH_CLOSE, &end)
+            .call(crate::files::spec::PUSH_CLOSE, &end)
             .await
             .map_err(TransferError::Call)?;
         results.into_iter().for_each(each);

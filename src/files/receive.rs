@@ -36,7 +36,7 @@ use super::hashpipe::HashPipe;
 use super::meta::{FileMeta, lookup_gid, lookup_uid};
 use super::place::{self, Place};
 use super::reassembly::{Piece, Reassembly, Started};
-use super::{FILE_SERVICE, FetchArgs, FetchReply, TransferMsg};
+use super::{FetchArgs, FetchReply, TransferMsg};
 use crate::call::CallError;
 use crate::channel::ChannelError;
 use crate::router::{Policy, Router};
@@ -826,8 +826,8 @@ async fn receive_prepared(
         }),
         sparse: opts.sparse,
     };
-    let reply: FetchReply = router
-        .call_service(server, FILE_SERVICE, "fetch", &args)
+    let reply = router
+        .call(server, super::rpc::FETCH, &args)
         .await
         .map_err(|error| ReceiveError::Fetch {
             src: src.to_string(),

@@ -7,11 +7,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
-use super::outcome::EntryResult;
+use super::FileService;
 use super::source::ServeOptions;
-use super::spec::{PlanEntry, PushBatch, PushEnd, PushOpened, PushPlan};
+use super::spec::{PlanEntry, PushBatch, PushEnd, PushPlan};
 use super::tee::{Tee, TeeStats};
-use super::{FileService, TARGET_SERVICE};
 use crate::call::RemoteError;
 use crate::router::{Policy, Router};
 use crate::service::{ServiceBuilder, Services};
@@ -179,12 +178,7 @@ pub fn register_service(services: &Services, router: &Router) {
                     let router = open_router.clone();
                     async move {
                         router
-                            .call_service::<_, PushOpened>(
-                                target,
-                                TARGET_SERVICE,
-                                "push_open",
-                                &plan,
-                            )
+                            .call(target, crate::files::spec::PUSH_OPEN, &plan)
                             .await
                             .map_err(|e| RemoteError::Failed(e.to_string()))
                     }
@@ -202,12 +196,7 @@ pub fn register_service(services: &Services, router: &Router) {
                             .map_err(|e| RemoteError::Failed(format!("relay: {e}")))?;
                         let batch = PushBatch { session, entries };
                         let results = router
-                            .call_service::<_, Vec<EntryResult>>(
-                                target,
-                                TARGET_SERVICE,
-                                "push_batch",
-                                &batch,
-                            )
+                            .call(target, crate::files::spec::PUSH_BATCH, &batch)
                             .await
                             .map_err(|e| RemoteError::Failed(e.to_string()))?;
                         tee.answered(k);
@@ -222,12 +211,7 @@ pub fn register_service(services: &Services, router: &Router) {
                     let router = close_router.clone();
                     async move {
                         router
-                            .call_service::<_, Vec<EntryResult>>(
-                                target,
-                                TARGET_SERVICE,
-                                "push_close",
-                                &end,
-                            )
+                            .call(target, crate::files::spec::PUSH_CLOSE, &end)
                             .await
                             .map_err(|e| RemoteError::Failed(e.to_string()))
                     }
@@ -245,22 +229,12 @@ pub fn register_service(services: &Services, router: &Router) {
                             .map_err(|e| RemoteError::Failed(format!("relay: {e}")))?;
                         let batch = PushBatch { session, entries };
                         let results = router
-                            .call_service::<_, Vec<EntryResult>>(
-                                target,
-                                TARGET_SERVICE,
-                                "push_batch",
-                                &batch,
-                            )
+                            .call(target, crate::files::spec::PUSH_BATCH, &batch)
                             .await
                             .map_err(|e| RemoteError::Failed(e.to_string()))?;
                         tee.answered(k);
                         let closed = router
-                            .call_service::<_, Vec<EntryResult>>(
-                                target,
-                                TARGET_SERVICE,
-                                "push_close",
-                                &end,
-                            )
+                            .call(target, crate::files::spec::PUSH_CLOSE, &end)
                             .await
                             .map_err(|e| e.to_string());
                         let all_closed = {

@@ -3,8 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::RawPath;
+use super::outcome::EntryResult;
 use super::receive::ReceiveOptions;
+use super::{RawPath, TARGET_SERVICE};
+use crate::call::Rpc;
 use crate::wire::ContextId;
 
 /// One thing to create.
@@ -287,3 +289,14 @@ pub struct PushEnd {
     /// Added to [`DeleteSpec::keep`].
     pub keep: Vec<RawPath>,
 }
+
+/// Push target (`ferrogen.files.target`): applies a whole plan sent as one message.
+pub const PUSH: Rpc<PushPlan, Vec<EntryResult>> = Rpc::new(TARGET_SERVICE, "push");
+/// Push target (`ferrogen.files.target`): opens a streamed push's session.
+pub const PUSH_OPEN: Rpc<PushPlan, PushOpened> = Rpc::new(TARGET_SERVICE, "push_open");
+/// Push target (`ferrogen.files.target`): applies a session's next entries.
+pub const PUSH_BATCH: Rpc<PushBatch, Vec<EntryResult>> = Rpc::new(TARGET_SERVICE, "push_batch");
+/// Push target (`ferrogen.files.target`): ends a session (directory metadata, `--delete`).
+pub const PUSH_CLOSE: Rpc<PushEnd, Vec<EntryResult>> = Rpc::new(TARGET_SERVICE, "push_close");
+/// Push target (`ferrogen.files.target`): the user interrupted; put nothing more in place.
+pub const CANCEL: Rpc<(), ()> = Rpc::new(TARGET_SERVICE, "cancel");

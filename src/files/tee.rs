@@ -61,9 +61,7 @@ use super::meta::FileMeta;
 use super::place::{Place, Root};
 use super::receive::{self, Observer, PendingFile, ReceiveOptions, TempFiles};
 use super::spec::PlanEntry;
-use super::{
-    DigestArgs, FILE_SERVICE, FetchSmallArgs, FileDigest, RawPath, SMALL_FILE_MAX, SmallFile,
-};
+use super::{DigestArgs, FetchSmallArgs, FileDigest, RawPath, SMALL_FILE_MAX, SmallFile};
 use crate::call::RemoteError;
 use crate::router::Router;
 use crate::wire::ContextId;
@@ -739,9 +737,9 @@ impl Tee {
         let args = FetchSmallArgs {
             paths: mine.iter().map(|(p, _)| p.clone()).collect(),
         };
-        let reply: Result<Vec<SmallFile>, _> = self
+        let reply = self
             .router
-            .call_service(self.upstream, FILE_SERVICE, "fetch_small", &args)
+            .call(self.upstream, super::rpc::FETCH_SMALL, &args)
             .await;
         let files = match reply {
             Ok(files) if files.len() == mine.len() => files,
@@ -944,7 +942,7 @@ impl Tee {
     /// `--checksum`: the digests, asked upstream.
     pub async fn digests(&self, args: DigestArgs) -> Result<Vec<FileDigest>, RemoteError> {
         self.router
-            .call_service(self.upstream, FILE_SERVICE, "digests", &args)
+            .call(self.upstream, super::rpc::DIGESTS, &args)
             .await
             .map_err(|e| RemoteError::Failed(format!("relay: {e}")))
     }

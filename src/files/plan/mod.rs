@@ -56,7 +56,6 @@ use super::outcome::raw_if_not_utf8;
 pub use super::outcome::{EntryKind, EntryResult, Status, changes};
 use super::place::{Place, Root, describe, plain, show};
 use super::receive::{self, PendingFile, ReceiveOptions, TempFiles};
-use super::rpc;
 use super::serve::SMALL_BATCH_BYTES;
 use super::spec::Ids;
 pub use super::spec::{
@@ -105,14 +104,18 @@ pub fn register_service(services: &Services, router: &Router) -> TempFiles {
     let (r2, t3, c4, c5) = (router.clone(), temps.clone(), c.clone(), c.clone());
     services.register(
         ServiceBuilder::new(TARGET_SERVICE)
-            .serve(rpc::PUSH, Policy::ParentsOnly, move |_c, plan: PushPlan| {
-                let r = r.clone();
-                let t = t.clone();
-                let c = c.clone();
-                async move { Ok::<_, RemoteError>(apply_cancellable(&r, plan, &t, &c).await) }
-            })
             .serve(
-                rpc::PUSH_OPEN,
+                crate::files::spec::PUSH,
+                Policy::ParentsOnly,
+                move |_c, plan: PushPlan| {
+                    let r = r.clone();
+                    let t = t.clone();
+                    let c = c.clone();
+                    async move { Ok::<_, RemoteError>(apply_cancellable(&r, plan, &t, &c).await) }
+                },
+            )
+            .serve(
+                crate::files::spec::PUSH_OPEN,
                 Policy::ParentsOnly,
                 move |_c, plan: PushPlan| {
                     let opened = s1.open(plan);
@@ -120,7 +123,7 @@ pub fn register_service(services: &Services, router: &Router) -> TempFiles {
                 },
             )
             .serve(
-                rpc::PUSH_BATCH,
+                crate::files::spec::PUSH_BATCH,
                 Policy::ParentsOnly,
                 move |_c, b: PushBatch| {
                     let (r, t, c, session) =
@@ -133,7 +136,7 @@ pub fn register_service(services: &Services, router: &Router) -> TempFiles {
                 },
             )
             .serve(
-                rpc::PUSH_CLOSE,
+                crate::files::spec::PUSH_CLOSE,
                 Policy::ParentsOnly,
                 move |_c, end: PushEnd| {
                     let (c, session) = (c5.clone(), s3.take(end.session));
@@ -144,10 +147,14 @@ pub fn register_service(services: &Services, router: &Router) -> TempFiles {
                     }
                 },
             )
-            .serve(rpc::CANCEL, Policy::ParentsOnly, move |_c, (): ()| {
-                c2.store(true, Ordering::SeqCst);
-                async move { Ok::<_, RemoteError>(()) }
-            })
+            .serve(
+                crate::files::spec::CANCEL,
+                Policy::ParentsOnly,
+                move |_c, (): ()| {
+                    c2.store(true, Ordering::SeqCst);
+                    async move { Ok::<_, RemoteError>(()) }
+                },
+            )
             .on_shutdown(move || async move {
                 c3.store(true, Ordering::SeqCst);
                 t2.remove_all()
