@@ -147,6 +147,16 @@ impl Default for FileServiceConfig {
     }
 }
 
+/// What transfers to one context have delivered so far
+/// ([`FileService::delivered`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Bytes as the link carried them (compressed, delta instructions):
+    /// acknowledged by the receiver for large transfers, sent for
+    /// one-chunk files and small-file answers.
+    pub wire_bytes: u64,
+}
+
 /// Counters for tests and benchmarks.
 #[derive(Debug, Default, Clone)]
 pub struct FileStats {
@@ -207,6 +217,8 @@ struct Inner {
     lanes: Mutex<HashMap<StreamId, Arc<Lane>>>,
     cancels: Mutex<HashMap<u64, watch::Sender<Option<String>>>>,
     progress: Mutex<HashMap<ContextId, u64>>,
+    /// Wire bytes delivered per requester (see [`FileService::delivered`]).
+    wire_delivered: Mutex<HashMap<ContextId, u64>>,
     /// Files sent whole, per requester (for progress bars).
     files_sent: Mutex<HashMap<ContextId, u64>>,
     stats: Mutex<FileStats>,
@@ -355,6 +367,7 @@ impl FileService {
                 lanes: Mutex::new(HashMap::new()),
                 cancels: Mutex::new(HashMap::new()),
                 progress: Mutex::new(HashMap::new()),
+                wire_delivered: Mutex::new(HashMap::new()),
                 files_sent: Mutex::new(HashMap::new()),
                 stats: Mutex::new(FileStats::default()),
                 next_transfer: AtomicU64::new(1),
@@ -446,6 +459,24 @@ impl FileService {
             .get(&context)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// What transfers to `context` have delivered so far, in the bytes the
+    /// link carried: what the push's stripe steps measure the path by
+    /// ([`crate::connect::stripe_steps`]).
+    pub fn delivered(&self, context: ContextId) -> Delivered {
+        Delivered {
+            wire_bytes: lock(&self.inner.wire_delivered)
+                .get(&context)
+                .copied()
+                .unwrap_or(0),
+        }
+    }
+
+    fn add_delivered(&self, context: ContextId, wire: u64) {
+        if wire > 0 {
+            *lock(&self.inner.wire_delivered).entry(context).or_insert(0) += wire;
+        }
     }
 
     /// Files sent whole to `context` so far.
@@ -719,6 +750,9 @@ impl FileService {
             stats.small_calls += 1;
         }
         *lock(&self.inner.progress).entry(requester).or_insert(0) += bytes;
+        // Answered, not acknowledged: counted as sent (a batch is at most
+        // 1 MiB, and the next waits for room in the reply queue).
+        self.add_delivered(requester, wire);
         *lock(&self.inner.files_sent).entry(requester).or_insert(0) += count;
         Ok(files)
     }
@@ -1145,8 +1179,14 @@ impl Transfer {
                                     self.path,
                                     now.len()
                                 );
+                                // Bulk goes on the stripes, not the
+                                // primary, once there are any.
+                                let data_streams = |n: usize| n.saturating_sub(1).max(1);
+                                m.on_more_paths(
+                                    data_streams(stripes.len()),
+                                    data_streams(now.len()),
+                                );
                                 stripes = now;
-                                m.on_more_paths();
                             }
                         }
                         let sent_at = std::time::Instant::now();
@@ -1286,9 +1326,12 @@ impl Transfer {
         // them ends the transfer (AckBeyondSent), a repeated or stale one
         // adds nothing and is counted (logged once, at the end). The window
         // counts wire bytes (-z): see WireLedger.
+        let wire_before = m.window().acked();
         let delta = m
             .on_ack(n, std::time::Instant::now())
             .map_err(|e| e.to_string())?;
+        self.fs
+            .add_delivered(self.requester, m.window().acked() - wire_before);
         if delta == 0 {
             self.stale_acks += 1;
             lock(&self.fs.inner.stats).stale_acks += 1;
@@ -1335,6 +1378,7 @@ impl Transfer {
             match ev {
                 ReadEvent::Chunk(data, len) => {
                     sent += len;
+                    self.fs.add_delivered(self.requester, data.len() as u64);
                     pacing.wait(data.len() as u64).await;
                     // Waits for room, like the large-file pump: a requester
                     // that does not read its one-chunk files stalls here.
