@@ -1476,7 +1476,14 @@ impl StripeJob {
             return;
         }
         let cap = auto_stripes(best) - 1;
-        let rules = StepRules::for_rtt(best, cap);
+        let mut rules = StepRules::for_rtt(best, cap);
+        // Each step costs its fresh connections' TCP slow start: the first
+        // takes every transport already started (they were started for
+        // the round trip the connection's set-up time suggested).
+        rules.first = rules
+            .first
+            .max(prepared.as_ref().map_or(0, |p| p.len()))
+            .min(cap);
         let mut steps = Steps::new(rules);
         let mut asked = 0usize;
         let mut attaching: Option<

@@ -11,10 +11,17 @@
 //!
 //! * **Base**: the push starts on the primary stream alone. Once the target
 //!   has acknowledged [`StepRules::first_bytes`] (a bulk push, not a
-//!   delta of a few blocks or a handful of small files) and one full
-//!   measuring interval has shown the primary's rate, the first step
-//!   opens [`StepRules::first`] data stripes (the primary then carries no
-//!   bulk, so one data stripe would only swap one channel for another).
+//!   delta of a few blocks or a handful of small files) and the primary's
+//!   rate over a full measuring interval reaches [`StepRules::first_rate`]
+//!   — most of what its SSH channel window allows per round trip, so the
+//!   channel, not the link, holds it back — the first step opens
+//!   [`StepRules::first`] data stripes (at least two: the primary then
+//!   carries no bulk, so one would only swap one channel for another).
+//!   A primary that never gets there gets no stripes.
+//!   Each step costs the new connections' TCP slow start (measured: a
+//!   fresh stripe stalls the transfer's in-order acknowledgements for ~5
+//!   round trips), so the driver makes the first step as large as the
+//!   transports it already has ready allow.
 //! * **Judging**: once a step's stripes have attached, the delivery rate
 //!   over intervals that began after the attach is compared with the best
 //!   rate seen before the step. Reaching [`StepRules::growth`] × that
@@ -44,6 +51,21 @@ pub const FIRST_STEP_BYTES: u64 = 3 << 20;
 /// Data stripes of the first step.
 pub const FIRST_STEP: usize = 2;
 
+/// What one OpenSSH session channel carries at most: its window
+/// ([`CHANNEL_WINDOW`]) per round trip.
+pub const CHANNEL_WINDOW: u64 = 2 << 20;
+
+/// The share of [`CHANNEL_WINDOW`] per round trip above which the primary
+/// counts as bound by its channel (3/4: it delivers its window less the
+/// round trip's noise and the acknowledgements' batching).
+pub const CHANNEL_BOUND_SHARE: f64 = 0.75;
+
+/// The rate (bytes/s) from which one channel on a path of round trip
+/// `rtt` counts as full.
+pub fn channel_bound(rtt: Duration) -> f64 {
+    CHANNEL_BOUND_SHARE * CHANNEL_WINDOW as f64 / rtt.as_secs_f64().max(1e-3)
+}
+
 /// The rules for one push's stripe steps.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepRules {
@@ -53,6 +75,12 @@ pub struct StepRules {
     pub first: usize,
     /// Wire bytes acknowledged before the first step.
     pub first_bytes: u64,
+    /// The rate (bytes/s) the primary alone must reach before the first
+    /// step: most of what one SSH channel carries on this path
+    /// ([`channel_bound`]). A primary that stays below it is held back by
+    /// something other than its channel window — the link, the CPU, the
+    /// files — which more channels do not help.
+    pub first_rate: f64,
     /// The rate grows when it reaches this × the best before the step.
     pub growth: f64,
     /// Rates are measured over intervals this long.
@@ -71,6 +99,7 @@ impl StepRules {
             cap,
             first: FIRST_STEP,
             first_bytes: FIRST_STEP_BYTES,
+            first_rate: channel_bound(rtt),
             growth: GROWTH,
             interval: (rtt * 2).max(Duration::from_millis(100)),
             horizon: (rtt * 8).max(Duration::from_millis(500)),
@@ -254,7 +283,10 @@ impl Steps {
             Phase::Attaching => StepAction::Wait,
             Phase::Base => {
                 let delivered = self.samples.back().map_or(0, |&(_, b)| b);
-                if delivered >= self.rules.first_bytes && self.best > 0.0 {
+                if delivered >= self.rules.first_bytes
+                    && self.best > 0.0
+                    && self.best >= self.rules.first_rate
+                {
                     self.step(self.rules.first.min(self.rules.cap))
                 } else {
                     StepAction::Wait
@@ -368,7 +400,7 @@ mod tests {
     /// The project's delay line at 100 ms: each SSH channel carries 2 MiB
     /// per round trip, the link ~110 MiB/s; fresh connections take a few
     /// round trips to open up.
-    fn channel_bound(streams: usize, age: f64) -> f64 {
+    fn channel_full(streams: usize, age: f64) -> f64 {
         let ramp = (age / 0.4).min(1.0);
         let per = 20.0 * MIB;
         let old = if streams > 1 { streams / 2 } else { 1 };
@@ -379,7 +411,7 @@ mod tests {
     #[test]
     fn stripes_are_added_while_the_rate_grows_up_to_the_cap() {
         let mut p = Push::new(100, 8);
-        let used = p.run(8.0, channel_bound);
+        let used = p.run(8.0, channel_full);
         assert_eq!(used, 8, "steps: {:?}", p.opened);
         assert_eq!(p.opened, [2, 2, 4], "doubling steps");
         assert_eq!(p.steps.ended(), Some(StepEnd::Cap));
@@ -389,7 +421,7 @@ mod tests {
     fn the_steps_reach_the_cap_within_a_few_seconds() {
         // Not a timing test of the code: the virtual time the rules need.
         let mut p = Push::new(100, 8);
-        p.run(3.0, channel_bound);
+        p.run(3.0, channel_full);
         assert_eq!(
             p.steps.attached(),
             8,
@@ -399,20 +431,40 @@ mod tests {
     }
 
     #[test]
-    fn a_link_one_channel_fills_gets_one_step_and_no_more() {
+    fn a_link_one_channel_fills_gets_no_stripes() {
         // 100 Mbit at 100 ms: one channel (20 MiB/s) already fills it.
         let mut p = Push::new(100, 8);
-        let used = p.run(10.0, |s, age| channel_bound(s, age).min(11.9 * MIB));
+        let used = p.run(10.0, |s, age| channel_full(s, age).min(11.9 * MIB));
+        assert_eq!(used, 0, "steps: {:?}", p.opened);
+        assert_eq!(p.steps.poll(p.now), StepAction::Wait);
+    }
+
+    #[test]
+    fn a_step_that_does_not_pay_is_the_last() {
+        // The link takes a little more than one channel: the primary
+        // looks channel-bound, two stripes add nothing that counts.
+        let mut p = Push::new(100, 8);
+        let used = p.run(10.0, |s, age| channel_full(s, age).min(17.0 * MIB));
         assert_eq!(used, 2, "steps: {:?}", p.opened);
         assert_eq!(p.steps.ended(), Some(StepEnd::Flat));
         assert_eq!(p.steps.poll(p.now), StepAction::Done);
     }
 
     #[test]
+    fn a_first_step_as_large_as_the_ready_transports_goes_to_the_cap_at_once() {
+        let mut p = Push::new(100, 8);
+        p.steps.rules.first = 8;
+        let used = p.run(3.0, channel_full);
+        assert_eq!(used, 8);
+        assert_eq!(p.opened, [8], "one step");
+        assert_eq!(p.steps.ended(), Some(StepEnd::Cap));
+    }
+
+    #[test]
     fn a_rate_that_stops_growing_stops_the_steps() {
         // The link takes 1.5 channels: 2 stripes help, 4 do not.
         let mut p = Push::new(100, 8);
-        let used = p.run(10.0, |s, age| channel_bound(s, age).min(30.0 * MIB));
+        let used = p.run(10.0, |s, age| channel_full(s, age).min(30.0 * MIB));
         assert_eq!(used, 4, "steps: {:?}", p.opened);
         assert_eq!(p.steps.ended(), Some(StepEnd::Flat));
     }
@@ -420,7 +472,7 @@ mod tests {
     #[test]
     fn the_cap_is_never_passed() {
         let mut p = Push::new(20, 2);
-        let used = p.run(10.0, |s, _| s as f64 * 50.0 * MIB);
+        let used = p.run(10.0, |s, _| s as f64 * 80.0 * MIB);
         assert_eq!(used, 2);
         assert_eq!(p.opened, [2]);
         assert_eq!(p.steps.ended(), Some(StepEnd::Cap));
@@ -445,7 +497,7 @@ mod tests {
     fn a_step_of_which_nothing_attaches_ends_the_steps() {
         let mut p = Push::new(100, 8);
         p.attach_only = Some(0);
-        let used = p.run(5.0, channel_bound);
+        let used = p.run(5.0, channel_full);
         assert_eq!(used, 0);
         assert_eq!(p.opened, [2]);
         assert_eq!(p.steps.ended(), Some(StepEnd::Failed));
@@ -455,7 +507,7 @@ mod tests {
     fn a_lost_stripe_ends_the_steps() {
         let mut p = Push::new(100, 8);
         // The first step attached, the second being judged.
-        p.run(0.45, channel_bound);
+        p.run(0.45, channel_full);
         assert_eq!(p.steps.attached(), 2, "{:?}", p.opened);
         assert_eq!(p.steps.ended(), None);
         p.steps.on_stripes(p.steps.attached() - 1);

@@ -416,11 +416,16 @@ impl Window {
         let rate_grows = counted && best_before > 0.0 && capped_rate >= RATE_GROWTH * best_before;
         let grace = self.grace > 0;
         self.grace = self.grace.saturating_sub(1);
-        if self.est.slow_start && self.ss_ceiling.is_some_and(|c| w >= c) {
-            // The new streams' share is in: the delay rule from here.
-            self.est.slow_start = false;
-        }
-        let new = if self.est.slow_start && (queued < QUEUE_LOW.max(w / 8) || rate_grows || grace) {
+        // The new streams' share is in: held while the grace lasts (a
+        // fresh stripe's TCP connection stalls its first round trips, and
+        // that queue says nothing of the path), then the delay rule.
+        let at_ceiling = self.est.slow_start && self.ss_ceiling.is_some_and(|c| w >= c);
+        let new = if at_ceiling && grace {
+            w
+        } else if self.est.slow_start
+            && !at_ceiling
+            && (queued < QUEUE_LOW.max(w / 8) || rate_grows || grace)
+        {
             // Grown ack by ack (slow_start_step). A queue while the path
             // still delivers more each round (fresh TCP connections
             // opening up) does not end slow start either: the window
