@@ -119,8 +119,10 @@ pub struct PushArgs {
     /// connections ("stripes") that large files are spread over, each with
     /// its own SSH channel window. 1 disables striping. Local targets never
     /// stripe (a pipe has no window to multiply).
-    /// Default: chosen from the measured round trip (1 below 4 ms; else the
-    /// primary plus one data stripe per 12.5 ms, 2 to 8 of them).
+    /// Default: 1 below 4 ms of round trip; else stripes added in steps
+    /// while they make the delivery rate grow, once the connection alone
+    /// fills its channel window, up to one data stripe per 12.5 ms of
+    /// round trip (2 to 8).
     #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub stripes: Option<usize>,
     /// Files received at once per target (1 to 1024).
@@ -1169,11 +1171,13 @@ impl Feed {
 /// slower than one).
 const STRIPE_MIN_RTT: Duration = Duration::from_millis(4);
 
-/// Streams for a path of round trip `rtt`: the primary (kept for calls
-/// and acknowledgements) plus data stripes. One SSH channel carries 2 MiB
-/// per round trip, so longer paths need more of them to fill a fast link:
-/// one data stripe per 12.5 ms of round trip, at least 2 and at most 8
-/// (each costs a connection and its encryption).
+/// Streams for a path of round trip `rtt` at most: the primary (kept for
+/// calls and acknowledgements) plus data stripes. One SSH channel carries
+/// 2 MiB per round trip, so longer paths need more of them to fill a fast
+/// link: one data stripe per 12.5 ms of round trip, at least 2 and at most
+/// 8 (each costs a connection and its encryption). The cap of the default's
+/// steps ([`crate::connect::stripe_steps`]), and the count asked of
+/// a pull without `--stripes`.
 pub fn auto_stripes(rtt: Duration) -> usize {
     1 + ((rtt.as_secs_f64() * 1000.0 / 12.5).ceil() as usize).clamp(2, 8)
 }

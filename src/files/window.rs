@@ -180,6 +180,12 @@ impl Window {
         if let Sizing::Fixed(w) = sizing {
             est.window = w.max(1);
         }
+        // A path never measured: its first round's queue does not end slow
+        // start. Its round trips are those of a TCP connection still
+        // opening up (idle since its handshake: measured 400–670 ms on a
+        // 100 ms path for the first window), and ending slow start on them
+        // left the window creeping up by a quarter a round.
+        let grace = u8::from(est.min_rtt.is_none() && est.slow_start);
         Window {
             sizing,
             est,
@@ -193,7 +199,7 @@ impl Window {
             latest_rtt: None,
             rates: VecDeque::new(),
             round_window: 0,
-            grace: 0,
+            grace,
             ss_ceiling: None,
         }
         .with_round_window()
@@ -948,6 +954,49 @@ mod tests {
             "back near the path's product: {} KiB (was {} KiB)",
             w.limit() >> 10,
             before >> 10
+        );
+    }
+
+    /// The first window of a fresh path goes out on a TCP connection idle
+    /// since its handshake: its round trips are several times the path's
+    /// while the connection opens up. That round must not end slow start.
+    #[test]
+    fn a_cold_first_round_does_not_end_slow_start() {
+        let start = Instant::now();
+        let at = |ms: f64| start + Duration::from_secs_f64(ms / 1000.0);
+        let mut w = Window::with_estimate(auto(), PathEstimate::new(auto()));
+        let chunk = 131_046u64;
+        while w.can_send(chunk) {
+            w.on_send_at(chunk, at(0.0));
+        }
+        // Acknowledged from 400 ms on, the last at 670 ms (a 100 ms path).
+        let n = w.sent() / chunk;
+        for k in 1..=n {
+            let t = 400.0 + 270.0 * k as f64 / n as f64;
+            w.on_ack_at((k * chunk).min(w.sent()), at(t)).expect("ack");
+        }
+        assert!(w.estimate().slow_start, "still in slow start");
+        let first = w.limit();
+        // Then the path's own round trips: the window doubles a round.
+        let mut t = 670.0;
+        for _ in 0..3 {
+            let from = w.acked();
+            while w.can_send(chunk) {
+                w.on_send_at(chunk, at(t));
+            }
+            let sent = w.sent();
+            let steps = (sent - from).div_ceil(chunk);
+            for k in 1..=steps {
+                w.on_ack_at((from + k * chunk).min(sent), at(t + 100.0 + k as f64 * 0.2))
+                    .expect("ack");
+            }
+            t += 101.0 + steps as f64 * 0.2;
+        }
+        assert!(
+            w.limit() >= 6 * first,
+            "doubling after the cold round: {} KiB from {} KiB",
+            w.limit() >> 10,
+            first >> 10
         );
     }
 }
