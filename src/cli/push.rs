@@ -1480,15 +1480,20 @@ impl StripeJob {
             return;
         }
         let cap = auto_stripes(best) - 1;
-        let mut rules = StepRules::for_rtt(best, cap);
-        // Each step costs its fresh connections' TCP slow start: the first
-        // takes every transport already started (they were started for
-        // the round trip the connection's set-up time suggested).
-        rules.first = rules
-            .first
-            .max(prepared.as_ref().map_or(0, |p| p.len()))
-            .min(cap);
+        let rules = StepRules::for_rtt(best, cap);
         let mut steps = Steps::new(rules);
+        // Transports started early (for the round trip the connection's
+        // set-up time suggested; their CPU is spent) are the first step,
+        // at once: attaching costs a round trip, and their TCP connections
+        // then open up together with the primary's rather than after it —
+        // each later step costs its fresh connections' slow start (~5
+        // round trips in which the in-order acknowledgements wait for
+        // them). Measured against what one channel could carry.
+        let channel = crate::connect::stripe_steps::CHANNEL_WINDOW as f64 / best.as_secs_f64();
+        let mut first = match prepared.as_ref().map_or(0, |p| p.len()).min(cap) {
+            0 => None,
+            n => Some(steps.open_now(n, channel)),
+        };
         let mut asked = 0usize;
         let mut attaching: Option<
             std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send>>,
@@ -1497,7 +1502,8 @@ impl StripeJob {
             let now = Instant::now();
             steps.on_delivered(now, self.fs.delivered(self.target).wire_bytes);
             steps.on_stripes(router.stripes(stream).len().saturating_sub(1));
-            match steps.poll(now) {
+            let action = first.take().unwrap_or_else(|| steps.poll(now));
+            match action {
                 StepAction::Open(more) => {
                     asked += more;
                     tracing::debug!(

@@ -20,8 +20,11 @@
 //!   A primary that never gets there gets no stripes.
 //!   Each step costs the new connections' TCP slow start (measured: a
 //!   fresh stripe stalls the transfer's in-order acknowledgements for ~5
-//!   round trips), so the driver makes the first step as large as the
-//!   transports it already has ready allow.
+//!   round trips, 0.5–0.6 s at 100 ms), so transports the push started
+//!   early (with the primary connection, for the round trip its set-up
+//!   time suggested) are the first step, taken at once when the context
+//!   is up ([`Steps::open_now`]) and judged against what one channel
+//!   could carry.
 //! * **Judging**: once a step's stripes have attached, the delivery rate
 //!   over intervals that began after the attach is compared with the best
 //!   rate seen before the step. Reaching [`StepRules::growth`] × that
@@ -161,6 +164,8 @@ pub struct Steps {
     /// until the step attached: a set of fresh connections is still
     /// opening up when the next step is asked for).
     before: f64,
+    /// The least `before` of the step being attached ([`Steps::open_now`]).
+    floor_before: f64,
 }
 
 impl Steps {
@@ -178,6 +183,7 @@ impl Steps {
             set_since: None,
             best: 0.0,
             before: 0.0,
+            floor_before: 0.0,
         }
     }
 
@@ -249,6 +255,22 @@ impl Steps {
         (secs > 0.0).then(|| (b1 - b0) as f64 / secs)
     }
 
+    /// Takes the first step at once, before the primary has shown its
+    /// rate: `more` data stripes whose transports are already connected
+    /// (started with the primary connection, so attaching them costs a
+    /// round trip and no CPU; their TCP connections then open up together
+    /// with the primary's instead of after it). `channel` is what one
+    /// channel carries at most on this path ([`CHANNEL_WINDOW`] per round
+    /// trip): the step counts as growth only if the stripes deliver
+    /// [`StepRules::growth`] × that — more than the primary alone could.
+    pub fn open_now(&mut self, more: usize, channel: f64) -> StepAction {
+        if self.phase != Phase::Base {
+            return StepAction::Wait;
+        }
+        self.floor_before = channel;
+        self.step(more.min(self.rules.cap))
+    }
+
     /// The step asked for has finished attaching at `now`: `attached` data
     /// stripes in all are attached.
     pub fn on_attached(&mut self, now: Instant, attached: usize) {
@@ -263,7 +285,8 @@ impl Steps {
             return;
         }
         self.phase = Phase::Judging { since: now };
-        self.before = self.best;
+        self.before = self.best.max(self.floor_before);
+        self.floor_before = 0.0;
         self.set_since = Some(now);
         self.best = 0.0;
     }
@@ -513,6 +536,37 @@ mod tests {
         p.steps.on_stripes(p.steps.attached() - 1);
         assert_eq!(p.steps.poll(p.now), StepAction::Done);
         assert_eq!(p.steps.ended(), Some(StepEnd::Failed));
+    }
+
+    #[test]
+    fn ready_transports_step_at_once_and_are_judged_against_one_channel() {
+        // The project line at 100 ms: eight ready transports, eight is
+        // the cap; they carry far more than one channel could.
+        let mut p = Push::new(100, 8);
+        let now = p.now;
+        assert_eq!(p.steps.open_now(8, 20.0 * MIB), StepAction::Open(8));
+        p.opened.push(8);
+        p.attach_at = Some((now + p.attach_after, 8));
+        assert_eq!(p.run(3.0, channel_full), 8);
+        assert_eq!(p.steps.ended(), Some(StepEnd::Cap));
+        // Two ready of a cap of four on a link one channel fills (100
+        // Mbit): they deliver no more than one channel would, so no more.
+        let mut p = Push::new(100, 4);
+        let now = p.now;
+        assert_eq!(p.steps.open_now(2, 20.0 * MIB), StepAction::Open(2));
+        p.opened.push(2);
+        p.attach_at = Some((now + p.attach_after, 2));
+        let used = p.run(5.0, |s, age| channel_full(s, age).min(11.9 * MIB));
+        assert_eq!(used, 2);
+        assert_eq!(p.steps.ended(), Some(StepEnd::Flat));
+        // ... where the link takes more: two ready, then two fresh.
+        let mut p = Push::new(100, 4);
+        let now = p.now;
+        p.steps.open_now(2, 20.0 * MIB);
+        p.opened.push(2);
+        p.attach_at = Some((now + p.attach_after, 2));
+        assert_eq!(p.run(5.0, channel_full), 4);
+        assert_eq!(p.opened, [2, 2]);
     }
 
     #[test]
