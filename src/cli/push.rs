@@ -1500,7 +1500,11 @@ impl StripeJob {
         > = None;
         loop {
             let now = Instant::now();
-            steps.on_delivered(now, self.fs.delivered(self.target).wire_bytes);
+            let delivered = self.fs.delivered(self.target);
+            if let Some(rtt) = delivered.min_rtt {
+                steps.on_min_rtt(rtt);
+            }
+            steps.on_delivered(now, delivered.wire_bytes);
             steps.on_stripes(router.stripes(stream).len().saturating_sub(1));
             let action = first.take().unwrap_or_else(|| steps.poll(now));
             match action {

@@ -187,6 +187,14 @@ impl Steps {
         }
     }
 
+    /// A round trip measured on the path (the transfers' windows see the
+    /// path's own; a ping sent once data flows waits behind it): a shorter
+    /// one than the rules were made for raises the primary's bar, as one
+    /// channel carries more on a shorter path.
+    pub fn on_min_rtt(&mut self, rtt: Duration) {
+        self.rules.first_rate = self.rules.first_rate.max(channel_bound(rtt));
+    }
+
     /// Data stripes attached so far.
     pub fn attached(&self) -> usize {
         self.attached
@@ -567,6 +575,21 @@ mod tests {
         p.attach_at = Some((now + p.attach_after, 2));
         assert_eq!(p.run(5.0, channel_full), 4);
         assert_eq!(p.opened, [2, 2]);
+    }
+
+    #[test]
+    fn a_round_trip_inflated_by_the_data_does_not_lower_the_bar() {
+        // Stripes opened once a walk passed 32 MiB: the pings waited behind
+        // the queued data (234 ms on a 100 ms / 100 Mbit link), so one
+        // channel seemed to carry only 6.7 MiB/s and the link's 11.9
+        // looked channel-bound. The windows' round trip puts it right.
+        let mut p = Push::new(234, 8);
+        p.steps.on_min_rtt(Duration::from_millis(101));
+        let used = p.run(10.0, |_, _| 11.9 * MIB);
+        assert_eq!(used, 0, "steps: {:?}", p.opened);
+        // Without it, the step was taken.
+        let mut p = Push::new(234, 8);
+        assert_eq!(p.run(10.0, |_, _| 11.9 * MIB), 2);
     }
 
     #[test]

@@ -151,10 +151,15 @@ impl Default for FileServiceConfig {
 /// ([`FileService::delivered`]).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Delivered {
-    /// Bytes as the link carried them (compressed, delta instructions):
-    /// acknowledged by the receiver for large transfers, sent for
-    /// one-chunk files and small-file answers.
+    /// Bytes of large transfers (the ones stripes carry) as the link
+    /// carried them (compressed, delta instructions), acknowledged by the
+    /// receiver. One-chunk files and small-file answers go on the primary
+    /// stream as they are sent, unacknowledged: not counted (a burst of
+    /// them queued at once would read as a rate the link never had).
     pub wire_bytes: u64,
+    /// The smallest round trip the large transfers' windows measured (a
+    /// ping's may wait behind the data already queued).
+    pub min_rtt: Option<Duration>,
 }
 
 /// Counters for tests and benchmarks.
@@ -217,8 +222,8 @@ struct Inner {
     lanes: Mutex<HashMap<StreamId, Arc<Lane>>>,
     cancels: Mutex<HashMap<u64, watch::Sender<Option<String>>>>,
     progress: Mutex<HashMap<ContextId, u64>>,
-    /// Wire bytes delivered per requester (see [`FileService::delivered`]).
-    wire_delivered: Mutex<HashMap<ContextId, u64>>,
+    /// What was delivered per requester (see [`FileService::delivered`]).
+    wire_delivered: Mutex<HashMap<ContextId, Delivered>>,
     /// Files sent whole, per requester (for progress bars).
     files_sent: Mutex<HashMap<ContextId, u64>>,
     stats: Mutex<FileStats>,
@@ -465,17 +470,21 @@ impl FileService {
     /// link carried: what the push's stripe steps measure the path by
     /// ([`crate::connect::stripe_steps`]).
     pub fn delivered(&self, context: ContextId) -> Delivered {
-        Delivered {
-            wire_bytes: lock(&self.inner.wire_delivered)
-                .get(&context)
-                .copied()
-                .unwrap_or(0),
-        }
+        lock(&self.inner.wire_delivered)
+            .get(&context)
+            .copied()
+            .unwrap_or_default()
     }
 
-    fn add_delivered(&self, context: ContextId, wire: u64) {
-        if wire > 0 {
-            *lock(&self.inner.wire_delivered).entry(context).or_insert(0) += wire;
+    fn add_delivered(&self, context: ContextId, wire: u64, min_rtt: Option<Duration>) {
+        if wire == 0 && min_rtt.is_none() {
+            return;
+        }
+        let mut map = lock(&self.inner.wire_delivered);
+        let d = map.entry(context).or_default();
+        d.wire_bytes += wire;
+        if let Some(r) = min_rtt {
+            d.min_rtt = Some(d.min_rtt.map_or(r, |m| m.min(r)));
         }
     }
 
@@ -750,9 +759,6 @@ impl FileService {
             stats.small_calls += 1;
         }
         *lock(&self.inner.progress).entry(requester).or_insert(0) += bytes;
-        // Answered, not acknowledged: counted as sent (a batch is at most
-        // 1 MiB, and the next waits for room in the reply queue).
-        self.add_delivered(requester, wire);
         *lock(&self.inner.files_sent).entry(requester).or_insert(0) += count;
         Ok(files)
     }
@@ -1330,8 +1336,11 @@ impl Transfer {
         let delta = m
             .on_ack(n, std::time::Instant::now())
             .map_err(|e| e.to_string())?;
-        self.fs
-            .add_delivered(self.requester, m.window().acked() - wire_before);
+        self.fs.add_delivered(
+            self.requester,
+            m.window().acked() - wire_before,
+            m.window().min_rtt(),
+        );
         if delta == 0 {
             self.stale_acks += 1;
             lock(&self.fs.inner.stats).stale_acks += 1;
@@ -1378,7 +1387,6 @@ impl Transfer {
             match ev {
                 ReadEvent::Chunk(data, len) => {
                     sent += len;
-                    self.fs.add_delivered(self.requester, data.len() as u64);
                     pacing.wait(data.len() as u64).await;
                     // Waits for room, like the large-file pump: a requester
                     // that does not read its one-chunk files stalls here.

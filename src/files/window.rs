@@ -244,6 +244,12 @@ impl Window {
         self.est.clone()
     }
 
+    /// The smallest round trip seen (carried from the stream's earlier
+    /// transfers).
+    pub fn min_rtt(&self) -> Option<Duration> {
+        self.est.min_rtt
+    }
+
     /// Bytes sent and not yet acknowledged.
     pub fn in_flight(&self) -> u64 {
         self.sent - self.acked
