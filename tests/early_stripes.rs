@@ -171,3 +171,66 @@ async fn early_transports_dropped_unused_end() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The stripe steps' use of early transports: one step attaches some, a
+/// transfer runs while the next step attaches more (picked up
+/// mid-transfer or not, it lands whole), the ones never asked for stay
+/// ready until dropped, and the FileService counts what it delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_transports_attach_in_steps_while_a_transfer_runs() {
+    let early = Early::start(&Method::Local, "steps", 4);
+    let c = ctl(4 << 20, Duration::from_secs(30));
+    let a = child(&c, None).await;
+    let mut prepared = early
+        .prepare(&c.router, a.id, Duration::from_secs(10))
+        .await
+        .expect("the context offered its stripe socket");
+    assert_eq!(prepared.len(), 4);
+    let first = prepared.attach_next(&c.router, 1, Duration::from_secs(10));
+    assert_eq!(prepared.len(), 3, "one taken, three kept");
+    assert_eq!(first.await, 1);
+    let primary = c.router.stream_towards(a.id).expect("route");
+    assert_eq!(c.router.stripes(primary).len(), 2, "primary + 1 stripe");
+
+    let src_dir = tempfile::tempdir().expect("tempdir");
+    let src = src_dir.path().join("src");
+    let data: Vec<u8> = (0..(24u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&src, &data).expect("write source");
+    c.fs.register(src.to_str().expect("utf8"))
+        .expect("register");
+    assert_eq!(c.fs.delivered(a.id).wire_bytes, 0, "nothing delivered yet");
+    let dst = tempfile::tempdir().expect("tempdir");
+    let (router, id, p) = (c.router.clone(), a.id, plan(&src, dst.path()));
+    let push = tokio::spawn(async move {
+        let r: Result<Vec<EntryResult>, _> =
+            router.call_service(id, TARGET_SERVICE, "push", &p).await;
+        r
+    });
+    let second = prepared.attach_next(&c.router, 2, Duration::from_secs(10));
+    assert_eq!(second.await, 2, "the next step attached");
+    assert_eq!(c.router.stripes(primary).len(), 4, "primary + 3 stripes");
+    let r = push.await.expect("joined").expect("push call answered");
+    assert!(r[0].error.is_none(), "{r:?}");
+    assert_eq!(
+        std::fs::read(dst.path().join("striped")).expect("read"),
+        data,
+        "arrived whole and in order"
+    );
+    let wire = c.fs.delivered(a.id).wire_bytes;
+    assert!(
+        wire >= 24 << 20,
+        "the FileService counted the bytes delivered: {wire}"
+    );
+    assert_eq!(prepared.len(), 1, "the fourth is still ready");
+    drop(prepared);
+    let t0 = Instant::now();
+    while waiting_shells() > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the transport never asked for still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -119,8 +119,10 @@ pub struct PushArgs {
     /// connections ("stripes") that large files are spread over, each with
     /// its own SSH channel window. 1 disables striping. Local targets never
     /// stripe (a pipe has no window to multiply).
-    /// Default: chosen from the measured round trip (1 below 4 ms; else the
-    /// primary plus one data stripe per 12.5 ms, 2 to 8 of them).
+    /// Default: 1 below 4 ms of round trip; else stripes added in steps
+    /// while they make the delivery rate grow, once the connection alone
+    /// fills its channel window, up to one data stripe per 6.25 ms of
+    /// round trip (2 to 8).
     #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub stripes: Option<usize>,
     /// Files received at once per target (1 to 1024).
@@ -1169,11 +1171,14 @@ impl Feed {
 /// slower than one).
 const STRIPE_MIN_RTT: Duration = Duration::from_millis(4);
 
-/// Streams for a path of round trip `rtt`: the primary (kept for calls
-/// and acknowledgements) plus data stripes. One SSH channel carries 2 MiB
-/// per round trip, so longer paths need more of them to fill a fast link:
-/// one data stripe per 12.5 ms of round trip, at least 2 and at most 8
-/// (each costs a connection and its encryption).
+/// Streams for a path of round trip `rtt` at most: the primary (kept for
+/// calls and acknowledgements) plus data stripes. One SSH channel carries
+/// 2 MiB per round trip, so longer paths need more of them to fill a fast
+/// link: one data stripe per 12.5 ms of round trip, at least 2 and at most
+/// 8 (each costs a connection and its encryption). The count asked of a
+/// pull without `--stripes`; the default push's steps
+/// ([`crate::connect::stripe_steps`]) may go up to that of twice the
+/// round trip.
 pub fn auto_stripes(rtt: Duration) -> usize {
     1 + ((rtt.as_secs_f64() * 1000.0 / 12.5).ceil() as usize).clamp(2, 8)
 }
@@ -1232,8 +1237,20 @@ pub fn start_stripes_early(
     total: u64,
     log_filter: &str,
 ) -> Option<crate::connect::stripe::Early> {
-    let method = stripe_method(targs, host, stripes, total, log_filter)?;
     let count = stripes.unwrap_or_else(|| auto_stripes(Duration::MAX)) - 1;
+    start_stripes_early_n(targs, host, stripes, total, log_filter, count)
+}
+
+/// [`start_stripes_early`], `count` transports.
+fn start_stripes_early_n(
+    targs: &TargetArgs,
+    host: &str,
+    stripes: Option<usize>,
+    total: u64,
+    log_filter: &str,
+    count: usize,
+) -> Option<crate::connect::stripe::Early> {
+    let method = stripe_method(targs, host, stripes, total, log_filter)?;
     Some(crate::connect::stripe::Early::start(
         &method,
         &format!("ssh.{host}"),
@@ -1319,6 +1336,229 @@ pub fn open_stripes_with(
     has_early.then_some(task)
 }
 
+/// A task ended when its handle is dropped (the push to that target
+/// ended): its early transports not attached end with it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What the stripe task of a push to one target needs.
+struct StripeJob {
+    router: Router,
+    fs: FileService,
+    host: String,
+    target: u32,
+    stripes: Option<usize>,
+    method: Method,
+    timeout: Duration,
+}
+
+/// Opens the stripes of a push to `target` (a direct ssh child) in the
+/// background; the push does not wait for them — the FileService picks
+/// stripes up as they attach, mid-transfer too. `--stripes N`: N − 1 data
+/// stripes at once. The default: in steps chosen by what they deliver
+/// ([`crate::connect::stripe_steps`]), using the transports started
+/// early first, up to the round trip's cap ([`auto_stripes`]).
+/// `None` when the push does not stripe.
+#[allow(clippy::too_many_arguments)]
+fn stripe_in_steps(
+    router: &Router,
+    fs: &FileService,
+    targs: &TargetArgs,
+    host: &str,
+    target: u32,
+    stripes: Option<usize>,
+    total: u64,
+    log_filter: &str,
+    early: Option<crate::connect::stripe::Early>,
+) -> Option<AbortOnDrop> {
+    let method = stripe_method(targs, host, stripes, total, log_filter)?;
+    let spec = targs.spec(host, log_filter).ok()?;
+    let job = StripeJob {
+        router: router.clone(),
+        fs: fs.clone(),
+        host: host.to_string(),
+        target,
+        stripes,
+        method,
+        timeout: spec.timeout(),
+    };
+    Some(AbortOnDrop(tokio::spawn(job.run(early))))
+}
+
+impl StripeJob {
+    async fn ping(&self, to: u32) -> Option<Duration> {
+        let t = Instant::now();
+        let r: Result<Vec<u8>, _> = self
+            .router
+            .call_service_timeout(
+                to,
+                crate::ping::PING_SERVICE,
+                "ping",
+                &Vec::<u8>::new(),
+                Some(Duration::from_secs(5)),
+            )
+            .await;
+        r.ok().map(|_| t.elapsed())
+    }
+
+    /// Attaches `more` data stripes: early transports first, fresh ones
+    /// for the rest. The future gives how many attached.
+    fn attach_more(
+        &self,
+        prepared: &mut Option<crate::connect::stripe::Prepared>,
+        first_hop: u32,
+        more: usize,
+    ) -> impl std::future::Future<Output = usize> + Send + 'static {
+        let k = prepared.as_ref().map_or(0, |p| p.len()).min(more);
+        let from_early = match prepared.as_mut() {
+            Some(p) if k > 0 => Some(p.attach_next(&self.router, k, self.timeout)),
+            _ => None,
+        };
+        let fresh = more - k;
+        let (router, method, timeout) = (self.router.clone(), self.method.clone(), self.timeout);
+        async move {
+            let early = async {
+                match from_early {
+                    Some(f) => f.await,
+                    None => 0,
+                }
+            };
+            let fresh = async {
+                if fresh == 0 {
+                    return 0;
+                }
+                crate::connect::stripe::open(&router, first_hop, &method, fresh, timeout).await
+            };
+            let (a, b) = tokio::join!(early, fresh);
+            a + b
+        }
+    }
+
+    async fn run(self, early: Option<crate::connect::stripe::Early>) {
+        use crate::connect::stripe_steps::{StepAction, StepRules, Steps};
+        let (router, host) = (&self.router, &self.host);
+        let Some(stream) = router.stream_towards(self.target) else {
+            return;
+        };
+        let Some(first_hop) = router.stream_remote(stream) else {
+            return;
+        };
+        let t0 = Instant::now();
+        // Two pings at once and, for early transports, the context's
+        // stripe offer at the same time: one round trip, not three,
+        // before the stripes can be attached.
+        let prepare = async {
+            match early.filter(|e| !e.is_empty()) {
+                Some(e) => e.prepare(router, first_hop, self.timeout).await,
+                None => None,
+            }
+        };
+        let (a, b, mut prepared) =
+            tokio::join!(self.ping(first_hop), self.ping(first_hop), prepare);
+        let (Some(a), Some(b)) = (a, b) else {
+            return;
+        };
+        let best = a.min(b);
+        if let Some(n) = self.stripes {
+            // An explicit count: all at once.
+            let got = self.attach_more(&mut prepared, first_hop, n - 1).await;
+            // Early transports beyond the count end here.
+            drop(prepared);
+            tracing::info!(
+                "{host}: round trip {best:?}; {got} of {} extra streams attached ({:?} after the context was up)",
+                n - 1,
+                t0.elapsed()
+            );
+            return;
+        }
+        if best < STRIPE_MIN_RTT {
+            tracing::info!("{host}: round trip {best:?}; one stream is enough, no stripes");
+            return;
+        }
+        // The cap: the round trip's count for twice this round trip. The
+        // channel windows alone call for one data stripe per 12.5 ms; on
+        // short paths more ssh processes also spread the encryption over
+        // more cores (measured at 20 ms: 3 data stripes 5.4–6.3 s against
+        // 6.8–7.3 s with 2), and the growth rule stops where they stop paying.
+        let cap = auto_stripes(best * 2) - 1;
+        let rules = StepRules::for_rtt(best, cap);
+        let mut steps = Steps::new(rules);
+        // Transports started early (for the round trip the connection's
+        // set-up time suggested; their CPU is spent) are the first step,
+        // at once: attaching costs a round trip, and their TCP connections
+        // then open up together with the primary's rather than after it —
+        // each later step costs its fresh connections' slow start (~5
+        // round trips in which the in-order acknowledgements wait for
+        // them). Measured against what one channel could carry.
+        let channel = crate::connect::stripe_steps::CHANNEL_WINDOW as f64 / best.as_secs_f64();
+        let mut first = match prepared.as_ref().map_or(0, |p| p.len()).min(cap) {
+            0 => None,
+            n => Some(steps.open_now(n, channel)),
+        };
+        let mut asked = 0usize;
+        let mut attaching: Option<
+            std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send>>,
+        > = None;
+        loop {
+            let now = Instant::now();
+            let delivered = self.fs.delivered(self.target);
+            if let Some(rtt) = delivered.min_rtt {
+                steps.on_min_rtt(rtt);
+            }
+            steps.on_delivered(now, delivered.wire_bytes);
+            steps.on_stripes(router.stripes(stream).len().saturating_sub(1));
+            let action = first.take().unwrap_or_else(|| steps.poll(now));
+            match action {
+                StepAction::Open(more) => {
+                    asked += more;
+                    tracing::debug!(
+                        "{host}: {:.1} MiB/s over {} data streams; opening {more} more stripes",
+                        steps.best_rate() / (1 << 20) as f64,
+                        steps.attached().max(1)
+                    );
+                    attaching = Some(Box::pin(self.attach_more(&mut prepared, first_hop, more)));
+                }
+                StepAction::Done => {
+                    tracing::info!(
+                        "{host}: round trip {best:?}; stripes settled at {} data streams ({:?}, {:.1} MiB/s){}",
+                        steps.attached(),
+                        steps.ended(),
+                        steps.best_rate() / (1 << 20) as f64,
+                        match prepared.as_ref().map_or(0, |p| p.len()) {
+                            0 => String::new(),
+                            n => format!("; {n} early transports ended"),
+                        }
+                    );
+                    return;
+                }
+                StepAction::Wait => {}
+            }
+            tokio::select! {
+                got = async {
+                    match attaching.as_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                }, if attaching.is_some() => {
+                    attaching = None;
+                    let total = steps.attached() + got;
+                    steps.on_attached(Instant::now(), total);
+                    tracing::info!(
+                        "{host}: round trip {best:?}; {total} of {asked} extra streams attached ({:?} after the context was up)",
+                        t0.elapsed()
+                    );
+                }
+                _ = tokio::time::sleep(rules.tick()) => {}
+            }
+        }
+    }
+}
+
 /// The bytes of the regular files among the source operands (`paths`
 /// without its last, the destination): what a push is known to carry
 /// before its walk. Directories count nothing.
@@ -1336,9 +1576,14 @@ fn top_files_size(paths: &[std::ffi::OsString]) -> u64 {
 /// about 15 round trips: up within this, the round trip is under ~15 ms.
 const EARLY_STRIPE_AFTER: Duration = Duration::from_millis(250);
 
-/// How long a push waits for its early stripes to attach before it starts
-/// on the streams it has.
-const EARLY_STRIPE_WAIT: Duration = Duration::from_secs(3);
+/// How long after the primary connection's start the rest of the early
+/// transports (up to the longest path's count) start, if it is not up by
+/// then: a path of ~30 ms or more (an ssh connection and a cached
+/// bootstrap take about 15 round trips; on the project's delay line the
+/// context is up in 0.4–0.7 s at 20 ms, 1.6 s at 100 ms). Started at 1 s,
+/// they attached 0.7 s after the first two at 100 ms and the 1 GiB push
+/// took 0.6 s longer than with all eight at 250 ms; at 500 ms, 0.15 s.
+const EARLY_STRIPE_MORE: Duration = Duration::from_millis(500);
 
 /// What a push to one target needs.
 struct One<'a> {
@@ -1382,18 +1627,51 @@ impl One<'_> {
         // them (and below 4 ms gets none), and the primary, being well
         // ahead, is never the connection an sshd that limits connections
         // still in authentication (MaxStartups) drops.
-        let mut early = None;
+        // By default only the first step's transports start then; if the
+        // connection is not up within EARLY_STRIPE_MORE either (a path of
+        // ~60 ms or more, where more steps are likely), those of the
+        // further steps too, so that each step attaches in one round trip
+        // rather than after a fresh ssh connection.
+        let mut early: Option<crate::connect::stripe::Early> = None;
         let connected = {
             let connect =
                 target::connect_target(self.router, self.targs, self.chain, &host, self.log_filter);
             tokio::pin!(connect);
-            tokio::select! {
-                r = &mut connect => r,
-                _ = tokio::time::sleep(EARLY_STRIPE_AFTER) => {
-                    early = start_stripes_early(
-                        self.targs, &host, self.stripes, self.size_hint, self.log_filter,
-                    );
-                    connect.await
+            let first = self
+                .stripes
+                .map_or(crate::connect::stripe_steps::FIRST_STEP, |n| {
+                    n.saturating_sub(1)
+                });
+            let rest = match self.stripes {
+                Some(_) => 0,
+                None => (auto_stripes(Duration::MAX) - 1).saturating_sub(first),
+            };
+            let mut started = 0;
+            loop {
+                let at = match started {
+                    0 => Some(EARLY_STRIPE_AFTER),
+                    1 if rest > 0 => Some(EARLY_STRIPE_MORE),
+                    _ => None,
+                };
+                let wait = at.map_or(Duration::ZERO, |a| a.saturating_sub(t0.elapsed()));
+                tokio::select! {
+                    r = &mut connect => break r,
+                    _ = tokio::time::sleep(wait), if at.is_some() => {
+                        let count = if started == 0 { first } else { rest };
+                        started += 1;
+                        let more = start_stripes_early_n(
+                            self.targs, &host, self.stripes, self.size_hint, self.log_filter, count,
+                        );
+                        match (early.as_mut(), more) {
+                            (Some(e), Some(m)) => e.absorb(m),
+                            (None, m) => early = m,
+                            (Some(_), None) => {}
+                        }
+                        if early.is_none() {
+                            // Not a push that stripes: no more early transports.
+                            started = 2;
+                        }
+                    }
                 }
             }
         };
@@ -1414,12 +1692,16 @@ impl One<'_> {
         if let Some(b) = &bar {
             report::Bars::connected(b);
         }
-        // Started early: attached now, and waited for (see open_stripes_with).
+        // Started early: attached in steps from now on, while the push
+        // runs on the streams it has (see stripe_in_steps). The task ends
+        // with this push (the transports it did not attach with it).
         let mut striped = false;
+        let mut _stripe_task = None;
         if early.is_some() {
             striped = true;
-            if let Some(attaching) = open_stripes_with(
+            _stripe_task = stripe_in_steps(
                 self.router,
+                self.fs,
                 self.targs,
                 &host,
                 info.id,
@@ -1427,10 +1709,7 @@ impl One<'_> {
                 self.size_hint,
                 self.log_filter,
                 early,
-            ) {
-                // (Dropping the handle on a timeout leaves the attaching to go on.)
-                let _ = tokio::time::timeout(EARLY_STRIPE_WAIT, attaching).await;
-            }
+            );
         }
         let mut tally = report::Tally::new(&host);
         tally.context = info.name.clone();
@@ -1472,14 +1751,16 @@ impl One<'_> {
                     }
                     if !striped && batch.bytes >= STRIPE_MIN_BYTES {
                         striped = true;
-                        open_stripes(
+                        _stripe_task = stripe_in_steps(
                             self.router,
+                            self.fs,
                             self.targs,
                             &host,
                             info.id,
                             self.stripes,
                             batch.bytes,
                             self.log_filter,
+                            None,
                         );
                     }
                     let args = PushBatch {

@@ -27,6 +27,7 @@ pub mod local;
 pub mod program;
 pub mod ssh;
 pub mod stripe;
+pub mod stripe_steps;
 pub mod sudo;
 
 use std::time::Duration;

@@ -449,6 +449,11 @@ impl Early {
         self.transports.is_empty()
     }
 
+    /// Adds transports started later (for the same context).
+    pub fn absorb(&mut self, mut other: Early) {
+        self.transports.append(&mut other.transports);
+    }
+
     /// Asks context `ctx_id` (a direct child, now up) where its stripes
     /// attach; `None` (the transports ended) if it cannot say.
     pub async fn prepare(
@@ -467,6 +472,7 @@ impl Early {
             ctx,
             primary,
             offer,
+            taken: 0,
         })
     }
 
@@ -493,20 +499,45 @@ pub struct Prepared {
     ctx: ContextInfo,
     primary: stream::StreamId,
     offer: StripeOffer,
+    /// Transports taken so far (numbers them in the log).
+    taken: usize,
 }
 
 impl Prepared {
     /// Attaches up to `count` of the transports and ends the others.
     /// Returns how many attached.
     pub async fn attach(mut self, router: &Router, count: usize, timeout: Duration) -> usize {
+        let attaching = self.attach_next(router, count, timeout);
+        drop(self);
+        attaching.await
+    }
+
+    /// Transports not yet attached (each already connected, or connecting).
+    pub fn len(&self) -> usize {
+        self.early.transports.len()
+    }
+
+    /// True if every transport was taken.
+    pub fn is_empty(&self) -> bool {
+        self.early.transports.is_empty()
+    }
+
+    /// Takes up to `count` of the transports and attaches them (they are
+    /// on their way once this returns; the rest stay ready for a later
+    /// step). The future gives how many attached.
+    pub fn attach_next(
+        &mut self,
+        router: &Router,
+        count: usize,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = usize> + Send + 'static {
         let keep = count.min(self.early.transports.len());
         let rest = self.early.transports.split_off(keep);
-        drop(Early { transports: rest });
+        let taking = std::mem::replace(&mut self.early.transports, rest);
         let mut tasks = Vec::new();
-        for (i, t) in std::mem::take(&mut self.early.transports)
-            .into_iter()
-            .enumerate()
-        {
+        for t in taking {
+            self.taken += 1;
+            let n = self.taken;
             let (router, ctx, offer, primary) = (
                 router.clone(),
                 self.ctx.clone(),
@@ -516,10 +547,10 @@ impl Prepared {
             tasks.push(tokio::spawn(async move {
                 let r =
                     tokio::time::timeout(timeout, t.attach(&router, &ctx, &offer, primary)).await;
-                settle(&ctx, i + 1, r)
+                settle(&ctx, n, r)
             }));
         }
-        count_attached(tasks).await
+        count_attached(tasks)
     }
 }
 

@@ -148,6 +148,21 @@ impl Default for FileServiceConfig {
     }
 }
 
+/// What transfers to one context have delivered so far
+/// ([`FileService::delivered`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Bytes of large transfers (the ones stripes carry) as the link
+    /// carried them (compressed, delta instructions), acknowledged by the
+    /// receiver. One-chunk files and small-file answers go on the primary
+    /// stream as they are sent, unacknowledged: not counted (a burst of
+    /// them queued at once would read as a rate the link never had).
+    pub wire_bytes: u64,
+    /// The smallest round trip the large transfers' windows measured (a
+    /// ping's may wait behind the data already queued).
+    pub min_rtt: Option<Duration>,
+}
+
 /// Counters for tests and benchmarks.
 #[derive(Debug, Default, Clone)]
 pub struct FileStats {
@@ -211,6 +226,8 @@ struct Inner {
     lanes: Mutex<HashMap<StreamId, Arc<Lane>>>,
     cancels: Mutex<HashMap<u64, watch::Sender<Option<String>>>>,
     progress: Mutex<HashMap<ContextId, u64>>,
+    /// What was delivered per requester (see [`FileService::delivered`]).
+    wire_delivered: Mutex<HashMap<ContextId, Delivered>>,
     /// Files sent whole, per requester (for progress bars).
     files_sent: Mutex<HashMap<ContextId, u64>>,
     stats: Mutex<FileStats>,
@@ -360,6 +377,7 @@ impl FileService {
                 lanes: Mutex::new(HashMap::new()),
                 cancels: Mutex::new(HashMap::new()),
                 progress: Mutex::new(HashMap::new()),
+                wire_delivered: Mutex::new(HashMap::new()),
                 files_sent: Mutex::new(HashMap::new()),
                 stats: Mutex::new(FileStats::default()),
                 next_transfer: AtomicU64::new(1),
@@ -455,6 +473,28 @@ impl FileService {
             .get(&context)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// What transfers to `context` have delivered so far, in the bytes the
+    /// link carried: what the push's stripe steps measure the path by
+    /// ([`crate::connect::stripe_steps`]).
+    pub fn delivered(&self, context: ContextId) -> Delivered {
+        lock(&self.inner.wire_delivered)
+            .get(&context)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn add_delivered(&self, context: ContextId, wire: u64, min_rtt: Option<Duration>) {
+        if wire == 0 && min_rtt.is_none() {
+            return;
+        }
+        let mut map = lock(&self.inner.wire_delivered);
+        let d = map.entry(context).or_default();
+        d.wire_bytes += wire;
+        if let Some(r) = min_rtt {
+            d.min_rtt = Some(d.min_rtt.map_or(r, |m| m.min(r)));
+        }
     }
 
     /// Files sent whole to `context` so far.
@@ -1170,8 +1210,14 @@ impl Transfer {
                                     self.path,
                                     now.len()
                                 );
+                                // Bulk goes on the stripes, not the
+                                // primary, once there are any.
+                                let data_streams = |n: usize| n.saturating_sub(1).max(1);
+                                m.on_more_paths(
+                                    data_streams(stripes.len()),
+                                    data_streams(now.len()),
+                                );
                                 stripes = now;
-                                m.on_more_paths();
                             }
                         }
                         let sent_at = std::time::Instant::now();
@@ -1311,9 +1357,15 @@ impl Transfer {
         // them ends the transfer (AckBeyondSent), a repeated or stale one
         // adds nothing and is counted (logged once, at the end). The window
         // counts wire bytes (-z): see WireLedger.
+        let wire_before = m.window().acked();
         let delta = m
             .on_ack(n, std::time::Instant::now())
             .map_err(|e| e.to_string())?;
+        self.fs.add_delivered(
+            self.requester,
+            m.window().acked() - wire_before,
+            m.window().min_rtt(),
+        );
         if delta == 0 {
             self.stale_acks += 1;
             lock(&self.fs.inner.stats).stale_acks += 1;

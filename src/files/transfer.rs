@@ -248,10 +248,10 @@ impl SendMachine {
         Ok(pick)
     }
 
-    /// The path gained capacity (a stripe attached): the window goes back
-    /// to slow start ([`Window::on_more_paths`]).
-    pub fn on_more_paths(&mut self) {
-        self.window.on_more_paths();
+    /// The bulk now goes over `to` streams instead of `from` (stripes
+    /// attached): see [`Window::on_more_paths`].
+    pub fn on_more_paths(&mut self, from: usize, to: usize) {
+        self.window.on_more_paths(from, to);
     }
 
     /// The credit window (for its estimate and figures).

@@ -153,6 +153,9 @@ pub struct Window {
     /// Rounds, after the path gained capacity, whose queue does not end
     /// slow start: they measure data sent on the old path.
     grace: u8,
+    /// The most a slow start resumed by [`Window::on_more_paths`] may
+    /// grow the window to.
+    ss_ceiling: Option<u64>,
 }
 
 /// Rounds over which the delivery rate's maximum is taken.
@@ -177,6 +180,12 @@ impl Window {
         if let Sizing::Fixed(w) = sizing {
             est.window = w.max(1);
         }
+        // A path never measured: its first round's queue does not end slow
+        // start. Its round trips are those of a TCP connection still
+        // opening up (idle since its handshake: measured 400–670 ms on a
+        // 100 ms path for the first window), and ending slow start on them
+        // left the window creeping up by a quarter a round.
+        let grace = u8::from(est.min_rtt.is_none() && est.slow_start);
         Window {
             sizing,
             est,
@@ -190,7 +199,8 @@ impl Window {
             latest_rtt: None,
             rates: VecDeque::new(),
             round_window: 0,
-            grace: 0,
+            grace,
+            ss_ceiling: None,
         }
         .with_round_window()
     }
@@ -200,15 +210,28 @@ impl Window {
         self
     }
 
-    /// The path just gained capacity (a stripe attached): back to slow
-    /// start, so the window doubles each round until the new path shows a
-    /// queue or stops delivering more. The next two rounds' queue does not
-    /// end it: their bytes went out on the old path.
-    pub fn on_more_paths(&mut self) {
-        if matches!(self.sizing, Sizing::Auto { .. }) {
-            self.est.slow_start = true;
-            self.grace = 2;
+    /// The path gained capacity: the bulk now goes over `to` streams where
+    /// it went over `from` (stripes attached). Back to slow start, so the
+    /// window doubles each round until the new path shows a queue or stops
+    /// delivering more — but never past `to / from` times the window it
+    /// had (the most the new streams can add: where the window already
+    /// filled the link, this bounds the overshoot to the new streams'
+    /// share instead of letting it double until a queue shows). The next
+    /// two rounds' queue does not end it: their bytes went out on the old
+    /// path. No more streams than before (the primary's bulk moved to one
+    /// stripe): nothing changes.
+    pub fn on_more_paths(&mut self, from: usize, to: usize) {
+        if !matches!(self.sizing, Sizing::Auto { .. }) || to <= from {
+            return;
         }
+        let ceiling = (self.est.window as f64 * to as f64 / from.max(1) as f64) as u64;
+        // A slow start still unbounded (a fresh path) stays so; one
+        // bounded by an earlier attach takes the larger bound.
+        if !(self.est.slow_start && self.ss_ceiling.is_none()) {
+            self.ss_ceiling = Some(self.ss_ceiling.unwrap_or(0).max(ceiling));
+        }
+        self.est.slow_start = true;
+        self.grace = 2;
     }
 
     /// The current limit.
@@ -219,6 +242,12 @@ impl Window {
     /// The estimate to carry to the stream's next transfer.
     pub fn estimate(&self) -> PathEstimate {
         self.est.clone()
+    }
+
+    /// The smallest round trip seen (carried from the stream's earlier
+    /// transfers).
+    pub fn min_rtt(&self) -> Option<Duration> {
+        self.est.min_rtt
     }
 
     /// Bytes sent and not yet acknowledged.
@@ -342,6 +371,7 @@ impl Window {
             let best = self.rates.iter().copied().fold(0.0, f64::max);
             (4.0 * best * min_rtt.as_secs_f64()) as u64
         };
+        let limit = limit.min(self.ss_ceiling.unwrap_or(u64::MAX));
         self.est.window = (w + delta)
             .min(limit.max(w))
             .clamp(floor.max(1), cap.max(floor).max(1));
@@ -398,7 +428,16 @@ impl Window {
         let rate_grows = counted && best_before > 0.0 && capped_rate >= RATE_GROWTH * best_before;
         let grace = self.grace > 0;
         self.grace = self.grace.saturating_sub(1);
-        let new = if self.est.slow_start && (queued < QUEUE_LOW.max(w / 8) || rate_grows || grace) {
+        // The new streams' share is in: held while the grace lasts (a
+        // fresh stripe's TCP connection stalls its first round trips, and
+        // that queue says nothing of the path), then the delay rule.
+        let at_ceiling = self.est.slow_start && self.ss_ceiling.is_some_and(|c| w >= c);
+        let new = if at_ceiling && grace {
+            w
+        } else if self.est.slow_start
+            && !at_ceiling
+            && (queued < QUEUE_LOW.max(w / 8) || rate_grows || grace)
+        {
             // Grown ack by ack (slow_start_step). A queue while the path
             // still delivers more each round (fresh TCP connections
             // opening up) does not end slow start either: the window
@@ -410,6 +449,7 @@ impl Window {
         } else {
             // The delay rule, and slow start is over (if it was not).
             self.est.slow_start = false;
+            self.ss_ceiling = None;
             if queued < QUEUE_LOW.max(w / 8) {
                 (w + w / 4).min(bdp2.max(w))
             } else if queued > QUEUE_HIGH.max(w / 4) {
@@ -656,6 +696,18 @@ mod tests {
         secs: f64,
         more_paths_at: Option<f64>,
     ) -> Vec<(f64, u64, u64)> {
+        sim_path_told(w, rtt, rate, secs, more_paths_at.map(|t| (t, 1, 8)))
+    }
+
+    /// [`sim_path`], told at `t` that the bulk went from `from` to `to`
+    /// streams.
+    fn sim_path_told(
+        w: &mut Window,
+        rtt: f64,
+        rate: impl Fn(f64) -> f64,
+        secs: f64,
+        more_paths_at: Option<(f64, usize, usize)>,
+    ) -> Vec<(f64, u64, u64)> {
         let chunk = 131_046u64;
         let start = Instant::now();
         let at = |t: f64| start + Duration::from_secs_f64(t);
@@ -664,8 +716,11 @@ mod tests {
         let mut acks: VecDeque<(f64, u64)> = VecDeque::new();
         let mut trace = Vec::new();
         while t < secs {
-            if !told && t >= more_paths_at.unwrap_or(f64::MAX) {
-                w.on_more_paths();
+            if let Some((at, from, to)) = more_paths_at
+                && !told
+                && t >= at
+            {
+                w.on_more_paths(from, to);
                 told = true;
             }
             while w.can_send(chunk) {
@@ -854,6 +909,100 @@ mod tests {
             moved > 0.7 * rate,
             "near the path's rate in its first half second: {:.1} MiB/s",
             moved / MIB as f64
+        );
+    }
+
+    /// A link one channel already fills (100 ms, 12.5 MB/s): stripes
+    /// attaching add no capacity. The window, learnt at about the path's
+    /// bandwidth × delay, may grow by the new streams' share at most (it
+    /// used to be sent back to an unbounded slow start), and swapping the
+    /// primary for one stripe changes nothing.
+    #[test]
+    fn an_attach_to_a_full_link_grows_the_window_by_the_new_share_at_most() {
+        let (rtt, rate) = (0.1, 12.5e6);
+        let learnt = || {
+            let mut w = Window::with_estimate(auto(), PathEstimate::new(auto()));
+            sim_path(&mut w, rtt, |_| rate, 4.0, None);
+            assert!(!w.estimate().slow_start, "slow start over on a full link");
+            w.estimate()
+        };
+        let est = learnt();
+        let before = est.window;
+        let most_after = |from, to| {
+            let mut w = Window::with_estimate(auto(), est.clone());
+            let trace = sim_path_told(&mut w, rtt, |_| rate, 4.0, Some((0.5, from, to)));
+            trace
+                .iter()
+                .filter(|&&(t, _, _)| t >= 0.5)
+                .map(|&(_, w, _)| w)
+                .max()
+                .unwrap_or(0)
+        };
+        let swapped = most_after(1, 1);
+        let unchanged = most_after(1, 0);
+        assert_eq!(
+            swapped, unchanged,
+            "one stripe for the primary: as if nothing attached"
+        );
+        let doubled = most_after(1, 2);
+        assert!(
+            doubled <= 2 * before,
+            "two streams for one: at most twice {} KiB, got {} KiB",
+            before >> 10,
+            doubled >> 10
+        );
+        // Eight for one: bounded by eight times, and the delay rule takes
+        // it back down once the queue shows.
+        let mut w = Window::with_estimate(auto(), est.clone());
+        sim_path_told(&mut w, rtt, |_| rate, 6.0, Some((0.5, 1, 8)));
+        assert!(
+            w.limit() <= 3 * before.max(MIB),
+            "back near the path's product: {} KiB (was {} KiB)",
+            w.limit() >> 10,
+            before >> 10
+        );
+    }
+
+    /// The first window of a fresh path goes out on a TCP connection idle
+    /// since its handshake: its round trips are several times the path's
+    /// while the connection opens up. That round must not end slow start.
+    #[test]
+    fn a_cold_first_round_does_not_end_slow_start() {
+        let start = Instant::now();
+        let at = |ms: f64| start + Duration::from_secs_f64(ms / 1000.0);
+        let mut w = Window::with_estimate(auto(), PathEstimate::new(auto()));
+        let chunk = 131_046u64;
+        while w.can_send(chunk) {
+            w.on_send_at(chunk, at(0.0));
+        }
+        // Acknowledged from 400 ms on, the last at 670 ms (a 100 ms path).
+        let n = w.sent() / chunk;
+        for k in 1..=n {
+            let t = 400.0 + 270.0 * k as f64 / n as f64;
+            w.on_ack_at((k * chunk).min(w.sent()), at(t)).expect("ack");
+        }
+        assert!(w.estimate().slow_start, "still in slow start");
+        let first = w.limit();
+        // Then the path's own round trips: the window doubles a round.
+        let mut t = 670.0;
+        for _ in 0..3 {
+            let from = w.acked();
+            while w.can_send(chunk) {
+                w.on_send_at(chunk, at(t));
+            }
+            let sent = w.sent();
+            let steps = (sent - from).div_ceil(chunk);
+            for k in 1..=steps {
+                w.on_ack_at((from + k * chunk).min(sent), at(t + 100.0 + k as f64 * 0.2))
+                    .expect("ack");
+            }
+            t += 101.0 + steps as f64 * 0.2;
+        }
+        assert!(
+            w.limit() >= 6 * first,
+            "doubling after the cold round: {} KiB from {} KiB",
+            w.limit() >> 10,
+            first >> 10
         );
     }
 }
