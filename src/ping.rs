@@ -25,6 +25,24 @@ pub const INFO: Rpc<(), ContextInfo> = Rpc::new(PING_SERVICE, "info");
 /// A receiver that counts `total` bytes and then reports to `done`.
 pub const SINK: Rpc<SinkArgs, Sender> = Rpc::new(PING_SERVICE, "sink");
 
+/// One round trip to `to` through its ping service (an empty payload, at
+/// most 5 s): how long it took.
+pub async fn round_trip(
+    router: &Router,
+    to: crate::wire::ContextId,
+) -> Result<std::time::Duration, crate::call::CallError> {
+    let t = std::time::Instant::now();
+    router
+        .call_timeout(
+            to,
+            PING,
+            &Vec::new(),
+            Some(std::time::Duration::from_secs(5)),
+        )
+        .await?;
+    Ok(t.elapsed())
+}
+
 /// Arguments of `sink`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SinkArgs {

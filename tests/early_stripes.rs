@@ -97,8 +97,14 @@ fn waiting_shells() -> usize {
         .count()
 }
 
+/// The tests here count this process's child processes (`relays`,
+/// `waiting_shells`): they run one at a time, or each would count the
+/// others' transports.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stripes_started_before_the_context_carry_its_transfer_and_extras_end() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     // Started first: nothing to attach to yet; they wait for their line.
     let early = Early::start(&Method::Local, "early", 4);
     assert_eq!(early.len(), 4);
@@ -159,6 +165,7 @@ async fn stripes_started_before_the_context_carry_its_transfer_and_extras_end() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_transports_dropped_unused_end() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let early = Early::start(&Method::Local, "unused", 2);
     assert_eq!(early.len(), 2);
     drop(early);
@@ -178,6 +185,7 @@ async fn early_transports_dropped_unused_end() {
 /// ready until dropped, and the FileService counts what it delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_transports_attach_in_steps_while_a_transfer_runs() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let early = Early::start(&Method::Local, "steps", 4);
     let c = ctl(4 << 20, Duration::from_secs(30));
     let a = child(&c, None).await;

@@ -1288,19 +1288,7 @@ pub fn open_stripes_with(
     let (router, host) = (router.clone(), host.to_string());
     let task = tokio::spawn(async move {
         let t0 = Instant::now();
-        let ping = || async {
-            let t = Instant::now();
-            let r: Result<Vec<u8>, _> = router
-                .call_service_timeout(
-                    first_hop,
-                    crate::ping::PING_SERVICE,
-                    "ping",
-                    &Vec::<u8>::new(),
-                    Some(Duration::from_secs(5)),
-                )
-                .await;
-            r.map(|_| t.elapsed())
-        };
+        let ping = || crate::ping::round_trip(&router, first_hop);
         // Two pings at once and, for early transports, the context's
         // stripe offer at the same time: one round trip, not three,
         // before the stripes can be attached.
@@ -1395,18 +1383,7 @@ fn stripe_in_steps(
 
 impl StripeJob {
     async fn ping(&self, to: u32) -> Option<Duration> {
-        let t = Instant::now();
-        let r: Result<Vec<u8>, _> = self
-            .router
-            .call_service_timeout(
-                to,
-                crate::ping::PING_SERVICE,
-                "ping",
-                &Vec::<u8>::new(),
-                Some(Duration::from_secs(5)),
-            )
-            .await;
-        r.ok().map(|_| t.elapsed())
+        crate::ping::round_trip(&self.router, to).await.ok()
     }
 
     /// Attaches `more` data stripes: early transports first, fresh ones
