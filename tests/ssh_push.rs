@@ -635,6 +635,53 @@ fn stripes_attached(log: &str) -> Option<(usize, usize)> {
 }
 
 #[test]
+fn a_push_to_several_targets_starts_no_speculative_stripe_transports() {
+    let Some(sd) = Sshd::start() else { return };
+    // 50 ms each way: each connection takes over a second, so a push to
+    // one target would start stripe transports before it is up.
+    let relay = DelayRelay::start(sd.port, Duration::from_millis(50));
+    let work = tempfile::tempdir().expect("tempdir");
+    let rsh = rsh_through(&sd, &relay, work.path());
+    let big = work.path().join("big.bin");
+    write_random(&big, 40 << 20, 11);
+    let want = digest(&big);
+    // Both targets are accounts of this machine, landing in one directory
+    // both may write: one file, whichever lands first (the other sees it
+    // changed under it and leaves it, which is not what this tests).
+    let dst = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dst.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let dst_s = into(dst.path());
+    let p = spawn_push(&[
+        "-vv",
+        "--json",
+        "-e",
+        &rsh,
+        "-H",
+        "root",
+        "-H",
+        sshd::PLAIN,
+        s(&big),
+        &dst_s,
+    ]);
+    let r = p.wait(Instant::now(), Duration::from_secs(120));
+    assert_eq!(
+        digest(&dst.path().join("big.bin")),
+        want,
+        "{}",
+        r.describe()
+    );
+    let log = r.stderr_text();
+    assert!(
+        !log.contains("stripe transports early"),
+        "speculative transports for a push to two targets: {log}"
+    );
+    // Stripes may still come, by what they deliver (steps, after data
+    // flowed), but no connection was started before the round trip was
+    // known: the first ones are the two targets' own.
+    assert!(relay.connections().len() >= 2);
+}
+
+#[test]
 fn stripes_attach_extra_ssh_streams_that_carry_the_data_and_stripes_1_uses_one() {
     let Some(sd) = Sshd::start() else { return };
     // 5 ms each way: a 10 ms round trip, so the automatic choice stripes too.

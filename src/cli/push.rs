@@ -844,6 +844,7 @@ async fn push_group(
     });
     let plan = Arc::new(plan);
     let mut tasks = Vec::new();
+    let hosts_in_flight = hosts.len().min(args.fanout.max(1));
     for host in hosts {
         let plan = if is_local(&host) { &local_plan } else { &plan };
         let (router, fs, chain, plan, sem) = (
@@ -857,7 +858,16 @@ async fn push_group(
         let filter = log_filter.to_string();
         let bar = bars.add(&host, 0);
         let stripes = args.stripes;
-        let size_hint = top_files_size(&args.paths);
+        // Stripe transports are started before the round trip is known
+        // (speculatively) only for a push to one target: targets pushed to
+        // at once share this machine's uplink, and eight speculative ssh
+        // connections each (256 at a fan-out of 32) would cost more than
+        // they could bring. Stripes still come by what they deliver.
+        let size_hint = if hosts_in_flight > 1 && args.stripes.is_none() {
+            0
+        } else {
+            top_files_size(&args.paths)
+        };
         let reached = targets.clone();
         let batches = match &feed {
             Some(f) => Batches::Relay(f.clone()),
