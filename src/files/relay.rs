@@ -99,6 +99,27 @@ async fn started_tee(
     }
 }
 
+/// Sends the kept plan batch `k` to `target`'s session and notes that it
+/// answered (the read-ahead then knows what that target wanted).
+async fn push_kept_batch(
+    tee: &Tee,
+    router: &Router,
+    target: u32,
+    session: u64,
+    k: u64,
+) -> Result<Vec<super::outcome::EntryResult>, RemoteError> {
+    let encoded = tee.batch(k).map_err(RemoteError::Failed)?;
+    let entries: Vec<PlanEntry> = crate::wire::control::decode(&encoded)
+        .map_err(|e| RemoteError::Failed(format!("relay: {e}")))?;
+    let batch = PushBatch { session, entries };
+    let results = router
+        .call(target, crate::files::spec::PUSH_BATCH, &batch)
+        .await
+        .map_err(|e| RemoteError::Failed(e.to_string()))?;
+    tee.answered(k);
+    Ok(results)
+}
+
 /// Registers `ferrogen.files.tee` (parents only): `start(TeeArgs)`;
 /// `batch((k, entries))` keeps batch `k` of the push plan (on disk, sent
 /// once over the uplink); `push_open((target, PushPlan)) -> PushOpened`,
@@ -191,16 +212,7 @@ pub fn register_service(services: &Services, router: &Router) {
                     let (slot, router) = (push_slot.clone(), push_router.clone());
                     async move {
                         let tee = running_tee(&slot)?;
-                        let encoded = tee.batch(k).map_err(RemoteError::Failed)?;
-                        let entries: Vec<PlanEntry> = crate::wire::control::decode(&encoded)
-                            .map_err(|e| RemoteError::Failed(format!("relay: {e}")))?;
-                        let batch = PushBatch { session, entries };
-                        let results = router
-                            .call(target, crate::files::spec::PUSH_BATCH, &batch)
-                            .await
-                            .map_err(|e| RemoteError::Failed(e.to_string()))?;
-                        tee.answered(k);
-                        Ok(results)
+                        push_kept_batch(&tee, &router, target, session, k).await
                     }
                 },
             )
@@ -224,15 +236,7 @@ pub fn register_service(services: &Services, router: &Router) {
                     let (slot, router) = (last_slot.clone(), last_router.clone());
                     async move {
                         let tee = running_tee(&slot)?;
-                        let encoded = tee.batch(k).map_err(RemoteError::Failed)?;
-                        let entries: Vec<PlanEntry> = crate::wire::control::decode(&encoded)
-                            .map_err(|e| RemoteError::Failed(format!("relay: {e}")))?;
-                        let batch = PushBatch { session, entries };
-                        let results = router
-                            .call(target, crate::files::spec::PUSH_BATCH, &batch)
-                            .await
-                            .map_err(|e| RemoteError::Failed(e.to_string()))?;
-                        tee.answered(k);
+                        let results = push_kept_batch(&tee, &router, target, session, k).await?;
                         let closed = router
                             .call(target, crate::files::spec::PUSH_CLOSE, &end)
                             .await
