@@ -18,6 +18,7 @@ use super::report;
 use super::target::{self, Chain, TargetArgs};
 use super::{Exit, out};
 use crate::connect::Method;
+use crate::connect::path_rtt::{self, SpawnWatch};
 use crate::files::delete::DeleteSpec;
 use crate::files::filter::{Filter, Rule, Rules};
 use crate::files::plan::{
@@ -1575,6 +1576,57 @@ const EARLY_STRIPE_AFTER: Duration = Duration::from_millis(250);
 /// took 0.6 s longer than with all eight at 250 ms; at 500 ms, 0.15 s.
 const EARLY_STRIPE_MORE: Duration = Duration::from_millis(500);
 
+/// How many stripe transports a push to one target starts before its
+/// primary connection is up, step by step: at [`EARLY_STRIPE_AFTER`] and
+/// at [`EARLY_STRIPE_MORE`] if the connection is not up by then. Once the
+/// path's round trip is known (read from ssh's own TCP connection, see
+/// [`path_rtt`]) the count is what that round trip calls for
+/// ([`auto_stripes`]), all at once: eight at 100 ms as soon as 250 ms
+/// (measured 0.15 s sooner to full rate than at 500 ms), and no more than
+/// the first two at 20 ms however slow the start-up (on the shared
+/// testbed, 0.55 s: the clock rule started eight there). Without it, the
+/// clock rule: the first step's at 250 ms, the longest path's rest at
+/// 500 ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct EarlySteps {
+    /// Transports of the first step.
+    first: usize,
+    /// The rest the longest path would get (0 with `--stripes`).
+    rest: usize,
+    /// `--stripes N` given: N - 1 at the first step, whatever the path.
+    fixed: bool,
+}
+
+impl EarlySteps {
+    fn new(stripes: Option<usize>) -> EarlySteps {
+        let first = stripes.map_or(crate::connect::stripe_steps::FIRST_STEP, |n| {
+            n.saturating_sub(1)
+        });
+        let rest = match stripes {
+            Some(_) => 0,
+            None => (auto_stripes(Duration::MAX) - 1).saturating_sub(first),
+        };
+        EarlySteps {
+            first,
+            rest,
+            fixed: stripes.is_some(),
+        }
+    }
+
+    /// The transports to start at step `step` (0 or 1) given the round
+    /// trip known by then, and whether no step follows.
+    fn at(&self, step: usize, rtt: Option<Duration>) -> (usize, bool) {
+        let started = if step == 0 { 0 } else { self.first };
+        match rtt {
+            _ if self.fixed => (if step == 0 { self.first } else { 0 }, true),
+            Some(r) if r < STRIPE_MIN_RTT => (0, true),
+            Some(r) => ((auto_stripes(r) - 1).saturating_sub(started), true),
+            None if step == 0 => (self.first, self.rest == 0),
+            None => (self.rest, true),
+        }
+    }
+}
+
 /// What a push to one target needs.
 struct One<'a> {
     router: &'a Router,
@@ -1617,38 +1669,53 @@ impl One<'_> {
         // them (and below 4 ms gets none), and the primary, being well
         // ahead, is never the connection an sshd that limits connections
         // still in authentication (MaxStartups) drops.
-        // By default only the first step's transports start then; if the
-        // connection is not up within EARLY_STRIPE_MORE either (a path of
-        // ~60 ms or more, where more steps are likely), those of the
-        // further steps too, so that each step attaches in one round trip
-        // rather than after a fresh ssh connection.
+        // How many, and when: EarlySteps — as many as the path's round
+        // trip calls for once ssh's connection has measured it, so that
+        // each step of stripes attaches in one round trip rather than
+        // after a fresh ssh connection.
         let mut early: Option<crate::connect::stripe::Early> = None;
         let connected = {
-            let connect =
-                target::connect_target(self.router, self.targs, self.chain, &host, self.log_filter);
+            let watch = SpawnWatch::new();
+            let connect = target::connect_target_watched(
+                self.router,
+                self.targs,
+                self.chain,
+                &host,
+                self.log_filter,
+                watch.clone(),
+            );
             tokio::pin!(connect);
-            let first = self
-                .stripes
-                .map_or(crate::connect::stripe_steps::FIRST_STEP, |n| {
-                    n.saturating_sub(1)
-                });
-            let rest = match self.stripes {
-                Some(_) => 0,
-                None => (auto_stripes(Duration::MAX) - 1).saturating_sub(first),
-            };
-            let mut started = 0;
+            let steps = EarlySteps::new(self.stripes);
+            let mut step = 0;
+            let mut last = false;
             loop {
-                let at = match started {
+                let at = match step {
                     0 => Some(EARLY_STRIPE_AFTER),
-                    1 if rest > 0 => Some(EARLY_STRIPE_MORE),
+                    1 if !last => Some(EARLY_STRIPE_MORE),
                     _ => None,
                 };
                 let wait = at.map_or(Duration::ZERO, |a| a.saturating_sub(t0.elapsed()));
                 tokio::select! {
                     r = &mut connect => break r,
                     _ = tokio::time::sleep(wait), if at.is_some() => {
-                        let count = if started == 0 { first } else { rest };
-                        started += 1;
+                        // What the kernel measured on ssh's connection so
+                        // far (see connect::path_rtt); None: the clock rule.
+                        let rtt = if self.stripes.is_none() {
+                            watch.pid().and_then(path_rtt::tcp_rtt)
+                        } else {
+                            None
+                        };
+                        let (count, done) = steps.at(step, rtt);
+                        tracing::debug!(
+                            "{host}: early stripe step {step} at {:?}: path round trip {rtt:?}, \
+                             {count} transports",
+                            t0.elapsed()
+                        );
+                        step += 1;
+                        last = done;
+                        if count == 0 {
+                            continue;
+                        }
                         let more = start_stripes_early_n(
                             self.targs, &host, self.stripes, self.size_hint, self.log_filter, count,
                         );
@@ -1659,7 +1726,7 @@ impl One<'_> {
                         }
                         if early.is_none() {
                             // Not a push that stripes: no more early transports.
-                            started = 2;
+                            last = true;
                         }
                     }
                 }
@@ -1959,6 +2026,32 @@ pub fn absolute(p: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn early_transports_follow_the_measured_round_trip_and_the_clock_without_one() {
+        let ms = Duration::from_millis;
+        let auto = EarlySteps::new(None);
+        // The clock rule: the first step's two at 250 ms, the longest
+        // path's other six at 500 ms.
+        assert_eq!(auto.at(0, None), (2, false));
+        assert_eq!(auto.at(1, None), (6, true));
+        // A 20 ms path measured by 250 ms (the testbed, up after 0.55 s):
+        // its two and no more; measured only by 500 ms: none more.
+        assert_eq!(auto.at(0, Some(ms(20))), (2, true));
+        assert_eq!(auto.at(1, Some(ms(20))), (0, true));
+        // 100 ms: all eight at once, at the first step.
+        assert_eq!(auto.at(0, Some(ms(100))), (8, true));
+        assert_eq!(auto.at(1, Some(ms(100))), (6, true));
+        // 40 ms calls for four.
+        assert_eq!(auto.at(0, Some(ms(40))), (4, true));
+        // A local path slow to start (busy CPU) gets none.
+        assert_eq!(auto.at(0, Some(Duration::from_micros(300))), (0, true));
+        // --stripes N: N - 1 at the first step whatever the path.
+        let fixed = EarlySteps::new(Some(4));
+        assert_eq!(fixed.at(0, None), (3, true));
+        assert_eq!(fixed.at(0, Some(ms(100))), (3, true));
+        assert_eq!(fixed.at(0, Some(ms(1))), (3, true));
+    }
 
     #[test]
     fn stripes_follow_the_round_trip() {

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::connect::path_rtt::SpawnWatch;
 use crate::connect::ssh::split_words;
 use crate::connect::{self, ConnectError, ConnectSpec, ContextInfo, Method, SudoSpec};
 use crate::router::Router;
@@ -320,9 +321,24 @@ pub async fn connect_target(
     host: &str,
     log_filter: &str,
 ) -> Result<ContextInfo, String> {
+    connect_target_watched(router, args, chain, host, log_filter, SpawnWatch::default()).await
+}
+
+/// [`connect_target`], publishing the pid of the process that makes the
+/// connection to `host` (ssh, for a direct target) into `watch` while it
+/// connects.
+pub async fn connect_target_watched(
+    router: &Router,
+    args: &TargetArgs,
+    chain: &Chain,
+    host: &str,
+    log_filter: &str,
+    watch: SpawnWatch,
+) -> Result<ContextInfo, String> {
     let hop = chain.names.len();
-    let cs = hop_spec(args, host, chain.last, log_filter)
+    let mut cs = hop_spec(args, host, chain.last, log_filter)
         .map_err(|e| format!("hop {hop} ({host}): {e}"))?;
+    cs.spawned = watch;
     let info = connect::connect(router, &cs, chain.last)
         .await
         .map_err(|e: ConnectError| {

@@ -114,6 +114,7 @@ pub async fn launch(
         },
     })?;
     let pid = child.id().unwrap_or_default();
+    spec.spawned.publish(pid);
     let name = launch
         .name
         .clone()

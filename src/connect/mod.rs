@@ -24,6 +24,7 @@ pub mod child;
 pub mod handshake;
 pub mod libc;
 pub mod local;
+pub mod path_rtt;
 pub mod program;
 pub mod ssh;
 pub mod stripe;
@@ -152,6 +153,11 @@ pub struct ConnectSpec {
     pub connect_timeout_ms: u64,
     /// `tracing` filter for the new context's logs.
     pub log_filter: String,
+    /// Where the launched process's pid is published while it connects
+    /// (a push reads the path's round trip from ssh's socket through it;
+    /// see [`path_rtt`]). Local to this controller: never sent.
+    #[serde(skip)]
+    pub spawned: path_rtt::SpawnWatch,
 }
 
 impl ConnectSpec {
@@ -161,6 +167,7 @@ impl ConnectSpec {
             method,
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT.as_millis() as u64,
             log_filter: "warn".into(),
+            spawned: path_rtt::SpawnWatch::default(),
         }
     }
 

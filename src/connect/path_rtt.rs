@@ -1,0 +1,213 @@
+//! The round trip of a path, read from the kernel while a connection over
+//! it is still being set up.
+//!
+//! A push decides how many stripe transports to start before its primary
+//! connection is up, and the right number depends on the round trip (one
+//! ssh channel moves its 2 MiB window per round trip). Until the context
+//! answers a ping, the controller has only the clock: "not up after 500 ms"
+//! stood for "a long path". That proxy is wrong where the start-up costs
+//! CPU rather than round trips: on the shared testbed at 20 ms the context
+//! is up after 0.55 s, so a 20 ms push started the eight transports a 100 ms
+//! path would get, and their ssh handshakes took the CPU the delta's
+//! hashing needed (1 GiB, 1 MiB changed: 2.04 s against 1.56 s with no
+//! early stripes). The kernel knows better and sooner: ssh's TCP connection
+//! to its first hop has a measured round trip from its SYN on, one round
+//! trip after ssh starts. [`tcp_rtt`] reads it from ssh's socket (a
+//! duplicate of ssh's descriptor, taken through a pidfd: ssh is our child,
+//! so no privilege is needed beyond what `/proc/PID/fd` already shows).
+//!
+//! Where there is no TCP socket in the process (a `ProxyCommand` or
+//! `ProxyJump` talks through pipes, a `ControlMaster` through a Unix
+//! socket) or the kernel refuses (Yama's `ptrace_scope` = 2, or a kernel
+//! before 5.6), the answer is `None` and the caller keeps its clock rule.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Where a launched process publishes its pid, so that the one who asked
+/// for the connection can look at it while the connection is being made
+/// (see [`tcp_rtt`]). Cloning shares the slot. Not part of what a
+/// connection *is*: two specs that differ only in their watch are equal,
+/// and the watch is not sent to other contexts.
+#[derive(Clone, Default)]
+pub struct SpawnWatch(Option<Arc<OnceLock<u32>>>);
+
+impl SpawnWatch {
+    /// A watch with a slot (the default has none and records nothing).
+    pub fn new() -> SpawnWatch {
+        SpawnWatch(Some(Arc::new(OnceLock::new())))
+    }
+
+    /// The pid of the process launched for the spec, once it is running.
+    pub fn pid(&self) -> Option<u32> {
+        self.0.as_ref().and_then(|slot| slot.get().copied())
+    }
+
+    /// Records `pid` (the first launch only: a spec starts one process).
+    pub(crate) fn publish(&self, pid: u32) {
+        if let Some(slot) = self.0.as_ref().filter(|_| pid != 0) {
+            let _ = slot.set(pid);
+        }
+    }
+}
+
+impl PartialEq for SpawnWatch {
+    fn eq(&self, _: &SpawnWatch) -> bool {
+        true
+    }
+}
+
+impl Eq for SpawnWatch {}
+
+impl std::fmt::Debug for SpawnWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.pid() {
+            Some(pid) => write!(f, "SpawnWatch({pid})"),
+            None => f.write_str("SpawnWatch"),
+        }
+    }
+}
+
+/// The round trip of the established TCP connection of process `pid` (its
+/// first one: an ssh client has one), as the kernel measured it: the
+/// smallest sample seen, which CPU delays on either end only lengthen.
+/// `None` when the process has no established TCP connection or may not
+/// be looked at (see the module's notes).
+#[cfg(target_os = "linux")]
+pub fn tcp_rtt(pid: u32) -> Option<Duration> {
+    use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
+    use std::os::unix::ffi::OsStrExt;
+
+    let pidfd = pidfd_open(
+        Pid::from_raw(i32::try_from(pid).ok()?)?,
+        PidfdFlags::empty(),
+    )
+    .ok()?;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|link| link.as_os_str().as_bytes().starts_with(b"socket:"));
+        let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        if !is_socket {
+            continue;
+        }
+        let Ok(socket) = pidfd_getfd(&pidfd, fd, PidfdGetfdFlags::empty()) else {
+            continue;
+        };
+        if let Some(rtt) = socket_rtt(&socket) {
+            return Some(rtt);
+        }
+    }
+    None
+}
+
+/// [`tcp_rtt`] where there is no pidfd: always `None`.
+#[cfg(not(target_os = "linux"))]
+pub fn tcp_rtt(_pid: u32) -> Option<Duration> {
+    None
+}
+
+/// `TCP_ESTABLISHED` in `tcpi_state` (linux/tcp_states.h).
+#[cfg(target_os = "linux")]
+const TCP_ESTABLISHED: u8 = 1;
+
+/// The round trip of `socket` if it is an established TCP connection with
+/// a sample. Written against the libc crate's `tcp_info` because neither
+/// rustix nor nix exposes `TCP_INFO`.
+#[cfg(target_os = "linux")]
+fn socket_rtt(socket: &std::os::fd::OwnedFd) -> Option<Duration> {
+    use std::os::fd::AsRawFd;
+
+    let mut info = std::mem::MaybeUninit::<::libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<::libc::tcp_info>() as ::libc::socklen_t;
+    // SAFETY: `info` is a writable buffer of `len` bytes that outlives the
+    // call, `len` is a valid in/out length, and the descriptor is ours.
+    let r = unsafe {
+        ::libc::getsockopt(
+            socket.as_raw_fd(),
+            ::libc::IPPROTO_TCP,
+            ::libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return None; // not TCP (a Unix socket), or closed
+    }
+    // SAFETY: zero is a valid value for every field of this plain C
+    // struct, and the kernel wrote at most `len` bytes over it.
+    let info = unsafe { info.assume_init() };
+    // An older kernel fills less; a min_rtt it did not write reads 0.
+    let min_rtt_end = std::mem::offset_of!(::libc::tcp_info, tcpi_min_rtt) + 4;
+    let min_rtt = if len as usize >= min_rtt_end {
+        info.tcpi_min_rtt
+    } else {
+        0
+    };
+    let micros = if min_rtt > 0 && min_rtt != u32::MAX {
+        min_rtt
+    } else {
+        info.tcpi_rtt
+    };
+    (info.tcpi_state == TCP_ESTABLISHED && micros > 0).then(|| Duration::from_micros(micros.into()))
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_without_a_slot_records_nothing_and_one_with_keeps_the_first_pid() {
+        let none = SpawnWatch::default();
+        none.publish(7);
+        assert_eq!(none.pid(), None);
+        let w = SpawnWatch::new();
+        let shared = w.clone();
+        assert_eq!(w.pid(), None);
+        w.publish(41);
+        w.publish(42);
+        assert_eq!(shared.pid(), Some(41));
+        assert_eq!(w, SpawnWatch::default(), "not part of a spec's identity");
+    }
+
+    #[test]
+    fn the_round_trip_of_a_childs_tcp_connection_is_read_and_a_child_without_one_has_none() {
+        use std::io::{BufRead, BufReader, Write};
+        use std::process::{Command, Stdio};
+
+        // A child holding an established loopback TCP connection to a
+        // listener of ours, as ssh holds its connection to the host.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let port = listener.local_addr().expect("local addr").port();
+        let script = format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo up && read -r _");
+        let mut child = Command::new("bash")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn bash");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        BufReader::new(stdout).read_line(&mut line).expect("read");
+        assert_eq!(line.trim(), "up", "the child connected");
+        let rtt = tcp_rtt(child.id());
+        let _ = child.stdin.take().map(|mut s| s.write_all(b"x\n"));
+        let _ = child.wait();
+        let rtt = rtt.expect("a round trip for the child's established connection");
+        assert!(
+            rtt < Duration::from_millis(100),
+            "loopback round trip {rtt:?}"
+        );
+
+        let mut sleeper = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let none = tcp_rtt(sleeper.id());
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        assert_eq!(none, None, "a process with no socket");
+        assert_eq!(tcp_rtt(u32::MAX), None, "no such process");
+    }
+}
