@@ -1,0 +1,275 @@
+//! Large files: fetched once from upstream into the spool, read by every
+//! target while they arrive; read ahead before any target asks; let go
+//! once every target has had them.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{oneshot, watch};
+
+use super::{Gate, READ_AHEAD_BYTES, Spooled, Tee, lock, spool::stamp};
+use crate::files::compress::FrameLog;
+use crate::files::meta::FileMeta;
+use crate::files::place::Place;
+use crate::files::receive::{self, Observer};
+use crate::files::spec::PlanEntry;
+use crate::files::{RawPath, SMALL_FILE_MAX};
+
+/// A spool file once it exists, or why it never will.
+pub(super) type Opened = Option<Result<(Arc<File>, FileMeta), String>>;
+
+/// One large file: arriving, or arrived.
+pub(super) struct Large {
+    opened: watch::Receiver<Opened>,
+    gate: Gate,
+    /// Its chunks that came compressed, as they came.
+    frames: Option<Arc<FrameLog>>,
+    /// Transfers of it completed to targets.
+    delivered: AtomicU64,
+}
+
+impl Tee {
+    /// Opens `path` for a `fetch`: from the spool, fetching it from
+    /// upstream first if nobody has asked for it yet. Returns once the
+    /// file exists in the spool (with the upstream metadata), typically
+    /// before its data.
+    pub async fn open(self: &Arc<Self>, path: &RawPath) -> Result<Spooled, String> {
+        let large = {
+            let mut map = lock(&self.large);
+            match map.get(path) {
+                Some(l) => {
+                    // The first ask for a file read ahead is its own fetch.
+                    if lock(&self.ahead).remove(path).is_none() {
+                        self.shared.fetch_add(1, Ordering::Relaxed);
+                    }
+                    l.clone()
+                }
+                None => {
+                    let (l, _) = self.start_large(path);
+                    map.insert(path.clone(), l.clone());
+                    l
+                }
+            }
+        };
+        let mut opened = large.opened.clone();
+        let got = opened
+            .wait_for(|o| o.is_some())
+            .await
+            .map_err(|_| format!("{path}: relay: the upstream fetch was abandoned"))?
+            .clone();
+        match got {
+            Some(Ok((file, meta))) => Ok(Spooled {
+                file,
+                meta,
+                gate: large.gate.clone(),
+                frames: large.frames.clone(),
+            }),
+            Some(Err(why)) => Err(why),
+            None => Err(format!("{path}: relay: the upstream fetch was abandoned")),
+        }
+    }
+
+    /// Starts fetching the large files of plan batch `k` before any target
+    /// asks for them, while no target has answered a batch yet and fewer
+    /// than [`READ_AHEAD_BYTES`] were started this way: a first push then
+    /// has its data crossing the uplink while the targets connect and
+    /// compare, instead of after. The files a target then asks for are
+    /// served from these fetches as from any other; those the first target
+    /// to answer the batch did not want are dropped ([`Tee::answered`]).
+    /// (A file is one a target fetches with `fetch`: larger than one
+    /// chunk, or the plan's only entry.)
+    pub fn read_ahead(self: &Arc<Self>, k: u64, entries: &[PlanEntry]) {
+        let only = k == 0 && entries.len() == 1;
+        for e in entries {
+            let PlanEntry::File { src, size, .. } = e else {
+                continue;
+            };
+            if *size == 0 || (*size <= SMALL_FILE_MAX && !only) {
+                continue;
+            }
+            if !self.reading_ahead.load(Ordering::Relaxed)
+                || self.ahead_bytes.load(Ordering::Relaxed) >= READ_AHEAD_BYTES
+            {
+                return;
+            }
+            let mut map = lock(&self.large);
+            if map.contains_key(src) {
+                continue;
+            }
+            let (l, task) = self.start_large(src);
+            map.insert(src.clone(), l);
+            lock(&self.ahead).insert(src.clone(), (k, task));
+            self.ahead_bytes.fetch_add(*size, Ordering::Relaxed);
+            self.read_ahead.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A target answered plan batch `k`: nothing more is read ahead, and
+    /// the files read ahead for batches up to `k` that no target asked for
+    /// are dropped (their fetch stopped, their spool file closed) — that
+    /// target had them already, and so, most likely, have the others (one
+    /// that lacks one fetches it then).
+    pub fn answered(&self, k: u64) {
+        self.reading_ahead.store(false, Ordering::Relaxed);
+        // In `open`'s order (large, then ahead): a target asking for one of
+        // these meanwhile either claimed it first or starts a fresh fetch.
+        let mut map = lock(&self.large);
+        let mut ahead = lock(&self.ahead);
+        let paths: Vec<RawPath> = ahead
+            .iter()
+            .filter(|(_, (b, _))| *b <= k)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in paths {
+            if let Some((_, task)) = ahead.remove(&path) {
+                task.abort();
+                map.remove(&path);
+                self.read_ahead_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn start_large(self: &Arc<Self>, path: &RawPath) -> (Arc<Large>, tokio::task::AbortHandle) {
+        let (open_tx, open_rx) = watch::channel(None);
+        let written = Arc::new(watch::channel(0u64).0);
+        let (done_tx, done_rx) = watch::channel(None);
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let frames = match self.spool.anonymous(&format!("z{n}")) {
+            Ok(f) => Some(Arc::new(FrameLog::new(f))),
+            Err(e) => {
+                // Not fatal: the chunks are compressed again per child.
+                tracing::debug!("relay: no record of compressed chunks for {path}: {e}");
+                None
+            }
+        };
+        let large = Arc::new(Large {
+            opened: open_rx,
+            gate: Gate {
+                written: written.subscribe(),
+                done: done_rx,
+            },
+            frames: frames.clone(),
+            delivered: AtomicU64::new(0),
+        });
+        let (tee, path) = (self.clone(), path.clone());
+        let task = tokio::spawn(async move {
+            let Ok(_slot) = tee.upstream_slots.clone().acquire_owned().await else {
+                return;
+            };
+            let place = match Place::new(&tee.spool.root, PathBuf::from(format!("f{n}"))) {
+                Ok(p) => p,
+                Err(e) => {
+                    let why = format!("{path}: relay: spool: {e}");
+                    open_tx.send_replace(Some(Err(why.clone())));
+                    done_tx.send_replace(Some(Err(why)));
+                    return;
+                }
+            };
+            let (otx, orx) = oneshot::channel();
+            let observer = Observer {
+                opened: Some(otx),
+                written: written.clone(),
+                frames,
+            };
+            let receiving = receive::receive_observed(
+                &tee.router,
+                tee.upstream,
+                &path,
+                &place,
+                &tee.temps,
+                &tee.opts,
+                observer,
+            );
+            tokio::pin!(receiving);
+            let mut orx = Some(orx);
+            let mut file: Option<(Arc<File>, FileMeta)> = None;
+            let result = loop {
+                let opening = async {
+                    match orx.as_mut() {
+                        Some(r) => r.await.ok(),
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    r = &mut receiving => break r,
+                    o = opening => {
+                        orx = None;
+                        if let Some((f, meta)) = o {
+                            let f = Arc::new(f);
+                            file = Some((f.clone(), meta.clone()));
+                            open_tx.send_replace(Some(Ok((f, meta))));
+                        }
+                    }
+                }
+            };
+            // (The file may have been opened and finished before the
+            // branch above ran.)
+            if file.is_none()
+                && let Some(mut r) = orx
+                && let Ok((f, meta)) = r.try_recv()
+            {
+                let f = Arc::new(f);
+                file = Some((f.clone(), meta.clone()));
+                open_tx.send_replace(Some(Ok((f, meta))));
+            }
+            match result {
+                Ok(pending) => {
+                    tee.files_fetched.fetch_add(1, Ordering::Relaxed);
+                    tee.bytes_fetched
+                        .fetch_add(pending.bytes, Ordering::Relaxed);
+                    let digest = pending.digest;
+                    let ending = match &file {
+                        // The spool file's times are the source's, so the
+                        // reader's "changed while read" check holds.
+                        Some((f, meta)) => stamp(f, meta).map(|()| digest).map_err(|e| {
+                            format!("{path}: relay: could not set the spool file's times: {e}")
+                        }),
+                        None => Err(format!("{path}: relay: the spool file was not opened")),
+                    };
+                    if !pending.is_anonymous() {
+                        // A named temp file (no O_TMPFILE here): removed
+                        // when this is dropped, at the end.
+                        lock(&tee.kept).push(pending);
+                    }
+                    // (An anonymous one lives on through the read-only
+                    // descriptor; its writing one is closed now.)
+                    done_tx.send_replace(Some(ending));
+                }
+                Err(e) => {
+                    let why = format!("relay: {e}");
+                    if file.is_none() {
+                        open_tx.send_replace(Some(Err(why.clone())));
+                    }
+                    done_tx.send_replace(Some(Err(why)));
+                    // Answered, not kept: a target asking for paths that
+                    // do not exist must not grow the relay (a later ask
+                    // fetches again).
+                    lock(&tee.large).remove(&path);
+                }
+            }
+        });
+        let handle = task.abort_handle();
+        lock(&self.tasks).push(task.abort_handle());
+        (large, handle)
+    }
+
+    /// A transfer of `path` to a target completed. Once every target has
+    /// had it, the spool lets it go: its descriptors close and, having no
+    /// name, the file's space is freed (a target that fetches it again
+    /// later gets a fresh upstream fetch).
+    pub fn delivered(&self, path: &RawPath) {
+        if self.targets == 0 {
+            return;
+        }
+        let mut map = lock(&self.large);
+        let done = map
+            .get(path)
+            .is_some_and(|l| l.delivered.fetch_add(1, Ordering::Relaxed) + 1 >= self.targets);
+        if done {
+            map.remove(path);
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
