@@ -1107,10 +1107,16 @@ async fn an_ssh_a_sudo_and_a_proxied_context_on_one_stream_receive_one_at_a_time
             (*at - spans[0].1) as f64 / 1e9
         );
     }
+    // A transfer hands the stream on once its end is sent (issue 17's
+    // hand-over), so the next one's first bytes may arrive while the last
+    // window of the previous one is still in flight (and on its way
+    // through the other hops): a small part of its span. Interleaved
+    // transfers would overlap for most of it.
     for w in spans.windows(2) {
+        let overlap = w[0].1.saturating_sub(w[1].0);
         assert!(
-            w[0].1 <= w[1].0,
-            "transfers to {} and {} overlapped on the shared stream: {:?} then {:?}",
+            overlap <= w[0].1.saturating_sub(w[0].0) / 4,
+            "transfers to {} and {} interleaved on the shared stream: {:?} then {:?}",
             w[0].2,
             w[1].2,
             (w[0].0, w[0].1),
