@@ -3,6 +3,7 @@
 //! every way out but success.
 
 use std::fs::File;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::data::receive_data;
@@ -13,10 +14,20 @@ use super::sink::Sink;
 use super::temp::{ReserveAhead, create_partial, create_temp};
 use super::{Observer, ReceiveError, ReceiveOptions, TempFiles};
 use crate::files::FetchArgs;
+use crate::files::compress::FrameLog;
+use crate::files::meta::FileMeta;
 use crate::files::place::{self, Place};
 use crate::router::{Policy, Router};
 use crate::wire::ContextId;
 
+/// The written-so-far watch and the frame log of an [`Observer`].
+type Observed = (
+    Option<Arc<tokio::sync::watch::Sender<u64>>>,
+    Option<Arc<FrameLog>>,
+);
+
+/// Fetches `src` from `server` into a file for `place`, with what `prep`
+/// found there (a partial file, a delta basis, an observer).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn receive_prepared(
     router: &Router,
@@ -75,36 +86,7 @@ pub(super) async fn receive_prepared(
         });
     }
     // From here on, any failure must tell the server to stop.
-    let resume = prep.partial.take();
-    let made = match resume {
-        Some(p) => Ok((
-            PendingFile::new(
-                p.file,
-                partial_place(place),
-                place,
-                temps,
-                &meta,
-                started,
-                true,
-            ),
-            Some((p.len, p.hasher)),
-        )),
-        None => {
-            let large = meta.size > crate::files::CHUNK_DATA as u64;
-            // A delta's space is reserved beside the writes, not before
-            // them (`ReserveAhead`).
-            let reserve = !opts.sparse && prep.basis.is_none();
-            let named = if opts.partial && large {
-                create_partial(place, temps, &meta, started, reserve)
-            } else {
-                None
-            };
-            match named {
-                Some(p) => Ok((p, None)),
-                None => create_temp(place, temps, &meta, started, reserve).map(|p| (p, None)),
-            }
-        }
-    };
+    let made = create_file(place, temps, opts, &mut prep, &meta, started);
     let (mut pending, resume) = match made {
         Ok(m) => m,
         Err(e) => {
@@ -117,31 +99,12 @@ pub(super) async fn receive_prepared(
         (Some(_), Some(f)) if !opts.sparse && resume.is_none() => ReserveAhead::start(f, meta.size),
         _ => None,
     };
-    let written = match prep.observer.take() {
-        Some(Observer {
-            opened,
-            written,
-            frames,
-        }) => {
-            let reopened = pending.file.as_ref().map(reopen_read_only);
-            match (reopened, opened) {
-                (Some(Ok(f)), Some(tx)) => {
-                    let _ = tx.send((f, meta.clone()));
-                }
-                (Some(Err(e)), _) => {
-                    let e = io_err(dest, "reopen for reading")(e);
-                    reply.ack.close_with(router, &e.to_string());
-                    return Err(e);
-                }
-                _ => {}
-            }
-            Some((written, frames))
+    let (written, frames) = match observe(prep.observer.take(), &pending, &meta) {
+        Ok(o) => o,
+        Err(e) => {
+            reply.ack.close_with(router, &e.to_string());
+            return Err(e);
         }
-        None => None,
-    };
-    let (written, frames) = match written {
-        Some((w, f)) => (Some(w), f),
-        None => (None, None),
     };
     let mut sink = None;
     let basis = prep.basis.map(|(f, b)| (f, b.size));
@@ -177,6 +140,70 @@ pub(super) async fn receive_prepared(
         stop.disarm();
         pending
     })
+}
+
+/// The file that receives: the partial file `prep` found (with its
+/// prefix's length and digest state), a new named partial file
+/// (`--partial`, more than one chunk), or a temp file.
+fn create_file(
+    place: &Place,
+    temps: &TempFiles,
+    opts: &ReceiveOptions,
+    prep: &mut Prepared,
+    meta: &FileMeta,
+    started: Instant,
+) -> Result<(PendingFile, Option<(u64, blake3::Hasher)>), ReceiveError> {
+    if let Some(p) = prep.partial.take() {
+        let pending = PendingFile::new(
+            p.file,
+            partial_place(place),
+            place,
+            temps,
+            meta,
+            started,
+            true,
+        );
+        return Ok((pending, Some((p.len, p.hasher))));
+    }
+    let large = meta.size > crate::files::CHUNK_DATA as u64;
+    // A delta's space is reserved beside the writes, not before
+    // them (`ReserveAhead`).
+    let reserve = !opts.sparse && prep.basis.is_none();
+    let named = if opts.partial && large {
+        create_partial(place, temps, meta, started, reserve)
+    } else {
+        None
+    };
+    match named {
+        Some(p) => Ok((p, None)),
+        None => create_temp(place, temps, meta, started, reserve).map(|p| (p, None)),
+    }
+}
+
+/// Gives an observer (a relay's tee) the file, reopened read-only, and
+/// the sender's metadata; what it watches the data by.
+fn observe(
+    observer: Option<Observer>,
+    pending: &PendingFile,
+    meta: &FileMeta,
+) -> Result<Observed, ReceiveError> {
+    let Some(Observer {
+        opened,
+        written,
+        frames,
+    }) = observer
+    else {
+        return Ok((None, None));
+    };
+    let reopened = pending.file.as_ref().map(reopen_read_only);
+    match (reopened, opened) {
+        (Some(Ok(f)), Some(tx)) => {
+            let _ = tx.send((f, meta.clone()));
+        }
+        (Some(Err(e)), _) => return Err(io_err(pending.dest.shown(), "reopen for reading")(e)),
+        _ => {}
+    }
+    Ok((Some(written), frames))
 }
 
 /// Tells a transfer's server to stop when dropped, unless disarmed.

@@ -72,53 +72,15 @@ impl FileService {
             Some(tee) => Some(tee.ensure_small(&args.paths).await),
             None => None,
         };
-        let fs = self.clone();
         let pacing = self.inner.pacers.for_target(requester);
         // Paced, a reply is one burst: keep it to 1/32 s of the limit
         // (larger files are then fetched on their own, in paced chunks).
         let batch = pacing.chunk_len(SMALL_BATCH_BYTES as usize) as u64;
         let level = self.small_level(requester);
-        let files = tokio::task::spawn_blocking(move || {
-            let mut zstd = compress::Zstd::default();
-            let mut compressing = Duration::ZERO;
-            let mut budget = batch;
-            let mut out = Vec::with_capacity(args.paths.len());
-            for (k, path) in args.paths.iter().enumerate() {
-                let mut one = match (&fs.inner.tee, &teed) {
-                    // Compressed upstream: sent on as it came whenever it
-                    // would be compressed here.
-                    (Some(tee), Some(got)) => {
-                        tee.read_small(path, got.get(k), budget, level.is_some())
-                    }
-                    _ => fs.read_small(path, budget),
-                };
-                match &one {
-                    SmallFile::Data { meta, .. } => budget = budget.saturating_sub(meta.size),
-                    SmallFile::Compressed { meta, .. } => {
-                        budget = budget.saturating_sub(meta.size);
-                        fs.inner.zcounters.forwarded.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {}
-                }
-                if let (Some(level), SmallFile::Data { meta, data, digest }) = (level, &one) {
-                    let t0 = compress::thread_cpu_ns();
-                    let z = compress::compress_small(&mut zstd, data, level, &fs.inner.zcounters);
-                    compressing +=
-                        Duration::from_nanos(compress::thread_cpu_ns().saturating_sub(t0));
-                    if let Some(z) = z {
-                        one = SmallFile::Compressed {
-                            meta: meta.clone(),
-                            data: z,
-                            digest: *digest,
-                        };
-                    }
-                }
-                out.push(one);
-            }
-            (out, compressing)
-        })
-        .await
-        .map_err(|e| RemoteError::Failed(format!("internal error reading files: {e}")))?;
+        let fs = self.clone();
+        let files = tokio::task::spawn_blocking(move || fs.read_batch(&args, teed, batch, level))
+            .await
+            .map_err(|e| RemoteError::Failed(format!("internal error reading files: {e}")))?;
         let (files, compressing) = files;
         let (mut count, mut bytes, mut wire) = (0, 0, 0);
         for f in &files {
@@ -150,6 +112,53 @@ impl FileService {
         *lock(&self.inner.progress).entry(requester).or_insert(0) += bytes;
         *lock(&self.inner.files_sent).entry(requester).or_insert(0) += count;
         Ok(files)
+    }
+
+    /// Reads (and with `level`, compresses) a `fetch_small` batch, at
+    /// most `batch` bytes of file data; a relay's tee answers from what
+    /// upstream sent (`teed`). Also returns the CPU time compressing took.
+    fn read_batch(
+        &self,
+        args: &FetchSmallArgs,
+        teed: Option<Vec<crate::files::tee::SmallEntry>>,
+        batch: u64,
+        level: Option<i32>,
+    ) -> (Vec<SmallFile>, Duration) {
+        let fs = self;
+        let mut zstd = compress::Zstd::default();
+        let mut compressing = Duration::ZERO;
+        let mut budget = batch;
+        let mut out = Vec::with_capacity(args.paths.len());
+        for (k, path) in args.paths.iter().enumerate() {
+            let mut one = match (&fs.inner.tee, &teed) {
+                // Compressed upstream: sent on as it came whenever it
+                // would be compressed here.
+                (Some(tee), Some(got)) => tee.read_small(path, got.get(k), budget, level.is_some()),
+                _ => fs.read_small(path, budget),
+            };
+            match &one {
+                SmallFile::Data { meta, .. } => budget = budget.saturating_sub(meta.size),
+                SmallFile::Compressed { meta, .. } => {
+                    budget = budget.saturating_sub(meta.size);
+                    fs.inner.zcounters.forwarded.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+            if let (Some(level), SmallFile::Data { meta, data, digest }) = (level, &one) {
+                let t0 = compress::thread_cpu_ns();
+                let z = compress::compress_small(&mut zstd, data, level, &fs.inner.zcounters);
+                compressing += Duration::from_nanos(compress::thread_cpu_ns().saturating_sub(t0));
+                if let Some(z) = z {
+                    one = SmallFile::Compressed {
+                        meta: meta.clone(),
+                        data: z,
+                        digest: *digest,
+                    };
+                }
+            }
+            out.push(one);
+        }
+        (out, compressing)
     }
 
     /// `--checksum`: the BLAKE3 digest of each registered file named, read
