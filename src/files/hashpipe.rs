@@ -30,6 +30,17 @@ enum Job {
     Zeros(u64),
 }
 
+/// Why a [`HashPipe`] could not hash what it was fed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HashPipeError {
+    /// The thread ended before it was fed everything.
+    #[error("the hashing thread stopped")]
+    Stopped,
+    /// The thread panicked.
+    #[error("the hashing thread failed")]
+    Failed,
+}
+
 /// A BLAKE3 hasher on its own thread.
 pub struct HashPipe {
     tx: Option<SyncSender<Job>>,
@@ -87,34 +98,34 @@ impl HashPipe {
         buf
     }
 
-    fn send(&mut self, job: Job) -> Result<(), String> {
+    fn send(&mut self, job: Job) -> Result<(), HashPipeError> {
         match &self.tx {
             Some(tx) if tx.send(job).is_ok() => Ok(()),
-            _ => Err("the hashing thread stopped".into()),
+            _ => Err(HashPipeError::Stopped),
         }
     }
 
     /// Hashes `buf` next; it comes back through [`HashPipe::buffer`].
-    pub fn hash_buf(&mut self, buf: Vec<u8>) -> Result<(), String> {
+    pub fn hash_buf(&mut self, buf: Vec<u8>) -> Result<(), HashPipeError> {
         self.send(Job::Buf(buf))
     }
 
     /// Hashes `b` next (shared, not copied).
-    pub fn hash_bytes(&mut self, b: Bytes) -> Result<(), String> {
+    pub fn hash_bytes(&mut self, b: Bytes) -> Result<(), HashPipeError> {
         self.send(Job::Bytes(b))
     }
 
     /// Hashes `n` zero bytes next (a hole).
-    pub fn hash_zeros(&mut self, n: u64) -> Result<(), String> {
+    pub fn hash_zeros(&mut self, n: u64) -> Result<(), HashPipeError> {
         self.send(Job::Zeros(n))
     }
 
     /// Waits for everything fed to be hashed; the hasher.
-    pub fn finish(mut self) -> Result<blake3::Hasher, String> {
+    pub fn finish(mut self) -> Result<blake3::Hasher, HashPipeError> {
         self.tx = None;
         match self.handle.take().map(JoinHandle::join) {
             Some(Ok(h)) => Ok(h),
-            _ => Err("the hashing thread failed".into()),
+            _ => Err(HashPipeError::Failed),
         }
     }
 }

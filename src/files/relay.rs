@@ -108,7 +108,9 @@ async fn push_kept_batch(
     session: u64,
     k: u64,
 ) -> Result<Vec<super::outcome::EntryResult>, RemoteError> {
-    let encoded = tee.batch(k).map_err(RemoteError::Failed)?;
+    let encoded = tee
+        .batch(k)
+        .map_err(|e| RemoteError::Failed(e.to_string()))?;
     let entries: Vec<PlanEntry> = crate::wire::control::decode(&encoded)
         .map_err(|e| RemoteError::Failed(format!("relay: {e}")))?;
     let batch = PushBatch { session, entries };
@@ -186,7 +188,8 @@ pub fn register_service(services: &Services, router: &Router) {
                     async move {
                         let tee = started_tee(&slot, &note).await?;
                         let encoded = crate::wire::control::encode(&entries);
-                        tee.keep_batch(k, &encoded).map_err(RemoteError::Failed)?;
+                        tee.keep_batch(k, &encoded)
+                            .map_err(|e| RemoteError::Failed(e.to_string()))?;
                         tee.read_ahead(k, &entries);
                         Ok(())
                     }

@@ -45,7 +45,10 @@ impl FileService {
         let slot = self.open_slot(caller.src_id, &args.path.escaped())?;
         let (file, meta, gate, frames) = match &inner.tee {
             Some(tee) => {
-                let s = tee.open(&args.path).await.map_err(RemoteError::Failed)?;
+                let s = tee
+                    .open(&args.path)
+                    .await
+                    .map_err(|e| RemoteError::Failed(e.to_string()))?;
                 (s.file, s.meta, Some(s.gate), s.frames)
             }
             None => {

@@ -7,15 +7,17 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::limits::OpenSlot;
-use super::read::{ReadEvent, read_file};
+use super::read::{ReadError, ReadEvent, read_file};
 use super::{FileService, lock};
 use crate::channel::{ChannelError, Receiver, Sender};
 use crate::files::compress::{self, ChunkEncoder};
 use crate::files::meta::FileMeta;
-use crate::files::tee::Gate;
-use crate::files::transfer::SendMachine;
+use crate::files::tee::{Gate, SpoolError};
+use crate::files::transfer::{SendError, SendMachine};
+use crate::files::turns::Closed;
 use crate::files::{CHUNK_DATA, Resume, TransferMsg};
 use crate::router::Router;
+use crate::wire::control::ControlDecodeError;
 use crate::wire::{ContextId, Enc, Frame, control};
 
 /// One fetch in progress.
@@ -41,7 +43,7 @@ pub(super) struct Transfer {
     pub(super) sparse: bool,
     pub(super) requester: ContextId,
     pub(super) acks: Receiver,
-    pub(super) cancel: watch::Receiver<Option<String>>,
+    pub(super) cancel: watch::Receiver<Option<Cancelled>>,
     /// Set once the requester has been told how the transfer ended.
     pub(super) settled: bool,
     /// Acknowledgements that brought nothing new.
@@ -101,7 +103,7 @@ impl Transfer {
                         self.path,
                         router.describe(self.requester)
                     ),
-                    Abandon::Other(_) => tracing::warn!(
+                    _ => tracing::warn!(
                         "transfer of {} to {} abandoned: {reason}",
                         self.path,
                         router.describe(self.requester)
@@ -115,16 +117,19 @@ impl Transfer {
         lock(&self.fs.inner.cancels).remove(&self.id);
     }
 
-    pub(super) fn on_ack(&mut self, m: &mut SendMachine, f: &Frame) -> Result<(), String> {
-        let n: u64 = control::decode_frame(f).map_err(|e| format!("bad acknowledgement: {e}"))?;
+    pub(super) fn on_ack(&mut self, m: &mut SendMachine, f: &Frame) -> Result<(), Abandon> {
+        let n: u64 = control::decode_frame(f).map_err(Abandon::BadAck)?;
         // Credit comes only from bytes really sent: an acknowledgement past
         // them ends the transfer (AckBeyondSent), a repeated or stale one
         // adds nothing and is counted (logged once, at the end). The window
         // counts wire bytes (-z): see WireLedger.
         let wire_before = m.window().acked();
-        let delta = m
-            .on_ack(n, std::time::Instant::now())
-            .map_err(|e| e.to_string())?;
+        let delta =
+            m.on_ack(n, std::time::Instant::now())
+                .map_err(|source| Abandon::AckRefused {
+                    to: self.fs.inner.router.describe(self.requester),
+                    source,
+                })?;
         self.fs.add_delivered(
             self.requester,
             m.window().acked() - wire_before,
@@ -192,7 +197,7 @@ impl Transfer {
                         .or_insert(0) += sent;
                     return Ok(sent);
                 }
-                ReadEvent::Failed(why) => return Err(Abandon::from(why)),
+                ReadEvent::Failed(why) => return Err(Abandon::Read(why)),
                 ReadEvent::Copy(frame, len) => {
                     // A hole frame (--sparse).
                     sent += len;
@@ -201,61 +206,131 @@ impl Transfer {
                         .await;
                 }
                 ReadEvent::Start(_) => {
-                    return Err(Abandon::from(format!(
-                        "{}: internal error: unexpected read event",
-                        self.path
-                    )));
+                    return Err(Abandon::Internal {
+                        path: self.path.clone(),
+                        what: "unexpected read event",
+                    });
                 }
             }
         }
-        Err(Abandon::from(format!(
-            "{}: reader stopped unexpectedly",
-            self.path
-        )))
+        Err(Abandon::ReaderStopped {
+            path: self.path.clone(),
+        })
     }
 }
 
-pub(super) async fn wait_cancel(rx: &mut watch::Receiver<Option<String>>) -> String {
+/// Why the service cancelled a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(super) enum Cancelled {
+    /// [`FileService::shutdown`].
+    #[error("the controller is shutting down")]
+    Shutdown,
+    /// The service was dropped without saying.
+    #[error("the FileService went away")]
+    ServiceGone,
+}
+
+/// Waits until the transfer is cancelled; why.
+pub(super) async fn wait_cancel(rx: &mut watch::Receiver<Option<Cancelled>>) -> Cancelled {
     loop {
-        if let Some(why) = rx.borrow_and_update().clone() {
+        if let Some(why) = *rx.borrow_and_update() {
             return why;
         }
         if rx.changed().await.is_err() {
-            return "the FileService went away".into();
+            return Cancelled::ServiceGone;
         }
     }
 }
 
-/// Why a transfer ended before its last acknowledgement.
-#[derive(Debug)]
+/// Why a transfer ended before its last acknowledgement. Its text is the
+/// abort reason the requester is sent (its own report names the file).
+#[derive(Debug, thiserror::Error)]
 pub(super) enum Abandon {
     /// The requester closed the transfer (it failed on its side, or no
     /// longer wants the file): its own report says why, so this is not
     /// news here.
+    #[error("the requester ended the transfer: {0}")]
     ByRequester(crate::wire::DeadReason),
-    /// Anything else: a lost route or stripe, a read error, a timeout.
-    Other(String),
+    /// No stream leads to the requester any more.
+    #[error("no route to {to}")]
+    NoRoute {
+        /// The requester.
+        to: String,
+    },
+    /// A stripe carrying the transfer closed; its queued chunks are gone.
+    #[error("a stripe to {to} was lost mid-transfer")]
+    StripeLost {
+        /// The requester.
+        to: String,
+    },
+    /// The requester stopped acknowledging (the ack deadline passed).
+    #[error("{to} {source}")]
+    Silent {
+        /// The requester.
+        to: String,
+        /// What the machine saw.
+        #[source]
+        source: SendError,
+    },
+    /// The requester acknowledged what was never sent.
+    #[error("{to}: {source}")]
+    AckRefused {
+        /// The requester.
+        to: String,
+        /// What the machine saw.
+        #[source]
+        source: SendError,
+    },
+    /// An acknowledgement that does not decode.
+    #[error("bad acknowledgement: {0}")]
+    BadAck(#[source] ControlDecodeError),
+    /// The acknowledgement channel closed for another reason than the
+    /// requester's.
+    #[error("acknowledgement channel closed: {0}")]
+    AckChannel(#[source] ChannelError),
+    /// Something came where only an acknowledgement could.
+    #[error("unexpected acknowledgement")]
+    UnexpectedAck,
+    /// The service cancelled it.
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
+    /// The stream's turns closed (the service is shutting down).
+    #[error(transparent)]
+    Turn(#[from] Closed),
+    /// A relay's spool could not give the whole file.
+    #[error("{path}: {source}")]
+    Spool {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: SpoolError,
+    },
+    /// Reading the file failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The reader ended without its final word.
+    #[error("{path}: reader stopped unexpectedly")]
+    ReaderStopped {
+        /// The file.
+        path: String,
+    },
+    /// The reader said something the sender does not expect (a bug).
+    #[error("{path}: internal error: {what}")]
+    Internal {
+        /// The file.
+        path: String,
+        /// What.
+        what: &'static str,
+    },
 }
 
-impl From<String> for Abandon {
-    fn from(s: String) -> Abandon {
-        Abandon::Other(s)
-    }
-}
-
-impl std::fmt::Display for Abandon {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Abandon::ByRequester(why) => write!(f, "the requester ended the transfer: {why}"),
-            Abandon::Other(why) => f.write_str(why),
-        }
-    }
-}
-
+/// [`Abandon`] for an acknowledgement channel that ended (`Err`) or gave
+/// something else than an acknowledgement.
 pub(super) fn ack_channel_ended(r: Result<Frame, ChannelError>) -> Abandon {
     match r {
         Err(ChannelError::Dead(why)) => Abandon::ByRequester(why),
-        Err(e) => Abandon::Other(format!("acknowledgement channel closed: {e}")),
-        Ok(_) => Abandon::Other("unexpected acknowledgement".into()),
+        Err(e) => Abandon::AckChannel(e),
+        Ok(_) => Abandon::UnexpectedAck,
     }
 }

@@ -59,6 +59,7 @@ mod read_delta;
 mod small;
 mod stats;
 
+use job::Cancelled;
 use lane::Lane;
 use limits::OpenCount;
 pub(crate) use limits::raise_open_files_limit;
@@ -112,7 +113,7 @@ struct Inner {
     config: FileServiceConfig,
     registry: Mutex<Registry>,
     lanes: Mutex<HashMap<StreamId, Arc<Lane>>>,
-    cancels: Mutex<HashMap<u64, watch::Sender<Option<String>>>>,
+    cancels: Mutex<HashMap<u64, watch::Sender<Option<Cancelled>>>>,
     progress: Mutex<HashMap<ContextId, u64>>,
     /// What was delivered per requester (see [`FileService::delivered`]).
     wire_delivered: Mutex<HashMap<ContextId, Delivered>>,
@@ -283,7 +284,7 @@ impl FileService {
             lane.turn.close();
         }
         for tx in lock(&self.inner.cancels).values() {
-            let _ = tx.send(Some("the controller is shutting down".into()));
+            let _ = tx.send(Some(Cancelled::Shutdown));
         }
         // One deadline for all of them, not one each: a hundred pumps
         // that do not answer cost SHUTDOWN_GRACE, not a hundred times it.

@@ -8,8 +8,10 @@ use std::sync::atomic::Ordering;
 use bytes::{Bytes, BytesMut};
 
 use super::stats::DeltaCounters;
+use crate::files::delta::BasisError;
+use crate::files::hashpipe::HashPipeError;
 use crate::files::meta::FileMeta;
-use crate::files::tee::Gate;
+use crate::files::tee::{Gate, SpoolError};
 use crate::files::{CHUNK_DATA, OFFSET_LEN, Resume};
 
 /// A chunk from the reader, or its final word.
@@ -21,8 +23,69 @@ pub(super) enum ReadEvent {
     /// A copy instruction ([`crate::files::delta::copy_frame`]) and how many file
     /// bytes it stands for; never compressed.
     Copy(Bytes, u64),
+    /// The digest of the whole file: all was read, and it did not change.
     Done([u8; 32]),
-    Failed(String),
+    /// Why reading stopped.
+    Failed(ReadError),
+}
+
+/// Why the reader of a transfer stopped. Sent to the requester as the
+/// transfer's abort reason (its own report names the file).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    /// A read of the whole (small) file failed.
+    #[error("read failed: {0}")]
+    Read(#[source] std::io::Error),
+    /// A read at `offset` failed.
+    #[error("read failed at offset {offset}: {source}")]
+    ReadAt {
+        /// Where.
+        offset: u64,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file ended before its announced size.
+    #[error("source file shrank during transfer: {expected} bytes expected, {found} found")]
+    Shrank {
+        /// The size announced.
+        expected: u64,
+        /// Where it ended.
+        found: u64,
+    },
+    /// The file ended before its announced size (a delta's read, which
+    /// does not say where).
+    #[error("source file shrank during transfer: {expected} bytes expected")]
+    ShrankSomewhere {
+        /// The size announced.
+        expected: u64,
+    },
+    /// A small file's size differed from its announced one.
+    #[error("source file was modified while being read ({expected} bytes expected, {found} found)")]
+    ResizedWhileRead {
+        /// The size announced.
+        expected: u64,
+        /// What was read.
+        found: u64,
+    },
+    /// A small file's size or mtime changed while it was read.
+    #[error("source file was modified while being read (size or mtime changed)")]
+    ChangedWhileRead,
+    /// A large file's size or mtime changed while it was sent.
+    #[error("source file was modified during transfer (size or mtime changed)")]
+    ChangedDuringTransfer,
+    /// A relay's spool could not give the bytes.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The hashing thread of a delta failed.
+    #[error(transparent)]
+    Hash(#[from] HashPipeError),
+    /// The hashing thread of a delta could not start.
+    #[error("cannot start the hashing thread: {0}")]
+    HashThread(#[source] std::io::Error),
+    /// The requester's delta signature is unusable.
+    #[error(transparent)]
+    Basis(#[from] BasisError),
 }
 
 /// True if `file`'s size or mtime differ from `meta` (or it cannot be
@@ -42,7 +105,7 @@ pub(super) fn changed_since(file: &File, meta: &FileMeta) -> bool {
 /// Reads a small file in one `pread` of one byte more than its size (so
 /// growth shows without a second read), hashes it, and checks it was not
 /// modified meanwhile.
-pub(super) fn read_whole(file: &File, meta: &FileMeta) -> Result<(Bytes, [u8; 32]), String> {
+pub(super) fn read_whole(file: &File, meta: &FileMeta) -> Result<(Bytes, [u8; 32]), ReadError> {
     let size = meta.size as usize;
     let mut buf = BytesMut::with_capacity(size + 1);
     loop {
@@ -59,17 +122,17 @@ pub(super) fn read_whole(file: &File, meta: &FileMeta) -> Result<(Bytes, [u8; 32
                 }
             }
             Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(format!("read failed: {e}")),
+            Err(e) => return Err(ReadError::Read(e.into())),
         }
     }
     if buf.len() != size {
-        return Err(format!(
-            "source file was modified while being read ({size} bytes expected, {} found)",
-            buf.len()
-        ));
+        return Err(ReadError::ResizedWhileRead {
+            expected: size as u64,
+            found: buf.len() as u64,
+        });
     }
     if changed_since(file, meta) {
-        return Err("source file was modified while being read (size or mtime changed)".into());
+        return Err(ReadError::ChangedWhileRead);
     }
     let digest = *blake3::hash(&buf).as_bytes();
     Ok((buf.freeze(), digest))
@@ -155,13 +218,13 @@ pub(super) fn hash_prefix(
     file: &File,
     len: u64,
     hasher: &mut blake3::Hasher,
-) -> Result<(), String> {
+) -> Result<(), ReadError> {
     let mut buf = vec![0u8; DELTA_READ];
     let mut at = 0u64;
     while at < len {
         let want = (len - at).min(DELTA_READ as u64) as usize;
         file.read_exact_at(&mut buf[..want], at)
-            .map_err(|e| format!("read failed at offset {at}: {e}"))?;
+            .map_err(|source| ReadError::ReadAt { offset: at, source })?;
         hasher.update(&buf[..want]);
         at += want as u64;
     }
@@ -209,7 +272,7 @@ pub(super) fn read_range(
         if let Some(g) = gate.as_mut()
             && let Err(why) = g.wait_blocking(offset + len as u64)
         {
-            let _ = send(ReadEvent::Failed(why));
+            let _ = send(ReadEvent::Failed(why.into()));
             return;
         }
         // Not zeroed first: zeroing 128 KiB per chunk cost about 4 % of
@@ -221,11 +284,10 @@ pub(super) fn read_range(
             let spare = &mut buf.spare_capacity_mut()[..len - filled];
             match rustix::io::pread(file, spare, offset + filled as u64).map(|(got, _)| got.len()) {
                 Ok(0) => {
-                    let _ = send(ReadEvent::Failed(format!(
-                        "source file shrank during transfer: {} bytes expected, {} found",
-                        meta.size,
-                        offset + filled as u64
-                    )));
+                    let _ = send(ReadEvent::Failed(ReadError::Shrank {
+                        expected: meta.size,
+                        found: offset + filled as u64,
+                    }));
                     return;
                 }
                 Ok(n) => {
@@ -236,10 +298,10 @@ pub(super) fn read_range(
                 }
                 Err(rustix::io::Errno::INTR) => {}
                 Err(e) => {
-                    let _ = send(ReadEvent::Failed(format!(
-                        "read failed at offset {}: {e}",
-                        offset + filled as u64
-                    )));
+                    let _ = send(ReadEvent::Failed(ReadError::ReadAt {
+                        offset: offset + filled as u64,
+                        source: e.into(),
+                    }));
                     return;
                 }
             }
@@ -262,7 +324,7 @@ pub(super) fn read_range(
                 let _ = send(ReadEvent::Done(d));
             }
             Err(why) => {
-                let _ = send(ReadEvent::Failed(why));
+                let _ = send(ReadEvent::Failed(why.into()));
             }
         }
         return;
@@ -280,9 +342,7 @@ pub(super) fn finish_read(
     let mut probe = [0u8; 1];
     let grew = matches!(file.read_at(&mut probe, meta.size), Ok(n) if n > 0);
     if grew || changed_since(file, meta) {
-        let _ = send(ReadEvent::Failed(
-            "source file was modified during transfer (size or mtime changed)".into(),
-        ));
+        let _ = send(ReadEvent::Failed(ReadError::ChangedDuringTransfer));
         return;
     }
     let _ = send(ReadEvent::Done(*hasher.finalize().as_bytes()));

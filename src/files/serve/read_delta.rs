@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 
-use super::read::{DELTA_READ, ReadEvent, finish_read};
+use super::read::{DELTA_READ, ReadError, ReadEvent, finish_read};
 use super::stats::DeltaCounters;
 use crate::files::delta::{self, Matcher, Op};
 use crate::files::meta::FileMeta;
@@ -30,7 +30,7 @@ pub(super) fn read_file_delta(
     let mut matcher = match Matcher::new(basis, meta.size.saturating_add(64 << 20)) {
         Ok(m) => m,
         Err(e) => {
-            let _ = send(ReadEvent::Failed(e.to_string()));
+            let _ = send(ReadEvent::Failed(e.into()));
             return;
         }
     };
@@ -73,9 +73,7 @@ pub(super) fn read_file_delta(
     let mut pipe = match crate::files::hashpipe::HashPipe::start(blake3::Hasher::new()) {
         Ok(p) => p,
         Err(e) => {
-            let _ = send(ReadEvent::Failed(format!(
-                "cannot start the hashing thread: {e}"
-            )));
+            let _ = send(ReadEvent::Failed(ReadError::HashThread(e)));
             return;
         }
     };
@@ -84,19 +82,18 @@ pub(super) fn read_file_delta(
         let mut buf = pipe.buffer(want);
         if let Err(e) = file.read_exact_at(&mut buf, offset) {
             let why = if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                format!(
-                    "source file shrank during transfer: {} bytes expected",
-                    meta.size
-                )
+                ReadError::ShrankSomewhere {
+                    expected: meta.size,
+                }
             } else {
-                format!("read failed at offset {offset}: {e}")
+                ReadError::ReadAt { offset, source: e }
             };
             let _ = send(ReadEvent::Failed(why));
             return;
         }
         matcher.feed(&buf, &mut ops);
         if let Err(why) = pipe.hash_buf(buf) {
-            let _ = send(ReadEvent::Failed(why));
+            let _ = send(ReadEvent::Failed(why.into()));
             return;
         }
         offset += want as u64;
@@ -111,7 +108,7 @@ pub(super) fn read_file_delta(
     let hasher = match pipe.finish() {
         Ok(h) => h,
         Err(why) => {
-            let _ = send(ReadEvent::Failed(why));
+            let _ = send(ReadEvent::Failed(why.into()));
             return;
         }
     };

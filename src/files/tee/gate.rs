@@ -3,8 +3,10 @@
 
 use tokio::sync::watch;
 
+use super::error::SpoolError;
+
 /// How a spooled file ended: its digest, or why it failed.
-pub(super) type Ending = Option<Result<[u8; 32], String>>;
+pub(super) type Ending = Option<Result<[u8; 32], SpoolError>>;
 
 /// How far a spooled file has arrived, for its readers.
 #[derive(Clone)]
@@ -15,21 +17,20 @@ pub struct Gate {
 
 impl Gate {
     /// Waits until the whole file has arrived and was verified; its digest.
-    pub async fn complete(&mut self) -> Result<[u8; 32], String> {
+    pub async fn complete(&mut self) -> Result<[u8; 32], SpoolError> {
         match self.done.wait_for(|d| d.is_some()).await {
-            Ok(d) => d.clone().unwrap_or_else(|| Err("relay: no ending".into())),
-            Err(_) => Err("relay: the upstream fetch was abandoned".into()),
+            Ok(d) => d.clone().unwrap_or(Err(SpoolError::NoEnding)),
+            Err(_) => Err(SpoolError::Abandoned),
         }
     }
 
     /// Blocks (on a reader thread) until `[0, upto)` is written. Fails if
     /// the upstream fetch fails first.
-    pub fn wait_blocking(&mut self, upto: u64) -> Result<(), String> {
+    pub fn wait_blocking(&mut self, upto: u64) -> Result<(), SpoolError> {
         if *self.written.borrow() >= upto {
             return Ok(());
         }
-        let handle = tokio::runtime::Handle::try_current()
-            .map_err(|_| "relay: no runtime to wait in".to_string())?;
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| SpoolError::NoRuntime)?;
         handle.block_on(async {
             loop {
                 if *self.written.borrow_and_update() >= upto {
@@ -38,7 +39,7 @@ impl Gate {
                 if let Some(end) = self.done.borrow_and_update().clone() {
                     return match end {
                         Ok(_) if *self.written.borrow() >= upto => Ok(()),
-                        Ok(_) => Err("relay: the spooled copy is shorter than announced".into()),
+                        Ok(_) => Err(SpoolError::Shorter),
                         Err(why) => Err(why),
                     };
                 }
@@ -50,14 +51,14 @@ impl Gate {
                                 if *self.written.borrow() >= upto {
                                     Ok(())
                                 } else {
-                                    Err("relay: the spooled copy is shorter than announced".into())
+                                    Err(SpoolError::Shorter)
                                 }
                             });
                         }
                     }
                     r = self.done.changed() => {
                         if r.is_err() {
-                            return Err("relay: the upstream fetch was abandoned".into());
+                            return Err(SpoolError::Abandoned);
                         }
                     }
                 }
@@ -66,9 +67,8 @@ impl Gate {
     }
 
     /// Blocks (on a reader thread) until the file is verified; its digest.
-    pub fn digest_blocking(&mut self) -> Result<[u8; 32], String> {
-        let handle = tokio::runtime::Handle::try_current()
-            .map_err(|_| "relay: no runtime to wait in".to_string())?;
+    pub fn digest_blocking(&mut self) -> Result<[u8; 32], SpoolError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| SpoolError::NoRuntime)?;
         handle.block_on(self.complete())
     }
 }
@@ -107,8 +107,8 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         d.send_replace(Some(Ok([5; 32])));
         let (first, end) = reader.await.expect("join");
-        assert_eq!(first, Ok(()));
-        assert_eq!(end, Ok([5; 32]));
+        assert!(first.is_ok(), "{first:?}");
+        assert_eq!(end.ok(), Some([5; 32]));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,11 +118,17 @@ mod tests {
         let a = tokio::task::spawn_blocking(move || g.clone().wait_blocking(1 << 20));
         let b = tokio::task::spawn_blocking(move || g2.clone().digest_blocking());
         w.send_replace(10);
-        d.send_replace(Some(Err("relay: upstream digest mismatch".into())));
+        d.send_replace(Some(Err(SpoolError::NotOpened { path: "/x".into() })));
         let a = a.await.expect("join");
         let b = b.await.expect("join");
-        assert_eq!(a, Err("relay: upstream digest mismatch".into()));
-        assert_eq!(b, Err("relay: upstream digest mismatch".into()));
+        assert!(
+            matches!(a, Err(SpoolError::NotOpened { ref path }) if path == "/x"),
+            "{a:?}"
+        );
+        assert!(
+            matches!(b, Err(SpoolError::NotOpened { ref path }) if path == "/x"),
+            "{b:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,7 +139,7 @@ mod tests {
         let r = tokio::task::spawn_blocking(move || g.clone().wait_blocking(20))
             .await
             .expect("join");
-        assert!(r.is_err_and(|e| e.contains("shorter")));
+        assert!(matches!(r, Err(SpoolError::Shorter)), "{r:?}");
         // The writer gone before the end: decided by the ending alone.
         let (w, d, g) = gate();
         drop(w);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{oneshot, watch};
 
-use super::{Gate, READ_AHEAD_BYTES, Spooled, Tee, lock, spool::stamp};
+use super::{Gate, READ_AHEAD_BYTES, SpoolError, Spooled, Tee, lock, spool::stamp};
 use crate::files::compress::FrameLog;
 use crate::files::meta::FileMeta;
 use crate::files::place::Place;
@@ -18,7 +18,7 @@ use crate::files::spec::PlanEntry;
 use crate::files::{RawPath, SMALL_FILE_MAX};
 
 /// A spool file once it exists, or why it never will.
-pub(super) type Opened = Option<Result<(Arc<File>, FileMeta), String>>;
+pub(super) type Opened = Option<Result<(Arc<File>, FileMeta), SpoolError>>;
 
 /// One large file: arriving, or arrived.
 pub(super) struct Large {
@@ -35,7 +35,7 @@ impl Tee {
     /// upstream first if nobody has asked for it yet. Returns once the
     /// file exists in the spool (with the upstream metadata), typically
     /// before its data.
-    pub async fn open(self: &Arc<Self>, path: &RawPath) -> Result<Spooled, String> {
+    pub async fn open(self: &Arc<Self>, path: &RawPath) -> Result<Spooled, SpoolError> {
         let large = {
             let mut map = lock(&self.large);
             match map.get(path) {
@@ -57,7 +57,9 @@ impl Tee {
         let got = opened
             .wait_for(|o| o.is_some())
             .await
-            .map_err(|_| format!("{path}: relay: the upstream fetch was abandoned"))?
+            .map_err(|_| SpoolError::OpenAbandoned {
+                path: path.to_string(),
+            })?
             .clone();
         match got {
             Some(Ok((file, meta))) => Ok(Spooled {
@@ -67,7 +69,9 @@ impl Tee {
                 frames: large.frames.clone(),
             }),
             Some(Err(why)) => Err(why),
-            None => Err(format!("{path}: relay: the upstream fetch was abandoned")),
+            None => Err(SpoolError::OpenAbandoned {
+                path: path.to_string(),
+            }),
         }
     }
 
@@ -161,7 +165,10 @@ impl Tee {
             let place = match Place::new(&tee.spool.root, PathBuf::from(format!("f{n}"))) {
                 Ok(p) => p,
                 Err(e) => {
-                    let why = format!("{path}: relay: spool: {e}");
+                    let why = SpoolError::Spool {
+                        path: path.to_string(),
+                        source: Arc::new(e.into()),
+                    };
                     open_tx.send_replace(Some(Err(why.clone())));
                     done_tx.send_replace(Some(Err(why)));
                     return;
@@ -223,10 +230,17 @@ impl Tee {
                     let ending = match &file {
                         // The spool file's times are the source's, so the
                         // reader's "changed while read" check holds.
-                        Some((f, meta)) => stamp(f, meta).map(|()| digest).map_err(|e| {
-                            format!("{path}: relay: could not set the spool file's times: {e}")
+                        Some((f, meta)) => {
+                            stamp(f, meta)
+                                .map(|()| digest)
+                                .map_err(|e| SpoolError::Stamp {
+                                    path: path.to_string(),
+                                    source: Arc::new(e),
+                                })
+                        }
+                        None => Err(SpoolError::NotOpened {
+                            path: path.to_string(),
                         }),
-                        None => Err(format!("{path}: relay: the spool file was not opened")),
                     };
                     if !pending.is_anonymous() {
                         // A named temp file (no O_TMPFILE here): removed
@@ -238,7 +252,7 @@ impl Tee {
                     done_tx.send_replace(Some(ending));
                 }
                 Err(e) => {
-                    let why = format!("relay: {e}");
+                    let why = SpoolError::Upstream(Arc::new(e));
                     if file.is_none() {
                         open_tx.send_replace(Some(Err(why.clone())));
                     }

@@ -64,11 +64,13 @@ use crate::call::RemoteError;
 use crate::router::Router;
 use crate::wire::ContextId;
 
+mod error;
 mod gate;
 mod large;
 mod small;
 mod spool;
 
+pub use error::SpoolError;
 pub use gate::Gate;
 pub use small::SmallEntry;
 
@@ -248,32 +250,32 @@ impl Tee {
     /// disk: the targets behind the relay each take it at their own pace,
     /// and a slow one must not make the relay hold the whole plan in
     /// memory. Batches come in order, each once.
-    pub fn keep_batch(&self, k: u64, encoded: &[u8]) -> Result<(), String> {
+    pub fn keep_batch(&self, k: u64, encoded: &[u8]) -> Result<(), SpoolError> {
         let mut plan = lock(&self.spool.plan);
         let (file, index) = &mut *plan;
         if k != index.len() as u64 {
-            return Err(format!(
-                "relay: plan batch {k} out of order ({} kept)",
-                index.len()
-            ));
+            return Err(SpoolError::BatchOutOfOrder {
+                k,
+                kept: index.len(),
+            });
         }
         let at = index.last().map(|(o, l)| o + l).unwrap_or(0);
         file.write_all_at(encoded, at)
-            .map_err(|e| format!("relay: could not keep the plan: {e}"))?;
+            .map_err(|e| SpoolError::KeepPlan(Arc::new(e)))?;
         index.push((at, encoded.len() as u64));
         Ok(())
     }
 
     /// Batch `k` of the push plan, as kept.
-    pub fn batch(&self, k: u64) -> Result<Vec<u8>, String> {
+    pub fn batch(&self, k: u64) -> Result<Vec<u8>, SpoolError> {
         let plan = lock(&self.spool.plan);
         let (file, index) = &*plan;
         let Some(&(at, len)) = usize::try_from(k).ok().and_then(|k| index.get(k)) else {
-            return Err(format!("relay: no plan batch {k}"));
+            return Err(SpoolError::NoBatch(k));
         };
         let mut buf = vec![0u8; len as usize];
         file.read_exact_at(&mut buf, at)
-            .map_err(|e| format!("relay: could not read the plan: {e}"))?;
+            .map_err(|e| SpoolError::ReadPlan(Arc::new(e)))?;
         Ok(buf)
     }
 

@@ -81,16 +81,15 @@ impl Transfer {
             return self.send_small(router).await;
         }
         let Some(stream) = router.stream_towards(self.requester) else {
-            return Err(Abandon::from(format!(
-                "no route to {}",
-                router.describe(self.requester)
-            )));
+            return Err(Abandon::NoRoute {
+                to: router.describe(self.requester),
+            });
         };
         // Wait for this stream's turn (FIFO), unless cancelled meanwhile.
         let lane = self.fs.lane(stream);
         let turn = tokio::select! {
-            t = lane.turn.take(self.requester) => t.map_err(|e| e.to_string())?,
-            why = wait_cancel(&mut self.cancel) => return Err(Abandon::from(why)),
+            t = lane.turn.take(self.requester) => t?,
+            why = wait_cancel(&mut self.cancel) => return Err(why.into()),
             dead = self.acks.recv() => return Err(ack_channel_ended(dead)),
         };
         let mut p = self.start_pump(router, stream, lane, turn);
@@ -101,10 +100,9 @@ impl Transfer {
             }
             if p.stripes.len() > 1 && p.stripes.iter().any(|o| o.is_closed()) {
                 // Chunks queued on the lost stripe are gone with it.
-                return Err(Abandon::from(format!(
-                    "a stripe to {} was lost mid-transfer",
-                    router.describe(self.requester)
-                )));
+                return Err(Abandon::StripeLost {
+                    to: router.describe(self.requester),
+                });
             }
             let others = p.lane.handed_over.load(Ordering::Acquire);
             if p.m.wants_data_beside(p.chunk_len as u64, others) {
@@ -198,15 +196,16 @@ impl Transfer {
                     None => std::future::pending().await,
                 }
             }, if p.regain.is_some() => {
-                p.turn = Some(t.map_err(|e| e.to_string())?);
+                p.turn = Some(t?);
                 p.regain = None;
                 p.m.on_turn(Instant::now());
             }
-            why = wait_cancel(&mut self.cancel) => return Err(Abandon::from(why)),
+            why = wait_cancel(&mut self.cancel) => return Err(why.into()),
             _ = stripe_lost, if striped => {} // reported at the top of the pump's loop
             _ = tokio::time::sleep_until(deadline) => {
-                p.m.handle_timeout(Instant::now()).map_err(|e| {
-                    format!("{} {e}", p.router.describe(self.requester))
+                p.m.handle_timeout(Instant::now()).map_err(|source| Abandon::Silent {
+                    to: p.router.describe(self.requester),
+                    source,
                 })?;
             }
         }

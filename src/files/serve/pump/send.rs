@@ -31,10 +31,10 @@ impl Transfer {
                 p.m.start_at(from);
             }
             Some(ReadEvent::Copy(..)) => {
-                return Err(Abandon::from(format!(
-                    "{}: internal error: unconverted copy",
-                    self.path
-                )));
+                return Err(Abandon::Internal {
+                    path: self.path.clone(),
+                    what: "unconverted copy",
+                });
             }
             Some(ReadEvent::Done(d)) => {
                 p.m.on_end_sent();
@@ -51,12 +51,11 @@ impl Transfer {
                     p.turn = None;
                 }
             }
-            Some(ReadEvent::Failed(why)) => return Err(Abandon::from(why)),
+            Some(ReadEvent::Failed(why)) => return Err(Abandon::Read(why)),
             None => {
-                return Err(Abandon::from(format!(
-                    "{}: reader stopped unexpectedly",
-                    self.path
-                )));
+                return Err(Abandon::ReaderStopped {
+                    path: self.path.clone(),
+                });
             }
         }
         Ok(())
@@ -111,11 +110,8 @@ impl Transfer {
                     full: o.bulk_bytes() >= crate::stream::BULK_HIGH_WATER,
                 })
                 .collect();
-            let pick = p.m.pick_stripe(&views).map_err(|_| {
-                format!(
-                    "a stripe to {} was lost mid-transfer",
-                    p.router.describe(self.requester)
-                )
+            let pick = p.m.pick_stripe(&views).map_err(|_| Abandon::StripeLost {
+                to: p.router.describe(self.requester),
             })?;
             p.router.send_bulk_on(&bulk[pick], frame).await;
         } else {

@@ -32,9 +32,10 @@ impl Transfer {
         if let Some(gate) = self.gate.as_mut()
             && whole_first
         {
-            gate.complete()
-                .await
-                .map_err(|why| format!("{}: {why}", self.path))?;
+            gate.complete().await.map_err(|source| Abandon::Spool {
+                path: self.path.clone(),
+                source,
+            })?;
             self.gate = None;
         }
         Ok(())
