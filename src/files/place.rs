@@ -230,6 +230,75 @@ pub fn describe(e: Errno) -> String {
     }
 }
 
+/// Why an entry beneath the destination could not be made, changed or
+/// looked at. Its text is what a push reports for the entry, after the
+/// entry's path (paths other than the entry's own are named in it).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PlaceError {
+    /// The operating system refused (in the words of [`describe`]).
+    #[error("{}", describe(*.0))]
+    Os(#[from] Errno),
+    /// The same, for another path than the entry's.
+    #[error("{path}: {}", describe(*.source))]
+    OsAt {
+        /// The path acted on.
+        path: String,
+        /// Why.
+        source: Errno,
+    },
+    /// What was created was swapped for something else meanwhile.
+    #[error("replaced while being created")]
+    Replaced,
+    /// The entry became a symlink since it was looked at.
+    #[error("is a symlink now")]
+    SymlinkNow,
+    /// DEST itself exists as something else than a directory.
+    #[error("exists and is not a directory")]
+    NotADirectory,
+    /// A hard link's first name is not a regular file.
+    #[error("{path} is not a regular file")]
+    NotRegular {
+        /// The first name.
+        path: String,
+    },
+    /// The non-directory where a directory goes could not be removed.
+    #[error("cannot replace the non-directory there: {}", describe(*.0))]
+    CannotReplace(#[source] Errno),
+    /// The empty directory where a file goes could not be removed.
+    #[error("{path}: cannot remove the directory in the way: {}", describe(*.source))]
+    DirInTheWay {
+        /// The entry.
+        path: String,
+        /// Why.
+        source: Errno,
+    },
+    /// Another writer changed the destination since it was checked.
+    #[error(
+        "{path}: changed at the destination while the push ran; not replaced \
+         (push again to replace it)"
+    )]
+    ChangedMeanwhile {
+        /// The entry.
+        path: String,
+    },
+    /// A directory could not be opened to sync its file system.
+    #[error("open {path} for sync: {}", describe(*.source))]
+    OpenForSync {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: Errno,
+    },
+    /// `syncfs` failed.
+    #[error("syncfs on {path}: {source}")]
+    Syncfs {
+        /// A directory on that file system.
+        path: String,
+        /// Why.
+        source: Errno,
+    },
+}
+
 /// An OS error's text without the "(os error N)" that std appends.
 pub fn plain(e: &std::io::Error) -> String {
     let s = e.to_string();

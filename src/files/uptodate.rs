@@ -14,7 +14,7 @@ use std::os::fd::OwnedFd;
 use rustix::fs::{AtFlags, FileType, Gid, Uid};
 
 use super::outcome::changes;
-use super::place::{Place, describe};
+use super::place::{Place, PlaceError};
 use super::spec::{Compare, Stamp};
 
 /// The owner ids the push applies (`--owner`), if it applies them.
@@ -237,23 +237,19 @@ pub fn look_at(p: &Place) -> Result<Option<Found>, rustix::io::Errno> {
 /// through a handle on it (opened without following a symlink, so the
 /// change cannot land elsewhere). Owner first: a chown clears the set-id
 /// bits the mode sets.
-pub fn apply(p: &Place, fixes: &Fixes) -> Result<(), String> {
+pub fn apply(p: &Place, fixes: &Fixes) -> Result<(), PlaceError> {
     use rustix::fs::{Mode, OFlags};
     if fixes.is_empty() {
         return Ok(());
     }
     let fd = p
         .root()
-        .open_beneath(p.rel(), OFlags::PATH | OFlags::NOFOLLOW)
-        .map_err(describe)?;
-    if rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&fd).map_err(describe)?.st_mode)
-        == FileType::Symlink
-    {
-        return Err("is a symlink now".into());
+        .open_beneath(p.rel(), OFlags::PATH | OFlags::NOFOLLOW)?;
+    if rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) == FileType::Symlink {
+        return Err(PlaceError::SymlinkNow);
     }
     if let Some((uid, gid)) = fixes.ids {
-        rustix::fs::chownat(&fd, "", Some(uid), Some(gid), AtFlags::EMPTY_PATH)
-            .map_err(describe)?;
+        rustix::fs::chownat(&fd, "", Some(uid), Some(gid), AtFlags::EMPTY_PATH)?;
     }
     // chmod and utimens on an O_PATH handle go through its /proc link,
     // which names exactly that inode.
@@ -264,8 +260,7 @@ pub fn apply(p: &Place, fixes: &Fixes) -> Result<(), String> {
             via.as_str(),
             Mode::from_raw_mode(mode),
             AtFlags::empty(),
-        )
-        .map_err(describe)?;
+        )?;
     }
     if let Some((sec, nsec)) = fixes.times {
         let t = rustix::fs::Timespec {
@@ -276,8 +271,7 @@ pub fn apply(p: &Place, fixes: &Fixes) -> Result<(), String> {
             last_access: t,
             last_modification: t,
         };
-        rustix::fs::utimensat(rustix::fs::CWD, via.as_str(), &ts, AtFlags::empty())
-            .map_err(describe)?;
+        rustix::fs::utimensat(rustix::fs::CWD, via.as_str(), &ts, AtFlags::empty())?;
     }
     Ok(())
 }

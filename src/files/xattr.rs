@@ -25,6 +25,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::RawPath;
+use rustix::io::Errno;
+
 use super::place::{Place, describe};
 
 /// One extended attribute: its full name (`user.comment`) and value.
@@ -84,39 +86,96 @@ impl XattrSel {
     }
 }
 
+/// Why extended attributes were refused, or could not be read or set.
+#[derive(Debug, thiserror::Error)]
+pub enum XattrError {
+    /// More attributes than a peer may send.
+    #[error("{count} extended attributes (at most {MAX_COUNT})")]
+    TooMany {
+        /// How many.
+        count: usize,
+    },
+    /// An empty, overlong or NUL-holding name.
+    #[error("extended attribute name {name} is invalid")]
+    BadName {
+        /// The name.
+        name: RawPath,
+    },
+    /// A value larger than a peer may send.
+    #[error("extended attribute {name} has {len} bytes (at most {MAX_VALUE})")]
+    TooLarge {
+        /// The name.
+        name: RawPath,
+        /// The value's length.
+        len: usize,
+    },
+    /// A name given twice.
+    #[error("extended attribute {name} given twice")]
+    Twice {
+        /// The name.
+        name: RawPath,
+    },
+    /// More bytes in all than a peer may send.
+    #[error("extended attributes of {total} bytes (at most {MAX_TOTAL})")]
+    TooMuch {
+        /// Names and values together.
+        total: usize,
+    },
+    /// The entry's attributes could not be listed or read.
+    #[error("cannot read extended attributes: {0}")]
+    Read(#[source] std::io::Error),
+    /// An attribute could not be removed.
+    #[error("cannot remove extended attribute {name}: {}", describe(*.source))]
+    Remove {
+        /// The name.
+        name: RawPath,
+        /// Why.
+        source: Errno,
+    },
+    /// An attribute could not be set.
+    #[error("cannot set extended attribute {name}: {}", describe(*.source))]
+    Set {
+        /// The name.
+        name: RawPath,
+        /// Why.
+        source: Errno,
+    },
+    /// The entry's directory could not be resolved beneath the root.
+    #[error("{}", describe(*.0))]
+    Resolve(#[source] Errno),
+}
+
 /// Refuses a set of attributes larger than a peer may send: more than
 /// [`MAX_COUNT`], a name longer than [`MAX_NAME`] (or empty), a value
 /// larger than [`MAX_VALUE`], more than [`MAX_TOTAL`] bytes in all, or
 /// a name twice.
-pub fn check(x: &[Xattr]) -> Result<(), String> {
+pub fn check(x: &[Xattr]) -> Result<(), XattrError> {
     if x.len() > MAX_COUNT {
-        return Err(format!(
-            "{} extended attributes (at most {MAX_COUNT})",
-            x.len()
-        ));
+        return Err(XattrError::TooMany { count: x.len() });
     }
     let mut total = 0usize;
     for (i, a) in x.iter().enumerate() {
         let n = a.name.as_bytes();
         if n.is_empty() || n.len() > MAX_NAME || n.contains(&0) {
-            return Err(format!("extended attribute name {} is invalid", a.name));
+            return Err(XattrError::BadName {
+                name: a.name.clone(),
+            });
         }
         if a.value.len() > MAX_VALUE {
-            return Err(format!(
-                "extended attribute {} has {} bytes (at most {MAX_VALUE})",
-                a.name,
-                a.value.len()
-            ));
+            return Err(XattrError::TooLarge {
+                name: a.name.clone(),
+                len: a.value.len(),
+            });
         }
         if x[..i].iter().any(|b| b.name == a.name) {
-            return Err(format!("extended attribute {} given twice", a.name));
+            return Err(XattrError::Twice {
+                name: a.name.clone(),
+            });
         }
         total += n.len() + a.value.len();
     }
     if total > MAX_TOTAL {
-        return Err(format!(
-            "extended attributes of {total} bytes (at most {MAX_TOTAL})"
-        ));
+        return Err(XattrError::TooMuch { total });
     }
     Ok(())
 }
@@ -267,26 +326,26 @@ pub fn read_path(path: &Path, sel: XattrSel) -> std::io::Result<Xattrs> {
 
 /// Makes the `sel` part of `on`'s attributes exactly `want`'s `sel` part;
 /// true if anything had to change.
-fn sync(on: On<'_>, want: &[Xattr], sel: XattrSel) -> Result<bool, String> {
+fn sync(on: On<'_>, want: &[Xattr], sel: XattrSel) -> Result<bool, XattrError> {
     if !sel.any() {
         return Ok(false);
     }
     let mut changed = false;
     check(want)?;
-    let have = read(on, sel).map_err(|e| format!("cannot read extended attributes: {e}"))?;
+    let have = read(on, sel).map_err(XattrError::Read)?;
     for a in &have {
         if !want.iter().any(|w| w.name == a.name) {
-            let c = std::ffi::CString::new(a.name.as_bytes())
-                .map_err(|_| format!("extended attribute name {} is invalid", a.name))?;
+            let c = std::ffi::CString::new(a.name.as_bytes()).map_err(|_| XattrError::BadName {
+                name: a.name.clone(),
+            })?;
             changed = true;
             match on.remove(&c) {
                 Ok(()) | Err(rustix::io::Errno::NODATA) => {}
                 Err(e) => {
-                    return Err(format!(
-                        "cannot remove extended attribute {}: {}",
-                        a.name,
-                        describe(e)
-                    ));
+                    return Err(XattrError::Remove {
+                        name: a.name.clone(),
+                        source: e,
+                    });
                 }
             }
         }
@@ -295,30 +354,33 @@ fn sync(on: On<'_>, want: &[Xattr], sel: XattrSel) -> Result<bool, String> {
         if have.iter().any(|h| h == w) {
             continue;
         }
-        let c = std::ffi::CString::new(w.name.as_bytes())
-            .map_err(|_| format!("extended attribute name {} is invalid", w.name))?;
+        let c = std::ffi::CString::new(w.name.as_bytes()).map_err(|_| XattrError::BadName {
+            name: w.name.clone(),
+        })?;
         changed = true;
-        on.set(&c, &w.value)
-            .map_err(|e| format!("cannot set extended attribute {}: {}", w.name, describe(e)))?;
+        on.set(&c, &w.value).map_err(|e| XattrError::Set {
+            name: w.name.clone(),
+            source: e,
+        })?;
     }
     Ok(changed)
 }
 
 /// Makes the `sel` part of the open file's attributes exactly `want`'s;
 /// true if anything had to change.
-pub fn sync_fd(fd: impl AsFd, want: &[Xattr], sel: XattrSel) -> Result<bool, String> {
+pub fn sync_fd(fd: impl AsFd, want: &[Xattr], sel: XattrSel) -> Result<bool, XattrError> {
     sync(On::Fd(fd.as_fd()), want, sel)
 }
 
 /// [`sync_fd`] for the entry at `p` itself (never through a symlink: its
 /// directory is resolved beneath the push's root and the `l*` calls do
 /// not follow the last component).
-pub fn sync_place(p: &Place, want: &[Xattr], sel: XattrSel) -> Result<bool, String> {
+pub fn sync_place(p: &Place, want: &[Xattr], sel: XattrSel) -> Result<bool, XattrError> {
     use std::os::unix::ffi::OsStrExt;
     if !sel.any() {
         return Ok(false);
     }
-    let dir = p.open_parent().map_err(describe)?;
+    let dir = p.open_parent().map_err(XattrError::Resolve)?;
     let mut path = format!("/proc/self/fd/{}/", std::os::fd::AsRawFd::as_raw_fd(&dir)).into_bytes();
     path.extend_from_slice(p.name().as_bytes());
     sync(
@@ -329,13 +391,12 @@ pub fn sync_place(p: &Place, want: &[Xattr], sel: XattrSel) -> Result<bool, Stri
 }
 
 /// The `sel` attributes of the entry at `p` itself (see [`sync_place`]).
-pub fn read_place(p: &Place, sel: XattrSel) -> Result<Xattrs, String> {
+pub fn read_place(p: &Place, sel: XattrSel) -> Result<Xattrs, XattrError> {
     use std::os::unix::ffi::OsStrExt;
-    let dir = p.open_parent().map_err(describe)?;
+    let dir = p.open_parent().map_err(XattrError::Resolve)?;
     let mut path = format!("/proc/self/fd/{}/", std::os::fd::AsRawFd::as_raw_fd(&dir)).into_bytes();
     path.extend_from_slice(p.name().as_bytes());
-    read(On::Link(Path::new(std::ffi::OsStr::from_bytes(&path))), sel)
-        .map_err(|e| format!("cannot read extended attributes: {e}"))
+    read(On::Link(Path::new(std::ffi::OsStr::from_bytes(&path))), sel).map_err(XattrError::Read)
 }
 
 #[cfg(test)]
@@ -378,18 +439,30 @@ mod tests {
     #[test]
     fn what_a_peer_may_send_is_bounded() {
         assert!(check(&[x("user.a", b"1"), x("user.b", b"2")]).is_ok());
-        assert!(check(&[x("user.a", b"1"), x("user.a", b"2")]).is_err());
-        assert!(check(&[x("", b"1")]).is_err());
-        assert!(check(&[x(&"u".repeat(256), b"1")]).is_err());
-        assert!(check(&[x("user.big", &vec![0; MAX_VALUE + 1])]).is_err());
+        let twice = check(&[x("user.a", b"1"), x("user.a", b"2")]);
+        assert!(matches!(twice, Err(XattrError::Twice { .. })), "{twice:?}");
+        let empty = check(&[x("", b"1")]);
+        assert!(
+            matches!(empty, Err(XattrError::BadName { .. })),
+            "{empty:?}"
+        );
+        let long = check(&[x(&"u".repeat(256), b"1")]);
+        assert!(matches!(long, Err(XattrError::BadName { .. })), "{long:?}");
+        let big = check(&[x("user.big", &vec![0; MAX_VALUE + 1])]);
+        assert!(matches!(big, Err(XattrError::TooLarge { .. })), "{big:?}");
         let many: Vec<Xattr> = (0..=MAX_COUNT)
             .map(|i| x(&format!("user.{i}"), b""))
             .collect();
-        assert!(check(&many).is_err());
+        let many = check(&many);
+        assert!(matches!(many, Err(XattrError::TooMany { .. })), "{many:?}");
         let heavy: Vec<Xattr> = (0..20)
             .map(|i| x(&format!("user.{i}"), &vec![1; MAX_VALUE]))
             .collect();
-        assert!(check(&heavy).is_err(), "over {MAX_TOTAL} bytes in all");
+        let heavy = check(&heavy);
+        assert!(
+            matches!(heavy, Err(XattrError::TooMuch { .. })),
+            "over {MAX_TOTAL} bytes in all: {heavy:?}"
+        );
     }
 
     #[test]

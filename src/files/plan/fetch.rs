@@ -35,8 +35,11 @@ pub(super) struct Sent {
 /// Whether the destination of `p` still holds what the check saw: the
 /// same inode, size and mtime, or still nothing. Another writer's change
 /// since then is not silently overwritten.
-pub(super) fn still_as_checked(p: &Place, before: Option<&Found>) -> Result<(), String> {
-    let now = look_at(p).map_err(|e| format!("{}: {}", show(p.shown()), describe(e)))?;
+pub(super) fn still_as_checked(p: &Place, before: Option<&Found>) -> Result<(), PlaceError> {
+    let now = look_at(p).map_err(|source| PlaceError::OsAt {
+        path: show(p.shown()),
+        source,
+    })?;
     let same = match (before, now.as_ref()) {
         (None, None) => true,
         (Some(b), Some(n)) => {
@@ -51,16 +54,14 @@ pub(super) fn still_as_checked(p: &Place, before: Option<&Found>) -> Result<(), 
     if same {
         Ok(())
     } else {
-        Err(format!(
-            "{}: changed at the destination while the push ran; not replaced \
-             (push again to replace it)",
-            show(p.shown())
-        ))
+        Err(PlaceError::ChangedMeanwhile {
+            path: show(p.shown()),
+        })
     }
 }
 
 /// A file's outcome: its plan index, destination, and result.
-pub(super) type Outcome = (usize, Place, Result<Done, String>);
+pub(super) type Outcome = (usize, Place, Result<Done, EntryError>);
 
 /// What every fetch needs.
 pub(super) struct FetchContext {
@@ -73,14 +74,18 @@ pub(super) struct FetchContext {
     pub(super) sizes_bound: bool,
 }
 
-/// With sizes bound, why a file of `size` bytes offered for an entry
-/// announced at `announced` is refused.
-pub(super) fn over_announced(sizes_bound: bool, announced: u64, size: u64) -> Option<String> {
-    (sizes_bound && size > announced).then(|| {
-        format!(
-            "the source sent {size} bytes for a file it announced at {announced}; \
-             refused (pull again if it grew meanwhile)"
-        )
+/// With sizes bound, why a file of `size` bytes offered for the entry at
+/// `p` announced at `announced` is refused.
+pub(super) fn over_announced(
+    sizes_bound: bool,
+    p: &Place,
+    announced: u64,
+    size: u64,
+) -> Option<EntryError> {
+    (sizes_bound && size > announced).then(|| EntryError::OverAnnounced {
+        path: show(p.shown()),
+        size,
+        announced,
     })
 }
 
@@ -177,11 +182,9 @@ pub(super) async fn fetch_one(ctx: &FetchContext, job: FileJob, single: bool) ->
         .await
     };
     let r = match r {
-        Ok(p) if over_announced(ctx.sizes_bound, job.size, p.bytes).is_some() => Err(format!(
-            "{}: {}",
-            show(job.place.shown()),
-            over_announced(ctx.sizes_bound, job.size, p.bytes).unwrap_or_default()
-        )),
+        Ok(p) if let Some(e) = over_announced(ctx.sizes_bound, &job.place, job.size, p.bytes) => {
+            Err(e)
+        }
         Ok(mut p) => {
             let done = if single {
                 let s = Summary {
@@ -192,7 +195,7 @@ pub(super) async fn fetch_one(ctx: &FetchContext, job: FileJob, single: bool) ->
                 };
                 match still_as_checked(&job.place, job.before.as_ref()) {
                     Ok(()) => p.commit(&ctx.opts).map(|()| Done::Committed(s)),
-                    Err(e) => return (job.index, job.place, Err(e)),
+                    Err(e) => return (job.index, job.place, Err(e.into())),
                 }
             } else if ctx.held.take_one() {
                 p.finish_open(&ctx.opts)
@@ -201,9 +204,9 @@ pub(super) async fn fetch_one(ctx: &FetchContext, job: FileJob, single: bool) ->
                 p.finish(&ctx.opts, false)
                     .map(|()| Done::Pending(Box::new(p)))
             };
-            done.map_err(|e| e.to_string())
+            done.map_err(EntryError::from)
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     };
     (job.index, job.place, r)
 }
@@ -221,15 +224,11 @@ pub(super) async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<O
         .router
         .call(ctx.server, crate::files::rpc::FETCH_SMALL, &args)
         .await;
-    let all_failed = |batch: Vec<FileJob>, why: String| -> Vec<Outcome> {
+    let all_failed = |batch: Vec<FileJob>, why: &dyn Fn(String, String) -> EntryError| {
         batch
             .into_iter()
             .map(|j| {
-                let e = format!(
-                    "{}: fetch of {} failed: {why}",
-                    show(j.place.shown()),
-                    j.src
-                );
+                let e = why(show(j.place.shown()), j.src.to_string());
                 (j.index, j.place, Err(e))
             })
             .collect()
@@ -237,14 +236,21 @@ pub(super) async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<O
     let files = match reply {
         Ok(files) if files.len() == batch.len() => files,
         Ok(files) => {
-            let why = format!(
-                "the server answered {} of {} files",
-                files.len(),
-                batch.len()
-            );
-            return all_failed(batch, why);
+            let (got, asked) = (files.len(), batch.len());
+            return all_failed(batch, &|path, src| EntryError::ShortAnswer {
+                path,
+                src,
+                got,
+                asked,
+            });
         }
-        Err(why) => return all_failed(batch, why.to_string()),
+        Err(e) => {
+            return all_failed(batch, &|path, src| EntryError::FetchCall {
+                path,
+                src,
+                source: Box::new(e.clone()),
+            });
+        }
     };
     let (temps, opts, held) = (ctx.temps.clone(), ctx.opts.clone(), ctx.held.clone());
     let sizes_bound = ctx.sizes_bound;
@@ -255,13 +261,10 @@ pub(super) async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<O
         for (job, file) in batch.into_iter().zip(files) {
             let r = match crate::files::compress::open_small(file) {
                 SmallFile::Data { meta, .. } | SmallFile::Compressed { meta, .. }
-                    if over_announced(sizes_bound, job.size, meta.size).is_some() =>
+                    if let Some(e) =
+                        over_announced(sizes_bound, &job.place, job.size, meta.size) =>
                 {
-                    Err(format!(
-                        "{}: {}",
-                        show(job.place.shown()),
-                        over_announced(sizes_bound, job.size, meta.size).unwrap_or_default()
-                    ))
+                    Err(e)
                 }
                 SmallFile::Data { meta, data, digest } => {
                     receive::receive_whole(&job.place, &temps, &meta, &data, &digest, started)
@@ -273,23 +276,22 @@ pub(super) async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<O
                             }
                             .map(|()| Done::Pending(Box::new(p)))
                         })
-                        .map_err(|e| e.to_string())
+                        .map_err(EntryError::from)
                 }
                 SmallFile::TooLarge => {
                     too_large.push(job);
                     continue;
                 }
-                SmallFile::Failed(why) => Err(format!(
-                    "{}: fetch of {} failed: {why}",
-                    show(job.place.shown()),
-                    job.src
-                )),
+                SmallFile::Failed(why) => Err(EntryError::SourceFailed {
+                    path: show(job.place.shown()),
+                    src: job.src.to_string(),
+                    why,
+                }),
                 // open_small decodes these; nothing else may land.
-                SmallFile::Compressed { .. } => Err(format!(
-                    "{}: fetch of {} failed: compressed data was not decoded",
-                    show(job.place.shown()),
-                    job.src
-                )),
+                SmallFile::Compressed { .. } => Err(EntryError::NotDecoded {
+                    path: show(job.place.shown()),
+                    src: job.src.to_string(),
+                }),
             };
             done.push((job.index, job.place, r));
         }
@@ -301,7 +303,17 @@ pub(super) async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<O
         Err(e) => {
             return places
                 .into_iter()
-                .map(|(i, p)| (i, p, Err(format!("internal error writing files: {e}"))))
+                .map(|(i, p)| {
+                    let why = e.to_string();
+                    (
+                        i,
+                        p,
+                        Err(EntryError::Internal {
+                            what: "writing files",
+                            why,
+                        }),
+                    )
+                })
                 .collect();
         }
     };

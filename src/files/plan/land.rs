@@ -12,7 +12,7 @@ pub(super) const RENAME_THREADS: usize = 2;
 /// sync failed) and turns every outcome into a result, in plan order.
 pub(super) async fn put_in_place(
     outcomes: Vec<Outcome>,
-    sync_error: Option<String>,
+    sync_error: Option<Arc<EntryError>>,
     how: &[Sent],
 ) -> Vec<EntryResult> {
     // Each file's status, by its index among the files sent.
@@ -44,7 +44,11 @@ pub(super) async fn put_in_place(
                     Ok(Done::Committed(s)) => file_ok(&path, &s, status, changed),
                     Ok(Done::Pending(p)) => {
                         if let Some(e) = &sync_error {
-                            EntryResult::failed(&path, format!("{}: {e}", show(&path)))
+                            let e = EntryError::Sync {
+                                path: show(&path),
+                                source: e.clone(),
+                            };
+                            EntryResult::failed(&path, e.to_string())
                         } else {
                             let s = Summary {
                                 bytes: p.bytes,
@@ -60,13 +64,15 @@ pub(super) async fn put_in_place(
                                         Ok(())
                                     }
                                 });
-                            match cleared.and_then(|()| (*p).rename().map_err(|e| e.to_string())) {
+                            let cleared = cleared.map_err(EntryError::from);
+                            match cleared.and_then(|()| Ok((*p).rename()?)) {
                                 Ok(()) => file_ok(&path, &s, status, changed),
-                                Err(e) => EntryResult::failed(&path, e).of_kind(EntryKind::File),
+                                Err(e) => EntryResult::failed(&path, e.to_string())
+                                    .of_kind(EntryKind::File),
                             }
                         }
                     }
-                    Err(e) => EntryResult::failed(&path, e).of_kind(EntryKind::File),
+                    Err(e) => EntryResult::failed(&path, e.to_string()).of_kind(EntryKind::File),
                 })
                 .collect::<Vec<_>>()
         }));
@@ -123,15 +129,20 @@ impl EarlySync {
     }
 }
 
-pub(super) fn syncfs_all(root: &Root, dirs: &BTreeSet<PathBuf>) -> Result<(), String> {
+pub(super) fn syncfs_all(root: &Root, dirs: &BTreeSet<PathBuf>) -> Result<(), PlaceError> {
     let mut seen_devs = BTreeSet::new();
     for d in dirs {
         let shown = || root.path().join(d).display().to_string();
-        let f = open_for_sync(root, d)
-            .map_err(|e| format!("open {} for sync: {}", shown(), describe(e)))?;
+        let f = open_for_sync(root, d).map_err(|source| PlaceError::OpenForSync {
+            path: shown(),
+            source,
+        })?;
         let dev = rustix::fs::fstat(&f).map(|s| s.st_dev).unwrap_or(0);
         if seen_devs.insert(dev) {
-            rustix::fs::syncfs(&f).map_err(|e| format!("syncfs on {}: {e}", shown()))?;
+            rustix::fs::syncfs(&f).map_err(|source| PlaceError::Syncfs {
+                path: shown(),
+                source,
+            })?;
         }
     }
     Ok(())
@@ -161,19 +172,25 @@ pub(super) fn temp_name(p: &Place, what: &str) -> OsString {
 /// Links `p` to the file at `first` (both beneath the root, no symlink
 /// followed: `linkat` without `AT_SYMLINK_FOLLOW`), under a temp name
 /// renamed into place.
-pub(super) fn make_hard_link(first: &Place, p: &Place) -> Result<(), String> {
+pub(super) fn make_hard_link(first: &Place, p: &Place) -> Result<(), PlaceError> {
     use rustix::fs::AtFlags;
-    let from_dir = first.open_parent().map_err(describe)?;
-    let st = rustix::fs::statat(&from_dir, first.name(), AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(|e| format!("{}: {}", show(first.shown()), describe(e)))?;
+    let from_dir = first.open_parent()?;
+    let st = rustix::fs::statat(&from_dir, first.name(), AtFlags::SYMLINK_NOFOLLOW).map_err(
+        |source| PlaceError::OsAt {
+            path: show(first.shown()),
+            source,
+        },
+    )?;
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
-        return Err(format!("{} is not a regular file", show(first.shown())));
+        return Err(PlaceError::NotRegular {
+            path: show(first.shown()),
+        });
     }
-    let dir = p.open_parent().map_err(describe)?;
+    let dir = p.open_parent()?;
     let tmp = temp_name(p, "hardlink");
     let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
-    rustix::fs::linkat(&from_dir, first.name(), &dir, &tmp, AtFlags::empty()).map_err(describe)?;
-    let r = rustix::fs::renameat(&dir, &tmp, &dir, p.name()).map_err(describe);
+    rustix::fs::linkat(&from_dir, first.name(), &dir, &tmp, AtFlags::empty())?;
+    let r = rustix::fs::renameat(&dir, &tmp, &dir, p.name()).map_err(PlaceError::from);
     // Renaming over a name that is already a link to the same file does
     // nothing and leaves the temp name: remove it either way.
     let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
@@ -190,9 +207,9 @@ pub(super) fn make_special(
     rdev: u64,
     ts: &rustix::fs::Timestamps,
     ids: Ids,
-) -> Result<(), String> {
+) -> Result<(), PlaceError> {
     use rustix::fs::{AtFlags, Mode};
-    let dir = p.open_parent().map_err(describe)?;
+    let dir = p.open_parent()?;
     let tmp = temp_name(p, "node");
     let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
     rustix::fs::mknodat(
@@ -201,23 +218,20 @@ pub(super) fn make_special(
         kind.file_type(),
         Mode::from_raw_mode(0o600),
         rdev as _,
-    )
-    .map_err(describe)?;
-    let finish = || -> Result<(), String> {
+    )?;
+    let finish = || -> Result<(), PlaceError> {
         let node = rustix::fs::openat(
             &dir,
             &tmp,
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
-        )
-        .map_err(describe)?;
-        let st = rustix::fs::fstat(&node).map_err(describe)?;
+        )?;
+        let st = rustix::fs::fstat(&node)?;
         if rustix::fs::FileType::from_raw_mode(st.st_mode) != kind.file_type() {
-            return Err("replaced while being created".into());
+            return Err(PlaceError::Replaced);
         }
         if let Some((uid, gid)) = ids {
-            rustix::fs::chownat(&node, "", Some(uid), Some(gid), AtFlags::EMPTY_PATH)
-                .map_err(describe)?;
+            rustix::fs::chownat(&node, "", Some(uid), Some(gid), AtFlags::EMPTY_PATH)?;
         }
         let via = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&node));
         rustix::fs::chmodat(
@@ -225,11 +239,9 @@ pub(super) fn make_special(
             via.as_str(),
             Mode::from_raw_mode(mode),
             AtFlags::empty(),
-        )
-        .map_err(describe)?;
-        rustix::fs::utimensat(rustix::fs::CWD, via.as_str(), ts, AtFlags::empty())
-            .map_err(describe)?;
-        rustix::fs::renameat(&dir, &tmp, &dir, p.name()).map_err(describe)
+        )?;
+        rustix::fs::utimensat(rustix::fs::CWD, via.as_str(), ts, AtFlags::empty())?;
+        Ok(rustix::fs::renameat(&dir, &tmp, &dir, p.name())?)
     };
     finish().inspect_err(|_| {
         let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
@@ -243,11 +255,11 @@ pub(super) fn make_symlink(
     ts: &rustix::fs::Timestamps,
     ids: Ids,
     p: &Place,
-) -> Result<(), String> {
-    let dir = p.open_parent().map_err(describe)?;
+) -> Result<(), PlaceError> {
+    let dir = p.open_parent()?;
     let tmp = temp_name(p, "link");
     let _ = rustix::fs::unlinkat(&dir, &tmp, rustix::fs::AtFlags::empty());
-    rustix::fs::symlinkat(target.as_bytes(), &dir, &tmp).map_err(describe)?;
+    rustix::fs::symlinkat(target.as_bytes(), &dir, &tmp)?;
     // The link's own owner and times (never its target's), as `cp -a`
     // and `rsync -a`.
     let nofollow = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
@@ -258,7 +270,7 @@ pub(super) fn make_symlink(
     .and_then(|()| rustix::fs::renameat(&dir, &tmp, &dir, p.name()))
     .map_err(|e| {
         let _ = rustix::fs::unlinkat(&dir, &tmp, rustix::fs::AtFlags::empty());
-        describe(e)
+        PlaceError::from(e)
     })
 }
 
@@ -277,15 +289,14 @@ pub(super) fn is_empty_dir(p: &Place) -> bool {
 }
 
 /// Removes the empty directory at `p` so a file can be renamed over it.
-pub(super) fn remove_empty_dir(p: &Place) -> Result<(), String> {
-    let dir = p.open_parent().map_err(describe)?;
+pub(super) fn remove_empty_dir(p: &Place) -> Result<(), PlaceError> {
+    let dir = p.open_parent()?;
     match rustix::fs::unlinkat(&dir, p.name(), rustix::fs::AtFlags::REMOVEDIR) {
         // NOTDIR: a symlink or file was there; the rename replaces it.
         Ok(()) | Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => Ok(()),
-        Err(e) => Err(format!(
-            "{}: cannot remove the directory in the way: {}",
-            show(p.shown()),
-            describe(e)
-        )),
+        Err(source) => Err(PlaceError::DirInTheWay {
+            path: show(p.shown()),
+            source,
+        }),
     }
 }

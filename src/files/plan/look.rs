@@ -55,24 +55,22 @@ pub(super) fn root_meta(
     if plan.dry_run {
         return Some(EntryResult::done(shown, EntryKind::Dir, status).with_changes(changed));
     }
-    let applied = (|| -> Result<(), String> {
-        let fd = root
-            .open_beneath(Path::new(""), OFlags::RDONLY | OFlags::DIRECTORY)
-            .map_err(describe)?;
+    let applied = (|| -> Result<(), EntryError> {
+        let fd = root.open_beneath(Path::new(""), OFlags::RDONLY | OFlags::DIRECTORY)?;
         if crate::files::xattr::sync_fd(&fd, xattrs, plan.options.xattrs)?
             && status == Status::Unchanged
         {
             (status, changed) = (Status::Changed, changed | changes::XATTRS);
         }
-        let now = Found::of(&rustix::fs::fstat(&fd).map_err(describe)?);
+        let now = Found::of(&rustix::fs::fstat(&fd)?);
         if Fixes::needed(&now, mode, Some((sec, nsec)), ids).is_empty() {
             return Ok(());
         }
         if let Some((uid, gid)) = ids {
-            rustix::fs::fchown(&fd, Some(uid), Some(gid)).map_err(describe)?;
+            rustix::fs::fchown(&fd, Some(uid), Some(gid))?;
         }
-        rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(mode)).map_err(describe)?;
-        rustix::fs::futimens(&fd, &times(sec, nsec)).map_err(describe)
+        rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(mode))?;
+        Ok(rustix::fs::futimens(&fd, &times(sec, nsec))?)
     })();
     Some(match applied {
         Ok(()) => EntryResult::done(shown, EntryKind::Dir, status).with_changes(changed),
@@ -145,7 +143,9 @@ pub(super) fn keep_file(
             let r = if plan.dry_run {
                 Ok(())
             } else {
-                xattr::sync_place(p, want, sel).and_then(|_| uptodate::apply(p, fixes))
+                xattr::sync_place(p, want, sel)
+                    .map_err(EntryError::from)
+                    .and_then(|_| Ok(uptodate::apply(p, fixes)?))
             };
             landed(p, EntryKind::File, Status::Changed, "set file metadata", r)
                 .with_changes(fixes.changes | changes::XATTRS)
@@ -186,7 +186,7 @@ pub(super) const LOOK_SHARE: usize = 8192;
 /// [`look_many`] split over blocking threads, in order.
 pub(super) async fn look_parallel(
     places: Vec<Place>,
-) -> Result<Vec<Result<Option<Found>, rustix::io::Errno>>, String> {
+) -> Result<Vec<Result<Option<Found>, rustix::io::Errno>>, EntryError> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
     let share = places.len().div_ceil(threads).max(LOOK_SHARE);
     let mut parts = Vec::new();
@@ -200,7 +200,10 @@ pub(super) async fn look_parallel(
     }
     let mut out = Vec::new();
     for p in parts {
-        out.extend(p.await.map_err(|e| format!("internal error: {e}"))?);
+        out.extend(p.await.map_err(|e| EntryError::Internal {
+            what: "looking at the destination",
+            why: e.to_string(),
+        })?);
     }
     Ok(out)
 }
@@ -219,7 +222,7 @@ pub(super) async fn checksums(
     router: &Router,
     server: ContextId,
     files: &[ToHash],
-) -> Vec<Result<bool, String>> {
+) -> Vec<Result<bool, EntryError>> {
     let places: Vec<Place> = files.iter().map(|f| f.0.clone()).collect();
     let ours =
         tokio::task::spawn_blocking(move || places.iter().map(hash_place).collect::<Vec<_>>());
@@ -238,19 +241,24 @@ pub(super) async fn checksums(
         calls.spawn(async move {
             let _slot = slots.acquire_owned().await;
             let reply = router.call(server, crate::files::rpc::DIGESTS, &args).await;
-            let got: Vec<Result<[u8; 32], String>> = match reply {
+            let got: Vec<Result<[u8; 32], EntryError>> = match reply {
                 Ok(d) if d.len() == n => d
                     .into_iter()
                     .map(|d| match d {
                         FileDigest::Digest(x) => Ok(x),
-                        FileDigest::Failed(why) => Err(format!("cannot hash the source: {why}")),
+                        FileDigest::Failed(why) => Err(EntryError::SourceHash(why)),
                     })
                     .collect(),
                 Ok(d) => (0..n)
-                    .map(|_| Err(format!("the server hashed {} of {n} files", d.len())))
+                    .map(|_| {
+                        Err(EntryError::ShortHashes {
+                            got: d.len(),
+                            asked: n,
+                        })
+                    })
                     .collect(),
                 Err(e) => (0..n)
-                    .map(|_| Err(format!("cannot hash the source: {e}")))
+                    .map(|_| Err(EntryError::SourceHashCall(Box::new(e.clone()))))
                     .collect(),
             };
             (i, got)
@@ -263,19 +271,30 @@ pub(super) async fn checksums(
             Err(e) => {
                 return files
                     .iter()
-                    .map(|_| Err(format!("internal error hashing: {e}")))
+                    .map(|_| {
+                        Err(EntryError::Internal {
+                            what: "hashing",
+                            why: e.to_string(),
+                        })
+                    })
                     .collect();
             }
         }
     }
     batches.sort_by_key(|(i, _)| *i);
-    let theirs: Vec<Result<[u8; 32], String>> = batches.into_iter().flat_map(|(_, b)| b).collect();
+    let theirs: Vec<Result<[u8; 32], EntryError>> =
+        batches.into_iter().flat_map(|(_, b)| b).collect();
     let ours = match ours.await {
         Ok(o) => o,
         Err(e) => {
             return files
                 .iter()
-                .map(|_| Err(format!("internal error hashing: {e}")))
+                .map(|_| {
+                    Err(EntryError::Internal {
+                        what: "hashing",
+                        why: e.to_string(),
+                    })
+                })
                 .collect();
         }
     };
@@ -286,25 +305,30 @@ pub(super) async fn checksums(
 }
 
 /// The BLAKE3 digest of the regular file at `p` (no symlink followed).
-pub(super) fn hash_place(p: &Place) -> Result<[u8; 32], String> {
+pub(super) fn hash_place(p: &Place) -> Result<[u8; 32], EntryError> {
     let fd = p
         .root()
         .open_beneath(
             p.rel(),
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK,
         )
-        .map_err(|e| format!("cannot open it to hash: {}", describe(e)))?;
+        .map_err(|source| EntryError::Hash {
+            what: "open",
+            source,
+        })?;
     // The name was a regular file when looked at; if something else (a
     // FIFO, a device) took its place since, its "content" must not be
     // judged equal to the source's and the entry kept.
-    let st = rustix::fs::fstat(&fd).map_err(|e| format!("cannot hash it: {}", describe(e)))?;
+    let st = rustix::fs::fstat(&fd).map_err(|source| EntryError::Hash {
+        what: "stat",
+        source,
+    })?;
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
-        return Err("is no longer a regular file".into());
+        return Err(EntryError::NoLongerRegular);
     }
     let file = std::fs::File::from(fd);
     let mut h = blake3::Hasher::new();
-    h.update_reader(&file)
-        .map_err(|e| format!("cannot read it to hash: {}", plain(&e)))?;
+    h.update_reader(&file).map_err(EntryError::HashRead)?;
     Ok(*h.finalize().as_bytes())
 }
 
@@ -370,9 +394,12 @@ pub(super) fn links_and_specials(
             let r = if dry_run {
                 Ok(())
             } else {
-                make_symlink(target, &times(*mtime_sec, *mtime_nsec), ids, &p).and_then(|()| {
-                    crate::files::xattr::sync_place(&p, xattrs, plan.options.xattrs).map(|_| ())
-                })
+                make_symlink(target, &times(*mtime_sec, *mtime_nsec), ids, &p)
+                    .map_err(EntryError::from)
+                    .and_then(|()| {
+                        crate::files::xattr::sync_place(&p, xattrs, plan.options.xattrs)?;
+                        Ok(())
+                    })
             };
             results.push(landed(&p, EntryKind::Symlink, status, "create symlink", r));
         }
@@ -404,7 +431,7 @@ pub(super) fn links_and_specials(
                 Ok(())
             } else {
                 first
-                    .map_err(describe)
+                    .map_err(PlaceError::from)
                     .and_then(|first| make_hard_link(&first, &p))
             };
             results.push(landed(
@@ -462,8 +489,10 @@ pub(super) fn links_and_specials(
                     &times(*mtime_sec, *mtime_nsec),
                     ids,
                 )
+                .map_err(EntryError::from)
                 .and_then(|()| {
-                    crate::files::xattr::sync_place(&p, xattrs, plan.options.xattrs).map(|_| ())
+                    crate::files::xattr::sync_place(&p, xattrs, plan.options.xattrs)?;
+                    Ok(())
                 })
             };
             results.push(landed(

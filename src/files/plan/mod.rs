@@ -54,22 +54,173 @@ use tokio::sync::Semaphore;
 use super::RawPath;
 use super::outcome::raw_if_not_utf8;
 pub use super::outcome::{EntryKind, EntryResult, Status, changes};
-use super::place::{Place, Root, describe, plain, show};
-use super::receive::{self, PendingFile, ReceiveOptions, TempFiles};
+use super::place::{Place, PlaceError, Root, describe, plain, show};
+use super::receive::{self, PendingFile, ReceiveError, ReceiveOptions, TempFiles};
 use super::serve::SMALL_BATCH_BYTES;
 use super::spec::Ids;
 pub use super::spec::{
     Compare, Owner, PlanEntry, PushBatch, PushEnd, PushOpened, PushPlan, SpecialKind, Stamp,
 };
 use super::uptodate::{self, Fixes, Found, Verdict, after_hash, file_verdict, look_at};
-use super::xattr::Xattr;
+use super::xattr::{Xattr, XattrError};
 use super::{
     DigestArgs, FetchSmallArgs, FileDigest, SMALL_FILE_MAX, SmallFile, TARGET_SERVICE, hex,
 };
-use crate::call::RemoteError;
+use crate::call::{CallError, RemoteError};
 use crate::router::{Policy, Router};
 use crate::service::{ServiceBuilder, Services};
 use crate::wire::ContextId;
+
+/// Why one entry of a push failed at the target. Its text is the entry's
+/// `error` in the push's results.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    /// An operation beneath the destination failed.
+    #[error(transparent)]
+    Place(#[from] PlaceError),
+    /// Extended attributes could not be read or set.
+    #[error(transparent)]
+    Xattr(#[from] XattrError),
+    /// The file could not be received.
+    #[error(transparent)]
+    Receive(#[from] ReceiveError),
+    /// DEST could not be created.
+    #[error("{dest}: cannot create directory: {source}")]
+    CreateDest {
+        /// DEST.
+        dest: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// DEST could not be opened.
+    #[error("{dest}: cannot open directory: {}", plain(.source))]
+    OpenDest {
+        /// DEST.
+        dest: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// DEST has no last component to create.
+    #[error("{dest}: names no file to create")]
+    NoName {
+        /// DEST.
+        dest: String,
+    },
+    /// DEST's parent could not be opened.
+    #[error("{dest}: cannot open its directory {dir}: {}", plain(.source))]
+    OpenDestParent {
+        /// DEST.
+        dest: String,
+        /// Its parent.
+        dir: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// With sizes bound (a pull), the source sent more than it announced.
+    #[error(
+        "{path}: the source sent {size} bytes for a file it announced at {announced}; \
+         refused (pull again if it grew meanwhile)"
+    )]
+    OverAnnounced {
+        /// The entry.
+        path: String,
+        /// What was sent.
+        size: u64,
+        /// What was announced.
+        announced: u64,
+    },
+    /// A `fetch_small` call failed.
+    #[error("{path}: fetch of {src} failed: {source}")]
+    FetchCall {
+        /// The entry.
+        path: String,
+        /// The source path.
+        src: String,
+        /// Why.
+        source: Box<CallError>,
+    },
+    /// A `fetch_small` reply did not answer every file.
+    #[error("{path}: fetch of {src} failed: the server answered {got} of {asked} files")]
+    ShortAnswer {
+        /// The entry.
+        path: String,
+        /// The source path.
+        src: String,
+        /// Files answered.
+        got: usize,
+        /// Files asked for.
+        asked: usize,
+    },
+    /// The source could not give the file (in its words).
+    #[error("{path}: fetch of {src} failed: {why}")]
+    SourceFailed {
+        /// The entry.
+        path: String,
+        /// The source path.
+        src: String,
+        /// The source's reason.
+        why: String,
+    },
+    /// A compressed small file reached the writer undecoded (a bug).
+    #[error("{path}: fetch of {src} failed: compressed data was not decoded")]
+    NotDecoded {
+        /// The entry.
+        path: String,
+        /// The source path.
+        src: String,
+    },
+    /// The destination's file could not be hashed (`--checksum`).
+    #[error("cannot {what} it to hash: {}", describe(*.source))]
+    Hash {
+        /// What failed: `open`, `stat`.
+        what: &'static str,
+        /// Why.
+        source: rustix::io::Errno,
+    },
+    /// The destination's file could not be read to hash.
+    #[error("cannot read it to hash: {}", plain(.0))]
+    HashRead(#[source] std::io::Error),
+    /// What is at the destination is no longer a regular file.
+    #[error("is no longer a regular file")]
+    NoLongerRegular,
+    /// The source could not hash its file (in its words).
+    #[error("cannot hash the source: {0}")]
+    SourceHash(String),
+    /// A `digests` call failed.
+    #[error("cannot hash the source: {0}")]
+    SourceHashCall(#[source] Box<CallError>),
+    /// A `digests` reply did not answer every file.
+    #[error("the server hashed {got} of {asked} files")]
+    ShortHashes {
+        /// Files answered.
+        got: usize,
+        /// Files asked for.
+        asked: usize,
+    },
+    /// The batched sync failed: the entry was not put in place.
+    #[error("{path}: {source}")]
+    Sync {
+        /// The entry.
+        path: String,
+        /// Why (shared by every entry the sync held).
+        source: Arc<EntryError>,
+    },
+    /// A blocking task of the push failed (a bug): the task's panic,
+    /// reported to each entry it held.
+    #[error("internal error {what}: {why}")]
+    Internal {
+        /// What it was doing.
+        what: &'static str,
+        /// The task's failure.
+        why: String,
+    },
+}
+
+impl From<rustix::io::Errno> for EntryError {
+    fn from(e: rustix::io::Errno) -> EntryError {
+        EntryError::Place(e.into())
+    }
+}
 
 mod fetch;
 mod land;
@@ -353,33 +504,37 @@ pub struct Session {
 /// parent (the copy is then named DEST). The path up to there is the
 /// user's and is followed, as `cp` does. Returns the root and, in the
 /// second case, DEST's own name.
-fn open_root(plan: &PushPlan, dest: &Path) -> Result<(Arc<Root>, Option<OsString>), String> {
+fn open_root(plan: &PushPlan, dest: &Path) -> Result<(Arc<Root>, Option<OsString>), EntryError> {
     if plan.into_dir
-        && let Err(e) = std::fs::create_dir_all(dest)
+        && let Err(source) = std::fs::create_dir_all(dest)
     {
-        return Err(format!("{}: cannot create directory: {e}", show(dest)));
+        return Err(EntryError::CreateDest {
+            dest: show(dest),
+            source,
+        });
     }
     if plan.into_dir || dest.is_dir() {
-        let root = Root::open(dest)
-            .map_err(|e| format!("{}: cannot open directory: {}", show(dest), plain(&e)))?;
+        let root = Root::open(dest).map_err(|source| EntryError::OpenDest {
+            dest: show(dest),
+            source,
+        })?;
         return Ok((root, None));
     }
     let name = dest
         .file_name()
-        .ok_or_else(|| format!("{}: names no file to create", show(dest)))?;
+        .ok_or_else(|| EntryError::NoName { dest: show(dest) })?;
     let parent = dest.parent().unwrap_or(Path::new(""));
-    let root = Root::open(parent).map_err(|e| {
+    let root = Root::open(parent).map_err(|source| {
         let shown = if parent.as_os_str().is_empty() {
             Path::new(".")
         } else {
             parent
         };
-        format!(
-            "{}: cannot open its directory {}: {}",
-            show(dest),
-            show(shown),
-            plain(&e)
-        )
+        EntryError::OpenDestParent {
+            dest: show(dest),
+            dir: show(shown),
+            source,
+        }
     })?;
     Ok((root, Some(name.to_os_string())))
 }
@@ -452,26 +607,25 @@ impl FailedDirs {
 /// accepts the directory already there. Anything else there — a symlink
 /// or a file — is replaced by a directory, as `rsync -a` does, unless
 /// it is DEST itself (`is_dest`). Never follows a symlink.
-fn make_dir(p: &Place, is_dest: bool) -> Result<Option<Found>, String> {
+fn make_dir(p: &Place, is_dest: bool) -> Result<Option<Found>, PlaceError> {
     use rustix::fs::{AtFlags, FileType, Mode};
-    let dir = p.open_parent().map_err(describe)?;
+    let dir = p.open_parent()?;
     let private = Mode::from_raw_mode(0o700);
     match rustix::fs::mkdirat(&dir, p.name(), private) {
         Ok(()) => return Ok(None),
         Err(rustix::io::Errno::EXIST) => {}
-        Err(e) => return Err(describe(e)),
+        Err(e) => return Err(e.into()),
     }
-    let st = rustix::fs::statat(&dir, p.name(), AtFlags::SYMLINK_NOFOLLOW).map_err(describe)?;
+    let st = rustix::fs::statat(&dir, p.name(), AtFlags::SYMLINK_NOFOLLOW)?;
     let before = Found::of(&st);
     if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
         return Ok(Some(before));
     }
     if is_dest {
-        return Err("exists and is not a directory".into());
+        return Err(PlaceError::NotADirectory);
     }
-    rustix::fs::unlinkat(&dir, p.name(), AtFlags::empty())
-        .map_err(|e| format!("cannot replace the non-directory there: {}", describe(e)))?;
-    rustix::fs::mkdirat(&dir, p.name(), private).map_err(describe)?;
+    rustix::fs::unlinkat(&dir, p.name(), AtFlags::empty()).map_err(PlaceError::CannotReplace)?;
+    rustix::fs::mkdirat(&dir, p.name(), private)?;
     Ok(Some(before))
 }
 
@@ -483,7 +637,7 @@ fn open_for_sync(root: &Root, rel: &Path) -> Result<OwnedFd, rustix::io::Errno> 
 
 /// Applies a directory's mode and times through a handle on it (opened
 /// without following any symlink, so the change cannot land elsewhere).
-fn set_dir_meta(p: &Place, mode: u32, sec: i64, nsec: u32, ids: Ids) -> Result<(), String> {
+fn set_dir_meta(p: &Place, mode: u32, sec: i64, nsec: u32, ids: Ids) -> Result<(), PlaceError> {
     let ts = rustix::fs::Timestamps {
         last_access: rustix::fs::Timespec {
             tv_sec: sec,
@@ -502,16 +656,16 @@ fn set_dir_meta(p: &Place, mode: u32, sec: i64, nsec: u32, ids: Ids) -> Result<(
         Ok(fd) => {
             // Owner first: a chown clears the set-id bits the mode sets.
             if let Some((uid, gid)) = ids {
-                rustix::fs::fchown(&fd, Some(uid), Some(gid)).map_err(describe)?;
+                rustix::fs::fchown(&fd, Some(uid), Some(gid))?;
             }
-            rustix::fs::fchmod(&fd, mode).map_err(describe)?;
-            rustix::fs::futimens(&fd, &ts).map_err(describe)
+            rustix::fs::fchmod(&fd, mode)?;
+            rustix::fs::futimens(&fd, &ts).map_err(Into::into)
         }
         Err(rustix::io::Errno::ACCESS) => {
             // Not readable by us (e.g. an existing 0300 directory): act on
             // an O_PATH handle through its /proc link, which names exactly
             // that inode.
-            let fd = p.root().open_dir(p.rel()).map_err(describe)?;
+            let fd = p.root().open_dir(p.rel())?;
             let via = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
             if let Some((uid, gid)) = ids {
                 rustix::fs::chownat(
@@ -520,25 +674,23 @@ fn set_dir_meta(p: &Place, mode: u32, sec: i64, nsec: u32, ids: Ids) -> Result<(
                     Some(uid),
                     Some(gid),
                     rustix::fs::AtFlags::EMPTY_PATH,
-                )
-                .map_err(describe)?;
+                )?;
             }
             rustix::fs::chmodat(
                 rustix::fs::CWD,
                 via.as_str(),
                 mode,
                 rustix::fs::AtFlags::empty(),
-            )
-            .map_err(describe)?;
+            )?;
             rustix::fs::utimensat(
                 rustix::fs::CWD,
                 via.as_str(),
                 &ts,
                 rustix::fs::AtFlags::empty(),
             )
-            .map_err(describe)
+            .map_err(Into::into)
         }
-        Err(e) => Err(describe(e)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -564,8 +716,8 @@ mod tests {
         let root = Root::open(t.path()).expect("root");
         let fifo = Place::new(&root, "fifo".into()).expect("place");
         let err = hash_place(&fifo).expect_err("a FIFO is not hashed");
-        assert!(err.contains("no longer a regular file"), "{err}");
+        assert!(matches!(err, EntryError::NoLongerRegular), "{err}");
         let file = Place::new(&root, "file".into()).expect("place");
-        assert_eq!(hash_place(&file), Ok(*blake3::hash(b"").as_bytes()));
+        assert_eq!(hash_place(&file).ok(), Some(*blake3::hash(b"").as_bytes()));
     }
 }

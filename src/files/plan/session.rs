@@ -29,8 +29,8 @@ impl Session {
             return Ok(session);
         }
         let dest_existed = std::fs::symlink_metadata(&dest).is_ok();
-        let (root, top) =
-            open_root(&session.plan, &dest).map_err(|e| vec![EntryResult::failed(&dest, e)])?;
+        let (root, top) = open_root(&session.plan, &dest)
+            .map_err(|e| vec![EntryResult::failed(&dest, e.to_string())])?;
         let dest_before = rustix::fs::fstat(root.fd()).ok().map(|st| Found::of(&st));
         session.opened = Some(Opened {
             root,
@@ -118,9 +118,9 @@ impl Session {
                 let is_dest = top.is_some() && !rel.as_bytes().contains(&b'/');
                 let ids = ids_of(owner);
                 let made = if plan.dry_run {
-                    look_at(&p).map_err(describe).and_then(|f| match f {
+                    look_at(&p).map_err(PlaceError::from).and_then(|f| match f {
                         Some(f) if is_dest && f.kind != rustix::fs::FileType::Directory => {
-                            Err("exists and is not a directory".to_string())
+                            Err(PlaceError::NotADirectory)
                         }
                         f => Ok(f),
                     })
@@ -187,7 +187,7 @@ impl Session {
         let seen = match look_parallel(places).await {
             Ok(seen) => seen,
             Err(e) => {
-                results.push(EntryResult::failed(dest, e));
+                results.push(EntryResult::failed(dest, e.to_string()));
                 *broken = true;
                 return results;
             }
@@ -390,8 +390,11 @@ impl Session {
             }
             let (dirs, root) = (pending_dirs.clone(), root.clone());
             sync_error = match tokio::task::spawn_blocking(move || syncfs_all(&root, &dirs)).await {
-                Ok(r) => r.err(),
-                Err(e) => Some(format!("internal error syncing: {e}")),
+                Ok(r) => r.err().map(|e| Arc::new(EntryError::Place(e))),
+                Err(e) => Some(Arc::new(EntryError::Internal {
+                    what: "syncing",
+                    why: e.to_string(),
+                })),
             };
         }
         results.extend(put_in_place(outcomes, sync_error.clone(), &how).await);
@@ -490,7 +493,7 @@ impl Session {
             // Extended attributes first (see `PendingFile::apply_meta`), only
             // where they differ.
             let set_xattrs = crate::files::xattr::sync_place(&p, &xattrs, plan.options.xattrs);
-            if set_xattrs == Ok(true) && status == Status::Unchanged {
+            if matches!(set_xattrs, Ok(true)) && status == Status::Unchanged {
                 (status, changed) = (Status::Changed, changed | changes::XATTRS);
             }
             // Only what differs now (entries landing in it changed its
@@ -504,9 +507,9 @@ impl Session {
                 EntryKind::Dir,
                 status,
                 "set directory metadata",
-                set_xattrs.and_then(|_| {
+                set_xattrs.map_err(EntryError::from).and_then(|_| {
                     if needed {
-                        set_dir_meta(&p, mode, sec, nsec, ids)
+                        Ok(set_dir_meta(&p, mode, sec, nsec, ids)?)
                     } else {
                         Ok(())
                     }
