@@ -32,10 +32,29 @@ pub fn hole_frame(offset: u64, len: u64) -> Bytes {
     Bytes::from(v)
 }
 
+/// Why a hole frame was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HoleFrameError {
+    /// Another length than a hole frame's, or another mark set too.
+    #[error("malformed hole frame ({len} bytes, offset word {word:#x})")]
+    Malformed {
+        /// The frame's length.
+        len: usize,
+        /// Its offset word.
+        word: u64,
+    },
+    /// A hole of 0 bytes or over [`MAX_HOLE`].
+    #[error("hole frame of {len} bytes (1 to {MAX_HOLE})")]
+    BadLength {
+        /// The hole's length.
+        len: u64,
+    },
+}
+
 /// A hole frame's `(offset, len)`, if `payload` is one; `Err` if it is
 /// one but malformed (another length, another mark set, `len` 0 or over
 /// [`MAX_HOLE`]).
-pub fn parse_hole(payload: &[u8]) -> Option<Result<(u64, u64), String>> {
+pub fn parse_hole(payload: &[u8]) -> Option<Result<(u64, u64), HoleFrameError>> {
     let head: [u8; 8] = payload.get(..OFFSET_LEN)?.try_into().ok()?;
     let raw = u64::from_be_bytes(head);
     if raw & HOLE == 0 {
@@ -43,16 +62,16 @@ pub fn parse_hole(payload: &[u8]) -> Option<Result<(u64, u64), String>> {
     }
     let others = super::compress::COMPRESSED | super::delta::COPY;
     if raw & others != 0 || payload.len() != HOLE_FRAME_LEN {
-        return Some(Err(format!(
-            "malformed hole frame ({} bytes, offset word {raw:#x})",
-            payload.len()
-        )));
+        return Some(Err(HoleFrameError::Malformed {
+            len: payload.len(),
+            word: raw,
+        }));
     }
     let mut b = [0u8; 8];
     b.copy_from_slice(&payload[OFFSET_LEN..]);
     let len = u64::from_be_bytes(b);
     if len == 0 || len > MAX_HOLE {
-        return Some(Err(format!("hole frame of {len} bytes (1 to {MAX_HOLE})")));
+        return Some(Err(HoleFrameError::BadLength { len }));
     }
     Some(Ok((raw & !HOLE, len)))
 }
@@ -117,8 +136,14 @@ mod tests {
         let f = hole_frame(4096, 1 << 20);
         assert_eq!(parse_hole(&f), Some(Ok((4096, 1 << 20))));
         assert!(parse_hole(&f[..12]).is_some_and(|r| r.is_err()));
-        assert!(parse_hole(&hole_frame(0, 0)).is_some_and(|r| r.is_err()));
-        assert!(parse_hole(&hole_frame(0, MAX_HOLE + 1)).is_some_and(|r| r.is_err()));
+        assert_eq!(
+            parse_hole(&hole_frame(0, 0)),
+            Some(Err(HoleFrameError::BadLength { len: 0 }))
+        );
+        assert_eq!(
+            parse_hole(&hole_frame(0, MAX_HOLE + 1)),
+            Some(Err(HoleFrameError::BadLength { len: MAX_HOLE + 1 }))
+        );
         let mut copy_too = f.to_vec();
         copy_too[0] |= 0x40;
         assert!(parse_hole(&copy_too).is_some_and(|r| r.is_err()));

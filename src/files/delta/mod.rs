@@ -121,19 +121,30 @@ pub fn copy_frame(offset: u64, from: u64, len: u64) -> Bytes {
     Bytes::from(v)
 }
 
+/// A copy frame of another length than a copy frame's, or with another
+/// mark set too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed copy instruction ({len} bytes, offset word {word:#x})")]
+pub struct CopyFrameError {
+    /// The frame's length.
+    pub len: usize,
+    /// Its offset word.
+    pub word: u64,
+}
+
 /// A copy frame's `(offset, from, len)`, if `payload` is one (its offset
 /// has [`COPY`] set); `Err` if it is one but malformed.
-pub fn parse_copy(payload: &[u8]) -> Option<Result<(u64, u64, u64), String>> {
+pub fn parse_copy(payload: &[u8]) -> Option<Result<(u64, u64, u64), CopyFrameError>> {
     let head: [u8; 8] = payload.get(..OFFSET_LEN)?.try_into().ok()?;
     let raw = u64::from_be_bytes(head);
     if raw & COPY == 0 {
         return None;
     }
     if raw & super::compress::COMPRESSED != 0 || payload.len() != COPY_FRAME_LEN {
-        return Some(Err(format!(
-            "malformed copy instruction ({} bytes, offset word {raw:#x})",
-            payload.len()
-        )));
+        return Some(Err(CopyFrameError {
+            len: payload.len(),
+            word: raw,
+        }));
     }
     let word = |i: usize| {
         let mut b = [0u8; 8];

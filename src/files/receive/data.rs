@@ -211,7 +211,7 @@ impl DataLoop<'_> {
                 delta::parse_copy(payload),
             ) {
                 (Some(hole), _) => {
-                    let (offset, len) = hole.map_err(|e| self.mismatch(e))?;
+                    let (offset, len) = hole.map_err(|e| self.mismatch(e.to_string()))?;
                     if !self.sparse {
                         return Err(self.mismatch(format!(
                             "hole frame at offset {offset}, but --sparse was not asked for"
@@ -220,7 +220,7 @@ impl DataLoop<'_> {
                     (offset, Piece::Hole(len))
                 }
                 (None, Some(copy)) => {
-                    let (offset, from, len) = copy.map_err(|e| self.mismatch(e))?;
+                    let (offset, from, len) = copy.map_err(|e| self.mismatch(e.to_string()))?;
                     let Some((_, old_size)) = &self.basis else {
                         return Err(self.mismatch(format!(
                             "copy instruction at offset {offset}, but no delta was asked for"
