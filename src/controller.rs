@@ -22,11 +22,12 @@ use std::time::{Duration, Instant};
 
 use crate::call::{CallError, Rpc};
 use crate::connect::{self, ConnectError, ConnectSpec, ContextInfo};
+use crate::files::filter::FilterError;
 use crate::files::plan::{self, Compare, EntryResult, PushPlan};
 use crate::files::receive::{ReceiveOptions, TempFiles};
 use crate::files::source::{OfferArgs, ServeOptions, WalkSpec};
 use crate::files::spec::{PushBatch, PushEnd};
-use crate::files::walk::{BATCH_BYTES, BATCH_ENTRIES, Walker};
+use crate::files::walk::{BATCH_BYTES, BATCH_ENTRIES, WalkError, Walker};
 use crate::files::{FileService, FileServiceConfig, RawPath};
 use crate::router::{Router, RouterConfig};
 use crate::service::Services;
@@ -75,8 +76,14 @@ impl Default for TransferOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
     /// The sources could not be walked.
-    #[error("{0}")]
-    Walk(String),
+    #[error(transparent)]
+    Walk(#[from] WalkError),
+    /// The filter rules are unusable.
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    /// The walk's blocking task failed (a bug).
+    #[error("the walk stopped: {0}")]
+    WalkStopped(#[source] tokio::task::JoinError),
     /// A source could not be registered with the FileService.
     #[error(transparent)]
     Register(#[from] crate::files::registry::OpenError),
@@ -243,13 +250,11 @@ impl Controller {
         options: &TransferOptions,
         mut each: impl FnMut(EntryResult),
     ) -> Result<(), TransferError> {
-        let walk = options.walk.options().map_err(TransferError::Walk)?;
+        let walk = options.walk.options()?;
         let srcs: Vec<std::ffi::OsString> =
             srcs.iter().map(|s| s.as_ref().to_os_string()).collect();
         // The walk reads the file system: off the runtime's threads.
-        let mut walker = blocking(move || Walker::new(&srcs, &walk))
-            .await?
-            .map_err(TransferError::Walk)?;
+        let mut walker = blocking(move || Walker::new(&srcs, &walk)).await??;
         walker.sources().register(&self.files)?;
         let head = walker.sources();
         let dest = dest.as_ref();
@@ -369,7 +374,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, TransferError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| TransferError::Walk(format!("the walk stopped: {e}")))
+        .map_err(TransferError::WalkStopped)
 }
 
 /// A running context: a handle for calls to it.

@@ -311,7 +311,7 @@ impl PushArgs {
         // documented fallback order.
         ordered.sort_by_key(|(i, kind, _)| (*i, *kind));
         let rules = Rules(ordered.into_iter().flat_map(|(_, _, r)| r).collect());
-        self.filter = Arc::new(rules.compile()?);
+        self.filter = Arc::new(rules.compile().map_err(|e| e.to_string())?);
         Ok(())
     }
 }

@@ -108,7 +108,7 @@ pub async fn after_push(
     }
     let filter = match plan.filter.compile() {
         Ok(f) => Arc::new(f),
-        Err(e) => return nothing(e),
+        Err(e) => return nothing(e.to_string()),
     };
     // The names seen, and those the controller kept out of the plan.
     let mut kept: HashSet<Vec<u8>> = std::mem::take(&mut seen.names);

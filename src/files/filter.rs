@@ -80,6 +80,47 @@ pub struct Rules(pub Vec<Rule>);
 /// Most `**` in one pattern: each doubles the globs it compiles to.
 pub const MAX_DOUBLE_STARS: usize = 4;
 
+/// Why filter rules were refused. Each names the rule (or the file and
+/// line it came from) and what is wrong with it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FilterError {
+    /// A line of an `--exclude-from` file is not UTF-8 text.
+    #[error("{file}, line {line}: the pattern is not UTF-8 text ({text})")]
+    NotUtf8 {
+        /// The file's name.
+        file: String,
+        /// The line (from 1).
+        line: usize,
+        /// The line, escaped.
+        text: String,
+    },
+    /// A rule's pattern cannot be used.
+    #[error("bad pattern in {rule}: {why}")]
+    BadPattern {
+        /// The rule, as given (`--exclude "a[b"`).
+        rule: String,
+        /// What is wrong with it.
+        why: PatternError,
+    },
+    /// The compiled globs could not be put together.
+    #[error("cannot compile the filter rules: {0}")]
+    Compile(#[source] globset::Error),
+}
+
+/// What is wrong with a pattern.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    /// Nothing left once the slashes are taken off.
+    #[error("an empty pattern matches nothing")]
+    Empty,
+    /// Too many `**` (see [`MAX_DOUBLE_STARS`]).
+    #[error("more than {MAX_DOUBLE_STARS} `**` in one pattern")]
+    TooManyDoubleStars,
+    /// The glob it translates to does not parse.
+    #[error("{0}")]
+    Glob(globset::ErrorKind),
+}
+
 impl Rules {
     /// No rules: everything is included.
     pub fn is_empty(&self) -> bool {
@@ -91,19 +132,17 @@ impl Rules {
     /// include rule, `- PATTERN` an exclude rule, anything else an exclude
     /// rule (a trailing `\r` is dropped, for files written on Windows).
     /// `name` is the file's name, for errors.
-    pub fn parse_exclude_file(text: &[u8], name: &str) -> Result<Vec<Rule>, String> {
+    pub fn parse_exclude_file(text: &[u8], name: &str) -> Result<Vec<Rule>, FilterError> {
         let mut rules = Vec::new();
         for (i, line) in text.split(|&b| b == b'\n').enumerate() {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if line.is_empty() || line.starts_with(b"#") || line.starts_with(b";") {
                 continue;
             }
-            let line = std::str::from_utf8(line).map_err(|_| {
-                format!(
-                    "{name}, line {}: the pattern is not UTF-8 text ({})",
-                    i + 1,
-                    super::escape_bytes(line)
-                )
+            let line = std::str::from_utf8(line).map_err(|_| FilterError::NotUtf8 {
+                file: name.to_string(),
+                line: i + 1,
+                text: super::escape_bytes(line),
             })?;
             let rule = if let Some(p) = line.strip_prefix("+ ") {
                 Rule::include(p)
@@ -119,18 +158,20 @@ impl Rules {
 
     /// Compiles the rules. An error names the pattern and says what is
     /// wrong with it.
-    pub fn compile(&self) -> Result<Filter, String> {
+    pub fn compile(&self) -> Result<Filter, FilterError> {
         let mut set = GlobSetBuilder::new();
         let mut globs = Vec::new();
         for (index, rule) in self.0.iter().enumerate() {
-            let bad =
-                |why: &dyn std::fmt::Display| format!("bad pattern in {}: {why}", rule.describe());
-            for (glob, dir_only) in translate(&rule.pattern).map_err(|e| bad(&e))? {
+            let bad = |why: PatternError| FilterError::BadPattern {
+                rule: rule.describe(),
+                why,
+            };
+            for (glob, dir_only) in translate(&rule.pattern).map_err(bad)? {
                 let g = GlobBuilder::new(&glob)
                     .literal_separator(true)
                     .backslash_escape(true)
                     .build()
-                    .map_err(|e| bad(e.kind()))?;
+                    .map_err(|e| bad(PatternError::Glob(e.kind().clone())))?;
                 set.add(g);
                 globs.push(Compiled {
                     rule: index,
@@ -138,9 +179,7 @@ impl Rules {
                 });
             }
         }
-        let set = set
-            .build()
-            .map_err(|e| format!("cannot compile the filter rules: {e}"))?;
+        let set = set.build().map_err(FilterError::Compile)?;
         Ok(Filter {
             set,
             globs,
@@ -299,7 +338,7 @@ fn pieces(pattern: &str) -> Vec<Piece> {
 /// The globset globs (matched against the whole relative path) that
 /// together match what rsync's `pattern` matches, each with whether it
 /// matches directories only.
-pub fn translate(pattern: &str) -> Result<Vec<(String, bool)>, String> {
+pub fn translate(pattern: &str) -> Result<Vec<(String, bool)>, PatternError> {
     let mut p = pattern;
     let mut dir_only = false;
     // `dir/***`: the directory itself and everything beneath it.
@@ -314,12 +353,12 @@ pub fn translate(pattern: &str) -> Result<Vec<(String, bool)>, String> {
     let anchored = p.starts_with('/');
     let p = p.trim_start_matches('/');
     if p.is_empty() {
-        return Err("an empty pattern matches nothing".into());
+        return Err(PatternError::Empty);
     }
     let parts = pieces(p);
     let stars = parts.iter().filter(|x| **x == Piece::DoubleStar).count();
     if stars > MAX_DOUBLE_STARS {
-        return Err(format!("more than {MAX_DOUBLE_STARS} `**` in one pattern"));
+        return Err(PatternError::TooManyDoubleStars);
     }
     let whole_path = anchored || stars > 0 || p.contains('/');
     let leading_star = parts.first() == Some(&Piece::DoubleStar);
@@ -507,13 +546,31 @@ mod tests {
     #[test]
     fn bad_patterns_are_named() {
         let e = rules(&["- ok", "- a[b"]).compile().expect_err("unclosed [");
-        assert!(e.contains("--exclude \"a[b\""), "{e}");
+        assert!(
+            matches!(&e, FilterError::BadPattern { rule, why: PatternError::Glob(_) }
+                if rule == "--exclude \"a[b\""),
+            "{e}"
+        );
         let e = rules(&["+ /"]).compile().expect_err("empty");
-        assert!(e.contains("--include \"/\""), "{e}");
+        assert!(
+            matches!(&e, FilterError::BadPattern { rule, why: PatternError::Empty }
+                if rule == "--include \"/\""),
+            "{e}"
+        );
         let e = rules(&["- a**b**c**d**e**f"])
             .compile()
             .expect_err("too many");
-        assert!(e.contains("**"), "{e}");
+        assert!(
+            matches!(
+                &e,
+                FilterError::BadPattern {
+                    why: PatternError::TooManyDoubleStars,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("**"), "{e}");
     }
 
     #[test]
@@ -529,6 +586,10 @@ mod tests {
             ]
         );
         let e = Rules::parse_exclude_file(b"ok\n\xff\n", "list").expect_err("not utf-8");
-        assert!(e.contains("list, line 2"), "{e}");
+        assert!(
+            matches!(&e, FilterError::NotUtf8 { file, line: 2, .. } if file == "list"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("list, line 2"), "{e}");
     }
 }

@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use super::compress::Compression;
-use super::filter::Rules;
+use super::filter::{FilterError, Rules};
 use super::pace::Limits;
 use super::plan::PlanEntry;
-use super::walk::{BATCH_BYTES, WalkOptions, Walker};
+use super::walk::{BATCH_BYTES, WalkError, WalkOptions, Walker};
 use super::window::Sizing;
 use super::{FileService, FileServiceConfig, RawPath};
 use crate::call::{RemoteError, Rpc};
@@ -101,7 +101,7 @@ pub struct WalkSpec {
 
 impl WalkSpec {
     /// The walk options, with the filter compiled.
-    pub fn options(&self) -> Result<WalkOptions, String> {
+    pub fn options(&self) -> Result<WalkOptions, FilterError> {
         Ok(WalkOptions {
             recursive: self.recursive,
             specials: self.specials,
@@ -217,7 +217,10 @@ pub fn register_service(services: &Services, router: &Router) {
             .serve(OFFER, Policy::ParentsOnly, move |_c, args: OfferArgs| {
                 let (r, s, serving, walks) = (r.clone(), s.clone(), serving.clone(), walks.clone());
                 async move {
-                    let opts = args.walk.options().map_err(RemoteError::Failed)?;
+                    let opts = args
+                        .walk
+                        .options()
+                        .map_err(|e| RemoteError::Failed(e.to_string()))?;
                     let fs = {
                         let mut slot = serving.lock().unwrap_or_else(|p| p.into_inner());
                         slot.get_or_insert_with(|| FileService::start(&r, &s, args.serve.config()))
@@ -243,11 +246,11 @@ pub fn register_service(services: &Services, router: &Router) {
                             return Ok((entries, walker, true));
                         }
                         let (offer, done) = next_reply(&mut walker, batch);
-                        Ok::<_, String>((offer.entries, walker, done))
+                        Ok::<_, WalkError>((offer.entries, walker, done))
                     })
                     .await
                     .map_err(|e| RemoteError::Failed(format!("internal error walking: {e}")))?
-                    .map_err(RemoteError::Failed)?;
+                    .map_err(|e| RemoteError::Failed(e.to_string()))?;
                     let (entries, walker, done) = walked;
                     walker
                         .sources()

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::filter::Filter;
+use super::filter::{Filter, FilterError};
 use super::plan::{Owner, PlanEntry, SpecialKind, Stamp};
 use super::{FileService, RawPath};
 
@@ -219,12 +219,35 @@ fn show(p: &Path) -> String {
     crate::files::place::show(p)
 }
 
+/// Why the sources could not be walked (their top level: what lies
+/// beneath is reported per entry, in [`Sources::unread`]).
+#[derive(Debug, thiserror::Error)]
+pub enum WalkError {
+    /// A source could not be looked at.
+    #[error("{src}: {source}")]
+    Source {
+        /// The source, as given.
+        src: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A directory given without `-r`.
+    #[error("{src}: is a directory (use -r to copy it)")]
+    IsDir {
+        /// The source, as given.
+        src: String,
+    },
+    /// The filter rules are unusable.
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+}
+
 /// Walks the sources into a plan. Names are taken as bytes, exactly as
 /// the file system has them (they need not be UTF-8).
 pub fn collect_sources(
     srcs: &[impl AsRef<std::ffi::OsStr>],
     recursive: bool,
-) -> Result<Sources, String> {
+) -> Result<Sources, WalkError> {
     collect_sources_with(
         srcs,
         &WalkOptions {
@@ -240,7 +263,7 @@ pub fn collect_sources(
 pub fn collect_sources_with(
     srcs: &[impl AsRef<std::ffi::OsStr>],
     opts: &WalkOptions,
-) -> Result<Sources, String> {
+) -> Result<Sources, WalkError> {
     let mut w = Walker::new(srcs, opts)?;
     let mut entries = Vec::new();
     loop {
@@ -291,7 +314,10 @@ pub struct Walker {
 
 impl Walker {
     /// Looks at the sources themselves (not yet beneath them).
-    pub fn new(srcs: &[impl AsRef<std::ffi::OsStr>], opts: &WalkOptions) -> Result<Walker, String> {
+    pub fn new(
+        srcs: &[impl AsRef<std::ffi::OsStr>],
+        opts: &WalkOptions,
+    ) -> Result<Walker, WalkError> {
         let (out, tops) = top_level(srcs, opts)?;
         Ok(Walker {
             opts: opts.clone(),
@@ -429,7 +455,7 @@ fn entry_bytes(e: &PlanEntry) -> usize {
 fn top_level(
     srcs: &[impl AsRef<std::ffi::OsStr>],
     opts: &WalkOptions,
-) -> Result<(Sources, Vec<Top>), String> {
+) -> Result<(Sources, Vec<Top>), WalkError> {
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
     let mut out = Sources {
@@ -446,7 +472,10 @@ fn top_level(
         let given = Path::new(src);
         let src = show(given);
         let bytes = given.as_os_str().as_bytes();
-        let md = std::fs::symlink_metadata(given).map_err(|e| format!("{src}: {e}"))?;
+        let md = std::fs::symlink_metadata(given).map_err(|source| WalkError::Source {
+            src: src.clone(),
+            source,
+        })?;
         // `dir/` and `dir/.` (and `.` itself) mean the directory's
         // contents, as in rsync and `cp -r dir/. dest`.
         let contents =
@@ -476,7 +505,10 @@ fn top_level(
         let before = out.entries.len();
         if md.file_type().is_symlink() {
             use std::os::unix::fs::MetadataExt;
-            let target = std::fs::read_link(given).map_err(|e| format!("{src}: {e}"))?;
+            let target = std::fs::read_link(given).map_err(|source| WalkError::Source {
+                src: src.clone(),
+                source,
+            })?;
             let xattrs = xattrs_of(given, opts, &mut out);
             out.entries.push(PlanEntry::Symlink {
                 rel: top,
@@ -487,14 +519,20 @@ fn top_level(
                 xattrs,
             });
         } else if md.is_file() {
-            let abs = std::fs::canonicalize(given).map_err(|e| format!("{src}: {e}"))?;
+            let abs = std::fs::canonicalize(given).map_err(|source| WalkError::Source {
+                src: src.clone(),
+                source,
+            })?;
             out.files.push(abs.clone());
             out.file(abs, top, &md, opts);
         } else if md.is_dir() {
             if !opts.recursive {
-                return Err(format!("{src}: is a directory (use -r to copy it)"));
+                return Err(WalkError::IsDir { src });
             }
-            let abs = std::fs::canonicalize(given).map_err(|e| format!("{src}: {e}"))?;
+            let abs = std::fs::canonicalize(given).map_err(|source| WalkError::Source {
+                src: src.clone(),
+                source,
+            })?;
             let top = if contents {
                 use std::os::unix::fs::MetadataExt;
                 out.into_dir = true;
