@@ -92,7 +92,7 @@ pub enum TransferError {
     Call(CallError),
     /// A pull's target offered something that was not asked for.
     #[error("refused what the target offered: {0}")]
-    Refused(String),
+    Refused(#[source] crate::cli::pull::OfferError),
 }
 
 /// Where a context runs: `local` (this program re-executed as a child),
@@ -145,7 +145,8 @@ pub struct TargetError {
     /// What was given.
     pub target: String,
     /// What is wrong with it.
-    pub why: String,
+    #[source]
+    pub why: connect::MethodError,
 }
 
 /// This process as context 0: the router, services and FileService.

@@ -118,19 +118,33 @@ fn rel_of(e: &PlanEntry) -> &RawPath {
     }
 }
 
+/// Why what a target offered for a pull is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OfferError {
+    /// Metadata for DEST itself, in a copy that is not of contents.
+    #[error("offered metadata for DEST that is not a contents copy's")]
+    RootMeta,
+    /// An entry outside what was asked for.
+    #[error("offered {0}, which is not beneath what was asked for")]
+    Outside(RawPath),
+    /// A hard link to something outside what was asked for.
+    #[error("offered a link to {0}, not beneath what was asked for")]
+    LinkOutside(RawPath),
+}
+
 /// Checks what a target offered against what was asked for: every entry
 /// (and hard link's target) beneath an asked-for name. Returns why not.
-fn vet(offer: &Offer, tops: Option<&[Vec<u8>]>) -> Result<(), String> {
+fn vet(offer: &Offer, tops: Option<&[Vec<u8>]>) -> Result<(), OfferError> {
     match &offer.root {
         None => {}
         Some(PlanEntry::Dir { rel, .. }) if rel.as_bytes().is_empty() && offer.contents => {}
-        Some(_) => return Err("offered metadata for DEST that is not a contents copy's".into()),
+        Some(_) => return Err(OfferError::RootMeta),
     }
     vet_entries(&offer.entries, tops)
 }
 
 /// [`vet`] for entries alone (the later replies of a walk in batches).
-fn vet_entries(entries: &[PlanEntry], tops: Option<&[Vec<u8>]>) -> Result<(), String> {
+fn vet_entries(entries: &[PlanEntry], tops: Option<&[Vec<u8>]>) -> Result<(), OfferError> {
     let Some(tops) = tops else {
         return Ok(());
     };
@@ -141,16 +155,12 @@ fn vet_entries(entries: &[PlanEntry], tops: Option<&[Vec<u8>]>) -> Result<(), St
     for e in entries {
         let rel = rel_of(e);
         if !under(rel) {
-            return Err(format!(
-                "offered {rel}, which is not beneath what was asked for"
-            ));
+            return Err(OfferError::Outside(rel.clone()));
         }
         if let PlanEntry::HardLink { to, .. } = e
             && !under(to)
         {
-            return Err(format!(
-                "offered a link to {to}, not beneath what was asked for"
-            ));
+            return Err(OfferError::LinkOutside(to.clone()));
         }
     }
     Ok(())
@@ -158,7 +168,7 @@ fn vet_entries(entries: &[PlanEntry], tops: Option<&[Vec<u8>]>) -> Result<(), St
 
 /// Checks `offer` against the sources asked for (`srcs` as given):
 /// every entry beneath one of their names. Returns why not.
-pub fn vet_offer(offer: &Offer, srcs: &[std::ffi::OsString]) -> Result<(), String> {
+pub fn vet_offer(offer: &Offer, srcs: &[std::ffi::OsString]) -> Result<(), OfferError> {
     vet(offer, allowed_tops(srcs).as_deref())
 }
 
@@ -417,11 +427,11 @@ async fn pull_one(
         serve: job.serve.clone(),
         batch: BATCH_ENTRIES as u32,
     };
-    let refused = |why: String| {
+    let refused = |why: OfferError| {
         format!(
             "{}: refused what it offered: {}",
             info.name,
-            super::sanitize::sanitize(&why)
+            super::sanitize::sanitize(&why.to_string())
         )
     };
     let walk_failed =
@@ -560,13 +570,22 @@ mod tests {
             )
             .is_ok()
         );
-        assert!(vet(&offer(vec![file("shadow")]), Some(&tops)).is_err());
-        assert!(vet(&offer(vec![file("etcetera/x")]), Some(&tops)).is_err());
+        assert_eq!(
+            vet(&offer(vec![file("shadow")]), Some(&tops)),
+            Err(OfferError::Outside(RawPath::from("shadow")))
+        );
+        assert!(matches!(
+            vet(&offer(vec![file("etcetera/x")]), Some(&tops)),
+            Err(OfferError::Outside(_))
+        ));
         let link = PlanEntry::HardLink {
             rel: "etc/a".into(),
             to: "other/b".into(),
         };
-        assert!(vet(&offer(vec![link]), Some(&tops)).is_err());
+        assert!(matches!(
+            vet(&offer(vec![link]), Some(&tops)),
+            Err(OfferError::LinkOutside(_))
+        ));
         for contents in ["dir/", ".", "dir/.", ".."] {
             assert_eq!(allowed_tops(&[contents.into()]), None, "{contents}");
         }

@@ -17,24 +17,118 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::connect::path_rtt::SpawnWatch;
-use crate::connect::ssh::split_words;
-use crate::connect::{self, ConnectError, ConnectSpec, ContextInfo, Method, SudoSpec};
+use crate::connect::ssh::{SplitError, split_words};
+use crate::connect::{self, ConnectError, ConnectSpec, ContextInfo, Method, MethodError, SudoSpec};
 use crate::router::Router;
 
-use super::nodeset;
+use super::nodeset::{self, NodeSetError};
 
 /// The targets listed in a `--hosts` file, expanded when it was read,
 /// each with the relays of its line (empty: reached as `-H` targets are).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostFile(pub Vec<(String, Vec<String>)>);
 
+/// Why a `-H` value or a `--hosts` file is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum HostsError {
+    /// `-H ''`.
+    #[error("an empty target")]
+    Empty,
+    /// A node set that does not expand.
+    #[error(transparent)]
+    NodeSet(#[from] NodeSetError),
+    /// A name that is no target.
+    #[error(transparent)]
+    Method(#[from] MethodError),
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A line with more than two columns.
+    #[error(
+        "{path}:{line}: unexpected {extra:?}: a line is a target (or node set) and, \
+         optionally, its relays separated by commas"
+    )]
+    Extra {
+        /// The file.
+        path: String,
+        /// The line (from 1).
+        line: usize,
+        /// The third column.
+        extra: String,
+    },
+    /// A relay that is no target.
+    #[error("{path}:{line}: relay {relay:?}: {source}")]
+    Relay {
+        /// The file.
+        path: String,
+        /// The line (from 1).
+        line: usize,
+        /// The relay.
+        relay: String,
+        /// Why.
+        source: Box<MethodError>,
+    },
+    /// A line's targets that do not expand or parse.
+    #[error("{path}:{line}: {source}")]
+    Line {
+        /// The file.
+        path: String,
+        /// The line (from 1).
+        line: usize,
+        /// Why.
+        source: Box<HostsError>,
+    },
+    /// More than [`nodeset::MAX_NODES`] targets.
+    #[error("{path}: more than {} targets", nodeset::MAX_NODES)]
+    TooMany {
+        /// The file.
+        path: String,
+    },
+    /// Nothing but comments.
+    #[error("{path}: no targets in the file")]
+    NoTargets {
+        /// The file.
+        path: String,
+    },
+}
+
+/// Why a `-H`/`--via` value cannot be made a connect spec.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SpecError {
+    /// It is no target.
+    #[error(transparent)]
+    Method(#[from] MethodError),
+    /// `-e` does not split into words.
+    #[error("-e/--rsh: {0}")]
+    Rsh(#[source] SplitError),
+    /// `-e ''`.
+    #[error("-e/--rsh: empty command")]
+    RshEmpty,
+}
+
+/// Why a number of seconds is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecsError {
+    /// Not a number.
+    #[error("{0:?} is not a number of seconds")]
+    NotANumber(String),
+    /// Zero, negative, or not finite.
+    #[error("must be a number of seconds more than 0")]
+    NotPositive,
+}
+
 /// `-H`: a valid node set (kept as written; expanded by
 /// [`TargetArgs::hosts`]).
-fn node_set_arg(s: &str) -> Result<String, String> {
+fn node_set_arg(s: &str) -> Result<String, HostsError> {
     if s.is_empty() {
-        return Err("an empty target".into());
+        return Err(HostsError::Empty);
     }
-    for name in nodeset::expand(s).map_err(|e| e.to_string())? {
+    for name in nodeset::expand(s)? {
         connect::parse_method(&name)?;
     }
     Ok(s.to_string())
@@ -49,12 +143,19 @@ fn node_set_arg(s: &str) -> Result<String, String> {
 /// db[1-4].dc2      bastion2,gw.dc2
 /// local-box
 /// ```
-fn host_file_arg(path: &str) -> Result<HostFile, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+fn host_file_arg(path: &str) -> Result<HostFile, HostsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| HostsError::Read {
+        path: path.to_string(),
+        source,
+    })?;
     let mut seen = std::collections::HashSet::new();
     let mut hosts = Vec::new();
     for (n, line) in text.lines().enumerate() {
-        let at = |e: String| format!("{path}:{}: {e}", n + 1);
+        let at = |e: HostsError| HostsError::Line {
+            path: path.to_string(),
+            line: n + 1,
+            source: Box::new(e),
+        };
         let line = line.split('#').next().unwrap_or("").trim();
         let mut columns = line.split_whitespace();
         let Some(set) = columns.next() else { continue };
@@ -63,26 +164,36 @@ fn host_file_arg(path: &str) -> Result<HostFile, String> {
             None => Vec::new(),
         };
         if let Some(extra) = columns.next() {
-            return Err(at(format!(
-                "unexpected {extra:?}: a line is a target (or node set) and, optionally, \
-                 its relays separated by commas"
-            )));
+            return Err(HostsError::Extra {
+                path: path.to_string(),
+                line: n + 1,
+                extra: extra.to_string(),
+            });
         }
         for r in &relays {
-            connect::parse_method(r).map_err(|e| at(format!("relay {r:?}: {e}")))?;
+            connect::parse_method(r).map_err(|e| HostsError::Relay {
+                path: path.to_string(),
+                line: n + 1,
+                relay: r.to_string(),
+                source: Box::new(e),
+            })?;
         }
-        for name in nodeset::expand(set).map_err(|e| at(e.to_string()))? {
-            connect::parse_method(&name).map_err(&at)?;
+        for name in nodeset::expand(set).map_err(|e| at(e.into()))? {
+            connect::parse_method(&name).map_err(|e| at(e.into()))?;
             if seen.insert(name.clone()) {
                 hosts.push((name, relays.clone()));
                 if hosts.len() > nodeset::MAX_NODES {
-                    return Err(format!("{path}: more than {} targets", nodeset::MAX_NODES));
+                    return Err(HostsError::TooMany {
+                        path: path.to_string(),
+                    });
                 }
             }
         }
     }
     if hosts.is_empty() {
-        return Err(format!("{path}: no targets in the file"));
+        return Err(HostsError::NoTargets {
+            path: path.to_string(),
+        });
     }
     Ok(HostFile(hosts))
 }
@@ -193,14 +304,14 @@ impl TargetArgs {
     }
 
     /// The connect spec for one `-H`/`--via` value.
-    pub fn spec(&self, spec: &str, log_filter: &str) -> Result<ConnectSpec, String> {
+    pub fn spec(&self, spec: &str, log_filter: &str) -> Result<ConnectSpec, SpecError> {
         let mut method = parse(spec)?;
         match &mut method {
             Method::Ssh(ssh) => {
                 if let Some(rsh) = &self.rsh {
-                    let words = split_words(rsh).map_err(|e| format!("-e/--rsh: {e}"))?;
+                    let words = split_words(rsh).map_err(SpecError::Rsh)?;
                     if words.is_empty() {
-                        return Err("-e/--rsh: empty command".into());
+                        return Err(SpecError::RshEmpty);
                     }
                     ssh.command = words;
                 }
@@ -233,21 +344,21 @@ impl TargetArgs {
 }
 
 /// A number of seconds that is more than zero (and finite).
-pub fn positive_secs(s: &str) -> Result<f64, String> {
+pub fn positive_secs(s: &str) -> Result<f64, SecsError> {
     let v: f64 = s
         .trim()
         .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+        .map_err(|_| SecsError::NotANumber(s.to_string()))?;
     if v.is_finite() && v > 0.0 {
         Ok(v)
     } else {
-        Err("must be a number of seconds more than 0".into())
+        Err(SecsError::NotPositive)
     }
 }
 
 /// Parses one target spec: `local`, `sudo:USER` or
 /// `[ssh://][user@]host[:port]`.
-pub fn parse(spec: &str) -> Result<Method, String> {
+pub fn parse(spec: &str) -> Result<Method, MethodError> {
     connect::parse_method(spec)
 }
 
@@ -268,7 +379,7 @@ fn hop_spec(
     spec: &str,
     from: Option<u32>,
     log_filter: &str,
-) -> Result<ConnectSpec, String> {
+) -> Result<ConnectSpec, SpecError> {
     let mut cs = args.spec(spec, log_filter)?;
     if from.is_some_and(|id| id != 0)
         && let Method::Ssh(ssh) = &mut cs.method

@@ -231,21 +231,39 @@ pub enum Boot {
     },
 }
 
+/// Why a target does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MethodError {
+    /// Nothing given.
+    #[error("empty target")]
+    Empty,
+    /// `sudo:` without a usable user name.
+    #[error("{spec:?}: expected sudo:USER")]
+    Sudo {
+        /// The target, as given.
+        spec: String,
+    },
+    /// Neither `local`, `sudo:USER` nor an ssh target.
+    #[error("unknown target {0}: expected local, sudo:USER or [ssh://][user@]host[:port]")]
+    Unknown(#[source] ssh::SshTargetError),
+}
+
 /// Parses a target: `local`, `sudo:USER` or `[ssh://][user@]host[:port]`.
-pub fn parse_method(spec: &str) -> Result<Method, String> {
+pub fn parse_method(spec: &str) -> Result<Method, MethodError> {
     match spec {
         "local" => Ok(Method::Local),
-        "" => Err("empty target".into()),
-        s if s.starts_with("sudo:") => {
-            let user = &s["sudo:".len()..];
+        "" => Err(MethodError::Empty),
+        s if let Some(user) = s.strip_prefix("sudo:") => {
             if user.is_empty() || user.starts_with('-') || user.contains(char::is_whitespace) {
-                return Err(format!("{s:?}: expected sudo:USER"));
+                return Err(MethodError::Sudo {
+                    spec: s.to_string(),
+                });
             }
             Ok(Method::Sudo(SudoSpec::new(user)))
         }
-        s => ssh::parse_target(s).map(Method::Ssh).map_err(|e| {
-            format!("unknown target {e}: expected local, sudo:USER or [ssh://][user@]host[:port]")
-        }),
+        s => ssh::parse_target(s)
+            .map(Method::Ssh)
+            .map_err(MethodError::Unknown),
     }
 }
 

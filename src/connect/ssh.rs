@@ -81,17 +81,88 @@ pub fn argv(ssh: &SshSpec, timeout: Duration, remote_command: &str) -> Vec<Strin
     v
 }
 
+/// Why an ssh target does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SshTargetError {
+    /// `[` without `]`.
+    #[error("{spec:?}: unclosed '[' in the host")]
+    UnclosedBracket {
+        /// The target, as given.
+        spec: String,
+    },
+    /// Something else than `:PORT` after `]`.
+    #[error("{spec:?}: expected ':PORT' after ']'")]
+    AfterBracket {
+        /// The target, as given.
+        spec: String,
+    },
+    /// A port that is not 1 to 65535.
+    #[error("{spec:?}: bad port {port:?}")]
+    BadPort {
+        /// The target, as given.
+        spec: String,
+        /// The port, as given.
+        port: String,
+    },
+    /// An unusable host or user name.
+    #[error("{spec:?}: {source}")]
+    Word {
+        /// The target, as given.
+        spec: String,
+        /// What is wrong with the name.
+        source: WordError,
+    },
+}
+
+/// Why a host or user name cannot be given to ssh.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WordError {
+    /// Nothing.
+    #[error("empty {what}")]
+    Empty {
+        /// `host` or `user`.
+        what: &'static str,
+    },
+    /// ssh would take it for an option.
+    #[error("{what} {word:?} may not start with '-'")]
+    Dash {
+        /// `host` or `user`.
+        what: &'static str,
+        /// The name.
+        word: String,
+    },
+    /// White space or control characters.
+    #[error("{what} {word:?} contains white space")]
+    Space {
+        /// `host` or `user`.
+        what: &'static str,
+        /// The name.
+        word: String,
+    },
+}
+
+/// `-e`'s command line does not split into words.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{source} in {text:?}")]
+pub struct SplitError {
+    /// The command line.
+    pub text: String,
+    /// Why.
+    pub source: shell_words::ParseError,
+}
+
 /// Refuses names that ssh would take for options or that cannot be a host
 /// or user name.
-fn check_word(what: &str, s: &str) -> Result<(), String> {
+fn check_word(what: &'static str, s: &str) -> Result<(), WordError> {
     if s.is_empty() {
-        return Err(format!("empty {what}"));
+        return Err(WordError::Empty { what });
     }
+    let word = || s.to_string();
     if s.starts_with('-') {
-        return Err(format!("{what} {s:?} may not start with '-'"));
+        return Err(WordError::Dash { what, word: word() });
     }
     if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("{what} {s:?} contains white space"));
+        return Err(WordError::Space { what, word: word() });
     }
     Ok(())
 }
@@ -151,7 +222,7 @@ pub fn explain(lines: &[String]) -> Option<String> {
 }
 
 /// Parses `[ssh://][user@]host[:port]` (IPv6 addresses in brackets).
-pub fn parse_target(s: &str) -> Result<SshSpec, String> {
+pub fn parse_target(s: &str) -> Result<SshSpec, SshTargetError> {
     let rest = s.strip_prefix("ssh://").unwrap_or(s);
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     let (user, hostport) = match rest.rsplit_once('@') {
@@ -160,13 +231,17 @@ pub fn parse_target(s: &str) -> Result<SshSpec, String> {
     };
     let (host, port) = if let Some(inner) = hostport.strip_prefix('[') {
         let Some((h, after)) = inner.split_once(']') else {
-            return Err(format!("{s:?}: unclosed '[' in the host"));
+            return Err(SshTargetError::UnclosedBracket {
+                spec: s.to_string(),
+            });
         };
         let port = match after {
             "" => None,
             p => Some(
                 p.strip_prefix(':')
-                    .ok_or_else(|| format!("{s:?}: expected ':PORT' after ']'"))?,
+                    .ok_or_else(|| SshTargetError::AfterBracket {
+                        spec: s.to_string(),
+                    })?,
             ),
         };
         (h.to_string(), port)
@@ -180,16 +255,20 @@ pub fn parse_target(s: &str) -> Result<SshSpec, String> {
     };
     let port = match port {
         None => None,
-        Some(p) => Some(
-            p.parse::<u16>()
-                .ok()
-                .filter(|&p| p != 0)
-                .ok_or_else(|| format!("{s:?}: bad port {p:?}"))?,
-        ),
+        Some(p) => Some(p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| {
+            SshTargetError::BadPort {
+                spec: s.to_string(),
+                port: p.to_string(),
+            }
+        })?),
     };
-    check_word("host", &host).map_err(|e| format!("{s:?}: {e}"))?;
+    let word = |source| SshTargetError::Word {
+        spec: s.to_string(),
+        source,
+    };
+    check_word("host", &host).map_err(word)?;
     if let Some(u) = &user {
-        check_word("user", u).map_err(|e| format!("{s:?}: {e}"))?;
+        check_word("user", u).map_err(word)?;
     }
     let mut spec = SshSpec::new(host);
     spec.user = user;
@@ -201,8 +280,11 @@ pub fn parse_target(s: &str) -> Result<SshSpec, String> {
 /// words: white space separates, `'...'` and `"..."` quote, `\` escapes,
 /// `#` starts a comment (as rsync does for `-e`; no expansions are
 /// performed). The `shell-words` crate does the work.
-pub fn split_words(s: &str) -> Result<Vec<String>, String> {
-    shell_words::split(s).map_err(|e| format!("{e} in {s:?}"))
+pub fn split_words(s: &str) -> Result<Vec<String>, SplitError> {
+    shell_words::split(s).map_err(|source| SplitError {
+        text: s.to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]
