@@ -56,7 +56,7 @@ impl Binary {
         self: &Arc<Self>,
         w: &mut W,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), BinaryError> {
         let mut offset = 0u64;
         while offset < self.len {
             let me = self.clone();
@@ -66,31 +66,111 @@ impl Binary {
                 me.file.read_exact_at(&mut buf, offset).map(|()| buf)
             })
             .await
-            .map_err(|e| format!("reading {}: {e}", self.path.display()))?
-            .map_err(|e| format!("reading {}: {e}", self.path.display()))?;
+            .map_err(|e| BinaryError::Read {
+                path: self.path.clone(),
+                source: Arc::new(std::io::Error::other(e.to_string())),
+            })?
+            .map_err(|e| BinaryError::Read {
+                path: self.path.clone(),
+                source: Arc::new(e),
+            })?;
             match tokio::time::timeout(timeout, w.write_all(&chunk)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    return Err(format!(
-                        "sending the binary failed after {offset} of {} bytes: {e}",
-                        self.len
-                    ));
+                    return Err(BinaryError::Send {
+                        sent: offset,
+                        len: self.len,
+                        source: Arc::new(e),
+                    });
                 }
                 Err(_) => {
-                    return Err(format!(
-                        "sending the binary stalled for {timeout:?} after {offset} of {} bytes",
-                        self.len
-                    ));
+                    return Err(BinaryError::Stalled {
+                        sent: offset,
+                        len: self.len,
+                        timeout,
+                    });
                 }
             }
             offset += want as u64;
         }
         match tokio::time::timeout(timeout, w.flush()).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("sending the binary failed: {e}")),
-            Err(_) => Err(format!("sending the binary stalled for {timeout:?}")),
+            Ok(Err(e)) => Err(BinaryError::Flush(Arc::new(e))),
+            Err(_) => Err(BinaryError::FlushStalled(timeout)),
         }
     }
+}
+
+/// Why the binary to ship could not be read, or could not be sent.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BinaryError {
+    /// This program's own executable could not be found.
+    #[error("cannot find this program's executable: {0}")]
+    NoExe(#[source] Arc<std::io::Error>),
+    /// This program's executable could not be opened.
+    #[error("cannot open {}: {source}", .path.display())]
+    OpenExe {
+        /// The executable.
+        path: PathBuf,
+        /// Why.
+        source: Arc<std::io::Error>,
+    },
+    /// The binary given could not be opened.
+    #[error("cannot open the binary {}: {source}", .path.display())]
+    Open {
+        /// The binary.
+        path: PathBuf,
+        /// Why.
+        source: Arc<std::io::Error>,
+    },
+    /// Reading (or hashing) it failed.
+    #[error("reading {}: {source}", .path.display())]
+    Read {
+        /// The binary.
+        path: PathBuf,
+        /// Why.
+        source: Arc<std::io::Error>,
+    },
+    /// Neither ELF nor Mach-O.
+    #[error("{} is not an executable ferrogen can ship (no ELF or Mach-O header)", .path.display())]
+    NotExecutable {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Hashing it on the blocking pool failed (a bug).
+    #[error("hashing {}: {why}", .path.display())]
+    Hashing {
+        /// The binary.
+        path: PathBuf,
+        /// The task's failure.
+        why: String,
+    },
+    /// Writing it to the target failed.
+    #[error("sending the binary failed after {sent} of {len} bytes: {source}")]
+    Send {
+        /// Bytes sent.
+        sent: u64,
+        /// Its size.
+        len: u64,
+        /// Why.
+        source: Arc<std::io::Error>,
+    },
+    /// Writing it to the target made no progress for `timeout`.
+    #[error("sending the binary stalled for {timeout:?} after {sent} of {len} bytes")]
+    Stalled {
+        /// Bytes sent.
+        sent: u64,
+        /// Its size.
+        len: u64,
+        /// How long.
+        timeout: Duration,
+    },
+    /// The final flush failed.
+    #[error("sending the binary failed: {0}")]
+    Flush(#[source] Arc<std::io::Error>),
+    /// The final flush made no progress for `timeout`.
+    #[error("sending the binary stalled for {0:?}")]
+    FlushStalled(Duration),
 }
 
 type Memo = tokio::sync::Mutex<HashMap<PathBuf, Arc<Binary>>>;
@@ -103,7 +183,7 @@ fn memo() -> &'static Memo {
 /// The binary to send: `path` if given, else the program this process runs
 /// for its own children (its executable, or the override set with
 /// [`super::program::set_child_program`]). Hashed once per process.
-pub async fn binary(path: Option<&Path>) -> Result<Arc<Binary>, String> {
+pub async fn binary(path: Option<&Path>) -> Result<Arc<Binary>, BinaryError> {
     let (key, own) = match path {
         Some(p) => (p.to_path_buf(), false),
         None => match super::program::child_program_override() {
@@ -122,7 +202,10 @@ pub async fn binary(path: Option<&Path>) -> Result<Arc<Binary>, String> {
     let t0 = std::time::Instant::now();
     let b = tokio::task::spawn_blocking(move || load(&k, own))
         .await
-        .map_err(|e| format!("hashing {}: {e}", key.display()))??;
+        .map_err(|e| BinaryError::Hashing {
+            path: key.clone(),
+            why: e.to_string(),
+        })??;
     tracing::debug!(
         "binary to ship: {} ({} bytes, {}, blake3 {}) hashed in {:?}",
         b.path.display(),
@@ -156,23 +239,26 @@ pub fn portable_binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn load(path: &Path, own: bool) -> Result<Binary, String> {
+fn load(path: &Path, own: bool) -> Result<Binary, BinaryError> {
     // Our own executable: /proc/self/exe is the running inode even if the
     // file was replaced since; elsewhere fall back to current_exe().
     let (file, shown) = if path == Path::new("/proc/self/exe") {
         match std::fs::File::open(path) {
             Ok(f) => (f, std::env::current_exe().unwrap_or_else(|_| path.into())),
             Err(_) => {
-                let exe = std::env::current_exe()
-                    .map_err(|e| format!("cannot find this program's executable: {e}"))?;
-                let f = std::fs::File::open(&exe)
-                    .map_err(|e| format!("cannot open {}: {e}", exe.display()))?;
+                let exe = std::env::current_exe().map_err(|e| BinaryError::NoExe(Arc::new(e)))?;
+                let f = std::fs::File::open(&exe).map_err(|e| BinaryError::OpenExe {
+                    path: exe.clone(),
+                    source: Arc::new(e),
+                })?;
                 (f, exe)
             }
         }
     } else {
-        let f = std::fs::File::open(path)
-            .map_err(|e| format!("cannot open the binary {}: {e}", path.display()))?;
+        let f = std::fs::File::open(path).map_err(|e| BinaryError::Open {
+            path: path.to_path_buf(),
+            source: Arc::new(e),
+        })?;
         (f, path.to_path_buf())
     };
     let mut hasher = blake3::Hasher::new();
@@ -180,9 +266,10 @@ fn load(path: &Path, own: bool) -> Result<Binary, String> {
     let mut len = 0u64;
     let mut header = Vec::new();
     loop {
-        let n = file
-            .read_at(&mut buf, len)
-            .map_err(|e| format!("reading {}: {e}", shown.display()))?;
+        let n = file.read_at(&mut buf, len).map_err(|e| BinaryError::Read {
+            path: shown.clone(),
+            source: Arc::new(e),
+        })?;
         if n == 0 {
             break;
         }
@@ -198,11 +285,8 @@ fn load(path: &Path, own: bool) -> Result<Binary, String> {
             std::env::consts::ARCH.to_string(),
         )
     } else {
-        platform_of(&header).ok_or_else(|| {
-            format!(
-                "{} is not an executable ferrogen can ship (no ELF or Mach-O header)",
-                shown.display()
-            )
+        platform_of(&header).ok_or_else(|| BinaryError::NotExecutable {
+            path: shown.clone(),
         })?
     };
     // A file that is not ELF or is malformed needs "something unknown":

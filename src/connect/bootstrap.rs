@@ -470,7 +470,7 @@ where
                             w[1..].join(" ")
                         )));
                     }
-                    return Err(BootFailure::new(e));
+                    return Err(BootFailure::new(e.to_string()));
                 }
                 sent = Some(b.len);
             }

@@ -117,19 +117,41 @@ impl Have {
     }
 }
 
+/// Why a binary cannot start on a target's C library.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LibcMismatch {
+    /// An older glibc than the binary needs.
+    #[error("the target has glibc {have}, but the binary needs glibc {need} or newer")]
+    OldGlibc {
+        /// The target's.
+        have: Version,
+        /// The binary's need.
+        need: Version,
+    },
+    /// musl where glibc is needed.
+    #[error("the target's C library is musl, but the binary needs glibc {need} or newer")]
+    MuslNotGlibc {
+        /// The binary's need.
+        need: Version,
+    },
+    /// glibc where musl is needed.
+    #[error("the target has glibc {have}, but the binary needs musl")]
+    GlibcNotMusl {
+        /// The target's.
+        have: Version,
+    },
+}
+
 /// Whether a binary needing `need` can start on a target that has `have`;
 /// `Err` says why not. Unknowns pass: the trial run decides.
-pub fn fits(need: &Need, have: &Have) -> Result<(), String> {
+pub fn fits(need: &Need, have: &Have) -> Result<(), LibcMismatch> {
     match (need, have) {
-        (Need::Glibc(n), Have::Glibc(h)) if h < n => Err(format!(
-            "the target has glibc {h}, but the binary needs glibc {n} or newer"
-        )),
-        (Need::Glibc(n), Have::Musl) => Err(format!(
-            "the target's C library is musl, but the binary needs glibc {n} or newer"
-        )),
-        (Need::Musl, Have::Glibc(h)) => Err(format!(
-            "the target has glibc {h}, but the binary needs musl"
-        )),
+        (Need::Glibc(n), Have::Glibc(h)) if h < n => Err(LibcMismatch::OldGlibc {
+            have: h.clone(),
+            need: n.clone(),
+        }),
+        (Need::Glibc(n), Have::Musl) => Err(LibcMismatch::MuslNotGlibc { need: n.clone() }),
+        (Need::Musl, Have::Glibc(h)) => Err(LibcMismatch::GlibcNotMusl { have: h.clone() }),
         _ => Ok(()),
     }
 }
@@ -419,8 +441,20 @@ mod tests {
         let need = Need::Glibc(v("2.34"));
         assert!(fits(&need, &Have::Glibc(v("2.36"))).is_ok());
         let e = fits(&need, &Have::Glibc(v("2.17"))).unwrap_err();
-        assert!(e.contains("2.17") && e.contains("2.34"), "{e}");
-        assert!(fits(&need, &Have::Musl).unwrap_err().contains("musl"));
+        assert_eq!(
+            e,
+            LibcMismatch::OldGlibc {
+                have: v("2.17"),
+                need: v("2.34")
+            }
+        );
+        assert!(
+            e.to_string().contains("2.17") && e.to_string().contains("2.34"),
+            "{e}"
+        );
+        let e = fits(&need, &Have::Musl).unwrap_err();
+        assert_eq!(e, LibcMismatch::MuslNotGlibc { need: v("2.34") });
+        assert!(e.to_string().contains("musl"), "{e}");
         assert!(fits(&Need::Nothing, &Have::Musl).is_ok());
         assert!(fits(&need, &Have::Unknown).is_ok());
     }

@@ -78,9 +78,13 @@ pub async fn launch(
     launch: Launch,
 ) -> Result<ContextInfo, ConnectError> {
     let method = launch.method;
-    let id = router.allocate_id().await.map_err(|e| {
-        ConnectError::Other(format!("{method}: could not allocate a context id: {e}"))
-    })?;
+    let id = router
+        .allocate_id()
+        .await
+        .map_err(|source| ConnectError::NoId {
+            method: method.to_string(),
+            source,
+        })?;
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -124,7 +128,7 @@ pub async fn launch(
     else {
         kill_group(pid);
         let _ = child.start_kill();
-        return Err(ConnectError::Other(format!("{name}: stdio pipes missing")));
+        return Err(ConnectError::NoPipes { name });
     };
     // Best effort: bigger pipes mean fewer wake-ups per chunk.
     {

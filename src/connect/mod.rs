@@ -300,9 +300,44 @@ pub enum ConnectError {
         /// What it reported.
         error: CallError,
     },
-    /// Local bookkeeping failed (e.g. no id could be allocated).
-    #[error("{0}")]
-    Other(String),
+    /// No context id could be allocated.
+    #[error("{method}: could not allocate a context id: {source}")]
+    NoId {
+        /// Method being used.
+        method: String,
+        /// Why.
+        source: CallError,
+    },
+    /// The child process came without its stdio pipes.
+    #[error("{name}: stdio pipes missing")]
+    NoPipes {
+        /// The context being started.
+        name: String,
+    },
+    /// An ssh host or user name that ssh would misread.
+    #[error("{whence}: {source}")]
+    Word {
+        /// The connection (`ssh user@host`).
+        whence: String,
+        /// Why.
+        source: ssh::WordError,
+    },
+    /// A sudo user name that sudo would misread.
+    #[error("{whence}: {source}")]
+    User {
+        /// The connection (`sudo -u USER as ME on HOST`).
+        whence: String,
+        /// Why.
+        source: sudo::UserError,
+    },
+    /// The binary to ship could not be read.
+    #[error("{whence}: {source}")]
+    Binary {
+        /// The connection.
+        whence: String,
+        /// Why.
+        source: binary::BinaryError,
+    },
 }
 
 /// The intermediary's own answer without naming it twice.

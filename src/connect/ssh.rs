@@ -31,13 +31,21 @@ pub async fn connect(
     ssh: &SshSpec,
 ) -> Result<ContextInfo, ConnectError> {
     let target = ssh.target();
-    check_word("host", &ssh.host).map_err(|e| ConnectError::Other(format!("ssh {target}: {e}")))?;
+    let whence = format!("ssh {target}");
+    let word = |source| ConnectError::Word {
+        whence: whence.clone(),
+        source,
+    };
+    check_word("host", &ssh.host).map_err(word)?;
     if let Some(u) = &ssh.user {
-        check_word("user", u).map_err(|e| ConnectError::Other(format!("ssh {target}: {e}")))?;
+        check_word("user", u).map_err(word)?;
     }
     let binary = bootstrap::binary(ssh.remote_binary.as_deref().map(Path::new))
         .await
-        .map_err(|e| ConnectError::Other(format!("ssh {target}: {e}")))?;
+        .map_err(|source| ConnectError::Binary {
+            whence: whence.clone(),
+            source,
+        })?;
     let plan = BootPlan::new(binary);
     let argv = argv(ssh, spec.timeout(), &plan.remote_command());
     let mut cmd = Command::new(&argv[0]);

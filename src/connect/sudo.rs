@@ -28,10 +28,16 @@ pub async fn connect(
     let here = router.name().to_string();
     let user = sudo.user.clone();
     let whence = format!("sudo -u {user} as {me} on {here}");
-    check_user(&user).map_err(|e| ConnectError::Other(format!("{whence}: {e}")))?;
+    check_user(&user).map_err(|source| ConnectError::User {
+        whence: whence.clone(),
+        source,
+    })?;
     let binary = bootstrap::binary(None)
         .await
-        .map_err(|e| ConnectError::Other(format!("{whence}: {e}")))?;
+        .map_err(|source| ConnectError::Binary {
+            whence: whence.clone(),
+            source,
+        })?;
     let plan = BootPlan::new(binary);
     let program = if sudo.program.is_empty() {
         "sudo"
@@ -105,12 +111,23 @@ async fn list_rules(program: &str) -> Option<String> {
     (!rules.is_empty()).then(|| rules.join("; "))
 }
 
-fn check_user(user: &str) -> Result<(), String> {
+/// Why a user name cannot be given to sudo.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    /// Nothing.
+    #[error("empty user name")]
+    Empty,
+    /// sudo would take it for an option, or it holds white space.
+    #[error("bad user name {0:?}")]
+    Bad(String),
+}
+
+fn check_user(user: &str) -> Result<(), UserError> {
     if user.is_empty() {
-        return Err("empty user name".into());
+        return Err(UserError::Empty);
     }
     if user.starts_with('-') || user.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("bad user name {user:?}"));
+        return Err(UserError::Bad(user.to_string()));
     }
     Ok(())
 }
@@ -178,6 +195,8 @@ mod tests {
                 .contains("no account nosuch")
         );
         assert_eq!(explain(&l("fine"), "a", "b"), None);
-        assert!(check_user("-x").is_err() && check_user("root").is_ok());
+        assert_eq!(check_user("-x"), Err(UserError::Bad("-x".into())));
+        assert_eq!(check_user(""), Err(UserError::Empty));
+        assert!(check_user("root").is_ok());
     }
 }
