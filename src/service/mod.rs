@@ -33,7 +33,7 @@ use crate::channel::ChannelError;
 pub use crate::router::Policy;
 use crate::router::Router;
 use crate::stream::REPLY_HIGH_WATER;
-use crate::wire::control::{self, CallReply, ServiceCall};
+use crate::wire::control::{self, CallReply, ControlDecodeError, ServiceCall};
 use crate::wire::{ContextId, Enc, Frame, handles};
 
 /// Calls from one context (`src_id`) that may be running here at once, from
@@ -65,7 +65,8 @@ pub struct Caller {
 pub type FollowUp = BoxFuture<()>;
 
 type MethodOutput = Result<(Bytes, Option<FollowUp>), RemoteError>;
-type MethodFn = Arc<dyn Fn(Caller, &[u8]) -> Result<BoxFuture<MethodOutput>, String> + Send + Sync>;
+type MethodFn =
+    Arc<dyn Fn(Caller, &[u8]) -> Result<BoxFuture<MethodOutput>, ControlDecodeError> + Send + Sync>;
 type ShutdownFn = Box<dyn FnOnce() -> BoxFuture<()> + Send>;
 
 struct Method {
@@ -107,7 +108,7 @@ impl ServiceBuilder {
     {
         let f = Arc::new(f);
         let run: MethodFn = Arc::new(move |caller, raw: &[u8]| {
-            let args: A = control::decode(raw).map_err(|e| e.0)?;
+            let args: A = control::decode(raw)?;
             let f = f.clone();
             Ok(Box::pin(async move {
                 let r = f(caller, args).await?;
@@ -164,7 +165,7 @@ impl ServiceBuilder {
     {
         let f = Arc::new(f);
         let run: MethodFn = Arc::new(move |caller, raw: &[u8]| {
-            let args: A = control::decode(raw).map_err(|e| e.0)?;
+            let args: A = control::decode(raw)?;
             let f = f.clone();
             Ok(Box::pin(async move {
                 let (r, then) = f(caller, args).await?;
@@ -217,25 +218,48 @@ struct InFlight {
     bytes: usize,
 }
 
+/// Why a call was refused before it ran: its caller has too much in
+/// flight already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TooMuchInFlight {
+    /// [`MAX_CALLS_IN_FLIGHT`] calls running.
+    #[error("too many calls in flight from context {caller} (limit {MAX_CALLS_IN_FLIGHT})")]
+    Calls {
+        /// The caller (its principal).
+        caller: ContextId,
+    },
+    /// [`MAX_CALL_BYTES_IN_FLIGHT`] bytes of calls running.
+    #[error(
+        "too many bytes of calls in flight from context {caller} ({calls} running with \
+         {bytes} bytes; limit {MAX_CALL_BYTES_IN_FLIGHT})"
+    )]
+    Bytes {
+        /// The caller (its principal).
+        caller: ContextId,
+        /// Calls running.
+        calls: usize,
+        /// Their bytes.
+        bytes: usize,
+    },
+}
+
 impl InFlight {
     fn enter(
         table: &Arc<Mutex<HashMap<ContextId, Load>>>,
         caller: ContextId,
         bytes: usize,
-    ) -> Result<InFlight, String> {
+    ) -> Result<InFlight, TooMuchInFlight> {
         let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
         let load = t.entry(caller).or_default();
         if load.calls >= MAX_CALLS_IN_FLIGHT {
-            return Err(format!(
-                "too many calls in flight from context {caller} (limit {MAX_CALLS_IN_FLIGHT})"
-            ));
+            return Err(TooMuchInFlight::Calls { caller });
         }
         if load.calls > 0 && load.bytes + bytes > MAX_CALL_BYTES_IN_FLIGHT {
-            return Err(format!(
-                "too many bytes of calls in flight from context {caller} ({} running with {} \
-                 bytes; limit {MAX_CALL_BYTES_IN_FLIGHT})",
-                load.calls, load.bytes
-            ));
+            return Err(TooMuchInFlight::Bytes {
+                caller,
+                calls: load.calls,
+                bytes: load.bytes,
+            });
         }
         load.calls += 1;
         load.bytes += bytes;
@@ -342,7 +366,7 @@ impl Services {
             Ok(f) => f,
             Err(why) => {
                 tracing::warn!("refused {}.{}: {why}", call.service, call.method);
-                router.reply_error(&frame, RemoteError::Failed(why));
+                router.reply_error(&frame, RemoteError::Failed(why.to_string()));
                 return;
             }
         };
@@ -385,7 +409,7 @@ impl Services {
             }
             match (method.run)(caller, &call.args) {
                 Ok(fut) => fut,
-                Err(detail) => {
+                Err(ControlDecodeError(detail)) => {
                     drop(table);
                     router.reply_error(
                         &frame,
