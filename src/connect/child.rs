@@ -91,23 +91,55 @@ fn take_stdio() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok((r, w))
 }
 
-async fn serve(rfd: OwnedFd, wfd: OwnedFd, extra_services: ServiceHook) -> Result<(), String> {
-    let mut reader =
-        pipe::Receiver::from_owned_fd_unchecked(rfd).map_err(|e| format!("stdin: {e}"))?;
-    let mut writer =
-        pipe::Sender::from_owned_fd_unchecked(wfd).map_err(|e| format!("stdout: {e}"))?;
+/// Why a child context could not start (said on stderr, where the parent
+/// reads it).
+#[derive(Debug, thiserror::Error)]
+enum ChildError {
+    /// Its stdin or stdout could not be used.
+    #[error("{which}: {source}")]
+    Stdio {
+        /// `stdin` or `stdout`.
+        which: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The parent hung up first.
+    #[error("parent closed the stream before the handshake")]
+    NoHandshake,
+    /// The first frame was not a handshake that decodes.
+    #[error("bad handshake: {0}")]
+    BadHandshake(String),
+    /// Another frame came first.
+    #[error("expected a handshake, got {0:?}")]
+    NotHandshake(Box<Frame>),
+    /// The parent speaks another protocol version.
+    #[error("protocol version mismatch")]
+    Version,
+    /// The shutdown handle was taken (a bug).
+    #[error(transparent)]
+    Handle(#[from] crate::router::HandleInUse),
+    /// The handshake's answer could not be written.
+    #[error("could not answer the handshake: {0}")]
+    Answer(#[source] std::io::Error),
+}
+
+async fn serve(rfd: OwnedFd, wfd: OwnedFd, extra_services: ServiceHook) -> Result<(), ChildError> {
+    let stdio = |which| move |source| ChildError::Stdio { which, source };
+    let mut reader = pipe::Receiver::from_owned_fd_unchecked(rfd).map_err(stdio("stdin"))?;
+    let mut writer = pipe::Sender::from_owned_fd_unchecked(wfd).map_err(stdio("stdout"))?;
 
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut codec = FrameCodec::new(64 * 1024);
     let first = match next_frame(&mut reader, &mut codec, &mut buf).await {
         Ok(Some(f)) => f,
-        Ok(None) => return Err("parent closed the stream before the handshake".into()),
-        Err(e) => return Err(format!("bad handshake: {e}")),
+        Ok(None) => return Err(ChildError::NoHandshake),
+        Err(e) => return Err(ChildError::BadHandshake(e.to_string())),
     };
     if first.handle != handles::HELLO {
-        return Err(format!("expected a handshake, got {first:?}"));
+        return Err(ChildError::NotHandshake(Box::new(first)));
     }
-    let hello: Hello = control::decode_frame(&first).map_err(|e| format!("bad handshake: {e}"))?;
+    let hello: Hello =
+        control::decode_frame(&first).map_err(|e| ChildError::BadHandshake(e.to_string()))?;
     let parent = hello.parent_ids.first().copied().unwrap_or(0);
     if hello.version != PROTOCOL_VERSION {
         let mut dead = Frame::dead(
@@ -121,7 +153,7 @@ async fn serve(rfd: OwnedFd, wfd: OwnedFd, extra_services: ServiceHook) -> Resul
         dead.src_id = hello.context_id;
         dead.auth_id = hello.context_id;
         let _ = writer.write_all(&codec::encode_to_vec(&dead)).await;
-        return Err("protocol version mismatch".into());
+        return Err(ChildError::Version);
     }
     init_logging(&hello.log_filter);
 
@@ -135,9 +167,8 @@ async fn serve(rfd: OwnedFd, wfd: OwnedFd, extra_services: ServiceHook) -> Resul
     crate::connect::register_service(&services, &router);
     crate::ping::register_service(&services, &router);
     extra_services(&services, &router);
-    let mut shutdown = router
-        .add_handler(Some(handles::SHUTDOWN), Policy::ParentsOnly, None, true)
-        .map_err(|e| e.to_string())?;
+    let mut shutdown =
+        router.add_handler(Some(handles::SHUTDOWN), Policy::ParentsOnly, None, true)?;
 
     let ready = Ready {
         version: PROTOCOL_VERSION,
@@ -155,7 +186,7 @@ async fn serve(rfd: OwnedFd, wfd: OwnedFd, extra_services: ServiceHook) -> Resul
     writer
         .write_all(&codec::encode_to_vec(&reply))
         .await
-        .map_err(|e| format!("could not answer the handshake: {e}"))?;
+        .map_err(ChildError::Answer)?;
 
     stream::start(&router, "parent".into(), parent, true, reader, writer, buf);
     tracing::debug!("{} up as context {}", hello.name, hello.context_id);
