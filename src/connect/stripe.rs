@@ -68,9 +68,92 @@ struct StripeHello {
     token: String,
 }
 
-fn random_hex(bytes: usize) -> Result<String, String> {
+/// Why a stripe could not be offered, opened or attached.
+#[derive(Debug, thiserror::Error)]
+pub enum StripeError {
+    /// No random bytes for the socket name or token.
+    #[error("no randomness: {0}")]
+    NoRandomness(getrandom::Error),
+    /// A thread panicked holding the listener's state.
+    #[error("stripe listener state poisoned")]
+    Poisoned,
+    /// The socket's abstract name was refused.
+    #[error("stripe socket name: {0}")]
+    SocketName(#[source] std::io::Error),
+    /// The listening socket could not be made.
+    #[error("stripe socket: {0}")]
+    Socket(#[source] std::io::Error),
+    /// The connecting side sent no token in time.
+    #[error("no token within {0:?}")]
+    NoToken(Duration),
+    /// What came on the socket does not decode.
+    #[error(transparent)]
+    Frame(#[from] crate::wire::DecodeError),
+    /// The connecting side hung up first.
+    #[error("closed before the hello")]
+    ClosedBeforeHello,
+    /// The hello does not decode.
+    #[error(transparent)]
+    Hello(#[from] control::ControlDecodeError),
+    /// The token is not this context's.
+    #[error("wrong token")]
+    WrongToken,
+    /// This context has no parent stream to add the stripe to.
+    #[error("no parent stream")]
+    NoParentStream,
+    /// The parent stream went away meanwhile.
+    #[error("parent stream gone")]
+    ParentGone,
+    /// The answer to the hello could not be written.
+    #[error(transparent)]
+    Write(std::io::Error),
+    /// The transport process could not be started.
+    #[error("cannot start the stripe transport: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// It came without its stdio pipes.
+    #[error("stdio pipes missing")]
+    NoPipes,
+    /// A socket name that is not one `listen` makes.
+    #[error("refusing the stripe socket name {0:?}")]
+    BadSocketName(String),
+    /// This program's executable could not be found.
+    #[error(transparent)]
+    NoExe(std::io::Error),
+    /// A sudo context: stripes go to the ssh or local context.
+    #[error("stripes are opened to the ssh or local context, not through sudo")]
+    ThroughSudo,
+    /// The hello could not be written to the transport.
+    #[error("cannot send the stripe hello: {source}; transport said: {said}")]
+    SendHello {
+        /// Why.
+        source: std::io::Error,
+        /// The transport's last stderr lines.
+        said: String,
+    },
+    /// The transport answered something else, or nothing.
+    #[error("no stripe answer ({got:?}); transport said: {said}")]
+    NoAnswer {
+        /// What came instead.
+        got: Option<Box<Frame>>,
+        /// The transport's last stderr lines.
+        said: String,
+    },
+    /// The transport's answer does not decode.
+    #[error("bad stripe answer: {source}; transport said: {said}")]
+    BadAnswer {
+        /// Why.
+        source: crate::wire::DecodeError,
+        /// The transport's last stderr lines.
+        said: String,
+    },
+    /// The primary stream went away meanwhile.
+    #[error("the primary stream is gone")]
+    PrimaryGone,
+}
+
+fn random_hex(bytes: usize) -> Result<String, StripeError> {
     let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).map_err(|e| format!("no randomness: {e}"))?;
+    getrandom::fill(&mut buf).map_err(StripeError::NoRandomness)?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -82,16 +165,14 @@ pub fn register_service(services: &Services, router: &Router) {
         ServiceBuilder::new(STRIPE_SERVICE)
             .method("listen", Policy::ParentsOnly, move |_c, (): ()| {
                 let (r, offer) = (r.clone(), offer.clone());
-                async move { listen(&r, &offer).map_err(RemoteError::Failed) }
+                async move { listen(&r, &offer).map_err(|e| RemoteError::Failed(e.to_string())) }
             })
             .build(),
     );
 }
 
-fn listen(router: &Router, offer: &Mutex<Option<StripeOffer>>) -> Result<StripeOffer, String> {
-    let mut slot = offer
-        .lock()
-        .map_err(|_| "stripe listener state poisoned".to_string())?;
+fn listen(router: &Router, offer: &Mutex<Option<StripeOffer>>) -> Result<StripeOffer, StripeError> {
+    let mut slot = offer.lock().map_err(|_| StripeError::Poisoned)?;
     if let Some(o) = slot.as_ref() {
         return Ok(o.clone());
     }
@@ -101,14 +182,13 @@ fn listen(router: &Router, offer: &Mutex<Option<StripeOffer>>) -> Result<StripeO
         token: random_hex(16)?,
     };
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(o.socket.as_bytes())
-        .map_err(|e| format!("stripe socket name: {e}"))?;
-    let std_listener = std::os::unix::net::UnixListener::bind_addr(&addr)
-        .map_err(|e| format!("stripe socket: {e}"))?;
+        .map_err(StripeError::SocketName)?;
+    let std_listener =
+        std::os::unix::net::UnixListener::bind_addr(&addr).map_err(StripeError::Socket)?;
     std_listener
         .set_nonblocking(true)
-        .map_err(|e| format!("stripe socket: {e}"))?;
-    let listener = tokio::net::UnixListener::from_std(std_listener)
-        .map_err(|e| format!("stripe socket: {e}"))?;
+        .map_err(StripeError::Socket)?;
+    let listener = tokio::net::UnixListener::from_std(std_listener).map_err(StripeError::Socket)?;
     tokio::spawn(serve_listener(router.clone(), listener, o.token.clone()));
     *slot = Some(o.clone());
     Ok(o)
@@ -170,30 +250,29 @@ async fn accept(
     token: &str,
     n: u32,
     permit: tokio::sync::OwnedSemaphorePermit,
-) -> Result<(), String> {
+) -> Result<(), StripeError> {
     let (mut rd, mut wr) = sock.into_split();
     let mut buf = BytesMut::with_capacity(4096);
     let mut codec = FrameCodec::new(4096);
     let first = tokio::time::timeout(HELLO_DEADLINE, next_frame(&mut rd, &mut codec, &mut buf))
         .await
-        .map_err(|_| format!("no token within {HELLO_DEADLINE:?}"))?
-        .map_err(|e| e.to_string())?
-        .ok_or("closed before the hello")?;
+        .map_err(|_| StripeError::NoToken(HELLO_DEADLINE))??
+        .ok_or(StripeError::ClosedBeforeHello)?;
     drop(permit);
-    let hello: StripeHello = control::decode_frame(&first).map_err(|e| e.to_string())?;
+    let hello: StripeHello = control::decode_frame(&first)?;
     if !constant_time_eq(hello.token.as_bytes(), token.as_bytes()) {
-        return Err("wrong token".into());
+        return Err(StripeError::WrongToken);
     }
-    let primary = router.parent_stream().ok_or("no parent stream")?;
+    let primary = router.parent_stream().ok_or(StripeError::NoParentStream)?;
     let parent = router.parent_ids().first().copied().unwrap_or(0);
     let mut ready = Frame::new(parent, handles::HELLO, Enc::Control, control::encode(&()));
     ready.src_id = router.id();
     ready.auth_id = router.id();
     wr.write_all(&codec::encode_to_vec(&ready))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(StripeError::Write)?;
     stream::start_alias(router, format!("stripe.{n}"), primary, rd, wr, buf)
-        .ok_or("parent stream gone")?;
+        .ok_or(StripeError::ParentGone)?;
     tracing::debug!("{}: stripe {n} attached", router.name());
     Ok(())
 }
@@ -338,7 +417,7 @@ async fn listen_on(router: &Router, ctx: &ContextInfo, timeout: Duration) -> Opt
 fn settle(
     ctx: &ContextInfo,
     n: usize,
-    r: Result<Result<(), String>, tokio::time::error::Elapsed>,
+    r: Result<Result<(), StripeError>, tokio::time::error::Elapsed>,
 ) -> bool {
     match r {
         Ok(Ok(())) => true,
@@ -571,20 +650,18 @@ impl Drop for Early {
     }
 }
 
-fn spawn_transport(mut cmd: Command, ctx_name: &str, n: usize) -> Result<Transport, String> {
+fn spawn_transport(mut cmd: Command, ctx_name: &str, n: usize) -> Result<Transport, StripeError> {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start the stripe transport: {e}"))?;
+    let mut child = cmd.spawn().map_err(StripeError::Spawn)?;
     let (Some(stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
         let _ = child.start_kill();
-        return Err("stdio pipes missing".into());
+        return Err(StripeError::NoPipes);
     };
     {
         use std::os::fd::AsFd;
@@ -603,7 +680,7 @@ fn spawn_transport(mut cmd: Command, ctx_name: &str, n: usize) -> Result<Transpo
     })
 }
 
-async fn transport(method: &Method, offer: &StripeOffer) -> Result<Command, String> {
+async fn transport(method: &Method, offer: &StripeOffer) -> Result<Command, StripeError> {
     let socket = offer.socket.as_str();
     // The name goes into a remote shell command: only the characters
     // `listen` ever produces.
@@ -612,13 +689,13 @@ async fn transport(method: &Method, offer: &StripeOffer) -> Result<Command, Stri
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
-        return Err(format!("refusing the stripe socket name {socket:?}"));
+        return Err(StripeError::BadSocketName(socket.to_string()));
     }
     match method {
         Method::Local => {
             let exe = match super::local::child_program_override() {
                 Some(p) => p,
-                None => std::env::current_exe().map_err(|e| e.to_string())?,
+                None => std::env::current_exe().map_err(StripeError::NoExe)?,
             };
             let mut c = Command::new(exe);
             c.arg(ATTACH_ARG).arg(socket);
@@ -635,9 +712,7 @@ async fn transport(method: &Method, offer: &StripeOffer) -> Result<Command, Stri
             c.args(&argv[1..]);
             Ok(c)
         }
-        Method::Sudo(_) => {
-            Err("stripes are opened to the ssh or local context, not through sudo".into())
-        }
+        Method::Sudo(_) => Err(StripeError::ThroughSudo),
     }
 }
 
@@ -651,7 +726,7 @@ impl Transport {
         ctx: &ContextInfo,
         offer: &StripeOffer,
         primary: crate::stream::StreamId,
-    ) -> Result<(), String> {
+    ) -> Result<(), StripeError> {
         let t0 = std::time::Instant::now();
         let mut out = Vec::new();
         if self.wants_line {
@@ -664,10 +739,7 @@ impl Transport {
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             {
                 let _ = self.child.start_kill();
-                return Err(format!(
-                    "refusing the stripe socket name {:?}",
-                    offer.socket
-                ));
+                return Err(StripeError::BadSocketName(offer.socket.clone()));
             }
             out.extend_from_slice(format!("{} {}\n", offer.pid, offer.socket).as_bytes());
         }
@@ -684,10 +756,10 @@ impl Transport {
         out.extend_from_slice(&codec::encode_to_vec(&hello));
         if let Err(e) = self.stdin.write_all(&out).await {
             let _ = self.child.start_kill();
-            return Err(format!(
-                "cannot send the stripe hello: {e}; transport said: {}",
-                self.tail.lines().join(" | ")
-            ));
+            return Err(StripeError::SendHello {
+                source: e,
+                said: self.tail.lines().join(" | "),
+            });
         }
         let mut buf = BytesMut::with_capacity(4096);
         let mut codec = FrameCodec::new(4096);
@@ -695,17 +767,17 @@ impl Transport {
             Ok(Some(f)) if f.handle == handles::HELLO && !f.is_dead() => {}
             Ok(other) => {
                 let _ = self.child.start_kill();
-                return Err(format!(
-                    "no stripe answer ({other:?}); transport said: {}",
-                    self.tail.lines().join(" | ")
-                ));
+                return Err(StripeError::NoAnswer {
+                    got: other.map(Box::new),
+                    said: self.tail.lines().join(" | "),
+                });
             }
             Err(e) => {
                 let _ = self.child.start_kill();
-                return Err(format!(
-                    "bad stripe answer: {e}; transport said: {}",
-                    self.tail.lines().join(" | ")
-                ));
+                return Err(StripeError::BadAnswer {
+                    source: e,
+                    said: self.tail.lines().join(" | "),
+                });
             }
         }
         let Transport {
@@ -717,7 +789,7 @@ impl Transport {
         } = self;
         if stream::start_alias(router, name.clone(), primary, stdout, stdin, buf).is_none() {
             let _ = child.start_kill();
-            return Err("the primary stream is gone".into());
+            return Err(StripeError::PrimaryGone);
         }
         tracing::debug!("{name}: attached {:?} after the hello", t0.elapsed());
         tokio::spawn(async move {
