@@ -731,4 +731,237 @@ mod tests {
         // And near the link's rate: 48 MiB at 12.5 MB/s is 4.0 s.
         assert!(took < Duration::from_secs_f64(5.0), "{took:?}");
     }
+
+    /// One direction of a link in the tree below: chunks in transit
+    /// (arrival, offset, length), serialised at `rate` bytes a second and
+    /// delayed by `delay`.
+    struct Wire {
+        delay: Duration,
+        rate: f64,
+        busy_until: Instant,
+        in_transit: VecDeque<(Instant, u64, u64)>,
+    }
+
+    /// One hop of a relay tree: the sender's machine, the link, and the far
+    /// end's reassembly, whose acknowledgements come back after the link's
+    /// delay.
+    struct Hop {
+        tx: SendMachine,
+        wire: Wire,
+        rx: Reassembly,
+        acks: VecDeque<(Instant, u64)>,
+        /// The far end takes data in but writes and acknowledges nothing.
+        stalled: bool,
+        /// When the transfer was fully acknowledged, or why it stopped.
+        ended: Option<Result<Instant, SendError>>,
+        /// Most wire bytes ever in flight.
+        peak: u64,
+        /// When the far end held the whole file.
+        landed: Option<Instant>,
+    }
+
+    impl Hop {
+        fn new(size: u64, (ms, rate): (u64, f64), now: Instant) -> Hop {
+            let mut tx = SendMachine::new(size, Window::new(8 << 20), Duration::from_secs(10), now);
+            tx.on_turn(now);
+            Hop {
+                tx,
+                wire: Wire {
+                    delay: Duration::from_millis(ms),
+                    rate,
+                    busy_until: now,
+                    in_transit: VecDeque::new(),
+                },
+                rx: Reassembly::new(size, None),
+                acks: VecDeque::new(),
+                stalled: false,
+                ended: None,
+                peak: 0,
+                landed: None,
+            }
+        }
+
+        /// Sends what the window allows of the file's first `have` bytes
+        /// (a relay sends only what has reached its spool).
+        fn send(&mut self, now: Instant, have: u64) {
+            while self.ended.is_none() && self.tx.wants_data(CHUNK) {
+                let (offset, len) = (self.tx.file_sent(), self.tx.next_len(CHUNK));
+                if len == 0 || offset + len > have {
+                    break;
+                }
+                let w = &mut self.wire;
+                w.busy_until = w.busy_until.max(now) + Duration::from_secs_f64(len as f64 / w.rate);
+                w.in_transit
+                    .push_back((w.busy_until + w.delay, offset, len));
+                self.tx.on_sent(len, len, now);
+                self.peak = self.peak.max(self.tx.in_flight());
+                if offset + len == self.tx.size {
+                    self.tx.on_end_sent();
+                    self.rx.on_end(self.tx.size, [0; 32]);
+                }
+            }
+        }
+
+        /// The next time something happens on this hop.
+        fn next_event(&self) -> Option<Instant> {
+            if self.ended.is_some() {
+                return None;
+            }
+            let data = self.wire.in_transit.front().map(|e| e.0);
+            let ack = self.acks.front().map(|a| a.0);
+            [data, ack, Some(self.tx.poll_timeout())]
+                .into_iter()
+                .flatten()
+                .min()
+        }
+
+        /// Delivers the data and acknowledgements due at `now`, then
+        /// checks the sender's deadline.
+        fn step(&mut self, now: Instant) {
+            if self.ended.is_some() {
+                return;
+            }
+            let mut ready = Vec::new();
+            while self.wire.in_transit.front().is_some_and(|e| e.0 <= now) {
+                let (_, offset, len) = self.wire.in_transit.pop_front().expect("front");
+                let piece = Piece::Data(bytes::Bytes::from(vec![0u8; len as usize]));
+                self.rx
+                    .on_piece(offset, piece, &mut ready)
+                    .expect("in bounds, no duplicates");
+            }
+            if self.landed.is_none() && self.rx.received() == self.tx.size {
+                self.landed = Some(now);
+            }
+            if !ready.is_empty() && !self.stalled {
+                self.acks
+                    .push_back((now + self.wire.delay, self.rx.received()));
+            }
+            while self.acks.front().is_some_and(|a| a.0 <= now) {
+                let (_, n) = self.acks.pop_front().expect("front");
+                if let Err(e) = self.tx.on_ack(n, now) {
+                    self.ended = Some(Err(e));
+                    return;
+                }
+            }
+            if let Err(e) = self.tx.handle_timeout(now) {
+                self.ended = Some(Err(e));
+            } else if self.tx.is_done() {
+                self.ended = Some(Ok(now));
+            }
+        }
+    }
+
+    /// Three kinds of endpoint in virtual time: a controller sending one
+    /// file to a relay, which spools it and serves it on to its targets
+    /// as it arrives (the tee: fetched once, each target at its own pace).
+    struct Tee3 {
+        now: Instant,
+        start: Instant,
+        up: Hop,
+        down: Vec<Hop>,
+    }
+
+    impl Tee3 {
+        fn new(size: u64, uplink: (u64, f64), targets: &[(u64, f64)]) -> Tee3 {
+            let now = Instant::now();
+            Tee3 {
+                now,
+                start: now,
+                up: Hop::new(size, uplink, now),
+                down: targets.iter().map(|&t| Hop::new(size, t, now)).collect(),
+            }
+        }
+
+        /// Runs until every hop has ended, within `limit` of virtual time.
+        fn run(&mut self, limit: Duration) {
+            loop {
+                let size = self.up.tx.size;
+                self.up.send(self.now, size);
+                // What the relay holds, in order, is what it can serve.
+                let have = self.up.rx.received();
+                for d in &mut self.down {
+                    d.send(self.now, have);
+                }
+                let hops = std::iter::once(&self.up).chain(&self.down);
+                let Some(next) = hops.filter_map(Hop::next_event).min() else {
+                    break;
+                };
+                assert!(next - self.start <= limit, "no end within {limit:?}");
+                self.now = next.max(self.now);
+                self.up.step(self.now);
+                for d in &mut self.down {
+                    d.step(self.now);
+                }
+            }
+        }
+
+        /// How long after the start hop `h` was fully acknowledged.
+        fn took(&self, h: &Hop) -> Duration {
+            match &h.ended {
+                Some(Ok(t)) => *t - self.start,
+                other => panic!("not completed: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_relay_serves_a_fast_target_while_another_stalls() {
+        // 32 MiB over a 20 ms, 50 MB/s uplink to the relay; two targets
+        // 5 ms and 100 MB/s behind it, the second of which stops reading.
+        let size = 32 << 20;
+        let mut t = Tee3::new(size, (20, 50e6), &[(5, 100e6), (5, 100e6)]);
+        t.down[1].stalled = true;
+        t.run(Duration::from_secs(60));
+        // The uplink runs at its own pace: the stalled target holds the
+        // relay's spool back not at all.
+        let up = t.took(&t.up);
+        assert!(up >= Duration::from_secs_f64(size as f64 / 50e6), "{up:?}");
+        assert!(up < Duration::from_secs(2), "uplink took {up:?}");
+        // The fast target follows right behind the spool.
+        assert!(t.down[0].rx.is_complete());
+        let fast = t.took(&t.down[0]);
+        let spooled = t.up.landed.expect("spooled") - t.start;
+        assert!(
+            fast > spooled,
+            "served {fast:?} before it arrived ({spooled:?})"
+        );
+        assert!(
+            fast < spooled + Duration::from_millis(200),
+            "{fast:?} behind {spooled:?}"
+        );
+        // The stalled one got one window and no more, then was given up
+        // after the ack timeout (its transfer ends, the others' do not).
+        let stalled = &t.down[1];
+        assert!(stalled.peak <= 8 << 20, "{} in flight", stalled.peak);
+        assert!(
+            matches!(stalled.ended, Some(Err(SendError::Silent { acked: 0, .. }))),
+            "{:?}",
+            stalled.ended
+        );
+        assert!(t.now - t.start >= Duration::from_secs(10), "gave up early");
+    }
+
+    #[test]
+    fn a_target_waiting_on_a_slow_spool_is_not_taken_for_silent() {
+        // A trickling uplink (100 ms, 1 MB/s: 16 MiB take 17 s, longer than
+        // the 10 s ack timeout) and a fast target: the target waits on the
+        // spool with nothing in flight, which is no silence of its own.
+        let size = 16 << 20;
+        let mut t = Tee3::new(size, (100, 1e6), &[(1, 1e9)]);
+        t.run(Duration::from_secs(60));
+        let fast = t.took(&t.down[0]);
+        let spooled = t.up.landed.expect("spooled") - t.start;
+        assert!(
+            spooled > Duration::from_secs(10),
+            "the spool took {spooled:?}"
+        );
+        assert!(
+            fast > spooled,
+            "served {fast:?} before it arrived ({spooled:?})"
+        );
+        assert!(
+            fast <= spooled + Duration::from_millis(50),
+            "{fast:?} vs {spooled:?}"
+        );
+    }
 }
