@@ -13,10 +13,11 @@ use super::prepare::Prepared;
 use super::sink::Sink;
 use super::temp::{ReserveAhead, create_partial, create_temp};
 use super::{Observer, ReceiveError, ReceiveOptions, TempFiles};
-use crate::files::FetchArgs;
+use crate::channel::Receiver;
 use crate::files::compress::FrameLog;
 use crate::files::meta::FileMeta;
 use crate::files::place::{self, Place};
+use crate::files::{FetchArgs, FetchReply};
 use crate::router::{Policy, Router};
 use crate::wire::ContextId;
 
@@ -39,30 +40,8 @@ pub(super) async fn receive_prepared(
     mut prep: Prepared,
     started: Instant,
 ) -> Result<PendingFile, ReceiveError> {
-    let dest = place.shown();
-    let dest_s = place::show(dest);
-    let mut rx = match router.add_handler(None, Policy::Any, Some(server), true) {
-        Ok(rx) => rx,
-        Err(e) => unreachable!("dynamic handle allocation cannot collide: {e}"),
-    };
-    let args = FetchArgs {
-        path: src.clone(),
-        sender: rx.to_sender(),
-        delta: prep.basis.as_ref().map(|(_, b)| b.clone()),
-        resume: prep.partial.as_ref().map(|p| crate::files::Resume {
-            len: p.len,
-            digest: *p.hasher.finalize().as_bytes(),
-        }),
-        sparse: opts.sparse,
-    };
-    let reply = router
-        .call(server, crate::files::rpc::FETCH, &args)
-        .await
-        .map_err(|error| ReceiveError::Fetch {
-            src: src.to_string(),
-            dest: dest_s.clone(),
-            error: Box::new(error),
-        })?;
+    let dest_s = place::show(place.shown());
+    let (mut rx, reply) = request(router, server, src, &dest_s, opts, &prep).await?;
     let meta = reply.meta.clone();
     // Every way out but success tells the server to stop: an error below,
     // and this future dropped midway (a relay's read-ahead nobody wanted, a
@@ -140,6 +119,41 @@ pub(super) async fn receive_prepared(
         stop.disarm();
         pending
     })
+}
+
+/// Asks `server` for `src`, offering what `prep` found; the channel the
+/// data comes on and the server's reply.
+async fn request(
+    router: &Router,
+    server: ContextId,
+    src: &crate::files::RawPath,
+    dest_s: &str,
+    opts: &ReceiveOptions,
+    prep: &Prepared,
+) -> Result<(Receiver, FetchReply), ReceiveError> {
+    let rx = match router.add_handler(None, Policy::Any, Some(server), true) {
+        Ok(rx) => rx,
+        Err(e) => unreachable!("dynamic handle allocation cannot collide: {e}"),
+    };
+    let args = FetchArgs {
+        path: src.clone(),
+        sender: rx.to_sender(),
+        delta: prep.basis.as_ref().map(|(_, b)| b.clone()),
+        resume: prep.partial.as_ref().map(|p| crate::files::Resume {
+            len: p.len,
+            digest: *p.hasher.finalize().as_bytes(),
+        }),
+        sparse: opts.sparse,
+    };
+    let reply = router
+        .call(server, crate::files::rpc::FETCH, &args)
+        .await
+        .map_err(|error| ReceiveError::Fetch {
+            src: src.to_string(),
+            dest: dest_s.to_string(),
+            error: Box::new(error),
+        })?;
+    Ok((rx, reply))
 }
 
 /// The file that receives: the partial file `prep` found (with its

@@ -1,5 +1,6 @@
 //! `fetch`: checks a request, opens the file and starts its transfer.
 
+use std::fs::File;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -8,8 +9,10 @@ use tokio::sync::watch;
 use super::job::Transfer;
 use super::{FileService, lock};
 use crate::call::RemoteError;
+use crate::files::compress::FrameLog;
 use crate::files::meta::FileMeta;
-use crate::files::{FetchArgs, FetchReply};
+use crate::files::tee::Gate;
+use crate::files::{FetchArgs, FetchReply, RawPath};
 use crate::router::Policy;
 use crate::service::{Caller, FollowUp};
 
@@ -43,22 +46,12 @@ impl FileService {
                 .map_err(|e| RemoteError::Failed(format!("{}: {e}", args.path)))?;
         }
         let slot = self.open_slot(caller.src_id, &args.path.escaped())?;
-        let (file, meta, gate, frames) = match &inner.tee {
-            Some(tee) => {
-                let s = tee
-                    .open(&args.path)
-                    .await
-                    .map_err(|e| RemoteError::Failed(e.to_string()))?;
-                (s.file, s.meta, Some(s.gate), s.frames)
-            }
-            None => {
-                let opened = lock(&inner.registry).open(&args.path);
-                let file = opened.map_err(|e| RemoteError::Failed(e.to_string()))?;
-                let meta = FileMeta::from_fd_with(&file, inner.config.xattrs)
-                    .map_err(|e| RemoteError::Failed(format!("{}: {e}", args.path)))?;
-                (Arc::new(file), meta, None, None)
-            }
-        };
+        let Source {
+            file,
+            meta,
+            gate,
+            frames,
+        } = self.open_source(&args.path).await?;
         let ack_rx = inner
             .router
             .add_handler(None, Policy::Any, Some(caller.src_id), true)
@@ -98,4 +91,45 @@ impl FileService {
         });
         Ok((reply, Some(follow)))
     }
+
+    /// Opens `path` to be sent: from a relay's spool, or a registered file.
+    async fn open_source(&self, path: &RawPath) -> Result<Source, RemoteError> {
+        let inner = &self.inner;
+        match &inner.tee {
+            Some(tee) => {
+                let s = tee
+                    .open(path)
+                    .await
+                    .map_err(|e| RemoteError::Failed(e.to_string()))?;
+                Ok(Source {
+                    file: s.file,
+                    meta: s.meta,
+                    gate: Some(s.gate),
+                    frames: s.frames,
+                })
+            }
+            None => {
+                let opened = lock(&inner.registry).open(path);
+                let file = opened.map_err(|e| RemoteError::Failed(e.to_string()))?;
+                let meta = FileMeta::from_fd_with(&file, inner.config.xattrs)
+                    .map_err(|e| RemoteError::Failed(format!("{path}: {e}")))?;
+                Ok(Source {
+                    file: Arc::new(file),
+                    meta,
+                    gate: None,
+                    frames: None,
+                })
+            }
+        }
+    }
+}
+
+/// A file opened to be sent.
+struct Source {
+    file: Arc<File>,
+    meta: FileMeta,
+    /// A relay's spool file: how far it has arrived.
+    gate: Option<Gate>,
+    /// A relay's spool file: its chunks that came compressed.
+    frames: Option<Arc<FrameLog>>,
 }

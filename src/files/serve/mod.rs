@@ -195,6 +195,13 @@ impl FileService {
                 tee,
             }),
         };
+        fs.register_with(services);
+        fs
+    }
+
+    /// Registers the service's methods with `services`.
+    fn register_with(&self, services: &Services) {
+        let fs = self;
         let (a, b, c, d) = (fs.clone(), fs.clone(), fs.clone(), fs.clone());
         services.register(
             ServiceBuilder::new(FILE_SERVICE)
@@ -246,7 +253,6 @@ impl FileService {
                 })
                 .build(),
         );
-        fs
     }
 
     /// Allows `path` to be fetched.
