@@ -39,34 +39,6 @@ pub(super) fn read_file_delta(
     let mut ops = Vec::new();
     let mut offset = 0u64;
     let chunk_len = chunk_len.clamp(1, CHUNK_DATA);
-    let emit = |ops: &mut Vec<Op>, send: &mut dyn FnMut(ReadEvent) -> bool| -> bool {
-        for op in ops.drain(..) {
-            match op {
-                Op::Copy { offset, from, len } => {
-                    counters.copied.fetch_add(len, Ordering::Relaxed);
-                    if !send(ReadEvent::Copy(delta::copy_frame(offset, from, len), len)) {
-                        return false;
-                    }
-                }
-                Op::Literal { offset, data } => {
-                    counters
-                        .literal
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    let mut at = offset;
-                    for piece in data.chunks(chunk_len) {
-                        let mut chunk = BytesMut::with_capacity(OFFSET_LEN + piece.len());
-                        chunk.extend_from_slice(&at.to_be_bytes());
-                        chunk.extend_from_slice(piece);
-                        at += piece.len() as u64;
-                        if !send(ReadEvent::Chunk(chunk.freeze(), piece.len() as u64)) {
-                            return false;
-                        }
-                    }
-                }
-            }
-        }
-        true
-    };
     // The whole file's BLAKE3 runs on a thread of its own, beside the
     // matcher (`HashPipe`): one after the other on one core the two were
     // the longest of the delta's passes (docs/benchmarks.md, issue 11).
@@ -97,12 +69,12 @@ pub(super) fn read_file_delta(
             return;
         }
         offset += want as u64;
-        if !emit(&mut ops, &mut send) {
+        if !emit(&mut ops, counters, chunk_len, &mut send) {
             return;
         }
     }
     matcher.finish(&mut ops);
-    if !emit(&mut ops, &mut send) {
+    if !emit(&mut ops, counters, chunk_len, &mut send) {
         return;
     }
     let hasher = match pipe.finish() {
@@ -125,4 +97,40 @@ pub(super) fn read_file_delta(
         );
     }
     finish_read(file, meta, &hasher, &mut send);
+}
+
+/// Sends the matcher's `ops`: copy instructions as they are, literal data
+/// in chunks of `chunk_len`. False once `send` wants no more.
+fn emit(
+    ops: &mut Vec<Op>,
+    counters: &DeltaCounters,
+    chunk_len: usize,
+    send: &mut dyn FnMut(ReadEvent) -> bool,
+) -> bool {
+    for op in ops.drain(..) {
+        match op {
+            Op::Copy { offset, from, len } => {
+                counters.copied.fetch_add(len, Ordering::Relaxed);
+                if !send(ReadEvent::Copy(delta::copy_frame(offset, from, len), len)) {
+                    return false;
+                }
+            }
+            Op::Literal { offset, data } => {
+                counters
+                    .literal
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                let mut at = offset;
+                for piece in data.chunks(chunk_len) {
+                    let mut chunk = BytesMut::with_capacity(OFFSET_LEN + piece.len());
+                    chunk.extend_from_slice(&at.to_be_bytes());
+                    chunk.extend_from_slice(piece);
+                    at += piece.len() as u64;
+                    if !send(ReadEvent::Chunk(chunk.freeze(), piece.len() as u64)) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+    true
 }
