@@ -87,7 +87,7 @@ async fn ping(router: &Router, id: ferrogen::wire::ContextId) -> Result<f64, Str
 async fn run(cli: Cli) -> Result<serde_json::Value, String> {
     let args = &cli.push;
     let (dest, srcs) = args.paths.split_last().ok_or("need SRC... DEST")?;
-    let mut sources = collect_sources(srcs, args.recursive)?;
+    let mut sources = collect_sources(srcs, args.recursive).map_err(|e| e.to_string())?;
     let router = Router::new(RouterConfig::controller());
     let services = Services::start(&router);
     ferrogen::ping::register_service(&services, &router);

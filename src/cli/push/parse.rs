@@ -1,0 +1,91 @@
+//! Value parsers of the push options: sizes, rates, windows, counts.
+
+/// A path argument: anything but the empty string (which names no file;
+/// cp and rsync refuse it too).
+/// Paths are bytes, not necessarily UTF-8.
+pub(super) fn non_empty_path(s: std::ffi::OsString) -> Result<std::ffi::OsString, String> {
+    if s.is_empty() {
+        Err("an empty path names no file".into())
+    } else {
+        Ok(s)
+    }
+}
+
+/// A count that must be at least 1.
+pub fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
+}
+
+/// Parses `123`, `64K`, `1M`, `1MiB`, `2G` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 1M, 512K, 64MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+    };
+    n.checked_mul(mult)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("size {s:?} out of range"))
+}
+
+/// A window size: [`parse_size`], at most [`crate::stream::MAX_WINDOW`].
+pub fn parse_window(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    let max = crate::stream::MAX_WINDOW;
+    if n > max {
+        return Err(format!(
+            "{s:?} is larger than the largest window, {}M (hops refuse to buffer more)",
+            max >> 20
+        ));
+    }
+    Ok(n)
+}
+
+/// Parses a `--bwlimit` rate: [`parse_size`]'s forms, except that a bare
+/// number counts KiB/s, as rsync's `--bwlimit` does (`--bwlimit 100` is
+/// 100 KiB/s there and here).
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim().trim_end_matches("/s");
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return parse_size(&format!("{t}K"));
+    }
+    parse_size(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("M").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("10M"), Ok(10 << 20));
+        assert_eq!(parse_rate("500K"), Ok(500 << 10));
+        assert_eq!(parse_rate("5M/s"), Ok(5 << 20));
+        assert_eq!(parse_rate("100"), Ok(100 << 10));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
+    }
+}
