@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use tokio::sync::Semaphore;
 
-use super::push::{PushArgs, shutdown_signal, split_remote};
+use super::push::{PushArgs, UsageError, shutdown_signal, split_remote};
 use super::report;
 use super::target::{self, Chain};
 use super::{Exit, out};
@@ -37,23 +37,21 @@ use crate::service::Services;
 impl PushArgs {
     /// [`PushArgs::check`] for `pull`: sources are paths on the targets
     /// (scp's `HOST:PATH` form names the target), DEST is local.
-    pub fn check_pull(&mut self) -> Result<(), String> {
+    pub fn check_pull(&mut self) -> Result<(), UsageError> {
         self.check_shared("pull")?;
         if self.bwlimit_total.is_some() {
-            return Err(
-                "--bwlimit-total limits what the controller sends; each target sends a \
-                 pull on its own: use --bwlimit"
-                    .into(),
-            );
+            return Err(UsageError::BwlimitTotalInPull);
         }
-        let (dest, srcs) = self.paths.split_last_mut().ok_or("no destination")?;
+        let (dest, srcs) = self
+            .paths
+            .split_last_mut()
+            .ok_or(UsageError::NoDestination)?;
         if let Some(d) = dest.to_str()
             && split_remote(d).is_some()
         {
-            return Err(format!(
-                "destination {d:?} looks like scp's HOST:PATH, but pull writes here \
-                 (write ./{d} for a local name with ':')"
-            ));
+            return Err(UsageError::RemoteDest {
+                dest: d.to_string(),
+            });
         }
         // scp's `HOST:PATH` sources: one host for all of them, given that way.
         let mut host: Option<String> = None;
@@ -64,23 +62,25 @@ impl PushArgs {
                 continue;
             };
             if host.as_deref().is_some_and(|seen| seen != h) {
-                return Err(format!(
-                    "sources name two hosts ({} and {h}): give several targets with -H",
-                    host.unwrap_or_default()
-                ));
+                return Err(UsageError::TwoHosts {
+                    first: host.unwrap_or_default(),
+                    second: h.to_string(),
+                });
             }
-            target::parse(h).map_err(|e| format!("source {h}:{p}: {e}"))?;
+            target::parse(h).map_err(|e| UsageError::BadSourceHost {
+                host: h.to_string(),
+                path: p.to_string(),
+                source: Box::new(e),
+            })?;
             host = Some(h.to_string());
             *src = if p.is_empty() { "." } else { p }.into();
         }
         if let Some(h) = host {
             if plain > 0 {
-                return Err("either every source is HOST:PATH or none is".into());
+                return Err(UsageError::MixedSources);
             }
             if !self.target.hosts.is_empty() || !self.target.host_files.is_empty() {
-                return Err(format!(
-                    "the sources name a host ({h}:...) and -H or --hosts was given too"
-                ));
+                return Err(UsageError::HostAndTargets { host: h });
             }
             self.target.hosts = vec![h];
         }

@@ -29,8 +29,8 @@ mod stripe_job;
 mod stripes;
 
 pub use args::{PushArgs, file_service_config};
-pub use check::split_remote;
-pub use parse::{at_least_one, parse_rate, parse_size, parse_window};
+pub use check::{UsageError, split_remote};
+pub use parse::{ValueError, at_least_one, parse_rate, parse_size, parse_window};
 pub use run::run;
 pub(crate) use run::shutdown_signal;
 pub(crate) use stripes::STRIPE_MIN_BYTES;
