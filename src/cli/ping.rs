@@ -71,7 +71,7 @@ pub async fn run(args: PingArgs, log_filter: String) -> Exit {
                         chain: chain.names.clone(),
                         count: 0,
                         rtt_us: None,
-                        error: Some(e.clone()),
+                        error: Some(e.to_string()),
                     });
                 }
             }
@@ -133,7 +133,7 @@ async fn ping_one(
                 chain: names,
                 count: 0,
                 rtt_us: None,
-                error: Some(e),
+                error: Some(e.to_string()),
             };
         }
     };

@@ -269,7 +269,12 @@ async fn pull_all(
     };
     let chain = match target::connect_chain(router, targs, log_filter).await {
         Ok(c) => c,
-        Err((_, e)) => return hosts.into_iter().map(|h| failed(h, e.clone())).collect(),
+        Err((_, e)) => {
+            return hosts
+                .into_iter()
+                .map(|h| failed(h, e.to_string()))
+                .collect();
+        }
     };
     let bars = report::Bars::new(!args.json, &hosts);
     let sem = Arc::new(Semaphore::new(args.fanout.max(1)));
@@ -415,7 +420,7 @@ async fn pull_one(
     let info =
         match target::connect_target(router, &job.target, chain, &host, &job.log_filter).await {
             Ok(i) => i,
-            Err(e) => return end(tally, vec![EntryResult::failed(&dest, e)]),
+            Err(e) => return end(tally, vec![EntryResult::failed(&dest, e.to_string())]),
         };
     tally.context = info.name.clone();
     // The target walks lazily and answers in batches (`offer`, then

@@ -111,6 +111,48 @@ pub enum SpecError {
     RshEmpty,
 }
 
+/// Why a hop (a `--via` hop, a target, or its `--sudo` context) could not
+/// be reached. Names the hop and the chain it was reached through.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HopError {
+    /// Its spec is unusable.
+    #[error("hop {hop} ({spec}): {source}")]
+    Spec {
+        /// Its number from the controller (1 = the first hop).
+        hop: usize,
+        /// As given.
+        spec: String,
+        /// Why.
+        source: SpecError,
+    },
+    /// Connecting failed.
+    #[error("hop {hop} ({spec} via {path}): {source}")]
+    Connect {
+        /// Its number from the controller.
+        hop: usize,
+        /// As given.
+        spec: String,
+        /// The contexts it was started from, `a -> b`.
+        path: String,
+        /// Why.
+        source: Box<ConnectError>,
+    },
+    /// The `--sudo` context on a target could not be started.
+    #[error("hop {hop} (--sudo {user} on {host} via {path}): {source}")]
+    Sudo {
+        /// Its number from the controller.
+        hop: usize,
+        /// The sudo user.
+        user: String,
+        /// The target it runs on.
+        host: String,
+        /// The contexts it was started from.
+        path: String,
+        /// Why.
+        source: Box<ConnectError>,
+    },
+}
+
 /// Why a number of seconds is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SecsError {
@@ -394,7 +436,7 @@ pub async fn connect_chain(
     router: &Router,
     args: &TargetArgs,
     log_filter: &str,
-) -> Result<Chain, (Chain, String)> {
+) -> Result<Chain, (Chain, HopError)> {
     let mut chain = Chain {
         names: vec![router.name().to_string()],
         last: None,
@@ -403,9 +445,13 @@ pub async fn connect_chain(
         let hop = i + 1;
         let cs = match hop_spec(args, spec, chain.last, log_filter) {
             Ok(cs) => cs,
-            Err(e) => {
-                let msg = format!("hop {hop} ({spec}): {e}");
-                return Err((chain, msg));
+            Err(source) => {
+                let e = HopError::Spec {
+                    hop,
+                    spec: spec.clone(),
+                    source,
+                };
+                return Err((chain, e));
             }
         };
         match connect::connect(router, &cs, chain.last).await {
@@ -414,8 +460,13 @@ pub async fn connect_chain(
                 chain.last = Some(info.id);
             }
             Err(e) => {
-                let msg = format!("hop {hop} ({spec} via {}): {e}", chain.names.join(" -> "));
-                return Err((chain, msg));
+                let e = HopError::Connect {
+                    hop,
+                    spec: spec.clone(),
+                    path: chain.names.join(" -> "),
+                    source: Box::new(e),
+                };
+                return Err((chain, e));
             }
         }
     }
@@ -431,7 +482,7 @@ pub async fn connect_target(
     chain: &Chain,
     host: &str,
     log_filter: &str,
-) -> Result<ContextInfo, String> {
+) -> Result<ContextInfo, HopError> {
     connect_target_watched(router, args, chain, host, log_filter, SpawnWatch::default()).await
 }
 
@@ -445,15 +496,21 @@ pub async fn connect_target_watched(
     host: &str,
     log_filter: &str,
     watch: SpawnWatch,
-) -> Result<ContextInfo, String> {
+) -> Result<ContextInfo, HopError> {
     let hop = chain.names.len();
-    let mut cs = hop_spec(args, host, chain.last, log_filter)
-        .map_err(|e| format!("hop {hop} ({host}): {e}"))?;
+    let mut cs = hop_spec(args, host, chain.last, log_filter).map_err(|source| HopError::Spec {
+        hop,
+        spec: host.to_string(),
+        source,
+    })?;
     cs.spawned = watch;
     let info = connect::connect(router, &cs, chain.last)
         .await
-        .map_err(|e: ConnectError| {
-            format!("hop {hop} ({host} via {}): {e}", chain.names.join(" -> "))
+        .map_err(|e: ConnectError| HopError::Connect {
+            hop,
+            spec: host.to_string(),
+            path: chain.names.join(" -> "),
+            source: Box::new(e),
         })?;
     let Some(sudo) = args.sudo_spec(log_filter) else {
         return Ok(info);
@@ -464,11 +521,13 @@ pub async fn connect_target_watched(
         .map_err(|e: ConnectError| {
             let mut names = chain.names.clone();
             names.push(info.name.clone());
-            format!(
-                "hop {} (--sudo {user} on {host} via {}): {e}",
-                hop + 1,
-                names.join(" -> ")
-            )
+            HopError::Sudo {
+                hop: hop + 1,
+                user: user.to_string(),
+                host: host.to_string(),
+                path: names.join(" -> "),
+                source: Box::new(e),
+            }
         })
 }
 

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::stripes::{STRIPE_MIN_BYTES, open_stripes};
+use crate::call::CallError;
 use crate::cli::target::TargetArgs;
 use crate::files::relay::TEE_SERVICE;
 use crate::files::walk::{BATCH_BYTES, BATCH_ENTRIES};
@@ -68,7 +69,21 @@ pub(super) struct FeedState {
     pub(super) bytes: u64,
     pub(super) files: u64,
     /// The whole walk, once it ended; or why the batches stopped.
-    pub(super) done: Option<Result<Arc<Sources>, String>>,
+    pub(super) done: Option<Result<Arc<Sources>, FeedError>>,
+}
+
+/// Why the plan's batches stopped before the walk's end reached the relay.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(super) enum FeedError {
+    /// The relay refused a batch, or the call failed.
+    #[error(transparent)]
+    Relay(#[from] CallError),
+    /// The walk's blocking task failed (a bug).
+    #[error("internal error walking the sources: {0}")]
+    Walk(String),
+    /// The feeding task ended without saying why.
+    #[error("the walk stopped")]
+    Stopped,
 }
 
 /// A batch at the relay, as [`Feed::batch`] tells it.
@@ -106,7 +121,7 @@ impl Feed {
                     .call_service(relay, TEE_SERVICE, "batch", &(k, batch.entries))
                     .await;
                 if let Err(e) = r {
-                    tx.send_modify(|s| s.done = Some(Err(e.to_string())));
+                    tx.send_modify(|s| s.done = Some(Err(e.into())));
                     return;
                 }
                 k += 1;
@@ -131,7 +146,7 @@ impl Feed {
             }
             let done = match walking.await {
                 Ok(w) => Ok(Arc::new(w)),
-                Err(e) => Err(format!("internal error walking the sources: {e}")),
+                Err(e) => Err(FeedError::Walk(e.to_string())),
             };
             tx.send_modify(|s| s.done = Some(done));
         });
@@ -141,7 +156,10 @@ impl Feed {
     /// Waits until batch `k` is at the relay (the walk's bytes and files so
     /// far, and the whole walk if `k` is known to be its last batch), or
     /// the walk ended (`Err` with its result).
-    pub(super) async fn batch(&mut self, k: u64) -> Result<FedBatch, Result<Arc<Sources>, String>> {
+    pub(super) async fn batch(
+        &mut self,
+        k: u64,
+    ) -> Result<FedBatch, Result<Arc<Sources>, FeedError>> {
         let got = self
             .state
             .wait_for(|s| s.batches > k || s.done.is_some())
@@ -156,8 +174,8 @@ impl Feed {
                     _ => None,
                 },
             }),
-            Ok(s) => Err(s.done.unwrap_or_else(|| Err("the walk stopped".into()))),
-            Err(_) => Err(Err("the walk stopped".into())),
+            Ok(s) => Err(s.done.unwrap_or(Err(FeedError::Stopped))),
+            Err(_) => Err(Err(FeedError::Stopped)),
         }
     }
 }

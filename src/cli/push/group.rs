@@ -47,7 +47,7 @@ pub(super) async fn push_group(
         Err((_, e)) => {
             let failed = hosts
                 .into_iter()
-                .map(|host| failed_whole(style, &host, &plan.dest, e.clone()))
+                .map(|host| failed_whole(style, &host, &plan.dest, e.to_string()))
                 .collect();
             return (failed, None);
         }

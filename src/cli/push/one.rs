@@ -127,7 +127,7 @@ impl One<'_> {
                 if let Some(b) = &bar {
                     b.abandon_with_message("connection failed");
                 }
-                let mut t = failed_whole(self.style, &host, &self.plan.dest, e);
+                let mut t = failed_whole(self.style, &host, &self.plan.dest, e.to_string());
                 t.seconds = t0.elapsed().as_secs_f64();
                 return t;
             }
