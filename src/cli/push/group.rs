@@ -14,7 +14,7 @@ use super::notes::Notes;
 use super::one::One;
 use super::relay::{start_tee, stop_tee, stopped_tee};
 use crate::cli::report;
-use crate::cli::target::{self, TargetArgs};
+use crate::cli::target::{self, Chain, TargetArgs};
 use crate::connect::Method;
 use crate::files::plan::PushPlan;
 use crate::files::receive::ReceiveOptions;
@@ -22,6 +22,7 @@ use crate::files::tee::TeeStats;
 use crate::files::walk::Walker;
 use crate::files::{FileService, RawPath};
 use crate::router::Router;
+use crate::wire::ContextId;
 
 /// Pushes to one group of targets: connects its hops, starts the tee in
 /// its last hop (which then gets the plan's batches once, from one walk,
@@ -57,21 +58,8 @@ pub(super) async fn push_group(
     // the uplink once: the relay keeps them and hands them to each target.
     // The first batch follows `start` at once (the relay waits for the tee
     // if it overtakes it), so the relay reads ahead a round trip sooner.
-    let (started, feed) = match chain.last {
-        Some(relay) if !args.no_tee => {
-            let feed = Feed::start(
-                router,
-                relay,
-                walker.restart(),
-                uplink(args, targs, log_filter),
-            );
-            match start_tee(router, relay, &chain, args, hosts.len()).await {
-                Some(relay) => (Some(relay), Some(feed)),
-                None => (None, None),
-            }
-        }
-        _ => (None, None),
-    };
+    let (started, feed) =
+        start_relay(router, args, targs, &chain, walker, hosts.len(), log_filter).await;
     if let Some(relay) = started {
         plan.server = relay;
     }
@@ -80,15 +68,7 @@ pub(super) async fn push_group(
     // Delta transfer is for a link: on one machine (a local target, no
     // hop) the file is sent whole unless --no-whole-file.
     let is_local = |host: &str| targs.via.is_empty() && target::parse(host) == Ok(Method::Local);
-    let local_delta = plan.options.delta && args.no_whole_file;
-    let local_plan = Arc::new(PushPlan {
-        options: ReceiveOptions {
-            delta: local_delta,
-            ..plan.options.clone()
-        },
-        ..plan.clone()
-    });
-    let plan = Arc::new(plan);
+    let (plan, local_plan) = plans(plan, args);
     let mut tasks = Vec::new();
     let hosts_in_flight = hosts.len().min(args.fanout.max(1));
     for host in hosts {
@@ -142,6 +122,65 @@ pub(super) async fn push_group(
             one.push(host, batches, bar).await
         }));
     }
+    let out = tallies(tasks, style).await;
+    let stopped = tee_final.lock().ok().and_then(|mut f| f.take());
+    let relay = match (started, stopped) {
+        // The last target's session stopped the tee and brought its figures.
+        (Some(_), Some(stats)) => Some(stopped_tee(&chain, stats)),
+        (Some(relay), None) => stop_tee(router, relay, &chain).await,
+        (None, _) => None,
+    };
+    (out, relay)
+}
+
+/// Behind a relay (unless `--no-tee`): starts feeding it the plan's
+/// batches and starts its tee. The relay (the targets' server) and the
+/// feed, or neither.
+async fn start_relay(
+    router: &Router,
+    args: &PushArgs,
+    targs: &TargetArgs,
+    chain: &Chain,
+    walker: &Walker,
+    targets: usize,
+    log_filter: &str,
+) -> (Option<ContextId>, Option<Feed>) {
+    match chain.last {
+        Some(relay) if !args.no_tee => {
+            let feed = Feed::start(
+                router,
+                relay,
+                walker.restart(),
+                uplink(args, targs, log_filter),
+            );
+            match start_tee(router, relay, chain, args, targets).await {
+                Some(relay) => (Some(relay), Some(feed)),
+                None => (None, None),
+            }
+        }
+        _ => (None, None),
+    }
+}
+
+/// The plan for targets over a link, and the one for local targets: on
+/// one machine (no hop) a file is sent whole unless `--no-whole-file`.
+fn plans(plan: PushPlan, args: &PushArgs) -> (Arc<PushPlan>, Arc<PushPlan>) {
+    let local_delta = plan.options.delta && args.no_whole_file;
+    let local_plan = Arc::new(PushPlan {
+        options: ReceiveOptions {
+            delta: local_delta,
+            ..plan.options.clone()
+        },
+        ..plan.clone()
+    });
+    (Arc::new(plan), local_plan)
+}
+
+/// Each target's tally, as its task ends.
+async fn tallies(
+    tasks: Vec<tokio::task::JoinHandle<report::Tally>>,
+    style: &report::Style,
+) -> Vec<report::Tally> {
     let mut out = Vec::new();
     for t in tasks {
         match t.await {
@@ -154,14 +193,7 @@ pub(super) async fn push_group(
             )),
         }
     }
-    let stopped = tee_final.lock().ok().and_then(|mut f| f.take());
-    let relay = match (started, stopped) {
-        // The last target's session stopped the tee and brought its figures.
-        (Some(_), Some(stats)) => Some(stopped_tee(&chain, stats)),
-        (Some(relay), None) => stop_tee(router, relay, &chain).await,
-        (None, _) => None,
-    };
-    (out, relay)
+    out
 }
 
 /// How to stripe the uplink to a group's relay, if at all. Striped only
