@@ -13,7 +13,8 @@ use super::relay::tee_progress;
 use super::stripe_job::stripe_in_steps;
 use super::stripes::{STRIPE_MIN_BYTES, start_stripes_early_n};
 use crate::cli::report;
-use crate::cli::target::{self, Chain, TargetArgs};
+use crate::cli::target::{self, Chain, HopError, TargetArgs};
+use crate::connect::ContextInfo;
 use crate::connect::path_rtt::{self, SpawnWatch};
 use crate::files::plan::{EntryResult, PushBatch, PushEnd, PushOpened, PushPlan};
 use crate::files::relay::TEE_SERVICE;
@@ -52,75 +53,7 @@ impl One<'_> {
         bar: Option<indicatif::ProgressBar>,
     ) -> report::Tally {
         let t0 = Instant::now();
-        // The stripes' transports start while the primary connection is
-        // still being made (see start_stripes_early) — if it is not up
-        // within EARLY_STRIPE_AFTER: a path that fast gains nothing from
-        // them (and below 4 ms gets none), and the primary, being well
-        // ahead, is never the connection an sshd that limits connections
-        // still in authentication (MaxStartups) drops.
-        // How many, and when: EarlySteps — as many as the path's round
-        // trip calls for once ssh's connection has measured it, so that
-        // each step of stripes attaches in one round trip rather than
-        // after a fresh ssh connection.
-        let mut early: Option<crate::connect::stripe::Early> = None;
-        let connected = {
-            let watch = SpawnWatch::new();
-            let connect = target::connect_target_watched(
-                self.router,
-                self.targs,
-                self.chain,
-                &host,
-                self.log_filter,
-                watch.clone(),
-            );
-            tokio::pin!(connect);
-            let steps = EarlySteps::new(self.stripes);
-            let mut step = 0;
-            let mut last = false;
-            loop {
-                let at = match step {
-                    0 => Some(EARLY_STRIPE_AFTER),
-                    1 if !last => Some(EARLY_STRIPE_MORE),
-                    _ => None,
-                };
-                let wait = at.map_or(Duration::ZERO, |a| a.saturating_sub(t0.elapsed()));
-                tokio::select! {
-                    r = &mut connect => break r,
-                    _ = tokio::time::sleep(wait), if at.is_some() => {
-                        // What the kernel measured on ssh's connection so
-                        // far (see connect::path_rtt); None: the clock rule.
-                        let rtt = if self.stripes.is_none() {
-                            watch.pid().and_then(path_rtt::tcp_rtt)
-                        } else {
-                            None
-                        };
-                        let (count, done) = steps.at(step, rtt);
-                        tracing::debug!(
-                            "{host}: early stripe step {step} at {:?}: path round trip {rtt:?}, \
-                             {count} transports",
-                            t0.elapsed()
-                        );
-                        step += 1;
-                        last = done;
-                        if count == 0 {
-                            continue;
-                        }
-                        let more = start_stripes_early_n(
-                            self.targs, &host, self.stripes, self.size_hint, self.log_filter, count,
-                        );
-                        match (early.as_mut(), more) {
-                            (Some(e), Some(m)) => e.absorb(m),
-                            (None, m) => early = m,
-                            (Some(_), None) => {}
-                        }
-                        if early.is_none() {
-                            // Not a push that stripes: no more early transports.
-                            last = true;
-                        }
-                    }
-                }
-            }
-        };
+        let (connected, early) = self.connect_early(&host, t0).await;
         let info = match connected {
             Ok(i) => i,
             Err(e) => {
@@ -324,6 +257,89 @@ impl One<'_> {
         }
         tally.skipped(self.style, &walked.skipped);
         self.end(tally, t0, bar)
+    }
+
+    /// Connects to `host`, starting the stripes' transports early while
+    /// the connection is being made.
+    ///
+    /// The stripes' transports start while the primary connection is
+    /// still being made (see start_stripes_early) — if it is not up
+    /// within EARLY_STRIPE_AFTER: a path that fast gains nothing from
+    /// them (and below 4 ms gets none), and the primary, being well
+    /// ahead, is never the connection an sshd that limits connections
+    /// still in authentication (MaxStartups) drops.
+    /// How many, and when: EarlySteps — as many as the path's round
+    /// trip calls for once ssh's connection has measured it, so that
+    /// each step of stripes attaches in one round trip rather than
+    /// after a fresh ssh connection.
+    async fn connect_early(
+        &self,
+        host: &str,
+        t0: Instant,
+    ) -> (
+        Result<ContextInfo, HopError>,
+        Option<crate::connect::stripe::Early>,
+    ) {
+        let mut early: Option<crate::connect::stripe::Early> = None;
+        let connected = {
+            let watch = SpawnWatch::new();
+            let connect = target::connect_target_watched(
+                self.router,
+                self.targs,
+                self.chain,
+                host,
+                self.log_filter,
+                watch.clone(),
+            );
+            tokio::pin!(connect);
+            let steps = EarlySteps::new(self.stripes);
+            let mut step = 0;
+            let mut last = false;
+            loop {
+                let at = match step {
+                    0 => Some(EARLY_STRIPE_AFTER),
+                    1 if !last => Some(EARLY_STRIPE_MORE),
+                    _ => None,
+                };
+                let wait = at.map_or(Duration::ZERO, |a| a.saturating_sub(t0.elapsed()));
+                tokio::select! {
+                    r = &mut connect => break r,
+                    _ = tokio::time::sleep(wait), if at.is_some() => {
+                        // What the kernel measured on ssh's connection so
+                        // far (see connect::path_rtt); None: the clock rule.
+                        let rtt = if self.stripes.is_none() {
+                            watch.pid().and_then(path_rtt::tcp_rtt)
+                        } else {
+                            None
+                        };
+                        let (count, done) = steps.at(step, rtt);
+                        tracing::debug!(
+                            "{host}: early stripe step {step} at {:?}: path round trip {rtt:?}, \
+                             {count} transports",
+                            t0.elapsed()
+                        );
+                        step += 1;
+                        last = done;
+                        if count == 0 {
+                            continue;
+                        }
+                        let more = start_stripes_early_n(
+                            self.targs, host, self.stripes, self.size_hint, self.log_filter, count,
+                        );
+                        match (early.as_mut(), more) {
+                            (Some(e), Some(m)) => e.absorb(m),
+                            (None, m) => early = m,
+                            (Some(_), None) => {}
+                        }
+                        if early.is_none() {
+                            // Not a push that stripes: no more early transports.
+                            last = true;
+                        }
+                    }
+                }
+            }
+        };
+        (connected, early)
     }
 
     pub(super) async fn call<A: serde::Serialize + Sync, R: serde::de::DeserializeOwned>(
