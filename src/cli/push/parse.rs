@@ -115,9 +115,13 @@ mod tests {
         assert_eq!(parse_size("64MiB"), Ok(64 << 20));
         assert_eq!(parse_size("512k"), Ok(512 << 10));
         assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("1X").is_err());
-        assert!(parse_size("M").is_err());
+        assert_eq!(parse_size("0"), Err(ValueError::OutOfRange("0".into())));
+        assert!(matches!(parse_size("1X"), Err(ValueError::Unit { unit, .. }) if unit == "x"));
+        assert_eq!(parse_size("M"), Err(ValueError::NotASize("M".into())));
+        assert!(matches!(
+            parse_window("1G"),
+            Err(ValueError::WindowTooLarge { .. })
+        ));
     }
 
     #[test]
@@ -127,6 +131,7 @@ mod tests {
         assert_eq!(parse_rate("5M/s"), Ok(5 << 20));
         assert_eq!(parse_rate("100"), Ok(100 << 10));
         assert!(parse_rate("0").is_err());
-        assert!(parse_rate("fast").is_err());
+        assert_eq!(parse_rate("fast"), Err(ValueError::NotASize("fast".into())));
+        assert_eq!(at_least_one("0"), Err(ValueError::Zero));
     }
 }
