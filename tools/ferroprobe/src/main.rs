@@ -101,8 +101,10 @@ async fn run(cli: Cli) -> Result<serde_json::Value, String> {
     }
     let chain = target::connect_chain(&router, &args.target, &filter)
         .await
-        .map_err(|(_, e)| e)?;
-    let info = target::connect_target(&router, &args.target, &chain, &hosts[0], &filter).await?;
+        .map_err(|(_, e)| e.to_string())?;
+    let info = target::connect_target(&router, &args.target, &chain, &hosts[0], &filter)
+        .await
+        .map_err(|e| e.to_string())?;
     let id = info.id;
     // Stripes as `ferrogen push` opens them (for a large push over a long
     // enough path): bulk data then travels on them, and calls on the
