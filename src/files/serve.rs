@@ -707,16 +707,18 @@ impl FileService {
         let batch = pacing.chunk_len(SMALL_BATCH_BYTES as usize) as u64;
         let level = self.small_level(requester);
         let files = tokio::task::spawn_blocking(move || {
-            let mut zstd = compress::Zstd::default();
-            let mut compressing = Duration::ZERO;
+            // Each file linked to the one before it when that pays.
+            let mut zstd = compress::SmallEncoder::default();
             let mut budget = batch;
             let mut out = Vec::with_capacity(args.paths.len());
             for (k, path) in args.paths.iter().enumerate() {
-                let mut one = match (&fs.inner.tee, &teed) {
+                let one = match (&fs.inner.tee, &teed) {
                     // Compressed upstream: sent on as it came whenever it
                     // would be compressed here.
                     (Some(tee), Some(got)) => {
-                        tee.read_small(path, got.get(k), budget, level.is_some())
+                        let before = k.checked_sub(1).and_then(|j| args.paths.get(j));
+                        let before = before.filter(|_| zstd.follows());
+                        tee.read_small(path, got.get(k), budget, level.is_some(), before)
                     }
                     _ => fs.read_small(path, budget),
                 };
@@ -728,22 +730,9 @@ impl FileService {
                     }
                     _ => {}
                 }
-                if let (Some(level), SmallFile::Data { meta, data, digest }) = (level, &one) {
-                    let t0 = compress::thread_cpu_ns();
-                    let z = compress::compress_small(&mut zstd, data, level, &fs.inner.zcounters);
-                    compressing +=
-                        Duration::from_nanos(compress::thread_cpu_ns().saturating_sub(t0));
-                    if let Some(z) = z {
-                        one = SmallFile::Compressed {
-                            meta: meta.clone(),
-                            data: z,
-                            digest: *digest,
-                        };
-                    }
-                }
-                out.push(one);
+                out.push(zstd.encode(one, level, &fs.inner.zcounters));
             }
-            (out, compressing)
+            (out, zstd.compressing())
         })
         .await
         .map_err(|e| RemoteError::Failed(format!("internal error reading files: {e}")))?;

@@ -252,8 +252,11 @@ pub(super) async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<O
     let written = tokio::task::spawn_blocking(move || {
         let mut done = Vec::with_capacity(batch.len());
         let mut too_large = Vec::new();
+        // Every file of the reply, in order: a linked one decodes against
+        // the one before it.
+        let mut decoder = crate::files::compress::SmallDecoder::default();
         for (job, file) in batch.into_iter().zip(files) {
-            let r = match crate::files::compress::open_small(file) {
+            let r = match decoder.open(file) {
                 SmallFile::Data { meta, .. } | SmallFile::Compressed { meta, .. }
                     if over_announced(sizes_bound, job.size, meta.size).is_some() =>
                 {
@@ -284,7 +287,7 @@ pub(super) async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<O
                     show(job.place.shown()),
                     job.src
                 )),
-                // open_small decodes these; nothing else may land.
+                // The decoder decodes these; nothing else may land.
                 SmallFile::Compressed { .. } => Err(format!(
                     "{}: fetch of {} failed: compressed data was not decoded",
                     show(job.place.shown()),
