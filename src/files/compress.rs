@@ -1281,6 +1281,15 @@ impl Tuner {
                 }
             }
         }
+        if self.step != before {
+            tracing::debug!(
+                "tuner: period of {} KiB in {:?}, compressing {:.0} % of it, link {:?} MB/s",
+                p.bytes >> 10,
+                p.elapsed,
+                busy * 100.0,
+                self.link.map(|l| (l / 1e5).round() / 10.0)
+            );
+        }
         (self.step != before).then(|| self.level())
     }
 
