@@ -300,7 +300,7 @@ fn hostile(bad: Bad) -> (Router, Services) {
             .method(
                 "fetch_small",
                 Policy::Any,
-                |_c, args: FetchSmallArgs| async move {
+                move |_c, args: FetchSmallArgs| async move {
                     let mut out = Vec::new();
                     for p in &args.paths {
                         let f = std::fs::File::open(p)
@@ -311,6 +311,9 @@ fn hostile(bad: Bad) -> (Router, Services) {
                             meta,
                             data: Bytes::from(random(300, 4)),
                             digest: [0; 32],
+                            // Linked: to the file before it, or (the
+                            // first) to nothing.
+                            linked: matches!(bad, Bad::LinkedOrphan),
                         });
                     }
                     Ok::<_, RemoteError>(out)
@@ -401,6 +404,19 @@ async fn corrupt_compressed_small_files_are_errors_and_nothing_lands() {
     for e in &r {
         let e = e.error.clone().unwrap_or_default();
         assert!(e.contains("compressed file is corrupt"), "{e}");
+    }
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_small_file_with_nothing_before_it_is_an_error_and_nothing_lands() {
+    // The first file of the reply is linked to a file before it that does
+    // not exist; the others to a file that failed.
+    let (r, left) = hostile_push(Bad::LinkedOrphan, &[1000, 2000, 3000]).await;
+    assert_eq!(r.iter().filter(|e| e.error.is_some()).count(), 3, "{r:?}");
+    for e in &r {
+        let e = e.error.clone().unwrap_or_default();
+        assert!(e.contains("with no file before it"), "{e}");
     }
     assert!(left.is_empty(), "{left:?}");
 }

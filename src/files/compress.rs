@@ -42,9 +42,10 @@
 //! Off, compression comes back as soon as a raw period shows the link
 //! slower than the compressor was, and otherwise is tried again only when
 //! the link is clearly the bottleneck, after twice as many bytes each time.
-//! With the compressor mostly idle, the level goes up a step,
-//! to 3 at most. The small-file path ([`Tuner::on_batch`]) moves the same
-//! stream's level by the share of time its replies spend compressing.
+//! With the compressor mostly idle, the level goes up a step, to 5 at
+//! most, if the compressor would not be saturated there. The small-file
+//! path ([`Tuner::on_batch`]) moves the same stream's level by the share
+//! of time its replies spend compressing.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -82,11 +83,25 @@ pub const PERIOD_BATCHES: u32 = 4;
 
 /// zstd levels the tuner moves between, slowest (best ratio) last. Level 3
 /// is zstd's (and `rsync -z`'s) default; the negative levels trade ratio
-/// for speed.
-pub const LADDER: [i32; 4] = [-5, -1, 1, 3];
+/// for speed. Level 5 is for a link slow enough to leave the compressor
+/// mostly idle at 3 (100 Mbit): on the text tree of docs/benchmarks.md,
+/// linked chunks at 5 are 4.6 % smaller than at 3 for 2.4 times the CPU.
+pub const LADDER: [i32; 5] = [-5, -1, 1, 3, 5];
 
-/// The highest step the tuner goes to: level 3.
-const TOP: usize = 3;
+/// CPU time per byte of each [`LADDER`] step relative to the one below
+/// (linked 128 KiB chunks of a 64 MiB text tree, CPU time on one core of
+/// the bench machine: -5 720 MB/s, -1 500, 1 460, 3 300, 5 125): the next
+/// step is taken only if the compressor would stay under [`UP_BUSY`] there.
+const STEP_COST: [f64; 5] = [1.0, 1.4, 1.1, 1.55, 2.35];
+
+/// The highest step the tuner goes to: level 5.
+const TOP: usize = LADDER.len() - 1;
+
+/// The highest step the small-file path climbs to: level 3. Small files
+/// compressed on their own gain 1 % at level 5 (5.59 to 5.54 MB of 16
+/// MiB) for 2.5 times the CPU; the chunk path may still take the
+/// stream's level higher.
+const SMALL_TOP: usize = 3;
 
 /// Where it starts: level 1, one step below, so a fast link finds
 /// compression too slow a period sooner and a slow one climbs to level 3
@@ -537,8 +552,21 @@ pub fn compress_small(
     level: i32,
     counters: &CompressCounters,
 ) -> Option<Bytes> {
+    compress_small_after(zstd, data, level, counters, None).map(|(z, _)| z)
+}
+
+/// [`compress_small`], linked to `before` (the reply's previous file) if
+/// given and not empty: the frame, and whether it is linked.
+fn compress_small_after(
+    zstd: &mut Zstd,
+    data: &[u8],
+    level: i32,
+    counters: &CompressCounters,
+    before: Option<&[u8]>,
+) -> Option<(Bytes, bool)> {
+    let before = before.filter(|b| !b.is_empty());
     let out = if zstd.trial_shrinks(data) {
-        zstd.compress(level, &[], data, None)
+        zstd.compress(level, &[], data, before)
     } else {
         None
     };
@@ -553,7 +581,7 @@ pub fn compress_small(
     counters
         .bytes_out
         .fetch_add(out.len() as u64, Ordering::Relaxed);
-    Some(Bytes::from(out))
+    Some((Bytes::from(out), before.is_some()))
 }
 
 /// Translates the receiver's acknowledgements (cumulative *file* bytes)
@@ -771,31 +799,155 @@ pub fn decode_linked(
     Ok(Bytes::from(out))
 }
 
-/// Turns a [`SmallFile::Compressed`] into [`SmallFile::Data`] (at most
-/// `meta.size` bytes, itself at most one chunk), or into
-/// [`SmallFile::Failed`] if it does not decompress to exactly that.
+/// Turns an unlinked [`SmallFile::Compressed`] into [`SmallFile::Data`]
+/// (at most `meta.size` bytes, itself at most one chunk), or into
+/// [`SmallFile::Failed`] if it does not decompress to exactly that. A
+/// linked one fails here (it needs the file before it: [`SmallDecoder`]).
 /// Anything else passes through.
 pub fn open_small(file: SmallFile) -> SmallFile {
-    let SmallFile::Compressed { meta, data, digest } = file else {
-        return file;
-    };
-    let cap = meta.size.min(CHUNK_DATA as u64) as usize;
-    let out = zstd::bulk::Decompressor::new().and_then(|mut d| d.decompress(&data, cap));
-    match out {
-        Ok(out) if out.len() as u64 == meta.size => SmallFile::Data {
-            meta,
-            data: Bytes::from(out),
-            digest,
-        },
-        Ok(out) => SmallFile::Failed(format!(
-            "compressed file decompressed to {} bytes, {} announced",
-            out.len(),
-            meta.size
-        )),
-        Err(e) => SmallFile::Failed(format!(
-            "compressed file is corrupt or exceeds its announced {} bytes: {e}",
-            meta.size
-        )),
+    SmallDecoder::default().open(file)
+}
+
+/// The receiver's side of one `fetch_small` reply: decodes its files in
+/// order, a linked one ([`SmallFile::Compressed`] with `linked`) against
+/// the bytes of the file just before it in the reply.
+#[derive(Default)]
+pub struct SmallDecoder {
+    /// The bytes of the reply's previous file, if it carried data that
+    /// decoded.
+    prev: Option<Bytes>,
+}
+
+impl SmallDecoder {
+    /// The next file of the reply, compressed or not: [`SmallFile::Data`]
+    /// of exactly `meta.size` bytes (at most one chunk) for a compressed
+    /// one, or [`SmallFile::Failed`] if it does not decompress to exactly
+    /// that. Anything else passes through. Call for every file of the
+    /// reply, in order.
+    pub fn open(&mut self, file: SmallFile) -> SmallFile {
+        let out = match file {
+            SmallFile::Compressed {
+                meta,
+                data,
+                digest,
+                linked,
+            } => Self::decode(meta, &data, digest, linked.then_some(self.prev.as_deref()))
+                .unwrap_or_else(SmallFile::Failed),
+            other => other,
+        };
+        self.prev = match &out {
+            SmallFile::Data { data, .. } => Some(data.clone()),
+            _ => None,
+        };
+        out
+    }
+
+    /// `data` decoded (after `before` if linked: `Some(None)` is a linked
+    /// file with no data before it).
+    fn decode(
+        meta: super::FileMeta,
+        data: &[u8],
+        digest: [u8; 32],
+        before: Option<Option<&[u8]>>,
+    ) -> Result<SmallFile, String> {
+        let cap = meta.size.min(CHUNK_DATA as u64) as usize;
+        let out = match before {
+            None => zstd::bulk::Decompressor::new()
+                .and_then(|mut d| d.decompress(data, cap))
+                .map_err(|e| e.to_string()),
+            Some(None) => {
+                return Err("a compressed file linked to the one before it came \
+                            with no file before it"
+                    .into());
+            }
+            Some(Some(before)) => decode_linked(0, data, cap as u64, before)
+                .map(|b| b.to_vec())
+                .map_err(|e| e.to_string()),
+        };
+        match out {
+            Ok(out) if out.len() as u64 == meta.size => Ok(SmallFile::Data {
+                meta,
+                data: Bytes::from(out),
+                digest,
+            }),
+            Ok(out) => Err(format!(
+                "compressed file decompressed to {} bytes, {} announced",
+                out.len(),
+                meta.size
+            )),
+            Err(e) => Err(format!(
+                "compressed file is corrupt or exceeds its announced {} bytes: {e}",
+                meta.size
+            )),
+        }
+    }
+}
+
+/// The sender's side of one `fetch_small` reply: compresses its files in
+/// order, each *linked* to the file just before it in the reply (its
+/// bytes are the zstd prefix) when that one carried data whose bytes are
+/// known here. On the text tree of docs/benchmarks.md (16 MiB of 4-60 KiB
+/// source-like files, level 3) that made 5.22 MB where files compressed on
+/// their own made 5.59 (-7 %), for about 1.5 times the CPU. A frame stays
+/// decodable from one earlier file's bytes, as a linked chunk does, so a
+/// relay can still send it on as it came to a child whose reply has the
+/// same file before it ([`SmallEncoder::follows`]); a context kept across
+/// the whole reply (-22 %) would tie each frame to every file before it.
+#[derive(Default)]
+pub struct SmallEncoder {
+    zstd: Zstd,
+    /// The bytes of the reply's previous file, when known here.
+    prev: Option<Bytes>,
+    /// The reply's previous file carried data, in either form: the
+    /// receiver will know its bytes.
+    follows: bool,
+    /// CPU time spent compressing so far.
+    compressing: Duration,
+}
+
+impl SmallEncoder {
+    /// Whether the reply's previous file carried data (a frame linked to
+    /// it can be decoded).
+    pub fn follows(&self) -> bool {
+        self.follows
+    }
+
+    /// CPU time spent compressing so far.
+    pub fn compressing(&self) -> Duration {
+        self.compressing
+    }
+
+    /// The next file of the reply as it goes on the wire: [`SmallFile::Data`]
+    /// compressed at `level` if that saves 1/64 of it (counted in
+    /// `counters`), anything else as it is. Call for every file of the
+    /// reply, in order.
+    pub fn encode(
+        &mut self,
+        one: SmallFile,
+        level: Option<i32>,
+        counters: &CompressCounters,
+    ) -> SmallFile {
+        let prev = self.prev.take();
+        self.follows = matches!(one, SmallFile::Data { .. } | SmallFile::Compressed { .. });
+        let (Some(level), SmallFile::Data { meta, data, digest }) = (level, &one) else {
+            if let SmallFile::Data { data, .. } = &one {
+                self.prev = Some(data.clone());
+            }
+            return one;
+        };
+        self.prev = Some(data.clone());
+        let t0 = thread_cpu_ns();
+        let z = compress_small_after(&mut self.zstd, data, level, counters, prev.as_deref());
+        self.compressing += Duration::from_nanos(thread_cpu_ns().saturating_sub(t0));
+        match z {
+            Some((z, linked)) => SmallFile::Compressed {
+                meta: meta.clone(),
+                data: z,
+                digest: *digest,
+                linked,
+            },
+            None => one,
+        }
     }
 }
 
@@ -804,8 +956,15 @@ pub fn open_small(file: SmallFile) -> SmallFile {
 const SATURATED: f64 = 0.5;
 
 /// Share under which the compressor counts as mostly idle: a better ratio
-/// costs nothing, the level goes up a step.
-const IDLE: f64 = 0.15;
+/// costs nothing, the level goes up a step (if [`UP_BUSY`] allows). Over
+/// 100 Mbit level 3 keeps the reader compressing 13-15 % of the time (2
+/// MiB of text per ~50 ms of link, 7 ms of CPU), which 0.15 left at 3.
+const IDLE: f64 = 0.2;
+
+/// The share of a period the compressor may be predicted to take at the
+/// next step up ([`STEP_COST`]) for the level to go up: under
+/// [`SATURATED`], so that the step is not undone the period after.
+const UP_BUSY: f64 = 0.45;
 
 /// A level is kept while it compresses file bytes this many times faster
 /// than the link delivers wire bytes: the reader also reads and hashes on
@@ -1066,9 +1225,10 @@ impl Tuner {
                         // tenth less ratio). Never off: it pays.
                         self.step = Some(i.saturating_sub(1));
                     }
-                    _ if busy < IDLE && i < TOP => {
-                        // The compressor mostly idle: a better ratio costs
-                        // nothing.
+                    _ if i < TOP && busy < IDLE && busy * STEP_COST[i + 1] < UP_BUSY => {
+                        // The compressor mostly idle, and it would not be
+                        // saturated at the next level: a better ratio for
+                        // CPU time the link leaves unused.
                         self.step = Some(i + 1);
                     }
                     _ => {}
@@ -1121,6 +1281,15 @@ impl Tuner {
                 }
             }
         }
+        if self.step != before {
+            tracing::debug!(
+                "tuner: period of {} KiB in {:?}, compressing {:.0} % of it, link {:?} MB/s",
+                p.bytes >> 10,
+                p.elapsed,
+                busy * 100.0,
+                self.link.map(|l| (l / 1e5).round() / 10.0)
+            );
+        }
         (self.step != before).then(|| self.level())
     }
 
@@ -1164,7 +1333,7 @@ impl Tuner {
         if share > 0.25 && b.compress > b.link_wait && !pays {
             self.step = if share > 0.5 { None } else { i.checked_sub(1) };
             self.off_bytes = 0;
-        } else if share < 0.05 && i < TOP {
+        } else if share < 0.05 && i < SMALL_TOP {
             self.step = Some(i + 1);
         } else {
             return None;
@@ -1330,6 +1499,7 @@ mod tests {
             meta: meta.clone(),
             data: z.clone(),
             digest: [0; 32],
+            linked: false,
         });
         assert!(matches!(&ok, SmallFile::Data { data: d, .. } if d[..] == data[..]));
         let short = open_small(SmallFile::Compressed {
@@ -1339,15 +1509,84 @@ mod tests {
             },
             data: z.clone(),
             digest: [0; 32],
+            linked: false,
         });
         assert!(matches!(short, SmallFile::Failed(_)), "{short:?}");
         let garbage = open_small(SmallFile::Compressed {
             meta,
             data: Bytes::from_static(b"not zstd at all"),
             digest: [0; 32],
+            linked: false,
         });
         assert!(matches!(garbage, SmallFile::Failed(_)), "{garbage:?}");
         assert!(compress_small(&mut zstd, &random(10_000, 3), 3, &counters).is_none());
+    }
+
+    #[test]
+    fn small_files_are_linked_to_the_one_before_and_decode_in_reply_order() {
+        let counters = CompressCounters::default();
+        let f = std::fs::File::open("/proc/self/exe").expect("open");
+        let meta0 = crate::files::FileMeta::from_fd(&f).expect("fstat");
+        let file = |data: &[u8]| SmallFile::Data {
+            meta: crate::files::FileMeta {
+                size: data.len() as u64,
+                ..meta0.clone()
+            },
+            data: Bytes::copy_from_slice(data),
+            digest: [7; 32],
+        };
+        // b repeats most of a: linked, it costs a fraction of itself.
+        let a = text(20_000);
+        let mut b = a[..15_000].to_vec();
+        b.extend_from_slice(&text(2_000));
+        let c = text(9_000);
+        let reply = vec![
+            file(&a),
+            file(&b),
+            SmallFile::Failed("gone".into()),
+            file(&c),
+            file(&random(5_000, 9)),
+        ];
+        let mut enc = SmallEncoder::default();
+        let sent: Vec<SmallFile> = reply
+            .iter()
+            .map(|f| enc.encode(f.clone(), Some(3), &counters))
+            .collect();
+        let linked = |f: &SmallFile| match f {
+            SmallFile::Compressed { linked, data, .. } => Some((*linked, data.len())),
+            _ => None,
+        };
+        assert_eq!(linked(&sent[0]).map(|l| l.0), Some(false));
+        let (b_linked, b_len) = linked(&sent[1]).expect("b compressed");
+        assert!(b_linked);
+        let alone = compress_small(&mut Zstd::default(), &b, 3, &counters).expect("shrinks");
+        assert!(
+            b_len * 3 < alone.len(),
+            "{b_len} linked, {} alone",
+            alone.len()
+        );
+        // After a failed file nothing is linked; random data goes raw.
+        assert_eq!(linked(&sent[3]).map(|l| l.0), Some(false));
+        assert!(matches!(sent[4], SmallFile::Data { .. }));
+        // In order, every file comes back as it was.
+        let mut dec = SmallDecoder::default();
+        let got: Vec<SmallFile> = sent.iter().map(|f| dec.open(f.clone())).collect();
+        assert_eq!(got, reply);
+        // b without a before it (a fresh decoder, or a failed file before
+        // it) is a clear error, not wrong bytes.
+        let orphan = SmallDecoder::default().open(sent[1].clone());
+        assert!(
+            matches!(&orphan, SmallFile::Failed(w) if w.contains("no file before it")),
+            "{orphan:?}"
+        );
+        let mut dec = SmallDecoder::default();
+        dec.open(SmallFile::Failed("gone".into()));
+        assert!(matches!(dec.open(sent[1].clone()), SmallFile::Failed(_)));
+        // b after another file than a: never b's bytes (if zstd cannot
+        // tell, the digest check of the receiver does).
+        let mut dec = SmallDecoder::default();
+        dec.open(sent[3].clone());
+        assert_ne!(dec.open(sent[1].clone()), reply[1]);
     }
 
     #[test]
@@ -1577,10 +1816,17 @@ mod tests {
         assert_eq!(seen[0], Some(-5));
         assert!(seen.iter().all(Option::is_some), "{seen:?}");
         // Waiting for the link from the start, the compressor mostly idle:
-        // no raw probe, up to level 3, where it stays.
+        // no raw probe, up to level 5, where it stays.
         let mut t = Tuner::default();
         for _ in 0..10 {
             assert!(period(&mut t, 10 * MS, (0.0, 0.9, 0.1), Some(MBIT_100)).is_some());
+        }
+        assert_eq!(t.level(), Some(5));
+        // Compressing 19.7 % of the time at level 3: level 5 (2.35 times
+        // the CPU) would nearly saturate it: it stays at 3.
+        let mut t = Tuner::default();
+        for _ in 0..10 {
+            period(&mut t, 10 * MS, (0.0, 0.7, 0.197), Some(MBIT_100));
         }
         assert_eq!(t.level(), Some(3));
         assert_eq!(t.link_rate(), Some(MBIT_100));

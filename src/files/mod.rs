@@ -337,7 +337,7 @@ pub enum SmallFile {
     /// The whole file, zstd-compressed (`-z`): `data` is a zstd frame of
     /// exactly `meta.size` bytes, whose BLAKE3 digest is `digest`. The
     /// receiver turns it into [`SmallFile::Data`] with
-    /// [`compress::open_small`], which caps the output at `meta.size`.
+    /// [`compress::SmallDecoder`], which caps the output at `meta.size`.
     Compressed {
         /// Metadata of the file as opened.
         meta: FileMeta,
@@ -345,6 +345,10 @@ pub enum SmallFile {
         data: bytes::Bytes,
         /// BLAKE3 digest of the file's bytes (not of `data`).
         digest: [u8; 32],
+        /// The frame was compressed with the bytes of the reply's previous
+        /// file as its zstd prefix (that file carried data, in either
+        /// form): it decodes only after it.
+        linked: bool,
     },
 }
 

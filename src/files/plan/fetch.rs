@@ -258,8 +258,11 @@ pub(super) async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<O
     let written = tokio::task::spawn_blocking(move || {
         let mut done = Vec::with_capacity(batch.len());
         let mut too_large = Vec::new();
+        // Every file of the reply, in order: a linked one decodes against
+        // the one before it.
+        let mut decoder = crate::files::compress::SmallDecoder::default();
         for (job, file) in batch.into_iter().zip(files) {
-            let r = match crate::files::compress::open_small(file) {
+            let r = match decoder.open(file) {
                 SmallFile::Data { meta, .. } | SmallFile::Compressed { meta, .. }
                     if let Some(e) =
                         over_announced(sizes_bound, &job.place, job.size, meta.size) =>
@@ -287,7 +290,7 @@ pub(super) async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<O
                     src: job.src.to_string(),
                     why,
                 }),
-                // open_small decodes these; nothing else may land.
+                // The decoder decodes these; nothing else may land.
                 SmallFile::Compressed { .. } => Err(EntryError::NotDecoded {
                     path: show(job.place.shown()),
                     src: job.src.to_string(),

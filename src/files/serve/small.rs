@@ -125,15 +125,19 @@ impl FileService {
         level: Option<i32>,
     ) -> (Vec<SmallFile>, Duration) {
         let fs = self;
-        let mut zstd = compress::Zstd::default();
-        let mut compressing = Duration::ZERO;
+        // Each file linked to the one before it when that pays.
+        let mut zstd = compress::SmallEncoder::default();
         let mut budget = batch;
         let mut out = Vec::with_capacity(args.paths.len());
         for (k, path) in args.paths.iter().enumerate() {
-            let mut one = match (&fs.inner.tee, &teed) {
+            let one = match (&fs.inner.tee, &teed) {
                 // Compressed upstream: sent on as it came whenever it
                 // would be compressed here.
-                (Some(tee), Some(got)) => tee.read_small(path, got.get(k), budget, level.is_some()),
+                (Some(tee), Some(got)) => {
+                    let before = k.checked_sub(1).and_then(|j| args.paths.get(j));
+                    let before = before.filter(|_| zstd.follows());
+                    tee.read_small(path, got.get(k), budget, level.is_some(), before)
+                }
                 _ => fs.read_small(path, budget),
             };
             match &one {
@@ -144,21 +148,9 @@ impl FileService {
                 }
                 _ => {}
             }
-            if let (Some(level), SmallFile::Data { meta, data, digest }) = (level, &one) {
-                let t0 = compress::thread_cpu_ns();
-                let z = compress::compress_small(&mut zstd, data, level, &fs.inner.zcounters);
-                compressing += Duration::from_nanos(compress::thread_cpu_ns().saturating_sub(t0));
-                if let Some(z) = z {
-                    one = SmallFile::Compressed {
-                        meta: meta.clone(),
-                        data: z,
-                        digest: *digest,
-                    };
-                }
-            }
-            out.push(one);
+            out.push(zstd.encode(one, level, &fs.inner.zcounters));
         }
-        (out, compressing)
+        (out, zstd.compressing())
     }
 
     /// `--checksum`: the BLAKE3 digest of each registered file named, read

@@ -23,8 +23,9 @@ pub(super) enum Small {
         at: u64,
         digest: [u8; 32],
         /// Where its compressed form, as upstream sent it, is kept in the
-        /// same store, and its length.
-        zstd: Option<(u64, u64)>,
+        /// same store, its length, and for a linked one (compressed after
+        /// the file before it in upstream's reply) that file's path.
+        zstd: Option<(u64, u64, Option<RawPath>)>,
     },
     TooLarge,
     Failed(String),
@@ -103,9 +104,15 @@ impl Tee {
         };
         let tee = self.clone();
         let stored = tokio::task::spawn_blocking(move || {
+            // In reply order: a linked file decodes after the one before.
+            let mut decoder = crate::files::compress::SmallDecoder::default();
             files
                 .into_iter()
-                .map(|f| tee.store_small(f))
+                .enumerate()
+                .map(|(k, f)| {
+                    let before = k.checked_sub(1).and_then(|j| args.paths.get(j));
+                    tee.store_small(f, &mut decoder, before)
+                })
                 .collect::<Vec<_>>()
         })
         .await;
@@ -145,16 +152,27 @@ impl Tee {
         }
     }
 
-    /// Checks one small file from upstream and appends it to the spool.
-    fn store_small(&self, file: SmallFile) -> Small {
+    /// Checks one small file from upstream (the one after `before` in its
+    /// reply, decoded by `decoder`) and appends it to the spool.
+    fn store_small(
+        &self,
+        file: SmallFile,
+        decoder: &mut crate::files::compress::SmallDecoder,
+        before: Option<&RawPath>,
+    ) -> Small {
         // Kept only if it saves bytes (a hostile upstream could pad it).
         let zstd = match &file {
-            SmallFile::Compressed { data, meta, .. } if (data.len() as u64) < meta.size => {
-                Some(data.clone())
-            }
+            SmallFile::Compressed {
+                data, meta, linked, ..
+            } if (data.len() as u64) < meta.size => match (linked, before) {
+                (false, _) => Some((data.clone(), None)),
+                (true, Some(b)) => Some((data.clone(), Some(b.clone()))),
+                // Linked to nothing: it does not decode (below) either.
+                (true, None) => None,
+            },
             _ => None,
         };
-        match crate::files::compress::open_small(file) {
+        match decoder.open(file) {
             SmallFile::Data { meta, data, digest } => {
                 if data.len() as u64 != meta.size || meta.size > SMALL_FILE_MAX {
                     return Small::Failed(format!(
@@ -175,11 +193,11 @@ impl Tee {
                 // Its compressed form too (it decoded to these checked
                 // bytes), to send on as it is; if that write fails, it is
                 // compressed again when sent.
-                let zstd = zstd.and_then(|z| {
+                let zstd = zstd.and_then(|(z, linked_to)| {
                     let zat = blob.1;
                     blob.0.write_all_at(&z, zat).ok()?;
                     blob.1 += z.len() as u64;
-                    Some((zat, z.len() as u64))
+                    Some((zat, z.len() as u64, linked_to))
                 });
                 drop(blob);
                 self.small_fetched.fetch_add(1, Ordering::Relaxed);
@@ -203,13 +221,16 @@ impl Tee {
     /// [`Tee::ensure_small`] answered for `path`; its data comes from the
     /// spool if it fits in what is left of `budget`. With `compressed`,
     /// a file that came compressed from upstream is answered in that form
-    /// ([`SmallFile::Compressed`], not compressed again).
+    /// ([`SmallFile::Compressed`], not compressed again) — a linked one
+    /// only if `before`, the file before it in this reply (if that one
+    /// carried data), is the one it was linked to upstream.
     pub fn read_small(
         &self,
         path: &RawPath,
         entry: Option<&SmallEntry>,
         budget: u64,
         compressed: bool,
+        before: Option<&RawPath>,
     ) -> SmallFile {
         match entry.map(|e| &e.0) {
             Some(Small::Data {
@@ -221,7 +242,9 @@ impl Tee {
                 if meta.size > budget {
                     return SmallFile::TooLarge;
                 }
-                if let (true, Some((zat, zlen))) = (compressed, zstd) {
+                if let (true, Some((zat, zlen, linked_to))) = (compressed, zstd)
+                    && (linked_to.is_none() || linked_to.as_ref() == before)
+                {
                     let mut buf = vec![0u8; *zlen as usize];
                     let blob = lock(&self.spool.blob);
                     if blob.0.read_exact_at(&mut buf, *zat).is_ok() {
@@ -229,6 +252,7 @@ impl Tee {
                             meta: meta.clone(),
                             data: buf.into(),
                             digest: *digest,
+                            linked: linked_to.is_some(),
                         };
                     }
                 }
