@@ -1,9 +1,15 @@
 //! Early stripe transports: started speculatively while the first
-//! connection comes up, on a clock, for a push to one target.
+//! connection comes up, for a push to one target — as many as the round
+//! trip ssh's own connection has measured calls for, or on a clock where
+//! there is no such reading.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::stripes::{STRIPE_MIN_RTT, auto_stripes};
+use super::one::One;
+use super::stripes::{STRIPE_MIN_RTT, auto_stripes, start_stripes_early_n};
+use crate::cli::target::{self, HopError};
+use crate::connect::ContextInfo;
+use crate::connect::path_rtt::{self, SpawnWatch};
 
 /// The bytes of the regular files among the source operands (`paths`
 /// without its last, the destination): what a push is known to carry
@@ -83,6 +89,91 @@ impl EarlySteps {
             None if step == 0 => (self.first, self.rest == 0),
             None => (self.rest, true),
         }
+    }
+}
+
+impl One<'_> {
+    /// Connects to `host`, starting the stripes' transports early while
+    /// the connection is being made.
+    ///
+    /// The stripes' transports start while the primary connection is
+    /// still being made (see start_stripes_early) — if it is not up
+    /// within EARLY_STRIPE_AFTER: a path that fast gains nothing from
+    /// them (and below 4 ms gets none), and the primary, being well
+    /// ahead, is never the connection an sshd that limits connections
+    /// still in authentication (MaxStartups) drops.
+    /// How many, and when: EarlySteps — as many as the path's round
+    /// trip calls for once ssh's connection has measured it, so that
+    /// each step of stripes attaches in one round trip rather than
+    /// after a fresh ssh connection.
+    pub(super) async fn connect_early(
+        &self,
+        host: &str,
+        t0: Instant,
+    ) -> (
+        Result<ContextInfo, HopError>,
+        Option<crate::connect::stripe::Early>,
+    ) {
+        let mut early: Option<crate::connect::stripe::Early> = None;
+        let connected = {
+            let watch = SpawnWatch::new();
+            let connect = target::connect_target_watched(
+                self.router,
+                self.targs,
+                self.chain,
+                host,
+                self.log_filter,
+                watch.clone(),
+            );
+            tokio::pin!(connect);
+            let steps = EarlySteps::new(self.stripes);
+            let mut step = 0;
+            let mut last = false;
+            loop {
+                let at = match step {
+                    0 => Some(EARLY_STRIPE_AFTER),
+                    1 if !last => Some(EARLY_STRIPE_MORE),
+                    _ => None,
+                };
+                let wait = at.map_or(Duration::ZERO, |a| a.saturating_sub(t0.elapsed()));
+                tokio::select! {
+                    r = &mut connect => break r,
+                    _ = tokio::time::sleep(wait), if at.is_some() => {
+                        // What the kernel measured on ssh's connection so
+                        // far (see connect::path_rtt); None: the clock rule.
+                        let rtt = if self.stripes.is_none() {
+                            watch.pid().and_then(path_rtt::tcp_rtt)
+                        } else {
+                            None
+                        };
+                        let (count, done) = steps.at(step, rtt);
+                        tracing::debug!(
+                            "{host}: early stripe step {step} at {:?}: path round trip {rtt:?}, \
+                             {count} transports",
+                            t0.elapsed()
+                        );
+                        step += 1;
+                        last = done;
+                        if count == 0 {
+                            continue;
+                        }
+                        let more = start_stripes_early_n(
+                            self.targs, host, self.stripes, self.size_hint, self.log_filter, count,
+                        );
+                        match (early.as_mut(), more) {
+                            (Some(e), Some(m)) => e.absorb(m),
+                            (None, m) => early = m,
+                            (Some(_), None) => {}
+                        }
+                        if early.is_none() {
+                            // Not a push that stripes: no more early transports.
+                            last = true;
+                        }
+                    }
+                }
+            }
+        };
+        (connected, early)
     }
 }
 

@@ -5,17 +5,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Targets;
-use super::early::{EARLY_STRIPE_AFTER, EARLY_STRIPE_MORE, EarlySteps};
 use super::failure::{failed_whole, whole_failure};
-use super::feed::{Batches, walk_in_batches};
+use super::feed::{Batches, Feed, walk_in_batches};
 use super::notes::Notes;
 use super::relay::tee_progress;
-use super::stripe_job::stripe_in_steps;
-use super::stripes::{STRIPE_MIN_BYTES, start_stripes_early_n};
+use super::stripe_job::{AbortOnDrop, stripe_in_steps};
+use super::stripes::STRIPE_MIN_BYTES;
 use crate::cli::report;
-use crate::cli::target::{self, Chain, HopError, TargetArgs};
+use crate::cli::target::{Chain, TargetArgs};
 use crate::connect::ContextInfo;
-use crate::connect::path_rtt::{self, SpawnWatch};
 use crate::files::plan::{EntryResult, PushBatch, PushEnd, PushOpened, PushPlan};
 use crate::files::relay::TEE_SERVICE;
 use crate::files::tee::TeeStats;
@@ -45,6 +43,49 @@ pub(super) struct One<'a> {
     pub(super) size_hint: u64,
 }
 
+/// The stripe task of one target's push, started once: with the early
+/// transports, or when the walk passes [`STRIPE_MIN_BYTES`]. It ends with
+/// the push (and the transports it did not attach with it).
+#[derive(Default)]
+struct StripeTask {
+    started: bool,
+    _task: Option<AbortOnDrop>,
+}
+
+impl StripeTask {
+    fn start(
+        &mut self,
+        one: &One<'_>,
+        host: &str,
+        target: u32,
+        total: u64,
+        early: Option<crate::connect::stripe::Early>,
+    ) {
+        self.started = true;
+        self._task = stripe_in_steps(
+            one.router,
+            one.fs,
+            one.targs,
+            host,
+            target,
+            one.stripes,
+            total,
+            one.log_filter,
+            early,
+        );
+    }
+}
+
+/// What sending the plan's batches ended with.
+struct Sent {
+    walked: Arc<Sources>,
+    /// Files in the plan.
+    files: u64,
+    /// The close's answer, when it came with the last batch's (a relay's
+    /// `push_last`).
+    closed: Option<Result<Vec<EntryResult>, String>>,
+}
+
 impl One<'_> {
     pub(super) async fn push(
         &self,
@@ -72,274 +113,248 @@ impl One<'_> {
             report::Bars::connected(b);
         }
         // Started early: attached in steps from now on, while the push
-        // runs on the streams it has (see stripe_in_steps). The task ends
-        // with this push (the transports it did not attach with it).
-        let mut striped = false;
-        let mut _stripe_task = None;
+        // runs on the streams it has (see stripe_in_steps).
+        let mut stripes = StripeTask::default();
         if early.is_some() {
-            striped = true;
-            _stripe_task = stripe_in_steps(
-                self.router,
-                self.fs,
-                self.targs,
-                &host,
-                info.id,
-                self.stripes,
-                self.size_hint,
-                self.log_filter,
-                early,
-            );
+            stripes.start(self, &host, info.id, self.size_hint, early);
         }
         let mut tally = report::Tally::new(&host);
         tally.context = info.name.clone();
-        let failure = |e: crate::call::CallError| {
-            let msg = crate::cli::call_failure(&info.name, "the push", &e);
-            tracing::warn!("{}", crate::cli::sanitize::sanitize(&msg));
-            msg
-        };
-        let opened: Result<PushOpened, _> = match self.relay {
-            Some(relay) => {
-                let args = (info.id, self.plan);
-                self.call_at(relay, TEE_SERVICE, &info, "push_open", &args, &bar, 0)
-                    .await
-            }
-            None => self.call(&info, "push_open", self.plan, &bar, 0).await,
-        };
-        let opened = match opened {
-            Ok(o) => o,
-            Err(e) => {
-                tally.add(self.style, &[whole_failure(&self.plan.dest, failure(e))]);
+        let session = match self.open(&info, &bar).await {
+            Ok(session) => session,
+            Err(failed) => {
+                tally.add(self.style, &failed);
                 return self.end(tally, t0, bar);
             }
         };
-        if !opened.failed.is_empty() {
-            tally.add(self.style, &opened.failed);
-            return self.end(tally, t0, bar);
-        }
-        let session = opened.session;
-        let mut files = 0;
-        // The close's answer, when it came with the last batch's.
-        let mut closed_early: Option<Result<Vec<EntryResult>, String>> = None;
-        let walked: Arc<Sources> = match batches {
+        let sent = match batches {
             Batches::Walk(walker) => {
-                let (walking, mut rx) = walk_in_batches(*walker);
-                while let Some(batch) = rx.recv().await {
-                    files = batch.files;
-                    if let Some(b) = &bar {
-                        b.set_length(batch.bytes);
-                    }
-                    if !striped && batch.bytes >= STRIPE_MIN_BYTES {
-                        striped = true;
-                        _stripe_task = stripe_in_steps(
-                            self.router,
-                            self.fs,
-                            self.targs,
-                            &host,
-                            info.id,
-                            self.stripes,
-                            batch.bytes,
-                            self.log_filter,
-                            None,
-                        );
-                    }
-                    let args = PushBatch {
-                        session,
-                        entries: batch.entries,
-                    };
-                    match self
-                        .call::<_, Vec<EntryResult>>(&info, "push_batch", &args, &bar, files)
-                        .await
-                    {
-                        Ok(results) => tally.add(self.style, &results),
-                        Err(e) => {
-                            drop(rx);
-                            tally.add(self.style, &[whole_failure(&self.plan.dest, failure(e))]);
-                            return self.end(tally, t0, bar);
-                        }
-                    }
-                }
-                match walking.await {
-                    Ok(w) => Arc::new(w),
-                    Err(e) => {
-                        let e = format!("internal error walking the sources: {e}");
-                        tally.add(self.style, &[whole_failure(&self.plan.dest, e)]);
-                        return self.end(tally, t0, bar);
-                    }
-                }
+                self.send_walk(
+                    &host,
+                    &info,
+                    session,
+                    *walker,
+                    &bar,
+                    &mut tally,
+                    &mut stripes,
+                )
+                .await
             }
-            Batches::Relay(mut feed) => {
-                let relay = self.relay.unwrap_or_default();
-                let mut k = 0u64;
-                loop {
-                    let fed = match feed.batch(k).await {
-                        Ok(fed) => fed,
-                        Err(Ok(walked)) => break walked,
-                        Err(Err(e)) => {
-                            let e = format!("{}: the plan did not reach the relay: {e}", info.name);
-                            tally.add(self.style, &[whole_failure(&self.plan.dest, e)]);
-                            return self.end(tally, t0, bar);
-                        }
-                    };
-                    files = fed.files;
-                    if let Some(b) = &bar {
-                        b.set_length(fed.bytes);
-                    }
-                    // The last batch and the close go in one call.
-                    let r = match &fed.last {
-                        Some(walked) => {
-                            let args = (info.id, session, k, push_end(session, walked));
-                            self.call_at::<_, (
-                                Vec<EntryResult>,
-                                Result<Vec<EntryResult>, String>,
-                                Option<TeeStats>,
-                            )>(
-                                relay, TEE_SERVICE, &info, "push_last", &args, &bar, files
-                            )
-                            .await
-                            .map(|(results, closed, last)| {
-                                if last.is_some()
-                                    && let Ok(mut f) = self.tee_final.lock()
-                                {
-                                    *f = last;
-                                }
-                                let name = &info.name;
-                                closed_early = Some(closed.map_err(|e| format!("{name}: {e}")));
-                                results
-                            })
-                        }
-                        None => {
-                            self.call_at::<_, Vec<EntryResult>>(
-                                relay,
-                                TEE_SERVICE,
-                                &info,
-                                "push_batch",
-                                &(info.id, session, k),
-                                &bar,
-                                files,
-                            )
-                            .await
-                        }
-                    };
-                    match r {
-                        Ok(results) => tally.add(self.style, &results),
-                        Err(e) => {
-                            let e = failure(e);
-                            tally.add(self.style, &[whole_failure(&self.plan.dest, e)]);
-                            return self.end(tally, t0, bar);
-                        }
-                    }
-                    if let Some(walked) = fed.last {
-                        break walked;
-                    }
-                    k += 1;
-                }
-            }
+            Batches::Relay(feed) => self.send_fed(&info, session, feed, &bar, &mut tally).await,
         };
-        self.notes.say(&walked, self.style.json);
-        let closed = match closed_early {
+        let Some(sent) = sent else {
+            return self.end(tally, t0, bar);
+        };
+        self.notes.say(&sent.walked, self.style.json);
+        let closed = match sent.closed {
             Some(closed) => closed,
             None => {
-                let end = push_end(session, &walked);
-                let closed: Result<Vec<EntryResult>, _> = match self.relay {
-                    Some(relay) => {
-                        let args = (info.id, end);
-                        self.call_at(relay, TEE_SERVICE, &info, "push_close", &args, &bar, files)
-                            .await
-                    }
-                    None => self.call(&info, "push_close", &end, &bar, files).await,
-                };
-                closed.map_err(failure)
+                self.close(&info, session, &sent.walked, &bar, sent.files)
+                    .await
             }
         };
         match closed {
             Ok(results) => tally.add(self.style, &results),
             Err(e) => tally.add(self.style, &[whole_failure(&self.plan.dest, e)]),
         }
-        tally.skipped(self.style, &walked.skipped);
+        tally.skipped(self.style, &sent.walked.skipped);
         self.end(tally, t0, bar)
     }
 
-    /// Connects to `host`, starting the stripes' transports early while
-    /// the connection is being made.
-    ///
-    /// The stripes' transports start while the primary connection is
-    /// still being made (see start_stripes_early) — if it is not up
-    /// within EARLY_STRIPE_AFTER: a path that fast gains nothing from
-    /// them (and below 4 ms gets none), and the primary, being well
-    /// ahead, is never the connection an sshd that limits connections
-    /// still in authentication (MaxStartups) drops.
-    /// How many, and when: EarlySteps — as many as the path's round
-    /// trip calls for once ssh's connection has measured it, so that
-    /// each step of stripes attaches in one round trip rather than
-    /// after a fresh ssh connection.
-    async fn connect_early(
+    /// A failed call of the push, worded (naming the target) and logged.
+    fn failure(&self, info: &ContextInfo, e: crate::call::CallError) -> String {
+        let msg = crate::cli::call_failure(&info.name, "the push", &e);
+        tracing::warn!("{}", crate::cli::sanitize::sanitize(&msg));
+        msg
+    }
+
+    /// Opens the push session on the target (through its relay when it
+    /// tees): the session's number, or the entries that failed.
+    async fn open(
+        &self,
+        info: &ContextInfo,
+        bar: &Option<indicatif::ProgressBar>,
+    ) -> Result<u64, Vec<EntryResult>> {
+        let opened: Result<PushOpened, _> = match self.relay {
+            Some(relay) => {
+                let args = (info.id, self.plan);
+                self.call_at(relay, TEE_SERVICE, info, "push_open", &args, bar, 0)
+                    .await
+            }
+            None => self.call(info, "push_open", self.plan, bar, 0).await,
+        };
+        match opened {
+            Ok(o) if o.failed.is_empty() => Ok(o.session),
+            Ok(o) => Err(o.failed),
+            Err(e) => Err(vec![whole_failure(&self.plan.dest, self.failure(info, e))]),
+        }
+    }
+
+    /// Walks the sources and sends each batch to the target as the walk
+    /// makes it, starting the stripes once the walk passes
+    /// [`STRIPE_MIN_BYTES`]. `None` when the push ended here (its failure
+    /// is in `tally`).
+    #[allow(clippy::too_many_arguments)]
+    async fn send_walk(
         &self,
         host: &str,
-        t0: Instant,
-    ) -> (
-        Result<ContextInfo, HopError>,
-        Option<crate::connect::stripe::Early>,
-    ) {
-        let mut early: Option<crate::connect::stripe::Early> = None;
-        let connected = {
-            let watch = SpawnWatch::new();
-            let connect = target::connect_target_watched(
-                self.router,
-                self.targs,
-                self.chain,
-                host,
-                self.log_filter,
-                watch.clone(),
-            );
-            tokio::pin!(connect);
-            let steps = EarlySteps::new(self.stripes);
-            let mut step = 0;
-            let mut last = false;
-            loop {
-                let at = match step {
-                    0 => Some(EARLY_STRIPE_AFTER),
-                    1 if !last => Some(EARLY_STRIPE_MORE),
-                    _ => None,
-                };
-                let wait = at.map_or(Duration::ZERO, |a| a.saturating_sub(t0.elapsed()));
-                tokio::select! {
-                    r = &mut connect => break r,
-                    _ = tokio::time::sleep(wait), if at.is_some() => {
-                        // What the kernel measured on ssh's connection so
-                        // far (see connect::path_rtt); None: the clock rule.
-                        let rtt = if self.stripes.is_none() {
-                            watch.pid().and_then(path_rtt::tcp_rtt)
-                        } else {
-                            None
-                        };
-                        let (count, done) = steps.at(step, rtt);
-                        tracing::debug!(
-                            "{host}: early stripe step {step} at {:?}: path round trip {rtt:?}, \
-                             {count} transports",
-                            t0.elapsed()
-                        );
-                        step += 1;
-                        last = done;
-                        if count == 0 {
-                            continue;
-                        }
-                        let more = start_stripes_early_n(
-                            self.targs, host, self.stripes, self.size_hint, self.log_filter, count,
-                        );
-                        match (early.as_mut(), more) {
-                            (Some(e), Some(m)) => e.absorb(m),
-                            (None, m) => early = m,
-                            (Some(_), None) => {}
-                        }
-                        if early.is_none() {
-                            // Not a push that stripes: no more early transports.
-                            last = true;
-                        }
-                    }
+        info: &ContextInfo,
+        session: u64,
+        walker: crate::files::walk::Walker,
+        bar: &Option<indicatif::ProgressBar>,
+        tally: &mut report::Tally,
+        stripes: &mut StripeTask,
+    ) -> Option<Sent> {
+        let (walking, mut rx) = walk_in_batches(walker);
+        let mut files = 0;
+        while let Some(batch) = rx.recv().await {
+            files = batch.files;
+            if let Some(b) = bar {
+                b.set_length(batch.bytes);
+            }
+            if !stripes.started && batch.bytes >= STRIPE_MIN_BYTES {
+                stripes.start(self, host, info.id, batch.bytes, None);
+            }
+            let args = PushBatch {
+                session,
+                entries: batch.entries,
+            };
+            match self
+                .call::<_, Vec<EntryResult>>(info, "push_batch", &args, bar, files)
+                .await
+            {
+                Ok(results) => tally.add(self.style, &results),
+                Err(e) => {
+                    drop(rx);
+                    let e = self.failure(info, e);
+                    tally.add(self.style, &[whole_failure(&self.plan.dest, e)]);
+                    return None;
                 }
             }
+        }
+        match walking.await {
+            Ok(w) => Some(Sent {
+                walked: Arc::new(w),
+                files,
+                closed: None,
+            }),
+            Err(e) => {
+                let e = format!("internal error walking the sources: {e}");
+                tally.add(self.style, &[whole_failure(&self.plan.dest, e)]);
+                None
+            }
+        }
+    }
+
+    /// Has the relay send this target the batches it keeps, one call each;
+    /// the last batch and the close go in one call (`push_last`). `None`
+    /// when the push ended here (its failure is in `tally`).
+    async fn send_fed(
+        &self,
+        info: &ContextInfo,
+        session: u64,
+        mut feed: Feed,
+        bar: &Option<indicatif::ProgressBar>,
+        tally: &mut report::Tally,
+    ) -> Option<Sent> {
+        let relay = self.relay.unwrap_or_default();
+        let mut closed_early = None;
+        let mut files = 0;
+        let mut k = 0u64;
+        loop {
+            let fed = match feed.batch(k).await {
+                Ok(fed) => fed,
+                Err(Ok(walked)) => {
+                    return Some(Sent {
+                        walked,
+                        files,
+                        closed: closed_early,
+                    });
+                }
+                Err(Err(e)) => {
+                    let e = format!("{}: the plan did not reach the relay: {e}", info.name);
+                    tally.add(self.style, &[whole_failure(&self.plan.dest, e)]);
+                    return None;
+                }
+            };
+            files = fed.files;
+            if let Some(b) = bar {
+                b.set_length(fed.bytes);
+            }
+            let r = match &fed.last {
+                Some(walked) => {
+                    let args = (info.id, session, k, push_end(session, walked));
+                    self.call_at::<_, (
+                        Vec<EntryResult>,
+                        Result<Vec<EntryResult>, String>,
+                        Option<TeeStats>,
+                    )>(
+                        relay, TEE_SERVICE, info, "push_last", &args, bar, files
+                    )
+                    .await
+                    .map(|(results, closed, last)| {
+                        if last.is_some()
+                            && let Ok(mut f) = self.tee_final.lock()
+                        {
+                            *f = last;
+                        }
+                        let name = &info.name;
+                        closed_early = Some(closed.map_err(|e| format!("{name}: {e}")));
+                        results
+                    })
+                }
+                None => {
+                    self.call_at::<_, Vec<EntryResult>>(
+                        relay,
+                        TEE_SERVICE,
+                        info,
+                        "push_batch",
+                        &(info.id, session, k),
+                        bar,
+                        files,
+                    )
+                    .await
+                }
+            };
+            match r {
+                Ok(results) => tally.add(self.style, &results),
+                Err(e) => {
+                    let e = self.failure(info, e);
+                    tally.add(self.style, &[whole_failure(&self.plan.dest, e)]);
+                    return None;
+                }
+            }
+            if let Some(walked) = fed.last {
+                return Some(Sent {
+                    walked,
+                    files,
+                    closed: closed_early,
+                });
+            }
+            k += 1;
+        }
+    }
+
+    /// Closes the session (through the relay when it tees): the results of
+    /// the entries the target kept for the end.
+    async fn close(
+        &self,
+        info: &ContextInfo,
+        session: u64,
+        walked: &Sources,
+        bar: &Option<indicatif::ProgressBar>,
+        files: u64,
+    ) -> Result<Vec<EntryResult>, String> {
+        let end = push_end(session, walked);
+        let closed: Result<Vec<EntryResult>, _> = match self.relay {
+            Some(relay) => {
+                let args = (info.id, end);
+                self.call_at(relay, TEE_SERVICE, info, "push_close", &args, bar, files)
+                    .await
+            }
+            None => self.call(info, "push_close", &end, bar, files).await,
         };
-        (connected, early)
+        closed.map_err(|e| self.failure(info, e))
     }
 
     pub(super) async fn call<A: serde::Serialize + Sync, R: serde::de::DeserializeOwned>(
