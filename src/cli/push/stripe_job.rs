@@ -102,12 +102,10 @@ impl StripeJob {
     }
 
     pub(super) async fn run(self, early: Option<crate::connect::stripe::Early>) {
-        use crate::connect::stripe_steps::{StepAction, StepRules, Steps};
-        let (router, host) = (&self.router, &self.host);
-        let Some(stream) = router.stream_towards(self.target) else {
+        let Some(stream) = self.router.stream_towards(self.target) else {
             return;
         };
-        let Some(first_hop) = router.stream_remote(stream) else {
+        let Some(first_hop) = self.router.stream_remote(stream) else {
             return;
         };
         let t0 = Instant::now();
@@ -116,7 +114,7 @@ impl StripeJob {
         // before the stripes can be attached.
         let prepare = async {
             match early.filter(|e| !e.is_empty()) {
-                Some(e) => e.prepare(router, first_hop, self.timeout).await,
+                Some(e) => e.prepare(&self.router, first_hop, self.timeout).await,
                 None => None,
             }
         };
@@ -126,6 +124,7 @@ impl StripeJob {
             return;
         };
         let best = a.min(b);
+        let host = &self.host;
         if let Some(n) = self.stripes {
             // An explicit count: all at once.
             let got = self.attach_more(&mut prepared, first_hop, n - 1).await;
@@ -142,6 +141,22 @@ impl StripeJob {
             tracing::info!("{host}: round trip {best:?}; one stream is enough, no stripes");
             return;
         }
+        self.in_steps(stream, first_hop, best, prepared, t0).await;
+    }
+
+    /// Adds data stripes in steps while they make the delivered rate grow
+    /// ([`crate::connect::stripe_steps`]), early transports (`prepared`)
+    /// first, up to the cap for the round trip `best`.
+    async fn in_steps(
+        &self,
+        stream: u64,
+        first_hop: u32,
+        best: Duration,
+        mut prepared: Option<crate::connect::stripe::Prepared>,
+        t0: Instant,
+    ) {
+        use crate::connect::stripe_steps::{StepAction, StepRules, Steps};
+        let (router, host) = (&self.router, &self.host);
         // The cap: the round trip's count for twice this round trip. The
         // channel windows alone call for one data stripe per 12.5 ms; on
         // short paths more ssh processes also spread the encryption over
@@ -150,13 +165,14 @@ impl StripeJob {
         let cap = auto_stripes(best * 2) - 1;
         let rules = StepRules::for_rtt(best, cap);
         let mut steps = Steps::new(rules);
-        // Transports started early (for the round trip the connection's
-        // set-up time suggested; their CPU is spent) are the first step,
-        // at once: attaching costs a round trip, and their TCP connections
-        // then open up together with the primary's rather than after it —
-        // each later step costs its fresh connections' slow start (~5
-        // round trips in which the in-order acknowledgements wait for
-        // them). Measured against what one channel could carry.
+        // Transports started early (as many as the round trip ssh's
+        // connection measured called for; their CPU is spent) are the
+        // first step, at once: attaching costs a round trip, and their TCP
+        // connections then open up together with the primary's rather
+        // than after it — each later step costs its fresh connections'
+        // slow start (~5 round trips in which the in-order
+        // acknowledgements wait for them). Measured against what one
+        // channel could carry.
         let channel = crate::connect::stripe_steps::CHANNEL_WINDOW as f64 / best.as_secs_f64();
         let mut first = match prepared.as_ref().map_or(0, |p| p.len()).min(cap) {
             0 => None,
@@ -164,7 +180,7 @@ impl StripeJob {
         };
         let mut asked = 0usize;
         let mut attaching: Option<
-            std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send>>,
+            std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send + '_>>,
         > = None;
         loop {
             let now = Instant::now();
@@ -174,8 +190,7 @@ impl StripeJob {
             }
             steps.on_delivered(now, delivered.wire_bytes);
             steps.on_stripes(router.stripes(stream).len().saturating_sub(1));
-            let action = first.take().unwrap_or_else(|| steps.poll(now));
-            match action {
+            match first.take().unwrap_or_else(|| steps.poll(now)) {
                 StepAction::Open(more) => {
                     asked += more;
                     tracing::debug!(
