@@ -180,6 +180,45 @@ fn a_push_of_several_batches_lands_every_entry_and_reports_each_once() {
     assert_eq!(summary["changed"], false);
 }
 
+/// A plan the walk makes in one batch goes as one `push` call (open,
+/// batch and close in one round trip); a larger one streams. Both land
+/// every entry (the larger: the test above).
+#[test]
+fn a_plan_of_one_batch_goes_in_one_call_and_a_larger_one_streams() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let small = t.path().join("small");
+    std::fs::create_dir_all(small.join("d")).expect("mkdir");
+    std::fs::write(small.join("d/one"), "1\n").expect("write");
+    std::fs::write(small.join("two"), "2\n").expect("write");
+    let dst = t.path().join("dst-small");
+    let o = push(&["-r", "-vv", &format!("{}/", s(&small)), s(&dst)]);
+    ok(&o);
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("the plan goes whole, in one call (3 entries)"),
+        "{err}"
+    );
+    assert!(!err.contains("the plan streams in batches"), "{err}");
+    assert_eq!(std::fs::read(dst.join("d/one")).expect("read"), b"1\n");
+    assert_eq!(std::fs::read(dst.join("two")).expect("read"), b"2\n");
+
+    let src = tree(t.path());
+    let dst = t.path().join("dst-big");
+    let o = push(&["-r", "-vv", &format!("{}/", s(&src)), s(&dst)]);
+    ok(&o);
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("the plan streams in batches"),
+        "{}",
+        &err[..err.len().min(4000)]
+    );
+    assert!(!err.contains("the plan goes whole"));
+    assert_eq!(
+        std::fs::read(dst.join("b/f04499")).expect("read"),
+        std::fs::read(src.join("b/f04499")).expect("read")
+    );
+}
+
 #[test]
 fn delete_across_batches_removes_only_what_the_source_lacks() {
     let t = tempfile::tempdir().expect("tempdir");

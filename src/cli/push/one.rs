@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::Targets;
 use super::failure::{failed_whole, whole_failure};
-use super::feed::{Batches, Feed, walk_in_batches};
+use super::feed::{Batches, Feed, Walked, walk_in_batches};
 use super::notes::Notes;
 use super::relay::tee_progress;
 use super::stripe_job::{AbortOnDrop, stripe_in_steps};
@@ -76,6 +76,61 @@ impl StripeTask {
     }
 }
 
+/// Where a target's plan comes from, once its push started.
+enum Plan {
+    /// Its own walk, running.
+    Walking(Walking),
+    /// The group's walk, kept at the relay.
+    Fed(Feed),
+}
+
+/// How long, once the walk has made its first batch, the push waits to
+/// learn whether that batch is the whole plan (then it goes as one `push`
+/// call). A tree of a batch or less ends its walk within microseconds of
+/// its first batch; a larger one has its second batch ready by then or
+/// streams as it comes.
+const WHOLE_WAIT: Duration = Duration::from_millis(50);
+
+/// A target's own walk, running on a blocking thread one or two batches
+/// ahead (see [`walk_in_batches`]), with the batches taken to look ahead.
+struct Walking {
+    handle: tokio::task::JoinHandle<Sources>,
+    rx: tokio::sync::mpsc::Receiver<Walked>,
+    ahead: Vec<Walked>,
+}
+
+impl Walking {
+    fn start(walker: crate::files::walk::Walker) -> Walking {
+        let (handle, rx) = walk_in_batches(walker);
+        Walking {
+            handle,
+            rx,
+            ahead: Vec::new(),
+        }
+    }
+
+    /// `Some(the only batch)` (`Some(None)`: no entries at all) when the
+    /// walk ended within its first batch; `None` when it makes more (the
+    /// batches seen are kept in `ahead`) or did not end within
+    /// [`WHOLE_WAIT`].
+    async fn whole(&mut self) -> Option<Option<Walked>> {
+        let Some(first) = self.rx.recv().await else {
+            return Some(None);
+        };
+        match tokio::time::timeout(WHOLE_WAIT, self.rx.recv()).await {
+            Ok(None) => Some(Some(first)),
+            Ok(Some(second)) => {
+                self.ahead.extend([first, second]);
+                None
+            }
+            Err(_) => {
+                self.ahead.push(first);
+                None
+            }
+        }
+    }
+}
+
 /// What sending the plan's batches ended with.
 struct Sent {
     walked: Arc<Sources>,
@@ -94,6 +149,12 @@ impl One<'_> {
         bar: Option<indicatif::ProgressBar>,
     ) -> report::Tally {
         let t0 = Instant::now();
+        // The walk starts now, beside the connection: its first batches
+        // are ready by the time the context is up.
+        let plan = match batches {
+            Batches::Walk(walker) => Plan::Walking(Walking::start(*walker)),
+            Batches::Relay(feed) => Plan::Fed(feed),
+        };
         let (connected, early) = self.connect_early(&host, t0).await;
         let info = match connected {
             Ok(i) => i,
@@ -120,6 +181,18 @@ impl One<'_> {
         }
         let mut tally = report::Tally::new(&host);
         tally.context = info.name.clone();
+        let plan = match plan {
+            Plan::Walking(mut walking) => match walking.whole().await {
+                Some(last) => {
+                    let sent = self
+                        .send_whole(&host, &info, walking, last, &bar, &mut tally, &mut stripes)
+                        .await;
+                    return self.ended(sent, tally, t0, bar);
+                }
+                None => Plan::Walking(walking),
+            },
+            fed => fed,
+        };
         let session = match self.open(&info, &bar).await {
             Ok(session) => session,
             Err(failed) => {
@@ -127,38 +200,113 @@ impl One<'_> {
                 return self.end(tally, t0, bar);
             }
         };
-        let sent = match batches {
-            Batches::Walk(walker) => {
+        let sent = match plan {
+            Plan::Walking(walking) => {
                 self.send_walk(
                     &host,
                     &info,
                     session,
-                    *walker,
+                    walking,
                     &bar,
                     &mut tally,
                     &mut stripes,
                 )
                 .await
             }
-            Batches::Relay(feed) => self.send_fed(&info, session, feed, &bar, &mut tally).await,
+            Plan::Fed(feed) => self.send_fed(&info, session, feed, &bar, &mut tally).await,
         };
+        let sent = match sent {
+            Some(Sent {
+                closed: None,
+                walked,
+                files,
+            }) => {
+                let closed = self.close(&info, session, &walked, &bar, files).await;
+                Some(Sent {
+                    closed: Some(closed),
+                    walked,
+                    files,
+                })
+            }
+            other => other,
+        };
+        self.ended(sent, tally, t0, bar)
+    }
+
+    /// The target's tally once its plan was sent and the session closed
+    /// (`sent` is `None` when the push ended early: its failure is in
+    /// `tally`).
+    fn ended(
+        &self,
+        sent: Option<Sent>,
+        mut tally: report::Tally,
+        t0: Instant,
+        bar: Option<indicatif::ProgressBar>,
+    ) -> report::Tally {
         let Some(sent) = sent else {
             return self.end(tally, t0, bar);
         };
         self.notes.say(&sent.walked, self.style.json);
-        let closed = match sent.closed {
-            Some(closed) => closed,
-            None => {
-                self.close(&info, session, &sent.walked, &bar, sent.files)
-                    .await
-            }
-        };
-        match closed {
-            Ok(results) => tally.add(self.style, &results),
-            Err(e) => tally.add(self.style, &[whole_failure(&self.plan.dest, e)]),
+        match sent.closed {
+            Some(Ok(results)) => tally.add(self.style, &results),
+            Some(Err(e)) => tally.add(self.style, &[whole_failure(&self.plan.dest, e)]),
+            None => {}
         }
         tally.skipped(self.style, &sent.walked.skipped);
         self.end(tally, t0, bar)
+    }
+
+    /// Sends a plan the walk made in one batch as one `push` call — open,
+    /// the batch and the close in one round trip instead of three (0.2 s
+    /// of a push over a 100 ms path, see docs/benchmarks.md).
+    #[allow(clippy::too_many_arguments)]
+    async fn send_whole(
+        &self,
+        host: &str,
+        info: &ContextInfo,
+        walking: Walking,
+        last: Option<Walked>,
+        bar: &Option<indicatif::ProgressBar>,
+        tally: &mut report::Tally,
+        stripes: &mut StripeTask,
+    ) -> Option<Sent> {
+        let walked = match walking.handle.await {
+            Ok(w) => Arc::new(w),
+            Err(e) => {
+                let e = format!("internal error walking the sources: {e}");
+                tally.add(self.style, &[whole_failure(&self.plan.dest, e)]);
+                return None;
+            }
+        };
+        let (entries, bytes, files) = match last {
+            Some(b) => (b.entries, b.bytes, b.files),
+            None => (Vec::new(), 0, 0),
+        };
+        if let Some(b) = bar {
+            b.set_length(bytes);
+        }
+        if !stripes.started && bytes >= STRIPE_MIN_BYTES {
+            stripes.start(self, host, info.id, bytes, None);
+        }
+        tracing::debug!(
+            "{}: the plan goes whole, in one call ({} entries)",
+            info.name,
+            entries.len()
+        );
+        let mut plan = self.plan.clone();
+        plan.entries = entries;
+        let end = push_end(0, &walked);
+        plan.delete.incomplete.extend(end.incomplete);
+        plan.delete.keep.extend(end.keep);
+        let closed = self
+            .call::<_, Vec<EntryResult>>(info, "push", &plan, bar, files)
+            .await
+            .map_err(|e| self.failure(info, e));
+        Some(Sent {
+            walked,
+            files,
+            closed: Some(closed),
+        })
     }
 
     /// A failed call of the push, worded (naming the target) and logged.
@@ -200,14 +348,27 @@ impl One<'_> {
         host: &str,
         info: &ContextInfo,
         session: u64,
-        walker: crate::files::walk::Walker,
+        walking: Walking,
         bar: &Option<indicatif::ProgressBar>,
         tally: &mut report::Tally,
         stripes: &mut StripeTask,
     ) -> Option<Sent> {
-        let (walking, mut rx) = walk_in_batches(walker);
+        let Walking {
+            handle: walking,
+            mut rx,
+            ahead,
+        } = walking;
+        tracing::debug!("{}: the plan streams in batches", info.name);
+        let mut ahead = ahead.into_iter();
         let mut files = 0;
-        while let Some(batch) = rx.recv().await {
+        loop {
+            let batch = match ahead.next() {
+                Some(b) => b,
+                None => match rx.recv().await {
+                    Some(b) => b,
+                    None => break,
+                },
+            };
             files = batch.files;
             if let Some(b) = bar {
                 b.set_length(batch.bytes);
