@@ -410,13 +410,13 @@ async fn corrupt_compressed_small_files_are_errors_and_nothing_lands() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_linked_small_file_with_nothing_before_it_is_an_error_and_nothing_lands() {
-    // The first file of the reply is linked to a file before it that does
-    // not exist; the others to a file that failed.
+    // Every file of the reply claims to continue a stream that none of
+    // them started.
     let (r, left) = hostile_push(Bad::LinkedOrphan, &[1000, 2000, 3000]).await;
     assert_eq!(r.iter().filter(|e| e.error.is_some()).count(), 3, "{r:?}");
     for e in &r {
         let e = e.error.clone().unwrap_or_default();
-        assert!(e.contains("with no file before it"), "{e}");
+        assert!(e.contains("with no stream before it"), "{e}");
     }
     assert!(left.is_empty(), "{left:?}");
 }

@@ -634,7 +634,7 @@ fn documented_handle_numbers() {
     assert_eq!(handles::FIRST_DYNAMIC, 1000);
     assert_eq!(HEADER_LEN, 26);
     assert_eq!(DEFAULT_MAX_MESSAGE_SIZE, 128 * 1024 * 1024);
-    assert_eq!(PROTOCOL_VERSION, 2);
+    assert_eq!(PROTOCOL_VERSION, 3);
     assert_eq!(Enc::Text.to_u16(), 0x4d49);
     assert_eq!(Enc::Bin.to_u16(), 0x4d4b);
     assert_eq!(Enc::Control.to_u16(), 0x4d50);

@@ -334,8 +334,8 @@ pub enum SmallFile {
     TooLarge,
     /// Refused (unregistered, not a regular file) or unreadable: why.
     Failed(String),
-    /// The whole file, zstd-compressed (`-z`): `data` is a zstd frame of
-    /// exactly `meta.size` bytes, whose BLAKE3 digest is `digest`. The
+    /// The whole file, zstd-compressed (`-z`): `data` is a zstd frame, or
+    /// a segment of one, of exactly `meta.size` bytes, whose BLAKE3 digest is `digest`. The
     /// receiver turns it into [`SmallFile::Data`] with
     /// [`compress::SmallDecoder`], which caps the output at `meta.size`.
     Compressed {
@@ -345,9 +345,10 @@ pub enum SmallFile {
         data: bytes::Bytes,
         /// BLAKE3 digest of the file's bytes (not of `data`).
         digest: [u8; 32],
-        /// The frame was compressed with the bytes of the reply's previous
-        /// file as its zstd prefix (that file carried data, in either
-        /// form): it decodes only after it.
+        /// `data` continues the zstd stream of the reply's previous
+        /// `Compressed` file (without it, `data` starts a stream): it
+        /// decodes only after every file of that stream before it
+        /// (docs/protocol.md §12).
         linked: bool,
     },
 }

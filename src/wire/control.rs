@@ -204,4 +204,4 @@ pub enum CallReply {
 }
 
 /// Protocol version carried in [`Hello`] and [`Ready`].
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;

@@ -125,20 +125,21 @@ impl FileService {
         level: Option<i32>,
     ) -> (Vec<SmallFile>, Duration) {
         let fs = self;
-        // Each file linked to the one before it when that pays.
+        // The reply's files in one stream when that pays.
         let mut zstd = compress::SmallEncoder::default();
+        // Where in upstream's streams the last file passed on as it came
+        // was, while the child's stream is still that one.
+        let mut forwarded: Option<crate::files::tee::StreamAt> = None;
         let mut budget = batch;
         let mut out = Vec::with_capacity(args.paths.len());
         for (k, path) in args.paths.iter().enumerate() {
-            let one = match (&fs.inner.tee, &teed) {
+            let (one, at) = match (&fs.inner.tee, &teed) {
                 // Compressed upstream: sent on as it came whenever it
-                // would be compressed here.
+                // would be compressed here and the child can decode it.
                 (Some(tee), Some(got)) => {
-                    let before = k.checked_sub(1).and_then(|j| args.paths.get(j));
-                    let before = before.filter(|_| zstd.follows());
-                    tee.read_small(path, got.get(k), budget, level.is_some(), before)
+                    tee.read_small(path, got.get(k), budget, level.is_some(), forwarded)
                 }
-                _ => fs.read_small(path, budget),
+                _ => (fs.read_small(path, budget), None),
             };
             match &one {
                 SmallFile::Data { meta, .. } => budget = budget.saturating_sub(meta.size),
@@ -148,7 +149,14 @@ impl FileService {
                 }
                 _ => {}
             }
-            out.push(zstd.encode(one, level, &fs.inner.zcounters));
+            let sent = zstd.encode(one, level, &fs.inner.zcounters);
+            match at {
+                Some(at) => forwarded = Some(at),
+                // Compressed here: the child's stream is now this side's.
+                None if matches!(sent, SmallFile::Compressed { .. }) => forwarded = None,
+                None => {}
+            }
+            out.push(sent);
         }
         (out, zstd.compressing())
     }

@@ -72,7 +72,7 @@ mod spool;
 
 pub use error::SpoolError;
 pub use gate::Gate;
-pub use small::SmallEntry;
+pub use small::{SmallEntry, StreamAt};
 
 use large::Large;
 use small::Small;

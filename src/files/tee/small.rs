@@ -15,6 +15,30 @@ use crate::files::{FetchSmallArgs, RawPath, SMALL_FILE_MAX, SmallFile};
 #[derive(Clone)]
 pub struct SmallEntry(pub(super) Small);
 
+/// A compressed small file's place in the streams upstream sent
+/// (`fetch_small` replies, see [`crate::files::compress::SmallEncoder`]):
+/// which stream (numbered here, unique in this process) and which of its
+/// files, 0 for the one that starts it. A relay passes a file on as it
+/// came only where the child can decode it: at a stream's start, or right
+/// after the file before it in the same stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamAt {
+    stream: u64,
+    index: u32,
+}
+
+impl StreamAt {
+    /// Whether a child whose stream last got `last` (passed on from
+    /// upstream) can decode this one next.
+    fn follows(self, last: Option<StreamAt>) -> bool {
+        self.index == 0
+            || last.is_some_and(|l| l.stream == self.stream && l.index + 1 == self.index)
+    }
+}
+
+/// Numbers upstream's streams, across every tee of the process.
+static STREAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// One small file, once its batch has arrived.
 #[derive(Clone)]
 pub(super) enum Small {
@@ -23,9 +47,8 @@ pub(super) enum Small {
         at: u64,
         digest: [u8; 32],
         /// Where its compressed form, as upstream sent it, is kept in the
-        /// same store, its length, and for a linked one (compressed after
-        /// the file before it in upstream's reply) that file's path.
-        zstd: Option<(u64, u64, Option<RawPath>)>,
+        /// same store, its length, and its place in upstream's stream.
+        zstd: Option<(u64, u64, StreamAt)>,
     },
     TooLarge,
     Failed(String),
@@ -104,14 +127,27 @@ impl Tee {
         };
         let tee = self.clone();
         let stored = tokio::task::spawn_blocking(move || {
-            // In reply order: a linked file decodes after the one before.
+            // In reply order: a linked file continues the stream before it.
             let mut decoder = crate::files::compress::SmallDecoder::default();
+            let mut stream: Option<StreamAt> = None;
             files
                 .into_iter()
-                .enumerate()
-                .map(|(k, f)| {
-                    let before = k.checked_sub(1).and_then(|j| args.paths.get(j));
-                    tee.store_small(f, &mut decoder, before)
+                .map(|f| {
+                    let at = match &f {
+                        SmallFile::Compressed { linked: false, .. } => Some(StreamAt {
+                            stream: STREAMS.fetch_add(1, Ordering::Relaxed),
+                            index: 0,
+                        }),
+                        SmallFile::Compressed { linked: true, .. } => stream.map(|s| StreamAt {
+                            index: s.index.saturating_add(1),
+                            ..s
+                        }),
+                        _ => None,
+                    };
+                    if matches!(f, SmallFile::Compressed { .. }) {
+                        stream = at;
+                    }
+                    tee.store_small(f, &mut decoder, at)
                 })
                 .collect::<Vec<_>>()
         })
@@ -152,24 +188,24 @@ impl Tee {
         }
     }
 
-    /// Checks one small file from upstream (the one after `before` in its
-    /// reply, decoded by `decoder`) and appends it to the spool.
+    /// Checks one small file from upstream (decoded by `decoder`, in reply
+    /// order; `at`: its place in upstream's streams, if compressed) and
+    /// appends it to the spool.
     fn store_small(
         &self,
         file: SmallFile,
         decoder: &mut crate::files::compress::SmallDecoder,
-        before: Option<&RawPath>,
+        at: Option<StreamAt>,
     ) -> Small {
         // Kept only if it saves bytes (a hostile upstream could pad it).
-        let zstd = match &file {
-            SmallFile::Compressed {
-                data, meta, linked, ..
-            } if (data.len() as u64) < meta.size => match (linked, before) {
-                (false, _) => Some((data.clone(), None)),
-                (true, Some(b)) => Some((data.clone(), Some(b.clone()))),
-                // Linked to nothing: it does not decode (below) either.
-                (true, None) => None,
-            },
+        let zstd = match (&file, at) {
+            (SmallFile::Compressed { data, meta, .. }, Some(at))
+                if (data.len() as u64) < meta.size =>
+            {
+                Some((data.clone(), at))
+            }
+            // A linked file with no stream before it does not decode
+            // (below) either.
             _ => None,
         };
         match decoder.open(file) {
@@ -193,11 +229,11 @@ impl Tee {
                 // Its compressed form too (it decoded to these checked
                 // bytes), to send on as it is; if that write fails, it is
                 // compressed again when sent.
-                let zstd = zstd.and_then(|(z, linked_to)| {
+                let zstd = zstd.and_then(|(z, at)| {
                     let zat = blob.1;
                     blob.0.write_all_at(&z, zat).ok()?;
                     blob.1 += z.len() as u64;
-                    Some((zat, z.len() as u64, linked_to))
+                    Some((zat, z.len() as u64, at))
                 });
                 drop(blob);
                 self.small_fetched.fetch_add(1, Ordering::Relaxed);
@@ -221,17 +257,19 @@ impl Tee {
     /// [`Tee::ensure_small`] answered for `path`; its data comes from the
     /// spool if it fits in what is left of `budget`. With `compressed`,
     /// a file that came compressed from upstream is answered in that form
-    /// ([`SmallFile::Compressed`], not compressed again) — a linked one
-    /// only if `before`, the file before it in this reply (if that one
-    /// carried data), is the one it was linked to upstream.
+    /// ([`SmallFile::Compressed`], not compressed again) if the child can
+    /// decode it — it starts a stream, or follows `last`, the file this
+    /// reply last passed on from upstream, in the same stream, with no file
+    /// compressed here since. Returns, with the file, its place in
+    /// upstream's streams when it was passed on as it came.
     pub fn read_small(
         &self,
         path: &RawPath,
         entry: Option<&SmallEntry>,
         budget: u64,
         compressed: bool,
-        before: Option<&RawPath>,
-    ) -> SmallFile {
+        last: Option<StreamAt>,
+    ) -> (SmallFile, Option<StreamAt>) {
         match entry.map(|e| &e.0) {
             Some(Small::Data {
                 meta,
@@ -240,37 +278,43 @@ impl Tee {
                 zstd,
             }) => {
                 if meta.size > budget {
-                    return SmallFile::TooLarge;
+                    return (SmallFile::TooLarge, None);
                 }
-                if let (true, Some((zat, zlen, linked_to))) = (compressed, zstd)
-                    && (linked_to.is_none() || linked_to.as_ref() == before)
+                if let (true, Some((zat, zlen, place))) = (compressed, zstd)
+                    && place.follows(last)
                 {
                     let mut buf = vec![0u8; *zlen as usize];
                     let blob = lock(&self.spool.blob);
                     if blob.0.read_exact_at(&mut buf, *zat).is_ok() {
-                        return SmallFile::Compressed {
+                        let file = SmallFile::Compressed {
                             meta: meta.clone(),
                             data: buf.into(),
                             digest: *digest,
-                            linked: linked_to.is_some(),
+                            linked: place.index > 0,
                         };
+                        return (file, Some(*place));
                     }
                 }
                 let mut buf = vec![0u8; meta.size as usize];
                 let blob = lock(&self.spool.blob);
                 if let Err(e) = blob.0.read_exact_at(&mut buf, *at) {
-                    return SmallFile::Failed(format!("{path}: relay: spool read failed: {e}"));
+                    let why = format!("{path}: relay: spool read failed: {e}");
+                    return (SmallFile::Failed(why), None);
                 }
                 drop(blob);
-                SmallFile::Data {
+                let file = SmallFile::Data {
                     meta: meta.clone(),
                     data: buf.into(),
                     digest: *digest,
-                }
+                };
+                (file, None)
             }
-            Some(Small::TooLarge) => SmallFile::TooLarge,
-            Some(Small::Failed(why)) => SmallFile::Failed(format!("{path}: {why}")),
-            None => SmallFile::Failed(format!("{path}: relay: not fetched (internal error)")),
+            Some(Small::TooLarge) => (SmallFile::TooLarge, None),
+            Some(Small::Failed(why)) => (SmallFile::Failed(format!("{path}: {why}")), None),
+            None => {
+                let why = format!("{path}: relay: not fetched (internal error)");
+                (SmallFile::Failed(why), None)
+            }
         }
     }
 }
