@@ -127,9 +127,8 @@ impl SmallDecoder {
         let mut input = InBuffer::around(data);
         loop {
             let before = (input.pos(), out.len());
-            let mut o = OutBuffer::around_pos(&mut out, before.1);
-            d.run(&mut input, &mut o).map_err(corrupt)?;
-            drop(o);
+            d.run(&mut input, &mut OutBuffer::around_pos(&mut out, before.1))
+                .map_err(corrupt)?;
             if out.len() > size as usize {
                 return Err(format!(
                     "compressed file decompressed to more than its announced {size} bytes"
@@ -451,10 +450,11 @@ mod tests {
             .expect("window");
             let mut out = Vec::with_capacity(60_000);
             let mut input = zstd::stream::raw::InBuffer::around(&data);
-            let mut o = zstd::stream::raw::OutBuffer::around(&mut out);
-            e.run(&mut input, &mut o).expect("run");
-            while e.flush(&mut o).expect("flush") != 0 {}
-            drop(o);
+            {
+                let mut o = zstd::stream::raw::OutBuffer::around(&mut out);
+                e.run(&mut input, &mut o).expect("run");
+                while e.flush(&mut o).expect("flush") != 0 {}
+            }
             out
         };
         let open = |size: u64, z: &[u8]| {
