@@ -274,6 +274,35 @@ impl Controller {
             delete: Default::default(),
             root: head.root.clone(),
         };
+        // The first two batches before the session opens: a plan of one
+        // batch goes as one `push` call (open, batch and close in one round
+        // trip instead of three).
+        let mut ahead = std::collections::VecDeque::new();
+        for _ in 0..2 {
+            let (w, entries) = blocking(move || {
+                let entries = walker.next_batch(BATCH_ENTRIES, BATCH_BYTES);
+                (walker, entries)
+            })
+            .await?;
+            walker = w;
+            if entries.is_empty() {
+                break;
+            }
+            ahead.push_back(entries);
+        }
+        if ahead.len() < 2 {
+            let walked = walker.finish();
+            let mut plan = plan;
+            plan.entries = ahead.pop_front().unwrap_or_default();
+            plan.delete.incomplete = walked.incomplete.clone();
+            plan.delete.keep = walked.skipped.iter().map(|s| s.rel.clone()).collect();
+            let results = ctx
+                .call(crate::files::spec::PUSH, &plan)
+                .await
+                .map_err(TransferError::Call)?;
+            results.into_iter().for_each(each);
+            return Ok(());
+        }
         let opened = ctx
             .call(crate::files::spec::PUSH_OPEN, &plan)
             .await
@@ -284,12 +313,18 @@ impl Controller {
         }
         let session = opened.session;
         loop {
-            let (w, entries) = blocking(move || {
-                let entries = walker.next_batch(BATCH_ENTRIES, BATCH_BYTES);
-                (walker, entries)
-            })
-            .await?;
-            walker = w;
+            let entries = match ahead.pop_front() {
+                Some(entries) => entries,
+                None => {
+                    let (w, entries) = blocking(move || {
+                        let entries = walker.next_batch(BATCH_ENTRIES, BATCH_BYTES);
+                        (walker, entries)
+                    })
+                    .await?;
+                    walker = w;
+                    entries
+                }
+            };
             if entries.is_empty() {
                 break;
             }

@@ -107,3 +107,42 @@ async fn push_each_reports_a_refused_destination_once_and_sends_nothing() {
     assert!(why.contains("file/dst"), "names DEST: {why}");
     ctx.shutdown();
 }
+
+/// A tree of one batch goes as one `push` call: every entry lands and is
+/// reported, and a refused destination is reported just the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_each_of_a_one_batch_tree_lands_and_reports_every_entry() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let src = t.path().join("src");
+    std::fs::create_dir_all(src.join("a/b")).expect("mkdir");
+    std::fs::write(src.join("a/b/one"), b"1\n").expect("write");
+    std::fs::write(src.join("two"), b"2\n").expect("write");
+    let dst = format!("{}/dst/", t.path().display());
+    let (c, ctx, opts) = local_child().await;
+    let mut seen = Vec::new();
+    c.push_each(&ctx, &[&src], &dst, &opts, |r| seen.push(r))
+        .await
+        .expect("push");
+    assert_eq!(files_with(&seen, Status::Created), 2, "{seen:?}");
+    assert!(seen.iter().all(|r| r.error.is_none()), "{seen:?}");
+    assert_eq!(
+        std::fs::read(format!("{dst}src/a/b/one")).expect("landed"),
+        b"1\n"
+    );
+    assert_eq!(
+        std::fs::read(format!("{dst}src/two")).expect("landed"),
+        b"2\n"
+    );
+
+    std::fs::write(t.path().join("file"), b"x").expect("write");
+    let refused = t.path().join("file/dst");
+    let mut seen = Vec::new();
+    c.push_each(&ctx, &[&src], &refused, &opts, |r| seen.push(r))
+        .await
+        .expect("the push is answered");
+    assert!(
+        !seen.is_empty() && seen.iter().all(|r| r.status == Status::Failed),
+        "{seen:?}"
+    );
+    ctx.shutdown();
+}
