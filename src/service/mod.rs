@@ -17,6 +17,9 @@
 //! refused at once with a short error), and a reply waits for room on the stream
 //! towards the caller ([`crate::stream::REPLY_HIGH_WATER`]) before it is
 //! queued, so a caller that stops reading stalls only its own calls.
+//!
+//! Services are built in `builder`, calls dispatched in `dispatch`, and
+//! each caller's calls counted in `in_flight`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,17 +27,15 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
-use crate::call::{RemoteError, Rpc};
+use crate::call::RemoteError;
 use crate::channel::ChannelError;
 pub use crate::router::Policy;
 use crate::router::Router;
 use crate::stream::REPLY_HIGH_WATER;
-use crate::wire::control::{self, CallReply, ControlDecodeError, ServiceCall};
-use crate::wire::{ContextId, Enc, Frame, handles};
+use crate::wire::control::ControlDecodeError;
+use crate::wire::{ContextId, handles};
 
 /// Calls from one context (`src_id`) that may be running here at once, from
 /// their arrival to the queuing of their reply. Past it a call is answered
@@ -81,119 +82,13 @@ pub struct Service {
     on_shutdown: Option<ShutdownFn>,
 }
 
-/// Builds a [`Service`].
-pub struct ServiceBuilder {
-    service: Service,
-}
+mod builder;
+mod dispatch;
+mod in_flight;
 
-impl ServiceBuilder {
-    /// A service named `name` (by convention `ferrogen.<what>`).
-    pub fn new(name: impl Into<String>) -> ServiceBuilder {
-        ServiceBuilder {
-            service: Service {
-                name: name.into(),
-                methods: HashMap::new(),
-                on_shutdown: None,
-            },
-        }
-    }
-
-    /// Adds a method taking `A` and returning `R`.
-    pub fn method<A, R, F, Fut>(mut self, name: &str, policy: Policy, f: F) -> Self
-    where
-        A: DeserializeOwned + Send + 'static,
-        R: Serialize + Send + 'static,
-        F: Fn(Caller, A) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<R, RemoteError>> + Send + 'static,
-    {
-        let f = Arc::new(f);
-        let run: MethodFn = Arc::new(move |caller, raw: &[u8]| {
-            let args: A = control::decode(raw)?;
-            let f = f.clone();
-            Ok(Box::pin(async move {
-                let r = f(caller, args).await?;
-                Ok((control::encode(&r), None))
-            }))
-        });
-        self.service
-            .methods
-            .insert(name.to_string(), Method { policy, run });
-        self
-    }
-
-    /// Adds the method `rpc` names: `f` takes its argument type and answers
-    /// its reply type, the ones its callers use ([`Rpc`]).
-    pub fn serve<A, R, F, Fut>(self, rpc: Rpc<A, R>, policy: Policy, f: F) -> Self
-    where
-        A: DeserializeOwned + Send + 'static,
-        R: Serialize + Send + 'static,
-        F: Fn(Caller, A) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<R, RemoteError>> + Send + 'static,
-    {
-        debug_assert_eq!(
-            rpc.service, self.service.name,
-            "{rpc:?} added to another service"
-        );
-        self.method(rpc.method, policy, f)
-    }
-
-    /// [`ServiceBuilder::method_then`] for the method `rpc` names.
-    pub fn serve_then<A, R, F, Fut>(self, rpc: Rpc<A, R>, policy: Policy, f: F) -> Self
-    where
-        A: DeserializeOwned + Send + 'static,
-        R: Serialize + Send + 'static,
-        F: Fn(Caller, A) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(R, Option<FollowUp>), RemoteError>> + Send + 'static,
-    {
-        debug_assert_eq!(
-            rpc.service, self.service.name,
-            "{rpc:?} added to another service"
-        );
-        self.method_then(rpc.method, policy, f)
-    }
-
-    /// Adds a method that replies first and then keeps working: its function
-    /// returns the reply value and a [`FollowUp`] future that is started only
-    /// after the reply has been queued (so, on the same stream, the reply
-    /// precedes anything the follow-up sends).
-    pub fn method_then<A, R, F, Fut>(mut self, name: &str, policy: Policy, f: F) -> Self
-    where
-        A: DeserializeOwned + Send + 'static,
-        R: Serialize + Send + 'static,
-        F: Fn(Caller, A) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(R, Option<FollowUp>), RemoteError>> + Send + 'static,
-    {
-        let f = Arc::new(f);
-        let run: MethodFn = Arc::new(move |caller, raw: &[u8]| {
-            let args: A = control::decode(raw)?;
-            let f = f.clone();
-            Ok(Box::pin(async move {
-                let (r, then) = f(caller, args).await?;
-                Ok((control::encode(&r), then))
-            }))
-        });
-        self.service
-            .methods
-            .insert(name.to_string(), Method { policy, run });
-        self
-    }
-
-    /// Sets the shutdown hook, run once by [`Services::shutdown`] after the
-    /// CALL_SERVICE handle is closed.
-    pub fn on_shutdown<F, Fut>(mut self, f: F) -> Self
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        self.service.on_shutdown = Some(Box::new(move || Box::pin(f())));
-        self
-    }
-
-    /// The finished service.
-    pub fn build(self) -> Service {
-        self.service
-    }
-}
+pub use builder::ServiceBuilder;
+use in_flight::Load;
+pub use in_flight::TooMuchInFlight;
 
 /// The service registry and dispatcher of one context.
 #[derive(Clone)]
@@ -202,86 +97,6 @@ pub struct Services {
     table: Arc<Mutex<HashMap<String, Service>>>,
     dispatcher: Arc<Mutex<Option<JoinHandle<()>>>>,
     in_flight: Arc<Mutex<HashMap<ContextId, Load>>>,
-}
-
-/// Calls of one caller in flight, and their payload bytes.
-#[derive(Default, Clone, Copy)]
-struct Load {
-    calls: usize,
-    bytes: usize,
-}
-
-/// One call counted in [`Services`]' in-flight table until dropped.
-struct InFlight {
-    table: Arc<Mutex<HashMap<ContextId, Load>>>,
-    caller: ContextId,
-    bytes: usize,
-}
-
-/// Why a call was refused before it ran: its caller has too much in
-/// flight already.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum TooMuchInFlight {
-    /// [`MAX_CALLS_IN_FLIGHT`] calls running.
-    #[error("too many calls in flight from context {caller} (limit {MAX_CALLS_IN_FLIGHT})")]
-    Calls {
-        /// The caller (its principal).
-        caller: ContextId,
-    },
-    /// [`MAX_CALL_BYTES_IN_FLIGHT`] bytes of calls running.
-    #[error(
-        "too many bytes of calls in flight from context {caller} ({calls} running with \
-         {bytes} bytes; limit {MAX_CALL_BYTES_IN_FLIGHT})"
-    )]
-    Bytes {
-        /// The caller (its principal).
-        caller: ContextId,
-        /// Calls running.
-        calls: usize,
-        /// Their bytes.
-        bytes: usize,
-    },
-}
-
-impl InFlight {
-    fn enter(
-        table: &Arc<Mutex<HashMap<ContextId, Load>>>,
-        caller: ContextId,
-        bytes: usize,
-    ) -> Result<InFlight, TooMuchInFlight> {
-        let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
-        let load = t.entry(caller).or_default();
-        if load.calls >= MAX_CALLS_IN_FLIGHT {
-            return Err(TooMuchInFlight::Calls { caller });
-        }
-        if load.calls > 0 && load.bytes + bytes > MAX_CALL_BYTES_IN_FLIGHT {
-            return Err(TooMuchInFlight::Bytes {
-                caller,
-                calls: load.calls,
-                bytes: load.bytes,
-            });
-        }
-        load.calls += 1;
-        load.bytes += bytes;
-        Ok(InFlight {
-            table: table.clone(),
-            caller,
-            bytes,
-        })
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(load) = t.get_mut(&self.caller) {
-            load.calls -= 1;
-            load.bytes -= self.bytes;
-            if load.calls == 0 {
-                t.remove(&self.caller);
-            }
-        }
-    }
 }
 
 impl Services {
@@ -341,105 +156,6 @@ impl Services {
     /// True if a service of that name is registered.
     pub fn contains(&self, name: &str) -> bool {
         self.lock_table().contains_key(name)
-    }
-
-    fn dispatch(&self, frame: Frame) {
-        let router = self.router.clone();
-        let call: ServiceCall = match control::decode_frame(&frame) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("malformed service call from {}: {e}", frame.src_id);
-                router.reply_error(
-                    &frame,
-                    RemoteError::Failed(format!("malformed service call: {e}")),
-                );
-                return;
-            }
-        };
-        let caller = Caller {
-            src_id: frame.src_id,
-            auth_id: frame.auth_id,
-        };
-        // Counted per principal: a target's own ids are all the target.
-        let principal = self.router.principal(caller.src_id);
-        let in_flight = match InFlight::enter(&self.in_flight, principal, frame.payload.len()) {
-            Ok(f) => f,
-            Err(why) => {
-                tracing::warn!("refused {}.{}: {why}", call.service, call.method);
-                router.reply_error(&frame, RemoteError::Failed(why.to_string()));
-                return;
-            }
-        };
-        let fut = {
-            let table = self.lock_table();
-            let Some(service) = table.get(&call.service) else {
-                drop(table);
-                router.reply_error(&frame, RemoteError::NoSuchService(call.service));
-                return;
-            };
-            let Some(method) = service.methods.get(&call.method) else {
-                drop(table);
-                router.reply_error(
-                    &frame,
-                    RemoteError::NoSuchMethod {
-                        service: call.service,
-                        method: call.method,
-                    },
-                );
-                return;
-            };
-            if method.policy == Policy::ParentsOnly && !router.has_parent_authority(caller.auth_id)
-            {
-                drop(table);
-                tracing::warn!(
-                    "refused {}.{} from context {}",
-                    call.service,
-                    call.method,
-                    caller.auth_id
-                );
-                router.reply_error(
-                    &frame,
-                    RemoteError::Unauthorised {
-                        service: call.service,
-                        method: call.method,
-                        caller: caller.auth_id,
-                    },
-                );
-                return;
-            }
-            match (method.run)(caller, &call.args) {
-                Ok(fut) => fut,
-                Err(ControlDecodeError(detail)) => {
-                    drop(table);
-                    router.reply_error(
-                        &frame,
-                        RemoteError::BadArguments {
-                            service: call.service,
-                            method: call.method,
-                            detail,
-                        },
-                    );
-                    return;
-                }
-            }
-        };
-        tokio::spawn(async move {
-            let (reply, then) = match fut.await {
-                Ok((bytes, then)) => (CallReply::Ok(bytes.to_vec()), then),
-                Err(e) => {
-                    if frame.reply_to == 0 {
-                        tracing::warn!("{}.{} (no reply) failed: {e}", call.service, call.method);
-                    }
-                    (CallReply::Err(e), None)
-                }
-            };
-            wait_reply_room(&router, frame.src_id).await;
-            router.reply(&frame, Enc::Control, control::encode(&reply));
-            drop(in_flight);
-            if let Some(then) = then {
-                then.await;
-            }
-        });
     }
 
     /// Calls from `caller` running now.
