@@ -11,91 +11,25 @@
 //!
 //! `--sudo USER` adds a sudo hop after each `-H` target, started from the
 //! context on that host, so its stream runs over the existing connection.
+//!
+//! `-H` values and `--hosts` files are read in `hosts`; the hops are
+//! connected, each target through its chain, in `chain`.
 
 use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::connect::path_rtt::SpawnWatch;
 use crate::connect::ssh::{SplitError, split_words};
-use crate::connect::{self, ConnectError, ConnectSpec, ContextInfo, Method, MethodError, SudoSpec};
-use crate::router::Router;
+use crate::connect::{self, ConnectSpec, Method, MethodError, SudoSpec};
 
-use super::nodeset::{self, NodeSetError};
+use super::nodeset;
 
-/// The targets listed in a `--hosts` file, expanded when it was read,
-/// each with the relays of its line (empty: reached as `-H` targets are).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostFile(pub Vec<(String, Vec<String>)>);
+mod chain;
+mod hosts;
 
-/// Why a `-H` value or a `--hosts` file is refused.
-#[derive(Debug, thiserror::Error)]
-pub enum HostsError {
-    /// `-H ''`.
-    #[error("an empty target")]
-    Empty,
-    /// A node set that does not expand.
-    #[error(transparent)]
-    NodeSet(#[from] NodeSetError),
-    /// A name that is no target.
-    #[error(transparent)]
-    Method(#[from] MethodError),
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A line with more than two columns.
-    #[error(
-        "{path}:{line}: unexpected {extra:?}: a line is a target (or node set) and, \
-         optionally, its relays separated by commas"
-    )]
-    Extra {
-        /// The file.
-        path: String,
-        /// The line (from 1).
-        line: usize,
-        /// The third column.
-        extra: String,
-    },
-    /// A relay that is no target.
-    #[error("{path}:{line}: relay {relay:?}: {source}")]
-    Relay {
-        /// The file.
-        path: String,
-        /// The line (from 1).
-        line: usize,
-        /// The relay.
-        relay: String,
-        /// Why.
-        source: Box<MethodError>,
-    },
-    /// A line's targets that do not expand or parse.
-    #[error("{path}:{line}: {source}")]
-    Line {
-        /// The file.
-        path: String,
-        /// The line (from 1).
-        line: usize,
-        /// Why.
-        source: Box<HostsError>,
-    },
-    /// More than [`nodeset::MAX_NODES`] targets.
-    #[error("{path}: more than {} targets", nodeset::MAX_NODES)]
-    TooMany {
-        /// The file.
-        path: String,
-    },
-    /// Nothing but comments.
-    #[error("{path}: no targets in the file")]
-    NoTargets {
-        /// The file.
-        path: String,
-    },
-}
+pub use chain::{Chain, HopError, connect_chain, connect_target, connect_target_watched};
+pub use hosts::{HostFile, HostsError};
+use hosts::{host_file_arg, node_set_arg};
 
 /// Why a `-H`/`--via` value cannot be made a connect spec.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -111,48 +45,6 @@ pub enum SpecError {
     RshEmpty,
 }
 
-/// Why a hop (a `--via` hop, a target, or its `--sudo` context) could not
-/// be reached. Names the hop and the chain it was reached through.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum HopError {
-    /// Its spec is unusable.
-    #[error("hop {hop} ({spec}): {source}")]
-    Spec {
-        /// Its number from the controller (1 = the first hop).
-        hop: usize,
-        /// As given.
-        spec: String,
-        /// Why.
-        source: SpecError,
-    },
-    /// Connecting failed.
-    #[error("hop {hop} ({spec} via {path}): {source}")]
-    Connect {
-        /// Its number from the controller.
-        hop: usize,
-        /// As given.
-        spec: String,
-        /// The contexts it was started from, `a -> b`.
-        path: String,
-        /// Why.
-        source: Box<ConnectError>,
-    },
-    /// The `--sudo` context on a target could not be started.
-    #[error("hop {hop} (--sudo {user} on {host} via {path}): {source}")]
-    Sudo {
-        /// Its number from the controller.
-        hop: usize,
-        /// The sudo user.
-        user: String,
-        /// The target it runs on.
-        host: String,
-        /// The contexts it was started from.
-        path: String,
-        /// Why.
-        source: Box<ConnectError>,
-    },
-}
-
 /// Why a number of seconds is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SecsError {
@@ -162,82 +54,6 @@ pub enum SecsError {
     /// Zero, negative, or not finite.
     #[error("must be a number of seconds more than 0")]
     NotPositive,
-}
-
-/// `-H`: a valid node set (kept as written; expanded by
-/// [`TargetArgs::hosts`]).
-fn node_set_arg(s: &str) -> Result<String, HostsError> {
-    if s.is_empty() {
-        return Err(HostsError::Empty);
-    }
-    for name in nodeset::expand(s)? {
-        connect::parse_method(&name)?;
-    }
-    Ok(s.to_string())
-}
-
-/// `--hosts FILE`: a target or node set a line, optionally followed by a
-/// relay column — the hops (comma-separated, in order) that reach that
-/// line's targets, after any `--via` — and `#` comments:
-///
-/// ```text
-/// web[01-16].dc1   bastion1
-/// db[1-4].dc2      bastion2,gw.dc2
-/// local-box
-/// ```
-fn host_file_arg(path: &str) -> Result<HostFile, HostsError> {
-    let text = std::fs::read_to_string(path).map_err(|source| HostsError::Read {
-        path: path.to_string(),
-        source,
-    })?;
-    let mut seen = std::collections::HashSet::new();
-    let mut hosts = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let at = |e: HostsError| HostsError::Line {
-            path: path.to_string(),
-            line: n + 1,
-            source: Box::new(e),
-        };
-        let line = line.split('#').next().unwrap_or("").trim();
-        let mut columns = line.split_whitespace();
-        let Some(set) = columns.next() else { continue };
-        let relays: Vec<String> = match columns.next() {
-            Some(r) => r.split(',').map(str::to_string).collect(),
-            None => Vec::new(),
-        };
-        if let Some(extra) = columns.next() {
-            return Err(HostsError::Extra {
-                path: path.to_string(),
-                line: n + 1,
-                extra: extra.to_string(),
-            });
-        }
-        for r in &relays {
-            connect::parse_method(r).map_err(|e| HostsError::Relay {
-                path: path.to_string(),
-                line: n + 1,
-                relay: r.to_string(),
-                source: Box::new(e),
-            })?;
-        }
-        for name in nodeset::expand(set).map_err(|e| at(e.into()))? {
-            connect::parse_method(&name).map_err(|e| at(e.into()))?;
-            if seen.insert(name.clone()) {
-                hosts.push((name, relays.clone()));
-                if hosts.len() > nodeset::MAX_NODES {
-                    return Err(HostsError::TooMany {
-                        path: path.to_string(),
-                    });
-                }
-            }
-        }
-    }
-    if hosts.is_empty() {
-        return Err(HostsError::NoTargets {
-            path: path.to_string(),
-        });
-    }
-    Ok(HostFile(hosts))
 }
 
 /// Targets reached through the same hops.
@@ -403,134 +219,6 @@ pub fn positive_secs(s: &str) -> Result<f64, SecsError> {
 pub fn parse(spec: &str) -> Result<Method, MethodError> {
     connect::parse_method(spec)
 }
-
-/// The contexts between the controller and the targets (`--via`), shared by
-/// every target of one command.
-#[derive(Debug, Clone)]
-pub struct Chain {
-    /// Names from the controller to the last hop.
-    pub names: Vec<String>,
-    /// The last hop, from which targets are started; `None` = the controller.
-    pub last: Option<u32>,
-}
-
-/// A spec for a hop started from `from`: `--remote-binary` is a path on the
-/// controller, so it applies only to connections the controller makes.
-fn hop_spec(
-    args: &TargetArgs,
-    spec: &str,
-    from: Option<u32>,
-    log_filter: &str,
-) -> Result<ConnectSpec, SpecError> {
-    let mut cs = args.spec(spec, log_filter)?;
-    if from.is_some_and(|id| id != 0)
-        && let Method::Ssh(ssh) = &mut cs.method
-    {
-        ssh.remote_binary = None;
-    }
-    Ok(cs)
-}
-
-/// Connects the `--via` chain in order. The error names the failing hop.
-pub async fn connect_chain(
-    router: &Router,
-    args: &TargetArgs,
-    log_filter: &str,
-) -> Result<Chain, (Chain, HopError)> {
-    let mut chain = Chain {
-        names: vec![router.name().to_string()],
-        last: None,
-    };
-    for (i, spec) in args.via.iter().enumerate() {
-        let hop = i + 1;
-        let cs = match hop_spec(args, spec, chain.last, log_filter) {
-            Ok(cs) => cs,
-            Err(source) => {
-                let e = HopError::Spec {
-                    hop,
-                    spec: spec.clone(),
-                    source,
-                };
-                return Err((chain, e));
-            }
-        };
-        match connect::connect(router, &cs, chain.last).await {
-            Ok(info) => {
-                chain.names.push(info.name.clone());
-                chain.last = Some(info.id);
-            }
-            Err(e) => {
-                let e = HopError::Connect {
-                    hop,
-                    spec: spec.clone(),
-                    path: chain.names.join(" -> "),
-                    source: Box::new(e),
-                };
-                return Err((chain, e));
-            }
-        }
-    }
-    Ok(chain)
-}
-
-/// Connects one target from the end of `chain`, then (with `--sudo`) the
-/// sudo context from inside it. Returns the last context. The error names
-/// the hop.
-pub async fn connect_target(
-    router: &Router,
-    args: &TargetArgs,
-    chain: &Chain,
-    host: &str,
-    log_filter: &str,
-) -> Result<ContextInfo, HopError> {
-    connect_target_watched(router, args, chain, host, log_filter, SpawnWatch::default()).await
-}
-
-/// [`connect_target`], publishing the pid of the process that makes the
-/// connection to `host` (ssh, for a direct target) into `watch` while it
-/// connects.
-pub async fn connect_target_watched(
-    router: &Router,
-    args: &TargetArgs,
-    chain: &Chain,
-    host: &str,
-    log_filter: &str,
-    watch: SpawnWatch,
-) -> Result<ContextInfo, HopError> {
-    let hop = chain.names.len();
-    let mut cs = hop_spec(args, host, chain.last, log_filter).map_err(|source| HopError::Spec {
-        hop,
-        spec: host.to_string(),
-        source,
-    })?;
-    cs.spawned = watch;
-    let info = connect::connect(router, &cs, chain.last)
-        .await
-        .map_err(|e: ConnectError| HopError::Connect {
-            hop,
-            spec: host.to_string(),
-            path: chain.names.join(" -> "),
-            source: Box::new(e),
-        })?;
-    let Some(sudo) = args.sudo_spec(log_filter) else {
-        return Ok(info);
-    };
-    let user = args.sudo.as_deref().unwrap_or_default();
-    connect::connect(router, &sudo, Some(info.id))
-        .await
-        .map_err(|e: ConnectError| {
-            let mut names = chain.names.clone();
-            names.push(info.name.clone());
-            HopError::Sudo {
-                hop: hop + 1,
-                user: user.to_string(),
-                host: host.to_string(),
-                path: names.join(" -> "),
-                source: Box::new(e),
-            }
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
