@@ -468,11 +468,14 @@ fn killed_while_sending_the_binary_leaves_no_temp_file() {
     sshd::clear_cache(sshd::KILL);
     // An rsh that passes on only the first 2 MB of its stdin, then stalls:
     // the transfer stops mid-binary until the connect timeout kills it.
+    // (`dd`, not `head -c`: GNU head holds what it read until it has the
+    // whole count, and the handshake's Hello goes ahead of the binary.)
     let wrapper = s.dir.path().join("stalling-ssh");
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\n{{ head -c 2000000; sleep 987; }} | ssh -F {} \"$@\"\n",
+            "#!/bin/sh\n{{ dd bs=65536 count=2000000 iflag=count_bytes status=none; sleep 987; }} \
+             | ssh -F {} \"$@\"\n",
             s.config.display()
         ),
     )
@@ -502,7 +505,7 @@ fn killed_while_sending_the_binary_leaves_no_temp_file() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // The wrapper's helpers (head, sleep) went with the killed process group.
+    // The wrapper's helpers (dd, sleep) went with the killed process group.
     // (Looked for everywhere: orphans would have been re-parented.)
     let left: Vec<String> = std::fs::read_dir("/proc")
         .expect("/proc")

@@ -191,23 +191,20 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    parent_side_buffered(reader, writer, hello, parent_id, timeout, BytesMut::new()).await
+    parent_side_buffered(
+        reader,
+        writer,
+        hello,
+        parent_id,
+        timeout,
+        BytesMut::new(),
+        false,
+    )
+    .await
 }
 
-/// [`parent_side`] for a reader from which `buf` was already read (e.g.
-/// during a bootstrap).
-pub async fn parent_side_buffered<R, W>(
-    reader: &mut R,
-    writer: &mut W,
-    hello: &Hello,
-    parent_id: u32,
-    timeout: Duration,
-    mut buf: BytesMut,
-) -> Result<(Ready, BytesMut), HandshakeError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
+/// The `Hello` frame as it goes on the wire from `parent_id`.
+pub fn hello_frame(hello: &Hello, parent_id: u32) -> Vec<u8> {
     let mut frame = Frame::new(
         hello.context_id,
         handles::HELLO,
@@ -216,6 +213,26 @@ where
     );
     frame.src_id = parent_id;
     frame.auth_id = parent_id;
+    codec::encode_to_vec(&frame)
+}
+
+/// [`parent_side`] for a reader from which `buf` was already read (e.g.
+/// during a bootstrap); with `hello_sent`, `hello` went ahead with the
+/// bootstrap stub ([`hello_frame`]) and only `Ready` is waited for.
+pub async fn parent_side_buffered<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    hello: &Hello,
+    parent_id: u32,
+    timeout: Duration,
+    mut buf: BytesMut,
+    hello_sent: bool,
+) -> Result<(Ready, BytesMut), HandshakeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let frame = hello_frame(hello, parent_id);
     let exchange = async move {
         // A pipe closed under us means the same as an output that ended:
         // the child is gone.
@@ -223,11 +240,10 @@ where
             std::io::ErrorKind::BrokenPipe => HandshakeError::Exited,
             _ => HandshakeError::Failed(format!("could not send the handshake: {e}")),
         };
-        writer
-            .write_all(&codec::encode_to_vec(&frame))
-            .await
-            .map_err(unsent)?;
-        writer.flush().await.map_err(unsent)?;
+        if !hello_sent {
+            writer.write_all(&frame).await.map_err(unsent)?;
+            writer.flush().await.map_err(unsent)?;
+        }
         let mut codec = FrameCodec::new(64 * 1024);
         let reply = match next_frame(reader, &mut codec, &mut buf).await {
             Ok(Some(f)) => f,

@@ -52,6 +52,51 @@ pub struct Launch {
     /// nothing it runs can prompt on the user's terminal (a prompt would
     /// otherwise stop or hang it); a prompt fails at once instead.
     pub detach: bool,
+    /// The handshake's `Hello`, made before the process starts (its id
+    /// allocated: [`early_hello`]) when it goes with the bootstrap stub
+    /// ([`BootPlan::with_early_hello`]).
+    pub hello: Option<Hello>,
+}
+
+/// The `Hello` for a context named `name` that a bootstrap stub will
+/// start: its id allocated now, so that the frame can be written with the
+/// stub ([`BootPlan::with_early_hello`]).
+pub async fn early_hello(
+    router: &Router,
+    spec: &ConnectSpec,
+    method: &'static str,
+    name: &str,
+) -> Result<Hello, ConnectError> {
+    let id = allocate(router, method).await?;
+    Ok(hello(router, spec, id, name))
+}
+
+/// A new context id for a `method` connection.
+async fn allocate(
+    router: &Router,
+    method: &'static str,
+) -> Result<crate::wire::ContextId, ConnectError> {
+    router
+        .allocate_id()
+        .await
+        .map_err(|source| ConnectError::NoId {
+            method: method.to_string(),
+            source,
+        })
+}
+
+/// The `Hello` this context sends a child `id` named `name`.
+fn hello(router: &Router, spec: &ConnectSpec, id: crate::wire::ContextId, name: &str) -> Hello {
+    let mut parent_ids = vec![router.id()];
+    parent_ids.extend_from_slice(router.parent_ids());
+    Hello {
+        version: PROTOCOL_VERSION,
+        context_id: id,
+        parent_ids,
+        name: name.to_string(),
+        max_message_size: router.max_message_size() as u64,
+        log_filter: spec.log_filter.clone(),
+    }
 }
 
 impl Launch {
@@ -64,6 +109,7 @@ impl Launch {
             explain: None,
             program: None,
             detach: false,
+            hello: None,
         }
     }
 }
@@ -78,13 +124,10 @@ pub async fn launch(
     launch: Launch,
 ) -> Result<ContextInfo, ConnectError> {
     let method = launch.method;
-    let id = router
-        .allocate_id()
-        .await
-        .map_err(|source| ConnectError::NoId {
-            method: method.to_string(),
-            source,
-        })?;
+    let id = match &launch.hello {
+        Some(h) => h.context_id,
+        None => allocate(router, method).await?,
+    };
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -137,7 +180,21 @@ pub async fn launch(
         let _ = rustix::pipe::fcntl_setpipe_size(stdout.as_fd(), PIPE_SIZE);
     }
     let tail = forward_stderr(name.clone(), stderr);
+    // The Hello that goes with the stub: written before the stub says
+    // anything. If the stub is already gone, its own output says why.
+    let early = launch
+        .boot
+        .as_ref()
+        .and_then(|p| p.early_hello.clone())
+        .filter(|_| launch.hello.is_some());
+    if let Some(frame) = &early {
+        use tokio::io::AsyncWriteExt;
+        if stdin.write_all(frame).await.is_ok() {
+            let _ = stdin.flush().await;
+        }
+    }
 
+    let mut hello_sent = false;
     let (boot, buffered) = match &launch.boot {
         None => (Boot::Exec, BytesMut::new()),
         Some(plan) => {
@@ -161,6 +218,9 @@ pub async fn launch(
                             }
                         }
                         None => {
+                            // The cached copy read the Hello sent with the
+                            // stub; a stub that received the binary dropped it.
+                            hello_sent = early.is_some();
                             tracing::info!(
                                 "{name}: started the cached binary on {} (nothing sent)",
                                 started.system
@@ -182,15 +242,9 @@ pub async fn launch(
         }
     };
 
-    let mut parent_ids = vec![router.id()];
-    parent_ids.extend_from_slice(router.parent_ids());
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        context_id: id,
-        parent_ids,
-        name: name.clone(),
-        max_message_size: router.max_message_size() as u64,
-        log_filter: spec.log_filter.clone(),
+    let hello = match launch.hello.clone() {
+        Some(h) => h,
+        None => hello(router, spec, id, &name),
     };
     let result = handshake::parent_side_buffered(
         &mut stdout,
@@ -199,6 +253,7 @@ pub async fn launch(
         router.id(),
         spec.timeout(),
         buffered,
+        hello_sent,
     )
     .await;
     let (ready, buffered) = match result {

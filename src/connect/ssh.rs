@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::process::Command;
 
 use super::bootstrap::{self, BootPlan};
+use super::handshake;
 use super::local::{self, Launch};
 use super::{ConnectError, ConnectSpec, ContextInfo, SshSpec};
 use crate::router::Router;
@@ -46,17 +47,20 @@ pub async fn connect(
             whence: whence.clone(),
             source,
         })?;
-    let plan = BootPlan::new(binary);
+    let name = format!("ssh.{target}");
+    let hello = local::early_hello(router, spec, "ssh", &name).await?;
+    let plan = BootPlan::new(binary).with_early_hello(handshake::hello_frame(&hello, router.id()));
     let argv = argv(ssh, spec.timeout(), &plan.remote_command());
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
     let launch = Launch {
         method: "ssh",
-        name: Some(format!("ssh.{target}")),
+        name: Some(name),
         boot: Some(plan),
         explain: Some(Box::new(explain)),
         program: Some(format!("{:?} (ssh to {target})", argv[0])),
         detach: true,
+        hello: Some(hello),
     };
     local::launch(router, spec, cmd, launch).await
 }

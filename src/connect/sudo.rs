@@ -14,6 +14,7 @@
 use tokio::process::Command;
 
 use super::bootstrap::{self, BootPlan};
+use super::handshake;
 use super::local::{self, Launch};
 use super::{ConnectError, ConnectSpec, ContextInfo, SudoSpec};
 use crate::router::Router;
@@ -38,7 +39,9 @@ pub async fn connect(
             whence: whence.clone(),
             source,
         })?;
-    let plan = BootPlan::new(binary);
+    let name = format!("{here}/sudo.{user}");
+    let hello = local::early_hello(router, spec, "sudo", &name).await?;
+    let plan = BootPlan::new(binary).with_early_hello(handshake::hello_frame(&hello, router.id()));
     let program = if sudo.program.is_empty() {
         "sudo"
     } else {
@@ -52,11 +55,12 @@ pub async fn connect(
     let (who, whom) = (me.clone(), user.clone());
     let launch = Launch {
         method: "sudo",
-        name: Some(format!("{here}/sudo.{user}")),
+        name: Some(name),
         boot: Some(plan),
         explain: Some(Box::new(move |lines| explain(lines, &who, &whom))),
         program: Some(format!("{program:?} ({whence})")),
         detach: true,
+        hello: Some(hello),
     };
     match local::launch(router, spec, cmd, launch).await {
         Err(ConnectError::Handshake {

@@ -81,7 +81,14 @@ impl BootPlan {
     /// checked, verified by a trial run, renamed into place and `exec`ed.
     fn install(&self) -> Vec<String> {
         let verify = format!("{VERIFY_ENV}={}", self.binary.digest);
-        vec![
+        let mut lines = Vec::new();
+        if let Some(hello) = &self.early_hello {
+            // The Hello sent ahead for a cached copy: not the binary's
+            // bytes. Nothing else is sent before `need` is answered, so
+            // even a `head` that reads ahead takes only these.
+            lines.push(format!("head -c {} >/dev/null", hello.len()));
+        }
+        lines.extend([
             "printf \"%s need\\n\" \"$M\"".into(),
             "head -c $N >\"$t\"".into(),
             "c=$(($(wc -c <\"$t\")))".into(),
@@ -95,7 +102,8 @@ impl BootPlan {
                 "if test -n \"$x\"; then {TEMP_DIR_ENV}=\"$d\"; export {TEMP_DIR_ENV}; printf \"%s run sent temp\\n\" \"$M\"; else printf \"%s run sent\\n\" \"$M\"; fi"
             ),
             format!("exec \"$f\" {CHILD_ARG}"),
-        ]
+        ]);
+        lines
     }
 }
 
