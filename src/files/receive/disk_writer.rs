@@ -57,25 +57,7 @@ impl DiskWriter {
                 Some(_) => HashPipe::start(std::mem::take(&mut hasher)).ok(),
                 None => None,
             };
-            // Acknowledged up to here.
-            let mut acked = from;
-            loop {
-                let piece = match rx.try_recv() {
-                    Ok(piece) => piece,
-                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
-                        // Caught up: all that is written is acknowledged
-                        // before waiting for more.
-                        if written > acked {
-                            ack.send_control(&router, &written);
-                            acked = written;
-                        }
-                        match rx.blocking_recv() {
-                            Some(piece) => piece,
-                            None => break,
-                        }
-                    }
-                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => break,
-                };
+            while let Some(piece) = rx.blocking_recv() {
                 let put = match pipe.as_mut() {
                     Some(pipe) => put_piped(&file, old.as_deref(), &piece, written, pipe),
                     None => put(
@@ -95,10 +77,7 @@ impl DiskWriter {
                     };
                 }
                 written += piece.len();
-                if written - acked >= ACK_EVERY {
-                    ack.send_control(&router, &written);
-                    acked = written;
-                }
+                ack.send_control(&router, &written);
                 if let Some(w) = &observed {
                     w.send_replace(written);
                 }
@@ -106,9 +85,6 @@ impl DiskWriter {
                     start_writeback(&file, written_back, written);
                     written_back = written;
                 }
-            }
-            if written > acked {
-                ack.send_control(&router, &written);
             }
             let (hasher, error) = match pipe.map(HashPipe::finish) {
                 None => (hasher, None),
@@ -150,14 +126,6 @@ impl DiskWriter {
         self.handle.await.ok()
     }
 }
-
-/// While more pieces are queued behind the one just written, how much is
-/// written between acknowledgements (a writer that has caught up
-/// acknowledges at once). One acknowledgement per 128 KiB chunk was
-/// 8,192 frames per GiB, each a write here, a read, a route and a wake-up
-/// of the pump at the sender; while the writer is behind they only say
-/// "still writing". Half the 1 MiB window floor: two per window at least.
-const ACK_EVERY: u64 = 512 << 10;
 
 /// With fsync on, how much newly written data starts its way to the disk
 /// at a time.
