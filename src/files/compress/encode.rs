@@ -112,13 +112,7 @@ impl ChunkEncoder {
         match out {
             Some(out) => {
                 self.misses = 0;
-                counters.compressed_chunks.fetch_add(1, Ordering::Relaxed);
-                counters
-                    .bytes_in
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                counters
-                    .bytes_out
-                    .fetch_add((out.len() - OFFSET_LEN) as u64, Ordering::Relaxed);
+                counters.count_compressed(data.len(), out.len() - OFFSET_LEN);
                 Some(Bytes::from(out))
             }
             None => {

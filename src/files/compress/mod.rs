@@ -121,6 +121,17 @@ pub struct CompressCounters {
     pub forwarded: AtomicU64,
 }
 
+impl CompressCounters {
+    /// One chunk or small file of `file_bytes` sent as `wire_bytes` of zstd.
+    pub fn count_compressed(&self, file_bytes: usize, wire_bytes: usize) {
+        self.compressed_chunks.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in
+            .fetch_add(file_bytes as u64, Ordering::Relaxed);
+        self.bytes_out
+            .fetch_add(wire_bytes as u64, Ordering::Relaxed);
+    }
+}
+
 /// What the pump and the reader of one transfer share.
 #[derive(Debug)]
 pub struct Shared {

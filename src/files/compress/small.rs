@@ -29,13 +29,7 @@ pub fn compress_small(
         counters.raw_chunks.fetch_add(1, Ordering::Relaxed);
         return None;
     };
-    counters.compressed_chunks.fetch_add(1, Ordering::Relaxed);
-    counters
-        .bytes_in
-        .fetch_add(data.len() as u64, Ordering::Relaxed);
-    counters
-        .bytes_out
-        .fetch_add(out.len() as u64, Ordering::Relaxed);
+    counters.count_compressed(data.len(), out.len());
     Some(Bytes::from(out))
 }
 
@@ -211,13 +205,7 @@ impl SmallEncoder {
             counters.raw_chunks.fetch_add(1, Ordering::Relaxed);
             return one;
         };
-        counters.compressed_chunks.fetch_add(1, Ordering::Relaxed);
-        counters
-            .bytes_in
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        counters
-            .bytes_out
-            .fetch_add(z.len() as u64, Ordering::Relaxed);
+        counters.count_compressed(data.len(), z.len());
         SmallFile::Compressed {
             meta: meta.clone(),
             data: z,
@@ -312,19 +300,24 @@ mod tests {
         assert!(compress_small(&mut zstd, &random(10_000, 3), 3, &counters).is_none());
     }
 
+    /// `data` as a small file of a reply (this test binary's metadata, a
+    /// made-up digest).
+    fn small_file(data: &[u8], digest: u8) -> SmallFile {
+        let f = std::fs::File::open("/proc/self/exe").expect("open");
+        SmallFile::Data {
+            meta: crate::files::FileMeta {
+                size: data.len() as u64,
+                ..crate::files::FileMeta::from_fd(&f).expect("fstat")
+            },
+            data: Bytes::copy_from_slice(data),
+            digest: [digest; 32],
+        }
+    }
+
     #[test]
     fn a_replys_files_form_one_stream_and_decode_in_reply_order() {
         let counters = CompressCounters::default();
-        let f = std::fs::File::open("/proc/self/exe").expect("open");
-        let meta0 = crate::files::FileMeta::from_fd(&f).expect("fstat");
-        let file = |data: &[u8]| SmallFile::Data {
-            meta: crate::files::FileMeta {
-                size: data.len() as u64,
-                ..meta0.clone()
-            },
-            data: Bytes::copy_from_slice(data),
-            digest: [7; 32],
-        };
+        let file = |data: &[u8]| small_file(data, 7);
         // b repeats most of a: in a's stream, it costs a fraction of itself;
         // c repeats a's start, with a failed file between them.
         let a = text(20_000);
@@ -403,16 +396,7 @@ mod tests {
     #[test]
     fn a_forwarded_file_or_a_new_level_starts_a_new_stream() {
         let counters = CompressCounters::default();
-        let f = std::fs::File::open("/proc/self/exe").expect("open");
-        let meta0 = crate::files::FileMeta::from_fd(&f).expect("fstat");
-        let file = |data: &[u8]| SmallFile::Data {
-            meta: crate::files::FileMeta {
-                size: data.len() as u64,
-                ..meta0.clone()
-            },
-            data: Bytes::copy_from_slice(data),
-            digest: [1; 32],
-        };
+        let file = |data: &[u8]| small_file(data, 1);
         let is_linked = |f: &SmallFile| match f {
             SmallFile::Compressed { linked, .. } => *linked,
             other => panic!("not compressed: {other:?}"),
