@@ -557,8 +557,11 @@ async fn sudo_reaches_a_third_account_that_cannot_read_the_first_ones_files() {
     assert!(matches!(third.boot, Boot::Sent { .. }), "{:?}", third.boot);
     assert_eq!(third.name, "ssh.fgsudo/sudo.fgthird");
     ping_ctx(&c, third.id).await.expect("ping the sudo context");
+    // Its own cache holds the binary (other tests of this file sudo to
+    // the same account at the same time and may add theirs: the count is
+    // not checked; the cached start below shows ours is there).
     let files = sshd::cache_files(sshd::THIRD);
-    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(!files.is_empty(), "{files:?}");
     let again = connect::connect(&c.router, &spec, Some(ssh.id))
         .await
         .unwrap_or_else(|e| panic!("sudo again: {e}"));
