@@ -82,12 +82,20 @@ impl Pacer {
 pub struct Pacing {
     pacers: Vec<Arc<Mutex<Pacer>>>,
     chunk: Option<usize>,
+    ceiling: Option<u64>,
 }
 
 impl Pacing {
     /// True if nothing is limited.
     pub fn is_unlimited(&self) -> bool {
         self.pacers.is_empty()
+    }
+
+    /// The most wire bytes a second this transfer can go at: the lowest
+    /// limit in force (`None`: unlimited). What the link is measured to
+    /// carry above it, it never will for this transfer.
+    pub fn ceiling(&self) -> Option<u64> {
+        self.ceiling
     }
 
     /// File bytes per chunk for a transfer paced like this: 1/32 s of the
@@ -150,6 +158,7 @@ impl Pacers {
         pacers.extend(self.total.clone());
         Pacing {
             pacers,
+            ceiling: self.limits.lowest(),
             chunk: self
                 .limits
                 .lowest()

@@ -126,6 +126,10 @@ pub struct Tuner {
     probe_periods: u32,
     /// The last period waited on the reader or saturated the compressor.
     suspect: bool,
+    /// The most the link may carry for this stream's transfers (wire
+    /// bytes/s): `--bwlimit`. A faster measured rate (a round's burst)
+    /// is capped to it.
+    ceiling: Option<f64>,
     /// The compressor's rate at the fastest level it was last measured at
     /// (file bytes per CPU second), for deciding when off.
     last_rate: Option<f64>,
@@ -184,6 +188,7 @@ impl Default for Tuner {
             raw_seen: false,
             probe_periods: 0,
             suspect: false,
+            ceiling: None,
             last_rate: None,
             period: Period::default(),
             batches: Batches::default(),
@@ -205,6 +210,21 @@ impl Tuner {
     /// The compressor's rate (file bytes per CPU second) last measured.
     pub fn compress_rate(&self) -> Option<f64> {
         self.last_rate
+    }
+
+    /// The transfer being sent is paced to at most `ceiling` wire bytes a
+    /// second (`--bwlimit`; `None`: unlimited). The link counts as no
+    /// faster than that, and a compressor that outruns it well needs no
+    /// raw probe to be kept: with `--bwlimit 2M` the probe sent 2.5 MiB of
+    /// text raw that compressed 9:1, a second lost at the limit, and a
+    /// relay then compressed those chunks again for each child.
+    pub fn set_link_ceiling(&mut self, ceiling: Option<u64>) {
+        self.ceiling = ceiling.map(|c| c as f64);
+    }
+
+    /// `rate` (wire bytes/s) capped to the ceiling.
+    fn capped(&self, rate: f64) -> f64 {
+        self.ceiling.map_or(rate, |c| rate.min(c))
     }
 
     /// The receiver acknowledged `wire` more bytes; the path's smallest
@@ -295,6 +315,7 @@ impl Tuner {
             let r = p.delivered as f64 / p.elapsed.as_secs_f64();
             p.link_rate = Some(p.link_rate.map_or(r, |l| l.max(r)));
         }
+        p.link_rate = p.link_rate.map(|r| self.capped(r));
         Some(p)
     }
 
@@ -326,7 +347,10 @@ impl Tuner {
         // on the reader, the window being empty.
         let twice = suspect && self.suspect;
         self.suspect = suspect;
-        if !self.raw_seen && twice {
+        // Under a `--bwlimit` the compressor outruns by far, raw could
+        // show nothing that would switch it off.
+        let outruns_ceiling = self.ceiling.is_some_and(|c| rate >= c * ON_MARGIN);
+        if !self.raw_seen && twice && !outruns_ceiling {
             // The reader (or the compressor) may be what limits
             // the push: then the rate delivered while compressing
             // is the reader's (reading, hashing and compressing on
@@ -469,7 +493,10 @@ impl Tuner {
             .max(Duration::from_micros(1));
         let share = b.compress.as_secs_f64() / wall.as_secs_f64();
         let rate = b.bytes as f64 / b.compress.max(Duration::from_nanos(1)).as_secs_f64();
-        let pays = self.link.is_some_and(|l| compressing_pays(rate, l));
+        let pays = self
+            .link
+            .or(self.ceiling)
+            .is_some_and(|l| compressing_pays(rate, l));
         if share > 0.25 && b.compress > b.link_wait && !pays {
             self.step = if share > 0.5 { None } else { i.checked_sub(1) };
             self.off_bytes = 0;
@@ -604,6 +631,36 @@ mod tests {
         }
         assert_eq!(t.level(), Some(3));
         assert_eq!(t.link_rate(), Some(MBIT_100));
+    }
+
+    #[test]
+    fn under_a_bwlimit_the_link_counts_as_no_faster_than_the_limit() {
+        // `--bwlimit 2M` over loopback, as at a relay whose reader waits
+        // for its spool: the pump waits on the reader, the window's short
+        // rounds show bursts of 9 MB/s, the compressor does 53 MB/s. Left
+        // alone the tuner sends two periods raw to measure the link.
+        let two = |t: &mut Tuner| {
+            for _ in 0..2 {
+                period(t, 30 * MS, (0.6, 0.0, 0.08), Some(9e6));
+            }
+            t.level()
+        };
+        assert_eq!(two(&mut Tuner::default()), None);
+        // Capped at 2 MB/s, raw could show nothing that would switch it
+        // off: no probe, and the level stays on.
+        let mut t = Tuner::default();
+        t.set_link_ceiling(Some(2_000_000));
+        assert!(two(&mut t).is_some(), "{t:?}");
+        assert_eq!(t.link_rate(), Some(2e6));
+        // A compressor slower than the limit still goes off (the ceiling
+        // does not make a slow one pay): 128 KiB per 0.2 s of CPU is
+        // 0.65 MB/s against the 2 MB/s a raw link can carry.
+        let mut t = Tuner::default();
+        t.set_link_ceiling(Some(2_000_000));
+        for _ in 0..3 {
+            period(&mut t, 200 * MS, (0.0, 0.0, 0.9), Some(9e6));
+        }
+        assert_eq!(t.level(), None, "{t:?}");
     }
 
     #[test]

@@ -95,12 +95,12 @@ impl FileService {
         if level.is_some()
             && self.inner.config.compress == Compression::Adaptive
             && let Some(stream) = self.inner.router.stream_towards(requester)
-            && let Some(now) = lock(&self.lane(stream).tuner).on_batch(
-                std::time::Instant::now(),
-                compressing,
-                paced,
-                bytes,
-            )
+            && let Some(now) = {
+                let lane = self.lane(stream);
+                let mut tuner = lock(&lane.tuner);
+                tuner.set_link_ceiling(pacing.ceiling());
+                tuner.on_batch(std::time::Instant::now(), compressing, paced, bytes)
+            }
         {
             tracing::debug!("small files: compression level now {now:?}");
         }

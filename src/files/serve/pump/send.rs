@@ -71,8 +71,10 @@ impl Transfer {
         waited: Instant,
     ) -> Result<(), Abandon> {
         if let Some(t) = Pump::tuner(&p.lane, p.adaptive) {
+            let mut t = lock(t);
+            t.set_link_ceiling(p.pacing.ceiling());
             tune_on_chunk(
-                &mut lock(t),
+                &mut t,
                 &mut p.clock,
                 &p.m,
                 &p.zshared,
