@@ -516,6 +516,51 @@ fn killed_while_sending_the_binary_leaves_no_temp_file() {
     assert!(left.is_empty(), "processes left: {left:?}");
 }
 
+/// The handshake's Hello goes with the bootstrap stub, before the target
+/// says anything (docs/protocol.md §11): a cached binary finds it on its
+/// stdin and answers at once, a round trip sooner. The rsh here starts
+/// the remote command only once the first byte of its stdin has come, so
+/// a parent that waited for the stub before sending would never get an
+/// answer (the connect timeout would fail it). Both a start that sends the
+/// binary and a cached one come up.
+#[test]
+fn the_hello_goes_with_the_stub_before_the_target_says_anything() {
+    let Some(s) = Sshd::start() else { return };
+    let wrapper = s.dir.path().join("stdin-first-ssh");
+    let first = s.dir.path().join("first-byte");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ndd bs=1 count=1 of={first} status=none || exit 1\n\
+             {{ cat {first}; cat; }} | ssh -F {config} \"$@\"\n",
+            first = first.display(),
+            config = s.config.display()
+        ),
+    )
+    .expect("write wrapper");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let rsh = wrapper.to_string_lossy().into_owned();
+    sshd::clear_cache(sshd::HELLO);
+    for start in ["sends the binary", "finds it cached"] {
+        let r = ping_with(
+            &s,
+            &rsh,
+            &["-H", sshd::HELLO, "--connect-timeout", "20", "-v"],
+        );
+        r.assert_ok();
+        assert_eq!(
+            chain(&r.report(sshd::HELLO)),
+            ["controller", &format!("ssh.{}", sshd::HELLO)],
+            "{start}"
+        );
+    }
+    assert_eq!(sshd::cache_files(sshd::HELLO).len(), 1);
+}
+
 // -------------------------------------------------------------------- sudo
 
 #[test]

@@ -59,11 +59,14 @@ pub const LINKED: &str = "fglinked";
 /// Its PATH has a `getconf` without GNU_LIBC_VERSION and an `ldd` that
 /// says musl, as on Alpine.
 pub const MUSL: &str = "fgmusl";
+/// Reached through an rsh that starts the remote command only once its
+/// stdin has data (its cache is cleared by that test only).
+pub const HELLO: &str = "fghello";
 
 /// Every test account.
 pub const USERS: &[&str] = &[
     SUDOER, PLAIN, PASSWORD, JUNK, ARM, NO_SUDO, CACHE, RACE, KILL, THIRD, SUDO_RACE, LIMITED,
-    UMASK, SWAP, RO_HOME, OLD_LIBC, LINKED, MUSL,
+    UMASK, SWAP, RO_HOME, OLD_LIBC, LINKED, MUSL, HELLO,
 ];
 
 const SUDOERS_FILE: &str = "/etc/sudoers.d/ferrogen-tests";
