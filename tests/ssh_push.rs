@@ -502,6 +502,67 @@ fn rsh_through(s: &Sshd, relay: &DelayRelay, dir: &Path) -> String {
     )
 }
 
+/// Two relays to the fixture's sshd, so that a test can tell the
+/// connections apart however they are accepted: a context's own
+/// connection goes through `primary`, a stripe's transport (its remote
+/// command runs `__attach`) through `stripes`. (Counted in accept order
+/// through one relay, an early stripe transport accepted before the
+/// primary on a busy machine made the primary look like a stripe.)
+struct SplitRelays {
+    primary: DelayRelay,
+    stripes: DelayRelay,
+    rsh: String,
+}
+
+impl SplitRelays {
+    fn start(s: &Sshd, one_way: Duration, dir: &Path) -> SplitRelays {
+        let primary = DelayRelay::start(s.port, one_way);
+        let stripes = DelayRelay::start(s.port, one_way);
+        let host_pub = std::fs::read_to_string(s.dir.path().join("host_key.pub"))
+            .expect("host key of the fixture");
+        let kh = dir.join("known_hosts");
+        std::fs::write(
+            &kh,
+            format!(
+                "[127.0.0.1]:{} {key}\n[127.0.0.1]:{} {key}\n",
+                primary.port,
+                stripes.port,
+                key = host_pub.trim()
+            ),
+        )
+        .expect("known_hosts");
+        let script = dir.join("split-ssh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ncase \"$*\" in *__attach*) port={};; *) port={};; esac\n\
+                 exec ssh -F {} -o Port=$port -o UserKnownHostsFile={} \"$@\"\n",
+                stripes.port,
+                primary.port,
+                s.config.display(),
+                kh.display()
+            ),
+        )
+        .expect("write split-ssh");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let rsh = script.to_string_lossy().into_owned();
+        SplitRelays {
+            primary,
+            stripes,
+            rsh,
+        }
+    }
+
+    /// Connections so far: (primaries', stripes') counts.
+    fn counts(&self) -> (usize, usize) {
+        (
+            self.primary.connections().len(),
+            self.stripes.connections().len(),
+        )
+    }
+}
+
 // -------------------------------------------------------- 1. push over ssh
 
 #[test]
@@ -685,16 +746,18 @@ fn a_push_to_several_targets_starts_no_speculative_stripe_transports() {
 fn stripes_attach_extra_ssh_streams_that_carry_the_data_and_stripes_1_uses_one() {
     let Some(sd) = Sshd::start() else { return };
     // 5 ms each way: a 10 ms round trip, so the automatic choice stripes too.
-    let relay = DelayRelay::start(sd.port, Duration::from_millis(5));
     let work = tempfile::tempdir().expect("tempdir");
-    let rsh = rsh_through(&sd, &relay, work.path());
+    let relays = SplitRelays::start(&sd, Duration::from_millis(5), work.path());
+    let rsh = relays.rsh.clone();
     let big = work.path().join("striped.bin");
     let size: u64 = 192 << 20;
     write_random(&big, size, 4);
     let want = digest(&big);
     let dst = tempfile::tempdir().expect("tempdir");
-    let run = |name: &str, extra: &[&str]| -> (Pushed, usize, Vec<u64>) {
-        let before = relay.connections().len();
+    // (the push, most __attach relays seen, the primary connections'
+    // bytes towards sshd, the stripes').
+    let run = |name: &str, extra: &[&str]| -> (Pushed, usize, Vec<u64>, Vec<u64>) {
+        let (p0, s0) = relays.counts();
         let out = dst.path().join(name);
         let mut args = vec!["-v", "--json"];
         args.extend_from_slice(extra);
@@ -705,9 +768,10 @@ fn stripes_attach_extra_ssh_streams_that_carry_the_data_and_stripes_1_uses_one()
         let landed = out.join("striped.bin");
         assert_eq!(r.line_for(&landed)["digest"], want);
         assert_eq!(digest(&landed), want);
-        let conns = relay.connections()[before..].to_vec();
+        let primary = relays.primary.connections()[p0..].to_vec();
+        let conns = relays.stripes.connections()[s0..].to_vec();
         eprintln!(
-            "{name}: {:?}; bytes towards sshd per connection {conns:?}; {:?}",
+            "{name}: {:?}; bytes towards sshd: primary {primary:?}, stripes {conns:?}; {:?}",
             stripes_attached(&r.stderr_text()),
             r.took
         );
@@ -720,12 +784,12 @@ fn stripes_attach_extra_ssh_streams_that_carry_the_data_and_stripes_1_uses_one()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        (r, most, conns)
+        (r, most, primary, conns)
     };
 
     // --stripes 4: the connection and 3 stripes, each carrying file data
     // (the primary stays free for calls and acknowledgements).
-    let (r, most, conns) = run("four", &["--stripes", "4"]);
+    let (r, most, primary, conns) = run("four", &["--stripes", "4"]);
     assert_eq!(
         stripes_attached(&r.stderr_text()),
         Some((3, 3)),
@@ -733,15 +797,16 @@ fn stripes_attach_extra_ssh_streams_that_carry_the_data_and_stripes_1_uses_one()
         r.stderr_text()
     );
     assert_eq!(most, 3, "__attach relays on the target during the push");
-    assert_eq!(conns.len(), 4, "ssh connections: {conns:?}");
+    assert_eq!(primary.len(), 1, "primary connections: {primary:?}");
+    assert_eq!(conns.len(), 3, "stripe connections: {conns:?}");
     assert!(
-        conns[1..].iter().all(|&b| b > 4 << 20),
+        conns.iter().all(|&b| b > 4 << 20),
         "every stripe carried file data: {conns:?}"
     );
 
     // The default chooses from the measured round trip: here at least one
     // stripe.
-    let (r, most, conns) = run("auto", &[]);
+    let (r, most, primary, conns) = run("auto", &[]);
     let (n, m) = stripes_attached(&r.stderr_text())
         .unwrap_or_else(|| panic!("no stripes by default at 10 ms: {}", r.stderr_text()));
     assert!(n >= 1 && n == m, "{n} of {m}");
@@ -751,10 +816,11 @@ fn stripes_attach_extra_ssh_streams_that_carry_the_data_and_stripes_1_uses_one()
     // call for are ended after their handshake, carrying no file data.
     // The primary (the first connection) carries the first windows: the
     // push no longer waits for its stripes.
-    let carrying = conns[1..].iter().filter(|&&b| b > 4 << 20).count();
+    assert_eq!(primary.len(), 1, "primary connections: {primary:?}");
+    let carrying = conns.iter().filter(|&&b| b > 4 << 20).count();
     assert_eq!(carrying, n, "{conns:?}");
     assert!(
-        conns[1..]
+        conns
             .iter()
             .filter(|&&b| b <= 4 << 20)
             .all(|&b| b < 64 << 10),
@@ -762,11 +828,12 @@ fn stripes_attach_extra_ssh_streams_that_carry_the_data_and_stripes_1_uses_one()
     );
 
     // --stripes 1: the one connection carries everything.
-    let (r, most, conns) = run("one", &["--stripes", "1"]);
+    let (r, most, primary, conns) = run("one", &["--stripes", "1"]);
     assert_eq!(stripes_attached(&r.stderr_text()), None);
     assert_eq!(most, 0, "no __attach relay with --stripes 1");
-    assert_eq!(conns.len(), 1, "{conns:?}");
-    assert!(conns[0] >= size, "{conns:?}");
+    assert!(conns.is_empty(), "{conns:?}");
+    assert_eq!(primary.len(), 1, "{primary:?}");
+    assert!(primary[0] >= size, "{primary:?}");
 }
 
 /// Writes about `len` bytes of log-like lines (compresses several times).
@@ -792,9 +859,9 @@ fn write_text(p: &Path, len: u64) {
 #[test]
 fn compression_and_a_bandwidth_limit_work_over_stripes() {
     let Some(sd) = Sshd::start() else { return };
-    let relay = DelayRelay::start(sd.port, Duration::from_millis(5));
     let work = tempfile::tempdir().expect("tempdir");
-    let rsh = rsh_through(&sd, &relay, work.path());
+    let relays = SplitRelays::start(&sd, Duration::from_millis(5), work.path());
+    let rsh = relays.rsh.clone();
     let big = work.path().join("app.log");
     let size: u64 = 64 << 20;
     write_text(&big, size);
@@ -804,7 +871,7 @@ fn compression_and_a_bandwidth_limit_work_over_stripes() {
     // Slow enough (the text compresses ~9:1, so ~4 s on the wire) that the
     // stripes, which attach in the background, carry most of it.
     let limit: u64 = 2 << 20;
-    let before = relay.connections().len();
+    let (p0, s0) = relays.counts();
     let r = push(&[
         "-v",
         "--json",
@@ -830,8 +897,12 @@ fn compression_and_a_bandwidth_limit_work_over_stripes() {
         "{}",
         r.stderr_text()
     );
-    let conns = relay.connections()[before..].to_vec();
-    eprintln!("bytes towards sshd per connection {conns:?}; {:?}", r.took);
+    let primary = relays.primary.connections()[p0..].to_vec();
+    let conns = relays.stripes.connections()[s0..].to_vec();
+    eprintln!(
+        "bytes towards sshd: primary {primary:?}, stripes {conns:?}; {:?}",
+        r.took
+    );
     // Compressed on the way (ssh's own compression is off): the
     // controller's summary at -v. How much depends on the level the tuner
     // settles at on a busy machine; the text compresses over 5:1 at any.
@@ -847,14 +918,15 @@ fn compression_and_a_bandwidth_limit_work_over_stripes() {
     let (chunks, bytes_in, bytes_out) = (nums[0], nums[1], nums[2]);
     assert!(chunks > 0 && bytes_out * 2 < bytes_in, "{z}");
     // Over both data stripes (the primary also carried the bootstrap).
-    assert_eq!(conns.len(), 3, "{conns:?}");
+    assert_eq!(primary.len(), 1, "{primary:?}");
+    assert_eq!(conns.len(), 2, "{conns:?}");
     assert!(
-        conns[1..].iter().all(|&b| b > 256 << 10),
+        conns.iter().all(|&b| b > 256 << 10),
         "every stripe carried data: {conns:?}"
     );
     // Paced: what the stripes carried left no faster than the limit
     // allows (they also carry ssh's framing: a lower bound).
-    let wire: u64 = conns[1..].iter().sum();
+    let wire: u64 = conns.iter().sum();
     let floor = Duration::from_secs_f64((0.9 * (wire as f64) / limit as f64 - 0.5).max(0.0));
     assert!(r.took >= floor, "{:?} for {wire} bytes at 2 MiB/s", r.took);
 }
