@@ -430,11 +430,14 @@ fn small_file_flood_behind_a_hop_is_cut_off_at_the_hop() {
     );
 }
 
-/// Issue 13: a target behind a relay asks its tee for 1,200,000 paths
-/// that do not exist (600 `fetch_small` calls of 2,000, as many `fetch`es).
+/// Issue 13: a target behind a relay asks its tee for 600,000 paths
+/// that do not exist (300 `fetch_small` calls of 2,000, as many `fetch`es).
 /// Each is answered with a refusal and nothing is kept: the relay's memory
-/// does not grow with them (before, every refused path stayed cached), and
-/// the sibling is served.
+/// does not grow with them (before, every refused path stayed cached: at
+/// over 100 bytes a path, 600,000 of them alone pass the 64 MiB bound),
+/// and the sibling is served. (600 calls took 94 s of this debug build on
+/// a busy machine, close to the scene's 120 s limit: one at a time, each
+/// answered after a round trip through the relay to the controller.)
 #[test]
 fn bogus_paths_asked_of_a_relays_tee_are_refused_and_not_kept() {
     let s = Scene::new();
@@ -442,7 +445,7 @@ fn bogus_paths_asked_of_a_relays_tee_are_refused_and_not_kept() {
     s.file("big", 8 << 20);
     let run = s.push(
         "bogus_paths",
-        &[("COUNT", "600"), ("SECONDS", "1")],
+        &[("COUNT", "300"), ("SECONDS", "1")],
         &["--via", "local"],
         &["evil", "good"],
     );
@@ -451,8 +454,9 @@ fn bogus_paths_asked_of_a_relays_tee_are_refused_and_not_kept() {
         "the sibling's files: {}",
         run.explain()
     );
-    assert_eq!(run.report("answered"), Some("1200"), "{}", run.explain());
+    assert_eq!(run.report("answered"), Some("600"), "{}", run.explain());
     assert!(run.hop_hwm_kib > 0, "the hop was not found");
+    eprintln!("hop peak RSS {} KiB", run.hop_hwm_kib);
     assert!(
         run.hop_hwm_kib < 64 * MIB,
         "hop peak RSS {} MiB\n{}",
