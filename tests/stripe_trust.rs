@@ -7,7 +7,11 @@
 //! * a connection from another uid is closed before its token is read;
 //! * silent connections are bounded and closed after a short deadline;
 //! * an accept error never gives the socket name up;
-//! * the `__attach` relay refuses a socket that another user bound.
+//! * the `__attach` relay refuses a socket that another user bound;
+//! * what `__attach` hands over is checked: a peer of the same uid that
+//!   sends descriptors that are not a stripe's pipes, or too many, is
+//!   refused and closed, and a stripe whose stdio are sockets (no pipes to
+//!   hand over) is relayed by copying.
 //!
 //! The hostile clients are small Perl scripts (perl-base is part of every
 //! Debian system) run as `nobody`.
@@ -252,4 +256,128 @@ fn the_relay_refuses_a_socket_bound_by_another_user() {
     out.read_to_string(&mut rest).expect("squatter output");
     let _ = squatter.wait();
     assert_eq!(rest.trim(), "got:0", "the squatter received data");
+}
+
+/// The frame that came back on `s` (a stripe's answer), within 10 s.
+fn read_answer(s: &mut std::os::unix::net::UnixStream) -> Frame {
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    use tokio_util::codec::Decoder;
+    let mut codec = ferrogen::wire::FrameCodec::new(4096);
+    let mut buf = bytes::BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(f) = codec.decode(&mut buf).expect("a frame") {
+            return f;
+        }
+        let n = s.read(&mut chunk).expect("the answer");
+        assert!(n > 0, "closed without an answer");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stripe_whose_stdio_are_sockets_is_relayed_by_copying() {
+    let c = controller();
+    let ctx = child(&c, None).await;
+    let o = offer(&c, &ctx).await;
+    // The transport's stdio: one socket of a pair for both (as an ssh
+    // server built to use socketpairs would give), the other end ours.
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().expect("pair");
+    let theirs_out = theirs.try_clone().expect("clone");
+    let relay = Command::new(env!("CARGO_BIN_EXE_ferrogen"))
+        .args([stripe::ATTACH_ARG, &o.socket])
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stdout(Stdio::from(std::os::fd::OwnedFd::from(theirs_out)))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ferrogen __attach");
+    ours.write_all(&stripe_hello(&ctx, &o.token))
+        .expect("write the hello");
+    let answer = tokio::task::spawn_blocking(move || (read_answer(&mut ours), ours))
+        .await
+        .expect("join");
+    assert_eq!(answer.0.handle, handles::HELLO, "{:?}", answer.0);
+    assert!(!answer.0.is_dead(), "{:?}", answer.0);
+    // Ours closed: the relay copies the end through and exits.
+    drop(answer.1);
+    let out = tokio::task::spawn_blocking(move || relay.wait_with_output())
+        .await
+        .expect("join")
+        .expect("relay ran");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Sends `first` with `fds` as `SCM_RIGHTS` on a new connection to the
+/// stripe socket `name`; true once the context has closed it.
+fn hand_over(name: &str, first: u8, fds: &[std::os::fd::BorrowedFd<'_>]) -> bool {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+    let s = connect(name).expect("connect");
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
+    }
+    sendmsg(
+        &s,
+        &[std::io::IoSlice::new(&[first])],
+        &mut control,
+        SendFlags::empty(),
+    )
+    .expect("sendmsg");
+    let t0 = Instant::now();
+    while !is_closed(&s) {
+        if t0.elapsed() > HELLO_DEADLINE + Duration::from_secs(5) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handed_over_descriptors_that_are_not_a_stripes_pipes_are_refused() {
+    use std::os::fd::AsFd;
+    let c = controller();
+    let ctx = child(&c, None).await;
+    let o = offer(&c, &ctx).await;
+    let name = o.socket.clone();
+    let closed = tokio::task::spawn_blocking(move || {
+        let file = tempfile::tempfile().expect("tempfile");
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let (r, w) = rustix::pipe::pipe().expect("pipe");
+        [
+            // A regular file and a socket, not pipes.
+            hand_over(&name, b'P', &[file.as_fd(), a.as_fd()]),
+            // A pipe's ends the wrong way round.
+            hand_over(&name, b'P', &[w.as_fd(), r.as_fd()]),
+            // Three descriptors.
+            hand_over(&name, b'P', &[r.as_fd(), w.as_fd(), b.as_fd()]),
+            // One.
+            hand_over(&name, b'P', &[r.as_fd()]),
+            // Descriptors with the copy byte, and an unknown first byte.
+            hand_over(&name, b'C', &[r.as_fd(), w.as_fd()]),
+            hand_over(&name, 0x17, &[]),
+        ]
+    })
+    .await
+    .expect("join");
+    assert_eq!(closed, [true; 6], "each refused and closed");
+    // And a real stripe still attaches.
+    assert_eq!(
+        stripe::open(
+            &c.router,
+            ctx.id,
+            &Method::Local,
+            1,
+            Duration::from_secs(10)
+        )
+        .await,
+        1
+    );
 }

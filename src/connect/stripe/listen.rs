@@ -7,11 +7,15 @@ use std::os::linux::net::SocketAddrExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use super::random_hex;
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::unix::pipe;
+
 use super::{HELLO_DEADLINE, MAX_PENDING, STRIPE_SERVICE, StripeError, StripeHello, StripeOffer};
+use super::{random_hex, relay};
 use crate::call::RemoteError;
 use crate::router::{Policy, Router};
 use crate::service::{ServiceBuilder, Services};
@@ -105,6 +109,14 @@ async fn serve_listener(router: Router, listener: tokio::net::UnixListener, toke
     }
 }
 
+/// What `__attach` sent first on the socket.
+enum Came {
+    /// Its stdin and stdout, the transport's pipes: read and written here.
+    Pipes(pipe::Receiver, pipe::Sender),
+    /// Nothing: it copies between its stdio and the socket.
+    Copy,
+}
+
 async fn accept(
     router: &Router,
     sock: tokio::net::UnixStream,
@@ -112,7 +124,139 @@ async fn accept(
     n: u32,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(), StripeError> {
-    let (mut rd, mut wr) = sock.into_split();
+    let came = tokio::time::timeout(HELLO_DEADLINE, first_message(&sock))
+        .await
+        .map_err(|_| StripeError::NoToken(HELLO_DEADLINE))??;
+    match came {
+        Came::Pipes(rd, wr) => {
+            let wr = HeldOpen {
+                inner: wr,
+                _socket: sock,
+            };
+            attach_over(router, rd, wr, token, n, permit).await
+        }
+        Came::Copy => {
+            let (rd, wr) = sock.into_split();
+            attach_over(router, rd, wr, token, n, permit).await
+        }
+    }
+}
+
+/// Reads `__attach`'s first byte and the descriptors that came with it.
+async fn first_message(sock: &tokio::net::UnixStream) -> Result<Came, StripeError> {
+    loop {
+        sock.readable().await.map_err(StripeError::Socket)?;
+        match sock.try_io(tokio::io::Interest::READABLE, || receive_first(sock)) {
+            Ok(r) => return r,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(StripeError::Socket(e)),
+        }
+    }
+}
+
+/// One `recvmsg` of [`first_message`]: `Err` of the outer result only
+/// for the socket's own errors (`WouldBlock` included).
+fn receive_first(sock: &tokio::net::UnixStream) -> std::io::Result<Result<Came, StripeError>> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, recvmsg};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut byte = [0u8; 1];
+    let got = recvmsg(
+        sock,
+        &mut [std::io::IoSliceMut::new(&mut byte)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    // Owned at once: whatever is refused below is closed on return.
+    let mut fds: Vec<std::os::fd::OwnedFd> = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
+    }
+    if got.bytes == 0 {
+        return Ok(Err(StripeError::ClosedBeforeHello));
+    }
+    if got.flags.contains(ReturnFlags::CTRUNC) {
+        return Ok(Err(StripeError::HandOff(
+            "more descriptors than a stdin and a stdout",
+        )));
+    }
+    Ok(match (byte[0], fds.len()) {
+        (relay::COPY, 0) => Ok(Came::Copy),
+        (relay::HAND_OFF, 2) => {
+            let mut fds = fds.into_iter();
+            match (fds.next(), fds.next()) {
+                (Some(r), Some(w)) => pipes(r, w),
+                _ => Err(StripeError::HandOff("descriptors missing")),
+            }
+        }
+        _ => Err(StripeError::HandOff("not a stripe's first message")),
+    })
+}
+
+/// The handed-over stdin (`r`) and stdout (`w`) as this runtime's pipes;
+/// refused unless they are a pipe's read and write ends.
+fn pipes(r: std::os::fd::OwnedFd, w: std::os::fd::OwnedFd) -> Result<Came, StripeError> {
+    let rd = pipe::Receiver::from_owned_fd(r)
+        .map_err(|_| StripeError::HandOff("its stdin is not a pipe to read"))?;
+    let wr = pipe::Sender::from_owned_fd(w)
+        .map_err(|_| StripeError::HandOff("its stdout is not a pipe to write"))?;
+    Ok(Came::Pipes(rd, wr))
+}
+
+/// A handed-over stripe's write side, holding the stripe socket open:
+/// when the stream drops it, `__attach` sees the socket close and ends,
+/// and so does the transport's session.
+struct HeldOpen<W> {
+    inner: W,
+    _socket: tokio::net::UnixStream,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for HeldOpen<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The stripe's hello read from `rd`, its token checked, the answer
+/// written to `wr`, and the two attached as an alias of the parent stream.
+async fn attach_over<R, W>(
+    router: &Router,
+    mut rd: R,
+    mut wr: W,
+    token: &str,
+    n: u32,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(), StripeError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let mut buf = BytesMut::with_capacity(4096);
     let mut codec = FrameCodec::new(4096);
     let first = tokio::time::timeout(HELLO_DEADLINE, next_frame(&mut rd, &mut codec, &mut buf))

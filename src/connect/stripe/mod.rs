@@ -100,6 +100,9 @@ pub enum StripeError {
     /// The token is not this context's.
     #[error("wrong token")]
     WrongToken,
+    /// `__attach`'s first message on the socket is not one it sends.
+    #[error("stripe hand-off: {0}")]
+    HandOff(&'static str),
     /// This context has no parent stream to add the stripe to.
     #[error("no parent stream")]
     NoParentStream,
