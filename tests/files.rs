@@ -675,7 +675,10 @@ async fn a_transfer_striped_over_extra_streams_arrives_in_order_and_verified() {
     assert_eq!(c.router.stripes(primary).len(), 4);
     let relays = attach_relays();
     assert_eq!(relays.len(), 3, "one relay process per stripe");
-    let before: u64 = relays.iter().map(|&p| read_bytes_of(p)).sum();
+    let stripes = c.router.stripes(primary);
+    let carried = || stripes[1..].iter().map(|o| o.bytes_sent()).sum::<u64>();
+    let before = carried();
+    let relays_before: u64 = relays.iter().map(|&p| read_bytes_of(p)).sum();
 
     let src_dir = tempfile::tempdir().expect("tempdir");
     let src = src_dir.path().join("striped");
@@ -698,16 +701,24 @@ async fn a_transfer_striped_over_extra_streams_arrives_in_order_and_verified() {
         std::fs::read(dst.path().join("striped")).expect("read"),
         data
     );
-    let after: u64 = relays.iter().map(|&p| read_bytes_of(p)).sum();
+    let after = carried();
     assert!(
         after - before >= 48 << 20,
         "the stripes carried all of the 48 MiB (the primary stays free for calls): {} bytes",
         after - before
     );
+    // None of it through the relays: each handed its pipes to the context.
+    let relays_after: u64 = relays.iter().map(|&p| read_bytes_of(p)).sum();
+    assert!(
+        relays_after - relays_before < 64 << 10,
+        "the relays copied {} bytes",
+        relays_after - relays_before
+    );
     assert!(c.fs.stats().peak_in_flight <= 4 << 20);
 
-    // Losing a stripe mid-transfer ends that transfer promptly and clearly;
-    // the context and its primary stream carry on.
+    // Losing a stripe mid-transfer (its transport killed) ends that
+    // transfer promptly and clearly; the context and its primary stream
+    // carry on.
     let big = src_dir.path().join("big");
     sparse(&big, 1 << 30);
     c.fs.register(big.to_str().expect("utf8"))

@@ -57,6 +57,8 @@ struct Queues {
     /// Frames in `bulk` per channel (`dst_id`, `handle`).
     bulk_channels: HashMap<(ContextId, Handle), usize>,
     closed: bool,
+    /// Wire bytes of every frame handed to the writer so far.
+    taken: u64,
 }
 
 /// What [`Queues::push`] did with a frame.
@@ -122,6 +124,7 @@ impl Queues {
             match self.control.pop_front() {
                 Some(f) => {
                     self.control_bytes -= f.wire_len();
+                    self.taken += f.wire_len() as u64;
                     out.push(f);
                 }
                 None => break,
@@ -145,6 +148,7 @@ impl Queues {
                 self.bulk_channels.remove(&channel);
             }
         }
+        self.taken += f.wire_len() as u64;
         out.push(f);
         true
     }
@@ -186,6 +190,12 @@ impl Outbox {
         // (every critical section is a single push or pop), so poisoning is
         // safe to ignore.
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wire bytes of the frames handed to this stream's writer so far: what
+    /// the stream has carried out (a stripe's share of a transfer, say).
+    pub fn bytes_sent(&self) -> u64 {
+        self.lock().taken
     }
 
     /// Queues a frame. Returns `false` (and drops the frame) if the stream
@@ -322,6 +332,22 @@ mod tests {
 
     fn handles_of(out: &[Frame]) -> Vec<Handle> {
         out.iter().map(|f| f.handle).collect()
+    }
+
+    #[tokio::test]
+    async fn bytes_sent_counts_what_the_writer_took() {
+        let o = Outbox::new();
+        let (c, b) = (frame(Enc::Control, 1, 10), frame(Enc::Bin, 2, 1000));
+        let want = (c.wire_len() + b.wire_len()) as u64;
+        assert!(o.push(b) && o.push(c));
+        assert_eq!(o.bytes_sent(), 0, "queued is not sent");
+        // As the writer takes them: a batch, written, cleared.
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            assert!(o.next_batch(&mut out).await);
+            out.clear();
+        }
+        assert_eq!(o.bytes_sent(), want);
     }
 
     #[test]

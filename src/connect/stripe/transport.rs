@@ -143,14 +143,26 @@ impl Transport {
             name,
             ..
         } = self;
-        if stream::start_alias(router, name.clone(), primary, stdout, stdin, buf).is_none() {
+        let Some(id) = stream::start_alias(router, name.clone(), primary, stdout, stdin, buf)
+        else {
             let _ = child.start_kill();
             return Err(StripeError::PrimaryGone);
-        }
+        };
         tracing::debug!("{name}: attached {:?} after the hello", t0.elapsed());
+        let router = router.clone();
         tokio::spawn(async move {
-            let _ = child.wait().await;
+            let status = child.wait().await;
             tracing::debug!("{name}: transport exited");
+            // The stripe lives as long as its transport. A local one's
+            // `__attach` handed its pipes to the context and holds none,
+            // so its end would not otherwise be seen: the stripe is ended
+            // here, with anything still queued on it (a no-op when the
+            // stream already ended, as it does first over ssh).
+            let why = match status {
+                Ok(s) => format!("its transport exited ({s})"),
+                Err(e) => format!("its transport could not be waited for: {e}"),
+            };
+            router.stream_lost(id, &why);
         });
         Ok(())
     }
