@@ -1,12 +1,12 @@
-//! One target's push: connect, open a session, send the plan's batches,
-//! and collect the results.
+//! One target's push: connect, open a session, send the plan's batches
+//! (`send`), and collect the results.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Targets;
 use super::failure::{failed_whole, whole_failure};
-use super::feed::{Batches, Feed, Walked, walk_in_batches};
+use super::feed::{Batches, Feed};
 use super::notes::Notes;
 use super::relay::tee_progress;
 use super::stripe_job::{AbortOnDrop, stripe_in_steps};
@@ -14,13 +14,18 @@ use super::stripes::STRIPE_MIN_BYTES;
 use crate::cli::report;
 use crate::cli::target::{Chain, TargetArgs};
 use crate::connect::ContextInfo;
-use crate::files::plan::{EntryResult, PushBatch, PushEnd, PushOpened, PushPlan};
+use crate::files::plan::{EntryResult, PushBatch, PushOpened, PushPlan};
+use crate::files::push_walk::{Walked, Walking, push_end, whole_plan};
 use crate::files::relay::TEE_SERVICE;
 use crate::files::tee::TeeStats;
 use crate::files::walk::Sources;
 use crate::files::{FileService, TARGET_SERVICE};
 use crate::router::Router;
 use crate::wire::ContextId;
+
+mod send;
+
+use send::{Sent, StripeTask};
 
 /// What a push to one target needs.
 pub(super) struct One<'a> {
@@ -43,102 +48,12 @@ pub(super) struct One<'a> {
     pub(super) size_hint: u64,
 }
 
-/// The stripe task of one target's push, started once: with the early
-/// transports, or when the walk passes [`STRIPE_MIN_BYTES`]. It ends with
-/// the push (and the transports it did not attach with it).
-#[derive(Default)]
-struct StripeTask {
-    started: bool,
-    _task: Option<AbortOnDrop>,
-}
-
-impl StripeTask {
-    fn start(
-        &mut self,
-        one: &One<'_>,
-        host: &str,
-        target: u32,
-        total: u64,
-        early: Option<crate::connect::stripe::Early>,
-    ) {
-        self.started = true;
-        self._task = stripe_in_steps(
-            one.router,
-            one.fs,
-            one.targs,
-            host,
-            target,
-            one.stripes,
-            total,
-            one.log_filter,
-            early,
-        );
-    }
-}
-
 /// Where a target's plan comes from, once its push started.
 enum Plan {
     /// Its own walk, running.
     Walking(Walking),
     /// The group's walk, kept at the relay.
     Fed(Feed),
-}
-
-/// How long, once the walk has made its first batch, the push waits to
-/// learn whether that batch is the whole plan (then it goes as one `push`
-/// call). A tree of a batch or less ends its walk within microseconds of
-/// its first batch; a larger one has its second batch ready by then or
-/// streams as it comes.
-const WHOLE_WAIT: Duration = Duration::from_millis(50);
-
-/// A target's own walk, running on a blocking thread one or two batches
-/// ahead (see [`walk_in_batches`]), with the batches taken to look ahead.
-struct Walking {
-    handle: tokio::task::JoinHandle<Sources>,
-    rx: tokio::sync::mpsc::Receiver<Walked>,
-    ahead: Vec<Walked>,
-}
-
-impl Walking {
-    fn start(walker: crate::files::walk::Walker) -> Walking {
-        let (handle, rx) = walk_in_batches(walker);
-        Walking {
-            handle,
-            rx,
-            ahead: Vec::new(),
-        }
-    }
-
-    /// `Some(the only batch)` (`Some(None)`: no entries at all) when the
-    /// walk ended within its first batch; `None` when it makes more (the
-    /// batches seen are kept in `ahead`) or did not end within
-    /// [`WHOLE_WAIT`].
-    async fn whole(&mut self) -> Option<Option<Walked>> {
-        let Some(first) = self.rx.recv().await else {
-            return Some(None);
-        };
-        match tokio::time::timeout(WHOLE_WAIT, self.rx.recv()).await {
-            Ok(None) => Some(Some(first)),
-            Ok(Some(second)) => {
-                self.ahead.extend([first, second]);
-                None
-            }
-            Err(_) => {
-                self.ahead.push(first);
-                None
-            }
-        }
-    }
-}
-
-/// What sending the plan's batches ended with.
-struct Sent {
-    walked: Arc<Sources>,
-    /// Files in the plan.
-    files: u64,
-    /// The close's answer, when it came with the last batch's (a relay's
-    /// `push_last`).
-    closed: Option<Result<Vec<EntryResult>, String>>,
 }
 
 impl One<'_> {
@@ -256,59 +171,6 @@ impl One<'_> {
         self.end(tally, t0, bar)
     }
 
-    /// Sends a plan the walk made in one batch as one `push` call — open,
-    /// the batch and the close in one round trip instead of three (0.2 s
-    /// of a push over a 100 ms path, see docs/benchmarks.md).
-    #[allow(clippy::too_many_arguments)]
-    async fn send_whole(
-        &self,
-        host: &str,
-        info: &ContextInfo,
-        walking: Walking,
-        last: Option<Walked>,
-        bar: &Option<indicatif::ProgressBar>,
-        tally: &mut report::Tally,
-        stripes: &mut StripeTask,
-    ) -> Option<Sent> {
-        let walked = match walking.handle.await {
-            Ok(w) => Arc::new(w),
-            Err(e) => {
-                let e = format!("internal error walking the sources: {e}");
-                tally.add(self.style, &[whole_failure(&self.plan.dest, e)]);
-                return None;
-            }
-        };
-        let (entries, bytes, files) = match last {
-            Some(b) => (b.entries, b.bytes, b.files),
-            None => (Vec::new(), 0, 0),
-        };
-        if let Some(b) = bar {
-            b.set_length(bytes);
-        }
-        if !stripes.started && bytes >= STRIPE_MIN_BYTES {
-            stripes.start(self, host, info.id, bytes, None);
-        }
-        tracing::debug!(
-            "{}: the plan goes whole, in one call ({} entries)",
-            info.name,
-            entries.len()
-        );
-        let mut plan = self.plan.clone();
-        plan.entries = entries;
-        let end = push_end(0, &walked);
-        plan.delete.incomplete.extend(end.incomplete);
-        plan.delete.keep.extend(end.keep);
-        let closed = self
-            .call::<_, Vec<EntryResult>>(info, "push", &plan, bar, files)
-            .await
-            .map_err(|e| self.failure(info, e));
-        Some(Sent {
-            walked,
-            files,
-            closed: Some(closed),
-        })
-    }
-
     /// A failed call of the push, worded (naming the target) and logged.
     fn failure(&self, info: &ContextInfo, e: crate::call::CallError) -> String {
         let msg = crate::cli::call_failure(&info.name, "the push", &e);
@@ -335,164 +197,6 @@ impl One<'_> {
             Ok(o) if o.failed.is_empty() => Ok(o.session),
             Ok(o) => Err(o.failed),
             Err(e) => Err(vec![whole_failure(&self.plan.dest, self.failure(info, e))]),
-        }
-    }
-
-    /// Walks the sources and sends each batch to the target as the walk
-    /// makes it, starting the stripes once the walk passes
-    /// [`STRIPE_MIN_BYTES`]. `None` when the push ended here (its failure
-    /// is in `tally`).
-    #[allow(clippy::too_many_arguments)]
-    async fn send_walk(
-        &self,
-        host: &str,
-        info: &ContextInfo,
-        session: u64,
-        walking: Walking,
-        bar: &Option<indicatif::ProgressBar>,
-        tally: &mut report::Tally,
-        stripes: &mut StripeTask,
-    ) -> Option<Sent> {
-        let Walking {
-            handle: walking,
-            mut rx,
-            ahead,
-        } = walking;
-        tracing::debug!("{}: the plan streams in batches", info.name);
-        let mut ahead = ahead.into_iter();
-        let mut files = 0;
-        loop {
-            let batch = match ahead.next() {
-                Some(b) => b,
-                None => match rx.recv().await {
-                    Some(b) => b,
-                    None => break,
-                },
-            };
-            files = batch.files;
-            if let Some(b) = bar {
-                b.set_length(batch.bytes);
-            }
-            if !stripes.started && batch.bytes >= STRIPE_MIN_BYTES {
-                stripes.start(self, host, info.id, batch.bytes, None);
-            }
-            let args = PushBatch {
-                session,
-                entries: batch.entries,
-            };
-            match self
-                .call::<_, Vec<EntryResult>>(info, "push_batch", &args, bar, files)
-                .await
-            {
-                Ok(results) => tally.add(self.style, &results),
-                Err(e) => {
-                    drop(rx);
-                    let e = self.failure(info, e);
-                    tally.add(self.style, &[whole_failure(&self.plan.dest, e)]);
-                    return None;
-                }
-            }
-        }
-        match walking.await {
-            Ok(w) => Some(Sent {
-                walked: Arc::new(w),
-                files,
-                closed: None,
-            }),
-            Err(e) => {
-                let e = format!("internal error walking the sources: {e}");
-                tally.add(self.style, &[whole_failure(&self.plan.dest, e)]);
-                None
-            }
-        }
-    }
-
-    /// Has the relay send this target the batches it keeps, one call each;
-    /// the last batch and the close go in one call (`push_last`). `None`
-    /// when the push ended here (its failure is in `tally`).
-    async fn send_fed(
-        &self,
-        info: &ContextInfo,
-        session: u64,
-        mut feed: Feed,
-        bar: &Option<indicatif::ProgressBar>,
-        tally: &mut report::Tally,
-    ) -> Option<Sent> {
-        let relay = self.relay.unwrap_or_default();
-        let mut closed_early = None;
-        let mut files = 0;
-        let mut k = 0u64;
-        loop {
-            let fed = match feed.batch(k).await {
-                Ok(fed) => fed,
-                Err(Ok(walked)) => {
-                    return Some(Sent {
-                        walked,
-                        files,
-                        closed: closed_early,
-                    });
-                }
-                Err(Err(e)) => {
-                    let e = format!("{}: the plan did not reach the relay: {e}", info.name);
-                    tally.add(self.style, &[whole_failure(&self.plan.dest, e)]);
-                    return None;
-                }
-            };
-            files = fed.files;
-            if let Some(b) = bar {
-                b.set_length(fed.bytes);
-            }
-            let r = match &fed.last {
-                Some(walked) => {
-                    let args = (info.id, session, k, push_end(session, walked));
-                    self.call_at::<_, (
-                        Vec<EntryResult>,
-                        Result<Vec<EntryResult>, String>,
-                        Option<TeeStats>,
-                    )>(
-                        relay, TEE_SERVICE, info, "push_last", &args, bar, files
-                    )
-                    .await
-                    .map(|(results, closed, last)| {
-                        if last.is_some()
-                            && let Ok(mut f) = self.tee_final.lock()
-                        {
-                            *f = last;
-                        }
-                        let name = &info.name;
-                        closed_early = Some(closed.map_err(|e| format!("{name}: {e}")));
-                        results
-                    })
-                }
-                None => {
-                    self.call_at::<_, Vec<EntryResult>>(
-                        relay,
-                        TEE_SERVICE,
-                        info,
-                        "push_batch",
-                        &(info.id, session, k),
-                        bar,
-                        files,
-                    )
-                    .await
-                }
-            };
-            match r {
-                Ok(results) => tally.add(self.style, &results),
-                Err(e) => {
-                    let e = self.failure(info, e);
-                    tally.add(self.style, &[whole_failure(&self.plan.dest, e)]);
-                    return None;
-                }
-            }
-            if let Some(walked) = fed.last {
-                return Some(Sent {
-                    walked,
-                    files,
-                    closed: closed_early,
-                });
-            }
-            k += 1;
         }
     }
 
@@ -582,14 +286,5 @@ impl One<'_> {
             }
         }
         tally
-    }
-}
-
-/// How a push session ends, from the whole walk.
-pub(super) fn push_end(session: u64, walked: &Sources) -> PushEnd {
-    PushEnd {
-        session,
-        incomplete: walked.incomplete.clone(),
-        keep: walked.skipped.iter().map(|s| s.rel.clone()).collect(),
     }
 }
