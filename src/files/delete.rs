@@ -113,30 +113,7 @@ pub async fn after_push(
     // The names seen, and those the controller kept out of the plan.
     let mut kept: HashSet<Vec<u8>> = std::mem::take(&mut seen.names);
     kept.extend(spec.keep.iter().map(|k| k.as_bytes().to_vec()));
-    let mut swept = Vec::new();
-    if spec.contents {
-        let top = target_rel(&RawPath::default());
-        // Only when the entries land in DEST itself (a contents copy
-        // always does): the root is then DEST, never its parent.
-        if top.as_os_str().is_empty() {
-            swept.push(Swept {
-                target: top,
-                source: Vec::new(),
-            });
-        }
-    }
-    for rel in &seen.dirs {
-        swept.push(Swept {
-            target: target_rel(rel),
-            source: rel.as_bytes().to_vec(),
-        });
-    }
-    swept.retain(|s| {
-        !spec
-            .incomplete
-            .iter()
-            .any(|i| beneath(&s.source, i.as_bytes()))
-    });
+    let swept = to_sweep(spec, seen, target_rel);
     let r = root.clone();
     let listed = tokio::task::spawn_blocking(move || {
         let mut scan = Scan {
@@ -188,6 +165,41 @@ pub async fn after_push(
         Err(e) => results.extend(nothing(format!("internal error deleting: {e}"))),
     }
     results
+}
+
+/// The directories `--delete` sweeps: DEST itself for a contents copy,
+/// and every directory of the plan — none at or beneath a directory the
+/// walk could not read whole.
+fn to_sweep(
+    spec: &DeleteSpec,
+    seen: &Seen,
+    target_rel: &(dyn Fn(&RawPath) -> PathBuf + Sync),
+) -> Vec<Swept> {
+    let mut swept = Vec::new();
+    if spec.contents {
+        let top = target_rel(&RawPath::default());
+        // Only when the entries land in DEST itself (a contents copy
+        // always does): the root is then DEST, never its parent.
+        if top.as_os_str().is_empty() {
+            swept.push(Swept {
+                target: top,
+                source: Vec::new(),
+            });
+        }
+    }
+    for rel in &seen.dirs {
+        swept.push(Swept {
+            target: target_rel(rel),
+            source: rel.as_bytes().to_vec(),
+        });
+    }
+    swept.retain(|s| {
+        !spec
+            .incomplete
+            .iter()
+            .any(|i| beneath(&s.source, i.as_bytes()))
+    });
+    swept
 }
 
 /// Whether `rel` is `dir` or beneath it (everything is beneath `""`).
