@@ -114,22 +114,7 @@ pub async fn after_push(
     let mut kept: HashSet<Vec<u8>> = std::mem::take(&mut seen.names);
     kept.extend(spec.keep.iter().map(|k| k.as_bytes().to_vec()));
     let swept = to_sweep(spec, seen, target_rel);
-    let r = root.clone();
-    let listed = tokio::task::spawn_blocking(move || {
-        let mut scan = Scan {
-            root: &r,
-            filter: &filter,
-            kept: &kept,
-            doomed: Vec::new(),
-            failed: Vec::new(),
-        };
-        for s in &swept {
-            scan.sweep(s);
-        }
-        (scan.doomed, scan.failed)
-    })
-    .await;
-    let (doomed, mut results) = match listed {
+    let (doomed, mut results) = match list_doomed(root, filter, kept, swept).await {
         Ok(l) => l,
         Err(e) => return nothing(format!("internal error listing entries: {e}")),
     };
@@ -165,6 +150,32 @@ pub async fn after_push(
         Err(e) => results.extend(nothing(format!("internal error deleting: {e}"))),
     }
     results
+}
+
+/// What the swept directories hold that the source does not (nor the
+/// filter protects), listed on a blocking thread; and the failures to
+/// read them.
+async fn list_doomed(
+    root: &Arc<Root>,
+    filter: Arc<Filter>,
+    kept: HashSet<Vec<u8>>,
+    swept: Vec<Swept>,
+) -> Result<(Vec<Doomed>, Vec<EntryResult>), tokio::task::JoinError> {
+    let r = root.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut scan = Scan {
+            root: &r,
+            filter: &filter,
+            kept: &kept,
+            doomed: Vec::new(),
+            failed: Vec::new(),
+        };
+        for s in &swept {
+            scan.sweep(s);
+        }
+        (scan.doomed, scan.failed)
+    })
+    .await
 }
 
 /// The directories `--delete` sweeps: DEST itself for a contents copy,

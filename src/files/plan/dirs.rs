@@ -164,3 +164,39 @@ pub(super) fn set_dir_meta(
         Err(e) => Err(e.into()),
     }
 }
+
+/// Step 5, the directories' metadata (mode, times, owner, attributes),
+/// deepest first, now that their contents are in: their results.
+pub(super) fn dirs_meta(plan: &PushPlan, mut dirs: Vec<DirMeta>) -> Vec<EntryResult> {
+    let mut results = Vec::with_capacity(dirs.len());
+    dirs.sort_by_key(|(p, ..)| std::cmp::Reverse(p.rel().components().count()));
+    for (p, mode, sec, nsec, ids, mut status, mut changed, xattrs) in dirs {
+        // Extended attributes first (see `PendingFile::apply_meta`), only
+        // where they differ.
+        let set_xattrs = crate::files::xattr::sync_place(&p, &xattrs, plan.options.xattrs);
+        if matches!(set_xattrs, Ok(true)) && status == Status::Unchanged {
+            (status, changed) = (Status::Changed, changed | changes::XATTRS);
+        }
+        // Only what differs now (entries landing in it changed its
+        // mtime): a directory that matches is not touched, not even its
+        // ctime.
+        let now = look_at(&p).ok().flatten();
+        let needed =
+            now.is_none_or(|f| !Fixes::needed(&f, mode, Some((sec, nsec)), ids).is_empty());
+        let r = landed(
+            &p,
+            EntryKind::Dir,
+            status,
+            "set directory metadata",
+            set_xattrs.map_err(EntryError::from).and_then(|_| {
+                if needed {
+                    Ok(set_dir_meta(&p, mode, sec, nsec, ids)?)
+                } else {
+                    Ok(())
+                }
+            }),
+        );
+        results.push(r.with_changes(changed));
+    }
+    results
+}

@@ -162,37 +162,7 @@ impl Session {
         // run, what it would remove): removing an entry changes its
         // directory's mtime, so directories get theirs after it.
         let mut results = crate::files::delete::after_push(plan, root, &rel_of, cancel, seen).await;
-        let mut dirs = std::mem::take(dirs);
-        // 5. Directory metadata, deepest first: now that their contents are in.
-        dirs.sort_by_key(|(p, ..)| std::cmp::Reverse(p.rel().components().count()));
-        for (p, mode, sec, nsec, ids, mut status, mut changed, xattrs) in dirs {
-            // Extended attributes first (see `PendingFile::apply_meta`), only
-            // where they differ.
-            let set_xattrs = crate::files::xattr::sync_place(&p, &xattrs, plan.options.xattrs);
-            if matches!(set_xattrs, Ok(true)) && status == Status::Unchanged {
-                (status, changed) = (Status::Changed, changed | changes::XATTRS);
-            }
-            // Only what differs now (entries landing in it changed its
-            // mtime): a directory that matches is not touched, not even its
-            // ctime.
-            let now = look_at(&p).ok().flatten();
-            let needed =
-                now.is_none_or(|f| !Fixes::needed(&f, mode, Some((sec, nsec)), ids).is_empty());
-            let r = landed(
-                &p,
-                EntryKind::Dir,
-                status,
-                "set directory metadata",
-                set_xattrs.map_err(EntryError::from).and_then(|_| {
-                    if needed {
-                        Ok(set_dir_meta(&p, mode, sec, nsec, ids)?)
-                    } else {
-                        Ok(())
-                    }
-                }),
-            );
-            results.push(r.with_changes(changed));
-        }
+        results.extend(dirs_meta(plan, std::mem::take(dirs)));
         let found = dest_existed.then_some(*dest_before).flatten();
         let end = Ending {
             plan,
