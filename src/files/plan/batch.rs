@@ -35,6 +35,51 @@ pub(super) struct Received {
 }
 
 impl Batch<'_> {
+    /// Runs the batch through the steps, in order: its results, and
+    /// whether the push broke here (cancelled, or DEST could not be
+    /// looked at), so that later batches do nothing.
+    pub(super) async fn run(
+        mut self,
+        router: &Router,
+        temps: &TempFiles,
+        cancel: &AtomicBool,
+        entries: &[PlanEntry],
+        dirs: &mut Vec<DirMeta>,
+        dest: &Path,
+    ) -> (Vec<EntryResult>, bool) {
+        self.make_dirs(entries, dirs);
+        // (Step 2: symlinks wait for the files.)
+        let files = match self.files_to_send(router, entries).await {
+            Ok(files) => files,
+            Err(e) => {
+                self.results.push(EntryResult::failed(dest, e.to_string()));
+                return (self.results, true);
+            }
+        };
+        if self.plan.dry_run {
+            self.dry_files(files);
+            self.links_and_specials(entries, true);
+            return (collapse_alike(self.results), false);
+        }
+        let received = self.receive(router, temps, files).await;
+        if cancel.load(Ordering::SeqCst) {
+            // Dropping the received files discards them (an anonymous temp
+            // file simply vanishes).
+            drop(received);
+            self.results.push(cancelled(dest));
+            return (self.results, true);
+        }
+        self.land(received).await;
+        if cancel.load(Ordering::SeqCst) {
+            self.results.push(cancelled(dest));
+            return (self.results, true);
+        }
+        // Symlinks, hard links and special files, once the files are in: like
+        // them, an existing entry is replaced only when the push is final.
+        self.links_and_specials(entries, false);
+        (collapse_alike(self.results), false)
+    }
+
     /// Where the plan's relative path `rel` lands beneath the root.
     pub(super) fn place_of(&self, rel: &RawPath) -> Result<Place, rustix::io::Errno> {
         Place::new(self.root, rel_beneath(self.top, rel))

@@ -81,47 +81,16 @@ impl Session {
         let Some(Opened { root, top, .. }) = opened else {
             return all_new(&entries, dest, !std::mem::replace(announced, true));
         };
-        let mut batch = Batch {
+        let batch = Batch {
             plan,
             root,
             top,
             failed_dirs,
             results: Vec::new(),
         };
-        batch.make_dirs(&entries, dirs);
-        // (Step 2: symlinks wait for the files.)
-        let files = match batch.files_to_send(router, &entries).await {
-            Ok(files) => files,
-            Err(e) => {
-                batch.results.push(EntryResult::failed(dest, e.to_string()));
-                *broken = true;
-                return batch.results;
-            }
-        };
-        if plan.dry_run {
-            batch.dry_files(files);
-            batch.links_and_specials(&entries, true);
-            return collapse_alike(batch.results);
-        }
-        let received = batch.receive(router, temps, files).await;
-        if cancel.load(Ordering::SeqCst) {
-            // Dropping the received files discards them (an anonymous temp
-            // file simply vanishes).
-            drop(received);
-            batch.results.push(cancelled(dest));
-            *broken = true;
-            return batch.results;
-        }
-        batch.land(received).await;
-        if cancel.load(Ordering::SeqCst) {
-            batch.results.push(cancelled(dest));
-            *broken = true;
-            return batch.results;
-        }
-        // Symlinks, hard links and special files, once the files are in: like
-        // them, an existing entry is replaced only when the push is final.
-        batch.links_and_specials(&entries, false);
-        collapse_alike(batch.results)
+        let (results, broke) = batch.run(router, temps, cancel, &entries, dirs, dest).await;
+        *broken |= broke;
+        results
     }
 
     /// Ends the push: directory metadata (deepest first, now that their
