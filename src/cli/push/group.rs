@@ -69,7 +69,6 @@ pub(super) async fn push_group(
     // hop) the file is sent whole unless --no-whole-file.
     let is_local = |host: &str| targs.via.is_empty() && target::parse(host) == Ok(Method::Local);
     let (plan, local_plan) = plans(plan, args);
-    let hosts_in_flight = hosts.len().min(args.fanout.max(1));
     let shared = Shared {
         router: router.clone(),
         fs: fs.clone(),
@@ -82,16 +81,7 @@ pub(super) async fn push_group(
         notes: notes.clone(),
         relay: started,
         tee_final: tee_final.clone(),
-        // Stripe transports are started before the round trip is known
-        // (speculatively) only for a push to one target: targets pushed to
-        // at once share this machine's uplink, and eight speculative ssh
-        // connections each (256 at a fan-out of 32) would cost more than
-        // they could bring. Stripes still come by what they deliver.
-        size_hint: if hosts_in_flight > 1 && args.stripes.is_none() {
-            0
-        } else {
-            top_files_size(&args.paths)
-        },
+        size_hint: size_hint(args, hosts.len()),
     };
     let mut tasks = Vec::new();
     for host in hosts {
@@ -115,6 +105,22 @@ pub(super) async fn push_group(
         (None, _) => None,
     };
     (out, relay)
+}
+
+/// The bytes that start a target's stripes before its walk (see
+/// [`One::size_hint`]) when `hosts` targets are pushed to, `--fanout` at
+/// a time. Stripe transports are started before the round trip is known
+/// (speculatively) only for a push to one target: targets pushed to at
+/// once share this machine's uplink, and eight speculative ssh
+/// connections each (256 at a fan-out of 32) would cost more than they
+/// could bring. Stripes still come by what they deliver.
+fn size_hint(args: &PushArgs, hosts: usize) -> u64 {
+    let hosts_in_flight = hosts.min(args.fanout.max(1));
+    if hosts_in_flight > 1 && args.stripes.is_none() {
+        0
+    } else {
+        top_files_size(&args.paths)
+    }
 }
 
 /// What each target's push of a group shares (a copy in each task).

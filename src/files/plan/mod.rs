@@ -36,13 +36,13 @@
 //!
 //! Here: the service, a session's state and DEST's opening. Beside it:
 //! `session` keeps the sessions open, runs each batch and ends the push;
-//! `batch` is a batch's steps 1 and 3 (directories, the files to send and
-//! their fetches), `look` judges the destination before anything is sent
-//! (quick check, `-c`, dry run), `fetch` receives a batch's files, `land`
-//! makes them durable and puts them in place (step 4), `links` the
-//! symlinks, hard links and special files after them, `dirs` creates the
-//! directories and sets their metadata (step 5); `error` is why an entry
-//! failed.
+//! `batch` runs a batch's steps (1 and 3: directories, the files'
+//! fetches), `judge` chooses the files to send with what `look` sees of
+//! the destination (quick check, `-c`, dry run), `fetch` receives them,
+//! `land` makes them durable and puts them in place (step 4), `links`
+//! the symlinks, hard links and special files after them, `dirs` creates
+//! the directories and sets their metadata (step 5); `error` is why an
+//! entry failed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -79,6 +79,7 @@ mod batch;
 mod dirs;
 mod error;
 mod fetch;
+mod judge;
 mod land;
 mod links;
 mod look;
