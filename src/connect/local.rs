@@ -128,38 +128,8 @@ pub async fn launch(
         Some(h) => h.context_id,
         None => allocate(router, method).await?,
     };
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(false);
-    if launch.detach {
-        // SAFETY: setsid() is async-signal-safe and touches no memory of
-        // the parent; it runs in the forked child before exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                rustix::process::setsid()
-                    .map(|_| ())
-                    .map_err(std::io::Error::from)
-            });
-        }
-    } else {
-        // Keep terminal signals (Ctrl-C) for the controller, which shuts
-        // the tree down in order; children still exit on EOF if it dies.
-        cmd.process_group(0);
-    }
-    let program = launch
-        .program
-        .clone()
-        .unwrap_or_else(|| format!("{:?}", cmd.as_std().get_program()));
-    let mut child = cmd.spawn().map_err(|e| ConnectError::Spawn {
-        method: method.into(),
-        program: program.clone(),
-        cause: if e.kind() == std::io::ErrorKind::NotFound {
-            format!("{e} (is it installed and on PATH?)")
-        } else {
-            e.to_string()
-        },
-    })?;
+    prepare(&mut cmd, launch.detach);
+    let mut child = spawn(&mut cmd, &launch)?;
     let pid = child.id().unwrap_or_default();
     spec.spawned.publish(pid);
     let name = launch
@@ -180,58 +150,13 @@ pub async fn launch(
         let _ = rustix::pipe::fcntl_setpipe_size(stdout.as_fd(), PIPE_SIZE);
     }
     let tail = forward_stderr(name.clone(), stderr);
-    // The Hello that goes with the stub: written before the stub says
-    // anything. If the stub is already gone, its own output says why.
-    let early = launch
-        .boot
-        .as_ref()
-        .and_then(|p| p.early_hello.clone())
-        .filter(|_| launch.hello.is_some());
-    if let Some(frame) = &early {
-        use tokio::io::AsyncWriteExt;
-        if stdin.write_all(frame).await.is_ok() {
-            let _ = stdin.flush().await;
-        }
-    }
-
-    let mut hello_sent = false;
-    let (boot, buffered) = match &launch.boot {
-        None => (Boot::Exec, BytesMut::new()),
+    let early = write_early_hello(&launch, &mut stdin).await;
+    let (boot, buffered, hello_sent) = match &launch.boot {
+        None => (Boot::Exec, BytesMut::new(), false),
         Some(plan) => {
             match bootstrap::parent_side(&name, &mut stdout, &mut stdin, plan, spec.timeout()).await
             {
-                Ok(started) => {
-                    let boot = match started.sent {
-                        Some(bytes) => {
-                            let place = if started.temp {
-                                "a private temporary directory (not cached)".to_string()
-                            } else {
-                                format!("the cache, {}", plan.binary.cache_key())
-                            };
-                            tracing::info!(
-                                "{name}: sent the binary ({bytes} bytes) to {}; installed in {place}",
-                                started.system,
-                            );
-                            Boot::Sent {
-                                system: started.system,
-                                bytes,
-                            }
-                        }
-                        None => {
-                            // The cached copy read the Hello sent with the
-                            // stub; a stub that received the binary dropped it.
-                            hello_sent = early.is_some();
-                            tracing::info!(
-                                "{name}: started the cached binary on {} (nothing sent)",
-                                started.system
-                            );
-                            Boot::Cached {
-                                system: started.system,
-                            }
-                        }
-                    };
-                    (boot, started.buffered)
-                }
+                Ok(started) => booted(&name, plan, started, early),
                 Err(f) => {
                     let explain = !f.diagnosed;
                     return Err(
@@ -241,7 +166,6 @@ pub async fn launch(
             }
         }
     };
-
     let hello = match launch.hello.clone() {
         Some(h) => h,
         None => hello(router, spec, id, &name),
@@ -266,13 +190,7 @@ pub async fn launch(
     };
     stream::start(router, name.clone(), id, false, stdout, stdin, buffered);
     router.announce_route(id, &name);
-    let reap_name = name.clone();
-    tokio::spawn(async move {
-        match child.wait().await {
-            Ok(status) => tracing::debug!("{reap_name} exited: {status}"),
-            Err(e) => tracing::warn!("{reap_name}: wait failed: {e}"),
-        }
-    });
+    reap(child, name.clone());
     Ok(ContextInfo {
         id,
         name,
@@ -281,6 +199,112 @@ pub async fn launch(
         boot,
         transport_pid: pid,
     })
+}
+
+/// Sets up `cmd`'s stdio as the stream's pipes, and its session or
+/// process group.
+fn prepare(cmd: &mut Command, detach: bool) {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(false);
+    if detach {
+        // SAFETY: setsid() is async-signal-safe and touches no memory of
+        // the parent; it runs in the forked child before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                rustix::process::setsid()
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
+            });
+        }
+    } else {
+        // Keep terminal signals (Ctrl-C) for the controller, which shuts
+        // the tree down in order; children still exit on EOF if it dies.
+        cmd.process_group(0);
+    }
+}
+
+/// Starts the process, or says which program could not be started.
+fn spawn(cmd: &mut Command, launch: &Launch) -> Result<Child, ConnectError> {
+    let program = launch
+        .program
+        .clone()
+        .unwrap_or_else(|| format!("{:?}", cmd.as_std().get_program()));
+    cmd.spawn().map_err(|e| ConnectError::Spawn {
+        method: launch.method.into(),
+        program,
+        cause: if e.kind() == std::io::ErrorKind::NotFound {
+            format!("{e} (is it installed and on PATH?)")
+        } else {
+            e.to_string()
+        },
+    })
+}
+
+/// Writes the Hello that goes with the stub, before the stub says
+/// anything (if the stub is already gone, its own output says why).
+/// True if there was one.
+async fn write_early_hello(launch: &Launch, stdin: &mut tokio::process::ChildStdin) -> bool {
+    let early = launch
+        .boot
+        .as_ref()
+        .and_then(|p| p.early_hello.as_ref())
+        .filter(|_| launch.hello.is_some());
+    if let Some(frame) = early {
+        use tokio::io::AsyncWriteExt;
+        if stdin.write_all(frame).await.is_ok() {
+            let _ = stdin.flush().await;
+        }
+    }
+    early.is_some()
+}
+
+/// How the bootstrap started the binary (logged), what the target wrote
+/// after it, and whether the binary already read the Hello sent with the
+/// stub (`early`).
+fn booted(
+    name: &str,
+    plan: &BootPlan,
+    started: bootstrap::Started,
+    early: bool,
+) -> (Boot, BytesMut, bool) {
+    let Some(bytes) = started.sent else {
+        // The cached copy read the Hello sent with the stub; a stub that
+        // received the binary dropped it.
+        tracing::info!(
+            "{name}: started the cached binary on {} (nothing sent)",
+            started.system
+        );
+        let boot = Boot::Cached {
+            system: started.system,
+        };
+        return (boot, started.buffered, early);
+    };
+    let place = if started.temp {
+        "a private temporary directory (not cached)".to_string()
+    } else {
+        format!("the cache, {}", plan.binary.cache_key())
+    };
+    tracing::info!(
+        "{name}: sent the binary ({bytes} bytes) to {}; installed in {place}",
+        started.system,
+    );
+    let boot = Boot::Sent {
+        system: started.system,
+        bytes,
+    };
+    (boot, started.buffered, false)
+}
+
+/// Reaps the child once it exits (its exit is logged).
+fn reap(mut child: Child, name: String) {
+    tokio::spawn(async move {
+        match child.wait().await {
+            Ok(status) => tracing::debug!("{name} exited: {status}"),
+            Err(e) => tracing::warn!("{name}: wait failed: {e}"),
+        }
+    });
 }
 
 /// SIGKILLs the process group `pgid` (the group [`launch`] created for a

@@ -76,6 +76,7 @@ pub mod pace;
 pub mod passwd;
 pub mod place;
 pub mod plan;
+pub mod push_walk;
 pub mod reassembly;
 pub mod receive;
 pub mod registry;

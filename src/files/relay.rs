@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 
 use super::FileService;
+use super::outcome::EntryResult;
 use super::source::ServeOptions;
 use super::spec::{PlanEntry, PushBatch, PushEnd, PushPlan};
 use super::tee::{Tee, TeeStats};
@@ -107,7 +108,7 @@ async fn push_kept_batch(
     target: u32,
     session: u64,
     k: u64,
-) -> Result<Vec<super::outcome::EntryResult>, RemoteError> {
+) -> Result<Vec<EntryResult>, RemoteError> {
     let encoded = tee
         .batch(k)
         .map_err(|e| RemoteError::Failed(e.to_string()))?;
@@ -148,37 +149,7 @@ pub fn register_service(services: &Services, router: &Router) {
             .method("start", Policy::ParentsOnly, move |_c, args: TeeArgs| {
                 let (r, s, slot) = (r.clone(), s.clone(), start_slot.clone());
                 let note = start_note.clone();
-                async move {
-                    let mut slot = lock(&slot);
-                    if slot.running.is_some() {
-                        return Err(RemoteError::Failed(
-                            "relay: a tee is already running here".into(),
-                        ));
-                    }
-                    let tee = match Tee::new(
-                        &r,
-                        args.upstream,
-                        args.sparse,
-                        args.targets,
-                        args.read_ahead,
-                    ) {
-                        Ok(t) => Arc::new(t),
-                        Err(e) => {
-                            slot.failed = true;
-                            note.notify_waiters();
-                            return Err(RemoteError::Failed(format!(
-                                "relay: cannot create a spool directory under {}: {e}",
-                                std::env::temp_dir().display()
-                            )));
-                        }
-                    };
-                    let fs = FileService::start_tee(&r, &s, args.serve.config(), tee.clone());
-                    slot.running = Some((tee, fs));
-                    slot.failed = false;
-                    (slot.targets, slot.closed) = (args.targets, 0);
-                    note.notify_waiters();
-                    Ok::<_, RemoteError>(())
-                }
+                async move { start_tee(&r, &s, &slot, &note, args) }
             })
             .method(
                 "batch",
@@ -237,24 +208,7 @@ pub fn register_service(services: &Services, router: &Router) {
                 Policy::ParentsOnly,
                 move |_c, (target, session, k, end): (u32, u64, u64, PushEnd)| {
                     let (slot, router) = (last_slot.clone(), last_router.clone());
-                    async move {
-                        let tee = running_tee(&slot)?;
-                        let results = push_kept_batch(&tee, &router, target, session, k).await?;
-                        let closed = router
-                            .call(target, crate::files::spec::PUSH_CLOSE, &end)
-                            .await
-                            .map_err(|e| e.to_string());
-                        let all_closed = {
-                            let mut s = lock(&slot);
-                            s.closed += 1;
-                            s.targets > 0 && s.closed >= s.targets
-                        };
-                        let last = match all_closed {
-                            true => Some(stop_running(&slot).await),
-                            false => None,
-                        };
-                        Ok::<_, RemoteError>((results, closed, last))
-                    }
+                    async move { push_last(&slot, &router, target, session, k, end).await }
                 },
             )
             .method("stats", Policy::ParentsOnly, move |_c, (): ()| {
@@ -266,18 +220,7 @@ pub fn register_service(services: &Services, router: &Router) {
                 Policy::ParentsOnly,
                 move |_c, children: Vec<u32>| {
                     let slot = progress_slot.clone();
-                    async move {
-                        let fs = lock(&slot).running.as_ref().map(|(_, fs)| fs.clone());
-                        Ok::<_, RemoteError>(
-                            children
-                                .iter()
-                                .map(|c| match &fs {
-                                    Some(fs) => (fs.progress(*c), fs.files_sent(*c)),
-                                    None => (0, 0),
-                                })
-                                .collect::<Vec<(u64, u64)>>(),
-                        )
-                    }
+                    async move { Ok::<_, RemoteError>(progress(&slot, &children)) }
                 },
             )
             .method("stop", Policy::ParentsOnly, move |_c, (): ()| {
@@ -286,6 +229,95 @@ pub fn register_service(services: &Services, router: &Router) {
             })
             .build(),
     );
+}
+
+/// `start`: a tee for `args.targets`, serving them from its spool with a
+/// FileService of its own. One at a time.
+fn start_tee(
+    router: &Router,
+    services: &Services,
+    slot: &Mutex<Slot>,
+    started: &tokio::sync::Notify,
+    args: TeeArgs,
+) -> Result<(), RemoteError> {
+    let mut slot = lock(slot);
+    if slot.running.is_some() {
+        return Err(RemoteError::Failed(
+            "relay: a tee is already running here".into(),
+        ));
+    }
+    let tee = match Tee::new(
+        router,
+        args.upstream,
+        args.sparse,
+        args.targets,
+        args.read_ahead,
+    ) {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            slot.failed = true;
+            started.notify_waiters();
+            return Err(RemoteError::Failed(format!(
+                "relay: cannot create a spool directory under {}: {e}",
+                std::env::temp_dir().display()
+            )));
+        }
+    };
+    let fs = FileService::start_tee(router, services, args.serve.config(), tee.clone());
+    slot.running = Some((tee, fs));
+    slot.failed = false;
+    (slot.targets, slot.closed) = (args.targets, 0);
+    started.notify_waiters();
+    Ok(())
+}
+
+/// What `push_last` answers: the last batch's results, the close's, and
+/// the tee's final figures when this target was the last to close.
+type LastAnswer = (
+    Vec<EntryResult>,
+    Result<Vec<EntryResult>, String>,
+    Option<TeeStats>,
+);
+
+/// `push_last`: hands `target` the plan's last batch `k` and closes its
+/// session; the last target to close stops the tee.
+async fn push_last(
+    slot: &Mutex<Slot>,
+    router: &Router,
+    target: u32,
+    session: u64,
+    k: u64,
+    end: PushEnd,
+) -> Result<LastAnswer, RemoteError> {
+    let tee = running_tee(slot)?;
+    let results = push_kept_batch(&tee, router, target, session, k).await?;
+    let closed = router
+        .call(target, crate::files::spec::PUSH_CLOSE, &end)
+        .await
+        .map_err(|e| e.to_string());
+    let all_closed = {
+        let mut s = lock(slot);
+        s.closed += 1;
+        s.targets > 0 && s.closed >= s.targets
+    };
+    let last = match all_closed {
+        true => Some(stop_running(slot).await),
+        false => None,
+    };
+    Ok((results, closed, last))
+}
+
+/// `progress`: the bytes acknowledged and files sent to each of
+/// `children` ((0, 0) without a tee).
+fn progress(slot: &Mutex<Slot>, children: &[u32]) -> Vec<(u64, u64)> {
+    let fs = lock(slot).running.as_ref().map(|(_, fs)| fs.clone());
+    children
+        .iter()
+        .map(|c| match &fs {
+            Some(fs) => (fs.progress(*c), fs.files_sent(*c)),
+            None => (0, 0),
+        })
+        .collect()
 }
 
 fn running_tee(slot: &Mutex<Slot>) -> Result<Arc<Tee>, RemoteError> {

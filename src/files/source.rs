@@ -216,94 +216,117 @@ pub fn register_service(services: &Services, router: &Router) {
         ServiceBuilder::new(SOURCE_SERVICE)
             .serve(OFFER, Policy::ParentsOnly, move |_c, args: OfferArgs| {
                 let (r, s, serving, walks) = (r.clone(), s.clone(), serving.clone(), walks.clone());
-                async move {
-                    let opts = args
-                        .walk
-                        .options()
-                        .map_err(|e| RemoteError::Failed(e.to_string()))?;
-                    let fs = {
-                        let mut slot = serving.lock().unwrap_or_else(|p| p.into_inner());
-                        slot.get_or_insert_with(|| FileService::start(&r, &s, args.serve.config()))
-                            .clone()
-                    };
-                    let srcs: Vec<std::path::PathBuf> = args
-                        .srcs
-                        .iter()
-                        .map(|p| p.as_path().to_path_buf())
-                        .collect();
-                    let batch = args.batch;
-                    let walked = tokio::task::spawn_blocking(move || {
-                        let mut walker = Walker::new(&srcs, &opts)?;
-                        if batch == 0 {
-                            let mut entries = Vec::new();
-                            loop {
-                                let b = walker.next_batch(usize::MAX, usize::MAX);
-                                if b.is_empty() {
-                                    break;
-                                }
-                                entries.extend(b);
-                            }
-                            return Ok((entries, walker, true));
-                        }
-                        let (offer, done) = next_reply(&mut walker, batch);
-                        Ok::<_, WalkError>((offer.entries, walker, done))
-                    })
-                    .await
-                    .map_err(|e| RemoteError::Failed(format!("internal error walking: {e}")))?
-                    .map_err(|e| RemoteError::Failed(e.to_string()))?;
-                    let (entries, walker, done) = walked;
-                    walker
-                        .sources()
-                        .register(&fs)
-                        .map_err(|e| RemoteError::Failed(e.to_string()))?;
-                    let head = walker.sources();
-                    let mut offer = Offer {
-                        into_dir: head.into_dir,
-                        contents: head.contents,
-                        root: head.root.clone(),
-                        total_bytes: walker.total_bytes(),
-                        entries,
-                        ..Default::default()
-                    };
-                    if done {
-                        let entries = std::mem::take(&mut offer.entries);
-                        let mut offer = with_end(offer, walker.finish());
-                        offer.entries = entries;
-                        return Ok::<_, RemoteError>(offer);
-                    }
-                    let mut w = walks.lock();
-                    if w.1.len() >= MAX_WALKS {
-                        return Err(RemoteError::Failed(
-                            "too many walks in progress in this context".into(),
-                        ));
-                    }
-                    w.0 += 1;
-                    let id = w.0;
-                    w.1.insert(id, (walker, batch));
-                    offer.more = id;
-                    Ok(offer)
-                }
+                async move { offer(&r, &s, &serving, &walks, args).await }
             })
             .serve(OFFER_MORE, Policy::ParentsOnly, move |_c, id: u64| {
                 let walks = more.clone();
-                async move {
-                    let (walker, batch) = walks.lock().1.remove(&id).ok_or_else(|| {
-                        RemoteError::Failed(format!("no walk {id} in progress in this context"))
-                    })?;
-                    let (offer, walker, done) = tokio::task::spawn_blocking(move || {
-                        let mut walker = walker;
-                        let (offer, done) = next_reply(&mut walker, batch);
-                        (offer, walker, done)
-                    })
-                    .await
-                    .map_err(|e| RemoteError::Failed(format!("internal error walking: {e}")))?;
-                    if done {
-                        return Ok::<_, RemoteError>(with_end(offer, walker.finish()));
-                    }
-                    walks.lock().1.insert(id, (walker, batch));
-                    Ok(Offer { more: id, ..offer })
-                }
+                async move { offer_more(&walks, id).await }
             })
             .build(),
     );
+}
+
+/// `offer`: walks `args.srcs`, registers them with this context's
+/// FileService (`serving`, started by the first offer), and answers the
+/// plan — whole, or its first batch with the walk kept for `offer_more`.
+async fn offer(
+    router: &Router,
+    services: &Services,
+    serving: &Mutex<Option<FileService>>,
+    walks: &Walks,
+    args: OfferArgs,
+) -> Result<Offer, RemoteError> {
+    let opts = args
+        .walk
+        .options()
+        .map_err(|e| RemoteError::Failed(e.to_string()))?;
+    let fs = {
+        let mut slot = serving.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert_with(|| FileService::start(router, services, args.serve.config()))
+            .clone()
+    };
+    let srcs: Vec<std::path::PathBuf> = args
+        .srcs
+        .iter()
+        .map(|p| p.as_path().to_path_buf())
+        .collect();
+    let batch = args.batch;
+    let (entries, walker, done) =
+        tokio::task::spawn_blocking(move || first_reply(&srcs, &opts, batch))
+            .await
+            .map_err(|e| RemoteError::Failed(format!("internal error walking: {e}")))?
+            .map_err(|e| RemoteError::Failed(e.to_string()))?;
+    walker
+        .sources()
+        .register(&fs)
+        .map_err(|e| RemoteError::Failed(e.to_string()))?;
+    let head = walker.sources();
+    let mut offer = Offer {
+        into_dir: head.into_dir,
+        contents: head.contents,
+        root: head.root.clone(),
+        total_bytes: walker.total_bytes(),
+        entries,
+        ..Default::default()
+    };
+    if done {
+        let entries = std::mem::take(&mut offer.entries);
+        let mut offer = with_end(offer, walker.finish());
+        offer.entries = entries;
+        return Ok(offer);
+    }
+    let mut w = walks.lock();
+    if w.1.len() >= MAX_WALKS {
+        return Err(RemoteError::Failed(
+            "too many walks in progress in this context".into(),
+        ));
+    }
+    w.0 += 1;
+    let id = w.0;
+    w.1.insert(id, (walker, batch));
+    offer.more = id;
+    Ok(offer)
+}
+
+/// The first reply's entries (every entry when `batch` is 0), the walker,
+/// and whether the walk is done.
+fn first_reply(
+    srcs: &[std::path::PathBuf],
+    opts: &WalkOptions,
+    batch: u32,
+) -> Result<(Vec<PlanEntry>, Walker, bool), WalkError> {
+    let mut walker = Walker::new(srcs, opts)?;
+    if batch == 0 {
+        let mut entries = Vec::new();
+        loop {
+            let b = walker.next_batch(usize::MAX, usize::MAX);
+            if b.is_empty() {
+                break;
+            }
+            entries.extend(b);
+        }
+        return Ok((entries, walker, true));
+    }
+    let (offer, done) = next_reply(&mut walker, batch);
+    Ok((offer.entries, walker, done))
+}
+
+/// `offer_more`: the next reply of walk `id`.
+async fn offer_more(walks: &Walks, id: u64) -> Result<Offer, RemoteError> {
+    let (walker, batch) =
+        walks.lock().1.remove(&id).ok_or_else(|| {
+            RemoteError::Failed(format!("no walk {id} in progress in this context"))
+        })?;
+    let (offer, walker, done) = tokio::task::spawn_blocking(move || {
+        let mut walker = walker;
+        let (offer, done) = next_reply(&mut walker, batch);
+        (offer, walker, done)
+    })
+    .await
+    .map_err(|e| RemoteError::Failed(format!("internal error walking: {e}")))?;
+    if done {
+        return Ok(with_end(offer, walker.finish()));
+    }
+    walks.lock().1.insert(id, (walker, batch));
+    Ok(Offer { more: id, ..offer })
 }

@@ -6,45 +6,11 @@ use std::sync::Arc;
 use super::stripes::{STRIPE_MIN_BYTES, open_stripes};
 use crate::call::CallError;
 use crate::cli::target::TargetArgs;
+use crate::files::push_walk::walk_in_batches;
 use crate::files::relay::TEE_SERVICE;
-use crate::files::walk::{BATCH_BYTES, BATCH_ENTRIES};
 use crate::files::walk::{Sources, Walker};
 use crate::router::Router;
 use crate::wire::ContextId;
-
-/// Walks on a blocking thread, one or two batches ahead of whoever
-/// takes them from the channel (which is the back-pressure); the thread
-/// ends with the whole walk's record.
-pub(super) fn walk_in_batches(
-    walker: Walker,
-) -> (
-    tokio::task::JoinHandle<Sources>,
-    tokio::sync::mpsc::Receiver<Walked>,
-) {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Walked>(2);
-    let walking = tokio::task::spawn_blocking(move || {
-        let mut walker = walker;
-        let mut files = 0u64;
-        loop {
-            let entries = walker.next_batch(BATCH_ENTRIES, BATCH_BYTES);
-            let done = entries.is_empty();
-            files += entries
-                .iter()
-                .filter(|e| matches!(e, crate::files::plan::PlanEntry::File { .. }))
-                .count() as u64;
-            let batch = Walked {
-                entries,
-                bytes: walker.total_bytes(),
-                files,
-            };
-            if done || tx.blocking_send(batch).is_err() {
-                break;
-            }
-        }
-        walker.finish()
-    });
-    (walking, rx)
-}
 
 /// Where a target's plan batches come from: its own walk (the batches go
 /// to it directly), or the group's one walk whose batches the relay keeps.
@@ -178,11 +144,4 @@ impl Feed {
             Err(_) => Err(Err(FeedError::Stopped)),
         }
     }
-}
-
-/// A batch of the walk, with the walk's totals so far.
-pub(super) struct Walked {
-    pub(super) entries: Vec<crate::files::plan::PlanEntry>,
-    pub(super) bytes: u64,
-    pub(super) files: u64,
 }

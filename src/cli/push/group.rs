@@ -69,58 +69,32 @@ pub(super) async fn push_group(
     // hop) the file is sent whole unless --no-whole-file.
     let is_local = |host: &str| targs.via.is_empty() && target::parse(host) == Ok(Method::Local);
     let (plan, local_plan) = plans(plan, args);
+    let shared = Shared {
+        router: router.clone(),
+        fs: fs.clone(),
+        targs: targs.clone(),
+        chain: chain.clone(),
+        log_filter: log_filter.to_string(),
+        stripes: args.stripes,
+        reached: targets.clone(),
+        style: style.clone(),
+        notes: notes.clone(),
+        relay: started,
+        tee_final: tee_final.clone(),
+        size_hint: size_hint(args, hosts.len()),
+    };
     let mut tasks = Vec::new();
-    let hosts_in_flight = hosts.len().min(args.fanout.max(1));
     for host in hosts {
         let plan = if is_local(&host) { &local_plan } else { &plan };
-        let (router, fs, chain, plan, sem) = (
-            router.clone(),
-            fs.clone(),
-            chain.clone(),
-            plan.clone(),
-            sem.clone(),
-        );
-        let targs = targs.clone();
-        let filter = log_filter.to_string();
         let bar = bars.add(&host, 0);
-        let stripes = args.stripes;
-        // Stripe transports are started before the round trip is known
-        // (speculatively) only for a push to one target: targets pushed to
-        // at once share this machine's uplink, and eight speculative ssh
-        // connections each (256 at a fan-out of 32) would cost more than
-        // they could bring. Stripes still come by what they deliver.
-        let size_hint = if hosts_in_flight > 1 && args.stripes.is_none() {
-            0
-        } else {
-            top_files_size(&args.paths)
-        };
-        let reached = targets.clone();
         let batches = match &feed {
             Some(f) => Batches::Relay(f.clone()),
             None => Batches::Walk(Box::new(walker.restart())),
         };
-        let style = style.clone();
-        let notes = notes.clone();
-        let tee_final = tee_final.clone();
-        tasks.push(tokio::spawn(async move {
-            let _permit = sem.acquire_owned().await;
-            let one = One {
-                tee_final: &tee_final,
-                router: &router,
-                fs: &fs,
-                targs: &targs,
-                chain: &chain,
-                plan: &plan,
-                log_filter: &filter,
-                stripes,
-                reached: &reached,
-                style: &style,
-                notes: &notes,
-                relay: started,
-                size_hint,
-            };
-            one.push(host, batches, bar).await
-        }));
+        let push = shared
+            .clone()
+            .push(host, plan.clone(), batches, bar, sem.clone());
+        tasks.push(tokio::spawn(push));
     }
     let out = tallies(tasks, style).await;
     let stopped = tee_final.lock().ok().and_then(|mut f| f.take());
@@ -131,6 +105,71 @@ pub(super) async fn push_group(
         (None, _) => None,
     };
     (out, relay)
+}
+
+/// The bytes that start a target's stripes before its walk (see
+/// [`One::size_hint`]) when `hosts` targets are pushed to, `--fanout` at
+/// a time. Stripe transports are started before the round trip is known
+/// (speculatively) only for a push to one target: targets pushed to at
+/// once share this machine's uplink, and eight speculative ssh
+/// connections each (256 at a fan-out of 32) would cost more than they
+/// could bring. Stripes still come by what they deliver.
+fn size_hint(args: &PushArgs, hosts: usize) -> u64 {
+    let hosts_in_flight = hosts.min(args.fanout.max(1));
+    if hosts_in_flight > 1 && args.stripes.is_none() {
+        0
+    } else {
+        top_files_size(&args.paths)
+    }
+}
+
+/// What each target's push of a group shares (a copy in each task).
+#[derive(Clone)]
+struct Shared {
+    router: Router,
+    fs: FileService,
+    targs: TargetArgs,
+    chain: Chain,
+    log_filter: String,
+    stripes: Option<usize>,
+    reached: Targets,
+    style: report::Style,
+    notes: Arc<Notes>,
+    /// The group's relay, when it tees.
+    relay: Option<ContextId>,
+    tee_final: Arc<std::sync::Mutex<Option<TeeStats>>>,
+    /// See [`One::size_hint`].
+    size_hint: u64,
+}
+
+impl Shared {
+    /// The push to `host`, once the fan-out lets it start.
+    async fn push(
+        self,
+        host: String,
+        plan: Arc<PushPlan>,
+        batches: Batches,
+        bar: Option<indicatif::ProgressBar>,
+        sem: Arc<Semaphore>,
+    ) -> report::Tally {
+        let _permit = sem.acquire_owned().await;
+        let one = One {
+            tee_final: &self.tee_final,
+            router: &self.router,
+            fs: &self.fs,
+            targs: &self.targs,
+            chain: &self.chain,
+            plan: &plan,
+            log_filter: &self.log_filter,
+            stripes: self.stripes,
+            reached: &self.reached,
+            style: &self.style,
+            notes: &self.notes,
+            relay: self.relay,
+            size_hint: self.size_hint,
+        };
+        one.push(host, batches, bar).await
+    }
 }
 
 /// Behind a relay (unless `--no-tee`): starts feeding it the plan's

@@ -224,15 +224,6 @@ pub(super) async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<O
         .router
         .call(ctx.server, crate::files::rpc::FETCH_SMALL, &args)
         .await;
-    let all_failed = |batch: Vec<FileJob>, why: &dyn Fn(String, String) -> EntryError| {
-        batch
-            .into_iter()
-            .map(|j| {
-                let e = why(show(j.place.shown()), j.src.to_string());
-                (j.index, j.place, Err(e))
-            })
-            .collect()
-    };
     let files = match reply {
         Ok(files) if files.len() == batch.len() => files,
         Ok(files) => {
@@ -252,55 +243,15 @@ pub(super) async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<O
             });
         }
     };
-    let (temps, opts, held) = (ctx.temps.clone(), ctx.opts.clone(), ctx.held.clone());
-    let sizes_bound = ctx.sizes_bound;
     let places: Vec<(usize, Place)> = batch.iter().map(|j| (j.index, j.place.clone())).collect();
-    let written = tokio::task::spawn_blocking(move || {
-        let mut done = Vec::with_capacity(batch.len());
-        let mut too_large = Vec::new();
-        // Every file of the reply, in order: a linked one decodes against
-        // the one before it.
-        let mut decoder = crate::files::compress::SmallDecoder::default();
-        for (job, file) in batch.into_iter().zip(files) {
-            let r = match decoder.open(file) {
-                SmallFile::Data { meta, .. } | SmallFile::Compressed { meta, .. }
-                    if let Some(e) =
-                        over_announced(sizes_bound, &job.place, job.size, meta.size) =>
-                {
-                    Err(e)
-                }
-                SmallFile::Data { meta, data, digest } => {
-                    receive::receive_whole(&job.place, &temps, &meta, &data, &digest, started)
-                        .and_then(|mut p| {
-                            if held.take_one() {
-                                p.finish_open(&opts)
-                            } else {
-                                p.finish(&opts, false)
-                            }
-                            .map(|()| Done::Pending(Box::new(p)))
-                        })
-                        .map_err(EntryError::from)
-                }
-                SmallFile::TooLarge => {
-                    too_large.push(job);
-                    continue;
-                }
-                SmallFile::Failed(why) => Err(EntryError::SourceFailed {
-                    path: show(job.place.shown()),
-                    src: job.src.to_string(),
-                    why,
-                }),
-                // The decoder decodes these; nothing else may land.
-                SmallFile::Compressed { .. } => Err(EntryError::NotDecoded {
-                    path: show(job.place.shown()),
-                    src: job.src.to_string(),
-                }),
-            };
-            done.push((job.index, job.place, r));
-        }
-        (done, too_large)
-    })
-    .await;
+    let writer = SmallWriter {
+        temps: ctx.temps.clone(),
+        opts: ctx.opts.clone(),
+        held: ctx.held.clone(),
+        sizes_bound: ctx.sizes_bound,
+        started,
+    };
+    let written = tokio::task::spawn_blocking(move || writer.write(batch, files)).await;
     let (mut done, too_large) = match written {
         Ok(w) => w,
         Err(e) => {
@@ -324,6 +275,82 @@ pub(super) async fn fetch_batch(ctx: FetchContext, batch: Vec<FileJob>) -> Vec<O
         done.push(fetch_one(&ctx, job, false).await);
     }
     done
+}
+
+/// Every file of `batch` failed, each with `why(its path, its source)`.
+fn all_failed(batch: Vec<FileJob>, why: &dyn Fn(String, String) -> EntryError) -> Vec<Outcome> {
+    batch
+        .into_iter()
+        .map(|j| {
+            let e = why(show(j.place.shown()), j.src.to_string());
+            (j.index, j.place, Err(e))
+        })
+        .collect()
+}
+
+/// What writing a `fetch_small` reply needs, on its blocking thread.
+struct SmallWriter {
+    temps: TempFiles,
+    opts: ReceiveOptions,
+    held: Arc<HeldFiles>,
+    sizes_bound: bool,
+    /// When the batch's call was made.
+    started: Instant,
+}
+
+impl SmallWriter {
+    /// Writes each file of the reply into its temp file: the outcomes,
+    /// and the jobs the server found too large by now.
+    fn write(self, batch: Vec<FileJob>, files: Vec<SmallFile>) -> (Vec<Outcome>, Vec<FileJob>) {
+        let mut done = Vec::with_capacity(batch.len());
+        let mut too_large = Vec::new();
+        // Every file of the reply, in order: a linked one decodes against
+        // the one before it.
+        let mut decoder = crate::files::compress::SmallDecoder::default();
+        for (job, file) in batch.into_iter().zip(files) {
+            match self.land(&job, decoder.open(file)) {
+                Some(r) => done.push((job.index, job.place, r)),
+                None => too_large.push(job),
+            }
+        }
+        (done, too_large)
+    }
+
+    /// One decoded file of the reply, received into its temp file;
+    /// `None` when the server found it too large by now.
+    fn land(&self, job: &FileJob, file: SmallFile) -> Option<Result<Done, EntryError>> {
+        Some(match file {
+            SmallFile::Data { meta, .. } | SmallFile::Compressed { meta, .. }
+                if let Some(e) =
+                    over_announced(self.sizes_bound, &job.place, job.size, meta.size) =>
+            {
+                Err(e)
+            }
+            SmallFile::Data { meta, data, digest } => {
+                receive::receive_whole(&job.place, &self.temps, &meta, &data, &digest, self.started)
+                    .and_then(|mut p| {
+                        if self.held.take_one() {
+                            p.finish_open(&self.opts)
+                        } else {
+                            p.finish(&self.opts, false)
+                        }
+                        .map(|()| Done::Pending(Box::new(p)))
+                    })
+                    .map_err(EntryError::from)
+            }
+            SmallFile::Failed(why) => Err(EntryError::SourceFailed {
+                path: show(job.place.shown()),
+                src: job.src.to_string(),
+                why,
+            }),
+            // The decoder decodes these; nothing else may land.
+            SmallFile::Compressed { .. } => Err(EntryError::NotDecoded {
+                path: show(job.place.shown()),
+                src: job.src.to_string(),
+            }),
+            SmallFile::TooLarge => return None,
+        })
+    }
 }
 
 pub(super) struct Summary {

@@ -8,6 +8,79 @@ use super::*;
 /// and renames in different directories do not contend.
 pub(super) const RENAME_THREADS: usize = 2;
 
+impl Batch<'_> {
+    /// Step 4, batched durability: one `syncfs` covers every file
+    /// received, then each is put in place and each directory it landed
+    /// in is fsynced once.
+    pub(super) async fn land(&mut self, received: Received) {
+        let Received {
+            outcomes,
+            how,
+            early_sync,
+        } = received;
+        let fsync = self.plan.options.fsync;
+        let pending_dirs: BTreeSet<PathBuf> = outcomes
+            .iter()
+            .filter(|(_, _, r)| matches!(r, Ok(Done::Pending(_))))
+            .map(|(_, p, _)| p.parent_rel().to_path_buf())
+            .collect();
+        // The file system work from here on runs on blocking threads: a
+        // syncfs can take a while, and this context's runtime must keep
+        // answering its stream meanwhile.
+        let mut sync_error = None;
+        if fsync && !pending_dirs.is_empty() {
+            if let Some(early) = &early_sync {
+                early.wait().await;
+            }
+            sync_error = self.sync_all(pending_dirs.clone()).await;
+        }
+        self.results
+            .extend(put_in_place(outcomes, sync_error.clone(), &how).await);
+        if fsync && sync_error.is_none() {
+            self.fsync_dirs(pending_dirs).await;
+        }
+    }
+
+    /// One `syncfs` per file system the received files are on; the error
+    /// every pending file then reports, if it failed.
+    async fn sync_all(&self, dirs: BTreeSet<PathBuf>) -> Option<Arc<EntryError>> {
+        let root = self.root.clone();
+        match tokio::task::spawn_blocking(move || syncfs_all(&root, &dirs)).await {
+            Ok(r) => r.err().map(|e| Arc::new(EntryError::Place(e))),
+            Err(e) => Some(Arc::new(EntryError::Internal {
+                what: "syncing",
+                why: e.to_string(),
+            })),
+        }
+    }
+
+    /// Fsyncs each directory files were renamed into.
+    async fn fsync_dirs(&mut self, dirs: BTreeSet<PathBuf>) {
+        let root = self.root.clone();
+        let synced = tokio::task::spawn_blocking(move || {
+            let mut failed = Vec::new();
+            for d in &dirs {
+                if let Err(e) = open_for_sync(&root, d).and_then(|f| rustix::fs::fsync(&f)) {
+                    let shown = root.path().join(d);
+                    failed.push(EntryResult::failed(
+                        &shown,
+                        format!("{}: fsync directory: {}", show(&shown), describe(e)),
+                    ));
+                }
+            }
+            failed
+        })
+        .await;
+        match synced {
+            Ok(failed) => self.results.extend(failed),
+            Err(e) => self.results.push(EntryResult::failed(
+                self.plan.dest.as_path(),
+                format!("internal error syncing directories: {e}"),
+            )),
+        }
+    }
+}
+
 /// Renames every pending file over its destination (unless the batched
 /// sync failed) and turns every outcome into a result, in plan order.
 pub(super) async fn put_in_place(

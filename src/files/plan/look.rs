@@ -35,7 +35,6 @@ pub(super) fn root_meta(
     plan: &PushPlan,
     root: &Root,
     before: Option<Found>,
-    ids_of: &dyn Fn(&Option<Owner>) -> Ids,
 ) -> Option<EntryResult> {
     let Some(PlanEntry::Dir {
         mode,
@@ -48,7 +47,7 @@ pub(super) fn root_meta(
     else {
         return None;
     };
-    let (mode, sec, nsec, ids) = (*mode, *mtime_sec, *mtime_nsec, ids_of(owner));
+    let (mode, sec, nsec, ids) = (*mode, *mtime_sec, *mtime_nsec, owner_ids(plan, owner));
     let shown = root.path();
     // Judged as the push found it (None: DEST was created by this push).
     let (mut status, mut changed) = dir_status(before.as_ref(), mode, sec, nsec, ids);
@@ -330,188 +329,6 @@ pub(super) fn hash_place(p: &Place) -> Result<[u8; 32], EntryError> {
     let mut h = blake3::Hasher::new();
     h.update_reader(&file).map_err(EntryError::HashRead)?;
     Ok(*h.finalize().as_bytes())
-}
-
-/// Where a plan's relative path lands beneath the root.
-pub(super) type PlaceOf<'a> = dyn Fn(&RawPath) -> Result<Place, rustix::io::Errno> + 'a;
-
-/// Symlinks, hard links and special files: each one created, replaced,
-/// or left as it is when it already matches (only reported in a dry run).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn links_and_specials(
-    plan: &PushPlan,
-    entries: &[PlanEntry],
-    place_of: &PlaceOf<'_>,
-    root: &Arc<Root>,
-    failed_dirs: &mut FailedDirs,
-    results: &mut Vec<EntryResult>,
-    ids_of: &dyn Fn(&Option<Owner>) -> Ids,
-    dry_run: bool,
-) {
-    use rustix::fs::FileType;
-    let status_of = |found: &Option<Found>| {
-        if found.is_some() {
-            Status::Changed
-        } else {
-            Status::Created
-        }
-    };
-    let owned_as =
-        |f: &Found, ids: Ids| ids.is_none_or(|(u, g)| f.uid == u.as_raw() && f.gid == g.as_raw());
-    for e in entries {
-        if let PlanEntry::Symlink {
-            rel,
-            target,
-            mtime_sec,
-            mtime_nsec,
-            owner,
-            xattrs,
-        } = e
-        {
-            let Some(p) = failed_dirs.admit(place_of(rel), root, results) else {
-                continue;
-            };
-            let ids = ids_of(owner);
-            let found = look_at(&p).ok().flatten();
-            let same = found.as_ref().is_some_and(|f| {
-                f.kind == FileType::Symlink
-                    && f.same_time(*mtime_sec, *mtime_nsec)
-                    && owned_as(f, ids)
-                    && same_xattrs(&p, xattrs, plan.options.xattrs)
-                    && p.open_parent()
-                        .and_then(|d| rustix::fs::readlinkat(&d, p.name(), Vec::new()))
-                        .is_ok_and(|t| t.as_bytes() == target.as_bytes())
-            });
-            if same {
-                results.push(EntryResult::done(
-                    p.shown(),
-                    EntryKind::Symlink,
-                    Status::Unchanged,
-                ));
-                continue;
-            }
-            let status = status_of(&found);
-            let r = if dry_run {
-                Ok(())
-            } else {
-                make_symlink(target, &times(*mtime_sec, *mtime_nsec), ids, &p)
-                    .map_err(EntryError::from)
-                    .and_then(|()| {
-                        crate::files::xattr::sync_place(&p, xattrs, plan.options.xattrs)?;
-                        Ok(())
-                    })
-            };
-            results.push(landed(&p, EntryKind::Symlink, status, "create symlink", r));
-        }
-    }
-    for e in entries {
-        if let PlanEntry::HardLink { rel, to } = e {
-            let Some(p) = failed_dirs.admit(place_of(rel), root, results) else {
-                continue;
-            };
-            let found = look_at(&p).ok().flatten();
-            let first = place_of(to);
-            let same = match (&found, &first) {
-                (Some(f), Ok(first)) => look_at(first)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|g| g.dev == f.dev && g.ino == f.ino),
-                _ => false,
-            };
-            if same {
-                results.push(EntryResult::done(
-                    p.shown(),
-                    EntryKind::HardLink,
-                    Status::Unchanged,
-                ));
-                continue;
-            }
-            let status = status_of(&found);
-            let r = if dry_run {
-                Ok(())
-            } else {
-                first
-                    .map_err(PlaceError::from)
-                    .and_then(|first| make_hard_link(&first, &p))
-            };
-            results.push(landed(
-                &p,
-                EntryKind::HardLink,
-                status,
-                "create hard link",
-                r,
-            ));
-        }
-    }
-    for e in entries {
-        if let PlanEntry::Special {
-            rel,
-            kind,
-            mode,
-            rdev,
-            mtime_sec,
-            mtime_nsec,
-            owner,
-            xattrs,
-        } = e
-        {
-            let Some(p) = failed_dirs.admit(place_of(rel), root, results) else {
-                continue;
-            };
-            let ids = ids_of(owner);
-            let found = look_at(&p).ok().flatten();
-            let same = found.as_ref().is_some_and(|f| {
-                same_xattrs(&p, xattrs, plan.options.xattrs)
-                    && f.kind == kind.file_type()
-                    && f.mode == *mode
-                    && f.same_time(*mtime_sec, *mtime_nsec)
-                    && owned_as(f, ids)
-                    && (!matches!(kind, SpecialKind::CharDevice | SpecialKind::BlockDevice)
-                        || f.rdev == *rdev)
-            });
-            if same {
-                results.push(EntryResult::done(
-                    p.shown(),
-                    EntryKind::Special,
-                    Status::Unchanged,
-                ));
-                continue;
-            }
-            let status = status_of(&found);
-            let r = if dry_run {
-                Ok(())
-            } else {
-                make_special(
-                    &p,
-                    *kind,
-                    *mode,
-                    *rdev,
-                    &times(*mtime_sec, *mtime_nsec),
-                    ids,
-                )
-                .map_err(EntryError::from)
-                .and_then(|()| {
-                    crate::files::xattr::sync_place(&p, xattrs, plan.options.xattrs)?;
-                    Ok(())
-                })
-            };
-            results.push(landed(
-                &p,
-                EntryKind::Special,
-                status,
-                &format!("create {}", kind.name()),
-                r,
-            ));
-        }
-    }
-}
-
-/// Whether the entry at `p` already has the extended attributes `want`
-/// (in the namespaces `sel` carries; always, when it carries none).
-pub(super) fn same_xattrs(p: &Place, want: &[Xattr], sel: crate::files::xattr::XattrSel) -> bool {
-    !sel.any()
-        || crate::files::xattr::read_place(p, sel)
-            .is_ok_and(|have| !crate::files::xattr::differ(want, &have, sel))
 }
 
 /// The result of one step on an entry: ok, or failed with

@@ -34,11 +34,15 @@
 //! cancelled (the `cancel` method, or this context's shutdown), received
 //! files are discarded and nothing existing is changed any more.
 //!
-//! Here: the service, its sessions and DEST's opening. Beside it:
-//! `session` runs each batch through the steps above and ends the push,
-//! `look` judges the destination before anything is sent (quick check,
-//! `-c`, dry run), `fetch` receives a batch's files, `land` puts them and
-//! the other entries in place.
+//! Here: the service, a session's state and DEST's opening. Beside it:
+//! `session` keeps the sessions open, runs each batch and ends the push;
+//! `batch` runs a batch's steps (1 and 3: directories, the files'
+//! fetches), `judge` chooses the files to send with what `look` sees of
+//! the destination (quick check, `-c`, dry run), `fetch` receives them,
+//! `land` makes them durable and puts them in place (step 4), `links`
+//! the symlinks, hard links and special files after them, `dirs` creates
+//! the directories and sets their metadata (step 5); `error` is why an
+//! entry failed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -71,162 +75,19 @@ use crate::router::{Policy, Router};
 use crate::service::{ServiceBuilder, Services};
 use crate::wire::ContextId;
 
-/// Why one entry of a push failed at the target. Its text is the entry's
-/// `error` in the push's results.
-#[derive(Debug, thiserror::Error)]
-pub enum EntryError {
-    /// An operation beneath the destination failed.
-    #[error(transparent)]
-    Place(#[from] PlaceError),
-    /// Extended attributes could not be read or set.
-    #[error(transparent)]
-    Xattr(#[from] XattrError),
-    /// The file could not be received.
-    #[error(transparent)]
-    Receive(#[from] ReceiveError),
-    /// DEST could not be created.
-    #[error("{dest}: cannot create directory: {source}")]
-    CreateDest {
-        /// DEST.
-        dest: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// DEST could not be opened.
-    #[error("{dest}: cannot open directory: {}", plain(.source))]
-    OpenDest {
-        /// DEST.
-        dest: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// DEST has no last component to create.
-    #[error("{dest}: names no file to create")]
-    NoName {
-        /// DEST.
-        dest: String,
-    },
-    /// DEST's parent could not be opened.
-    #[error("{dest}: cannot open its directory {dir}: {}", plain(.source))]
-    OpenDestParent {
-        /// DEST.
-        dest: String,
-        /// Its parent.
-        dir: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// With sizes bound (a pull), the source sent more than it announced.
-    #[error(
-        "{path}: the source sent {size} bytes for a file it announced at {announced}; \
-         refused (pull again if it grew meanwhile)"
-    )]
-    OverAnnounced {
-        /// The entry.
-        path: String,
-        /// What was sent.
-        size: u64,
-        /// What was announced.
-        announced: u64,
-    },
-    /// A `fetch_small` call failed.
-    #[error("{path}: fetch of {src} failed: {source}")]
-    FetchCall {
-        /// The entry.
-        path: String,
-        /// The source path.
-        src: String,
-        /// Why.
-        source: Box<CallError>,
-    },
-    /// A `fetch_small` reply did not answer every file.
-    #[error("{path}: fetch of {src} failed: the server answered {got} of {asked} files")]
-    ShortAnswer {
-        /// The entry.
-        path: String,
-        /// The source path.
-        src: String,
-        /// Files answered.
-        got: usize,
-        /// Files asked for.
-        asked: usize,
-    },
-    /// The source could not give the file (in its words).
-    #[error("{path}: fetch of {src} failed: {why}")]
-    SourceFailed {
-        /// The entry.
-        path: String,
-        /// The source path.
-        src: String,
-        /// The source's reason.
-        why: String,
-    },
-    /// A compressed small file reached the writer undecoded (a bug).
-    #[error("{path}: fetch of {src} failed: compressed data was not decoded")]
-    NotDecoded {
-        /// The entry.
-        path: String,
-        /// The source path.
-        src: String,
-    },
-    /// The destination's file could not be hashed (`--checksum`).
-    #[error("cannot {what} it to hash: {}", describe(*.source))]
-    Hash {
-        /// What failed: `open`, `stat`.
-        what: &'static str,
-        /// Why.
-        source: rustix::io::Errno,
-    },
-    /// The destination's file could not be read to hash.
-    #[error("cannot read it to hash: {}", plain(.0))]
-    HashRead(#[source] std::io::Error),
-    /// What is at the destination is no longer a regular file.
-    #[error("is no longer a regular file")]
-    NoLongerRegular,
-    /// The source could not hash its file (in its words).
-    #[error("cannot hash the source: {0}")]
-    SourceHash(String),
-    /// A `digests` call failed.
-    #[error("cannot hash the source: {0}")]
-    SourceHashCall(#[source] Box<CallError>),
-    /// A `digests` reply did not answer every file.
-    #[error("the server hashed {got} of {asked} files")]
-    ShortHashes {
-        /// Files answered.
-        got: usize,
-        /// Files asked for.
-        asked: usize,
-    },
-    /// The batched sync failed: the entry was not put in place.
-    #[error("{path}: {source}")]
-    Sync {
-        /// The entry.
-        path: String,
-        /// Why (shared by every entry the sync held).
-        source: Arc<EntryError>,
-    },
-    /// A blocking task of the push failed (a bug): the task's panic,
-    /// reported to each entry it held.
-    #[error("internal error {what}: {why}")]
-    Internal {
-        /// What it was doing.
-        what: &'static str,
-        /// The task's failure.
-        why: String,
-    },
-}
-
-impl From<rustix::io::Errno> for EntryError {
-    fn from(e: rustix::io::Errno) -> EntryError {
-        EntryError::Place(e.into())
-    }
-}
-
+mod batch;
+mod dirs;
+mod error;
 mod fetch;
+mod judge;
 mod land;
+mod links;
 mod look;
 mod session;
 
+use batch::*;
+use dirs::*;
+pub use error::EntryError;
 use fetch::*;
 use land::*;
 use look::*;
@@ -315,69 +176,6 @@ pub fn register_service(services: &Services, router: &Router) -> TempFiles {
     temps
 }
 
-/// The pushes open in this context, by session number.
-#[derive(Clone, Default)]
-struct Sessions {
-    inner: Arc<std::sync::Mutex<SessionMap>>,
-}
-
-#[derive(Default)]
-struct SessionMap {
-    next: u64,
-    open: std::collections::HashMap<u64, Arc<tokio::sync::Mutex<Session>>>,
-}
-
-/// Pushes open at once in one context (only the parent chain opens them;
-/// a bound all the same, as for every table a peer can grow).
-const MAX_SESSIONS: usize = 64;
-
-impl Sessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, SessionMap> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn open(&self, plan: PushPlan) -> PushOpened {
-        let dest = plan.dest.as_path().to_path_buf();
-        if self.lock().open.len() >= MAX_SESSIONS {
-            return PushOpened {
-                session: 0,
-                failed: vec![EntryResult::failed(
-                    &dest,
-                    format!("{}: too many pushes open in this context", show(&dest)),
-                )],
-            };
-        }
-        match Session::open(plan) {
-            Ok(s) => {
-                let mut map = self.lock();
-                map.next += 1;
-                let id = map.next;
-                map.open.insert(id, Arc::new(tokio::sync::Mutex::new(s)));
-                PushOpened {
-                    session: id,
-                    failed: Vec::new(),
-                }
-            }
-            Err(failed) => PushOpened { session: 0, failed },
-        }
-    }
-
-    fn get(&self, id: u64) -> Result<Arc<tokio::sync::Mutex<Session>>, RemoteError> {
-        self.lock()
-            .open
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| RemoteError::Failed(format!("no push session {id} in this context")))
-    }
-
-    fn take(&self, id: u64) -> Result<Arc<tokio::sync::Mutex<Session>>, RemoteError> {
-        self.lock()
-            .open
-            .remove(&id)
-            .ok_or_else(|| RemoteError::Failed(format!("no push session {id} in this context")))
-    }
-}
-
 fn first_component_stripped(rel: &[u8]) -> &[u8] {
     match rel.iter().position(|&b| b == b'/') {
         Some(i) => &rel[i + 1..],
@@ -407,6 +205,15 @@ fn cancelled(dest: &Path) -> EntryResult {
         dest,
         format!("{}: push cancelled: nothing was put in place", show(dest)),
     )
+}
+
+/// The owner ids an entry of `plan` gets: its source owner's with
+/// `--owner`, else none (it keeps whatever creating it gave).
+fn owner_ids(plan: &PushPlan, owner: &Option<Owner>) -> Ids {
+    owner
+        .as_ref()
+        .filter(|_| plan.options.preserve_owner)
+        .map(Owner::ids)
 }
 
 /// A refusal of the whole push if an entry's path is not a plain relative
@@ -537,161 +344,6 @@ fn open_root(plan: &PushPlan, dest: &Path) -> Result<(Arc<Root>, Option<OsString
         }
     })?;
     Ok((root, Some(name.to_os_string())))
-}
-
-/// Directories whose creation failed, so that what lies below each is
-/// reported once with it rather than once per entry.
-#[derive(Default)]
-struct FailedDirs {
-    /// Relative path → (its result, entries skipped below it).
-    dirs: BTreeMap<PathBuf, (EntryResult, u64)>,
-}
-
-impl FailedDirs {
-    fn insert(&mut self, p: &Place, result: EntryResult) {
-        self.dirs.insert(p.rel().to_path_buf(), (result, 0));
-    }
-
-    /// The place to create, or `None` (counted) when it lies below a
-    /// directory that failed, or is unusable (reported).
-    fn admit(
-        &mut self,
-        place: Result<Place, rustix::io::Errno>,
-        root: &Arc<Root>,
-        results: &mut Vec<EntryResult>,
-    ) -> Option<Place> {
-        let p = match place {
-            Ok(p) => p,
-            Err(e) => {
-                results.push(EntryResult::failed(
-                    root.path(),
-                    format!(
-                        "{}: unusable entry name: {}",
-                        show(root.path()),
-                        describe(e)
-                    ),
-                ));
-                return None;
-            }
-        };
-        if !self.dirs.is_empty() {
-            for a in p.rel().ancestors().skip(1) {
-                if let Some((_, n)) = self.dirs.get_mut(a) {
-                    *n += 1;
-                    return None;
-                }
-            }
-        }
-        Some(p)
-    }
-
-    /// Each failed directory's result, saying how many entries below it
-    /// were not copied.
-    fn into_results(self) -> Vec<EntryResult> {
-        self.dirs
-            .into_values()
-            .map(|(mut r, n)| {
-                if n > 0
-                    && let Some(e) = &mut r.error
-                {
-                    let s = if n == 1 { "y" } else { "ies" };
-                    e.push_str(&format!("; {n} entr{s} below it not copied"));
-                }
-                r
-            })
-            .collect()
-    }
-}
-
-/// Creates directory `p` (mode 0700 until its contents are in), or
-/// accepts the directory already there. Anything else there — a symlink
-/// or a file — is replaced by a directory, as `rsync -a` does, unless
-/// it is DEST itself (`is_dest`). Never follows a symlink.
-fn make_dir(p: &Place, is_dest: bool) -> Result<Option<Found>, PlaceError> {
-    use rustix::fs::{AtFlags, FileType, Mode};
-    let dir = p.open_parent()?;
-    let private = Mode::from_raw_mode(0o700);
-    match rustix::fs::mkdirat(&dir, p.name(), private) {
-        Ok(()) => return Ok(None),
-        Err(rustix::io::Errno::EXIST) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let st = rustix::fs::statat(&dir, p.name(), AtFlags::SYMLINK_NOFOLLOW)?;
-    let before = Found::of(&st);
-    if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-        return Ok(Some(before));
-    }
-    if is_dest {
-        return Err(PlaceError::NotADirectory);
-    }
-    rustix::fs::unlinkat(&dir, p.name(), AtFlags::empty()).map_err(PlaceError::CannotReplace)?;
-    rustix::fs::mkdirat(&dir, p.name(), private)?;
-    Ok(Some(before))
-}
-
-/// Opens the directory `rel` beneath `root` for fsync or syncfs (an
-/// `O_PATH` handle can do neither).
-fn open_for_sync(root: &Root, rel: &Path) -> Result<OwnedFd, rustix::io::Errno> {
-    root.open_beneath(rel, OFlags::RDONLY | OFlags::DIRECTORY)
-}
-
-/// Applies a directory's mode and times through a handle on it (opened
-/// without following any symlink, so the change cannot land elsewhere).
-fn set_dir_meta(p: &Place, mode: u32, sec: i64, nsec: u32, ids: Ids) -> Result<(), PlaceError> {
-    let ts = rustix::fs::Timestamps {
-        last_access: rustix::fs::Timespec {
-            tv_sec: sec,
-            tv_nsec: nsec as _,
-        },
-        last_modification: rustix::fs::Timespec {
-            tv_sec: sec,
-            tv_nsec: nsec as _,
-        },
-    };
-    let mode = rustix::fs::Mode::from_raw_mode(mode);
-    match p
-        .root()
-        .open_beneath(p.rel(), OFlags::RDONLY | OFlags::DIRECTORY)
-    {
-        Ok(fd) => {
-            // Owner first: a chown clears the set-id bits the mode sets.
-            if let Some((uid, gid)) = ids {
-                rustix::fs::fchown(&fd, Some(uid), Some(gid))?;
-            }
-            rustix::fs::fchmod(&fd, mode)?;
-            rustix::fs::futimens(&fd, &ts).map_err(Into::into)
-        }
-        Err(rustix::io::Errno::ACCESS) => {
-            // Not readable by us (e.g. an existing 0300 directory): act on
-            // an O_PATH handle through its /proc link, which names exactly
-            // that inode.
-            let fd = p.root().open_dir(p.rel())?;
-            let via = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
-            if let Some((uid, gid)) = ids {
-                rustix::fs::chownat(
-                    &fd,
-                    "",
-                    Some(uid),
-                    Some(gid),
-                    rustix::fs::AtFlags::EMPTY_PATH,
-                )?;
-            }
-            rustix::fs::chmodat(
-                rustix::fs::CWD,
-                via.as_str(),
-                mode,
-                rustix::fs::AtFlags::empty(),
-            )?;
-            rustix::fs::utimensat(
-                rustix::fs::CWD,
-                via.as_str(),
-                &ts,
-                rustix::fs::AtFlags::empty(),
-            )
-            .map_err(Into::into)
-        }
-        Err(e) => Err(e.into()),
-    }
 }
 
 #[cfg(test)]

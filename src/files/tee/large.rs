@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{oneshot, watch};
 
+use super::gate::Ending;
 use super::{Gate, READ_AHEAD_BYTES, SpoolError, Spooled, Tee, lock, spool::stamp};
 use crate::files::compress::FrameLog;
 use crate::files::meta::FileMeta;
 use crate::files::place::Place;
-use crate::files::receive::{self, Observer};
+use crate::files::receive::{self, Observer, PendingFile, ReceiveError};
 use crate::files::spec::PlanEntry;
 use crate::files::{RawPath, SMALL_FILE_MAX};
 
@@ -135,6 +136,8 @@ impl Tee {
         }
     }
 
+    /// Starts fetching `path` into the spool: the file its readers wait
+    /// on, and the fetch's handle.
     fn start_large(self: &Arc<Self>, path: &RawPath) -> (Arc<Large>, tokio::task::AbortHandle) {
         let (open_tx, open_rx) = watch::channel(None);
         let written = Arc::new(watch::channel(0u64).0);
@@ -157,113 +160,15 @@ impl Tee {
             frames: frames.clone(),
             delivered: AtomicU64::new(0),
         });
-        let (tee, path) = (self.clone(), path.clone());
-        let task = tokio::spawn(async move {
-            let Ok(_slot) = tee.upstream_slots.clone().acquire_owned().await else {
-                return;
-            };
-            let place = match Place::new(&tee.spool.root, PathBuf::from(format!("f{n}"))) {
-                Ok(p) => p,
-                Err(e) => {
-                    let why = SpoolError::Spool {
-                        path: path.to_string(),
-                        source: Arc::new(e.into()),
-                    };
-                    open_tx.send_replace(Some(Err(why.clone())));
-                    done_tx.send_replace(Some(Err(why)));
-                    return;
-                }
-            };
-            let (otx, orx) = oneshot::channel();
-            let observer = Observer {
-                opened: Some(otx),
-                written: written.clone(),
-                frames,
-            };
-            let receiving = receive::receive_observed(
-                &tee.router,
-                tee.upstream,
-                &path,
-                &place,
-                &tee.temps,
-                &tee.opts,
-                observer,
-            );
-            tokio::pin!(receiving);
-            let mut orx = Some(orx);
-            let mut file: Option<(Arc<File>, FileMeta)> = None;
-            let result = loop {
-                let opening = async {
-                    match orx.as_mut() {
-                        Some(r) => r.await.ok(),
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    r = &mut receiving => break r,
-                    o = opening => {
-                        orx = None;
-                        if let Some((f, meta)) = o {
-                            let f = Arc::new(f);
-                            file = Some((f.clone(), meta.clone()));
-                            open_tx.send_replace(Some(Ok((f, meta))));
-                        }
-                    }
-                }
-            };
-            // (The file may have been opened and finished before the
-            // branch above ran.)
-            if file.is_none()
-                && let Some(mut r) = orx
-                && let Ok((f, meta)) = r.try_recv()
-            {
-                let f = Arc::new(f);
-                file = Some((f.clone(), meta.clone()));
-                open_tx.send_replace(Some(Ok((f, meta))));
-            }
-            match result {
-                Ok(pending) => {
-                    tee.files_fetched.fetch_add(1, Ordering::Relaxed);
-                    tee.bytes_fetched
-                        .fetch_add(pending.bytes, Ordering::Relaxed);
-                    let digest = pending.digest;
-                    let ending = match &file {
-                        // The spool file's times are the source's, so the
-                        // reader's "changed while read" check holds.
-                        Some((f, meta)) => {
-                            stamp(f, meta)
-                                .map(|()| digest)
-                                .map_err(|e| SpoolError::Stamp {
-                                    path: path.to_string(),
-                                    source: Arc::new(e),
-                                })
-                        }
-                        None => Err(SpoolError::NotOpened {
-                            path: path.to_string(),
-                        }),
-                    };
-                    if !pending.is_anonymous() {
-                        // A named temp file (no O_TMPFILE here): removed
-                        // when this is dropped, at the end.
-                        lock(&tee.kept).push(pending);
-                    }
-                    // (An anonymous one lives on through the read-only
-                    // descriptor; its writing one is closed now.)
-                    done_tx.send_replace(Some(ending));
-                }
-                Err(e) => {
-                    let why = SpoolError::Upstream(Arc::new(e));
-                    if file.is_none() {
-                        open_tx.send_replace(Some(Err(why.clone())));
-                    }
-                    done_tx.send_replace(Some(Err(why)));
-                    // Answered, not kept: a target asking for paths that
-                    // do not exist must not grow the relay (a later ask
-                    // fetches again).
-                    lock(&tee.large).remove(&path);
-                }
-            }
-        });
+        let fetching = Fetching {
+            n,
+            path: path.clone(),
+            opened: open_tx,
+            written,
+            done: done_tx,
+            frames,
+        };
+        let task = tokio::spawn(fetching.run(self.clone()));
         let handle = task.abort_handle();
         lock(&self.tasks).push(task.abort_handle());
         (large, handle)
@@ -285,5 +190,150 @@ impl Tee {
             map.remove(path);
             self.evicted.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// A file received into the spool from upstream, once opened there.
+type SpoolFile = (Arc<File>, FileMeta);
+
+/// One large file's fetch from upstream, with the ends its [`Large`]'s
+/// readers wait on: the spool file opened, the bytes written, the end.
+struct Fetching {
+    /// The spool file's number.
+    n: u64,
+    path: RawPath,
+    opened: watch::Sender<Opened>,
+    written: Arc<watch::Sender<u64>>,
+    done: watch::Sender<Ending>,
+    /// The record of its chunks that came compressed, if the spool could
+    /// hold one.
+    frames: Option<Arc<FrameLog>>,
+}
+
+impl Fetching {
+    /// Fetches the file (once an upstream slot is free) and tells its
+    /// readers how it ended.
+    async fn run(self, tee: Arc<Tee>) {
+        let Ok(_slot) = tee.upstream_slots.clone().acquire_owned().await else {
+            return;
+        };
+        let place = match Place::new(&tee.spool.root, PathBuf::from(format!("f{}", self.n))) {
+            Ok(p) => p,
+            Err(e) => {
+                let why = SpoolError::Spool {
+                    path: self.path.to_string(),
+                    source: Arc::new(e.into()),
+                };
+                self.opened.send_replace(Some(Err(why.clone())));
+                self.done.send_replace(Some(Err(why)));
+                return;
+            }
+        };
+        let (result, file) = self.receive(&tee, &place).await;
+        match result {
+            Ok(pending) => self.arrived(&tee, pending, file),
+            Err(e) => {
+                let why = SpoolError::Upstream(Arc::new(e));
+                if file.is_none() {
+                    self.opened.send_replace(Some(Err(why.clone())));
+                }
+                self.done.send_replace(Some(Err(why)));
+                // Answered, not kept: a target asking for paths that
+                // do not exist must not grow the relay (a later ask
+                // fetches again).
+                lock(&tee.large).remove(&self.path);
+            }
+        }
+    }
+
+    /// Receives the file into `place`, telling the readers as soon as it
+    /// is opened: the transfer's result, and the spool file if it was.
+    async fn receive(
+        &self,
+        tee: &Tee,
+        place: &Place,
+    ) -> (Result<PendingFile, ReceiveError>, Option<SpoolFile>) {
+        let (otx, orx) = oneshot::channel();
+        let observer = Observer {
+            opened: Some(otx),
+            written: self.written.clone(),
+            frames: self.frames.clone(),
+        };
+        let receiving = receive::receive_observed(
+            &tee.router,
+            tee.upstream,
+            &self.path,
+            place,
+            &tee.temps,
+            &tee.opts,
+            observer,
+        );
+        tokio::pin!(receiving);
+        let mut orx = Some(orx);
+        let mut file: Option<SpoolFile> = None;
+        let result = loop {
+            let opening = async {
+                match orx.as_mut() {
+                    Some(r) => r.await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = &mut receiving => break r,
+                o = opening => {
+                    orx = None;
+                    if let Some((f, meta)) = o {
+                        file = Some(self.publish(f, meta));
+                    }
+                }
+            }
+        };
+        // (The file may have been opened and finished before the
+        // branch above ran.)
+        if file.is_none()
+            && let Some(mut r) = orx
+            && let Ok((f, meta)) = r.try_recv()
+        {
+            file = Some(self.publish(f, meta));
+        }
+        (result, file)
+    }
+
+    /// Tells the readers the spool file is open.
+    fn publish(&self, f: File, meta: FileMeta) -> SpoolFile {
+        let f = Arc::new(f);
+        self.opened
+            .send_replace(Some(Ok((f.clone(), meta.clone()))));
+        (f, meta)
+    }
+
+    /// The file arrived whole: counted, stamped with the source's times,
+    /// and its end (the digest) told to the readers.
+    fn arrived(&self, tee: &Tee, pending: PendingFile, file: Option<SpoolFile>) {
+        tee.files_fetched.fetch_add(1, Ordering::Relaxed);
+        tee.bytes_fetched
+            .fetch_add(pending.bytes, Ordering::Relaxed);
+        let digest = pending.digest;
+        let ending = match &file {
+            // The spool file's times are the source's, so the
+            // reader's "changed while read" check holds.
+            Some((f, meta)) => stamp(f, meta)
+                .map(|()| digest)
+                .map_err(|e| SpoolError::Stamp {
+                    path: self.path.to_string(),
+                    source: Arc::new(e),
+                }),
+            None => Err(SpoolError::NotOpened {
+                path: self.path.to_string(),
+            }),
+        };
+        if !pending.is_anonymous() {
+            // A named temp file (no O_TMPFILE here): removed
+            // when this is dropped, at the end.
+            lock(&tee.kept).push(pending);
+        }
+        // (An anonymous one lives on through the read-only
+        // descriptor; its writing one is closed now.)
+        self.done.send_replace(Some(ending));
     }
 }

@@ -16,13 +16,21 @@
 //!   neither guess nor claim a sibling's id.
 //! * **Loss.** When a link ends, only the routes that still point at it go
 //!   ([`Table::link_lost`]), never an id since given to another link.
+//!
+//! Here: the table, its links and routes, and loss. The decision itself
+//! is in `decide`, the ownership of ids (routes announced, blocks
+//! delegated) in `ownership`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt;
 
+use crate::wire::ContextId;
 pub use crate::wire::DeadReason;
-use crate::wire::control::IdBlock;
-use crate::wire::{ContextId, Header};
+
+mod decide;
+mod ownership;
+
+pub use decide::{Decision, Rejection};
+pub use ownership::{DelegateRefused, RouteRefused};
 
 /// Destinations remembered per link (to tell it when one dies); a link that
 /// sends to more distinct contexts than this is told of every loss instead.
@@ -55,85 +63,6 @@ struct Link {
     egress_overflow: bool,
     /// Id blocks delegated to this link, including requests in flight.
     blocks: usize,
-}
-
-/// What to do with one frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// For a handle in this context.
-    Deliver,
-    /// Send it on this link.
-    Forward(LinkId),
-    /// Drop it silently (it is logged and counted): answering a forger would
-    /// only help it probe.
-    Drop(Rejection),
-    /// Undeliverable: answer the sender (unless the frame is itself dead).
-    Dead(DeadReason),
-}
-
-/// Why a frame was dropped without an answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    /// `auth_id` is not reached through the link the frame came in on.
-    BadAuthId {
-        /// The claimed authority.
-        auth_id: ContextId,
-        /// The link it arrived on.
-        link: LinkId,
-    },
-    /// `src_id` is not reached through the link the frame came in on.
-    BadSrcId {
-        /// The claimed source.
-        src_id: ContextId,
-        /// The link it arrived on.
-        link: LinkId,
-    },
-    /// The link is not (or no longer) attached.
-    UnknownLink(LinkId),
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Rejection::BadAuthId { auth_id, link } => {
-                write!(f, "bad auth_id {auth_id} from stream {link}")
-            }
-            Rejection::BadSrcId { src_id, link } => {
-                write!(f, "bad src_id {src_id} from stream {link}")
-            }
-            Rejection::UnknownLink(link) => write!(f, "frame from unknown stream {link}"),
-        }
-    }
-}
-
-/// Why an ADD_ROUTE was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum RouteRefused {
-    /// Routes are announced upwards only.
-    #[error("ADD_ROUTE from the parent")]
-    FromParent,
-    /// The id is this context or one of its ancestors.
-    #[error("context {0} is this context or an ancestor")]
-    Ancestor(ContextId),
-    /// The id was neither allocated to nor delegated to the announcing link.
-    #[error("context {0} is not owned by the announcing stream")]
-    NotOwned(ContextId),
-    /// The link is unknown or a stripe.
-    #[error("stream {0} cannot announce routes")]
-    BadLink(LinkId),
-}
-
-/// Why a block of ids was not delegated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum DelegateRefused {
-    /// The link already holds as many blocks as it may
-    /// ([`MAX_BLOCKS_PER_LINK`] at the controller,
-    /// [`MAX_BLOCKS_PER_RELAYED_LINK`] elsewhere).
-    #[error("id allocation limit reached for this stream")]
-    LimitReached,
-    /// Only child links are delegated ids.
-    #[error("ids are delegated to child streams only")]
-    NotAChild,
 }
 
 /// What [`Table::link_lost`] removed.
@@ -304,186 +233,6 @@ impl Table {
         self.routes.iter().map(|(&id, &link)| (id, link))
     }
 
-    /// The child link that owns `id` by delegation, if any.
-    pub fn delegated_to(&self, id: ContextId) -> Option<LinkId> {
-        let (_, &(end, link, _)) = self.delegated.range(..=id).next_back()?;
-        (id < end).then_some(link)
-    }
-
-    /// The context that asked for the block holding `id` (and so gave `id`
-    /// out), if `id` is in a delegated block.
-    pub fn requester_of(&self, id: ContextId) -> Option<ContextId> {
-        let (_, &(end, _, requester)) = self.delegated.range(..=id).next_back()?;
-        (id < end).then_some(requester)
-    }
-
-    /// True if `link` owns `id` (attached with it, or delegated a block
-    /// holding it).
-    pub fn owns(&self, link: LinkId, id: ContextId) -> bool {
-        let Some(link) = self.canonical(link) else {
-            return false;
-        };
-        self.attached.get(&id) == Some(&link) || self.delegated_to(id) == Some(link)
-    }
-
-    /// Decides what happens to a frame with header `h` that arrived on
-    /// `ingress` (`None`: it originates in this context).
-    pub fn route(&mut self, h: &Header, ingress: Option<LinkId>) -> Decision {
-        if h.len as usize > self.max_message_size {
-            return Decision::Dead(DeadReason::TooLarge {
-                max: self.max_message_size,
-            });
-        }
-        let ingress = match ingress {
-            None => None,
-            Some(l) => match self.canonical(l) {
-                Some(c) => Some(c),
-                None => return Decision::Drop(Rejection::UnknownLink(l)),
-            },
-        };
-        if let Some(link) = ingress {
-            if self.towards(h.auth_id) != Some(link) {
-                return Decision::Drop(Rejection::BadAuthId {
-                    auth_id: h.auth_id,
-                    link,
-                });
-            }
-            if h.src_id != h.auth_id && self.towards(h.src_id) != Some(link) {
-                return Decision::Drop(Rejection::BadSrcId {
-                    src_id: h.src_id,
-                    link,
-                });
-            }
-            // Bounded: a peer writing to made-up ids fills the set once,
-            // after which it is simply told of every loss.
-            if h.dst_id != self.me
-                && let Some(l) = self.links.get_mut(&link)
-                && !l.egress_overflow
-            {
-                if l.egress.len() >= MAX_EGRESS {
-                    l.egress.clear();
-                    l.egress_overflow = true;
-                } else {
-                    l.egress.insert(h.dst_id);
-                }
-            }
-        }
-        if h.dst_id == self.me {
-            return Decision::Deliver;
-        }
-        let out = match self.routes.get(&h.dst_id) {
-            Some(&l) => Some(l),
-            // Never bounce a frame back to the parent it came from.
-            None if ingress.is_some() && ingress == self.parent => None,
-            None => self.parent,
-        };
-        match out {
-            Some(l) if Some(l) != ingress && self.links.contains_key(&l) => Decision::Forward(l),
-            _ => Decision::Dead(DeadReason::NoRoute {
-                dst: h.dst_id,
-                me: self.me,
-            }),
-        }
-    }
-
-    /// Records that `link` announced a route to `id` (ADD_ROUTE). Honoured
-    /// only for ids the link owns.
-    pub fn add_route(&mut self, id: ContextId, link: LinkId) -> Result<(), RouteRefused> {
-        let Some(link) = self.canonical(link) else {
-            return Err(RouteRefused::BadLink(link));
-        };
-        if Some(link) == self.parent {
-            return Err(RouteRefused::FromParent);
-        }
-        if self.is_self_or_ancestor(id) {
-            return Err(RouteRefused::Ancestor(id));
-        }
-        let owned = self.attached.get(&id) == Some(&link) || self.delegated_to(id) == Some(link);
-        if !owned {
-            return Err(RouteRefused::NotOwned(id));
-        }
-        self.routes.insert(id, link);
-        if let Some(l) = self.links.get_mut(&link) {
-            l.claimed.insert(id);
-        }
-        Ok(())
-    }
-
-    /// Handles DEL_ROUTE for `id` from `link`. True if the link may speak
-    /// for `id` (so waiters on it are to be woken): a child link only for a
-    /// route that points at it, the parent for anything not routed below.
-    pub fn del_route(&mut self, id: ContextId, link: LinkId) -> bool {
-        let Some(link) = self.canonical(link) else {
-            return false;
-        };
-        if self.routes.get(&id) == Some(&link) {
-            self.routes.remove(&id);
-            if let Some(l) = self.links.get_mut(&link) {
-                l.claimed.remove(&id);
-            }
-            return true;
-        }
-        Some(link) == self.parent && !self.routes.contains_key(&id) && !self.is_self_or_ancestor(id)
-    }
-
-    /// Reserves one more id block for `link` (an ALLOCATE_ID request from
-    /// it); the block itself is recorded with [`Table::delegate`] once known.
-    pub fn reserve_block(&mut self, link: LinkId) -> Result<(), DelegateRefused> {
-        let link = self.canonical(link).ok_or(DelegateRefused::NotAChild)?;
-        if Some(link) == self.parent {
-            return Err(DelegateRefused::NotAChild);
-        }
-        let cap = self.block_cap();
-        let l = self
-            .links
-            .get_mut(&link)
-            .ok_or(DelegateRefused::NotAChild)?;
-        if l.blocks >= cap {
-            return Err(DelegateRefused::LimitReached);
-        }
-        l.blocks += 1;
-        Ok(())
-    }
-
-    /// Blocks one child link may be delegated here.
-    pub fn block_cap(&self) -> usize {
-        if self.me == 0 {
-            MAX_BLOCKS_PER_LINK
-        } else {
-            MAX_BLOCKS_PER_RELAYED_LINK
-        }
-    }
-
-    /// Gives back a reservation whose block never came.
-    pub fn unreserve_block(&mut self, link: LinkId) {
-        if let Some(l) = self.canonical(link).and_then(|c| self.links.get_mut(&c)) {
-            l.blocks = l.blocks.saturating_sub(1);
-        }
-    }
-
-    /// Records that the ids of `block` now belong to `link` (after
-    /// [`Table::reserve_block`]). False if the link has gone meanwhile.
-    pub fn delegate(&mut self, block: IdBlock, link: LinkId) -> bool {
-        let Some(requester) = self.remote_id(link) else {
-            return false;
-        };
-        self.delegate_for(block, link, requester)
-    }
-
-    /// [`Table::delegate`] for a block asked for on behalf of `requester`
-    /// (a context the link owns, below its neighbour).
-    pub fn delegate_for(&mut self, block: IdBlock, link: LinkId, requester: ContextId) -> bool {
-        let Some(link) = self.canonical(link) else {
-            return false;
-        };
-        if block.start >= block.end {
-            return false;
-        }
-        self.delegated
-            .insert(block.start, (block.end, link, requester));
-        true
-    }
-
     /// Removes a link. For a primary link, its stripes go too and the
     /// contexts whose routes still point at it are returned.
     pub fn link_lost(&mut self, link: LinkId) -> Option<LostLink> {
@@ -563,6 +312,8 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::Header;
+    use crate::wire::control::IdBlock;
     use proptest::prelude::*;
 
     const MAX: usize = 1 << 20;
