@@ -68,13 +68,30 @@ impl std::fmt::Debug for SpawnWatch {
     }
 }
 
+/// What the kernel measured on a process's TCP connection: its round trip
+/// and whether the far end is this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathReading {
+    /// The smallest round trip sample seen, which CPU delays on either end
+    /// only lengthen.
+    pub rtt: Duration,
+    /// The connection's peer is a loopback address: ssh may be talking to
+    /// a local forwarder or proxy, whose own far side the kernel cannot
+    /// see, so a short round trip says nothing of the path.
+    pub peer_local: bool,
+}
+
 /// The round trip of the established TCP connection of process `pid` (its
-/// first one: an ssh client has one), as the kernel measured it: the
-/// smallest sample seen, which CPU delays on either end only lengthen.
-/// `None` when the process has no established TCP connection or may not
-/// be looked at (see the module's notes).
-#[cfg(target_os = "linux")]
+/// first one: an ssh client has one), as the kernel measured it. `None`
+/// when the process has no established TCP connection or may not be looked
+/// at (see the module's notes).
 pub fn tcp_rtt(pid: u32) -> Option<Duration> {
+    tcp_path(pid).map(|r| r.rtt)
+}
+
+/// [`tcp_rtt`] with the peer's locality.
+#[cfg(target_os = "linux")]
+pub fn tcp_path(pid: u32) -> Option<PathReading> {
     use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
     use std::os::unix::ffi::OsStrExt;
 
@@ -96,15 +113,29 @@ pub fn tcp_rtt(pid: u32) -> Option<Duration> {
             continue;
         };
         if let Some(rtt) = socket_rtt(&socket) {
-            return Some(rtt);
+            let peer_local = rustix::net::getpeername(&socket)
+                .ok()
+                .flatten()
+                .and_then(|a| std::net::SocketAddr::try_from(a).ok())
+                .is_none_or(|a| a.ip().is_loopback() || is_mapped_loopback(a.ip()));
+            return Some(PathReading { rtt, peer_local });
         }
     }
     None
 }
 
-/// [`tcp_rtt`] where there is no pidfd: always `None`.
+/// `::ffff:127.x.y.z`: loopback reached over an IPv6 socket.
+#[cfg(target_os = "linux")]
+fn is_mapped_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        std::net::IpAddr::V4(_) => false,
+    }
+}
+
+/// [`tcp_path`] where there is no pidfd: always `None`.
 #[cfg(not(target_os = "linux"))]
-pub fn tcp_rtt(_pid: u32) -> Option<Duration> {
+pub fn tcp_path(_pid: u32) -> Option<PathReading> {
     None
 }
 
@@ -191,10 +222,12 @@ mod tests {
         let stdout = child.stdout.take().expect("stdout");
         BufReader::new(stdout).read_line(&mut line).expect("read");
         assert_eq!(line.trim(), "up", "the child connected");
-        let rtt = tcp_rtt(child.id());
+        let reading = tcp_path(child.id());
         let _ = child.stdin.take().map(|mut s| s.write_all(b"x\n"));
         let _ = child.wait();
-        let rtt = rtt.expect("a round trip for the child's established connection");
+        let reading = reading.expect("a round trip for the child's established connection");
+        assert!(reading.peer_local, "127.0.0.1 is this machine: {reading:?}");
+        let rtt = reading.rtt;
         assert!(
             rtt < Duration::from_millis(100),
             "loopback round trip {rtt:?}"

@@ -254,6 +254,11 @@ impl SendMachine {
         self.window.on_more_paths(from, to);
     }
 
+    /// The bulk starts over `n` data streams: see [`Window::set_streams`].
+    pub fn set_streams(&mut self, n: usize) {
+        self.window.set_streams(n);
+    }
+
     /// The credit window (for its estimate and figures).
     pub fn window(&self) -> &Window {
         &self.window

@@ -6,10 +6,10 @@
 use std::time::{Duration, Instant};
 
 use super::one::One;
-use super::stripes::{STRIPE_MIN_RTT, auto_stripes, start_stripes_early_n};
+use super::stripes::{STRIPE_MIN_RTT, auto_stripes, start_stripes_early_n, stripe_method};
 use crate::cli::target::{self, HopError};
 use crate::connect::ContextInfo;
-use crate::connect::path_rtt::{self, SpawnWatch};
+use crate::connect::path_rtt::{self, PathReading, SpawnWatch};
 
 /// The bytes of the regular files among the source operands (`paths`
 /// without its last, the destination): what a push is known to carry
@@ -37,18 +37,29 @@ pub(super) const EARLY_STRIPE_AFTER: Duration = Duration::from_millis(250);
 /// took 0.6 s longer than with all eight at 250 ms; at 500 ms, 0.15 s.
 pub(super) const EARLY_STRIPE_MORE: Duration = Duration::from_millis(500);
 
+/// How often, until the first step's clock, the controller looks for the
+/// kernel's reading of ssh's connection: it exists one round trip after
+/// ssh starts (the SYN's answer), so a long path is known long before
+/// [`EARLY_STRIPE_AFTER`].
+pub(super) const READING_POLL: Duration = Duration::from_millis(10);
+
 /// How many stripe transports a push to one target starts before its
-/// primary connection is up, step by step: at [`EARLY_STRIPE_AFTER`] and
-/// at [`EARLY_STRIPE_MORE`] if the connection is not up by then. Once the
-/// path's round trip is known (read from ssh's own TCP connection, see
-/// [`path_rtt`]) the count is what that round trip calls for
-/// ([`auto_stripes`]), all at once: eight at 100 ms as soon as 250 ms
-/// (measured 0.15 s sooner to full rate than at 500 ms), and no more than
-/// the first two at 20 ms however slow the start-up (on the shared
-/// testbed, 0.55 s: the clock rule started eight there). Without it, the
-/// clock rule: the first step's at 250 ms, the longest path's rest at
-/// 500 ms — also when the round trip read is under [`STRIPE_MIN_RTT`]:
-/// that is ssh's hop to a local forwarder or proxy, not the path.
+/// primary connection is up, step by step. Once the path's round trip is
+/// known (read from ssh's own TCP connection, see [`path_rtt`]; looked for
+/// every [`READING_POLL`] from the start) the count is what that round
+/// trip calls for ([`auto_stripes`]), all at once and at once: eight at
+/// 100 ms about 100 ms after ssh starts (before, at 250 ms: measured 0.15 s
+/// sooner to full rate than at 500 ms), and no more than the first two at
+/// 20 ms however slow the start-up (on the shared testbed, 0.55 s: the
+/// clock rule started eight there). A round trip under [`STRIPE_MIN_RTT`]
+/// to a peer that is not this machine is a fast path (a LAN): no early
+/// transports, however slow the login (each is a full ssh handshake, and
+/// the pings then decide, as for a directory). Without a reading, or with
+/// a short one to a loopback peer (ssh's hop to a local forwarder or
+/// proxy, or the test suite's delaying relay: not the path), the clock
+/// rule: the first step's transports at [`EARLY_STRIPE_AFTER`], the
+/// longest path's rest at [`EARLY_STRIPE_MORE`], each only if the
+/// connection is not up by then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct EarlySteps {
     /// Transports of the first step.
@@ -75,20 +86,25 @@ impl EarlySteps {
         }
     }
 
-    /// The transports to start at step `step` (0 or 1) given the round
-    /// trip known by then, and whether no step follows.
-    pub(super) fn at(&self, step: usize, rtt: Option<Duration>) -> (usize, bool) {
+    /// The transports to start at step `step` (0 or 1) given what the
+    /// kernel has read of the path by then, and whether no step follows.
+    pub(super) fn at(&self, step: usize, reading: Option<PathReading>) -> (usize, bool) {
         let started = if step == 0 { 0 } else { self.first };
-        // A local round trip on a connection not up within 250 ms is not
-        // the path: ssh talks to a local forwarder or proxy (or the test
-        // suite's delaying relay), whose far side the kernel cannot see.
-        let rtt = rtt.filter(|r| *r >= STRIPE_MIN_RTT);
-        match rtt {
+        match reading {
             _ if self.fixed => (if step == 0 { self.first } else { 0 }, true),
-            Some(r) => ((auto_stripes(r) - 1).saturating_sub(started), true),
-            None if step == 0 => (self.first, self.rest == 0),
-            None => (self.rest, true),
+            Some(r) if r.rtt >= STRIPE_MIN_RTT => {
+                ((auto_stripes(r.rtt) - 1).saturating_sub(started), true)
+            }
+            Some(r) if !r.peer_local => (0, true),
+            _ if step == 0 => (self.first, self.rest == 0),
+            _ => (self.rest, true),
         }
+    }
+
+    /// Whether `reading` settles the first step before its clock: a long
+    /// path, or a fast one that is not a local hop.
+    pub(super) fn decided_by(&self, reading: Option<PathReading>) -> bool {
+        !self.fixed && reading.is_some_and(|r| r.rtt >= STRIPE_MIN_RTT || !r.peer_local)
     }
 }
 
@@ -127,7 +143,16 @@ impl One<'_> {
             );
             tokio::pin!(connect);
             let steps = EarlySteps::new(self.stripes);
-            let mut step = 0;
+            // A push that will not stripe takes no step (nor looks).
+            let may_stripe = stripe_method(
+                self.targs,
+                host,
+                self.stripes,
+                self.size_hint,
+                self.log_filter,
+            )
+            .is_some();
+            let mut step = if may_stripe { 0 } else { 2 };
             let mut last = false;
             loop {
                 let at = match step {
@@ -135,17 +160,29 @@ impl One<'_> {
                     1 if !last => Some(EARLY_STRIPE_MORE),
                     _ => None,
                 };
-                let wait = at.map_or(Duration::ZERO, |a| a.saturating_sub(t0.elapsed()));
+                let mut wait = at.map_or(Duration::ZERO, |a| a.saturating_sub(t0.elapsed()));
+                // Before the first step's clock, look for the kernel's
+                // reading every READING_POLL: it may settle the step sooner.
+                let polling = step == 0 && !steps.fixed;
+                if polling {
+                    wait = wait.min(READING_POLL);
+                }
                 tokio::select! {
                     r = &mut connect => break r,
                     _ = tokio::time::sleep(wait), if at.is_some() => {
                         // What the kernel measured on ssh's connection so
                         // far (see connect::path_rtt); None: the clock rule.
                         let rtt = if self.stripes.is_none() {
-                            watch.pid().and_then(path_rtt::tcp_rtt)
+                            watch.pid().and_then(path_rtt::tcp_path)
                         } else {
                             None
                         };
+                        if polling
+                            && t0.elapsed() < EARLY_STRIPE_AFTER
+                            && !steps.decided_by(rtt)
+                        {
+                            continue;
+                        }
                         let (count, done) = steps.at(step, rtt);
                         tracing::debug!(
                             "{host}: early stripe step {step} at {:?}: path round trip {rtt:?}, \
@@ -184,28 +221,55 @@ mod tests {
     #[test]
     fn early_transports_follow_the_measured_round_trip_and_the_clock_without_one() {
         let ms = Duration::from_millis;
+        let far = |rtt| {
+            Some(PathReading {
+                rtt,
+                peer_local: false,
+            })
+        };
+        let local = |rtt| {
+            Some(PathReading {
+                rtt,
+                peer_local: true,
+            })
+        };
         let auto = EarlySteps::new(None);
         // The clock rule: the first step's two at 250 ms, the longest
         // path's other six at 500 ms.
         assert_eq!(auto.at(0, None), (2, false));
         assert_eq!(auto.at(1, None), (6, true));
+        assert!(!auto.decided_by(None));
         // A 20 ms path measured by 250 ms (the testbed, up after 0.55 s):
         // its two and no more; measured only by 500 ms: none more.
-        assert_eq!(auto.at(0, Some(ms(20))), (2, true));
-        assert_eq!(auto.at(1, Some(ms(20))), (0, true));
-        // 100 ms: all eight at once, at the first step.
-        assert_eq!(auto.at(0, Some(ms(100))), (8, true));
-        assert_eq!(auto.at(1, Some(ms(100))), (6, true));
+        assert_eq!(auto.at(0, far(ms(20))), (2, true));
+        assert_eq!(auto.at(1, far(ms(20))), (0, true));
+        // 100 ms: all eight at once, at the first step, and as soon as
+        // the reading is there.
+        assert_eq!(auto.at(0, far(ms(100))), (8, true));
+        assert_eq!(auto.at(1, far(ms(100))), (6, true));
+        assert!(auto.decided_by(far(ms(100))));
         // 40 ms calls for four.
-        assert_eq!(auto.at(0, Some(ms(40))), (4, true));
-        // A local round trip on a connection this slow is a forwarder's,
-        // not the path's: the clock rule.
-        assert_eq!(auto.at(0, Some(Duration::from_micros(300))), (2, false));
-        assert_eq!(auto.at(1, Some(Duration::from_micros(300))), (6, true));
-        // --stripes N: N - 1 at the first step whatever the path.
+        assert_eq!(auto.at(0, far(ms(40))), (4, true));
+        // A peer behind a loopback address at 100 ms (the delay lines of
+        // the test suite's relays are further on): the reading still says
+        // so only if it is long.
+        assert_eq!(auto.at(0, local(ms(100))), (8, true));
+        // A local round trip to a loopback peer on a connection this slow
+        // is a forwarder's, not the path's: the clock rule.
+        let short = Duration::from_micros(300);
+        assert_eq!(auto.at(0, local(short)), (2, false));
+        assert_eq!(auto.at(1, local(short)), (6, true));
+        assert!(!auto.decided_by(local(short)));
+        // The same round trip to another machine is a fast path: none,
+        // decided as soon as it is read.
+        assert_eq!(auto.at(0, far(short)), (0, true));
+        assert!(auto.decided_by(far(short)));
+        // --stripes N: N - 1 at the first step whatever the path, on the
+        // clock.
         let fixed = EarlySteps::new(Some(4));
         assert_eq!(fixed.at(0, None), (3, true));
-        assert_eq!(fixed.at(0, Some(ms(100))), (3, true));
-        assert_eq!(fixed.at(0, Some(ms(1))), (3, true));
+        assert_eq!(fixed.at(0, far(ms(100))), (3, true));
+        assert_eq!(fixed.at(0, far(ms(1))), (3, true));
+        assert!(!fixed.decided_by(far(ms(100))));
     }
 }

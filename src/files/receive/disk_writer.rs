@@ -47,6 +47,7 @@ impl DiskWriter {
         let handle = tokio::task::spawn_blocking(move || {
             let mut written = from;
             let mut written_back = from;
+            let mut acked = from;
             let mut buf = Vec::new();
             // A delta's copies are read from the old file here: their hash
             // goes to a thread of its own, beside the reads and writes
@@ -77,7 +78,14 @@ impl DiskWriter {
                     };
                 }
                 written += piece.len();
-                ack.send_control(&router, &written);
+                // One acknowledgement per piece cost a frame, a route and a
+                // wake-up of the sender's pump every 128 KiB; one when the
+                // queue is caught up (the window's round trip samples stay
+                // as fresh) or every ACK_EVERY while it is not.
+                if rx.is_empty() || written - acked >= ACK_EVERY {
+                    ack.send_control(&router, &written);
+                    acked = written;
+                }
                 if let Some(w) = &observed {
                     w.send_replace(written);
                 }
@@ -85,6 +93,9 @@ impl DiskWriter {
                     start_writeback(&file, written_back, written);
                     written_back = written;
                 }
+            }
+            if acked < written {
+                ack.send_control(&router, &written);
             }
             let (hasher, error) = match pipe.map(HashPipe::finish) {
                 None => (hasher, None),
@@ -126,6 +137,9 @@ impl DiskWriter {
         self.handle.await.ok()
     }
 }
+
+/// While more pieces wait, the most written before an acknowledgement.
+const ACK_EVERY: u64 = 512 << 10;
 
 /// With fsync on, how much newly written data starts its way to the disk
 /// at a time.

@@ -157,6 +157,10 @@ pub struct Window {
     /// The most a slow start resumed by [`Window::on_more_paths`] may
     /// grow the window to.
     ss_ceiling: Option<u64>,
+    /// Data streams the bytes in flight spread over (1 without stripes):
+    /// the queue thresholds are per stream, since each has its own pipes,
+    /// ssh buffers and TCP connection that a steady flow keeps partly full.
+    streams: u64,
 }
 
 /// Rounds over which the delivery rate's maximum is taken.
@@ -207,6 +211,7 @@ impl Window {
             round_window: 0,
             grace,
             ss_ceiling: None,
+            streams: 1,
         }
         .with_round_window()
     }
@@ -238,6 +243,27 @@ impl Window {
         }
         self.est.slow_start = true;
         self.grace = 2;
+        self.streams = to as u64;
+    }
+
+    /// The bytes in flight spread over `n` data streams (the stripes a
+    /// transfer starts on), without the slow start of
+    /// [`Window::on_more_paths`]: the queue the delay rule allows is per
+    /// stream.
+    pub fn set_streams(&mut self, n: usize) {
+        self.streams = n.max(1) as u64;
+    }
+
+    /// Estimated queue below which the window grows: [`QUEUE_LOW`] per
+    /// data stream.
+    fn queue_low(&self) -> u64 {
+        QUEUE_LOW.saturating_mul(self.streams)
+    }
+
+    /// Estimated queue above which the window shrinks: [`QUEUE_HIGH`] per
+    /// data stream.
+    fn queue_high(&self) -> u64 {
+        QUEUE_HIGH.saturating_mul(self.streams)
     }
 
     /// The current limit.

@@ -81,6 +81,8 @@ impl Transfer {
             self.fs.inner.config.ack_timeout,
             tokio::time::Instant::now().into_std(),
         );
+        // Bulk goes on the stripes, not the primary, once there are any.
+        m.set_streams(stripes.len().saturating_sub(1).max(1));
         m.on_turn(Instant::now());
         Pump {
             router,
