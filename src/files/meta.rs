@@ -172,19 +172,19 @@ mod nss {
 
     use crate::files::passwd::{GROUP, PASSWD, id_of, name_of};
 
-    pub fn user_name(uid: u32) -> Option<String> {
+    pub(super) fn user_name(uid: u32) -> Option<String> {
         name_of(Path::new(PASSWD), uid)
     }
 
-    pub fn group_name(gid: u32) -> Option<String> {
+    pub(super) fn group_name(gid: u32) -> Option<String> {
         name_of(Path::new(GROUP), gid)
     }
 
-    pub fn uid_of(name: &str) -> Option<u32> {
+    pub(super) fn uid_of(name: &str) -> Option<u32> {
         id_of(Path::new(PASSWD), name)
     }
 
-    pub fn gid_of(name: &str) -> Option<u32> {
+    pub(super) fn gid_of(name: &str) -> Option<u32> {
         id_of(Path::new(GROUP), name)
     }
 }

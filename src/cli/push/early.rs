@@ -47,7 +47,7 @@ pub(super) const READING_POLL: Duration = Duration::from_millis(10);
 /// primary connection is up, step by step. Once the path's round trip is
 /// known (read from ssh's own TCP connection, see [`path_rtt`]; looked for
 /// every [`READING_POLL`] from the start) the count is what that round
-/// trip calls for ([`auto_stripes`]), all at once and at once: eight at
+/// trip calls for ([`auto_stripes`]), all together as soon as it shows: eight at
 /// 100 ms about 100 ms after ssh starts (before, at 250 ms: measured 0.15 s
 /// sooner to full rate than at 500 ms), and no more than the first two at
 /// 20 ms however slow the start-up (on the shared testbed, 0.55 s: the
