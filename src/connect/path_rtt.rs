@@ -12,7 +12,7 @@
 //! hashing needed (1 GiB, 1 MiB changed: 2.04 s against 1.56 s with no
 //! early stripes). The kernel knows better and sooner: ssh's TCP connection
 //! to its first hop has a measured round trip from its SYN on, one round
-//! trip after ssh starts. [`tcp_rtt`] reads it from ssh's socket (a
+//! trip after ssh starts. [`tcp_path`] reads it from ssh's socket (a
 //! duplicate of ssh's descriptor, taken through a pidfd: ssh is our child,
 //! so no privilege is needed beyond what `/proc/PID/fd` already shows).
 //!
@@ -26,7 +26,7 @@ use std::time::Duration;
 
 /// Where a launched process publishes its pid, so that the one who asked
 /// for the connection can look at it while the connection is being made
-/// (see [`tcp_rtt`]). Cloning shares the slot. Not part of what a
+/// (see [`tcp_path`]). Cloning shares the slot. Not part of what a
 /// connection *is*: two specs that differ only in their watch are equal,
 /// and the watch is not sent to other contexts.
 #[derive(Clone, Default)]
@@ -81,15 +81,10 @@ pub struct PathReading {
     pub peer_local: bool,
 }
 
-/// The round trip of the established TCP connection of process `pid` (its
-/// first one: an ssh client has one), as the kernel measured it. `None`
-/// when the process has no established TCP connection or may not be looked
-/// at (see the module's notes).
-pub fn tcp_rtt(pid: u32) -> Option<Duration> {
-    tcp_path(pid).map(|r| r.rtt)
-}
-
-/// [`tcp_rtt`] with the peer's locality.
+/// What the kernel measured on the established TCP connection of process
+/// `pid` (its first one: an ssh client has one): the round trip and the
+/// peer's locality. `None` when the process has no established TCP
+/// connection or may not be looked at (see the module's notes).
 #[cfg(target_os = "linux")]
 pub fn tcp_path(pid: u32) -> Option<PathReading> {
     use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
@@ -237,10 +232,10 @@ mod tests {
             .arg("30")
             .spawn()
             .expect("spawn sleep");
-        let none = tcp_rtt(sleeper.id());
+        let none = tcp_path(sleeper.id());
         let _ = sleeper.kill();
         let _ = sleeper.wait();
         assert_eq!(none, None, "a process with no socket");
-        assert_eq!(tcp_rtt(u32::MAX), None, "no such process");
+        assert_eq!(tcp_path(u32::MAX), None, "no such process");
     }
 }
