@@ -29,7 +29,12 @@ pub async fn connect(router: &Router, spec: &ConnectSpec) -> Result<ContextInfo,
     })?;
     let mut cmd = Command::new(&exe);
     cmd.arg(CHILD_ARG);
-    launch(router, spec, cmd, Launch::new("local")).await
+    let launch_as = Launch {
+        // The reader is this binary's child, which copies what it reads.
+        splice_stdin: true,
+        ..Launch::new("local")
+    };
+    launch(router, spec, cmd, launch_as).await
 }
 
 /// Turns the last lines a process wrote to stderr into a short cause.
@@ -56,6 +61,11 @@ pub struct Launch {
     /// allocated: [`early_hello`]) when it goes with the bootstrap stub
     /// ([`BootPlan::with_early_hello`]).
     pub hello: Option<Hello>,
+    /// Large payloads written to the process are spliced into its stdin
+    /// ([`stream::splice`]): only for a process known to copy what it reads
+    /// (not one that might splice the pages on, as a `pv` in a wrapper
+    /// could).
+    pub splice_stdin: bool,
 }
 
 /// The `Hello` for a context named `name` that a bootstrap stub will
@@ -110,6 +120,7 @@ impl Launch {
             program: None,
             detach: false,
             hello: None,
+            splice_stdin: false,
         }
     }
 }
@@ -188,7 +199,23 @@ pub async fn launch(
             return Err(fail(child, pid, &tail, &launch, &name, detail, eof, true).await);
         }
     };
-    stream::start(router, name.clone(), id, false, stdout, stdin, buffered);
+    if launch.splice_stdin {
+        // The handshake is done: from here on, large payloads are spliced.
+        match stdin
+            .into_owned_fd()
+            .and_then(stream::splice::SpliceWriter::new)
+        {
+            Ok(writer) => {
+                stream::start_spliced(router, name.clone(), id, false, stdout, writer, buffered)
+            }
+            Err(e) => {
+                let detail = format!("cannot take over the pipe to the child: {e}");
+                return Err(fail(child, pid, &tail, &launch, &name, detail, false, false).await);
+            }
+        };
+    } else {
+        stream::start(router, name.clone(), id, false, stdout, stdin, buffered);
+    }
     router.announce_route(id, &name);
     reap(child, name.clone());
     Ok(ContextInfo {

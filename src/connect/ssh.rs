@@ -61,6 +61,7 @@ pub async fn connect(
         program: Some(format!("{:?} (ssh to {target})", argv[0])),
         detach: true,
         hello: Some(hello),
+        splice_stdin: false,
     };
     local::launch(router, spec, cmd, launch).await
 }

@@ -61,6 +61,7 @@ pub async fn connect(
         program: Some(format!("{program:?} ({whence})")),
         detach: true,
         hello: Some(hello),
+        splice_stdin: false,
     };
     match local::launch(router, spec, cmd, launch).await {
         Err(ConnectError::Handshake {

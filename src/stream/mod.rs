@@ -35,6 +35,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::Decoder;
 
 pub mod outbox;
+pub(crate) mod splice;
 
 use outbox::MAX_BATCH;
 pub use outbox::{
@@ -93,8 +94,64 @@ where
 {
     let outbox = Outbox::new();
     let id = router.attach_stream(remote_id, is_parent, outbox.clone(), name.clone());
+    spawn_tasks(
+        router,
+        id,
+        outbox,
+        name,
+        reader,
+        Writer::Copy(writer),
+        buffered,
+    );
+    id
+}
+
+/// [`start`] for a stream whose writing side is a pipe read by a reader
+/// that copies what it reads: large payloads are spliced into it
+/// ([`splice`]).
+pub(crate) fn start_spliced<R>(
+    router: &Router,
+    name: String,
+    remote_id: ContextId,
+    is_parent: bool,
+    reader: R,
+    writer: splice::SpliceWriter,
+    buffered: BytesMut,
+) -> StreamId
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let outbox = Outbox::new();
+    let id = router.attach_stream(remote_id, is_parent, outbox.clone(), name.clone());
+    let writer = Writer::<tokio::io::Sink>::Splice(writer);
     spawn_tasks(router, id, outbox, name, reader, writer, buffered);
     id
+}
+
+/// The writing side of a stream.
+enum Writer<W> {
+    /// Everything copied into `W`.
+    Copy(W),
+    /// A pipe, large payloads spliced.
+    Splice(splice::SpliceWriter),
+}
+
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    async fn write_batch(&mut self, batch: &[Frame]) -> std::io::Result<()> {
+        match self {
+            Writer::Copy(w) => write_batch(w, batch).await,
+            Writer::Splice(w) => w.write_batch(batch).await,
+        }
+    }
+
+    async fn shutdown(self) {
+        match self {
+            Writer::Copy(mut w) => {
+                let _ = w.shutdown().await;
+            }
+            Writer::Splice(w) => w.finish(),
+        }
+    }
 }
 
 /// Starts an additional stream to the neighbour already reached by
@@ -115,7 +172,15 @@ where
 {
     let outbox = Outbox::new();
     let id = router.attach_alias_stream(primary, outbox.clone(), name.clone())?;
-    spawn_tasks(router, id, outbox, name, reader, writer, buffered);
+    spawn_tasks(
+        router,
+        id,
+        outbox,
+        name,
+        reader,
+        Writer::Copy(writer),
+        buffered,
+    );
     Some(id)
 }
 
@@ -125,7 +190,7 @@ fn spawn_tasks<R, W>(
     outbox: Arc<Outbox>,
     name: String,
     reader: R,
-    writer: W,
+    writer: Writer<W>,
     buffered: BytesMut,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
@@ -139,13 +204,13 @@ fn spawn_tasks<R, W>(
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut failure = None;
         while wbox.next_batch(&mut batch).await {
-            if let Err(e) = write_batch(&mut writer, &batch).await {
+            if let Err(e) = writer.write_batch(&batch).await {
                 failure = Some(format!("write to {wname} failed: {e}"));
                 break;
             }
             batch.clear();
         }
-        let _ = writer.shutdown().await;
+        writer.shutdown().await;
         // An overflow is the cause of anything that failed after it.
         // (The reader logs an overflow, naming the stream.)
         if let Some(reason) = wbox.overflow().or(failure) {
