@@ -37,6 +37,17 @@ pub async fn connect(router: &Router, spec: &ConnectSpec) -> Result<ContextInfo,
     launch(router, spec, cmd, launch_as).await
 }
 
+/// True if `program` is one known to copy what it reads from its stdin
+/// (`read`, never `splice`), so that the pipe to it may be spliced into
+/// ([`stream::splice`]): OpenSSH's `ssh` and `sudo`, by their file names.
+/// A wrapper of another name (`-e ./my-ssh`) is not assumed to: one that
+/// piped through `pv` would pass our pages on by reference.
+pub(crate) fn reads_by_copy(program: &std::ffi::OsStr) -> bool {
+    std::path::Path::new(program)
+        .file_name()
+        .is_some_and(|name| name == "ssh" || name == "sudo")
+}
+
 /// Turns the last lines a process wrote to stderr into a short cause.
 pub type Explain = Box<dyn Fn(&[String]) -> Option<String> + Send + Sync>;
 
@@ -399,5 +410,34 @@ async fn fail(
         name: name.to_string(),
         detail,
         stderr: lines,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reads_by_copy;
+
+    #[test]
+    fn only_ssh_and_sudo_by_name_are_taken_to_copy_what_they_read() {
+        for yes in [
+            "ssh",
+            "/usr/bin/ssh",
+            "./ssh",
+            "sudo",
+            "/usr/local/bin/sudo",
+        ] {
+            assert!(reads_by_copy(yes.as_ref()), "{yes}");
+        }
+        for no in [
+            "",
+            "sshpass",
+            "my-ssh",
+            "/opt/ssh/wrapper",
+            "pv",
+            "ssh.sh",
+            "/",
+        ] {
+            assert!(!reads_by_copy(no.as_ref()), "{no}");
+        }
     }
 }

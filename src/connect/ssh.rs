@@ -61,7 +61,7 @@ pub async fn connect(
         program: Some(format!("{:?} (ssh to {target})", argv[0])),
         detach: true,
         hello: Some(hello),
-        splice_stdin: false,
+        splice_stdin: local::reads_by_copy(argv[0].as_ref()),
     };
     local::launch(router, spec, cmd, launch).await
 }

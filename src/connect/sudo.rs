@@ -61,7 +61,7 @@ pub async fn connect(
         program: Some(format!("{program:?} ({whence})")),
         detach: true,
         hello: Some(hello),
-        splice_stdin: false,
+        splice_stdin: local::reads_by_copy(program.as_ref()),
     };
     match local::launch(router, spec, cmd, launch).await {
         Err(ConnectError::Handshake {

@@ -128,6 +128,26 @@ where
     id
 }
 
+/// [`start_alias`] for a stripe whose writing side is a pipe read by a
+/// reader that copies what it reads ([`splice`]).
+pub(crate) fn start_alias_spliced<R>(
+    router: &Router,
+    name: String,
+    primary: StreamId,
+    reader: R,
+    writer: splice::SpliceWriter,
+    buffered: BytesMut,
+) -> Option<StreamId>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let outbox = Outbox::new();
+    let id = router.attach_alias_stream(primary, outbox.clone(), name.clone())?;
+    let writer = Writer::<tokio::io::Sink>::Splice(writer);
+    spawn_tasks(router, id, outbox, name, reader, writer, buffered);
+    Some(id)
+}
+
 /// The writing side of a stream.
 enum Writer<W> {
     /// Everything copied into `W`.

@@ -25,6 +25,8 @@ pub(super) struct Transport {
     name: String,
     /// Waits for the `PID SOCKET` line (an [`Early`] transport).
     wants_line: bool,
+    /// The program copies what it reads: its stdin may be spliced into.
+    splice: bool,
 }
 
 pub(super) fn spawn_transport(
@@ -37,6 +39,12 @@ pub(super) fn spawn_transport(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
+    // A local transport (`__attach`) hands its pipes to the context, this
+    // binary, which copies what it reads.
+    let program = cmd.as_std().get_program();
+    let splice = crate::connect::local::reads_by_copy(program)
+        || crate::connect::local::child_program_override().is_some_and(|p| p == program)
+        || std::env::current_exe().is_ok_and(|p| p == program);
     let mut child = cmd.spawn().map_err(StripeError::Spawn)?;
     let (Some(stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -58,6 +66,7 @@ pub(super) fn spawn_transport(
         tail,
         name,
         wants_line: false,
+        splice,
     })
 }
 
@@ -141,10 +150,24 @@ impl Transport {
             stdin,
             stdout,
             name,
+            splice,
             ..
         } = self;
-        let Some(id) = stream::start_alias(router, name.clone(), primary, stdout, stdin, buf)
-        else {
+        let started = if splice {
+            match stdin
+                .into_owned_fd()
+                .and_then(stream::splice::SpliceWriter::new)
+            {
+                Ok(w) => stream::start_alias_spliced(router, name.clone(), primary, stdout, w, buf),
+                Err(e) => {
+                    tracing::warn!("{name}: cannot take over the pipe to the transport: {e}");
+                    None
+                }
+            }
+        } else {
+            stream::start_alias(router, name.clone(), primary, stdout, stdin, buf)
+        };
+        let Some(id) = started else {
             let _ = child.start_kill();
             return Err(StripeError::PrimaryGone);
         };
