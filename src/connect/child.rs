@@ -88,6 +88,11 @@ fn take_stdio() -> std::io::Result<(OwnedFd, OwnedFd)> {
     rustix::stdio::dup2_stdout(std::io::stderr().as_fd())?;
     rustix::io::ioctl_fionbio(&r, true)?;
     rustix::io::ioctl_fionbio(&w, true)?;
+    // Best effort, as the parent does for a local child: sshd's pipes are
+    // the default 64 KiB, so sshd handed the stream over in 64 KiB writes,
+    // a wake-up of each side per write.
+    let _ = rustix::pipe::fcntl_setpipe_size(&r, crate::connect::local::PIPE_SIZE);
+    let _ = rustix::pipe::fcntl_setpipe_size(&w, crate::connect::local::PIPE_SIZE);
     Ok((r, w))
 }
 
