@@ -39,13 +39,19 @@ pub async fn connect(router: &Router, spec: &ConnectSpec) -> Result<ContextInfo,
 
 /// True if `program` is one known to copy what it reads from its stdin
 /// (`read`, never `splice`), so that the pipe to it may be spliced into
-/// ([`stream::splice`]): OpenSSH's `ssh` and `sudo`, by their file names.
-/// A wrapper of another name (`-e ./my-ssh`) is not assumed to: one that
-/// piped through `pv` would pass our pages on by reference.
+/// ([`stream::splice`]): OpenSSH's `ssh`, by its file name. A wrapper of
+/// another name (`-e ./my-ssh`) is not assumed to: one that piped through
+/// `pv` would pass our pages on by reference.
+///
+/// Not `sudo`: what reads its stdin may be the target user's own process
+/// (sudo without `use_pty` hands the pipe on), and a reader that kept
+/// references to our pages (`tee`, `splice`) could read whatever this
+/// process later put in that memory — another target's data. The readers
+/// here run as this process's user, who could read its memory anyway.
 pub(crate) fn reads_by_copy(program: &std::ffi::OsStr) -> bool {
     std::path::Path::new(program)
         .file_name()
-        .is_some_and(|name| name == "ssh" || name == "sudo")
+        .is_some_and(|name| name == "ssh")
 }
 
 /// Turns the last lines a process wrote to stderr into a short cause.
@@ -73,9 +79,9 @@ pub struct Launch {
     /// ([`BootPlan::with_early_hello`]).
     pub hello: Option<Hello>,
     /// Large payloads written to the process are spliced into its stdin
-    /// ([`stream::splice`]): only for a process known to copy what it reads
-    /// (not one that might splice the pages on, as a `pv` in a wrapper
-    /// could).
+    /// (`vmsplice`, the stream's `splice` writer): only for a process of
+    /// this user known to copy what it reads (this binary, OpenSSH's `ssh`;
+    /// not one that might pass the pages on, as a `pv` in a wrapper could).
     pub splice_stdin: bool,
 }
 
@@ -418,14 +424,8 @@ mod tests {
     use super::reads_by_copy;
 
     #[test]
-    fn only_ssh_and_sudo_by_name_are_taken_to_copy_what_they_read() {
-        for yes in [
-            "ssh",
-            "/usr/bin/ssh",
-            "./ssh",
-            "sudo",
-            "/usr/local/bin/sudo",
-        ] {
+    fn only_ssh_by_name_is_taken_to_copy_what_it_reads() {
+        for yes in ["ssh", "/usr/bin/ssh", "./ssh"] {
             assert!(reads_by_copy(yes.as_ref()), "{yes}");
         }
         for no in [
@@ -436,6 +436,9 @@ mod tests {
             "pv",
             "ssh.sh",
             "/",
+            // Its reader may be another user's process.
+            "sudo",
+            "/usr/bin/sudo",
         ] {
             assert!(!reads_by_copy(no.as_ref()), "{no}");
         }

@@ -61,7 +61,9 @@ pub async fn connect(
         program: Some(format!("{program:?} ({whence})")),
         detach: true,
         hello: Some(hello),
-        splice_stdin: local::reads_by_copy(program.as_ref()),
+        // Never spliced: the reader may be the target user's process
+        // (`local::reads_by_copy`).
+        splice_stdin: false,
     };
     match local::launch(router, spec, cmd, launch).await {
         Err(ConnectError::Handshake {

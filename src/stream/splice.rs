@@ -16,8 +16,12 @@
 //! immutable and a held clone keeps its allocation from being freed or
 //! reclaimed, so nothing writes those pages meanwhile. That reasoning holds
 //! only for a reader that copies (`read`): one that spliced the pages on
-//! would take the references with it. So this writer is used only for pipes
-//! whose reader is known: ferrogen's own local child.
+//! would take the references with it, and could read whatever this process
+//! put in that memory later. So this writer is used only for pipes whose
+//! reader is known and runs as this process's user (who could read its
+//! memory anyway): ferrogen's own local child, and OpenSSH's `ssh`
+//! ([`crate::connect::local::reads_by_copy`]). Never for `sudo`, whose
+//! stdin may be read by the target user's process.
 //!
 //! What is held is bounded by the pipe's capacity (what the reader has not
 //! read is in the pipe) plus the payload being spliced.
