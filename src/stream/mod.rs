@@ -45,10 +45,28 @@ pub use outbox::{
 use crate::router::Router;
 use crate::wire::{ContextId, DecodeError, Enc, Frame, FrameCodec, HEADER_LEN, Header, codec};
 
+/// Where a stream's writer puts the bytes of its batches: copied, and —
+/// for a sink that can — large payloads handed over by reference
+/// ([`splice`]).
+trait FrameSink {
+    /// Payloads at least this long go to [`FrameSink::splice_all`]
+    /// (`usize::MAX`: none do).
+    const SPLICE_MIN: usize;
+
+    /// Writes all of `slices`, copied.
+    fn copy_all(
+        &mut self,
+        slices: &mut [IoSlice<'_>],
+    ) -> impl Future<Output = std::io::Result<()>> + Send;
+
+    /// Writes all of `payload` by reference.
+    fn splice_all(&mut self, payload: &Bytes) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
 /// Writes every frame of `batch` with as few system calls as possible
-/// (one `writev` per [`MAX_BATCH`] frames when the pipe has room), without
-/// allocating.
-async fn write_batch<W: AsyncWrite + Unpin>(w: &mut W, batch: &[Frame]) -> std::io::Result<()> {
+/// (one `writev` per [`MAX_BATCH`] frames when the pipe has room, and one
+/// more per spliced payload), without allocating.
+async fn write_frames<S: FrameSink>(sink: &mut S, batch: &[Frame]) -> std::io::Result<()> {
     for chunk in batch.chunks(MAX_BATCH) {
         let mut headers = [[0u8; HEADER_LEN]; MAX_BATCH];
         for (h, f) in headers.iter_mut().zip(chunk) {
@@ -59,21 +77,41 @@ async fn write_batch<W: AsyncWrite + Unpin>(w: &mut W, batch: &[Frame]) -> std::
         for (h, f) in headers.iter().zip(chunk) {
             slices[n] = IoSlice::new(h);
             n += 1;
-            if !f.payload.is_empty() {
+            if f.payload.len() >= S::SPLICE_MIN {
+                // Its header (and whatever came before) first.
+                sink.copy_all(&mut slices[..n]).await?;
+                n = 0;
+                sink.splice_all(&f.payload).await?;
+            } else if !f.payload.is_empty() {
                 slices[n] = IoSlice::new(&f.payload);
                 n += 1;
             }
         }
-        let mut rest: &mut [IoSlice<'_>] = &mut slices[..n];
+        sink.copy_all(&mut slices[..n]).await?;
+    }
+    Ok(())
+}
+
+/// Any `AsyncWrite`, everything copied.
+struct Copying<W>(W);
+
+impl<W: AsyncWrite + Unpin + Send> FrameSink for Copying<W> {
+    const SPLICE_MIN: usize = usize::MAX;
+
+    async fn copy_all(&mut self, mut rest: &mut [IoSlice<'_>]) -> std::io::Result<()> {
         while !rest.is_empty() {
-            let n = w.write_vectored(rest).await?;
+            let n = self.0.write_vectored(rest).await?;
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
             IoSlice::advance_slices(&mut rest, n);
         }
+        Ok(())
     }
-    Ok(())
+
+    async fn splice_all(&mut self, payload: &Bytes) -> std::io::Result<()> {
+        self.0.write_all(payload).await
+    }
 }
 
 /// Starts the reader and writer tasks of a stream to `remote_id` and
@@ -92,18 +130,8 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let outbox = Outbox::new();
-    let id = router.attach_stream(remote_id, is_parent, outbox.clone(), name.clone());
-    spawn_tasks(
-        router,
-        id,
-        outbox,
-        name,
-        reader,
-        Writer::Copy(writer),
-        buffered,
-    );
-    id
+    let writer = Writer::Copy(Copying(writer));
+    start_with(router, name, remote_id, is_parent, reader, writer, buffered)
 }
 
 /// [`start`] for a stream whose writing side is a pipe read by a reader
@@ -121,9 +149,25 @@ pub(crate) fn start_spliced<R>(
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
+    let writer = Writer::<tokio::io::Sink>::Splice(writer);
+    start_with(router, name, remote_id, is_parent, reader, writer, buffered)
+}
+
+fn start_with<R, W>(
+    router: &Router,
+    name: String,
+    remote_id: ContextId,
+    is_parent: bool,
+    reader: R,
+    writer: Writer<W>,
+    buffered: BytesMut,
+) -> StreamId
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let outbox = Outbox::new();
     let id = router.attach_stream(remote_id, is_parent, outbox.clone(), name.clone());
-    let writer = Writer::<tokio::io::Sink>::Splice(writer);
     spawn_tasks(router, id, outbox, name, reader, writer, buffered);
     id
 }
@@ -141,9 +185,24 @@ pub(crate) fn start_alias_spliced<R>(
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
+    let writer = Writer::<tokio::io::Sink>::Splice(writer);
+    alias_with(router, name, primary, reader, writer, buffered)
+}
+
+fn alias_with<R, W>(
+    router: &Router,
+    name: String,
+    primary: StreamId,
+    reader: R,
+    writer: Writer<W>,
+    buffered: BytesMut,
+) -> Option<StreamId>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let outbox = Outbox::new();
     let id = router.attach_alias_stream(primary, outbox.clone(), name.clone())?;
-    let writer = Writer::<tokio::io::Sink>::Splice(writer);
     spawn_tasks(router, id, outbox, name, reader, writer, buffered);
     Some(id)
 }
@@ -151,22 +210,22 @@ where
 /// The writing side of a stream.
 enum Writer<W> {
     /// Everything copied into `W`.
-    Copy(W),
+    Copy(Copying<W>),
     /// A pipe, large payloads spliced.
     Splice(splice::SpliceWriter),
 }
 
-impl<W: AsyncWrite + Unpin> Writer<W> {
+impl<W: AsyncWrite + Unpin + Send> Writer<W> {
     async fn write_batch(&mut self, batch: &[Frame]) -> std::io::Result<()> {
         match self {
-            Writer::Copy(w) => write_batch(w, batch).await,
-            Writer::Splice(w) => w.write_batch(batch).await,
+            Writer::Copy(w) => write_frames(w, batch).await,
+            Writer::Splice(w) => write_frames(w, batch).await,
         }
     }
 
     async fn shutdown(self) {
         match self {
-            Writer::Copy(mut w) => {
+            Writer::Copy(Copying(mut w)) => {
                 let _ = w.shutdown().await;
             }
             Writer::Splice(w) => w.finish(),
@@ -190,18 +249,8 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let outbox = Outbox::new();
-    let id = router.attach_alias_stream(primary, outbox.clone(), name.clone())?;
-    spawn_tasks(
-        router,
-        id,
-        outbox,
-        name,
-        reader,
-        Writer::Copy(writer),
-        buffered,
-    );
-    Some(id)
+    let writer = Writer::Copy(Copying(writer));
+    alias_with(router, name, primary, reader, writer, buffered)
 }
 
 fn spawn_tasks<R, W>(

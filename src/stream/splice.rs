@@ -34,8 +34,7 @@ use bytes::Bytes;
 use rustix::pipe::{IoSliceRaw, SpliceFlags};
 use tokio::io::unix::AsyncFd;
 
-use super::outbox::MAX_BATCH;
-use crate::wire::{Frame, HEADER_LEN};
+use super::FrameSink;
 
 /// Payloads at least this long are spliced; shorter ones are copied with
 /// their headers in one `writev` (a page reference per small payload would
@@ -81,33 +80,44 @@ impl SpliceWriter {
         self.held.iter().map(|(_, b)| b.len()).sum()
     }
 
-    /// Writes every frame of `batch`: headers and small payloads copied,
-    /// as few `writev`s as possible; large payloads spliced.
-    pub(crate) async fn write_batch(&mut self, batch: &[Frame]) -> io::Result<()> {
-        self.release();
-        for chunk in batch.chunks(MAX_BATCH) {
-            let mut headers = [[0u8; HEADER_LEN]; MAX_BATCH];
-            for (h, f) in headers.iter_mut().zip(chunk) {
-                *h = f.header().encode();
+    /// One non-blocking call `f` on the pipe, waiting for room first.
+    async fn io(
+        &self,
+        mut f: impl FnMut(std::os::fd::BorrowedFd<'_>) -> rustix::io::Result<usize>,
+    ) -> io::Result<usize> {
+        loop {
+            let mut ready = self.fd.writable().await?;
+            match ready.try_io(|fd| f(fd.get_ref().as_fd()).map_err(io::Error::from)) {
+                Ok(result) => return result,
+                Err(_would_block) => continue,
             }
-            let mut slices = [IoSlice::new(&[]); 2 * MAX_BATCH];
-            let mut n = 0;
-            for (h, f) in headers.iter().zip(chunk) {
-                slices[n] = IoSlice::new(h);
-                n += 1;
-                if f.payload.len() >= SPLICE_MIN {
-                    self.copy_all(&mut slices[..n]).await?;
-                    n = 0;
-                    self.splice_all(&f.payload).await?;
-                } else if !f.payload.is_empty() {
-                    slices[n] = IoSlice::new(&f.payload);
-                    n += 1;
-                }
-            }
-            self.copy_all(&mut slices[..n]).await?;
         }
-        Ok(())
     }
+
+    /// Lets go of the payloads the reader has read past.
+    fn release(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let Ok(unread) = rustix::io::ioctl_fionread(self.fd.get_ref()) else {
+            return;
+        };
+        let read = self.pushed.saturating_sub(unread);
+        while self.held.front().is_some_and(|(end, _)| *end <= read) {
+            self.held.pop_front();
+        }
+    }
+
+    /// Closes the pipe. Payloads the reader has not read by now are
+    /// leaked rather than freed (see [`Drop`]): normally there are none, as
+    /// a stream closes after its data was acknowledged.
+    pub(crate) fn finish(mut self) {
+        self.release();
+    }
+}
+
+impl FrameSink for SpliceWriter {
+    const SPLICE_MIN: usize = SPLICE_MIN;
 
     /// Copies all of `slices` into the pipe.
     async fn copy_all(&mut self, mut rest: &mut [IoSlice<'_>]) -> io::Result<()> {
@@ -155,41 +165,6 @@ impl SpliceWriter {
         self.release();
         Ok(())
     }
-
-    /// One non-blocking call `f` on the pipe, waiting for room first.
-    async fn io(
-        &self,
-        mut f: impl FnMut(std::os::fd::BorrowedFd<'_>) -> rustix::io::Result<usize>,
-    ) -> io::Result<usize> {
-        loop {
-            let mut ready = self.fd.writable().await?;
-            match ready.try_io(|fd| f(fd.get_ref().as_fd()).map_err(io::Error::from)) {
-                Ok(result) => return result,
-                Err(_would_block) => continue,
-            }
-        }
-    }
-
-    /// Lets go of the payloads the reader has read past.
-    fn release(&mut self) {
-        if self.held.is_empty() {
-            return;
-        }
-        let Ok(unread) = rustix::io::ioctl_fionread(self.fd.get_ref()) else {
-            return;
-        };
-        let read = self.pushed.saturating_sub(unread);
-        while self.held.front().is_some_and(|(end, _)| *end <= read) {
-            self.held.pop_front();
-        }
-    }
-
-    /// Closes the pipe. Payloads the reader has not read by now are
-    /// leaked rather than freed (see [`Drop`]): normally there are none, as
-    /// a stream closes after its data was acknowledged.
-    pub(crate) fn finish(mut self) {
-        self.release();
-    }
 }
 
 impl Drop for SpliceWriter {
@@ -213,7 +188,7 @@ mod tests {
     use bytes::BytesMut;
 
     use super::*;
-    use crate::wire::{Enc, codec};
+    use crate::wire::{Enc, Frame, codec};
 
     const PIPE: usize = 256 * 1024;
 
@@ -250,7 +225,9 @@ mod tests {
             r.read_to_end(&mut got).expect("read");
             got
         });
-        writer.write_batch(&frames).await.expect("write");
+        super::super::write_frames(&mut writer, &frames)
+            .await
+            .expect("write");
         writer.finish();
         let got = reader.join().expect("reader");
         assert_eq!(got.len(), want.len());
@@ -287,8 +264,7 @@ mod tests {
         for i in 0..N {
             let f = frame(i, LEN);
             want.extend(codec::encode_to_vec(&f));
-            writer
-                .write_batch(std::slice::from_ref(&f))
+            super::super::write_frames(&mut writer, std::slice::from_ref(&f))
                 .await
                 .expect("write");
             drop(f);
