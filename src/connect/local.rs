@@ -218,10 +218,7 @@ pub async fn launch(
     };
     if launch.splice_stdin {
         // The handshake is done: from here on, large payloads are spliced.
-        match stdin
-            .into_owned_fd()
-            .and_then(stream::splice::SpliceWriter::new)
-        {
+        match stream::splice::SpliceWriter::take(stdin) {
             Ok(writer) => {
                 stream::start_spliced(router, name.clone(), id, false, stdout, writer, buffered)
             }

@@ -74,6 +74,12 @@ impl SpliceWriter {
         })
     }
 
+    /// Takes over a child's stdin (after its handshake, which wrote through
+    /// it as an ordinary `AsyncWrite`).
+    pub(crate) fn take(stdin: tokio::process::ChildStdin) -> io::Result<SpliceWriter> {
+        stdin.into_owned_fd().and_then(SpliceWriter::new)
+    }
+
     /// Bytes of payload currently held for the pipe.
     #[cfg(test)]
     fn held_bytes(&self) -> usize {

@@ -118,6 +118,9 @@ pub enum StripeError {
     /// It came without its stdio pipes.
     #[error("stdio pipes missing")]
     NoPipes,
+    /// The transport's stdin could not be taken over for splicing.
+    #[error("cannot take over the pipe to the transport: {0}")]
+    TakePipe(#[source] std::io::Error),
     /// A socket name that is not one `listen` makes.
     #[error("refusing the stripe socket name {0:?}")]
     BadSocketName(String),

@@ -154,14 +154,11 @@ impl Transport {
             ..
         } = self;
         let started = if splice {
-            match stdin
-                .into_owned_fd()
-                .and_then(stream::splice::SpliceWriter::new)
-            {
+            match stream::splice::SpliceWriter::take(stdin) {
                 Ok(w) => stream::start_alias_spliced(router, name.clone(), primary, stdout, w, buf),
                 Err(e) => {
-                    tracing::warn!("{name}: cannot take over the pipe to the transport: {e}");
-                    None
+                    let _ = child.start_kill();
+                    return Err(StripeError::TakePipe(e));
                 }
             }
         } else {
