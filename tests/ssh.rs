@@ -327,6 +327,46 @@ fn junk_printed_at_login_is_skipped() {
     }
 }
 
+/// What ssh (`-v`) said it negotiated, client to server.
+fn negotiated_cipher(log: &str) -> Option<String> {
+    log.lines().find_map(|l| {
+        let rest = l.split_once("kex: client->server cipher: ")?.1;
+        rest.split_whitespace().next().map(str::to_string)
+    })
+}
+
+#[test]
+fn ssh_is_asked_for_aes_gcm_unless_the_user_chose_a_cipher() {
+    let Some(s) = Sshd::start() else { return };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if !cpu
+        .lines()
+        .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "aes"))
+    {
+        eprintln!("skipped: no AES instructions here");
+        return;
+    }
+    // The fixture's configuration leaves the ciphers alone: AES-GCM.
+    let r = ping_with(&s, &format!("{} -v", s.rsh()), &["-H", sshd::PLAIN, "-vv"]);
+    r.assert_ok();
+    assert_eq!(
+        negotiated_cipher(&r.stderr()).as_deref(),
+        Some("aes128-gcm@openssh.com"),
+        "{}",
+        r.stderr()
+    );
+    // The user's own pick stands.
+    let rsh = format!("{} -v -c chacha20-poly1305@openssh.com", s.rsh());
+    let r = ping_with(&s, &rsh, &["-H", sshd::PLAIN, "-vv"]);
+    r.assert_ok();
+    assert_eq!(
+        negotiated_cipher(&r.stderr()).as_deref(),
+        Some("chacha20-poly1305@openssh.com"),
+        "{}",
+        r.stderr()
+    );
+}
+
 // ---------------------------------------------------------------- failures
 
 #[test]

@@ -400,7 +400,10 @@ fn assert_same_tree(src: &Path, dst: &Path) {
 
 /// A loopback TCP relay to the private sshd that delays every byte by
 /// `one_way` in each direction (so ssh sees a real round-trip time), and
-/// counts the bytes each accepted connection carried towards sshd.
+/// counts the bytes each accepted connection carried towards sshd. Like a
+/// real forwarder, it reaches the far end one round trip after it accepts
+/// (so the server's first bytes come no sooner than a path this long
+/// allows: the controller tells a loopback sshd from a forwarder by them).
 struct DelayRelay {
     port: u16,
     /// Client-to-server bytes per connection, in accept order.
@@ -416,19 +419,23 @@ impl DelayRelay {
         std::thread::spawn(move || {
             for c in l.incoming() {
                 let Ok(c) = c else { continue };
-                let Ok(up) = TcpStream::connect(("127.0.0.1", to_port)) else {
-                    continue;
-                };
-                let _ = c.set_nodelay(true);
-                let _ = up.set_nodelay(true);
+                // Counted in accept order, connected a round trip later.
                 let count = Arc::new(AtomicU64::new(0));
                 list.lock().expect("lock").push(count.clone());
-                let (c2, up2) = (
-                    c.try_clone().expect("clone"),
-                    up.try_clone().expect("clone"),
-                );
-                delayed_pipe(c, up, one_way, Some(count));
-                delayed_pipe(up2, c2, one_way, None);
+                std::thread::spawn(move || {
+                    std::thread::sleep(2 * one_way);
+                    let Ok(up) = TcpStream::connect(("127.0.0.1", to_port)) else {
+                        return;
+                    };
+                    let _ = c.set_nodelay(true);
+                    let _ = up.set_nodelay(true);
+                    let (c2, up2) = (
+                        c.try_clone().expect("clone"),
+                        up.try_clone().expect("clone"),
+                    );
+                    delayed_pipe(c, up, one_way, Some(count));
+                    delayed_pipe(up2, c2, one_way, None);
+                });
             }
         });
         DelayRelay { port, conns }
@@ -745,9 +752,11 @@ fn a_push_to_several_targets_starts_no_speculative_stripe_transports() {
 #[test]
 fn stripes_attach_extra_ssh_streams_that_carry_the_data_and_stripes_1_uses_one() {
     let Some(sd) = Sshd::start() else { return };
-    // 5 ms each way: a 10 ms round trip, so the automatic choice stripes too.
+    // 10 ms each way: a 20 ms round trip, so the automatic choice stripes
+    // too, and long enough that the server's first bytes show a forwarder,
+    // not a loopback sshd (whose path is not worth early transports).
     let work = tempfile::tempdir().expect("tempdir");
-    let relays = SplitRelays::start(&sd, Duration::from_millis(5), work.path());
+    let relays = SplitRelays::start(&sd, Duration::from_millis(10), work.path());
     let rsh = relays.rsh.clone();
     let big = work.path().join("striped.bin");
     let size: u64 = 192 << 20;

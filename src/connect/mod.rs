@@ -21,6 +21,7 @@
 pub mod binary;
 pub mod bootstrap;
 pub mod child;
+pub mod cipher;
 pub mod handshake;
 pub mod libc;
 pub mod local;

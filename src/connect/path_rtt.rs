@@ -22,7 +22,7 @@
 //! before 5.6), the answer is `None` and the caller keeps its clock rule.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where a launched process publishes its pid, so that the one who asked
 /// for the connection can look at it while the connection is being made
@@ -30,7 +30,7 @@ use std::time::Duration;
 /// connection *is*: two specs that differ only in their watch are equal,
 /// and the watch is not sent to other contexts.
 #[derive(Clone, Default)]
-pub struct SpawnWatch(Option<Arc<OnceLock<u32>>>);
+pub struct SpawnWatch(Option<Arc<OnceLock<(u32, Instant)>>>);
 
 impl SpawnWatch {
     /// A watch with a slot (the default has none and records nothing).
@@ -40,13 +40,27 @@ impl SpawnWatch {
 
     /// The pid of the process launched for the spec, once it is running.
     pub fn pid(&self) -> Option<u32> {
-        self.0.as_ref().and_then(|slot| slot.get().copied())
+        self.0.as_ref().and_then(|slot| slot.get().map(|s| s.0))
     }
 
-    /// Records `pid` (the first launch only: a spec starts one process).
+    /// When the process was started, once it is running.
+    pub fn started(&self) -> Option<Instant> {
+        self.0.as_ref().and_then(|slot| slot.get().map(|s| s.1))
+    }
+
+    /// What the kernel has measured so far on the process's connection
+    /// ([`tcp_path`]), with a loopback peer that answered like a server
+    /// on this machine taken for the path itself ([`PathReading::judged`]).
+    pub fn reading(&self) -> Option<PathReading> {
+        let (pid, started) = *self.0.as_ref()?.get()?;
+        tcp_path(pid).map(|r| r.judged(started.elapsed()))
+    }
+
+    /// Records `pid`, started now (the first launch only: a spec starts
+    /// one process).
     pub(crate) fn publish(&self, pid: u32) {
         if let Some(slot) = self.0.as_ref().filter(|_| pid != 0) {
-            let _ = slot.set(pid);
+            let _ = slot.set((pid, Instant::now()));
         }
     }
 }
@@ -79,6 +93,46 @@ pub struct PathReading {
     /// a local forwarder or proxy, whose own far side the kernel cannot
     /// see, so a short round trip says nothing of the path.
     pub peer_local: bool,
+    /// What the far end has sent (`None`: nothing yet).
+    pub heard: Option<Heard>,
+}
+
+/// The data a connection has received so far, as the kernel counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heard {
+    /// How long ago the last of it arrived.
+    pub ago: Duration,
+    /// In how many segments (0 where the kernel does not count them).
+    pub segments: u32,
+}
+
+/// A server on this machine sends its version line this soon after ssh
+/// starts: measured on the shared testbed's loopback sshd (OpenSSH 9.2,
+/// which re-executes itself for each connection), 13–20 ms from connect to
+/// the line and 20–35 ms from ssh's start. A forwarder to a path of round
+/// trip R answers no sooner than R after ssh connects to it (it connects
+/// on, then relays the server's line back), so this tells a loopback
+/// sshd from a forwarder whose path is longer than ~20 ms, the paths that
+/// want stripes early.
+pub const LOCAL_SERVER_ANSWER: Duration = Duration::from_millis(40);
+
+impl PathReading {
+    /// This reading, `elapsed` after the process started, with a loopback
+    /// peer counted as the path's far end (`peer_local` false) when it is
+    /// the server itself: near (under a millisecond) and answering within
+    /// [`LOCAL_SERVER_ANSWER`] of the start. The last data heard is no
+    /// earlier than the first, so a late poll only errs toward "a
+    /// forwarder" (the caller's clock rule).
+    pub fn judged(self, elapsed: Duration) -> PathReading {
+        let answered_at = self.heard.map(|h| elapsed.saturating_sub(h.ago));
+        let the_server = self.peer_local
+            && self.rtt < Duration::from_millis(1)
+            && answered_at.is_some_and(|t| t <= LOCAL_SERVER_ANSWER);
+        PathReading {
+            peer_local: self.peer_local && !the_server,
+            ..self
+        }
+    }
 }
 
 /// What the kernel measured on the established TCP connection of process
@@ -107,13 +161,17 @@ pub fn tcp_path(pid: u32) -> Option<PathReading> {
         let Ok(socket) = pidfd_getfd(&pidfd, fd, PidfdGetfdFlags::empty()) else {
             continue;
         };
-        if let Some(rtt) = socket_rtt(&socket) {
+        if let Some((rtt, heard)) = socket_rtt(&socket) {
             let peer_local = rustix::net::getpeername(&socket)
                 .ok()
                 .flatten()
                 .and_then(|a| std::net::SocketAddr::try_from(a).ok())
                 .is_none_or(|a| a.ip().is_loopback() || is_mapped_loopback(a.ip()));
-            return Some(PathReading { rtt, peer_local });
+            return Some(PathReading {
+                rtt,
+                peer_local,
+                heard,
+            });
         }
     }
     None
@@ -139,10 +197,11 @@ pub fn tcp_path(_pid: u32) -> Option<PathReading> {
 const TCP_ESTABLISHED: u8 = 1;
 
 /// The round trip of `socket` if it is an established TCP connection with
-/// a sample. Written against the libc crate's `tcp_info` because neither
-/// rustix nor nix exposes `TCP_INFO`.
+/// a sample, and how long ago it last received data if it has. Written
+/// against the libc crate's `tcp_info` because neither rustix nor nix
+/// exposes `TCP_INFO`.
 #[cfg(target_os = "linux")]
-fn socket_rtt(socket: &std::os::fd::OwnedFd) -> Option<Duration> {
+fn socket_rtt(socket: &std::os::fd::OwnedFd) -> Option<(Duration, Option<Heard>)> {
     use std::os::fd::AsRawFd;
 
     let mut info = std::mem::MaybeUninit::<::libc::tcp_info>::zeroed();
@@ -176,7 +235,21 @@ fn socket_rtt(socket: &std::os::fd::OwnedFd) -> Option<Duration> {
     } else {
         info.tcpi_rtt
     };
-    (info.tcpi_state == TCP_ESTABLISHED && micros > 0).then(|| Duration::from_micros(micros.into()))
+    // Without data, `tcpi_last_data_recv` counts from the handshake: only
+    // a kernel that reports bytes received (4.1 and later) tells the two
+    // apart.
+    let received_end = std::mem::offset_of!(::libc::tcp_info, tcpi_bytes_received) + 8;
+    let segments_end = std::mem::offset_of!(::libc::tcp_info, tcpi_data_segs_in) + 4;
+    let heard = (len as usize >= received_end && info.tcpi_bytes_received > 0).then(|| Heard {
+        ago: Duration::from_millis(info.tcpi_last_data_recv.into()),
+        segments: if len as usize >= segments_end {
+            info.tcpi_data_segs_in
+        } else {
+            0
+        },
+    });
+    (info.tcpi_state == TCP_ESTABLISHED && micros > 0)
+        .then(|| (Duration::from_micros(micros.into()), heard))
 }
 
 #[cfg(all(test, target_os = "linux"))]
@@ -195,6 +268,30 @@ mod tests {
         w.publish(42);
         assert_eq!(shared.pid(), Some(41));
         assert_eq!(w, SpawnWatch::default(), "not part of a spec's identity");
+    }
+
+    #[test]
+    fn a_loopback_peer_is_the_path_only_when_it_answered_like_a_local_server() {
+        let ms = Duration::from_millis;
+        let reading = |peer_local, rtt, ago: Option<Duration>| PathReading {
+            rtt,
+            peer_local,
+            heard: ago.map(|ago| Heard { ago, segments: 2 }),
+        };
+        let near = Duration::from_micros(13);
+        // Spoke 25 ms after ssh started (read at 30 ms, 5 ms ago): a
+        // loopback sshd.
+        let sshd = reading(true, near, Some(ms(5)));
+        assert!(!sshd.judged(ms(30)).peer_local);
+        // Spoke 60 ms after the start: a forwarder, perhaps to a long path.
+        assert!(reading(true, near, Some(ms(5))).judged(ms(65)).peer_local);
+        // Has not spoken yet, or its round trip is not a loopback's.
+        assert!(reading(true, near, None).judged(ms(30)).peer_local);
+        assert!(reading(true, ms(2), Some(ms(5))).judged(ms(30)).peer_local);
+        // A far peer stays far.
+        assert!(!reading(false, ms(20), None).judged(ms(30)).peer_local);
+        // Heard "longer ago" than the process exists: at its start.
+        assert!(!reading(true, near, Some(ms(90))).judged(ms(30)).peer_local);
     }
 
     #[test]
@@ -218,10 +315,25 @@ mod tests {
         BufReader::new(stdout).read_line(&mut line).expect("read");
         assert_eq!(line.trim(), "up", "the child connected");
         let reading = tcp_path(child.id());
+        // The far end speaks: the reading says how long ago.
+        let (mut accepted, _) = listener.accept().expect("accept");
+        accepted.write_all(b"SSH-2.0-x\r\n").expect("write");
+        let mut heard = None;
+        for _ in 0..100 {
+            heard = tcp_path(child.id()).and_then(|r| r.heard);
+            if heard.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let _ = child.stdin.take().map(|mut s| s.write_all(b"x\n"));
         let _ = child.wait();
         let reading = reading.expect("a round trip for the child's established connection");
         assert!(reading.peer_local, "127.0.0.1 is this machine: {reading:?}");
+        assert_eq!(reading.heard, None, "nothing sent yet: {reading:?}");
+        let heard = heard.expect("the far end's line was heard");
+        assert!(heard.ago < Duration::from_secs(1), "{heard:?}");
+        assert!(heard.segments <= 1, "one line, one segment: {heard:?}");
         let rtt = reading.rtt;
         assert!(
             rtt < Duration::from_millis(100),

@@ -9,7 +9,7 @@ use super::one::One;
 use super::stripes::{STRIPE_MIN_RTT, auto_stripes, start_stripes_early_n, stripe_method};
 use crate::cli::target::{self, HopError};
 use crate::connect::ContextInfo;
-use crate::connect::path_rtt::{self, PathReading, SpawnWatch};
+use crate::connect::path_rtt::{PathReading, SpawnWatch};
 
 /// The bytes of the regular files among the source operands (`paths`
 /// without its last, the destination): what a push is known to carry
@@ -59,7 +59,14 @@ pub(super) const READING_POLL: Duration = Duration::from_millis(10);
 /// proxy, or the test suite's delaying relay: not the path), the clock
 /// rule: the first step's transports at [`EARLY_STRIPE_AFTER`], the
 /// longest path's rest at [`EARLY_STRIPE_MORE`], each only if the
-/// connection is not up by then.
+/// connection is not up by then. A loopback peer that answered as a server
+/// on this machine does (its version line within
+/// [`LOCAL_SERVER_ANSWER`] of ssh's start) is the path's far end, a fast
+/// path like a LAN's: a loopback sshd whose login takes 0.44 s got eight
+/// transports by the clock rule, and 1 GiB over it took 5.40 s (5.24–6.23)
+/// against 4.43 s (4.18–4.79) with `--stripes 1`.
+///
+/// [`LOCAL_SERVER_ANSWER`]: crate::connect::path_rtt::LOCAL_SERVER_ANSWER
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct EarlySteps {
     /// Transports of the first step.
@@ -173,7 +180,7 @@ impl One<'_> {
                         // What the kernel measured on ssh's connection so
                         // far (see connect::path_rtt); None: the clock rule.
                         let rtt = if self.stripes.is_none() {
-                            watch.pid().and_then(path_rtt::tcp_path)
+                            watch.reading()
                         } else {
                             None
                         };
@@ -225,12 +232,14 @@ mod tests {
             Some(PathReading {
                 rtt,
                 peer_local: false,
+                heard: None,
             })
         };
         let local = |rtt| {
             Some(PathReading {
                 rtt,
                 peer_local: true,
+                heard: None,
             })
         };
         let auto = EarlySteps::new(None);
