@@ -34,8 +34,9 @@ class Bench:
     def wrap(self, argv):
         return ['ip', 'netns', 'exec', self.a.ns] + argv
 
-    def ssh(self, cmd):
-        return self.wrap(['ssh', '-F', self.a.ssh_config, self.a.host, cmd])
+    def ssh(self, cmd, cipher=None):
+        pick = ['-c', cipher] if cipher else []
+        return self.wrap(['ssh', '-F', self.a.ssh_config] + pick + [self.a.host, cmd])
 
     def make_source(self, mib):
         src = os.path.join(self.data, 'src-%d' % mib)
@@ -111,7 +112,10 @@ class Bench:
                 if 'connected' in line and 'connected_s' not in extra:
                     extra['connected_s'] = round(at, 3)
         elif row.startswith('ssh-cat×'):
-            n = int(row.split('×')[1])
+            # 'ssh-cat×N' or 'ssh-cat×N CIPHER'
+            words = row.split(' ')
+            n = int(words[0].split('×')[1])
+            cipher = words[1] if len(words) > 1 else None
             slice_ = -(-size // n)
             procs = []
             for i in range(n):
@@ -121,7 +125,7 @@ class Bench:
                 ln = min(slice_, size - off)
                 remote = 'dd of=%s bs=1M seek=%d oflag=seek_bytes conv=notrunc status=none' % (q(dst), off)
                 cmd = 'dd if=%s bs=1M skip=%d count=%d iflag=skip_bytes,count_bytes status=none | %s' % (
-                    q(src), off, ln, ' '.join(q(x) for x in self.ssh(remote)))
+                    q(src), off, ln, ' '.join(q(x) for x in self.ssh(remote, cipher)))
                 procs.append(subprocess.Popen(['sh', '-c', cmd]))
             rcs = [p.wait() for p in procs]
             secs = time.time() - t0
@@ -147,6 +151,8 @@ class Bench:
         sizes = [int(s) for s in a.sizes.split(',')]
         par = [int(n) for n in a.parallel.split(',') if n]
         rows = ['ferrogen:%s' % l for l in self.fg] + ['ssh-cat×%d' % n for n in par]
+        if a.anchor_cipher:
+            rows += ['ssh-cat×%d %s' % (n, a.anchor_cipher) for n in par]
         if a.single:
             rows.append('ssh-cat')
         # Fill each binary's cache on the target: no timed run sends ferrogen itself.
@@ -254,9 +260,12 @@ class Bench:
                  'connect included. Load average at start %s, at end %s. Command: `%s`.' % (
                      a.rtt, emu, a.runs, l0, l1, a.command_line))
         L.append('')
-        head = '| size | row | time | stripes at (s) |' + ''.join(' × ssh-cat×%d |' % n for n in par)
+        anchors = ['ssh-cat×%d' % n for n in par]
+        if a.anchor_cipher:
+            anchors += ['ssh-cat×%d %s' % (n, a.anchor_cipher) for n in par]
+        head = '| size | row | time | stripes at (s) |' + ''.join(' × %s |' % r for r in anchors)
         L.append(head)
-        L.append('|' + '---|' * (4 + len(par)))
+        L.append('|' + '---|' * (4 + len(anchors)))
         for mib in sizes:
             res = results.get('%d' % mib, {})
             for row in rows:
@@ -267,8 +276,8 @@ class Bench:
                 st = [x.get('stripes') for x in res.get(row, []) if 'stripes' in x]
                 att = ('%.2f (%s stripes)' % (statistics.median(at), st[0])) if at else ''
                 cells = ''
-                for n in par:
-                    ys = [x['secs'] for x in res.get('ssh-cat×%d' % n, [])]
+                for anchor in anchors:
+                    ys = [x['secs'] for x in res.get(anchor, [])]
                     cells += ' %.2f |' % (statistics.median(xs) / statistics.median(ys)) if ys else ' |'
                 name = row.replace('ferrogen:', 'ferrogen ')
                 L.append('| %s MiB | %s | %s | %s |%s' % (mib, name, fmt(xs), att, cells))
@@ -289,6 +298,7 @@ def main():
     ap.add_argument('--runs', type=int, default=3)
     ap.add_argument('--parallel', default='4,8')
     ap.add_argument('--single', action='store_true')
+    ap.add_argument('--anchor-cipher')
     ap.add_argument('--out')
     ap.add_argument('--timeline', action='store_true')
     Bench(ap.parse_args()).main()
