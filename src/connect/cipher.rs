@@ -21,7 +21,7 @@
 //!   (`ssh -F none -G`), and then nothing is added: a crypto policy or a
 //!   user's pick stands.
 //! * Only for a program named `ssh` (a wrapper may not know `-G`), and
-//!   only when both `-G` runs succeed within [`ASK_TIMEOUT`].
+//!   only when both `-G` runs succeed within two seconds.
 //!
 //! `ssh -G` prints the configuration without connecting; the decision is
 //! made once per ssh command line and target ([`prepare`], run while the
