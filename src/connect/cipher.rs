@@ -101,18 +101,8 @@ fn preferred(default: &str, effective: &str) -> Option<String> {
 /// and options the transports use, so the same `Host` and `Match` blocks
 /// apply.
 fn ask_argv(ssh: &SshSpec) -> Vec<String> {
-    let mut v: Vec<String> = if ssh.command.is_empty() {
-        vec!["ssh".into()]
-    } else {
-        ssh.command.clone()
-    };
-    if let Some(u) = &ssh.user {
-        v.extend(["-l".into(), u.clone()]);
-    }
-    if let Some(p) = ssh.port {
-        v.extend(["-p".into(), p.to_string()]);
-    }
-    v.extend(ssh.options.iter().cloned());
+    let mut v = ssh.program_words();
+    v.extend(ssh.target_options());
     v.extend(["-G".into(), "--".into(), ssh.host.clone()]);
     v
 }

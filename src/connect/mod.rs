@@ -102,6 +102,29 @@ impl SshSpec {
         }
     }
 
+    /// The program and its words from `-e` (default `ssh`).
+    pub fn program_words(&self) -> Vec<String> {
+        if self.command.is_empty() {
+            vec!["ssh".into()]
+        } else {
+            self.command.clone()
+        }
+    }
+
+    /// `-l USER`, `-p PORT` and the further options: what, besides the
+    /// host, decides which of ssh's configuration applies to the target.
+    pub fn target_options(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Some(u) = &self.user {
+            v.extend(["-l".into(), u.clone()]);
+        }
+        if let Some(p) = self.port {
+            v.extend(["-p".into(), p.to_string()]);
+        }
+        v.extend(self.options.iter().cloned());
+        v
+    }
+
     /// `[user@]host[:port]`, as shown in names and errors.
     pub fn target(&self) -> String {
         let mut s = String::new();

@@ -75,11 +75,7 @@ pub async fn connect(
 
 /// The full ssh command line (program first).
 pub fn argv(ssh: &SshSpec, timeout: Duration, remote_command: &str) -> Vec<String> {
-    let mut v: Vec<String> = if ssh.command.is_empty() {
-        vec!["ssh".into()]
-    } else {
-        ssh.command.clone()
-    };
+    let mut v = ssh.program_words();
     let secs = timeout.as_secs_f64().ceil().max(1.0) as u64;
     v.extend([
         "-T".into(),
@@ -93,13 +89,7 @@ pub fn argv(ssh: &SshSpec, timeout: Duration, remote_command: &str) -> Vec<Strin
     if let Some(ciphers) = cipher::option(ssh) {
         v.extend(["-o".into(), ciphers]);
     }
-    if let Some(u) = &ssh.user {
-        v.extend(["-l".into(), u.clone()]);
-    }
-    if let Some(p) = ssh.port {
-        v.extend(["-p".into(), p.to_string()]);
-    }
-    v.extend(ssh.options.iter().cloned());
+    v.extend(ssh.target_options());
     v.extend(["--".into(), ssh.host.clone(), remote_command.into()]);
     v
 }
