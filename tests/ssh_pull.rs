@@ -173,7 +173,9 @@ fn ssh_clients_of(pid: u32, user: &str) -> Vec<u32> {
             let c = std::fs::read(format!("/proc/{q}/cmdline"))
                 .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
                 .unwrap_or_default();
-            c.starts_with("ssh ") && c.contains(&format!(" {user} "))
+            // A transport (`-T`), not the `ssh -G` that asks which
+            // cipher the configuration leaves (it lives a few ms).
+            c.starts_with("ssh ") && c.contains(" -T ") && c.contains(&format!(" {user} "))
         })
         .collect()
 }

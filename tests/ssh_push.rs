@@ -1284,7 +1284,10 @@ fn ssh_killed_mid_transfer_fails_that_host_only_and_leaves_no_temp_file() {
         .into_iter()
         .filter(|&q| {
             let c = cmdline(q);
-            c.starts_with("ssh ") && c.contains(&format!(" {} ", sshd::SUDOER))
+            // A transport (`-T`), never an `ssh -G` (the cipher's question).
+            c.starts_with("ssh ")
+                && c.contains(" -T ")
+                && c.contains(&format!(" {} ", sshd::SUDOER))
         })
         .collect();
     assert_eq!(ssh_client.len(), 1, "the victim's ssh client");

@@ -43,11 +43,6 @@ impl SpawnWatch {
         self.0.as_ref().and_then(|slot| slot.get().map(|s| s.0))
     }
 
-    /// When the process was started, once it is running.
-    pub fn started(&self) -> Option<Instant> {
-        self.0.as_ref().and_then(|slot| slot.get().map(|s| s.1))
-    }
-
     /// What the kernel has measured so far on the process's connection
     /// ([`tcp_path`]), with a loopback peer that answered like a server
     /// on this machine taken for the path itself ([`PathReading::judged`]).
