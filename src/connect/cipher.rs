@@ -57,7 +57,7 @@ pub async fn prepare(ssh: &SshSpec) {
     if lock(&CHOICES).contains_key(&key) {
         return;
     }
-    let choice = if is_ssh(&key[0]) && has_aes_instructions() {
+    let choice = if super::is_openssh_client(key[0].as_ref()) && has_aes_instructions() {
         let (default, effective) = tokio::join!(default_list(&key[0]), ask(&key));
         match (default, effective) {
             (Some(d), Some(e)) => preferred(&d, &e),
@@ -139,13 +139,6 @@ async fn ask(argv: &[String]) -> Option<String> {
         .lines()
         .find_map(|l| l.strip_prefix("ciphers "))
         .map(|l| l.trim().to_string())
-}
-
-/// A program named `ssh` (by file name), which knows `-G`.
-fn is_ssh(program: &str) -> bool {
-    std::path::Path::new(program)
-        .file_name()
-        .is_some_and(|n| n == "ssh")
 }
 
 /// Whether AES-GCM runs in hardware here (the client's half of the

@@ -49,9 +49,7 @@ pub async fn connect(router: &Router, spec: &ConnectSpec) -> Result<ContextInfo,
 /// process later put in that memory — another target's data. The readers
 /// here run as this process's user, who could read its memory anyway.
 pub(crate) fn reads_by_copy(program: &std::ffi::OsStr) -> bool {
-    std::path::Path::new(program)
-        .file_name()
-        .is_some_and(|name| name == "ssh")
+    super::is_openssh_client(program)
 }
 
 /// Turns the last lines a process wrote to stderr into a short cause.

@@ -41,6 +41,16 @@ use crate::router::Router;
 use crate::service::{Policy, ServiceBuilder, Services};
 use crate::wire::ContextId;
 
+/// True if `program` is OpenSSH's client by its file name (`ssh`,
+/// `/usr/bin/ssh`): what ferrogen may assume of it (that it copies what it
+/// reads, that it knows `-G`). A wrapper of another name is assumed
+/// nothing.
+pub(crate) fn is_openssh_client(program: &std::ffi::OsStr) -> bool {
+    std::path::Path::new(program)
+        .file_name()
+        .is_some_and(|name| name == "ssh")
+}
+
 /// Name of the service every context runs to start children on request.
 pub const CONNECT_SERVICE: &str = "ferrogen.connect";
 
