@@ -49,6 +49,7 @@ use crate::service::{ServiceBuilder, Services};
 use crate::stream::StreamId;
 use crate::wire::ContextId;
 
+mod chunk_pool;
 mod fetch;
 mod job;
 mod lane;
